@@ -1,0 +1,15 @@
+// Subcommands of the one `clawmine` binary. Each adds itself to the CLI11 app; its callback
+// runs the command and throws clawmine::Error on bad input, which apps/clawmine.cpp prints
+// as one line and turns into a non-zero exit.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace clawmine::cli {
+
+void add_info_command(CLI::App& app);         // cli/info.cpp: config summary of a checkpoint
+void add_logits_command(CLI::App& app);       // cli/logits.cpp: all-position logits to .npy
+void add_generate_command(CLI::App& app);     // cli/generate.cpp: sampling loop
+void add_tokenizer_commands(CLI::App& app);   // cli/tokenizer_commands.cpp: tokenize, detokenize, chat-template
+
+}  // namespace clawmine::cli
