@@ -1,0 +1,66 @@
+// Duplicate keys are found with nlohmann's parser callback: one frame per open object or
+// array, each object frame remembering the keys seen so far.
+#include "io/json_parse.h"
+
+#include <set>
+#include <vector>
+
+#include "core/error.h"
+
+namespace clawmine::io {
+
+namespace {
+
+struct Frame {
+  bool is_object = false;
+  std::string name;  // key under which this value sits in its parent object, "" otherwise
+  std::set<std::string> keys;
+};
+
+std::string where(const std::vector<Frame>& stack) {
+  if (stack.size() <= 1) return "the top-level object";
+  return str_cat("object \"", stack.back().name, "\"");
+}
+
+}  // namespace
+
+nlohmann::json parse_json_strict(std::string_view text, const std::string& source) {
+  using nlohmann::json;
+  std::vector<Frame> stack;
+  std::string pending_key, duplicate;
+  auto callback = [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start: {
+        Frame f;
+        f.is_object = event == json::parse_event_t::object_start;
+        if (!stack.empty() && stack.back().is_object) f.name = pending_key;
+        stack.push_back(std::move(f));
+        break;
+      }
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        if (!stack.empty()) stack.pop_back();
+        break;
+      case json::parse_event_t::key:
+        pending_key = parsed.get<std::string>();
+        if (duplicate.empty() && !stack.empty() && !stack.back().keys.insert(pending_key).second) {
+          duplicate = str_cat("duplicate key \"", pending_key, "\" in ", where(stack));
+        }
+        break;
+      case json::parse_event_t::value:
+        break;
+    }
+    return true;
+  };
+  json result;
+  try {
+    result = json::parse(text.begin(), text.end(), callback);
+  } catch (const json::exception& e) {
+    throw Error(str_cat(source, ": invalid JSON: ", e.what()));
+  }
+  if (!duplicate.empty()) throw Error(str_cat(source, ": ", duplicate));
+  return result;
+}
+
+}  // namespace clawmine::io

@@ -1,0 +1,17 @@
+// Strict JSON parsing for loader inputs (safetensors headers, shard indexes). nlohmann keeps
+// the last of two equal keys without a word, which in a safetensors header would silently
+// drop a tensor; here a repeated key in any object is an error naming the key.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace clawmine::io {
+
+// Parses `text`; `source` names where it came from (a file path) in error messages. Throws
+// clawmine::Error on invalid JSON or on a key repeated within one object.
+nlohmann::json parse_json_strict(std::string_view text, const std::string& source);
+
+}  // namespace clawmine::io
