@@ -1,11 +1,36 @@
+// `clawmine logits`: all-position float32 logits of a token-id sequence, written as .npy
+// [T, vocab]. --chunk N feeds the ids through the cache N at a time (1: token by token).
 #include "cli/commands.h"
-#include "core/error.h"
+#include "cli/model_options.h"
+#include "core/log.h"
+#include "io/npy.h"
+#include "runtime/generate.h"
 
 namespace clawmine::cli {
 
 void add_logits_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("logits", "(not implemented yet)");
-  cmd->callback([] { throw Error("'logits' is not implemented yet"); });
+  struct Args {
+    ModelOptions model;
+    std::string ids, ids_file, out;
+    int64_t chunk = 0;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("logits", "Write all-position logits [T, vocab] float32 to a .npy file");
+  args->model.add_to(*cmd);
+  auto* ids = cmd->add_option("--ids", args->ids, "Comma-separated token ids");
+  cmd->add_option("--ids-file", args->ids_file, "File of token ids (JSON list or separated integers)")->excludes(ids);
+  cmd->add_option("--chunk", args->chunk, "Feed N tokens per forward pass through the cache (0: one pass)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--out", args->out, "Output .npy path")->required();
+  cmd->callback([args] {
+    const auto id_list = args->ids_file.empty() ? parse_id_list(args->ids, "--ids") : read_id_file(args->ids_file, "--ids-file");
+    auto model = model::deepseek_v4::Model::load(args->model.model_dir);
+    check_ids(id_list, model->config().vocab_size, args->ids_file.empty() ? "--ids" : "--ids-file");
+    auto backend = args->model.make_backend();
+    Buffer logits = runtime::chunked_logits(*model, *backend, id_list, args->chunk, args->model.forward_options());
+    io::write_npy(args->out, logits.f32(), logits.view().shape);
+    log_info("logits", "wrote ", shape_str(logits.view().shape), " to ", args->out);
+  });
 }
 
 }  // namespace clawmine::cli

@@ -1,0 +1,54 @@
+// A loaded DeepSeek V4 model and its forward pass. The model is data (config, bound weights,
+// RoPE tables); forward() runs a chunk of tokens through it on any ops::Backend, reading and
+// extending a per-sequence cache, and returns float32 logits for every position of the chunk.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/safetensors.h"
+#include "model/deepseek_v4/cache.h"
+#include "model/deepseek_v4/config.h"
+#include "model/deepseek_v4/weights.h"
+
+namespace clawmine::ops {
+class Backend;
+}
+
+namespace clawmine::model::deepseek_v4 {
+
+struct ForwardOptions {
+  // The official inference code's quantize-dequantize round trips (spec §3.0): FP8 on the KV
+  // nope dims and compressed entries, Hadamard + FP4 on the indexer q and keys. On by default
+  // (the model was trained against them); transformers-parity runs turn it off.
+  bool official_qdq = true;
+};
+
+class Model {
+ public:
+  // Reads DIR/config.json (+ hf_quant_config.json), opens the safetensors and binds weights.
+  static std::unique_ptr<Model> load(const std::filesystem::path& dir);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  const io::Checkpoint& checkpoint() const { return checkpoint_; }
+
+  SequenceCache new_cache() const;
+
+  // Feeds ids at positions cache.position, cache.position+1, ...; returns logits [T, vocab].
+  Buffer forward(ops::Backend& backend, SequenceCache& cache, const std::vector<int32_t>& ids,
+                 const ForwardOptions& options) const;
+
+ private:
+  Model() = default;
+  io::Checkpoint checkpoint_;
+  ModelConfig config_;
+  ModelWeights weights_;
+  std::vector<float> inv_freq_main_;      // [rope_dim/2] sliding layers
+  std::vector<float> inv_freq_compress_;  // [rope_dim/2] compressed layers, their compressors and indexers
+};
+
+}  // namespace clawmine::model::deepseek_v4

@@ -1,0 +1,51 @@
+#include "runtime/generate.h"
+
+#include <algorithm>
+
+namespace clawmine::runtime {
+
+using model::deepseek_v4::SequenceCache;
+
+Buffer chunked_logits(const model::deepseek_v4::Model& model, ops::Backend& backend, const std::vector<int32_t>& ids,
+                      int64_t chunk, const model::deepseek_v4::ForwardOptions& options) {
+  const int64_t T = static_cast<int64_t>(ids.size()), V = model.config().vocab_size;
+  CLAWMINE_CHECK(T > 0, "no token ids given");
+  if (chunk <= 0) chunk = T;
+  SequenceCache cache = model.new_cache();
+  Buffer all(DType::kF32, {T, V});
+  for (int64_t begin = 0; begin < T; begin += chunk) {
+    const int64_t end = std::min(T, begin + chunk);
+    const std::vector<int32_t> piece(ids.begin() + begin, ids.begin() + end);
+    Buffer logits = model.forward(backend, cache, piece, options);
+    std::copy(logits.f32(), logits.f32() + (end - begin) * V, all.f32() + begin * V);
+  }
+  return all;
+}
+
+std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backend& backend,
+                              const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                              const std::function<void(int32_t)>& on_token) {
+  CLAWMINE_CHECK(!prompt.empty(), "the prompt has no tokens");
+  const int64_t V = model.config().vocab_size;
+  SequenceCache cache = model.new_cache();
+  Sampler sampler(options.sampling);
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  const int64_t chunk = options.prefill_chunk > 0 ? options.prefill_chunk : n;
+  Buffer logits;
+  for (int64_t begin = 0; begin < n; begin += chunk) {
+    const std::vector<int32_t> piece(prompt.begin() + begin, prompt.begin() + std::min(n, begin + chunk));
+    logits = model.forward(backend, cache, piece, options.forward);
+  }
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < options.max_tokens; ++i) {
+    const int64_t last = logits.view().dim(0) - 1;
+    const int32_t id = sampler.sample(logits.f32() + last * V, V);
+    out.push_back(id);
+    if (on_token) on_token(id);
+    if (options.stop_at_eos && id == model.config().eos_token_id) break;
+    if (i + 1 < options.max_tokens) logits = model.forward(backend, cache, {id}, options.forward);
+  }
+  return out;
+}
+
+}  // namespace clawmine::runtime
