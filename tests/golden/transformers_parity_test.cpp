@@ -38,7 +38,9 @@ std::vector<GoldenCase> golden_cases() {
     if (!model_dir.is_directory()) continue;
     for (const auto& f : fs::directory_iterator(model_dir.path())) {
       const std::string name = f.path().filename().string();
-      if (name.rfind("case_", 0) == 0 && f.path().extension() == ".json")
+      // case_<K>.json only (case_<K>.routing.json and friends are per-layer extras).
+      const std::string stem = f.path().stem().string();
+      if (name.rfind("case_", 0) == 0 && f.path().extension() == ".json" && stem.find('.') == std::string::npos)
         cases.push_back({model_dir.path().filename().string(), f.path()});
     }
   }
