@@ -36,6 +36,7 @@ struct QuantConfig {
   std::string scale_fmt;            // "ue8m0" or ""
   std::vector<int64_t> weight_block_size;  // [128, 128]
   std::string expert_dtype;         // "fp4" in the release
+  std::string moe_quant_algo;       // "NVFP4" in NVIDIA's DSV4 export (quant_method stays "fp8")
   // hf_quant_config.json (ModelOpt)
   std::string modelopt_quant_algo;  // "NVFP4", "MIXED_PRECISION", "FP8", ...
   int64_t modelopt_group_size = 0;
