@@ -1,0 +1,54 @@
+// A complete tiny DeepSeek V4 checkpoint for tests: a small ModelConfig covering every layer
+// kind (sliding, CSA, HCA; hash and routed MoE), its config.json, and random weights written
+// in the release naming or in transformers' save_pretrained naming. The same seed gives the
+// same values in both namings, so tests can compare what the two bind to.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/deepseek_v4/config.h"
+
+namespace clawmine::test {
+
+enum class TinyNaming { kRelease, kTransformers };
+
+// How the linears are stored. kFp8Mxfp4 is the release layout (FP8 block attention, shared
+// experts and MTP projections with E8M0 scales; MXFP4 routed experts). kFp8Nvfp4 keeps the FP8
+// parts and stores routed experts as ModelOpt NVFP4.
+enum class TinyQuant { kDense, kFp8Mxfp4, kFp8Nvfp4 };
+
+struct TinyCheckpointOptions {
+  TinyNaming naming = TinyNaming::kRelease;
+  TinyQuant quant = TinyQuant::kDense;
+  bool mtp = true;            // write the `mtp.0.*` block
+  bool fused_experts = true;  // transformers naming, dense: gate_up_proj / down_proj per layer
+  uint32_t seed = 1;
+};
+
+struct TinyTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  Shape shape;
+  std::vector<uint8_t> bytes;
+};
+
+// 4 layers: 0 sliding/hash, 1 csa(4)/hash, 2 hca(8)/routed, 3 csa(4)/routed; MTP sliding.
+model::deepseek_v4::ModelConfig tiny_model_config();
+// config.json text for `cfg` (transformers spelling, every field explicit).
+std::string tiny_config_json(const model::deepseek_v4::ModelConfig& cfg, TinyQuant quant = TinyQuant::kDense);
+
+// Every tensor of the model in the given naming, in a fixed order.
+std::vector<TinyTensor> tiny_tensors(const model::deepseek_v4::ModelConfig& cfg, const TinyCheckpointOptions& opts);
+
+// One safetensors file holding `tensors`.
+void write_tiny_tensors(const std::filesystem::path& file, const std::vector<TinyTensor>& tensors);
+
+// DIR/config.json and DIR/model.safetensors.
+void write_tiny_checkpoint(const std::filesystem::path& dir, const model::deepseek_v4::ModelConfig& cfg,
+                           const TinyCheckpointOptions& opts = {});
+
+}  // namespace clawmine::test
