@@ -229,6 +229,20 @@ TEST(ModelConfig, TransformersSpellingMatchesRelease) {
   }
 }
 
+// tiny-a-hf/config.json was written by transformers' save_pretrained from tiny-a's release-
+// spelled config (fixtures of the golden tests), so it is the real transformers spelling.
+TEST(ModelConfig, TransformersSavedTinyConfigMatchesRelease) {
+  const std::filesystem::path release_dir = test::fixture_dir("models/tiny-a");
+  const std::filesystem::path hf_dir = test::fixture_dir("models/tiny-a-hf");
+  if (!std::filesystem::exists(release_dir / "config.json") || !std::filesystem::exists(hf_dir / "config.json")) {
+    GTEST_SKIP() << "tiny-a fixtures not present";
+  }
+  ModelConfig release = load_model_config(release_dir);
+  ModelConfig hf = load_model_config(hf_dir);
+  hf.torch_dtype = release.torch_dtype;  // saved from the float32 reference model
+  expect_same_config(release, hf);
+}
+
 TEST(ModelConfig, FlatRopeParametersMatchRopeScaling) {
   json release = read_json(test::fixture_dir("configs/v4_flash_release/config.json"));
   json flat = release;
