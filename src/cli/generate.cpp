@@ -1,11 +1,14 @@
 // `clawmine generate`: prefill a prompt of token ids and sample up to --max-tokens ids,
 // printed space-separated (or as JSON with --json).
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "cli/model_options.h"
+#include "core/log.h"
 #include "runtime/generate.h"
 
 namespace clawmine::cli {
@@ -37,12 +40,22 @@ void add_generate_command(CLI::App& app) {
     auto backend = args->model.make_backend();
     args->gen.forward = args->model.forward_options();
     const bool json = args->json;
-    const auto tokens = runtime::generate(*model, *backend, prompt, args->gen, [json](int32_t id) {
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    auto first = start;
+    const auto tokens = runtime::generate(*model, *backend, prompt, args->gen, [&](int32_t id) {
+      if (first == start) first = Clock::now();
       if (!json) {
         std::printf("%d ", id);
         std::fflush(stdout);
       }
     });
+    const double prefill_s = std::chrono::duration<double>(first - start).count();
+    const double decode_s = std::chrono::duration<double>(Clock::now() - first).count();
+    const size_t decoded = tokens.size() > 1 ? tokens.size() - 1 : 0;
+    log_info("generate", "prompt ", prompt.size(), " tokens in ", prefill_s * 1e3, " ms (",
+             prompt.size() / std::max(prefill_s, 1e-9), " tok/s); ", decoded, " decode steps, ",
+             decoded ? decode_s * 1e3 / decoded : 0.0, " ms/token");
     if (json) {
       std::printf("%s\n", nlohmann::json{{"prompt", prompt}, {"tokens", tokens}}.dump().c_str());
     } else {
