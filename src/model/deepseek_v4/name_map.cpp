@@ -6,6 +6,7 @@
 #include "model/deepseek_v4/name_map.h"
 
 #include <algorithm>
+#include <span>
 #include <string_view>
 
 #include "core/error.h"
@@ -68,6 +69,25 @@ constexpr NameRule kLayerNames[] = {
     {"ffn.experts.*.w2", "mlp.experts.*.down_proj"},
 };
 
+// transformers 5.17 save_pretrained runs its conversion mapping in reverse and writes release
+// names under `model.` with these exceptions (seen in tests/fixtures/models/tiny-a-hf).
+constexpr NameRule kSavedGlobalNames[] = {
+    {"embed.weight", "model.embed_tokens.weight"},
+    {"head.weight", "head.weight"},
+    {"norm.weight", "model.norm.weight"},
+    {"hc_head_fn", "model.hc_head.hc_fn"},
+    {"hc_head_base", "model.hc_head.hc_base"},
+    {"hc_head_scale", "model.hc_head.hc_scale"},
+};
+constexpr NameRule kSavedLayerNames[] = {
+    {"attn.kv_norm", "attn.norm"},
+};
+
+struct SchemeTables {
+  std::span<const NameRule> global;
+  std::span<const NameRule> layer;
+};
+
 constexpr std::string_view kReleaseLayerPrefix = "layers.";
 constexpr std::string_view kTransformersLayerPrefix = "model.layers.";
 constexpr std::string_view kMtpPrefix = "mtp.";
@@ -114,14 +134,14 @@ size_t match_length(const std::vector<std::string_view>& name, std::string_view 
   return parts.size();
 }
 
-// Maps a name relative to a layer (`attn.wq_a.weight`) to its transformers alternatives.
-std::vector<std::string> map_layer_name(std::string_view rel) {
+// Maps a name relative to a layer (`attn.wq_a.weight`) to its alternatives under `rules`.
+std::vector<std::string> map_layer_name(std::string_view rel, std::span<const NameRule> rules) {
   const auto name = split_dots(rel);
   size_t best = 0;
-  for (const NameRule& rule : kLayerNames) best = std::max(best, match_length(name, rule.release, nullptr));
+  for (const NameRule& rule : rules) best = std::max(best, match_length(name, rule.release, nullptr));
   if (best == 0) return {std::string(rel)};
   std::vector<std::string> out;
-  for (const NameRule& rule : kLayerNames) {
+  for (const NameRule& rule : rules) {
     std::vector<std::string_view> wildcards;
     if (match_length(name, rule.release, &wildcards) != best) continue;
     std::vector<std::string_view> mapped;
@@ -133,8 +153,8 @@ std::vector<std::string> map_layer_name(std::string_view rel) {
   return out;
 }
 
-std::vector<std::string> transformers_names(const std::string& release_name) {
-  for (const NameRule& rule : kGlobalNames) {
+std::vector<std::string> transformers_names(const std::string& release_name, const SchemeTables& tables) {
+  for (const NameRule& rule : tables.global) {
     if (release_name == rule.release) return {std::string(rule.transformers)};
   }
   if (release_name.rfind(kReleaseLayerPrefix, 0) == 0) {
@@ -142,7 +162,7 @@ std::vector<std::string> transformers_names(const std::string& release_name) {
     if (dot != std::string::npos) {
       const std::string layer = release_name.substr(kReleaseLayerPrefix.size(), dot - kReleaseLayerPrefix.size());
       std::vector<std::string> out;
-      for (const std::string& rel : map_layer_name(std::string_view(release_name).substr(dot + 1))) {
+      for (const std::string& rel : map_layer_name(std::string_view(release_name).substr(dot + 1), tables.layer)) {
         out.push_back(str_cat(kTransformersLayerPrefix, layer, ".", rel));
       }
       return out;
@@ -161,7 +181,7 @@ std::vector<std::string> with_scale_aliases(const std::vector<std::string>& name
       continue;
     }
     const std::string alt = str_cat(join_dots({parts.begin(), parts.end() - 1}), ".", kScaleSuffixAlt);
-    if (scheme == NamingScheme::kTransformers) {
+    if (scheme != NamingScheme::kRelease) {
       out.push_back(alt);
       out.push_back(n);
     } else {
@@ -182,14 +202,28 @@ bool has_prefix(const std::vector<std::string>& names, std::string_view prefix) 
 }  // namespace
 
 const char* naming_scheme_name(NamingScheme s) {
-  return s == NamingScheme::kRelease ? "release" : "transformers";
+  switch (s) {
+    case NamingScheme::kRelease: return "release";
+    case NamingScheme::kTransformers: return "transformers";
+    case NamingScheme::kTransformersSaved: return "transformers-saved";
+  }
+  return "?";
 }
 
 NamingScheme detect_naming_scheme(const io::Checkpoint& ckpt) {
   if (ckpt.find("embed.weight")) return NamingScheme::kRelease;
-  if (ckpt.find("model.embed_tokens.weight")) return NamingScheme::kTransformers;
   const auto names = ckpt.names();
-  if (has_prefix(names, kTransformersLayerPrefix)) return NamingScheme::kTransformers;
+  // Under `model.layers.N.`, module names say self_attn / mlp, saved names attn / ffn.
+  for (const std::string& n : names) {
+    if (n.rfind(kTransformersLayerPrefix, 0) != 0) continue;
+    if (n.find(".self_attn.") != std::string::npos || n.find(".mlp.") != std::string::npos) {
+      return NamingScheme::kTransformers;
+    }
+    if (n.find(".attn.") != std::string::npos || n.find(".ffn.") != std::string::npos) {
+      return NamingScheme::kTransformersSaved;
+    }
+  }
+  if (ckpt.find("model.embed_tokens.weight")) return NamingScheme::kTransformers;
   if (has_prefix(names, kReleaseLayerPrefix)) return NamingScheme::kRelease;
   throw Error(str_cat("checkpoint ", ckpt.dir().string(), ": cannot tell the naming scheme (no ",
                       "embed.weight, model.embed_tokens.weight, layers.* or model.layers.* tensor among ",
@@ -200,7 +234,9 @@ std::vector<std::string> checkpoint_names(NamingScheme scheme, const std::string
   if (scheme == NamingScheme::kRelease || release_name.rfind(kMtpPrefix, 0) == 0) {
     return with_scale_aliases({release_name}, scheme);
   }
-  return with_scale_aliases(transformers_names(release_name), scheme);
+  const SchemeTables tables = scheme == NamingScheme::kTransformers ? SchemeTables{kGlobalNames, kLayerNames}
+                                                                    : SchemeTables{kSavedGlobalNames, kSavedLayerNames};
+  return with_scale_aliases(transformers_names(release_name, tables), scheme);
 }
 
 FusedExpertNames fused_expert_names(int layer) {

@@ -11,11 +11,15 @@
 
 namespace clawmine::model::deepseek_v4 {
 
-enum class NamingScheme { kRelease, kTransformers };
-const char* naming_scheme_name(NamingScheme s);  // "release", "transformers"
+// kRelease: `layers.3.attn.wq_a.weight`. kTransformers: transformers' module names,
+// `model.layers.3.self_attn.q_a_proj.weight`, experts fused or per expert.
+// kTransformersSaved: what transformers 5.17 save_pretrained writes (its conversion mapping run
+// in reverse): release names under `model.` except `model.embed_tokens.weight`, `head.weight`,
+// `model.hc_head.hc_{fn,base,scale}` and `model.layers.N.attn.norm.weight` (= attn.kv_norm).
+enum class NamingScheme { kRelease, kTransformers, kTransformersSaved };
+const char* naming_scheme_name(NamingScheme s);  // "release", "transformers", "transformers-saved"
 
-// Release: `embed.weight`; transformers: `model.embed_tokens.weight` (or `model.layers.*`).
-// Throws clawmine::Error naming the directory when neither is recognizable.
+// From the names present; throws clawmine::Error naming the directory when none fits.
 NamingScheme detect_naming_scheme(const io::Checkpoint& ckpt);
 
 // Checkpoint names that may hold the release-named tensor, most likely first. Scale tensors

@@ -11,6 +11,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "model/deepseek_v4/config.h"
 #include "model/deepseek_v4/weight_walk.h"
 #include "support/test_support.h"
 #include "support/tiny_checkpoint.h"
@@ -328,6 +329,31 @@ TEST(Binder, UnrecognizableCheckpointIsAnError) {
   const std::string err = bind_error(o->ckpt, cfg);
   EXPECT_NE(err.find("naming scheme"), std::string::npos) << err;
   EXPECT_NE(err.find(o->dir.path().string()), std::string::npos) << err;
+}
+
+// The committed fixture pair: the same model as released and as transformers 5.17 saved it.
+TEST(Binder, FixtureReleaseAndTransformersSavedBindTheSameBytes) {
+  const auto rel_dir = test::fixture_dir("models/tiny-a"), hf_dir = test::fixture_dir("models/tiny-a-hf");
+  if (!std::filesystem::exists(hf_dir / "model.safetensors")) GTEST_SKIP() << "no fixture " << hf_dir;
+  const ModelConfig rel_cfg = load_model_config(rel_dir), hf_cfg = load_model_config(hf_dir);
+  const io::Checkpoint rel = io::Checkpoint::open(rel_dir), hf = io::Checkpoint::open(hf_dir);
+  const BoundModel a = bind_weights(rel, rel_cfg), b = bind_weights(hf, hf_cfg);
+  EXPECT_EQ(a.naming, NamingScheme::kRelease);
+  EXPECT_EQ(b.naming, NamingScheme::kTransformersSaved);
+  EXPECT_TRUE(a.unused.empty());
+  EXPECT_TRUE(b.unused.empty());
+  expect_same_weights(a.weights, b.weights);
+}
+
+TEST(NameMap, MapsReleaseNamesToTransformersSavedNames) {
+  auto saved = [](const std::string& n) { return checkpoint_names(NamingScheme::kTransformersSaved, n); };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(saved("embed.weight"), V{"model.embed_tokens.weight"});
+  EXPECT_EQ(saved("head.weight"), V{"head.weight"});
+  EXPECT_EQ(saved("hc_head_fn"), V{"model.hc_head.hc_fn"});
+  EXPECT_EQ(saved("layers.1.attn.kv_norm.weight"), V{"model.layers.1.attn.norm.weight"});
+  EXPECT_EQ(saved("layers.1.attn.compressor.norm.weight"), V{"model.layers.1.attn.compressor.norm.weight"});
+  EXPECT_EQ(saved("layers.1.ffn.experts.3.w2.weight"), V{"model.layers.1.ffn.experts.3.w2.weight"});
 }
 
 TEST(NameMap, MapsReleaseNamesToTransformersNames) {
