@@ -1,11 +1,16 @@
-// Token sampling from one row of logits: temperature, top-k, top-p (nucleus), seeded.
-// temperature 0 is greedy (argmax, lowest id on ties). The probabilities it samples from are
-// returned too, so logprobs always describe the distribution that was actually sampled.
+// Token sampling from one row of logits: presence/frequency penalties, temperature, top-k,
+// top-p (nucleus), min-p, seeded. temperature 0 is greedy (argmax, lowest id on ties). The
+// distribution a token was drawn from is returned with it, so logprobs always describe what was
+// actually sampled (greedy: the penalized softmax at temperature 1). NaN/Inf logits never get
+// sampled: they throw NonFiniteLogits.
 #pragma once
 
 #include <cstdint>
 #include <random>
+#include <unordered_map>
 #include <vector>
+
+#include "core/error.h"
 
 namespace clawmine::runtime {
 
@@ -13,22 +18,52 @@ struct SamplingParams {
   float temperature = 1.0f;  // 0: greedy
   float top_p = 1.0f;        // (0, 1]
   int64_t top_k = 0;         // 0: off
+  float min_p = 0.0f;        // [0, 1]: drop tokens with p < min_p * p_max
+  float presence_penalty = 0.0f;   // [-2, 2], OpenAI semantics over generated tokens
+  float frequency_penalty = 0.0f;  // [-2, 2]
   uint64_t seed = 0;
+};
+
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0;
+};
+
+struct SampledToken {
+  int32_t id = 0;
+  float logprob = 0;               // of `id` in the sampled distribution
+  std::vector<TokenLogprob> top;   // the n most likely of that distribution, descending
+};
+
+// A logit row had NaN or Inf; names the first offending id.
+class NonFiniteLogits : public Error {
+ public:
+  using Error::Error;
 };
 
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
-  // logits [vocab]; throws clawmine::Error if any logit is NaN (never samples from garbage).
-  int32_t sample(const float* logits, int64_t vocab);
+  // logits [vocab]; records the token for the penalties.
+  int32_t sample(const float* logits, int64_t vocab) { return sample(logits, vocab, 0).id; }
+  // logits [vocab]; n_top most likely entries of the sampled distribution come back too.
+  SampledToken sample(const float* logits, int64_t vocab, int64_t n_top);
+  // Full-vocabulary log-probabilities of the distribution the last sample() drew from
+  // (-inf for tokens cut by top-k/top-p/min-p); for tests.
+  const std::vector<float>& last_logprobs() const { return logprobs_; }
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
+  std::unordered_map<int32_t, int64_t> counts_;  // generated token → occurrences
+  std::vector<float> z_;                          // penalized logits
+  std::vector<float> logprobs_;                   // [vocab]
   std::vector<std::pair<float, int32_t>> scratch_;
 };
 
 // argmax with ties to the lowest id.
 int32_t argmax(const float* logits, int64_t vocab);
+// Index of the first NaN/Inf in logits [vocab], or -1.
+int64_t first_non_finite(const float* logits, int64_t vocab);
 
 }  // namespace clawmine::runtime

@@ -1,0 +1,186 @@
+#include "runtime/scheduler.h"
+
+#include <algorithm>
+
+namespace clawmine::runtime {
+
+using model::deepseek_v4::SequenceCache;
+
+void SequenceHandle::push(SampledToken token) {
+  {
+    std::lock_guard lock(mu_);
+    tokens_.push_back(std::move(token));
+  }
+  cv_.notify_all();
+}
+
+void SequenceHandle::finish(FinishReason reason, std::string error, bool non_finite) {
+  {
+    std::lock_guard lock(mu_);
+    reason_ = reason;
+    error_ = std::move(error);
+    non_finite_ = non_finite;
+  }
+  cv_.notify_all();
+}
+
+bool SequenceHandle::take(std::vector<SampledToken>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !tokens_.empty() || reason_ != FinishReason::kNone; });
+  while (!tokens_.empty()) {
+    out.push_back(std::move(tokens_.front()));
+    tokens_.pop_front();
+  }
+  return reason_ == FinishReason::kNone || !out.empty();
+}
+
+FinishReason SequenceHandle::finish_reason() const {
+  std::lock_guard lock(mu_);
+  return reason_;
+}
+
+std::string SequenceHandle::error() const {
+  std::lock_guard lock(mu_);
+  return error_;
+}
+
+bool SequenceHandle::error_non_finite() const {
+  std::lock_guard lock(mu_);
+  return non_finite_;
+}
+
+struct Scheduler::Sequence {
+  SequenceRequest request;
+  std::shared_ptr<SequenceHandle> handle;
+  Sampler sampler;
+  SequenceCache cache;
+  size_t prefilled = 0;
+  int64_t generated = 0;
+  int32_t last = -1;
+  bool done = false;
+};
+
+Scheduler::Scheduler(const model::deepseek_v4::Model& model, std::unique_ptr<ops::Backend> backend,
+                     SchedulerOptions options)
+    : model_(model), backend_(std::move(backend)), options_(options) {
+  CLAWMINE_CHECK(options_.max_running >= 1 && options_.max_waiting >= 1 && options_.prefill_chunk >= 1,
+                 "scheduler limits must be >= 1");
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+  for (auto& s : waiting_) s->handle->finish(FinishReason::kCancelled);
+  for (auto& s : running_) s->handle->finish(FinishReason::kCancelled);
+}
+
+std::vector<std::shared_ptr<SequenceHandle>> Scheduler::submit(std::vector<SequenceRequest> requests) {
+  const int64_t vocab = model_.config().vocab_size;
+  for (const auto& r : requests) {
+    CLAWMINE_CHECK(!r.prompt.empty(), "a sequence needs at least one prompt token");
+    CLAWMINE_CHECK(r.max_tokens >= 1, "max_tokens must be >= 1");
+    for (int32_t id : r.prompt) CLAWMINE_CHECK(id >= 0 && id < vocab, "prompt token id ", id, " outside [0, ", vocab, ")");
+  }
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  std::vector<std::shared_ptr<SequenceHandle>> handles;
+  for (auto& r : requests) {
+    auto handle = std::make_shared<SequenceHandle>();
+    Sampler sampler(r.sampling);
+    seqs.push_back(std::unique_ptr<Sequence>(new Sequence{std::move(r), handle, std::move(sampler), model_.new_cache()}));
+    handles.push_back(std::move(handle));
+  }
+  {
+    std::lock_guard lock(mu_);
+    if (static_cast<int64_t>(waiting_.size() + seqs.size()) > options_.max_waiting)
+      throw QueueFull(str_cat("the request queue is full (", waiting_.size(), " waiting, limit ", options_.max_waiting,
+                              "); retry later"));
+    for (auto& s : seqs) waiting_.push_back(std::move(s));
+  }
+  cv_.notify_all();
+  return handles;
+}
+
+SchedulerStats Scheduler::stats() const {
+  SchedulerStats s;
+  {
+    std::lock_guard lock(mu_);
+    s.waiting = static_cast<int64_t>(waiting_.size());
+  }
+  s.running = running_count_;
+  s.steps = steps_;
+  s.forwards = forwards_;
+  s.non_finite_trips = non_finite_trips_;
+  return s;
+}
+
+void Scheduler::step(Sequence& seq) {
+  const auto& prompt = seq.request.prompt;
+  std::vector<int32_t> ids;
+  if (seq.prefilled < prompt.size()) {
+    const size_t n = std::min(prompt.size() - seq.prefilled, static_cast<size_t>(options_.prefill_chunk));
+    ids.assign(prompt.begin() + static_cast<std::ptrdiff_t>(seq.prefilled),
+               prompt.begin() + static_cast<std::ptrdiff_t>(seq.prefilled + n));
+    seq.prefilled += n;
+  } else {
+    ids = {seq.last};
+  }
+  const Buffer logits = model_.forward(*backend_, seq.cache, ids, options_.forward);
+  ++forwards_;
+  if (seq.prefilled < prompt.size()) return;  // more prompt to go
+  const int64_t V = model_.config().vocab_size;
+  const float* row = logits.f32() + (static_cast<int64_t>(ids.size()) - 1) * V;
+  SampledToken token = seq.sampler.sample(row, V, seq.request.top_logprobs);
+  seq.last = token.id;
+  ++seq.generated;
+  const bool eos = token.id == model_.config().eos_token_id;
+  seq.handle->push(std::move(token));
+  if (eos) {
+    seq.handle->finish(FinishReason::kEos);
+    seq.done = true;
+  } else if (seq.generated >= seq.request.max_tokens) {
+    seq.handle->finish(FinishReason::kLength);
+    seq.done = true;
+  }
+}
+
+void Scheduler::loop() {
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !waiting_.empty() || !running_.empty(); });
+      if (stop_) return;
+      while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
+        running_.push_back(std::move(waiting_.front()));
+        waiting_.pop_front();
+      }
+      running_count_ = static_cast<int64_t>(running_.size());
+    }
+    for (auto& seq : running_) {
+      if (seq->handle->cancelled()) {
+        seq->handle->finish(FinishReason::kCancelled);
+        seq->done = true;
+        continue;
+      }
+      try {
+        step(*seq);
+      } catch (const NonFiniteLogits& e) {
+        ++non_finite_trips_;
+        seq->handle->finish(FinishReason::kError, e.what(), true);
+        seq->done = true;
+      } catch (const std::exception& e) {
+        seq->handle->finish(FinishReason::kError, e.what());
+        seq->done = true;
+      }
+    }
+    std::erase_if(running_, [](const auto& s) { return s->done; });
+    running_count_ = static_cast<int64_t>(running_.size());
+    ++steps_;
+  }
+}
+
+}  // namespace clawmine::runtime

@@ -1,0 +1,107 @@
+// Continuous batching for the server: one scheduler thread owns the model and the backend; each
+// step it admits waiting sequences (up to max_running) and advances every running sequence by one
+// forward (a prefill chunk or one decode token), each with its own SequenceCache. Requests join
+// and leave between steps. Consumers read tokens from a SequenceHandle and may cancel it.
+// A logit row with NaN/Inf fails only its sequence and counts a non-finite guard trip.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "model/deepseek_v4/model.h"
+#include "ops/backend.h"
+#include "runtime/sampler.h"
+
+namespace clawmine::runtime {
+
+struct SchedulerOptions {
+  int64_t max_running = 64;     // sequences advanced per step
+  int64_t max_waiting = 256;    // admitted but not yet running; beyond it submit() throws QueueFull
+  int64_t prefill_chunk = 256;  // prompt tokens per sequence per step
+  model::deepseek_v4::ForwardOptions forward;
+};
+
+struct SequenceRequest {
+  std::vector<int32_t> prompt;  // non-empty, ids < vocab
+  int64_t max_tokens = 16;      // >= 1
+  SamplingParams sampling;
+  int64_t top_logprobs = 0;     // entries of the sampled distribution returned per token
+};
+
+enum class FinishReason { kNone, kEos, kLength, kCancelled, kError };
+
+class QueueFull : public Error {
+ public:
+  using Error::Error;
+};
+
+class SequenceHandle {
+ public:
+  // Moves the tokens produced so far into `out`, waiting up to `timeout` when there are none.
+  // Returns false once the sequence has finished and every token has been taken.
+  bool take(std::vector<SampledToken>& out, std::chrono::milliseconds timeout);
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+  FinishReason finish_reason() const;
+  std::string error() const;                  // kError: what went wrong
+  bool error_non_finite() const;              // kError caused by the non-finite guard
+
+ private:
+  friend class Scheduler;
+  void push(SampledToken token);
+  void finish(FinishReason reason, std::string error = {}, bool non_finite = false);
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<SampledToken> tokens_;
+  FinishReason reason_ = FinishReason::kNone;
+  std::string error_;
+  bool non_finite_ = false;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct SchedulerStats {
+  int64_t waiting = 0;
+  int64_t running = 0;
+  int64_t steps = 0;
+  int64_t forwards = 0;
+  int64_t non_finite_trips = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const model::deepseek_v4::Model& model, std::unique_ptr<ops::Backend> backend, SchedulerOptions options);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues all requests or none (QueueFull when the waiting queue cannot take them all).
+  std::vector<std::shared_ptr<SequenceHandle>> submit(std::vector<SequenceRequest> requests);
+  SchedulerStats stats() const;
+
+ private:
+  struct Sequence;
+  void loop();
+  void step(Sequence& seq);
+
+  const model::deepseek_v4::Model& model_;
+  std::unique_ptr<ops::Backend> backend_;
+  SchedulerOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;
+  std::atomic<int64_t> running_count_{0}, steps_{0}, forwards_{0}, non_finite_trips_{0};
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace clawmine::runtime
