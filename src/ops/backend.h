@@ -26,10 +26,31 @@ struct HcParams {
   float rms_eps = 1e-6f;  // the unweighted RMS over the flattened streams uses rms_norm_eps
 };
 
+// How quantized linears treat activations (issue: quantized checkpoints). W4A16/W8A16 dequantize
+// weights exactly and keep activations; W8A8 quantizes activations per token per 128 to E4M3
+// with power-of-two (UE8M0) scales as the release does (FP8-block and MXFP4 linears); W4A4
+// emulates a Blackwell NVFP4 GEMM: activations to E2M1 with E4M3 scales per 16 under a global
+// scale g that is static (1/input_scale), dynamic (2688/amax per token) or auto (dynamic unless
+// the weight's input_scale is present and trusted). Every conversion saturates; saturate=false
+// (diagnostics and tests only) reproduces a non-saturating E4M3 cast and so its NaN.
+enum class Nvfp4Path { kW4A16, kW4A4 };
+enum class Fp8Path { kW8A16, kW8A8 };
+enum class ActScale { kStatic, kDynamic, kAuto };
+struct LinearPolicy {
+  Nvfp4Path nvfp4 = Nvfp4Path::kW4A16;
+  Fp8Path fp8 = Fp8Path::kW8A16;
+  ActScale act_scale = ActScale::kAuto;
+  bool saturate = true;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+
+  // Applies to every later linear, grouped_linear and expert projection.
+  virtual void set_linear_policy(const LinearPolicy& policy) { policy_ = policy; }
+  const LinearPolicy& linear_policy() const { return policy_; }
 
   // out[t, :] = table[ids[t], :] as F32.  table [V, D] (BF16/F32/F16), out [T, D].
   // An id outside [0, V) is an error naming it.
@@ -113,6 +134,9 @@ class Backend {
                            const TensorView& weight, float swiglu_limit, const TensorView& out) = 0;
   // One SwiGLU MLP with the same clamp (the shared expert): out = expert(x).  x [T, D]; out [T, D].
   virtual void swiglu_mlp(const TensorView& x, const ExpertWeights& w, float swiglu_limit, const TensorView& out) = 0;
+
+ protected:
+  LinearPolicy policy_;
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads = 0);  // 0: hardware concurrency

@@ -14,7 +14,7 @@ void RowStore::keep_last(int64_t n) {
   if (r > n) data.erase(data.begin(), data.begin() + (r - n) * width);
 }
 
-std::unique_ptr<Model> Model::load(const std::filesystem::path& dir) {
+std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadOptions& options) {
   std::unique_ptr<Model> m(new Model());
   m->config_ = load_model_config(dir);
   m->checkpoint_ = io::Checkpoint::open(dir);

@@ -14,9 +14,7 @@
 #include "model/deepseek_v4/config.h"
 #include "model/deepseek_v4/weights.h"
 
-namespace clawmine::ops {
-class Backend;
-}
+#include "ops/backend.h"
 
 namespace clawmine::model::deepseek_v4 {
 
@@ -27,10 +25,20 @@ struct ForwardOptions {
   bool official_qdq = true;
 };
 
+struct LoadOptions {
+  // Modules kept in BF16 (dequantized at load): globs over release names ("layers.*.attn.wq_a")
+  // and fused checkpoint names ("layers.0.attn.fused_wqa_wkv"). A glob matching nothing is an error.
+  std::vector<std::string> dequant;
+  // The compute policy decides which scales are read (an invalid input_scale is an error only
+  // when a static W4A4 path would use it; otherwise a warning).
+  ops::LinearPolicy policy;
+  bool audit = true;  // calibration audit of static input scales (NVFP4 W4A4)
+};
+
 class Model {
  public:
   // Reads DIR/config.json (+ hf_quant_config.json), opens the safetensors and binds weights.
-  static std::unique_ptr<Model> load(const std::filesystem::path& dir);
+  static std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }

@@ -29,6 +29,10 @@ struct LinearWeight {
                               // NVFP4: [out, in/16] E4M3
   TensorView weight_scale_2;  // NVFP4 global weight scale, F32 scalar
   TensorView input_scale;     // NVFP4 static activation scale, F32 scalar (optional)
+  std::string fused_name;     // checkpoint module it was split from, e.g. "layers.0.attn.fused_wqa_wkv" ("" if none)
+  // Set by the loader's audit: false when input_scale is invalid or calibration shows it
+  // overflows. `--act-scale auto` then quantizes this linear's activations dynamically.
+  bool input_scale_trusted = true;
 
   bool present() const { return !weight.empty(); }
 };
