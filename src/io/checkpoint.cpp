@@ -63,9 +63,10 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
   if (fs::exists(index_path, ec)) {
     const std::string index_file = index_path.string();
     const auto weight_map = read_weight_map(index_path);
-    std::map<std::string, SafetensorsFile*> shards;  // shard name -> opened file
-    for (const auto& [name, shard] : weight_map) {
-      if (shards.count(shard)) continue;
+    std::set<std::string> shard_names;
+    for (const auto& [name, shard] : weight_map) shard_names.insert(shard);
+    std::map<std::string, SafetensorsFile*> shards;  // shard name -> opened file, in name order
+    for (const std::string& shard : shard_names) {
       try {
         ckpt.files_.push_back(SafetensorsFile::open(dir / shard));
       } catch (const Error& e) {

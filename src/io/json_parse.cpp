@@ -57,7 +57,11 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& sourc
   try {
     result = json::parse(text.begin(), text.end(), callback);
   } catch (const json::exception& e) {
-    throw Error(str_cat(source, ": invalid JSON: ", e.what()));
+    std::string what = e.what();  // may quote raw header bytes: keep the message one printable line
+    for (char& c : what) {
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+    }
+    throw Error(str_cat(source, ": invalid JSON: ", what));
   }
   if (!duplicate.empty()) throw Error(str_cat(source, ": ", duplicate));
   return result;
