@@ -26,3 +26,10 @@ if [ -f tools/npm/package.json ] && [ ! -d tools/npm/node_modules ]; then
   (cd tools/npm && npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1 ||
    npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
+
+# The server tests' real client: the openai npm package, pinned in tests/server/node/package.json.
+if [ -f tests/server/node/package.json ] && [ ! -d tests/server/node/node_modules ]; then
+  echo "setup: installing the openai npm client for the server tests" >&2
+  (cd tests/server/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1 ||
+   npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi

@@ -11,5 +11,6 @@ void add_info_command(CLI::App& app);         // cli/info.cpp: config summary of
 void add_logits_command(CLI::App& app);       // cli/logits.cpp: all-position logits to .npy
 void add_generate_command(CLI::App& app);     // cli/generate.cpp: sampling loop
 void add_tokenizer_commands(CLI::App& app);   // cli/tokenizer_commands.cpp: tokenize, detokenize, chat-template
+void add_serve_command(CLI::App& app);        // cli/serve.cpp: OpenAI-compatible HTTP server
 
 }  // namespace clawmine::cli
