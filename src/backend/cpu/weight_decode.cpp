@@ -49,16 +49,6 @@ void expect_tensor(const LinearWeight& w, const char* what, const TensorView& t,
                         shape_str(shape)));
 }
 
-const char* format_name(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kDense: return "dense";
-    case WeightFormat::kFp8Block: return "fp8-block";
-    case WeightFormat::kMxfp4: return "mxfp4";
-    case WeightFormat::kNvfp4: return "nvfp4";
-  }
-  return "?";
-}
-
 void decode_fp4_pairs(const uint8_t* packed, int64_t n, float* out) {
   for (int64_t k = 0; k < n / 2; ++k) {
     out[2 * k] = kE2m1Values[packed[k] & 0xf];
@@ -88,7 +78,7 @@ void validate_linear_weight(const LinearWeight& w) {
       const bool mx = w.format == WeightFormat::kMxfp4;
       const int64_t group = mx ? kMxfp4GroupSize : kNvfp4GroupSize;
       if (I % group != 0)
-        throw Error(str_cat("linear weight ", w.name, ": ", format_name(w.format), " needs in_features (", I,
+        throw Error(str_cat("linear weight ", w.name, ": ", model::deepseek_v4::weight_format_name(w.format), " needs in_features (", I,
                             ") divisible by ", group));
       expect_tensor(w, "weight", w.weight, {O, I / 2}, {DType::kU8, DType::kI8});
       expect_tensor(w, "scale", w.scale, {O, I / group}, {mx ? DType::kF8E8M0 : DType::kF8E4M3});
