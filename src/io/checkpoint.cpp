@@ -99,8 +99,9 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
   }
 
   std::vector<fs::path> paths;
-  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
-    if (e.path().extension() == ".safetensors" && e.is_regular_file(ec)) paths.push_back(e.path());
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code type_ec;
+    if (it->path().extension() == ".safetensors" && it->is_regular_file(type_ec)) paths.push_back(it->path());
   }
   if (ec) throw Error(str_cat(dir.string(), ": cannot list directory: ", ec.message()));
   if (paths.empty()) throw Error(str_cat(dir.string(), ": no .safetensors files in the checkpoint directory"));

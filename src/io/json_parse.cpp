@@ -17,14 +17,16 @@ struct Frame {
   std::set<std::string> keys;
 };
 
-std::string where(const std::vector<Frame>& stack) {
-  if (stack.size() <= 1) return "the top-level object";
-  return str_cat("object \"", stack.back().name, "\"");
+std::string describe_duplicate(const std::vector<Frame>& stack, const std::string& key,
+                               const std::string& top_level_noun) {
+  if (stack.size() <= 1) return str_cat("duplicate ", top_level_noun, " \"", key, "\"");
+  return str_cat("duplicate key \"", key, "\" in object \"", stack.back().name, "\"");
 }
 
 }  // namespace
 
-nlohmann::json parse_json_strict(std::string_view text, const std::string& source) {
+nlohmann::json parse_json_strict(std::string_view text, const std::string& source,
+                                 const std::string& top_level_noun) {
   using nlohmann::json;
   std::vector<Frame> stack;
   std::string pending_key, duplicate;
@@ -45,7 +47,7 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& sourc
       case json::parse_event_t::key:
         pending_key = parsed.get<std::string>();
         if (duplicate.empty() && !stack.empty() && !stack.back().keys.insert(pending_key).second) {
-          duplicate = str_cat("duplicate key \"", pending_key, "\" in ", where(stack));
+          duplicate = describe_duplicate(stack, pending_key, top_level_noun);
         }
         break;
       case json::parse_event_t::value:

@@ -11,7 +11,9 @@
 namespace clawmine::io {
 
 // Parses `text`; `source` names where it came from (a file path) in error messages. Throws
-// clawmine::Error on invalid JSON or on a key repeated within one object.
-nlohmann::json parse_json_strict(std::string_view text, const std::string& source);
+// clawmine::Error on invalid JSON or on a key repeated within one object; `top_level_noun`
+// says what a key of the top-level object is ("tensor name" in a safetensors header).
+nlohmann::json parse_json_strict(std::string_view text, const std::string& source,
+                                 const std::string& top_level_noun = "key");
 
 }  // namespace clawmine::io

@@ -58,7 +58,7 @@ TensorInfo parse_entry(const std::string& file, const std::string& name, const j
   uint64_t nbytes = dtype_size(t.dtype);
   for (const json& d : shape) {
     if (!d.is_number_integer()) throw Error(str_cat(where, ": shape ", shape.dump(), " has a non-integer dimension"));
-    if (d.is_number_integer() && !d.is_number_unsigned() && d.get<int64_t>() < 0) {
+    if (!d.is_number_unsigned() && d.get<int64_t>() < 0) {
       throw Error(str_cat(where, ": shape ", shape.dump(), " has a negative dimension"));
     }
     const uint64_t dim = *as_u64(d);
@@ -143,7 +143,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     throw Error(str_cat(file, ": header length ", header_len, " runs past the end of the file (", size, " bytes)"));
   }
   const std::string_view text(reinterpret_cast<const char*>(bytes + 8), header_len);
-  const json header = parse_json_strict(text, file);
+  const json header = parse_json_strict(text, file, "tensor name");
   if (!header.is_object()) throw Error(str_cat(file, ": header is not a JSON object"));
 
   const uint8_t* base = bytes + 8 + header_len;
