@@ -18,7 +18,10 @@ namespace md = model::deepseek_v4;
 
 namespace {
 
-enum class LinearKind { kDense, kFp8, kExpert };
+// kAttnFp4: wq_a, wkv, wq_b, wo_b (NVFP4 in the seed layouts, FP8 otherwise); kWoA: wo_a (F32
+// block scales in the seed layouts, E8M0 otherwise).
+enum class LinearKind { kDense, kFp8, kExpert, kAttnFp4, kWoA };
+enum class Store { kBf16, kFp8E8m0, kFp8F32, kMxfp4, kNvfp4 };
 
 const char* layer_type_json(md::AttentionKind k) {
   switch (k) {
@@ -53,6 +56,15 @@ class Generator {
  private:
   bool hf() const { return opts_.naming == TinyNaming::kTransformers; }
   bool quantized() const { return opts_.quant != TinyQuant::kDense; }
+  bool seed_layout() const { return opts_.quant == TinyQuant::kSeed || opts_.quant == TinyQuant::kW4A16; }
+
+  Store store_of(LinearKind kind) const {
+    if (kind == LinearKind::kDense || !quantized()) return Store::kBf16;
+    if (kind == LinearKind::kFp8) return Store::kFp8E8m0;
+    if (kind == LinearKind::kWoA) return seed_layout() ? Store::kFp8F32 : Store::kFp8E8m0;
+    if (kind == LinearKind::kAttnFp4) return seed_layout() ? Store::kNvfp4 : Store::kFp8E8m0;
+    return opts_.quant == TinyQuant::kFp8Mxfp4 ? Store::kMxfp4 : Store::kNvfp4;
+  }
 
   void push(std::string name, DType dtype, Shape shape, std::vector<uint8_t> bytes) {
     out_.push_back({std::move(name), dtype, std::move(shape), std::move(bytes)});
@@ -102,26 +114,77 @@ class Generator {
   }
 
   // `rel` / `hf_name` are module names; the suffixes follow the naming and the format.
-  void linear(const std::string& rel, const std::string& hf_name, int64_t out, int64_t in, LinearKind kind) {
+  // `second_shard`: wkv, which gets its own NVFP4 global scales under per_shard_scales.
+  void linear(const std::string& rel, const std::string& hf_name, int64_t out, int64_t in, LinearKind kind,
+              bool second_shard = false) {
     const std::string m = hf() ? hf_name : rel;
-    if (kind == LinearKind::kDense || !quantized()) {
+    const Store store = store_of(kind);
+    if (store == Store::kBf16) {
       floats(m + ".weight", m + ".weight", DType::kBF16, {out, in});
-    } else if (kind == LinearKind::kFp8) {
+    } else if (store == Store::kFp8E8m0) {
       push(m + ".weight", DType::kF8E4M3, {out, in}, random_bytes(DType::kF8E4M3, {out, in}));
       const Shape s = {(out + 127) / 128, (in + 127) / 128};
       push(m + (hf() ? ".weight_scale_inv" : ".scale"), DType::kF8E8M0, s, random_bytes(DType::kF8E8M0, s));
-    } else if (opts_.quant == TinyQuant::kFp8Mxfp4) {
+    } else if (store == Store::kFp8F32) {
+      push(m + ".weight", DType::kF8E4M3, {out, in}, random_bytes(DType::kF8E4M3, {out, in}));
+      const int64_t ob = (out + 127) / 128, ib = (in + 127) / 128;
+      std::vector<uint8_t> bytes(static_cast<size_t>(ob * ib) * 4);
+      std::uniform_real_distribution<float> uniform(1.0f / 128, 1.0f);
+      for (size_t i = 0; i < bytes.size() / 4; ++i) {
+        const float v = uniform(rng_);
+        std::memcpy(&bytes[i * 4], &v, 4);
+      }
+      if (opts_.wo_a_modelopt_4d) {
+        push(m + ".weight_scale", DType::kF32, {ob, 1, ib, 1}, std::move(bytes));
+      } else {
+        push(m + ".weight_scale_inv", DType::kF32, {ob, ib}, std::move(bytes));
+      }
+    } else if (store == Store::kMxfp4) {
       push(m + ".weight", DType::kI8, {out, in / 2}, random_bytes(DType::kI8, {out, in / 2}));
       const Shape s = {out, in / 32};
       push(m + (hf() ? ".weight_scale_inv" : ".scale"), DType::kF8E8M0, s, random_bytes(DType::kF8E8M0, s));
     } else {
+      if (in % 16 != 0) throw Error(str_cat("tiny checkpoint: NVFP4 ", m, " needs in_features % 16 == 0, got ", in));
       push(m + ".weight", DType::kU8, {out, in / 2}, random_bytes(DType::kU8, {out, in / 2}));
       std::vector<uint8_t> scales(static_cast<size_t>(out * in / 16));
       for (uint8_t& b : scales) b = static_cast<uint8_t>(0x30 + rng_() % 16);  // E4M3 0.125 .. 0.47
       push(m + ".weight_scale", DType::kF8E4M3, {out, in / 16}, std::move(scales));
-      scalar(m + ".weight_scale_2", 0.01f);
-      scalar(m + ".input_scale", 0.002f);
+      const bool own = second_shard && opts_.per_shard_scales;
+      scalar(m + ".weight_scale_2", own ? 0.02f : 0.01f);
+      if (opts_.quant != TinyQuant::kW4A16) scalar(m + ".input_scale", own ? 0.003f : 0.002f);
     }
+  }
+
+  // Replaces the tensors of wq_a (out_[a0, a1)) and wkv (out_[k0, k1)) by one fused module:
+  // weights and block scales concatenated by rows, global scales shared or per shard ([2]).
+  void fuse(const std::string& fused, const std::string& wq_a, const std::string& wkv, size_t a0, size_t a1,
+            size_t k0, size_t k1) {
+    if (a1 - a0 != k1 - k0) throw Error("tiny checkpoint: wq_a and wkv are stored differently, cannot fuse");
+    std::vector<TinyTensor> merged;
+    for (size_t i = 0; i < a1 - a0; ++i) {
+      const TinyTensor& a = out_[a0 + i];
+      const TinyTensor& k = out_[k0 + i];
+      const std::string suffix = a.name.substr(wq_a.size());
+      if (k.name != wkv + suffix) throw Error(str_cat("tiny checkpoint: cannot pair ", a.name, " with ", k.name));
+      TinyTensor f{fused + suffix, a.dtype, a.shape, a.bytes};
+      if (a.shape.empty()) {
+        if (opts_.per_shard_scales) {
+          f.shape = {2};
+          f.bytes.insert(f.bytes.end(), k.bytes.begin(), k.bytes.end());
+        } else if (a.bytes != k.bytes) {
+          throw Error(str_cat("tiny checkpoint: ", a.name, " and ", k.name, " differ; fusing needs per_shard_scales"));
+        }
+      } else if (suffix == ".scale" || suffix == ".weight_scale_inv" || a.dtype == DType::kF32) {
+        throw Error("tiny checkpoint: fused wq_a/wkv needs row-wise scales (NVFP4 or dense)");
+      } else {
+        f.shape[0] += k.shape[0];
+        f.bytes.insert(f.bytes.end(), k.bytes.begin(), k.bytes.end());
+      }
+      merged.push_back(std::move(f));
+    }
+    out_.erase(out_.begin() + static_cast<std::ptrdiff_t>(k0), out_.begin() + static_cast<std::ptrdiff_t>(k1));
+    out_.erase(out_.begin() + static_cast<std::ptrdiff_t>(a0), out_.begin() + static_cast<std::ptrdiff_t>(a1));
+    for (TinyTensor& t : merged) out_.push_back(std::move(t));
   }
 
   void scalar(const std::string& name, float v) {
@@ -142,13 +205,21 @@ class Generator {
   void attention(const std::string& r, const std::string& h, md::AttentionKind kind) {
     const int64_t D = cfg_.hidden_size, H = cfg_.num_attention_heads, Dh = cfg_.head_dim, Q = cfg_.q_lora_rank;
     const int64_t G = cfg_.o_groups, Lo = cfg_.o_lora_rank;
-    linear(r + "wq_a", h + "q_a_proj", Q, D, LinearKind::kFp8);
+    const size_t a0 = out_.size();
+    linear(r + "wq_a", h + "q_a_proj", Q, D, LinearKind::kAttnFp4);
+    const size_t a1 = out_.size();
     floats(r + "q_norm.weight", h + "q_a_norm.weight", DType::kBF16, {Q});
-    linear(r + "wq_b", h + "q_b_proj", H * Dh, Q, LinearKind::kFp8);
-    linear(r + "wkv", h + "kv_proj", Dh, D, LinearKind::kFp8);
+    linear(r + "wq_b", h + "q_b_proj", H * Dh, Q, LinearKind::kAttnFp4);
+    const size_t k0 = out_.size();
+    linear(r + "wkv", h + "kv_proj", Dh, D, LinearKind::kAttnFp4, true);
+    const size_t k1 = out_.size();
     floats(r + "kv_norm.weight", h + "kv_norm.weight", DType::kBF16, {Dh});
-    linear(r + "wo_a", h + "o_a_proj", G * Lo, H * Dh / G, LinearKind::kFp8);
-    linear(r + "wo_b", h + "o_b_proj", D, G * Lo, LinearKind::kFp8);
+    linear(r + "wo_a", h + "o_a_proj", G * Lo, H * Dh / G, LinearKind::kWoA);
+    linear(r + "wo_b", h + "o_b_proj", D, G * Lo, LinearKind::kAttnFp4);
+    if (opts_.fused_wqa_wkv) {
+      if (hf() || !seed_layout()) throw Error("tiny checkpoint: fused_wqa_wkv needs release naming and kSeed/kW4A16");
+      fuse(r + "fused_wqa_wkv", r + "wq_a", r + "wkv", a0, a1, k0, k1);
+    }
     floats(r + "attn_sink", h + "sinks", DType::kF32, {H});
     if (kind == md::AttentionKind::kCompressedSparse) {
       const int64_t rate = cfg_.compress_rate_csa, Hi = cfg_.index_n_heads, Di = cfg_.index_head_dim;
@@ -327,7 +398,7 @@ std::string tiny_config_json(const md::ModelConfig& c, TinyQuant quant) {
                                 {"scale_fmt", "ue8m0"},
                                 {"weight_block_size", {128, 128}}};
     if (quant == TinyQuant::kFp8Mxfp4) j["expert_dtype"] = "fp4";
-    if (quant == TinyQuant::kFp8Nvfp4) j["quantization_config"]["moe_quant_algo"] = "NVFP4";
+    if (quant != TinyQuant::kFp8Mxfp4) j["quantization_config"]["moe_quant_algo"] = "NVFP4";
   }
   return j.dump(2);
 }
@@ -336,6 +407,40 @@ std::vector<TinyTensor> tiny_tensors(const md::ModelConfig& cfg, const TinyCheck
   Generator g(cfg, opts);
   g.all();
   return g.take();
+}
+
+std::string tiny_hf_quant_config_json(const std::vector<TinyTensor>& tensors, TinyQuant quant) {
+  if (quant != TinyQuant::kModelOptMixed && quant != TinyQuant::kSeed && quant != TinyQuant::kW4A16) return "";
+  const std::string nvfp4 = quant == TinyQuant::kW4A16 ? "W4A16_NVFP4" : "NVFP4";
+  nlohmann::json layers = nlohmann::json::object();
+  auto module_of = [](const std::string& name, const std::string& suffix) {
+    return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0
+               ? name.substr(0, name.size() - suffix.size())
+               : std::string();
+  };
+  for (const TinyTensor& t : tensors) {
+    if (std::string m = module_of(t.name, ".weight_scale_2"); !m.empty()) {
+      layers[m] = {{"quant_algo", nvfp4}, {"group_size", 16}};
+    } else if (std::string m2 = module_of(t.name, ".weight_scale"); !m2.empty() && t.dtype == DType::kF32) {
+      layers[m2] = {{"quant_algo", "FP8_PB_WO"}};
+    } else if (std::string m3 = module_of(t.name, ".weight_scale_inv"); !m3.empty() && t.dtype == DType::kF32) {
+      layers[m3] = {{"quant_algo", "FP8_PB_WO"}};
+    }
+  }
+  nlohmann::json q = {{"kv_cache_quant_algo", nullptr}, {"group_size", 16}};
+  q["exclude_modules"] = quant == TinyQuant::kModelOptMixed
+                             ? nlohmann::json{"*.attn.*", "*.attn_norm.*", "*.ffn.shared_experts.*", "*.ffn.gate.*",
+                                              "*.ffn_norm.*", "embed.weight", "head.weight", "*.hc_*", "norm.weight"}
+                             : nlohmann::json{"*.attn.indexer.*", "*.attn.compressor.*", "*.ffn.shared_experts.*",
+                                              "*.ffn.gate.*", "embed.weight", "head.weight", "*.hc_*"};
+  if (quant == TinyQuant::kW4A16) {
+    q["quant_algo"] = nvfp4;
+  } else {
+    q["quant_algo"] = "MIXED_PRECISION";
+    q["quantized_layers"] = layers;
+  }
+  nlohmann::json j = {{"producer", {{"name", "modelopt"}, {"version", "0.37.0"}}}, {"quantization", q}};
+  return j.dump(2);
 }
 
 void write_tiny_tensors(const std::filesystem::path& file, const std::vector<TinyTensor>& tensors) {
@@ -352,7 +457,13 @@ void write_tiny_checkpoint(const std::filesystem::path& dir, const md::ModelConf
     f << tiny_config_json(cfg, opts.quant);
     if (!f) throw Error(str_cat((dir / "config.json").string(), ": cannot write"));
   }
-  write_tiny_tensors(dir / "model.safetensors", tiny_tensors(cfg, opts));
+  const std::vector<TinyTensor> tensors = tiny_tensors(cfg, opts);
+  if (const std::string hf = tiny_hf_quant_config_json(tensors, opts.quant); !hf.empty()) {
+    std::ofstream f(dir / "hf_quant_config.json");
+    f << hf;
+    if (!f) throw Error(str_cat((dir / "hf_quant_config.json").string(), ": cannot write"));
+  }
+  write_tiny_tensors(dir / "model.safetensors", tensors);
 }
 
 }  // namespace clawmine::test

@@ -97,7 +97,9 @@ class Binder {
     return t && check(*t, dtypes, shapes) ? t->view() : TensorView{};
   }
 
-  LinearWeight linear(const std::string& module, int64_t out, int64_t in) {
+  // `shards` > 1: a fused checkpoint module whose NVFP4 weight_scale_2 / input_scale may hold
+  // one value per shard ([shards]) instead of one shared value.
+  LinearWeight linear(const std::string& module, int64_t out, int64_t in, int64_t shards = 1) {
     LinearWeight lw;
     lw.name = module;
     lw.out_features = out;
@@ -115,10 +117,10 @@ class Binder {
     } else if (w->dtype == DType::kF8E4M3) {
       lw.format = WeightFormat::kFp8Block;
       const bool ok = check(*w, kE4m3, {Shape{out, in}});
-      lw.scale = tensor(module + ".scale", kFp8Scale, Shape{ceil_div(out, kFp8Block), ceil_div(in, kFp8Block)});
+      lw.scale = fp8_block_scale(module, out, in);
       if (ok) lw.weight = w->view();
     } else if (w->dtype == DType::kU8 || w->dtype == DType::kI8) {
-      bind_fp4(lw, *w);
+      bind_fp4(lw, *w, shards);
     } else {
       problems_.push_back(str_cat(w->name, " [", w->file, "]: expected BF16|F16|F32 (dense), F8_E4M3 (FP8 block) or ",
                                   "U8|I8 (packed FP4) ", shape_str({out, in}), ", found ", dtype_name(w->dtype), " ",
@@ -127,20 +129,43 @@ class Binder {
     return lw;
   }
 
+  // FP8 128x128 block scales [ceil(out/128), ceil(in/128)]: the release's `.scale` (E8M0, or F32),
+  // `.weight_scale_inv` (F32, transformers/sglang), or ModelOpt FP8_PB_WO's `.weight_scale`, F32
+  // 2-D or 4-D [out_blk, 1, in_blk, 1]; the 4-D form is handed out as a 2-D view of the same bytes.
+  TensorView fp8_block_scale(const std::string& module, int64_t out, int64_t in) {
+    const Shape blocks = {ceil_div(out, kFp8Block), ceil_div(in, kFp8Block)};
+    if (lookup_exists(module + ".scale")) return tensor(module + ".scale", kFp8Scale, blocks);
+    const io::TensorInfo* t = lookup(module + ".weight_scale");
+    if (!t) {
+      missing(module + ".scale", kFp8Scale, {blocks});
+      return {};
+    }
+    const Shape four_d = {blocks[0], 1, blocks[1], 1};
+    if (!check(*t, kFp8Scale, {blocks, four_d})) return {};
+    return t->view().reshaped(blocks);
+  }
+
   // Packed FP4 [out, in/2]: NVFP4 when a ModelOpt E4M3 `weight_scale` is present, else MXFP4.
-  void bind_fp4(LinearWeight& lw, const io::TensorInfo& w) {
+  void bind_fp4(LinearWeight& lw, const io::TensorInfo& w, int64_t shards) {
     const int64_t out = lw.out_features, in = lw.in_features;
     const DTypes packed = {DType::kU8, DType::kI8};
     const io::TensorInfo* nv_scale = lookup(lw.name + ".weight_scale");
-    if (nv_scale && nv_scale->dtype != DType::kF8E8M0) {
+    // A weight_scale_2 marks NVFP4 even when the block scales are missing (reported as such).
+    if ((nv_scale && nv_scale->dtype != DType::kF8E8M0) || (!nv_scale && lookup_exists(lw.name + ".weight_scale_2"))) {
       lw.format = WeightFormat::kNvfp4;
       const bool ok = check(w, packed, {Shape{out, in / 2}}) && in % kNvfp4Group == 0;
       if (in % kNvfp4Group != 0) {
         problems_.push_back(str_cat(w.name, " [", w.file, "]: NVFP4 needs in_features (", in, ") divisible by 16"));
       }
-      if (check(*nv_scale, kE4m3, {Shape{out, in / kNvfp4Group}})) lw.scale = nv_scale->view();
-      lw.weight_scale_2 = tensor(lw.name + ".weight_scale_2", kF32, kScalar);
-      lw.input_scale = optional_tensor(lw.name + ".input_scale", kF32, kScalar);
+      const Shape scale_shape = {out, in / kNvfp4Group};
+      if (!nv_scale) {
+        missing(lw.name + ".weight_scale", kE4m3, {scale_shape});
+      } else if (check(*nv_scale, kE4m3, {scale_shape})) {
+        lw.scale = nv_scale->view();
+      }
+      const Shapes global_shapes = shards > 1 ? Shapes{Shape{}, Shape{1}, Shape{shards}} : kScalar;
+      lw.weight_scale_2 = tensor(lw.name + ".weight_scale_2", kF32, global_shapes);
+      lw.input_scale = optional_tensor(lw.name + ".input_scale", kF32, global_shapes);
       if (ok) lw.weight = w.view();
       return;
     }
@@ -180,10 +205,15 @@ class Binder {
     const int64_t D = cfg_.hidden_size, H = cfg_.num_attention_heads, Dh = cfg_.head_dim;
     const int64_t Q = cfg_.q_lora_rank, G = cfg_.o_groups, Lo = cfg_.o_lora_rank;
     AttentionWeights a;
-    a.wq_a = linear(p + ".wq_a", Q, D);
+    const bool fused = lookup_exists(p + ".fused_wqa_wkv.weight");
+    if (fused) {
+      fused_wqa_wkv(p, a);
+    } else {
+      a.wq_a = linear(p + ".wq_a", Q, D);
+      a.wkv = linear(p + ".wkv", Dh, D);
+    }
     a.q_norm = tensor(p + ".q_norm.weight", kFloat, Shape{Q});
     a.wq_b = linear(p + ".wq_b", H * Dh, Q);
-    a.wkv = linear(p + ".wkv", Dh, D);
     a.kv_norm = tensor(p + ".kv_norm.weight", kFloat, Shape{Dh});
     a.wo_a = linear(p + ".wo_a", G * Lo, H * Dh / G);
     a.wo_b = linear(p + ".wo_b", D, G * Lo);
@@ -200,6 +230,56 @@ class Binder {
       a.compressor = compressor(p + ".compressor", 1, Dh, cfg_.compress_rate_hca);
     }
     return a;
+  }
+
+  // `attn.fused_wqa_wkv` (the seed's layout): wq_a rows [0, Q) then wkv rows [Q, Q+Dh) in one
+  // module. Each shard becomes its own LinearWeight over a row slice of the weight and block
+  // scales; a per-shard weight_scale_2 / input_scale ([2]) gives each shard its own element
+  // (exact, no max over shards), a scalar one is shared.
+  void fused_wqa_wkv(const std::string& p, AttentionWeights& a) {
+    const int64_t D = cfg_.hidden_size, Q = cfg_.q_lora_rank, Dh = cfg_.head_dim;
+    const std::string fused = p + ".fused_wqa_wkv";
+    for (const char* part : {".wq_a", ".wkv"}) {
+      if (lookup_exists(p + part + ".weight")) {
+        problems_.push_back(str_cat(primary_name(p + part + ".weight"), " [", ckpt_.dir().string(),
+                                    "]: present next to ", primary_name(fused + ".weight"),
+                                    "; a checkpoint stores wq_a/wkv either fused or separate, not both"));
+      }
+    }
+    const LinearWeight f = linear(fused, Q + Dh, D, 2);
+    a.wq_a = shard(f, p + ".wq_a", 0, Q, 0);
+    a.wkv = shard(f, p + ".wkv", Q, Q + Dh, 1);
+  }
+
+  LinearWeight shard(const LinearWeight& f, const std::string& name, int64_t begin, int64_t end, int64_t index) {
+    LinearWeight s = f;
+    s.name = name;
+    s.fused_name = f.name;
+    s.out_features = end - begin;
+    if (!f.weight.empty()) s.weight = f.weight.slice0(begin, end);
+    if (!f.scale.empty() && f.format == WeightFormat::kFp8Block) {
+      if (begin % kFp8Block == 0) {
+        s.scale = f.scale.slice0(begin / kFp8Block, ceil_div(end, kFp8Block));
+      } else {
+        s.scale = {};
+        problems_.push_back(str_cat(primary_name(f.name + ".weight"), ": FP8 block-scaled shard ", name,
+                                    " starts at row ", begin, ", not on a 128-row scale block boundary"));
+      }
+    } else if (!f.scale.empty()) {
+      s.scale = f.scale.slice0(begin, end);
+    }
+    s.weight_scale_2 = shard_element(f.weight_scale_2, index);
+    s.input_scale = shard_element(f.input_scale, index);
+    return s;
+  }
+
+  // Element `index` of a per-shard [n] array as a scalar view; a one-value tensor is shared.
+  static TensorView shard_element(const TensorView& t, int64_t index) {
+    if (t.empty() || t.numel() == 1) return t;
+    TensorView e = t;
+    e.shape = {};
+    e.data = static_cast<uint8_t*>(t.data) + static_cast<size_t>(index) * dtype_size(t.dtype);
+    return e;
   }
 
   ExpertWeights expert(const std::string& p, int64_t inter) {
@@ -227,6 +307,14 @@ class Binder {
         ok = false;
       } else {
         consumed_.insert(f.t->name);
+        if (!contains(kFloat, f.t->dtype)) {
+          problems_.push_back(str_cat(f.name, " [", f.t->file, "]: ", dtype_name(f.t->dtype),
+                                      ": quantized fused experts in transformers naming are not supported; "
+                                      "store quantized routed experts per expert in the release naming "
+                                      "(layers.N.ffn.experts.E.w1/w2/w3)"));
+          ok = false;
+          continue;
+        }
         ok = check(*f.t, kFloat, {f.shape}) && ok;
       }
     }

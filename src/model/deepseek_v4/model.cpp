@@ -4,8 +4,10 @@
 #include "model/deepseek_v4/model.h"
 
 #include "model/deepseek_v4/binder.h"
+#include "model/deepseek_v4/dequant.h"
 #include "model/deepseek_v4/layer.h"
 #include "model/deepseek_v4/rope.h"
+#include "model/deepseek_v4/scale_validation.h"
 
 namespace clawmine::model::deepseek_v4 {
 
@@ -19,6 +21,13 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadO
   m->config_ = load_model_config(dir);
   m->checkpoint_ = io::Checkpoint::open(dir);
   m->weights_ = bind_weights(m->checkpoint_, m->config_).weights;
+  // --dequant globs resolve first (a pattern matching nothing is an error) so the scale checks
+  // know which input_scales no compute path will read; decoding needs valid block scales.
+  const DequantSelection dequant = select_dequant(m->weights_, options.dequant);
+  validate_scales(m->weights_, m->checkpoint_, options.policy, dequant.names);
+  m->owned_ = dequantize(dequant);
+  // The calibration audit of static input scales (run_load_audit, src/diag/audit.h, owned by the
+  // diag module) belongs here, after dequant; it is not called until that header exists.
   m->inv_freq_main_ = rope_inv_freq(m->config_, AttentionKind::kSliding);
   m->inv_freq_compress_ = rope_inv_freq(m->config_, AttentionKind::kHeavilyCompressed);
   return m;
@@ -87,7 +96,11 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   Buffer y(DType::kF32, {T, D});
   be.hc_head(X.view(), weights_.hc_head, hp, y.view());
   be.rms_norm(y.view(), &weights_.norm, static_cast<float>(cfg.rms_norm_eps), y.view());
-  LinearWeight head{"head", cfg.vocab_size, D, WeightFormat::kDense, weights_.head, {}, {}, {}};
+  LinearWeight head;
+  head.name = "head";
+  head.out_features = cfg.vocab_size;
+  head.in_features = D;
+  head.weight = weights_.head;
   Buffer logits(DType::kF32, {T, cfg.vocab_size});
   be.linear(y.view(), head, logits.view());
   cache.position += T;

@@ -42,6 +42,8 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
+  // Writable weights for load-time passes (the calibration audit sets input_scale_trusted).
+  ModelWeights& mutable_weights() { return weights_; }
   const io::Checkpoint& checkpoint() const { return checkpoint_; }
 
   SequenceCache new_cache() const;
@@ -55,6 +57,7 @@ class Model {
   io::Checkpoint checkpoint_;
   ModelConfig config_;
   ModelWeights weights_;
+  std::vector<Buffer> owned_;  // dense F32 weights made by --dequant; weights_ points into them
   std::vector<float> inv_freq_main_;      // [rope_dim/2] sliding layers
   std::vector<float> inv_freq_compress_;  // [rope_dim/2] compressed layers, their compressors and indexers
 };

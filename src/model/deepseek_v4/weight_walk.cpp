@@ -125,4 +125,11 @@ void for_each_weight(const ModelWeights& w, const std::function<void(const Weigh
   Walker(fn).model(w);
 }
 
+void for_each_linear(ModelWeights& w, const std::function<void(LinearWeight&, WeightFamily)>& fn) {
+  // The walk is written once, over const weights; `w` itself is writable, so the cast is sound.
+  for_each_weight(w, [&](const WeightRef& r) {
+    if (r.linear) fn(const_cast<LinearWeight&>(*r.linear), r.family);
+  });
+}
+
 }  // namespace clawmine::model::deepseek_v4

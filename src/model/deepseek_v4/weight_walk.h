@@ -35,4 +35,7 @@ struct WeightRef {
 // Skips empty views (absent optional parts such as a tied head or a hash layer's gate bias).
 void for_each_weight(const ModelWeights& w, const std::function<void(const WeightRef&)>& fn);
 
+// Every bound linear of `w`, writable, in the same order (the loader's --dequant rewrites them).
+void for_each_linear(ModelWeights& w, const std::function<void(LinearWeight&, WeightFamily)>& fn);
+
 }  // namespace clawmine::model::deepseek_v4
