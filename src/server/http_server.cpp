@@ -48,7 +48,7 @@ HttpServer::~HttpServer() {
 void HttpServer::stop() { server_->stop(); }
 
 void HttpServer::install_routes() {
-  Service& svc = *service_;
+  Service* svc = service_.get();  // captured by value: route lambdas outlive this function
   auto& s = *server_;
 
   s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
@@ -86,15 +86,15 @@ void HttpServer::install_routes() {
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     send_error(res, to_api_error(ep));
   });
-  s.set_logger([&svc](const httplib::Request& req, const httplib::Response& res) {
-    svc.metrics().count_http(route_name(req.path), res.status);
+  s.set_logger([svc](const httplib::Request& req, const httplib::Response& res) {
+    svc->metrics().count_http(route_name(req.path), res.status);
   });
 
-  auto guarded = [&svc](auto body) {
-    return [&svc, body](const httplib::Request& req, httplib::Response& res) {
+  auto guarded = [svc](auto body) {
+    return [svc, body](const httplib::Request& req, httplib::Response& res) {
       try {
-        if (!svc.ready()) {
-          const std::string err = svc.load_error();
+        if (!svc->ready()) {
+          const std::string err = svc->load_error();
           throw ApiError(503, "server_error", err.empty() ? "The model is still loading" : "The model failed to load: " + err,
                          {}, "model_not_ready");
         }
@@ -105,31 +105,31 @@ void HttpServer::install_routes() {
     };
   };
 
-  s.Get("/health", [&svc](const httplib::Request&, httplib::Response& res) {
-    if (svc.ready()) {
+  s.Get("/health", [svc](const httplib::Request&, httplib::Response& res) {
+    if (svc->ready()) {
       res.set_content(R"({"status":"ok"})", kJson);
       return;
     }
-    const std::string err = svc.load_error();
+    const std::string err = svc->load_error();
     send_error(res, ApiError(503, "server_error", err.empty() ? "The model is still loading" : "The model failed to load: " + err,
                              {}, "model_not_ready"));
   });
-  s.Get("/metrics", [&svc](const httplib::Request&, httplib::Response& res) {
-    res.set_content(svc.metrics_text(), "text/plain; version=0.0.4");
+  s.Get("/metrics", [svc](const httplib::Request&, httplib::Response& res) {
+    res.set_content(svc->metrics_text(), "text/plain; version=0.0.4");
   });
-  s.Get("/v1/models", guarded([&svc](const httplib::Request&, httplib::Response& res) {
-          res.set_content(svc.models_json(), kJson);
+  s.Get("/v1/models", guarded([svc](const httplib::Request&, httplib::Response& res) {
+          res.set_content(svc->models_json(), kJson);
         }));
-  s.Post("/tokenize", guarded([&svc](const httplib::Request& req, httplib::Response& res) {
-           res.set_content(svc.tokenize(req.body), kJson);
+  s.Post("/tokenize", guarded([svc](const httplib::Request& req, httplib::Response& res) {
+           res.set_content(svc->tokenize(req.body), kJson);
          }));
-  s.Post("/detokenize", guarded([&svc](const httplib::Request& req, httplib::Response& res) {
-           res.set_content(svc.detokenize(req.body), kJson);
+  s.Post("/detokenize", guarded([svc](const httplib::Request& req, httplib::Response& res) {
+           res.set_content(svc->detokenize(req.body), kJson);
          }));
 
-  auto completion = [&svc](bool chat) {
-    return [&svc, chat](const httplib::Request& req, httplib::Response& res) {
-      std::shared_ptr<Service::Job> job = chat ? svc.start_chat(req.body) : svc.start_completion(req.body);
+  auto completion = [svc](bool chat) {
+    return [svc, chat](const httplib::Request& req, httplib::Response& res) {
+      std::shared_ptr<Service::Job> job = chat ? svc->start_chat(req.body) : svc->start_completion(req.body);
       if (!job->stream()) {
         res.set_content(job->run(), kJson);
         return;
