@@ -35,7 +35,8 @@ std::vector<GoldenCase> golden_cases() {
   const fs::path root = test::fixture_dir("golden");
   if (!fs::exists(root)) return cases;
   for (const auto& model_dir : fs::directory_iterator(root)) {
-    if (!model_dir.is_directory()) continue;
+    // Quantized fixtures (a quantized.json beside the cases) belong to quantized_parity_test.cpp.
+    if (!model_dir.is_directory() || fs::exists(model_dir.path() / "quantized.json")) continue;
     for (const auto& f : fs::directory_iterator(model_dir.path())) {
       const std::string name = f.path().filename().string();
       // case_<K>.json only (case_<K>.routing.json and friends are per-layer extras).
