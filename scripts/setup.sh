@@ -8,11 +8,15 @@ cd "$(dirname "$0")/.."
 packages=(cmake ninja-build g++ pkg-config ccache
           nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libpcre2-dev
           libgtest-dev libgmock-dev libbenchmark-dev
-          python3 python3-pytest python3-requests nodejs npm)
+          python3 python3-pytest python3-requests)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+# Node.js may come from Debian (nodejs + npm) or from a vendor build of nodejs that bundles
+# npm (asking apt for Debian's npm then conflicts): judge by the commands, not the packages.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
