@@ -5,6 +5,9 @@
 //        x^ = e4m3_sat(x/s) * s (the release's act_quant with UE8M0 scales).
 //   W4A4 (NVFP4 weights): global g (static 1/input_scale, or dynamic 2688/amax(row)); per 16
 //        SF = e4m3(g*amax16/6), x_q = e2m1_sat(x*g/SF), x^ = x_q*SF/g; SF == 0 gives zeros.
+// Amax values are taken over finite inputs; a NaN or Inf input stays as it is (so a non-finite
+// activation is never hidden by quantization), and finite inputs never become NaN or Inf
+// except through the deliberately non-saturating cast.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +27,7 @@ void fp8_act_qdq_row(float* x, int64_t n);
 float nvfp4_dynamic_global(const float* x, int64_t n);
 
 // The activation block scale one 16-block gets: e4m3(g * amax16 / 6). saturate=true clamps to
-// 448 (CUDA's __NV_SATFINITE); saturate=false is PyTorch's cast (NaN once the value reaches 464).
+// 448 (CUDA's __NV_SATFINITE); saturate=false is PyTorch's cast (464 rounds to 448, above is NaN).
 float nvfp4_block_scale(float g, float amax16, bool saturate);
 
 // In place over one token row x [n] with global multiplier g (> 0, or 0 for "all zero"):

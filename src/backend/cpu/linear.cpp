@@ -1,8 +1,10 @@
-// linear and grouped_linear: each weight row is decoded once per call into a per-thread float
-// scratch row (weight_decode.h) and dotted, in double, with every token row. Parallel over
-// output features.
+// linear and grouped_linear: the token rows first get the activation transform the linear
+// policy picks for the weight's format (act_policy.h), then each weight row is decoded once per
+// call into a per-thread float scratch row (weight_decode.h) and dotted, in double, with every
+// token row. Parallel over output features.
 #include <vector>
 
+#include "backend/cpu/act_policy.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/op_checks.h"
 #include "backend/cpu/weight_decode.h"
@@ -13,6 +15,8 @@ namespace clawmine::backend::cpu {
 void CpuBackend::linear_rows(const float* x, int64_t rows, const LinearWeight& w, float* out) {
   validate_linear_weight(w);
   const int64_t O = w.out_features, I = w.in_features;
+  std::vector<float> xq;
+  x = apply_act_transform(resolve_act_transform(policy_, w), x, rows, I, xq, pool_);
   pool_.parallel_for(0, O, [&](int64_t ob, int64_t oe) {
     std::vector<float> row(static_cast<size_t>(I));
     for (int64_t o = ob; o < oe; ++o) {
@@ -48,6 +52,9 @@ void CpuBackend::grouped_linear(const TensorView& x, const LinearWeight& w, int6
                         ", ", In, "]"));
   const int64_t T = x.numel() / (G * In);
   expect_numel(out, T * G * Lo, "grouped_linear", "out");
+  // Each (token, group) row is one activation row of its group's GEMM.
+  std::vector<float> xq;
+  px = apply_act_transform(resolve_act_transform(policy_, w), px, T * G, In, xq, pool_);
   // Row r = g*Lo + l of W belongs to group g: out[t, g, l] = W[r] . x[t, g, :].
   pool_.parallel_for(0, w.out_features, [&](int64_t rb, int64_t re) {
     std::vector<float> row(static_cast<size_t>(In));

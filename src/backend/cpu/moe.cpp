@@ -1,7 +1,8 @@
 // Mixture of experts (spec §3.4, transformers-parity #31-#35): sqrt-softplus routing by hash table
 // or by biased top-k, the clamped SwiGLU expert MLP, and the routed sum. Expert outputs are
 // accumulated in float32 in ascending expert id, weight applied after w2, mirroring transformers'
-// index_add_ order.
+// index_add_ order. Expert projections go through linear_rows, so they get the linear policy's
+// activation transform per weight format (W8A8 for FP8/MXFP4 experts, W4A4 for NVFP4 experts).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
