@@ -35,7 +35,7 @@ void add_generate_command(CLI::App& app) {
   cmd->callback([args] {
     const bool from_file = !args->prompt_file.empty();
     const auto prompt = from_file ? read_id_file(args->prompt_file, "--prompt-file") : parse_id_list(args->ids, "--ids");
-    auto model = model::deepseek_v4::Model::load(args->model.model_dir);
+    auto model = model::deepseek_v4::Model::load(args->model.model_dir, args->model.load_options());
     check_ids(prompt, model->config().vocab_size, from_file ? "--prompt-file" : "--ids");
     auto backend = args->model.make_backend();
     args->gen.forward = args->model.forward_options();

@@ -24,7 +24,7 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("--out", args->out, "Output .npy path")->required();
   cmd->callback([args] {
     const auto id_list = args->ids_file.empty() ? parse_id_list(args->ids, "--ids") : read_id_file(args->ids_file, "--ids-file");
-    auto model = model::deepseek_v4::Model::load(args->model.model_dir);
+    auto model = model::deepseek_v4::Model::load(args->model.model_dir, args->model.load_options());
     check_ids(id_list, model->config().vocab_size, args->ids_file.empty() ? "--ids" : "--ids-file");
     auto backend = args->model.make_backend();
     Buffer logits = runtime::chunked_logits(*model, *backend, id_list, args->chunk, args->model.forward_options());

@@ -15,6 +15,42 @@ void ModelOptions::add_to(CLI::App& cmd) {
                  "Quantize-dequantize round trips of DeepSeek's inference code on the KV cache and indexer")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
+  cmd.add_option("--nvfp4-path", nvfp4_path,
+                 "NVFP4 linears: w4a16 (dequantized weights, activations kept) or w4a4 (Blackwell emulation: "
+                 "activations to FP4 with E4M3 scales per 16)")
+      ->check(CLI::IsMember({"w4a16", "w4a4"}))
+      ->capture_default_str();
+  cmd.add_option("--fp8-path", fp8_path,
+                 "FP8-block and MXFP4 linears: w8a16 (activations kept; the CPU default, closest to the dequantized "
+                 "reference) or w8a8 (activations to FP8 per token per 128, power-of-two scales, as the release)")
+      ->check(CLI::IsMember({"w8a16", "w8a8"}))
+      ->capture_default_str();
+  cmd.add_option("--act-scale", act_scale,
+                 "W4A4 activation global scale: static (checkpoint input_scale), dynamic (2688/amax per token) or "
+                 "auto (static only where input_scale exists and passed the load audit)")
+      ->check(CLI::IsMember({"static", "dynamic", "auto"}))
+      ->capture_default_str();
+  // Diagnostics only: E4M3 casts behave like PyTorch's (NaN above 464) instead of saturating.
+  cmd.add_flag("--unsafe-nonsaturating-fp8", unsafe_nonsaturating_fp8,
+               "Diagnostics only: non-saturating FP8 casts in W4A4 (reproduces the seed NaN)")
+      ->group("");
+}
+
+ops::LinearPolicy ModelOptions::linear_policy() const {
+  ops::LinearPolicy p;
+  p.nvfp4 = nvfp4_path == "w4a4" ? ops::Nvfp4Path::kW4A4 : ops::Nvfp4Path::kW4A16;
+  p.fp8 = fp8_path == "w8a8" ? ops::Fp8Path::kW8A8 : ops::Fp8Path::kW8A16;
+  p.act_scale = act_scale == "static"    ? ops::ActScale::kStatic
+                : act_scale == "dynamic" ? ops::ActScale::kDynamic
+                                         : ops::ActScale::kAuto;
+  p.saturate = !unsafe_nonsaturating_fp8;
+  return p;
+}
+
+model::deepseek_v4::LoadOptions ModelOptions::load_options() const {
+  model::deepseek_v4::LoadOptions o;
+  o.policy = linear_policy();
+  return o;
 }
 
 model::deepseek_v4::ForwardOptions ModelOptions::forward_options() const {
@@ -23,7 +59,11 @@ model::deepseek_v4::ForwardOptions ModelOptions::forward_options() const {
   return o;
 }
 
-std::unique_ptr<ops::Backend> ModelOptions::make_backend() const { return ops::make_cpu_backend(threads); }
+std::unique_ptr<ops::Backend> ModelOptions::make_backend() const {
+  std::unique_ptr<ops::Backend> be = ops::make_cpu_backend(threads);
+  be->set_linear_policy(linear_policy());
+  return be;
+}
 
 std::vector<int32_t> parse_id_list(const std::string& text, const std::string& flag) {
   std::vector<int32_t> ids;

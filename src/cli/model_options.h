@@ -1,5 +1,6 @@
 // Flags that every model-running subcommand shares (--model, --backend, --threads,
-// --official-qdq) and the token-id list parser, so each command declares them the same way.
+// --official-qdq, the quantized-linear paths --nvfp4-path/--fp8-path/--act-scale) and the
+// token-id list parser, so each command declares them the same way.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -18,9 +19,21 @@ struct ModelOptions {
   std::string backend = "cpu";
   int threads = 0;
   std::string official_qdq = "on";
+  // How quantized linears treat activations (ops::LinearPolicy, docs/QUANTIZATION.md). CPU
+  // defaults: W4A16 and W8A16 (dequantized weights, float32 activations: closest to the
+  // dequantized reference); auto = dynamic wherever the static input_scale is absent or the
+  // load audit found it overflowing.
+  std::string nvfp4_path = "w4a16";
+  std::string fp8_path = "w8a16";
+  std::string act_scale = "auto";
+  bool unsafe_nonsaturating_fp8 = false;  // hidden: reproduces the seed NaN (diagnostics only)
 
   void add_to(CLI::App& cmd);
   model::deepseek_v4::ForwardOptions forward_options() const;
+  ops::LinearPolicy linear_policy() const;
+  // The load options these flags imply (policy; the load audit on).
+  model::deepseek_v4::LoadOptions load_options() const;
+  // A backend with linear_policy() applied.
   std::unique_ptr<ops::Backend> make_backend() const;
 };
 
