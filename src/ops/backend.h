@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "core/tensor.h"
@@ -51,6 +52,10 @@ class Backend {
   // Applies to every later linear, grouped_linear and expert projection.
   virtual void set_linear_policy(const LinearPolicy& policy) { policy_ = policy; }
   const LinearPolicy& linear_policy() const { return policy_; }
+
+  // Names the model sub-step the next ops belong to ("layers.0.attn", "layers.3.ffn", "head"),
+  // for diagnostics (diag/trace.h); compute backends ignore it. The view is copied if kept.
+  virtual void set_scope(std::string_view scope) {}
 
   // out[t, :] = table[ids[t], :] as F32.  table [V, D] (BF16/F32/F16), out [T, D].
   // An id outside [0, V) is an error naming it.

@@ -32,18 +32,26 @@ std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backe
   const int64_t n = static_cast<int64_t>(prompt.size());
   const int64_t chunk = options.prefill_chunk > 0 ? options.prefill_chunk : n;
   Buffer logits;
-  for (int64_t begin = 0; begin < n; begin += chunk) {
-    const std::vector<int32_t> piece(prompt.begin() + begin, prompt.begin() + std::min(n, begin + chunk));
-    logits = model.forward(backend, cache, piece, options.forward);
-  }
   std::vector<int32_t> out;
-  for (int64_t i = 0; i < options.max_tokens; ++i) {
-    const int64_t last = logits.view().dim(0) - 1;
-    const int32_t id = sampler.sample(logits.f32() + last * V, V);
-    out.push_back(id);
-    if (on_token) on_token(id);
-    if (options.stop_at_eos && id == model.config().eos_token_id) break;
-    if (i + 1 < options.max_tokens) logits = model.forward(backend, cache, {id}, options.forward);
+  try {
+    for (int64_t begin = 0; begin < n; begin += chunk) {
+      const std::vector<int32_t> piece(prompt.begin() + begin, prompt.begin() + std::min(n, begin + chunk));
+      logits = model.forward(backend, cache, piece, options.forward);
+    }
+    for (int64_t i = 0; i < options.max_tokens; ++i) {
+      const int64_t last = logits.view().dim(0) - 1;
+      const int32_t id = sampler.sample(logits.f32() + last * V, V);
+      out.push_back(id);
+      if (on_token) on_token(id);
+      if (options.stop_at_eos && id == model.config().eos_token_id) break;
+      if (i + 1 < options.max_tokens) logits = model.forward(backend, cache, {id}, options.forward);
+    }
+  } catch (const Error& e) {
+    // The guard: a non-finite step is never sampled; the explainer names the op that went non-finite.
+    if (!options.explain_non_finite) throw;
+    const std::string why = options.explain_non_finite(prompt, out);
+    if (why.empty()) throw;
+    throw NonFiniteLogits(str_cat(e.what(), "; ", why));
   }
   return out;
 }

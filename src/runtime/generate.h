@@ -9,6 +9,7 @@
 
 #include "model/deepseek_v4/model.h"
 #include "ops/backend.h"
+#include "runtime/non_finite_hook.h"
 #include "runtime/sampler.h"
 
 namespace clawmine::runtime {
@@ -19,6 +20,7 @@ struct GenerateOptions {
   bool stop_at_eos = true;
   SamplingParams sampling;
   model::deepseek_v4::ForwardOptions forward;
+  NonFiniteExplainer explain_non_finite;  // appended to the NonFiniteLogits error when set
 };
 
 // Returns the generated ids (EOS included when it ends the sequence). on_token, if set, sees each id as it comes.

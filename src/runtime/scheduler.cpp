@@ -56,6 +56,7 @@ struct Scheduler::Sequence {
   SequenceCache cache;
   size_t prefilled = 0;
   int64_t generated = 0;
+  std::vector<int32_t> generated_ids;  // fed back after the prompt (for the guard's explainer)
   int32_t last = -1;
   bool done = false;
 };
@@ -118,6 +119,15 @@ SchedulerStats Scheduler::stats() const {
   return s;
 }
 
+std::string Scheduler::explain_non_finite(const Sequence& seq) const {
+  if (!options_.explain_non_finite) return {};
+  try {
+    return options_.explain_non_finite(seq.request.prompt, seq.generated_ids);
+  } catch (const std::exception& e) {
+    return {};
+  }
+}
+
 void Scheduler::step(Sequence& seq) {
   const auto& prompt = seq.request.prompt;
   std::vector<int32_t> ids;
@@ -136,6 +146,7 @@ void Scheduler::step(Sequence& seq) {
   const float* row = logits.f32() + (static_cast<int64_t>(ids.size()) - 1) * V;
   SampledToken token = seq.sampler.sample(row, V, seq.request.top_logprobs);
   seq.last = token.id;
+  seq.generated_ids.push_back(token.id);
   ++seq.generated;
   const bool eos = token.id == model_.config().eos_token_id;
   seq.handle->push(std::move(token));
@@ -170,10 +181,15 @@ void Scheduler::loop() {
         step(*seq);
       } catch (const NonFiniteLogits& e) {
         ++non_finite_trips_;
-        seq->handle->finish(FinishReason::kError, e.what(), true);
+        const std::string why = explain_non_finite(*seq);
+        seq->handle->finish(FinishReason::kError, why.empty() ? e.what() : str_cat(e.what(), "; ", why), true);
         seq->done = true;
       } catch (const std::exception& e) {
-        seq->handle->finish(FinishReason::kError, e.what());
+        // A backend op that refuses NaN input (top-k) fails the forward; the explainer tells
+        // whether the sequence went non-finite, which makes this a guard trip too.
+        const std::string why = explain_non_finite(*seq);
+        if (!why.empty()) ++non_finite_trips_;
+        seq->handle->finish(FinishReason::kError, why.empty() ? e.what() : str_cat(e.what(), "; ", why), !why.empty());
         seq->done = true;
       }
     }

@@ -18,6 +18,7 @@
 
 #include "model/deepseek_v4/model.h"
 #include "ops/backend.h"
+#include "runtime/non_finite_hook.h"
 #include "runtime/sampler.h"
 
 namespace clawmine::runtime {
@@ -27,6 +28,8 @@ struct SchedulerOptions {
   int64_t max_waiting = 256;    // admitted but not yet running; beyond it submit() throws QueueFull
   int64_t prefill_chunk = 256;  // prompt tokens per sequence per step
   model::deepseek_v4::ForwardOptions forward;
+  // Runs on the scheduler thread when the guard trips; its text joins the request's error.
+  NonFiniteExplainer explain_non_finite;
 };
 
 struct SequenceRequest {
@@ -91,6 +94,7 @@ class Scheduler {
   struct Sequence;
   void loop();
   void step(Sequence& seq);
+  std::string explain_non_finite(const Sequence& seq) const;  // options_.explain_non_finite, "" if unset
 
   const model::deepseek_v4::Model& model_;
   std::unique_ptr<ops::Backend> backend_;

@@ -26,7 +26,9 @@ Buffer indexer_select(const LayerContext& c, const TensorView& h, const TensorVi
   const IndexerWeights& w = *c.w.attn.indexer;
   const int64_t T = h.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim, m = cfg.compress_rate_csa;
   const auto qdq = c.options.official_qdq ? CompressorSpec::Qdq::kHadamardFp4 : CompressorSpec::Qdq::kNone;
+  c.be.set_scope(c.scope("attn.indexer.compressor"));
   compressor_step(c, h, w.compressor, {m, true, Di, qdq}, cache.indexer);
+  c.be.set_scope(c.scope("attn.indexer"));
 
   // Indexer queries from the shared latent qr: [T, Hi, Di], rotated like the layer, no norm.
   Buffer qi(DType::kF32, {T, Hi, Di});
@@ -80,8 +82,11 @@ Buffer attention(const LayerContext& c, const TensorView& h, LayerCache& cache) 
   // Steps C and E: the chunk's tokens enter the compressors before attention, so an entry
   // completed inside the chunk is visible to the queries that may see it.
   Buffer selected;
+  c.be.set_scope(c.scope("attn.compressor"));
   if (c.kind != AttentionKind::kSliding) compressor_step(c, h, *w.compressor, spec, cache.compressor);
+  c.be.set_scope(c.scope("attn.indexer"));
   if (c.kind == AttentionKind::kCompressedSparse) selected = indexer_select(c, h, qr.view(), cache);
+  c.be.set_scope(c.scope("attn"));
 
   // Key rows: [previous window (n_prev) | this chunk (T) | compressed entries (N)].
   cache.window.width = Dh;

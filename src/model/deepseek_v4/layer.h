@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -23,6 +24,9 @@ struct LayerContext {
   const std::vector<float>& inv_freq;     // the layer's RoPE table
   const std::vector<int64_t>& positions;  // [T] absolute positions of the chunk
   const ForwardOptions& options;
+
+  // "layers.N.<part>": the diagnostics scope of a sub-step (ops::Backend::set_scope).
+  std::string scope(const char* part) const { return "layers." + std::to_string(layer) + "." + part; }
 };
 
 // A compressor's shape: window rate m, CSA overlap (two halves, 2m slots), entry width hd.

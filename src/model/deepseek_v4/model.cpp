@@ -52,15 +52,21 @@ void block(const LayerContext& c, Buffer& X, LayerCache& cache, const std::vecto
   Buffer x(DType::kF32, {T, D}), post(DType::kF32, {T, hc}), comb(DType::kF32, {T, hc, hc});
   Buffer X_next(DType::kF32, {T, hc, D});
 
+  c.be.set_scope(c.scope("hc_attn"));
   c.be.hc_pre(X.view(), c.w.hc_attn, hp, x.view(), post.view(), comb.view());
+  c.be.set_scope(c.scope("attn"));
   c.be.rms_norm(x.view(), &c.w.attn_norm, eps, x.view());
   Buffer a = attention(c, x.view(), cache);
+  c.be.set_scope(c.scope("hc_attn"));
   c.be.hc_post(a.view(), X.view(), post.view(), comb.view(), X_next.view());
   std::swap(X, X_next);
 
+  c.be.set_scope(c.scope("hc_ffn"));
   c.be.hc_pre(X.view(), c.w.hc_ffn, hp, x.view(), post.view(), comb.view());
+  c.be.set_scope(c.scope("ffn"));
   c.be.rms_norm(x.view(), &c.w.ffn_norm, eps, x.view());
   Buffer f = moe(c, x.view(), ids);
+  c.be.set_scope(c.scope("hc_ffn"));
   c.be.hc_post(f.view(), X.view(), post.view(), comb.view(), X_next.view());
   std::swap(X, X_next);
 }
@@ -79,6 +85,7 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
 
   // X [T, hc, D]: the embedding copied into every stream.
   Buffer e(DType::kF32, {T, D});
+  be.set_scope("embed");
   be.embed(weights_.embed, ids, e.view());
   Buffer X(DType::kF32, {T, hc, D});
   for (int64_t t = 0; t < T; ++t)
@@ -94,6 +101,7 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   // hc_head -> norm -> head, at every position.
   const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps), static_cast<float>(cfg.rms_norm_eps)};
   Buffer y(DType::kF32, {T, D});
+  be.set_scope("head");
   be.hc_head(X.view(), weights_.hc_head, hp, y.view());
   be.rms_norm(y.view(), &weights_.norm, static_cast<float>(cfg.rms_norm_eps), y.view());
   LinearWeight head;

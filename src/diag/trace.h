@@ -1,0 +1,108 @@
+// The numerics trace: a Backend decorator that forwards every op to another backend and records,
+// per op, its name (the model's scope + op, or the linear's module name), op kind, output shape
+// and dtype, compute path for linears, and stats (amax, RMS, mean, NaN, Inf) of inputs and
+// outputs; optionally as JSON lines. It also locates the first non-finite op (locator.h) and
+// keeps a per-layer summary. Inserted only when tracing is asked for, so it costs nothing off.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "diag/locator.h"
+#include "diag/tensor_stats.h"
+#include "ops/backend.h"
+
+namespace clawmine::diag {
+
+struct TraceOptions {
+  std::string jsonl_path;  // "" no JSON lines; "-" stderr; else a file (truncated)
+};
+
+// One tensor argument of an op; neg_inf_ok for masked scores that carry -inf by design.
+struct TraceArg {
+  const char* role;
+  TensorView view;
+  bool neg_inf_ok = false;
+};
+
+struct LayerSummary {
+  std::string layer;        // "embed", "layers.0", ..., "head"
+  int64_t ops = 0;
+  float worst_amax = 0.0f;  // largest output amax
+  std::string worst_op;
+  int64_t non_finite_ops = 0;
+  std::string first_non_finite_op;
+};
+
+class Tracer final : public ops::Backend {
+ public:
+  // `inner` must outlive the tracer; the tracer starts with inner's linear policy.
+  Tracer(ops::Backend& inner, TraceOptions options = {});
+
+  // The first op (execution order) whose output went non-finite; empty while all stayed finite.
+  const std::optional<NonFiniteFinding>& first_non_finite() const { return first_; }
+  const std::vector<LayerSummary>& layers() const { return layers_; }
+  int64_t op_count() const { return seq_; }
+  // Per layer: op count, worst amax, non-finite ops; then the locator's finding (if any).
+  std::string summary() const;
+
+  const char* name() const override { return inner_.name(); }
+  void set_linear_policy(const ops::LinearPolicy& policy) override;
+  void set_scope(std::string_view scope) override;
+
+  void embed(const TensorView& table, const std::vector<int32_t>& ids, const TensorView& out) override;
+  void rms_norm(const TensorView& x, const TensorView* weight, float eps, const TensorView& out) override;
+  void linear(const TensorView& x, const ops::LinearWeight& w, const TensorView& out) override;
+  void grouped_linear(const TensorView& x, const ops::LinearWeight& w, int64_t groups, const TensorView& out) override;
+  void rope(const TensorView& x, const std::vector<int64_t>& positions, const std::vector<float>& inv_freq,
+            int64_t rope_dim, bool inverse) override;
+  void add(const TensorView& a, const TensorView& b, const TensorView& out) override;
+  void hc_pre(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
+              const TensorView& x_in, const TensorView& post, const TensorView& comb) override;
+  void hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
+               const TensorView& X_out) override;
+  void hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
+               const TensorView& y) override;
+  void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& idx, const TensorView& sink,
+                        float scale, const TensorView& out) override;
+  void compress_pool(const TensorView& kv, const TensorView& score, const TensorView& out) override;
+  void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights,
+                      const std::vector<int64_t>& n_valid, const TensorView& scores) override;
+  void topk(const TensorView& values, int64_t k, const TensorView& out) override;
+  void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
+                 const std::vector<int32_t>& ids, float routed_scaling, const TensorView& idx,
+                 const TensorView& weight) override;
+  void moe_experts(const TensorView& x, const std::vector<ops::ExpertWeights>& experts, const TensorView& idx,
+                   const TensorView& weight, float swiglu_limit, const TensorView& out) override;
+  void swiglu_mlp(const TensorView& x, const ops::ExpertWeights& w, float swiglu_limit, const TensorView& out) override;
+
+ private:
+  struct Pending {
+    std::string name;
+    const char* op = "";
+    std::vector<std::pair<std::string, TensorStats>> inputs;
+  };
+  Pending begin(std::string name, const char* op, std::initializer_list<TraceArg> inputs) const;
+  // Measures outputs, writes the JSON line, updates the summary and, on the first non-finite
+  // output, asks the locator (`explain`) for the finding.
+  void end(Pending p, std::initializer_list<TraceArg> outputs, const std::string& path,
+           const std::function<NonFiniteFinding(NonFiniteFinding)>& explain = {});
+  std::string op_name(const char* op) const;
+
+  ops::Backend& inner_;
+  std::string scope_ = "model";
+  int64_t seq_ = 0;
+  int64_t forward_ = -1;
+  std::unique_ptr<std::ofstream> file_;
+  bool to_stderr_ = false;
+  std::vector<LayerSummary> layers_;
+  std::optional<NonFiniteFinding> first_;
+};
+
+}  // namespace clawmine::diag
