@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   clawmine::cli::add_tokenizer_commands(app);
   clawmine::cli::add_serve_command(app);
   clawmine::cli::add_doctor_command(app);
+  clawmine::cli::add_perplexity_command(app);
   clawmine::cli::add_quantize_command(app);
   try {
     app.parse(argc, argv);

@@ -13,6 +13,7 @@ void add_generate_command(CLI::App& app);     // cli/generate.cpp: sampling loop
 void add_tokenizer_commands(CLI::App& app);   // cli/tokenizer_commands.cpp: tokenize, detokenize, chat-template
 void add_serve_command(CLI::App& app);        // cli/serve.cpp: OpenAI-compatible HTTP server
 void add_doctor_command(CLI::App& app);       // cli/doctor.cpp: numerics audit, calibration, accuracy, fixes
+void add_perplexity_command(CLI::App& app);   // cli/perplexity.cpp: windowed perplexity on a text file
 void add_quantize_command(CLI::App& app);     // cli/quantize.cpp: write FP8/MXFP4/NVFP4 checkpoints
 
 }  // namespace clawmine::cli
