@@ -32,10 +32,12 @@ float round_to_e2m1(float x) { return round_minifloat(x, 1, 0, 6.0f); }
 void fp8_qdq_blocks(float* x, int64_t n, int64_t block) {
   for (int64_t b = 0; b < n; b += block) {
     const int64_t e = std::min(n, b + block);
-    float amax = 1e-4f;
-    for (int64_t i = b; i < e; ++i) amax = std::max(amax, std::fabs(x[i]));
+    float amax = 1e-4f;  // over finite values: a NaN/Inf passes through and stays visible
+    for (int64_t i = b; i < e; ++i)
+      if (std::isfinite(x[i])) amax = std::max(amax, std::fabs(x[i]));
     const float s = pow2_ceil_scale(amax, 448.0f);
-    for (int64_t i = b; i < e; ++i) x[i] = round_to_e4m3(x[i] / s) * s;
+    for (int64_t i = b; i < e; ++i)
+      if (std::isfinite(x[i])) x[i] = round_to_e4m3(x[i] / s) * s;
   }
 }
 
@@ -43,9 +45,11 @@ void fp4_qdq_blocks(float* x, int64_t n, int64_t block) {
   for (int64_t b = 0; b < n; b += block) {
     const int64_t e = std::min(n, b + block);
     float amax = 6.0f * std::ldexp(1.0f, -126);
-    for (int64_t i = b; i < e; ++i) amax = std::max(amax, std::fabs(x[i]));
+    for (int64_t i = b; i < e; ++i)
+      if (std::isfinite(x[i])) amax = std::max(amax, std::fabs(x[i]));
     const float s = pow2_ceil_scale(amax, 6.0f);
-    for (int64_t i = b; i < e; ++i) x[i] = round_to_e2m1(x[i] / s) * s;
+    for (int64_t i = b; i < e; ++i)
+      if (std::isfinite(x[i])) x[i] = round_to_e2m1(x[i] / s) * s;
   }
 }
 

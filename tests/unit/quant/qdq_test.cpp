@@ -56,6 +56,18 @@ TEST(Qdq, Fp8BlocksStayCloseAndFinite) {
   }
 }
 
+TEST(Qdq, NonFiniteValuesPassThroughAndDoNotSetTheScale) {
+  std::vector<float> x = {1.0f, INFINITY, NAN, -2.0f};
+  fp8_qdq_blocks(x.data(), 4, 4);
+  EXPECT_EQ(x[0], 1.0f);
+  EXPECT_TRUE(std::isinf(x[1]));
+  EXPECT_TRUE(std::isnan(x[2]));
+  EXPECT_EQ(x[3], -2.0f);
+  fp4_qdq_blocks(x.data(), 4, 4);
+  EXPECT_EQ(x[0], 1.0f);
+  EXPECT_TRUE(std::isinf(x[1]));
+}
+
 TEST(Qdq, Fp4BlocksUsePowerOfTwoScales) {
   std::vector<float> x(32, 0.0f);
   x[0] = 12.0f;  // amax 12 -> scale 2^ceil(log2(12/6)) = 2
