@@ -8,6 +8,7 @@ import pytest
 import requests
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# The suite runs on the tiny random model (fast on 2 cores), not on the default trained demo model.
 DEMO_MODEL = os.path.join(REPO, "tests", "fixtures", "models", "tiny-a")
 
 
@@ -17,6 +18,8 @@ def pytest_addoption(parser):
 
 class Server:
     def __init__(self, binary, *args):
+        if "--model" not in args:
+            args = ("--model", DEMO_MODEL, "--served-model-name", "clawmine-demo", *args)
         self.proc = subprocess.Popen([binary, "serve", "--port", "0", "--threads", "1", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
