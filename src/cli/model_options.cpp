@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "model/deepseek_v4/dequant.h"
 
 namespace clawmine::cli {
 
@@ -30,6 +31,10 @@ void ModelOptions::add_to(CLI::App& cmd) {
                  "auto (static only where input_scale exists and passed the load audit)")
       ->check(CLI::IsMember({"static", "dynamic", "auto"}))
       ->capture_default_str();
+  cmd.add_option("--dequant", dequant,
+                 "Decode matching linears to dense F32 at load: comma-separated globs over release names "
+                 "(layers.*.attn.wq_a, layers.3.ffn.experts.*) and fused names (layers.*.attn.fused_wqa_wkv); "
+                 "a glob matching nothing is an error");
   // Diagnostics only: E4M3 casts behave like PyTorch's (NaN above 464) instead of saturating.
   cmd.add_flag("--unsafe-nonsaturating-fp8", unsafe_nonsaturating_fp8,
                "Diagnostics only: non-saturating FP8 casts in W4A4 (reproduces the seed NaN)")
@@ -50,6 +55,7 @@ ops::LinearPolicy ModelOptions::linear_policy() const {
 model::deepseek_v4::LoadOptions ModelOptions::load_options() const {
   model::deepseek_v4::LoadOptions o;
   o.policy = linear_policy();
+  if (!dequant.empty()) o.dequant = model::deepseek_v4::parse_dequant_list(dequant);
   return o;
 }
 

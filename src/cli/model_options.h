@@ -27,6 +27,8 @@ struct ModelOptions {
   std::string fp8_path = "w8a16";
   std::string act_scale = "auto";
   bool unsafe_nonsaturating_fp8 = false;  // hidden: reproduces the seed NaN (diagnostics only)
+  // --dequant GLOB[,GLOB...]: modules decoded to dense F32 at load (release or fused names).
+  std::string dequant;
 
   void add_to(CLI::App& cmd);
   model::deepseek_v4::ForwardOptions forward_options() const;

@@ -3,6 +3,7 @@
 // final norm and the head. Residual streams stay float32.
 #include "model/deepseek_v4/model.h"
 
+#include "diag/audit.h"
 #include "model/deepseek_v4/binder.h"
 #include "model/deepseek_v4/dequant.h"
 #include "model/deepseek_v4/layer.h"
@@ -26,10 +27,11 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadO
   const DequantSelection dequant = select_dequant(m->weights_, options.dequant);
   validate_scales(m->weights_, m->checkpoint_, options.policy, dequant.names);
   m->owned_ = dequantize(dequant);
-  // The calibration audit of static input scales (run_load_audit, src/diag/audit.h, owned by the
-  // diag module) belongs here, after dequant; it is not called until that header exists.
   m->inv_freq_main_ = rope_inv_freq(m->config_, AttentionKind::kSliding);
   m->inv_freq_compress_ = rope_inv_freq(m->config_, AttentionKind::kHeavilyCompressed);
+  // The calibration audit of static NVFP4 input scales (diag/audit.h) runs a short forward and
+  // marks overflowing scales untrusted; it sees the weights as the compute paths will.
+  if (options.audit) diag::run_load_audit(*m, options);
   return m;
 }
 

@@ -208,5 +208,29 @@ TEST(QuantLayout, QuantizedFusedExpertsInTransformersNamingAreAClearError) {
   }
 }
 
+// Checkpoints written by other writers: `clawmine quantize` and tools/reference/ (torch, following
+// DeepSeek's and ModelOpt's conventions). Each must load, pass scale validation and run finite.
+TEST(QuantLayout, FixturesFromOtherWritersLoadAndRun) {
+  for (const char* name : {"tiny-a-fp8", "tiny-a-mxfp4", "tiny-a-nvfp4-experts", "tiny-a-foreign-release",
+                           "tiny-a-foreign-modelopt", "tiny-b-seed", "tiny-b-nvfp4-all-fused", "tiny-b-nvfp4-w4a16"}) {
+    SCOPED_TRACE(name);
+    const std::filesystem::path dir = test::fixture_dir(std::string("models/") + name);
+    if (!std::filesystem::exists(dir / "config.json")) continue;
+    std::unique_ptr<Model> m;
+    try {
+      m = Model::load(dir);
+    } catch (const Error& e) {
+      ADD_FAILURE() << e.what();
+      continue;
+    }
+    auto be = ops::make_cpu_backend(2);
+    SequenceCache cache = m->new_cache();
+    ForwardOptions fo;
+    fo.official_qdq = false;
+    Buffer b = m->forward(*be, cache, {1, 2, 3, 4, 5, 6, 7, 8}, fo);
+    expect_finite({b.f32(), b.f32() + b.view().numel()});
+  }
+}
+
 }  // namespace
 }  // namespace clawmine::model::deepseek_v4
