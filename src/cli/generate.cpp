@@ -9,6 +9,8 @@
 #include "cli/commands.h"
 #include "cli/model_options.h"
 #include "core/log.h"
+#include "diag/replay.h"
+#include "diag/trace_session.h"
 #include "runtime/generate.h"
 
 namespace clawmine::cli {
@@ -16,7 +18,7 @@ namespace clawmine::cli {
 void add_generate_command(CLI::App& app) {
   struct Args {
     ModelOptions model;
-    std::string ids, prompt_file;
+    std::string ids, prompt_file, trace;
     runtime::GenerateOptions gen;
     bool json = false;
   };
@@ -31,6 +33,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--top-k", args->gen.sampling.top_k, "Keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", args->gen.sampling.seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--chunk", args->gen.prefill_chunk, "Prefill chunk size (0: whole prompt)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--trace", args->trace, "Trace every op as JSON lines to FILE ('-': stderr); summary on stderr");
   cmd->add_flag("--json", args->json, "Print {\"prompt\": [...], \"tokens\": [...]} as JSON");
   cmd->callback([args] {
     const bool from_file = !args->prompt_file.empty();
@@ -39,11 +42,14 @@ void add_generate_command(CLI::App& app) {
     check_ids(prompt, model->config().vocab_size, from_file ? "--prompt-file" : "--ids");
     auto backend = args->model.make_backend();
     args->gen.forward = args->model.forward_options();
+    args->gen.explain_non_finite = diag::make_replay_explainer(*model, backend->linear_policy(), args->gen.forward,
+                                                               args->gen.prefill_chunk);
+    diag::TraceSession trace(*backend, args->trace);
     const bool json = args->json;
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
     auto first = start;
-    const auto tokens = runtime::generate(*model, *backend, prompt, args->gen, [&](int32_t id) {
+    const auto tokens = runtime::generate(*model, trace.backend(), prompt, args->gen, [&](int32_t id) {
       if (first == start) first = Clock::now();
       if (!json) {
         std::printf("%d ", id);

@@ -3,6 +3,7 @@
 #include "cli/commands.h"
 #include "cli/model_options.h"
 #include "core/log.h"
+#include "diag/trace_session.h"
 #include "io/npy.h"
 #include "runtime/generate.h"
 
@@ -11,7 +12,7 @@ namespace clawmine::cli {
 void add_logits_command(CLI::App& app) {
   struct Args {
     ModelOptions model;
-    std::string ids, ids_file, out;
+    std::string ids, ids_file, out, trace;
     int64_t chunk = 0;
   };
   auto args = std::make_shared<Args>();
@@ -22,12 +23,14 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("--chunk", args->chunk, "Feed N tokens per forward pass through the cache (0: one pass)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--out", args->out, "Output .npy path")->required();
+  cmd->add_option("--trace", args->trace, "Trace every op as JSON lines to FILE ('-': stderr); summary on stderr");
   cmd->callback([args] {
     const auto id_list = args->ids_file.empty() ? parse_id_list(args->ids, "--ids") : read_id_file(args->ids_file, "--ids-file");
     auto model = model::deepseek_v4::Model::load(args->model.model_dir, args->model.load_options());
     check_ids(id_list, model->config().vocab_size, args->ids_file.empty() ? "--ids" : "--ids-file");
     auto backend = args->model.make_backend();
-    Buffer logits = runtime::chunked_logits(*model, *backend, id_list, args->chunk, args->model.forward_options());
+    diag::TraceSession trace(*backend, args->trace);
+    Buffer logits = runtime::chunked_logits(*model, trace.backend(), id_list, args->chunk, args->model.forward_options());
     io::write_npy(args->out, logits.f32(), logits.view().shape);
     log_info("logits", "wrote ", shape_str(logits.view().shape), " to ", args->out);
   });

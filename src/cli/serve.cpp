@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "diag/replay.h"
 #include "server/http_server.h"
 
 #ifndef CLAWMINE_DEMO_MODEL_DIR
@@ -58,6 +59,10 @@ void add_serve_command(CLI::App& app) {
     if (name.empty()) name = std::filesystem::absolute(dir).lexically_normal().filename().string();
     if (name.empty()) name = std::filesystem::absolute(dir).lexically_normal().parent_path().filename().string();
     args->service.model_dir = dir;
+    args->service.make_explainer = [args](const model::deepseek_v4::Model& m) {
+      return diag::make_replay_explainer(m, ops::LinearPolicy{}, args->service.scheduler.forward,
+                                         args->service.scheduler.prefill_chunk);
+    };
     args->service.model_name = name;
     server::HttpServer server(args->http, args->service);
     g_server = &server;

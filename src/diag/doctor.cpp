@@ -40,7 +40,7 @@ void rank_findings(std::vector<Finding>& f) {
   });
 }
 
-std::vector<std::vector<int32_t>> builtin_calibration_ids(int64_t vocab) {
+std::vector<std::vector<int32_t>> doctor_calibration_ids(int64_t vocab) {
   std::mt19937 rng(20261125);
   const int32_t V = static_cast<int32_t>(std::max<int64_t>(vocab, 2));
   std::vector<std::vector<int32_t>> out(4);
@@ -90,7 +90,7 @@ DoctorReport run_doctor(const DoctorOptions& o) {
   }
 
   static_audit(*model, ref, quant, r);
-  auto ids = o.calib.empty() ? builtin_calibration_ids(model->config().vocab_size) : o.calib;
+  auto ids = o.calib.empty() ? doctor_calibration_ids(model->config().vocab_size) : o.calib;
   for (const auto& s : ids) {
     for (int32_t id : s)
       if (id < 0 || id >= model->config().vocab_size)
@@ -99,8 +99,17 @@ DoctorReport run_doctor(const DoctorOptions& o) {
     ++r.calib_sequences;
     r.calib_tokens += static_cast<int64_t>(s.size());
   }
-  calibration_pass(*model, ref, ids, o, r);
-  accuracy_pass(*model, ref, quant, ids, o, r);
+  // Non-finite weights make every pass non-finite: they are the finding; the passes are skipped.
+  const bool corrupt = std::any_of(r.findings.begin(), r.findings.end(),
+                                   [](const Finding& f) { return f.severity == Severity::kCritical; });
+  try {
+    if (!corrupt) calibration_pass(*model, ref, ids, o, r);
+    if (!corrupt) accuracy_pass(*model, ref, quant, ids, o, r);
+  } catch (const Error& e) {
+    r.findings.push_back({Severity::kCritical, -1, 0.5, "passes",
+                          str_cat("the calibration/accuracy passes stopped: ", e.what()),
+                          "trace the failing run with `clawmine logits --trace FILE` to find the first non-finite op"});
+  }
   rank_findings(r.findings);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;

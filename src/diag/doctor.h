@@ -94,7 +94,7 @@ struct DoctorReport {
 DoctorReport run_doctor(const DoctorOptions& options);
 
 // The built-in calibration set for a vocabulary: varied sequences (random, ramps, repeats).
-std::vector<std::vector<int32_t>> builtin_calibration_ids(int64_t vocab);
+std::vector<std::vector<int32_t>> doctor_calibration_ids(int64_t vocab);
 
 std::string doctor_text(const DoctorReport& r);     // findings first, then the tables
 nlohmann::json doctor_json(const DoctorReport& r);

@@ -255,7 +255,9 @@ void Service::load() {
     context_length_ = options_.context_length > 0 ? options_.context_length
                                                   : std::min<int64_t>(cfg.max_position_embeddings, 16384);
     created_ = static_cast<int64_t>(std::time(nullptr));
-    scheduler_ = std::make_unique<runtime::Scheduler>(*model, ops::make_cpu_backend(options_.threads), options_.scheduler);
+    runtime::SchedulerOptions scheduler = options_.scheduler;
+    if (options_.make_explainer) scheduler.explain_non_finite = options_.make_explainer(*model);
+    scheduler_ = std::make_unique<runtime::Scheduler>(*model, ops::make_cpu_backend(options_.threads), scheduler);
     model_ = std::move(model);
     tokenizer_ = std::move(tok);
     ready_ = true;

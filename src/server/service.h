@@ -25,6 +25,9 @@ struct ServiceOptions {
   int64_t context_length = 0;   // 0: min(max_position_embeddings, 16384)
   int threads = 0;              // CPU backend threads (0: all cores)
   runtime::SchedulerOptions scheduler;
+  // Builds the non-finite guard's explainer for the loaded model (cli/serve.cpp installs
+  // diag::make_replay_explainer); unset: guard errors carry no locator finding.
+  std::function<runtime::NonFiniteExplainer(const model::deepseek_v4::Model&)> make_explainer;
 };
 
 // Writes one chunk to the client; false when the client has gone away.
