@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 packages=(cmake ninja-build g++ pkg-config ccache
           nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libpcre2-dev
           libgtest-dev libgmock-dev libbenchmark-dev
-          python3 python3-pytest python3-requests)
+          python3 python3-pytest python3-requests
+          chromium)  # headless rendering test of the doctor's HTML report (docs/DIAGNOSTICS.md)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
