@@ -40,7 +40,7 @@ float read_input_scale(const model::deepseek_v4::LinearWeight& w) {
   return std::isfinite(s) && s > 0.0f ? s : 0.0f;
 }
 
-ActivationRecorder::ActivationRecorder(ops::Backend& inner) : inner_(inner) { policy_ = inner.linear_policy(); }
+ActivationRecorder::ActivationRecorder(ops::Backend& inner) : ForwardingBackend(inner) {}
 
 const LinearActivationStats* ActivationRecorder::find(const std::string& name) const {
   const auto it = index_.find(name);
@@ -50,11 +50,6 @@ const LinearActivationStats* ActivationRecorder::find(const std::string& name) c
 void ActivationRecorder::clear() {
   stats_.clear();
   index_.clear();
-}
-
-void ActivationRecorder::set_linear_policy(const ops::LinearPolicy& policy) {
-  policy_ = policy;
-  inner_.set_linear_policy(policy);
 }
 
 void ActivationRecorder::record(const ops::LinearWeight& w, const float* x, int64_t rows) {
@@ -115,12 +110,6 @@ void ActivationRecorder::record_expert(const ops::ExpertWeights& w, const float*
   record(w.w2, gate.data(), rows);
 }
 
-void ActivationRecorder::embed(const TensorView& table, const std::vector<int32_t>& ids, const TensorView& out) {
-  inner_.embed(table, ids, out);
-}
-void ActivationRecorder::rms_norm(const TensorView& x, const TensorView* weight, float eps, const TensorView& out) {
-  inner_.rms_norm(x, weight, eps, out);
-}
 void ActivationRecorder::linear(const TensorView& x, const ops::LinearWeight& w, const TensorView& out) {
   inner_.linear(x, w, out);  // validates shapes first
   record(w, x.f32(), x.numel() / w.in_features);
@@ -129,40 +118,6 @@ void ActivationRecorder::grouped_linear(const TensorView& x, const ops::LinearWe
                                         const TensorView& out) {
   inner_.grouped_linear(x, w, groups, out);
   record(w, x.f32(), x.numel() / w.in_features);
-}
-void ActivationRecorder::rope(const TensorView& x, const std::vector<int64_t>& positions,
-                              const std::vector<float>& inv_freq, int64_t rope_dim, bool inverse) {
-  inner_.rope(x, positions, inv_freq, rope_dim, inverse);
-}
-void ActivationRecorder::add(const TensorView& a, const TensorView& b, const TensorView& out) { inner_.add(a, b, out); }
-void ActivationRecorder::hc_pre(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
-                                const TensorView& x_in, const TensorView& post, const TensorView& comb) {
-  inner_.hc_pre(X, w, p, x_in, post, comb);
-}
-void ActivationRecorder::hc_post(const TensorView& y, const TensorView& X, const TensorView& post,
-                                 const TensorView& comb, const TensorView& X_out) {
-  inner_.hc_post(y, X, post, comb, X_out);
-}
-void ActivationRecorder::hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
-                                 const TensorView& y) {
-  inner_.hc_head(X, w, p, y);
-}
-void ActivationRecorder::sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& idx,
-                                          const TensorView& sink, float scale, const TensorView& out) {
-  inner_.sparse_attention(q, kv, idx, sink, scale, out);
-}
-void ActivationRecorder::compress_pool(const TensorView& kv, const TensorView& score, const TensorView& out) {
-  inner_.compress_pool(kv, score, out);
-}
-void ActivationRecorder::indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights,
-                                        const std::vector<int64_t>& n_valid, const TensorView& scores) {
-  inner_.indexer_scores(q, keys, weights, n_valid, scores);
-}
-void ActivationRecorder::topk(const TensorView& values, int64_t k, const TensorView& out) { inner_.topk(values, k, out); }
-void ActivationRecorder::moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
-                                   const std::vector<int32_t>& ids, float routed_scaling, const TensorView& idx,
-                                   const TensorView& weight) {
-  inner_.moe_route(logits, bias, tid2eid, ids, routed_scaling, idx, weight);
 }
 
 void ActivationRecorder::moe_experts(const TensorView& x, const std::vector<ops::ExpertWeights>& experts,

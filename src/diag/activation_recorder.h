@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "diag/forwarding_backend.h"
 #include "model/deepseek_v4/weights.h"
 #include "ops/backend.h"
 
@@ -47,7 +48,7 @@ float calibrated_input_scale(float amax, const std::string& what);
 // The static input_scale of a LinearWeight as a float, or 0 when it has none.
 float read_input_scale(const model::deepseek_v4::LinearWeight& w);
 
-class ActivationRecorder final : public ops::Backend {
+class ActivationRecorder final : public ForwardingBackend {
  public:
   // `inner` must outlive the recorder. The recorder starts with inner's linear policy.
   explicit ActivationRecorder(ops::Backend& inner);
@@ -57,31 +58,8 @@ class ActivationRecorder final : public ops::Backend {
   const LinearActivationStats* find(const std::string& name) const;
   void clear();
 
-  const char* name() const override { return inner_.name(); }
-  void set_linear_policy(const ops::LinearPolicy& policy) override;
-
-  void embed(const TensorView& table, const std::vector<int32_t>& ids, const TensorView& out) override;
-  void rms_norm(const TensorView& x, const TensorView* weight, float eps, const TensorView& out) override;
   void linear(const TensorView& x, const ops::LinearWeight& w, const TensorView& out) override;
   void grouped_linear(const TensorView& x, const ops::LinearWeight& w, int64_t groups, const TensorView& out) override;
-  void rope(const TensorView& x, const std::vector<int64_t>& positions, const std::vector<float>& inv_freq,
-            int64_t rope_dim, bool inverse) override;
-  void add(const TensorView& a, const TensorView& b, const TensorView& out) override;
-  void hc_pre(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
-              const TensorView& x_in, const TensorView& post, const TensorView& comb) override;
-  void hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
-               const TensorView& X_out) override;
-  void hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
-               const TensorView& y) override;
-  void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& idx, const TensorView& sink,
-                        float scale, const TensorView& out) override;
-  void compress_pool(const TensorView& kv, const TensorView& score, const TensorView& out) override;
-  void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights,
-                      const std::vector<int64_t>& n_valid, const TensorView& scores) override;
-  void topk(const TensorView& values, int64_t k, const TensorView& out) override;
-  void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
-                 const std::vector<int32_t>& ids, float routed_scaling, const TensorView& idx,
-                 const TensorView& weight) override;
   void moe_experts(const TensorView& x, const std::vector<ops::ExpertWeights>& experts, const TensorView& idx,
                    const TensorView& weight, float swiglu_limit, const TensorView& out) override;
   void swiglu_mlp(const TensorView& x, const ops::ExpertWeights& w, float swiglu_limit, const TensorView& out) override;
@@ -92,7 +70,6 @@ class ActivationRecorder final : public ops::Backend {
   // Records w1/w3 on x [rows, D] and w2 on the recomputed SwiGLU hidden.
   void record_expert(const ops::ExpertWeights& w, const float* x, int64_t rows, float swiglu_limit);
 
-  ops::Backend& inner_;
   std::vector<LinearActivationStats> stats_;
   std::unordered_map<std::string, size_t> index_;
 };
