@@ -30,6 +30,8 @@ struct GoldenCase {
   fs::path json_path;
 };
 
+void PrintTo(const GoldenCase& c, std::ostream* os) { *os << c.model << "/" << c.json_path.filename().string(); }
+
 std::vector<GoldenCase> golden_cases() {
   std::vector<GoldenCase> cases;
   const fs::path root = test::fixture_dir("golden");

@@ -19,6 +19,9 @@ struct Malformed {
   std::string tensor;  // must appear in the message; "" when the error is about the file
 };
 
+// Lets GoogleTest print a case by name instead of dumping its bytes.
+void PrintTo(const Malformed& m, std::ostream* os) { *os << m.case_name; }
+
 // One well-formed entry with a given data_offsets/shape/dtype, for building headers.
 std::string entry(const std::string& name, const std::string& dtype, const std::string& shape,
                   const std::string& offsets) {
