@@ -347,6 +347,12 @@ md::ModelConfig tiny_model_config() {
   return c;
 }
 
+md::ModelConfig tiny_nvfp4_attention_config() {
+  md::ModelConfig c = tiny_model_config();
+  c.q_lora_rank = 32;
+  return c;
+}
+
 std::string tiny_config_json(const md::ModelConfig& c, TinyQuant quant) {
   nlohmann::json j;
   j["architectures"] = {"DeepseekV4ForCausalLM"};

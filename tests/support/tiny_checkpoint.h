@@ -49,6 +49,8 @@ struct TinyTensor {
 
 // 4 layers: 0 sliding/hash, 1 csa(4)/hash, 2 hca(8)/routed, 3 csa(4)/routed; MTP sliding.
 model::deepseek_v4::ModelConfig tiny_model_config();
+// The same with q_lora_rank 32, for layouts with NVFP4 attention (wq_b needs in_features % 16 == 0).
+model::deepseek_v4::ModelConfig tiny_nvfp4_attention_config();
 // config.json text for `cfg` (transformers spelling, every field explicit).
 std::string tiny_config_json(const model::deepseek_v4::ModelConfig& cfg, TinyQuant quant = TinyQuant::kDense);
 

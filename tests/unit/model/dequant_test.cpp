@@ -21,11 +21,6 @@ namespace {
 using test::TinyCheckpointOptions;
 using test::TinyQuant;
 
-ModelConfig seed_config() {
-  ModelConfig c = test::tiny_model_config();
-  c.q_lora_rank = 32;
-  return c;
-}
 
 std::vector<float> logits(const Model& m) {
   auto be = ops::make_cpu_backend(2);
@@ -58,7 +53,7 @@ TEST(Dequant, ParseList) {
 
 TEST(Dequant, PatternMatchingNothingIsAnErrorListingNearNames) {
   test::TempDir dir;
-  test::write_tiny_checkpoint(dir.path(), seed_config(), {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true});
+  test::write_tiny_checkpoint(dir.path(), test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true});
   LoadOptions lo;
   lo.dequant = {"layers.*.attn.wq_a", "layers.0.attn.fused_wqa_wkvv"};
   try {
@@ -74,13 +69,13 @@ TEST(Dequant, PatternMatchingNothingIsAnErrorListingNearNames) {
 
 TEST(Dequant, FusedModuleDecodesBothShardsExactlyAndMatchesW4A16) {
   test::TempDir dir;
-  test::write_tiny_checkpoint(dir.path(), seed_config(),
+  test::write_tiny_checkpoint(dir.path(), test::tiny_nvfp4_attention_config(),
                               {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true, .per_shard_scales = true});
   auto plain = Model::load(dir.path());
   LoadOptions lo;
   lo.dequant = {"layers.*.attn.fused_wqa_wkv"};
   auto deq = Model::load(dir.path(), lo);
-  const int64_t layers = seed_config().num_hidden_layers;
+  const int64_t layers = test::tiny_nvfp4_attention_config().num_hidden_layers;
   for (int64_t l = 0; l < layers; ++l) {
     const AttentionWeights& a = deq->weights().layers[static_cast<size_t>(l)].attn;
     const AttentionWeights& p = plain->weights().layers[static_cast<size_t>(l)].attn;
@@ -123,13 +118,13 @@ TEST(Dequant, ReleaseNamesOfExpertsAndSharedExperts) {
 
 TEST(Dequant, DequantizedModuleDoesNotNeedItsInputScale) {
   test::TempDir dir;
-  std::vector<test::TinyTensor> t = test::tiny_tensors(seed_config(), {.quant = TinyQuant::kSeed});
+  std::vector<test::TinyTensor> t = test::tiny_tensors(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed});
   for (test::TinyTensor& x : t)
     if (x.name == "layers.1.attn.wq_b.input_scale") x.bytes.assign(4, 0);  // 0.0f
   test::write_tiny_tensors(dir.path() / "model.safetensors", t);
   {
     std::ofstream f(dir.path() / "config.json");
-    f << test::tiny_config_json(seed_config(), TinyQuant::kSeed);
+    f << test::tiny_config_json(test::tiny_nvfp4_attention_config(), TinyQuant::kSeed);
   }
   LoadOptions lo;
   lo.policy.nvfp4 = ops::Nvfp4Path::kW4A4;

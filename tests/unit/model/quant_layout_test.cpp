@@ -19,12 +19,6 @@ namespace {
 using test::TinyCheckpointOptions;
 using test::TinyQuant;
 
-// q_lora_rank 32: NVFP4 wq_b needs in_features % 16 == 0.
-ModelConfig seed_config() {
-  ModelConfig c = test::tiny_model_config();
-  c.q_lora_rank = 32;
-  return c;
-}
 
 struct Loaded {
   test::TempDir dir;
@@ -91,7 +85,7 @@ TEST(QuantLayout, ModelOptMixedPrecisionNvfp4Experts) {
 }
 
 TEST(QuantLayout, SeedLayoutSeparate) {
-  auto l = load(seed_config(), {.quant = TinyQuant::kSeed});
+  auto l = load(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed});
   const AttentionWeights& a = l->model->weights().layers[0].attn;
   for (const LinearWeight* lw : {&a.wq_a, &a.wkv, &a.wq_b, &a.wo_b}) {
     EXPECT_EQ(lw->format, WeightFormat::kNvfp4) << lw->name;
@@ -105,8 +99,8 @@ TEST(QuantLayout, SeedLayoutSeparate) {
 }
 
 TEST(QuantLayout, SeedWoAModelOpt4dScaleEqualsWeightScaleInv) {
-  auto inv = load(seed_config(), {.quant = TinyQuant::kSeed});
-  auto four = load(seed_config(), {.quant = TinyQuant::kSeed, .wo_a_modelopt_4d = true});
+  auto inv = load(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed});
+  auto four = load(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed, .wo_a_modelopt_4d = true});
   const LinearWeight& wo_a = four->model->weights().layers[0].attn.wo_a;
   EXPECT_EQ(wo_a.scale.shape, (Shape{1, 1}));
   EXPECT_EQ(test::max_rel_diff(logits(*four->model), logits(*inv->model)), 0.0);
@@ -116,8 +110,8 @@ TEST(QuantLayout, SeedFusedPerShardScalesMatchSeparate) {
   TinyCheckpointOptions sep{.quant = TinyQuant::kSeed, .per_shard_scales = true};
   TinyCheckpointOptions fused = sep;
   fused.fused_wqa_wkv = true;
-  auto s = load(seed_config(), sep);
-  auto f = load(seed_config(), fused);
+  auto s = load(test::tiny_nvfp4_attention_config(), sep);
+  auto f = load(test::tiny_nvfp4_attention_config(), fused);
   ASSERT_NE(f->model->checkpoint().find("layers.0.attn.fused_wqa_wkv.weight"), nullptr);
   EXPECT_EQ(f->model->checkpoint().find("layers.0.attn.wq_a.weight"), nullptr);
   const AttentionWeights& a = f->model->weights().layers[0].attn;
@@ -138,8 +132,8 @@ TEST(QuantLayout, SeedFusedSharedScalarScalesMatchSeparate) {
   TinyCheckpointOptions sep{.quant = TinyQuant::kSeed};
   TinyCheckpointOptions fused = sep;
   fused.fused_wqa_wkv = true;
-  auto s = load(seed_config(), sep);
-  auto f = load(seed_config(), fused);
+  auto s = load(test::tiny_nvfp4_attention_config(), sep);
+  auto f = load(test::tiny_nvfp4_attention_config(), fused);
   EXPECT_EQ(f->model->checkpoint().find("layers.1.attn.fused_wqa_wkv.weight_scale_2")->shape, Shape{});
   const AttentionWeights& a = f->model->weights().layers[1].attn;
   EXPECT_EQ(a.wq_a.weight_scale_2.data, a.wkv.weight_scale_2.data);
@@ -147,7 +141,7 @@ TEST(QuantLayout, SeedFusedSharedScalarScalesMatchSeparate) {
 }
 
 TEST(QuantLayout, WeightOnlyW4A16Nvfp4) {
-  auto l = load(seed_config(), {.quant = TinyQuant::kW4A16, .fused_wqa_wkv = true});
+  auto l = load(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kW4A16, .fused_wqa_wkv = true});
   EXPECT_EQ(l->model->config().quant.modelopt_quant_algo, "W4A16_NVFP4");
   const AttentionWeights& a = l->model->weights().layers[0].attn;
   EXPECT_EQ(a.wq_a.format, WeightFormat::kNvfp4);
@@ -163,7 +157,7 @@ TEST(QuantLayout, PlainBf16) {
 }
 
 TEST(QuantLayout, FusedAndSeparateTogetherIsAnError) {
-  const ModelConfig cfg = seed_config();
+  const ModelConfig cfg = test::tiny_nvfp4_attention_config();
   std::vector<test::TinyTensor> t = test::tiny_tensors(cfg, {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true});
   for (const test::TinyTensor& x : test::tiny_tensors(cfg, {.quant = TinyQuant::kSeed}))
     if (x.name.rfind("layers.0.attn.wq_a.", 0) == 0) t.push_back(x);

@@ -22,11 +22,6 @@ using test::TinyCheckpointOptions;
 using test::TinyQuant;
 using test::TinyTensor;
 
-ModelConfig seed_config() {
-  ModelConfig c = test::tiny_model_config();
-  c.q_lora_rank = 32;
-  return c;
-}
 
 using Mutation = std::function<void(std::vector<TinyTensor>&)>;
 
@@ -152,7 +147,7 @@ TEST(ScaleValidation, EveryBadScaleIsALoadErrorNamingTensorAndFile) {
   };
   for (const BadScaleCase& c : cases) {
     SCOPED_TRACE(c.label);
-    const ModelConfig cfg = c.quant == TinyQuant::kSeed ? seed_config() : test::tiny_model_config();
+    const ModelConfig cfg = c.quant == TinyQuant::kSeed ? test::tiny_nvfp4_attention_config() : test::tiny_model_config();
     auto w = write(cfg, {.quant = c.quant}, c.mutate);
     const std::string err = load_error(w->dir.path());
     ASSERT_FALSE(err.empty()) << "loaded without an error";
@@ -164,7 +159,7 @@ TEST(ScaleValidation, EveryBadScaleIsALoadErrorNamingTensorAndFile) {
 }
 
 TEST(ScaleValidation, ProblemsAreCollectedIntoOneError) {
-  auto w = write(seed_config(), {.quant = TinyQuant::kSeed}, [](std::vector<TinyTensor>& t) {
+  auto w = write(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed}, [](std::vector<TinyTensor>& t) {
     set_f32("layers.1.attn.wq_b.weight_scale_2", 0, kNaN)(t);
     set_f32("layers.3.ffn.experts.0.w1.weight_scale_2", 0, 0.0f)(t);
     for (size_t i = 0; i < 10; ++i) set_byte("layers.2.attn.wo_b.weight_scale", i, 0x7f)(t);
@@ -177,7 +172,7 @@ TEST(ScaleValidation, ProblemsAreCollectedIntoOneError) {
 }
 
 TEST(ScaleValidation, ZeroBlockScaleOfAnAllZeroWeightBlockIsAccepted) {
-  auto w = write(seed_config(), {.quant = TinyQuant::kSeed}, [](std::vector<TinyTensor>& t) {
+  auto w = write(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed}, [](std::vector<TinyTensor>& t) {
     find(t, "layers.0.attn.wq_a.weight_scale").bytes[1] = 0;
     for (size_t i = 8; i < 16; ++i) find(t, "layers.0.attn.wq_a.weight").bytes[i] = 0x88;  // -0, -0
   });
@@ -188,7 +183,7 @@ TEST(ScaleValidation, BadInputScaleIsAnErrorOnlyUnderW4A4Static) {
   const std::string name = "layers.0.attn.wq_b.input_scale";
   for (float bad : {kNaN, kInf, 0.0f, -0.002f}) {
     SCOPED_TRACE(bad);
-    auto w = write(seed_config(), {.quant = TinyQuant::kSeed}, set_f32(name, 0, bad));
+    auto w = write(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed}, set_f32(name, 0, bad));
     const std::string err = load_error(w->dir.path(), w4a4(ops::ActScale::kStatic));
     EXPECT_NE(err.find(name), std::string::npos) << err;
     EXPECT_NE(err.find("model.safetensors"), std::string::npos) << err;
@@ -214,7 +209,7 @@ TEST(ScaleValidation, BadInputScaleIsAnErrorOnlyUnderW4A4Static) {
 }
 
 TEST(ScaleValidation, MissingInputScaleIsAnErrorOnlyUnderW4A4Static) {
-  auto w = write(seed_config(), {.quant = TinyQuant::kW4A16}, nullptr);
+  auto w = write(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kW4A16}, nullptr);
   const std::string err = load_error(w->dir.path(), w4a4(ops::ActScale::kStatic));
   EXPECT_NE(err.find("layers.0.attn.wq_a.input_scale [not in"), std::string::npos) << err;
   std::unique_ptr<Model> m = Model::load(w->dir.path(), w4a4(ops::ActScale::kAuto));
@@ -223,7 +218,7 @@ TEST(ScaleValidation, MissingInputScaleIsAnErrorOnlyUnderW4A4Static) {
 
 TEST(ScaleValidation, FusedPerShardScaleNamesTheShard) {
   const std::string fused = "layers.0.attn.fused_wqa_wkv";
-  auto w = write(seed_config(), {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true, .per_shard_scales = true},
+  auto w = write(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true, .per_shard_scales = true},
                  set_f32(fused + ".weight_scale_2", 1, kNaN));
   const std::string err = load_error(w->dir.path());
   EXPECT_NE(err.find(fused + ".weight_scale_2 [" + (w->dir.path() / "model.safetensors").string() +
@@ -234,7 +229,7 @@ TEST(ScaleValidation, FusedPerShardScaleNamesTheShard) {
 
 TEST(ScaleValidation, FusedPerShardArrayOfWrongLengthIsAnError) {
   const std::string fused = "layers.0.attn.fused_wqa_wkv";
-  auto w = write(seed_config(), {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true, .per_shard_scales = true},
+  auto w = write(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true, .per_shard_scales = true},
                  reshape_scalar(fused + ".input_scale", 3));
   const std::string err = load_error(w->dir.path());
   EXPECT_NE(err.find(fused + ".input_scale"), std::string::npos) << err;
@@ -243,7 +238,7 @@ TEST(ScaleValidation, FusedPerShardArrayOfWrongLengthIsAnError) {
 
 TEST(ScaleValidation, SharedFusedScalarIsReportedOnce) {
   const std::string fused = "layers.0.attn.fused_wqa_wkv";
-  auto w = write(seed_config(), {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true},
+  auto w = write(test::tiny_nvfp4_attention_config(), {.quant = TinyQuant::kSeed, .fused_wqa_wkv = true},
                  set_f32(fused + ".weight_scale_2", 0, 0.0f));
   const std::string err = load_error(w->dir.path());
   EXPECT_NE(err.find("1 invalid scale tensor(s)"), std::string::npos) << err;
