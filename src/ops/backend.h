@@ -3,9 +3,12 @@
 // implements every op plainly, backend/cuda implements the same names (and may fuse behind
 // them). Activations are F32 on the CPU backend. Shapes use the config's vocabulary:
 // T tokens, D hidden, H heads, Dh head_dim, hc hyper-connection streams, E experts, K top-k.
-// Tensor arguments are contiguous views; outputs are written, never read (poisoned in tests).
+// Tensor arguments are contiguous views in the backend's device memory; outputs are written,
+// never read (poisoned in tests). Ops are issued in order (CUDA: on one stream) and need no
+// host synchronization: every count an op needs follows from host-known positions.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -44,10 +47,58 @@ struct LinearPolicy {
   bool saturate = true;
 };
 
+// Which of the official inference code's quantize-dequantize round trips an op applies
+// (spec §3.0; quant/qdq.h): FP8 E4M3 per 64 (UE8M0 scales) on the first n dims of each row
+// (KV nope dims, compressed entries), or a Walsh-Hadamard rotation then FP4 E2M1 per 32 on the
+// whole row (indexer q and keys).
+enum class Qdq { kNone, kFp8Nope, kHadamardFp4 };
+
+// A compressor's carried state (spec §4.3), in device memory of the backend that runs it.
+// pending_* hold the rows of the incomplete current window (positions p0 - p0 % m .. p0 - 1 for
+// a chunk starting at p0); overlap_* (CSA only, else empty) hold the first halves of the last
+// complete window. Every row count follows from the position alone, so no counts are stored.
+struct CompressorStateView {
+  TensorView pending_kv;    // [m, c*hd]
+  TensorView pending_gate;  // [m, c*hd] gate logits, position bias included
+  TensorView overlap_kv;    // [m, hd]  (CSA)
+  TensorView overlap_gate;  // [m, hd]  (CSA)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  // Where this backend's tensors live. Every tensor argument of an op must be on this device
+  // (weights included: Model::place puts them there); host vectors never cross the interface
+  // except through upload/download.
+  virtual Device device() const { return Device::kCpu; }
+  // The dtype of activations between ops (F32 on the CPU; F32 or BF16 on CUDA,
+  // `--act-dtype`). Residual streams, router/softmax/score tensors and logits stay F32;
+  // every op accepts F32 and act_dtype() for its activation arguments and writes the dtype of
+  // the output view it is given.
+  virtual DType act_dtype() const { return DType::kF32; }
+
+  // ---- Memory ----------------------------------------------------------------------------
+  // Long-lived memory (caches, placed weights) until release(); contents undefined.
+  virtual TensorView allocate(DType dtype, const Shape& shape) = 0;
+  virtual void release(const TensorView& view) = 0;
+  // Scratch memory for one forward pass: a bump region. scratch_mark()/scratch_reset(mark)
+  // bracket a pass (or a layer); views handed out after the mark are invalid after the reset.
+  // For equal sequences of requests the same addresses come back (CUDA graphs rely on it).
+  virtual TensorView scratch(DType dtype, const Shape& shape) = 0;
+  virtual size_t scratch_mark() const = 0;
+  virtual void scratch_reset(size_t mark) = 0;
+  // Host <-> device: dst.nbytes() bytes from host memory `src` (ordered with later ops, the
+  // source may be reused as soon as the call returns); download waits for all earlier ops.
+  virtual void upload(const void* src, const TensorView& dst) = 0;
+  virtual void download(const TensorView& src, void* dst) = 0;
+  // dst = src (same element count; device to device), converting between F32, BF16 and F16
+  // (round to nearest even) when the dtypes differ; other dtypes must match. fill: every
+  // element = value (float dtypes).
+  virtual void copy(const TensorView& src, const TensorView& dst) = 0;
+  virtual void fill(const TensorView& dst, float value) = 0;
+  // Waits until every op issued so far has finished (CPU: no-op).
+  virtual void synchronize() {}
 
   // Applies to every later linear, grouped_linear and expert projection.
   virtual void set_linear_policy(const LinearPolicy& policy) { policy_ = policy; }
@@ -57,15 +108,18 @@ class Backend {
   // for diagnostics (diag/trace.h); compute backends ignore it. The view is copied if kept.
   virtual void set_scope(std::string_view scope) {}
 
-  // out[t, :] = table[ids[t], :] as F32.  table [V, D] (BF16/F32/F16), out [T, D].
-  // An id outside [0, V) is an error naming it.
-  virtual void embed(const TensorView& table, const std::vector<int32_t>& ids, const TensorView& out) = 0;
+  // ---- Ops ---------------------------------------------------------------------------------
+  // out[t, :] = table[ids[t], :].  table [V, D] (BF16/F32/F16), ids [T] I32, out [T, D].
+  // An id outside [0, V) is an error naming it (CUDA: reported at the next synchronizing call).
+  virtual void embed(const TensorView& table, const TensorView& ids, const TensorView& out) = 0;
+  // X[t, j, :] = e[t, :] for every stream j.  e [T, D]; X [T, hc, D] F32.
+  virtual void hc_expand(const TensorView& e, const TensorView& X) = 0;
 
   // out[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * weight  (weight null: weightless).
   // x, out [rows, n] (views of any rank: the last dim is n); weight [n] any float dtype. out may alias x.
   virtual void rms_norm(const TensorView& x, const TensorView* weight, float eps, const TensorView& out) = 0;
 
-  // out = x @ W^T.  x [T, in] F32, out [T, out]; W dequantized exactly per w.format.
+  // out = x @ W^T.  x [T, in], out [T, out]; W dequantized exactly per w.format.
   virtual void linear(const TensorView& x, const LinearWeight& w, const TensorView& out) = 0;
 
   // Block-diagonal grouped projection (wo_a): W = w viewed [G, Lo, in_g];
@@ -73,14 +127,21 @@ class Backend {
   virtual void grouped_linear(const TensorView& x, const LinearWeight& w, int64_t groups, const TensorView& out) = 0;
 
   // In place: interleaved-pair RoPE on the trailing rope_dim dims of every vector.
-  // x [T, n_vec, dim] F32; angle(t, i) = float(inv_freq[i] * float(positions[t])) computed in
-  // float32 (transformers-parity #14); pair i = (x[dim-rope_dim+2i], x[dim-rope_dim+2i+1]):
-  // (a, b) -> (a cos - b sin, a sin + b cos); inverse uses -sin.  inv_freq has rope_dim/2 entries.
-  virtual void rope(const TensorView& x, const std::vector<int64_t>& positions, const std::vector<float>& inv_freq,
-                    int64_t rope_dim, bool inverse) = 0;
+  // x [T, n_vec, dim]; positions [T] I32; inv_freq [rope_dim/2] F32.
+  // angle(t, i) = float(inv_freq[i] * float(positions[t])) computed in float32 (transformers-parity #14);
+  // pair i = (x[dim-rope_dim+2i], x[dim-rope_dim+2i+1]): (a, b) -> (a cos - b sin, a sin + b cos);
+  // inverse uses -sin.
+  virtual void rope(const TensorView& x, const TensorView& positions, const TensorView& inv_freq, int64_t rope_dim,
+                    bool inverse) = 0;
+  // out[i] = start + i * step  (out [n] I32): positions of a chunk or of compressed entries.
+  virtual void iota(const TensorView& out, int64_t start, int64_t step) = 0;
 
   // out = a + b, elementwise, same shapes. out may alias a or b.
   virtual void add(const TensorView& a, const TensorView& b, const TensorView& out) = 0;
+
+  // In place: the official round trip `kind` on every row of x [rows, width]; kFp8Nope acts on
+  // the first n_nope dims of each row, kHadamardFp4 on the whole row.
+  virtual void qdq(const TensorView& x, Qdq kind, int64_t n_nope) = 0;
 
   // Manifold-constrained hyper-connection pre-mix (spec §3.2):
   //   r = rsqrt(mean(X[t]^2 over hc*D) + rms_eps); mix = (X[t] flattened @ fn^T) * r      [(2+hc)*hc]
@@ -89,47 +150,76 @@ class Backend {
   //   C[j][k] = softmax_k(mix[2hc + hc*j + k]*scale[2] + base[2hc + hc*j + k]) + hc_eps,
   //   then column-normalize, then (sinkhorn_iters-1) x (row-normalize, column-normalize), each /(sum + hc_eps)
   //   x_in[t, d] = sum_j pre[j] * X[t, j, d]
-  // X [T, hc, D]; x_in [T, D]; post [T, hc]; comb [T, hc, hc] (row-major [j][k]).
+  // X [T, hc, D] F32; x_in [T, D]; post [T, hc] F32; comb [T, hc, hc] F32 (row-major [j][k]).
   virtual void hc_pre(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& x_in,
                       const TensorView& post, const TensorView& comb) = 0;
   // X_out[t, k, d] = post[t, k] * y[t, d] + sum_j comb[t, j, k] * X[t, j, d]   (note: comb transposed)
-  // y [T, D]; X, X_out [T, hc, D] (X_out must not alias X).
+  // y [T, D]; X, X_out [T, hc, D] F32 (X_out must not alias X).
   virtual void hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
                        const TensorView& X_out) = 0;
   // y[t, d] = sum_j (sigmoid(mix[j]*scale[0] + base[j]) + hc_eps) * X[t, j, d] with mix as in hc_pre
-  // (fn [hc, hc*D], base [hc], scale [1]).  X [T, hc, D]; y [T, D].
+  // (fn [hc, hc*D], base [hc], scale [1]).  X [T, hc, D] F32; y [T, D].
   virtual void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) = 0;
 
-  // Sparse attention with a per-head sink (spec §3.3 F). For query t and head h over the key
-  // rows kv[idx[t, s]] (s < S; idx -1 = skip):  l_s = (q[t,h] . kv[i_s]) * scale,
-  //   out[t,h] = sum_s exp(l_s - M) kv[i_s] / (sum_s exp(l_s - M) + exp(sink[h] - M)), M = max(l, sink[h]).
-  // K = V = kv rows. q [T, H, Dh]; kv [N, Dh]; idx [T, S] I32; sink [H] F32; out [T, H, Dh].
-  // A query with no valid key gets out = 0.
-  virtual void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& idx,
-                                const TensorView& sink, float scale, const TensorView& out) = 0;
+  // Key indices for sparse_attention (spec §3.3 B/D). For query t at p = positions[t]
+  // (p0 = positions[0]; the chunk's positions are consecutive):
+  //   slots [0, window): the window keys, rows n_prev + kp - p0 for kp = max(0, p-window+1) .. p
+  //     in increasing kp (rows [0, n_prev) of the window pool hold positions p0-n_prev .. p0-1,
+  //     rows [n_prev, n_prev+T) the chunk), then -1 up to slot window;
+  //   slots [window, S): compressed keys, as rows of the key space after the window pool
+  //     (first entry row = entry_base): HCA (selected empty): entry_base + j for
+  //     j < min(n_entries, (p+1)/rate); CSA: entry_base + selected[t, i] for each selected[t, i] >= 0
+  //     in order; then -1.
+  // positions [T] I32; selected [T, k] I32 or empty; idx [T, S] I32.
+  virtual void attention_index(const TensorView& positions, int64_t n_prev, int64_t window, int64_t entry_base,
+                               int64_t n_entries, int64_t rate, const TensorView& selected, const TensorView& idx) = 0;
 
-  // Compressor pooling (spec §3.3 C): out[n, d] = sum_s softmax_s(score[n, s, d]) * kv[n, s, d];
-  // per channel d, over the slot axis; slots with score -inf take no weight.
-  // kv, score [N, S, d]; out [N, d].
-  virtual void compress_pool(const TensorView& kv, const TensorView& score, const TensorView& out) = 0;
+  // Sparse attention with a per-head sink (spec §3.3 F). Keys are the rows of the virtual
+  // concatenation [kv; entries] (entries may be empty): row r < kv.dim(0) is kv[r], else
+  // entries[r - kv.dim(0)]. For query t and head h over rows r_s = idx[t, s] (s < S; -1 = skip):
+  //   l_s = (q[t,h] . key[r_s]) * scale,
+  //   out[t,h] = sum_s exp(l_s - M) key[r_s] / (sum_s exp(l_s - M) + exp(sink[h] - M)), M = max(l, sink[h]).
+  // K = V = key rows. q [T, H, Dh]; kv [Nw, Dh]; entries [Ne, Dh]; idx [T, S] I32; sink [H] F32;
+  // out [T, H, Dh]. A query with no valid key gets out = 0.
+  virtual void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                                const TensorView& idx, const TensorView& sink, float scale, const TensorView& out) = 0;
+
+  // KV compressor for a chunk at consecutive positions p0 .. p0+T-1 (spec §3.3 C; parity #17-#21).
+  // kv, gate [T, c*hd] are the chunk's projections (c = 2 when overlap (CSA), else 1); each gate
+  // row t first gets ape[(p0+t) % rate] added. Every position p with (p+1) % rate == 0 completes
+  // window j = p / rate, which becomes one entry:
+  //   HCA: slots = the window's rate rows (all c*hd = hd channels);
+  //   CSA: slots [0, rate) = the previous window's first halves (channels [0, hd); absent for
+  //        j = 0: weight 0), slots [rate, 2*rate) = this window's second halves (channels [hd, 2hd)).
+  //   pooled[n, d] = sum_s softmax_s(gate[s, d]) * kv[s, d]   (per channel, over slots)
+  // Rows of a window before p0 come from state.pending; afterwards state holds the chunk's
+  // incomplete tail and (CSA) the first halves of the last window completed (state rows are
+  // left as they were when no window completes). pooled [n_new, hd] with
+  // n_new = (p0+T)/rate - p0/rate, the entries in window order. ape [rate, c*hd] F32.
+  virtual void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0,
+                              int64_t rate, bool overlap, const CompressorStateView& state,
+                              const TensorView& pooled) = 0;
 
   // Lightning-indexer scores (spec §3.3 E, transformers-parity #24):
-  //   scores[t, j] = sum_h relu(q[t,h] . keys[j]) * weights[t, h]   for j < n_valid[t], else -inf.
-  // q [T, Hi, Di]; keys [N, Di]; weights [T, Hi] (already scaled); scores [T, N] F32.
+  //   scores[t, j] = sum_h relu(q[t,h] . keys[j]) * weights[t, h] * weight_scale
+  //   for j < min(N, (positions[t]+1)/rate), else -inf.
+  // q [T, Hi, Di]; keys [N, Di]; weights [T, Hi]; positions [T] I32; scores [T, N] F32.
   virtual void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights,
-                              const std::vector<int64_t>& n_valid, const TensorView& scores) = 0;
+                              float weight_scale, const TensorView& positions, int64_t rate,
+                              const TensorView& scores) = 0;
 
   // Per row: the indices of the k largest finite values, largest first; ties go to the lower
-  // index (a documented deterministic rule); -inf entries are never picked (their slots get -1).
-  // values [T, N] F32; out [T, k] I32.
+  // index (a documented deterministic rule); -inf and NaN entries are never picked (their slots
+  // get -1). values [T, N] F32; out [T, k] I32.
   virtual void topk(const TensorView& values, int64_t k, const TensorView& out) = 0;
 
   // MoE routing (spec §3.4): a = sqrt(softplus(logits)); selection = tid2eid[ids[t]] (hash,
   // when tid2eid is given) or top-k of a + bias (routed; ties -> lower expert id);
   // weights = a[sel] / (sum a[sel] + 1e-20) * routed_scaling.
-  // logits [T, E] F32; bias [E] F32 or empty; tid2eid [V, K] I32/I64 or empty; idx [T, K] I32; weight [T, K] F32.
+  // logits [T, E] F32; bias [E] F32 or empty; tid2eid [V, K] I32/I64 or empty; ids [T] I32;
+  // idx [T, K] I32; weight [T, K] F32.
   virtual void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
-                         const std::vector<int32_t>& ids, float routed_scaling, const TensorView& idx,
+                         const TensorView& ids, float routed_scaling, const TensorView& idx,
                          const TensorView& weight) = 0;
 
   // Routed experts: out[t] = sum_k weight[t,k] * expert_{idx[t,k]}(x[t]) summed in ascending
@@ -142,6 +232,50 @@ class Backend {
 
  protected:
   LinearPolicy policy_;
+};
+
+// RAII for Backend::allocate: releases on destruction; move-only. The backend must outlive it.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend& be, DType dtype, const Shape& shape) : be_(&be), view_(be.allocate(dtype, shape)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept : be_(o.be_), view_(o.view_) { o.be_ = nullptr; o.view_ = {}; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      be_ = o.be_;
+      view_ = o.view_;
+      o.be_ = nullptr;
+      o.view_ = {};
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { reset(); }
+  const TensorView& view() const { return view_; }
+  void reset() {
+    if (be_ && !view_.empty()) be_->release(view_);
+    be_ = nullptr;
+    view_ = {};
+  }
+
+ private:
+  Backend* be_ = nullptr;
+  TensorView view_;
+};
+
+// Scratch views taken after construction are returned at destruction (Backend::scratch_mark).
+class ScratchFrame {
+ public:
+  explicit ScratchFrame(Backend& be) : be_(be), mark_(be.scratch_mark()) {}
+  ScratchFrame(const ScratchFrame&) = delete;
+  ScratchFrame& operator=(const ScratchFrame&) = delete;
+  ~ScratchFrame() { be_.scratch_reset(mark_); }
+
+ private:
+  Backend& be_;
+  size_t mark_;
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads = 0);  // 0: hardware concurrency

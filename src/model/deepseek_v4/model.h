@@ -23,6 +23,9 @@ struct ForwardOptions {
   // nope dims and compressed entries, Hadamard + FP4 on the indexer q and keys. On by default
   // (the model was trained against them); transformers-parity runs turn it off.
   bool official_qdq = true;
+  // false: forward returns only the last position's logits [1, vocab] (decode, sampling);
+  // true: every position's [T, vocab] (goldens, perplexity, prompt logprobs).
+  bool all_logits = true;
 };
 
 struct LoadOptions {
@@ -46,7 +49,14 @@ class Model {
   ModelWeights& mutable_weights() { return weights_; }
   const io::Checkpoint& checkpoint() const { return checkpoint_; }
 
+  // A cache with no state yet: its rows are allocated from the backend of the first forward()
+  // that uses it (and released with it), so one cache serves one backend.
   SequenceCache new_cache() const;
+
+  // Copies every weight and RoPE table into `backend`'s memory (Backend::allocate + upload,
+  // staged from the mmap) so forward() on that backend reads them there. A no-op for a backend
+  // whose device() is the CPU, which reads the mmapped weights directly. Call once after load.
+  void place(ops::Backend& backend);
 
   // Feeds ids at positions cache.position, cache.position+1, ...; returns logits [T, vocab].
   Buffer forward(ops::Backend& backend, SequenceCache& cache, const std::vector<int32_t>& ids,

@@ -1,0 +1,136 @@
+// The CudaBackend class, shared by the .cu files that define its ops (one file per op family:
+// memory.cu, elementwise.cu, hyper_connection.cu, route.cu, linear.cu, moe.cu, attention.cu,
+// compressor.cu, indexer.cu). Everything runs on one stream in issue order; kernels never
+// allocate: temporaries come from the scratch region (stream order makes reuse safe).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_backend.h"
+
+namespace clawmine::backend::cuda {
+
+using ops::CompressorStateView;
+using ops::ExpertWeights;
+using ops::HcParams;
+using ops::HyperConnectionWeights;
+using ops::LinearWeight;
+using ops::Qdq;
+
+class CudaBackend final : public ops::Backend {
+ public:
+  explicit CudaBackend(const CudaOptions& options);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  const char* name() const override { return "cuda"; }
+  Device device() const override { return Device::kCuda; }
+  DType act_dtype() const override { return options_.act_dtype; }
+  const CudaOptions& options() const { return options_; }
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  int sm_count() const { return sm_count_; }
+  ArenaUsage usage() const;
+
+  // memory.cu
+  TensorView allocate(DType dtype, const Shape& shape) override;
+  void release(const TensorView& view) override;
+  TensorView scratch(DType dtype, const Shape& shape) override;
+  size_t scratch_mark() const override { return scratch_top_; }
+  void scratch_reset(size_t mark) override;
+  void upload(const void* src, const TensorView& dst) override;
+  void download(const TensorView& src, void* dst) override;
+  void copy(const TensorView& src, const TensorView& dst) override;
+  void fill(const TensorView& dst, float value) override;
+  void synchronize() override;
+
+  // elementwise.cu
+  void embed(const TensorView& table, const TensorView& ids, const TensorView& out) override;
+  void hc_expand(const TensorView& e, const TensorView& X) override;
+  void rms_norm(const TensorView& x, const TensorView* weight, float eps, const TensorView& out) override;
+  void rope(const TensorView& x, const TensorView& positions, const TensorView& inv_freq, int64_t rope_dim,
+            bool inverse) override;
+  void iota(const TensorView& out, int64_t start, int64_t step) override;
+  void add(const TensorView& a, const TensorView& b, const TensorView& out) override;
+  void qdq(const TensorView& x, Qdq kind, int64_t n_nope) override;
+
+  // hyper_connection.cu
+  void hc_pre(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& x_in,
+              const TensorView& post, const TensorView& comb) override;
+  void hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
+               const TensorView& X_out) override;
+  void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) override;
+
+  // route.cu
+  void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid, const TensorView& ids,
+                 float routed_scaling, const TensorView& idx, const TensorView& weight) override;
+
+  // linear.cu, moe.cu
+  void linear(const TensorView& x, const LinearWeight& w, const TensorView& out) override;
+  void grouped_linear(const TensorView& x, const LinearWeight& w, int64_t groups, const TensorView& out) override;
+  void moe_experts(const TensorView& x, const std::vector<ExpertWeights>& experts, const TensorView& idx,
+                   const TensorView& weight, float swiglu_limit, const TensorView& out) override;
+  void swiglu_mlp(const TensorView& x, const ExpertWeights& w, float swiglu_limit, const TensorView& out) override;
+
+  // attention.cu, compressor.cu, indexer.cu
+  void attention_index(const TensorView& positions, int64_t n_prev, int64_t window, int64_t entry_base,
+                       int64_t n_entries, int64_t rate, const TensorView& selected, const TensorView& idx) override;
+  void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries, const TensorView& idx,
+                        const TensorView& sink, float scale, const TensorView& out) override;
+  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0, int64_t rate,
+                      bool overlap, const CompressorStateView& state, const TensorView& pooled) override;
+  void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
+                      const TensorView& positions, int64_t rate, const TensorView& scores) override;
+  void topk(const TensorView& values, int64_t k, const TensorView& out) override;
+
+  // Per-op state kept across calls and keyed by a stable host address (for example a device
+  // table of expert weight pointers keyed by the experts vector's data()). Freed with the backend.
+  template <typename T>
+  T* op_state(const void* key) {
+    auto it = op_state_.find(key);
+    if (it == op_state_.end()) it = op_state_.emplace(key, std::make_shared<T>()).first;
+    return static_cast<T*>(it->second.get());
+  }
+
+  // Checks that a tensor argument lives on this device (Device::kCuda) with a non-null pointer.
+  void expect_device(const TensorView& v, const char* op, const char* arg) const;
+
+ private:
+  CudaOptions options_;
+  int sm_count_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+
+  // The arena: [long-lived allocations | scratch region]. Long-lived blocks come from a
+  // first-fit free list (offset -> size) with coalescing; scratch is a bump pointer.
+  char* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
+  size_t long_lived_bytes_ = 0;  // size of the long-lived part (scratch follows)
+  std::map<size_t, size_t> free_;       // offset -> size
+  std::map<size_t, size_t> allocated_;  // offset -> size
+  size_t allocated_total_ = 0;
+  size_t scratch_top_ = 0;
+  size_t scratch_peak_ = 0;
+
+  // Pinned staging for upload(): a ring of buffers whose reuse waits on an event.
+  struct Staging {
+    void* host = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::vector<Staging> staging_;
+  size_t next_staging_ = 0;
+
+  std::unordered_map<const void*, std::shared_ptr<void>> op_state_;
+};
+
+}  // namespace clawmine::backend::cuda

@@ -1,0 +1,83 @@
+// Shared by every CUDA source of the backend: error checks that throw clawmine::Error, element
+// loads/stores for the activation dtypes, and exact decoders of the checkpoint formats
+// (E4M3, E2M1, E8M0), all device-side and inlinable.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace clawmine::backend::cuda {
+
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* what, const char* file, int line);
+
+// Checks a CUDA runtime call: CLAWMINE_CUDA_CHECK(cudaMemcpyAsync(...)).
+#define CLAWMINE_CUDA_CHECK(expr)                                                                   \
+  do {                                                                                              \
+    cudaError_t clawmine_err_ = (expr);                                                             \
+    if (clawmine_err_ != cudaSuccess)                                                               \
+      ::clawmine::backend::cuda::throw_cuda_error(clawmine_err_, #expr, __FILE__, __LINE__);        \
+  } while (0)
+// After every kernel launch: CLAWMINE_CUDA_LAUNCHED("rms_norm").
+#define CLAWMINE_CUDA_LAUNCHED(name) CLAWMINE_CUDA_CHECK(cudaPeekAtLastError())
+
+// Activation element types: float or __nv_bfloat16 (F16 only where weights/tables use it).
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+
+// OCP E4M3 (e4m3fn): bias 7, no infinities, 0x7f/0xff NaN, max 448. Exact.
+__device__ __forceinline__ float decode_e4m3(uint8_t b) {
+  const uint32_t sign = (b & 0x80u) << 24, exp = (b >> 3) & 0xfu, man = b & 0x7u;
+  if (exp == 0xfu && man == 0x7u) return __int_as_float(0x7fc00000);
+  if (exp == 0) {  // subnormal: man * 2^-9
+    const float v = static_cast<float>(man) * 0.001953125f;
+    return sign ? -v : v;
+  }
+  return __uint_as_float(sign | ((exp + 120u) << 23) | (man << 20));
+}
+// E8M0: 2^(b-127); 0xff NaN. b = 0 is 2^-127 (a float32 subnormal).
+__device__ __forceinline__ float decode_e8m0(uint8_t b) {
+  if (b == 0xffu) return __int_as_float(0x7fc00000);
+  if (b == 0) return __uint_as_float(0x00400000u);
+  return __uint_as_float(static_cast<uint32_t>(b) << 23);
+}
+// E2M1 nibble (bit 3 = sign): {0, 0.5, 1, 1.5, 2, 3, 4, 6}.
+__device__ __forceinline__ float decode_e2m1(uint32_t nibble) {
+  const uint32_t e = (nibble >> 1) & 3u, m = nibble & 1u;
+  const float v = e == 0 ? 0.5f * static_cast<float>(m)
+                         : __uint_as_float((e + 126u) << 23) * (1.0f + 0.5f * static_cast<float>(m));
+  return (nibble & 8u) ? -v : v;
+}
+
+// Calls f(T{}) with T the C++ element type of an activation dtype (F32, BF16, F16); any other
+// dtype is an error naming the op and the argument.
+template <typename F>
+void dispatch_float(DType t, const char* op, const char* arg, F&& f) {
+  switch (t) {
+    case DType::kF32: f(float{}); return;
+    case DType::kBF16: f(__nv_bfloat16{}); return;
+    case DType::kF16: f(__half{}); return;
+    default:
+      throw Error(std::string("cuda ") + op + ": " + arg + " has dtype " + std::string(dtype_name(t)) +
+                  ", expected F32, BF16 or F16");
+  }
+}
+
+inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+}  // namespace clawmine::backend::cuda

@@ -1,0 +1,33 @@
+// The CUDA backend for Hopper (sm_90a): every op of ops::Backend on the GPU, weights kept in
+// their checkpoint format (dequantized in registers inside the kernels), activations F32 or
+// BF16, all memory from one arena taken at start. Plain C++ header: callers need no CUDA.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "ops/backend.h"
+
+namespace clawmine::backend::cuda {
+
+struct CudaOptions {
+  int device = 0;
+  double memory_fraction = 0.90;   // of the device's total memory, taken once (--gpu-memory-fraction)
+  DType act_dtype = DType::kBF16;  // activations between ops: kBF16 (production) or kF32 (--act-dtype f32)
+  bool graphs = true;              // CUDA graphs for decode steps (--cuda-graphs on|off)
+  size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
+};
+
+// Throws clawmine::Error when no CUDA device is usable (naming the reason) or the arena cannot be taken.
+std::unique_ptr<ops::Backend> make_cuda_backend(const CudaOptions& options = {});
+
+// Memory in use by the arena, for `clawmine info --backend cuda` (0s for a non-CUDA backend).
+struct ArenaUsage {
+  size_t arena_bytes = 0;    // taken at start
+  size_t allocated = 0;      // long-lived (weights, caches)
+  size_t scratch_peak = 0;   // highest scratch use so far
+  size_t scratch_bytes = 0;  // scratch region size
+};
+ArenaUsage arena_usage(const ops::Backend& backend);
+
+}  // namespace clawmine::backend::cuda
