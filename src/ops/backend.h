@@ -99,6 +99,12 @@ class Backend {
   virtual void fill(const TensorView& dst, float value) = 0;
   // Waits until every op issued so far has finished (CPU: no-op).
   virtual void synchronize() {}
+  // Decode-step graphs: the ops issued between begin_step_graph() and end_step_graph() may be
+  // recorded and replayed as one unit (CUDA graphs; --cuda-graphs). In between, nothing is read
+  // back to the host and nothing is uploaded. Results equal eager execution bit for bit.
+  // Backends without graphs, and diagnostic decorators (which read tensors between ops), ignore them.
+  virtual void begin_step_graph() {}
+  virtual void end_step_graph() {}
 
   // Applies to every later linear, grouped_linear and expert projection.
   virtual void set_linear_policy(const LinearPolicy& policy) { policy_ = policy; }

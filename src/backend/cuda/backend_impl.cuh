@@ -53,6 +53,12 @@ class CudaBackend final : public ops::Backend {
   void fill(const TensorView& dst, float value) override;
   void synchronize() override;
 
+  // graph.cu: stream capture of a decode step, replayed through one executable graph that is
+  // updated in place (cudaGraphExecUpdate) while the step's topology stays the same.
+  void begin_step_graph() override;
+  void end_step_graph() override;
+  bool capturing() const { return capturing_; }
+
   // elementwise.cu
   void embed(const TensorView& table, const TensorView& ids, const TensorView& out) override;
   void hc_expand(const TensorView& e, const TensorView& X) override;
@@ -131,6 +137,13 @@ class CudaBackend final : public ops::Backend {
   size_t next_staging_ = 0;
 
   std::unordered_map<const void*, std::shared_ptr<void>> op_state_;
+
+  // graph.cu
+  bool capturing_ = false;
+  int64_t eager_steps_ = 0;  // the first steps run eagerly (one-time uploads of per-op tables)
+  cudaGraphExec_t graph_exec_ = nullptr;
+  int64_t graph_updates_ = 0, graph_instantiations_ = 0;
+  void destroy_graph();
 };
 
 }  // namespace clawmine::backend::cuda
