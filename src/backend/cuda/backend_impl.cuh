@@ -15,6 +15,7 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "core/thread_pool.h"  // H3 (backend.cu/memory.cu): copy_pool_ below
 
 namespace clawmine::backend::cuda {
 
@@ -137,6 +138,16 @@ class CudaBackend final : public ops::Backend {
   size_t next_staging_ = 0;
 
   std::unordered_map<const void*, std::shared_ptr<void>> op_state_;
+
+  // ---- added by H3 (backend.cu, memory.cu) ----
+  // Uploads smaller than a staging buffer share it: the next one starts at staging_offset_ in
+  // staging_[next_staging_] (the buffer's event, re-recorded after each copy, covers them all).
+  size_t staging_offset_ = 0;
+  // Threads that copy host data into pinned staging (mmapped weights: parallel page faults).
+  std::unique_ptr<ThreadPool> copy_pool_;
+  Staging& staging_slot(size_t i);     // pins buffer i on first use
+  void release_all() noexcept;         // frees everything taken so far (constructor failure, destructor)
+  // ---- end H3 ----
 
   // graph.cu
   bool capturing_ = false;
