@@ -1,0 +1,348 @@
+// Attention ops on the GPU (spec §3.3 B/D/F): the per-query key index lists and sparse attention
+// with a per-head sink over gathered rows of [kv; entries].
+//
+// sparse_attention: one block per (token t, group of kAttnHeads heads). The group's queries live
+// in registers; the block's warps split the S key slots (warp w takes s = w, w + kAttnWarps, ...),
+// and each warp streams one gathered key row at a time (16-byte vector loads when the row allows,
+// lane-interleaved so each load instruction is coalesced), scores it against every head of the
+// group and keeps an online softmax (running max m, sum l, accumulator) per head. The warps'
+// partial states are merged exactly at the end:
+//   M = max(sink, m_w), out = sum_w e^(m_w - M) acc_w / (sum_w e^(m_w - M) l_w + e^(sink - M)),
+// in a fixed warp order (deterministic). All heads of a token share the key rows a block reads.
+#include <cub/block/block_scan.cuh>
+
+#include <cmath>
+#include <cstdint>
+
+#include "backend/cuda/backend_impl.cuh"
+
+namespace clawmine::backend::cuda {
+namespace {
+
+// ---- attention_index -------------------------------------------------------------------------
+
+constexpr int kIndexThreads = 256;
+
+// One block per query t: window slots, then compressed slots (HCA range, or CSA compaction of
+// selected[t, :] >= 0 in order), -1 elsewhere. selected == nullptr: HCA (or no compressor).
+__global__ void __launch_bounds__(kIndexThreads)
+    attention_index_kernel(const int32_t* __restrict__ positions, int64_t n_prev, int64_t window, int64_t entry_base,
+                           int64_t n_entries, int64_t rate, const int32_t* __restrict__ selected, int64_t k,
+                           int64_t S, int32_t* __restrict__ idx) {
+  using Scan = cub::BlockScan<int, kIndexThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  const int64_t t = blockIdx.x;
+  const int64_t p = positions[t], p0 = positions[0];
+  int32_t* row = idx + t * S;
+
+  const int64_t lo = p - window + 1 > 0 ? p - window + 1 : 0;
+  for (int64_t s = threadIdx.x; s < window; s += blockDim.x) {
+    const int64_t kp = lo + s;
+    row[s] = kp <= p ? static_cast<int32_t>(n_prev + kp - p0) : -1;
+  }
+  if (selected == nullptr) {
+    int64_t avail = 0;
+    if (n_entries > 0 && rate > 0) avail = (p + 1) / rate < n_entries ? (p + 1) / rate : n_entries;
+    for (int64_t s = window + threadIdx.x; s < S; s += blockDim.x) {
+      const int64_t j = s - window;
+      row[s] = j < avail ? static_cast<int32_t>(entry_base + j) : -1;
+    }
+    return;
+  }
+  // CSA: pad with -1, then (after the barrier orders the writes) the kept selections in order.
+  for (int64_t s = window + threadIdx.x; s < S; s += blockDim.x) row[s] = -1;
+  __syncthreads();
+  const int32_t* sel = selected + t * k;
+  int64_t carry = 0;  // kept selections before this chunk (same value in every thread)
+  for (int64_t base = 0; base < k; base += kIndexThreads) {
+    const int64_t i = base + threadIdx.x;
+    const int32_t v = i < k ? sel[i] : -1;
+    const int keep = v >= 0 ? 1 : 0;
+    int rank = 0, total = 0;
+    Scan(scan_tmp).ExclusiveSum(keep, rank, total);
+    const int64_t slot = window + carry + rank;
+    if (keep && slot < S) row[slot] = static_cast<int32_t>(entry_base + v);
+    carry += total;
+    __syncthreads();  // scan_tmp is reused by the next chunk
+  }
+}
+
+// ---- sparse_attention ------------------------------------------------------------------------
+
+constexpr int kAttnWarps = 8;
+constexpr int kAttnThreads = kAttnWarps * 32;
+constexpr int kAttnHeads = 4;       // heads per block (queries and accumulators in registers)
+constexpr int kMaxLaneElems = 16;   // per lane and head: head dims up to 32 * 16 = 512
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// VEC consecutive elements as floats: one 16-byte load when VEC * sizeof(T) == 16.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_as_f32(const T* p, float (&out)[VEC]) {
+  if constexpr (VEC * sizeof(T) == 16) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out[i] = to_f32(e[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out[i] = to_f32(p[i]);
+  }
+}
+
+// Lane `lane` owns elements [(c * 32 + lane) * VEC, +VEC) of a row for c < NV (Dh % VEC == 0).
+// The grid is (T, ceil(H / kAttnHeads)); dynamic shared memory: kAttnHeads * Dh floats.
+template <typename T, int VEC, int NV>
+__global__ void __launch_bounds__(kAttnThreads)
+    sparse_attention_kernel(const T* __restrict__ q, const T* __restrict__ kv, int64_t n_kv,
+                            const T* __restrict__ entries, int64_t n_rows, const int32_t* __restrict__ idx, int64_t S,
+                            const float* __restrict__ sink, float scale, int64_t H, int64_t Dh, T* __restrict__ out) {
+  static_assert(VEC * NV <= kMaxLaneElems, "too many elements per lane");
+  extern __shared__ float merged[];  // [kAttnHeads][Dh]
+  __shared__ float warp_m[kAttnWarps][kAttnHeads], warp_l[kAttnWarps][kAttnHeads];
+  __shared__ float head_m[kAttnHeads], head_l[kAttnHeads];
+  __shared__ int warp_keys[kAttnWarps], warp_bad[kAttnWarps];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t t = blockIdx.x;
+  const int64_t h0 = static_cast<int64_t>(blockIdx.y) * kAttnHeads;
+  const int nh = H - h0 < kAttnHeads ? static_cast<int>(H - h0) : kAttnHeads;
+  const float neg_inf = -INFINITY;
+
+  float qr[kAttnHeads][NV][VEC], acc[kAttnHeads][NV][VEC], m[kAttnHeads], l[kAttnHeads];
+#pragma unroll
+  for (int hh = 0; hh < kAttnHeads; ++hh) {
+    m[hh] = neg_inf;
+    l[hh] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NV; ++c) {
+      const int64_t d = (static_cast<int64_t>(c) * 32 + lane) * VEC;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) qr[hh][c][i] = acc[hh][c][i] = 0.0f;
+      if (hh < nh && d < Dh) load_as_f32<T, VEC>(q + ((t * H + h0 + hh) * Dh + d), qr[hh][c]);
+    }
+  }
+
+  int n_keys = 0, bad = 0;
+  const int32_t* row_idx = idx + t * S;
+  for (int64_t s = warp; s < S; s += kAttnWarps) {
+    const int32_t r = row_idx[s];  // the same for the whole warp
+    if (r == -1) continue;
+    if (r < -1 || r >= n_rows) {
+      bad = 1;
+      continue;
+    }
+    const T* key = r < n_kv ? kv + static_cast<int64_t>(r) * Dh : entries + (static_cast<int64_t>(r) - n_kv) * Dh;
+    float k[NV][VEC];
+#pragma unroll
+    for (int c = 0; c < NV; ++c) {
+      const int64_t d = (static_cast<int64_t>(c) * 32 + lane) * VEC;
+      if (d < Dh) {
+        load_as_f32<T, VEC>(key + d, k[c]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) k[c][i] = 0.0f;
+      }
+    }
+    ++n_keys;
+#pragma unroll
+    for (int hh = 0; hh < kAttnHeads; ++hh) {
+      if (hh >= nh) break;
+      float dot = 0.0f;
+#pragma unroll
+      for (int c = 0; c < NV; ++c)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) dot = fmaf(qr[hh][c][i], k[c][i], dot);
+      const float logit = warp_sum(dot) * scale;  // identical in every lane
+      const float m_new = fmaxf(m[hh], logit);
+      const float corr = m[hh] == neg_inf ? 0.0f : expf(m[hh] - m_new);
+      const float pr = expf(logit - m_new);
+      l[hh] = l[hh] * corr + pr;
+#pragma unroll
+      for (int c = 0; c < NV; ++c)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[hh][c][i] = fmaf(acc[hh][c][i], corr, pr * k[c][i]);
+      m[hh] = m_new;
+    }
+  }
+
+  // Merge the warps' online-softmax states: head maxima and denominators first.
+  if (lane == 0) {
+#pragma unroll
+    for (int hh = 0; hh < kAttnHeads; ++hh) {
+      warp_m[warp][hh] = m[hh];
+      warp_l[warp][hh] = l[hh];
+    }
+    warp_keys[warp] = n_keys;
+    warp_bad[warp] = bad;
+  }
+  __syncthreads();
+  if (threadIdx.x < kAttnHeads && static_cast<int>(threadIdx.x) < nh) {
+    const int hh = threadIdx.x;
+    const float sk = sink ? sink[h0 + hh] : neg_inf;
+    float M = sk;
+    for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, warp_m[w][hh]);
+    float L = sink ? expf(sk - M) : 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w)
+      L += warp_l[w][hh] * (warp_m[w][hh] == neg_inf ? 0.0f : expf(warp_m[w][hh] - M));
+    head_m[hh] = M;
+    head_l[hh] = L;
+  }
+  __syncthreads();
+  // Accumulators: warp 0 writes, the others add in warp order (a fixed summation order).
+  for (int w = 0; w < kAttnWarps; ++w) {
+    if (warp == w) {
+#pragma unroll
+      for (int hh = 0; hh < kAttnHeads; ++hh) {
+        if (hh >= nh) break;
+        const float f = m[hh] == neg_inf ? 0.0f : expf(m[hh] - head_m[hh]);
+#pragma unroll
+        for (int c = 0; c < NV; ++c) {
+          const int64_t d = (static_cast<int64_t>(c) * 32 + lane) * VEC;
+          if (d >= Dh) continue;
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            float* dst = merged + hh * Dh + d + i;
+            *dst = (w == 0 ? 0.0f : *dst) + acc[hh][c][i] * f;
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+  int total_keys = 0, any_bad = 0;
+  for (int w = 0; w < kAttnWarps; ++w) {
+    total_keys += warp_keys[w];
+    any_bad |= warp_bad[w];
+  }
+  // No valid key: 0. An index outside [-1, rows) cannot throw from a kernel: the query's output
+  // becomes NaN, which the numerics guard and the tests catch.
+  const int dh = static_cast<int>(Dh);  // <= 512
+  for (int e = threadIdx.x; e < nh * dh; e += blockDim.x) {
+    const int hh = e / dh;
+    const float v = any_bad ? NAN : total_keys == 0 ? 0.0f : merged[e] / head_l[hh];
+    out[(t * H + h0) * Dh + e] = from_f32<T>(v);
+  }
+}
+
+template <typename T, int VEC, int NV>
+void launch_sparse_attention(cudaStream_t stream, const T* q, const T* kv, int64_t n_kv, const T* entries,
+                             int64_t n_rows, const int32_t* idx, int64_t n_tokens, int64_t S, const float* sink, float scale,
+                             int64_t H, int64_t Dh, T* out) {
+  const dim3 grid(static_cast<unsigned>(n_tokens), static_cast<unsigned>((H + kAttnHeads - 1) / kAttnHeads));
+  const size_t smem = static_cast<size_t>(kAttnHeads) * Dh * sizeof(float);  // <= 8 KiB for Dh <= 512
+  sparse_attention_kernel<T, VEC, NV>
+      <<<grid, kAttnThreads, smem, stream>>>(q, kv, n_kv, entries, n_rows, idx, S, sink, scale, H, Dh, out);
+  CLAWMINE_CUDA_LAUNCHED("sparse_attention");
+}
+
+bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+void CudaBackend::attention_index(const TensorView& positions, int64_t n_prev, int64_t window, int64_t entry_base,
+                                  int64_t n_entries, int64_t rate, const TensorView& selected, const TensorView& idx) {
+  expect_device(positions, "attention_index", "positions");
+  expect_device(idx, "attention_index", "idx");
+  CLAWMINE_CHECK(positions.dtype == DType::kI32 && positions.rank() == 1, "cuda attention_index: positions must be I32 [T], got ",
+                 dtype_name(positions.dtype), " ", shape_str(positions.shape));
+  const int64_t T = positions.dim(0);
+  CLAWMINE_CHECK(idx.dtype == DType::kI32 && idx.rank() == 2 && idx.dim(0) == T,
+                 "cuda attention_index: idx must be I32 [", T, ", S], got ", dtype_name(idx.dtype), " ",
+                 shape_str(idx.shape));
+  const int64_t S = idx.dim(1);
+  CLAWMINE_CHECK(window >= 1 && window <= S, "cuda attention_index: window ", window, " must be in [1, S = ", S, "]");
+  CLAWMINE_CHECK(n_prev >= 0 && entry_base >= 0 && n_entries >= 0, "cuda attention_index: n_prev ", n_prev,
+                 ", entry_base ", entry_base, ", n_entries ", n_entries, " must be >= 0");
+  const bool csa = !selected.empty();  // CSA even with k = 0 (then no compressed keys)
+  int64_t k = 0;
+  if (csa) {
+    expect_device(selected, "attention_index", "selected");
+    CLAWMINE_CHECK(selected.dtype == DType::kI32 && selected.rank() == 2 && selected.dim(0) == T,
+                   "cuda attention_index: selected must be I32 [", T, ", k], got ", dtype_name(selected.dtype), " ",
+                   shape_str(selected.shape));
+    k = selected.dim(1);
+    CLAWMINE_CHECK(k <= S - window, "cuda attention_index: ", k, " selected entries do not fit the ", S - window,
+                   " compressed slots");
+  } else {
+    CLAWMINE_CHECK(n_entries == 0 || rate > 0, "cuda attention_index: rate ", rate, " with ", n_entries, " entries");
+  }
+  if (T == 0 || S == 0) return;
+  attention_index_kernel<<<static_cast<unsigned>(T), kIndexThreads, 0, stream_>>>(
+      positions.as<int32_t>(), n_prev, window, entry_base, n_entries, rate, csa ? selected.as<int32_t>() : nullptr, k,
+      S, idx.as<int32_t>());
+  CLAWMINE_CUDA_LAUNCHED("attention_index");
+}
+
+void CudaBackend::sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                                   const TensorView& idx, const TensorView& sink, float scale, const TensorView& out) {
+  expect_device(q, "sparse_attention", "q");
+  expect_device(kv, "sparse_attention", "kv");
+  expect_device(idx, "sparse_attention", "idx");
+  expect_device(out, "sparse_attention", "out");
+  CLAWMINE_CHECK(q.rank() == 3, "cuda sparse_attention: q must be [T, H, Dh], got ", shape_str(q.shape));
+  const int64_t T = q.dim(0), H = q.dim(1), Dh = q.dim(2);
+  CLAWMINE_CHECK(kv.rank() == 2 && kv.dim(1) == Dh, "cuda sparse_attention: kv must be [Nw, ", Dh, "], got ",
+                 shape_str(kv.shape));
+  const bool has_entries = !entries.empty() && entries.numel() > 0;
+  if (has_entries) {
+    expect_device(entries, "sparse_attention", "entries");
+    CLAWMINE_CHECK(entries.rank() == 2 && entries.dim(1) == Dh, "cuda sparse_attention: entries must be [Ne, ", Dh,
+                   "], got ", shape_str(entries.shape));
+  }
+  CLAWMINE_CHECK(idx.dtype == DType::kI32 && idx.rank() == 2 && idx.dim(0) == T,
+                 "cuda sparse_attention: idx must be I32 [", T, ", S], got ", dtype_name(idx.dtype), " ",
+                 shape_str(idx.shape));
+  const bool has_sink = !sink.empty() && sink.numel() > 0;
+  if (has_sink) {
+    expect_device(sink, "sparse_attention", "sink");
+    CLAWMINE_CHECK(sink.dtype == DType::kF32 && sink.numel() == H, "cuda sparse_attention: sink must be F32 [", H,
+                   "], got ", dtype_name(sink.dtype), " ", shape_str(sink.shape));
+  }
+  CLAWMINE_CHECK(out.shape == q.shape, "cuda sparse_attention: out must be ", shape_str(q.shape), ", got ",
+                 shape_str(out.shape));
+  CLAWMINE_CHECK(kv.dtype == q.dtype && (!has_entries || entries.dtype == q.dtype) && out.dtype == q.dtype,
+                 "cuda sparse_attention: q, kv, entries and out must share one dtype, got ", dtype_name(q.dtype), ", ",
+                 dtype_name(kv.dtype), ", ", has_entries ? dtype_name(entries.dtype) : "-", ", ",
+                 dtype_name(out.dtype));
+  CLAWMINE_CHECK(Dh > 0 && Dh <= 32 * kMaxLaneElems, "cuda sparse_attention: head dim ", Dh, " outside [1, ",
+                 32 * kMaxLaneElems, "]");
+  const int64_t S = idx.dim(1);
+  if (T == 0 || H == 0) return;
+  const int64_t n_kv = kv.dim(0), n_rows = n_kv + (has_entries ? entries.dim(0) : 0);
+  dispatch_float(q.dtype, "sparse_attention", "q", [&](auto tag) {
+    using T_ = decltype(tag);
+    constexpr int kVec = static_cast<int>(16 / sizeof(T_));
+    const T_* pq = q.as<T_>();
+    const T_* pkv = kv.as<T_>();
+    const T_* pe = has_entries ? entries.as<T_>() : nullptr;
+    T_* po = out.as<T_>();
+    const float* ps = has_sink ? sink.as<float>() : nullptr;
+    auto go = [&](auto vec, auto nv) {
+      launch_sparse_attention<T_, decltype(vec)::value, decltype(nv)::value>(
+          stream_, pq, pkv, n_kv, pe, n_rows, idx.as<int32_t>(), T, S, ps, scale, H, Dh, po);
+    };
+    using std::integral_constant;
+    const bool vec_ok = Dh % kVec == 0 && aligned16(pq) && aligned16(pkv) && aligned16(pe);
+    if (vec_ok) {  // 16-byte loads: lanes cover 32 * kVec elements per step
+      const int64_t steps = (Dh + 32 * kVec - 1) / (32 * kVec);
+      if (steps == 1) return go(integral_constant<int, kVec>{}, integral_constant<int, 1>{});
+      if (steps == 2) return go(integral_constant<int, kVec>{}, integral_constant<int, 2>{});
+      if constexpr (kVec * 4 <= kMaxLaneElems) {
+        if (steps <= 4) return go(integral_constant<int, kVec>{}, integral_constant<int, 4>{});
+      }
+    }
+    const int64_t steps = (Dh + 31) / 32;  // scalar loads, one element per lane and step
+    if (steps <= 1) return go(integral_constant<int, 1>{}, integral_constant<int, 1>{});
+    if (steps <= 2) return go(integral_constant<int, 1>{}, integral_constant<int, 2>{});
+    if (steps <= 4) return go(integral_constant<int, 1>{}, integral_constant<int, 4>{});
+    if (steps <= 8) return go(integral_constant<int, 1>{}, integral_constant<int, 8>{});
+    return go(integral_constant<int, 1>{}, integral_constant<int, 16>{});
+  });
+}
+
+}  // namespace clawmine::backend::cuda

@@ -1,0 +1,209 @@
+// The CUDA attention ops (attention.cu) against the CPU reference on the same fresh random inputs,
+// outputs poisoned first:
+//  * attention_index: exactly equal, for sliding, HCA (rate 128) and CSA (rate 4, top-k 512 and
+//    2048, selections with -1 scattered anywhere) key lists, V4-Flash's window 128 and small odd
+//    windows, T in {1, 5, 300}, chunks starting anywhere (p0 = 0, mid-window, far);
+//  * sparse_attention: F32 within 1e-5 and BF16 within 1e-2 (rel l2) at V4-Flash dims (64 heads x
+//    512, window 128 + top-k 512 / 2048, HCA with thousands of entries, T in {1, 5, 300}) and small
+//    odd dims (heads not a multiple of the block's 4, head dims 7, 36, 64, 100, 200 covering the
+//    vector and scalar load paths), -1 anywhere, duplicated rows, queries with no key (0), no
+//    entries pool; an index outside the key space gives NaN, never a read out of bounds.
+// Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "unit/backend_cuda/same_inputs.h"
+
+namespace clawmine::test {
+namespace {
+
+class CudaAttention : public GpuTest {};
+
+::testing::AssertionResult same_ints_exactly(const std::vector<int32_t>& got, const std::vector<int32_t>& ref) {
+  if (got.size() != ref.size()) return ::testing::AssertionFailure() << "sizes " << got.size() << " vs " << ref.size();
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i] != ref[i])
+      return ::testing::AssertionFailure() << "first difference at " << i << ": got " << got[i] << ", want " << ref[i];
+  return ::testing::AssertionSuccess();
+}
+
+std::vector<int32_t> consecutive(int64_t p0, int64_t T) {
+  std::vector<int32_t> p(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) p[t] = static_cast<int32_t>(p0 + t);
+  return p;
+}
+
+// ---- attention_index ---------------------------------------------------------------------------
+
+struct IndexCase {
+  const char* name;
+  int64_t T, p0, window, rate, k;  // k = 0: HCA or sliding (rate 0)
+  bool csa;
+  bool scattered;  // CSA: -1 anywhere in the selection, not only at its tail
+};
+
+TEST_F(CudaAttention, AttentionIndexEqualsCpu) {
+  const IndexCase cases[] = {
+      {"v4 sliding decode", 1, 1000, 128, 0, 0, false, false},
+      {"v4 sliding T5 from 3", 5, 3, 128, 0, 0, false, false},
+      {"v4 sliding prefill", 300, 0, 128, 0, 0, false, false},
+      {"v4 HCA decode", 1, 5000, 128, 128, 0, false, false},
+      {"v4 HCA T5 across an entry", 5, 125, 128, 128, 0, false, false},
+      {"v4 HCA prefill", 300, 100, 128, 128, 0, false, false},
+      {"v4 CSA decode k512", 1, 4000, 128, 4, 512, true, false},
+      {"v4 CSA T5 k512 scattered", 5, 2047, 128, 4, 512, true, true},
+      {"v4 CSA prefill k512 from 0", 300, 0, 128, 4, 512, true, false},
+      {"v4 CSA T5 k2048", 5, 10001, 128, 4, 2048, true, true},
+      {"small HCA", 7, 2, 3, 2, 0, false, false},
+      {"small CSA", 7, 9, 3, 3, 5, true, true},
+      {"small CSA k0", 3, 4, 3, 3, 0, true, false},
+  };
+  uint32_t seed = 1000;
+  for (const IndexCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const int64_t n_prev = std::min(c.p0, c.window - 1);
+    const int64_t entry_base = n_prev + c.T;
+    const int64_t n_entries = c.rate > 0 ? (c.p0 + c.T) / c.rate : 0;
+    const int64_t S = c.window + (c.csa ? c.k : n_entries);
+    const std::vector<int32_t> pos = consecutive(c.p0, c.T);
+    const OnBoth positions = same_ints(*cpu, *cuda, pos, {c.T});
+    OnBoth selected;
+    if (c.csa) {  // distinct causally valid entries, -1 padded (tail or scattered)
+      std::mt19937 rng(++seed);
+      std::vector<int32_t> sel(static_cast<size_t>(c.T * c.k), -1);
+      for (int64_t t = 0; t < c.T; ++t) {
+        const int64_t valid = std::min(n_entries, (pos[t] + 1) / c.rate);
+        std::vector<int32_t> all(static_cast<size_t>(valid));
+        for (int64_t j = 0; j < valid; ++j) all[j] = static_cast<int32_t>(j);
+        std::shuffle(all.begin(), all.end(), rng);
+        for (int64_t i = 0; i < std::min(valid, c.k); ++i) sel[t * c.k + i] = all[i];
+        if (c.scattered) std::shuffle(sel.begin() + t * c.k, sel.begin() + (t + 1) * c.k, rng);
+      }
+      selected = same_ints(*cpu, *cuda, sel, {c.T, c.k});
+    }
+    const OnBoth idx = poisoned_both(*cpu, *cuda, {c.T, S}, DType::kI32);
+    cpu->attention_index(positions.cpu.view(), n_prev, c.window, entry_base, n_entries, c.rate,
+                         c.csa ? selected.cpu.view() : TensorView{}, idx.cpu.view());
+    cuda->attention_index(positions.gpu.view(), n_prev, c.window, entry_base, n_entries, c.rate,
+                          c.csa ? selected.gpu.view() : TensorView{}, idx.gpu.view());
+    EXPECT_TRUE(same_ints_exactly(download_as<int32_t>(*cuda, idx.gpu.view()), download_as<int32_t>(*cpu, idx.cpu.view())));
+  }
+}
+
+// ---- sparse_attention --------------------------------------------------------------------------
+
+struct AttnCase {
+  const char* name;
+  int64_t T, H, Dh, Nw, Ne, Wslots, Cslots;  // S = Wslots + Cslots
+  bool sink = true;
+  float q_scale = 1.0f;  // > 1: sharper softmaxes
+};
+
+// Index lists like attention_index makes, with -1 sprinkled anywhere: window slots over kv rows,
+// compressed slots over entry rows (duplicates possible), the last query of a multi-token case
+// without any key.
+std::vector<int32_t> random_idx(const AttnCase& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  const int64_t S = c.Wslots + c.Cslots;
+  std::vector<int32_t> idx(static_cast<size_t>(c.T * S), -1);
+  for (int64_t t = 0; t < c.T; ++t) {
+    if (c.T > 1 && t == c.T - 1) break;  // no valid key: out = 0
+    for (int64_t s = 0; s < c.Wslots; ++s)
+      if (u(rng) < 0.9f) idx[t * S + s] = static_cast<int32_t>((t + s) % c.Nw);
+    for (int64_t s = c.Wslots; s < S && c.Ne > 0; ++s)
+      if (u(rng) < 0.8f) idx[t * S + s] = static_cast<int32_t>(c.Nw + static_cast<int64_t>(u(rng) * c.Ne) % c.Ne);
+  }
+  return idx;
+}
+
+void check_sparse_attention(ops::Backend& cpu, ops::Backend& cuda, const AttnCase& c, DType dt, uint32_t seed) {
+  SCOPED_TRACE(str_cat(c.name, " ", dtype_label(dt)));
+  const int64_t S = c.Wslots + c.Cslots;
+  std::vector<float> qv = random_normal(c.T * c.H * c.Dh, seed + 1);
+  for (float& x : qv) x *= c.q_scale;
+  const OnBoth q = same_floats(cpu, cuda, qv, {c.T, c.H, c.Dh}, dt);
+  const OnBoth kv = same_floats(cpu, cuda, random_normal(c.Nw * c.Dh, seed + 2), {c.Nw, c.Dh}, dt);
+  OnBoth entries;
+  if (c.Ne > 0) entries = same_floats(cpu, cuda, random_normal(c.Ne * c.Dh, seed + 3), {c.Ne, c.Dh}, dt);
+  OnBoth sink;
+  if (c.sink) sink = same_floats(cpu, cuda, random_normal(c.H, seed + 4), {c.H});
+  const OnBoth idx = same_ints(cpu, cuda, random_idx(c, seed + 5), {c.T, S});
+  const OnBoth out = poisoned_both(cpu, cuda, {c.T, c.H, c.Dh}, dt);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dh));
+  cpu.sparse_attention(q.cpu.view(), kv.cpu.view(), c.Ne > 0 ? entries.cpu.view() : TensorView{}, idx.cpu.view(),
+                       c.sink ? sink.cpu.view() : TensorView{}, scale, out.cpu.view());
+  cuda.sparse_attention(q.gpu.view(), kv.gpu.view(), c.Ne > 0 ? entries.gpu.view() : TensorView{}, idx.gpu.view(),
+                        c.sink ? sink.gpu.view() : TensorView{}, scale, out.gpu.view());
+  const std::vector<float> got = download_f32(cuda, out.gpu.view()), ref = download_f32(cpu, out.cpu.view());
+  EXPECT_TRUE(within(got, ref, dt == DType::kF32 ? kF32Budget : kBf16Budget));
+  if (c.T > 1) {  // the last query has no key
+    for (int64_t i = (c.T - 1) * c.H * c.Dh; i < c.T * c.H * c.Dh; ++i) {
+      ASSERT_EQ(got[i], 0.0f) << "query without keys, element " << i;
+    }
+  }
+}
+
+TEST_F(CudaAttention, SparseAttentionV4FlashDims) {
+  const AttnCase cases[] = {
+      // name, T, H, Dh, Nw (window pool), Ne (entries), window slots, compressed slots
+      {"CSA decode k512", 1, 64, 512, 128, 1000, 128, 512},
+      {"CSA T5 k2048", 5, 64, 512, 132, 4000, 128, 2048},
+      {"CSA prefill k512", 300, 64, 512, 427, 600, 128, 512},
+      {"HCA T5 3000 entries", 5, 64, 512, 132, 3000, 128, 3000},
+      {"sliding only T5", 5, 64, 512, 132, 0, 128, 0},
+      {"CSA decode sharp", 1, 64, 512, 128, 1000, 128, 512, true, 6.0f},
+  };
+  uint32_t seed = 2000;
+  for (const AttnCase& c : cases)
+    for (const DType dt : {DType::kF32, DType::kBF16}) check_sparse_attention(*cpu, *cuda, c, dt, seed += 10);
+}
+
+TEST_F(CudaAttention, SparseAttentionSmallOddDims) {
+  const AttnCase cases[] = {
+      {"H3 Dh36", 5, 3, 36, 9, 11, 4, 6},       {"H5 Dh7", 5, 5, 7, 9, 11, 4, 6},
+      {"H4 Dh64", 1, 4, 64, 6, 3, 4, 5},        {"H6 Dh100 T300", 300, 6, 100, 40, 17, 8, 9},
+      {"H2 Dh200", 5, 2, 200, 12, 20, 5, 7},    {"H9 Dh20 no entries", 5, 9, 20, 8, 0, 6, 0},
+      {"H3 Dh36 no sink", 5, 3, 36, 9, 11, 4, 6, false},
+      {"H1 Dh512 one key", 1, 1, 512, 1, 0, 1, 0},
+  };
+  uint32_t seed = 3000;
+  for (const AttnCase& c : cases)
+    for (const DType dt : {DType::kF32, DType::kBF16}) check_sparse_attention(*cpu, *cuda, c, dt, seed += 10);
+}
+
+TEST_F(CudaAttention, SparseAttentionBadIndexGivesNaN) {
+  const int64_t T = 2, H = 5, Dh = 64, Nw = 4, Ne = 3, S = 3;
+  const std::vector<int32_t> idx = {0, 7, 1, /* row 1 valid */ 2, 6, -1};  // 7 is outside [-1, 7)
+  ops::DeviceBuffer q = upload_f32(*cuda, random_normal(T * H * Dh, 4001), {T, H, Dh});
+  ops::DeviceBuffer kv = upload_f32(*cuda, random_normal(Nw * Dh, 4002), {Nw, Dh});
+  ops::DeviceBuffer entries = upload_f32(*cuda, random_normal(Ne * Dh, 4003), {Ne, Dh});
+  ops::DeviceBuffer sink = upload_f32(*cuda, random_normal(H, 4004), {H});
+  const TensorView host_idx{DType::kI32, Device::kCpu, {T, S}, const_cast<int32_t*>(idx.data())};
+  ops::DeviceBuffer d_idx = upload_raw(*cuda, host_idx);
+  ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {T, H, Dh});
+  cuda->sparse_attention(q.view(), kv.view(), entries.view(), d_idx.view(), sink.view(), 0.125f, out.view());
+  const std::vector<float> got = download_f32(*cuda, out.view());
+  for (int64_t i = 0; i < H * Dh; ++i) ASSERT_TRUE(std::isnan(got[i])) << "query 0, element " << i;
+  for (int64_t i = H * Dh; i < T * H * Dh; ++i) ASSERT_TRUE(std::isfinite(got[i])) << "query 1, element " << i;
+}
+
+TEST_F(CudaAttention, SparseAttentionRejectsMixedDtypes) {
+  ops::DeviceBuffer q = upload_f32(*cuda, random_normal(64, 4101), {1, 1, 64}, DType::kBF16);
+  ops::DeviceBuffer kv = upload_f32(*cuda, random_normal(64, 4102), {1, 64});
+  const std::vector<int32_t> idx = {0};
+  ops::DeviceBuffer d_idx = upload_raw(*cuda, TensorView{DType::kI32, Device::kCpu, {1, 1}, const_cast<int32_t*>(idx.data())});
+  ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {1, 1, 64});
+  EXPECT_THROW(cuda->sparse_attention(q.view(), kv.view(), TensorView{}, d_idx.view(), TensorView{}, 1.0f, out.view()),
+               Error);
+}
+
+}  // namespace
+}  // namespace clawmine::test
