@@ -1,0 +1,144 @@
+// qdq: the official inference code's quantize-dequantize round trips (spec §3.0, quant/qdq.h),
+// in place, one warp per row, bit-exact with quant/qdq.cpp for F32 rows:
+//   kFp8Nope: blocks of 64 over the first n_nope dims; s = 2^ceil(log2(max(amax, 1e-4) / 448)),
+//     x = e4m3(x / s) * s (nearest, ties to even, saturated to 448);
+//   kHadamardFp4: the Sylvester-ordered Walsh-Hadamard transform (the CPU's butterflies, stage by
+//     stage in shared memory, then * 1/sqrt(n)), then blocks of 32 with
+//     s = 2^ceil(log2(max(amax, 6 * 2^-126) / 6)), x = e2m1(x / s) * s.
+// amax is over finite values; NaN/Inf elements are left as they are. The results are minifloat
+// values times powers of two, so BF16 rows store them exactly too. Every float operation is an
+// explicitly rounded intrinsic (never contracted into an FMA).
+#include <algorithm>
+#include <cfloat>
+
+#include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/rowwise.cuh"
+
+namespace clawmine::backend::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int64_t kHadamardMax = 8192;  // row width held in 32 KiB of shared memory
+
+// quant::round_minifloat for finite x: |x| clamped to max_value on a grid of mantissa_bits
+// explicit bits with minimum normal exponent min_exp, ties to even. floor(log2(a)) is read from
+// the exponent bits (the CPU's float log2 can round up just below a power of two, which gives
+// the same grid point there).
+__device__ __forceinline__ float round_minifloat(float x, int mantissa_bits, int min_exp, float max_value) {
+  const float a = fminf(fabsf(x), max_value);
+  int e = min_exp;
+  if (a >= ldexpf(1.0f, min_exp)) e = static_cast<int>((__float_as_uint(a) >> 23) & 0xffu) - 127;
+  const float step = ldexpf(1.0f, e - mantissa_bits);
+  const float q = fminf(__fmul_rn(rintf(__fdiv_rn(a, step)), step), max_value);
+  return copysignf(q, x);
+}
+
+// quant::pow2_ceil_scale: 2^ceil(log2f(amax / max_value)). log2f of a power of two is exact; of
+// any other normal r it is the double log2 rounded to float, as glibc's log2f computes it (which
+// decides whether r just above 2^k gives k or k + 1).
+__device__ __forceinline__ float pow2_ceil_scale(float amax, float max_value) {
+  const float r = __fdiv_rn(amax, max_value);
+  const uint32_t bits = __float_as_uint(r);
+  int e;
+  if ((bits & 0x7fffffu) == 0 && r >= FLT_MIN) {
+    e = static_cast<int>(bits >> 23) - 127;
+  } else {
+    e = static_cast<int>(ceilf(__double2float_rn(log2(static_cast<double>(r)))));
+  }
+  return ldexpf(1.0f, e);
+}
+
+__device__ __forceinline__ float qdq_e4m3(float v, float s) {
+  return __fmul_rn(round_minifloat(__fdiv_rn(v, s), 3, -6, 448.0f), s);
+}
+__device__ __forceinline__ float qdq_e2m1(float v, float s) {
+  return __fmul_rn(round_minifloat(__fdiv_rn(v, s), 1, 0, 6.0f), s);
+}
+
+// One warp per row: FP8 on blocks of 64 over the first n_nope elements.
+template <typename T>
+__global__ void qdq_fp8_nope_kernel(T* x, int64_t rows, int64_t width, int64_t n_nope) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
+  if (row >= rows) return;  // whole warps
+  T* xr = x + row * width;
+  for (int64_t b = 0; b < n_nope; b += 64) {
+    const int64_t end = min(n_nope, b + 64), i0 = b + lane, i1 = b + 32 + lane;
+    const float v0 = i0 < end ? to_f32(xr[i0]) : 0.0f, v1 = i1 < end ? to_f32(xr[i1]) : 0.0f;
+    const bool f0 = i0 < end && isfinite(v0), f1 = i1 < end && isfinite(v1);
+    const float amax = fmaxf(1e-4f, rowwise::warp_max(fmaxf(f0 ? fabsf(v0) : 0.0f, f1 ? fabsf(v1) : 0.0f)));
+    const float s = pow2_ceil_scale(amax, 448.0f);
+    if (f0) xr[i0] = from_f32<T>(qdq_e4m3(v0, s));
+    if (f1) xr[i1] = from_f32<T>(qdq_e4m3(v1, s));
+  }
+}
+
+// One warp per row (rows_per_block rows per block, each with `width` floats of shared memory):
+// Walsh-Hadamard in the CPU's butterfly order, scaled, then FP4 on blocks of 32.
+template <typename T>
+__global__ void qdq_hadamard_fp4_kernel(T* x, int64_t rows, int64_t width, int rows_per_block) {
+  extern __shared__ float buf[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(rows_per_block) + warp;
+  if (warp >= rows_per_block || row >= rows) return;  // whole warps; only __syncwarp below
+  float* h = buf + warp * width;
+  T* xr = x + row * width;
+  for (int64_t i = lane; i < width; i += 32) h[i] = to_f32(xr[i]);
+  __syncwarp();
+  // Stage s: for every pair (j, j + s) with j's bit s clear: (a, b) -> (a + b, a - b). The pairs
+  // of a stage are disjoint, each taken by one lane; __syncwarp orders the stages.
+  for (int64_t s = 1; s < width; s *= 2) {
+    for (int64_t p = lane; p < width / 2; p += 32) {
+      const int64_t j = (p / s) * 2 * s + (p % s);
+      const float a = h[j], b = h[j + s];
+      h[j] = __fadd_rn(a, b);
+      h[j + s] = __fsub_rn(a, b);
+    }
+    __syncwarp();
+  }
+  const float scale = __fdiv_rn(1.0f, __fsqrt_rn(static_cast<float>(width)));
+  const float amax_floor = 6.0f * FLT_MIN;  // 6 * 2^-126
+  for (int64_t b = 0; b < width; b += 32) {
+    const int64_t i = b + lane;
+    const float v = i < width ? __fmul_rn(h[i], scale) : 0.0f;
+    const bool fin = i < width && isfinite(v);
+    const float amax = fmaxf(amax_floor, rowwise::warp_max(fin ? fabsf(v) : 0.0f));
+    const float s = pow2_ceil_scale(amax, 6.0f);
+    if (i < width) xr[i] = from_f32<T>(fin ? qdq_e2m1(v, s) : v);
+  }
+}
+
+}  // namespace
+
+void CudaBackend::qdq(const TensorView& x, Qdq kind, int64_t n_nope) {
+  if (kind == Qdq::kNone) return;
+  expect_device(x, "qdq", "x");
+  CLAWMINE_CHECK(x.rank() >= 1, "cuda qdq: x must have at least one dimension");
+  const int64_t width = x.dim(-1), rows = width ? x.numel() / width : 0;
+  if (rows == 0) return;
+  dispatch_float(x.dtype, "qdq", "x", [&](auto tv) {
+    using T = decltype(tv);
+    if (kind == Qdq::kFp8Nope) {
+      CLAWMINE_CHECK(n_nope >= 0 && n_nope <= width, "cuda qdq: n_nope ", n_nope, " is outside [0, ", width,
+                     "] for rows of ", width);
+      if (n_nope == 0) return;
+      const int64_t blocks = (rows + kWarps - 1) / kWarps;
+      qdq_fp8_nope_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream_>>>(x.as<T>(), rows, width, n_nope);
+      CLAWMINE_CUDA_LAUNCHED("qdq fp8");
+    } else {
+      CLAWMINE_CHECK((width & (width - 1)) == 0, "cuda qdq: the Hadamard rotation needs a power-of-two row, got ",
+                     width);
+      CLAWMINE_CHECK(width <= kHadamardMax, "cuda qdq: Hadamard rows of ", width, " exceed the supported ",
+                     kHadamardMax);
+      const int rows_per_block = static_cast<int>(std::clamp<int64_t>(kHadamardMax / width, 1, kWarps));
+      const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+      const size_t smem = static_cast<size_t>(rows_per_block * width) * sizeof(float);
+      qdq_hadamard_fp4_kernel<T><<<static_cast<unsigned>(blocks), rows_per_block * 32, smem, stream_>>>(
+          x.as<T>(), rows, width, rows_per_block);
+      CLAWMINE_CUDA_LAUNCHED("qdq hadamard fp4");
+    }
+  });
+}
+
+}  // namespace clawmine::backend::cuda

@@ -1,0 +1,165 @@
+// moe_route (spec §3.4): one warp per token.
+//   a[e] = sqrt(softplus(logits[t, e])), computed in double and rounded to float exactly as the
+//   CPU backend computes it (so the selection and the weights match it bit for bit);
+//   hash layers: selection = tid2eid[ids[t], :];
+//   routed: K rounds of a warp arg-max over key[e] = a[e] + bias[e] (float32 add, keys in shared
+//   memory, an entry taken in an earlier round is skipped), ordered by key descending then expert
+//   id ascending: the CPU's partial_sort order, ties to the lower id;
+//   weight[k] = a[sel[k]] / (sum_k a[sel[k]] + 1e-20) * routed_scaling in double, summed in k order.
+// A hash row whose token id or table entry is out of range records an op error (op_errors.h)
+// and gets idx 0 and weight 0 in every slot, so later ops never index out of bounds.
+#include <algorithm>
+
+#include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/op_errors.cuh"
+#include "backend/cuda/rowwise.cuh"
+
+namespace clawmine::backend::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int64_t kMaxRoutedExperts = 2048;  // 64 keys per lane (a 64-bit taken mask), 8 KiB per warp
+constexpr int kMaxTopK = 32;                 // one lane per selected expert
+
+// torch's softplus (beta 1, threshold 20), then sqrt, in double; rounded to float once.
+__device__ __forceinline__ float route_score(float logit) {
+  const double x = logit;
+  const double sp = x > 20.0 ? x : log1p(exp(x));
+  return __double2float_rn(__dsqrt_rn(sp));
+}
+
+// (v, e) ranks above (bv, be): a larger key, or an equal key and a lower expert id; be < 0 is empty.
+__device__ __forceinline__ bool ranks_above(float v, int e, float bv, int be) {
+  return e >= 0 && (be < 0 || v > bv || (v == bv && e < be));
+}
+
+// tid2eid null: routed top-K; else hash selection from the table (Tid = int32_t or int64_t).
+template <typename Tid>
+__global__ void moe_route_kernel(const float* __restrict__ logits, const float* __restrict__ bias,
+                                 const Tid* __restrict__ tid2eid, int64_t V, const int32_t* __restrict__ ids, int64_t T,
+                                 int64_t E, int K, float routed_scaling, int32_t* __restrict__ idx,
+                                 float* __restrict__ weight, OpErrorRecord* err) {
+  extern __shared__ float keys_all[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t t = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + warp;
+  if (t >= T) return;  // whole warps
+  const float* lt = logits + t * E;
+  int sel = -1;  // lane k < K: the expert of slot k
+  bool ok = true;
+  if (tid2eid != nullptr) {
+    const int32_t id = ids[t];
+    if (id < 0 || id >= V) {
+      ok = false;
+      if (lane == 0) report_op_error(err, kOpErrorRouteId, id, t, V);
+    } else if (lane < K) {
+      const int64_t e = static_cast<int64_t>(tid2eid[static_cast<int64_t>(id) * K + lane]);
+      if (e < 0 || e >= E) {
+        report_op_error(err, kOpErrorRouteExpert, id, lane, e, E);
+      } else {
+        sel = static_cast<int>(e);
+      }
+    }
+    ok = __all_sync(0xffffffffu, ok && (lane >= K || sel >= 0));
+  } else {
+    float* keys = keys_all + static_cast<int64_t>(warp) * E;
+    for (int64_t e = lane; e < E; e += 32) {
+      const float a = route_score(lt[e]);
+      keys[e] = bias != nullptr ? __fadd_rn(a, bias[e]) : a;
+    }
+    __syncwarp();
+    uint64_t taken = 0;  // bit i: entry lane + 32 i was selected
+    for (int k = 0; k < K; ++k) {
+      float bv = 0.0f;
+      int be = -1;
+      for (int64_t e = lane, i = 0; e < E; e += 32, ++i) {
+        if ((taken >> i) & 1u) continue;
+        const float v = keys[e];
+        if (ranks_above(v, static_cast<int>(e), bv, be)) {
+          bv = v;
+          be = static_cast<int>(e);
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+        if (ranks_above(ov, oe, bv, be)) {
+          bv = ov;
+          be = oe;
+        }
+      }
+      be = __shfl_sync(0xffffffffu, be, 0);  // one answer even if a NaN key made the order partial
+      if (be >= 0 && be % 32 == lane) taken |= uint64_t{1} << (be / 32);
+      if (lane == k) sel = be;
+    }
+  }
+  const float a = lane < K && sel >= 0 ? route_score(lt[sel]) : 0.0f;
+  double sum = 0.0;
+  for (int k = 0; k < K; ++k) sum = __dadd_rn(sum, static_cast<double>(__shfl_sync(0xffffffffu, a, k)));
+  if (lane < K) {
+    const bool good = ok && sel >= 0;
+    idx[t * K + lane] = good ? sel : 0;
+    weight[t * K + lane] = good ? __double2float_rn(__dmul_rn(__ddiv_rn(static_cast<double>(a), __dadd_rn(sum, 1e-20)),
+                                                              static_cast<double>(routed_scaling)))
+                                : 0.0f;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
+                            const TensorView& ids, float routed_scaling, const TensorView& idx,
+                            const TensorView& weight) {
+  expect_device(logits, "moe_route", "logits");
+  expect_device(idx, "moe_route", "idx");
+  expect_device(weight, "moe_route", "weight");
+  CLAWMINE_CHECK(logits.dtype == DType::kF32 && logits.rank() == 2, "cuda moe_route: logits must be [T, E] F32, got ",
+                 dtype_name(logits.dtype), " ", shape_str(logits.shape));
+  const int64_t T = logits.dim(0), E = logits.dim(1);
+  CLAWMINE_CHECK(idx.dtype == DType::kI32 && idx.rank() == 2 && idx.dim(0) == T, "cuda moe_route: idx must be [", T,
+                 ", K] I32, got ", dtype_name(idx.dtype), " ", shape_str(idx.shape));
+  const int64_t K = idx.dim(1);
+  CLAWMINE_CHECK(K >= 1 && K <= kMaxTopK, "cuda moe_route: top-", K, " is outside the supported [1, ", kMaxTopK, "]");
+  CLAWMINE_CHECK(weight.dtype == DType::kF32 && weight.numel() == T * K, "cuda moe_route: weight must be [", T, ", ", K,
+                 "] F32, got ", dtype_name(weight.dtype), " ", shape_str(weight.shape));
+  const bool hash = !tid2eid.empty();
+  const float* pb = nullptr;
+  int64_t V = 0;
+  if (hash) {
+    expect_device(tid2eid, "moe_route", "tid2eid");
+    expect_device(ids, "moe_route", "ids");
+    CLAWMINE_CHECK(
+        (tid2eid.dtype == DType::kI32 || tid2eid.dtype == DType::kI64) && tid2eid.rank() == 2 && tid2eid.dim(1) == K,
+        "cuda moe_route: tid2eid must be [V, ", K, "] I32/I64, got ", dtype_name(tid2eid.dtype), " ",
+        shape_str(tid2eid.shape));
+    V = tid2eid.dim(0);
+    CLAWMINE_CHECK(ids.dtype == DType::kI32 && ids.numel() == T, "cuda moe_route: hash routing needs ids [", T,
+                   "] I32, got ", dtype_name(ids.dtype), " ", shape_str(ids.shape));
+  } else {
+    CLAWMINE_CHECK(K <= E, "cuda moe_route: top-", K, " of ", E, " experts");
+    CLAWMINE_CHECK(E <= kMaxRoutedExperts, "cuda moe_route: ", E, " experts exceed the supported ", kMaxRoutedExperts);
+    if (!bias.empty()) {
+      expect_device(bias, "moe_route", "bias");
+      CLAWMINE_CHECK(bias.dtype == DType::kF32 && bias.numel() == E, "cuda moe_route: bias must be [", E, "] F32, got ",
+                     dtype_name(bias.dtype), " ", shape_str(bias.shape));
+      pb = bias.as<const float>();
+    }
+  }
+  if (T == 0) return;
+  OpErrorRecord* err = hash ? op_error_record(*this) : nullptr;
+  const auto blocks = static_cast<unsigned>((T + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const size_t smem = hash ? 0 : static_cast<size_t>(kWarpsPerBlock * E) * sizeof(float);
+  const auto* pids = hash ? ids.as<const int32_t>() : nullptr;
+  if (hash && tid2eid.dtype == DType::kI64) {
+    moe_route_kernel<int64_t><<<blocks, kWarpsPerBlock * 32, smem, stream_>>>(
+        logits.as<const float>(), pb, tid2eid.as<const int64_t>(), V, pids, T, E, static_cast<int>(K), routed_scaling,
+        idx.as<int32_t>(), weight.as<float>(), err);
+  } else {
+    moe_route_kernel<int32_t><<<blocks, kWarpsPerBlock * 32, smem, stream_>>>(
+        logits.as<const float>(), pb, hash ? tid2eid.as<const int32_t>() : nullptr, V, pids, T, E, static_cast<int>(K),
+        routed_scaling, idx.as<int32_t>(), weight.as<float>(), err);
+  }
+  CLAWMINE_CUDA_LAUNCHED("moe_route");
+}
+
+}  // namespace clawmine::backend::cuda

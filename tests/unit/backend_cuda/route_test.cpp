@@ -1,0 +1,150 @@
+// The CUDA moe_route (route.cu) against the CPU reference on the same fresh random logits:
+// indices must be exactly equal (routed top-k with and without bias, many exact ties, hash
+// tables in I32 and I64), weights within 1e-6 (both compute them in double from identical
+// float scores). E in {7, 64, 256, 2048}, K in {3, 6, 8}, T in {1, 7, 300}. Out-of-range hash
+// inputs are reported as op errors and never index out of bounds. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/op_errors.h"
+#include "core/error.h"
+#include "unit/backend_cuda/same_inputs.h"
+
+namespace clawmine::test {
+namespace {
+
+using backend::cuda::check_op_errors;
+
+class CudaRoute : public GpuTest {
+ protected:
+  // Runs both backends on the same inputs; expects equal indices and close weights.
+  void expect_same_route(const std::vector<float>& logits, int64_t T, int64_t E, int64_t K, const OnBoth* bias,
+                         const OnBoth* tid2eid, const std::vector<int32_t>& ids) {
+    const OnBoth l = same_floats(*cpu, *cuda, logits, {T, E});
+    const OnBoth id = same_ints(*cpu, *cuda, ids, {T});
+    const OnBoth idx = poisoned_both(*cpu, *cuda, {T, K}, DType::kI32);
+    const OnBoth w = poisoned_both(*cpu, *cuda, {T, K});
+    const float scaling = 2.5f;
+    cpu->moe_route(l.cpu.view(), bias ? bias->cpu.view() : TensorView{}, tid2eid ? tid2eid->cpu.view() : TensorView{},
+                   id.cpu.view(), scaling, idx.cpu.view(), w.cpu.view());
+    cuda->moe_route(l.gpu.view(), bias ? bias->gpu.view() : TensorView{}, tid2eid ? tid2eid->gpu.view() : TensorView{},
+                    id.gpu.view(), scaling, idx.gpu.view(), w.gpu.view());
+    const auto got = download_as<int32_t>(*cuda, idx.gpu.view()), want = download_as<int32_t>(*cpu, idx.cpu.view());
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < want.size(); ++i)
+      if (got[i] != want[i] && bad++ == 0) first = i;
+    EXPECT_EQ(bad, 0u) << "first differing slot " << first << " (token " << first / K << "): got " << got[first]
+                       << ", want " << want[first];
+    EXPECT_TRUE(within(download_f32(*cuda, w.gpu.view()), download_f32(*cpu, w.cpu.view()), 1e-6));
+  }
+};
+
+std::vector<int32_t> random_ints(int64_t n, int64_t lo, int64_t hi, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int64_t> dist(lo, hi);
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  for (auto& x : v) x = static_cast<int32_t>(dist(rng));
+  return v;
+}
+
+struct Shape3 {
+  int64_t E, K;
+};
+
+TEST_F(CudaRoute, RoutedTopKMatchesCpu) {
+  uint32_t seed = 4000;
+  for (const Shape3 s : {Shape3{7, 3}, Shape3{64, 6}, Shape3{256, 6}, Shape3{256, 8}, Shape3{2048, 8}}) {
+    for (const int64_t T : {1, 7, 300}) {
+      for (const bool with_bias : {false, true}) {
+        SCOPED_TRACE(str_cat("E ", s.E, " K ", s.K, " T ", T, " bias ", with_bias));
+        seed += 10;
+        const OnBoth bias = same_floats(*cpu, *cuda, random_normal(s.E, seed + 1, 0.3f), {s.E});
+        expect_same_route(random_normal(T * s.E, seed, 2.0f), T, s.E, s.K, with_bias ? &bias : nullptr, nullptr,
+                          std::vector<int32_t>(static_cast<size_t>(T), 0));
+      }
+    }
+  }
+}
+
+TEST_F(CudaRoute, RoutedTiesGoToTheLowerExpert) {
+  uint32_t seed = 5000;
+  for (const Shape3 s : {Shape3{7, 3}, Shape3{64, 6}, Shape3{256, 6}}) {
+    for (const int64_t T : {1, 7, 300}) {
+      for (const int bias_kind : {0, 1, 2}) {  // none, zeros, three levels
+        SCOPED_TRACE(str_cat("E ", s.E, " K ", s.K, " T ", T, " bias kind ", bias_kind));
+        seed += 10;
+        // Logits on a coarse grid: many exactly equal scores, and equal keys after the bias.
+        std::vector<float> logits = random_normal(T * s.E, seed);
+        for (float& v : logits) v = std::round(v * 2.0f) / 2.0f;
+        for (int64_t e = 0; e < s.E; ++e) logits[e] = 0.25f;  // token 0: every expert ties
+        std::vector<float> b(static_cast<size_t>(s.E), 0.0f);
+        if (bias_kind == 2)
+          for (int64_t e = 0; e < s.E; ++e) b[e] = 0.5f * static_cast<float>(e % 3) - 0.5f;
+        const OnBoth bias = same_floats(*cpu, *cuda, b, {s.E});
+        expect_same_route(logits, T, s.E, s.K, bias_kind ? &bias : nullptr, nullptr,
+                          std::vector<int32_t>(static_cast<size_t>(T), 0));
+      }
+    }
+  }
+}
+
+TEST_F(CudaRoute, HashRoutingMatchesCpu) {
+  uint32_t seed = 6000;
+  const int64_t V = 1000;
+  for (const Shape3 s : {Shape3{7, 3}, Shape3{256, 6}, Shape3{64, 6}}) {
+    for (const int64_t T : {1, 7, 300}) {
+      for (const bool wide : {false, true}) {  // I32 or I64 table
+        SCOPED_TRACE(str_cat("E ", s.E, " K ", s.K, " T ", T, wide ? " I64" : " I32"));
+        seed += 10;
+        const std::vector<int32_t> table = random_ints(V * s.K, 0, s.E - 1, seed);
+        const OnBoth tid2eid = wide ? same_ints(*cpu, *cuda, std::vector<int64_t>(table.begin(), table.end()), {V, s.K})
+                                    : same_ints(*cpu, *cuda, table, {V, s.K});
+        std::vector<int32_t> ids = random_ints(T, 0, V - 1, seed + 1);
+        ids.front() = V - 1;
+        expect_same_route(random_normal(T * s.E, seed + 2, 2.0f), T, s.E, s.K, nullptr, &tid2eid, ids);
+      }
+    }
+  }
+}
+
+TEST_F(CudaRoute, HashOutOfRangeInputsAreReportedAndNeverIndexOutside) {
+  const int64_t V = 4, E = 8, K = 2, T = 3;
+  for (const int bad_kind : {0, 1}) {  // 0: token id outside the table, 1: a table entry outside [0, E)
+    SCOPED_TRACE(str_cat("bad kind ", bad_kind));
+    std::vector<int32_t> table = {0, 1, 2, 3, 4, 5, 6, 7};
+    std::vector<int32_t> ids = {0, 1, 2};
+    if (bad_kind == 0) ids[1] = V;
+    if (bad_kind == 1) table[1 * K + 1] = E;  // row of token 1
+    const ops::DeviceBuffer l = upload_f32(*cuda, random_normal(T * E, 77), {T, E});
+    const ops::DeviceBuffer t = upload_raw(*cuda, TensorView{DType::kI32, Device::kCpu, {V, K}, table.data()});
+    const ops::DeviceBuffer id = upload_raw(*cuda, TensorView{DType::kI32, Device::kCpu, {T}, ids.data()});
+    const ops::DeviceBuffer idx = poisoned(*cuda, DType::kI32, {T, K});
+    const ops::DeviceBuffer w = poisoned(*cuda, DType::kF32, {T, K});
+    cuda->moe_route(l.view(), TensorView{}, t.view(), id.view(), 1.0f, idx.view(), w.view());
+    std::string msg;
+    try {
+      cuda->synchronize();
+      check_op_errors(*cuda);
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    EXPECT_NE(msg.find(bad_kind == 0 ? "token id 4 (position 1) is outside tid2eid's 4 rows"
+                                     : "tid2eid[1, 1] = 8 is not an expert id in [0, 8)"),
+              std::string::npos)
+        << msg;
+    const auto got = download_as<int32_t>(*cuda, idx.view());
+    const std::vector<float> weights = download_f32(*cuda, w.view());
+    EXPECT_EQ(got, (std::vector<int32_t>{0, 1, 0, 0, 4, 5}));  // the bad token's slots are 0
+    EXPECT_EQ(weights[2], 0.0f);
+    EXPECT_EQ(weights[3], 0.0f);
+    EXPECT_TRUE(std::isfinite(weights[0]) && std::isfinite(weights[5]));
+  }
+}
+
+}  // namespace
+}  // namespace clawmine::test
