@@ -12,11 +12,13 @@ Buffer chunked_logits(const model::deepseek_v4::Model& model, ops::Backend& back
   CLAWMINE_CHECK(T > 0, "no token ids given");
   if (chunk <= 0) chunk = T;
   SequenceCache cache = model.new_cache();
+  model::deepseek_v4::ForwardOptions every_position = options;
+  every_position.all_logits = true;
   Buffer all(DType::kF32, {T, V});
   for (int64_t begin = 0; begin < T; begin += chunk) {
     const int64_t end = std::min(T, begin + chunk);
     const std::vector<int32_t> piece(ids.begin() + begin, ids.begin() + end);
-    Buffer logits = model.forward(backend, cache, piece, options);
+    Buffer logits = model.forward(backend, cache, piece, every_position);
     std::copy(logits.f32(), logits.f32() + (end - begin) * V, all.f32() + begin * V);
   }
   return all;
@@ -29,6 +31,9 @@ std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backe
   const int64_t V = model.config().vocab_size;
   SequenceCache cache = model.new_cache();
   Sampler sampler(options.sampling);
+  // Only the last position is ever sampled: the head runs for that row alone.
+  model::deepseek_v4::ForwardOptions last_only = options.forward;
+  last_only.all_logits = false;
   const int64_t n = static_cast<int64_t>(prompt.size());
   const int64_t chunk = options.prefill_chunk > 0 ? options.prefill_chunk : n;
   Buffer logits;
@@ -36,7 +41,7 @@ std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backe
   try {
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const std::vector<int32_t> piece(prompt.begin() + begin, prompt.begin() + std::min(n, begin + chunk));
-      logits = model.forward(backend, cache, piece, options.forward);
+      logits = model.forward(backend, cache, piece, last_only);
     }
     for (int64_t i = 0; i < options.max_tokens; ++i) {
       const int64_t last = logits.view().dim(0) - 1;
@@ -44,7 +49,7 @@ std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backe
       out.push_back(id);
       if (on_token) on_token(id);
       if (options.stop_at_eos && id == model.config().eos_token_id) break;
-      if (i + 1 < options.max_tokens) logits = model.forward(backend, cache, {id}, options.forward);
+      if (i + 1 < options.max_tokens) logits = model.forward(backend, cache, {id}, last_only);
     }
   } catch (const Error& e) {
     // The guard: a non-finite step is never sampled; the explainer names the op that went non-finite.

@@ -139,11 +139,14 @@ void Scheduler::step(Sequence& seq) {
   } else {
     ids = {seq.last};
   }
-  const Buffer logits = model_.forward(*backend_, seq.cache, ids, options_.forward);
+  // Only the last position is sampled (no prompt logprobs): the head runs for that row alone.
+  model::deepseek_v4::ForwardOptions forward = options_.forward;
+  forward.all_logits = false;
+  const Buffer logits = model_.forward(*backend_, seq.cache, ids, forward);
   ++forwards_;
   if (seq.prefilled < prompt.size()) return;  // more prompt to go
   const int64_t V = model_.config().vocab_size;
-  const float* row = logits.f32() + (static_cast<int64_t>(ids.size()) - 1) * V;
+  const float* row = logits.f32() + (logits.view().dim(0) - 1) * V;
   SampledToken token = seq.sampler.sample(row, V, seq.request.top_logprobs);
   seq.last = token.id;
   seq.generated_ids.push_back(token.id);

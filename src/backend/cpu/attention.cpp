@@ -1,6 +1,7 @@
-// Attention-side ops: sparse attention with a per-head sink (spec §3.3 F), compressor pooling
-// (§3.3 C), lightning-indexer scores (§3.3 E) and a deterministic top-k. Dot products and
-// softmax sums in double; softmaxes subtract their maximum.
+// Attention-side ops: the per-query key index lists (spec §3.3 B/D), sparse attention with a
+// per-head sink over [window pool; compressed entries] (§3.3 F), lightning-indexer scores
+// (§3.3 E) and a deterministic top-k. Dot products and softmax sums in double; softmaxes
+// subtract their maximum.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -13,8 +14,63 @@
 
 namespace clawmine::backend::cpu {
 
-void CpuBackend::sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& idx,
-                                  const TensorView& sink, float scale, const TensorView& out) {
+void CpuBackend::attention_index(const TensorView& positions, int64_t n_prev, int64_t window, int64_t entry_base,
+                                 int64_t n_entries, int64_t rate, const TensorView& selected, const TensorView& idx) {
+  const int32_t* pos = i32_arg(positions, "attention_index", "positions");
+  const int64_t T = positions.numel();
+  int32_t* out = i32_arg(idx, "attention_index", "idx");
+  expect_rank(idx, 2, "attention_index", "idx");
+  if (idx.dim(0) != T) expect_shape(idx, {T, idx.dim(1)}, "attention_index", "idx");
+  const int64_t S = idx.dim(1);
+  if (window < 1 || window > S)
+    throw Error(str_cat("cpu attention_index: window ", window, " must be in [1, S = ", S, "]"));
+  const bool csa = !selected.empty();
+  const int32_t* sel = nullptr;
+  int64_t k = 0;
+  if (csa) {
+    sel = i32_arg(selected, "attention_index", "selected");
+    expect_rank(selected, 2, "attention_index", "selected");
+    k = selected.dim(1);
+    if (selected.dim(0) != T) expect_shape(selected, {T, k}, "attention_index", "selected");
+    if (k > S - window)
+      throw Error(str_cat("cpu attention_index: ", k, " selected entries do not fit the ", S - window,
+                          " compressed slots"));
+  } else if (n_entries > 0 && rate < 1) {
+    throw Error(str_cat("cpu attention_index: rate ", rate, " must be >= 1"));
+  }
+  if (T == 0) return;
+  const int64_t p0 = pos[0];
+  // Row n_prev + kp - p0 of the oldest key the first query sees must exist.
+  if (p0 < 0 || n_prev < std::min(p0, window - 1) || n_prev > p0)
+    throw Error(str_cat("cpu attention_index: n_prev ", n_prev, " rows before position ", p0, " with window ", window,
+                        " (need min(p0, window-1) <= n_prev <= p0)"));
+  for (int64_t t = 0; t < T; ++t) {
+    if (pos[t] != p0 + t)
+      throw Error(str_cat("cpu attention_index: positions are not consecutive (positions[", t, "] = ", pos[t],
+                          ", expected ", p0 + t, ")"));
+    if (!csa && n_entries > 0 && std::min(n_entries, (pos[t] + 1) / rate) > S - window)
+      throw Error(str_cat("cpu attention_index: ", std::min(n_entries, (pos[t] + 1) / rate),
+                          " compressed entries do not fit the ", S - window, " compressed slots"));
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    int32_t* row = out + t * S;
+    std::fill(row, row + S, -1);
+    const int64_t p = pos[t];
+    int64_t s = 0;
+    for (int64_t kp = std::max<int64_t>(0, p - window + 1); kp <= p; ++kp) row[s++] = static_cast<int32_t>(n_prev + kp - p0);
+    s = window;
+    if (csa) {
+      for (int64_t i = 0; i < k; ++i)
+        if (sel[t * k + i] >= 0) row[s++] = static_cast<int32_t>(entry_base + sel[t * k + i]);
+    } else if (n_entries > 0) {
+      const int64_t available = std::min(n_entries, (p + 1) / rate);
+      for (int64_t j = 0; j < available; ++j) row[s++] = static_cast<int32_t>(entry_base + j);
+    }
+  }
+}
+
+void CpuBackend::sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                                  const TensorView& idx, const TensorView& sink, float scale, const TensorView& out) {
   const float* pq = f32_arg(q, "sparse_attention", "q");
   const float* pkv = f32_arg(kv, "sparse_attention", "kv");
   float* po = f32_arg(out, "sparse_attention", "out");
@@ -22,12 +78,20 @@ void CpuBackend::sparse_attention(const TensorView& q, const TensorView& kv, con
   const int64_t T = q.dim(0), H = q.dim(1), Dh = q.dim(2);
   expect_rank(kv, 2, "sparse_attention", "kv");
   if (kv.dim(1) != Dh) expect_shape(kv, {kv.dim(0), Dh}, "sparse_attention", "kv");
-  const int64_t N = kv.dim(0);
-  if (idx.dtype != DType::kI32) throw Error("cpu sparse_attention: idx must be I32");
+  const int64_t Nw = kv.dim(0);
+  const float* pe = nullptr;
+  int64_t Ne = 0;
+  if (!entries.empty()) {
+    pe = f32_arg(entries, "sparse_attention", "entries");
+    expect_rank(entries, 2, "sparse_attention", "entries");
+    if (entries.dim(1) != Dh) expect_shape(entries, {entries.dim(0), Dh}, "sparse_attention", "entries");
+    Ne = entries.dim(0);
+  }
+  const int64_t N = Nw + Ne;
+  const int32_t* pidx = i32_arg(idx, "sparse_attention", "idx");
   expect_rank(idx, 2, "sparse_attention", "idx");
   if (idx.dim(0) != T) expect_shape(idx, {T, idx.dim(1)}, "sparse_attention", "idx");
   const int64_t S = idx.dim(1);
-  const int32_t* pidx = idx.as<int32_t>();
   const float* psink = nullptr;
   if (!sink.empty()) {
     psink = f32_arg(sink, "sparse_attention", "sink");
@@ -39,6 +103,8 @@ void CpuBackend::sparse_attention(const TensorView& q, const TensorView& kv, con
       throw Error(str_cat("cpu sparse_attention: key index ", pidx[i], " at [", i / S, ", ", i % S,
                           "] is outside [-1, ", N, ")"));
   }
+  // Row r of the virtual key matrix [kv; entries].
+  auto key = [&](int32_t r) { return r < Nw ? pkv + r * Dh : pe + (r - Nw) * Dh; };
   pool_.parallel_for(0, T * H, [&](int64_t b, int64_t e) {
     std::vector<double> logit(static_cast<size_t>(S)), acc(static_cast<size_t>(Dh));
     for (int64_t th = b; th < e; ++th) {
@@ -49,7 +115,7 @@ void CpuBackend::sparse_attention(const TensorView& q, const TensorView& kv, con
       bool any = false;
       for (int64_t s = 0; s < S; ++s) {
         if (row[s] < 0) continue;
-        logit[s] = dot_f64(qv, pkv + row[s] * Dh, Dh) * scale;
+        logit[s] = dot_f64(qv, key(row[s]), Dh) * scale;
         M = std::max(M, logit[s]);
         any = true;
       }
@@ -64,7 +130,7 @@ void CpuBackend::sparse_attention(const TensorView& q, const TensorView& kv, con
         if (row[s] < 0) continue;
         const double p = std::exp(logit[s] - M);
         denom += p;
-        const float* kr = pkv + row[s] * Dh;
+        const float* kr = key(row[s]);
         for (int64_t d = 0; d < Dh; ++d) acc[d] += p * kr[d];
       }
       for (int64_t d = 0; d < Dh; ++d) o[d] = static_cast<float>(acc[d] / denom);
@@ -72,54 +138,31 @@ void CpuBackend::sparse_attention(const TensorView& q, const TensorView& kv, con
   });
 }
 
-void CpuBackend::compress_pool(const TensorView& kv, const TensorView& score, const TensorView& out) {
-  const float* pkv = f32_arg(kv, "compress_pool", "kv");
-  const float* ps = f32_arg(score, "compress_pool", "score");
-  float* po = f32_arg(out, "compress_pool", "out");
-  expect_rank(kv, 3, "compress_pool", "kv");
-  expect_shape(score, kv.shape, "compress_pool", "score");
-  const int64_t N = kv.dim(0), S = kv.dim(1), d = kv.dim(2);
-  expect_numel(out, N * d, "compress_pool", "out");
-  // A channel whose slots are all -inf has no weight anywhere: its output is 0.
-  pool_.parallel_for(0, N, [&](int64_t nb, int64_t ne) {
-    for (int64_t n = nb; n < ne; ++n) {
-      for (int64_t c = 0; c < d; ++c) {
-        double M = -std::numeric_limits<double>::infinity();
-        for (int64_t s = 0; s < S; ++s) M = std::max(M, static_cast<double>(ps[(n * S + s) * d + c]));
-        double num = 0, den = 0;
-        if (M != -std::numeric_limits<double>::infinity()) {
-          for (int64_t s = 0; s < S; ++s) {
-            const float sc = ps[(n * S + s) * d + c];
-            if (sc == -std::numeric_limits<float>::infinity()) continue;
-            const double p = std::exp(sc - M);
-            den += p;
-            num += p * pkv[(n * S + s) * d + c];
-          }
-        }
-        po[n * d + c] = den > 0 ? static_cast<float>(num / den) : 0.0f;
-      }
-    }
-  });
-}
-
 void CpuBackend::indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights,
-                                const std::vector<int64_t>& n_valid, const TensorView& scores) {
+                                float weight_scale, const TensorView& positions, int64_t rate,
+                                const TensorView& scores) {
   const float* pq = f32_arg(q, "indexer_scores", "q");
-  const float* pk = f32_arg(keys, "indexer_scores", "keys");
   const float* pw = f32_arg(weights, "indexer_scores", "weights");
   float* ps = f32_arg(scores, "indexer_scores", "scores");
   expect_rank(q, 3, "indexer_scores", "q");
   const int64_t T = q.dim(0), Hi = q.dim(1), Di = q.dim(2);
-  expect_rank(keys, 2, "indexer_scores", "keys");
-  if (keys.dim(1) != Di) expect_shape(keys, {keys.dim(0), Di}, "indexer_scores", "keys");
-  const int64_t N = keys.dim(0);
+  const float* pk = nullptr;
+  int64_t N = 0;
+  if (!keys.empty()) {
+    pk = f32_arg(keys, "indexer_scores", "keys");
+    expect_rank(keys, 2, "indexer_scores", "keys");
+    if (keys.dim(1) != Di) expect_shape(keys, {keys.dim(0), Di}, "indexer_scores", "keys");
+    N = keys.dim(0);
+  }
   expect_numel(weights, T * Hi, "indexer_scores", "weights");
   expect_numel(scores, T * N, "indexer_scores", "scores");
-  if (static_cast<int64_t>(n_valid.size()) != T)
-    throw Error(str_cat("cpu indexer_scores: n_valid has ", n_valid.size(), " entries for ", T, " tokens"));
+  const int32_t* pos = i32_arg(positions, "indexer_scores", "positions");
+  expect_numel(positions, T, "indexer_scores", "positions");
+  if (rate < 1) throw Error(str_cat("cpu indexer_scores: rate ", rate, " must be >= 1"));
   pool_.parallel_for(0, T, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
-      const int64_t valid = std::clamp<int64_t>(n_valid[t], 0, N);
+      // Entries whose window is complete at this query's position (causal).
+      const int64_t valid = std::clamp<int64_t>((static_cast<int64_t>(pos[t]) + 1) / rate, 0, N);
       for (int64_t j = 0; j < N; ++j) {
         if (j >= valid) {
           ps[t * N + j] = -std::numeric_limits<float>::infinity();
@@ -128,7 +171,8 @@ void CpuBackend::indexer_scores(const TensorView& q, const TensorView& keys, con
         double acc = 0;
         for (int64_t h = 0; h < Hi; ++h) {
           const double dot = dot_f64(pq + (t * Hi + h) * Di, pk + j * Di, Di);
-          acc += std::max(dot, 0.0) * pw[t * Hi + h];
+          const float wh = pw[t * Hi + h] * weight_scale;  // the head weight scaled in float32
+          acc += std::max(dot, 0.0) * wh;
         }
         ps[t * N + j] = static_cast<float>(acc);
       }
@@ -140,18 +184,18 @@ void CpuBackend::topk(const TensorView& values, int64_t k, const TensorView& out
   const float* pv = f32_arg(values, "topk", "values");
   expect_rank(values, 2, "topk", "values");
   const int64_t T = values.dim(0), N = values.dim(1);
-  if (out.dtype != DType::kI32) throw Error("cpu topk: out must be I32");
   if (k < 0) throw Error(str_cat("cpu topk: k = ", k, " is negative"));
+  int32_t* po = i32_arg(out, "topk", "out");
   expect_numel(out, T * k, "topk", "out");
-  int32_t* po = out.as<int32_t>();
   pool_.parallel_for(0, T, [&](int64_t tb, int64_t te) {
     std::vector<int32_t> cand;
     for (int64_t t = tb; t < te; ++t) {
       const float* row = pv + t * N;
       cand.clear();
       for (int64_t j = 0; j < N; ++j) {
-        if (std::isnan(row[j])) throw Error(str_cat("cpu topk: NaN at row ", t, ", column ", j));
-        if (row[j] != -std::numeric_limits<float>::infinity()) cand.push_back(static_cast<int32_t>(j));
+        // -inf (masked) and NaN are never picked; a NaN score shows up downstream instead.
+        if (!std::isnan(row[j]) && row[j] != -std::numeric_limits<float>::infinity())
+          cand.push_back(static_cast<int32_t>(j));
       }
       const int64_t m = std::min<int64_t>(k, static_cast<int64_t>(cand.size()));
       // Larger value first; equal values: lower index first.

@@ -11,9 +11,20 @@
 #include "core/error.h"
 
 namespace clawmine::backend::cpu {
+namespace {
+
+// The CPU decodes weights from host memory (placed device copies are for other backends).
+void expect_host_weight(const LinearWeight& w) {
+  for (const TensorView* t : {&w.weight, &w.scale, &w.weight_scale_2, &w.input_scale})
+    if (!t->empty() && t->device != Device::kCpu)
+      throw Error(str_cat("cpu linear ", w.name, ": weight tensors are not in host memory"));
+}
+
+}  // namespace
 
 void CpuBackend::linear_rows(const float* x, int64_t rows, const LinearWeight& w, float* out) {
   validate_linear_weight(w);
+  expect_host_weight(w);
   const int64_t O = w.out_features, I = w.in_features;
   std::vector<float> xq;
   x = apply_act_transform(resolve_act_transform(policy_, w), x, rows, I, xq, pool_);
@@ -43,6 +54,7 @@ void CpuBackend::grouped_linear(const TensorView& x, const LinearWeight& w, int6
   const float* px = f32_arg(x, "grouped_linear", "x");
   float* po = f32_arg(out, "grouped_linear", "out");
   validate_linear_weight(w);
+  expect_host_weight(w);
   if (groups <= 0 || w.out_features % groups != 0)
     throw Error(str_cat("cpu grouped_linear ", w.name, ": out_features ", w.out_features, " not divisible into ",
                         groups, " groups"));

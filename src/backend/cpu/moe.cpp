@@ -57,29 +57,32 @@ void CpuBackend::swiglu_mlp(const TensorView& x, const ExpertWeights& w, float s
 }
 
 void CpuBackend::moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
-                           const std::vector<int32_t>& ids, float routed_scaling, const TensorView& idx,
+                           const TensorView& ids, float routed_scaling, const TensorView& idx,
                            const TensorView& weight) {
   const float* pl = f32_arg(logits, "moe_route", "logits");
   expect_rank(logits, 2, "moe_route", "logits");
   const int64_t T = logits.dim(0), E = logits.dim(1);
-  if (idx.dtype != DType::kI32) throw Error("cpu moe_route: idx must be I32");
+  int32_t* pi = i32_arg(idx, "moe_route", "idx");
   expect_rank(idx, 2, "moe_route", "idx");
   const int64_t K = idx.dim(1);
   expect_shape(idx, {T, K}, "moe_route", "idx");
   float* pw = f32_arg(weight, "moe_route", "weight");
   expect_numel(weight, T * K, "moe_route", "weight");
-  int32_t* pi = idx.as<int32_t>();
   const bool hash = !tid2eid.empty();
   const float* pb = nullptr;
+  const int32_t* pid = nullptr;
   int64_t V = 0;
   if (hash) {
+    host_arg(tid2eid, "moe_route", "tid2eid");
     if (tid2eid.dtype != DType::kI32 && tid2eid.dtype != DType::kI64)
       throw Error(str_cat("cpu moe_route: tid2eid has dtype ", dtype_name(tid2eid.dtype), ", expected I32/I64"));
     expect_rank(tid2eid, 2, "moe_route", "tid2eid");
     V = tid2eid.dim(0);
     if (tid2eid.dim(1) != K) expect_shape(tid2eid, {V, K}, "moe_route", "tid2eid");
-    if (static_cast<int64_t>(ids.size()) != T)
-      throw Error(str_cat("cpu moe_route: hash routing needs one token id per token, got ", ids.size(), " for ", T));
+    if (ids.empty() || ids.numel() != T)
+      throw Error(str_cat("cpu moe_route: hash routing needs one token id per token, got ",
+                          ids.empty() ? 0 : ids.numel(), " for ", T));
+    pid = i32_arg(ids, "moe_route", "ids");
   } else {
     if (K > E) throw Error(str_cat("cpu moe_route: top-", K, " of ", E, " experts"));
     if (!bias.empty()) {
@@ -89,13 +92,13 @@ void CpuBackend::moe_route(const TensorView& logits, const TensorView& bias, con
   }
   // Validate the hash table rows first so that errors are raised outside the worker threads.
   for (int64_t t = 0; hash && t < T; ++t) {
-    if (ids[t] < 0 || ids[t] >= V)
-      throw Error(str_cat("cpu moe_route: token id ", ids[t], " (position ", t, ") is outside tid2eid's ", V, " rows"));
+    if (pid[t] < 0 || pid[t] >= V)
+      throw Error(str_cat("cpu moe_route: token id ", pid[t], " (position ", t, ") is outside tid2eid's ", V, " rows"));
     for (int64_t k = 0; k < K; ++k) {
-      const size_t at = static_cast<size_t>(ids[t]) * K + k;
+      const size_t at = static_cast<size_t>(pid[t]) * K + k;
       const int64_t e = tid2eid.dtype == DType::kI64 ? tid2eid.as<int64_t>()[at] : tid2eid.as<int32_t>()[at];
       if (e < 0 || e >= E)
-        throw Error(str_cat("cpu moe_route: tid2eid[", ids[t], ", ", k, "] = ", e, " is not an expert id in [0, ", E,
+        throw Error(str_cat("cpu moe_route: tid2eid[", pid[t], ", ", k, "] = ", e, " is not an expert id in [0, ", E,
                             ")"));
       pi[t * K + k] = static_cast<int32_t>(e);
     }
@@ -129,7 +132,7 @@ void CpuBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeight
   const float* px = f32_arg(x, "moe_experts", "x");
   expect_rank(x, 2, "moe_experts", "x");
   const int64_t T = x.dim(0), D = x.dim(1), E = static_cast<int64_t>(experts.size());
-  if (idx.dtype != DType::kI32) throw Error("cpu moe_experts: idx must be I32");
+  i32_arg(idx, "moe_experts", "idx");
   expect_rank(idx, 2, "moe_experts", "idx");
   const int64_t K = idx.dim(1);
   expect_shape(idx, {T, K}, "moe_experts", "idx");

@@ -19,6 +19,7 @@ void CpuBackend::rms_norm(const TensorView& x, const TensorView* weight, float e
   std::vector<double> w(static_cast<size_t>(n), 1.0);
   if (weight != nullptr) {
     expect_numel(*weight, n, "rms_norm", "weight");
+    host_arg(*weight, "rms_norm", "weight");
     for (int64_t i = 0; i < n; ++i) w[i] = load_as_f32(weight->data, weight->dtype, static_cast<size_t>(i));
   }
   pool_.parallel_for(0, rows, [&](int64_t rb, int64_t re) {
@@ -32,33 +33,33 @@ void CpuBackend::rms_norm(const TensorView& x, const TensorView* weight, float e
   });
 }
 
-void CpuBackend::rope(const TensorView& x, const std::vector<int64_t>& positions, const std::vector<float>& inv_freq,
+void CpuBackend::rope(const TensorView& x, const TensorView& positions, const TensorView& inv_freq,
                       int64_t rope_dim, bool inverse) {
   float* px = f32_arg(x, "rope", "x");
   expect_rank(x, 3, "rope", "x");
   const int64_t T = x.dim(0), V = x.dim(1), dim = x.dim(2), half = rope_dim / 2;
   if (rope_dim <= 0 || rope_dim % 2 != 0 || rope_dim > dim)
     throw Error(str_cat("cpu rope: rope_dim ", rope_dim, " must be even, positive and at most dim ", dim));
-  if (static_cast<int64_t>(positions.size()) != T)
-    throw Error(str_cat("cpu rope: ", positions.size(), " positions for ", T, " tokens"));
-  if (static_cast<int64_t>(inv_freq.size()) != half)
-    throw Error(str_cat("cpu rope: inv_freq has ", inv_freq.size(), " entries, expected rope_dim/2 = ", half));
+  const int32_t* pos = i32_arg(positions, "rope", "positions");
+  expect_numel(positions, T, "rope", "positions");
+  const float* freq = f32_arg(inv_freq, "rope", "inv_freq");
+  expect_numel(inv_freq, half, "rope", "inv_freq");
   const double sign = inverse ? -1.0 : 1.0;
   pool_.parallel_for(0, T, [&](int64_t tb, int64_t te) {
     std::vector<double> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int64_t t = tb; t < te; ++t) {
-      const float pos = static_cast<float>(positions[t]);
+      const float p = static_cast<float>(pos[t]);
       for (int64_t i = 0; i < half; ++i) {
-        const float angle = inv_freq[i] * pos;  // float32 product, like torch
+        const float angle = freq[i] * p;  // float32 product, like torch
         c[i] = static_cast<float>(std::cos(static_cast<double>(angle)));
         s[i] = sign * static_cast<float>(std::sin(static_cast<double>(angle)));
       }
       for (int64_t v = 0; v < V; ++v) {
-        float* p = px + (t * V + v) * dim + (dim - rope_dim);
+        float* r = px + (t * V + v) * dim + (dim - rope_dim);
         for (int64_t i = 0; i < half; ++i) {
-          const double a = p[2 * i], b = p[2 * i + 1];
-          p[2 * i] = static_cast<float>(a * c[i] - b * s[i]);
-          p[2 * i + 1] = static_cast<float>(a * s[i] + b * c[i]);
+          const double a = r[2 * i], b = r[2 * i + 1];
+          r[2 * i] = static_cast<float>(a * c[i] - b * s[i]);
+          r[2 * i + 1] = static_cast<float>(a * s[i] + b * c[i]);
         }
       }
     }

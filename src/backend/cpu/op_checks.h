@@ -9,8 +9,12 @@
 
 namespace clawmine::backend::cpu {
 
-// The view's F32 data, after checking dtype (and non-null data).
+// The view's F32 data, after checking dtype, host memory (and non-null data).
 float* f32_arg(const TensorView& t, const char* op, const char* arg);
+// The view's I32 data, after the same checks.
+int32_t* i32_arg(const TensorView& t, const char* op, const char* arg);
+// The view's data of any dtype, after checking host memory and non-null data.
+void* host_arg(const TensorView& t, const char* op, const char* arg);
 // Checks t.numel() == expected.
 void expect_numel(const TensorView& t, int64_t expected, const char* op, const char* arg);
 // Checks rank and exact shape.

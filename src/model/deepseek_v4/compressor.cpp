@@ -1,96 +1,36 @@
 // KV compressor (spec §3.3 C; transformers-parity #17-#21). Each token contributes a projection
 // a = x Wkv and gate logits b = x Wgate + ape[p mod m]; a window of m tokens becomes one entry
 // by a per-channel softmax over its slots. CSA (overlap) pools 2m slots: the previous window's
-// first halves and the current window's second halves. Entries are RMS-normed, rotated at the
-// window's first position j*m, and (official mode) round-tripped like the reference.
-#include <cmath>
-#include <limits>
-
+// first halves and the current window's second halves (ops::Backend::compress_chunk carries
+// the state). Entries are RMS-normed, rotated at the window's first position j*m, and
+// (official mode) round-tripped like the reference, then stored in the cache's entry rows.
 #include "model/deepseek_v4/layer.h"
-#include "quant/qdq.h"
 
 namespace clawmine::model::deepseek_v4 {
 
-void apply_qdq(CompressorSpec::Qdq qdq, float* x, int64_t rows, int64_t width, int64_t n_nope) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = x + r * width;
-    switch (qdq) {
-      case CompressorSpec::Qdq::kNone: break;
-      case CompressorSpec::Qdq::kFp8Nope: quant::fp8_qdq_blocks(row, n_nope, 64); break;
-      case CompressorSpec::Qdq::kHadamardFp4:
-        quant::hadamard_inplace(row, width);
-        quant::fp4_qdq_blocks(row, width, 32);
-        break;
-    }
-  }
-}
-
 void compressor_step(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
-                     const CompressorSpec& spec, CompressorState& st) {
-  const int64_t T = h.dim(0), m = spec.rate, hd = spec.head_dim;
+                     const CompressorSpec& spec, CompressorCache& st) {
+  const int64_t T = h.dim(0), m = spec.rate, hd = spec.head_dim, R = c.cfg.qk_rope_head_dim;
   const int64_t width = (spec.overlap ? 2 : 1) * hd;  // c * hd
-  Buffer kv(DType::kF32, {T, width}), gate(DType::kF32, {T, width});
-  c.be.linear(h, w.wkv, kv.view());
-  c.be.linear(h, w.wgate, gate.view());
+  const TensorView kv = c.be.scratch(DType::kF32, {T, width});
+  const TensorView gate = c.be.scratch(DType::kF32, {T, width});
+  c.be.linear(h, w.wkv, kv);
+  c.be.linear(h, w.wgate, gate);
 
-  st.pending_kv.width = st.pending_gate.width = width;
-  st.overlap_kv.width = st.overlap_gate.width = hd;
-  st.entries.width = hd;
-
-  // Slots of the windows this chunk completes: [n_done, slots, hd].
-  const int64_t slots = spec.overlap ? 2 * m : m;
-  std::vector<float> slot_kv, slot_gate;
-  std::vector<int64_t> entry_positions;
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t p = c.positions[t];
-    float* g = gate.f32() + t * width;
-    const float* ape = w.ape.as<float>() + (p % m) * width;
-    for (int64_t d = 0; d < width; ++d) g[d] += ape[d];
-    st.pending_kv.append(kv.f32() + t * width, 1);
-    st.pending_gate.append(g, 1);
-    if ((p + 1) % m != 0) continue;
-    CLAWMINE_CHECK(st.pending_kv.rows() == m, "compressor window of layer ", c.layer, " has ",
-                   st.pending_kv.rows(), " rows at position ", p, ", expected ", m);
-    if (!spec.overlap) {
-      slot_kv.insert(slot_kv.end(), st.pending_kv.data.begin(), st.pending_kv.data.end());
-      slot_gate.insert(slot_gate.end(), st.pending_gate.data.begin(), st.pending_gate.data.end());
-    } else {
-      // Slots [0, m): previous window's first halves (absent before the first window).
-      if (st.overlap_kv.rows() == m) {
-        slot_kv.insert(slot_kv.end(), st.overlap_kv.data.begin(), st.overlap_kv.data.end());
-        slot_gate.insert(slot_gate.end(), st.overlap_gate.data.begin(), st.overlap_gate.data.end());
-      } else {
-        slot_kv.insert(slot_kv.end(), m * hd, 0.0f);
-        slot_gate.insert(slot_gate.end(), m * hd, neg_inf);
-      }
-      // Slots [m, 2m): this window's second halves; its first halves become the next overlap.
-      st.overlap_kv.clear();
-      st.overlap_gate.clear();
-      for (int64_t r = 0; r < m; ++r) {
-        const float* kr = st.pending_kv.row(r);
-        const float* gr = st.pending_gate.row(r);
-        slot_kv.insert(slot_kv.end(), kr + hd, kr + 2 * hd);
-        slot_gate.insert(slot_gate.end(), gr + hd, gr + 2 * hd);
-        st.overlap_kv.append(kr, 1);
-        st.overlap_gate.append(gr, 1);
-      }
-    }
-    entry_positions.push_back(p + 1 - m);  // the window's first position, j*m
-    st.pending_kv.clear();
-    st.pending_gate.clear();
-  }
-  const int64_t n_new = static_cast<int64_t>(entry_positions.size());
+  // Windows j = p0/m .. (p0+T)/m - 1 complete inside the chunk.
+  const int64_t j0 = c.p0 / m, n_new = (c.p0 + T) / m - j0;
+  const TensorView pooled = c.be.scratch(DType::kF32, {n_new, hd});
+  c.be.compress_chunk(kv, gate, w.ape, c.p0, m, spec.overlap, st.state(), pooled);
   if (n_new == 0) return;
 
-  Buffer pooled(DType::kF32, {n_new, hd});
-  TensorView kv_slots{DType::kF32, Device::kCpu, {n_new, slots, hd}, slot_kv.data()};
-  TensorView gate_slots{DType::kF32, Device::kCpu, {n_new, slots, hd}, slot_gate.data()};
-  c.be.compress_pool(kv_slots, gate_slots, pooled.view());
-  c.be.rms_norm(pooled.view(), &w.norm, static_cast<float>(c.cfg.rms_norm_eps), pooled.view());
-  c.be.rope(pooled.view().reshaped({n_new, 1, hd}), entry_positions, c.inv_freq, c.cfg.qk_rope_head_dim, false);
-  apply_qdq(spec.qdq, pooled.f32(), n_new, hd, hd - c.cfg.qk_rope_head_dim);
-  st.entries.append(pooled.f32(), n_new);
+  c.be.rms_norm(pooled, &w.norm, static_cast<float>(c.cfg.rms_norm_eps), pooled);
+  const TensorView entry_positions = c.be.scratch(DType::kI32, {n_new});  // j*m, the window's first position
+  c.be.iota(entry_positions, j0 * m, m);
+  c.be.rope(pooled.reshaped({n_new, 1, hd}), entry_positions, c.inv_freq, R, false);
+  if (spec.qdq != ops::Qdq::kNone) c.be.qdq(pooled, spec.qdq, hd - R);
+  CLAWMINE_CHECK(st.capacity() >= j0 + n_new, "compressor entries of layer ", c.layer, " hold ", st.capacity(),
+                 " rows, need ", j0 + n_new);
+  c.be.copy(pooled, st.entries.view().slice0(j0, j0 + n_new));
 }
 
 }  // namespace clawmine::model::deepseek_v4

@@ -1,10 +1,11 @@
 // What one decoder layer's sub-steps share while a chunk runs through it. Internal to the
-// forward pass (model.cpp, attention.cpp, compressor.cpp, moe.cpp).
+// forward pass (model.cpp, attention.cpp, compressor.cpp, moe.cpp). Every tensor here lives in
+// the backend's memory; the only host values are the chunk's first position and its length,
+// from which every row count (window rows, entries, windows completed) follows.
 #pragma once
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "core/tensor.h"
 #include "model/deepseek_v4/cache.h"
@@ -18,39 +19,47 @@ namespace clawmine::model::deepseek_v4 {
 struct LayerContext {
   ops::Backend& be;
   const ModelConfig& cfg;
-  const LayerWeights& w;
+  const LayerWeights& w;  // on the backend's device
   int layer = 0;
   AttentionKind kind = AttentionKind::kSliding;
-  const std::vector<float>& inv_freq;     // the layer's RoPE table
-  const std::vector<int64_t>& positions;  // [T] absolute positions of the chunk
+  const TensorView& inv_freq;   // [rope_dim/2] F32: the layer's RoPE table
+  const TensorView& positions;  // [T] I32: absolute positions p0 .. p0+T-1 of the chunk
+  const TensorView& ids;        // [T] I32: token ids (hash routing)
+  int64_t p0 = 0;               // positions[0], known on the host
   const ForwardOptions& options;
 
+  // [shape] scratch in the backend's activation dtype.
+  TensorView act(const Shape& shape) const { return be.scratch(be.act_dtype(), shape); }
   // "layers.N.<part>": the diagnostics scope of a sub-step (ops::Backend::set_scope).
   std::string scope(const char* part) const { return "layers." + std::to_string(layer) + "." + part; }
 };
 
-// A compressor's shape: window rate m, CSA overlap (two halves, 2m slots), entry width hd.
+// A compressor's shape: window rate m, CSA overlap (two halves, 2m slots), entry width hd, and
+// the round trip applied to its entries.
 struct CompressorSpec {
   int64_t rate = 0;
   bool overlap = false;
   int64_t head_dim = 0;
-  enum class Qdq { kNone, kFp8Nope, kHadamardFp4 } qdq = Qdq::kNone;
+  ops::Qdq qdq = ops::Qdq::kNone;
 };
 
-// Attention sub-layer: h [T, D] -> out [T, D]; reads and extends cache.
-Buffer attention(const LayerContext& c, const TensorView& h, LayerCache& cache);
+// Attention sub-layer: h [T, D] -> out [T, D] (scratch); reads and extends cache.
+TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cache);
 
-// Consumes the chunk h [T, D] into a compressor; finished entries are appended to st.entries.
+// Consumes the chunk h [T, D] into a compressor; the entries of windows completed in the chunk
+// are written to st.entries rows [p0/m, (p0+T)/m) (capacity reserved by the caller).
 void compressor_step(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
-                     const CompressorSpec& spec, CompressorState& st);
+                     const CompressorSpec& spec, CompressorCache& st);
 
-// Lightning indexer (CSA): selected compressed-entry ids [T, k] I32 (-1 = none).
-Buffer indexer_select(const LayerContext& c, const TensorView& h, const TensorView& qr, LayerCache& cache);
+// Lightning indexer (CSA): selected compressed-entry ids [T, k] I32 (-1 = none) in scratch, or
+// an empty view when no entry exists yet.
+TensorView indexer_select(const LayerContext& c, const TensorView& h, const TensorView& qr, LayerCache& cache);
 
-// MoE sub-layer: h [T, D] -> out [T, D].
-Buffer moe(const LayerContext& c, const TensorView& h, const std::vector<int32_t>& ids);
+// MoE sub-layer: h [T, D] -> out [T, D] (scratch).
+TensorView moe(const LayerContext& c, const TensorView& h);
 
-// Applies the official code's round trip to the first n_nope dims of each of rows rows of x.
-void apply_qdq(CompressorSpec::Qdq qdq, float* x, int64_t rows, int64_t width, int64_t n_nope);
+// Allocates the cache's fixed-size rows on the first forward and grows the entry stores so
+// that they hold every entry complete at position end (rows end / m).
+void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cache, int64_t end);
 
 }  // namespace clawmine::model::deepseek_v4

@@ -1,7 +1,13 @@
-// Loading and the top-level forward pass (spec §3.1-§3.2, §3.5): embed, broadcast to hc
-// streams, per layer two hyper-connection sites around attention and MoE, then hc_head, the
-// final norm and the head. Residual streams stay float32.
+// Loading, placement and the top-level forward pass (spec §3.1-§3.2, §3.5): embed, broadcast to
+// hc streams, per layer two hyper-connection sites around attention and MoE, then hc_head, the
+// final norm and the head. Residual streams stay float32. Every step is a backend op on
+// tensors in the backend's memory; the host only uploads the token ids and downloads the
+// logits (the one synchronization of a step).
 #include "model/deepseek_v4/model.h"
+
+#include <algorithm>
+#include <map>
+#include <utility>
 
 #include "diag/audit.h"
 #include "model/deepseek_v4/binder.h"
@@ -9,13 +15,18 @@
 #include "model/deepseek_v4/layer.h"
 #include "model/deepseek_v4/rope.h"
 #include "model/deepseek_v4/scale_validation.h"
+#include "model/deepseek_v4/weight_walk.h"
 
 namespace clawmine::model::deepseek_v4 {
+namespace {
 
-void RowStore::keep_last(int64_t n) {
-  const int64_t r = rows();
-  if (r > n) data.erase(data.begin(), data.begin() + (r - n) * width);
+Buffer f32_buffer(const std::vector<float>& v) {
+  Buffer b(DType::kF32, {static_cast<int64_t>(v.size())});
+  std::copy(v.begin(), v.end(), b.f32());
+  return b;
 }
+
+}  // namespace
 
 std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadOptions& options) {
   std::unique_ptr<Model> m(new Model());
@@ -27,8 +38,8 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadO
   const DequantSelection dequant = select_dequant(m->weights_, options.dequant);
   validate_scales(m->weights_, m->checkpoint_, options.policy, dequant.names);
   m->owned_ = dequantize(dequant);
-  m->inv_freq_main_ = rope_inv_freq(m->config_, AttentionKind::kSliding);
-  m->inv_freq_compress_ = rope_inv_freq(m->config_, AttentionKind::kHeavilyCompressed);
+  m->inv_freq_main_ = f32_buffer(rope_inv_freq(m->config_, AttentionKind::kSliding));
+  m->inv_freq_compress_ = f32_buffer(rope_inv_freq(m->config_, AttentionKind::kHeavilyCompressed));
   // The calibration audit of static NVFP4 input scales (diag/audit.h) runs a short forward and
   // marks overflowing scales untrusted; it sees the weights as the compute paths will.
   if (options.audit) diag::run_load_audit(*m, options);
@@ -41,35 +52,126 @@ SequenceCache Model::new_cache() const {
   return cache;
 }
 
+void Model::place(ops::Backend& be) {
+  if (be.device() == Device::kCpu) return;
+  if (placed_on_ != Device::kCpu)
+    throw Error(str_cat("Model::place: the model is already placed on a device (backend '", be.name(), "')"));
+  ModelWeights dw = weights_;
+  dw.mtp.reset();
+  // Host tensor (address, bytes) -> its device copy: a tensor bound twice (a tied head) is
+  // copied once. Quantized weights stay packed; scalars (weight_scale_2, input_scale) become
+  // device F32 scalars.
+  std::map<std::pair<const void*, size_t>, TensorView> placed;
+  std::vector<ops::DeviceBuffer> buffers;
+  auto put = [&](TensorView& t) {
+    if (t.empty() || t.device != Device::kCpu) return;
+    const auto key = std::make_pair(static_cast<const void*>(t.data), t.nbytes());
+    auto it = placed.find(key);
+    if (it == placed.end()) {
+      ops::DeviceBuffer buf(be, t.dtype, t.shape);
+      be.upload(t.data, buf.view());
+      it = placed.emplace(key, buf.view()).first;
+      buffers.push_back(std::move(buf));
+    }
+    t.data = it->second.data;
+    t.device = it->second.device;
+  };
+  // The walk is written over const weights; `dw` itself is writable (as in for_each_linear).
+  for_each_weight(dw, [&](const WeightRef& r) {
+    if (r.tensor) {
+      put(const_cast<TensorView&>(*r.tensor));
+    } else {
+      LinearWeight& l = const_cast<LinearWeight&>(*r.linear);
+      for (TensorView* t : {&l.weight, &l.scale, &l.weight_scale_2, &l.input_scale}) put(*t);
+    }
+  });
+  put(dw.head);  // tied to embed: the walk visits only embed
+  ops::DeviceBuffer main(be, DType::kF32, inv_freq_main_.view().shape);
+  be.upload(inv_freq_main_.view().data, main.view());
+  ops::DeviceBuffer compress(be, DType::kF32, inv_freq_compress_.view().shape);
+  be.upload(inv_freq_compress_.view().data, compress.view());
+  device_inv_freq_main_ = main.view();
+  device_inv_freq_compress_ = compress.view();
+  buffers.push_back(std::move(main));
+  buffers.push_back(std::move(compress));
+  be.synchronize();  // upload errors surface here, at load, not in the first forward
+  device_weights_ = std::move(dw);
+  device_buffers_ = std::move(buffers);
+  placed_on_ = be.device();
+}
+
+void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cache, int64_t end) {
+  const DType act = be.act_dtype();
+  auto state = [&](CompressorCache& st, int64_t m, int64_t hd, bool overlap) {
+    if (!st.pending_kv.view().empty()) return;
+    const int64_t width = (overlap ? 2 : 1) * hd;
+    st.pending_kv = ops::DeviceBuffer(be, DType::kF32, {m, width});
+    st.pending_gate = ops::DeviceBuffer(be, DType::kF32, {m, width});
+    be.fill(st.pending_kv.view(), 0.0f);  // never read before written; zeros keep states comparable
+    be.fill(st.pending_gate.view(), 0.0f);
+    if (overlap) {
+      st.overlap_kv = ops::DeviceBuffer(be, DType::kF32, {m, hd});
+      st.overlap_gate = ops::DeviceBuffer(be, DType::kF32, {m, hd});
+      be.fill(st.overlap_kv.view(), 0.0f);
+      be.fill(st.overlap_gate.view(), 0.0f);
+    }
+  };
+  // Entry rows [0, end / m) must exist; the rows of earlier chunks move to a buffer twice as large.
+  auto entries = [&](CompressorCache& st, int64_t m, int64_t hd) {
+    const int64_t need = end / m;
+    if (need <= st.capacity()) return;
+    const int64_t have = cache.position / m;  // rows written so far
+    ops::DeviceBuffer grown(be, act, {std::max({need, 2 * st.capacity(), int64_t{16}}), hd});
+    if (have > 0) be.copy(st.entries.view().slice0(0, have), grown.view().slice0(0, have));
+    st.entries = std::move(grown);
+  };
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    LayerCache& lc = cache.layers[static_cast<size_t>(l)];
+    const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
+    if (lc.window.view().empty() && cfg.sliding_window > 1)
+      lc.window = ops::DeviceBuffer(be, act, {cfg.sliding_window - 1, cfg.head_dim});
+    if (kind == AttentionKind::kSliding) continue;
+    const bool csa = kind == AttentionKind::kCompressedSparse;
+    const int64_t m = csa ? cfg.compress_rate_csa : cfg.compress_rate_hca;
+    state(lc.compressor, m, cfg.head_dim, csa);
+    entries(lc.compressor, m, cfg.head_dim);
+    if (!csa) continue;
+    state(lc.indexer, m, cfg.index_head_dim, true);
+    entries(lc.indexer, m, cfg.index_head_dim);
+  }
+}
+
 namespace {
 
 // One decoder block (spec §3.2, the reference Block.forward):
 //   x, post, comb = hc_pre(X);  X = hc_post(attention(attn_norm(x)), X, post, comb)
 //   x, post, comb = hc_pre(X);  X = hc_post(moe(ffn_norm(x)), X, post, comb)
-void block(const LayerContext& c, Buffer& X, LayerCache& cache, const std::vector<int32_t>& ids) {
-  const int64_t T = X.view().dim(0), hc = c.cfg.hc_mult, D = c.cfg.hidden_size;
+// X, X_next [T, hc, D] F32: the streams in and a buffer for the streams out (swapped at each site).
+void block(const LayerContext& c, TensorView& X, TensorView& X_next, LayerCache& cache) {
+  ops::ScratchFrame frame(c.be);  // the layer's temporaries
+  const int64_t T = X.dim(0), hc = c.cfg.hc_mult, D = c.cfg.hidden_size;
   const ops::HcParams hp{hc, c.cfg.hc_sinkhorn_iters, static_cast<float>(c.cfg.hc_eps),
                          static_cast<float>(c.cfg.rms_norm_eps)};
   const float eps = static_cast<float>(c.cfg.rms_norm_eps);
-  Buffer x(DType::kF32, {T, D}), post(DType::kF32, {T, hc}), comb(DType::kF32, {T, hc, hc});
-  Buffer X_next(DType::kF32, {T, hc, D});
+  const TensorView x = c.act({T, D});
+  const TensorView post = c.be.scratch(DType::kF32, {T, hc}), comb = c.be.scratch(DType::kF32, {T, hc, hc});
 
   c.be.set_scope(c.scope("hc_attn"));
-  c.be.hc_pre(X.view(), c.w.hc_attn, hp, x.view(), post.view(), comb.view());
+  c.be.hc_pre(X, c.w.hc_attn, hp, x, post, comb);
   c.be.set_scope(c.scope("attn"));
-  c.be.rms_norm(x.view(), &c.w.attn_norm, eps, x.view());
-  Buffer a = attention(c, x.view(), cache);
+  c.be.rms_norm(x, &c.w.attn_norm, eps, x);
+  const TensorView a = attention(c, x, cache);
   c.be.set_scope(c.scope("hc_attn"));
-  c.be.hc_post(a.view(), X.view(), post.view(), comb.view(), X_next.view());
+  c.be.hc_post(a, X, post, comb, X_next);
   std::swap(X, X_next);
 
   c.be.set_scope(c.scope("hc_ffn"));
-  c.be.hc_pre(X.view(), c.w.hc_ffn, hp, x.view(), post.view(), comb.view());
+  c.be.hc_pre(X, c.w.hc_ffn, hp, x, post, comb);
   c.be.set_scope(c.scope("ffn"));
-  c.be.rms_norm(x.view(), &c.w.ffn_norm, eps, x.view());
-  Buffer f = moe(c, x.view(), ids);
+  c.be.rms_norm(x, &c.w.ffn_norm, eps, x);
+  const TensorView f = moe(c, x);
   c.be.set_scope(c.scope("hc_ffn"));
-  c.be.hc_post(f.view(), X.view(), post.view(), comb.view(), X_next.view());
+  c.be.hc_post(f, X, post, comb, X_next);
   std::swap(X, X_next);
 }
 
@@ -78,43 +180,69 @@ void block(const LayerContext& c, Buffer& X, LayerCache& cache, const std::vecto
 Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<int32_t>& ids,
                       const ForwardOptions& options) const {
   const ModelConfig& cfg = config_;
-  const int64_t T = static_cast<int64_t>(ids.size()), D = cfg.hidden_size, hc = cfg.hc_mult;
+  const int64_t T = static_cast<int64_t>(ids.size()), D = cfg.hidden_size, hc = cfg.hc_mult, V = cfg.vocab_size;
   CLAWMINE_CHECK(T > 0, "forward needs at least one token");
   CLAWMINE_CHECK(static_cast<int64_t>(cache.layers.size()) == cfg.num_hidden_layers,
                  "cache was made for another model");
-  std::vector<int64_t> positions(static_cast<size_t>(T));
-  for (int64_t t = 0; t < T; ++t) positions[t] = cache.position + t;
+  // The weights and RoPE tables this backend reads: the mmapped ones on the CPU, place()'s copies elsewhere.
+  const bool host = be.device() == Device::kCpu;
+  if (!host && placed_on_ != be.device())
+    throw Error(str_cat("Model::forward on backend '", be.name(),
+                        "': its tensors live on the device; call Model::place(backend) first"));
+  const ModelWeights& W = host ? weights_ : device_weights_;
+  const TensorView& inv_main = host ? inv_freq_main_.view() : device_inv_freq_main_;
+  const TensorView& inv_compress = host ? inv_freq_compress_.view() : device_inv_freq_compress_;
+  if (cache.backend == nullptr) cache.backend = &be;
+  if (cache.backend != &be)
+    throw Error(str_cat("Model::forward: this cache holds rows of another backend ('", cache.backend->name(),
+                        "'); a cache serves the backend of its first forward"));
+  const int64_t p0 = cache.position;
+  reserve_cache(be, cfg, cache, p0 + T);
+
+  ops::ScratchFrame pass(be);
+  const TensorView ids_t = be.scratch(DType::kI32, {T});
+  be.upload(ids.data(), ids_t);
+  // A decode step (one token) may be recorded and replayed as one graph: from here to the
+  // download nothing crosses between host and device.
+  const bool graph = T == 1;
+  if (graph) be.begin_step_graph();
+  const TensorView positions = be.scratch(DType::kI32, {T});
+  be.iota(positions, p0, 1);
 
   // X [T, hc, D]: the embedding copied into every stream.
-  Buffer e(DType::kF32, {T, D});
   be.set_scope("embed");
-  be.embed(weights_.embed, ids, e.view());
-  Buffer X(DType::kF32, {T, hc, D});
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t j = 0; j < hc; ++j) std::copy(e.f32() + t * D, e.f32() + (t + 1) * D, X.f32() + (t * hc + j) * D);
+  const TensorView e = be.scratch(be.act_dtype(), {T, D});
+  be.embed(W.embed, ids_t, e);
+  TensorView X = be.scratch(DType::kF32, {T, hc, D}), X_next = be.scratch(DType::kF32, {T, hc, D});
+  be.hc_expand(e, X);
 
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
-    const LayerContext c{be, cfg, weights_.layers[static_cast<size_t>(l)], static_cast<int>(l), kind,
-                         kind == AttentionKind::kSliding ? inv_freq_main_ : inv_freq_compress_, positions, options};
-    block(c, X, cache.layers[static_cast<size_t>(l)], ids);
+    const LayerContext c{be,  cfg, W.layers[static_cast<size_t>(l)], static_cast<int>(l),
+                         kind, kind == AttentionKind::kSliding ? inv_main : inv_compress,
+                         positions, ids_t, p0, options};
+    block(c, X, X_next, cache.layers[static_cast<size_t>(l)]);
   }
 
-  // hc_head -> norm -> head, at every position.
+  // hc_head -> norm -> head, at every position or only the last.
+  const int64_t rows = options.all_logits ? T : 1;
   const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps), static_cast<float>(cfg.rms_norm_eps)};
-  Buffer y(DType::kF32, {T, D});
   be.set_scope("head");
-  be.hc_head(X.view(), weights_.hc_head, hp, y.view());
-  be.rms_norm(y.view(), &weights_.norm, static_cast<float>(cfg.rms_norm_eps), y.view());
+  const TensorView y = be.scratch(be.act_dtype(), {rows, D});
+  be.hc_head(X.slice0(T - rows, T), W.hc_head, hp, y);
+  be.rms_norm(y, &W.norm, static_cast<float>(cfg.rms_norm_eps), y);
   LinearWeight head;
   head.name = "head";
-  head.out_features = cfg.vocab_size;
+  head.out_features = V;
   head.in_features = D;
-  head.weight = weights_.head;
-  Buffer logits(DType::kF32, {T, cfg.vocab_size});
-  be.linear(y.view(), head, logits.view());
+  head.weight = W.head;
+  const TensorView logits = be.scratch(DType::kF32, {rows, V});
+  be.linear(y, head, logits);
+  if (graph) be.end_step_graph();
+  Buffer out(DType::kF32, {rows, V});
+  be.download(logits, out.view().data);
   cache.position += T;
-  return logits;
+  return out;
 }
 
 }  // namespace clawmine::model::deepseek_v4

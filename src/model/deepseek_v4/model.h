@@ -58,7 +58,8 @@ class Model {
   // whose device() is the CPU, which reads the mmapped weights directly. Call once after load.
   void place(ops::Backend& backend);
 
-  // Feeds ids at positions cache.position, cache.position+1, ...; returns logits [T, vocab].
+  // Feeds ids at positions cache.position, cache.position+1, ...; returns logits [T, vocab]
+  // (options.all_logits) or the last position's [1, vocab], downloaded to the host.
   Buffer forward(ops::Backend& backend, SequenceCache& cache, const std::vector<int32_t>& ids,
                  const ForwardOptions& options) const;
 
@@ -68,8 +69,15 @@ class Model {
   ModelConfig config_;
   ModelWeights weights_;
   std::vector<Buffer> owned_;  // dense F32 weights made by --dequant; weights_ points into them
-  std::vector<float> inv_freq_main_;      // [rope_dim/2] sliding layers
-  std::vector<float> inv_freq_compress_;  // [rope_dim/2] compressed layers, their compressors and indexers
+  Buffer inv_freq_main_;      // [rope_dim/2] F32, sliding layers
+  Buffer inv_freq_compress_;  // [rope_dim/2] F32, compressed layers, their compressors and indexers
+
+  // place(): device copies of weights_ (MTP block excluded: forward never runs it) and of the
+  // RoPE tables, owned by device_buffers_. The placing backend must outlive the Model.
+  Device placed_on_ = Device::kCpu;  // kCpu: not placed
+  ModelWeights device_weights_;
+  TensorView device_inv_freq_main_, device_inv_freq_compress_;
+  std::vector<ops::DeviceBuffer> device_buffers_;
 };
 
 }  // namespace clawmine::model::deepseek_v4

@@ -5,23 +5,23 @@
 
 namespace clawmine::model::deepseek_v4 {
 
-Buffer moe(const LayerContext& c, const TensorView& h, const std::vector<int32_t>& ids) {
+TensorView moe(const LayerContext& c, const TensorView& h) {
   const ModelConfig& cfg = c.cfg;
   const MoeWeights& w = c.w.ffn;
   const int64_t T = h.dim(0), E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
   const bool hash = cfg.mlp_layer_types[static_cast<size_t>(c.layer)] == MoeKind::kHash;
   const float limit = static_cast<float>(cfg.swiglu_limit);
 
-  Buffer logits(DType::kF32, {T, E});
-  c.be.linear(h, w.gate, logits.view());
-  Buffer idx(DType::kI32, {T, K}), weight(DType::kF32, {T, K});
-  c.be.moe_route(logits.view(), hash ? TensorView{} : w.gate_bias, hash ? w.tid2eid : TensorView{}, ids,
-                 static_cast<float>(cfg.routed_scaling_factor), idx.view(), weight.view());
+  const TensorView logits = c.be.scratch(DType::kF32, {T, E});
+  c.be.linear(h, w.gate, logits);
+  const TensorView idx = c.be.scratch(DType::kI32, {T, K}), weight = c.be.scratch(DType::kF32, {T, K});
+  c.be.moe_route(logits, hash ? TensorView{} : w.gate_bias, hash ? w.tid2eid : TensorView{}, c.ids,
+                 static_cast<float>(cfg.routed_scaling_factor), idx, weight);
 
-  Buffer routed(DType::kF32, {T, cfg.hidden_size}), shared(DType::kF32, {T, cfg.hidden_size});
-  c.be.moe_experts(h, w.experts, idx.view(), weight.view(), limit, routed.view());
-  c.be.swiglu_mlp(h, w.shared_experts, limit, shared.view());
-  c.be.add(routed.view(), shared.view(), routed.view());
+  const TensorView routed = c.act({T, cfg.hidden_size}), shared = c.act({T, cfg.hidden_size});
+  c.be.moe_experts(h, w.experts, idx, weight, limit, routed);
+  c.be.swiglu_mlp(h, w.shared_experts, limit, shared);
+  c.be.add(routed, shared, routed);
   return routed;
 }
 

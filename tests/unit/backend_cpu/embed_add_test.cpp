@@ -15,10 +15,10 @@ TEST(CpuEmbed, GathersRowsAsF32) {
   HostTensor table(DType::kBF16, {V, D});
   const std::vector<float> r = random_normal(V * D, 201);
   for (int64_t i = 0; i < V * D; ++i) table.as<uint16_t>()[i] = f32_to_bf16(r[i]);
-  const std::vector<int32_t> ids = {3, 0, 9, 3};
+  std::vector<int32_t> ids = {3, 0, 9, 3};
   std::vector<float> out(ids.size() * D);
   poison(out);
-  be->embed(table.view(), ids, f32_view(out, {4, D}));
+  be->embed(table.view(), i32_view(ids, {4}), f32_view(out, {4, D}));
   for (size_t t = 0; t < ids.size(); ++t)
     for (int64_t d = 0; d < D; ++d) EXPECT_EQ(out[t * D + d], bf16_to_f32(table.as<uint16_t>()[ids[t] * D + d]));
 }
@@ -29,7 +29,8 @@ TEST(CpuEmbed, OutOfRangeIdNamesIdAndVocab) {
   std::vector<float> out(8);
   for (int32_t bad : {10, -1}) {
     try {
-      be->embed(table.view(), {1, bad}, f32_view(out, {2, 4}));
+      std::vector<int32_t> ids = {1, bad};
+      be->embed(table.view(), i32_view(ids, {2}), f32_view(out, {2, 4}));
       FAIL() << "expected an error";
     } catch (const Error& e) {
       const std::string msg = e.what();

@@ -30,7 +30,7 @@ TEST_P(CpuMoe, RoutedTopkMatchesReference) {
   std::vector<int32_t> idx(T * K, 77);
   std::vector<float> w(T * K);
   poison(w);
-  be->moe_route(f32_view(logits, {T, E}), f32_view(bias, {E}), TensorView{}, {}, 1.5f, i32_view(idx, {T, K}),
+  be->moe_route(f32_view(logits, {T, E}), f32_view(bias, {E}), TensorView{}, TensorView{}, 1.5f, i32_view(idx, {T, K}),
                 f32_view(w, {T, K}));
   for (int64_t t = 0; t < T; ++t) {
     std::vector<double> a(E);
@@ -55,7 +55,7 @@ TEST_P(CpuMoe, RoutedTopkMatchesReference) {
 TEST_P(CpuMoe, RoutedTiesPickLowerExpert) {
   std::vector<float> logits = {0.0f, 1.0f, 1.0f, 1.0f}, w(2);
   std::vector<int32_t> idx(2, 77);
-  be->moe_route(f32_view(logits, {1, 4}), TensorView{}, TensorView{}, {}, 2.0f, i32_view(idx, {1, 2}),
+  be->moe_route(f32_view(logits, {1, 4}), TensorView{}, TensorView{}, TensorView{}, 2.0f, i32_view(idx, {1, 2}),
                 f32_view(w, {1, 2}));
   EXPECT_EQ(idx, (std::vector<int32_t>{1, 2}));
   EXPECT_FLOAT_EQ(w[0], 1.0f);
@@ -65,7 +65,7 @@ TEST_P(CpuMoe, RoutedTiesPickLowerExpert) {
 TEST_P(CpuMoe, HashRoutingUsesTid2eidRows) {
   const int64_t T = 4, E = 8, K = 3, V = 5;
   std::vector<float> logits = random_normal(T * E, 511), w(T * K);
-  const std::vector<int32_t> ids = {4, 0, 4, 2};
+  std::vector<int32_t> ids = {4, 0, 4, 2};
   for (DType dt : {DType::kI64, DType::kI32}) {
     HostTensor table(dt, {V, K});
     for (int64_t i = 0; i < V * K; ++i) {
@@ -75,7 +75,7 @@ TEST_P(CpuMoe, HashRoutingUsesTid2eidRows) {
     }
     std::vector<int32_t> idx(T * K, 77);
     poison(w);
-    be->moe_route(f32_view(logits, {T, E}), TensorView{}, table.view(), ids, 1.5f, i32_view(idx, {T, K}),
+    be->moe_route(f32_view(logits, {T, E}), TensorView{}, table.view(), i32_view(ids, {T}), 1.5f, i32_view(idx, {T, K}),
                   f32_view(w, {T, K}));
     for (int64_t t = 0; t < T; ++t) {
       double sum = 0;
@@ -94,18 +94,19 @@ TEST_P(CpuMoe, HashRoutingRejectsBadExpertAndToken) {
   std::vector<float> logits(8, 0.5f), w(2);
   std::vector<int32_t> idx(2);
   HostTensor table(DType::kI64, {2, 2});
+  std::vector<int32_t> id0 = {0}, id2 = {2};
   table.as<int64_t>()[0] = 1;
   table.as<int64_t>()[1] = 8;  // E = 8: out of range
   table.as<int64_t>()[2] = 0;
   table.as<int64_t>()[3] = 2;
   try {
-    be->moe_route(f32_view(logits, {1, 8}), TensorView{}, table.view(), {0}, 1.0f, i32_view(idx, {1, 2}),
+    be->moe_route(f32_view(logits, {1, 8}), TensorView{}, table.view(), i32_view(id0, {1}), 1.0f, i32_view(idx, {1, 2}),
                   f32_view(w, {1, 2}));
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("= 8"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(be->moe_route(f32_view(logits, {1, 8}), TensorView{}, table.view(), {2}, 1.0f, i32_view(idx, {1, 2}),
+  EXPECT_THROW(be->moe_route(f32_view(logits, {1, 8}), TensorView{}, table.view(), i32_view(id2, {1}), 1.0f, i32_view(idx, {1, 2}),
                              f32_view(w, {1, 2})),
                Error);
 }
@@ -204,9 +205,9 @@ TEST(CpuMoeThreads, OneAndTwoThreadsGiveIdenticalBits) {
   std::vector<float> w1(T * K), w2(T * K), o1(T * D), o2(T * D);
   poison(o1);
   poison(o2);
-  be1->moe_route(f32_view(logits, {T, E}), TensorView{}, TensorView{}, {}, 2.5f, i32_view(idx1, {T, K}),
+  be1->moe_route(f32_view(logits, {T, E}), TensorView{}, TensorView{}, TensorView{}, 2.5f, i32_view(idx1, {T, K}),
                  f32_view(w1, {T, K}));
-  be2->moe_route(f32_view(logits, {T, E}), TensorView{}, TensorView{}, {}, 2.5f, i32_view(idx2, {T, K}),
+  be2->moe_route(f32_view(logits, {T, E}), TensorView{}, TensorView{}, TensorView{}, 2.5f, i32_view(idx2, {T, K}),
                  f32_view(w2, {T, K}));
   EXPECT_EQ(idx1, idx2);
   EXPECT_TRUE(same_bits(w1, w2));

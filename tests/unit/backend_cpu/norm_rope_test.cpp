@@ -68,11 +68,11 @@ std::vector<float> test_inv_freq(int64_t half) {
 
 TEST_P(CpuNormRope, RopeMatchesNaive) {
   const int64_t T = 3, V = 2, dim = 16, rd = 8;
-  const std::vector<int64_t> pos = {0, 5, 1000};
-  const std::vector<float> inv = test_inv_freq(rd / 2);
+  std::vector<int32_t> pos = {0, 5, 1000};
+  std::vector<float> inv = test_inv_freq(rd / 2);
   for (bool inverse : {false, true}) {
     std::vector<float> x = random_normal(T * V * dim, 104), x0 = x;
-    be->rope(f32_view(x, {T, V, dim}), pos, inv, rd, inverse);
+    be->rope(f32_view(x, {T, V, dim}), i32_view(pos, {T}), f32_view(inv, {rd / 2}), rd, inverse);
     std::vector<float> ref = x0;
     for (int64_t t = 0; t < T; ++t)
       for (int64_t v = 0; v < V; ++v)
@@ -92,21 +92,22 @@ TEST_P(CpuNormRope, RopeMatchesNaive) {
 
 TEST_P(CpuNormRope, RopeInverseUndoesForward) {
   const int64_t T = 4, V = 3, dim = 32, rd = 16;
-  const std::vector<int64_t> pos = {0, 1, 77, 4095};
-  const std::vector<float> inv = test_inv_freq(rd / 2);
+  std::vector<int32_t> pos = {0, 1, 77, 4095};
+  std::vector<float> inv = test_inv_freq(rd / 2);
   std::vector<float> x = random_normal(T * V * dim, 105), x0 = x;
-  be->rope(f32_view(x, {T, V, dim}), pos, inv, rd, false);
+  be->rope(f32_view(x, {T, V, dim}), i32_view(pos, {T}), f32_view(inv, {rd / 2}), rd, false);
   EXPECT_GT(max_rel_diff(x, x0), 1e-2);  // it did rotate
-  be->rope(f32_view(x, {T, V, dim}), pos, inv, rd, true);
+  be->rope(f32_view(x, {T, V, dim}), i32_view(pos, {T}), f32_view(inv, {rd / 2}), rd, true);
   EXPECT_LE(max_rel_diff(x, x0), 1e-6);
 }
 
 TEST_P(CpuNormRope, RopeQuarterTurn) {
-  std::vector<float> x = {1.0f, 0.0f};
-  be->rope(f32_view(x, {1, 1, 2}), {1}, {static_cast<float>(M_PI / 2)}, 2, false);
+  std::vector<float> x = {1.0f, 0.0f}, inv = {static_cast<float>(M_PI / 2)};
+  std::vector<int32_t> pos = {1};
+  be->rope(f32_view(x, {1, 1, 2}), i32_view(pos, {1}), f32_view(inv, {1}), 2, false);
   EXPECT_NEAR(x[0], 0.0f, 1e-7);
   EXPECT_EQ(x[1], 1.0f);
-  be->rope(f32_view(x, {1, 1, 2}), {1}, {static_cast<float>(M_PI / 2)}, 2, true);
+  be->rope(f32_view(x, {1, 1, 2}), i32_view(pos, {1}), f32_view(inv, {1}), 2, true);
   EXPECT_NEAR(x[0], 1.0f, 1e-7);
   EXPECT_NEAR(x[1], 0.0f, 1e-7);
 }
