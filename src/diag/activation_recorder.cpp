@@ -40,7 +40,7 @@ float read_input_scale(const model::deepseek_v4::LinearWeight& w) {
   return std::isfinite(s) && s > 0.0f ? s : 0.0f;
 }
 
-ActivationRecorder::ActivationRecorder(ops::Backend& inner) : ForwardingBackend(inner) {}
+ActivationRecorder::ActivationRecorder(ops::Backend& inner) : ForwardingBackend(inner), scalars_(inner) {}
 
 const LinearActivationStats* ActivationRecorder::find(const std::string& name) const {
   const auto it = index_.find(name);
@@ -60,7 +60,7 @@ void ActivationRecorder::record(const ops::LinearWeight& w, const float* x, int6
     s.fused_name = w.fused_name;
     s.format = w.format;
     s.in_features = w.in_features;
-    s.input_scale = w.format == WeightFormat::kNvfp4 ? read_input_scale(w) : 0.0f;
+    s.input_scale = w.format == WeightFormat::kNvfp4 ? read_input_scale(scalars_.with_host_scalars(w)) : 0.0f;
     stats_.push_back(std::move(s));
   }
   LinearActivationStats& s = stats_[it->second];
@@ -96,13 +96,10 @@ void ActivationRecorder::record_expert(const ops::ExpertWeights& w, const float*
   if (rows == 0) return;
   record(w.w1, x, rows);
   record(w.w3, x, rows);
-  const int64_t D = w.w1.in_features, I = w.w1.out_features;
-  std::vector<float> xs(x, x + rows * D), gate(static_cast<size_t>(rows * I)), up(static_cast<size_t>(rows * I));
-  TensorView xv{DType::kF32, Device::kCpu, {rows, D}, xs.data()};
-  inner_.linear(xv, w.w1, TensorView{DType::kF32, Device::kCpu, {rows, I}, gate.data()});
-  inner_.linear(xv, w.w3, TensorView{DType::kF32, Device::kCpu, {rows, I}, up.data()});
+  std::vector<float> gate = linear_on_host_rows(inner_, w.w1, x, rows);
+  const std::vector<float> up = linear_on_host_rows(inner_, w.w3, x, rows);
   const double L = swiglu_limit;
-  for (int64_t i = 0; i < rows * I; ++i) {
+  for (size_t i = 0; i < gate.size(); ++i) {
     const double g = std::min(static_cast<double>(gate[i]), L);
     const double u = std::clamp(static_cast<double>(up[i]), -L, L);
     gate[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * u);
@@ -112,35 +109,37 @@ void ActivationRecorder::record_expert(const ops::ExpertWeights& w, const float*
 
 void ActivationRecorder::linear(const TensorView& x, const ops::LinearWeight& w, const TensorView& out) {
   inner_.linear(x, w, out);  // validates shapes first
-  record(w, x.f32(), x.numel() / w.in_features);
+  const HostF32 xs(inner_, x);
+  record(w, xs.data(), xs.size() / w.in_features);
 }
 void ActivationRecorder::grouped_linear(const TensorView& x, const ops::LinearWeight& w, int64_t groups,
                                         const TensorView& out) {
   inner_.grouped_linear(x, w, groups, out);
-  record(w, x.f32(), x.numel() / w.in_features);
+  const HostF32 xs(inner_, x);
+  record(w, xs.data(), xs.size() / w.in_features);
 }
 
 void ActivationRecorder::moe_experts(const TensorView& x, const std::vector<ops::ExpertWeights>& experts,
                                      const TensorView& idx, const TensorView& weight, float swiglu_limit,
                                      const TensorView& out) {
-  const std::vector<float> xs(x.f32(), x.f32() + x.numel());  // out may alias x
+  const HostF32 xs(inner_, x, true);  // a copy: out may alias x
   inner_.moe_experts(x, experts, idx, weight, swiglu_limit, out);  // validates shapes and ids first
   const int64_t T = x.dim(0), D = x.dim(1), K = idx.dim(1), E = static_cast<int64_t>(experts.size());
   const float* px = xs.data();
-  const int32_t* pi = idx.as<int32_t>();
+  const std::vector<int32_t> ids = host_i32(inner_, idx);
   std::vector<float> rows;
   for (int64_t e = 0; e < E; ++e) {
     rows.clear();
     for (int64_t t = 0; t < T; ++t)
       for (int64_t k = 0; k < K; ++k)
-        if (pi[t * K + k] == e) rows.insert(rows.end(), px + t * D, px + (t + 1) * D);
+        if (ids[t * K + k] == e) rows.insert(rows.end(), px + t * D, px + (t + 1) * D);
     record_expert(experts[e], rows.data(), static_cast<int64_t>(rows.size()) / std::max<int64_t>(D, 1), swiglu_limit);
   }
 }
 
 void ActivationRecorder::swiglu_mlp(const TensorView& x, const ops::ExpertWeights& w, float swiglu_limit,
                                     const TensorView& out) {
-  const std::vector<float> xs(x.f32(), x.f32() + x.numel());  // out may alias x
+  const HostF32 xs(inner_, x, true);  // a copy: out may alias x
   inner_.swiglu_mlp(x, w, swiglu_limit, out);
   const int64_t D = x.dim(-1);
   record_expert(w, xs.data(), D ? x.numel() / D : 0, swiglu_limit);

@@ -3,7 +3,8 @@
 // amax, RMS, rows, non-finite count, and how many 16-blocks a static NVFP4 W4A4 scale would
 // saturate. Routed experts are recorded per projection (`layers.N.ffn.experts.E.w1/w3`: the rows
 // routed to E; `w2`: their SwiGLU hidden, recomputed through the inner backend's linear). Used by
-// quantizer calibration (input_scale = amax/2688), the load audit, and the numerics trace.
+// quantizer calibration (input_scale = amax/2688), the load audit, and the doctor. On a backend
+// whose device() is not the CPU, activations are read back per op (diag/host_read.h).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "diag/forwarding_backend.h"
+#include "diag/host_read.h"
 #include "model/deepseek_v4/weights.h"
 #include "ops/backend.h"
 
@@ -45,7 +47,8 @@ struct LinearActivationStats {
 // experts' amax of the same projection); otherwise clawmine::Error naming `what`.
 float calibrated_input_scale(float amax, const std::string& what);
 
-// The static input_scale of a LinearWeight as a float, or 0 when it has none.
+// The static input_scale of a LinearWeight as a float, or 0 when it has none. The scalar must be
+// host memory (model weights, or WeightScalars::with_host_scalars for placed ones).
 float read_input_scale(const model::deepseek_v4::LinearWeight& w);
 
 class ActivationRecorder final : public ForwardingBackend {
@@ -65,13 +68,14 @@ class ActivationRecorder final : public ForwardingBackend {
   void swiglu_mlp(const TensorView& x, const ops::ExpertWeights& w, float swiglu_limit, const TensorView& out) override;
 
  private:
-  // x [rows, w.in_features] F32 (raw pointer).
+  // x [rows, w.in_features] F32 on the host.
   void record(const ops::LinearWeight& w, const float* x, int64_t rows);
   // Records w1/w3 on x [rows, D] and w2 on the recomputed SwiGLU hidden.
   void record_expert(const ops::ExpertWeights& w, const float* x, int64_t rows, float swiglu_limit);
 
   std::vector<LinearActivationStats> stats_;
   std::unordered_map<std::string, size_t> index_;
+  WeightScalars scalars_;
 };
 
 }  // namespace clawmine::diag

@@ -1,11 +1,12 @@
 // run_doctor: loads the model (reporting a load error as a finding), then the static audit, the
-// calibration pass and the accuracy passes, and ranks what they found.
+// calibration pass and the accuracy passes (on the backend it is given), and ranks what they found.
 #include "diag/doctor.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <random>
 
 #include "core/dtype.h"
@@ -54,6 +55,11 @@ std::vector<std::vector<int32_t>> doctor_calibration_ids(int64_t vocab) {
 }
 
 DoctorReport run_doctor(const DoctorOptions& o) {
+  auto cpu = ops::make_cpu_backend(o.threads);
+  return run_doctor(o, *cpu);
+}
+
+DoctorReport run_doctor(const DoctorOptions& o, ops::Backend& backend) {
   const auto start = std::chrono::steady_clock::now();
   DoctorReport r;
   r.model_dir = o.model_dir;
@@ -103,8 +109,13 @@ DoctorReport run_doctor(const DoctorOptions& o) {
   const bool corrupt = std::any_of(r.findings.begin(), r.findings.end(),
                                    [](const Finding& f) { return f.severity == Severity::kCritical; });
   try {
-    if (!corrupt) calibration_pass(*model, ref, ids, o, r);
-    if (!corrupt) accuracy_pass(*model, ref, quant, ids, o, r);
+    if (!corrupt) {
+      std::unique_ptr<ops::Backend> cpu;
+      if (backend.device() != Device::kCpu) cpu = ops::make_cpu_backend(o.threads);
+      calibration_pass(*model, cpu ? *cpu : backend, ref, ids, o, r);
+      model->place(backend);
+      accuracy_pass(*model, backend, ref, quant, ids, o, r);
+    }
   } catch (const Error& e) {
     r.findings.push_back({Severity::kCritical, -1, 0.5, "passes",
                           str_cat("the calibration/accuracy passes stopped: ", e.what()),

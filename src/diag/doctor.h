@@ -25,7 +25,7 @@ struct DoctorOptions {
   ops::ActScale act_scale = ops::ActScale::kAuto;
   bool saturate = true;
   std::vector<std::string> dequant;  // --dequant globs applied at load
-  int threads = 0;
+  int threads = 0;  // CPU backends the doctor makes (calibration; run_doctor without a backend)
   std::string trace_file;  // non-empty: JSON lines of the quantized run's trace go here
 };
 
@@ -91,6 +91,12 @@ struct DoctorReport {
   double seconds = 0.0;
 };
 
+// Runs every pass on `backend` (which keeps its linear policy afterwards): the model is loaded,
+// audited on the host, calibrated on the W-A16 path (on `backend` when it is the CPU, else on a
+// CPU backend: the trust flags it sets must be in place before Model::place copies the weights),
+// placed on `backend`, and its accuracy passes run there, reference and quantized policy alike.
+DoctorReport run_doctor(const DoctorOptions& options, ops::Backend& backend);
+// The same on a CPU backend with options.threads threads.
 DoctorReport run_doctor(const DoctorOptions& options);
 
 // The built-in calibration set for a vocabulary: varied sequences (random, ramps, repeats).

@@ -1,7 +1,8 @@
-// The doctor's accuracy pass. Local: LocalCompare runs each quantized op next to the W-A16 op on
-// the same input. Global: the calibration ids run twice, W-A16 and quantized (the latter under the
-// trace, whose locator names the first non-finite op), and the residual stream after each layer
-// and the final logits are compared (cosine, top-1 agreement, KL).
+// The doctor's accuracy pass, on the backend the doctor was given (the model placed there). Local:
+// LocalCompare runs each quantized op next to the W-A16 op on the same input. Global: the
+// calibration ids run twice, W-A16 and quantized (the latter under the trace, whose locator names
+// the first non-finite op), and the residual stream after each layer and the final logits are
+// compared (cosine, top-1 agreement, KL). The backend's policy is restored at the end.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -9,6 +10,7 @@
 #include "core/error.h"
 #include "diag/doctor_passes.h"
 #include "diag/forwarding_backend.h"
+#include "diag/host_read.h"
 #include "diag/local_compare.h"
 #include "diag/trace.h"
 
@@ -29,7 +31,8 @@ class ResidualCapture final : public ForwardingBackend {
     if (scope_.size() < 7 || scope_.compare(scope_.size() - 7, 7, ".hc_ffn") != 0) return;
     const size_t l = static_cast<size_t>(layer_index_of(scope_));
     if (layers.size() <= l) layers.resize(l + 1);
-    layers[l].insert(layers[l].end(), X_out.f32(), X_out.f32() + X_out.numel());
+    const HostF32 h(inner_, X_out);
+    layers[l].insert(layers[l].end(), h.data(), h.data() + h.size());
   }
 };
 
@@ -78,14 +81,13 @@ void local_rows(const LocalCompare& cmp, DoctorReport& r) {
 
 }  // namespace
 
-void accuracy_pass(const Model& model, const ops::LinearPolicy& ref, const ops::LinearPolicy& quant,
-                   const std::vector<std::vector<int32_t>>& ids, const DoctorOptions& o, DoctorReport& r) {
-  auto cpu_ref = ops::make_cpu_backend(o.threads), cpu_q = ops::make_cpu_backend(o.threads);
-  cpu_ref->set_linear_policy(ref);
-  cpu_q->set_linear_policy(quant);
+void accuracy_pass(const Model& model, ops::Backend& be, const ops::LinearPolicy& ref,
+                   const ops::LinearPolicy& quant, const std::vector<std::vector<int32_t>>& ids,
+                   const DoctorOptions& o, DoctorReport& r) {
+  const LinearPolicyRestore restore(be);
   const ForwardOptions fwd;
   {
-    LocalCompare cmp(*cpu_ref, *cpu_q);
+    LocalCompare cmp(be, ref, quant);
     for (const auto& seq : ids) {
       SequenceCache cache = model.new_cache();
       model.forward(cmp, cache, seq, fwd);
@@ -93,8 +95,9 @@ void accuracy_pass(const Model& model, const ops::LinearPolicy& ref, const ops::
     local_rows(cmp, r);
   }
 
-  ResidualCapture ref_cap(*cpu_ref);
-  Tracer tracer(*cpu_q, TraceOptions{o.trace_file});
+  // One backend runs both: each decorator sets its policy before its forward.
+  ResidualCapture ref_cap(be);
+  Tracer tracer(be, TraceOptions{o.trace_file});
   ResidualCapture q_cap(tracer);
   std::vector<double> cosines;
   LogitsAgreement la;
@@ -103,9 +106,11 @@ void accuracy_pass(const Model& model, const ops::LinearPolicy& ref, const ops::
   const int64_t V = model.config().vocab_size;
   for (const auto& seq : ids) {
     SequenceCache c1 = model.new_cache(), c2 = model.new_cache();
+    ref_cap.set_linear_policy(ref);
     const Buffer lr = model.forward(ref_cap, c1, seq, fwd);
     Buffer lq;
     try {
+      q_cap.set_linear_policy(quant);
       lq = model.forward(q_cap, c2, seq, fwd);
     } catch (const Error&) {
       if (!tracer.first_non_finite()) throw;  // an op refused the NaN input; the locator has the origin

@@ -17,11 +17,11 @@ namespace clawmine::diag {
 
 using namespace model::deepseek_v4;
 
-void calibration_pass(Model& model, const ops::LinearPolicy& ref, const std::vector<std::vector<int32_t>>& ids,
-                      const DoctorOptions& o, DoctorReport& r) {
-  auto cpu = ops::make_cpu_backend(o.threads);
-  cpu->set_linear_policy(ref);
-  ActivationRecorder rec(*cpu);
+void calibration_pass(Model& model, ops::Backend& be, const ops::LinearPolicy& ref,
+                      const std::vector<std::vector<int32_t>>& ids, const DoctorOptions& o, DoctorReport& r) {
+  const LinearPolicyRestore restore(be);
+  ActivationRecorder rec(be);
+  rec.set_linear_policy(ref);
   ForwardOptions fwd;
   for (const auto& seq : ids) {
     SequenceCache cache = model.new_cache();

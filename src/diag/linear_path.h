@@ -22,6 +22,8 @@ struct LinearPath {
   float input_scale = 0.0f;  // the weight's static input_scale (0: none or invalid)
   float global = 0.0f;       // static g = 1/input_scale (0 when dynamic or none)
 };
+// w's scalars (input_scale) must be host memory: model weights, or WeightScalars (host_read.h)
+// for weights placed on a device.
 LinearPath linear_path(const ops::LinearPolicy& policy, const model::deepseek_v4::LinearWeight& w);
 
 // Block-scale analysis of x [rows, n] under a static global g: the largest unclamped scale
@@ -33,7 +35,8 @@ struct BlockScaleStats {
 };
 BlockScaleStats block_scale_stats(const float* x, int64_t rows, int64_t n, float global);
 
-// The first weight row holding NaN/Inf after exact decoding, or -1.
+// The first weight row holding NaN/Inf after exact decoding, or -1. w must be host memory
+// (HostLinearWeight in host_read.h downloads a placed one).
 int64_t first_non_finite_weight_row(const model::deepseek_v4::LinearWeight& w);
 
 }  // namespace clawmine::diag

@@ -42,7 +42,22 @@ int layer_index_of(const std::string& name) {
   return std::atoi(name.c_str() + 7);
 }
 
-LocalCompare::LocalCompare(ops::Backend& ref, ops::Backend& quant) : ForwardingBackend(ref), quant_(quant) {}
+LocalCompare::LocalCompare(ops::Backend& backend, const ops::LinearPolicy& ref, const ops::LinearPolicy& quant)
+    : ForwardingBackend(backend), ref_(ref), quant_(quant), scalars_(backend) {
+  set_linear_policy(ref);
+}
+
+template <typename Op>
+void LocalCompare::under(const ops::LinearPolicy& p, Op op) {
+  inner_.set_linear_policy(p);
+  try {
+    op();
+  } catch (...) {
+    inner_.set_linear_policy(ref_);
+    throw;
+  }
+  inner_.set_linear_policy(ref_);
+}
 
 LocalOpAccuracy& LocalCompare::slot(const std::string& name, const char* op, const std::string& path) {
   auto [it, fresh] = index_.try_emplace(name, results_.size());
@@ -60,26 +75,25 @@ LocalOpAccuracy& LocalCompare::slot(const std::string& name, const char* op, con
 void LocalCompare::linear(const TensorView& x, const ops::LinearWeight& w, const TensorView& out) {
   inner_.linear(x, w, out);
   if (w.format == WeightFormat::kDense) return;
-  const int64_t n = out.numel();
-  std::vector<float> q(static_cast<size_t>(n));
-  TensorView qv{DType::kF32, Device::kCpu, out.shape, q.data()};
-  const ops::LinearPolicy policy = quant_.linear_policy();
+  const HostF32 ref(inner_, out);
+  ops::ScratchFrame frame(inner_);
+  const TensorView q = inner_.scratch(out.dtype, out.shape);
+  const ops::LinearWeight& ws = scalars_.with_host_scalars(w);
+  const bool has_static = w.format == WeightFormat::kNvfp4 && read_input_scale(ws) > 0.0f;
   LocalOpAccuracy& r = slot(LinearActivationStats{w.name, w.fused_name}.display_name(), "linear",
-                            linear_path(policy, w).label);
-  quant_.linear(x, w, qv);
-  r.quant.add(q.data(), out.f32(), n);
-  if (w.format == WeightFormat::kNvfp4 && read_input_scale(w) > 0.0f) {
+                            linear_path(quant_, ws).label);
+  under(quant_, [&] { inner_.linear(x, w, q); });
+  r.quant.add(HostF32(inner_, q).data(), ref.data(), ref.size());
+  if (has_static) {
     r.has_static = true;
     for (auto [scale, sums] : {std::pair{ops::ActScale::kStatic, &r.w4a4_static},
                                std::pair{ops::ActScale::kDynamic, &r.w4a4_dynamic}}) {
-      ops::LinearPolicy p = policy;
+      ops::LinearPolicy p = quant_;
       p.nvfp4 = ops::Nvfp4Path::kW4A4;
       p.act_scale = scale;
-      quant_.set_linear_policy(p);
-      quant_.linear(x, w, qv);
-      sums->add(q.data(), out.f32(), n);
+      under(p, [&] { inner_.linear(x, w, q); });
+      sums->add(HostF32(inner_, q).data(), ref.data(), ref.size());
     }
-    quant_.set_linear_policy(policy);
   }
 }
 
@@ -87,35 +101,47 @@ void LocalCompare::grouped_linear(const TensorView& x, const ops::LinearWeight& 
                                   const TensorView& out) {
   inner_.grouped_linear(x, w, groups, out);
   if (w.format == WeightFormat::kDense) return;
-  std::vector<float> q(static_cast<size_t>(out.numel()));
-  quant_.grouped_linear(x, w, groups, TensorView{DType::kF32, Device::kCpu, out.shape, q.data()});
-  slot(linear_display_name(w), "grouped_linear", linear_path(quant_.linear_policy(), w).label)
-      .quant.add(q.data(), out.f32(), out.numel());
+  const HostF32 ref(inner_, out);
+  ops::ScratchFrame frame(inner_);
+  const TensorView q = inner_.scratch(out.dtype, out.shape);
+  under(quant_, [&] { inner_.grouped_linear(x, w, groups, q); });
+  slot(linear_display_name(w), "grouped_linear", linear_path(quant_, scalars_.with_host_scalars(w)).label)
+      .quant.add(HostF32(inner_, q).data(), ref.data(), ref.size());
 }
 
 void LocalCompare::moe_experts(const TensorView& x, const std::vector<ops::ExpertWeights>& experts,
                                const TensorView& idx, const TensorView& weight, float swiglu_limit,
                                const TensorView& out) {
-  const std::vector<float> xs(x.f32(), x.f32() + x.numel());  // out may alias x
+  if (experts.empty() || experts[0].w1.format == WeightFormat::kDense) {
+    inner_.moe_experts(x, experts, idx, weight, swiglu_limit, out);
+    return;
+  }
+  ops::ScratchFrame frame(inner_);
+  const TensorView xs = inner_.scratch(x.dtype, x.shape);  // out may alias x
+  inner_.copy(x, xs);
   inner_.moe_experts(x, experts, idx, weight, swiglu_limit, out);
-  if (experts.empty() || experts[0].w1.format == WeightFormat::kDense) return;
-  std::vector<float> q(static_cast<size_t>(out.numel()));
-  quant_.moe_experts(TensorView{DType::kF32, Device::kCpu, x.shape, const_cast<float*>(xs.data())}, experts, idx,
-                     weight, swiglu_limit, TensorView{DType::kF32, Device::kCpu, out.shape, q.data()});
-  slot(scope_ + ".experts", "moe_experts", linear_path(quant_.linear_policy(), experts[0].w1).label)
-      .quant.add(q.data(), out.f32(), out.numel());
+  const HostF32 ref(inner_, out);
+  const TensorView q = inner_.scratch(out.dtype, out.shape);
+  under(quant_, [&] { inner_.moe_experts(xs, experts, idx, weight, swiglu_limit, q); });
+  slot(scope_ + ".experts", "moe_experts", linear_path(quant_, scalars_.with_host_scalars(experts[0].w1)).label)
+      .quant.add(HostF32(inner_, q).data(), ref.data(), ref.size());
 }
 
 void LocalCompare::swiglu_mlp(const TensorView& x, const ops::ExpertWeights& w, float swiglu_limit,
                               const TensorView& out) {
-  const std::vector<float> xs(x.f32(), x.f32() + x.numel());
+  if (w.w1.format == WeightFormat::kDense) {
+    inner_.swiglu_mlp(x, w, swiglu_limit, out);
+    return;
+  }
+  ops::ScratchFrame frame(inner_);
+  const TensorView xs = inner_.scratch(x.dtype, x.shape);  // out may alias x
+  inner_.copy(x, xs);
   inner_.swiglu_mlp(x, w, swiglu_limit, out);
-  if (w.w1.format == WeightFormat::kDense) return;
-  std::vector<float> q(static_cast<size_t>(out.numel()));
-  quant_.swiglu_mlp(TensorView{DType::kF32, Device::kCpu, x.shape, const_cast<float*>(xs.data())}, w, swiglu_limit,
-                    TensorView{DType::kF32, Device::kCpu, out.shape, q.data()});
-  slot(scope_ + ".shared_experts", "swiglu_mlp", linear_path(quant_.linear_policy(), w.w1).label)
-      .quant.add(q.data(), out.f32(), out.numel());
+  const HostF32 ref(inner_, out);
+  const TensorView q = inner_.scratch(out.dtype, out.shape);
+  under(quant_, [&] { inner_.swiglu_mlp(xs, w, swiglu_limit, q); });
+  slot(scope_ + ".shared_experts", "swiglu_mlp", linear_path(quant_, scalars_.with_host_scalars(w.w1)).label)
+      .quant.add(HostF32(inner_, q).data(), ref.data(), ref.size());
 }
 
 }  // namespace clawmine::diag

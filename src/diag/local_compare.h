@@ -1,9 +1,10 @@
-// Doctor's local accuracy decorator: every op runs on the reference backend (W-A16: exact weights,
-// float activations) and the model continues with its output; each quantized linear, grouped
-// linear, routed-expert block and shared expert is also run on the quantized backend with the
-// same input (and the reference's routing), and the two outputs are compared. Errors are thus
-// measured per op, not amplified by flipped decisions (testing-numerics.md). NVFP4 linears with a
-// static input_scale are also tried with static and dynamic activation scales.
+// Doctor's local accuracy decorator: every op runs under the reference policy (W-A16: exact
+// weights, float activations) and the model continues with its output; each quantized linear,
+// grouped linear, routed-expert block and shared expert also runs under the quantized policy on
+// the same backend with the same input (and the reference's routing) into scratch, and the two
+// outputs are compared on the host. Errors are thus measured per op, not amplified by flipped
+// decisions (testing-numerics.md). NVFP4 linears with a static input_scale are also tried with
+// static and dynamic activation scales. Any backend: outputs are read back (diag/host_read.h).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "diag/forwarding_backend.h"
+#include "diag/host_read.h"
 
 namespace clawmine::diag {
 
@@ -35,8 +37,9 @@ struct LocalOpAccuracy {
 
 class LocalCompare final : public ForwardingBackend {
  public:
-  // ref runs under a W-A16 policy; quant under the policy being judged. Both must outlive this.
-  LocalCompare(ops::Backend& ref, ops::Backend& quant);
+  // `backend` (which must outlive this) runs the model under `ref` (a W-A16 policy) and each
+  // quantized op again under `quant`, the policy being judged; it is left under `ref`.
+  LocalCompare(ops::Backend& backend, const ops::LinearPolicy& ref, const ops::LinearPolicy& quant);
   const std::vector<LocalOpAccuracy>& results() const { return results_; }
 
   void linear(const TensorView& x, const ops::LinearWeight& w, const TensorView& out) override;
@@ -47,7 +50,11 @@ class LocalCompare final : public ForwardingBackend {
 
  private:
   LocalOpAccuracy& slot(const std::string& name, const char* op, const std::string& path);
-  ops::Backend& quant_;
+  // Runs `op` under policy p (then back to the reference policy).
+  template <typename Op>
+  void under(const ops::LinearPolicy& p, Op op);
+  ops::LinearPolicy ref_, quant_;
+  WeightScalars scalars_;
   std::vector<LocalOpAccuracy> results_;
   std::unordered_map<std::string, size_t> index_;
 };

@@ -33,9 +33,10 @@ struct NonFiniteFinding {
 };
 
 // Fills cause/message for a linear (x [rows, w.in_features]) given the policy it ran under.
+// Host data: x, and w decodable on the host (HostLinearWeight for a placed weight).
 void explain_linear(NonFiniteFinding& f, const ops::LinearPolicy& policy, const ops::LinearWeight& w, const float* x,
                     int64_t rows);
-// Fills cause/message for an embedding whose output out [T, D] went non-finite for ids.
+// Fills cause/message for an embedding whose output out [T, D] (host F32) went non-finite for ids.
 void explain_embed(NonFiniteFinding& f, const std::vector<int32_t>& ids, const TensorView& out);
 // Fills a generic cause/message from the stats (any other op).
 void explain_generic(NonFiniteFinding& f);

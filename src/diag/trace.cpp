@@ -1,5 +1,6 @@
 #include "diag/trace.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -10,11 +11,6 @@
 namespace clawmine::diag {
 namespace {
 
-TensorStats stats_of(const TraceArg& a) {
-  if (a.view.empty() || a.view.dtype != DType::kF32) return {};
-  return tensor_stats(a.view.f32(), a.view.numel(), a.neg_inf_ok);
-}
-
 // "layers.3.attn.indexer" -> "layers.3"; "embed" / "head" stay.
 std::string layer_of(const std::string& scope) {
   if (scope.rfind("layers.", 0) != 0) return scope.substr(0, scope.find('.'));
@@ -24,23 +20,34 @@ std::string layer_of(const std::string& scope) {
 
 nlohmann::json shape_json(const TensorView& v) { return v.shape; }
 
-// Experts: a weight with NaN/Inf is named; otherwise the generic explanation.
-NonFiniteFinding explain_experts(NonFiniteFinding f, const std::vector<ops::ExpertWeights>& experts) {
-  for (const ops::ExpertWeights& e : experts)
-    for (const ops::LinearWeight* w : {&e.w1, &e.w3, &e.w2})
-      if (f.inputs_finite && first_non_finite_weight_row(*w) >= 0) {
-        f.cause = str_cat("weight ", w->name, " holds NaN/Inf");
-        f.message = str_cat(f.op_name, " (", f.path, "): ", f.cause);
-        return f;
-      }
+// Experts: a weight with NaN/Inf is named (each decoded on the host, downloaded first when it
+// lives on a device: error path only); otherwise the generic explanation.
+NonFiniteFinding explain_experts(NonFiniteFinding f, ops::Backend& be, const std::vector<ops::ExpertWeights>& experts) {
+  if (f.inputs_finite)
+    for (const ops::ExpertWeights& e : experts)
+      for (const ops::LinearWeight* w : {&e.w1, &e.w3, &e.w2})
+        if (first_non_finite_weight_row(HostLinearWeight(be, *w).get()) >= 0) {
+          f.cause = str_cat("weight ", w->name, " holds NaN/Inf");
+          f.message = str_cat(f.op_name, " (", f.path, "): ", f.cause);
+          return f;
+        }
   explain_generic(f);
   return f;
 }
 
+const char* qdq_label(ops::Qdq kind) {
+  switch (kind) {
+    case ops::Qdq::kNone: return "none";
+    case ops::Qdq::kFp8Nope: return "fp8 e4m3 per 64 (nope dims)";
+    case ops::Qdq::kHadamardFp4: return "hadamard + fp4 e2m1 per 32";
+  }
+  return "?";
+}
+
 }  // namespace
 
-Tracer::Tracer(ops::Backend& inner, TraceOptions options) : inner_(inner) {
-  policy_ = inner.linear_policy();
+Tracer::Tracer(ops::Backend& inner, TraceOptions options) : ForwardingBackend(inner), scalars_(inner) {
+  scope_ = "model";
   if (options.jsonl_path == "-") {
     to_stderr_ = true;
   } else if (!options.jsonl_path.empty()) {
@@ -49,23 +56,28 @@ Tracer::Tracer(ops::Backend& inner, TraceOptions options) : inner_(inner) {
   }
 }
 
-void Tracer::set_linear_policy(const ops::LinearPolicy& policy) {
-  policy_ = policy;
-  inner_.set_linear_policy(policy);
-}
-
-void Tracer::set_scope(std::string_view scope) {
-  scope_.assign(scope);
-  inner_.set_scope(scope);
-}
-
 std::string Tracer::op_name(const char* op) const { return str_cat(scope_, ".", op); }
 
-Tracer::Pending Tracer::begin(std::string name, const char* op, std::initializer_list<TraceArg> inputs) const {
+TensorStats Tracer::stats_of(const TraceArg& a) {
+  if (a.view.empty() || !is_float_dtype(a.view.dtype)) return {};
+  const HostF32 h(inner_, a.view);
+  return tensor_stats(h.data(), h.size(), a.neg_inf_ok);
+}
+
+Tracer::Pending Tracer::begin(std::string name, const char* op, std::initializer_list<TraceArg> inputs) {
   Pending p{std::move(name), op, {}};
   for (const TraceArg& a : inputs)
-    if (!a.view.empty() && a.view.dtype == DType::kF32) p.inputs.emplace_back(a.role, stats_of(a));
+    if (!a.view.empty() && is_float_dtype(a.view.dtype)) p.inputs.emplace_back(a.role, stats_of(a));
   return p;
+}
+
+std::string Tracer::path_of(const ops::LinearWeight& w) { return linear_path(policy_, scalars_.with_host_scalars(w)).label; }
+
+NonFiniteFinding Tracer::explain_linear_op(NonFiniteFinding f, const TensorView& x, const ops::LinearWeight& w) {
+  const HostF32 xs(inner_, x);
+  const HostLinearWeight hw(inner_, w);
+  explain_linear(f, policy_, hw.get(), xs.data(), xs.size() / w.in_features);
+  return f;
 }
 
 void Tracer::end(Pending p, std::initializer_list<TraceArg> outputs, const std::string& path,
@@ -75,7 +87,7 @@ void Tracer::end(Pending p, std::initializer_list<TraceArg> outputs, const std::
   nlohmann::json outs = nlohmann::json::object();
   const TraceArg& main = *outputs.begin();
   for (const TraceArg& a : outputs) {
-    if (a.view.empty() || a.view.dtype != DType::kF32) continue;
+    if (a.view.empty() || !is_float_dtype(a.view.dtype)) continue;
     const TensorStats s = stats_of(a);
     out.merge(s);
     outs[a.role] = s.to_json();
@@ -99,8 +111,12 @@ void Tracer::end(Pending p, std::initializer_list<TraceArg> outputs, const std::
   const std::string layer = layer_of(scope_);
   if (layers_.empty() || layers_.back().layer != layer) {
     auto it = std::find_if(layers_.begin(), layers_.end(), [&](const LayerSummary& l) { return l.layer == layer; });
-    if (it == layers_.end()) layers_.push_back({layer});
-    else std::rotate(it, it + 1, layers_.end());  // keep the current layer last
+    if (it == layers_.end()) {
+      layers_.emplace_back();
+      layers_.back().layer = layer;
+    } else {
+      std::rotate(it, it + 1, layers_.end());  // keep the current layer last
+    }
   }
   LayerSummary& L = layers_.back();
   ++L.ops;
@@ -137,14 +153,21 @@ std::string Tracer::summary() const {
   return s;
 }
 
-void Tracer::embed(const TensorView& table, const std::vector<int32_t>& ids, const TensorView& out) {
+void Tracer::embed(const TensorView& table, const TensorView& ids, const TensorView& out) {
   ++forward_;
   Pending p = begin(scope_ == "embed" ? scope_ : op_name("embed"), "embed", {});
   inner_.embed(table, ids, out);
   end(std::move(p), {{"out", out}}, "", [&](NonFiniteFinding f) {
-    explain_embed(f, ids, out);
+    const HostF32 o(inner_, out);
+    explain_embed(f, host_i32(inner_, ids), o.view());
     return f;
   });
+}
+
+void Tracer::hc_expand(const TensorView& e, const TensorView& X) {
+  Pending p = begin(op_name("hc_expand"), "hc_expand", {{"e", e}});
+  inner_.hc_expand(e, X);
+  end(std::move(p), {{"X", X}}, "");
 }
 
 void Tracer::rms_norm(const TensorView& x, const TensorView* weight, float eps, const TensorView& out) {
@@ -156,32 +179,41 @@ void Tracer::rms_norm(const TensorView& x, const TensorView* weight, float eps, 
 void Tracer::linear(const TensorView& x, const ops::LinearWeight& w, const TensorView& out) {
   Pending p = begin(linear_display_name(w), "linear", {{"x", x}});
   inner_.linear(x, w, out);
-  end(std::move(p), {{"out", out}}, linear_path(policy_, w).label, [&](NonFiniteFinding f) {
-    explain_linear(f, policy_, w, x.f32(), x.numel() / w.in_features);
-    return f;
-  });
+  end(std::move(p), {{"out", out}}, path_of(w),
+      [&](NonFiniteFinding f) { return explain_linear_op(std::move(f), x, w); });
 }
 
 void Tracer::grouped_linear(const TensorView& x, const ops::LinearWeight& w, int64_t groups, const TensorView& out) {
   Pending p = begin(linear_display_name(w), "grouped_linear", {{"x", x}});
   inner_.grouped_linear(x, w, groups, out);
-  end(std::move(p), {{"out", out}}, linear_path(policy_, w).label, [&](NonFiniteFinding f) {
-    explain_linear(f, policy_, w, x.f32(), x.numel() / w.in_features);
-    return f;
-  });
+  end(std::move(p), {{"out", out}}, path_of(w),
+      [&](NonFiniteFinding f) { return explain_linear_op(std::move(f), x, w); });
 }
 
-void Tracer::rope(const TensorView& x, const std::vector<int64_t>& positions, const std::vector<float>& inv_freq,
-                  int64_t rope_dim, bool inverse) {
+void Tracer::rope(const TensorView& x, const TensorView& positions, const TensorView& inv_freq, int64_t rope_dim,
+                  bool inverse) {
   Pending p = begin(op_name(inverse ? "rope_inverse" : "rope"), "rope", {{"x", x}});
   inner_.rope(x, positions, inv_freq, rope_dim, inverse);
   end(std::move(p), {{"out", x}}, "");
+}
+
+// Integer output, no float inputs: named and counted, nothing read back.
+void Tracer::iota(const TensorView& out, int64_t start, int64_t step) {
+  Pending p = begin(op_name("iota"), "iota", {});
+  inner_.iota(out, start, step);
+  end(std::move(p), {{"out", out}}, "");
 }
 
 void Tracer::add(const TensorView& a, const TensorView& b, const TensorView& out) {
   Pending p = begin(op_name("add"), "add", {{"a", a}, {"b", b}});
   inner_.add(a, b, out);
   end(std::move(p), {{"out", out}}, "");
+}
+
+void Tracer::qdq(const TensorView& x, ops::Qdq kind, int64_t n_nope) {
+  Pending p = begin(op_name("qdq"), "qdq", {{"x", x}});
+  inner_.qdq(x, kind, n_nope);
+  end(std::move(p), {{"out", x}}, qdq_label(kind));
 }
 
 void Tracer::hc_pre(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& hp,
@@ -205,23 +237,35 @@ void Tracer::hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, 
   end(std::move(p), {{"y", y}}, "");
 }
 
-void Tracer::sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& idx,
-                              const TensorView& sink, float scale, const TensorView& out) {
-  Pending p = begin(op_name("sparse_attention"), "sparse_attention", {{"q", q}, {"kv", kv}, {"sink", sink}});
-  inner_.sparse_attention(q, kv, idx, sink, scale, out);
+// Integer output (key rows, -1 padded): named and counted, no float stats.
+void Tracer::attention_index(const TensorView& positions, int64_t n_prev, int64_t window, int64_t entry_base,
+                             int64_t n_entries, int64_t rate, const TensorView& selected, const TensorView& idx) {
+  Pending p = begin(op_name("attention_index"), "attention_index", {});
+  inner_.attention_index(positions, n_prev, window, entry_base, n_entries, rate, selected, idx);
+  end(std::move(p), {{"idx", idx}}, "");
+}
+
+void Tracer::sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                              const TensorView& idx, const TensorView& sink, float scale, const TensorView& out) {
+  Pending p = begin(op_name("sparse_attention"), "sparse_attention",
+                    {{"q", q}, {"kv", kv}, {"entries", entries}, {"sink", sink}});
+  inner_.sparse_attention(q, kv, entries, idx, sink, scale, out);
   end(std::move(p), {{"out", out}}, "");
 }
 
-void Tracer::compress_pool(const TensorView& kv, const TensorView& score, const TensorView& out) {
-  Pending p = begin(op_name("compress_pool"), "compress_pool", {{"kv", kv}, {"score", score, true}});
-  inner_.compress_pool(kv, score, out);
-  end(std::move(p), {{"out", out}}, "");
+// The carried state is not measured: its rows beyond the current window's are undefined.
+void Tracer::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0,
+                            int64_t rate, bool overlap, const ops::CompressorStateView& state,
+                            const TensorView& pooled) {
+  Pending p = begin(op_name("compress_chunk"), "compress_chunk", {{"kv", kv}, {"gate", gate}});
+  inner_.compress_chunk(kv, gate, ape, p0, rate, overlap, state, pooled);
+  end(std::move(p), {{"pooled", pooled}}, "");
 }
 
 void Tracer::indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights,
-                            const std::vector<int64_t>& n_valid, const TensorView& scores) {
+                            float weight_scale, const TensorView& positions, int64_t rate, const TensorView& scores) {
   Pending p = begin(op_name("indexer_scores"), "indexer_scores", {{"q", q}, {"keys", keys}, {"weights", weights}});
-  inner_.indexer_scores(q, keys, weights, n_valid, scores);
+  inner_.indexer_scores(q, keys, weights, weight_scale, positions, rate, scores);
   end(std::move(p), {{"scores", scores, true}}, "");
 }
 
@@ -232,8 +276,7 @@ void Tracer::topk(const TensorView& values, int64_t k, const TensorView& out) {
 }
 
 void Tracer::moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
-                       const std::vector<int32_t>& ids, float routed_scaling, const TensorView& idx,
-                       const TensorView& weight) {
+                       const TensorView& ids, float routed_scaling, const TensorView& idx, const TensorView& weight) {
   Pending p = begin(op_name("moe_route"), "moe_route", {{"logits", logits}});
   inner_.moe_route(logits, bias, tid2eid, ids, routed_scaling, idx, weight);
   end(std::move(p), {{"weight", weight}, {"idx", idx}}, "");
@@ -243,15 +286,15 @@ void Tracer::moe_experts(const TensorView& x, const std::vector<ops::ExpertWeigh
                          const TensorView& weight, float swiglu_limit, const TensorView& out) {
   Pending p = begin(op_name("experts"), "moe_experts", {{"x", x}, {"weight", weight}});
   inner_.moe_experts(x, experts, idx, weight, swiglu_limit, out);
-  end(std::move(p), {{"out", out}}, experts.empty() ? "" : linear_path(policy_, experts[0].w1).label,
-      [&](NonFiniteFinding f) { return explain_experts(std::move(f), experts); });
+  end(std::move(p), {{"out", out}}, experts.empty() ? "" : path_of(experts[0].w1),
+      [&](NonFiniteFinding f) { return explain_experts(std::move(f), inner_, experts); });
 }
 
 void Tracer::swiglu_mlp(const TensorView& x, const ops::ExpertWeights& w, float swiglu_limit, const TensorView& out) {
   Pending p = begin(op_name("shared_experts"), "swiglu_mlp", {{"x", x}});
   inner_.swiglu_mlp(x, w, swiglu_limit, out);
-  end(std::move(p), {{"out", out}}, linear_path(policy_, w.w1).label,
-      [&](NonFiniteFinding f) { return explain_experts(std::move(f), {w}); });
+  end(std::move(p), {{"out", out}}, path_of(w.w1),
+      [&](NonFiniteFinding f) { return explain_experts(std::move(f), inner_, {w}); });
 }
 
 }  // namespace clawmine::diag

@@ -58,11 +58,14 @@ TEST(Guard, GenerateFailsWithTheLocatorsFinding) {
   EXPECT_EQ(seen, std::vector<int32_t>{pm.bad});  // the first token came out, the poisoned step did not
 }
 
+// The explainer replays on the scheduler's own backend (as serving on a GPU must: the model is
+// placed there), between the scheduler's steps.
 TEST(Guard, SchedulerFailsOnlyThatRequestAndKeepsServing) {
   PoisonedModel pm;
   runtime::SchedulerOptions so;
-  so.explain_non_finite = make_replay_explainer(*pm.model, {}, so.forward, so.prefill_chunk);
-  runtime::Scheduler sched(*pm.model, ops::make_cpu_backend(2), so);
+  auto backend = ops::make_cpu_backend(2);
+  so.explain_non_finite = make_replay_explainer(*pm.model, *backend, {}, so.forward, so.prefill_chunk);
+  runtime::Scheduler sched(*pm.model, std::move(backend), so);
   auto drain = [](runtime::SequenceHandle& h) {
     std::vector<runtime::SampledToken> out, all;
     while (h.take(out, std::chrono::milliseconds(200))) all.insert(all.end(), out.begin(), out.end()), out.clear();

@@ -52,7 +52,7 @@ TEST(Trace, NamesEveryOpAndLeavesLogitsBitIdentical) {
     ++n;
   }
   EXPECT_GT(n, 100);
-  for (const char* want : {"embed", "layers.0.attn.fused_wqa_wkv", "layers.0.attn.wq_b", "layers.1.attn.compressor.compress_pool",
+  for (const char* want : {"embed", "layers.0.attn.fused_wqa_wkv", "layers.0.attn.wq_b", "layers.1.attn.compressor.compress_chunk",
                            "layers.1.attn.indexer.indexer_scores", "layers.3.ffn.experts", "layers.3.ffn.shared_experts",
                            "layers.0.hc_attn.hc_pre", "head"})
     EXPECT_TRUE(names.count(want)) << want;
