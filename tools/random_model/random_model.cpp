@@ -102,7 +102,13 @@ void prepare_out_dir(const fs::path& out, bool force) {
   if (ec) throw Error(str_cat("--out: cannot create directory ", out.string(), ": ", ec.message()));
   std::vector<fs::path> ours;
   size_t others = 0;
-  for (const auto& entry : fs::directory_iterator(out)) (is_our_output(entry.path()) ? ours.push_back(entry.path()) : void(++others));
+  for (const auto& entry : fs::directory_iterator(out)) {
+    if (is_our_output(entry.path())) {
+      ours.push_back(entry.path());
+    } else {
+      ++others;
+    }
+  }
   if (!force && (others > 0 || !ours.empty())) {
     throw Error(str_cat("--out: ", out.string(), " is not empty (", ours.size() + others,
                         " entries); pass --force to replace an earlier random model there"));
