@@ -20,6 +20,16 @@
 namespace clawmine::model::deepseek_v4 {
 namespace {
 
+// The output head [vocab, D] as a dense linear.
+LinearWeight head_linear(const ModelConfig& cfg, const TensorView& head) {
+  LinearWeight w;
+  w.name = "head";
+  w.out_features = cfg.vocab_size;
+  w.in_features = cfg.hidden_size;
+  w.weight = head;
+  return w;
+}
+
 Buffer f32_buffer(const std::vector<float>& v) {
   Buffer b(DType::kF32, {static_cast<int64_t>(v.size())});
   std::copy(v.begin(), v.end(), b.f32());
@@ -40,6 +50,7 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadO
   m->owned_ = dequantize(dequant);
   m->inv_freq_main_ = f32_buffer(rope_inv_freq(m->config_, AttentionKind::kSliding));
   m->inv_freq_compress_ = f32_buffer(rope_inv_freq(m->config_, AttentionKind::kHeavilyCompressed));
+  m->head_ = head_linear(m->config_, m->weights_.head);
   // The calibration audit of static NVFP4 input scales (diag/audit.h) runs a short forward and
   // marks overflowing scales untrusted; it sees the weights as the compute paths will.
   if (options.audit) diag::run_load_audit(*m, options);
@@ -95,50 +106,10 @@ void Model::place(ops::Backend& be) {
   buffers.push_back(std::move(main));
   buffers.push_back(std::move(compress));
   be.synchronize();  // upload errors surface here, at load, not in the first forward
+  device_head_ = head_linear(config_, dw.head);
   device_weights_ = std::move(dw);
   device_buffers_ = std::move(buffers);
   placed_on_ = be.device();
-}
-
-void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cache, int64_t end) {
-  const DType act = be.act_dtype();
-  auto state = [&](CompressorCache& st, int64_t m, int64_t hd, bool overlap) {
-    if (!st.pending_kv.view().empty()) return;
-    const int64_t width = (overlap ? 2 : 1) * hd;
-    st.pending_kv = ops::DeviceBuffer(be, DType::kF32, {m, width});
-    st.pending_gate = ops::DeviceBuffer(be, DType::kF32, {m, width});
-    be.fill(st.pending_kv.view(), 0.0f);  // never read before written; zeros keep states comparable
-    be.fill(st.pending_gate.view(), 0.0f);
-    if (overlap) {
-      st.overlap_kv = ops::DeviceBuffer(be, DType::kF32, {m, hd});
-      st.overlap_gate = ops::DeviceBuffer(be, DType::kF32, {m, hd});
-      be.fill(st.overlap_kv.view(), 0.0f);
-      be.fill(st.overlap_gate.view(), 0.0f);
-    }
-  };
-  // Entry rows [0, end / m) must exist; the rows of earlier chunks move to a buffer twice as large.
-  auto entries = [&](CompressorCache& st, int64_t m, int64_t hd) {
-    const int64_t need = end / m;
-    if (need <= st.capacity()) return;
-    const int64_t have = cache.position / m;  // rows written so far
-    ops::DeviceBuffer grown(be, act, {std::max({need, 2 * st.capacity(), int64_t{16}}), hd});
-    if (have > 0) be.copy(st.entries.view().slice0(0, have), grown.view().slice0(0, have));
-    st.entries = std::move(grown);
-  };
-  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    LayerCache& lc = cache.layers[static_cast<size_t>(l)];
-    const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
-    if (lc.window.view().empty() && cfg.sliding_window > 1)
-      lc.window = ops::DeviceBuffer(be, act, {cfg.sliding_window - 1, cfg.head_dim});
-    if (kind == AttentionKind::kSliding) continue;
-    const bool csa = kind == AttentionKind::kCompressedSparse;
-    const int64_t m = csa ? cfg.compress_rate_csa : cfg.compress_rate_hca;
-    state(lc.compressor, m, cfg.head_dim, csa);
-    entries(lc.compressor, m, cfg.head_dim);
-    if (!csa) continue;
-    state(lc.indexer, m, cfg.index_head_dim, true);
-    entries(lc.indexer, m, cfg.index_head_dim);
-  }
 }
 
 namespace {
@@ -190,6 +161,7 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
     throw Error(str_cat("Model::forward on backend '", be.name(),
                         "': its tensors live on the device; call Model::place(backend) first"));
   const ModelWeights& W = host ? weights_ : device_weights_;
+  const LinearWeight& head = host ? head_ : device_head_;
   const TensorView& inv_main = host ? inv_freq_main_.view() : device_inv_freq_main_;
   const TensorView& inv_compress = host ? inv_freq_compress_.view() : device_inv_freq_compress_;
   if (cache.backend == nullptr) cache.backend = &be;
@@ -231,11 +203,6 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   const TensorView y = be.scratch(be.act_dtype(), {rows, D});
   be.hc_head(X.slice0(T - rows, T), W.hc_head, hp, y);
   be.rms_norm(y, &W.norm, static_cast<float>(cfg.rms_norm_eps), y);
-  LinearWeight head;
-  head.name = "head";
-  head.out_features = V;
-  head.in_features = D;
-  head.weight = W.head;
   const TensorView logits = be.scratch(DType::kF32, {rows, V});
   be.linear(y, head, logits);
   if (graph) be.end_step_graph();

@@ -71,11 +71,13 @@ class Model {
   std::vector<Buffer> owned_;  // dense F32 weights made by --dequant; weights_ points into them
   Buffer inv_freq_main_;      // [rope_dim/2] F32, sliding layers
   Buffer inv_freq_compress_;  // [rope_dim/2] F32, compressed layers, their compressors and indexers
+  LinearWeight head_;         // the head as a dense linear over weights_.head (a stable address per model)
 
   // place(): device copies of weights_ (MTP block excluded: forward never runs it) and of the
   // RoPE tables, owned by device_buffers_. The placing backend must outlive the Model.
   Device placed_on_ = Device::kCpu;  // kCpu: not placed
   ModelWeights device_weights_;
+  LinearWeight device_head_;
   TensorView device_inv_freq_main_, device_inv_freq_compress_;
   std::vector<ops::DeviceBuffer> device_buffers_;
 };
