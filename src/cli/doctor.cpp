@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_options.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "diag/doctor.h"
@@ -73,6 +74,7 @@ void add_doctor_command(CLI::App& app) {
   struct Args {
     diag::DoctorOptions opt;
     std::string calib, json, html, act_scale = "auto";
+    BackendOptions backend;  // --threads is the doctor's own (DoctorOptions::threads)
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("doctor", "Audit a checkpoint's numerics: scales, calibration, accuracy, fixes");
@@ -89,13 +91,19 @@ void add_doctor_command(CLI::App& app) {
                 "Judge a non-saturating E4M3 cast (as PyTorch's .to(float8_e4m3fn)), which turns overflow into NaN");
   cmd->add_option("--dequant", args->opt.dequant, "Keep modules matching these globs in BF16")->delimiter(',');
   cmd->add_option("--threads", args->opt.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
+  args->backend.add_backend_flags(*cmd, /*with_threads=*/false);
   cmd->callback([args] {
+    args->backend.check_available();
     diag::DoctorOptions o = args->opt;
     o.act_scale = args->act_scale == "static"    ? ops::ActScale::kStatic
                   : args->act_scale == "dynamic" ? ops::ActScale::kDynamic
                                                  : ops::ActScale::kAuto;
     if (!args->calib.empty()) o.calib = read_calibration_file(args->calib);
-    const diag::DoctorReport r = diag::run_doctor(o);
+    // The doctor loads the model, calibrates on the host, places it on this backend and runs
+    // its accuracy passes there (diag/doctor.h).
+    args->backend.threads = o.threads;
+    const auto backend = args->backend.create_backend(ops::LinearPolicy{});
+    const diag::DoctorReport r = diag::run_doctor(o, *backend);
     std::fputs(diag::doctor_text(r).c_str(), stdout);
     if (!args->json.empty()) write_file(args->json, diag::doctor_json(r).dump(2) + "\n", "--json");
     if (!args->html.empty()) write_file(args->html, diag::doctor_html(r), "--html");

@@ -46,6 +46,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--trace", args->trace, "Trace every op as JSON lines to FILE ('-': stderr); summary on stderr");
   cmd->add_flag("--json", args->json, "Print {\"prompt\": [...], \"tokens\": [...], \"text\"} as JSON");
   cmd->callback([args] {
+    args->model.check_available();  // flag errors before any input is read
     // With a tokenizer in the model directory, output is text; prompts may be text too.
     std::optional<tokenizer::Tokenizer> tok;
     if (std::filesystem::exists(std::filesystem::path(args->model.model_dir) / "tokenizer.json"))
@@ -66,14 +67,15 @@ void add_generate_command(CLI::App& app) {
     } else {
       prompt = from_file ? read_id_file(args->prompt_file, "--prompt-file") : parse_id_list(args->ids, "--ids");
     }
-    auto model = model::deepseek_v4::Model::load(args->model.model_dir, args->model.load_options());
+    LoadedModel m = args->model.load();
+    const auto& model = m.model;
     if (from_text && !args->chat) prompt[0] = static_cast<int32_t>(model->config().bos_token_id);
     check_ids(prompt, model->config().vocab_size, from_text ? "--text" : from_file ? "--prompt-file" : "--ids");
-    auto backend = args->model.make_backend();
     args->gen.forward = args->model.forward_options();
-    args->gen.explain_non_finite = diag::make_replay_explainer(*model, backend->linear_policy(), args->gen.forward,
-                                                               args->gen.prefill_chunk);
-    diag::TraceSession trace(*backend, args->trace);
+    // The guard's explainer replays on the backend that ran (the model is placed there).
+    args->gen.explain_non_finite = diag::make_replay_explainer(*model, *m.backend, m.backend->linear_policy(),
+                                                               args->gen.forward, args->gen.prefill_chunk);
+    diag::TraceSession trace(*m.backend, args->trace);
     const bool json = args->json;
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();

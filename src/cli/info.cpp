@@ -2,10 +2,12 @@
 // weights: sizes, the layer schedule, parameter counts, bytes by dtype, the storage format of
 // each module family and whether an MTP block is present. Everything except the first line
 // (the naming scheme) is computed from the bound weights in release terms, so one model reads
-// the same in release and in transformers naming.
+// the same in release and in transformers naming. With --backend cuda the model is also loaded
+// and placed on the GPU, and the device, the load and placement times and the arena use follow.
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -13,11 +15,17 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_options.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/deepseek_v4/binder.h"
 #include "model/deepseek_v4/config.h"
 #include "model/deepseek_v4/weight_walk.h"
+
+#ifdef CLAWMINE_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/device.h"
+#endif
 
 namespace clawmine::cli {
 
@@ -27,9 +35,49 @@ namespace md = model::deepseek_v4;
 using OrderedJson = nlohmann::ordered_json;
 
 struct InfoOptions {
-  std::string model_dir;
+  ModelOptions model;  // --model and the backend flags (the quantized-path flags keep their defaults)
   bool json = false;
 };
+
+// `--backend cuda`: the model loaded and placed on the device, what it took and what it holds.
+struct Placement {
+  std::string backend, device, act_dtype;
+  double load_seconds = 0, place_seconds = 0;
+  size_t arena_bytes = 0, allocated = 0, scratch_bytes = 0;
+};
+
+Placement place_model(const ModelOptions& o) {
+  Placement p;
+  const LoadedModel m = o.load();
+  p.backend = m.backend->name();
+  p.act_dtype = std::string(dtype_name(m.backend->act_dtype()));
+  p.load_seconds = m.load_seconds;
+  p.place_seconds = m.place_seconds;
+#ifdef CLAWMINE_HAVE_CUDA
+  p.device = backend::cuda::device_summary(0);
+  const backend::cuda::ArenaUsage u = backend::cuda::arena_usage(*m.backend);
+  p.arena_bytes = u.arena_bytes;
+  p.allocated = u.allocated;
+  p.scratch_bytes = u.scratch_bytes;
+#endif
+  return p;
+}
+
+std::string gib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1ull << 30));
+  return buf;
+}
+
+std::string placement_text(const Placement& p) {
+  std::string out = str_cat("backend: ", p.backend, " (", p.device, "), activations ", p.act_dtype, "\n");
+  char times[96];
+  std::snprintf(times, sizeof times, "load: %.2f s, placement on the device: %.2f s\n", p.load_seconds, p.place_seconds);
+  out += times;
+  out += str_cat("arena: ", gib(p.arena_bytes), " (weights and caches ", gib(p.allocated), ", scratch region ",
+                 gib(p.scratch_bytes), ", free ", gib(p.arena_bytes - p.allocated - p.scratch_bytes), ")\n");
+  return out;
+}
 
 std::string layer_schedule(const md::ModelConfig& c) {
   std::string s;
@@ -148,7 +196,7 @@ std::string joined_formats(const std::map<std::string, int64_t>& formats) {
   return s;
 }
 
-void print_text(const Summary& s) {
+void print_text(const Summary& s, const Placement* placed) {
   const OrderedJson& c = s.config;
   auto v = [&](const char* key) { return c.at(key).get<int64_t>(); };
   std::string out;
@@ -179,10 +227,11 @@ void print_text(const Summary& s) {
   out += str_cat("quantization: ", headline, "\n");
   for (const auto& [f, formats] : s.formats) out += str_cat("  ", family_name(f), ": ", joined_formats(formats), "\n");
   if (s.unused) out += str_cat("unused tensors: ", s.unused, "\n");
+  if (placed) out += placement_text(*placed);
   std::fputs(out.c_str(), stdout);
 }
 
-void print_json(const Summary& s) {
+void print_json(const Summary& s, const Placement* placed) {
   OrderedJson j;
   j["naming"] = s.naming;
   j["config"] = s.config;
@@ -196,18 +245,32 @@ void print_json(const Summary& s) {
   j["quantization"] = OrderedJson::object();
   for (const auto& [f, formats] : s.formats) j["quantization"][family_name(f)] = OrderedJson(formats);
   j["unused_tensors"] = s.unused;
+  if (placed) {
+    j["placement"] = OrderedJson{{"backend", placed->backend},
+                                 {"device", placed->device},
+                                 {"act_dtype", placed->act_dtype},
+                                 {"load_seconds", placed->load_seconds},
+                                 {"place_seconds", placed->place_seconds},
+                                 {"arena_bytes", placed->arena_bytes},
+                                 {"allocated_bytes", placed->allocated},
+                                 {"scratch_bytes", placed->scratch_bytes}};
+  }
   std::fputs((j.dump(2) + "\n").c_str(), stdout);
 }
 
 void run_info(const InfoOptions& opts) {
-  const md::ModelConfig cfg = md::load_model_config(opts.model_dir);
-  const io::Checkpoint ckpt = io::Checkpoint::open(opts.model_dir);
+  opts.model.check_available();
+  const std::string& dir = opts.model.model_dir;
+  const md::ModelConfig cfg = md::load_model_config(dir);
+  const io::Checkpoint ckpt = io::Checkpoint::open(dir);
   const md::BoundModel bound = md::bind_weights(ckpt, cfg);
   const Summary s = summarize(cfg, bound);
+  std::optional<Placement> placed;
+  if (opts.model.is_cuda()) placed = place_model(opts.model);
   if (opts.json) {
-    print_json(s);
+    print_json(s, placed ? &*placed : nullptr);
   } else {
-    print_text(s);
+    print_text(s, placed ? &*placed : nullptr);
   }
 }
 
@@ -216,8 +279,9 @@ void run_info(const InfoOptions& opts) {
 void add_info_command(CLI::App& app) {
   auto opts = std::make_shared<InfoOptions>();
   auto* cmd = app.add_subcommand("info", "Summarize a checkpoint: sizes, layer schedule, parameters, dtypes, formats");
-  cmd->add_option("--model", opts->model_dir, "checkpoint directory (config.json + *.safetensors)")->required();
+  cmd->add_option("--model", opts->model.model_dir, "checkpoint directory (config.json + *.safetensors)")->required();
   cmd->add_flag("--json", opts->json, "print the summary as JSON");
+  opts->model.add_backend_flags(*cmd);
   cmd->callback([opts] { run_info(*opts); });
 }
 

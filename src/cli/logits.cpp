@@ -25,12 +25,12 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("--out", args->out, "Output .npy path")->required();
   cmd->add_option("--trace", args->trace, "Trace every op as JSON lines to FILE ('-': stderr); summary on stderr");
   cmd->callback([args] {
+    args->model.check_available();  // flag errors before any input is read
     const auto id_list = args->ids_file.empty() ? parse_id_list(args->ids, "--ids") : read_id_file(args->ids_file, "--ids-file");
-    auto model = model::deepseek_v4::Model::load(args->model.model_dir, args->model.load_options());
-    check_ids(id_list, model->config().vocab_size, args->ids_file.empty() ? "--ids" : "--ids-file");
-    auto backend = args->model.make_backend();
-    diag::TraceSession trace(*backend, args->trace);
-    Buffer logits = runtime::chunked_logits(*model, trace.backend(), id_list, args->chunk, args->model.forward_options());
+    LoadedModel m = args->model.load();
+    check_ids(id_list, m.model->config().vocab_size, args->ids_file.empty() ? "--ids" : "--ids-file");
+    diag::TraceSession trace(*m.backend, args->trace);
+    Buffer logits = runtime::chunked_logits(*m.model, trace.backend(), id_list, args->chunk, args->model.forward_options());
     io::write_npy(args->out, logits.f32(), logits.view().shape);
     log_info("logits", "wrote ", shape_str(logits.view().shape), " to ", args->out);
   });

@@ -1,17 +1,96 @@
 #include "cli/model_options.h"
 
+#include <chrono>
 #include <fstream>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "model/deepseek_v4/dequant.h"
+
+#ifdef CLAWMINE_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/device.h"
+#endif
 
 namespace clawmine::cli {
 
+void BackendOptions::add_backend_flags(CLI::App& cmd, bool with_threads) {
+  cmd.add_option("--backend", backend, "Compute backend: cpu (float32 reference) or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  if (with_threads) cmd.add_option("--threads", threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--act-dtype", act_dtype,
+                 "Activations between ops: f32 or bf16 (default: bf16 on cuda; the CPU backend is f32 only)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd.add_option("--gpu-memory-fraction", gpu_memory_fraction,
+                 "Share of the GPU's memory taken once at start as the arena for weights, caches and scratch, in (0, 1]")
+      ->capture_default_str();
+  cmd.add_option("--cuda-graphs", cuda_graphs, "CUDA graphs for decode steps (results identical to eager)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+}
+
+void BackendOptions::validate() const {
+  if (backend != "cpu" && backend != "cuda") throw Error(str_cat("--backend: unknown backend '", backend, "' (cpu or cuda)"));
+  if (!(gpu_memory_fraction > 0.0 && gpu_memory_fraction <= 1.0))
+    throw Error(str_cat("--gpu-memory-fraction must be in (0, 1], got ", gpu_memory_fraction));
+  if (!act_dtype.empty() && act_dtype != "f32" && act_dtype != "bf16")
+    throw Error(str_cat("--act-dtype: '", act_dtype, "' is not f32 or bf16"));
+  if (!is_cuda() && act_dtype == "bf16")
+    throw Error("--act-dtype bf16 needs --backend cuda: the CPU backend computes activations in f32");
+#ifndef CLAWMINE_HAVE_CUDA
+  if (is_cuda())
+    throw Error("--backend cuda: this clawmine was built without CUDA (nvcc was not found when it was configured)");
+#endif
+}
+
+void BackendOptions::check_available() const {
+  validate();
+#ifdef CLAWMINE_HAVE_CUDA
+  if (is_cuda() && backend::cuda::device_count() == 0)
+    throw Error("--backend cuda: no CUDA device is available (no driver, or no GPU visible to this process)");
+#endif
+}
+
+std::unique_ptr<ops::Backend> BackendOptions::create_backend(const ops::LinearPolicy& policy) const {
+  validate();
+  std::unique_ptr<ops::Backend> be;
+  if (is_cuda()) {
+#ifdef CLAWMINE_HAVE_CUDA
+    backend::cuda::CudaOptions o;
+    o.memory_fraction = gpu_memory_fraction;
+    o.act_dtype = act_dtype == "f32" ? DType::kF32 : DType::kBF16;
+    o.graphs = cuda_graphs == "on";
+    be = backend::cuda::make_cuda_backend(o);
+#endif
+  } else {
+    be = ops::make_cpu_backend(threads);
+  }
+  be->set_linear_policy(policy);
+  return be;
+}
+
+LoadedModel ModelOptions::load() const {
+  using Clock = std::chrono::steady_clock;
+  LoadedModel m;
+  m.backend = make_backend();
+  auto t0 = Clock::now();
+  m.model = model::deepseek_v4::Model::load(model_dir, load_options());
+  auto t1 = Clock::now();
+  m.load_seconds = std::chrono::duration<double>(t1 - t0).count();
+  if (m.backend->device() != Device::kCpu) {
+    m.model->place(*m.backend);
+    m.backend->synchronize();  // the placement time includes the last upload landing
+    m.place_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+    log_info("model", "loaded in ", m.load_seconds, " s, placed on ", m.backend->name(), " in ", m.place_seconds, " s");
+  }
+  return m;
+}
+
 void ModelOptions::add_to(CLI::App& cmd) {
   cmd.add_option("--model", model_dir, "Checkpoint directory (config.json + safetensors)")->required();
-  cmd.add_option("--backend", backend, "Compute backend")->check(CLI::IsMember({"cpu"}))->capture_default_str();
-  cmd.add_option("--threads", threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  add_backend_flags(cmd);
   cmd.add_option("--official-qdq", official_qdq,
                  "Quantize-dequantize round trips of DeepSeek's inference code on the KV cache and indexer")
       ->check(CLI::IsMember({"on", "off"}))
@@ -63,12 +142,6 @@ model::deepseek_v4::ForwardOptions ModelOptions::forward_options() const {
   model::deepseek_v4::ForwardOptions o;
   o.official_qdq = official_qdq == "on";
   return o;
-}
-
-std::unique_ptr<ops::Backend> ModelOptions::make_backend() const {
-  std::unique_ptr<ops::Backend> be = ops::make_cpu_backend(threads);
-  be->set_linear_policy(linear_policy());
-  return be;
 }
 
 std::vector<int32_t> parse_id_list(const std::string& text, const std::string& flag) {

@@ -1,6 +1,7 @@
-// Flags that every model-running subcommand shares (--model, --backend, --threads,
-// --official-qdq, the quantized-linear paths --nvfp4-path/--fp8-path/--act-scale) and the
-// token-id list parser, so each command declares them the same way.
+// Flags that every model-running subcommand shares (--model, the backend flags --backend,
+// --threads, --act-dtype, --gpu-memory-fraction, --cuda-graphs, --official-qdq, the
+// quantized-linear paths --nvfp4-path/--fp8-path/--act-scale), the one place that makes the
+// backend and loads + places the model, and the token-id list parser.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -14,10 +15,38 @@
 
 namespace clawmine::cli {
 
-struct ModelOptions {
-  std::string model_dir;
+// Where a model runs: --backend cpu|cuda, --threads, --act-dtype, --gpu-memory-fraction,
+// --cuda-graphs. Commands with flags of their own for threads (serve, doctor) register the rest.
+struct BackendOptions {
   std::string backend = "cpu";
-  int threads = 0;
+  int threads = 0;                   // CPU backend threads (0: all cores)
+  std::string act_dtype;             // f32 | bf16; empty: bf16 on cuda, f32 on cpu
+  double gpu_memory_fraction = 0.90; // of the device's memory, taken once as the arena
+  std::string cuda_graphs = "on";    // CUDA graphs for decode steps
+
+  void add_backend_flags(CLI::App& cmd, bool with_threads = true);
+  bool is_cuda() const { return backend == "cuda"; }
+  // Checks the flags together, each error naming its flag: --backend cuda in a binary built
+  // without CUDA, --act-dtype bf16 on the CPU, --gpu-memory-fraction outside (0, 1].
+  void validate() const;
+  // validate(), and for cuda that a device is visible (without taking the arena): lets a
+  // command fail before it loads a model or starts a server.
+  void check_available() const;
+  // The backend these flags ask for, with `policy` applied (throws clawmine::Error naming the flag).
+  std::unique_ptr<ops::Backend> create_backend(const ops::LinearPolicy& policy) const;
+};
+
+// A model loaded for a backend: weights placed in its memory (Model::place) unless it is the CPU.
+// The backend is declared first so it outlives the model's device copies.
+struct LoadedModel {
+  std::unique_ptr<ops::Backend> backend;
+  std::unique_ptr<model::deepseek_v4::Model> model;
+  double load_seconds = 0;   // Model::load (mmap, bind, validation, load audit)
+  double place_seconds = 0;  // Model::place (0 on the CPU)
+};
+
+struct ModelOptions : BackendOptions {
+  std::string model_dir;
   std::string official_qdq = "on";
   // How quantized linears treat activations (ops::LinearPolicy, docs/QUANTIZATION.md). CPU
   // defaults: W4A16 and W8A16 (dequantized weights, float32 activations: closest to the
@@ -36,7 +65,10 @@ struct ModelOptions {
   // The load options these flags imply (policy; the load audit on).
   model::deepseek_v4::LoadOptions load_options() const;
   // A backend with linear_policy() applied.
-  std::unique_ptr<ops::Backend> make_backend() const;
+  std::unique_ptr<ops::Backend> make_backend() const { return create_backend(linear_policy()); }
+  // Every model-running command's start: the backend (failing fast when it is unavailable), then
+  // Model::load, then Model::place on a non-CPU backend, timed.
+  LoadedModel load() const;
 };
 
 // "0,17,42" -> ids; errors name `flag` and the offending item.

@@ -87,6 +87,7 @@ void add_perplexity_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", args->json, "Print the result as JSON");
   cmd->callback([args] {
+    args->model.check_available();  // flag errors before any input is read
     if (args->stride > args->ctx) throw Error(str_cat("--stride ", args->stride, " is larger than --ctx ", args->ctx));
     const auto tok = tokenizer::Tokenizer::load(args->model.model_dir);
     std::vector<int32_t> ids;
@@ -94,10 +95,9 @@ void add_perplexity_command(CLI::App& app) {
     const auto body = tok.encode(read_text(args->text));
     ids.insert(ids.end(), body.begin(), body.end());
     if (args->max_tokens > 0 && static_cast<int64_t>(ids.size()) > args->max_tokens) ids.resize(args->max_tokens);
-    auto model = model::deepseek_v4::Model::load(args->model.model_dir, args->model.load_options());
-    check_ids(ids, model->config().vocab_size, "--text");
-    auto backend = args->model.make_backend();
-    const auto r = window_perplexity(*model, *backend, ids, args->ctx, args->stride, args->model.forward_options());
+    LoadedModel m = args->model.load();
+    check_ids(ids, m.model->config().vocab_size, "--text");
+    const auto r = window_perplexity(*m.model, *m.backend, ids, args->ctx, args->stride, args->model.forward_options());
     if (args->json) {
       nlohmann::json j = {{"model", args->model.model_dir}, {"text", args->text}, {"ppl", r.ppl},
                           {"nll_sum", r.nll_sum}, {"tokens_scored", r.tokens_scored}, {"ids", ids.size()},

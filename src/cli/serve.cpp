@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "cli/model_options.h"
 #include "core/error.h"
 #include "diag/replay.h"
 #include "server/http_server.h"
@@ -29,6 +30,7 @@ void add_serve_command(CLI::App& app) {
     std::string model_dir, model_name;
     server::HttpOptions http;
     server::ServiceOptions service;
+    BackendOptions backend;  // --threads is ServiceOptions::threads
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (demo model when --model is not given)");
@@ -43,10 +45,12 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--context-length", args->service.context_length, "Prompt + completion token limit (0: min(model, 16384))")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--threads", args->service.threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  args->backend.add_backend_flags(*cmd, /*with_threads=*/false);
   cmd->add_option("--max-running", args->service.scheduler.max_running, "Sequences decoded together")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--max-waiting", args->service.scheduler.max_waiting, "Queued sequences before answering 429")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--prefill-chunk", args->service.scheduler.prefill_chunk, "Prompt tokens per sequence per step")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->callback([args] {
+    args->backend.check_available();  // before listening: the model loads in the background
     std::filesystem::path dir = args->model_dir;
     std::string name = args->model_name;
     if (dir.empty()) {
@@ -59,8 +63,13 @@ void add_serve_command(CLI::App& app) {
     if (name.empty()) name = std::filesystem::absolute(dir).lexically_normal().filename().string();
     if (name.empty()) name = std::filesystem::absolute(dir).lexically_normal().parent_path().filename().string();
     args->service.model_dir = dir;
-    args->service.make_explainer = [args](const model::deepseek_v4::Model& m) {
-      return diag::make_replay_explainer(m, ops::LinearPolicy{}, args->service.scheduler.forward,
+    args->service.make_backend = [args] {
+      BackendOptions b = args->backend;
+      b.threads = args->service.threads;
+      return b.create_backend(ops::LinearPolicy{});
+    };
+    args->service.make_explainer = [args](const model::deepseek_v4::Model& m, ops::Backend& be) {
+      return diag::make_replay_explainer(m, be, ops::LinearPolicy{}, args->service.scheduler.forward,
                                          args->service.scheduler.prefill_chunk);
     };
     args->service.model_name = name;

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "diag/forwarding_backend.h"
 #include "server/api_error.h"
 #include "server/choice_stream.h"
 #include "server/openai_response.h"
@@ -17,6 +18,19 @@ namespace clawmine::server {
 using Clock = std::chrono::steady_clock;
 using runtime::FinishReason;
 using runtime::SampledToken;
+
+namespace {
+
+// What the scheduler owns: a forwarder to the service's backend (decode-step graphs included),
+// so the backend outlives the scheduler and the model's device copies.
+class LentBackend final : public diag::ForwardingBackend {
+ public:
+  using diag::ForwardingBackend::ForwardingBackend;
+  void begin_step_graph() override { inner().begin_step_graph(); }
+  void end_step_graph() override { inner().end_step_graph(); }
+};
+
+}  // namespace
 
 struct Service::Job::State {
   Service* service = nullptr;
@@ -246,6 +260,10 @@ Service::~Service() { scheduler_.reset(); }
 
 void Service::load() {
   try {
+    // The backend first (a missing device fails before the model is read), then the model,
+    // placed in the backend's memory unless that is the host's.
+    std::unique_ptr<ops::Backend> backend =
+        options_.make_backend ? options_.make_backend() : ops::make_cpu_backend(options_.threads);
     auto model = model::deepseek_v4::Model::load(options_.model_dir);
     auto tok = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load(options_.model_dir));
     const auto& cfg = model->config();
@@ -255,9 +273,11 @@ void Service::load() {
     context_length_ = options_.context_length > 0 ? options_.context_length
                                                   : std::min<int64_t>(cfg.max_position_embeddings, 16384);
     created_ = static_cast<int64_t>(std::time(nullptr));
+    if (backend->device() != Device::kCpu) model->place(*backend);
     runtime::SchedulerOptions scheduler = options_.scheduler;
-    if (options_.make_explainer) scheduler.explain_non_finite = options_.make_explainer(*model);
-    scheduler_ = std::make_unique<runtime::Scheduler>(*model, ops::make_cpu_backend(options_.threads), scheduler);
+    if (options_.make_explainer) scheduler.explain_non_finite = options_.make_explainer(*model, *backend);
+    backend_ = std::move(backend);
+    scheduler_ = std::make_unique<runtime::Scheduler>(*model, std::make_unique<LentBackend>(*backend_), scheduler);
     model_ = std::move(model);
     tokenizer_ = std::move(tok);
     ready_ = true;

@@ -24,10 +24,13 @@ struct ServiceOptions {
   std::string model_name;       // id in /v1/models and responses
   int64_t context_length = 0;   // 0: min(max_position_embeddings, 16384)
   int threads = 0;              // CPU backend threads (0: all cores)
+  // Makes the serving backend (cli/serve.cpp: --backend and its flags); unset: the CPU backend
+  // with `threads`. A non-CPU backend gets the model placed in its memory (Model::place).
+  std::function<std::unique_ptr<ops::Backend>()> make_backend;
   runtime::SchedulerOptions scheduler;
-  // Builds the non-finite guard's explainer for the loaded model (cli/serve.cpp installs
-  // diag::make_replay_explainer); unset: guard errors carry no locator finding.
-  std::function<runtime::NonFiniteExplainer(const model::deepseek_v4::Model&)> make_explainer;
+  // Builds the non-finite guard's explainer for the loaded model on the serving backend
+  // (cli/serve.cpp installs diag::make_replay_explainer); unset: guard errors carry no locator finding.
+  std::function<runtime::NonFiniteExplainer(const model::deepseek_v4::Model&, ops::Backend&)> make_explainer;
 };
 
 // Writes one chunk to the client; false when the client has gone away.
@@ -65,6 +68,9 @@ class Service {
   std::atomic<bool> ready_{false};
   mutable std::mutex mu_;
   std::string load_error_;
+  // Declared before model_: the model's device copies (Model::place) are released into it. The
+  // scheduler borrows it (it must not own it: it goes before the model).
+  std::unique_ptr<ops::Backend> backend_;
   std::unique_ptr<model::deepseek_v4::Model> model_;
   std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
   std::unique_ptr<runtime::Scheduler> scheduler_;
