@@ -30,6 +30,8 @@ START=$(date +%s)
 SUMMARY=()
 
 elapsed() { echo $(($(date +%s) - START)); }
+# Seconds a command may still take: at most $1, and never past the budget (the table must print).
+left() { local l=$((BUDGET_S - $(elapsed))); ((l > $1)) && l=$1; ((l < 1)) && l=1; echo $l; }
 record() { SUMMARY+=("$(printf '%-8s %-5s %5ss  %s' "$1" "$2" "$3" "$4")"); }
 # phase NAME LOG FUNCTION: runs FUNCTION with output appended to $OUT/LOG; FUNCTION may set NOTE.
 phase() {
@@ -156,7 +158,7 @@ build() {
   local targets=(clawmine gpu_backend_cuda golden $CPU_SUITES)
   NOTE="${targets[*]}"
   # -k 0: one broken target does not stop the others; the tests run whatever was built.
-  cmake --build "$BUILD_DIR" -j "$JOBS" --target "${targets[@]}" -- -k 0
+  timeout "$(left 100000)" cmake --build "$BUILD_DIR" -j "$JOBS" --target "${targets[@]}" -- -k 0
 }
 
 # ---- tests -----------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ count() { grep -o "^\[  $1 *\] [0-9]* test" "$2" | grep -o '[0-9]*' | head -1 | 
 run_gtest() {
   local bin=$BUILD_DIR/tests/$1 rc log=$TMP/$1.log
   [ -x "$bin" ] || { NOTE="$1 not built"; return 1; }
-  timeout 300 "$bin" --gtest_color=no "${@:2}" 2>&1 | tee "$log"
+  timeout "$(left 300)" "$bin" --gtest_color=no "${@:2}" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   if grep -q '^\[==========\] .* ran\.' "$log"; then
     NOTE="$1: $(count PASSED "$log") passed, $(count FAILED "$log") failed, $(count SKIPPED "$log") skipped"
@@ -182,7 +184,7 @@ run_gtest_by_suite() {
   [ -x "$bin" ] || { NOTE="$1 not built"; return 1; }
   for suite in $("$bin" --gtest_list_tests | grep -v '^ ' | cut -d' ' -f1 | sed 's/\.$//'); do
     local log=$TMP/$1.${suite//\//_}.log
-    timeout 240 "$bin" --gtest_color=no --gtest_filter="$suite.*" >"$log" 2>&1
+    timeout "$(left 240)" "$bin" --gtest_color=no --gtest_filter="$suite.*" >"$log" 2>&1
     local r=$?
     cat "$log"
     if grep -q '^\[==========\] .* ran\.' "$log"; then
@@ -200,7 +202,8 @@ gpu_tests() {
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
   if [ "${GPU_CHECK_CTEST:-0}" = 1 ]; then
     # One process per test and one at a time: each takes half the GPU's memory as its arena.
-    ctest --test-dir "$BUILD_DIR" -L gpu -j1 --output-on-failure --timeout 120 | tee "$TMP/ctest.log"
+    timeout "$(left 100000)" ctest --test-dir "$BUILD_DIR" -L gpu -j1 --output-on-failure --timeout 120 |
+      tee "$TMP/ctest.log"
     local rc=${PIPESTATUS[0]}
     NOTE="ctest -L gpu: $(grep -o '[0-9]*% tests passed, [0-9]* tests failed out of [0-9]*' "$TMP/ctest.log")"
     return $rc
@@ -229,13 +232,14 @@ ms_per_token() { grep -o '[0-9.]* ms/token' "$1" | tail -1; }
 smoke() {
   local bin=$BUILD_DIR/clawmine tiny=$ROOT/tests/fixtures/models/tiny-a demo=$ROOT/models/demo rc=0
   [ -x "$bin" ] || { NOTE="clawmine not built"; return 1; }
-  "$bin" info --model "$tiny" --backend cuda || rc=1
+  cm() { timeout "$(left 120)" "$bin" "$@"; }
+  cm info --model "$tiny" --backend cuda || rc=1
   local gen=(generate --ids 0,5,9,13,2,7 --max-tokens 24 --temperature 0 --json)
-  "$bin" "${gen[@]}" --model "$tiny" --backend cpu >"$TMP/cpu.json" 2>"$TMP/cpu.err" || rc=1
-  "$bin" "${gen[@]}" --model "$tiny" --backend cuda --act-dtype f32 >"$TMP/f32.json" 2>"$TMP/f32.err" || rc=1
-  "$bin" "${gen[@]}" --model "$tiny" --backend cuda --act-dtype f32 --cuda-graphs off >"$TMP/eager.json" \
+  cm "${gen[@]}" --model "$tiny" --backend cpu >"$TMP/cpu.json" 2>"$TMP/cpu.err" || rc=1
+  cm "${gen[@]}" --model "$tiny" --backend cuda --act-dtype f32 >"$TMP/f32.json" 2>"$TMP/f32.err" || rc=1
+  cm "${gen[@]}" --model "$tiny" --backend cuda --act-dtype f32 --cuda-graphs off >"$TMP/eager.json" \
     2>"$TMP/eager.err" || rc=1
-  cat "$TMP/cpu.json" "$TMP/f32.json" "$TMP/eager.json" "$TMP/f32.err"
+  cat "$TMP/cpu.json" "$TMP/f32.json" "$TMP/eager.json" "$TMP/cpu.err" "$TMP/f32.err" "$TMP/eager.err"
   local tiny_note="tiny-a f32 greedy x24: "
   if cmp -s "$TMP/cpu.json" "$TMP/f32.json" && cmp -s "$TMP/f32.json" "$TMP/eager.json"; then
     tiny_note+="cuda = cpu, graphs = eager"
@@ -246,7 +250,7 @@ smoke() {
   local demo_note=""
   if [ -f "$demo/config.json" ]; then
     local dgen=(generate --model "$demo" --text "Debian is" --max-tokens 64 --temperature 0)
-    "$bin" "${dgen[@]}" --backend cuda >"$TMP/demo.txt" 2>"$TMP/demo.err" || rc=1
+    cm "${dgen[@]}" --backend cuda >"$TMP/demo.txt" 2>"$TMP/demo.err" || rc=1
     cat "$TMP/demo.txt" "$TMP/demo.err"
     demo_note="; demo bf16 decode $(ms_per_token "$TMP/demo.err")"
   fi
@@ -257,7 +261,7 @@ smoke() {
 # ---- benchmark hook: tools/gpu-bench.sh (the V4-Flash-geometry smoke benchmark), when present --
 bench() {
   if [ -x "$ROOT/tools/gpu-bench.sh" ]; then
-    BUILD_DIR=$BUILD_DIR OUT=$OUT "$ROOT/tools/gpu-bench.sh"
+    BUILD_DIR=$BUILD_DIR OUT=$OUT timeout "$(left 100000)" "$ROOT/tools/gpu-bench.sh"
   else
     NOTE="no tools/gpu-bench.sh yet"
   fi
