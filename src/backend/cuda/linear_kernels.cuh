@@ -1,0 +1,225 @@
+// The projection kernels behind linear, grouped_linear, swiglu_mlp and moe_experts, and what
+// they share: the launch arguments (GemmArgs), the activation transforms of the linear policy
+// on device (W8A8, W4A4), and the launchers. One GemmArgs describes a batch of problems
+//   out[i, z*out_z + r] = sum_k W_(p,z)[r, k] * x[row(i), z*x_z + k]      r < n_rows, k < K
+// over row tiles (p, row0, nrows): uniform tiles of `rows` (linear: p = 0; grouped_linear: z =
+// group) or a device tile table (moe_experts: p = expert, rows sorted by expert). Kernels:
+//   gemv   (linear_gemv.cu)  decode-sized tiles (<= 16 rows): weight streaming, 16-byte loads
+//   gemm   (linear_gemm.cu)  64-row tiles: bf16 mma.sync for bf16 x and bf16-exact formats,
+//                            float32 FMA otherwise (the --act-dtype f32 path)
+// All accumulate in float32 and are deterministic (no atomics).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "backend/cuda/op_errors.cuh"
+#include "backend/cuda/weight_formats.cuh"
+#include "ops/backend.h"
+
+namespace clawmine::backend::cuda {
+
+class CudaBackend;
+
+// ---- Activation transforms (quant/act_quant.h, backend/cpu/act_policy.h) -------------------
+enum ActPathDev : int32_t { kActNone = 0, kActFp8 = 1, kActNvfp4 = 2 };
+enum ActScaleDev : int32_t { kActScaleStatic = 0, kActScaleDynamic = 1, kActScaleAuto = 2 };
+
+struct ActPolicyDev {
+  int32_t w4a4 = 0;      // NVFP4 weights: quantize activations (Nvfp4Path::kW4A4)
+  int32_t w8a8 = 0;      // FP8-block and MXFP4 weights: quantize activations (Fp8Path::kW8A8)
+  int32_t act_scale = kActScaleAuto;
+  int32_t saturate = 1;
+};
+ActPolicyDev act_policy_dev(const ops::LinearPolicy& p);
+
+// The transform a weight format gets under a policy (resolve_act_transform of the CPU backend).
+__host__ __device__ inline int32_t act_path(const ActPolicyDev& p, int32_t fmt) {
+  const WFmt f = static_cast<WFmt>(fmt);
+  if ((f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4) && p.w8a8) return kActFp8;
+  if (f == WFmt::kNvfp4 && p.w4a4) return kActNvfp4;
+  return kActNone;
+}
+
+// Transformed activations, always F32: out[z, i, :] = transform_(W_(p,z))(x[row(i), z*x_z ...]).
+// The weight of row i is descs[row_expert[i]*desc_stride + desc_offset + z] (table) or desc0.
+struct ActQuantArgs {
+  const WeightDesc* descs = nullptr;
+  int32_t desc_stride = 0, desc_offset = 0;
+  WeightDesc desc0{};
+  const int32_t* row_expert = nullptr;  // [rows] (table mode)
+  const void* x = nullptr;              // F32 or BF16
+  int32_t x_bf16 = 0;
+  int64_t ldx = 0, x_z = 0;
+  const int32_t* x_rows = nullptr;      // optional row map: input row of output row i
+  float* out = nullptr;                 // [n_z, rows, n]
+  int64_t rows = 0, n = 0;
+  int32_t n_z = 1;
+  ActPolicyDev pol;
+  OpErrorRecord* err = nullptr;  // --act-scale static with an unusable input_scale is recorded here
+};
+// op_errors.cuh codes 1-3 belong to other ops; v = {bits of input_scale as int32}.
+inline constexpr unsigned long long kOpErrorActStaticScale = 5;
+void launch_act_quant(const ActQuantArgs& a, cudaStream_t stream);
+
+// ---- Projections ---------------------------------------------------------------------------
+struct GemmArgs {
+  // Weights of problem (p, z): descs[p*desc_stride + desc_offset + z] (table), else desc0 with
+  // its rows offset by z*w_row_z (grouped_linear: group z is rows [z*Lo, (z+1)*Lo)).
+  const WeightDesc* descs = nullptr;
+  int32_t desc_stride = 0, desc_offset = 0;
+  WeightDesc desc0{};
+  int64_t w_row_z = 0;
+  int64_t n_rows = 0;  // output features per problem
+  int64_t K = 0;       // inner dimension
+  // Activation row i of problem z: x + (x_rows ? x_rows[i] : i)*ldx + z*x_z (elements).
+  const void* x = nullptr;
+  int64_t ldx = 0, x_z = 0;
+  const int32_t* x_rows = nullptr;
+  // Output row i, feature r of problem z: out + i*ldo + z*out_z + r (elements), F32 or BF16.
+  void* out = nullptr;
+  int64_t ldo = 0, out_z = 0;
+  int32_t out_bf16 = 0;
+  // Row tiles: table {p, row0, nrows, -} with *n_tiles valid entries, or uniform over `rows`.
+  const int4* tiles = nullptr;
+  const int32_t* n_tiles = nullptr;
+  int64_t rows = 0;
+  int32_t tile_rows = 0;
+  int32_t n_z = 1;
+  int32_t fmt = 0;  // the format this launch serves (table mode skips other formats)
+};
+
+// ---- Device helpers shared by the projection kernels ---------------------------------------
+struct Tile {
+  int32_t p;       // problem (expert) index
+  int64_t row0;    // first activation/output row
+  int32_t nrows;   // rows in this tile (>= 1)
+};
+// Tile `tile` of the launch; false when it is past the end (table mode: *n_tiles).
+__device__ __forceinline__ bool tile_of(const GemmArgs& a, int64_t tile, Tile& t) {
+  if (a.tiles) {
+    if (tile >= *a.n_tiles) return false;
+    const int4 e = a.tiles[tile];
+    t.p = e.x;
+    t.row0 = e.y;
+    t.nrows = e.z;
+    return t.nrows > 0;
+  }
+  t.p = 0;
+  t.row0 = tile * a.tile_rows;
+  const int64_t left = a.rows - t.row0;
+  t.nrows = static_cast<int32_t>(left < a.tile_rows ? left : a.tile_rows);
+  return t.nrows > 0;
+}
+__device__ __forceinline__ WeightDesc desc_of(const GemmArgs& a, int32_t p, int32_t z) {
+  return a.descs ? a.descs[static_cast<int64_t>(p) * a.desc_stride + a.desc_offset + z] : a.desc0;
+}
+// First weight row of problem z (uniform mode: grouped_linear's group offset).
+__device__ __forceinline__ int64_t weight_row_base(const GemmArgs& a, int32_t z) {
+  return a.descs ? 0 : z * a.w_row_z;
+}
+template <typename XT>
+__device__ __forceinline__ const XT* x_row(const GemmArgs& a, int64_t i, int32_t z) {
+  const int64_t r = a.x_rows ? a.x_rows[i] : i;
+  return static_cast<const XT*>(a.x) + r * a.ldx + z * a.x_z;
+}
+__device__ __forceinline__ void store_out(const GemmArgs& a, int64_t i, int32_t z, int64_t r, float v) {
+  const int64_t at = i * a.ldo + z * a.out_z + r;
+  if (a.out_bf16) {
+    static_cast<__nv_bfloat16*>(a.out)[at] = __float2bfloat16_rn(v);
+  } else {
+    static_cast<float*>(a.out)[at] = v;
+  }
+}
+// P consecutive activations (P = 4 or 8) as floats; p aligned to P elements (16-byte rows).
+template <typename XT, int P>
+__device__ __forceinline__ void load_x(const XT* p, float* v) {
+  if constexpr (std::is_same_v<XT, float>) {
+#pragma unroll
+    for (int j = 0; j < P / 4; ++j) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(p) + j);
+      v[4 * j] = f.x;
+      v[4 * j + 1] = f.y;
+      v[4 * j + 2] = f.z;
+      v[4 * j + 3] = f.w;
+    }
+  } else {
+    static_assert(std::is_same_v<XT, __nv_bfloat16>, "activations are F32 or BF16");
+    uint32_t u[P / 2];
+    if constexpr (P == 8) {
+      const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+      u[0] = q.x, u[1] = q.y, u[2] = q.z, u[3] = q.w;
+    } else {
+      const uint2 q = __ldg(reinterpret_cast<const uint2*>(p));
+      u[0] = q.x, u[1] = q.y;
+    }
+#pragma unroll
+    for (int j = 0; j < P / 2; ++j) {
+      v[2 * j] = __uint_as_float(u[j] << 16);
+      v[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
+    }
+  }
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Calls f(std::integral_constant<WFmt, F>{}) for a runtime format.
+template <typename Fn>
+void dispatch_wfmt(WFmt f, Fn&& fn) {
+  switch (f) {
+    case WFmt::kF32: fn(std::integral_constant<WFmt, WFmt::kF32>{}); return;
+    case WFmt::kBF16: fn(std::integral_constant<WFmt, WFmt::kBF16>{}); return;
+    case WFmt::kF16: fn(std::integral_constant<WFmt, WFmt::kF16>{}); return;
+    case WFmt::kFp8E8M0: fn(std::integral_constant<WFmt, WFmt::kFp8E8M0>{}); return;
+    case WFmt::kFp8F32: fn(std::integral_constant<WFmt, WFmt::kFp8F32>{}); return;
+    case WFmt::kMxfp4: fn(std::integral_constant<WFmt, WFmt::kMxfp4>{}); return;
+    case WFmt::kNvfp4: fn(std::integral_constant<WFmt, WFmt::kNvfp4>{}); return;
+  }
+  throw Error("cuda linear: unknown weight format");
+}
+
+inline constexpr int kGemvMaxTileRows = 16;  // tile_rows <= 16: GEMV kernels; else 64-row GEMM tiles
+inline constexpr int kGemmTileRows = 64;
+
+// GEMV launch: grid (row blocks, tiles, n_z); needs every weight row and x row 16-byte aligned
+// with K a multiple of the format's chunk (gemv_vector_ok), else the scalar GEMV.
+void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
+void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
+// GEMM launch: grid (tiles, row blocks, n_z); w_vec/x_vec enable 16-byte tile loads.
+void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream);
+void launch_gemm_mma(const GemmArgs& a, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream);
+bool mma_supported(WFmt f);  // decoded values exact in bf16 (dense BF16, FP8-E8M0, MXFP4, NVFP4)
+int wfmt_chunk(WFmt f);      // elements per 16 stored bytes
+int gemv_tile_rows(int64_t rows);  // GEMV tile for `rows` rows: the power of two >= rows, at most 16
+
+// One projection call as linear.cu dispatches it: picks GEMV / cuBLAS / MMA / FMA per format
+// present (fmt_mask bit f = WFmt f). x_dtype is the dtype of a.x (after any transform).
+struct GemmCall {
+  GemmArgs a;
+  DType x_dtype = DType::kF32;
+  uint32_t fmt_mask = 0;
+  bool w_vec = true;    // every weight involved has 16-byte aligned rows
+  int grid_tiles = 0;   // tiles along the tile grid dimension (table mode: an upper bound)
+};
+void run_gemm(CudaBackend& be, const GemmCall& c);
+
+// Host helpers (linear.cu).
+WeightDesc make_weight_desc(const ops::LinearWeight& w, const char* op);  // validates; device views
+bool weight_rows_aligned(const WeightDesc& d);                            // 16-byte rows
+// NVFP4 + W4A4 + --act-scale static needs the checkpoint's input_scale: an Error naming w.
+void check_static_scale(const ops::LinearPolicy& p, const ops::LinearWeight& w, const WeightDesc& d);
+
+// Uniform-mode projection of contiguous activations with the linear policy applied:
+// x [rows, n_z*K] (x_z = K per problem z), out [rows, n_z*n_rows'] as in GemmArgs. Used by
+// linear, grouped_linear and swiglu_mlp.
+void project(CudaBackend& be, const ops::LinearWeight& w, const WeightDesc& d, const TensorView& x, int64_t rows,
+             int64_t K, int64_t n_rows, int32_t n_z, const TensorView& out);
+
+}  // namespace clawmine::backend::cuda

@@ -1,0 +1,481 @@
+// moe_experts and swiglu_mlp (ops/backend.h, spec §3.4). moe_experts runs every selected expert
+// in a fixed number of launches, whatever E and the routing:
+//   plan      one block: counts tokens per expert and sorts the (token, slot) occurrences by
+//             expert (stable: ascending t*K + k inside an expert), building the row tiles of
+//             the grouped projections (moe_plan_kernel);
+//   w1, w3    one grouped projection (z = 0: w1, z = 1: w3) over (expert, row tile), reading the
+//             expert's weights through a device table of WeightDescs (cached per experts vector);
+//   swiglu    h = silu(min(g, limit)) * clamp(u, -limit, limit);
+//   w2        the grouped projection again;
+//   combine   out[t] = sum over the token's slots in ascending expert id of weight * y: per-row
+//             partial results, then a fixed-order sum (no float atomics: deterministic).
+// The linear policy applies per expert weight (W8A8 for FP8/MXFP4 experts, W4A4 for NVFP4
+// experts with each expert's own input_scale): the transform runs on the expert-sorted rows.
+// A duplicated expert id counts once per occurrence. Intermediates use the activation dtype.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/linear_kernels.cuh"
+#include "backend/cuda/op_errors.cuh"
+
+namespace clawmine::backend::cuda {
+namespace {
+
+constexpr int kPlanThreads = 256, kPlanWarps = kPlanThreads / 32;
+constexpr int kMaxExperts = 1024;  // plan kernel shared memory: (kPlanWarps + 2) * E ints
+constexpr int kMaxTopK = 64;
+constexpr int64_t kGemvMaxTokens = 32;  // tokens up to which expert projections stream weights (GEMV)
+// op_errors.cuh codes 1-3 are taken; the message for this one is described in the report to the
+// owner of op_errors.cu: v = {expert id, token, slot, expert count}.
+constexpr unsigned long long kOpErrorMoeExpert = 4;
+
+// ---- the per-experts-vector descriptor table ---------------------------------------------------
+struct MoeTable {
+  std::vector<const void*> key;  // fingerprint: every view pointer and trust flag of every expert
+  int64_t D = 0, I = 0;
+  std::vector<WeightDesc> host;  // [E][3]: w1, w3, w2
+  TensorView dev;                // device copy (long-lived, released on rebuild)
+  uint32_t fmt13 = 0, fmt2 = 0;  // formats present among w1/w3 and among w2 (bit = WFmt)
+  bool vec13 = true, vec2 = true;
+  std::string nvfp4_without_input_scale;  // first NVFP4 projection lacking input_scale (for static)
+};
+
+void fingerprint(const std::vector<ExpertWeights>& experts, std::vector<const void*>& key) {
+  key.clear();
+  key.reserve(experts.size() * 24);
+  auto value = [](uint64_t v) { return reinterpret_cast<const void*>(static_cast<uintptr_t>(v)); };
+  for (const ExpertWeights& ew : experts)
+    for (const LinearWeight* w : {&ew.w1, &ew.w3, &ew.w2}) {
+      // Addresses alone are not enough: freed device memory is reused by the arena.
+      key.push_back(value(static_cast<uint64_t>(w->format) | static_cast<uint64_t>(w->weight.dtype) << 8 |
+                          static_cast<uint64_t>(w->scale.dtype) << 16));
+      key.push_back(value(static_cast<uint64_t>(w->out_features)));
+      key.push_back(value(static_cast<uint64_t>(w->in_features)));
+      key.push_back(w->weight.data);
+      key.push_back(w->scale.data);
+      key.push_back(w->weight_scale_2.data);
+      key.push_back(w->input_scale.data);
+      key.push_back(reinterpret_cast<const void*>(static_cast<uintptr_t>(w->input_scale_trusted) + 1));
+    }
+}
+
+void check_expert(const ExpertWeights& w, int64_t D, const char* op) {
+  for (const LinearWeight* lw : {&w.w1, &w.w3, &w.w2})
+    if (!lw->present()) throw Error(str_cat("cuda ", op, ": expert weight ", lw->name, " is missing"));
+  if (w.w1.in_features != D || w.w3.in_features != D || w.w3.out_features != w.w1.out_features ||
+      w.w2.in_features != w.w1.out_features || w.w2.out_features != D)
+    throw Error(str_cat("cuda ", op, ": expert ", w.w1.name, "/", w.w3.name, "/", w.w2.name, " shapes [",
+                        w.w1.out_features, ", ", w.w1.in_features, "], [", w.w3.out_features, ", ", w.w3.in_features,
+                        "], [", w.w2.out_features, ", ", w.w2.in_features, "] do not fit hidden size ", D));
+}
+
+const MoeTable& moe_table(CudaBackend& be, const std::vector<ExpertWeights>& experts, int64_t D) {
+  MoeTable* tab = be.op_state<MoeTable>(experts.data());
+  std::vector<const void*> key;
+  fingerprint(experts, key);
+  if (tab->D == D && tab->key == key) return *tab;
+
+  const int64_t E = static_cast<int64_t>(experts.size());
+  MoeTable t;
+  t.key = std::move(key);
+  t.D = D;
+  t.I = experts[0].w1.out_features;
+  t.host.resize(static_cast<size_t>(E * 3));
+  t.fmt13 = t.fmt2 = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const ExpertWeights& ew = experts[e];
+    check_expert(ew, D, "moe_experts");
+    if (ew.w1.out_features != t.I)
+      throw Error(str_cat("cuda moe_experts: expert ", ew.w1.name, " has width ", ew.w1.out_features, ", expert ",
+                          experts[0].w1.name, " has ", t.I, " (the grouped kernels need one width)"));
+    const LinearWeight* ws[3] = {&ew.w1, &ew.w3, &ew.w2};
+    for (int j = 0; j < 3; ++j) {
+      const WeightDesc d = make_weight_desc(*ws[j], "moe_experts");
+      t.host[e * 3 + j] = d;
+      (j < 2 ? t.fmt13 : t.fmt2) |= 1u << d.fmt;
+      (j < 2 ? t.vec13 : t.vec2) &= weight_rows_aligned(d);
+      if (static_cast<WFmt>(d.fmt) == WFmt::kNvfp4 && d.input_scale == nullptr && t.nvfp4_without_input_scale.empty())
+        t.nvfp4_without_input_scale = ws[j]->name;
+    }
+  }
+  const int64_t bytes = E * 3 * static_cast<int64_t>(sizeof(WeightDesc));
+  if (!tab->dev.empty() && tab->dev.numel() == bytes) {
+    t.dev = tab->dev;
+  } else {
+    if (!tab->dev.empty()) be.release(tab->dev);
+    tab->dev = {};
+    t.dev = be.allocate(DType::kU8, {bytes});
+  }
+  be.upload(t.host.data(), t.dev);
+  *tab = std::move(t);
+  return *tab;
+}
+
+// ---- plan ------------------------------------------------------------------------------------
+// One block. Occurrence f = t*K + k (N = T*K of them) is split into kPlanWarps contiguous
+// segments; counts per (segment, expert) give every occurrence its sorted row
+//   pos = offset[e] + (occurrences of e in earlier segments) + (earlier ones in its segment),
+// so rows of an expert are contiguous and in ascending f. Outputs: row_token/row_expert per
+// sorted row (rows past the valid occurrences: token 0, expert -1), pos_of per occurrence
+// (-1: invalid id, recorded as an op error), and the tiles
+// {expert, first row, rows} of at most tile_rows rows, experts ascending.
+__global__ void __launch_bounds__(kPlanThreads)
+    moe_plan_kernel(const int32_t* __restrict__ idx, int64_t N, int K, int E, int tile_rows, int max_tiles,
+                    int32_t* __restrict__ row_token, int32_t* __restrict__ row_expert, int32_t* __restrict__ pos_of,
+                    int4* __restrict__ tiles, int32_t* __restrict__ n_tiles, OpErrorRecord* err) {
+  extern __shared__ int32_t sm[];
+  int32_t* seg = sm;                       // [kPlanWarps][E]: counts, then running bases
+  int32_t* total = sm + kPlanWarps * E;    // [E]
+  int32_t* offset = total + E;             // [E]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t seg_len = (N + kPlanWarps - 1) / kPlanWarps;
+  const int64_t f_begin = min(N, warp * seg_len), f_end = min(N, (warp + 1) * seg_len);
+
+  for (int i = tid; i < kPlanWarps * E; i += kPlanThreads) seg[i] = 0;
+  for (int64_t i = tid; i < N; i += kPlanThreads) {  // rows past the valid ones (invalid ids) stay unused
+    row_token[i] = 0;
+    row_expert[i] = -1;
+  }
+  __syncthreads();
+  for (int64_t f = f_begin + lane; f < f_end; f += 32) {
+    const int e = idx[f];
+    if (e >= 0 && e < E) atomicAdd(&seg[warp * E + e], 1);  // integer counts: order-free
+  }
+  __syncthreads();
+  for (int e = tid; e < E; e += kPlanThreads) {
+    int s = 0;
+    for (int w = 0; w < kPlanWarps; ++w) s += seg[w * E + e];
+    total[e] = s;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    int run = 0, nt = 0;
+    for (int e = 0; e < E; ++e) {
+      offset[e] = run;
+      for (int r = 0; r < total[e]; r += tile_rows) {
+        if (nt < max_tiles) tiles[nt] = make_int4(e, run + r, min(tile_rows, total[e] - r), 0);
+        ++nt;
+      }
+      run += total[e];
+    }
+    *n_tiles = min(nt, max_tiles);  // nt <= max_tiles by the host's bound
+  }
+  __syncthreads();
+  for (int e = tid; e < E; e += kPlanThreads) {
+    int run = offset[e];
+    for (int w = 0; w < kPlanWarps; ++w) {
+      const int c = seg[w * E + e];
+      seg[w * E + e] = run;
+      run += c;
+    }
+  }
+  __syncthreads();
+  for (int64_t f0 = f_begin; f0 < f_end; f0 += 32) {
+    const int64_t f = f0 + lane;
+    const bool in = f < f_end;
+    const int e = in ? idx[f] : -1;
+    const bool ok = in && e >= 0 && e < E;
+    const unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
+    const int rank = __popc(peers & ((1u << lane) - 1u));
+    if (ok) {
+      const int pos = seg[warp * E + e] + rank;
+      row_token[pos] = static_cast<int32_t>(f / K);
+      row_expert[pos] = e;
+      pos_of[f] = pos;
+    } else if (in) {
+      pos_of[f] = -1;
+      report_op_error(err, kOpErrorMoeExpert, e, f / K, f % K, E);
+    }
+    __syncwarp();
+    if (ok && rank == 0) seg[warp * E + e] += __popc(peers);
+    __syncwarp();
+  }
+}
+
+// ---- swiglu and combine ------------------------------------------------------------------------
+// h = silu(min(g, L)) * clamp(u, -L, L), in double like the CPU; NaN propagates (std::min/clamp
+// comparisons, not fminf).
+template <typename T>
+__global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ h, int64_t n,
+                              float limit) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const double L = limit;
+    double g = to_f32(gate[i]), u = to_f32(up[i]);
+    g = L < g ? L : g;
+    u = u < -L ? -L : (L < u ? L : u);
+    h[i] = from_f32<T>(static_cast<float>(g / (1.0 + exp(-g)) * u));
+  }
+}
+
+// out[t, d] = sum_j w_j * y[row_j, d] over the token's K slots sorted by (expert id, slot): the
+// CPU's ascending-expert float32 accumulation (product rounded, then added). A token with an
+// invalid expert id gets NaN.
+template <typename YT, typename OT>
+__global__ void moe_combine_kernel(const YT* __restrict__ y, const int32_t* __restrict__ pos_of,
+                                   const int32_t* __restrict__ idx, const float* __restrict__ weight, int K, int64_t D,
+                                   OT* __restrict__ out) {
+  __shared__ int32_t row[kMaxTopK];
+  __shared__ float wt[kMaxTopK];
+  __shared__ int bad;
+  const int64_t t = blockIdx.x;
+  if (threadIdx.x == 0) {
+    int order[kMaxTopK];
+    int nbad = 0;
+    for (int k = 0; k < K; ++k) {
+      int j = k;
+      const int ek = idx[t * K + k];
+      while (j > 0 && idx[t * K + order[j - 1]] > ek) {  // stable: equal ids keep slot order
+        order[j] = order[j - 1];
+        --j;
+      }
+      order[j] = k;
+    }
+    for (int j = 0; j < K; ++j) {
+      row[j] = pos_of[t * K + order[j]];
+      wt[j] = weight[t * K + order[j]];
+      nbad += row[j] < 0;
+    }
+    bad = nbad;
+  }
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = 0.0f;
+    for (int j = 0; j < K; ++j) o = __fadd_rn(o, __fmul_rn(to_f32(y[static_cast<int64_t>(row[j]) * D + d]), wt[j]));
+    out[t * D + d] = from_f32<OT>(bad ? __int_as_float(0x7fc00000) : o);
+  }
+}
+
+void launch_swiglu(const TensorView& gate, const TensorView& up, const TensorView& h, float limit, cudaStream_t s) {
+  const int64_t n = h.numel();
+  if (n == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+  if (h.dtype == DType::kBF16) {
+    swiglu_kernel<<<blocks, 256, 0, s>>>(gate.as<const __nv_bfloat16>(), up.as<const __nv_bfloat16>(),
+                                         h.as<__nv_bfloat16>(), n, limit);
+  } else {
+    swiglu_kernel<<<blocks, 256, 0, s>>>(gate.as<const float>(), up.as<const float>(), h.as<float>(), n, limit);
+  }
+  CLAWMINE_CUDA_LAUNCHED("swiglu");
+}
+
+bool any_quantized(uint32_t fmt_mask, const ActPolicyDev& pol) {
+  for (int f = 0; f < kNumWFmt; ++f)
+    if ((fmt_mask & (1u << f)) && act_path(pol, f) != kActNone) return true;
+  return false;
+}
+
+void check_act_dtype(const TensorView& v, const char* op, const char* arg) {
+  if (v.dtype != DType::kF32 && v.dtype != DType::kBF16)
+    throw Error(str_cat("cuda ", op, ": ", arg, " has dtype ", dtype_name(v.dtype), ", expected F32 or BF16"));
+}
+
+}  // namespace
+
+void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeights>& experts, const TensorView& idx,
+                              const TensorView& weight, float swiglu_limit, const TensorView& out) {
+  static const char* op = "moe_experts";
+  expect_device(x, op, "x");
+  expect_device(idx, op, "idx");
+  expect_device(weight, op, "weight");
+  expect_device(out, op, "out");
+  check_act_dtype(x, op, "x");
+  check_act_dtype(out, op, "out");
+  if (x.rank() != 2) throw Error(str_cat("cuda moe_experts: x has shape ", shape_str(x.shape), ", expected [T, D]"));
+  const int64_t T = x.dim(0), D = x.dim(1), E = static_cast<int64_t>(experts.size());
+  if (idx.dtype != DType::kI32 || idx.rank() != 2 || idx.dim(0) != T)
+    throw Error(str_cat("cuda moe_experts: idx must be I32 [", T, ", K], got ", dtype_name(idx.dtype), " ",
+                        shape_str(idx.shape)));
+  const int64_t K = idx.dim(1);
+  if (weight.dtype != DType::kF32 || weight.numel() != T * K)
+    throw Error(str_cat("cuda moe_experts: weight must be F32 [", T, ", ", K, "], got ", dtype_name(weight.dtype), " ",
+                        shape_str(weight.shape)));
+  if (out.numel() != T * D)
+    throw Error(str_cat("cuda moe_experts: out has shape ", shape_str(out.shape), ", expected [", T, ", ", D, "]"));
+  if (E < 1 || E > kMaxExperts)
+    throw Error(str_cat("cuda moe_experts: ", E, " experts (supported: 1..", kMaxExperts, ")"));
+  if (K < 1 || K > kMaxTopK) throw Error(str_cat("cuda moe_experts: top-", K, " (supported: 1..", kMaxTopK, ")"));
+  if (T == 0) return;
+  const int64_t N = T * K;
+  CLAWMINE_CHECK(N < (int64_t{1} << 31), "moe_experts: too many token slots (", N, ")");
+
+  const MoeTable& tab = moe_table(*this, experts, D);
+  const int64_t I = tab.I;
+  const ops::LinearPolicy& policy = linear_policy();
+  const ActPolicyDev pol = act_policy_dev(policy);
+  if (pol.w4a4 && policy.act_scale == ops::ActScale::kStatic && ((tab.fmt13 | tab.fmt2) & (1u << int(WFmt::kNvfp4))) &&
+      !tab.nvfp4_without_input_scale.empty())
+    throw Error(str_cat("linear ", tab.nvfp4_without_input_scale,
+                        ": --act-scale static needs the checkpoint's input_scale, which ",
+                        tab.nvfp4_without_input_scale, " does not have (use --act-scale dynamic or auto)"));
+  const bool quant13 = any_quantized(tab.fmt13, pol), quant2 = any_quantized(tab.fmt2, pol);
+
+  // Row tiles: GEMV tiles sized for the expected rows per active expert, else 64-row GEMM tiles.
+  // sum_e ceil(n_e / tr) <= N / tr + (active experts) bounds the tile count.
+  const bool gemv = T <= kGemvMaxTokens;
+  const int tile_rows = gemv ? gemv_tile_rows((N + std::min(E, N) - 1) / std::min(E, N)) : kGemmTileRows;
+  const int64_t max_tiles = N / tile_rows + std::min(E, N);
+
+  ops::ScratchFrame frame(*this);
+  const TensorView row_token = scratch(DType::kI32, {N});
+  const TensorView row_expert = scratch(DType::kI32, {N});
+  const TensorView pos_of = scratch(DType::kI32, {N});
+  const TensorView tiles = scratch(DType::kI32, {max_tiles, 4});
+  const TensorView n_tiles = scratch(DType::kI32, {1});
+  const size_t plan_smem = static_cast<size_t>(kPlanWarps + 2) * E * sizeof(int32_t);
+  moe_plan_kernel<<<1, kPlanThreads, plan_smem, stream()>>>(
+      idx.as<const int32_t>(), N, static_cast<int>(K), static_cast<int>(E), tile_rows, static_cast<int>(max_tiles),
+      row_token.as<int32_t>(), row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(), n_tiles.as<int32_t>(),
+      op_error_record(*this));
+  CLAWMINE_CUDA_LAUNCHED("moe_plan");
+
+  // Intermediates (gate/up, h) use the activation dtype, or F32 when w2's input is quantized next
+  // (W8A8 / W4A4 emulation): then h carries no extra bf16 rounding into the quantizer, so its
+  // rounding decisions are the CPU's up to float accumulation order.
+  const DType act = x.dtype, mid = quant2 ? DType::kF32 : act;
+  const auto* descs = static_cast<const WeightDesc*>(tab.dev.data);
+  GemmArgs base;
+  base.descs = descs;
+  base.desc_stride = 3;
+  base.tiles = tiles.as<const int4>();
+  base.n_tiles = n_tiles.as<const int32_t>();
+  base.tile_rows = tile_rows;
+
+  // w1 (z = 0) and w3 (z = 1): G13 [2, N, I].
+  const TensorView g13 = scratch(mid, {2, N, I});
+  {
+    GemmCall c;
+    c.a = base;
+    c.a.desc_offset = 0;
+    c.a.n_z = 2;
+    c.a.n_rows = I;
+    c.a.K = D;
+    c.a.out = g13.data;
+    c.a.out_bf16 = mid == DType::kBF16;
+    c.a.ldo = I;
+    c.a.out_z = N * I;
+    c.x_dtype = act;
+    c.a.x = x.data;
+    c.a.ldx = D;
+    c.a.x_rows = row_token.as<const int32_t>();
+    if (quant13) {
+      const TensorView xq = scratch(DType::kF32, {2, N, D});
+      ActQuantArgs q;
+      q.descs = descs;
+      q.desc_stride = 3;
+      q.desc_offset = 0;
+      q.row_expert = row_expert.as<const int32_t>();
+      q.x = x.data;
+      q.x_bf16 = act == DType::kBF16;
+      q.ldx = D;
+      q.x_rows = row_token.as<const int32_t>();
+      q.out = xq.as<float>();
+      q.rows = N;
+      q.n = D;
+      q.n_z = 2;
+      q.pol = pol;
+      if (pol.w4a4 && pol.act_scale == kActScaleStatic) q.err = op_error_record(*this);
+      launch_act_quant(q, stream());
+      c.a.x = xq.data;
+      c.a.x_z = N * D;
+      c.a.x_rows = nullptr;
+      c.x_dtype = DType::kF32;
+    }
+    c.fmt_mask = tab.fmt13;
+    c.w_vec = tab.vec13;
+    c.grid_tiles = static_cast<int>(max_tiles);
+    run_gemm(*this, c);
+  }
+  const TensorView h = scratch(mid, {N, I});
+  launch_swiglu(g13.slice0(0, 1).reshaped({N, I}), g13.slice0(1, 2).reshaped({N, I}), h, swiglu_limit, stream());
+
+  // w2: Y [N, D] in sorted row order.
+  const TensorView y = scratch(act, {N, D});
+  {
+    GemmCall c;
+    c.a = base;
+    c.a.desc_offset = 2;
+    c.a.n_z = 1;
+    c.a.n_rows = D;
+    c.a.K = I;
+    c.a.out = y.data;
+    c.a.out_bf16 = act == DType::kBF16;
+    c.a.ldo = D;
+    c.a.x = h.data;
+    c.a.ldx = I;
+    c.x_dtype = mid;
+    if (quant2) {
+      const TensorView hq = scratch(DType::kF32, {N, I});
+      ActQuantArgs q;
+      q.descs = descs;
+      q.desc_stride = 3;
+      q.desc_offset = 2;
+      q.row_expert = row_expert.as<const int32_t>();
+      q.x = h.data;
+      q.x_bf16 = mid == DType::kBF16;
+      q.ldx = I;
+      q.out = hq.as<float>();
+      q.rows = N;
+      q.n = I;
+      q.pol = pol;
+      if (pol.w4a4 && pol.act_scale == kActScaleStatic) q.err = op_error_record(*this);
+      launch_act_quant(q, stream());
+      c.a.x = hq.data;
+      c.x_dtype = DType::kF32;
+    }
+    c.fmt_mask = tab.fmt2;
+    c.w_vec = tab.vec2;
+    c.grid_tiles = static_cast<int>(max_tiles);
+    run_gemm(*this, c);
+  }
+
+  const unsigned cthreads = static_cast<unsigned>(std::min<int64_t>(256, (D + 31) / 32 * 32));
+  auto combine = [&](auto yt, auto ot) {
+    using YT = decltype(yt);
+    using OT = decltype(ot);
+    moe_combine_kernel<YT, OT><<<static_cast<unsigned>(T), cthreads, 0, stream()>>>(
+        y.as<const YT>(), pos_of.as<const int32_t>(), idx.as<const int32_t>(), weight.as<const float>(),
+        static_cast<int>(K), D, out.as<OT>());
+  };
+  if (act == DType::kBF16) {
+    if (out.dtype == DType::kBF16) combine(__nv_bfloat16{}, __nv_bfloat16{});
+    else combine(__nv_bfloat16{}, float{});
+  } else {
+    if (out.dtype == DType::kBF16) combine(float{}, __nv_bfloat16{});
+    else combine(float{}, float{});
+  }
+  CLAWMINE_CUDA_LAUNCHED("moe_combine");
+}
+
+void CudaBackend::swiglu_mlp(const TensorView& x, const ExpertWeights& w, float swiglu_limit, const TensorView& out) {
+  static const char* op = "swiglu_mlp";
+  expect_device(x, op, "x");
+  expect_device(out, op, "out");
+  check_act_dtype(x, op, "x");
+  check_act_dtype(out, op, "out");
+  if (x.rank() < 1) throw Error("cuda swiglu_mlp: x must have at least one dimension");
+  const int64_t D = x.dim(-1), T = D ? x.numel() / D : 0;
+  check_expert(w, D, op);
+  if (out.numel() != T * D)
+    throw Error(str_cat("cuda swiglu_mlp: out has shape ", shape_str(out.shape), ", expected [", T, ", ", D, "]"));
+  if (T == 0) return;
+  const int64_t I = w.w1.out_features;
+  const WeightDesc d1 = make_weight_desc(w.w1, op), d3 = make_weight_desc(w.w3, op), d2 = make_weight_desc(w.w2, op);
+  // Intermediates as in moe_experts: F32 when w2's input is quantized next.
+  const DType mid = act_path(act_policy_dev(linear_policy()), d2.fmt) != kActNone ? DType::kF32 : x.dtype;
+  ops::ScratchFrame frame(*this);
+  const TensorView gate = scratch(mid, {T, I});
+  const TensorView up = scratch(mid, {T, I});
+  const TensorView h = scratch(mid, {T, I});
+  project(*this, w.w1, d1, x, T, D, I, 1, gate);
+  project(*this, w.w3, d3, x, T, D, I, 1, up);
+  launch_swiglu(gate, up, h, swiglu_limit, stream());
+  project(*this, w.w2, d2, h, T, I, D, 1, out);
+}
+
+}  // namespace clawmine::backend::cuda

@@ -1,0 +1,250 @@
+// Device-side descriptors and exact decoders of the linear weight formats (the CPU reference is
+// backend/cpu/weight_decode.*): dense F32/BF16/F16; FP8 E4M3 with 128x128 block scales (E8M0
+// or F32); MXFP4 (E2M1 pairs, low nibble = even element, E8M0 per 32 inputs); NVFP4 (E2M1
+// pairs, E4M3 per 16 inputs, times the F32 device scalar weight_scale_2). Every kernel reads
+// weights through WeightDecoder<F>, so one kernel template serves every format.
+// Exactness: e2m1/e4m3 times a power-of-two or E4M3 scale is exact in float32; an F32 FP8
+// scale and NVFP4's weight_scale_2 round once, in the CPU's order ((e2m1 * s) * global).
+#pragma once
+
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "backend/cuda/common.cuh"
+
+namespace clawmine::backend::cuda {
+
+// Storage formats as kernels see them (dense dtypes and FP8 scale dtypes are separate formats
+// so the decoder is resolved at compile time).
+enum class WFmt : int32_t { kF32 = 0, kBF16, kF16, kFp8E8M0, kFp8F32, kMxfp4, kNvfp4 };
+inline constexpr int kNumWFmt = 7;
+const char* wfmt_name(WFmt f);
+
+// One linear weight in device memory: W logically [rows, k].
+struct WeightDesc {
+  const uint8_t* w = nullptr;             // [rows, row_bytes]
+  const uint8_t* scale = nullptr;         // FP8 [ceil(rows/128), scale_ld]; FP4 [rows, scale_ld]
+  const float* scale2 = nullptr;          // NVFP4 weight_scale_2 (device F32 scalar)
+  const float* input_scale = nullptr;     // NVFP4 static activation scale (device F32 scalar) or null
+  int64_t rows = 0;                       // out_features
+  int64_t k = 0;                          // in_features
+  int64_t row_bytes = 0;                  // bytes of one stored row
+  int64_t scale_ld = 0;                   // scale elements per scale row
+  int32_t fmt = 0;                        // WFmt
+  int32_t input_scale_trusted = 1;        // LinearWeight::input_scale_trusted
+};
+
+// 16-byte weight load that bypasses L1 (weights are streamed once per pass).
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// E2M1 nibble -> float, exactly: the 3 magnitude bits placed as a float32 exponent/mantissa give
+// value * 2^-126 (0.5 lands on the subnormal 2^-127); the power-of-two multiply restores it.
+__device__ __forceinline__ float e2m1_value(uint32_t nib) {
+  return __uint_as_float(((nib & 8u) << 28) | ((nib & 7u) << 22)) * 0x1p126f;
+}
+// Two E4M3 bytes (low byte = first element) -> two floats via the hardware E4M3 -> F16
+// conversion (every E4M3 value, NaN included, is exact in F16).
+__device__ __forceinline__ void e4m3x2_values(uint32_t two_bytes, float& lo, float& hi) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes & 0xffffu), __NV_E4M3);
+  __half2 h2;
+  h2 = *reinterpret_cast<const __half2*>(&h);
+  lo = __low2float(h2);
+  hi = __high2float(h2);
+}
+
+// WeightDecoder<F>: kChunk elements per 16 stored bytes, decoded kPiece (<= 8) at a time.
+//   Scales load_scales(d, row, chunk)      the chunk's scale values (loaded early with the chunk)
+//   piece<kGlobal>(raw, q, sc, g, w)       elements [q*kPiece, (q+1)*kPiece) of the chunk, exact;
+//                                          kGlobal=false leaves out NVFP4's global g (the caller
+//                                          multiplies it once, e.g. in a bf16 MMA epilogue)
+//   one(d, row, k, g)                      one element, any alignment (fallback paths)
+//   kBf16Exact                             decoded values (without g) are exact in bf16
+// and, for the GEMV, which factors the scales out of the inner products (one multiply per
+// piece instead of one per element; only the float rounding order changes):
+//   kScaled                                the format has block scales
+//   raw(raw, q, w)                         the piece's unscaled values, exact, in units of kRawUnit
+//   piece_scale(sc, q, g)                  the piece's multiplier (block scale, times g for NVFP4)
+template <WFmt F>
+struct WeightDecoder;
+
+template <>
+struct WeightDecoder<WFmt::kF32> {
+  static constexpr int kChunk = 4, kPiece = 4;
+  static constexpr bool kBf16Exact = false;
+  struct Scales {};
+  __device__ static Scales load_scales(const WeightDesc&, int64_t, int64_t) { return {}; }
+  template <bool kGlobal = true>
+  __device__ static void piece(const uint4& raw, int, const Scales&, float, float* w) {
+    w[0] = __uint_as_float(raw.x);
+    w[1] = __uint_as_float(raw.y);
+    w[2] = __uint_as_float(raw.z);
+    w[3] = __uint_as_float(raw.w);
+  }
+  __device__ static float one(const WeightDesc& d, int64_t row, int64_t k, float) {
+    return reinterpret_cast<const float*>(d.w + row * d.row_bytes)[k];
+  }
+  static constexpr bool kScaled = false;
+  static constexpr float kRawUnit = 1.0f;
+  __device__ static void raw(const uint4& r, int q, float* w) { piece<true>(r, q, Scales{}, 1.0f, w); }
+  __device__ static float piece_scale(const Scales&, int, float) { return 1.0f; }
+};
+
+template <WFmt F, bool kBf16>
+struct Half16Decoder {
+  static constexpr int kChunk = 8, kPiece = 8;
+  static constexpr bool kBf16Exact = kBf16;
+  struct Scales {};
+  __device__ static Scales load_scales(const WeightDesc&, int64_t, int64_t) { return {}; }
+  __device__ static float value(uint16_t b) {
+    if constexpr (kBf16) {
+      return __uint_as_float(static_cast<uint32_t>(b) << 16);
+    } else {
+      return __half2float(__ushort_as_half(b));
+    }
+  }
+  template <bool kGlobal = true>
+  __device__ static void piece(const uint4& raw, int, const Scales&, float, float* w) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t v = word_of(raw, i);
+      w[2 * i] = value(static_cast<uint16_t>(v & 0xffffu));
+      w[2 * i + 1] = value(static_cast<uint16_t>(v >> 16));
+    }
+  }
+  __device__ static float one(const WeightDesc& d, int64_t row, int64_t k, float) {
+    return value(reinterpret_cast<const uint16_t*>(d.w + row * d.row_bytes)[k]);
+  }
+  static constexpr bool kScaled = false;
+  static constexpr float kRawUnit = 1.0f;
+  __device__ static void raw(const uint4& r, int q, float* w) { piece<true>(r, q, Scales{}, 1.0f, w); }
+  __device__ static float piece_scale(const Scales&, int, float) { return 1.0f; }
+};
+template <>
+struct WeightDecoder<WFmt::kBF16> : Half16Decoder<WFmt::kBF16, true> {};
+template <>
+struct WeightDecoder<WFmt::kF16> : Half16Decoder<WFmt::kF16, false> {};
+
+// FP8 E4M3 [rows, k] with one scale per 128x128 block; w = e4m3 * s (one rounding for F32 s).
+template <bool kF32Scale>
+struct Fp8Decoder {
+  static constexpr int kChunk = 16, kPiece = 8;
+  static constexpr int kBlock = 128;
+  static constexpr bool kBf16Exact = !kF32Scale;
+  struct Scales {
+    float s;
+  };
+  __device__ static float scale_at(const WeightDesc& d, int64_t row, int64_t k) {
+    const int64_t i = (row / kBlock) * d.scale_ld + k / kBlock;
+    if constexpr (kF32Scale) {
+      return __ldg(reinterpret_cast<const float*>(d.scale) + i);
+    } else {
+      return decode_e8m0(__ldg(d.scale + i));
+    }
+  }
+  __device__ static Scales load_scales(const WeightDesc& d, int64_t row, int64_t chunk) {
+    return {scale_at(d, row, chunk * kChunk)};
+  }
+  static constexpr bool kScaled = true;
+  static constexpr float kRawUnit = 1.0f;
+  __device__ static void raw(const uint4& r, int q, float* w) {
+    const uint32_t lo = word_of(r, 2 * q), hi = word_of(r, 2 * q + 1);
+    e4m3x2_values(lo, w[0], w[1]);
+    e4m3x2_values(lo >> 16, w[2], w[3]);
+    e4m3x2_values(hi, w[4], w[5]);
+    e4m3x2_values(hi >> 16, w[6], w[7]);
+  }
+  __device__ static float piece_scale(const Scales& sc, int, float) { return sc.s; }
+  template <bool kGlobal = true>
+  __device__ static void piece(const uint4& r, int q, const Scales& sc, float, float* w) {
+    raw(r, q, w);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = w[i] * sc.s;
+  }
+  __device__ static float one(const WeightDesc& d, int64_t row, int64_t k, float) {
+    return decode_e4m3(d.w[row * d.row_bytes + k]) * scale_at(d, row, k);
+  }
+};
+template <>
+struct WeightDecoder<WFmt::kFp8E8M0> : Fp8Decoder<false> {};
+template <>
+struct WeightDecoder<WFmt::kFp8F32> : Fp8Decoder<true> {};
+
+// Packed E2M1 pairs with a per-group scale: MXFP4 (E8M0 per 32) or NVFP4 (E4M3 per 16, then g).
+template <bool kNv>
+struct Fp4Decoder {
+  static constexpr int kChunk = 32, kPiece = 8;
+  static constexpr int kGroup = kNv ? 16 : 32;
+  static constexpr bool kBf16Exact = true;  // e2m1 (2 significant bits) * E4M3/E8M0 scale
+  struct Scales {
+    float s[kChunk / kGroup];
+  };
+  __device__ static float scale_value(uint8_t b) { return kNv ? decode_e4m3(b) : decode_e8m0(b); }
+  __device__ static Scales load_scales(const WeightDesc& d, int64_t row, int64_t chunk) {
+    Scales sc;
+    const uint8_t* p = d.scale + row * d.scale_ld + chunk * (kChunk / kGroup);
+#pragma unroll
+    for (int i = 0; i < kChunk / kGroup; ++i) sc.s[i] = scale_value(__ldg(p + i));
+    return sc;
+  }
+  // Unscaled values in units of 2^14: nibbles j and j+4 of the piece's word (bits 4j and
+  // 4j+16) become one half2 whose exponent/mantissa bits are the nibble's (e2m1 * 2^-14, exact,
+  // 0.5 landing on a half subnormal), widened to float.
+  static constexpr bool kScaled = true;
+  static constexpr float kRawUnit = 0x1p14f;
+  __device__ static void raw(const uint4& r, int q, float* w) {
+    const uint32_t v = word_of(r, q);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t t = v >> (4 * j);
+      const uint32_t h = ((t & 0x00070007u) << 9) | ((t & 0x00080008u) << 12);
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
+      w[j] = f.x;
+      w[j + 4] = f.y;
+    }
+  }
+  __device__ static float piece_scale(const Scales& sc, int q, float g) {
+    const float s = sc.s[(q * kPiece) / kGroup];
+    return kNv ? s * g : s;
+  }
+  template <bool kGlobal = true>
+  __device__ static void piece(const uint4& raw, int q, const Scales& sc, float g, float* w) {
+    const uint32_t v = word_of(raw, q);
+    const float s = sc.s[(q * kPiece) / kGroup];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float e = e2m1_value(v >> (4 * i)) * s;  // exact
+      w[i] = (kNv && kGlobal) ? e * g : e;
+    }
+  }
+  __device__ static float one(const WeightDesc& d, int64_t row, int64_t k, float g) {
+    const uint8_t b = d.w[row * d.row_bytes + k / 2];
+    const float e = e2m1_value((k & 1) ? (b >> 4) : b) * scale_value(d.scale[row * d.scale_ld + k / kGroup]);
+    return kNv ? e * g : e;
+  }
+};
+template <>
+struct WeightDecoder<WFmt::kMxfp4> : Fp4Decoder<false> {};
+template <>
+struct WeightDecoder<WFmt::kNvfp4> : Fp4Decoder<true> {};
+
+// NVFP4's global scale (1 for every other format), read in-kernel from the device scalar.
+template <WFmt F>
+__device__ __forceinline__ float global_scale(const WeightDesc& d) {
+  if constexpr (F == WFmt::kNvfp4) {
+    return __ldg(d.scale2);
+  } else {
+    return 1.0f;
+  }
+}
+
+}  // namespace clawmine::backend::cuda

@@ -1,0 +1,308 @@
+// CUDA linear and grouped_linear (backend/cuda/linear*.cu) against the CPU reference on the same
+// fresh random inputs: every storage format (dense F32/BF16/F16, FP8 with E8M0 or F32 block
+// scales, MXFP4, NVFP4) x T in {1, 4, 16, 77, 300} (GEMV tiles of 1..16 rows, 64-row GEMM
+// tiles, partial tiles) x activations F32 (budget 1e-5: the --act-dtype f32 path) and BF16
+// (1e-2), on small odd shapes (misaligned rows take the element-wise fallbacks, partial FP8
+// scale blocks) and on V4-Flash's shapes (wq_a, wq_b, wkv, wo_b, expert w1/w2, the 129280-row
+// BF16 head, wo_a as 8 groups); the policies W8A8 and W4A4 (static, dynamic, auto, trusted or
+// not, saturating or not). Outputs are poisoned with NaN first; NaN never passes. Skips without a GPU.
+#include <cmath>
+#include <future>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/op_errors.h"
+#include "core/error.h"
+#include "unit/backend_cuda/linear_test_util.h"
+#include "unit/backend_cuda/same_inputs.h"
+
+namespace clawmine::test {
+namespace {
+
+constexpr int64_t kTokens[] = {1, 4, 16, 77, 300};
+constexpr DType kActs[] = {DType::kF32, DType::kBF16};
+
+bool all_finite(const std::vector<float>& v) {
+  for (float x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+class CudaLinear : public GpuTest {
+ protected:
+  // linear on both backends for x [T, in] in dtype act; checks the row windows of the output
+  // (every row when the weight is small) and that no poisoned value is left anywhere.
+  void check_linear(TestLinear& w, int64_t T, DType act, uint32_t seed) {
+    const int64_t O = w.host.out_features, I = w.host.in_features;
+    SCOPED_TRACE(w.host.name + " [" + std::to_string(O) + ", " + std::to_string(I) + "] T=" + std::to_string(T) +
+                 " act=" + dtype_label(act));
+    TestActs x = make_acts(*cuda, {T, I}, act, seed);
+    const ops::DeviceBuffer out = poisoned(*cuda, act, {T, O});
+    cuda->linear(x.dev.view(), w.dev, out.view());
+    const std::vector<float> got = download_f32(*cuda, out.view());
+    const auto windows = check_windows(O);
+    const std::vector<float> ref = cpu_linear_windows(*cpu, x, T, w.host, windows);
+    EXPECT_TRUE(within(gather_windows(got, T, O, windows), ref, act_budget(act)));
+    EXPECT_TRUE(all_finite(got)) << "an output was left unwritten (NaN poison) or overflowed";
+  }
+};
+
+TEST_F(CudaLinear, EveryFormatOnSmallOddShapes) {
+  // [out, in]: odd row counts; in = 77 (F32/BF16/F16/FP8 rows not 16-byte aligned: element-wise
+  // paths), 80 (NVFP4 rows of 40 bytes), 96, 160 (aligned FP4), 272 (FP8: a partial 128-block).
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{37, 77}, {37, 80}, {37, 96}, {131, 96}, {130, 272},
+                                                           {131, 160}};
+  uint32_t seed = 100;
+  for (TestFormat f : kAllFormats) {
+    for (auto [O, I] : shapes) {
+      if (!format_accepts(f, I)) continue;
+      const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 0.1f);
+      auto w = make_linear(*cuda, f, wf, O, I, std::string("small.") + format_label(f));
+      for (int64_t T : kTokens)
+        for (DType act : kActs) check_linear(*w, T, act, ++seed);
+    }
+  }
+}
+
+TEST_F(CudaLinear, EveryFormatOnV4FlashShapes) {
+  struct Shape2 {
+    const char* name;
+    int64_t out, in;
+  };
+  const Shape2 shapes[] = {{"attn.wq_a", 1024, 4096}, {"attn.wq_b", 32768, 1024}, {"attn.wkv", 512, 4096},
+                           {"attn.wo_b", 4096, 8192}, {"ffn.experts.w1", 2048, 4096}, {"ffn.experts.w2", 4096, 2048}};
+  uint32_t seed = 200;
+  for (const Shape2& s : shapes) {
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(s.out * s.in), ++seed, 1.0f / 64);
+    // Quantize every format at once on the host; upload and test one at a time.
+    std::vector<std::future<std::unique_ptr<TestLinear>>> q;
+    for (TestFormat f : kAllFormats)
+      q.push_back(std::async(std::launch::async, [&, f] {
+        return quantize_linear(f, wf, s.out, s.in, std::string(s.name) + "." + format_label(f));
+      }));
+    for (auto& fut : q) {
+      std::unique_ptr<TestLinear> w = fut.get();
+      upload_linear(*cuda, *w);
+      for (int64_t T : kTokens)
+        for (DType act : kActs) check_linear(*w, T, act, ++seed);
+    }
+  }
+}
+
+TEST_F(CudaLinear, HeadDenseBf16AtV4FlashVocabulary) {
+  // head [129280, 4096] BF16: the GEMV at T = 1 (decode) and cuBLAS / FMA at T = 77.
+  const int64_t V = 129280, D = 4096;
+  TestLinear w;
+  w.host.name = "head";
+  w.host.out_features = V;
+  w.host.in_features = D;
+  w.w_bytes.resize(static_cast<size_t>(V * D) * 2);
+  {
+    std::vector<std::thread> th;
+    for (int p = 0; p < 16; ++p)
+      th.emplace_back([&, p] {
+        std::mt19937 rng(4242u + p);
+        std::normal_distribution<float> dist(0.0f, 1.0f / 64);
+        const size_t n = static_cast<size_t>(V * D), b = n * p / 16, e = n * (p + 1) / 16;
+        uint16_t* out = reinterpret_cast<uint16_t*>(w.w_bytes.data());
+        for (size_t i = b; i < e; ++i) out[i] = f32_to_bf16(dist(rng));
+      });
+    for (auto& t : th) t.join();
+  }
+  w.host.weight = TensorView{DType::kBF16, Device::kCpu, {V, D}, w.w_bytes.data()};
+  upload_linear(*cuda, w);
+  uint32_t seed = 300;
+  for (int64_t T : {int64_t{1}, int64_t{77}})
+    for (DType act : kActs) check_linear(w, T, act, ++seed);
+}
+
+TEST_F(CudaLinear, GroupedLinearEveryFormat) {
+  // out[t, g, :] = W[g*Lo:(g+1)*Lo] @ x[t, g, :]: small odd groups, then wo_a's 8 x 1024 x 4096.
+  struct Case {
+    int64_t G, Lo, In;
+    std::vector<int64_t> tokens;
+  };
+  const Case cases[] = {{3, 40, 64, {1, 4, 16, 77, 300}}, {3, 37, 72, {1, 16, 77}}, {8, 1024, 4096, {1, 16, 77}}};
+  uint32_t seed = 400;
+  for (const Case& c : cases) {
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(c.G * c.Lo * c.In), ++seed, 1.0f / 64);
+    for (TestFormat f : kAllFormats) {
+      if (!format_accepts(f, c.In)) continue;
+      auto w = make_linear(*cuda, f, wf, c.G * c.Lo, c.In, std::string("attn.wo_a.") + format_label(f));
+      for (int64_t T : c.tokens)
+        for (DType act : kActs) {
+          SCOPED_TRACE(w->host.name + " G=" + std::to_string(c.G) + " Lo=" + std::to_string(c.Lo) +
+                       " in_g=" + std::to_string(c.In) + " T=" + std::to_string(T) + " act=" + dtype_label(act));
+          TestActs x = make_acts(*cuda, {T, c.G, c.In}, act, ++seed);
+          const ops::DeviceBuffer out = poisoned(*cuda, act, {T, c.G, c.Lo});
+          cuda->grouped_linear(x.dev.view(), w->dev, c.G, out.view());
+          std::vector<float> ref(static_cast<size_t>(T * c.G * c.Lo), std::nanf(""));
+          cpu->grouped_linear(x.host_view({T, c.G, c.In}), w->host, c.G,
+                              TensorView{DType::kF32, Device::kCpu, {T, c.G, c.Lo}, ref.data()});
+          EXPECT_TRUE(within(download_f32(*cuda, out.view()), ref, act_budget(act)));
+        }
+    }
+  }
+}
+
+// ---- policies ---------------------------------------------------------------------------------
+
+class CudaLinearPolicy : public CudaLinear {
+ protected:
+  void set_policy(const ops::LinearPolicy& p) {
+    cpu->set_linear_policy(p);
+    cuda->set_linear_policy(p);
+  }
+};
+
+TEST_F(CudaLinearPolicy, W8A8QuantizesActivationsOfFp8AndMxfp4Weights) {
+  ops::LinearPolicy p;
+  p.fp8 = ops::Fp8Path::kW8A8;
+  set_policy(p);
+  // Dense and NVFP4 weights are untouched by W8A8; FP8 (both scale dtypes) and MXFP4 quantize
+  // x per token per 128 (the last block of in = 272 or 77 is partial).
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{131, 272}, {37, 77}, {1024, 4096}};
+  uint32_t seed = 500;
+  for (auto [O, I] : shapes) {
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 1.0f / 32);
+    for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kFp8F32, TestFormat::kMxfp4, TestFormat::kBF16}) {
+      if (!format_accepts(f, I)) continue;
+      auto w = make_linear(*cuda, f, wf, O, I, std::string("w8a8.") + format_label(f));
+      for (int64_t T : kTokens)
+        for (DType act : kActs) check_linear(*w, T, act, ++seed);
+    }
+  }
+}
+
+TEST_F(CudaLinearPolicy, W4A4StaticDynamicAutoOnNvfp4) {
+  // x ~ N(0, 1): amax about 4.5 per token at in = 4096, so input_scale = 4/2688 is a realistic
+  // static scale (some blocks saturate, as calibrated scales do).
+  struct ScaleCase {
+    const char* label;
+    ops::ActScale mode;
+    std::optional<float> input_scale;
+    bool trusted;
+  };
+  const ScaleCase scales[] = {
+      {"static", ops::ActScale::kStatic, 4.0f / 2688, true},
+      {"dynamic", ops::ActScale::kDynamic, 4.0f / 2688, true},
+      {"auto-trusted", ops::ActScale::kAuto, 4.0f / 2688, true},     // static
+      {"auto-untrusted", ops::ActScale::kAuto, 4.0f / 2688, false},  // dynamic
+      {"auto-no-scale", ops::ActScale::kAuto, std::nullopt, true},   // dynamic
+      {"auto-zero-scale", ops::ActScale::kAuto, 0.0f, true},         // invalid: dynamic
+  };
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{131, 96}, {37, 80}, {2048, 4096}};
+  uint32_t seed = 600;
+  for (auto [O, I] : shapes) {
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 1.0f / 32);
+    for (const ScaleCase& sc : scales) {
+      ops::LinearPolicy p;
+      p.nvfp4 = ops::Nvfp4Path::kW4A4;
+      p.act_scale = sc.mode;
+      set_policy(p);
+      auto w = make_linear(*cuda, TestFormat::kNvfp4, wf, O, I, std::string("w4a4.") + sc.label, sc.input_scale,
+                           sc.trusted);
+      for (int64_t T : kTokens)
+        for (DType act : kActs) check_linear(*w, T, act, ++seed);
+    }
+  }
+}
+
+TEST_F(CudaLinearPolicy, W4A4WithoutSaturationGivesTheSameNaNAsTheCpu) {
+  // A tiny static input_scale makes g * amax16 / 6 far above 448: saturating, every block
+  // clamps (finite, equal on both); without saturation every block's scale is NaN, on both.
+  const int64_t O = 131, I = 96;
+  const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), 700, 0.1f);
+  auto w = make_linear(*cuda, TestFormat::kNvfp4, wf, O, I, "w4a4.tiny_scale", 1e-30f, true);
+  for (bool saturate : {true, false}) {
+    ops::LinearPolicy p;
+    p.nvfp4 = ops::Nvfp4Path::kW4A4;
+    p.act_scale = ops::ActScale::kStatic;
+    p.saturate = saturate;
+    set_policy(p);
+    for (DType act : kActs) {
+      for (int64_t T : {int64_t{1}, int64_t{77}}) {
+        SCOPED_TRACE(std::string("saturate=") + (saturate ? "on" : "off") + " T=" + std::to_string(T) +
+                     " act=" + dtype_label(act));
+        TestActs x = make_acts(*cuda, {T, I}, act, 701);
+        const ops::DeviceBuffer out = poisoned(*cuda, act, {T, O});
+        cuda->linear(x.dev.view(), w->dev, out.view());
+        const std::vector<float> got = download_f32(*cuda, out.view());
+        const std::vector<float> ref = cpu_linear_windows(*cpu, x, T, w->host, {{0, O}});
+        size_t ref_nan = 0;
+        for (float v : ref) ref_nan += std::isnan(v);
+        if (saturate) {
+          EXPECT_EQ(ref_nan, 0u);
+          EXPECT_TRUE(within(got, ref, act_budget(act)));
+        } else {
+          EXPECT_EQ(ref_nan, ref.size()) << "the CPU reference should be NaN everywhere";
+          size_t got_nan = 0;
+          for (float v : got) got_nan += std::isnan(v);
+          EXPECT_EQ(got_nan, got.size());
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaLinearPolicy, StaticScaleErrorsMatchTheCpu) {
+  const int64_t O = 37, I = 96;
+  const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), 800, 0.1f);
+  ops::LinearPolicy p;
+  p.nvfp4 = ops::Nvfp4Path::kW4A4;
+  p.act_scale = ops::ActScale::kStatic;
+  set_policy(p);
+  TestActs x = make_acts(*cuda, {4, I}, DType::kF32, 801);
+  const ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {4, O});
+  std::vector<float> ref(static_cast<size_t>(4 * O));
+  const TensorView ref_view{DType::kF32, Device::kCpu, {4, O}, ref.data()};
+  {
+    // No input_scale: an Error naming the weight on both, at the call.
+    auto w = make_linear(*cuda, TestFormat::kNvfp4, wf, O, I, "layers.9.attn.wq_a");
+    EXPECT_THROW(cpu->linear(x.host_view({4, I}), w->host, ref_view), Error);
+    try {
+      cuda->linear(x.dev.view(), w->dev, out.view());
+      ADD_FAILURE() << "cuda linear accepted --act-scale static without input_scale";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("layers.9.attn.wq_a"), std::string::npos) << e.what();
+    }
+  }
+  {
+    // A negative input_scale: the CPU throws at the call; the device value is only seen by the
+    // kernel, which writes NaN and records an op error (op_errors.h) reported once.
+    auto w = make_linear(*cuda, TestFormat::kNvfp4, wf, O, I, "layers.9.attn.wq_b", -1.0f);
+    EXPECT_THROW(cpu->linear(x.host_view({4, I}), w->host, ref_view), Error);
+    cuda->linear(x.dev.view(), w->dev, out.view());
+    EXPECT_THROW(backend::cuda::check_op_errors(*cuda), Error);
+    for (float v : download_f32(*cuda, out.view())) EXPECT_TRUE(std::isnan(v));
+  }
+}
+
+TEST_F(CudaLinear, HostWeightIsAnErrorNamingIt) {
+  const std::vector<float> wf = fast_normal(37 * 64, 900, 0.1f);
+  auto w = make_linear(*cuda, TestFormat::kBF16, wf, 37, 64, "layers.0.ffn.shared_experts.w1");
+  TestActs x = make_acts(*cuda, {2, 64}, DType::kF32, 901);
+  const ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {2, 37});
+  try {
+    cuda->linear(x.dev.view(), w->host, out.view());
+    ADD_FAILURE() << "cuda linear accepted a host weight";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layers.0.ffn.shared_experts.w1"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(CudaLinear, RepeatedCallsAreBitIdentical) {
+  // Deterministic reductions (no atomics): the same call twice gives the same bits, GEMV and GEMM.
+  const std::vector<float> wf = fast_normal(1024 * 4096, 950, 1.0f / 64);
+  auto w = make_linear(*cuda, TestFormat::kFp8E8M0, wf, 1024, 4096, "attn.wq_a");
+  for (int64_t T : {int64_t{4}, int64_t{300}}) {
+    TestActs x = make_acts(*cuda, {T, 4096}, DType::kBF16, 951);
+    const ops::DeviceBuffer a = poisoned(*cuda, DType::kBF16, {T, 1024}), b = poisoned(*cuda, DType::kBF16, {T, 1024});
+    cuda->linear(x.dev.view(), w->dev, a.view());
+    cuda->linear(x.dev.view(), w->dev, b.view());
+    EXPECT_TRUE(same_bits(download_f32(*cuda, a.view()), download_f32(*cuda, b.view()))) << "T=" << T;
+  }
+}
+
+}  // namespace
+}  // namespace clawmine::test
