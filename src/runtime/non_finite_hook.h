@@ -1,6 +1,6 @@
 // The non-finite guard's explanation hook. When a logit row holds NaN/Inf the sequence fails
 // (runtime::NonFiniteLogits) instead of sampling. If an explainer is set it is also asked when a
-// forward pass throws (a backend op refusing NaN input, e.g. top-k): a non-empty answer makes that
+// forward pass throws (a backend op that refuses its input): a non-empty answer makes that
 // failure a guard trip too. The answer is appended to the error. diag::make_replay_explainer
 // (diag/replay.h) replays the sequence's tokens through the numerics trace on a fresh cache and
 // names the first non-finite op, or answers "" when the replay stays finite.

@@ -56,7 +56,7 @@ struct Scheduler::Sequence {
   SequenceCache cache;
   size_t prefilled = 0;
   int64_t generated = 0;
-  std::vector<int32_t> generated_ids;  // fed back after the prompt (for the guard's explainer)
+  std::vector<int32_t> generated_ids{};  // fed back after the prompt (for the guard's explainer)
   int32_t last = -1;
   bool done = false;
 };
@@ -188,7 +188,7 @@ void Scheduler::loop() {
         seq->handle->finish(FinishReason::kError, why.empty() ? e.what() : str_cat(e.what(), "; ", why), true);
         seq->done = true;
       } catch (const std::exception& e) {
-        // A backend op that refuses NaN input (top-k) fails the forward; the explainer tells
+        // A backend op that refuses its input fails the forward; the explainer tells
         // whether the sequence went non-finite, which makes this a guard trip too.
         const std::string why = explain_non_finite(*seq);
         if (!why.empty()) ++non_finite_trips_;

@@ -55,7 +55,9 @@ class Model {
 
   // Copies every weight and RoPE table into `backend`'s memory (Backend::allocate + upload,
   // staged from the mmap) so forward() on that backend reads them there. A no-op for a backend
-  // whose device() is the CPU, which reads the mmapped weights directly. Call once after load.
+  // whose device() is the CPU, which reads the mmapped weights directly. Call once after load
+  // (and after load-time passes that edit weights_). The MTP block is not placed (forward never
+  // runs it). The device copies are released with the Model: `backend` must outlive it.
   void place(ops::Backend& backend);
 
   // Feeds ids at positions cache.position, cache.position+1, ...; returns logits [T, vocab]
