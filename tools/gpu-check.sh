@@ -258,6 +258,46 @@ smoke() {
   return $rc
 }
 
+# ---- serve: the server suite's core cases against `clawmine serve --backend cuda` -------------
+serve_tests() {
+  python3 -c "import pytest, requests" || { NOTE="python3 lacks pytest or requests"; return 1; }
+  timeout "$(left 300)" python3 -m pytest -q -p no:cacheprovider "$ROOT/tests/server" \
+    --clawmine "$BUILD_DIR/clawmine" --server-args="--backend cuda --gpu-memory-fraction 0.05" \
+    -k "not node and not load" 2>&1 | tee "$TMP/serve.log"
+  local rc=${PIPESTATUS[0]}
+  NOTE="pytest (cuda, bf16): $(grep -E '[0-9]+ (passed|failed)' "$TMP/serve.log" | tail -1)"
+  return $rc
+}
+
+# ---- bf16: whole-model BF16 side by side with transformers' autocast (tools/reference) ---------
+bf16_side_by_side() {
+  timeout "$(left 240)" python3 "$ROOT/tools/reference/bf16_side_by_side.py" --clawmine "$BUILD_DIR/clawmine" \
+    --out "$TMP/bf16" 2>&1 | tee "$TMP/bf16.log"
+  local rc=${PIPESTATUS[0]}
+  NOTE="$(grep -c ' ok$' "$TMP/bf16.log") cases ok, $(grep -c 'FAIL$' "$TMP/bf16.log") FAIL"
+  return $rc
+}
+
+# ---- diag: trace, locator and doctor on the CUDA backend (seed fixture) ------------------------
+diag_on_cuda() {
+  local bin=$BUILD_DIR/clawmine seed=$ROOT/tests/fixtures/models/tiny-b-seed rc=0
+  local ids=3,17,5,88,120,7,42,9,250,31,64,77,100,2,19,33
+  timeout "$(left 120)" "$bin" logits --model "$seed" --backend cuda --act-dtype f32 --ids $ids \
+    --nvfp4-path w4a4 --act-scale static --unsafe-nonsaturating-fp8 --trace "$TMP/seed.jsonl" \
+    --out "$TMP/seed.npy" 2>"$TMP/trace.err"
+  cat "$TMP/trace.err"
+  local first
+  first=$(grep -o 'first non-finite[^:]*: [^ ]*' "$TMP/trace.err" | head -1)
+  grep -q 'fused_wqa_wkv' "$TMP/trace.err" || rc=1
+  timeout "$(left 180)" "$bin" doctor --model "$seed" --backend cuda >"$TMP/doctor.txt" 2>&1
+  cat "$TMP/doctor.txt"
+  local finding
+  finding=$(grep -m1 '^1\.' "$TMP/doctor.txt" | cut -c1-90)
+  echo "$finding" | grep -q 'fused_wqa_wkv' || rc=1
+  NOTE="trace: ${first:-no finding}; doctor: ${finding:-none}"
+  return $rc
+}
+
 # ---- benchmark hook: tools/gpu-bench.sh (the V4-Flash-geometry smoke benchmark), when present --
 bench() {
   if [ -x "$ROOT/tools/gpu-bench.sh" ]; then
@@ -272,11 +312,17 @@ PKG_CONFIG_BIN=pkg-config
 phase setup setup.log setup || finish 1
 phase configure setup.log configure || finish 1
 [ "${GPU_CHECK_CONFIGURE_ONLY:-0}" = 1 ] && finish 0
+# GPU_CHECK_PHASES picks phases (default all but none skipped): build gpu golden cpu smoke serve bf16 diag bench
+PHASES=" ${GPU_CHECK_PHASES:-build gpu golden cpu smoke serve bf16 diag bench} "
+want() { [[ $PHASES == *" $1 "* ]]; }
 status=0
-phase build build.log build || status=1
-phase gpu gpu.log gpu_tests || status=1
-phase golden golden.log golden_tests || status=1
-[ -n "$CPU_SUITES" ] && { phase cpu cpu.log cpu_tests || status=1; }
-phase smoke smoke.log smoke || status=1
-phase bench bench.log bench || status=1
+want build && { phase build build.log build || status=1; }
+want gpu && { phase gpu gpu.log gpu_tests || status=1; }
+want golden && { phase golden golden.log golden_tests || status=1; }
+want cpu && [ -n "$CPU_SUITES" ] && { phase cpu cpu.log cpu_tests || status=1; }
+want smoke && { phase smoke smoke.log smoke || status=1; }
+want serve && { phase serve smoke.log serve_tests || status=1; }
+want bf16 && { phase bf16 golden.log bf16_side_by_side || status=1; }
+want diag && { phase diag smoke.log diag_on_cuda || status=1; }
+want bench && { phase bench bench.log bench || status=1; }
 finish $status

@@ -12,15 +12,26 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEMO_MODEL = os.path.join(REPO, "tests", "fixtures", "models", "tiny-a")
 
 
+# Extra `clawmine serve` flags for every server the suite starts, e.g. on the GPU machine
+# --server-args="--backend cuda --gpu-memory-fraction 0.1" (tools/gpu-check.sh does).
+EXTRA_ARGS = []
+
+
 def pytest_addoption(parser):
     parser.addoption("--clawmine", default=os.path.join(REPO, "build", "clawmine"), help="path to the clawmine binary")
+    parser.addoption("--server-args", default=os.environ.get("CLAWMINE_SERVER_ARGS", ""),
+                     help="extra flags for every `clawmine serve` the tests start")
+
+
+def pytest_configure(config):
+    EXTRA_ARGS[:] = config.getoption("--server-args").split()
 
 
 class Server:
     def __init__(self, binary, *args):
         if "--model" not in args:
             args = ("--model", DEMO_MODEL, "--served-model-name", "clawmine-demo", *args)
-        self.proc = subprocess.Popen([binary, "serve", "--port", "0", "--threads", "1", *args],
+        self.proc = subprocess.Popen([binary, "serve", "--port", "0", "--threads", "1", *EXTRA_ARGS, *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if "listening on" not in line:
