@@ -76,7 +76,7 @@ def main():
     for name in a.fixtures:
         model = transformers_model(name, "cuda")
         gdir = ROOT / "tests/fixtures/golden" / name
-        for case in sorted(gdir.glob("case_*.json")):
+        for case in sorted(c for c in gdir.glob("case_*.json") if "." not in c.stem):
             k = case.stem.split("_")[1]
             ids = json.loads(case.read_text())["ids"]
             golden = np.load(gdir / f"case_{k}.logits.npy")
