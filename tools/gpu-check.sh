@@ -236,7 +236,7 @@ smoke() {
   cm info --model "$tiny" --backend cuda || rc=1
   local gen=(generate --ids 0,5,9,13,2,7 --max-tokens 24 --temperature 0 --json)
   cm "${gen[@]}" --model "$tiny" --backend cpu >"$TMP/cpu.json" 2>"$TMP/cpu.err" || rc=1
-  cm "${gen[@]}" --model "$tiny" --backend cuda --act-dtype f32 >"$TMP/f32.json" 2>"$TMP/f32.err" || rc=1
+  cm "${gen[@]}" --model "$tiny" --backend cuda --act-dtype f32 --cuda-graphs on >"$TMP/f32.json" 2>"$TMP/f32.err" || rc=1
   cm "${gen[@]}" --model "$tiny" --backend cuda --act-dtype f32 --cuda-graphs off >"$TMP/eager.json" \
     2>"$TMP/eager.err" || rc=1
   cat "$TMP/cpu.json" "$TMP/f32.json" "$TMP/eager.json" "$TMP/cpu.err" "$TMP/f32.err" "$TMP/eager.err"

@@ -59,6 +59,9 @@ class CudaBackend final : public ops::Backend {
   void begin_step_graph() override;
   void end_step_graph() override;
   bool capturing() const { return capturing_; }
+  void discard_capture();  // ends and drops a capture left open by a failed step
+  // Host transfers inside a capture are errors: the capture is dropped, then Error is thrown.
+  void refuse_inside_capture(const char* what);
 
   // elementwise.cu
   void embed(const TensorView& table, const TensorView& ids, const TensorView& out) override;

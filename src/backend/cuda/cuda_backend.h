@@ -14,7 +14,11 @@ struct CudaOptions {
   int device = 0;
   double memory_fraction = 0.90;   // of the device's total memory, taken once (--gpu-memory-fraction)
   DType act_dtype = DType::kBF16;  // activations between ops: kBF16 (production) or kF32 (--act-dtype f32)
-  bool graphs = true;              // CUDA graphs for decode steps (--cuda-graphs on|off)
+  // CUDA graphs for decode steps (--cuda-graphs on|off). Off by default: each step is captured
+  // anew and the executable graph updated, which serializes capture with execution and measured
+  // slower than eager launches on V4-Flash geometry (docs/PERFORMANCE.md); graphs pay once a
+  // step replays unchanged (step scalars read from device memory), the performance issue's work.
+  bool graphs = false;
   size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
 };
 

@@ -5,6 +5,7 @@
 // completing adds kernels). One graph launch replaces hundreds of kernel launches.
 // The first steps run eagerly so one-time uploads (per-op tables) never happen inside a capture.
 #include "backend/cuda/backend_impl.cuh"
+#include "core/log.h"
 
 namespace clawmine::backend::cuda {
 
@@ -17,8 +18,28 @@ void CudaBackend::destroy_graph() {
   graph_exec_ = nullptr;
 }
 
+// A step that threw between begin_step_graph and end_step_graph leaves the stream capturing;
+// its ops never ran (the forward failed and its sequence is abandoned). End the capture and
+// drop it so the backend serves the next request.
+void CudaBackend::discard_capture() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  cudaStreamEndCapture(stream_, &graph);
+  if (graph) cudaGraphDestroy(graph);
+  cudaGetLastError();
+  log_warn("cuda", "a captured decode step was abandoned (an op failed inside it); its graph is dropped");
+}
+
+void CudaBackend::refuse_inside_capture(const char* what) {
+  if (!capturing_) return;
+  discard_capture();  // the backend stays usable for the next request
+  throw Error(str_cat("cuda ", what, " inside a captured decode step (host transfers belong outside "
+                      "begin_step_graph/end_step_graph); the step is abandoned"));
+}
+
 void CudaBackend::begin_step_graph() {
-  CLAWMINE_CHECK(!capturing_, "cuda: begin_step_graph inside a captured step");
+  discard_capture();
   if (!options_.graphs || eager_steps_ < kEagerSteps) {
     ++eager_steps_;
     return;

@@ -1,16 +1,35 @@
-// Decode-sized projections (tiles of <= 16 activation rows): weight-streaming GEMV.
-// Block = 256 threads split into row groups of S threads (S = 32..256, chosen so each thread
-// gets about kUnroll 16-byte chunks of a row); a group owns R consecutive output rows and its
-// threads stride over the rows' 16-byte chunks. Per iteration a thread issues kUnroll x R
-// independent 16-byte loads (weights bypass L1), decodes them in registers (exact unscaled
-// values through WeightDecoder<F>::raw) and multiplies every value with the tile's NT
-// activation rows, so the weight is read once for the whole tile; block scales multiply the
-// partial sum of each 8-element piece (so the sum's rounding order differs from the CPU's
-// exactly decoded weights only at float accumulation level). x rows are read through L1 (the same chunk of x
-// serves all R rows). Sums: float32 per thread, warp shuffle, then the S/32 warps of a group
-// in fixed order through shared memory: deterministic, no atomics.
+// Decode-sized projections (tiles of <= 16 activation rows): weight-streaming GEMV, two kernels
+// over the same WeightDecoder<F> per format (launch_gemv picks one):
+//
+// gemv_mma (bf16 activations; BF16, FP8, MXFP4, NVFP4 weights): tensor cores do the products so
+//   the cost per weight byte is the decode alone. A warp owns R m-tiles of 16 output rows; lane
+//   (g, t) = (lane/4, lane%4) loads, for each 64-byte k block of a row (4 chunks of 16 bytes),
+//   chunk t of rows g and g+8 and decodes it straight into mma.sync m16n8k16 A fragments: inside
+//   an mma the order of k is free, so thread t's logical k slots {2t, 2t+1, 2t+8, 2t+9} of step
+//   s hold elements 4s..4s+3 of its own chunk (decoder order), and the B fragment (token g, the
+//   same chunk of x, permuted the same way by WeightDecoder::x_step) is loaded by the same lane.
+//   A token tile of NT <= 8 rows is one n tile (tokens past the tile are zero columns), 16 is
+//   two. Each thread keeps U*R*2 16-byte weight loads in flight (bypassing L1); x comes through
+//   L1. The W warps of a block split k (warp w takes k blocks [(i*W + w)*U, +U) in iteration i)
+//   and are summed in fixed order through shared memory: deterministic, no atomics. FP8's block
+//   scale multiplies each k block's f32 partial sum; NVFP4's 2^8 * g multiplies the result.
+//   grid (ceil(n_rows / 16R), tiles, n_z), block 32W.
+//
+// gemv_fma (float32 activations -- --act-dtype f32 and the W8A8/W4A4 transforms -- and dense
+//   F32/F16 weights): block = 256 threads split into row groups of S threads (S = 32..256,
+//   chosen so each thread gets about kUnroll 16-byte chunks of a row); a group owns R consecutive
+//   output rows and its threads stride over the rows' 16-byte chunks. Per iteration a thread
+//   issues kUnroll x R independent 16-byte loads (weights bypass L1), decodes them in registers
+//   (exact unscaled values through WeightDecoder<F>::raw) and multiplies every value with the
+//   tile's NT activation rows; block scales multiply the partial sum of each 8-element piece. x
+//   rows are read through L1. Sums: float32 per thread, warp shuffle, then the S/32 warps of a
+//   group in fixed order through shared memory: deterministic, no atomics.
 //   grid (ceil(n_rows / (groups*R)), tiles, n_z), block 256.
+//
+// Both sum in float32 and differ from the CPU's exactly decoded weights only in rounding order.
 #include <cuda_bf16.h>
+
+#include <algorithm>
 
 #include "backend/cuda/linear_kernels.cuh"
 
@@ -130,6 +149,151 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const 
   }
 }
 
+// ---- tensor-core GEMV ---------------------------------------------------------------------
+constexpr int kMmaMaxWarps = 16;
+// R m-tiles per warp and U k blocks per iteration: R*U*2 16-byte weight loads in flight per thread.
+template <int R>
+constexpr int mma_unroll() {
+  return 4 / R;
+}
+
+template <WFmt F, int NT, int R>
+__global__ void __launch_bounds__(kMmaMaxWarps * 32) gemv_mma_kernel(const GemmArgs a) {
+  using D = WeightDecoder<F>;
+  static_assert(D::kMma, "format without a tensor-core GEMV decoder");
+  constexpr int E = D::kChunk, STEPS = E / 4, XW = E / 2, NTL = NT > 8 ? 2 : 1, U = mma_unroll<R>();
+  constexpr int NACC = R * NTL * 4;
+  extern __shared__ float red[];  // [W][NACC][32]: each warp's accumulators, summed in warp order
+
+  Tile tile;
+  if (!tile_of(a, blockIdx.y, tile)) return;  // uniform over the block
+  const int z = blockIdx.z;
+  const WeightDesc d = desc_of(a, tile.p, z);
+  if (a.descs && d.fmt != static_cast<int32_t>(F)) return;  // another launch serves this format
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * 16 * R;
+  const int64_t wbase = weight_row_base(a, z);
+  // Weight rows g and g+8 of each m-tile; rows past n_rows repeat the last one (never stored).
+  const uint8_t* wp[R][2];
+  int64_t wrow[R][2];
+#pragma unroll
+  for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      wrow[mi][h] = wbase + min(m0 + mi * 16 + h * 8 + g, a.n_rows - 1);
+      wp[mi][h] = d.w + wrow[mi][h] * d.row_bytes;
+    }
+  // B columns of this lane: tokens g and g+8; tokens past the tile are zero columns.
+  const __nv_bfloat16* xp[NTL];
+#pragma unroll
+  for (int ni = 0; ni < NTL; ++ni) {
+    const int tok = ni * 8 + g;
+    xp[ni] = tok < tile.nrows ? x_row<__nv_bfloat16>(a, tile.row0 + tok, z) : nullptr;
+  }
+
+  float acc[R][NTL][4];
+#pragma unroll
+  for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NTL; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+
+  const int64_t n_chunks = a.K / E, n_kb = (n_chunks + 3) / 4;
+  for (int64_t kb0 = static_cast<int64_t>(warp) * U; kb0 < n_kb; kb0 += static_cast<int64_t>(W) * U) {
+    uint4 raw[U][R][2];
+    typename D::MmaScales sc[U][R][2];
+    float bs[U][R][2];  // FP8 block scales of the k blocks
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t kb = kb0 + u, c = kb * 4 + t;
+#pragma unroll
+      for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (c < n_chunks) {
+            raw[u][mi][h] = ld_stream16(wp[mi][h] + c * 16);
+            sc[u][mi][h] = D::mma_scales(d, wrow[mi][h], c);
+          } else {
+            raw[u][mi][h] = make_uint4(0u, 0u, 0u, 0u);
+            sc[u][mi][h] = typename D::MmaScales{};
+          }
+          if constexpr (D::kMmaBlockScale) bs[u][mi][h] = kb < n_kb ? D::scale_at(d, wrow[mi][h], kb * 4 * E) : 0.0f;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t kb = kb0 + u, c = kb * 4 + t;
+      if (kb >= n_kb) break;  // uniform over the warp
+      uint32_t xw[NTL][XW];
+#pragma unroll
+      for (int ni = 0; ni < NTL; ++ni) {
+        if (xp[ni] != nullptr && c < n_chunks) {
+          const uint4* p = reinterpret_cast<const uint4*>(xp[ni] + c * E);
+#pragma unroll
+          for (int i = 0; i < XW / 4; ++i) {
+            const uint4 v = __ldg(p + i);
+            xw[ni][4 * i] = v.x, xw[ni][4 * i + 1] = v.y, xw[ni][4 * i + 2] = v.z, xw[ni][4 * i + 3] = v.w;
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < XW; ++i) xw[ni][i] = 0u;
+        }
+      }
+      float part[R][NTL][4];  // FP8: this k block's sums, before its block scale
+#pragma unroll
+      for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NTL; ++ni)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) part[mi][ni][e] = 0.0f;
+#pragma unroll
+      for (int s = 0; s < STEPS; ++s) {
+        uint32_t b[NTL][2];
+#pragma unroll
+        for (int ni = 0; ni < NTL; ++ni) D::x_step(xw[ni], s, b[ni][0], b[ni][1]);
+#pragma unroll
+        for (int mi = 0; mi < R; ++mi) {
+          uint32_t af[4];
+          D::mma_step(raw[u][mi][0], sc[u][mi][0], s, af[0], af[2]);
+          D::mma_step(raw[u][mi][1], sc[u][mi][1], s, af[1], af[3]);
+#pragma unroll
+          for (int ni = 0; ni < NTL; ++ni) mma_bf16_16816(D::kMmaBlockScale ? part[mi][ni] : acc[mi][ni], af, b[ni]);
+        }
+      }
+      if constexpr (D::kMmaBlockScale) {
+#pragma unroll
+        for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < NTL; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = fmaf(part[mi][ni][e], bs[u][mi][e >> 1], acc[mi][ni][e]);
+      }
+    }
+  }
+
+  float* mine = red + static_cast<size_t>(warp) * NACC * 32;
+#pragma unroll
+  for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NTL; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mine[((mi * NTL + ni) * 4 + e) * 32 + lane] = acc[mi][ni][e];
+  __syncthreads();
+  const float out_scale = D::kMmaOutUnit * global_scale<F>(d);
+  for (int o = threadIdx.x; o < NACC * 32; o += blockDim.x) {
+    const int j = o / 32, ln = o % 32;
+    float v = 0.0f;
+    for (int w = 0; w < W; ++w) v += red[(w * NACC + j) * 32 + ln];
+    const int e = j % 4, ni = (j / 4) % NTL, mi = j / (4 * NTL);
+    const int64_t r = m0 + mi * 16 + (ln >> 2) + (e >= 2 ? 8 : 0);
+    const int tok = ni * 8 + 2 * (ln & 3) + (e & 1);
+    if (r < a.n_rows && tok < tile.nrows) store_out(a, tile.row0 + tok, z, r, v * out_scale);
+  }
+}
+
 // Fallback for rows that are not 16-byte aligned (odd shapes): one warp per output row,
 // element by element, every activation row of the tile in turn.
 template <WFmt F, typename XT>
@@ -180,9 +344,60 @@ void launch_gemv_typed(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
   throw Error(str_cat("cuda gemv: tile of ", a.tile_rows, " rows (expected 1, 2, 4, 8 or 16)"));
 }
 
+// Shape of a tensor-core GEMV launch: R m-tiles per warp (2 once there are rows for plenty of
+// blocks) and W warps per block splitting k, so that the grid holds about kTargetWarpsPerSm warps
+// per multiprocessor while every warp keeps at least one iteration of U k blocks.
+constexpr int kTargetWarpsPerSm = 16;
+int multiprocessors() {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    CLAWMINE_CUDA_CHECK(cudaGetDevice(&dev));
+    CLAWMINE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+  }();
+  return n;
+}
+
+template <WFmt F, int NT, int R>
+void launch_gemv_mma_nt(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
+  constexpr int E = WeightDecoder<F>::kChunk, U = mma_unroll<R>(), NTL = NT > 8 ? 2 : 1;
+  const int64_t n_kb = (a.K / E + 3) / 4;
+  const int64_t row_blocks = (a.n_rows + 16 * R - 1) / (16 * R);
+  const int64_t blocks = row_blocks * grid_tiles * a.n_z;
+  const int64_t want = (static_cast<int64_t>(multiprocessors()) * kTargetWarpsPerSm + blocks - 1) / blocks;
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kMmaMaxWarps, (n_kb + U - 1) / U));
+  const int W = static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
+  CLAWMINE_CHECK(row_blocks <= 0x7fffffff && grid_tiles <= 65535 && a.n_z <= 65535, "gemv_mma: grid too large");
+  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(grid_tiles), static_cast<unsigned>(a.n_z));
+  const size_t smem = static_cast<size_t>(W) * R * NTL * 4 * 32 * sizeof(float);
+  gemv_mma_kernel<F, NT, R><<<grid, W * 32, smem, stream>>>(a);
+  CLAWMINE_CUDA_LAUNCHED("gemv_mma");
+}
+
+template <WFmt F>
+void launch_gemv_mma_typed(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
+  const bool two = (a.n_rows + 15) / 16 >= 512;  // R = 2: enough m-tiles for > 256 row blocks
+  auto go = [&](auto nt) {
+    constexpr int NT = decltype(nt)::value;
+    if (two) {
+      launch_gemv_mma_nt<F, NT, 2>(a, grid_tiles, stream);
+    } else {
+      launch_gemv_mma_nt<F, NT, 1>(a, grid_tiles, stream);
+    }
+  };
+  switch (a.tile_rows) {
+    case 1: go(std::integral_constant<int, 1>{}); return;
+    case 2: go(std::integral_constant<int, 2>{}); return;
+    case 4: go(std::integral_constant<int, 4>{}); return;
+    case 8: go(std::integral_constant<int, 8>{}); return;
+    case 16: go(std::integral_constant<int, 16>{}); return;
+  }
+  throw Error(str_cat("cuda gemv: tile of ", a.tile_rows, " rows (expected 1, 2, 4, 8 or 16)"));
+}
+
 }  // namespace
 
-void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
+void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
   if (grid_tiles <= 0 || a.n_rows <= 0) return;
   dispatch_wfmt(static_cast<WFmt>(a.fmt), [&](auto f) {
     constexpr WFmt F = decltype(f)::value;
@@ -191,6 +406,23 @@ void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t st
     } else {
       launch_gemv_typed<F, float>(a, grid_tiles, stream);
     }
+  });
+}
+
+bool gemv_mma_supported(WFmt f) {
+  return f == WFmt::kBF16 || f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
+}
+
+void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
+  if (grid_tiles <= 0 || a.n_rows <= 0) return;
+  const WFmt f = static_cast<WFmt>(a.fmt);
+  if (!x_bf16 || !gemv_mma_supported(f)) {
+    launch_gemv_fma(a, x_bf16, grid_tiles, stream);
+    return;
+  }
+  dispatch_wfmt(f, [&](auto fc) {
+    constexpr WFmt F = decltype(fc)::value;
+    if constexpr (WeightDecoder<F>::kMma) launch_gemv_mma_typed<F>(a, grid_tiles, stream);
   });
 }
 

@@ -164,6 +164,16 @@ __device__ __forceinline__ void load_x(const XT* p, float* v) {
     }
   }
 }
+// D = A * B + D; A 16x16 (row), B 16x8 (col), bf16 inputs, f32 accumulators. Fragments of lane
+// (g, t) = (lane/4, lane%4): a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]},
+// b = {B[2t..][g], B[2t+8..][g]}, c = {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}.
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -188,9 +198,13 @@ void dispatch_wfmt(WFmt f, Fn&& fn) {
 inline constexpr int kGemvMaxTileRows = 16;  // tile_rows <= 16: GEMV kernels; else 64-row GEMM tiles
 inline constexpr int kGemmTileRows = 64;
 
-// GEMV launch: grid (row blocks, tiles, n_z); needs every weight row and x row 16-byte aligned
-// with K a multiple of the format's chunk (gemv_vector_ok), else the scalar GEMV.
+// GEMV launch: needs every weight row and x row 16-byte aligned with K a multiple of the format's
+// chunk, else the scalar GEMV. launch_gemv takes the tensor-core kernel for bf16 activations and
+// formats that have it (gemv_mma_supported), else the float32 FMA kernel; launch_gemv_fma always
+// takes the FMA kernel (the float32 path, and the baseline of tools/gemv_probe).
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
+void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
+bool gemv_mma_supported(WFmt f);
 void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 // GEMM launch: grid (tiles, row blocks, n_z); w_vec/x_vec enable 16-byte tile loads.
 void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream);

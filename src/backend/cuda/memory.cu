@@ -166,7 +166,7 @@ CudaBackend::Staging& CudaBackend::staging_slot(size_t i) {
 
 void CudaBackend::upload(const void* src, const TensorView& dst) {
   expect_device(dst, "upload", "dst");
-  CLAWMINE_CHECK(!capturing_, "cuda upload inside a captured decode step (upload before begin_step_graph)");
+  refuse_inside_capture(__func__);
   const size_t n = dst.nbytes();
   if (n == 0) return;
   CLAWMINE_CHECK(src != nullptr, "cuda upload: null host source for ", shape_str(dst.shape));
@@ -194,7 +194,7 @@ void CudaBackend::upload(const void* src, const TensorView& dst) {
 
 void CudaBackend::download(const TensorView& src, void* dst) {
   expect_device(src, "download", "src");
-  CLAWMINE_CHECK(!capturing_, "cuda download inside a captured decode step");
+  refuse_inside_capture("download");
   const size_t n = src.nbytes();
   if (n == 0) {
     synchronize();
@@ -270,7 +270,7 @@ void CudaBackend::fill(const TensorView& dst, float value) {
 }
 
 void CudaBackend::synchronize() {
-  CLAWMINE_CHECK(!capturing_, "cuda synchronize inside a captured decode step");
+  refuse_inside_capture(__func__);
   CLAWMINE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 

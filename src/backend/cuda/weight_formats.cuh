@@ -5,8 +5,22 @@
 // weights through WeightDecoder<F>, so one kernel template serves every format.
 // Exactness: e2m1/e4m3 times a power-of-two or E4M3 scale is exact in float32; an F32 FP8
 // scale and NVFP4's weight_scale_2 round once, in the CPU's order ((e2m1 * s) * global).
+//
+// Tensor-core GEMV fragments (linear_gemv.cu, bf16 activations): inside one mma.sync the order
+// of k is free as long as weights and activations use the same one, so each decoder turns a
+// 16-byte chunk into bf16x2 words in the order that is cheapest for it, and permutes natural
+// bf16x2 words of x the same way:
+//   kMma                          the format has this path (BF16, FP8 either scale, MXFP4, NVFP4)
+//   MmaScales mma_scales(d, row, chunk)   what mma_step needs besides the chunk's bytes
+//   mma_step(raw, sc, s, lo, hi)  k-step s (elements 4s..4s+3 of the chunk, in decoder order) as
+//                                 two bf16x2 words, exact; lo pairs with x_step's lo, hi with hi
+//   x_step(xw, s, lo, hi)         the same for the chunk's activations, xw = E/2 natural words
+//   kMmaBlockScale                FP8: mma_step yields raw e4m3 values; the 128x128 block scale
+//                                 multiplies the f32 partial sum of each 64-wide k block
+//   kMmaOutUnit                   the f32 result is multiplied by kMmaOutUnit (times NVFP4's g)
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
 #include <cstdint>
@@ -62,6 +76,25 @@ __device__ __forceinline__ void e4m3x2_values(uint32_t two_bytes, float& lo, flo
   hi = __high2float(h2);
 }
 
+// Two E4M3 bytes (low byte = first element) -> one bf16x2 word, exactly (NaN stays NaN): the
+// hardware E4M3 -> F16 pair conversion, widened to f32, packed to bf16 (every E4M3 value has at
+// most 4 significant bits, so the last rounding is exact).
+__device__ __forceinline__ uint32_t e4m3x2_bf16x2(uint32_t two_bytes) {
+  float lo, hi;
+  e4m3x2_values(two_bytes, lo, hi);
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t bf16x2_bits(__nv_bfloat162 v) { return *reinterpret_cast<const uint32_t*>(&v); }
+__device__ __forceinline__ __nv_bfloat162 as_bf16x2(uint32_t u) { return *reinterpret_cast<const __nv_bfloat162*>(&u); }
+// Nibbles j and j+4 of a word of packed E2M1 (j = 0..3) as one bf16x2 word whose bits are the
+// nibbles' own: sign to bit 15 (31), exponent/mantissa bits to 8:6 (24:22). That bf16 value is
+// e2m1 * 2^-126 (0.5 lands on the bf16 subnormal 2^-127); see Fp4Decoder::mma_step.
+__device__ __forceinline__ uint32_t e2m1_pair_bits(uint32_t word, int j) {
+  const uint32_t q = word << (12 - 4 * j);  // nibble j at bits 15:12, nibble j+4 at 31:28
+  return (q & 0x80008000u) | ((q >> 6) & 0x01c001c0u);
+}
+
 // WeightDecoder<F>: kChunk elements per 16 stored bytes, decoded kPiece (<= 8) at a time.
 //   Scales load_scales(d, row, chunk)      the chunk's scale values (loaded early with the chunk)
 //   piece<kGlobal>(raw, q, sc, g, w)       elements [q*kPiece, (q+1)*kPiece) of the chunk, exact;
@@ -97,6 +130,7 @@ struct WeightDecoder<WFmt::kF32> {
   static constexpr float kRawUnit = 1.0f;
   __device__ static void raw(const uint4& r, int q, float* w) { piece<true>(r, q, Scales{}, 1.0f, w); }
   __device__ static float piece_scale(const Scales&, int, float) { return 1.0f; }
+  static constexpr bool kMma = false;
 };
 
 template <WFmt F, bool kBf16>
@@ -128,6 +162,20 @@ struct Half16Decoder {
   static constexpr float kRawUnit = 1.0f;
   __device__ static void raw(const uint4& r, int q, float* w) { piece<true>(r, q, Scales{}, 1.0f, w); }
   __device__ static float piece_scale(const Scales&, int, float) { return 1.0f; }
+  // Tensor-core GEMV (BF16 only: F16 values are not all bf16): the stored words, natural order.
+  static constexpr bool kMma = kBf16;
+  static constexpr bool kMmaBlockScale = false;
+  static constexpr float kMmaOutUnit = 1.0f;
+  struct MmaScales {};
+  __device__ static MmaScales mma_scales(const WeightDesc&, int64_t, int64_t) { return {}; }
+  __device__ static void mma_step(const uint4& r, const MmaScales&, int s, uint32_t& lo, uint32_t& hi) {
+    lo = word_of(r, 2 * s);
+    hi = word_of(r, 2 * s + 1);
+  }
+  __device__ static void x_step(const uint32_t* xw, int s, uint32_t& lo, uint32_t& hi) {
+    lo = xw[2 * s];
+    hi = xw[2 * s + 1];
+  }
 };
 template <>
 struct WeightDecoder<WFmt::kBF16> : Half16Decoder<WFmt::kBF16, true> {};
@@ -172,6 +220,22 @@ struct Fp8Decoder {
   }
   __device__ static float one(const WeightDesc& d, int64_t row, int64_t k, float) {
     return decode_e4m3(d.w[row * d.row_bytes + k]) * scale_at(d, row, k);
+  }
+  // Tensor-core GEMV: raw e4m3 values (bf16-exact) in natural order; the block scale multiplies
+  // f32 partial sums (a 64-wide k block and a 16-row m tile never straddle a 128 block).
+  static constexpr bool kMma = true;
+  static constexpr bool kMmaBlockScale = true;
+  static constexpr float kMmaOutUnit = 1.0f;
+  struct MmaScales {};
+  __device__ static MmaScales mma_scales(const WeightDesc&, int64_t, int64_t) { return {}; }
+  __device__ static void mma_step(const uint4& r, const MmaScales&, int s, uint32_t& lo, uint32_t& hi) {
+    const uint32_t v = word_of(r, s);
+    lo = e4m3x2_bf16x2(v);
+    hi = e4m3x2_bf16x2(v >> 16);
+  }
+  __device__ static void x_step(const uint32_t* xw, int s, uint32_t& lo, uint32_t& hi) {
+    lo = xw[2 * s];
+    hi = xw[2 * s + 1];
   }
 };
 template <>
@@ -230,6 +294,47 @@ struct Fp4Decoder {
     const uint8_t b = d.w[row * d.row_bytes + k / 2];
     const float e = e2m1_value((k & 1) ? (b >> 4) : b) * scale_value(d.scale[row * d.scale_ld + k / kGroup]);
     return kNv ? e * g : e;
+  }
+  // Tensor-core GEMV. Word q of the chunk gives steps 2q and 2q+1; step s pairs elements (j, j+4)
+  // of the word, j = 2(s%2) (lo) and j+1 (hi), from e2m1_pair_bits (e2m1 * 2^-126), then exact
+  // bf16 multiplies: MXFP4 by 2^126 and then the E8M0 scale s (two steps: s * 2^126 can leave
+  // bf16's range); NVFP4 by s * 2^118 in one (E4M3 s in [2^-9, 448] keeps it finite), so its
+  // values are e2m1 * s * 2^-8 (at most 6 significant bits) and the result is scaled by 2^8 * g.
+  static constexpr bool kMma = true;
+  static constexpr bool kMmaBlockScale = false;
+  static constexpr float kMmaOutUnit = kNv ? 256.0f : 1.0f;
+  struct MmaScales {
+    uint32_t m[kChunk / kGroup];  // bf16x2 multipliers (both halves equal)
+  };
+  __device__ static MmaScales mma_scales(const WeightDesc& d, int64_t row, int64_t chunk) {
+    MmaScales sc;
+    const uint8_t* p = d.scale + row * d.scale_ld + chunk * (kChunk / kGroup);
+#pragma unroll
+    for (int i = 0; i < kChunk / kGroup; ++i) {
+      const float s = kNv ? scale_value(__ldg(p + i)) * 0x1p118f : scale_value(__ldg(p + i));
+      sc.m[i] = bf16x2_bits(__float2bfloat162_rn(s));  // exact: E4M3 * 2^118 or a power of two (NaN: NaN)
+    }
+    return sc;
+  }
+  __device__ static void mma_step(const uint4& r, const MmaScales& sc, int s, uint32_t& lo, uint32_t& hi) {
+    const uint32_t v = word_of(r, s / 2);
+    const int j = 2 * (s % 2);
+    const __nv_bfloat162 m = as_bf16x2(sc.m[(s * 4) / kGroup]);
+    __nv_bfloat162 a = as_bf16x2(e2m1_pair_bits(v, j)), b = as_bf16x2(e2m1_pair_bits(v, j + 1));
+    if constexpr (!kNv) {
+      const __nv_bfloat162 two126 = as_bf16x2(0x7e807e80u);
+      a = __hmul2(a, two126);
+      b = __hmul2(b, two126);
+    }
+    lo = bf16x2_bits(__hmul2(a, m));
+    hi = bf16x2_bits(__hmul2(b, m));
+  }
+  // xw: 16 natural words (x0x1, x2x3, ...); step s of word q needs (x_j, x_j+4) and (x_j+1, x_j+5).
+  __device__ static void x_step(const uint32_t* xw, int s, uint32_t& lo, uint32_t& hi) {
+    const int q = s / 2, j = 2 * (s % 2);
+    const uint32_t a = xw[4 * q + j / 2], b = xw[4 * q + 2 + j / 2];  // {x_j, x_j+1}, {x_j+4, x_j+5}
+    lo = __byte_perm(a, b, 0x5410);
+    hi = __byte_perm(a, b, 0x7632);
   }
 };
 template <>
