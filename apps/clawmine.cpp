@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   clawmine::cli::add_doctor_command(app);
   clawmine::cli::add_perplexity_command(app);
   clawmine::cli::add_quantize_command(app);
+  clawmine::cli::add_bench_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -155,7 +155,7 @@ configure() {
 
 # ---- build -----------------------------------------------------------------------------------
 build() {
-  local targets=(clawmine gpu_backend_cuda golden $CPU_SUITES)
+  local targets=(clawmine gpu_backend_cuda golden clawmine-kernel-bench clawmine-random-model $CPU_SUITES)
   NOTE="${targets[*]}"
   # -k 0: one broken target does not stop the others; the tests run whatever was built.
   timeout "$(left 100000)" cmake --build "$BUILD_DIR" -j "$JOBS" --target "${targets[@]}" -- -k 0

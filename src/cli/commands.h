@@ -15,5 +15,6 @@ void add_serve_command(CLI::App& app);        // cli/serve.cpp: OpenAI-compatibl
 void add_doctor_command(CLI::App& app);       // cli/doctor.cpp: numerics audit, calibration, accuracy, fixes
 void add_perplexity_command(CLI::App& app);   // cli/perplexity.cpp: windowed perplexity on a text file
 void add_quantize_command(CLI::App& app);     // cli/quantize.cpp: write FP8/MXFP4/NVFP4 checkpoints
+void add_bench_command(CLI::App& app);        // cli/bench.cpp: decode/prefill speed against measured ceilings
 
 }  // namespace clawmine::cli

@@ -1,0 +1,218 @@
+// Attention-side decode cases (one query token, V4-Flash dims), through ops::Backend:
+//   sparse_attention  64 heads x 512 over the window (128 keys) + compressed entries, at contexts
+//                     1K, 16K, 128K, for an HCA-like layer (rate 128: every entry, ctx/128) and a
+//                     CSA-like one (rate 4, the indexer's top-512 of ctx/4 entries);
+//   compressor        compress_chunk at a completing window (CSA main: overlap, 2 x 512; CSA
+//                     indexer: overlap, 2 x 128; HCA: rate 128, 512);
+//   indexer           indexer_scores (64 heads x 128 over ctx/4 keys) and topk (512 of ctx/4).
+// Inputs are rotated over copies (per-copy caches), so repeated calls do not read a warm L2.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench/cuda/bench.h"
+#include "core/error.h"
+
+namespace clawmine::bench {
+namespace {
+
+constexpr int64_t kHeads = 64, kHeadDim = 512, kWindow = 128, kTopK = 512;
+constexpr int64_t kIdxHeads = 64, kIdxDim = 128, kCsaRate = 4, kHcaRate = 128;
+constexpr int64_t kContexts[] = {1024, 16384, 131072};
+constexpr double kCopyBudget = 4.0e9;  // device bytes the copies of one case may take
+
+// Copies to rotate through: total touched bytes past the rotation size, within the memory budget.
+int copies_for(Env& env, double touched, double allocated, int cap = 256) {
+  const int by_cache = static_cast<int>(std::ceil(env.rotate_bytes() / std::max(touched, 1.0)));
+  const int by_memory = static_cast<int>(kCopyBudget / std::max(allocated, 1.0));
+  return std::clamp(std::min(by_cache, by_memory), 1, cap);
+}
+
+std::string ctx_name(int64_t ctx) { return ctx >= 1024 ? str_cat(ctx / 1024, "K") : str_cat(ctx); }
+
+void finish(Env& env, Result& r, const TensorView& out, const std::function<void(int)>& run) {
+  try {
+    env.be.fill(out, std::nanf(""));
+    run(0);
+    const int64_t bad = count_nonfinite(env.be, out);
+    r.failed = bad != 0;
+    r.check = bad ? str_cat("FAIL ", bad, " non-finite") : "finite";
+    r.timing = time_op(env.be, r.rotation, run, env.opts.target_ms);
+  } catch (const std::exception& e) {
+    r.failed = true;
+    r.check = str_cat("error: ", e.what());
+  }
+  env.rep.add(r);
+}
+
+// ---- sparse_attention decode -----------------------------------------------------------------
+void attention_case(Env& env, bool csa, int64_t ctx, const TensorView& sink) {
+  ops::Backend& be = env.be;
+  const int64_t N = csa ? ctx / kCsaRate : ctx / kHcaRate;  // compressed entries in the cache
+  const int64_t n_comp = csa ? std::min(kTopK, N) : N;      // compressed keys the query reads
+  const int64_t S = kWindow + n_comp;
+  Result r;
+  r.group = "attention";
+  r.name = str_cat(csa ? "csa top-512" : "hca rate-128", " ctx ", ctx_name(ctx));
+  r.format = "bf16";
+  r.impl = "clawmine";
+  r.T = 1;
+  const double row = 2.0 * kHeadDim;
+  r.bytes = 2 * kHeads * row + S * row + 4.0 * S;  // q, out, every key row read once, idx
+  r.flops = 4.0 * kHeads * S * kHeadDim;           // q.k and p.v
+  r.rotation = copies_for(env, r.bytes, (kWindow + N) * row);
+  std::vector<ops::DeviceBuffer> q, kv, ent, idx, out;
+  std::mt19937 rng(static_cast<uint32_t>(ctx + csa));
+  for (int i = 0; i < r.rotation; ++i) {
+    q.emplace_back(be, DType::kBF16, Shape{1, kHeads, kHeadDim});
+    kv.emplace_back(be, DType::kBF16, Shape{kWindow, kHeadDim});
+    ent.emplace_back(be, DType::kBF16, Shape{N, kHeadDim});
+    idx.emplace_back(be, DType::kI32, Shape{1, S});
+    out.emplace_back(be, DType::kBF16, Shape{1, kHeads, kHeadDim});
+    fill_random(be, q.back().view(), Fill::kFloat, 500 + i, 1.0f);
+    fill_random(be, kv.back().view(), Fill::kFloat, 600 + i, 1.0f);
+    fill_random(be, ent.back().view(), Fill::kFloat, 700 + i, 1.0f);
+    // Window rows 0..127 (the pool), then entry rows kWindow + j: HCA every entry, CSA a random
+    // top-k selection (distinct entries, in score order, i.e. unsorted).
+    std::vector<int32_t> h(static_cast<size_t>(S));
+    std::iota(h.begin(), h.begin() + kWindow, 0);
+    std::vector<int32_t> sel(static_cast<size_t>(N));
+    std::iota(sel.begin(), sel.end(), 0);
+    if (csa) std::shuffle(sel.begin(), sel.end(), rng);
+    for (int64_t j = 0; j < n_comp; ++j) h[static_cast<size_t>(kWindow + j)] = static_cast<int32_t>(kWindow + sel[j]);
+    be.upload(h.data(), idx.back().view());
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  finish(env, r, out[0].view(), [&](int i) {
+    be.sparse_attention(q[i].view(), kv[i].view(), ent[i].view(), idx[i].view(), sink, scale, out[i].view());
+  });
+}
+
+// ---- compressor ------------------------------------------------------------------------------
+void compressor_case(Env& env, const char* what, int64_t rate, bool overlap, int64_t hd, int64_t ctx) {
+  ops::Backend& be = env.be;
+  const int64_t c = overlap ? 2 : 1, W = c * hd, p0 = ctx - 1;  // position ctx-1 completes a window
+  Result r;
+  r.group = "compressor";
+  r.name = str_cat(what, " ctx ", ctx_name(ctx));
+  r.format = "f32";
+  r.impl = "clawmine";
+  r.T = 1;
+  // kv + gate rows, ape row, the pending rows read and written, overlap rows, one pooled entry.
+  r.bytes = 4.0 * (2 * W + W + 2 * 2 * (rate - 1) * W + (overlap ? 2 * 2 * rate * hd : 0) + hd);
+  r.flops = 4.0 * c * rate * hd;  // softmax-weighted sum over the slots
+  struct Set {
+    ops::DeviceBuffer kv, gate, ape, pkv, pgate, okv, ogate, pooled;
+  };
+  r.rotation = copies_for(env, r.bytes, r.bytes, 64);
+  std::vector<Set> sets;
+  for (int i = 0; i < r.rotation; ++i) {
+    Set s;
+    s.kv = ops::DeviceBuffer(be, DType::kF32, {1, W});
+    s.gate = ops::DeviceBuffer(be, DType::kF32, {1, W});
+    s.ape = ops::DeviceBuffer(be, DType::kF32, {rate, W});
+    s.pkv = ops::DeviceBuffer(be, DType::kF32, {rate, W});
+    s.pgate = ops::DeviceBuffer(be, DType::kF32, {rate, W});
+    if (overlap) {
+      s.okv = ops::DeviceBuffer(be, DType::kF32, {rate, hd});
+      s.ogate = ops::DeviceBuffer(be, DType::kF32, {rate, hd});
+    }
+    s.pooled = ops::DeviceBuffer(be, DType::kF32, {1, hd});
+    uint64_t seed = 800 + 16 * static_cast<uint64_t>(i);
+    for (const ops::DeviceBuffer* b : {&s.kv, &s.gate, &s.ape, &s.pkv, &s.pgate, &s.okv, &s.ogate})
+      if (!b->view().empty()) fill_random(be, b->view(), Fill::kFloat, seed++, 1.0f);
+    sets.push_back(std::move(s));
+  }
+  finish(env, r, sets[0].pooled.view(), [&](int i) {
+    Set& s = sets[static_cast<size_t>(i)];
+    const ops::CompressorStateView st{s.pkv.view(), s.pgate.view(), s.okv.view(), s.ogate.view()};
+    be.compress_chunk(s.kv.view(), s.gate.view(), s.ape.view(), p0, rate, overlap, st, s.pooled.view());
+  });
+}
+
+// ---- indexer ---------------------------------------------------------------------------------
+void indexer_cases(Env& env, int64_t ctx) {
+  ops::Backend& be = env.be;
+  const int64_t N = ctx / kCsaRate;
+  {
+    Result r;
+    r.group = "indexer";
+    r.name = str_cat("indexer_scores ctx ", ctx_name(ctx));
+    r.format = "bf16";
+    r.impl = "clawmine";
+    r.T = 1;
+    r.bytes = 2.0 * N * kIdxDim + 2.0 * kIdxHeads * kIdxDim + 2.0 * kIdxHeads + 4.0 * N;  // keys, q, weights, scores
+    r.flops = 2.0 * kIdxHeads * N * kIdxDim + 3.0 * kIdxHeads * N;
+    r.rotation = copies_for(env, r.bytes, r.bytes);
+    std::vector<ops::DeviceBuffer> q, keys, w, pos, scores;
+    const int32_t p = static_cast<int32_t>(ctx - 1);
+    for (int i = 0; i < r.rotation; ++i) {
+      q.emplace_back(be, DType::kBF16, Shape{1, kIdxHeads, kIdxDim});
+      keys.emplace_back(be, DType::kBF16, Shape{N, kIdxDim});
+      w.emplace_back(be, DType::kBF16, Shape{1, kIdxHeads});
+      pos.emplace_back(be, DType::kI32, Shape{1});
+      scores.emplace_back(be, DType::kF32, Shape{1, N});
+      fill_random(be, q.back().view(), Fill::kFloat, 900 + i, 1.0f);
+      fill_random(be, keys.back().view(), Fill::kFloat, 1900 + i, 1.0f);
+      fill_random(be, w.back().view(), Fill::kFloat, 2900 + i, 1.0f);
+      be.upload(&p, pos.back().view());
+    }
+    const float ws = 1.0f / std::sqrt(static_cast<float>(kIdxDim)) / std::sqrt(static_cast<float>(kIdxHeads));
+    finish(env, r, scores[0].view(), [&](int i) {
+      be.indexer_scores(q[i].view(), keys[i].view(), w[i].view(), ws, pos[i].view(), kCsaRate, scores[i].view());
+    });
+  }
+  {
+    Result r;
+    r.group = "indexer";
+    r.name = str_cat("topk 512 ctx ", ctx_name(ctx));
+    r.format = "f32";
+    r.impl = "clawmine";
+    r.T = 1;
+    r.bytes = 4.0 * N + 4.0 * kTopK;
+    r.flops = 0;
+    r.rotation = copies_for(env, r.bytes, r.bytes);
+    std::vector<ops::DeviceBuffer> v, out;
+    for (int i = 0; i < r.rotation; ++i) {
+      v.emplace_back(be, DType::kF32, Shape{1, N});
+      out.emplace_back(be, DType::kI32, Shape{1, kTopK});
+      fill_random(be, v.back().view(), Fill::kFloat, 3900 + i, 1.0f);
+    }
+    try {
+      r.timing = time_op(be, r.rotation, [&](int i) { be.topk(v[i].view(), kTopK, out[i].view()); },
+                         env.opts.target_ms);
+      r.check = "-";
+    } catch (const std::exception& e) {
+      r.failed = true;
+      r.check = str_cat("error: ", e.what());
+    }
+    env.rep.add(r);
+  }
+}
+
+}  // namespace
+
+void run_attention_cases(Env& env) {
+  ops::Backend& be = env.be;
+  if (env.opts.wants("attention")) {
+    ops::DeviceBuffer sink(be, DType::kF32, {kHeads});
+    fill_random(be, sink.view(), Fill::kFloat, 42, 1.0f);
+    for (bool csa : {false, true})
+      for (int64_t ctx : kContexts) attention_case(env, csa, ctx, sink.view());
+  }
+  if (env.opts.wants("compressor")) {
+    for (int64_t ctx : {int64_t{16384}, int64_t{131072}}) {
+      compressor_case(env, "csa 2x512 rate 4", kCsaRate, true, kHeadDim, ctx);
+      compressor_case(env, "csa-indexer 2x128 rate 4", kCsaRate, true, kIdxDim, ctx);
+      compressor_case(env, "hca 512 rate 128", kHcaRate, false, kHeadDim, ctx);
+    }
+  }
+  if (env.opts.wants("indexer")) {
+    for (int64_t ctx : {int64_t{16384}, int64_t{131072}}) indexer_cases(env, ctx);
+  }
+}
+
+}  // namespace clawmine::bench

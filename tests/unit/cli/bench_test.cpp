@@ -1,0 +1,80 @@
+// `clawmine bench` on the CPU backend with tiny-a: every section runs (prefill at each length,
+// batch-1 decode, round-robin batches, the op profile), the JSON holds consistent figures, the
+// ceilings are skipped on the CPU, and bad sizes are one-line errors naming the flag.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "support/test_support.h"
+
+namespace clawmine::test {
+namespace {
+
+CommandResult clawmine(const std::string& args) {
+  return run_command(str_cat(clawmine_binary().string(), " ", args));
+}
+std::string tiny_a() { return fixture_dir("models/tiny-a").string(); }
+
+TEST(BenchCommand, RunsEverySectionOnTheCpu) {
+  TempDir tmp;
+  const std::string json = (tmp.path() / "bench.json").string();
+  const CommandResult r = clawmine("bench --model '" + tiny_a() + "' --threads 1 --prompt-lengths 24,40 " +
+                                   "--decode-tokens 5 --batch-sizes 1,3 --batch-prompt 8 --profile --profile-steps 2 " +
+                                   "--json '" + json + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("== clawmine bench"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("round-robin"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-- profile: decode"), std::string::npos) << r.out;
+
+  std::ifstream f(json);
+  ASSERT_TRUE(f) << json;
+  const nlohmann::json j = nlohmann::json::parse(f);
+  EXPECT_EQ(j["backend"], "cpu");
+  EXPECT_EQ(j["copy_gbps"], 0.0);  // no ceilings on the CPU
+  const double weights = j["weight_bytes"], routed = j["routed_expert_bytes"], per_token = j["bytes_per_decode_token"];
+  EXPECT_GT(routed, 0);
+  EXPECT_LT(routed, weights);
+  // tiny-a: a token reads 3 of the 8 routed experts, one row of the embedding (BF16 [512, 64])
+  // and one row of each hash layer's tid2eid (layers 0 and 1, I64 [512, 3]); everything else whole.
+  const double skipped = routed * 5.0 / 8.0 + (512 * 64 * 2 + 2 * 512 * 3 * 8) * (511.0 / 512.0);
+  EXPECT_NEAR(per_token, weights - skipped, 1.0);
+  EXPECT_GT(j["matmul_flops_per_token"].get<double>(), 0);
+
+  EXPECT_EQ(j["decode"]["context"], 24);
+  EXPECT_EQ(j["decode"]["step_ms"].size(), 5u);
+  EXPECT_GT(j["decode"]["median_ms"].get<double>(), 0);
+  ASSERT_EQ(j["prefill"].size(), 2u);
+  EXPECT_EQ(j["prefill"][1]["tokens"], 40);
+  EXPECT_GT(j["prefill"][1]["tokens_per_second"].get<double>(), 0);
+  ASSERT_EQ(j["round_robin"].size(), 1u);
+  EXPECT_EQ(j["round_robin"][0]["batch"], 3);
+  EXPECT_EQ(j["round_robin"][0]["rounds"], 2);
+  ASSERT_EQ(j["profile"].size(), 2u);
+  EXPECT_GT(j["profile"][1]["rows"].size(), 5u);
+  // One linear call per layer and step for wq_b (4 layers).
+  bool wq_b = false;
+  for (const auto& row : j["profile"][1]["rows"])
+    if (row["op"] == "linear" && row["module"] == "attn.wq_b") {
+      wq_b = true;
+      EXPECT_EQ(row["calls"], 4.0);
+    }
+  EXPECT_TRUE(wq_b);
+}
+
+TEST(BenchCommand, BadSizesNameTheFlag) {
+  const std::string m = "bench --model '" + tiny_a() + "' ";
+  for (const auto& [args, flag] : {std::pair<std::string, std::string>{"--prompt-lengths 0", "--prompt-lengths"},
+                                   {"--prompt-lengths 16,x", "--prompt-lengths"},
+                                   {"--batch-sizes ,", "--batch-sizes"}}) {
+    const CommandResult r = clawmine(m + args);
+    EXPECT_NE(r.exit_code, 0) << args;
+    EXPECT_NE(r.err.find(flag), std::string::npos) << args << ": " << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace clawmine::test
