@@ -11,7 +11,7 @@
 # sparse attention, compressor, indexer); then per layout (release: FP8 + MXFP4 experts, 45.6 GB;
 # nvfp4: NVFP4 experts, 47.7 GB, written without input scales so loading skips the CPU audit):
 # clawmine-random-model writes the checkpoint to $GPU_BENCH_MODEL_DIR, `clawmine bench` runs on it
-# (decode 32 tokens at batch 1, prefill 2048, round-robin batch 8, op profile), and the checkpoint
+# (decode 32 tokens at batch 1, prefill 2048 and 8192, round-robin batches 8 and 32, op profile), and the checkpoint
 # is deleted (the disk holds one at a time). A layout is skipped when too little of the time
 # budget is left for it. Everything goes to stdout (gpu-check's bench.log); the JSON results are
 # printed between "--- begin/end FILE" lines so they come back inside that log.
@@ -31,7 +31,7 @@ BUDGET_S=${GPU_BENCH_BUDGET_S:-300}
 LAYOUTS=${GPU_BENCH_LAYOUTS:-release nvfp4}
 MODEL_DIR=${GPU_BENCH_MODEL_DIR:-/tmp/clawmine-flash}
 KERNEL_ARGS=${GPU_BENCH_KERNEL_ARGS:-}
-E2E_ARGS=${GPU_BENCH_E2E_ARGS:---decode-tokens 32 --prompt-lengths 2048 --batch-sizes 1,8 --profile --profile-steps 4}
+E2E_ARGS=${GPU_BENCH_E2E_ARGS:---decode-tokens 32 --prompt-lengths 2048,8192 --batch-sizes 1,8,32 --profile --profile-steps 4}
 LAYOUT_NEEDS_S=100  # generation ~30 s, load ~10 s, bench ~30 s, delete: start a layout only with this much left
 START=$(date +%s)
 TMP=$(mktemp -d /tmp/gpu-bench.XXXXXX)
@@ -151,8 +151,13 @@ for layout in layouts:
     for i, pf in enumerate(j["prefill"] or [{}]):
         head = (f"{layout:8s} {j['bytes_per_decode_token'] / 1e9:8.2f} {d['median_ms']:13.2f} {d['floor_ms']:8.2f} "
                 f"{100 * d['roofline_ratio']:5.1f}%") if i == 0 else " " * 47
-        pre = (f"{pf['tokens']:7d} {pf['tokens_per_second']:7.0f} {pf['ttft_ms']:8.0f} {100 * pf['gemm_ratio']:5.1f}%"
-               if pf else f"{'-':>7s} {'-':>7s} {'-':>8s} {'-':>6s}")
+        if not pf:
+            pre = f"{'-':>7s} {'-':>7s} {'-':>8s} {'-':>6s}"
+        elif "error" in pf:
+            pre = f"{pf['tokens']:7d} failed: {pf['error'][:60]}"
+        else:
+            pre = (f"{pf['tokens']:7d} {pf['tokens_per_second']:7.0f} {pf['ttft_ms']:8.0f} "
+                   f"{100 * pf['gemm_ratio']:5.1f}%")
         tail = f"  {rr:>14s}  {j['cuda_graphs']:6s}  {j['load_seconds']:.1f}+{j['place_seconds']:.1f}" if i == 0 else ""
         print(f"{head}  {pre}{tail}")
 EOF

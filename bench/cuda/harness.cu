@@ -221,7 +221,8 @@ DeviceInfo device_info(ops::Backend& be, int device) {
   return d;
 }
 
-Timing time_op(ops::Backend& be, int rotation, const std::function<void(int)>& op, double target_ms) {
+Timing time_op(ops::Backend& be, int rotation, const std::function<void(int)>& op, double target_ms,
+               bool allow_graph) {
   CudaBackend& cb = cuda_of(be);
   const cudaStream_t s = cb.stream();
   rotation = std::max(rotation, 1);
@@ -250,25 +251,27 @@ Timing time_op(ops::Backend& be, int rotation, const std::function<void(int)>& o
 
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
-  bool captured = true;
-  CLAWMINE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  try {
-    for (int i = 0; i < K; ++i) op(i % rotation);
-  } catch (const std::exception& e) {
-    captured = false;
-    t.note = e.what();
+  bool captured = allow_graph;
+  if (allow_graph) {
+    CLAWMINE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    try {
+      for (int i = 0; i < K; ++i) op(i % rotation);
+    } catch (const std::exception& e) {
+      captured = false;
+      t.note = e.what();
+    }
+    const cudaError_t end = cudaStreamEndCapture(s, &graph);
+    if (end != cudaSuccess) {
+      captured = false;
+      if (t.note.empty()) t.note = cudaGetErrorString(end);
+    }
+    if (captured && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
+      captured = false;
+      t.note = "cudaGraphInstantiate failed";
+    }
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();  // a failed capture leaves an error that is not sticky: clear it
   }
-  const cudaError_t end = cudaStreamEndCapture(s, &graph);
-  if (end != cudaSuccess) {
-    captured = false;
-    if (t.note.empty()) t.note = cudaGetErrorString(end);
-  }
-  if (captured && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
-    captured = false;
-    t.note = "cudaGraphInstantiate failed";
-  }
-  if (graph) cudaGraphDestroy(graph);
-  cudaGetLastError();  // a failed capture leaves an error that is not sticky: clear it
 
   std::vector<double> per_call;
   auto one = [&] {
@@ -306,7 +309,7 @@ Ceilings measure_ceilings(ops::Backend& be, double target_ms) {
           CLAWMINE_CUDA_CHECK(cudaMemcpyAsync(dst.view().data, src.view().data, n, cudaMemcpyDeviceToDevice,
                                               cb.stream()));
         },
-        target_ms);
+        target_ms, /*allow_graph=*/false);
     c.copy_gbps = 2.0 * static_cast<double>(n) / (c.copy.median_us * 1e3);
   }
   {  // cuBLAS BF16 GEMM 8192^3 on random data, f32 accumulation

@@ -68,7 +68,7 @@ Reporter::Reporter(const Options& o, const DeviceInfo& d, const Ceilings& c) : o
   }
   std::printf("device: %s, %d SMs, L2 %.0f MiB, max clocks SM %d MHz / memory %d MHz\n", d.name.c_str(), d.sm_count,
               d.l2_bytes / 1048576.0, d.clock_mhz, d.mem_clock_mhz);
-  std::printf("ceilings: copy %.0f GB/s (1 GiB device to device, read + write; %.1f us), "
+  std::printf("ceilings: copy %.0f GB/s (1 GiB cudaMemcpyAsync device to device, eager, read + write; %.1f us), "
               "cuBLAS BF16 GEMM 8192^3 %.0f TFLOP/s (%.1f us)\n",
               c.copy_gbps, c.copy.median_us, c.gemm_tflops, c.gemm.median_us);
   std::printf(kHeader, "group", "case", "fmt", "impl", "T", "median_us", "GB/s", "TFLOP/s", "bnd", "roof", "check");

@@ -205,6 +205,7 @@ Ceilings measure_ceilings(ops::Backend& be) {
 struct Prefill {
   int64_t tokens = 0;
   double seconds = 0;  // forward of the whole prompt + the first token's argmax = time to first token
+  std::string error;   // the prefill failed (nothing timed)
 };
 struct Decode {
   int64_t context = 0;  // position of the first decoded token
@@ -216,11 +217,14 @@ struct RoundRobin {
   std::vector<double> round_seconds;  // one round = one forward per sequence
 };
 
-void print_profile(const OpProfiler& prof, const std::string& title, double steps, Json& out) {
+void print_profile(const OpProfiler& prof, const std::string& title, double steps, double floor_s, Json& out) {
   const double total = prof.total_seconds();
-  std::printf("\n-- profile: %s (eager, one device sync per op): %.2f ms per %s over %lld op calls\n", title.c_str(),
-              total * 1e3 / steps, steps > 1 ? "step" : "pass", static_cast<long long>(prof.total_calls() / steps));
-  std::printf("   %-18s %-30s %9s %10s %6s %9s\n", "op", "module", "calls", "ms", "share", "weight GB/s");
+  std::printf("\n-- profile: %s (eager, one device sync per op): %.2f ms per %s over %lld op calls; each call "
+              "carries ~%.1f us of launch + sync (a one-element iota)\n",
+              title.c_str(), total * 1e3 / steps, steps > 1 ? "step" : "pass",
+              static_cast<long long>(prof.total_calls() / steps), floor_s * 1e6);
+  std::printf("   %-18s %-30s %7s %10s %9s %6s %9s\n", "op", "module", "calls", "ms", "us/call", "share",
+              "weight GB/s");
   Json rows = Json::array();
   int shown = 0;
   double rest = 0;
@@ -234,14 +238,16 @@ void print_profile(const OpProfiler& prof, const std::string& title, double step
     if (shown++ < 24) {
       char gbps[32] = "";
       if (r.weight_bytes > 0) std::snprintf(gbps, sizeof gbps, "%9.0f", r.weight_bytes / r.seconds / 1e9);
-      std::printf("   %-18s %-30s %9.1f %10.3f %5.1f%% %9s\n", r.op.c_str(), r.module.c_str(),
-                  static_cast<double>(r.calls) / steps, ms, 100.0 * r.seconds / total, gbps);
+      std::printf("   %-18s %-30s %7.1f %10.3f %9.1f %5.1f%% %9s\n", r.op.c_str(), r.module.c_str(),
+                  static_cast<double>(r.calls) / steps, ms, r.seconds * 1e6 / static_cast<double>(r.calls),
+                  100.0 * r.seconds / total, gbps);
     } else {
       rest += r.seconds;
     }
   }
-  if (rest > 0) std::printf("   %-49s %10.3f %5.1f%%\n", "(other ops)", rest * 1e3 / steps, 100.0 * rest / total);
-  out = {{"title", title}, {"ms_per_step", total * 1e3 / steps}, {"rows", rows}};
+  if (rest > 0)
+    std::printf("   %-57s %10.3f %9s %5.1f%%\n", "(other ops)", rest * 1e3 / steps, "", 100.0 * rest / total);
+  out = {{"title", title}, {"ms_per_step", total * 1e3 / steps}, {"call_floor_us", floor_s * 1e6}, {"rows", rows}};
 }
 
 void run_bench(const BenchArgs& a) {
@@ -310,9 +316,16 @@ void run_bench(const BenchArgs& a) {
     md::SequenceCache cache = model.new_cache();
     be.synchronize();
     const auto t0 = Clock::now();
-    int32_t tok = prefill(cache, ids, be);
+    int32_t tok = 0;
+    try {
+      tok = prefill(cache, ids, be);
+    } catch (const Error& e) {  // e.g. scratch too small for this length: report it, time the rest
+      std::printf("prefill %lld tokens: failed: %s\n", static_cast<long long>(L), e.what());
+      prefills.push_back({L, 0, e.what()});
+      continue;
+    }
     const double s = seconds_since(t0);
-    prefills.push_back({L, s});
+    prefills.push_back({L, s, ""});
     std::printf("prefill %lld tokens: %.1f ms (%.0f tokens/s, time to first token %.1f ms)\n",
                 static_cast<long long>(L), s * 1e3, static_cast<double>(L) / s, s * 1e3);
     std::fflush(stdout);
@@ -367,16 +380,17 @@ void run_bench(const BenchArgs& a) {
   Json profile_json = Json::array();
   if (a.profile) {
     OpProfiler prof(be);
+    const double floor_s = prof.call_floor_seconds();
     md::SequenceCache cache = model.new_cache();
     const int64_t L = lengths[0];
     int32_t tok = prefill(cache, random_ids(L, V, a.seed + static_cast<uint64_t>(L)), prof);
     Json j;
-    print_profile(prof, str_cat("prefill of ", L, " tokens"), 1.0, j);
+    print_profile(prof, str_cat("prefill of ", L, " tokens"), 1.0, floor_s, j);
     profile_json.push_back(j);
     prof.reset();
     for (int64_t i = 0; i < a.profile_steps; ++i) tok = argmax(model.forward(prof, cache, {tok}, fwd));
     print_profile(prof, str_cat("decode at context ", L, ", ", a.profile_steps, " steps"),
-                  static_cast<double>(std::max<int64_t>(a.profile_steps, 1)), j);
+                  static_cast<double>(std::max<int64_t>(a.profile_steps, 1)), floor_s, j);
     profile_json.push_back(j);
   }
 
@@ -401,6 +415,10 @@ void run_bench(const BenchArgs& a) {
     std::printf("%-34s %-40s %s\n", what, got, vs);
   }
   for (const Prefill& p : prefills) {
+    if (!p.error.empty()) {
+      std::printf("%-34s failed: %s\n", str_cat("prefill ", p.tokens).c_str(), p.error.c_str());
+      continue;
+    }
     char what[64], got[64], vs[80] = "-";
     const double tflops = cost.matmul_flops * static_cast<double>(p.tokens) / p.seconds / 1e12;
     std::snprintf(what, sizeof what, "prefill %lld", static_cast<long long>(p.tokens));
@@ -449,6 +467,10 @@ void run_bench(const BenchArgs& a) {
                    {"roofline_ratio", dec_ms > 0 ? floor_ms / dec_ms : 0.0}};
     Json pj = Json::array();
     for (const Prefill& p : prefills) {
+      if (!p.error.empty()) {
+        pj.push_back({{"tokens", p.tokens}, {"error", p.error}});
+        continue;
+      }
       const double tflops = cost.matmul_flops * static_cast<double>(p.tokens) / p.seconds / 1e12;
       pj.push_back({{"tokens", p.tokens},
                     {"seconds", p.seconds},

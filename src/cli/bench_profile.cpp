@@ -50,6 +50,21 @@ int64_t OpProfiler::total_calls() const {
   return n;
 }
 
+double OpProfiler::call_floor_seconds() {
+  ops::ScratchFrame frame(inner_);
+  const TensorView one = inner_.scratch(DType::kI32, {1});
+  inner_.synchronize();
+  std::vector<double> t;
+  for (int i = 0; i < 50; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    inner_.iota(one, 0, 1);
+    inner_.synchronize();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 void OpProfiler::upload(const void* src, const TensorView& dst) {
   timed("upload", scope_module(), 0, [&] { inner_.upload(src, dst); });
 }

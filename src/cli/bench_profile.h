@@ -32,6 +32,9 @@ class OpProfiler : public diag::ForwardingBackend {
   std::vector<Row> rows() const;  // largest time first
   double total_seconds() const;
   int64_t total_calls() const;
+  // What one timed call costs around the op itself: the median over 50 timed iota ops of one
+  // element (launch + tiny kernel + synchronize), recorded nowhere.
+  double call_floor_seconds();
 
   // Memory ops that run on the device (window copies, logits download) are timed too.
   void upload(const void* src, const TensorView& dst) override;
