@@ -205,6 +205,10 @@ inline constexpr int kGemmTileRows = 64;
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 bool gemv_mma_supported(WFmt f);
+// Tuning hook for tools/gemv_probe (not thread-safe): the tensor-core GEMV streams weights
+// through a cp.async shared-memory ring (staged = 1, the default) or straight into registers
+// (0); rows = 1 or 2 m-tiles per warp, 0 by the row count (the default).
+void set_gemv_mma_config(int staged, int rows);
 void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 // GEMM launch: grid (tiles, row blocks, n_z); w_vec/x_vec enable 16-byte tile loads.
 void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream);

@@ -306,13 +306,21 @@ struct Fp4Decoder {
   struct MmaScales {
     uint32_t m[kChunk / kGroup];  // bf16x2 multipliers (both halves equal)
   };
+  // Packed: NVFP4's two E4M3 scales of a chunk with one E4M3x2 -> F16x2 conversion (exact, NaN
+  // stays NaN), widened, times 2^118, packed to bf16 (exact); MXFP4's E8M0 as its power of two.
   __device__ static MmaScales mma_scales(const WeightDesc& d, int64_t row, int64_t chunk) {
     MmaScales sc;
     const uint8_t* p = d.scale + row * d.scale_ld + chunk * (kChunk / kGroup);
-#pragma unroll
-    for (int i = 0; i < kChunk / kGroup; ++i) {
-      const float s = kNv ? scale_value(__ldg(p + i)) * 0x1p118f : scale_value(__ldg(p + i));
-      sc.m[i] = bf16x2_bits(__float2bfloat162_rn(s));  // exact: E4M3 * 2^118 or a power of two (NaN: NaN)
+    if constexpr (kNv) {
+      const uint32_t two = __ldg(reinterpret_cast<const unsigned short*>(p));  // K % 32 == 0: even offset
+      float s0, s1;
+      e4m3x2_values(two, s0, s1);
+      const uint32_t b = bf16x2_bits(__floats2bfloat162_rn(s0 * 0x1p118f, s1 * 0x1p118f));
+      sc.m[0] = __byte_perm(b, 0u, 0x1010);
+      sc.m[1] = __byte_perm(b, 0u, 0x3232);
+    } else {
+      const uint32_t b = bf16x2_bits(__float2bfloat162_rn(decode_e8m0(__ldg(p))));
+      sc.m[0] = b;
     }
     return sc;
   }
