@@ -44,7 +44,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,te
 # SASS of the tensor-core GEMV (T=1, R=1 instances) for reading here.
 obj=$BUILD_DIR/CMakeFiles/clawmine_backend_cuda.dir/src/backend/cuda/linear_gemv.cu.o
 if command -v cuobjdump >/dev/null && [ -f "$obj" ]; then
-  cuobjdump -sass "$obj" 2>/dev/null | awk '/Function : /{keep = ($0 ~ /gemv_mma_kernel/ && $0 ~ /ELi1ELi1EE/)} keep' \
+  cuobjdump -sass "$obj" 2>/dev/null | awk '/Function : /{keep = ($0 ~ /gemv_mma_kernel/ && $0 ~ /ELi1ELi1ELb1E/)} keep' \
     >"$OUT/sass.txt"
 fi
 

@@ -3,15 +3,17 @@
 //
 // For each format (BF16, FP8 with E8M0 / F32 block scales, MXFP4, NVFP4), shape and T it times
 //   fma     launch_gemv_fma: the float32-FMA kernel (the GEMV before the tensor-core one)
-//   gemv    launch_gemv, what linear() runs for bf16 activations (the tensor-core kernel, or the
-//           FMA one for T <= 2 over dense BF16 or a weight of <= 8 MiB)
+//   stg     launch_gemv as linear() runs it (tensor-core kernel, weights through a cp.async ring;
+//           dense BF16 at T <= 2 takes the FMA kernel)
+//   dir     the tensor-core kernel loading weights straight into registers
+//   stg1, dir1  the same with one m-tile per warp whatever the row count
 //   cublas  cublasGemmEx on BF16 weights of the same shape (BF16 rows only; the issue's baseline)
 // as CUDA graphs of back-to-back launches over enough weight copies that nothing stays in L2
-// (median over replays), and prints GB/s of weight + scale bytes and the ratio to the copy
-// bandwidth of the same run: the best of a 1 GiB cudaMemcpy (in a graph and
+// (median over replays), and prints GB/s of weight + scale bytes for the default kernel and the
+// ratio to the copy bandwidth of the same run: the best of a 1 GiB cudaMemcpy (in a graph and
 // eager) and a 16-byte-per-thread copy kernel, counting bytes read + written. It also prints the
-// floor of one empty kernel launch in a graph. Every case checks gemv against fma on the same
-// random inputs (rel_l2 of f32 outputs, NaN-poisoned first).
+// floor of one empty kernel launch in a graph. Every case checks both tensor-core variants
+// against fma on the same random inputs (rel_l2 of f32 outputs, NaN-poisoned first).
 //
 //   bench_gemv_probe [--tokens 1,4,16] [--shapes wq_b,wo_b,w1,wq_a,head] [--formats bf16,fp8,fp8f32,mxfp4,nvfp4]
 //                    [--reps 15] [--csv FILE]
@@ -332,9 +334,11 @@ int main(int argc, char** argv) {
   FILE* out_csv = csv.empty() ? nullptr : std::fopen(csv.c_str(), "w");
   if (out_csv)
     std::fprintf(out_csv,
-                 "format,shape,rows,k,T,bytes,fma_us,gemv_us,cublas_us,fma_gbs,gemv_gbs,gemv_copy_ratio,rel_l2\n");
-  std::printf("%-6s %-5s %2s %8s %8s %8s %9s %9s %6s %6s %9s %8s\n", "format", "shape", "T", "MB", "fma_us",
-              "gemv_us", "fma_GB/s", "gemv_GB/s", "%copy", "x_fma", "cublas_us", "rel_l2");
+                 "format,shape,rows,k,T,bytes,fma_us,stg_us,dir_us,stg1_us,dir1_us,cublas_us,fma_gbs,stg_gbs,"
+                 "stg_copy_ratio,best_gbs,rel_l2_dir,rel_l2_stg\n");
+  std::printf("%-6s %-5s %2s %7s %7s %7s %7s %7s %7s %8s %8s %6s %6s %8s %8s\n", "format", "shape", "T", "MB",
+              "fma_us", "stg_us", "dir_us", "stg1_us", "dir1_us", "fma_GB/s", "stg_GB/s", "%copy", "x_fma", "cublas_us",
+              "rel_l2");
   uint32_t seed = 1;
   bool ok = true;
   for (const Shape& sh : kShapes) {
@@ -357,13 +361,14 @@ int main(int argc, char** argv) {
         CK(cudaMalloc(&o, static_cast<size_t>(T * sh.rows * 4)));
         CK(cudaMalloc(&o_ref, static_cast<size_t>(T * sh.rows * 4)));
         CK(cudaMalloc(&o_new, static_cast<size_t>(T * sh.rows * 4)));
-        // Check: gemv against fma on copy 0, f32 outputs poisoned with NaN first.
-        auto run_f32 = [&](bool fma, void* o32) {
+        // Check: both tensor-core variants against fma on copy 0, f32 outputs poisoned with NaN first.
+        auto run_f32 = [&](int variant, void* o32) {
           fill_value(static_cast<float*>(o32), T * sh.rows, NAN);
           const cuda::GemmArgs ga = gemv_args(ws[0].d, x, o32, T, false);
-          if (fma) {
+          if (variant == 0) {
             cuda::launch_gemv_fma(ga, true, 1, st);
           } else {
+            cuda::set_gemv_mma_config(variant == 2 ? 1 : 0, 0);
             cuda::launch_gemv(ga, true, 1, st);
           }
           CK(cudaStreamSynchronize(st));
@@ -371,19 +376,27 @@ int main(int argc, char** argv) {
           CK(cudaMemcpy(v.data(), o32, v.size() * 4, cudaMemcpyDeviceToHost));
           return v;
         };
-        const std::vector<float> ref = run_f32(true, o_ref), got = run_f32(false, o_new);
-        bool finite = true;
-        const double err = rel_l2(got, ref, finite);
-        const bool pass = finite && err < 1e-4;
+        const std::vector<float> ref = run_f32(0, o_ref), got_d = run_f32(1, o_new), got_s = run_f32(2, o_new);
+        bool fin_d = true, fin_s = true;
+        const double err_d = rel_l2(got_d, ref, fin_d), err_s = rel_l2(got_s, ref, fin_s);
+        const bool pass = fin_d && fin_s && err_d < 1e-4 && err_s < 1e-4;
         ok = ok && pass;
 
         const int n = std::max(copies, 8);
         const double fma_ms = time_graph(st, n, reps, [&](int i) {
           cuda::launch_gemv_fma(gemv_args(ws[i % copies].d, x, o, T, true), true, 1, st);
         });
-        const double gemv_ms = time_graph(st, n, reps, [&](int i) {
-          cuda::launch_gemv(gemv_args(ws[i % copies].d, x, o, T, true), true, 1, st);
-        });
+        // Variants: staged/direct x rows auto/1; [0] is the default.
+        const int cfg[4][2] = {{1, 0}, {0, 0}, {1, 1}, {0, 1}};
+        double mma_ms[4];
+        for (int v = 0; v < 4; ++v) {
+          cuda::set_gemv_mma_config(cfg[v][0], cfg[v][1]);
+          mma_ms[v] = time_graph(st, n, reps, [&](int i) {
+            cuda::launch_gemv(gemv_args(ws[i % copies].d, x, o, T, true), true, 1, st);
+          });
+        }
+        cuda::set_gemv_mma_config(1, 0);
+        const double best_ms = *std::min_element(mma_ms, mma_ms + 4);
         double cub_ms = 0;
         if (want_cublas) {
           // out[T, rows] = x[T, K] @ W^T: column-major C (rows x T) = W' (K x rows)^T * x' (K x T).
@@ -399,15 +412,17 @@ int main(int argc, char** argv) {
         auto gbs = [&](double ms) { return first.bytes / (ms * 1e-3) / 1e9; };
         char cub[32] = "-";
         if (want_cublas) std::snprintf(cub, sizeof cub, "%.2f", cub_ms * 1e3);
-        std::printf("%-6s %-5s %2lld %8.2f %8.2f %8.2f %9.0f %9.0f %5.1f%% %5.2fx %9s %8.1e%s\n", fm.name, sh.name,
-                    static_cast<long long>(T), mb, fma_ms * 1e3, gemv_ms * 1e3, gbs(fma_ms), gbs(gemv_ms),
-                    100.0 * gbs(gemv_ms) / copy_gbs, fma_ms / gemv_ms, cub, err, pass ? "" : "  CHECK FAILED");
+        std::printf("%-6s %-5s %2lld %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f %8.0f %8.0f %5.1f%% %5.2fx %8s %8.1e%s\n",
+                    fm.name, sh.name, static_cast<long long>(T), mb, fma_ms * 1e3, mma_ms[0] * 1e3, mma_ms[1] * 1e3,
+                    mma_ms[2] * 1e3, mma_ms[3] * 1e3, gbs(fma_ms), gbs(mma_ms[0]), 100.0 * gbs(mma_ms[0]) / copy_gbs,
+                    fma_ms / mma_ms[0], cub, std::max(err_d, err_s), pass ? "" : "  CHECK FAILED");
         std::fflush(stdout);
         if (out_csv)
-          std::fprintf(out_csv, "%s,%s,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f,%.1f,%.1f,%.4f,%.3e\n", fm.name, sh.name,
-                       static_cast<long long>(sh.rows), static_cast<long long>(sh.k), static_cast<long long>(T),
-                       static_cast<long long>(first.bytes), fma_ms * 1e3, gemv_ms * 1e3, cub_ms * 1e3, gbs(fma_ms),
-                       gbs(gemv_ms), gbs(gemv_ms) / copy_gbs, err);
+          std::fprintf(out_csv, "%s,%s,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.1f,%.4f,%.1f,%.3e,%.3e\n",
+                       fm.name, sh.name, static_cast<long long>(sh.rows), static_cast<long long>(sh.k),
+                       static_cast<long long>(T), static_cast<long long>(first.bytes), fma_ms * 1e3, mma_ms[0] * 1e3,
+                       mma_ms[1] * 1e3, mma_ms[2] * 1e3, mma_ms[3] * 1e3, cub_ms * 1e3, gbs(fma_ms), gbs(mma_ms[0]),
+                       gbs(mma_ms[0]) / copy_gbs, gbs(best_ms), err_d, err_s);
         CK(cudaFree(x));
         CK(cudaFree(o));
         CK(cudaFree(o_ref));

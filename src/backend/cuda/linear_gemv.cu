@@ -9,18 +9,14 @@
 //   s hold elements 4s..4s+3 of its own chunk (decoder order), and the B fragment (token g, the
 //   same chunk of x, permuted the same way by WeightDecoder::x_step) is loaded by the same lane.
 //   A token tile of NT <= 8 rows is one n tile (tokens past the tile are zero columns), 16 is
-//   two. Each thread keeps 8 16-byte weight loads in flight (U = 4/R k blocks per iteration,
-//   bypassing L1); x comes through L1. Each k block's mma chain starts from zero and is added
-//   (FP8: times its 128x128 block scale) to the running sums, so the U chains of an iteration
-//   overlap. The W warps of a block split k (warp w takes k blocks [(i*W + w)*U, +U) in
-//   iteration i) and are summed in fixed order through shared memory: deterministic, no
-//   atomics. NVFP4's 2^8 * g multiplies the result.
+//   two. Each thread keeps U*R*2 16-byte weight loads in flight (bypassing L1); x comes through
+//   L1. The W warps of a block split k (warp w takes k blocks [(i*W + w)*U, +U) in iteration i)
+//   and are summed in fixed order through shared memory: deterministic, no atomics. FP8's block
+//   scale multiplies each k block's f32 partial sum; NVFP4's 2^8 * g multiplies the result.
 //   grid (ceil(n_rows / 16R), tiles, n_z), block 32W.
-//   (A cp.async shared-memory ring that reads 4 rows x 128 bytes per instruction was measured
-//   and dropped: no faster than these direct loads, docs/perf-notes/gemv.md.)
 //
-// gemv_fma (float32 activations -- --act-dtype f32 and the W8A8/W4A4 transforms --, dense
-//   F32/F16 weights, and one or two tokens over dense BF16 or a weight of <= 8 MiB): block = 256 threads split into row groups of S threads (S = 32..256,
+// gemv_fma (float32 activations -- --act-dtype f32 and the W8A8/W4A4 transforms -- and dense
+//   F32/F16 weights): block = 256 threads split into row groups of S threads (S = 32..256,
 //   chosen so each thread gets about kUnroll 16-byte chunks of a row); a group owns R consecutive
 //   output rows and its threads stride over the rows' 16-byte chunks. Per iteration a thread
 //   issues kUnroll x R independent 16-byte loads (weights bypass L1), decodes them in registers
@@ -154,29 +150,49 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const 
 }
 
 // ---- tensor-core GEMV ---------------------------------------------------------------------
-constexpr int kMmaMaxWarps = 16;
-// R m-tiles per warp and U k blocks of 64 bytes per row and iteration: 8 16-byte loads in flight.
-template <int R>
+constexpr int kMmaMaxWarps = 8;
+constexpr int kStages = 4;  // staged loads: k groups in flight per warp (3) plus the one in use
+// U k blocks of 64 bytes per row and iteration ("k group"): staged loads copy 128-byte row
+// segments; direct loads keep R*U*2 = 8 16-byte loads in flight per thread.
+template <int R, bool kStaged>
 constexpr int mma_unroll() {
-  return 4 / R;
+  return kStaged ? 2 : 4 / R;
 }
-// Register cap: 80 (24 resident warps per multiprocessor) where the accumulators are few (one
-// m-tile, one n tile), else 128 (16 warps; the cap of 512-thread blocks).
-template <int NTL, int R>
-constexpr int mma_max_regs() {
-  return NTL == 1 && R == 1 ? 80 : 128;
+// Warps per block at most: the staged ring (kStages x 16R rows x 128 bytes per warp) stays
+// within 128 KB of shared memory.
+template <int R, bool kStaged>
+constexpr int mma_max_warps() {
+  return kStaged ? std::min(kMmaMaxWarps, (128 << 10) / (kStages * 16 * R * 128)) : kMmaMaxWarps;
 }
+// Blocks of kMmaMaxWarps warps that must fit a multiprocessor by registers: 3 (at most 85
+// registers, 24 warps) where the accumulators are few (one m-tile, one n tile), else 2 (128).
 template <int NTL, int R>
-constexpr int kMmaMaxRegs = mma_max_regs<NTL, R>();
+constexpr int mma_min_blocks() {
+  return NTL == 1 && R == 1 ? 3 : 2;
+}
+// Staged ring slot of 16-byte column c (0..7) of stage row r: the two rows a quarter warp reads
+// with one LDS.128 (g = 2p, 2p+1) land in different halves of the 32 banks.
+__device__ __forceinline__ int stage_slot(int r, int c) { return c ^ (((r & 1) << 2) | ((r >> 1) & 3)); }
 
-template <WFmt F, int NTL, int R>
-__global__ void __launch_bounds__(kMmaMaxWarps * 32) __maxnreg__((kMmaMaxRegs<NTL, R>))
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+template <WFmt F, int NTL, int R, bool kStaged>
+__global__ void __launch_bounds__(mma_max_warps<R, kStaged>() * 32, mma_min_blocks<NTL, R>())
     gemv_mma_kernel(const GemmArgs a) {
   using D = WeightDecoder<F>;
   static_assert(D::kMma, "format without a tensor-core GEMV decoder");
-  constexpr int E = D::kChunk, STEPS = E / 4, XW = E / 2, U = mma_unroll<R>(), ROWS = 16 * R;
+  constexpr int E = D::kChunk, STEPS = E / 4, XW = E / 2, U = mma_unroll<R, kStaged>(), ROWS = 16 * R;
   constexpr int NACC = R * NTL * 4, CPG = 4 * U;  // accumulators per thread, chunks per row and k group
-  extern __shared__ float red[];                  // [W][NACC][32]: the warps' sums, added in warp order
+  // Dynamic shared memory: [staged: W][kStages][ROWS][8] uint4 ring, then [W][NACC][32] floats.
+  extern __shared__ uint4 smem[];
 
   Tile tile;
   if (!tile_of(a, blockIdx.y, tile)) return;  // uniform over the block
@@ -188,13 +204,13 @@ __global__ void __launch_bounds__(kMmaMaxWarps * 32) __maxnreg__((kMmaMaxRegs<NT
   const int g = lane >> 2, t = lane & 3;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * ROWS;
   const int64_t wbase = weight_row_base(a, z);
-  // This lane's weight rows: g and g+8 of each m-tile; rows past n_rows repeat the last one
-  // (computed, never stored).
-  int64_t wrow[R][2];
+  // Weight row of stage row r (m-tile r/16, fragment row r%16); rows past n_rows repeat the last.
+  auto weight_row = [&](int r) { return wbase + min(m0 + r, a.n_rows - 1); };
+  int64_t wrow[R][2];  // this lane's fragment rows g and g+8 of each m-tile
 #pragma unroll
   for (int mi = 0; mi < R; ++mi)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) wrow[mi][h] = wbase + min(m0 + mi * 16 + h * 8 + g, a.n_rows - 1);
+    for (int h = 0; h < 2; ++h) wrow[mi][h] = weight_row(mi * 16 + h * 8 + g);
   // B columns of this lane: tokens g and g+8; tokens past the tile are zero columns.
   const __nv_bfloat16* xp[NTL];
 #pragma unroll
@@ -214,25 +230,8 @@ __global__ void __launch_bounds__(kMmaMaxWarps * 32) __maxnreg__((kMmaMaxRegs<NT
   const int64_t n_chunks = a.K / E, n_kb = (n_chunks + 3) / 4, n_grp = (n_kb + U - 1) / U;
   const int64_t n_it = n_grp > warp ? (n_grp - warp + W - 1) / W : 0;  // k groups warp, warp+W, ...
 
-  // Iteration it: k group grp = it*W + warp, its U k blocks; raw[u][mi][h] = chunk
-  // 4*(grp*U + u) + t of the lane's fragment row (mi, h).
-  const uint8_t* wp[R][2];
-#pragma unroll
-  for (int mi = 0; mi < R; ++mi)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) wp[mi][h] = d.w + wrow[mi][h] * d.row_bytes;
-  for (int64_t it = 0; it < n_it; ++it) {
-    const int64_t grp = it * W + warp;
-    uint4 raw[U][R][2];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t c = grp * CPG + 4 * u + t;
-#pragma unroll
-      for (int mi = 0; mi < R; ++mi)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          raw[u][mi][h] = c < n_chunks ? ld_stream16(wp[mi][h] + c * 16) : make_uint4(0u, 0u, 0u, 0u);
-    }
+  // One k group: raw[u][mi][h] = chunk 4*(grp*U + u) + t of fragment row (mi, h).
+  auto compute = [&](const uint4 (&raw)[U][R][2], int64_t grp) {
     const int64_t c0 = grp * CPG;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -263,7 +262,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps * 32) __maxnreg__((kMmaMaxRegs<NT
           for (int i = 0; i < XW; ++i) xw[ni][i] = 0u;
         }
       }
-      float part[R][NTL][4];  // this k block's sums (FP8: before its block scale)
+      float part[R][NTL][4];  // FP8: this k block's sums, before its block scale
 #pragma unroll
       for (int mi = 0; mi < R; ++mi)
 #pragma unroll
@@ -281,24 +280,85 @@ __global__ void __launch_bounds__(kMmaMaxWarps * 32) __maxnreg__((kMmaMaxRegs<NT
           D::mma_step(raw[u][mi][0], sc[mi][0], s, af[0], af[2]);
           D::mma_step(raw[u][mi][1], sc[mi][1], s, af[1], af[3]);
 #pragma unroll
-          for (int ni = 0; ni < NTL; ++ni) mma_bf16_16816(part[mi][ni], af, b[ni]);
+          for (int ni = 0; ni < NTL; ++ni) mma_bf16_16816(D::kMmaBlockScale ? part[mi][ni] : acc[mi][ni], af, b[ni]);
         }
       }
+      if constexpr (D::kMmaBlockScale) {
 #pragma unroll
-      for (int mi = 0; mi < R; ++mi)
+        for (int mi = 0; mi < R; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < NTL; ++ni)
+          for (int ni = 0; ni < NTL; ++ni)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            if constexpr (D::kMmaBlockScale) {
-              acc[mi][ni][e] = fmaf(part[mi][ni][e], bs[mi][e >> 1], acc[mi][ni][e]);
-            } else {
-              acc[mi][ni][e] += part[mi][ni][e];
-            }
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = fmaf(part[mi][ni][e], bs[mi][e >> 1], acc[mi][ni][e]);
+      }
+    }
+  };
+
+  if constexpr (kStaged) {
+    // Each warp streams its rows through a private ring of kStages k groups with cp.async (L2
+    // only): one instruction copies 4 rows x 128 contiguous bytes; chunks past K are zero-filled.
+    uint4* ring = smem + static_cast<size_t>(warp) * kStages * ROWS * CPG;
+    const uint8_t* src[ROWS / 4];
+#pragma unroll
+    for (int i = 0; i < ROWS / 4; ++i) src[i] = d.w + weight_row(i * 4 + lane / 8) * d.row_bytes;
+    const int col = lane % CPG;
+    auto issue = [&](int64_t it) {
+      const int64_t c = (it * W + warp) * CPG + col;
+      const int bytes = c < n_chunks ? 16 : 0;
+      uint4* st = ring + static_cast<int>(it % kStages) * ROWS * CPG;
+#pragma unroll
+      for (int i = 0; i < ROWS / 4; ++i) {
+        const int r = i * 4 + lane / 8;
+        cp_async16(st + r * CPG + stage_slot(r, col), bytes ? src[i] + c * 16 : src[i], bytes);
+      }
+    };
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < n_it) issue(s);
+      cp_async_commit();
+    }
+    for (int64_t it = 0; it < n_it; ++it) {
+      cp_async_wait<kStages - 2>();  // this lane's copies of group `it` have landed
+      __syncwarp();                  // ... and every lane's; the stage read at it-1 is free again
+      if (it + kStages - 1 < n_it) issue(it + kStages - 1);
+      cp_async_commit();
+      const uint4* st = ring + static_cast<int>(it % kStages) * ROWS * CPG;
+      uint4 raw[U][R][2];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = mi * 16 + h * 8 + g;
+            raw[u][mi][h] = st[r * CPG + stage_slot(r, 4 * u + t)];
           }
+      compute(raw, it * W + warp);
+    }
+    cp_async_wait<0>();
+  } else {
+    const uint8_t* wp[R][2];
+#pragma unroll
+    for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wp[mi][h] = d.w + wrow[mi][h] * d.row_bytes;
+    for (int64_t it = 0; it < n_it; ++it) {
+      const int64_t grp = it * W + warp;
+      uint4 raw[U][R][2];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t c = grp * CPG + 4 * u + t;
+#pragma unroll
+        for (int mi = 0; mi < R; ++mi)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            raw[u][mi][h] = c < n_chunks ? ld_stream16(wp[mi][h] + c * 16) : make_uint4(0u, 0u, 0u, 0u);
+      }
+      compute(raw, grp);
     }
   }
 
+  float* red = reinterpret_cast<float*>(smem + (kStaged ? static_cast<size_t>(W) * kStages * ROWS * CPG : 0));
   float* mine = red + static_cast<size_t>(warp) * NACC * 32;
 #pragma unroll
   for (int mi = 0; mi < R; ++mi)
@@ -369,10 +429,11 @@ void launch_gemv_typed(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
   throw Error(str_cat("cuda gemv: tile of ", a.tile_rows, " rows (expected 1, 2, 4, 8 or 16)"));
 }
 
-// Shape of a tensor-core GEMV launch: R m-tiles per warp (2 once there are m-tiles for > 256
-// blocks: x fragments shared by two tiles) and W warps per block splitting k, a power of two at
-// most one per k group: the largest W whose grid still fits the device in one wave (resident
-// warps from the occupancy calculator), else W = 1.
+// Shape of a tensor-core GEMV launch: R m-tiles per warp and W warps per block splitting k (a
+// power of two, at most one per k group): the largest W whose grid still fits the device in one
+// wave (resident warps from the occupancy calculator), else W = 1.
+int g_mma_staged = 1;  // set_gemv_mma_config (tools/gemv_probe)
+int g_mma_rows = 0;
 int multiprocessors() {
   static const int n = [] {
     int dev = 0, sms = 0;
@@ -383,40 +444,48 @@ int multiprocessors() {
   return n;
 }
 
-template <int NTL, int R>
+template <WFmt F, int NTL, int R, bool kStaged>
 size_t mma_smem(int W) {
-  return static_cast<size_t>(W) * R * NTL * 4 * 32 * sizeof(float);
+  constexpr size_t kRingPerWarp = kStaged ? size_t{kStages} * 16 * R * 4 * mma_unroll<R, kStaged>() * 16 : 0;
+  return W * kRingPerWarp + static_cast<size_t>(W) * R * NTL * 4 * 32 * sizeof(float);
 }
-// Resident warps per multiprocessor with blocks of W warps (W = 1, 2, 4, 8, 16), computed once.
-template <WFmt F, int NTL, int R>
+// Resident warps per multiprocessor with blocks of W warps (W = 1, 2, 4, 8), computed once.
+template <WFmt F, int NTL, int R, bool kStaged>
 int64_t mma_resident_warps(int W) {
-  static int64_t cache[5] = {0, 0, 0, 0, 0};
-  const int i = W >= 16 ? 4 : W >= 8 ? 3 : W >= 4 ? 2 : W >= 2 ? 1 : 0;
+  static int64_t cache[4] = {0, 0, 0, 0};
+  static const bool attr = [] {  // allow more than 48 KB of dynamic shared memory
+    CLAWMINE_CUDA_CHECK(cudaFuncSetAttribute(gemv_mma_kernel<F, NTL, R, kStaged>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, 160 << 10));
+    return true;
+  }();
+  (void)attr;
+  const int i = W >= 8 ? 3 : W >= 4 ? 2 : W >= 2 ? 1 : 0;
   if (cache[i] == 0) {
     int nb = 0;
-    CLAWMINE_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, gemv_mma_kernel<F, NTL, R>, W * 32, mma_smem<NTL, R>(W)));
+    CLAWMINE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, gemv_mma_kernel<F, NTL, R, kStaged>, W * 32,
+                                                                      mma_smem<F, NTL, R, kStaged>(W)));
     cache[i] = std::max(1, nb) * static_cast<int64_t>(W);
   }
   return cache[i];
 }
 
-template <WFmt F, int NTL, int R>
+template <WFmt F, int NTL, int R, bool kStaged>
 void launch_gemv_mma_cfg(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
-  constexpr int E = WeightDecoder<F>::kChunk, U = mma_unroll<R>();
+  constexpr int E = WeightDecoder<F>::kChunk, U = mma_unroll<R, kStaged>();
   const int64_t n_grp = ((a.K / E + 3) / 4 + U - 1) / U;
   const int64_t row_blocks = (a.n_rows + 16 * R - 1) / (16 * R);
   const int64_t blocks = row_blocks * grid_tiles * a.n_z;
   int W = 1;
-  for (int w = kMmaMaxWarps; w > 1; w /= 2) {
-    if (w <= n_grp && blocks * w <= multiprocessors() * mma_resident_warps<F, NTL, R>(w)) {
+  for (int w = mma_max_warps<R, kStaged>(); w > 1; w /= 2) {
+    if (w <= n_grp && blocks * w <= multiprocessors() * mma_resident_warps<F, NTL, R, kStaged>(w)) {
       W = w;
       break;
     }
   }
   CLAWMINE_CHECK(row_blocks <= 0x7fffffff && grid_tiles <= 65535 && a.n_z <= 65535, "gemv_mma: grid too large");
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(grid_tiles), static_cast<unsigned>(a.n_z));
-  gemv_mma_kernel<F, NTL, R><<<grid, W * 32, mma_smem<NTL, R>(W), stream>>>(a);
+  (void)mma_resident_warps<F, NTL, R, kStaged>(1);  // sets the shared-memory attribute
+  gemv_mma_kernel<F, NTL, R, kStaged><<<grid, W * 32, mma_smem<F, NTL, R, kStaged>(W), stream>>>(a);
   CLAWMINE_CUDA_LAUNCHED("gemv_mma");
 }
 
@@ -425,12 +494,18 @@ void launch_gemv_mma_typed(const GemmArgs& a, int grid_tiles, cudaStream_t strea
   if (a.tile_rows < 1 || a.tile_rows > kGemvMaxTileRows)
     throw Error(str_cat("cuda gemv: tile of ", a.tile_rows, " rows (expected 1..", kGemvMaxTileRows, ")"));
   const bool two_tiles = a.tile_rows > 8;  // a second n tile of 8 tokens
-  const bool two_rows = (a.n_rows + 15) / 16 >= 512;
+  // R = 2 (x fragments shared by two m-tiles) once there are m-tiles for > 256 blocks.
+  const bool two_rows = g_mma_rows ? g_mma_rows == 2 : (a.n_rows + 15) / 16 >= 512;
+  auto go = [&](auto ntl, auto r) {
+    constexpr int NTL = decltype(ntl)::value, R = decltype(r)::value;
+    if (g_mma_staged) {
+      launch_gemv_mma_cfg<F, NTL, R, true>(a, grid_tiles, stream);
+    } else {
+      launch_gemv_mma_cfg<F, NTL, R, false>(a, grid_tiles, stream);
+    }
+  };
   using One = std::integral_constant<int, 1>;
   using Two = std::integral_constant<int, 2>;
-  auto go = [&](auto ntl, auto r) {
-    launch_gemv_mma_cfg<F, decltype(ntl)::value, decltype(r)::value>(a, grid_tiles, stream);
-  };
   if (two_tiles) {
     two_rows ? go(Two{}, Two{}) : go(Two{}, One{});
   } else {
@@ -452,6 +527,11 @@ void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_
   });
 }
 
+void set_gemv_mma_config(int staged, int rows) {
+  g_mma_staged = staged;
+  g_mma_rows = rows;
+}
+
 bool gemv_mma_supported(WFmt f) {
   return f == WFmt::kBF16 || f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
 }
@@ -459,11 +539,9 @@ bool gemv_mma_supported(WFmt f) {
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
   if (grid_tiles <= 0 || a.n_rows <= 0) return;
   const WFmt f = static_cast<WFmt>(a.fmt);
-  // One or two tokens over a small weight (<= 8 MiB per problem: V4-Flash's w1/w3/w2, wq_a, wkv)
-  // or over dense BF16: the FMA kernel, whose row-contiguous loads and short launch win there
-  // (tools/gemv_probe on an H100: e.g. FP8 wq_a 4.4 vs 6.7 us, BF16 head 3.17 vs 2.74 TB/s).
-  const int64_t bytes = gemv_mma_supported(f) ? a.n_rows * (a.K / wfmt_chunk(f)) * 16 : 0;
-  if (!x_bf16 || !gemv_mma_supported(f) || (a.tile_rows <= 2 && (f == WFmt::kBF16 || bytes <= (int64_t{8} << 20)))) {
+  // Dense BF16 at one or two tokens decodes nothing: the FMA kernel's row-contiguous loads stream
+  // it faster (tools/gemv_probe: 3.17 vs 2.74 TB/s on the 129280 x 4096 head, H100).
+  if (!x_bf16 || !gemv_mma_supported(f) || (f == WFmt::kBF16 && a.tile_rows <= 2)) {
     launch_gemv_fma(a, x_bf16, grid_tiles, stream);
     return;
   }

@@ -200,12 +200,15 @@ inline constexpr int kGemmTileRows = 64;
 
 // GEMV launch: needs every weight row and x row 16-byte aligned with K a multiple of the format's
 // chunk, else the scalar GEMV. launch_gemv takes the tensor-core kernel for bf16 activations and
-// formats that have it (gemv_mma_supported), except one or two tokens over dense BF16 or a weight
-// of <= 8 MiB, else the float32 FMA kernel; launch_gemv_fma always takes the FMA kernel (the
-// float32 path, and the baseline of tools/gemv_probe).
+// formats that have it (gemv_mma_supported), else the float32 FMA kernel; launch_gemv_fma always
+// takes the FMA kernel (the float32 path, and the baseline of tools/gemv_probe).
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 bool gemv_mma_supported(WFmt f);
+// Tuning hook for tools/gemv_probe (not thread-safe): the tensor-core GEMV streams weights
+// through a cp.async shared-memory ring (staged = 1, the default) or straight into registers
+// (0); rows = 1 or 2 m-tiles per warp, 0 by the row count (the default).
+void set_gemv_mma_config(int staged, int rows);
 void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 // GEMM launch: grid (tiles, row blocks, n_z); w_vec/x_vec enable 16-byte tile loads.
 void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream);
