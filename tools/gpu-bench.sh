@@ -22,6 +22,9 @@
 # clawmine-kernel-bench flags, e.g. "--only linear,moe"), GPU_BENCH_E2E_ARGS (the `clawmine bench`
 # flags; default below), GPU_BENCH_SKIP_KERNELS=1, GPU_BENCH_JSON_TO_OUT=1 (also copy the JSON
 # files to $OUT; gpu-check returns at most 8 files, so this is off by default).
+# Optional: GPU_BENCH_TORCH=1 runs tools/torch-vs-clawmine.sh (clawmine against PyTorch/transformers'
+# BF16 eager forward on the tiny fixtures and a mid-size Flash-geometry model) after the steps above,
+# GPU_BENCH_TORCH=only instead of them; GPU_BENCH_TORCH_MODELS overrides its model list.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -32,6 +35,8 @@ LAYOUTS=${GPU_BENCH_LAYOUTS:-release nvfp4}
 MODEL_DIR=${GPU_BENCH_MODEL_DIR:-/tmp/clawmine-flash}
 KERNEL_ARGS=${GPU_BENCH_KERNEL_ARGS:-}
 E2E_ARGS=${GPU_BENCH_E2E_ARGS:---decode-tokens 32 --prompt-lengths 2048,8192 --batch-sizes 1,8,32 --profile --profile-steps 4}
+TORCH=${GPU_BENCH_TORCH:-0}
+[ "$TORCH" = only ] && LAYOUTS=""
 LAYOUT_NEEDS_S=100  # generation ~30 s, load ~10 s, bench ~30 s, delete: start a layout only with this much left
 START=$(date +%s)
 TMP=$(mktemp -d /tmp/gpu-bench.XXXXXX)
@@ -57,7 +62,7 @@ echo "=== gpu-bench on $(nvidia-smi --query-gpu=name,memory.total,driver_version
   git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
 
 # ---- kernels ---------------------------------------------------------------------------------
-if [ "${GPU_BENCH_SKIP_KERNELS:-0}" != 1 ]; then
+if [ "${GPU_BENCH_SKIP_KERNELS:-0}" != 1 ] && [ "$TORCH" != only ]; then
   kb=$BUILD_DIR/clawmine-kernel-bench
   if [ -x "$kb" ]; then
     say "kernel benchmarks"
@@ -106,6 +111,19 @@ for layout in $LAYOUTS; do
   show_json "$TMP/e2e-$layout.json"
   rm -rf "$MODEL_DIR"
 done
+
+# ---- optional: the PyTorch/transformers baseline, side by side (GPU_BENCH_TORCH=1 or only) ------
+if [ "$TORCH" = 1 ] || [ "$TORCH" = only ]; then
+  if (($(left) < 60)); then
+    say "torch baseline: skipped ($(left) s of the ${BUDGET_S} s budget left)"
+  else
+    say "torch baseline: tools/torch-vs-clawmine.sh ${GPU_BENCH_TORCH_MODELS:-(tiny-a, tiny-b, tiny-c, flash)}"
+    # shellcheck disable=SC2086
+    BUILD_DIR=$BUILD_DIR OUT=$TMP/torch TVC_BUDGET_S=$(left) TVC_FLASH_DIR=$MODEL_DIR-bf16 \
+      "$ROOT/tools/torch-vs-clawmine.sh" ${GPU_BENCH_TORCH_MODELS:-} || { say "torch baseline: rc $?"; status=1; }
+    show_json "$TMP/torch/torch-vs-clawmine.json"
+  fi
+fi
 
 # ---- the short table -------------------------------------------------------------------------
 python3 - "$TMP" "$LAYOUTS" <<'EOF' || echo "(summary table: python3 failed)"
