@@ -105,7 +105,7 @@ void compressor_case(Env& env, const char* what, int64_t rate, bool overlap, int
   r.bytes = 4.0 * (2 * W + W + 2 * 2 * (rate - 1) * W + (overlap ? 2 * 2 * rate * hd : 0) + hd);
   r.flops = 4.0 * c * rate * hd;  // softmax-weighted sum over the slots
   struct Set {
-    ops::DeviceBuffer kv, gate, ape, pkv, pgate, okv, ogate, pooled;
+    ops::DeviceBuffer kv, gate, ape, pkv, pgate, okv, ogate, pooled, pos, entry_pos;
   };
   r.rotation = copies_for(env, r.bytes, r.bytes, 64);
   std::vector<Set> sets;
@@ -121,6 +121,10 @@ void compressor_case(Env& env, const char* what, int64_t rate, bool overlap, int
       s.ogate = ops::DeviceBuffer(be, DType::kF32, {rate, hd});
     }
     s.pooled = ops::DeviceBuffer(be, DType::kF32, {1, hd});
+    s.pos = ops::DeviceBuffer(be, DType::kI32, {1});
+    s.entry_pos = ops::DeviceBuffer(be, DType::kI32, {1});
+    const int32_t p0_i32 = static_cast<int32_t>(p0);
+    be.upload(&p0_i32, s.pos.view());
     uint64_t seed = 800 + 16 * static_cast<uint64_t>(i);
     for (const ops::DeviceBuffer* b : {&s.kv, &s.gate, &s.ape, &s.pkv, &s.pgate, &s.okv, &s.ogate})
       if (!b->view().empty()) fill_random(be, b->view(), Fill::kFloat, seed++, 1.0f);
@@ -129,7 +133,8 @@ void compressor_case(Env& env, const char* what, int64_t rate, bool overlap, int
   finish(env, r, sets[0].pooled.view(), [&](int i) {
     Set& s = sets[static_cast<size_t>(i)];
     const ops::CompressorStateView st{s.pkv.view(), s.pgate.view(), s.okv.view(), s.ogate.view()};
-    be.compress_chunk(s.kv.view(), s.gate.view(), s.ape.view(), p0, rate, overlap, st, s.pooled.view());
+    be.compress_chunk(s.kv.view(), s.gate.view(), s.ape.view(), s.pos.view(), rate, overlap, st, s.pooled.view(),
+                      s.entry_pos.view());
   });
 }
 

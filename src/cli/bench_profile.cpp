@@ -131,11 +131,15 @@ void OpProfiler::sparse_attention(const TensorView& q, const TensorView& kv, con
   timed("sparse_attention", scope_module(), 0,
         [&] { inner_.sparse_attention(q, kv, entries, idx, sink, scale, out); });
 }
-void OpProfiler::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0,
-                                int64_t rate, bool overlap, const ops::CompressorStateView& state,
-                                const TensorView& pooled) {
+void OpProfiler::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape,
+                                const TensorView& positions, int64_t rate, bool overlap,
+                                const ops::CompressorStateView& state, const TensorView& pooled,
+                                const TensorView& entry_positions) {
   timed("compress_chunk", scope_module(), 0,
-        [&] { inner_.compress_chunk(kv, gate, ape, p0, rate, overlap, state, pooled); });
+        [&] { inner_.compress_chunk(kv, gate, ape, positions, rate, overlap, state, pooled, entry_positions); });
+}
+void OpProfiler::scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) {
+  timed("scatter_rows", scope_module(), 0, [&] { inner_.scatter_rows(src, keys, divisor, dst); });
 }
 void OpProfiler::indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights,
                                 float weight_scale, const TensorView& positions, int64_t rate,

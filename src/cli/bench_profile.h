@@ -62,8 +62,10 @@ class OpProfiler : public diag::ForwardingBackend {
                        int64_t n_entries, int64_t rate, const TensorView& selected, const TensorView& idx) override;
   void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries, const TensorView& idx,
                         const TensorView& sink, float scale, const TensorView& out) override;
-  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0, int64_t rate,
-                      bool overlap, const ops::CompressorStateView& state, const TensorView& pooled) override;
+  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
+                      int64_t rate, bool overlap, const ops::CompressorStateView& state, const TensorView& pooled,
+                      const TensorView& entry_positions) override;
+  void scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) override;
   void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
                       const TensorView& positions, int64_t rate, const TensorView& scores) override;
   void topk(const TensorView& values, int64_t k, const TensorView& out) override;

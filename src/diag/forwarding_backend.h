@@ -83,9 +83,13 @@ class ForwardingBackend : public ops::Backend {
                         const TensorView& sink, float scale, const TensorView& out) override {
     inner_.sparse_attention(q, kv, entries, idx, sink, scale, out);
   }
-  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0, int64_t rate,
-                      bool overlap, const ops::CompressorStateView& state, const TensorView& pooled) override {
-    inner_.compress_chunk(kv, gate, ape, p0, rate, overlap, state, pooled);
+  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
+                      int64_t rate, bool overlap, const ops::CompressorStateView& state, const TensorView& pooled,
+                      const TensorView& entry_positions) override {
+    inner_.compress_chunk(kv, gate, ape, positions, rate, overlap, state, pooled, entry_positions);
+  }
+  void scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) override {
+    inner_.scatter_rows(src, keys, divisor, dst);
   }
   void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
                       const TensorView& positions, int64_t rate, const TensorView& scores) override {

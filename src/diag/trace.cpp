@@ -254,11 +254,12 @@ void Tracer::sparse_attention(const TensorView& q, const TensorView& kv, const T
 }
 
 // The carried state is not measured: its rows beyond the current window's are undefined.
-void Tracer::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0,
-                            int64_t rate, bool overlap, const ops::CompressorStateView& state,
-                            const TensorView& pooled) {
+void Tracer::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape,
+                            const TensorView& positions, int64_t rate, bool overlap,
+                            const ops::CompressorStateView& state, const TensorView& pooled,
+                            const TensorView& entry_positions) {
   Pending p = begin(op_name("compress_chunk"), "compress_chunk", {{"kv", kv}, {"gate", gate}});
-  inner_.compress_chunk(kv, gate, ape, p0, rate, overlap, state, pooled);
+  inner_.compress_chunk(kv, gate, ape, positions, rate, overlap, state, pooled, entry_positions);
   end(std::move(p), {{"pooled", pooled}}, "");
 }
 

@@ -5,7 +5,9 @@
 // T tokens, D hidden, H heads, Dh head_dim, hc hyper-connection streams, E experts, K top-k.
 // Tensor arguments are contiguous views in the backend's device memory; outputs are written,
 // never read (poisoned in tests). Ops are issued in order (CUDA: on one stream) and need no
-// host synchronization: every count an op needs follows from host-known positions.
+// host synchronization: every size follows from host-known counts, and what changes from one
+// decode step to the next (positions, entry rows) is read on the device, so a step's ops can be
+// replayed unchanged (decode-step graphs).
 #pragma once
 
 #include <cstddef>
@@ -99,11 +101,18 @@ class Backend {
   virtual void fill(const TensorView& dst, float value) = 0;
   // Waits until every op issued so far has finished (CPU: no-op).
   virtual void synchronize() {}
-  // Decode-step graphs: the ops issued between begin_step_graph() and end_step_graph() may be
-  // recorded and replayed as one unit (CUDA graphs; --cuda-graphs). In between, nothing is read
-  // back to the host and nothing is uploaded. Results equal eager execution bit for bit.
-  // Backends without graphs, and diagnostic decorators (which read tensors between ops), ignore them.
-  virtual void begin_step_graph() {}
+  // Decode-step graphs (CUDA graphs; --cuda-graphs). A step is named by a key that the caller
+  // derives from everything that shapes its ops (tensor addresses and sizes, counts); values
+  // that change from step to step (token ids, positions) are read by the ops from device
+  // tensors uploaded before the step. replay_step_graph(key) launches the graph recorded under
+  // `key` and returns true, and the caller then issues none of the step's ops; it returns false
+  // when there is none, and the caller issues the ops between begin_step_graph(key) and
+  // end_step_graph(), which may record them under `key` (and runs them). In between, nothing is
+  // read back to the host and nothing is uploaded. Results equal eager execution bit for bit.
+  // Backends without graphs, and diagnostic decorators (which read tensors between ops), never
+  // replay and ignore begin/end.
+  virtual bool replay_step_graph(uint64_t key) { return false; }
+  virtual void begin_step_graph(uint64_t key) {}
   virtual void end_step_graph() {}
 
   // Applies to every later linear, grouped_linear and expert projection.
@@ -190,21 +199,31 @@ class Backend {
   virtual void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries,
                                 const TensorView& idx, const TensorView& sink, float scale, const TensorView& out) = 0;
 
-  // KV compressor for a chunk at consecutive positions p0 .. p0+T-1 (spec §3.3 C; parity #17-#21).
-  // kv, gate [T, c*hd] are the chunk's projections (c = 2 when overlap (CSA), else 1); each gate
-  // row t first gets ape[(p0+t) % rate] added. Every position p with (p+1) % rate == 0 completes
-  // window j = p / rate, which becomes one entry:
-  //   HCA: slots = the window's rate rows (all c*hd = hd channels);
+  // KV compressor for a chunk at consecutive positions p0 .. p0+T-1 = positions[0 .. T-1] (read
+  // on the device; spec §3.3 C; parity #17-#21). kv, gate [T, c*hd] are the chunk's projections
+  // (c = 2 when overlap (CSA), else 1); each gate row t first gets ape[(p0+t) % rate] added.
+  // Window j covers positions [j*rate, (j+1)*rate); its entry pools, per channel d, over slots:
+  //   HCA: the window's rate rows (all c*hd = hd channels);
   //   CSA: slots [0, rate) = the previous window's first halves (channels [0, hd); absent for
   //        j = 0: weight 0), slots [rate, 2*rate) = this window's second halves (channels [hd, 2hd)).
-  //   pooled[n, d] = sum_s softmax_s(gate[s, d]) * kv[s, d]   (per channel, over slots)
-  // Rows of a window before p0 come from state.pending; afterwards state holds the chunk's
-  // incomplete tail and (CSA) the first halves of the last window completed (state rows are
-  // left as they were when no window completes). pooled [n_new, hd] with
-  // n_new = (p0+T)/rate - p0/rate, the entries in window order. ape [rate, c*hd] F32.
-  virtual void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0,
-                              int64_t rate, bool overlap, const CompressorStateView& state,
-                              const TensorView& pooled) = 0;
+  //   pooled[n, d] = sum_s softmax_s(gate[s, d]) * kv[s, d]   (per channel, over present slots)
+  // pooled [n_out, hd] gets one row per window the chunk touches, j = p0/rate .. (p0+T-1)/rate,
+  // n_out = (p0+T-1)/rate - p0/rate + 1 (one row for a decode step). A window still incomplete at
+  // p0+T-1 pools only its rows up to there (slots at later positions are absent): its entry so
+  // far, which the complete entry replaces once the window completes. entry_positions [n_out] I32
+  // gets j*rate, each row's window start (its RoPE position). Rows of a window before p0 come from
+  // state.pending; afterwards state holds the chunk's incomplete tail and (CSA) the first halves
+  // of the last window completed (state rows are left as they were when no window completes).
+  // ape [rate, c*hd] F32.
+  virtual void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape,
+                              const TensorView& positions, int64_t rate, bool overlap,
+                              const CompressorStateView& state, const TensorView& pooled,
+                              const TensorView& entry_positions) = 0;
+  // dst[keys[i] / divisor, :] = src[i, :] for every row i (for example compressed entries stored
+  // at their window start position / rate). src [n, w]; keys [n] I32 >= 0; dst [N, w]; dtypes
+  // convert as in copy(). A row outside [0, N) is an error naming it (CUDA: at the next download).
+  virtual void scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor,
+                            const TensorView& dst) = 0;
 
   // Lightning-indexer scores (spec §3.3 E, transformers-parity #24):
   //   scores[t, j] = sum_h relu(q[t,h] . keys[j]) * weights[t, h] * weight_scale

@@ -26,7 +26,8 @@ namespace {
 class LentBackend final : public diag::ForwardingBackend {
  public:
   using diag::ForwardingBackend::ForwardingBackend;
-  void begin_step_graph() override { inner().begin_step_graph(); }
+  bool replay_step_graph(uint64_t key) override { return inner().replay_step_graph(key); }
+  void begin_step_graph(uint64_t key) override { inner().begin_step_graph(key); }
   void end_step_graph() override { inner().end_step_graph(); }
 };
 

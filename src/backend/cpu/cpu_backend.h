@@ -76,8 +76,10 @@ class CpuBackend final : public ops::Backend {
   void topk(const TensorView& values, int64_t k, const TensorView& out) override;
 
   // compressor.cpp
-  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0, int64_t rate,
-                      bool overlap, const CompressorStateView& state, const TensorView& pooled) override;
+  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
+                      int64_t rate, bool overlap, const CompressorStateView& state, const TensorView& pooled,
+                      const TensorView& entry_positions) override;
+  void scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) override;
 
   // moe.cpp
   void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid, const TensorView& ids,

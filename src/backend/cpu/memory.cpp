@@ -120,4 +120,31 @@ void CpuBackend::fill(const TensorView& dst, float value) {
   for (size_t i = 0; i < n; ++i) store_f32(d, dst.dtype, i, value);
 }
 
+void CpuBackend::scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) {
+  const char* op = "scatter_rows";
+  const void* s = host_arg(src, op, "src");
+  void* d = host_arg(dst, op, "dst");
+  const int32_t* k = i32_arg(keys, op, "keys");
+  if (src.rank() != 2 || dst.rank() != 2 || src.dim(1) != dst.dim(1) || keys.rank() != 1 || keys.dim(0) != src.dim(0))
+    throw Error(str_cat("cpu scatter_rows: src ", shape_str(src.shape), ", keys ", shape_str(keys.shape), " and dst ",
+                        shape_str(dst.shape), " must be [n, w], [n] and [N, w]"));
+  if (divisor < 1) throw Error(str_cat("cpu scatter_rows: divisor ", divisor, " must be >= 1"));
+  if (src.dtype != dst.dtype && (!is_float(src.dtype) || !is_float(dst.dtype)))
+    throw Error(str_cat("cpu scatter_rows: cannot convert ", dtype_name(src.dtype), " to ", dtype_name(dst.dtype)));
+  const int64_t n = src.dim(0), w = src.dim(1), N = dst.dim(0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (k[i] < 0 || k[i] / divisor >= N)
+      throw Error(str_cat("cpu scatter_rows: key ", k[i], " of row ", i, " / ", divisor, " is outside the ", N,
+                          " rows of dst"));
+    const int64_t r = k[i] / divisor;
+    if (src.dtype == dst.dtype) {
+      const size_t row = src.nbytes() / static_cast<size_t>(n);
+      std::memcpy(static_cast<char*>(d) + r * row, static_cast<const char*>(s) + i * row, row);
+      continue;
+    }
+    for (int64_t c = 0; c < w; ++c)
+      store_f32(d, dst.dtype, static_cast<size_t>(r * w + c), load_as_f32(s, src.dtype, static_cast<size_t>(i * w + c)));
+  }
+}
+
 }  // namespace clawmine::backend::cpu

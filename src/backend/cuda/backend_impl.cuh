@@ -54,10 +54,15 @@ class CudaBackend final : public ops::Backend {
   void fill(const TensorView& dst, float value) override;
   void synchronize() override;
 
-  // graph.cu: stream capture of a decode step, replayed through one executable graph that is
-  // updated in place (cudaGraphExecUpdate) while the step's topology stays the same.
-  void begin_step_graph() override;
+  // graph.cu: decode steps recorded by stream capture under the caller's key and replayed
+  // unchanged (a small LRU of executable graphs).
+  bool replay_step_graph(uint64_t key) override;
+  void begin_step_graph(uint64_t key) override;
   void end_step_graph() override;
+  struct GraphStats {
+    int64_t recorded = 0, replayed = 0, evicted = 0;
+  };
+  GraphStats graph_stats() const { return graph_stats_; }
   bool capturing() const { return capturing_; }
   void discard_capture();  // ends and drops a capture left open by a failed step
   // Host transfers inside a capture are errors: the capture is dropped, then Error is thrown.
@@ -71,6 +76,7 @@ class CudaBackend final : public ops::Backend {
             bool inverse) override;
   void iota(const TensorView& out, int64_t start, int64_t step) override;
   void add(const TensorView& a, const TensorView& b, const TensorView& out) override;
+  void scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) override;
   void qdq(const TensorView& x, Qdq kind, int64_t n_nope) override;
 
   // hyper_connection.cu
@@ -96,8 +102,9 @@ class CudaBackend final : public ops::Backend {
                        int64_t n_entries, int64_t rate, const TensorView& selected, const TensorView& idx) override;
   void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries, const TensorView& idx,
                         const TensorView& sink, float scale, const TensorView& out) override;
-  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0, int64_t rate,
-                      bool overlap, const CompressorStateView& state, const TensorView& pooled) override;
+  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
+                      int64_t rate, bool overlap, const CompressorStateView& state, const TensorView& pooled,
+                      const TensorView& entry_positions) override;
   void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
                       const TensorView& positions, int64_t rate, const TensorView& scores) override;
   void topk(const TensorView& values, int64_t k, const TensorView& out) override;
@@ -154,10 +161,17 @@ class CudaBackend final : public ops::Backend {
 
   // graph.cu
   bool capturing_ = false;
+  uint64_t capture_key_ = 0;
   int64_t eager_steps_ = 0;  // the first steps run eagerly (one-time uploads of per-op tables)
-  cudaGraphExec_t graph_exec_ = nullptr;
-  int64_t graph_updates_ = 0, graph_instantiations_ = 0;
-  void destroy_graph();
+  struct StepGraph {
+    uint64_t key = 0;
+    cudaGraphExec_t exec = nullptr;
+    int64_t last_use = 0;
+  };
+  std::vector<StepGraph> graphs_;  // at most kMaxStepGraphs (graph.cu), least recently used evicted
+  int64_t graph_clock_ = 0;
+  GraphStats graph_stats_;
+  void destroy_graph();  // all of them
 };
 
 }  // namespace clawmine::backend::cuda

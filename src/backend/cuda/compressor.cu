@@ -1,11 +1,13 @@
 // The KV compressor of a chunk on the GPU (spec §3.3 C; ops/backend.h compress_chunk). Positions
-// p0 .. p0+T-1; window j covers positions [j*m, (j+1)*m); a row at position q lives in the
-// carried state (state.pending row q - (p0 - p0 % m) = q % m) when q < p0, else in the chunk
-// (row q - p0, its gate plus ape[q % m]). Two kernels in stream order:
+// p0 .. p0+T-1, p0 read from positions[0] on the device (so a decode step replays unchanged);
+// window j covers positions [j*m, (j+1)*m); a row at position q lives in the carried state
+// (state.pending row q - (p0 - p0 % m) = q % m) when q < p0, else in the chunk (row q - p0, its
+// gate plus ape[q % m]). Two kernels in stream order:
 //   1. compress_pool_kernel: entry n (window j = p0/m + n), channel d: gather the slots, per-channel
 //      softmax over them (max first, then the weighted sum), pooled[n, d]. CSA slots [0, m) are
 //      the previous window's first halves: state.overlap for n = 0, chunk/pending rows of window
 //      j - 1 otherwise, absent (weight 0) for j = 0; slots [m, 2m) this window's second halves.
+//      Slots at positions after the chunk's last are absent (an incomplete window's entry so far).
 //   2. compress_state_kernel: pending rows = the chunk's incomplete tail (gate with ape), overlap
 //      (CSA) = first halves of the last window completed. It runs after kernel 1 has read the
 //      old state; within it, the thread that reads old pending[i][col] for the overlap is the one
@@ -14,6 +16,7 @@
 #include <cstdint>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/op_errors.cuh"
 
 namespace clawmine::backend::cuda {
 namespace {
@@ -29,7 +32,7 @@ struct CompressorRows {
   const float* ape;        // [m, W]
   const TK* pending_kv;    // [m, W] rows of the window containing p0, before p0
   const float* pending_gate;
-  int64_t p0, m, W;
+  int64_t p0, m, W;        // p0: set by each kernel from the device positions
 
   // kv and gate (position bias included) at position q (r = q % m, known to every caller), column col.
   __device__ __forceinline__ void at(int64_t q, int64_t r, int64_t col, float& g, float& v) const {
@@ -45,16 +48,19 @@ struct CompressorRows {
 };
 
 // Slot s of entry n, channel d (d < hd): its gate and kv; false when the slot is absent.
+// Slots at positions after `last` (the chunk's last position) are absent.
 template <typename TK>
 __device__ __forceinline__ bool pool_slot(const CompressorRows<TK>& rows, const TK* overlap_kv,
                                           const float* overlap_gate, bool overlap, int64_t hd, int64_t n, int64_t j,
-                                          int64_t s, int64_t d, float& g, float& v) {
+                                          int64_t s, int64_t d, int64_t last, float& g, float& v) {
   const int64_t m = rows.m;
   if (!overlap) {
+    if (j * m + s > last) return false;
     rows.at(j * m + s, s, d, g, v);
     return true;
   }
   if (s >= m) {  // this window's second halves
+    if (j * m + (s - m) > last) return false;
     rows.at(j * m + (s - m), s - m, hd + d, g, v);
     return true;
   }
@@ -68,24 +74,35 @@ __device__ __forceinline__ bool pool_slot(const CompressorRows<TK>& rows, const 
   return true;
 }
 
-// grid (n_new, ceil(hd / kPoolThreads)); one thread per (entry, channel).
+// grid (n_out, ceil(hd / kPoolThreads)); one thread per (entry, channel). n_out must be the
+// number of windows the chunk touches (checked here: the host cannot read p0).
 template <typename TK, typename TO>
 __global__ void __launch_bounds__(kPoolThreads)
-    compress_pool_kernel(CompressorRows<TK> rows, const TK* __restrict__ overlap_kv,
-                         const float* __restrict__ overlap_gate, bool overlap, int64_t hd, TO* __restrict__ pooled) {
+    compress_pool_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T,
+                         const TK* __restrict__ overlap_kv, const float* __restrict__ overlap_gate, bool overlap,
+                         int64_t hd, int64_t n_out, TO* __restrict__ pooled, int32_t* __restrict__ entry_positions,
+                         OpErrorRecord* err) {
+  rows.p0 = positions[0];
+  const int64_t m = rows.m, last = rows.p0 + T - 1, j0 = rows.p0 / m;
+  if (last / m - j0 + 1 != n_out) {  // the caller's row count does not fit these positions
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+      report_op_error(err, kOpErrorCompressRows, rows.p0, T, m, n_out);
+    return;
+  }
   const int64_t n = blockIdx.x;
   const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t j = j0 + n;
+  if (d == 0) entry_positions[n] = static_cast<int32_t>(j * m);
   if (d >= hd) return;
-  const int64_t j = rows.p0 / rows.m + n;
-  const int64_t slots = overlap ? 2 * rows.m : rows.m;
+  const int64_t slots = overlap ? 2 * m : m;
   const float neg_inf = -INFINITY;
   float M = neg_inf, g, v;
   for (int64_t s = 0; s < slots; ++s)
-    if (pool_slot(rows, overlap_kv, overlap_gate, overlap, hd, n, j, s, d, g, v)) M = fmaxf(M, g);
+    if (pool_slot(rows, overlap_kv, overlap_gate, overlap, hd, n, j, s, d, last, g, v)) M = fmaxf(M, g);
   float num = 0.0f, den = 0.0f;
   if (M != neg_inf) {  // a channel whose slots are all -inf has no weight: 0
     for (int64_t s = 0; s < slots; ++s) {
-      if (!pool_slot(rows, overlap_kv, overlap_gate, overlap, hd, n, j, s, d, g, v) || g == neg_inf) continue;
+      if (!pool_slot(rows, overlap_kv, overlap_gate, overlap, hd, n, j, s, d, last, g, v) || g == neg_inf) continue;
       const float e = expf(g - M);
       den += e;
       num = fmaf(e, v, num);
@@ -97,9 +114,10 @@ __global__ void __launch_bounds__(kPoolThreads)
 // One thread per (state row i, column col) of the [m, W] pending state.
 template <typename TK>
 __global__ void __launch_bounds__(kStateThreads)
-    compress_state_kernel(CompressorRows<TK> rows, int64_t T, bool overlap, int64_t hd, TK* pending_kv,
-                          float* pending_gate, TK* overlap_kv, float* overlap_gate) {
+    compress_state_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T, bool overlap,
+                          int64_t hd, TK* pending_kv, float* pending_gate, TK* overlap_kv, float* overlap_gate) {
   // No __restrict__: pending_* alias rows.pending_* (read, then written, by the same thread).
+  rows.p0 = positions[0];
   const int64_t m = rows.m, W = rows.W, p0 = rows.p0;
   const int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);  // m * W < 2^31 (host check)
   if (e >= m * W) return;
@@ -132,19 +150,24 @@ void expect_shape2(const TensorView& v, int64_t rows, int64_t cols, const char* 
 
 }  // namespace
 
-void CudaBackend::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0,
-                                 int64_t rate, bool overlap, const CompressorStateView& state,
-                                 const TensorView& pooled) {
+void CudaBackend::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape,
+                                 const TensorView& positions, int64_t rate, bool overlap,
+                                 const CompressorStateView& state, const TensorView& pooled,
+                                 const TensorView& entry_positions) {
   const char* op = "compress_chunk";
   expect_device(kv, op, "kv");
   expect_device(gate, op, "gate");
   expect_device(ape, op, "ape");
+  expect_device(positions, op, "positions");
   expect_device(state.pending_kv, op, "state.pending_kv");
   expect_device(state.pending_gate, op, "state.pending_gate");
   CLAWMINE_CHECK(rate >= 1, "cuda compress_chunk: rate ", rate, " must be >= 1");
-  CLAWMINE_CHECK(p0 >= 0, "cuda compress_chunk: p0 ", p0, " is negative");
   CLAWMINE_CHECK(kv.rank() == 2, "cuda compress_chunk: kv must be [T, c*hd], got ", shape_str(kv.shape));
   const int64_t T = kv.dim(0), W = kv.dim(1), m = rate, c = overlap ? 2 : 1;
+  CLAWMINE_CHECK(T >= 1, "cuda compress_chunk: the chunk is empty");
+  CLAWMINE_CHECK(positions.dtype == DType::kI32 && positions.rank() == 1 && positions.dim(0) == T,
+                 "cuda compress_chunk: positions must be I32 [", T, "], got ", dtype_name(positions.dtype), " ",
+                 shape_str(positions.shape));
   CLAWMINE_CHECK(W % c == 0, "cuda compress_chunk: kv width ", W, " is not divisible by ", c);
   const int64_t hd = W / c;
   expect_shape2(gate, T, W, "gate");
@@ -165,33 +188,40 @@ void CudaBackend::compress_chunk(const TensorView& kv, const TensorView& gate, c
     CLAWMINE_CHECK(state.overlap_kv.dtype == kv.dtype, "cuda compress_chunk: state.overlap_kv has dtype ",
                    dtype_name(state.overlap_kv.dtype), ", kv has ", dtype_name(kv.dtype));
   }
-  const int64_t n_new = (p0 + T) / m - p0 / m;
-  if (n_new > 0) {
-    expect_device(pooled, op, "pooled");
-    CLAWMINE_CHECK(pooled.numel() == n_new * hd && pooled.dim(-1) == hd, "cuda compress_chunk: pooled must be [",
-                   n_new, ", ", hd, "], got ", shape_str(pooled.shape));
-  }
+  // The chunk touches (p0+T-1)/m - p0/m + 1 windows: ceil(T/m) or one more; the kernel checks
+  // the exact count against the device positions.
+  expect_device(pooled, op, "pooled");
+  expect_device(entry_positions, op, "entry_positions");
+  CLAWMINE_CHECK(pooled.rank() == 2 && pooled.dim(1) == hd && pooled.dim(0) >= 1,
+                 "cuda compress_chunk: pooled must be [n_out, ", hd, "], got ", shape_str(pooled.shape));
+  const int64_t n_out = pooled.dim(0);
+  CLAWMINE_CHECK(n_out <= (T - 1) / m + 2, "cuda compress_chunk: pooled has ", n_out, " rows; a chunk of ", T,
+                 " tokens touches at most ", (T - 1) / m + 2, " windows of rate ", m);
+  CLAWMINE_CHECK(entry_positions.dtype == DType::kI32 && entry_positions.numel() == n_out,
+                 "cuda compress_chunk: entry_positions must be I32 [", n_out, "], got ",
+                 dtype_name(entry_positions.dtype), " ", shape_str(entry_positions.shape));
   if (T == 0 || hd == 0) return;
   CLAWMINE_CHECK(m * W < (int64_t{1} << 31), "cuda compress_chunk: state of ", m, " x ", W, " is too large");
 
   dispatch_float(kv.dtype, op, "kv", [&](auto kv_tag) {
     using TK = decltype(kv_tag);
     const CompressorRows<TK> rows{kv.as<TK>(),      gate.as<float>(), ape.as<float>(), state.pending_kv.as<TK>(),
-                                  state.pending_gate.as<float>(), p0, m, W};
+                                  state.pending_gate.as<float>(), 0, m, W};
     TK* ov_kv = overlap ? state.overlap_kv.as<TK>() : nullptr;
     float* ov_gate = overlap ? state.overlap_gate.as<float>() : nullptr;
-    if (n_new > 0) {
-      dispatch_float(pooled.dtype, op, "pooled", [&](auto out_tag) {
-        using TO = decltype(out_tag);
-        const dim3 grid(static_cast<unsigned>(n_new), blocks_for(hd, kPoolThreads));
-        compress_pool_kernel<TK, TO><<<grid, kPoolThreads, 0, stream_>>>(rows, ov_kv, ov_gate, overlap, hd,
-                                                                          pooled.as<TO>());
-        CLAWMINE_CUDA_LAUNCHED("compress_chunk (pool)");
-      });
-    }
+    OpErrorRecord* err = op_error_record(*this);
+    dispatch_float(pooled.dtype, op, "pooled", [&](auto out_tag) {
+      using TO = decltype(out_tag);
+      const dim3 grid(static_cast<unsigned>(n_out), blocks_for(hd, kPoolThreads));
+      compress_pool_kernel<TK, TO><<<grid, kPoolThreads, 0, stream_>>>(
+          rows, positions.as<int32_t>(), T, ov_kv, ov_gate, overlap, hd, n_out, pooled.as<TO>(),
+          entry_positions.as<int32_t>(), err);
+      CLAWMINE_CUDA_LAUNCHED("compress_chunk (pool)");
+    });
     // Stream order: the state is updated only after the pooling kernel has read it.
     compress_state_kernel<TK><<<blocks_for(m * W, kStateThreads), kStateThreads, 0, stream_>>>(
-        rows, T, overlap, hd, state.pending_kv.as<TK>(), state.pending_gate.as<float>(), ov_kv, ov_gate);
+        rows, positions.as<int32_t>(), T, overlap, hd, state.pending_kv.as<TK>(), state.pending_gate.as<float>(), ov_kv,
+        ov_gate);
     CLAWMINE_CUDA_LAUNCHED("compress_chunk (state)");
   });
 }

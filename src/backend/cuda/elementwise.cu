@@ -104,6 +104,19 @@ __global__ void add_mixed_kernel(const void* a, rowwise::FloatCode ca, const voi
     out[i] = from_f32<To>(__fadd_rn(rowwise::load_float(a, ca, i), rowwise::load_float(b, cb, i)));
 }
 
+// One block per source row: dst[keys[i] / divisor, :] = src[i, :] (converted); a key outside dst
+// is recorded as a data error and its row is skipped.
+template <typename S, typename D>
+__global__ void scatter_rows_kernel(const S* __restrict__ src, const int32_t* __restrict__ keys, int64_t divisor,
+                                    D* __restrict__ dst, int64_t w, int64_t n_dst, OpErrorRecord* err) {
+  const int64_t i = blockIdx.x, key = keys[i], r = key / divisor;
+  if (key < 0 || r >= n_dst) {
+    if (threadIdx.x == 0) report_op_error(err, kOpErrorScatterRow, key, divisor, i, n_dst);
+    return;
+  }
+  for (int64_t c = threadIdx.x; c < w; c += blockDim.x) dst[r * w + c] = from_f32<D>(to_f32(src[i * w + c]));
+}
+
 }  // namespace
 
 void CudaBackend::embed(const TensorView& table, const TensorView& ids, const TensorView& out) {
@@ -163,6 +176,29 @@ void CudaBackend::iota(const TensorView& out, int64_t start, int64_t step) {
   CLAWMINE_CHECK(fits, "cuda iota: ", n, " values from ", start, " in steps of ", step, " do not fit I32");
   iota_kernel<<<stride_blocks(n, sm_count_), kThreads, 0, stream_>>>(out.as<int32_t>(), n, start, step);
   CLAWMINE_CUDA_LAUNCHED("iota");
+}
+
+void CudaBackend::scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) {
+  expect_device(src, "scatter_rows", "src");
+  expect_device(keys, "scatter_rows", "keys");
+  expect_device(dst, "scatter_rows", "dst");
+  CLAWMINE_CHECK(src.rank() == 2 && dst.rank() == 2 && src.dim(1) == dst.dim(1) && keys.dtype == DType::kI32 &&
+                     keys.rank() == 1 && keys.dim(0) == src.dim(0),
+                 "cuda scatter_rows: src ", shape_str(src.shape), ", keys ", dtype_name(keys.dtype), " ",
+                 shape_str(keys.shape), " and dst ", shape_str(dst.shape), " must be [n, w], I32 [n] and [N, w]");
+  CLAWMINE_CHECK(divisor >= 1, "cuda scatter_rows: divisor ", divisor, " must be >= 1");
+  const int64_t n = src.dim(0), w = src.dim(1);
+  if (n == 0 || w == 0) return;
+  OpErrorRecord* err = op_error_record(*this);
+  dispatch_float(src.dtype, "scatter_rows", "src", [&](auto s) {
+    using S = decltype(s);
+    dispatch_float(dst.dtype, "scatter_rows", "dst", [&](auto d) {
+      using D = decltype(d);
+      scatter_rows_kernel<S, D><<<static_cast<unsigned>(n), kThreads, 0, stream_>>>(
+          src.as<const S>(), keys.as<const int32_t>(), divisor, dst.as<D>(), w, dst.dim(0), err);
+      CLAWMINE_CUDA_LAUNCHED("scatter_rows");
+    });
+  });
 }
 
 void CudaBackend::add(const TensorView& a, const TensorView& b, const TensorView& out) {

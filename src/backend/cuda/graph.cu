@@ -1,9 +1,13 @@
-// CUDA graphs for decode steps. A step's ops are recorded by stream capture; the first capture
-// is instantiated, later ones update the executable graph in place (cudaGraphExecUpdate keeps
-// the instantiation when only kernel arguments, copy addresses and sizes changed) and fall back
-// to a fresh instantiation when the topology changed (for example a compressor window
-// completing adds kernels). One graph launch replaces hundreds of kernel launches.
-// The first steps run eagerly so one-time uploads (per-op tables) never happen inside a capture.
+// CUDA graphs for decode steps. The caller names a step by a key derived from everything that
+// shapes its ops (ops/backend.h); per-step values live in device tensors uploaded before the
+// step. A key seen before replays its executable graph as it is: one cudaGraphLaunch replaces the
+// step's hundreds of kernel launches and the host issues nothing else. A new key is recorded by
+// stream capture while its ops are issued, instantiated, and launched. Graphs are kept in a small
+// LRU (one per live sequence and cache layout; a sequence's layout changes only when its
+// compressed-entry stores grow). The first steps run eagerly so one-time uploads (per-op tables)
+// never happen inside a capture.
+#include <algorithm>
+
 #include "backend/cuda/backend_impl.cuh"
 #include "core/log.h"
 
@@ -11,11 +15,20 @@ namespace clawmine::backend::cuda {
 
 namespace {
 constexpr int64_t kEagerSteps = 2;
+constexpr size_t kMaxStepGraphs = 64;  // a server's concurrent sequences each keep one
+
+// The linear policy shapes the recorded kernels too (activation transforms): part of the key.
+uint64_t with_policy(uint64_t key, const ops::LinearPolicy& p) {
+  const uint64_t v = static_cast<uint64_t>(p.nvfp4) | static_cast<uint64_t>(p.fp8) << 2 |
+                     static_cast<uint64_t>(p.act_scale) << 4 | static_cast<uint64_t>(p.saturate) << 6;
+  return key ^ ((v + 1) * 0x9E3779B97F4A7C15ull);
 }
+}  // namespace
 
 void CudaBackend::destroy_graph() {
-  if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
-  graph_exec_ = nullptr;
+  for (StepGraph& g : graphs_)
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+  graphs_.clear();
 }
 
 // A step that threw between begin_step_graph and end_step_graph leaves the stream capturing;
@@ -38,7 +51,19 @@ void CudaBackend::refuse_inside_capture(const char* what) {
                       "begin_step_graph/end_step_graph); the step is abandoned"));
 }
 
-void CudaBackend::begin_step_graph() {
+bool CudaBackend::replay_step_graph(uint64_t key) {
+  discard_capture();
+  key = with_policy(key, policy_);
+  if (!options_.graphs) return false;
+  auto it = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == key; });
+  if (it == graphs_.end()) return false;
+  it->last_use = ++graph_clock_;
+  CLAWMINE_CUDA_CHECK(cudaGraphLaunch(it->exec, stream_));
+  ++graph_stats_.replayed;
+  return true;
+}
+
+void CudaBackend::begin_step_graph(uint64_t key) {
   discard_capture();
   if (!options_.graphs || eager_steps_ < kEagerSteps) {
     ++eager_steps_;
@@ -46,6 +71,7 @@ void CudaBackend::begin_step_graph() {
   }
   CLAWMINE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
   capturing_ = true;
+  capture_key_ = with_policy(key, policy_);
 }
 
 void CudaBackend::end_step_graph() {
@@ -53,27 +79,25 @@ void CudaBackend::end_step_graph() {
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   CLAWMINE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-  bool updated = false;
-  if (graph_exec_) {
-    cudaGraphExecUpdateResultInfo info{};
-    if (cudaGraphExecUpdate(graph_exec_, graph, &info) == cudaSuccess) {
-      updated = true;
-      ++graph_updates_;
-    } else {
-      cudaGetLastError();  // clear the update failure; instantiate anew below
-      destroy_graph();
-    }
-  }
-  if (!updated) {
-    const cudaError_t err = cudaGraphInstantiate(&graph_exec_, graph, 0);
-    if (err != cudaSuccess) {
-      cudaGraphDestroy(graph);
-      throw_cuda_error(err, "cudaGraphInstantiate", __FILE__, __LINE__);
-    }
-    ++graph_instantiations_;
-  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
-  CLAWMINE_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+  if (err != cudaSuccess) throw_cuda_error(err, "cudaGraphInstantiate", __FILE__, __LINE__);
+  // A key recorded again (its earlier graph was evicted or the caller re-recorded it) replaces it.
+  auto same = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == capture_key_; });
+  if (same == graphs_.end() && graphs_.size() >= kMaxStepGraphs) {
+    same = std::min_element(graphs_.begin(), graphs_.end(),
+                            [](const StepGraph& a, const StepGraph& b) { return a.last_use < b.last_use; });
+    ++graph_stats_.evicted;
+  }
+  if (same != graphs_.end()) {
+    cudaGraphExecDestroy(same->exec);
+    *same = StepGraph{capture_key_, exec, ++graph_clock_};
+  } else {
+    graphs_.push_back(StepGraph{capture_key_, exec, ++graph_clock_});
+  }
+  ++graph_stats_.recorded;
+  CLAWMINE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
 }
 
 }  // namespace clawmine::backend::cuda

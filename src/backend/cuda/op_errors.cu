@@ -21,6 +21,16 @@ std::string describe(const OpErrorRecord& r) {
     case kOpErrorRouteExpert:
       return str_cat("cuda moe_route: tid2eid[", r.v[0], ", ", r.v[1], "] = ", r.v[2], " is not an expert id in [0, ",
                      r.v[3], ")");
+    case 4:  // moe.cu
+      return str_cat("cuda moe_experts: expert id ", r.v[0], " (token ", r.v[1], ", slot ", r.v[2],
+                     ") is not in [0, ", r.v[3], ") (the slot was skipped)");
+    case kOpErrorCompressRows:
+      return str_cat("cuda compress_chunk: a chunk of ", r.v[1], " tokens at position ", r.v[0], " touches ",
+                     (r.v[0] + r.v[1] - 1) / r.v[2] - r.v[0] / r.v[2] + 1, " windows of rate ", r.v[2],
+                     " but pooled has ", r.v[3], " rows (nothing was pooled)");
+    case kOpErrorScatterRow:
+      return str_cat("cuda scatter_rows: key ", r.v[0], " of source row ", r.v[2], " / ", r.v[1],
+                     " is outside the ", r.v[3], " rows of dst (the row was not written)");
     default:
       return str_cat("cuda: a kernel recorded an unknown data error (code ", r.code, ")");
   }

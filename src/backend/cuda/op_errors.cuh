@@ -13,6 +13,9 @@ enum OpErrorCode : unsigned long long {
   kOpErrorEmbedId = 1,      // v = {id, position, vocabulary size}
   kOpErrorRouteId = 2,      // v = {id, position, tid2eid rows}
   kOpErrorRouteExpert = 3,  // v = {table row (token id), slot k, entry, expert count}
+  // 4: moe.cu's expert-id error, v = {expert id, token, slot, expert count} (its constant lives there)
+  kOpErrorCompressRows = 6, // v = {p0, T, rate, pooled rows given}
+  kOpErrorScatterRow = 7,   // v = {key, divisor, source row, dst rows}
 };
 
 struct OpErrorRecord {

@@ -39,12 +39,15 @@ TensorView indexer_select(const LayerContext& c, const TensorView& h, const Tens
   c.be.linear(h, w.weights_proj, wt);
   const float scale = 1.0f / std::sqrt(static_cast<float>(Di)) / std::sqrt(static_cast<float>(Hi));
 
-  // Indexer keys: the entries of every window complete by the chunk's end.
-  const int64_t N = (c.p0 + T) / m;
+  // Indexer keys: every row of the entry store. Each query scores only the windows complete at
+  // its position (the rest are -inf, never picked): the sizes stay the same from one decode step
+  // to the next until the store grows.
+  const TensorView keys = cache.indexer.entries.view();
+  const int64_t N = keys.empty() ? 0 : keys.dim(0);
   const int64_t k = std::min(cfg.index_topk, N);
   if (k == 0) return {};
   const TensorView scores = c.be.scratch(DType::kF32, {T, N});
-  c.be.indexer_scores(qi, cache.indexer.entries.view().slice0(0, N), wt, scale, c.positions, m, scores);
+  c.be.indexer_scores(qi, keys, wt, scale, c.positions, m, scores);
   const TensorView selected = c.be.scratch(DType::kI32, {T, k});
   c.be.topk(scores, k, selected);
   return selected;
@@ -95,8 +98,10 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const TensorView pool = c.act({n_prev + T, Dh});
   if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
   c.be.copy(kv, pool.slice0(n_prev, n_prev + T));
-  const int64_t N = compressed ? (c.p0 + T) / m : 0;
-  const TensorView entries = N > 0 ? cache.compressor.entries.view().slice0(0, N) : TensorView{};
+  // Compressed keys: the whole entry store; attention_index lists only the entries complete at
+  // each query's position.
+  const TensorView entries = compressed ? cache.compressor.entries.view() : TensorView{};
+  const int64_t N = entries.empty() ? 0 : entries.dim(0);
 
   // Steps B/D: per query, W window slots then its compressed keys; -1 pads.
   const int64_t n_compressed = c.kind == AttentionKind::kHeavilyCompressed ? N

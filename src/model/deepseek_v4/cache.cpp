@@ -2,16 +2,23 @@
 // allocated by the first forward; entry stores grow by doubling (allocate, copy the rows
 // written so far, release the old buffer), so no maximum length is needed up front.
 #include <algorithm>
+#include <atomic>
 
 #include "model/deepseek_v4/layer.h"
 
 namespace clawmine::model::deepseek_v4 {
 
+namespace {
+std::atomic<uint64_t> next_layout_id{1};
+}  // namespace
+
 void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cache, int64_t end) {
   const DType act = be.act_dtype();
+  bool allocated = false;
   auto state = [&](CompressorCache& st, int64_t m, int64_t hd, bool overlap) {
     if (!st.pending_kv.view().empty()) return;
     const int64_t width = (overlap ? 2 : 1) * hd;
+    allocated = true;
     st.pending_kv = ops::DeviceBuffer(be, DType::kF32, {m, width});
     st.pending_gate = ops::DeviceBuffer(be, DType::kF32, {m, width});
     be.fill(st.pending_kv.view(), 0.0f);  // never read before written; zeros keep states comparable
@@ -23,10 +30,12 @@ void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cach
       be.fill(st.overlap_gate.view(), 0.0f);
     }
   };
-  // Entry rows [0, end / m) must exist; the rows of earlier chunks move to a buffer twice as large.
+  // Entry rows [0, (end-1)/m] must exist (the last one may be an incomplete window's); the rows of
+  // earlier chunks move to a buffer twice as large.
   auto entries = [&](CompressorCache& st, int64_t m, int64_t hd) {
-    const int64_t need = end / m;
+    const int64_t need = (end - 1) / m + 1;
     if (need <= st.capacity()) return;
+    allocated = true;
     const int64_t have = cache.position / m;  // rows written so far
     ops::DeviceBuffer grown(be, act, {std::max({need, 2 * st.capacity(), int64_t{16}}), hd});
     if (have > 0) be.copy(st.entries.view().slice0(0, have), grown.view().slice0(0, have));
@@ -35,8 +44,10 @@ void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cach
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     LayerCache& lc = cache.layers[static_cast<size_t>(l)];
     const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
-    if (lc.window.view().empty() && cfg.sliding_window > 1)
+    if (lc.window.view().empty() && cfg.sliding_window > 1) {
       lc.window = ops::DeviceBuffer(be, act, {cfg.sliding_window - 1, cfg.head_dim});
+      allocated = true;
+    }
     if (kind == AttentionKind::kSliding) continue;
     const bool csa = kind == AttentionKind::kCompressedSparse;
     const int64_t m = csa ? cfg.compress_rate_csa : cfg.compress_rate_hca;
@@ -46,6 +57,7 @@ void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cach
     state(lc.indexer, m, cfg.index_head_dim, true);
     entries(lc.indexer, m, cfg.index_head_dim);
   }
+  if (allocated) cache.layout_id = next_layout_id.fetch_add(1);
 }
 
 }  // namespace clawmine::model::deepseek_v4

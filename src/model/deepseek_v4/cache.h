@@ -25,7 +25,8 @@ struct CompressorCache {
   ops::DeviceBuffer overlap_kv;    // CSA: [m, hd] F32 first halves of the last complete window
   ops::DeviceBuffer overlap_gate;  // CSA: [m, hd] F32
   // [capacity, hd] act dtype: row j = entry of window j (normed, rotated at j*m, round-tripped);
-  // rows [0, position / m) are valid. Grows by doubling.
+  // rows [0, position / m) are complete entries, row position / m may hold the incomplete
+  // window's entry so far (never read: keys past (p+1)/m are masked). Grows by doubling.
   ops::DeviceBuffer entries;
 
   ops::CompressorStateView state() const {
@@ -46,6 +47,13 @@ struct SequenceCache {
   int64_t position = 0;  // tokens consumed so far = absolute position of the next token
   std::vector<LayerCache> layers;
   ops::Backend* backend = nullptr;  // set by the first forward, which allocates the rows
+  // Changes (to a value never used before, by any cache) whenever reserve_cache allocates: the
+  // buffers' addresses and sizes are part of a decode step's graph key.
+  uint64_t layout_id = 0;
+  // The last recorded decode step: its graph key and where its logits land (scratch addresses
+  // repeat for equal steps), so a replay needs no op calls to find them.
+  uint64_t step_key = 0;
+  TensorView step_logits;
 };
 
 }  // namespace clawmine::model::deepseek_v4

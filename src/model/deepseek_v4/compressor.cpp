@@ -3,7 +3,8 @@
 // by a per-channel softmax over its slots. CSA (overlap) pools 2m slots: the previous window's
 // first halves and the current window's second halves (ops::Backend::compress_chunk carries
 // the state). Entries are RMS-normed, rotated at the window's first position j*m, and
-// (official mode) round-tripped like the reference, then stored in the cache's entry rows.
+// (official mode) round-tripped like the reference, then stored in the cache's entry rows at
+// rows the device computes from the positions (so a decode step's ops are the same every step).
 #include "model/deepseek_v4/layer.h"
 
 namespace clawmine::model::deepseek_v4 {
@@ -17,20 +18,19 @@ void compressor_step(const LayerContext& c, const TensorView& h, const Compresso
   c.be.linear(h, w.wkv, kv);
   c.be.linear(h, w.wgate, gate);
 
-  // Windows j = p0/m .. (p0+T)/m - 1 complete inside the chunk.
-  const int64_t j0 = c.p0 / m, n_new = (c.p0 + T) / m - j0;
-  const TensorView pooled = c.be.scratch(DType::kF32, {n_new, hd});
-  c.be.compress_chunk(kv, gate, w.ape, c.p0, m, spec.overlap, st.state(), pooled);
-  if (n_new == 0) return;
+  // One entry per window the chunk touches (j = p0/m .. (p0+T-1)/m); the last may be incomplete
+  // (its entry so far, replaced when the window completes; never attended before that).
+  const int64_t n_out = (c.p0 + T - 1) / m - c.p0 / m + 1;
+  const TensorView pooled = c.be.scratch(DType::kF32, {n_out, hd});
+  const TensorView entry_positions = c.be.scratch(DType::kI32, {n_out});  // j*m, the window's first position
+  c.be.compress_chunk(kv, gate, w.ape, c.positions, m, spec.overlap, st.state(), pooled, entry_positions);
 
   c.be.rms_norm(pooled, &w.norm, static_cast<float>(c.cfg.rms_norm_eps), pooled);
-  const TensorView entry_positions = c.be.scratch(DType::kI32, {n_new});  // j*m, the window's first position
-  c.be.iota(entry_positions, j0 * m, m);
-  c.be.rope(pooled.reshaped({n_new, 1, hd}), entry_positions, c.inv_freq, R, false);
+  c.be.rope(pooled.reshaped({n_out, 1, hd}), entry_positions, c.inv_freq, R, false);
   if (spec.qdq != ops::Qdq::kNone) c.be.qdq(pooled, spec.qdq, hd - R);
-  CLAWMINE_CHECK(st.capacity() >= j0 + n_new, "compressor entries of layer ", c.layer, " hold ", st.capacity(),
-                 " rows, need ", j0 + n_new);
-  c.be.copy(pooled, st.entries.view().slice0(j0, j0 + n_new));
+  CLAWMINE_CHECK(st.capacity() >= (c.p0 + T - 1) / m + 1, "compressor entries of layer ", c.layer, " hold ",
+                 st.capacity(), " rows, need ", (c.p0 + T - 1) / m + 1);
+  c.be.scatter_rows(pooled, entry_positions, m, st.entries.view());  // row j = (j*m) / m
 }
 
 }  // namespace clawmine::model::deepseek_v4

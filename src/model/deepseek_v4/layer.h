@@ -25,7 +25,7 @@ struct LayerContext {
   const TensorView& inv_freq;   // [rope_dim/2] F32: the layer's RoPE table
   const TensorView& positions;  // [T] I32: absolute positions p0 .. p0+T-1 of the chunk
   const TensorView& ids;        // [T] I32: token ids (hash routing)
-  int64_t p0 = 0;               // positions[0], known on the host
+  int64_t p0 = 0;               // positions[0], known on the host: sizes only (ops read positions)
   const ForwardOptions& options;
 
   // [shape] scratch in the backend's activation dtype.

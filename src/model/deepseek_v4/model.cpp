@@ -146,6 +146,22 @@ void block(const LayerContext& c, TensorView& X, TensorView& X_next, LayerCache&
   std::swap(X, X_next);
 }
 
+// Everything that shapes a steady decode step's ops besides the values read on the device: the
+// model (its placed weights), the cache's buffers (layout_id), where the step's scratch starts,
+// and the options. Equal keys mean equal op sequences over equal addresses.
+uint64_t step_key(const SequenceCache& cache, size_t scratch_mark, const ForwardOptions& options, const void* model) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint64_t v) {
+    h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+    h *= 1099511628211ull;
+  };
+  mix(reinterpret_cast<uintptr_t>(model));
+  mix(cache.layout_id);
+  mix(scratch_mark);
+  mix(static_cast<uint64_t>(options.official_qdq) | static_cast<uint64_t>(options.all_logits) << 1);
+  return h;
+}
+
 }  // namespace
 
 Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<int32_t>& ids,
@@ -172,14 +188,26 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   reserve_cache(be, cfg, cache, p0 + T);
 
   ops::ScratchFrame pass(be);
+  // Per-step values go up before the step's ops: the ops read them on the device.
   const TensorView ids_t = be.scratch(DType::kI32, {T});
   be.upload(ids.data(), ids_t);
-  // A decode step (one token) may be recorded and replayed as one graph: from here to the
-  // download nothing crosses between host and device.
-  const bool graph = T == 1;
-  if (graph) be.begin_step_graph();
+  std::vector<int32_t> host_positions(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) host_positions[static_cast<size_t>(t)] = static_cast<int32_t>(p0 + t);
   const TensorView positions = be.scratch(DType::kI32, {T});
-  be.iota(positions, p0, 1);
+  be.upload(host_positions.data(), positions);
+
+  // A decode step (one token) once the sliding window is full is the same sequence of ops every
+  // step until the cache's entry stores grow: it is recorded once as a graph and replayed.
+  const int64_t rows = options.all_logits ? T : 1;
+  const bool graph = T == 1 && p0 >= cfg.sliding_window - 1;
+  const uint64_t key = graph ? step_key(cache, be.scratch_mark(), options, this) : 0;
+  if (graph && cache.step_key == key && be.replay_step_graph(key)) {
+    Buffer out(DType::kF32, {rows, V});
+    be.download(cache.step_logits, out.view().data);
+    cache.position += T;
+    return out;
+  }
+  if (graph) be.begin_step_graph(key);
 
   // X [T, hc, D]: the embedding copied into every stream.
   be.set_scope("embed");
@@ -197,7 +225,6 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   }
 
   // hc_head -> norm -> head, at every position or only the last.
-  const int64_t rows = options.all_logits ? T : 1;
   const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps), static_cast<float>(cfg.rms_norm_eps)};
   be.set_scope("head");
   const TensorView y = be.scratch(be.act_dtype(), {rows, D});
@@ -205,7 +232,11 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   be.rms_norm(y, &W.norm, static_cast<float>(cfg.rms_norm_eps), y);
   const TensorView logits = be.scratch(DType::kF32, {rows, V});
   be.linear(y, head, logits);
-  if (graph) be.end_step_graph();
+  if (graph) {
+    be.end_step_graph();
+    cache.step_key = key;
+    cache.step_logits = logits;
+  }
   Buffer out(DType::kF32, {rows, V});
   be.download(logits, out.view().data);
   cache.position += T;

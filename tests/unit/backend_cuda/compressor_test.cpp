@@ -40,7 +40,9 @@ std::vector<int64_t> chunking(int64_t total, int64_t size, int64_t first = 0) {
 }
 
 struct RunResult {
-  std::vector<float> entries;                    // [n_entries, hd], all chunks' pooled rows in order
+  std::vector<float> entries;                    // [n_entries, hd], all chunks' complete entries in order
+  std::vector<float> partials;                   // each chunk's incomplete last window's entry so far
+  std::vector<int32_t> entry_positions;          // every pooled row's window start
   std::vector<float> pending_kv, pending_gate;   // the defined rows only: [total % m, W]
   std::vector<float> overlap_kv, overlap_gate;   // CSA after the first window: [m, hd]
 };
@@ -66,13 +68,20 @@ RunResult run(ops::Backend& be, bool is_cpu, const CompressorCase& c, const std:
     const std::vector<float> kv_rows(kv.begin() + p0 * W, kv.begin() + (p0 + T) * W);
     const std::vector<float> gate_rows(gate.begin() + p0 * W, gate.begin() + (p0 + T) * W);
     ops::DeviceBuffer d_kv = upload_f32(be, kv_rows, {T, W}, kv_t), d_gate = upload_f32(be, gate_rows, {T, W});
-    const int64_t n_new = (p0 + T) / m - p0 / m;
-    ops::DeviceBuffer pooled;
-    if (n_new > 0) pooled = poisoned(be, out_t, {n_new, c.hd});
-    be.compress_chunk(d_kv.view(), d_gate.view(), d_ape.view(), p0, m, c.overlap, state, pooled.view());
-    if (n_new > 0) {
-      const std::vector<float> e = download_f32(be, pooled.view());
-      r.entries.insert(r.entries.end(), e.begin(), e.end());
+    const int64_t last = p0 + T - 1, j0 = p0 / m, n_out = last / m - j0 + 1;
+    std::vector<int32_t> pos(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(p0 + t);
+    ops::DeviceBuffer d_pos = upload_raw(be, TensorView{DType::kI32, Device::kCpu, {T}, pos.data()});
+    ops::DeviceBuffer pooled = poisoned(be, out_t, {n_out, c.hd}), entry_pos = poisoned(be, DType::kI32, {n_out});
+    be.compress_chunk(d_kv.view(), d_gate.view(), d_ape.view(), d_pos.view(), m, c.overlap, state, pooled.view(),
+                      entry_pos.view());
+    const std::vector<float> e = download_f32(be, pooled.view());
+    const std::vector<int32_t> ep = download_as<int32_t>(be, entry_pos.view());
+    r.entry_positions.insert(r.entry_positions.end(), ep.begin(), ep.end());
+    for (int64_t n = 0; n < n_out; ++n) {
+      const bool complete = (j0 + n + 1) * m - 1 <= last;
+      std::vector<float>& dst = complete ? r.entries : r.partials;
+      dst.insert(dst.end(), e.begin() + n * c.hd, e.begin() + (n + 1) * c.hd);
     }
     p0 += T;
   }
@@ -104,6 +113,8 @@ void check_case(ops::Backend& cpu, ops::Backend& cuda, const CompressorCase& c, 
     const RunResult got = run(cuda, false, c, chunks, kv, gate, ape, kv_dtype, out_dtype);
     ASSERT_EQ(got.entries.size(), static_cast<size_t>(c.total / m * c.hd));
     EXPECT_TRUE(within(got.entries, ref.entries, budget)) << "pooled entries";
+    EXPECT_TRUE(within(got.partials, ref.partials, budget)) << "incomplete windows' entries so far";
+    EXPECT_EQ(got.entry_positions, ref.entry_positions) << "entry positions";
     // The state holds copies (gate: f32 sum gate + ape on both sides): bit-exact.
     EXPECT_TRUE(same_bits(got.pending_kv, ref.pending_kv)) << "pending kv";
     EXPECT_TRUE(same_bits(got.pending_gate, ref.pending_gate)) << "pending gate";

@@ -130,16 +130,22 @@ void ShadowDevice::sparse_attention(const TensorView& q, const TensorView& kv, c
                          shadow_untag(idx, op, "idx"), shadow_untag(sink, op, "sink"), scale,
                          shadow_untag(out, op, "out"));
 }
-void ShadowDevice::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0,
-                                  int64_t rate, bool overlap, const ops::CompressorStateView& state,
-                                  const TensorView& pooled) {
+void ShadowDevice::compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape,
+                                  const TensorView& positions, int64_t rate, bool overlap,
+                                  const ops::CompressorStateView& state, const TensorView& pooled,
+                                  const TensorView& entry_positions) {
   const char* op = "compress_chunk";
   const ops::CompressorStateView s{shadow_untag(state.pending_kv, op, "pending_kv"),
                                    shadow_untag(state.pending_gate, op, "pending_gate"),
                                    shadow_untag(state.overlap_kv, op, "overlap_kv"),
                                    shadow_untag(state.overlap_gate, op, "overlap_gate")};
-  cpu_->compress_chunk(shadow_untag(kv, op, "kv"), shadow_untag(gate, op, "gate"), shadow_untag(ape, op, "ape"), p0,
-                       rate, overlap, s, shadow_untag(pooled, op, "pooled"));
+  cpu_->compress_chunk(shadow_untag(kv, op, "kv"), shadow_untag(gate, op, "gate"), shadow_untag(ape, op, "ape"),
+                       shadow_untag(positions, op, "positions"), rate, overlap, s, shadow_untag(pooled, op, "pooled"),
+                       shadow_untag(entry_positions, op, "entry_positions"));
+}
+void ShadowDevice::scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) {
+  const char* op = "scatter_rows";
+  cpu_->scatter_rows(shadow_untag(src, op, "src"), shadow_untag(keys, op, "keys"), divisor, shadow_untag(dst, op, "dst"));
 }
 void ShadowDevice::indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights,
                                   float weight_scale, const TensorView& positions, int64_t rate,

@@ -28,6 +28,7 @@ class DeviceEmulator final : public ops::Backend {
   Device device() const override { return Device::kCuda; }
   size_t placed_bytes() const { return allocated_bytes_; }
   int graphs() const { return graphs_; }
+  const std::vector<uint64_t>& graph_keys() const { return keys_; }
 
   TensorView allocate(DType dtype, const Shape& shape) override {
     TensorView v = cpu_->allocate(dtype, shape);
@@ -64,9 +65,10 @@ class DeviceEmulator final : public ops::Backend {
   }
   void copy(const TensorView& src, const TensorView& dst) override { cpu_->copy(host(src, "copy"), host(dst, "copy")); }
   void fill(const TensorView& dst, float value) override { cpu_->fill(host(dst, "fill"), value); }
-  void begin_step_graph() override {
+  void begin_step_graph(uint64_t key) override {
     if (in_graph_) throw Error("device emulator: nested step graph");
     in_graph_ = true;
+    keys_.push_back(key);
   }
   void end_step_graph() override {
     if (!in_graph_) throw Error("device emulator: end_step_graph without begin");
@@ -127,12 +129,17 @@ class DeviceEmulator final : public ops::Backend {
     cpu_->sparse_attention(host(q, op), host(kv, op), host(entries, op), host(idx, op), host(sink, op), scale,
                            host(out, op));
   }
-  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, int64_t p0, int64_t rate,
-                      bool overlap, const CompressorStateView& s, const TensorView& pooled) override {
+  void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
+                      int64_t rate, bool overlap, const CompressorStateView& s, const TensorView& pooled,
+                      const TensorView& entry_positions) override {
     const char* op = "compress_chunk";
     const CompressorStateView hs{host(s.pending_kv, op), host(s.pending_gate, op), host(s.overlap_kv, op),
                                  host(s.overlap_gate, op)};
-    cpu_->compress_chunk(host(kv, op), host(gate, op), host(ape, op), p0, rate, overlap, hs, host(pooled, op));
+    cpu_->compress_chunk(host(kv, op), host(gate, op), host(ape, op), host(positions, op), rate, overlap, hs,
+                         host(pooled, op), host(entry_positions, op));
+  }
+  void scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) override {
+    cpu_->scatter_rows(host(src, "scatter_rows"), host(keys, "scatter_rows"), divisor, host(dst, "scatter_rows"));
   }
   void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
                       const TensorView& positions, int64_t rate, const TensorView& scores) override {
@@ -195,6 +202,7 @@ class DeviceEmulator final : public ops::Backend {
   size_t allocated_bytes_ = 0;
   bool in_graph_ = false;
   int graphs_ = 0;
+  std::vector<uint64_t> keys_;
 };
 
 // Prefill in two chunks, then decode one token at a time; every step's logits, concatenated.
