@@ -1,7 +1,11 @@
-// Attention-side decode cases (one query token, V4-Flash dims), through ops::Backend:
-//   sparse_attention  64 heads x 512 over the window (128 keys) + compressed entries, at contexts
-//                     1K, 16K, 128K, for an HCA-like layer (rate 128: every entry, ctx/128) and a
-//                     CSA-like one (rate 4, the indexer's top-512 of ctx/4 entries);
+// Attention-side cases (V4-Flash dims), through ops::Backend:
+//   sparse_attention  decode (one query token): 64 heads x 512 over the window (128 keys) +
+//                     compressed entries, at contexts 1K, 16K, 128K, for an HCA-like layer (rate
+//                     128: every entry, ctx/128) and a CSA-like one (rate 4, the indexer's top-512
+//                     of ctx/4 entries);
+//                     prefill (a 2048-token chunk ending a 2K or 8K prompt): every token's sliding
+//                     window over the chunk + its compressed keys (HCA: all ctx/128 entries; CSA:
+//                     its own random top-512 of ctx/4), reported in TFLOP/s (4 H S Dh per token);
 //   compressor        compress_chunk at a completing window (CSA main: overlap, 2 x 512; CSA
 //                     indexer: overlap, 2 x 128; HCA: rate 128, 512);
 //   indexer           indexer_scores (64 heads x 128 over ctx/4 keys) and topk (512 of ctx/4).
@@ -83,6 +87,56 @@ void attention_case(Env& env, bool csa, int64_t ctx, const TensorView& sink) {
     std::iota(sel.begin(), sel.end(), 0);
     if (csa) std::shuffle(sel.begin(), sel.end(), rng);
     for (int64_t j = 0; j < n_comp; ++j) h[static_cast<size_t>(kWindow + j)] = static_cast<int32_t>(kWindow + sel[j]);
+    be.upload(h.data(), idx.back().view());
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  finish(env, r, out[0].view(), [&](int i) {
+    be.sparse_attention(q[i].view(), kv[i].view(), ent[i].view(), idx[i].view(), sink, scale, out[i].view());
+  });
+}
+
+// ---- sparse_attention prefill ----------------------------------------------------------------
+void attention_prefill_case(Env& env, bool csa, int64_t ctx, const TensorView& sink) {
+  ops::Backend& be = env.be;
+  constexpr int64_t kT = 2048;
+  const int64_t N = csa ? ctx / kCsaRate : ctx / kHcaRate;  // compressed entries in the cache
+  const int64_t n_comp = csa ? std::min(kTopK, N) : N;      // compressed keys each query reads
+  const int64_t S = kWindow + n_comp;
+  Result r;
+  r.group = "attention";
+  r.name = str_cat(csa ? "prefill csa top-512" : "prefill hca rate-128", " ctx ", ctx_name(ctx), " S ", S);
+  r.format = "bf16";
+  r.impl = "clawmine";
+  r.T = kT;
+  const double row = 2.0 * kHeadDim;
+  r.bytes = 2.0 * kT * kHeads * row + (kT + N) * row + 4.0 * kT * S;  // q, out, each key row once, idx
+  r.flops = 4.0 * kT * kHeads * S * kHeadDim;                         // q.k and p.v
+  r.rotation = copies_for(env, r.bytes, r.bytes, 4);
+  std::vector<ops::DeviceBuffer> q, kv, ent, idx, out;
+  std::mt19937 rng(static_cast<uint32_t>(ctx * 3 + csa));
+  for (int i = 0; i < r.rotation; ++i) {
+    q.emplace_back(be, DType::kBF16, Shape{kT, kHeads, kHeadDim});
+    kv.emplace_back(be, DType::kBF16, Shape{kT, kHeadDim});  // the chunk's own rows (the window pool)
+    ent.emplace_back(be, DType::kBF16, Shape{N, kHeadDim});
+    idx.emplace_back(be, DType::kI32, Shape{kT, S});
+    out.emplace_back(be, DType::kBF16, Shape{kT, kHeads, kHeadDim});
+    fill_random(be, q.back().view(), Fill::kFloat, 1500 + i, 1.0f);
+    fill_random(be, kv.back().view(), Fill::kFloat, 1600 + i, 1.0f);
+    fill_random(be, ent.back().view(), Fill::kFloat, 1700 + i, 1.0f);
+    // Token t: window rows t-127 .. t (-1 before the chunk), then entry rows kT + j (HCA every
+    // entry; CSA a random distinct top-k per token, in score order).
+    std::vector<int32_t> h(static_cast<size_t>(kT * S), -1);
+    std::vector<int32_t> sel(static_cast<size_t>(N));
+    std::iota(sel.begin(), sel.end(), 0);
+    for (int64_t t = 0; t < kT; ++t) {
+      int32_t* row_idx = h.data() + t * S;
+      for (int64_t s = 0; s < kWindow; ++s) {
+        const int64_t kp = t - kWindow + 1 + s;
+        row_idx[s] = kp >= 0 ? static_cast<int32_t>(kp) : -1;
+      }
+      if (csa) std::shuffle(sel.begin(), sel.end(), rng);
+      for (int64_t j = 0; j < n_comp; ++j) row_idx[kWindow + j] = static_cast<int32_t>(kT + sel[static_cast<size_t>(j)]);
+    }
     be.upload(h.data(), idx.back().view());
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
@@ -207,6 +261,8 @@ void run_attention_cases(Env& env) {
     fill_random(be, sink.view(), Fill::kFloat, 42, 1.0f);
     for (bool csa : {false, true})
       for (int64_t ctx : kContexts) attention_case(env, csa, ctx, sink.view());
+    for (bool csa : {false, true})
+      for (int64_t ctx : {int64_t{2048}, int64_t{8192}}) attention_prefill_case(env, csa, ctx, sink.view());
   }
   if (env.opts.wants("compressor")) {
     for (int64_t ctx : {int64_t{16384}, int64_t{131072}}) {

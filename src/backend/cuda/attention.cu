@@ -1,19 +1,30 @@
 // Attention ops on the GPU (spec §3.3 B/D/F): the per-query key index lists and sparse attention
 // with a per-head sink over gathered rows of [kv; entries].
 //
-// sparse_attention: one block per (token t, group of kAttnHeads heads). The group's queries live
-// in registers; the block's warps split the S key slots (warp w takes s = w, w + kAttnWarps, ...),
-// and each warp streams one gathered key row at a time (16-byte vector loads when the row allows,
-// lane-interleaved so each load instruction is coalesced), scores it against every head of the
-// group and keeps an online softmax (running max m, sum l, accumulator) per head. The warps'
-// partial states are merged exactly at the end:
+// sparse_attention picks a kernel by dtype and shape:
+//   * BF16/F16 with a head dim of 64, 128, 256 or 512 (V4: 512): tensor cores (attention_mma.cu),
+//     64 heads per block, so a block reads each gathered key row once for all heads (MQA);
+//   * otherwise (F32, odd head dims): the FMA kernel below, exact F32 arithmetic.
+// Either runs split-S ("flash-decoding") when (tokens x head groups) would leave most of the
+// multiprocessors idle (decode): the key slots are cut into ranges, one block each, whose partial
+// softmax states go to scratch and are merged by merge_splits_kernel in a fixed order (the
+// formula is in attention_kernels.cuh). No atomics anywhere: the output is deterministic.
+//
+// FMA kernel: one block per (token t, group of kAttnHeads heads, key range). The group's queries
+// live in registers; the block's warps split the range's key slots (warp w takes s = w,
+// w + kAttnWarps, ...), and each warp streams one gathered key row at a time (16-byte vector
+// loads when the row allows, lane-interleaved so each load instruction is coalesced), scores it
+// against every head of the group and keeps an online softmax (running max m, sum l,
+// accumulator) per head. The warps' partial states are merged exactly at the end:
 //   M = max(sink, m_w), out = sum_w e^(m_w - M) acc_w / (sum_w e^(m_w - M) l_w + e^(sink - M)),
-// in a fixed warp order (deterministic). All heads of a token share the key rows a block reads.
+// in a fixed warp order (deterministic); for a split, without the sink, into the partials.
 #include <cub/block/block_scan.cuh>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
+#include "backend/cuda/attention_kernels.cuh"
 #include "backend/cuda/backend_impl.cuh"
 
 namespace clawmine::backend::cuda {
@@ -67,7 +78,10 @@ __global__ void __launch_bounds__(kIndexThreads)
   }
 }
 
-// ---- sparse_attention ------------------------------------------------------------------------
+// ---- sparse_attention: FMA kernel ------------------------------------------------------------
+
+using attn::AttnArgs;
+using attn::Partials;
 
 constexpr int kAttnWarps = 8;
 constexpr int kAttnThreads = kAttnWarps * 32;
@@ -95,22 +109,27 @@ __device__ __forceinline__ void load_as_f32(const T* p, float (&out)[VEC]) {
 }
 
 // Lane `lane` owns elements [(c * 32 + lane) * VEC, +VEC) of a row for c < NV (Dh % VEC == 0).
-// The grid is (T, ceil(H / kAttnHeads)); dynamic shared memory: kAttnHeads * Dh floats.
+// The grid is (T, ceil(H / kAttnHeads), splits); block z takes slots [z split_len, +split_len).
+// Dynamic shared memory: kAttnHeads * Dh floats. part_acc == nullptr: the final output (one
+// split), else the split's partial state (attention_kernels.cuh).
 template <typename T, int VEC, int NV>
 __global__ void __launch_bounds__(kAttnThreads)
-    sparse_attention_kernel(const T* __restrict__ q, const T* __restrict__ kv, int64_t n_kv,
-                            const T* __restrict__ entries, int64_t n_rows, const int32_t* __restrict__ idx, int64_t S,
-                            const float* __restrict__ sink, float scale, int64_t H, int64_t Dh, T* __restrict__ out) {
+    sparse_attention_kernel(const AttnArgs<T> a, float* __restrict__ part_acc, float2* __restrict__ part_ml,
+                            int64_t split_len) {
   static_assert(VEC * NV <= kMaxLaneElems, "too many elements per lane");
   extern __shared__ float merged[];  // [kAttnHeads][Dh]
   __shared__ float warp_m[kAttnWarps][kAttnHeads], warp_l[kAttnWarps][kAttnHeads];
   __shared__ float head_m[kAttnHeads], head_l[kAttnHeads];
   __shared__ int warp_keys[kAttnWarps], warp_bad[kAttnWarps];
 
+  const int64_t H = a.H, Dh = a.Dh, S = a.S;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t t = blockIdx.x;
   const int64_t h0 = static_cast<int64_t>(blockIdx.y) * kAttnHeads;
+  const int split = static_cast<int>(blockIdx.z), splits = static_cast<int>(gridDim.z);
+  const int64_t s_begin = split * split_len, s_end = s_begin + split_len < S ? s_begin + split_len : S;
   const int nh = H - h0 < kAttnHeads ? static_cast<int>(H - h0) : kAttnHeads;
+  const bool final_out = part_acc == nullptr;
   const float neg_inf = -INFINITY;
 
   float qr[kAttnHeads][NV][VEC], acc[kAttnHeads][NV][VEC], m[kAttnHeads], l[kAttnHeads];
@@ -123,20 +142,21 @@ __global__ void __launch_bounds__(kAttnThreads)
       const int64_t d = (static_cast<int64_t>(c) * 32 + lane) * VEC;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) qr[hh][c][i] = acc[hh][c][i] = 0.0f;
-      if (hh < nh && d < Dh) load_as_f32<T, VEC>(q + ((t * H + h0 + hh) * Dh + d), qr[hh][c]);
+      if (hh < nh && d < Dh) load_as_f32<T, VEC>(a.q + ((t * H + h0 + hh) * Dh + d), qr[hh][c]);
     }
   }
 
   int n_keys = 0, bad = 0;
-  const int32_t* row_idx = idx + t * S;
-  for (int64_t s = warp; s < S; s += kAttnWarps) {
+  const int32_t* row_idx = a.idx + t * S;
+  for (int64_t s = s_begin + warp; s < s_end; s += kAttnWarps) {
     const int32_t r = row_idx[s];  // the same for the whole warp
     if (r == -1) continue;
-    if (r < -1 || r >= n_rows) {
+    if (r < -1 || r >= a.n_rows) {
       bad = 1;
       continue;
     }
-    const T* key = r < n_kv ? kv + static_cast<int64_t>(r) * Dh : entries + (static_cast<int64_t>(r) - n_kv) * Dh;
+    const T* key =
+        r < a.n_kv ? a.kv + static_cast<int64_t>(r) * Dh : a.entries + (static_cast<int64_t>(r) - a.n_kv) * Dh;
     float k[NV][VEC];
 #pragma unroll
     for (int c = 0; c < NV; ++c) {
@@ -157,7 +177,7 @@ __global__ void __launch_bounds__(kAttnThreads)
       for (int c = 0; c < NV; ++c)
 #pragma unroll
         for (int i = 0; i < VEC; ++i) dot = fmaf(qr[hh][c][i], k[c][i], dot);
-      const float logit = warp_sum(dot) * scale;  // identical in every lane
+      const float logit = warp_sum(dot) * a.scale;  // identical in every lane
       const float m_new = fmaxf(m[hh], logit);
       const float corr = m[hh] == neg_inf ? 0.0f : expf(m[hh] - m_new);
       const float pr = expf(logit - m_new);
@@ -170,7 +190,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     }
   }
 
-  // Merge the warps' online-softmax states: head maxima and denominators first.
+  // Merge the warps' online-softmax states: head maxima and denominators first (the sink only
+  // for the final output; a split's partial leaves it to the merge).
   if (lane == 0) {
 #pragma unroll
     for (int hh = 0; hh < kAttnHeads; ++hh) {
@@ -183,10 +204,11 @@ __global__ void __launch_bounds__(kAttnThreads)
   __syncthreads();
   if (threadIdx.x < kAttnHeads && static_cast<int>(threadIdx.x) < nh) {
     const int hh = threadIdx.x;
-    const float sk = sink ? sink[h0 + hh] : neg_inf;
+    const bool with_sink = final_out && a.sink != nullptr;
+    const float sk = with_sink ? a.sink[h0 + hh] : neg_inf;
     float M = sk;
     for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, warp_m[w][hh]);
-    float L = sink ? expf(sk - M) : 0.0f;
+    float L = with_sink ? expf(sk - M) : 0.0f;
     for (int w = 0; w < kAttnWarps; ++w)
       L += warp_l[w][hh] * (warp_m[w][hh] == neg_inf ? 0.0f : expf(warp_m[w][hh] - M));
     head_m[hh] = M;
@@ -219,28 +241,114 @@ __global__ void __launch_bounds__(kAttnThreads)
     total_keys += warp_keys[w];
     any_bad |= warp_bad[w];
   }
+  const int dh = static_cast<int>(Dh);  // <= 512
+  if (!final_out) {
+    const int64_t base = (t * splits + split) * H + h0;
+    if (static_cast<int>(threadIdx.x) < nh) {
+      const int hh = threadIdx.x;
+      part_ml[base + hh] = make_float2(total_keys == 0 ? neg_inf : head_m[hh], any_bad ? NAN : head_l[hh]);
+    }
+    for (int e = threadIdx.x; e < nh * dh; e += blockDim.x) part_acc[base * Dh + e] = total_keys == 0 ? 0.0f : merged[e];
+    return;
+  }
   // No valid key: 0. An index outside [-1, rows) cannot throw from a kernel: the query's output
   // becomes NaN, which the numerics guard and the tests catch.
-  const int dh = static_cast<int>(Dh);  // <= 512
   for (int e = threadIdx.x; e < nh * dh; e += blockDim.x) {
     const int hh = e / dh;
     const float v = any_bad ? NAN : total_keys == 0 ? 0.0f : merged[e] / head_l[hh];
-    out[(t * H + h0) * Dh + e] = from_f32<T>(v);
+    a.out[(t * H + h0) * Dh + e] = from_f32<T>(v);
   }
 }
 
 template <typename T, int VEC, int NV>
-void launch_sparse_attention(cudaStream_t stream, const T* q, const T* kv, int64_t n_kv, const T* entries,
-                             int64_t n_rows, const int32_t* idx, int64_t n_tokens, int64_t S, const float* sink, float scale,
-                             int64_t H, int64_t Dh, T* out) {
-  const dim3 grid(static_cast<unsigned>(n_tokens), static_cast<unsigned>((H + kAttnHeads - 1) / kAttnHeads));
-  const size_t smem = static_cast<size_t>(kAttnHeads) * Dh * sizeof(float);  // <= 8 KiB for Dh <= 512
-  sparse_attention_kernel<T, VEC, NV>
-      <<<grid, kAttnThreads, smem, stream>>>(q, kv, n_kv, entries, n_rows, idx, S, sink, scale, H, Dh, out);
+void launch_sparse_attention(cudaStream_t stream, const AttnArgs<T>& a, const Partials& part) {
+  const dim3 grid(static_cast<unsigned>(a.T), static_cast<unsigned>((a.H + kAttnHeads - 1) / kAttnHeads),
+                  static_cast<unsigned>(part.splits));
+  const size_t smem = static_cast<size_t>(kAttnHeads) * a.Dh * sizeof(float);  // <= 8 KiB for Dh <= 512
+  const int64_t split_len = part.splits > 1 ? part.split_len : a.S;
+  sparse_attention_kernel<T, VEC, NV><<<grid, kAttnThreads, smem, stream>>>(a, part.acc, part.ml, split_len);
   CLAWMINE_CUDA_LAUNCHED("sparse_attention");
 }
 
+// ---- sparse_attention: merge of the splits ---------------------------------------------------
+
+constexpr int kMergeThreads = 128;
+constexpr int kMaxMergeSplits = 256;
+
+// One block per (t, h): the splits' states combined with the sink (attention_kernels.cuh). Warp 0
+// reads the (m, l) pairs in parallel (lane j: splits j, j + 32, ...) and reduces them with fixed
+// shuffle trees; the weights e^(m_i - M) / L go to shared memory, and every thread then sums its
+// head dims over the splits in split order. Deterministic.
+template <typename T>
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_splits_kernel(const float* __restrict__ part_acc, const float2* __restrict__ part_ml, int splits,
+                        const float* __restrict__ sink, int64_t H, int64_t Dh, T* __restrict__ out) {
+  constexpr int kPerLane = kMaxMergeSplits / 32;
+  __shared__ float w[kMaxMergeSplits];
+  __shared__ float flag_s;  // NaN: a bad index; 0: no valid key; 1: otherwise
+  const int64_t t = blockIdx.x, h = blockIdx.y;
+  const float2* ml = part_ml + t * splits * H + h;  // split i at ml[i * H]
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const float neg_inf = -INFINITY;
+    float2 v[kPerLane];
+    float M = sink ? sink[h] : neg_inf;
+    bool bad = false, any_key = false;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int i = k * 32 + lane;
+      v[k] = i < splits ? ml[static_cast<int64_t>(i) * H] : make_float2(neg_inf, 0.0f);
+      bad |= isnan(v[k].y);
+      any_key |= v[k].x != neg_inf;
+      M = fmaxf(M, v[k].x);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    bad = __any_sync(0xffffffffu, bad);
+    any_key = __any_sync(0xffffffffu, any_key);
+    float e[kPerLane], L = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      e[k] = v[k].x == neg_inf ? 0.0f : expf(v[k].x - M);
+      L += v[k].y * e[k];
+    }
+    L = warp_sum(L);
+    if (sink) L += expf(sink[h] - M);
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int i = k * 32 + lane;
+      if (i < splits) w[i] = any_key && !bad ? e[k] / L : 0.0f;
+    }
+    if (lane == 0) flag_s = bad ? NAN : any_key ? 1.0f : 0.0f;
+  }
+  __syncthreads();
+  const float flag = flag_s;
+  const float* acc = part_acc + (t * splits * H + h) * Dh;  // split i at acc[i * H * Dh]
+  const int64_t stride = H * Dh;
+  for (int64_t d = threadIdx.x; d < Dh; d += blockDim.x) {
+    float v = 0.0f;
+#pragma unroll 8
+    for (int i = 0; i < splits; ++i) v = fmaf(w[i], acc[i * stride + d], v);
+    out[(t * H + h) * Dh + d] = from_f32<T>(isnan(flag) ? NAN : flag == 0.0f ? 0.0f : v);
+  }
+}
+
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Splits of S for a grid of `blocks` (t, head group) blocks where `per_sm` blocks fit on a
+// multiprocessor: enough to fill the device once, each at least `min_len` slots long (a multiple
+// of `granule`). {1, S}: no split.
+std::pair<int, int64_t> choose_splits(int64_t blocks, int64_t S, int sm_count, int per_sm, int64_t min_len,
+                                      int64_t granule) {
+  const int64_t slots = std::max<int64_t>(1, sm_count) * per_sm;
+  if (blocks * 2 > slots || S <= min_len) return {1, S};
+  const int64_t want = std::min<int64_t>(slots / blocks, kMaxMergeSplits);
+  int64_t len = std::max(min_len, (S + want - 1) / want);
+  len = (len + granule - 1) / granule * granule;
+  const int64_t splits = (S + len - 1) / len;
+  if (splits <= 1) return {1, S};
+  return {static_cast<int>(splits), len};
+}
 
 }  // namespace
 
@@ -317,31 +425,59 @@ void CudaBackend::sparse_attention(const TensorView& q, const TensorView& kv, co
   dispatch_float(q.dtype, "sparse_attention", "q", [&](auto tag) {
     using T_ = decltype(tag);
     constexpr int kVec = static_cast<int>(16 / sizeof(T_));
-    const T_* pq = q.as<T_>();
-    const T_* pkv = kv.as<T_>();
-    const T_* pe = has_entries ? entries.as<T_>() : nullptr;
-    T_* po = out.as<T_>();
-    const float* ps = has_sink ? sink.as<float>() : nullptr;
-    auto go = [&](auto vec, auto nv) {
-      launch_sparse_attention<T_, decltype(vec)::value, decltype(nv)::value>(
-          stream_, pq, pkv, n_kv, pe, n_rows, idx.as<int32_t>(), T, S, ps, scale, H, Dh, po);
-    };
-    using std::integral_constant;
-    const bool vec_ok = Dh % kVec == 0 && aligned16(pq) && aligned16(pkv) && aligned16(pe);
-    if (vec_ok) {  // 16-byte loads: lanes cover 32 * kVec elements per step
-      const int64_t steps = (Dh + 32 * kVec - 1) / (32 * kVec);
-      if (steps == 1) return go(integral_constant<int, kVec>{}, integral_constant<int, 1>{});
-      if (steps == 2) return go(integral_constant<int, kVec>{}, integral_constant<int, 2>{});
-      if constexpr (kVec * 4 <= kMaxLaneElems) {
-        if (steps <= 4) return go(integral_constant<int, kVec>{}, integral_constant<int, 4>{});
+    const AttnArgs<T_> a{q.as<T_>(), kv.as<T_>(), n_kv, has_entries ? entries.as<T_>() : nullptr, n_rows,
+                         idx.as<int32_t>(), T, S, has_sink ? sink.as<float>() : nullptr, scale, H, Dh, out.as<T_>()};
+    const bool vec_ok = Dh % kVec == 0 && aligned16(a.q) && aligned16(a.kv) && aligned16(a.entries);
+    const bool use_mma = sizeof(T_) == 2 && vec_ok && aligned16(a.out) && attn::mma_supports(Dh);
+
+    // Split S when the (token, head group) blocks alone would leave the device mostly idle; the
+    // partials live in scratch until the merge (stream order makes the reuse after this op safe).
+    const int64_t groups = use_mma ? (H + attn::kMmaHeads - 1) / attn::kMmaHeads : (H + kAttnHeads - 1) / kAttnHeads;
+    const auto [splits, split_len] =
+        use_mma ? choose_splits(T * groups, S, sm_count_, 1, attn::kMmaKeys, attn::kMmaKeys)
+                : choose_splits(T * groups, S, sm_count_, 2, 32, 1);
+    ops::ScratchFrame frame(*this);
+    Partials part;
+    if (splits > 1) {
+      part.splits = splits;
+      part.split_len = split_len;
+      part.acc = scratch(DType::kF32, {T, splits, H, Dh}).f32();
+      part.ml = static_cast<float2*>(scratch(DType::kF32, {T, splits, H, 2}).data);
+    }
+
+    if constexpr (sizeof(T_) == 2) {
+      if (use_mma) attn::launch_attention_mma<T_>(*this, a, part);
+    }
+    if (!use_mma) {
+      auto go = [&](auto vec, auto nv) {
+        launch_sparse_attention<T_, decltype(vec)::value, decltype(nv)::value>(stream_, a, part);
+      };
+      using std::integral_constant;
+      const int64_t vsteps = (Dh + 32 * kVec - 1) / (32 * kVec);
+      const int64_t steps = (Dh + 31) / 32;  // scalar loads, one element per lane and step
+      if (vec_ok && vsteps == 1) {  // 16-byte loads: lanes cover 32 * kVec elements per step
+        go(integral_constant<int, kVec>{}, integral_constant<int, 1>{});
+      } else if (vec_ok && vsteps == 2) {
+        go(integral_constant<int, kVec>{}, integral_constant<int, 2>{});
+      } else if (vec_ok && kVec * 4 <= kMaxLaneElems && vsteps <= 4) {
+        if constexpr (kVec * 4 <= kMaxLaneElems) go(integral_constant<int, kVec>{}, integral_constant<int, 4>{});
+      } else if (steps <= 1) {
+        go(integral_constant<int, 1>{}, integral_constant<int, 1>{});
+      } else if (steps <= 2) {
+        go(integral_constant<int, 1>{}, integral_constant<int, 2>{});
+      } else if (steps <= 4) {
+        go(integral_constant<int, 1>{}, integral_constant<int, 4>{});
+      } else if (steps <= 8) {
+        go(integral_constant<int, 1>{}, integral_constant<int, 8>{});
+      } else {
+        go(integral_constant<int, 1>{}, integral_constant<int, 16>{});
       }
     }
-    const int64_t steps = (Dh + 31) / 32;  // scalar loads, one element per lane and step
-    if (steps <= 1) return go(integral_constant<int, 1>{}, integral_constant<int, 1>{});
-    if (steps <= 2) return go(integral_constant<int, 1>{}, integral_constant<int, 2>{});
-    if (steps <= 4) return go(integral_constant<int, 1>{}, integral_constant<int, 4>{});
-    if (steps <= 8) return go(integral_constant<int, 1>{}, integral_constant<int, 8>{});
-    return go(integral_constant<int, 1>{}, integral_constant<int, 16>{});
+    if (splits > 1) {
+      merge_splits_kernel<T_><<<dim3(static_cast<unsigned>(T), static_cast<unsigned>(H)), kMergeThreads, 0, stream_>>>(
+          part.acc, part.ml, splits, a.sink, H, Dh, a.out);
+      CLAWMINE_CUDA_LAUNCHED("sparse_attention (merge splits)");
+    }
   });
 }
 
