@@ -283,17 +283,20 @@ TEST_F(CudaAttention, SparseAttentionSplitNoKeyAndBadIndex) {
 TEST_F(CudaAttention, SparseAttentionBadIndexGivesNaN) {
   const int64_t T = 2, H = 5, Dh = 64, Nw = 4, Ne = 3, S = 3;
   const std::vector<int32_t> idx = {0, 7, 1, /* row 1 valid */ 2, 6, -1};  // 7 is outside [-1, 7)
-  ops::DeviceBuffer q = upload_f32(*cuda, random_normal(T * H * Dh, 4001), {T, H, Dh});
-  ops::DeviceBuffer kv = upload_f32(*cuda, random_normal(Nw * Dh, 4002), {Nw, Dh});
-  ops::DeviceBuffer entries = upload_f32(*cuda, random_normal(Ne * Dh, 4003), {Ne, Dh});
-  ops::DeviceBuffer sink = upload_f32(*cuda, random_normal(H, 4004), {H});
-  const TensorView host_idx{DType::kI32, Device::kCpu, {T, S}, const_cast<int32_t*>(idx.data())};
-  ops::DeviceBuffer d_idx = upload_raw(*cuda, host_idx);
-  ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {T, H, Dh});
-  cuda->sparse_attention(q.view(), kv.view(), entries.view(), d_idx.view(), sink.view(), 0.125f, out.view());
-  const std::vector<float> got = download_f32(*cuda, out.view());
-  for (int64_t i = 0; i < H * Dh; ++i) ASSERT_TRUE(std::isnan(got[i])) << "query 0, element " << i;
-  for (int64_t i = H * Dh; i < T * H * Dh; ++i) ASSERT_TRUE(std::isfinite(got[i])) << "query 1, element " << i;
+  for (const DType dt : {DType::kF32, DType::kBF16}) {  // FMA kernel; tensor-core kernel (Dh 64)
+    SCOPED_TRACE(dtype_label(dt));
+    ops::DeviceBuffer q = upload_f32(*cuda, random_normal(T * H * Dh, 4001), {T, H, Dh}, dt);
+    ops::DeviceBuffer kv = upload_f32(*cuda, random_normal(Nw * Dh, 4002), {Nw, Dh}, dt);
+    ops::DeviceBuffer entries = upload_f32(*cuda, random_normal(Ne * Dh, 4003), {Ne, Dh}, dt);
+    ops::DeviceBuffer sink = upload_f32(*cuda, random_normal(H, 4004), {H});
+    const TensorView host_idx{DType::kI32, Device::kCpu, {T, S}, const_cast<int32_t*>(idx.data())};
+    ops::DeviceBuffer d_idx = upload_raw(*cuda, host_idx);
+    ops::DeviceBuffer out = poisoned(*cuda, dt, {T, H, Dh});
+    cuda->sparse_attention(q.view(), kv.view(), entries.view(), d_idx.view(), sink.view(), 0.125f, out.view());
+    const std::vector<float> got = download_f32(*cuda, out.view());
+    for (int64_t i = 0; i < H * Dh; ++i) ASSERT_TRUE(std::isnan(got[i])) << "query 0, element " << i;
+    for (int64_t i = H * Dh; i < T * H * Dh; ++i) ASSERT_TRUE(std::isfinite(got[i])) << "query 1, element " << i;
+  }
 }
 
 TEST_F(CudaAttention, SparseAttentionRejectsMixedDtypes) {
