@@ -1,9 +1,10 @@
 // Linear cases: ops::Backend::linear per weight format (BF16, FP8-block with E8M0 scales, MXFP4,
 // NVFP4) at V4-Flash shapes, for decode (T = 1, 4, 16: the weight-streaming GEMV) and prefill
-// (T = 2048: the GEMM paths), with cuBLAS BF16 at the same shapes beside them; and the grouped
-// wo_a (8 groups of [1024, 4096]). Each case first checks our output against cuBLAS on the
-// BF16-decoded weight (relative L2, BF16 budget 1e-2), then times it with the weights (and
-// activations) rotated over several random copies whose total exceeds L2.
+// (T = 2048, 8192: an exact BF16 copy of the weight and cuBLAS, linear_dequant.cu), with cuBLAS
+// BF16 at the same shapes beside them; and the grouped wo_a (8 groups of [1024, 4096]). Each
+// case first checks our output against cuBLAS on the BF16-decoded weight (relative L2, BF16
+// budget 1e-2), then times it with the weights (and activations) rotated over several random
+// copies whose total exceeds L2.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -29,7 +30,7 @@ const char* fmt_name(Fmt f) {
   return "?";
 }
 
-constexpr int64_t kTokens[] = {1, 4, 16, 2048};
+constexpr int64_t kTokens[] = {1, 4, 16, 2048, 8192};
 constexpr double kCheckBudget = 1e-2;  // BF16 operands and outputs (METHOD.md: 1e-3 .. 1e-2)
 
 // A random weight [out, in] of format f in device memory (what Model::place makes of a checkpoint).

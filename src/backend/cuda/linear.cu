@@ -2,15 +2,18 @@
 // checks, plus device placement), turn it into a WeightDesc, apply the linear policy's
 // activation transform when it has one (linear_act_quant.cu), then dispatch by tile size and
 // format: decode-sized row counts go to the weight-streaming GEMV, larger ones to cuBLAS (dense
-// BF16 x BF16), the bf16 MMA kernel (bf16 activations, bf16-exact formats) or the float32 FMA
-// kernel. grouped_linear is the same call with G problems (z): group z uses weight rows
-// [z*Lo, (z+1)*Lo), activations x[:, z, :] and writes out[:, z, :].
+// BF16 x BF16; from kDequantMinRows rows also FP8-E8M0/MXFP4/NVFP4 x BF16 through an exact BF16
+// copy of the weight, linear_dequant.cu), the bf16 MMA kernel (bf16 activations, bf16-exact
+// formats) or the float32 FMA kernel. W8A8/W4A4 activations are F32 after their transform, so
+// they keep the kernels. grouped_linear is the same call with G problems (z): group z uses
+// weight rows [z*Lo, (z+1)*Lo), activations x[:, z, :] and writes out[:, z, :].
 #include <cublas_v2.h>
 
 #include <string>
 
 #include "backend/cpu/weight_decode.h"
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/linear_dequant.cuh"
 #include "backend/cuda/linear_kernels.cuh"
 
 namespace clawmine::backend::cuda {
@@ -33,30 +36,10 @@ void check_act(const TensorView& v, const char* op, const char* arg) {
     throw Error(str_cat("cuda ", op, ": ", arg, " has dtype ", dtype_name(v.dtype), ", expected F32 or BF16"));
 }
 
-void cublas_check(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS)
-    throw Error(str_cat("cuda linear: ", what, " failed: ", cublasGetStatusString(st)));
-}
-
-// Dense BF16 weights x BF16 activations, uniform problems: cuBLAS, f32 accumulation.
-// Column-major view: C (n_rows x rows, ldc = ldo) = W^T' (W stored [n_rows, K] row-major is
-// K x n_rows column-major, transposed) * X (K x rows, ldb = ldx); problem z strides by w_row_z
-// weight rows, x_z and out_z elements.
+// Dense BF16 weights x BF16 activations, uniform problems: cuBLAS, f32 accumulation, straight
+// from the stored weight (problem z strides by w_row_z weight rows).
 void cublas_bf16(CudaBackend& be, const GemmArgs& a) {
-  CLAWMINE_CHECK(a.n_rows < (int64_t{1} << 31) && a.rows < (int64_t{1} << 31) && a.K < (int64_t{1} << 31) &&
-                     a.ldx < (int64_t{1} << 31) && a.ldo < (int64_t{1} << 31),
-                 "cuBLAS dimensions exceed int");
-  cublasHandle_t h = be.cublas();
-  cublas_check(cublasSetStream(h, be.stream()), "cublasSetStream");
-  const float alpha = 1.0f, beta = 0.0f;
-  cublas_check(cublasGemmStridedBatchedEx(
-                   h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(a.n_rows), static_cast<int>(a.rows),
-                   static_cast<int>(a.K), &alpha, a.desc0.w, CUDA_R_16BF, static_cast<int>(a.desc0.row_bytes / 2),
-                   static_cast<long long>(a.w_row_z * (a.desc0.row_bytes / 2)), a.x, CUDA_R_16BF,
-                   static_cast<int>(a.ldx), static_cast<long long>(a.x_z), &beta, a.out,
-                   a.out_bf16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(a.ldo), static_cast<long long>(a.out_z),
-                   a.n_z, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "cublasGemmStridedBatchedEx");
+  cublas_bf16_gemm(be, a, a.desc0.w, a.desc0.row_bytes / 2, nullptr);
 }
 
 }  // namespace
@@ -170,6 +153,8 @@ void run_gemm(CudaBackend& be, const GemmCall& c) {
       }
     } else if (F == WFmt::kBF16 && x_bf16 && !a.descs && !a.tiles && !a.x_rows) {
       cublas_bf16(be, a);
+    } else if (gemm_via_bf16_copy(be, a, x_bf16, w_vec)) {
+      // prefill rows, BF16 x, FP8-E8M0/MXFP4/NVFP4: exact BF16 copy of W, then cuBLAS
     } else if (x_bf16 && mma_supported(F)) {
       launch_gemm_mma(a, w_vec, x_vec, c.grid_tiles, be.stream());
     } else {

@@ -5,7 +5,8 @@
 // (1e-2), on small odd shapes (misaligned rows take the element-wise fallbacks, partial FP8
 // scale blocks) and on V4-Flash's shapes (wq_a, wq_b, wkv, wo_b, expert w1/w2, the 129280-row
 // BF16 head, wo_a as 8 groups); the policies W8A8 and W4A4 (static, dynamic, auto, trusted or
-// not, saturating or not). Outputs are poisoned with NaN first; NaN never passes. Skips without a GPU.
+// not, saturating or not); prefill rows (256, 2048) through the BF16 weight copy and cuBLAS.
+// Outputs are poisoned with NaN first; NaN never passes. Skips without a GPU.
 #include <cmath>
 #include <future>
 #include <string>
@@ -141,6 +142,57 @@ TEST_F(CudaLinear, GroupedLinearEveryFormat) {
                               TensorView{DType::kF32, Device::kCpu, {T, c.G, c.Lo}, ref.data()});
           EXPECT_TRUE(within(download_f32(*cuda, out.view()), ref, act_budget(act)));
         }
+    }
+  }
+}
+
+// ---- prefill: the exact BF16 copy of the weight and cuBLAS (linear_dequant.cu) ----------------
+
+// Rows >= kDequantMinRows (128) with BF16 activations: FP8-E8M0, MXFP4 and NVFP4 weights are
+// decoded to a BF16 scratch copy and multiplied by cuBLAS (NVFP4's weight_scale_2 as alpha);
+// dense BF16 stays on cuBLAS straight from the weight. Checked against the CPU reference at 256
+// and 2048 rows, BF16 and F32 outputs, plain and grouped.
+TEST_F(CudaLinear, PrefillRowsThroughBf16CopyAndCublas) {
+  const int64_t O = 640, I = 1024;  // every output row checked (check_windows)
+  const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), 1000, 1.0f / 32);
+  uint32_t seed = 1001;
+  for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kBF16}) {
+    auto w = make_linear(*cuda, f, wf, O, I, std::string("prefill.") + format_label(f));
+    if (f == TestFormat::kNvfp4) {
+      EXPECT_NE(w->scale2, 1.0f) << "the test needs a global scale that is not 1 (alpha path)";
+    }
+    for (int64_t T : {int64_t{256}, int64_t{2048}}) {
+      check_linear(*w, T, DType::kBF16, ++seed);
+      // BF16 x, F32 out (cuBLAS writes CUDA_R_32F).
+      SCOPED_TRACE(w->host.name + " T=" + std::to_string(T) + " out=F32");
+      TestActs x = make_acts(*cuda, {T, I}, DType::kBF16, ++seed);
+      const ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {T, O});
+      cuda->linear(x.dev.view(), w->dev, out.view());
+      const std::vector<float> got = download_f32(*cuda, out.view());
+      EXPECT_TRUE(within(got, cpu_linear_windows(*cpu, x, T, w->host, {{0, O}}), kBf16Budget));
+      EXPECT_TRUE(all_finite(got));
+    }
+  }
+}
+
+TEST_F(CudaLinear, PrefillGroupedLinearThroughBf16CopyAndCublas) {
+  // 4 groups of [160 x 256]: one BF16 copy of the whole weight, strided batched cuBLAS.
+  const int64_t G = 4, Lo = 160, In = 256;
+  const std::vector<float> wf = fast_normal(static_cast<size_t>(G * Lo * In), 1100, 1.0f / 16);
+  uint32_t seed = 1101;
+  for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kBF16}) {
+    auto w = make_linear(*cuda, f, wf, G * Lo, In, std::string("prefill.wo_a.") + format_label(f));
+    for (int64_t T : {int64_t{256}, int64_t{2048}}) {
+      SCOPED_TRACE(w->host.name + " T=" + std::to_string(T));
+      TestActs x = make_acts(*cuda, {T, G, In}, DType::kBF16, ++seed);
+      const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {T, G, Lo});
+      cuda->grouped_linear(x.dev.view(), w->dev, G, out.view());
+      std::vector<float> ref(static_cast<size_t>(T * G * Lo), std::nanf(""));
+      cpu->grouped_linear(x.host_view({T, G, In}), w->host, G,
+                          TensorView{DType::kF32, Device::kCpu, {T, G, Lo}, ref.data()});
+      const std::vector<float> got = download_f32(*cuda, out.view());
+      EXPECT_TRUE(within(got, ref, kBf16Budget));
+      EXPECT_TRUE(all_finite(got));
     }
   }
 }
