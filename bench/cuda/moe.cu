@@ -1,15 +1,23 @@
 // MoE cases: ops::Backend::moe_experts at V4-Flash expert shapes (64 routed experts of width
 // 2048 over hidden 4096, top-6, SwiGLU clamp) in MXFP4 (release) and NVFP4 (ModelOpt), at T = 1
-// (decode) and T = 32. Routing is rotated over random top-6 sets (distinct experts per token),
-// so successive calls read different experts, as successive layers do; the bytes a call must
-// move are the distinct experts it selects (w1, w3, w2 with their scales) plus x and out.
+// (decode), T = 32 and the prefill sizes T = 2048, 8192. Routing is rotated over random top-6
+// sets (distinct experts per token), so successive calls read different experts, as successive
+// layers do; the bytes a call must move are the distinct experts it selects (w1, w3, w2 with
+// their scales) plus x and out. Prefill calls take the BF16-copy + cuBLAS path (moe.cu), which
+// syncs the host once per call and so cannot be captured: they are timed eagerly (impl
+// "clawmine": one grouped cuBLAS call per projection and chunk; "clawmine-loop": one cublasGemmEx
+// per expert) and checked against the grouped-kernel path on the same inputs (a captured call
+// keeps the kernels), relative L2, budget 1e-2.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/linear_dequant.cuh"
 #include "bench/cuda/bench.h"
 #include "core/error.h"
 
@@ -21,7 +29,10 @@ using model::deepseek_v4::LinearWeight;
 using model::deepseek_v4::WeightFormat;
 
 constexpr int64_t kExperts = 64, kWidth = 2048, kHidden = 4096, kTopK = 6;
-constexpr int kRoutings = 32;  // routing sets rotated through
+constexpr int kRoutings = 32;         // routing sets rotated through (decode sizes)
+constexpr int kPrefillRoutings = 4;   // prefill sizes: each call's x alone exceeds L2
+constexpr int64_t kPrefillT = 2048;   // from here: the prefill path, eager timing
+constexpr double kCheckBudget = 1e-2;
 constexpr float kSwigluLimit = 10.0f;
 
 // All experts of one projection (w1, w3 or w2) in one buffer each: weight, scale, scale2.
@@ -82,20 +93,50 @@ std::unique_ptr<Experts> make_experts(ops::Backend& be, bool nvfp4) {
   return x;
 }
 
-void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T) {
+// Runs op once inside a stream capture (moe_experts keeps its grouped kernels there) and replays
+// the graph once: the kernel path's result, the reference of the prefill path.
+void run_captured(ops::Backend& be, const std::function<void()>& op) {
+  auto* cb = dynamic_cast<backend::cuda::CudaBackend*>(&be);
+  CLAWMINE_CHECK(cb != nullptr, "kernel bench: the backend is not CUDA");
+  const cudaStream_t s = cb->stream();
+  be.synchronize();
+  CLAWMINE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  cudaGraph_t graph = nullptr;
+  try {
+    op();
+  } catch (...) {
+    cudaStreamEndCapture(s, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  CLAWMINE_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  CLAWMINE_CUDA_CHECK(inst);
+  const cudaError_t launch = cudaGraphLaunch(exec, s);
+  const cudaError_t sync = cudaStreamSynchronize(s);
+  cudaGraphExecDestroy(exec);
+  CLAWMINE_CUDA_CHECK(launch);
+  CLAWMINE_CUDA_CHECK(sync);
+}
+
+void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped = true) {
   ops::Backend& be = env.be;
+  const bool prefill = T >= kPrefillT;
   Result r;
   r.group = "moe";
   r.name = str_cat("experts 64x2048 top-6");
   r.format = nvfp4 ? "nvfp4" : "mxfp4";
-  r.impl = "clawmine";
+  r.impl = grouped ? "clawmine" : "clawmine-loop";
   r.T = T;
-  r.rotation = kRoutings;
+  r.rotation = prefill ? kPrefillRoutings : kRoutings;
   // Routing sets: distinct experts per token, weights in (0.1, 1).
   std::mt19937 rng(static_cast<uint32_t>(7 + T));
   std::vector<ops::DeviceBuffer> idx, wt, x, y;
   double bytes = 0;
-  for (int s = 0; s < kRoutings; ++s) {
+  for (int s = 0; s < r.rotation; ++s) {
     std::vector<int32_t> ids(static_cast<size_t>(T * kTopK));
     std::vector<float> w(ids.size());
     std::set<int32_t> used;
@@ -118,22 +159,34 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T) {
     be.upload(w.data(), wt.back().view());
     fill_random(be, x.back().view(), Fill::kFloat, 300 + s, 1.0f);
   }
-  r.bytes = bytes / kRoutings + 2.0 * 2 * T * kHidden + 8.0 * T * kTopK;
+  r.bytes = bytes / r.rotation + 2.0 * 2 * T * kHidden + 8.0 * T * kTopK;
   r.flops = 2.0 * T * kTopK * 3 * kWidth * kHidden;
   auto run = [&](int i) {
     be.moe_experts(x[i].view(), ex.weights, idx[i].view(), wt[i].view(), kSwigluLimit, y[i].view());
   };
+  backend::cuda::set_moe_prefill_grouped(grouped);
   try {
     be.fill(y[0].view(), std::nanf(""));
     run(0);
     const int64_t bad = count_nonfinite(be, y[0].view());
     r.failed = bad != 0;
     r.check = bad ? str_cat("FAIL ", bad, " non-finite") : "finite";
-    r.timing = time_op(be, r.rotation, run, env.opts.target_ms);
+    if (prefill && !r.failed) {
+      ops::DeviceBuffer ref(be, DType::kBF16, Shape{T, kHidden});
+      be.fill(ref.view(), std::nanf(""));
+      run_captured(be, [&] {
+        be.moe_experts(x[0].view(), ex.weights, idx[0].view(), wt[0].view(), kSwigluLimit, ref.view());
+      });
+      const double rel = rel_l2(be, y[0].view(), ref.view());
+      r.failed = !(rel <= kCheckBudget);
+      r.check = str_cat(r.failed ? "FAIL " : "", "rel ", sci(rel), " vs kernels");
+    }
+    r.timing = time_op(be, r.rotation, run, env.opts.target_ms, /*allow_graph=*/!prefill);
   } catch (const std::exception& e) {
     r.failed = true;
     r.check = str_cat("error: ", e.what());
   }
+  backend::cuda::set_moe_prefill_grouped(true);
   env.rep.add(r);
 }
 
@@ -143,7 +196,8 @@ void run_moe_cases(Env& env) {
   if (!env.opts.wants("moe")) return;
   for (bool nvfp4 : {false, true}) {
     const auto ex = make_experts(env.be, nvfp4);
-    for (int64_t T : {int64_t{1}, int64_t{32}}) moe_case(env, *ex, nvfp4, T);
+    for (int64_t T : {int64_t{1}, int64_t{32}, int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T);
+    for (int64_t T : {int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T, /*grouped=*/false);
   }
 }
 

@@ -12,6 +12,9 @@
 // The linear policy applies per expert weight (W8A8 for FP8/MXFP4 experts, W4A4 for NVFP4
 // experts with each expert's own input_scale): the transform runs on the expert-sorted rows.
 // A duplicated expert id counts once per occurrence. Intermediates use the activation dtype.
+// Prefill (many rows per expert, BF16, W16 policy, not capturing): the projections go through
+// exact BF16 copies of the experts' weights and cuBLAS instead (moe_prefill below); the plan and
+// the combine are shared.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -20,8 +23,10 @@
 #include <vector>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/linear_dequant.cuh"
 #include "backend/cuda/linear_kernels.cuh"
 #include "backend/cuda/op_errors.cuh"
+#include "core/log.h"
 
 namespace clawmine::backend::cuda {
 namespace {
@@ -122,12 +127,13 @@ const MoeTable& moe_table(CudaBackend& be, const std::vector<ExpertWeights>& exp
 //   pos = offset[e] + (occurrences of e in earlier segments) + (earlier ones in its segment),
 // so rows of an expert are contiguous and in ascending f. Outputs: row_token/row_expert per
 // sorted row (rows past the valid occurrences: token 0, expert -1), pos_of per occurrence
-// (-1: invalid id, recorded as an op error), and the tiles
-// {expert, first row, rows} of at most tile_rows rows, experts ascending.
+// (-1: invalid id, recorded as an op error), the tiles {expert, first row, rows} of at most
+// tile_rows rows, experts ascending, and (when counts is not null) the rows of each expert.
 __global__ void __launch_bounds__(kPlanThreads)
     moe_plan_kernel(const int32_t* __restrict__ idx, int64_t N, int K, int E, int tile_rows, int max_tiles,
                     int32_t* __restrict__ row_token, int32_t* __restrict__ row_expert, int32_t* __restrict__ pos_of,
-                    int4* __restrict__ tiles, int32_t* __restrict__ n_tiles, OpErrorRecord* err) {
+                    int4* __restrict__ tiles, int32_t* __restrict__ n_tiles, int32_t* __restrict__ counts,
+                    OpErrorRecord* err) {
   extern __shared__ int32_t sm[];
   int32_t* seg = sm;                       // [kPlanWarps][E]: counts, then running bases
   int32_t* total = sm + kPlanWarps * E;    // [E]
@@ -151,6 +157,7 @@ __global__ void __launch_bounds__(kPlanThreads)
     int s = 0;
     for (int w = 0; w < kPlanWarps; ++w) s += seg[w * E + e];
     total[e] = s;
+    if (counts) counts[e] = s;
   }
   __syncthreads();
   if (tid == 0) {
@@ -275,6 +282,233 @@ void check_act_dtype(const TensorView& v, const char* op, const char* arg) {
     throw Error(str_cat("cuda ", op, ": ", arg, " has dtype ", dtype_name(v.dtype), ", expected F32 or BF16"));
 }
 
+// ---- prefill: BF16 expert copies and cuBLAS -------------------------------------------------
+// From kMoeCopyMinAvgRows rows per expert on average (T*K >= that * E), BF16 activations, the
+// W16 policy, formats with an exact BF16 copy (or dense BF16) and no stream capture, the expert
+// projections run as cuBLAS GEMMs over the plan's expert-sorted rows: the per-expert row counts
+// are downloaded (one small copy and a stream sync per layer), x is gathered into sorted order,
+// and per chunk of active experts (their BF16 copies within kMoeCopyBudget of scratch) w1/w3
+// are decoded to BF16 (linear_dequant.cu), multiplied (one grouped cuBLAS call for all w1/w3
+// problems of the chunk), swiglu'd, then w2 likewise. Rounding points are the kernels' (gate,
+// up, h and y in BF16; NVFP4's weight_scale_2 as alpha on the f32 accumulator), and the combine
+// is the same deterministic kernel. Per expert: 3*I*D elements decoded (~4.5 bytes of traffic
+// each) against 6*I*D flops per row saved at ~6x the MMA kernel's rate: break-even near 35 rows
+// per expert on an H100; 64 leaves a margin for the sync and the smaller GEMMs.
+constexpr int64_t kMoeCopyMinAvgRows = 64;
+constexpr int64_t kMoeCopyBudget = int64_t{1} << 30;  // bytes of BF16 expert copies per chunk
+bool g_moe_grouped_gemm = true;  // set_moe_prefill_grouped (tuning hook)
+
+// alpha[i] = weight_scale_2 of descriptor i for NVFP4, else 1.
+__global__ void moe_alpha_kernel(const WeightDesc* __restrict__ descs, int n, float* __restrict__ alpha) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) alpha[i] = descs[i].fmt == static_cast<int32_t>(WFmt::kNvfp4) ? __ldg(descs[i].scale2) : 1.0f;
+}
+
+// xs[i, :] = x[row_token[i], :] for the first `rows` sorted rows; 8 elements (16 bytes) per step
+// when vec (D % 8 == 0 and x 16-byte aligned).
+__global__ void moe_gather_kernel(const __nv_bfloat16* __restrict__ x, const int32_t* __restrict__ row_token,
+                                  int64_t rows, int64_t D, int vec, __nv_bfloat16* __restrict__ xs) {
+  const int64_t per_row = vec ? D / 8 : D, n = rows * per_row;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row, c = i - r * per_row, src = row_token[r];
+    if (vec) {
+      reinterpret_cast<uint4*>(xs + r * D)[c] = __ldg(reinterpret_cast<const uint4*>(x + src * D) + c);
+    } else {
+      xs[r * D + c] = x[src * D + c];
+    }
+  }
+}
+
+constexpr uint32_t kCopyFormats = (1u << int(WFmt::kBF16)) | (1u << int(WFmt::kFp8E8M0)) |
+                                  (1u << int(WFmt::kMxfp4)) | (1u << int(WFmt::kNvfp4));
+
+size_t scratch_free(CudaBackend& be) {
+  const size_t top = be.scratch_mark(), region = be.usage().scratch_bytes;
+  return top < region ? region - top : 0;
+}
+
+// Decided before the plan: nothing host-synchronous may run inside a stream capture (CUDA graphs
+// of decode steps, the kernel bench's captures), so a capturing stream keeps the kernels.
+bool prefill_eligible(CudaBackend& be, const MoeTable& tab, DType act, bool quant, int64_t T, int64_t N, int64_t E,
+                      int64_t D, int64_t I) {
+  if (act != DType::kBF16 || quant || T <= kGemvMaxTokens || N < kMoeCopyMinAvgRows * E) return false;
+  if (((tab.fmt13 | tab.fmt2) & ~kCopyFormats) || !tab.vec13 || !tab.vec2 || D % 8 != 0 || I % 8 != 0) return false;
+  if (be.capturing()) return false;
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  CLAWMINE_CUDA_CHECK(cudaStreamIsCapturing(be.stream(), &st));
+  if (st != cudaStreamCaptureStatusNone) return false;
+  // y, xs [N, D], g13 [2, N, I], h [N, I] in BF16, one expert's copies, tables and alignment.
+  // Plus the plan's buffers (about 28 bytes per occurrence).
+  const double need = 2.0 * (2.0 * N * D + 3.0 * N * I + 3.0 * I * D) + 64.0 * (N + E) + (1 << 20);
+  return need <= static_cast<double>(scratch_free(be));
+}
+
+// GEMMs C = op_T(A) * B (column-major; A stored k x m), BF16 in/out, f32 compute, host alpha.
+struct Problems {
+  std::vector<int> m, n, k, lda, ldb, ldc;
+  std::vector<float> alpha;
+  std::vector<const void*> A, B;
+  std::vector<void*> C;
+  void add(int m_, int n_, int k_, float alpha_, const void* a, const void* b, void* c) {
+    m.push_back(m_), n.push_back(n_), k.push_back(k_), lda.push_back(k_), ldb.push_back(k_), ldc.push_back(m_);
+    alpha.push_back(alpha_), A.push_back(a), B.push_back(b), C.push_back(c);
+  }
+};
+
+// Problems [first, first + count): one cublasGemmGroupedBatchedEx (groups of one problem; the
+// pointer arrays in device memory at dev[0..2] + first) or, with the tuning hook off or where
+// cuBLAS reports the grouped call unsupported, one cublasGemmEx each.
+void run_problems(CudaBackend& be, const Problems& p, size_t first, size_t count, void* const* dev[3]) {
+  if (count == 0) return;
+  cublasHandle_t h = be.cublas();
+  cublas_check(cublasSetStream(h, be.stream()), "cublasSetStream");
+  cublas_check(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
+  if (g_moe_grouped_gemm) {
+    CLAWMINE_CHECK(count <= 0x7fffffff, "moe prefill: too many GEMMs (", count, ")");
+    const std::vector<cublasOperation_t> ta(count, CUBLAS_OP_T), tb(count, CUBLAS_OP_N);
+    const std::vector<float> beta(count, 0.0f);
+    const std::vector<int> ones(count, 1);
+    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        h, ta.data(), tb.data(), p.m.data() + first, p.n.data() + first, p.k.data() + first, p.alpha.data() + first,
+        reinterpret_cast<const void* const*>(dev[0] + first), CUDA_R_16BF, p.lda.data() + first,
+        reinterpret_cast<const void* const*>(dev[1] + first), CUDA_R_16BF, p.ldb.data() + first, beta.data(),
+        dev[2] + first, CUDA_R_16BF, p.ldc.data() + first, static_cast<int>(count), ones.data(), CUBLAS_COMPUTE_32F);
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) {
+      cublas_check(st, "cublasGemmGroupedBatchedEx (moe prefill)");
+      return;
+    }
+    // This cuBLAS does not serve the combination: one GEMM per expert from now on.
+    log_warn("cuda", "cublasGemmGroupedBatchedEx (BF16, f32 compute) is not supported by this cuBLAS; "
+                     "MoE prefill issues one cublasGemmEx per expert instead");
+    g_moe_grouped_gemm = false;
+  }
+  const float beta = 0.0f;
+  for (size_t i = first; i < first + count; ++i)
+    cublas_check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, p.m[i], p.n[i], p.k[i], &p.alpha[i], p.A[i], CUDA_R_16BF,
+                              p.lda[i], p.B[i], CUDA_R_16BF, p.ldb[i], &beta, p.C[i], CUDA_R_16BF, p.ldc[i],
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx (moe prefill)");
+}
+
+// The prefill path after the plan (prefill_eligible held): fills y [N, D] (BF16) at the sorted
+// rows of valid occurrences. info: the plan's per-expert counts [E] followed by room for 3E
+// floats (alphas).
+void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, const TensorView& row_token,
+                 const TensorView& info, int64_t E, int64_t D, int64_t I, float limit, const TensorView& y) {
+  const cudaStream_t s = be.stream();
+  const auto* descs = static_cast<const WeightDesc*>(tab.dev.data);
+  float* alpha_dev = reinterpret_cast<float*>(info.as<int32_t>() + E);
+  moe_alpha_kernel<<<blocks_for(3 * E, 256), 256, 0, s>>>(descs, static_cast<int>(3 * E), alpha_dev);
+  CLAWMINE_CUDA_LAUNCHED("moe_alpha");
+  std::vector<int32_t> host(static_cast<size_t>(4 * E));
+  // The only host sync of the path (a plain copy: a data error the plan recorded, an invalid
+  // expert id, stays for the next check_op_errors, as on the kernel path).
+  CLAWMINE_CUDA_CHECK(cudaMemcpyAsync(host.data(), info.data, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+  CLAWMINE_CUDA_CHECK(cudaStreamSynchronize(s));
+  std::vector<float> alpha(static_cast<size_t>(3 * E));
+  for (int64_t i = 0; i < 3 * E; ++i) alpha[i] = bits_to_f32(static_cast<uint32_t>(host[E + i]));
+
+  struct Active {
+    int64_t e, off, n;
+  };
+  std::vector<Active> act;
+  int64_t rows = 0;
+  for (int64_t e = 0; e < E; ++e) {  // the plan's offsets: experts ascending, valid rows first
+    if (host[e] > 0) act.push_back({e, rows, host[e]});
+    rows += host[e];
+  }
+  if (act.empty()) return;  // every id invalid: the combine writes NaN without reading y
+  const int64_t M = static_cast<int64_t>(act.size()), ID = I * D;
+
+  ops::ScratchFrame frame(be);
+  const TensorView xs = be.scratch(DType::kBF16, {rows, D});
+  const TensorView g13 = be.scratch(DType::kBF16, {2, rows, I});
+  const TensorView h = be.scratch(DType::kBF16, {rows, I});
+  const TensorView items = be.scratch(DType::kI32, {3 * M});
+  const TensorView ptrs = be.scratch(DType::kI64, {3, 3 * M});  // A, B, C: 2M w1/w3 problems, then M w2
+  {
+    const bool vec = reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
+    const int64_t n = rows * (vec ? D / 8 : D);
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(blocks_for(n, 256), 8 * int64_t{be.sm_count()}));
+    moe_gather_kernel<<<std::max(1u, blocks), 256, 0, s>>>(x.as<const __nv_bfloat16>(), row_token.as<const int32_t>(),
+                                                          rows, D, vec ? 1 : 0, xs.as<__nv_bfloat16>());
+    CLAWMINE_CUDA_LAUNCHED("moe_gather");
+  }
+  // Chunks of experts whose BF16 copies fit the budget (no copies when every expert is BF16).
+  const uint32_t copy_fmts = (tab.fmt13 | tab.fmt2) & ~(1u << int(WFmt::kBF16));
+  const int64_t per_expert = 3 * ID * 2;
+  int64_t chunk = M;
+  TensorView copies;
+  if (copy_fmts) {
+    const int64_t room = std::min<int64_t>(kMoeCopyBudget, static_cast<int64_t>(scratch_free(be)) - (1 << 16));
+    chunk = std::clamp<int64_t>(room / per_expert, 1, M);
+    const int64_t n_chunks = (M + chunk - 1) / chunk;
+    chunk = (M + n_chunks - 1) / n_chunks;  // equal chunks (64 experts in 21s: 4 chunks of 16)
+    copies = be.scratch(DType::kBF16, {chunk, 3, ID});
+  }
+  auto* xs_p = xs.as<__nv_bfloat16>();
+  auto* g_p = g13.as<__nv_bfloat16>();
+  auto* h_p = h.as<__nv_bfloat16>();
+  auto* y_p = y.as<__nv_bfloat16>();
+  auto* c_p = copies.empty() ? nullptr : copies.as<__nv_bfloat16>();
+  std::vector<int32_t> item_host(static_cast<size_t>(3 * M));
+  Problems p13, p2;
+  for (int64_t i = 0; i < M; ++i) {
+    const Active& a = act[i];
+    const int64_t slot = i % chunk;
+    auto weight = [&](int j) -> const void* {
+      const WeightDesc& d = tab.host[a.e * 3 + j];
+      item_host[3 * i + j] = static_cast<int32_t>(a.e * 3 + j);
+      return static_cast<WFmt>(d.fmt) == WFmt::kBF16 ? static_cast<const void*>(d.w) : c_p + (slot * 3 + j) * ID;
+    };
+    const int n = static_cast<int>(a.n);
+    p13.add(static_cast<int>(I), n, static_cast<int>(D), alpha[a.e * 3 + 0], weight(0), xs_p + a.off * D,
+            g_p + a.off * I);
+    p13.add(static_cast<int>(I), n, static_cast<int>(D), alpha[a.e * 3 + 1], weight(1), xs_p + a.off * D,
+            g_p + (rows + a.off) * I);
+    p2.add(static_cast<int>(D), n, static_cast<int>(I), alpha[a.e * 3 + 2], weight(2), h_p + a.off * I,
+           y_p + a.off * D);
+  }
+  std::vector<int64_t> ptr_host(static_cast<size_t>(9 * M));
+  for (int64_t i = 0; i < 2 * M; ++i) {
+    ptr_host[i] = reinterpret_cast<int64_t>(p13.A[i]);
+    ptr_host[3 * M + i] = reinterpret_cast<int64_t>(p13.B[i]);
+    ptr_host[6 * M + i] = reinterpret_cast<int64_t>(p13.C[i]);
+  }
+  for (int64_t i = 0; i < M; ++i) {
+    ptr_host[2 * M + i] = reinterpret_cast<int64_t>(p2.A[i]);
+    ptr_host[5 * M + i] = reinterpret_cast<int64_t>(p2.B[i]);
+    ptr_host[8 * M + i] = reinterpret_cast<int64_t>(p2.C[i]);
+  }
+  be.upload(item_host.data(), items);
+  be.upload(ptr_host.data(), ptrs);
+  auto* pd = reinterpret_cast<void**>(ptrs.data);
+  void* const* dev13[3] = {pd, pd + 3 * M, pd + 6 * M};
+  void* const* dev2[3] = {pd + 2 * M, pd + 5 * M, pd + 8 * M};
+
+  for (int64_t i0 = 0; i0 < M; i0 += chunk) {
+    const int64_t i1 = std::min(M, i0 + chunk);
+    for (int f = 0; f < kNumWFmt; ++f) {
+      if (!(copy_fmts & (1u << f))) continue;
+      DequantArgs q;
+      q.descs = descs;
+      q.items = items.as<const int32_t>() + 3 * i0;
+      q.out = c_p;
+      q.out_stride = ID;
+      q.n_items = static_cast<int32_t>(3 * (i1 - i0));
+      q.max_elems = ID;
+      q.fmt = f;
+      launch_dequant_bf16(q, be.sm_count(), s);
+    }
+    run_problems(be, p13, static_cast<size_t>(2 * i0), static_cast<size_t>(2 * (i1 - i0)), dev13);
+    const int64_t r0 = act[i0].off, r1 = act[i1 - 1].off + act[i1 - 1].n;
+    launch_swiglu(g13.slice0(0, 1).reshaped({rows, I}).slice0(r0, r1),
+                  g13.slice0(1, 2).reshaped({rows, I}).slice0(r0, r1), h.slice0(r0, r1), limit, s);
+    run_problems(be, p2, static_cast<size_t>(i0), static_cast<size_t>(i1 - i0), dev2);
+  }
+}
+
 }  // namespace
 
 void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeights>& experts, const TensorView& idx,
@@ -321,23 +555,53 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   const int tile_rows = gemv ? gemv_tile_rows((N + std::min(E, N) - 1) / std::min(E, N)) : kGemmTileRows;
   const int64_t max_tiles = N / tile_rows + std::min(E, N);
 
+  const DType act = x.dtype;
+  const bool prefill = prefill_eligible(*this, tab, act, quant13 || quant2, T, N, E, D, I);
+
   ops::ScratchFrame frame(*this);
   const TensorView row_token = scratch(DType::kI32, {N});
   const TensorView row_expert = scratch(DType::kI32, {N});
   const TensorView pos_of = scratch(DType::kI32, {N});
   const TensorView tiles = scratch(DType::kI32, {max_tiles, 4});
   const TensorView n_tiles = scratch(DType::kI32, {1});
+  const TensorView info = prefill ? scratch(DType::kI32, {4 * E}) : TensorView{};  // counts, then alphas
   const size_t plan_smem = static_cast<size_t>(kPlanWarps + 2) * E * sizeof(int32_t);
   moe_plan_kernel<<<1, kPlanThreads, plan_smem, stream()>>>(
       idx.as<const int32_t>(), N, static_cast<int>(K), static_cast<int>(E), tile_rows, static_cast<int>(max_tiles),
       row_token.as<int32_t>(), row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(), n_tiles.as<int32_t>(),
-      op_error_record(*this));
+      prefill ? info.as<int32_t>() : nullptr, op_error_record(*this));
   CLAWMINE_CUDA_LAUNCHED("moe_plan");
+
+  const unsigned cthreads = static_cast<unsigned>(std::min<int64_t>(256, (D + 31) / 32 * 32));
+  auto combine = [&](const TensorView& y) {
+    auto run = [&](auto yt, auto ot) {
+      using YT = decltype(yt);
+      using OT = decltype(ot);
+      moe_combine_kernel<YT, OT><<<static_cast<unsigned>(T), cthreads, 0, stream()>>>(
+          y.as<const YT>(), pos_of.as<const int32_t>(), idx.as<const int32_t>(), weight.as<const float>(),
+          static_cast<int>(K), D, out.as<OT>());
+    };
+    if (y.dtype == DType::kBF16) {
+      if (out.dtype == DType::kBF16) run(__nv_bfloat16{}, __nv_bfloat16{});
+      else run(__nv_bfloat16{}, float{});
+    } else {
+      if (out.dtype == DType::kBF16) run(float{}, __nv_bfloat16{});
+      else run(float{}, float{});
+    }
+    CLAWMINE_CUDA_LAUNCHED("moe_combine");
+  };
+
+  if (prefill) {
+    const TensorView y = scratch(DType::kBF16, {N, D});
+    moe_prefill(*this, tab, x, row_token, info, E, D, I, swiglu_limit, y);
+    combine(y);
+    return;
+  }
 
   // Intermediates (gate/up, h) use the activation dtype, or F32 when w2's input is quantized next
   // (W8A8 / W4A4 emulation): then h carries no extra bf16 rounding into the quantizer, so its
   // rounding decisions are the CPU's up to float accumulation order.
-  const DType act = x.dtype, mid = quant2 ? DType::kF32 : act;
+  const DType mid = quant2 ? DType::kF32 : act;
   const auto* descs = static_cast<const WeightDesc*>(tab.dev.data);
   GemmArgs base;
   base.descs = descs;
@@ -434,23 +698,10 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
     run_gemm(*this, c);
   }
 
-  const unsigned cthreads = static_cast<unsigned>(std::min<int64_t>(256, (D + 31) / 32 * 32));
-  auto combine = [&](auto yt, auto ot) {
-    using YT = decltype(yt);
-    using OT = decltype(ot);
-    moe_combine_kernel<YT, OT><<<static_cast<unsigned>(T), cthreads, 0, stream()>>>(
-        y.as<const YT>(), pos_of.as<const int32_t>(), idx.as<const int32_t>(), weight.as<const float>(),
-        static_cast<int>(K), D, out.as<OT>());
-  };
-  if (act == DType::kBF16) {
-    if (out.dtype == DType::kBF16) combine(__nv_bfloat16{}, __nv_bfloat16{});
-    else combine(__nv_bfloat16{}, float{});
-  } else {
-    if (out.dtype == DType::kBF16) combine(float{}, __nv_bfloat16{});
-    else combine(float{}, float{});
-  }
-  CLAWMINE_CUDA_LAUNCHED("moe_combine");
+  combine(y);
 }
+
+void set_moe_prefill_grouped(bool grouped) { g_moe_grouped_gemm = grouped; }
 
 void CudaBackend::swiglu_mlp(const TensorView& x, const ExpertWeights& w, float swiglu_limit, const TensorView& out) {
   static const char* op = "swiglu_mlp";

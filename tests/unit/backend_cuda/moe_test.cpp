@@ -4,7 +4,8 @@
 // NVFP4 / MXFP4 / FP8 / BF16 / F32 and a mix of formats in one layer (one launch per format),
 // activations F32 (budget 1e-5) and BF16 (1e-2); V4-Flash expert dims (D 4096, I 2048); the
 // W8A8 / W4A4 policies with per-expert input scales; an invalid expert id; determinism; the
-// shared expert (swiglu_mlp). Outputs are poisoned with NaN first. Skips without a GPU.
+// shared expert (swiglu_mlp); prefill (T = 512 over 16 / 32 experts) through BF16 expert copies
+// and cuBLAS. Outputs are poisoned with NaN first. Skips without a GPU.
 #include <cmath>
 #include <future>
 #include <random>
@@ -182,6 +183,47 @@ TEST_F(CudaMoe, V4FlashExpertDims) {
         auto [got, ref] = run_moe(ex, D, T, act, ++seed);
         EXPECT_TRUE(within(got, ref, act_budget(act)));
       }
+  }
+}
+
+// Prefill (T = 512, top-6 over 16 or 32 experts: 192 / 96 rows per expert on average, BF16
+// activations, W16 policy): the experts' weights are decoded to BF16 copies and multiplied by
+// cuBLAS (moe.cu, moe_prefill); every format with an exact BF16 copy, dense BF16 straight from
+// its weight, and a mix in one layer. Also: the same call twice gives the same bits, and an
+// invalid expert id still makes its token NaN on this path.
+TEST_F(CudaMoe, PrefillThroughBf16CopiesAndCublas) {
+  const int64_t D = 512, I = 256, T = 512;
+  const TestFormat mix[] = {TestFormat::kNvfp4, TestFormat::kMxfp4, TestFormat::kBF16, TestFormat::kFp8E8M0};
+  uint32_t seed = 9000;
+  for (int64_t E : {int64_t{16}, int64_t{32}}) {
+    for (int variant = 0; variant < 5; ++variant) {
+      const bool mixed = variant == 4;
+      const TestFormat f = mixed ? TestFormat::kNvfp4 : mix[variant];
+      TestExperts ex = make_experts(
+          *cuda, E, D, I, E, [&](int64_t e) { return mixed ? mix[e % 4] : f; }, seed += 100);
+      SCOPED_TRACE(std::string(mixed ? "mixed" : format_label(f)) + " E=" + std::to_string(E) + " T=512");
+      auto [got, ref] = run_moe(ex, D, T, DType::kBF16, ++seed);
+      EXPECT_TRUE(within(got, ref, kBf16Budget));
+      if (E == 16 && f == TestFormat::kNvfp4 && !mixed) {
+        // Determinism and the invalid-id NaN on the prefill path.
+        TestActs x = make_acts(*cuda, {T, D}, DType::kBF16, ++seed);
+        Routing r = make_routing(T, E, kK, ++seed);
+        r.idx[5 * kK + 1] = static_cast<int32_t>(E);  // token 5: not an expert id
+        const ops::DeviceBuffer idx = upload_raw(*cuda, TensorView{DType::kI32, Device::kCpu, {T, kK}, r.idx.data()});
+        const ops::DeviceBuffer w = upload_raw(*cuda, TensorView{DType::kF32, Device::kCpu, {T, kK}, r.weight.data()});
+        const ops::DeviceBuffer a = poisoned(*cuda, DType::kBF16, {T, D}), b = poisoned(*cuda, DType::kBF16, {T, D});
+        cuda->moe_experts(x.dev.view(), ex.dev, idx.view(), w.view(), kLimit, a.view());
+        EXPECT_THROW(backend::cuda::check_op_errors(*cuda), Error);
+        cuda->moe_experts(x.dev.view(), ex.dev, idx.view(), w.view(), kLimit, b.view());
+        EXPECT_THROW(backend::cuda::check_op_errors(*cuda), Error);
+        const std::vector<float> ga = download_f32(*cuda, a.view()), gb = download_f32(*cuda, b.view());
+        EXPECT_TRUE(same_bits(ga, gb));
+        int64_t wrong = 0;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t d = 0; d < D; ++d) wrong += std::isnan(ga[t * D + d]) != (t == 5);
+        EXPECT_EQ(wrong, 0) << "only token 5 (invalid expert id) should be NaN";
+      }
+    }
   }
 }
 
