@@ -23,12 +23,51 @@ constexpr int kThreads = 256;
 constexpr int kBK = 32;
 static_assert(kGemmTileRows == 64, "both GEMM kernels use 64-row tiles");
 
+// Decodes the weight tile rows [n0, n0 + BN) x k [k0, k0 + BK) of a problem (weight rows
+// wbase + r; rows past n_rows and k past K read as 0) for both kernels: with 16-byte aligned
+// rows (w_vec), one piece of P consecutive k values at a time, put(rr, kk, w[P]); else one value
+// at a time, put1(rr, kk, v) (WeightDecoder<F>::one). kGlobal folds NVFP4's g into the values
+// (gemm_fma); without it g is left to the caller's epilogue (gemm_mma).
+template <WFmt F, int BN, int BK, bool kGlobal, typename Put, typename Put1>
+__device__ __forceinline__ void decode_weight_tile(const GemmArgs& a, const WeightDesc& d, int64_t wbase, int64_t n0,
+                                                   int64_t k0, float g, int w_vec, Put&& put, Put1&& put1) {
+  using D = WeightDecoder<F>;
+  constexpr int E = D::kChunk, P = D::kPiece, CPR = BK / E;
+  static_assert(BK % E == 0, "a tile row holds whole chunks");
+  if (w_vec) {
+    for (int c = threadIdx.x; c < BN * CPR; c += kThreads) {
+      const int rr = c / CPR, cc = c % CPR;
+      const int64_t r = n0 + rr, kc = k0 + static_cast<int64_t>(cc) * E;
+      if (r < a.n_rows && kc < a.K) {
+        const int64_t wr = wbase + r;
+        const uint4 raw = ld_stream16(d.w + wr * d.row_bytes + (kc / E) * 16);
+        const typename D::Scales sc = D::load_scales(d, wr, kc / E);
+#pragma unroll
+        for (int q = 0; q < E / P; ++q) {
+          float w[P];
+          D::template piece<kGlobal>(raw, q, sc, g, w);
+          put(rr, cc * E + q * P, w);
+        }
+      } else {
+        const float zero[P] = {};
+#pragma unroll
+        for (int q = 0; q < E / P; ++q) put(rr, cc * E + q * P, zero);
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < BN * BK; i += kThreads) {
+      const int rr = i / BK, kk = i % BK;
+      const int64_t r = n0 + rr, k = k0 + kk;
+      put1(rr, kk, (r < a.n_rows && k < a.K) ? D::one(d, wbase + r, k, kGlobal ? g : 1.0f) : 0.0f);
+    }
+  }
+}
+
 // ---- float32 FMA ------------------------------------------------------------------------------
 template <WFmt F, typename XT>
 __global__ void __launch_bounds__(kThreads) gemm_fma_kernel(const GemmArgs a, const int w_vec, const int x_vec) {
   using D = WeightDecoder<F>;
-  constexpr int BM = 64, BN = 64, BK = kBK, E = D::kChunk, P = D::kPiece, CPR = BK / E;
-  static_assert(BK % E == 0, "a tile row holds whole chunks");
+  constexpr int BM = 64, BN = 64, BK = kBK, P = D::kPiece;
   __shared__ __align__(16) float Xs[BK][BM + 4];
   __shared__ __align__(16) float Ws[BK][BN + 4];
 
@@ -66,33 +105,13 @@ __global__ void __launch_bounds__(kThreads) gemm_fma_kernel(const GemmArgs a, co
 #pragma unroll
       for (int e = 0; e < 8; ++e) Xs[lk + e][lr] = v[e];
     }
-    if (w_vec) {
-      for (int c = tid; c < BN * CPR; c += kThreads) {
-        const int rr = c / CPR, cc = c % CPR;
-        const int64_t r = n0 + rr, kc = k0 + static_cast<int64_t>(cc) * E;
-        if (r < a.n_rows && kc < a.K) {
-          const int64_t wr = wbase + r;
-          const uint4 raw = ld_stream16(d.w + wr * d.row_bytes + (kc / E) * 16);
-          const typename D::Scales sc = D::load_scales(d, wr, kc / E);
+    decode_weight_tile<F, BN, BK, true>(
+        a, d, wbase, n0, k0, g, w_vec,
+        [&](int rr, int kk, const float* w) {
 #pragma unroll
-          for (int q = 0; q < E / P; ++q) {
-            float w[P];
-            D::template piece<true>(raw, q, sc, g, w);
-#pragma unroll
-            for (int e = 0; e < P; ++e) Ws[cc * E + q * P + e][rr] = w[e];
-          }
-        } else {
-#pragma unroll
-          for (int e = 0; e < E; ++e) Ws[cc * E + e][rr] = 0.0f;
-        }
-      }
-    } else {
-      for (int i = tid; i < BN * BK; i += kThreads) {
-        const int rr = i / BK, kk = i % BK;
-        const int64_t r = n0 + rr, k = k0 + kk;
-        Ws[kk][rr] = (r < a.n_rows && k < a.K) ? D::one(d, wbase + r, k, g) : 0.0f;
-      }
-    }
+          for (int e = 0; e < P; ++e) Ws[kk + e][rr] = w[e];
+        },
+        [&](int rr, int kk, float v) { Ws[kk][rr] = v; });
     __syncthreads();
 #pragma unroll 8
     for (int kk = 0; kk < BK; ++kk) {
@@ -128,8 +147,8 @@ template <WFmt F>
 __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const GemmArgs a, const int w_vec, const int x_vec) {
   using D = WeightDecoder<F>;
   static_assert(D::kBf16Exact, "the MMA path needs weights exact in bf16");
-  constexpr int BM = 64, BN = 128, BK = kBK, LD = BK + 8, E = D::kChunk, P = D::kPiece, CPR = BK / E;
-  static_assert(P == 8 && BK % E == 0, "pieces of 8 fill one 16-byte shared store");
+  constexpr int BM = 64, BN = 128, BK = kBK, LD = BK + 8;
+  static_assert(D::kPiece == 8, "pieces of 8 fill one 16-byte shared store");
   __shared__ __align__(16) __nv_bfloat16 Xs[BM][LD];
   __shared__ __align__(16) __nv_bfloat16 Ws[BN][LD];
 
@@ -172,35 +191,13 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const GemmArgs a, co
       }
       *reinterpret_cast<uint4*>(&Xs[lr][lk]) = xv;
     }
-    if (w_vec) {
-      for (int c = tid; c < BN * CPR; c += kThreads) {
-        const int rr = c / CPR, cc = c % CPR;
-        const int64_t r = n0 + rr, kc = k0 + static_cast<int64_t>(cc) * E;
-        if (r < a.n_rows && kc < a.K) {
-          const int64_t wr = wbase + r;
-          const uint4 raw = ld_stream16(d.w + wr * d.row_bytes + (kc / E) * 16);
-          const typename D::Scales sc = D::load_scales(d, wr, kc / E);
-#pragma unroll
-          for (int q = 0; q < E / P; ++q) {
-            float w[P];
-            D::template piece<false>(raw, q, sc, 1.0f, w);
-            *reinterpret_cast<uint4*>(&Ws[rr][cc * E + q * P]) =
-                make_uint4(pack_bf16x2(w[0], w[1]), pack_bf16x2(w[2], w[3]), pack_bf16x2(w[4], w[5]),
-                           pack_bf16x2(w[6], w[7]));
-          }
-        } else {
-#pragma unroll
-          for (int q = 0; q < E / P; ++q)
-            *reinterpret_cast<uint4*>(&Ws[rr][cc * E + q * P]) = make_uint4(0u, 0u, 0u, 0u);
-        }
-      }
-    } else {
-      for (int i = tid; i < BN * BK; i += kThreads) {
-        const int rr = i / BK, kk = i % BK;
-        const int64_t r = n0 + rr, k = k0 + kk;
-        Ws[rr][kk] = __float2bfloat16_rn((r < a.n_rows && k < a.K) ? D::one(d, wbase + r, k, 1.0f) : 0.0f);
-      }
-    }
+    decode_weight_tile<F, BN, BK, false>(
+        a, d, wbase, n0, k0, 1.0f, w_vec,
+        [&](int rr, int kk, const float* w) {
+          *reinterpret_cast<uint4*>(&Ws[rr][kk]) = make_uint4(pack_bf16x2(w[0], w[1]), pack_bf16x2(w[2], w[3]),
+                                                              pack_bf16x2(w[4], w[5]), pack_bf16x2(w[6], w[7]));
+        },
+        [&](int rr, int kk, float v) { Ws[rr][kk] = __float2bfloat16_rn(v); });
     __syncthreads();
 #pragma unroll
     for (int ks = 0; ks < BK; ks += 16) {
