@@ -26,7 +26,7 @@ void BackendOptions::add_backend_flags(CLI::App& cmd, bool with_threads) {
   cmd.add_option("--gpu-memory-fraction", gpu_memory_fraction,
                  "Share of the GPU's memory taken once at start as the arena for weights, caches and scratch, in (0, 1]")
       ->capture_default_str();
-  cmd.add_option("--cuda-graphs", cuda_graphs, "CUDA graphs for decode steps (results identical to eager; off by default until a step replays without re-capture, docs/PERFORMANCE.md)")
+  cmd.add_option("--cuda-graphs", cuda_graphs, "CUDA graphs for decode steps: each steady step recorded once and replayed (results identical to eager launches)")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
 }

@@ -22,7 +22,7 @@ struct BackendOptions {
   int threads = 0;                   // CPU backend threads (0: all cores)
   std::string act_dtype;             // f32 | bf16; empty: bf16 on cuda, f32 on cpu
   double gpu_memory_fraction = 0.90; // of the device's memory, taken once as the arena
-  std::string cuda_graphs = "off";   // CUDA graphs for decode steps (off: see docs/PERFORMANCE.md)
+  std::string cuda_graphs = "on";    // CUDA graphs for decode steps (docs/PERFORMANCE.md)
 
   void add_backend_flags(CLI::App& cmd, bool with_threads = true);
   bool is_cuda() const { return backend == "cuda"; }
