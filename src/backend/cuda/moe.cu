@@ -550,10 +550,12 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   const bool quant13 = any_quantized(tab.fmt13, pol), quant2 = any_quantized(tab.fmt2, pol);
 
   // Row tiles: GEMV tiles sized for the expected rows per active expert, else 64-row GEMM tiles.
-  // sum_e ceil(n_e / tr) <= N / tr + (active experts) bounds the tile count.
+  // sum_e ceil(n_e / tr) <= (N + a (tr - 1)) / tr over the a <= min(E, N) active experts bounds
+  // the tile count tightly (N at one-row tiles: a decode step's grid has no idle tiles, which
+  // also lets the GEMV give each tile more warps).
   const bool gemv = T <= kGemvMaxTokens;
   const int tile_rows = gemv ? gemv_tile_rows((N + std::min(E, N) - 1) / std::min(E, N)) : kGemmTileRows;
-  const int64_t max_tiles = N / tile_rows + std::min(E, N);
+  const int64_t max_tiles = (N + std::min(E, N) * (tile_rows - 1)) / tile_rows;
 
   const DType act = x.dtype;
   const bool prefill = prefill_eligible(*this, tab, act, quant13 || quant2, T, N, E, D, I);
