@@ -297,6 +297,10 @@ void check_act_dtype(const TensorView& v, const char* op, const char* arg) {
 constexpr int64_t kMoeCopyMinAvgRows = 64;
 constexpr int64_t kMoeCopyBudget = int64_t{1} << 30;  // bytes of BF16 expert copies per chunk
 bool g_moe_grouped_gemm = true;  // set_moe_prefill_grouped (tuning hook)
+// The grouped call only while experts average fewer rows than this: on an H100 (kernel bench,
+// 2026-11-26) it beat one cublasGemmEx per expert at T=2048 (192 rows per expert: 5.42 vs 5.79
+// ms per layer) and lost at T=8192 (768 rows: 11.6 vs 8.35 ms).
+constexpr int64_t kMoeGroupedMaxAvgRows = 384;
 
 // alpha[i] = weight_scale_2 of descriptor i for NVFP4, else 1.
 __global__ void moe_alpha_kernel(const WeightDesc* __restrict__ descs, int n, float* __restrict__ alpha) {
@@ -357,14 +361,17 @@ struct Problems {
 };
 
 // Problems [first, first + count): one cublasGemmGroupedBatchedEx (groups of one problem; the
-// pointer arrays in device memory at dev[0..2] + first) or, with the tuning hook off or where
-// cuBLAS reports the grouped call unsupported, one cublasGemmEx each.
+// pointer arrays in device memory at dev[0..2] + first) or, with the tuning hook off, at
+// kMoeGroupedMaxAvgRows rows per problem and more, or where cuBLAS reports the grouped call
+// unsupported, one cublasGemmEx each.
 void run_problems(CudaBackend& be, const Problems& p, size_t first, size_t count, void* const* dev[3]) {
   if (count == 0) return;
   cublasHandle_t h = be.cublas();
   cublas_check(cublasSetStream(h, be.stream()), "cublasSetStream");
   cublas_check(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
-  if (g_moe_grouped_gemm) {
+  int64_t rows = 0;  // the problems' token rows (n), against the grouped call's range
+  for (size_t i = first; i < first + count; ++i) rows += p.n[i];
+  if (g_moe_grouped_gemm && rows < kMoeGroupedMaxAvgRows * static_cast<int64_t>(count)) {
     CLAWMINE_CHECK(count <= 0x7fffffff, "moe prefill: too many GEMMs (", count, ")");
     const std::vector<cublasOperation_t> ta(count, CUBLAS_OP_T), tb(count, CUBLAS_OP_N);
     const std::vector<float> beta(count, 0.0f);
