@@ -40,6 +40,8 @@ __global__ void __launch_bounds__(kIndexThreads)
     attention_index_kernel(const int32_t* __restrict__ positions, int64_t n_prev, int64_t window, int64_t entry_base,
                            int64_t n_entries, int64_t rate, const int32_t* __restrict__ selected, int64_t k,
                            int64_t S, int32_t* __restrict__ idx) {
+  pdl_trigger();
+  pdl_wait();
   using Scan = cub::BlockScan<int, kIndexThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   const int64_t t = blockIdx.x;
@@ -116,6 +118,8 @@ template <typename T, int VEC, int NV>
 __global__ void __launch_bounds__(kAttnThreads)
     sparse_attention_kernel(const AttnArgs<T> a, float* __restrict__ part_acc, float2* __restrict__ part_ml,
                             int64_t split_len) {
+  pdl_trigger();
+  pdl_wait();
   static_assert(VEC * NV <= kMaxLaneElems, "too many elements per lane");
   extern __shared__ float merged[];  // [kAttnHeads][Dh]
   __shared__ float warp_m[kAttnWarps][kAttnHeads], warp_l[kAttnWarps][kAttnHeads];
@@ -266,7 +270,7 @@ void launch_sparse_attention(cudaStream_t stream, const AttnArgs<T>& a, const Pa
                   static_cast<unsigned>(part.splits));
   const size_t smem = static_cast<size_t>(kAttnHeads) * a.Dh * sizeof(float);  // <= 8 KiB for Dh <= 512
   const int64_t split_len = part.splits > 1 ? part.split_len : a.S;
-  sparse_attention_kernel<T, VEC, NV><<<grid, kAttnThreads, smem, stream>>>(a, part.acc, part.ml, split_len);
+  launch_kernel(sparse_attention_kernel<T, VEC, NV>, grid, kAttnThreads, smem, stream, a, part.acc, part.ml, split_len);
   CLAWMINE_CUDA_LAUNCHED("sparse_attention");
 }
 
@@ -283,6 +287,8 @@ template <typename T>
 __global__ void __launch_bounds__(kMergeThreads)
     merge_splits_kernel(const float* __restrict__ part_acc, const float2* __restrict__ part_ml, int splits,
                         const float* __restrict__ sink, int64_t H, int64_t Dh, T* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   constexpr int kPerLane = kMaxMergeSplits / 32;
   __shared__ float w[kMaxMergeSplits];
   __shared__ float flag_s;  // NaN: a bad index; 0: no valid key; 1: otherwise
@@ -380,9 +386,9 @@ void CudaBackend::attention_index(const TensorView& positions, int64_t n_prev, i
     CLAWMINE_CHECK(n_entries == 0 || rate > 0, "cuda attention_index: rate ", rate, " with ", n_entries, " entries");
   }
   if (T == 0 || S == 0) return;
-  attention_index_kernel<<<static_cast<unsigned>(T), kIndexThreads, 0, stream_>>>(
-      positions.as<int32_t>(), n_prev, window, entry_base, n_entries, rate, csa ? selected.as<int32_t>() : nullptr, k,
-      S, idx.as<int32_t>());
+  launch_kernel(attention_index_kernel, static_cast<unsigned>(T), kIndexThreads, 0, stream_, positions.as<int32_t>(),
+                n_prev, window, entry_base, n_entries, rate, csa ? selected.as<int32_t>() : nullptr, k, S,
+                idx.as<int32_t>());
   CLAWMINE_CUDA_LAUNCHED("attention_index");
 }
 
@@ -474,8 +480,8 @@ void CudaBackend::sparse_attention(const TensorView& q, const TensorView& kv, co
       }
     }
     if (splits > 1) {
-      merge_splits_kernel<T_><<<dim3(static_cast<unsigned>(T), static_cast<unsigned>(H)), kMergeThreads, 0, stream_>>>(
-          part.acc, part.ml, splits, a.sink, H, Dh, a.out);
+      launch_kernel(merge_splits_kernel<T_>, dim3(static_cast<unsigned>(T), static_cast<unsigned>(H)), kMergeThreads, 0,
+                    stream_, part.acc, part.ml, splits, a.sink, H, Dh, a.out);
       CLAWMINE_CUDA_LAUNCHED("sparse_attention (merge splits)");
     }
   });

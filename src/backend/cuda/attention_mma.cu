@@ -124,6 +124,8 @@ template <typename T, int DH>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_mma_kernel(const AttnArgs<T> a, float* __restrict__ part_acc, float2* __restrict__ part_ml,
                          int64_t split_len) {
+  pdl_trigger();
+  pdl_wait();
   using L = Smem<DH>;
   using PV = PvTiling<DH>;
   constexpr int kRow = L::kRow;
@@ -385,7 +387,7 @@ void launch_dh(CudaBackend& be, const AttnArgs<T>& a, const Partials& part) {
   const dim3 grid(static_cast<unsigned>(a.T), static_cast<unsigned>((a.H + kHB - 1) / kHB),
                   static_cast<unsigned>(part.splits));
   const int64_t split_len = part.splits > 1 ? part.split_len : a.S;
-  kernel<<<grid, kThreads, kBytes, be.stream()>>>(a, part.acc, part.ml, split_len);
+  launch_kernel(kernel, grid, kThreads, kBytes, be.stream(), a, part.acc, part.ml, split_len);
   CLAWMINE_CUDA_LAUNCHED("sparse_attention (tensor cores)");
 }
 

@@ -9,7 +9,9 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
+#include "backend/cuda/device.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -26,6 +28,52 @@ namespace clawmine::backend::cuda {
   } while (0)
 // After every kernel launch: CLAWMINE_CUDA_LAUNCHED("rms_norm").
 #define CLAWMINE_CUDA_LAUNCHED(name) CLAWMINE_CUDA_CHECK(cudaPeekAtLastError())
+
+// Programmatic dependent launch (Hopper PDL). Every kernel of the backend is launched through
+// launch_kernel (below) with cudaLaunchAttributeProgrammaticStreamSerialization, so its launch,
+// block scheduling and prologue may overlap the tail of the kernel before it in the stream; and
+// every kernel begins with `pdl_trigger(); pdl_wait();` before any global memory access and any
+// early return:
+//  - pdl_trigger (griddepcontrol.launch_dependents) lets the NEXT kernel start launching once
+//    every block of this one has executed it (or exited). It gives no memory guarantee itself.
+//  - pdl_wait (griddepcontrol.wait) blocks until every prerequisite grid has completed and its
+//    memory operations are visible to this grid: the previous kernel's writes are visible and
+//    its reads are done. Since every kernel waits before touching memory, the chain is
+//    transitive and results are exactly those of plain stream order.
+// Without the attribute (CLAWMINE_PDL=0, a library kernel or a copy before), both are no-ops.
+// Library work (cuBLAS, cudaMemcpyAsync, cudaMemsetAsync) is not launched with the attribute
+// and is fully serialized as before.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// A triple-chevron launch kernel(grid, block, smem, stream)(args...) as a programmatic dependent launch when
+// pdl_enabled() (device.h; env CLAWMINE_PDL=0 turns it off), a plain launch otherwise. The
+// arguments convert to the kernel's parameter types exactly as in a triple-chevron launch
+// (cudaLaunchKernelEx's C++ overload coerces them through a call with the kernel's parameter
+// types). Launch errors throw; callers keep CLAWMINE_CUDA_LAUNCHED("name") after it.
+template <typename... K, typename... A>
+void launch_kernel(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, A&&... args) {
+  static_assert(sizeof...(K) == sizeof...(A), "launch_kernel: argument count differs from the kernel's parameters");
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  CLAWMINE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...));
+}
 
 // Activation element types: float or __nv_bfloat16 (F16 only where weights/tables use it).
 __device__ __forceinline__ float to_f32(float v) { return v; }

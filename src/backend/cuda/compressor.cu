@@ -82,6 +82,8 @@ __global__ void __launch_bounds__(kPoolThreads)
                          const TK* __restrict__ overlap_kv, const float* __restrict__ overlap_gate, bool overlap,
                          int64_t hd, int64_t n_out, TO* __restrict__ pooled, int32_t* __restrict__ entry_positions,
                          OpErrorRecord* err) {
+  pdl_trigger();
+  pdl_wait();
   rows.p0 = positions[0];
   const int64_t m = rows.m, last = rows.p0 + T - 1, j0 = rows.p0 / m;
   if (last / m - j0 + 1 != n_out) {  // the caller's row count does not fit these positions
@@ -116,6 +118,8 @@ template <typename TK>
 __global__ void __launch_bounds__(kStateThreads)
     compress_state_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T, bool overlap,
                           int64_t hd, TK* pending_kv, float* pending_gate, TK* overlap_kv, float* overlap_gate) {
+  pdl_trigger();
+  pdl_wait();
   // No __restrict__: pending_* alias rows.pending_* (read, then written, by the same thread).
   rows.p0 = positions[0];
   const int64_t m = rows.m, W = rows.W, p0 = rows.p0;
@@ -213,15 +217,14 @@ void CudaBackend::compress_chunk(const TensorView& kv, const TensorView& gate, c
     dispatch_float(pooled.dtype, op, "pooled", [&](auto out_tag) {
       using TO = decltype(out_tag);
       const dim3 grid(static_cast<unsigned>(n_out), blocks_for(hd, kPoolThreads));
-      compress_pool_kernel<TK, TO><<<grid, kPoolThreads, 0, stream_>>>(
-          rows, positions.as<int32_t>(), T, ov_kv, ov_gate, overlap, hd, n_out, pooled.as<TO>(),
-          entry_positions.as<int32_t>(), err);
+      launch_kernel(compress_pool_kernel<TK, TO>, grid, kPoolThreads, 0, stream_, rows, positions.as<int32_t>(), T,
+                    ov_kv, ov_gate, overlap, hd, n_out, pooled.as<TO>(), entry_positions.as<int32_t>(), err);
       CLAWMINE_CUDA_LAUNCHED("compress_chunk (pool)");
     });
     // Stream order: the state is updated only after the pooling kernel has read it.
-    compress_state_kernel<TK><<<blocks_for(m * W, kStateThreads), kStateThreads, 0, stream_>>>(
-        rows, positions.as<int32_t>(), T, overlap, hd, state.pending_kv.as<TK>(), state.pending_gate.as<float>(), ov_kv,
-        ov_gate);
+    launch_kernel(compress_state_kernel<TK>, blocks_for(m * W, kStateThreads), kStateThreads, 0, stream_, rows,
+                  positions.as<int32_t>(), T, overlap, hd, state.pending_kv.as<TK>(), state.pending_gate.as<float>(),
+                  ov_kv, ov_gate);
     CLAWMINE_CUDA_LAUNCHED("compress_chunk (state)");
   });
 }

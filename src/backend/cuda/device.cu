@@ -1,8 +1,11 @@
-#include "backend/cuda/device.h"
-
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cuda/device.h"
 
 namespace clawmine::backend::cuda {
 
@@ -14,6 +17,25 @@ int device_count() {
   }
   return n;
 }
+
+namespace {
+// -1: not read yet; 0 off; 1 on.
+std::atomic<int> g_pdl{-1};
+}  // namespace
+
+bool pdl_enabled() {
+  int v = g_pdl.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("CLAWMINE_PDL");
+    const int from_env = (env && std::strcmp(env, "0") == 0) ? 0 : 1;
+    int expected = -1;
+    g_pdl.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
+    v = g_pdl.load(std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+
+void set_pdl_enabled_for_tests(bool on) { g_pdl.store(on ? 1 : 0, std::memory_order_relaxed); }
 
 std::string device_summary(int device) {
   cudaDeviceProp prop{};

@@ -26,6 +26,8 @@ unsigned stride_blocks(int64_t n, int sm_count) {
 template <typename Tt, typename To, bool kPacked>
 __global__ void embed_kernel(const Tt* __restrict__ table, const int32_t* __restrict__ ids, To* __restrict__ out,
                              int64_t V, int64_t D, OpErrorRecord* err) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int32_t id = ids[t];
   To* o = out + t * D;
@@ -49,6 +51,8 @@ __global__ void embed_kernel(const Tt* __restrict__ table, const int32_t* __rest
 // X[t, j, :] = e[t, :] for j < hc, over packs of N elements of a row (N = 4: one float4 of X).
 template <typename Te, int N>
 __global__ void hc_expand_kernel(const Te* __restrict__ e, float* __restrict__ X, int64_t T, int64_t hc, int64_t D) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t per_row = D / N, n = T * per_row;
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -71,6 +75,8 @@ __global__ void hc_expand_kernel(const Te* __restrict__ e, float* __restrict__ X
 }
 
 __global__ void iota_kernel(int32_t* __restrict__ out, int64_t n, int64_t start, int64_t step) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = static_cast<int32_t>(start + i * step);
@@ -80,6 +86,8 @@ __global__ void iota_kernel(int32_t* __restrict__ out, int64_t n, int64_t start,
 // each element is read and written by the same thread.
 template <typename T, int N>
 __global__ void add_kernel(const T* a, const T* b, T* out, int64_t n_packs) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n_packs;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     if constexpr (N == 1) {
@@ -99,6 +107,8 @@ __global__ void add_kernel(const T* a, const T* b, T* out, int64_t n_packs) {
 template <typename To>
 __global__ void add_mixed_kernel(const void* a, rowwise::FloatCode ca, const void* b, rowwise::FloatCode cb, To* out,
                                  int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = from_f32<To>(__fadd_rn(rowwise::load_float(a, ca, i), rowwise::load_float(b, cb, i)));
@@ -109,6 +119,8 @@ __global__ void add_mixed_kernel(const void* a, rowwise::FloatCode ca, const voi
 template <typename S, typename D>
 __global__ void scatter_rows_kernel(const S* __restrict__ src, const int32_t* __restrict__ keys, int64_t divisor,
                                     D* __restrict__ dst, int64_t w, int64_t n_dst, OpErrorRecord* err) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = blockIdx.x, key = keys[i], r = key / divisor;
   if (key < 0 || r >= n_dst) {
     if (threadIdx.x == 0) report_op_error(err, kOpErrorScatterRow, key, divisor, i, n_dst);
@@ -136,8 +148,8 @@ void CudaBackend::embed(const TensorView& table, const TensorView& ids, const Te
       using To = decltype(to);
       const bool packed = rowwise::packable<Tt, 8>(table.data, D) && rowwise::packable<To, 8>(out.data, D);
       auto* kernel = packed ? embed_kernel<Tt, To, true> : embed_kernel<Tt, To, false>;
-      kernel<<<static_cast<unsigned>(T), kThreads, 0, stream_>>>(table.as<const Tt>(), ids.as<const int32_t>(),
-                                                                 out.as<To>(), V, D, err);
+      launch_kernel(kernel, static_cast<unsigned>(T), kThreads, 0, stream_, table.as<const Tt>(),
+                    ids.as<const int32_t>(), out.as<To>(), V, D, err);
       CLAWMINE_CUDA_LAUNCHED("embed");
     });
   });
@@ -155,11 +167,11 @@ void CudaBackend::hc_expand(const TensorView& e, const TensorView& X) {
   dispatch_float(e.dtype, "hc_expand", "e", [&](auto te) {
     using Te = decltype(te);
     if (rowwise::packable<Te, 4>(e.data, D) && rowwise::packable<float, 4>(X.data, D)) {
-      hc_expand_kernel<Te, 4>
-          <<<stride_blocks(T * D / 4, sm_count_), kThreads, 0, stream_>>>(e.as<const Te>(), X.f32(), T, hc, D);
+      launch_kernel(hc_expand_kernel<Te, 4>, stride_blocks(T * D / 4, sm_count_), kThreads, 0, stream_,
+                    e.as<const Te>(), X.f32(), T, hc, D);
     } else {
-      hc_expand_kernel<Te, 1>
-          <<<stride_blocks(T * D, sm_count_), kThreads, 0, stream_>>>(e.as<const Te>(), X.f32(), T, hc, D);
+      launch_kernel(hc_expand_kernel<Te, 1>, stride_blocks(T * D, sm_count_), kThreads, 0, stream_, e.as<const Te>(),
+                    X.f32(), T, hc, D);
     }
     CLAWMINE_CUDA_LAUNCHED("hc_expand");
   });
@@ -174,7 +186,7 @@ void CudaBackend::iota(const TensorView& out, int64_t start, int64_t step) {
   const bool fits = start >= INT32_MIN && start <= INT32_MAX && step >= INT32_MIN && step <= INT32_MAX &&
                     n <= INT32_MAX && start + (n - 1) * step >= INT32_MIN && start + (n - 1) * step <= INT32_MAX;
   CLAWMINE_CHECK(fits, "cuda iota: ", n, " values from ", start, " in steps of ", step, " do not fit I32");
-  iota_kernel<<<stride_blocks(n, sm_count_), kThreads, 0, stream_>>>(out.as<int32_t>(), n, start, step);
+  launch_kernel(iota_kernel, stride_blocks(n, sm_count_), kThreads, 0, stream_, out.as<int32_t>(), n, start, step);
   CLAWMINE_CUDA_LAUNCHED("iota");
 }
 
@@ -194,8 +206,8 @@ void CudaBackend::scatter_rows(const TensorView& src, const TensorView& keys, in
     using S = decltype(s);
     dispatch_float(dst.dtype, "scatter_rows", "dst", [&](auto d) {
       using D = decltype(d);
-      scatter_rows_kernel<S, D><<<static_cast<unsigned>(n), kThreads, 0, stream_>>>(
-          src.as<const S>(), keys.as<const int32_t>(), divisor, dst.as<D>(), w, dst.dim(0), err);
+      launch_kernel(scatter_rows_kernel<S, D>, static_cast<unsigned>(n), kThreads, 0, stream_, src.as<const S>(),
+                    keys.as<const int32_t>(), divisor, dst.as<D>(), w, dst.dim(0), err);
       CLAWMINE_CUDA_LAUNCHED("scatter_rows");
     });
   });
@@ -214,11 +226,11 @@ void CudaBackend::add(const TensorView& a, const TensorView& b, const TensorView
       using T = decltype(tv);
       if (rowwise::packable<T, 8>(a.data, n) && rowwise::packable<T, 8>(b.data, n) &&
           rowwise::packable<T, 8>(out.data, n)) {
-        add_kernel<T, 8><<<stride_blocks(n / 8, sm_count_), kThreads, 0, stream_>>>(a.as<const T>(), b.as<const T>(),
-                                                                                    out.as<T>(), n / 8);
+        launch_kernel(add_kernel<T, 8>, stride_blocks(n / 8, sm_count_), kThreads, 0, stream_, a.as<const T>(),
+                      b.as<const T>(), out.as<T>(), n / 8);
       } else {
-        add_kernel<T, 1>
-            <<<stride_blocks(n, sm_count_), kThreads, 0, stream_>>>(a.as<const T>(), b.as<const T>(), out.as<T>(), n);
+        launch_kernel(add_kernel<T, 1>, stride_blocks(n, sm_count_), kThreads, 0, stream_, a.as<const T>(),
+                      b.as<const T>(), out.as<T>(), n);
       }
       CLAWMINE_CUDA_LAUNCHED("add");
     });
@@ -227,7 +239,8 @@ void CudaBackend::add(const TensorView& a, const TensorView& b, const TensorView
   const rowwise::FloatCode ca = rowwise::float_code(a.dtype, "add", "a"), cb = rowwise::float_code(b.dtype, "add", "b");
   dispatch_float(out.dtype, "add", "out", [&](auto tv) {
     using T = decltype(tv);
-    add_mixed_kernel<T><<<stride_blocks(n, sm_count_), kThreads, 0, stream_>>>(a.data, ca, b.data, cb, out.as<T>(), n);
+    launch_kernel(add_mixed_kernel<T>, stride_blocks(n, sm_count_), kThreads, 0, stream_, a.data, ca, b.data, cb,
+                  out.as<T>(), n);
     CLAWMINE_CUDA_LAUNCHED("add");
   });
 }

@@ -42,6 +42,8 @@ template <int kMix, typename Tf>
 __global__ void __launch_bounds__(kThreads)
     hc_mix_partial_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int64_t n, int64_t chunk,
                           float* __restrict__ partial, bool packed) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float red[kWarps][kMix + 1];
   const int64_t t = blockIdx.x;
   const int s = blockIdx.y, S = gridDim.y;
@@ -124,6 +126,8 @@ template <int HC, bool kHead, typename To>
 __global__ void __launch_bounds__(kThreads)
     hc_finish_kernel(const float* __restrict__ X, const float* __restrict__ partial, int S, int64_t D, HcScalars p,
                      To* __restrict__ out, float* __restrict__ post, float* __restrict__ comb, bool packed) {
+  pdl_trigger();
+  pdl_wait();
   static_assert(HC * HC <= 32 && (HC & (HC - 1)) == 0, "the comb needs HC*HC <= 32 lanes, HC a power of two");
   constexpr int kMix = kHead ? HC : (2 + HC) * HC;
   __shared__ float tot[kMix + 1];
@@ -195,6 +199,8 @@ template <int HC, typename Ty, int N>
 __global__ void __launch_bounds__(kThreads)
     hc_post_kernel(const Ty* __restrict__ y, const float* __restrict__ X, const float* __restrict__ post,
                    const float* __restrict__ comb, float* __restrict__ X_out, int64_t D, int64_t dblocks) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t t = blockIdx.x / dblocks;
   const int64_t d = ((blockIdx.x % dblocks) * kThreads + threadIdx.x) * N;
   if (d >= D) return;
@@ -280,16 +286,15 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
   dispatch_float(w.fn.dtype, op, "fn", [&](auto tf) {
     using Tf = decltype(tf);
     const bool packed = rowwise::packable<float, 4>(X.data, n) && rowwise::packable<Tf, 4>(w.fn.data, n);
-    hc_mix_partial_kernel<kMix, Tf>
-        <<<dim3(static_cast<unsigned>(T), static_cast<unsigned>(S)), kThreads, 0, be.stream()>>>(
-            X.f32(), w.fn.as<const Tf>(), n, chunk, partial.f32(), packed);
+    launch_kernel(hc_mix_partial_kernel<kMix, Tf>, dim3(static_cast<unsigned>(T), static_cast<unsigned>(S)), kThreads,
+                  0, be.stream(), X.f32(), w.fn.as<const Tf>(), n, chunk, partial.f32(), packed);
     CLAWMINE_CUDA_LAUNCHED("hc mix");
   });
   dispatch_float(out.dtype, op, kHead ? "y" : "x_in", [&](auto to) {
     using To = decltype(to);
     const bool packed = rowwise::packable<float, 4>(X.data, D) && rowwise::packable<To, 4>(out.data, D);
-    hc_finish_kernel<HC, kHead, To><<<static_cast<unsigned>(T), kThreads, 0, be.stream()>>>(
-        X.f32(), partial.f32(), static_cast<int>(S), D, scalars, out.as<To>(), post, comb, packed);
+    launch_kernel(hc_finish_kernel<HC, kHead, To>, static_cast<unsigned>(T), kThreads, 0, be.stream(), X.f32(),
+                  partial.f32(), static_cast<int>(S), D, scalars, out.as<To>(), post, comb, packed);
     CLAWMINE_CUDA_LAUNCHED("hc finish");
   });
 }
@@ -363,11 +368,11 @@ void CudaBackend::hc_post(const TensorView& y, const TensorView& X, const Tensor
       const int64_t dblocks = (D / N + kThreads - 1) / kThreads;
       const auto blocks = static_cast<unsigned>(T * dblocks);
       if (packed) {
-        hc_post_kernel<HC, Ty, 4><<<blocks, kThreads, 0, stream_>>>(y.as<const Ty>(), X.f32(), post.f32(), comb.f32(),
-                                                                    X_out.f32(), D, dblocks);
+        launch_kernel(hc_post_kernel<HC, Ty, 4>, blocks, kThreads, 0, stream_, y.as<const Ty>(), X.f32(), post.f32(),
+                      comb.f32(), X_out.f32(), D, dblocks);
       } else {
-        hc_post_kernel<HC, Ty, 1><<<blocks, kThreads, 0, stream_>>>(y.as<const Ty>(), X.f32(), post.f32(), comb.f32(),
-                                                                    X_out.f32(), D, dblocks);
+        launch_kernel(hc_post_kernel<HC, Ty, 1>, blocks, kThreads, 0, stream_, y.as<const Ty>(), X.f32(), post.f32(),
+                      comb.f32(), X_out.f32(), D, dblocks);
       }
       CLAWMINE_CUDA_LAUNCHED("hc_post");
     });

@@ -47,6 +47,8 @@ __global__ void __launch_bounds__(kIdxKeys)
                           float weight_scale, const int32_t* __restrict__ positions, int64_t rate, int64_t T,
                           int64_t Hi, int64_t Di, int64_t N, int64_t Hp, int64_t q_offset, int64_t q_stride,
                           int64_t w_offset, float* __restrict__ scores) {
+  pdl_trigger();
+  pdl_wait();
   extern __shared__ __align__(16) float smem[];
   float* sk = smem;
   float* sq = smem + q_offset;
@@ -158,9 +160,9 @@ void CudaBackend::indexer_scores(const TensorView& q, const TensorView& keys, co
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sm.bytes)));
         opt_in->bytes = sm.bytes;
       }
-      kernel<<<grid, kIdxKeys, static_cast<size_t>(sm.bytes), stream_>>>(
-          q.as<TQ>(), keys.as<TQ>(), weights.as<TW>(), weight_scale, positions.as<int32_t>(), rate, T, Hi, Di, N, Hp,
-          sm.q_offset, sm.q_stride, sm.w_offset, scores.as<float>());
+      launch_kernel(kernel, grid, kIdxKeys, static_cast<size_t>(sm.bytes), stream_, q.as<TQ>(), keys.as<TQ>(),
+                    weights.as<TW>(), weight_scale, positions.as<int32_t>(), rate, T, Hi, Di, N, Hp, sm.q_offset,
+                    sm.q_stride, sm.w_offset, scores.as<float>());
       CLAWMINE_CUDA_LAUNCHED("indexer_scores");
     });
   });

@@ -65,6 +65,8 @@ __device__ __forceinline__ float warp_max(float v) {
 
 template <typename XT>
 __global__ void __launch_bounds__(kThreads) act_quant_kernel(ActQuantArgs a) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = blockIdx.x;
   const int z = blockIdx.y;
   const XT* in = static_cast<const XT*>(a.x) + (a.x_rows ? a.x_rows[i] : i) * a.ldx + z * a.x_z;
@@ -181,9 +183,9 @@ void launch_act_quant(const ActQuantArgs& a, cudaStream_t stream) {
                  " n_z=", a.n_z);
   const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(a.n_z));
   if (a.x_bf16) {
-    act_quant_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(a);
+    launch_kernel(act_quant_kernel<__nv_bfloat16>, grid, kThreads, 0, stream, a);
   } else {
-    act_quant_kernel<float><<<grid, kThreads, 0, stream>>>(a);
+    launch_kernel(act_quant_kernel<float>, grid, kThreads, 0, stream, a);
   }
   CLAWMINE_CUDA_LAUNCHED("act_quant");
 }

@@ -24,6 +24,8 @@ __device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
 
 template <WFmt F>
 __global__ void __launch_bounds__(kDequantThreads) dequant_bf16_kernel(const DequantArgs a) {
+  pdl_trigger();
+  pdl_wait();
   using D = WeightDecoder<F>;
   static_assert(D::kBf16Exact && D::kPiece == 8, "bf16-exact formats decoded 8 elements at a time");
   constexpr int E = D::kChunk, P = D::kPiece;
@@ -83,9 +85,15 @@ void launch_dequant_bf16(const DequantArgs& a, int sm_count, cudaStream_t stream
       std::max<int64_t>(1, std::min<int64_t>(blocks_for(chunks, kDequantThreads), int64_t{4} * std::max(1, sm_count))));
   const dim3 grid(bx, static_cast<unsigned>(a.n_items));
   switch (F) {
-    case WFmt::kFp8E8M0: dequant_bf16_kernel<WFmt::kFp8E8M0><<<grid, kDequantThreads, 0, stream>>>(a); break;
-    case WFmt::kMxfp4: dequant_bf16_kernel<WFmt::kMxfp4><<<grid, kDequantThreads, 0, stream>>>(a); break;
-    case WFmt::kNvfp4: dequant_bf16_kernel<WFmt::kNvfp4><<<grid, kDequantThreads, 0, stream>>>(a); break;
+    case WFmt::kFp8E8M0:
+      launch_kernel(dequant_bf16_kernel<WFmt::kFp8E8M0>, grid, kDequantThreads, 0, stream, a);
+      break;
+    case WFmt::kMxfp4:
+      launch_kernel(dequant_bf16_kernel<WFmt::kMxfp4>, grid, kDequantThreads, 0, stream, a);
+      break;
+    case WFmt::kNvfp4:
+      launch_kernel(dequant_bf16_kernel<WFmt::kNvfp4>, grid, kDequantThreads, 0, stream, a);
+      break;
     default: throw Error(str_cat("cuda dequant_bf16: format ", wfmt_name(F), " has no exact bf16 copy"));
   }
   CLAWMINE_CUDA_LAUNCHED("dequant_bf16");

@@ -66,6 +66,8 @@ __device__ __forceinline__ void decode_weight_tile(const GemmArgs& a, const Weig
 // ---- float32 FMA ------------------------------------------------------------------------------
 template <WFmt F, typename XT>
 __global__ void __launch_bounds__(kThreads) gemm_fma_kernel(const GemmArgs a, const int w_vec, const int x_vec) {
+  pdl_trigger();
+  pdl_wait();
   using D = WeightDecoder<F>;
   constexpr int BM = 64, BN = 64, BK = kBK, P = D::kPiece;
   __shared__ __align__(16) float Xs[BK][BM + 4];
@@ -145,6 +147,8 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 }
 template <WFmt F>
 __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const GemmArgs a, const int w_vec, const int x_vec) {
+  pdl_trigger();
+  pdl_wait();
   using D = WeightDecoder<F>;
   static_assert(D::kBf16Exact, "the MMA path needs weights exact in bf16");
   constexpr int BM = 64, BN = 128, BK = kBK, LD = BK + 8;
@@ -256,9 +260,9 @@ void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int
   dispatch_wfmt(static_cast<WFmt>(a.fmt), [&](auto f) {
     constexpr WFmt F = decltype(f)::value;
     if (x_bf16) {
-      gemm_fma_kernel<F, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(a, w_vec, x_vec);
+      launch_kernel(gemm_fma_kernel<F, __nv_bfloat16>, grid, kThreads, 0, stream, a, w_vec, x_vec);
     } else {
-      gemm_fma_kernel<F, float><<<grid, kThreads, 0, stream>>>(a, w_vec, x_vec);
+      launch_kernel(gemm_fma_kernel<F, float>, grid, kThreads, 0, stream, a, w_vec, x_vec);
     }
   });
   CLAWMINE_CUDA_LAUNCHED("gemm_fma");
@@ -268,10 +272,18 @@ void launch_gemm_mma(const GemmArgs& a, bool w_vec, bool x_vec, int grid_tiles, 
   if (grid_tiles <= 0 || a.n_rows <= 0) return;
   const dim3 grid = gemm_grid(a, grid_tiles, 128);
   switch (static_cast<WFmt>(a.fmt)) {
-    case WFmt::kBF16: gemm_mma_kernel<WFmt::kBF16><<<grid, kThreads, 0, stream>>>(a, w_vec, x_vec); break;
-    case WFmt::kFp8E8M0: gemm_mma_kernel<WFmt::kFp8E8M0><<<grid, kThreads, 0, stream>>>(a, w_vec, x_vec); break;
-    case WFmt::kMxfp4: gemm_mma_kernel<WFmt::kMxfp4><<<grid, kThreads, 0, stream>>>(a, w_vec, x_vec); break;
-    case WFmt::kNvfp4: gemm_mma_kernel<WFmt::kNvfp4><<<grid, kThreads, 0, stream>>>(a, w_vec, x_vec); break;
+    case WFmt::kBF16:
+      launch_kernel(gemm_mma_kernel<WFmt::kBF16>, grid, kThreads, 0, stream, a, w_vec, x_vec);
+      break;
+    case WFmt::kFp8E8M0:
+      launch_kernel(gemm_mma_kernel<WFmt::kFp8E8M0>, grid, kThreads, 0, stream, a, w_vec, x_vec);
+      break;
+    case WFmt::kMxfp4:
+      launch_kernel(gemm_mma_kernel<WFmt::kMxfp4>, grid, kThreads, 0, stream, a, w_vec, x_vec);
+      break;
+    case WFmt::kNvfp4:
+      launch_kernel(gemm_mma_kernel<WFmt::kNvfp4>, grid, kThreads, 0, stream, a, w_vec, x_vec);
+      break;
     default: throw Error(str_cat("cuda gemm_mma: format ", wfmt_name(static_cast<WFmt>(a.fmt)), " is not bf16-exact"));
   }
   CLAWMINE_CUDA_LAUNCHED("gemm_mma");

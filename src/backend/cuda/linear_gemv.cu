@@ -45,6 +45,8 @@ constexpr int gemv_rows() {
 
 template <WFmt F, typename XT, int NT>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const int S) {
+  pdl_trigger();
+  pdl_wait();
   using D = WeightDecoder<F>;
   constexpr int R = gemv_rows<NT>(), E = D::kChunk, P = D::kPiece, Q = E / P;
   static_assert(E % P == 0 && (P == 4 || P == 8), "decoder pieces of 4 or 8 elements");
@@ -187,6 +189,8 @@ __device__ __forceinline__ void cp_async_wait() {
 template <WFmt F, int NTL, int R, bool kStaged>
 __global__ void __launch_bounds__(mma_max_warps<R, kStaged>() * 32, mma_min_blocks<NTL, R>())
     gemv_mma_kernel(const GemmArgs a) {
+  pdl_trigger();
+  pdl_wait();
   using D = WeightDecoder<F>;
   static_assert(D::kMma, "format without a tensor-core GEMV decoder");
   constexpr int E = D::kChunk, STEPS = E / 4, XW = E / 2, U = mma_unroll<R, kStaged>(), ROWS = 16 * R;
@@ -383,6 +387,8 @@ __global__ void __launch_bounds__(mma_max_warps<R, kStaged>() * 32, mma_min_bloc
 // element by element, every activation row of the tile in turn.
 template <WFmt F, typename XT>
 __global__ void __launch_bounds__(kThreads) gemv_scalar_kernel(const GemmArgs a) {
+  pdl_trigger();
+  pdl_wait();
   using D = WeightDecoder<F>;
   Tile tile;
   if (!tile_of(a, blockIdx.y, tile)) return;
@@ -413,7 +419,7 @@ void launch_gemv_nt(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
   const int64_t blocks = (a.n_rows + rows_per_block - 1) / rows_per_block;
   CLAWMINE_CHECK(blocks <= 0x7fffffff && grid_tiles <= 65535 && a.n_z <= 65535, "gemv: grid too large");
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(grid_tiles), static_cast<unsigned>(a.n_z));
-  gemv_kernel<F, XT, NT><<<grid, kThreads, 0, stream>>>(a, S);
+  launch_kernel(gemv_kernel<F, XT, NT>, grid, kThreads, 0, stream, a, S);
   CLAWMINE_CUDA_LAUNCHED("gemv");
 }
 
@@ -485,7 +491,7 @@ void launch_gemv_mma_cfg(const GemmArgs& a, int grid_tiles, cudaStream_t stream)
   CLAWMINE_CHECK(row_blocks <= 0x7fffffff && grid_tiles <= 65535 && a.n_z <= 65535, "gemv_mma: grid too large");
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(grid_tiles), static_cast<unsigned>(a.n_z));
   (void)mma_resident_warps<F, NTL, R, kStaged>(1);  // sets the shared-memory attribute
-  gemv_mma_kernel<F, NTL, R, kStaged><<<grid, W * 32, mma_smem<F, NTL, R, kStaged>(W), stream>>>(a);
+  launch_kernel(gemv_mma_kernel<F, NTL, R, kStaged>, grid, W * 32, mma_smem<F, NTL, R, kStaged>(W), stream, a);
   CLAWMINE_CUDA_LAUNCHED("gemv_mma");
 }
 
@@ -559,9 +565,9 @@ void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStre
   dispatch_wfmt(static_cast<WFmt>(a.fmt), [&](auto f) {
     constexpr WFmt F = decltype(f)::value;
     if (x_bf16) {
-      gemv_scalar_kernel<F, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(a);
+      launch_kernel(gemv_scalar_kernel<F, __nv_bfloat16>, grid, kThreads, 0, stream, a);
     } else {
-      gemv_scalar_kernel<F, float><<<grid, kThreads, 0, stream>>>(a);
+      launch_kernel(gemv_scalar_kernel<F, float>, grid, kThreads, 0, stream, a);
     }
   });
   CLAWMINE_CUDA_LAUNCHED("gemv_scalar");

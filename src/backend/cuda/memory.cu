@@ -61,6 +61,8 @@ unsigned grid_for(int64_t n, int threads, int sm_count) {
 // dst[i] = convert(src[i]) through float32 (exact widening, round-to-nearest-even narrowing).
 template <typename S, typename D>
 __global__ void convert_kernel(const S* __restrict__ src, D* __restrict__ dst, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     dst[i] = from_f32<D>(to_f32(src[i]));
@@ -68,6 +70,8 @@ __global__ void convert_kernel(const S* __restrict__ src, D* __restrict__ dst, i
 
 template <typename T>
 __global__ void fill_kernel(T* __restrict__ dst, int64_t n, float value) {
+  pdl_trigger();
+  pdl_wait();
   const T v = from_f32<T>(value);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = v;
@@ -252,7 +256,8 @@ void CudaBackend::copy(const TensorView& src, const TensorView& dst) {
     using S = decltype(s);
     dispatch_float(dst.dtype, "copy", "dst", [&](auto d) {
       using D = decltype(d);
-      convert_kernel<S, D><<<grid_for(n, 256, sm_count_), 256, 0, stream_>>>(src.as<const S>(), dst.as<D>(), n);
+      launch_kernel(convert_kernel<S, D>, grid_for(n, 256, sm_count_), 256, 0, stream_, src.as<const S>(), dst.as<D>(),
+                    n);
       CLAWMINE_CUDA_LAUNCHED("copy");
     });
   });
@@ -264,7 +269,7 @@ void CudaBackend::fill(const TensorView& dst, float value) {
   if (n == 0) return;
   dispatch_float(dst.dtype, "fill", "dst", [&](auto t) {
     using T = decltype(t);
-    fill_kernel<T><<<grid_for(n, 256, sm_count_), 256, 0, stream_>>>(dst.as<T>(), n, value);
+    launch_kernel(fill_kernel<T>, grid_for(n, 256, sm_count_), 256, 0, stream_, dst.as<T>(), n, value);
     CLAWMINE_CUDA_LAUNCHED("fill");
   });
 }

@@ -134,6 +134,8 @@ __global__ void __launch_bounds__(kPlanThreads)
                     int32_t* __restrict__ row_token, int32_t* __restrict__ row_expert, int32_t* __restrict__ pos_of,
                     int4* __restrict__ tiles, int32_t* __restrict__ n_tiles, int32_t* __restrict__ counts,
                     OpErrorRecord* err) {
+  pdl_trigger();
+  pdl_wait();
   extern __shared__ int32_t sm[];
   int32_t* seg = sm;                       // [kPlanWarps][E]: counts, then running bases
   int32_t* total = sm + kPlanWarps * E;    // [E]
@@ -210,6 +212,8 @@ __global__ void __launch_bounds__(kPlanThreads)
 template <typename T>
 __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ h, int64_t n,
                               float limit) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const double L = limit;
@@ -227,6 +231,8 @@ template <typename YT, typename OT>
 __global__ void moe_combine_kernel(const YT* __restrict__ y, const int32_t* __restrict__ pos_of,
                                    const int32_t* __restrict__ idx, const float* __restrict__ weight, int K, int64_t D,
                                    OT* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ int32_t row[kMaxTopK];
   __shared__ float wt[kMaxTopK];
   __shared__ int bad;
@@ -263,10 +269,11 @@ void launch_swiglu(const TensorView& gate, const TensorView& up, const TensorVie
   if (n == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
   if (h.dtype == DType::kBF16) {
-    swiglu_kernel<<<blocks, 256, 0, s>>>(gate.as<const __nv_bfloat16>(), up.as<const __nv_bfloat16>(),
-                                         h.as<__nv_bfloat16>(), n, limit);
+    launch_kernel(swiglu_kernel<__nv_bfloat16>, blocks, 256, 0, s, gate.as<const __nv_bfloat16>(),
+                  up.as<const __nv_bfloat16>(), h.as<__nv_bfloat16>(), n, limit);
   } else {
-    swiglu_kernel<<<blocks, 256, 0, s>>>(gate.as<const float>(), up.as<const float>(), h.as<float>(), n, limit);
+    launch_kernel(swiglu_kernel<float>, blocks, 256, 0, s, gate.as<const float>(), up.as<const float>(), h.as<float>(),
+                  n, limit);
   }
   CLAWMINE_CUDA_LAUNCHED("swiglu");
 }
@@ -304,6 +311,8 @@ constexpr int64_t kMoeGroupedMaxAvgRows = 384;
 
 // alpha[i] = weight_scale_2 of descriptor i for NVFP4, else 1.
 __global__ void moe_alpha_kernel(const WeightDesc* __restrict__ descs, int n, float* __restrict__ alpha) {
+  pdl_trigger();
+  pdl_wait();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) alpha[i] = descs[i].fmt == static_cast<int32_t>(WFmt::kNvfp4) ? __ldg(descs[i].scale2) : 1.0f;
 }
@@ -312,6 +321,8 @@ __global__ void moe_alpha_kernel(const WeightDesc* __restrict__ descs, int n, fl
 // when vec (D % 8 == 0 and x 16-byte aligned).
 __global__ void moe_gather_kernel(const __nv_bfloat16* __restrict__ x, const int32_t* __restrict__ row_token,
                                   int64_t rows, int64_t D, int vec, __nv_bfloat16* __restrict__ xs) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t per_row = vec ? D / 8 : D, n = rows * per_row;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -406,7 +417,7 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
   const cudaStream_t s = be.stream();
   const auto* descs = static_cast<const WeightDesc*>(tab.dev.data);
   float* alpha_dev = reinterpret_cast<float*>(info.as<int32_t>() + E);
-  moe_alpha_kernel<<<blocks_for(3 * E, 256), 256, 0, s>>>(descs, static_cast<int>(3 * E), alpha_dev);
+  launch_kernel(moe_alpha_kernel, blocks_for(3 * E, 256), 256, 0, s, descs, static_cast<int>(3 * E), alpha_dev);
   CLAWMINE_CUDA_LAUNCHED("moe_alpha");
   std::vector<int32_t> host(static_cast<size_t>(4 * E));
   // The only host sync of the path (a plain copy: a data error the plan recorded, an invalid
@@ -438,8 +449,8 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
     const bool vec = reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
     const int64_t n = rows * (vec ? D / 8 : D);
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(blocks_for(n, 256), 8 * int64_t{be.sm_count()}));
-    moe_gather_kernel<<<std::max(1u, blocks), 256, 0, s>>>(x.as<const __nv_bfloat16>(), row_token.as<const int32_t>(),
-                                                          rows, D, vec ? 1 : 0, xs.as<__nv_bfloat16>());
+    launch_kernel(moe_gather_kernel, std::max(1u, blocks), 256, 0, s, x.as<const __nv_bfloat16>(),
+                  row_token.as<const int32_t>(), rows, D, vec ? 1 : 0, xs.as<__nv_bfloat16>());
     CLAWMINE_CUDA_LAUNCHED("moe_gather");
   }
   // Chunks of experts whose BF16 copies fit the budget (no copies when every expert is BF16).
@@ -575,10 +586,10 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   const TensorView n_tiles = scratch(DType::kI32, {1});
   const TensorView info = prefill ? scratch(DType::kI32, {4 * E}) : TensorView{};  // counts, then alphas
   const size_t plan_smem = static_cast<size_t>(kPlanWarps + 2) * E * sizeof(int32_t);
-  moe_plan_kernel<<<1, kPlanThreads, plan_smem, stream()>>>(
-      idx.as<const int32_t>(), N, static_cast<int>(K), static_cast<int>(E), tile_rows, static_cast<int>(max_tiles),
-      row_token.as<int32_t>(), row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(), n_tiles.as<int32_t>(),
-      prefill ? info.as<int32_t>() : nullptr, op_error_record(*this));
+  launch_kernel(moe_plan_kernel, 1, kPlanThreads, plan_smem, stream(), idx.as<const int32_t>(), N, static_cast<int>(K),
+                static_cast<int>(E), tile_rows, static_cast<int>(max_tiles), row_token.as<int32_t>(),
+                row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(), n_tiles.as<int32_t>(),
+                prefill ? info.as<int32_t>() : nullptr, op_error_record(*this));
   CLAWMINE_CUDA_LAUNCHED("moe_plan");
 
   const unsigned cthreads = static_cast<unsigned>(std::min<int64_t>(256, (D + 31) / 32 * 32));
@@ -586,9 +597,9 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
     auto run = [&](auto yt, auto ot) {
       using YT = decltype(yt);
       using OT = decltype(ot);
-      moe_combine_kernel<YT, OT><<<static_cast<unsigned>(T), cthreads, 0, stream()>>>(
-          y.as<const YT>(), pos_of.as<const int32_t>(), idx.as<const int32_t>(), weight.as<const float>(),
-          static_cast<int>(K), D, out.as<OT>());
+      launch_kernel(moe_combine_kernel<YT, OT>, static_cast<unsigned>(T), cthreads, 0, stream(), y.as<const YT>(),
+                    pos_of.as<const int32_t>(), idx.as<const int32_t>(), weight.as<const float>(), static_cast<int>(K),
+                    D, out.as<OT>());
     };
     if (y.dtype == DType::kBF16) {
       if (out.dtype == DType::kBF16) run(__nv_bfloat16{}, __nv_bfloat16{});

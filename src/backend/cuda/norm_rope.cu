@@ -24,6 +24,8 @@ constexpr int64_t kWarpRowMax = 1024;  // rows up to this length get one warp ea
 template <typename Tx, typename To, int kTpr>
 __global__ void rms_norm_kernel(const Tx* x, const void* weight, rowwise::FloatCode wcode, To* out, int64_t rows,
                                 int64_t n, float eps, bool packed) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float red[32];
   const int64_t row = kTpr == 32 ? blockIdx.x * static_cast<int64_t>(kThreads / 32) + (threadIdx.x >> 5)
                                  : static_cast<int64_t>(blockIdx.x);
@@ -73,6 +75,8 @@ __global__ void rms_norm_kernel(const Tx* x, const void* weight, rowwise::FloatC
 template <typename T>
 __global__ void rope_kernel(T* x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
                             int64_t n_vec, int64_t dim, int64_t half, int64_t vec_per_block, bool inverse) {
+  pdl_trigger();
+  pdl_wait();
   extern __shared__ float cs[];
   const int64_t t = blockIdx.x;
   const float pos = static_cast<float>(positions[t]);
@@ -125,11 +129,11 @@ void CudaBackend::rms_norm(const TensorView& x, const TensorView* weight, float 
       const bool packed = rowwise::packable<Tx, 8>(x.data, n) && rowwise::packable<To, 8>(out.data, n);
       if (n <= kWarpRowMax) {
         const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
-        rms_norm_kernel<Tx, To, 32><<<static_cast<unsigned>(blocks), kThreads, 0, stream_>>>(
-            x.as<const Tx>(), w, wcode, out.as<To>(), rows, n, eps, packed);
+        launch_kernel(rms_norm_kernel<Tx, To, 32>, static_cast<unsigned>(blocks), kThreads, 0, stream_,
+                      x.as<const Tx>(), w, wcode, out.as<To>(), rows, n, eps, packed);
       } else {
-        rms_norm_kernel<Tx, To, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, stream_>>>(
-            x.as<const Tx>(), w, wcode, out.as<To>(), rows, n, eps, packed);
+        launch_kernel(rms_norm_kernel<Tx, To, kThreads>, static_cast<unsigned>(rows), kThreads, 0, stream_,
+                      x.as<const Tx>(), w, wcode, out.as<To>(), rows, n, eps, packed);
       }
       CLAWMINE_CUDA_LAUNCHED("rms_norm");
     });
@@ -158,9 +162,8 @@ void CudaBackend::rope(const TensorView& x, const TensorView& positions, const T
   const size_t smem = static_cast<size_t>(2 * half) * sizeof(float);
   dispatch_float(x.dtype, "rope", "x", [&](auto tv) {
     using T_ = decltype(tv);
-    rope_kernel<T_><<<grid, kThreads, smem, stream_>>>(x.as<T_>(), positions.as<const int32_t>(),
-                                                       inv_freq.as<const float>(), n_vec, dim, half, vec_per_block,
-                                                       inverse);
+    launch_kernel(rope_kernel<T_>, grid, kThreads, smem, stream_, x.as<T_>(), positions.as<const int32_t>(),
+                  inv_freq.as<const float>(), n_vec, dim, half, vec_per_block, inverse);
     CLAWMINE_CUDA_LAUNCHED("rope");
   });
 }

@@ -59,6 +59,8 @@ __device__ __forceinline__ float qdq_e2m1(float v, float s) {
 // One warp per row: FP8 on blocks of 64 over the first n_nope elements.
 template <typename T>
 __global__ void qdq_fp8_nope_kernel(T* x, int64_t rows, int64_t width, int64_t n_nope) {
+  pdl_trigger();
+  pdl_wait();
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
   if (row >= rows) return;  // whole warps
@@ -78,6 +80,8 @@ __global__ void qdq_fp8_nope_kernel(T* x, int64_t rows, int64_t width, int64_t n
 // Walsh-Hadamard in the CPU's butterfly order, scaled, then FP4 on blocks of 32.
 template <typename T>
 __global__ void qdq_hadamard_fp4_kernel(T* x, int64_t rows, int64_t width, int rows_per_block) {
+  pdl_trigger();
+  pdl_wait();
   extern __shared__ float buf[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row = blockIdx.x * static_cast<int64_t>(rows_per_block) + warp;
@@ -124,7 +128,8 @@ void CudaBackend::qdq(const TensorView& x, Qdq kind, int64_t n_nope) {
                      "] for rows of ", width);
       if (n_nope == 0) return;
       const int64_t blocks = (rows + kWarps - 1) / kWarps;
-      qdq_fp8_nope_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream_>>>(x.as<T>(), rows, width, n_nope);
+      launch_kernel(qdq_fp8_nope_kernel<T>, static_cast<unsigned>(blocks), kThreads, 0, stream_, x.as<T>(), rows, width,
+                    n_nope);
       CLAWMINE_CUDA_LAUNCHED("qdq fp8");
     } else {
       CLAWMINE_CHECK((width & (width - 1)) == 0, "cuda qdq: the Hadamard rotation needs a power-of-two row, got ",
@@ -134,8 +139,8 @@ void CudaBackend::qdq(const TensorView& x, Qdq kind, int64_t n_nope) {
       const int rows_per_block = static_cast<int>(std::clamp<int64_t>(kHadamardMax / width, 1, kWarps));
       const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
       const size_t smem = static_cast<size_t>(rows_per_block * width) * sizeof(float);
-      qdq_hadamard_fp4_kernel<T><<<static_cast<unsigned>(blocks), rows_per_block * 32, smem, stream_>>>(
-          x.as<T>(), rows, width, rows_per_block);
+      launch_kernel(qdq_hadamard_fp4_kernel<T>, static_cast<unsigned>(blocks), rows_per_block * 32, smem, stream_,
+                    x.as<T>(), rows, width, rows_per_block);
       CLAWMINE_CUDA_LAUNCHED("qdq hadamard fp4");
     }
   });

@@ -39,6 +39,8 @@ __global__ void moe_route_kernel(const float* __restrict__ logits, const float* 
                                  const Tid* __restrict__ tid2eid, int64_t V, const int32_t* __restrict__ ids, int64_t T,
                                  int64_t E, int K, float routed_scaling, int32_t* __restrict__ idx,
                                  float* __restrict__ weight, OpErrorRecord* err) {
+  pdl_trigger();
+  pdl_wait();
   extern __shared__ float keys_all[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t t = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + warp;
@@ -151,13 +153,13 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, co
   const size_t smem = hash ? 0 : static_cast<size_t>(kWarpsPerBlock * E) * sizeof(float);
   const auto* pids = hash ? ids.as<const int32_t>() : nullptr;
   if (hash && tid2eid.dtype == DType::kI64) {
-    moe_route_kernel<int64_t><<<blocks, kWarpsPerBlock * 32, smem, stream_>>>(
-        logits.as<const float>(), pb, tid2eid.as<const int64_t>(), V, pids, T, E, static_cast<int>(K), routed_scaling,
-        idx.as<int32_t>(), weight.as<float>(), err);
+    launch_kernel(moe_route_kernel<int64_t>, blocks, kWarpsPerBlock * 32, smem, stream_, logits.as<const float>(), pb,
+                  tid2eid.as<const int64_t>(), V, pids, T, E, static_cast<int>(K), routed_scaling, idx.as<int32_t>(),
+                  weight.as<float>(), err);
   } else {
-    moe_route_kernel<int32_t><<<blocks, kWarpsPerBlock * 32, smem, stream_>>>(
-        logits.as<const float>(), pb, hash ? tid2eid.as<const int32_t>() : nullptr, V, pids, T, E, static_cast<int>(K),
-        routed_scaling, idx.as<int32_t>(), weight.as<float>(), err);
+    launch_kernel(moe_route_kernel<int32_t>, blocks, kWarpsPerBlock * 32, smem, stream_, logits.as<const float>(), pb,
+                  hash ? tid2eid.as<const int32_t>() : nullptr, V, pids, T, E, static_cast<int>(K), routed_scaling,
+                  idx.as<int32_t>(), weight.as<float>(), err);
   }
   CLAWMINE_CUDA_LAUNCHED("moe_route");
 }

@@ -37,6 +37,8 @@ __device__ __forceinline__ uint32_t order_key(float v) {
 // Dynamic shared memory: sorted[P] (P = next power of two >= k).
 __global__ void __launch_bounds__(kTopkThreads)
     topk_kernel(const float* __restrict__ values, int64_t N, int64_t k, int64_t P, int32_t* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   using Scan = cub::BlockScan<int, kTopkThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int hist[256];
@@ -149,8 +151,9 @@ void CudaBackend::topk(const TensorView& values, int64_t k, const TensorView& ou
   expect_device(out, "topk", "out");
   int64_t P = 1;
   while (P < k) P <<= 1;
-  topk_kernel<<<static_cast<unsigned>(T), kTopkThreads, static_cast<size_t>(P) * sizeof(unsigned long long),
-                stream_>>>(values.as<float>(), N, k, P, out.as<int32_t>());
+  launch_kernel(topk_kernel, static_cast<unsigned>(T), kTopkThreads,
+                static_cast<size_t>(P) * sizeof(unsigned long long), stream_, values.as<float>(), N, k, P,
+                out.as<int32_t>());
   CLAWMINE_CUDA_LAUNCHED("topk");
 }
 

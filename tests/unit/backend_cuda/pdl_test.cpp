@@ -1,0 +1,209 @@
+// Programmatic dependent launch (common.cuh, launch_kernel): every backend kernel may start
+// while the kernel before it is finishing, and waits (griddepcontrol.wait) before it touches
+// memory, so results must equal plain stream order bit for bit. A long chain of dependent
+// small ops (per iteration: rms_norm -> linear GEMV -> rope in place -> residual add in place,
+// BF16 activations, the linear cycling through dense BF16, FP8 E8M0, MXFP4 and NVFP4 weights)
+// runs on fresh random data with PDL on and off, eagerly and as a recorded decode-step graph
+// (recorded with PDL on and with PDL off), and every result is compared bit for bit; one
+// iteration is also checked against the CPU reference within the BF16 budget. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/device.h"
+#include "core/error.h"
+#include "unit/backend_cuda/linear_test_util.h"
+#include "unit/backend_cuda/same_inputs.h"
+
+namespace clawmine::test {
+namespace {
+
+constexpr int64_t kD = 1024;        // hidden size of the chain
+constexpr int64_t kHeads = 8;       // y viewed [T, kHeads, kD / kHeads] for rope
+constexpr int64_t kRopeDim = 64;    // trailing dims of each head rotated
+constexpr int kIterations = 50;     // 4 ops each: 200 dependent ops
+constexpr float kEps = 1e-6f;
+
+class CudaPdl : public GpuTest {
+ protected:
+  void SetUp() override {
+    GpuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    pdl_before_ = backend::cuda::pdl_enabled();
+    cuda.reset();  // the BF16, graphs-on backend of production decode instead
+    backend::cuda::CudaOptions o;
+    o.memory_fraction = 0.5;
+    o.act_dtype = DType::kBF16;
+    o.graphs = true;
+    cuda = backend::cuda::make_cuda_backend(o);
+  }
+  void TearDown() override {
+    if (cuda) backend::cuda::set_pdl_enabled_for_tests(pdl_before_);
+  }
+  bool pdl_before_ = true;
+};
+
+// Everything a chain touches: long-lived device buffers (fixed addresses, as a graph needs).
+struct Chain {
+  int64_t T = 1;
+  std::vector<std::unique_ptr<TestLinear>> weights;
+  ops::DeviceBuffer norm_w, inv_freq, positions, h, n, y;
+  std::vector<float> norm_w_host, inv_freq_host;
+  std::vector<int32_t> positions_host;
+};
+
+Chain make_chain(ops::Backend& cuda, int64_t T, uint32_t seed) {
+  Chain c;
+  c.T = T;
+  const TestFormat formats[] = {TestFormat::kBF16, TestFormat::kFp8E8M0, TestFormat::kMxfp4, TestFormat::kNvfp4};
+  for (TestFormat f : formats) {
+    const std::vector<float> w = fast_normal(static_cast<size_t>(kD * kD), ++seed, 1.0f / std::sqrt(float(kD)));
+    c.weights.push_back(make_linear(cuda, f, w, kD, kD, std::string("chain.") + format_label(f)));
+  }
+  c.norm_w_host = random_normal(kD, ++seed, 0.1f);
+  for (float& v : c.norm_w_host) v = bf16_to_f32(f32_to_bf16(1.0f + v));
+  c.norm_w = upload_f32(cuda, c.norm_w_host, {kD}, DType::kBF16);
+  for (int64_t i = 0; i < kRopeDim / 2; ++i)
+    c.inv_freq_host.push_back(std::pow(10000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(kRopeDim)));
+  c.inv_freq = upload_f32(cuda, c.inv_freq_host, {kRopeDim / 2});
+  std::mt19937 rng(++seed);
+  for (int64_t t = 0; t < T; ++t) c.positions_host.push_back(static_cast<int32_t>(rng() % 100000));
+  c.positions = upload_raw(cuda, TensorView{DType::kI32, Device::kCpu, {T}, c.positions_host.data()});
+  c.h = ops::DeviceBuffer(cuda, DType::kBF16, {T, kD});
+  c.n = poisoned(cuda, DType::kBF16, {T, kD});
+  c.y = poisoned(cuda, DType::kBF16, {T, kD});
+  return c;
+}
+
+// One iteration on any backend: n = rms_norm(h) * w; y = n @ W^T; rope(y); h = h + y.
+void iteration(ops::Backend& be, const LinearWeight& w, const TensorView& norm_w, const TensorView& inv_freq,
+               const TensorView& positions, const TensorView& h, const TensorView& n, const TensorView& y) {
+  const int64_t T = h.dim(0);
+  be.rms_norm(h, &norm_w, kEps, n);
+  be.linear(n, w, y);
+  be.rope(y.reshaped({T, kHeads, kD / kHeads}), positions, inv_freq, kRopeDim, /*inverse=*/false);
+  be.add(h, y, h);
+}
+
+// The whole chain on the GPU (no host transfer inside: it may be captured).
+void run_ops(ops::Backend& cuda, Chain& c, int iterations) {
+  const size_t mark = cuda.scratch_mark();
+  for (int i = 0; i < iterations; ++i)
+    iteration(cuda, c.weights[static_cast<size_t>(i) % c.weights.size()]->dev, c.norm_w.view(), c.inv_freq.view(),
+              c.positions.view(), c.h.view(), c.n.view(), c.y.view());
+  cuda.scratch_reset(mark);
+}
+
+// Uploads h0 (already BF16-representable) into c.h.
+void set_h(ops::Backend& cuda, Chain& c, const std::vector<float>& h0) {
+  std::vector<uint16_t> bits(h0.size());
+  for (size_t i = 0; i < h0.size(); ++i) bits[i] = f32_to_bf16(h0[i]);
+  cuda.upload(bits.data(), c.h.view());
+}
+
+// h <- h0, then the chain eagerly with PDL on or off; h after it as F32 values.
+std::vector<float> eager(ops::Backend& cuda, Chain& c, const std::vector<float>& h0, bool pdl) {
+  backend::cuda::set_pdl_enabled_for_tests(pdl);
+  set_h(cuda, c, h0);
+  run_ops(cuda, c, kIterations);
+  return download_f32(cuda, c.h.view());
+}
+
+// One decode "step" through the graph API: replays the graph under `key` when there is one,
+// else issues the ops between begin/end (eager for the backend's first steps, then recorded).
+// Returns whether it replayed.
+bool graph_step(ops::Backend& cuda, Chain& c, uint64_t key) {
+  if (cuda.replay_step_graph(key)) return true;
+  cuda.begin_step_graph(key);
+  run_ops(cuda, c, kIterations);
+  cuda.end_step_graph();
+  return false;
+}
+
+std::vector<float> fresh_h(int64_t T, uint32_t seed) {
+  return rounded_to(random_normal(static_cast<size_t>(T * kD), seed), DType::kBF16);
+}
+
+TEST_F(CudaPdl, LongChainIsBitIdenticalWithAndWithoutPdl) {
+  uint32_t seed = 9000;
+  for (const int64_t T : {int64_t{1}, int64_t{3}}) {
+    SCOPED_TRACE(str_cat("T ", T));
+    Chain c = make_chain(*cuda, T, seed += 10);
+    for (int rep = 0; rep < 3; ++rep) {
+      const std::vector<float> h0 = fresh_h(T, ++seed);
+      const std::vector<float> with_pdl = eager(*cuda, c, h0, true);
+      const std::vector<float> without = eager(*cuda, c, h0, false);
+      const std::vector<float> again = eager(*cuda, c, h0, true);
+      EXPECT_TRUE(same_bits(with_pdl, without)) << "PDL on vs off, rep " << rep;
+      EXPECT_TRUE(same_bits(again, without)) << "PDL on (second run) vs off, rep " << rep;
+      double sq = 0;
+      for (float v : without) sq += static_cast<double>(v) * v;
+      EXPECT_TRUE(std::isfinite(sq) && sq > 0) << "the chain's result is not finite or is zero";
+    }
+  }
+}
+
+TEST_F(CudaPdl, OneIterationMatchesTheCpuReference) {
+  uint32_t seed = 9100;
+  for (const bool pdl : {true, false}) {
+    for (const int64_t T : {int64_t{1}, int64_t{3}}) {
+      Chain c = make_chain(*cuda, T, seed += 10);
+      for (size_t wi = 0; wi < c.weights.size(); ++wi) {
+        SCOPED_TRACE(str_cat("pdl ", pdl, " T ", T, " weight ", c.weights[wi]->host.name));
+        backend::cuda::set_pdl_enabled_for_tests(pdl);
+        const std::vector<float> h0 = fresh_h(T, ++seed);
+        set_h(*cuda, c, h0);
+        cuda->fill(c.n.view(), std::nanf(""));
+        cuda->fill(c.y.view(), std::nanf(""));
+        iteration(*cuda, c.weights[wi]->dev, c.norm_w.view(), c.inv_freq.view(), c.positions.view(), c.h.view(),
+                  c.n.view(), c.y.view());
+        const std::vector<float> got_y = download_f32(*cuda, c.y.view());
+        const std::vector<float> got_h = download_f32(*cuda, c.h.view());
+
+        std::vector<float> h = h0, n(h0.size(), std::nanf("")), y(h0.size(), std::nanf(""));
+        std::vector<float> nw = c.norm_w_host, invf = c.inv_freq_host;
+        std::vector<int32_t> pos = c.positions_host;
+        auto hv = [&](std::vector<float>& v) { return TensorView{DType::kF32, Device::kCpu, {T, kD}, v.data()}; };
+        const TensorView nwv{DType::kF32, Device::kCpu, {kD}, nw.data()};
+        const TensorView fv{DType::kF32, Device::kCpu, {kRopeDim / 2}, invf.data()};
+        const TensorView pv{DType::kI32, Device::kCpu, {T}, pos.data()};
+        iteration(*cpu, c.weights[wi]->host, nwv, fv, pv, hv(h), hv(n), hv(y));
+        EXPECT_TRUE(within(got_y, y, kBf16Budget)) << "y";
+        EXPECT_TRUE(within(got_h, h, kBf16Budget)) << "h";
+      }
+    }
+  }
+}
+
+TEST_F(CudaPdl, RecordedStepGraphEqualsEager) {
+  uint32_t seed = 9200;
+  for (const int64_t T : {int64_t{1}, int64_t{3}}) {
+    SCOPED_TRACE(str_cat("T ", T));
+    Chain c = make_chain(*cuda, T, seed += 10);
+    // Graphs recorded with PDL on (production) and off, under different keys; each step
+    // uploads fresh h (outside the graph) and must equal the eager chain on the same h.
+    for (const bool pdl : {true, false}) {
+      const uint64_t key = 0x9d1c0000u + static_cast<uint64_t>(T) * 2 + (pdl ? 1 : 0);
+      int replays = 0;
+      for (int step = 0; step < 6; ++step) {
+        SCOPED_TRACE(str_cat("graph recorded with pdl ", pdl, ", step ", step));
+        const std::vector<float> h0 = fresh_h(T, ++seed);
+        const std::vector<float> ref = eager(*cuda, c, h0, true);
+        backend::cuda::set_pdl_enabled_for_tests(pdl);
+        set_h(*cuda, c, h0);
+        replays += graph_step(*cuda, c, key) ? 1 : 0;
+        EXPECT_TRUE(same_bits(download_f32(*cuda, c.h.view()), ref));
+      }
+      // The backend runs its first steps eagerly, then records: the last steps must be replays.
+      EXPECT_GE(replays, 2) << "the step graph was never replayed";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace clawmine::test
