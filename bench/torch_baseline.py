@@ -132,13 +132,32 @@ class Runner:
         self.torch, self.model, self.device = torch, model, device
         self.cuda = device.startswith("cuda")
         self.logits_to_keep = True
+        self.all_bf16 = False  # every module cast to BF16 after an autocast dtype clash (see step)
 
     def sync(self):
         if self.cuda:
             self.torch.cuda.synchronize()
 
     def step(self, ids, cache):
-        """One forward over ids [B, T] with the cache (None: a fresh one); greedy next ids [B, 1]."""
+        """One forward over ids [B, T] with the cache (None: a fresh one); greedy next ids [B, 1].
+
+        Under BF16 autocast: the model keeps some modules in float32 (norms, sinks, mHC), whose
+        float32 outputs feed BF16 linears; autocast casts those inputs as a BF16 user run would."""
+        with self.torch.autocast(device_type="cuda" if self.cuda else "cpu", dtype=self.torch.bfloat16):
+            try:
+                return self._step(ids, cache)
+            except RuntimeError as e:
+                if "dtype" not in str(e) or self.all_bf16:
+                    raise
+                # Some op outside autocast's lists still meets a float32 module output: run every
+                # module in BF16 (the float32-kept norms/sinks/mHC too), once, and say so.
+                self.all_bf16 = True
+                print(f"torch_baseline: {type(e).__name__}: {e}; casting every module to BF16 and retrying",
+                      file=sys.stderr)
+                self.model.to(self.torch.bfloat16)
+                return self._step(ids, None if cache is None else cache)
+
+    def _step(self, ids, cache):
         kw = {"input_ids": ids, "use_cache": True, "past_key_values": cache}
         if self.logits_to_keep:
             try:
@@ -387,7 +406,8 @@ def run(a):
 
     if a.json:
         j = {"model": a.model, "backend": "torch", "device": device, "act_dtype": "bf16", "weights_dtype": "bf16",
-             "eager": True, "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+             "eager": True, "bf16_autocast": True, "all_modules_bf16": runner.all_bf16,
+             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
              "attn_implementation": info["attn_implementation"],
              "experts_implementation": info["experts_implementation"],
              "logits_to_keep": 1 if runner.logits_to_keep else 0, "load_path": info["load_path"],

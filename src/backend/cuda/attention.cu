@@ -2,11 +2,9 @@
 // with a per-head sink over gathered rows of [kv; entries].
 //
 // sparse_attention picks a kernel by dtype and shape:
-//   * BF16/F16 with a head dim of 64, 128, 256 or 512 (V4: 512) and enough tokens that the
-//     (token, 64-head) blocks fill a quarter of the multiprocessors (prefill): tensor cores
-//     (attention_mma.cu), 64 heads per block, so a block reads each gathered key row once for all
-//     heads (MQA);
-//   * otherwise (decode, F32, odd head dims): the FMA kernel below, float32 arithmetic.
+//   * BF16/F16 with a head dim of 64, 128, 256 or 512 (V4: 512): tensor cores (attention_mma.cu),
+//     64 heads per block, so a block reads each gathered key row once for all heads (MQA);
+//   * otherwise (F32, odd head dims): the FMA kernel below, exact F32 arithmetic.
 // Either runs split-S ("flash-decoding") when (tokens x head groups) would leave most of the
 // multiprocessors idle (decode): the key slots are cut into ranges, one block each, whose partial
 // softmax states go to scratch and are merged by merge_splits_kernel in a fixed order (the
@@ -436,11 +434,7 @@ void CudaBackend::sparse_attention(const TensorView& q, const TensorView& kv, co
     const AttnArgs<T_> a{q.as<T_>(), kv.as<T_>(), n_kv, has_entries ? entries.as<T_>() : nullptr, n_rows,
                          idx.as<int32_t>(), T, S, has_sink ? sink.as<float>() : nullptr, scale, H, Dh, out.as<T_>()};
     const bool vec_ok = Dh % kVec == 0 && aligned16(a.q) && aligned16(a.kv) && aligned16(a.entries);
-    // Tensor cores once the (token, 64-head) blocks come near filling the device (prefill,
-    // chunks); decode-sized T runs the FMA kernel split over keys, whose 4-head blocks put ~16x
-    // more multiprocessors on the step's few key rows than the tensor-core kernel's 64-head ones.
-    const bool mma_shape = sizeof(T_) == 2 && vec_ok && aligned16(a.out) && attn::mma_supports(Dh);
-    const bool use_mma = mma_shape && T * ((H + attn::kMmaHeads - 1) / attn::kMmaHeads) * 4 >= sm_count_;
+    const bool use_mma = sizeof(T_) == 2 && vec_ok && aligned16(a.out) && attn::mma_supports(Dh);
 
     // Split S when the (token, head group) blocks alone would leave the device mostly idle; the
     // partials live in scratch until the merge (stream order makes the reuse after this op safe).

@@ -27,7 +27,7 @@ bool pdl_enabled() {
   int v = g_pdl.load(std::memory_order_relaxed);
   if (v < 0) {
     const char* env = std::getenv("CLAWMINE_PDL");
-    const int from_env = (env && std::strcmp(env, "0") == 0) ? 0 : 1;
+    const int from_env = (env && std::strcmp(env, "1") == 0) ? 1 : 0;  // off unless asked for
     int expected = -1;
     g_pdl.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
     v = g_pdl.load(std::memory_order_relaxed);

@@ -10,8 +10,8 @@
 //    200, 256 covering the vector and scalar load paths), -1 anywhere, duplicated rows, queries
 //    with no key (0), no entries pool; an index outside the key space gives NaN, never a read out
 //    of bounds. Each kernel path is hit on purpose: split-S decode (T = 1, S = 640 / 1152: the
-//    FMA kernel for every dtype, then the merge), the tensor-core prefill split (T = 64) and
-//    unsplit (T = 300), splits with empty ranges, and bit-identical repeats.
+//    FMA kernel for F32, tensor cores for BF16/F16, then the merge), the unsplit tensor-core
+//    prefill (T = 64, 300), splits with empty ranges, and bit-identical repeats.
 // Skips without a GPU.
 #include <gtest/gtest.h>
 
@@ -201,11 +201,9 @@ TEST_F(CudaAttention, SparseAttentionSmallOddDims) {
     for (const DType dt : {DType::kF32, DType::kBF16}) check_sparse_attention(*cpu, *cuda, c, dt, seed += 10);
 }
 
-// Each kernel path on purpose: T = 1 splits S on the FMA kernel + merge (every dtype: decode-sized
-// T stays off the tensor cores), T = 64 / 300 at 64 x 512 run the tensor-core kernel for BF16/F16
-// (T = 64 with two splits, T = 300 unsplit), and smaller tensor-core shapes with enough tokens to
-// take that path: two head groups (H = 80), head dims 64 / 128 / 256 (their T = 1..7 twins stay on
-// the FMA kernel).
+// Each kernel path on purpose: T = 1 splits S (F32: FMA kernel + merge; BF16/F16: tensor cores +
+// merge), T = 64 / 300 at 64 x 512 run the tensor-core kernel (T = 64 with two splits, T = 300
+// unsplit), and smaller tensor-core shapes: two head groups (H = 80), head dims 64 / 128 / 256.
 TEST_F(CudaAttention, SparseAttentionEachPath) {
   const AttnCase cases[] = {
       {"split decode S640", 1, 64, 512, 128, 1000, 128, 512},
@@ -288,7 +286,7 @@ TEST_F(CudaAttention, SparseAttentionSplitNoKeyAndBadIndex) {
 TEST_F(CudaAttention, SparseAttentionBadIndexGivesNaN) {
   const int64_t T = 2, H = 5, Dh = 64, Nw = 4, Ne = 3, S = 3;
   const std::vector<int32_t> idx = {0, 7, 1, /* row 1 valid */ 2, 6, -1};  // 7 is outside [-1, 7)
-  for (const DType dt : {DType::kF32, DType::kBF16}) {  // FMA kernel (T = 2 stays off the tensor cores)
+  for (const DType dt : {DType::kF32, DType::kBF16}) {  // FMA kernel; tensor-core kernel (Dh 64)
     SCOPED_TRACE(dtype_label(dt));
     ops::DeviceBuffer q = upload_f32(*cuda, random_normal(T * H * Dh, 4001), {T, H, Dh}, dt);
     ops::DeviceBuffer kv = upload_f32(*cuda, random_normal(Nw * Dh, 4002), {Nw, Dh}, dt);
