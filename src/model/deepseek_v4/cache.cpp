@@ -38,6 +38,9 @@ void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cach
     allocated = true;
     const int64_t have = cache.position / m;  // rows written so far
     ops::DeviceBuffer grown(be, act, {std::max({need, 2 * st.capacity(), int64_t{16}}), hd});
+    // Rows not written yet are zeros, never garbage: ops see the whole store (masked past each
+    // query's complete windows), and diagnostics summarize it.
+    be.fill(grown.view(), 0.0f);
     if (have > 0) be.copy(st.entries.view().slice0(0, have), grown.view().slice0(0, have));
     st.entries = std::move(grown);
   };

@@ -26,7 +26,8 @@ struct CompressorCache {
   ops::DeviceBuffer overlap_gate;  // CSA: [m, hd] F32
   // [capacity, hd] act dtype: row j = entry of window j (normed, rotated at j*m, round-tripped);
   // rows [0, position / m) are complete entries, row position / m may hold the incomplete
-  // window's entry so far (never read: keys past (p+1)/m are masked). Grows by doubling.
+  // window's entry so far (never attended: keys past (p+1)/m are masked), later rows are zeros.
+  // Grows by doubling.
   ops::DeviceBuffer entries;
 
   ops::CompressorStateView state() const {
