@@ -5,8 +5,10 @@
 // all_logits = false returns the last row; a cache moves.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "core/error.h"
 #include "model/deepseek_v4/model.h"
@@ -29,6 +31,10 @@ class DeviceEmulator final : public ops::Backend {
   size_t placed_bytes() const { return allocated_bytes_; }
   int graphs() const { return graphs_; }
   const std::vector<uint64_t>& graph_keys() const { return keys_; }
+  // Steps recorded under a key seen before whose ops (names, tensor addresses and shapes) differed:
+  // a graph replayed under that key would have computed something else.
+  int key_mismatches() const { return key_mismatches_; }
+  const std::string& first_mismatch() const { return first_mismatch_; }
 
   TensorView allocate(DType dtype, const Shape& shape) override {
     TensorView v = cpu_->allocate(dtype, shape);
@@ -69,11 +75,21 @@ class DeviceEmulator final : public ops::Backend {
     if (in_graph_) throw Error("device emulator: nested step graph");
     in_graph_ = true;
     keys_.push_back(key);
+    step_ops_.clear();
   }
   void end_step_graph() override {
     if (!in_graph_) throw Error("device emulator: end_step_graph without begin");
     in_graph_ = false;
     ++graphs_;
+    auto [it, fresh] = step_ops_by_key_.emplace(keys_.back(), step_ops_);
+    if (!fresh && it->second != step_ops_) {
+      if (key_mismatches_++ == 0) {
+        size_t i = 0;
+        while (i < step_ops_.size() && i < it->second.size() && step_ops_[i] == it->second[i]) ++i;
+        const size_t from = i > 80 ? i - 80 : 0;
+        first_mismatch_ = str_cat("recorded: ...", it->second.substr(from, 200), "\nnow:      ...", step_ops_.substr(from, 200));
+      }
+    }
   }
   void set_linear_policy(const ops::LinearPolicy& p) override {
     Backend::set_linear_policy(p);
@@ -182,6 +198,16 @@ class DeviceEmulator final : public ops::Backend {
     if (it == blocks_.begin() || p + v.nbytes() > std::prev(it)->first + std::prev(it)->second)
       throw Error(str_cat("device emulator ", op, ": tensor ", shape_str(v.shape), " at ", v.data,
                           " is not in device memory"));
+    if (in_graph_) {
+      // Scratch comes from malloc here (the CUDA arena hands out equal addresses for equal
+      // request sequences): name a scratch tensor by its request's place in the scratch stack.
+      const char* block = std::prev(it)->first;
+      const auto sit = std::find(scratch_.begin(), scratch_.end(), block);
+      if (sit != scratch_.end())
+        step_ops_ += str_cat(op, "@s", sit - scratch_.begin(), "+", p - block, shape_str(v.shape), ";");
+      else
+        step_ops_ += str_cat(op, "@", v.data, shape_str(v.shape), ";");
+    }
     TensorView h = v;
     h.device = Device::kCpu;
     return h;
@@ -203,6 +229,10 @@ class DeviceEmulator final : public ops::Backend {
   bool in_graph_ = false;
   int graphs_ = 0;
   std::vector<uint64_t> keys_;
+  mutable std::string step_ops_;  // the current step's ops as recorded by host()
+  std::map<uint64_t, std::string> step_ops_by_key_;
+  int key_mismatches_ = 0;
+  std::string first_mismatch_;
 };
 
 // Prefill in two chunks, then decode one token at a time; every step's logits, concatenated.
@@ -250,6 +280,12 @@ TEST_P(PlacedForward, DeviceMemoryGivesCpuBits) {
   ASSERT_EQ(got.size(), ref.size());
   EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0);
   EXPECT_EQ(dev.graphs(), 75 - 30);  // one step graph per decode token
+  // Steady decode steps repeat their key (a graph would be replayed, not re-recorded) and a key
+  // always names the same ops over the same addresses.
+  const std::vector<uint64_t>& keys = dev.graph_keys();
+  const std::set<uint64_t> distinct(keys.begin(), keys.end());
+  EXPECT_LT(distinct.size() * 3, keys.size()) << distinct.size() << " keys over " << keys.size() << " steps";
+  EXPECT_EQ(dev.key_mismatches(), 0) << dev.first_mismatch();
   // The host weights stay usable on the CPU after place().
   EXPECT_EQ(run(*model, *cpu, ids, true), ref);
 }
