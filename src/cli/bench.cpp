@@ -404,9 +404,10 @@ void run_bench(const BenchArgs& a) {
   // The summary, last.
   const double floor_ms = ceil.copy_gbps > 0 ? cost.bytes_per_token / ceil.copy_gbps / 1e6 : 0;
   const double dec_ms = median(decode.step_seconds) * 1e3;
-  std::printf("\n== clawmine bench: %s on %s (%s, act %s, cuda graphs %s)\n", a.model.model_dir.c_str(),
-              device.c_str(), be.name(), std::string(dtype_name(be.act_dtype())).c_str(),
-              a.model.cuda_graphs.c_str());
+  const bool on_gpu = be.device() != Device::kCpu;
+  std::printf("\n== clawmine bench: %s on %s (%s, act %s%s%s)\n", a.model.model_dir.c_str(), device.c_str(),
+              be.name(), std::string(dtype_name(be.act_dtype())).c_str(), on_gpu ? ", cuda graphs " : "",
+              on_gpu ? a.model.cuda_graphs.c_str() : "");
   std::printf("weights %.2f GB (routed experts %.2f GB); one decode token reads %.3f GB; matmul %.2f GFLOP/token\n",
               cost.weight_bytes / 1e9, cost.routed_bytes / 1e9, cost.bytes_per_token / 1e9, cost.matmul_flops / 1e9);
   if (ceil.copy_gbps > 0)
