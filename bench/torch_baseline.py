@@ -390,18 +390,14 @@ def run(a):
         print(f"{'decode b=1, ctx ' + str(d['context']):34s} {d['median_ms']:.2f} ms/token ({d['tokens_per_second']:.1f} tok/s)")
     elif d:
         print(f"{'decode b=1':34s} failed: {d['error']}")
+    def row(what, r, fmt):  # one result line, or its error
+        print(f"{what:34s} {'failed: ' + r['error'] if 'error' in r else fmt(r)}")
+
     for p in res["prefill"]:
-        what = f"prefill {p['tokens']}"
-        if "error" in p:
-            print(f"{what:34s} failed: {p['error']}")
-        else:
-            print(f"{what:34s} {p['tokens_per_second']:.0f} tok/s, TTFT {p['ttft_ms']:.0f} ms")
+        row(f"prefill {p['tokens']}", p, lambda r: f"{r['tokens_per_second']:.0f} tok/s, TTFT {r['ttft_ms']:.0f} ms")
     for b in res["batched"]:
-        what = f"b={b['batch']} batched"
-        if "error" in b:
-            print(f"{what:34s} failed: {b['error']}")
-        else:
-            print(f"{what:34s} {b['ms_per_token']:.2f} ms/token, {b['tokens_per_second']:.1f} tok/s total")
+        row(f"b={b['batch']} batched", b,
+            lambda r: f"{r['ms_per_token']:.2f} ms/token, {r['tokens_per_second']:.1f} tok/s total")
     sys.stdout.flush()
 
     if a.json:

@@ -140,7 +140,7 @@ void CudaBackend::release_all() noexcept {
     capturing_ = false;
   }
   if (stream_) cudaStreamSynchronize(stream_);  // kernels may still use the arena and staging
-  destroy_graph();
+  destroy_graphs();
   for (Staging& s : staging_) {
     if (s.done) cudaEventDestroy(s.done);
     if (s.host) cudaFreeHost(s.host);

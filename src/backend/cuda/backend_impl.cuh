@@ -59,10 +59,6 @@ class CudaBackend final : public ops::Backend {
   bool replay_step_graph(uint64_t key) override;
   void begin_step_graph(uint64_t key) override;
   void end_step_graph() override;
-  struct GraphStats {
-    int64_t recorded = 0, replayed = 0, evicted = 0;
-  };
-  GraphStats graph_stats() const { return graph_stats_; }
   bool capturing() const { return capturing_; }
   void discard_capture();  // ends and drops a capture left open by a failed step
   // Host transfers inside a capture are errors: the capture is dropped, then Error is thrown.
@@ -170,8 +166,7 @@ class CudaBackend final : public ops::Backend {
   };
   std::vector<StepGraph> graphs_;  // at most kMaxStepGraphs (graph.cu), least recently used evicted
   int64_t graph_clock_ = 0;
-  GraphStats graph_stats_;
-  void destroy_graph();  // all of them
+  void destroy_graphs();
 };
 
 }  // namespace clawmine::backend::cuda

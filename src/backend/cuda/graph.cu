@@ -25,7 +25,7 @@ uint64_t with_policy(uint64_t key, const ops::LinearPolicy& p) {
 }
 }  // namespace
 
-void CudaBackend::destroy_graph() {
+void CudaBackend::destroy_graphs() {
   for (StepGraph& g : graphs_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
   graphs_.clear();
@@ -59,7 +59,6 @@ bool CudaBackend::replay_step_graph(uint64_t key) {
   if (it == graphs_.end()) return false;
   it->last_use = ++graph_clock_;
   CLAWMINE_CUDA_CHECK(cudaGraphLaunch(it->exec, stream_));
-  ++graph_stats_.replayed;
   return true;
 }
 
@@ -88,7 +87,6 @@ void CudaBackend::end_step_graph() {
   if (same == graphs_.end() && graphs_.size() >= kMaxStepGraphs) {
     same = std::min_element(graphs_.begin(), graphs_.end(),
                             [](const StepGraph& a, const StepGraph& b) { return a.last_use < b.last_use; });
-    ++graph_stats_.evicted;
   }
   if (same != graphs_.end()) {
     cudaGraphExecDestroy(same->exec);
@@ -96,7 +94,6 @@ void CudaBackend::end_step_graph() {
   } else {
     graphs_.push_back(StepGraph{capture_key_, exec, ++graph_clock_});
   }
-  ++graph_stats_.recorded;
   CLAWMINE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
 }
 

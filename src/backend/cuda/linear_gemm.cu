@@ -22,6 +22,10 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kBK = 32;
 static_assert(kGemmTileRows == 64, "both GEMM kernels use 64-row tiles");
+// Formats whose decoded values are exact in BF16: the bf16 mma kernel serves them.
+constexpr bool mma_format(WFmt f) {
+  return f == WFmt::kBF16 || f == WFmt::kFp8E8M0 || f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
+}
 
 // Decodes the weight tile rows [n0, n0 + BN) x k [k0, k0 + BK) of a problem (weight rows
 // wbase + r; rows past n_rows and k past K read as 0) for both kernels: with 16-byte aligned
@@ -250,9 +254,7 @@ dim3 gemm_grid(const GemmArgs& a, int grid_tiles, int bn) {
 
 }  // namespace
 
-bool mma_supported(WFmt f) {
-  return f == WFmt::kBF16 || f == WFmt::kFp8E8M0 || f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
-}
+bool mma_supported(WFmt f) { return mma_format(f); }
 
 void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream) {
   if (grid_tiles <= 0 || a.n_rows <= 0) return;
@@ -271,21 +273,12 @@ void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int
 void launch_gemm_mma(const GemmArgs& a, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream) {
   if (grid_tiles <= 0 || a.n_rows <= 0) return;
   const dim3 grid = gemm_grid(a, grid_tiles, 128);
-  switch (static_cast<WFmt>(a.fmt)) {
-    case WFmt::kBF16:
-      launch_kernel(gemm_mma_kernel<WFmt::kBF16>, grid, kThreads, 0, stream, a, w_vec, x_vec);
-      break;
-    case WFmt::kFp8E8M0:
-      launch_kernel(gemm_mma_kernel<WFmt::kFp8E8M0>, grid, kThreads, 0, stream, a, w_vec, x_vec);
-      break;
-    case WFmt::kMxfp4:
-      launch_kernel(gemm_mma_kernel<WFmt::kMxfp4>, grid, kThreads, 0, stream, a, w_vec, x_vec);
-      break;
-    case WFmt::kNvfp4:
-      launch_kernel(gemm_mma_kernel<WFmt::kNvfp4>, grid, kThreads, 0, stream, a, w_vec, x_vec);
-      break;
-    default: throw Error(str_cat("cuda gemm_mma: format ", wfmt_name(static_cast<WFmt>(a.fmt)), " is not bf16-exact"));
-  }
+  const WFmt f = static_cast<WFmt>(a.fmt);
+  if (!mma_supported(f)) throw Error(str_cat("cuda gemm_mma: format ", wfmt_name(f), " is not bf16-exact"));
+  dispatch_wfmt(f, [&](auto fc) {
+    constexpr WFmt F = decltype(fc)::value;
+    if constexpr (mma_format(F)) launch_kernel(gemm_mma_kernel<F>, grid, kThreads, 0, stream, a, w_vec, x_vec);
+  });
   CLAWMINE_CUDA_LAUNCHED("gemm_mma");
 }
 

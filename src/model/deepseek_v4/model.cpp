@@ -201,41 +201,45 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   const int64_t rows = options.all_logits ? T : 1;
   const bool graph = T == 1 && p0 >= cfg.sliding_window - 1;
   const uint64_t key = graph ? step_key(cache, be.scratch_mark(), options, this) : 0;
+  // The pass's ops: embed, the blocks, the head; returns where the logits land.
+  auto issue_ops = [&]() -> TensorView {
+    // X [T, hc, D]: the embedding copied into every stream.
+    be.set_scope("embed");
+    const TensorView e = be.scratch(be.act_dtype(), {T, D});
+    be.embed(W.embed, ids_t, e);
+    TensorView X = be.scratch(DType::kF32, {T, hc, D}), X_next = be.scratch(DType::kF32, {T, hc, D});
+    be.hc_expand(e, X);
+
+    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+      const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
+      const LayerContext c{be,  cfg, W.layers[static_cast<size_t>(l)], static_cast<int>(l),
+                           kind, kind == AttentionKind::kSliding ? inv_main : inv_compress,
+                           positions, ids_t, p0, options};
+      block(c, X, X_next, cache.layers[static_cast<size_t>(l)]);
+    }
+
+    // hc_head -> norm -> head, at every position or only the last.
+    const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps),
+                           static_cast<float>(cfg.rms_norm_eps)};
+    be.set_scope("head");
+    const TensorView y = be.scratch(be.act_dtype(), {rows, D});
+    be.hc_head(X.slice0(T - rows, T), W.hc_head, hp, y);
+    be.rms_norm(y, &W.norm, static_cast<float>(cfg.rms_norm_eps), y);
+    const TensorView logits = be.scratch(DType::kF32, {rows, V});
+    be.linear(y, head, logits);
+    return logits;
+  };
+  TensorView logits;
   if (graph && cache.step_key == key && be.replay_step_graph(key)) {
-    Buffer out(DType::kF32, {rows, V});
-    be.download(cache.step_logits, out.view().data);
-    cache.position += T;
-    return out;
-  }
-  if (graph) be.begin_step_graph(key);
-
-  // X [T, hc, D]: the embedding copied into every stream.
-  be.set_scope("embed");
-  const TensorView e = be.scratch(be.act_dtype(), {T, D});
-  be.embed(W.embed, ids_t, e);
-  TensorView X = be.scratch(DType::kF32, {T, hc, D}), X_next = be.scratch(DType::kF32, {T, hc, D});
-  be.hc_expand(e, X);
-
-  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
-    const LayerContext c{be,  cfg, W.layers[static_cast<size_t>(l)], static_cast<int>(l),
-                         kind, kind == AttentionKind::kSliding ? inv_main : inv_compress,
-                         positions, ids_t, p0, options};
-    block(c, X, X_next, cache.layers[static_cast<size_t>(l)]);
-  }
-
-  // hc_head -> norm -> head, at every position or only the last.
-  const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps), static_cast<float>(cfg.rms_norm_eps)};
-  be.set_scope("head");
-  const TensorView y = be.scratch(be.act_dtype(), {rows, D});
-  be.hc_head(X.slice0(T - rows, T), W.hc_head, hp, y);
-  be.rms_norm(y, &W.norm, static_cast<float>(cfg.rms_norm_eps), y);
-  const TensorView logits = be.scratch(DType::kF32, {rows, V});
-  be.linear(y, head, logits);
-  if (graph) {
-    be.end_step_graph();
-    cache.step_key = key;
-    cache.step_logits = logits;
+    logits = cache.step_logits;  // the recorded ops ran again; their scratch addresses repeat
+  } else {
+    if (graph) be.begin_step_graph(key);
+    logits = issue_ops();
+    if (graph) {
+      be.end_step_graph();
+      cache.step_key = key;
+      cache.step_logits = logits;
+    }
   }
   Buffer out(DType::kF32, {rows, V});
   be.download(logits, out.view().data);
