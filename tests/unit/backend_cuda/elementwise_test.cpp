@@ -98,6 +98,52 @@ TEST_F(CudaElementwise, EmbedOutOfRangeIdIsReportedAtTheNextSynchronize) {
   EXPECT_TRUE(same_bits(got, want));  // bad rows are zeros, good rows are the table's
 }
 
+// scatter_rows puts source row i at keys[i] / divisor and leaves the other rows alone, converting
+// like copy(); same-dtype copies (the 16-byte-word kernel, or memcpy for odd sizes) are exact.
+TEST_F(CudaElementwise, ScatterRowsAndCopyMatchCpu) {
+  const int64_t n = 5, w = 37, N = 7, divisor = 4;
+  const std::vector<int32_t> keys = {8, 0, 21, 12, 7};  // rows 2, 0, 5, 3, 1
+  uint32_t seed = 900;
+  for (const DType src_t : {DType::kF32, DType::kBF16}) {
+    for (const DType dst_t : {DType::kF32, DType::kBF16}) {
+      SCOPED_TRACE(str_cat("src ", dtype_label(src_t), " dst ", dtype_label(dst_t)));
+      const OnBoth src = same_floats(*cpu, *cuda, random_normal(n * w, ++seed), {n, w}, src_t);
+      const OnBoth dst = same_floats(*cpu, *cuda, random_normal(N * w, ++seed), {N, w}, dst_t);
+      const OnBoth k = same_ints(*cpu, *cuda, keys, {n});
+      cpu->scatter_rows(src.cpu.view(), k.cpu.view(), divisor, dst.cpu.view());
+      cuda->scatter_rows(src.gpu.view(), k.gpu.view(), divisor, dst.gpu.view());
+      EXPECT_TRUE(
+          same_bits(download_f32(*cuda, dst.gpu.view()), rounded_to(download_f32(*cpu, dst.cpu.view()), dst_t)));
+    }
+  }
+  const std::pair<Shape, DType> copies[] = {{{129, 512}, DType::kBF16}, {{7}, DType::kF32}, {{3, 3}, DType::kBF16}};
+  for (const auto& [shape, dt] : copies) {
+    SCOPED_TRACE(str_cat("copy ", shape_str(shape), " ", dtype_label(dt)));
+    int64_t count = 1;
+    for (int64_t d : shape) count *= d;
+    const OnBoth src = same_floats(*cpu, *cuda, random_normal(count, ++seed), shape, dt);
+    ops::DeviceBuffer out = poisoned(*cuda, dt, shape);
+    cuda->copy(src.gpu.view(), out.view());
+    EXPECT_TRUE(same_bits(download_f32(*cuda, out.view()), download_f32(*cuda, src.gpu.view())));
+  }
+}
+
+TEST_F(CudaElementwise, ScatterRowsKeyOutsideDstIsReported) {
+  const OnBoth src = same_floats(*cpu, *cuda, random_normal(2 * 8, 950), {2, 8});
+  const OnBoth dst = same_floats(*cpu, *cuda, random_normal(3 * 8, 951), {3, 8});
+  const OnBoth k = same_ints(*cpu, *cuda, std::vector<int32_t>{4, 13}, {2});  // 13 / 4 = 3: past the 3 rows
+  EXPECT_THROW(cpu->scatter_rows(src.cpu.view(), k.cpu.view(), 4, dst.cpu.view()), Error);
+  cuda->scatter_rows(src.gpu.view(), k.gpu.view(), 4, dst.gpu.view());
+  std::string msg;
+  try {
+    cuda->synchronize();
+    check_op_errors(*cuda);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("scatter_rows: key 13"), std::string::npos) << msg;
+}
+
 TEST_F(CudaElementwise, HcExpandCopiesTheRowIntoEveryStream) {
   uint32_t seed = 200;
   for (const int64_t T : {1, 7, 300}) {
