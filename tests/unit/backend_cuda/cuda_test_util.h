@@ -9,11 +9,14 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/device.h"
+#include "backend/cuda/op_errors.h"
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/tensor.h"
 #include "model/deepseek_v4/weights.h"
 #include "ops/backend.h"
@@ -91,6 +94,18 @@ std::vector<T> download_as(ops::Backend& be, const TensorView& d) {
 }
 
 // ||got - ref|| / ||ref|| in double; +inf if any element of got is not finite where ref is.
+// The data error a kernel recorded since the last check, as the next synchronizing call reports it
+// ("" when none): synchronize() raises it where memory.cu checks op errors, else check_op_errors does.
+inline std::string reported_op_error(ops::Backend& be) {
+  try {
+    be.synchronize();
+    backend::cuda::check_op_errors(be);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 inline double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {
   if (got.size() != ref.size()) return INFINITY;
   double num = 0, den = 0;

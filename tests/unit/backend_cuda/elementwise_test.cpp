@@ -77,13 +77,7 @@ TEST_F(CudaElementwise, EmbedOutOfRangeIdIsReportedAtTheNextSynchronize) {
   const OnBoth out = poisoned_both(*cpu, *cuda, {4, D});
   EXPECT_THROW(cpu->embed(table.cpu.view(), ids.cpu.view(), out.cpu.view()), Error);
   cuda->embed(table.gpu.view(), ids.gpu.view(), out.gpu.view());  // no host sync inside the op
-  std::string msg;
-  try {
-    cuda->synchronize();  // reports it once memory.cu calls check_op_errors; else the next line does
-    check_op_errors(*cuda);
-  } catch (const Error& e) {
-    msg = e.what();
-  }
+  const std::string msg = reported_op_error(*cuda);
   EXPECT_NE(msg.find("is outside the vocabulary of size 10"), std::string::npos) << msg;
   EXPECT_TRUE(msg.find("token id 10 (position 1)") != std::string::npos ||
               msg.find("token id -2 (position 3)") != std::string::npos)
@@ -134,13 +128,7 @@ TEST_F(CudaElementwise, ScatterRowsKeyOutsideDstIsReported) {
   const OnBoth k = same_ints(*cpu, *cuda, std::vector<int32_t>{4, 13}, {2});  // 13 / 4 = 3: past the 3 rows
   EXPECT_THROW(cpu->scatter_rows(src.cpu.view(), k.cpu.view(), 4, dst.cpu.view()), Error);
   cuda->scatter_rows(src.gpu.view(), k.gpu.view(), 4, dst.gpu.view());
-  std::string msg;
-  try {
-    cuda->synchronize();
-    check_op_errors(*cuda);
-  } catch (const Error& e) {
-    msg = e.what();
-  }
+  const std::string msg = reported_op_error(*cuda);
   EXPECT_NE(msg.find("scatter_rows: key 13"), std::string::npos) << msg;
 }
 

@@ -11,14 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "backend/cuda/op_errors.h"
 #include "core/error.h"
 #include "unit/backend_cuda/same_inputs.h"
 
 namespace clawmine::test {
 namespace {
 
-using backend::cuda::check_op_errors;
 
 class CudaRoute : public GpuTest {
  protected:
@@ -126,13 +124,7 @@ TEST_F(CudaRoute, HashOutOfRangeInputsAreReportedAndNeverIndexOutside) {
     const ops::DeviceBuffer idx = poisoned(*cuda, DType::kI32, {T, K});
     const ops::DeviceBuffer w = poisoned(*cuda, DType::kF32, {T, K});
     cuda->moe_route(l.view(), TensorView{}, t.view(), id.view(), 1.0f, idx.view(), w.view());
-    std::string msg;
-    try {
-      cuda->synchronize();
-      check_op_errors(*cuda);
-    } catch (const Error& e) {
-      msg = e.what();
-    }
+    const std::string msg = reported_op_error(*cuda);
     EXPECT_NE(msg.find(bad_kind == 0 ? "token id 4 (position 1) is outside tid2eid's 4 rows"
                                      : "tid2eid[1, 1] = 8 is not an expert id in [0, 8)"),
               std::string::npos)
