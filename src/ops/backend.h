@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 #include "model/deepseek_v4/weights.h"
 
@@ -157,6 +158,33 @@ class Backend {
   // In place: the official round trip `kind` on every row of x [rows, width]; kFp8Nope acts on
   // the first n_nope dims of each row, kHadamardFp4 on the whole row.
   virtual void qdq(const TensorView& x, Qdq kind, int64_t n_nope) = 0;
+
+  // The per-vector preparation of queries, keys and compressed entries (spec §3.3 A, C, E), in
+  // place on x [T, n_vec, dim]: rms_norm over dim (when p.norm; weight p.norm_weight or none),
+  // then rope on the trailing p.rope_dim at positions[t] (when > 0), then qdq(p.qdq, p.n_nope)
+  // (when not kNone). Defined as exactly that composition of the three ops, x rounded to its
+  // dtype after each; a backend may run it as one pass with the same results. The default
+  // issues the three ops, so decorators (tracer, recorder, profiler) see them one by one.
+  struct VecPrep {
+    bool norm = false;
+    const TensorView* norm_weight = nullptr;
+    float eps = 1e-6f;
+    int64_t rope_dim = 0;
+    Qdq qdq = Qdq::kNone;
+    int64_t n_nope = 0;
+  };
+  virtual void norm_rope_qdq(const TensorView& x, const VecPrep& p, const TensorView& positions,
+                             const TensorView& inv_freq) {
+    norm_rope_qdq_unfused(x, p, positions, inv_freq);
+  }
+  void norm_rope_qdq_unfused(const TensorView& x, const VecPrep& p, const TensorView& positions,
+                             const TensorView& inv_freq) {
+    CLAWMINE_CHECK(x.rank() == 3, "norm_rope_qdq: x must be [T, n_vec, dim], got rank ", x.rank());
+    const TensorView rows = x.reshaped({x.dim(0) * x.dim(1), x.dim(2)});
+    if (p.norm) rms_norm(rows, p.norm_weight, p.eps, rows);
+    if (p.rope_dim > 0) rope(x, positions, inv_freq, p.rope_dim, false);
+    if (p.qdq != Qdq::kNone) qdq(rows, p.qdq, p.n_nope);
+  }
 
   // Manifold-constrained hyper-connection pre-mix (spec §3.2):
   //   r = rsqrt(mean(X[t]^2 over hc*D) + rms_eps); mix = (X[t] flattened @ fn^T) * r      [(2+hc)*hc]

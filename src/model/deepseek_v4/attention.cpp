@@ -31,8 +31,7 @@ TensorView indexer_select(const LayerContext& c, const TensorView& h, const Tens
   // Indexer queries from the shared latent qr: [T, Hi, Di], rotated like the layer, no norm.
   const TensorView qi = c.act({T, Hi, Di});
   c.be.linear(qr, w.wq_b, qi.reshaped({T, Hi * Di}));
-  c.be.rope(qi, c.positions, c.inv_freq, cfg.qk_rope_head_dim, false);
-  if (qdq != ops::Qdq::kNone) c.be.qdq(qi.reshaped({T * Hi, Di}), qdq, Di);
+  c.be.norm_rope_qdq(qi, {.rope_dim = cfg.qk_rope_head_dim, .qdq = qdq, .n_nope = Di}, c.positions, c.inv_freq);
 
   // Head weights [T, Hi], scaled by Di^-1/2 (the q.k scale) and Hi^-1/2 inside the scores.
   const TensorView wt = c.act({T, Hi});
@@ -65,14 +64,18 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   c.be.rms_norm(qr, &w.q_norm, eps(c), qr);
   const TensorView q = c.act({T, H, Dh});
   c.be.linear(qr, w.wq_b, q.reshaped({T, H * Dh}));
-  c.be.rms_norm(q, nullptr, eps(c), q);
-  c.be.rope(q, c.positions, c.inv_freq, R, false);
+  c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = R}, c.positions, c.inv_freq);
 
   const TensorView kv = c.act({T, Dh});
   c.be.linear(h, w.wkv, kv);
-  c.be.rms_norm(kv, &w.kv_norm, eps(c), kv);
-  c.be.rope(kv.reshaped({T, 1, Dh}), c.positions, c.inv_freq, R, false);
-  if (c.options.official_qdq) c.be.qdq(kv, ops::Qdq::kFp8Nope, Dh - R);
+  c.be.norm_rope_qdq(kv.reshaped({T, 1, Dh}),
+                     {.norm = true,
+                      .norm_weight = &w.kv_norm,
+                      .eps = eps(c),
+                      .rope_dim = R,
+                      .qdq = c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone,
+                      .n_nope = Dh - R},
+                     c.positions, c.inv_freq);
 
   // Steps C and E: the chunk's tokens enter the compressors before attention, so an entry
   // completed inside the chunk is visible to the queries that may see it.

@@ -25,9 +25,14 @@ void compressor_step(const LayerContext& c, const TensorView& h, const Compresso
   const TensorView entry_positions = c.be.scratch(DType::kI32, {n_out});  // j*m, the window's first position
   c.be.compress_chunk(kv, gate, w.ape, c.positions, m, spec.overlap, st.state(), pooled, entry_positions);
 
-  c.be.rms_norm(pooled, &w.norm, static_cast<float>(c.cfg.rms_norm_eps), pooled);
-  c.be.rope(pooled.reshaped({n_out, 1, hd}), entry_positions, c.inv_freq, R, false);
-  if (spec.qdq != ops::Qdq::kNone) c.be.qdq(pooled, spec.qdq, hd - R);
+  c.be.norm_rope_qdq(pooled.reshaped({n_out, 1, hd}),
+                     {.norm = true,
+                      .norm_weight = &w.norm,
+                      .eps = static_cast<float>(c.cfg.rms_norm_eps),
+                      .rope_dim = R,
+                      .qdq = spec.qdq,
+                      .n_nope = hd - R},
+                     entry_positions, c.inv_freq);
   CLAWMINE_CHECK(st.capacity() >= (c.p0 + T - 1) / m + 1, "compressor entries of layer ", c.layer, " hold ",
                  st.capacity(), " rows, need ", (c.p0 + T - 1) / m + 1);
   c.be.scatter_rows(pooled, entry_positions, m, st.entries.view());  // row j = (j*m) / m
