@@ -2,16 +2,26 @@
 // p0 .. p0+T-1, p0 read from positions[0] on the device (so a decode step replays unchanged);
 // window j covers positions [j*m, (j+1)*m); a row at position q lives in the carried state
 // (state.pending row q - (p0 - p0 % m) = q % m) when q < p0, else in the chunk (row q - p0, its
-// gate plus ape[q % m]). Two kernels in stream order:
-//   1. compress_pool_kernel: entry n (window j = p0/m + n), channel d: gather the slots, per-channel
-//      softmax over them (max first, then the weighted sum), pooled[n, d]. CSA slots [0, m) are
-//      the previous window's first halves: state.overlap for n = 0, chunk/pending rows of window
-//      j - 1 otherwise, absent (weight 0) for j = 0; slots [m, 2m) this window's second halves.
-//      Slots at positions after the chunk's last are absent (an incomplete window's entry so far).
-//   2. compress_state_kernel: pending rows = the chunk's incomplete tail (gate with ape), overlap
-//      (CSA) = first halves of the last window completed. It runs after kernel 1 has read the
-//      old state; within it, the thread that reads old pending[i][col] for the overlap is the one
-//      that then overwrites pending[i][col].
+// gate plus ape[q % m]). Entry n (window j = p0/m + n), channel d: gather the slots, per-channel
+// softmax over them (max first, then the weighted sum in slot order), pooled[n, d]. CSA slots
+// [0, m) are the previous window's first halves: state.overlap for n = 0, chunk/pending rows of
+// window j - 1 otherwise, absent (weight 0) for j = 0; slots [m, 2m) this window's second halves.
+// Slots at positions after the chunk's last are absent (an incomplete window's entry so far).
+// Then the state: pending rows = the chunk's incomplete tail (gate with ape), overlap (CSA) =
+// first halves of the last window completed.
+//
+// Pooling reads channel d's columns only (d, and hd + d for CSA) and the state update of a
+// column reads and writes that column only, so channels are independent. Two paths:
+//  - decode and small T (T <= kFusedMaxT): compress_decode_kernel, one launch; a block owns 8
+//    channels: it stages every entry's slots in shared memory (all threads), takes the maxima and
+//    exp weights in parallel, sums in slot order (one thread per channel), then updates the state
+//    of its columns once every read of the old state is done (a barrier).
+//  - larger T: two kernels in stream order:
+//    1. compress_pool_kernel: one thread per (entry, channel).
+//    2. compress_state_kernel: one thread per state element; it runs after kernel 1 has read the
+//       old state; within it, the thread that reads old pending[i][col] for the overlap is the one
+//       that then overwrites pending[i][col].
+// Both paths compute every value with the same operations in the same order (bit-identical).
 #include <cmath>
 #include <cstdint>
 
@@ -113,25 +123,18 @@ __global__ void __launch_bounds__(kPoolThreads)
   pooled[n * hd + d] = from_f32<TO>(den > 0.0f ? num / den : 0.0f);
 }
 
-// One thread per (state row i, column col) of the [m, W] pending state.
+// State element (row i, column col) after the chunk (rows.p0 set): the first halves of the last
+// window completed go to the overlap (CSA), the chunk's incomplete tail rows to pending. A row
+// before p0 is old pending row i, read here before this same call overwrites pending[i][col].
 template <typename TK>
-__global__ void __launch_bounds__(kStateThreads)
-    compress_state_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T, bool overlap,
-                          int64_t hd, TK* pending_kv, float* pending_gate, TK* overlap_kv, float* overlap_gate) {
-  pdl_trigger();
-  pdl_wait();
-  // No __restrict__: pending_* alias rows.pending_* (read, then written, by the same thread).
-  rows.p0 = positions[0];
+__device__ __forceinline__ void update_state(const CompressorRows<TK>& rows, int64_t T, bool overlap, int64_t hd,
+                                             int64_t i, int64_t col, TK* pending_kv, float* pending_gate,
+                                             TK* overlap_kv, float* overlap_gate) {
   const int64_t m = rows.m, W = rows.W, p0 = rows.p0;
-  const int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);  // m * W < 2^31 (host check)
-  if (e >= m * W) return;
-  const int64_t i = e / static_cast<int>(W), col = e % static_cast<int>(W);
   const int64_t pe = p0 + T, tail_start = pe - pe % m;
   const int64_t n_new = pe / m - p0 / m;
   float g, v;
-  if (overlap && n_new > 0 && col < hd) {
-    // First halves of the last completed window (starts at tail_start - m); a row before p0 is
-    // old pending row i, read here before this same thread overwrites it below.
+  if (overlap && n_new > 0 && col < hd) {  // the last completed window starts at tail_start - m
     rows.at(tail_start - m + i, i, col, g, v);
     overlap_gate[i * hd + col] = g;
     overlap_kv[i * hd + col] = from_f32<TK>(v);
@@ -141,6 +144,110 @@ __global__ void __launch_bounds__(kStateThreads)
     rows.at(q, i, col, g, v);
     pending_gate[i * W + col] = g;
     pending_kv[i * W + col] = from_f32<TK>(v);
+  }
+}
+
+// One thread per (state row i, column col) of the [m, W] pending state.
+template <typename TK>
+__global__ void __launch_bounds__(kStateThreads)
+    compress_state_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T, bool overlap,
+                          int64_t hd, TK* pending_kv, float* pending_gate, TK* overlap_kv, float* overlap_gate) {
+  pdl_trigger();
+  pdl_wait();
+  // No __restrict__: pending_* alias rows.pending_* (read, then written, by the same thread).
+  rows.p0 = positions[0];
+  const int64_t m = rows.m, W = rows.W;
+  const int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);  // m * W < 2^31 (host check)
+  if (e >= m * W) return;
+  const int64_t i = e / static_cast<int>(W), col = e % static_cast<int>(W);
+  update_state(rows, T, overlap, hd, i, col, pending_kv, pending_gate, overlap_kv, overlap_gate);
+}
+
+// ---- decode and small T: compress_decode_kernel -------------------------------------------------
+
+constexpr int64_t kFusedMaxT = 16;  // larger chunks: the pool + state kernels
+constexpr int kFusedThreads = 256;
+constexpr int kFusedChannels = kFusedThreads / 32;  // one warp per channel for the maxima
+constexpr int64_t kFusedMaxSmem = 48 * 1024;
+
+// Shared memory: gate, kv, exp weight [slots][kFusedChannels] f32 each.
+int64_t fused_smem_bytes(int64_t slots) { return 3 * slots * kFusedChannels * static_cast<int64_t>(sizeof(float)); }
+
+// grid ceil(hd / kFusedChannels), kFusedThreads threads: block x owns channels
+// [8x, 8x + 8) of every entry and their state columns (c and hd + c for CSA). The arithmetic of a
+// pooled value is compress_pool_kernel's: M = max over present slots (any order: fmaxf drops NaN,
+// and the sign of a zero M does not change g - M), e = expf(g - M), den += e and
+// num = fmaf(e, v, num) in slot order, skipping absent and -inf slots.
+template <typename TK, typename TO>
+__global__ void __launch_bounds__(kFusedThreads, 1)
+    compress_decode_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T, TK* overlap_kv,
+                           float* overlap_gate, bool overlap, int64_t hd, int64_t n_out, TO* __restrict__ pooled,
+                           int32_t* __restrict__ entry_positions, OpErrorRecord* err, TK* pending_kv,
+                           float* pending_gate) {
+  pdl_trigger();
+  pdl_wait();
+  // No __restrict__ on the state: pending_* alias rows.pending_* and the overlap is read by the
+  // pooling before it is rewritten (after a barrier).
+  extern __shared__ float fused_smem[];
+  constexpr int C = kFusedChannels;
+  const int64_t m = rows.m, slots = overlap ? 2 * m : m;
+  float* sg = fused_smem;
+  float* sv = sg + slots * C;
+  float* se = sv + slots * C;
+  rows.p0 = positions[0];
+  const int64_t last = rows.p0 + T - 1, j0 = rows.p0 / m;
+  const bool rows_ok = last / m - j0 + 1 == n_out;
+  if (!rows_ok && blockIdx.x == 0 && threadIdx.x == 0) report_op_error(err, kOpErrorCompressRows, rows.p0, T, m, n_out);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t d0 = static_cast<int64_t>(blockIdx.x) * C;
+  const int nc = hd - d0 < C ? static_cast<int>(hd - d0) : C;
+  const int n_items = static_cast<int>(slots) * C;  // small (host check on the shared memory)
+  constexpr float neg_inf = -INFINITY;
+  constexpr float kSkip = -1.0f;  // an exp weight is >= 0 or NaN
+
+  for (int64_t n = 0; rows_ok && n < n_out; ++n) {
+    const int64_t j = j0 + n;
+    if (blockIdx.x == 0 && tid == 0) entry_positions[n] = static_cast<int32_t>(j * m);
+    for (int e = tid; e < n_items; e += kFusedThreads) {  // slot s = e / C, channel c = e % C
+      const int c = e % C;
+      float g = neg_inf, v = 0.0f;
+      if (c >= nc || !pool_slot(rows, overlap_kv, overlap_gate, overlap, hd, n, j, e / C, d0 + c, last, g, v))
+        g = neg_inf;  // absent: no weight, like a -inf gate
+      sg[e] = g;
+      sv[e] = v;
+    }
+    __syncthreads();
+    {  // warp c: channel c's maximum, then its exp weights
+      const int c = warp;
+      float M = neg_inf;
+      for (int64_t s = lane; s < slots; s += 32) M = fmaxf(M, sg[s * C + c]);
+      for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+      for (int64_t s = lane; s < slots; s += 32) {
+        const float g = sg[s * C + c];
+        se[s * C + c] = M == neg_inf || g == neg_inf ? kSkip : expf(g - M);
+      }
+    }
+    __syncthreads();
+    if (tid < nc) {
+      float num = 0.0f, den = 0.0f;
+      for (int64_t s = 0; s < slots; ++s) {
+        const float e = se[s * C + tid];
+        if (e == kSkip) continue;
+        den += e;
+        num = fmaf(e, sv[s * C + tid], num);
+      }
+      pooled[n * hd + d0 + tid] = from_f32<TO>(den > 0.0f ? num / den : 0.0f);
+    }
+    __syncthreads();  // the next entry rewrites sg, sv, se
+  }
+
+  // The state of this block's columns: every read of the old state above is done (barrier).
+  __syncthreads();
+  const int ncols = overlap ? 2 * nc : nc;
+  for (int e = tid; e < static_cast<int>(m) * ncols; e += kFusedThreads) {
+    const int i = e / ncols, cc = e % ncols;
+    const int64_t col = cc < nc ? d0 + cc : hd + d0 + (cc - nc);
+    update_state(rows, T, overlap, hd, i, col, pending_kv, pending_gate, overlap_kv, overlap_gate);
   }
 }
 
@@ -214,6 +321,18 @@ void CudaBackend::compress_chunk(const TensorView& kv, const TensorView& gate, c
     TK* ov_kv = overlap ? state.overlap_kv.as<TK>() : nullptr;
     float* ov_gate = overlap ? state.overlap_gate.as<float>() : nullptr;
     OpErrorRecord* err = op_error_record(*this);
+    const int64_t slots = overlap ? 2 * m : m;
+    if (T <= kFusedMaxT && fused_smem_bytes(slots) <= kFusedMaxSmem) {
+      dispatch_float(pooled.dtype, op, "pooled", [&](auto out_tag) {
+        using TO = decltype(out_tag);
+        launch_kernel(compress_decode_kernel<TK, TO>, blocks_for(hd, kFusedChannels), kFusedThreads,
+                      static_cast<size_t>(fused_smem_bytes(slots)), stream_, rows, positions.as<int32_t>(), T, ov_kv,
+                      ov_gate, overlap, hd, n_out, pooled.as<TO>(), entry_positions.as<int32_t>(), err,
+                      state.pending_kv.as<TK>(), state.pending_gate.as<float>());
+        CLAWMINE_CUDA_LAUNCHED("compress_chunk (decode)");
+      });
+      return;
+    }
     dispatch_float(pooled.dtype, op, "pooled", [&](auto out_tag) {
       using TO = decltype(out_tag);
       const dim3 grid(static_cast<unsigned>(n_out), blocks_for(hd, kPoolThreads));
@@ -221,7 +340,6 @@ void CudaBackend::compress_chunk(const TensorView& kv, const TensorView& gate, c
                     ov_kv, ov_gate, overlap, hd, n_out, pooled.as<TO>(), entry_positions.as<int32_t>(), err);
       CLAWMINE_CUDA_LAUNCHED("compress_chunk (pool)");
     });
-    // Stream order: the state is updated only after the pooling kernel has read it.
     launch_kernel(compress_state_kernel<TK>, blocks_for(m * W, kStateThreads), kStateThreads, 0, stream_, rows,
                   positions.as<int32_t>(), T, overlap, hd, state.pending_kv.as<TK>(), state.pending_gate.as<float>(),
                   ov_kv, ov_gate);

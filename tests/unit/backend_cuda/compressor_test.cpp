@@ -4,7 +4,9 @@
 // (F32) / 1e-2 (BF16 kv and pooled) of the CPU's, the carried state (pending tail rows, CSA
 // overlap) equal to the CPU's, and the GPU's entries the same for every chunking. HCA and CSA,
 // rate 4 and 128, head dims 512 (V4-Flash), 128 (its indexer) and small odd ones. The initial
-// state is NaN on both backends: nothing may read it before writing it. Skips without a GPU.
+// state is NaN on both backends: nothing may read it before writing it. Decode (T = 1 steps after
+// a prefill, across window boundaries; the one-launch small-T kernel) gives entries and state bit
+// for bit equal to the one-pass (pool + state kernels) run. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -152,6 +154,57 @@ TEST_F(CudaCompressor, SmallOddDims) {
   for (const CompressorCase& c : cases) {
     check_case(*cpu, *cuda, c, DType::kF32, DType::kF32, seed += 10);
     check_case(*cpu, *cuda, c, DType::kF32, DType::kBF16, seed += 10);
+  }
+}
+
+// Decode: a prefill chunk (the pool + state kernels), then T = 1 steps across window boundaries
+// (HCA: 250 -> 270 crosses 256; CSA: 39 steps cross several), then the rest in one chunk; and
+// T = 1 from position 0. Against the CPU as in check_case, and bit for bit against one pass.
+void check_decode(ops::Backend& cpu, ops::Backend& cuda, const CompressorCase& c, int64_t prefill, DType kv_dtype,
+                  DType out_dtype, uint32_t seed) {
+  const int64_t m = c.rate, W = (c.overlap ? 2 : 1) * c.hd;
+  const std::vector<float> kv = rounded_to(random_normal(c.total * W, seed + 1), kv_dtype);
+  const std::vector<float> gate = random_normal(c.total * W, seed + 2, 2.0f);
+  const std::vector<float> ape = random_normal(m * W, seed + 3);
+  const double budget = kv_dtype == DType::kF32 && out_dtype == DType::kF32 ? kF32Budget : kBf16Budget;
+  const RunResult one = run(cuda, false, c, chunking(c.total, c.total), kv, gate, ape, kv_dtype, out_dtype);
+  std::vector<int64_t> steps = {prefill};
+  for (int64_t p = prefill; p < c.total && p < prefill + 20; ++p) steps.push_back(1);
+  if (prefill + 20 < c.total) steps.push_back(c.total - prefill - 20);
+  for (const auto& chunks : {steps, chunking(c.total, 1)}) {
+    SCOPED_TRACE(str_cat(c.name, " kv ", dtype_label(kv_dtype), " pooled ", dtype_label(out_dtype), ", first chunk ",
+                         chunks.front(), " of ", chunks.size()));
+    const RunResult ref = run(cpu, true, c, chunks, kv, gate, ape, kv_dtype, out_dtype);
+    const RunResult got = run(cuda, false, c, chunks, kv, gate, ape, kv_dtype, out_dtype);
+    EXPECT_TRUE(within(got.entries, ref.entries, budget)) << "pooled entries";
+    EXPECT_TRUE(within(got.partials, ref.partials, budget)) << "incomplete windows' entries so far";
+    EXPECT_TRUE(same_bits(got.pending_kv, ref.pending_kv)) << "pending kv";
+    EXPECT_TRUE(same_bits(got.pending_gate, ref.pending_gate)) << "pending gate";
+    EXPECT_TRUE(same_bits(got.overlap_kv, ref.overlap_kv)) << "overlap kv";
+    EXPECT_TRUE(same_bits(got.overlap_gate, ref.overlap_gate)) << "overlap gate";
+    EXPECT_TRUE(same_bits(got.entries, one.entries)) << "entries differ from the one-pass run's";
+    EXPECT_TRUE(same_bits(got.pending_kv, one.pending_kv) && same_bits(got.pending_gate, one.pending_gate) &&
+                same_bits(got.overlap_kv, one.overlap_kv) && same_bits(got.overlap_gate, one.overlap_gate))
+        << "state differs from the one-pass run's";
+  }
+}
+
+TEST_F(CudaCompressor, DecodeStepsBitEqualOnePass) {
+  struct Case {
+    CompressorCase c;
+    int64_t prefill;
+  };
+  const Case cases[] = {
+      {{"CSA rate 4 hd 512", 4, 512, true, 4 * 20 + 3}, 21},
+      {{"HCA rate 128 hd 512", 128, 512, false, 128 * 2 + 77}, 250},
+      {{"indexer CSA rate 4 hd 128", 4, 128, true, 4 * 20 + 1}, 18},
+      {{"CSA rate 128 hd 64", 128, 64, true, 300}, 250},
+      {{"HCA rate 3 hd 5", 3, 5, false, 40}, 17},
+  };
+  uint32_t seed = 7000;
+  for (const Case& k : cases) {
+    check_decode(*cpu, *cuda, k.c, k.prefill, DType::kF32, DType::kF32, seed += 10);
+    check_decode(*cpu, *cuda, k.c, k.prefill, DType::kBF16, DType::kBF16, seed += 10);
   }
 }
 
