@@ -8,7 +8,10 @@
 //                     its own random top-512 of ctx/4), reported in TFLOP/s (4 H S Dh per token);
 //   compressor        compress_chunk at a completing window (CSA main: overlap, 2 x 512; CSA
 //                     indexer: overlap, 2 x 128; HCA: rate 128, 512);
-//   indexer           indexer_scores (64 heads x 128 over ctx/4 keys) and topk (512 of ctx/4).
+//   indexer           indexer_scores (64 heads x 128 over ctx/4 keys) and topk (512 of ctx/4);
+//                     prefill: a T-token prompt (T = 2048, 8192) over its N = T/4 windows, causal
+//                     (half the [T, N] square live), through the backend and straight through the
+//                     tensor-core launcher (impl clawmine-mma), in TFLOP/s of the live part.
 // Inputs are rotated over copies (per-copy caches), so repeated calls do not read a warm L2.
 #include <algorithm>
 #include <cmath>
@@ -17,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/indexer_mma.cuh"
 #include "bench/cuda/bench.h"
 #include "core/error.h"
 
@@ -252,6 +257,91 @@ void indexer_cases(Env& env, int64_t ctx) {
   }
 }
 
+// ---- indexer_scores prefill -------------------------------------------------------------------
+// Token t of a prompt at positions 0..T-1 scores the N = T/4 complete windows j < (t+1)/4; the
+// rest of its row is -inf. direct: launch_indexer_scores_mma on the backend's stream (the
+// tensor-core kernel whatever the backend's dispatch picks); its check also compares with the
+// backend op's result (rel L2).
+void indexer_prefill_case(Env& env, int64_t T, bool direct) {
+  ops::Backend& be = env.be;
+  const int64_t N = T / kCsaRate;
+  Result r;
+  r.group = "indexer";
+  r.name = str_cat("indexer_scores prefill T ", T, " N ", N);
+  r.format = "bf16";
+  r.impl = direct ? "clawmine-mma" : "clawmine";
+  r.T = T;
+  std::vector<int32_t> pos(static_cast<size_t>(T));
+  double live = 0;  // (t, j) pairs scored
+  for (int64_t t = 0; t < T; ++t) {
+    pos[static_cast<size_t>(t)] = static_cast<int32_t>(t);
+    live += static_cast<double>(std::min(N, (t + 1) / kCsaRate));
+  }
+  r.bytes = 2.0 * T * kIdxHeads * kIdxDim + 2.0 * N * kIdxDim + 2.0 * T * kIdxHeads + 4.0 * T * N;
+  r.flops = (2.0 * kIdxDim + 3.0) * kIdxHeads * live;  // q.k per head, relu, * w, +
+  r.rotation = copies_for(env, r.bytes, r.bytes, 4);
+  std::vector<ops::DeviceBuffer> q, keys, w, p, scores;
+  for (int i = 0; i < r.rotation; ++i) {
+    q.emplace_back(be, DType::kBF16, Shape{T, kIdxHeads, kIdxDim});
+    keys.emplace_back(be, DType::kBF16, Shape{N, kIdxDim});
+    w.emplace_back(be, DType::kBF16, Shape{T, kIdxHeads});
+    p.emplace_back(be, DType::kI32, Shape{T});
+    scores.emplace_back(be, DType::kF32, Shape{T, N});
+    fill_random(be, q.back().view(), Fill::kFloat, 4900 + i, 1.0f);
+    fill_random(be, keys.back().view(), Fill::kFloat, 5900 + i, 1.0f);
+    fill_random(be, w.back().view(), Fill::kFloat, 6900 + i, 1.0f);
+    be.upload(pos.data(), p.back().view());
+  }
+  const float ws = 1.0f / std::sqrt(static_cast<float>(kIdxDim)) / std::sqrt(static_cast<float>(kIdxHeads));
+  const cudaStream_t stream = dynamic_cast<backend::cuda::CudaBackend&>(be).stream();
+  auto run = [&](int i) {
+    if (!direct) {
+      be.indexer_scores(q[i].view(), keys[i].view(), w[i].view(), ws, p[i].view(), kCsaRate, scores[i].view());
+      return;
+    }
+    const bool ok = backend::cuda::launch_indexer_scores_mma(
+        q[i].view().as<__nv_bfloat16>(), keys[i].view().as<__nv_bfloat16>(), w[i].view().data, true, ws,
+        p[i].view().as<int32_t>(), kCsaRate, T, kIdxHeads, kIdxDim, N, scores[i].view().as<float>(), stream);
+    CLAWMINE_CHECK(ok, "launch_indexer_scores_mma declined T ", T, " N ", N);
+  };
+  try {
+    // Check: -inf exactly past each token's limit, finite before it; direct: rel L2 against the
+    // backend op on the same inputs.
+    be.fill(scores[0].view(), std::nanf(""));
+    run(0);
+    std::vector<float> got(static_cast<size_t>(T * N));
+    be.download(scores[0].view(), got.data());
+    int64_t bad = 0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < N; ++j) {
+        const float v = got[static_cast<size_t>(t * N + j)];
+        bad += j < (t + 1) / kCsaRate ? !std::isfinite(v) : v != -INFINITY;
+      }
+    r.check = bad ? str_cat("FAIL ", bad, " outside the causal pattern") : "causal mask";
+    if (!bad && direct) {
+      ops::DeviceBuffer ref(be, DType::kF32, Shape{T, N});
+      be.indexer_scores(q[0].view(), keys[0].view(), w[0].view(), ws, p[0].view(), kCsaRate, ref.view());
+      std::vector<float> want(got.size());
+      be.download(ref.view(), want.data());
+      double num = 0, den = 0;
+      for (size_t k = 0; k < got.size(); ++k) {
+        if (want[k] == -INFINITY) continue;
+        num += (static_cast<double>(got[k]) - want[k]) * (static_cast<double>(got[k]) - want[k]);
+        den += static_cast<double>(want[k]) * want[k];
+      }
+      const double rel = std::sqrt(num / std::max(den, 1e-30));
+      bad = rel > 1e-2 || !std::isfinite(rel);
+      r.check = str_cat(bad ? "FAIL rel " : "rel ", sci(rel), " vs backend op");
+    }
+    r.failed = bad != 0;
+    r.timing = time_op(be, r.rotation, run, env.opts.target_ms);
+  } catch (const std::exception& e) {
+    r.failed = true;
+    r.check = str_cat("error: ", e.what());
+  }
+  env.rep.add(r);
+}
+
 }  // namespace
 
 void run_attention_cases(Env& env) {
@@ -273,6 +363,8 @@ void run_attention_cases(Env& env) {
   }
   if (env.opts.wants("indexer")) {
     for (int64_t ctx : {int64_t{16384}, int64_t{131072}}) indexer_cases(env, ctx);
+    for (int64_t T : {int64_t{2048}, int64_t{8192}})
+      for (bool direct : {false, true}) indexer_prefill_case(env, T, direct);
   }
 }
 
