@@ -2,13 +2,15 @@
 // in a fixed number of launches, whatever E and the routing:
 //   plan      one block: counts tokens per expert and sorts the (token, slot) occurrences by
 //             expert (stable: ascending t*K + k inside an expert), building the row tiles of
-//             the grouped projections (moe_plan_kernel);
+//             the grouped projections (moe_plan_kernel; up to 32 occurrences, a decode step,
+//             one warp with one lane per occurrence: moe_plan_warp_kernel, the same outputs);
 //   w1, w3    one grouped projection (z = 0: w1, z = 1: w3) over (expert, row tile), reading the
 //             expert's weights through a device table of WeightDescs (cached per experts vector);
 //   swiglu    h = silu(min(g, limit)) * clamp(u, -limit, limit);
 //   w2        the grouped projection again;
 //   combine   out[t] = sum over the token's slots in ascending expert id of weight * y: per-row
-//             partial results, then a fixed-order sum (no float atomics: deterministic).
+//             partial results, then a fixed-order sum (no float atomics: deterministic); grid
+//             (T, hidden slices of 1024), 8 elements per thread.
 // The linear policy applies per expert weight (W8A8 for FP8/MXFP4 experts, W4A4 for NVFP4
 // experts with each expert's own input_scale): the transform runs on the expert-sorted rows.
 // A duplicated expert id counts once per occurrence. Intermediates use the activation dtype.
@@ -20,6 +22,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cuda/backend_impl.cuh"
@@ -50,12 +53,12 @@ struct MoeTable {
   std::string nvfp4_without_input_scale;  // first NVFP4 projection lacking input_scale (for static)
 };
 
-void fingerprint(const std::vector<ExpertWeights>& experts, std::vector<const void*>& key) {
+void fingerprint(const ExpertWeights* experts, int64_t E, std::vector<const void*>& key) {
   key.clear();
-  key.reserve(experts.size() * 24);
+  key.reserve(static_cast<size_t>(E) * 24);
   auto value = [](uint64_t v) { return reinterpret_cast<const void*>(static_cast<uintptr_t>(v)); };
-  for (const ExpertWeights& ew : experts)
-    for (const LinearWeight* w : {&ew.w1, &ew.w3, &ew.w2}) {
+  for (int64_t e = 0; e < E; ++e)
+    for (const LinearWeight* w : {&experts[e].w1, &experts[e].w3, &experts[e].w2}) {
       // Addresses alone are not enough: freed device memory is reused by the arena.
       key.push_back(value(static_cast<uint64_t>(w->format) | static_cast<uint64_t>(w->weight.dtype) << 8 |
                           static_cast<uint64_t>(w->scale.dtype) << 16));
@@ -79,13 +82,15 @@ void check_expert(const ExpertWeights& w, int64_t D, const char* op) {
                         "], [", w.w2.out_features, ", ", w.w2.in_features, "] do not fit hidden size ", D));
 }
 
-const MoeTable& moe_table(CudaBackend& be, const std::vector<ExpertWeights>& experts, int64_t D) {
-  MoeTable* tab = be.op_state<MoeTable>(experts.data());
+// The table of experts[0, E) (moe_experts: the routed experts; swiglu_mlp: its one expert),
+// cached in the backend's op state under the array's address and rebuilt when the fingerprint
+// changes. `op` names the caller in errors.
+const MoeTable& moe_table(CudaBackend& be, const ExpertWeights* experts, int64_t E, int64_t D, const char* op) {
+  MoeTable* tab = be.op_state<MoeTable>(experts);
   std::vector<const void*> key;
-  fingerprint(experts, key);
+  fingerprint(experts, E, key);
   if (tab->D == D && tab->key == key) return *tab;
 
-  const int64_t E = static_cast<int64_t>(experts.size());
   MoeTable t;
   t.key = std::move(key);
   t.D = D;
@@ -94,13 +99,13 @@ const MoeTable& moe_table(CudaBackend& be, const std::vector<ExpertWeights>& exp
   t.fmt13 = t.fmt2 = 0;
   for (int64_t e = 0; e < E; ++e) {
     const ExpertWeights& ew = experts[e];
-    check_expert(ew, D, "moe_experts");
+    check_expert(ew, D, op);
     if (ew.w1.out_features != t.I)
-      throw Error(str_cat("cuda moe_experts: expert ", ew.w1.name, " has width ", ew.w1.out_features, ", expert ",
+      throw Error(str_cat("cuda ", op, ": expert ", ew.w1.name, " has width ", ew.w1.out_features, ", expert ",
                           experts[0].w1.name, " has ", t.I, " (the grouped kernels need one width)"));
     const LinearWeight* ws[3] = {&ew.w1, &ew.w3, &ew.w2};
     for (int j = 0; j < 3; ++j) {
-      const WeightDesc d = make_weight_desc(*ws[j], "moe_experts");
+      const WeightDesc d = make_weight_desc(*ws[j], op);
       t.host[e * 3 + j] = d;
       (j < 2 ? t.fmt13 : t.fmt2) |= 1u << d.fmt;
       (j < 2 ? t.vec13 : t.vec2) &= weight_rows_aligned(d);
@@ -206,6 +211,63 @@ __global__ void __launch_bounds__(kPlanThreads)
   }
 }
 
+// The plan for N <= 32 occurrences (every decode step): one warp, lane f = occurrence f. Its
+// sorted row is pos = (valid occurrences of lower experts) + (earlier occurrences of its own
+// expert); the lowest lane of an expert ("leader", pos = the expert's first row) writes the
+// expert's tiles at tile index (tiles of lower experts). Outputs equal moe_plan_kernel's.
+__global__ void __launch_bounds__(32)
+    moe_plan_warp_kernel(const int32_t* __restrict__ idx, int N, int K, int E, int tile_rows, int max_tiles,
+                         int32_t* __restrict__ row_token, int32_t* __restrict__ row_expert,
+                         int32_t* __restrict__ pos_of, int4* __restrict__ tiles, int32_t* __restrict__ n_tiles,
+                         int32_t* __restrict__ counts, OpErrorRecord* err) {
+  pdl_trigger();
+  pdl_wait();
+  const int lane = threadIdx.x;
+  const bool in = lane < N;
+  const int e = in ? idx[lane] : -1;
+  const bool ok = in && e >= 0 && e < E;
+  const int key = ok ? e : 0x7fffffff;  // invalid ids and idle lanes sort after every expert
+  const unsigned peers = __match_any_sync(0xffffffffu, key);
+  const unsigned below_me = (1u << lane) - 1u;
+  const bool leader = ok && (peers & below_me) == 0;
+  const int cnt = __popc(peers);
+  const int my_tiles = leader ? (cnt + tile_rows - 1) / tile_rows : 0;
+  int lower = 0, tile0 = 0;  // valid occurrences and tiles of lower experts
+  for (int j = 0; j < N; ++j) {
+    const int kj = __shfl_sync(0xffffffffu, key, j), tj = __shfl_sync(0xffffffffu, my_tiles, j);
+    if (kj < key) {
+      ++lower;
+      tile0 += tj;
+    }
+  }
+  const int n_valid = __popc(__ballot_sync(0xffffffffu, ok));
+  int total_tiles = my_tiles;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) total_tiles += __shfl_xor_sync(0xffffffffu, total_tiles, o);
+  if (counts) {
+    for (int i = lane; i < E; i += 32) counts[i] = 0;
+    __syncwarp();
+    if (leader) counts[e] = cnt;
+  }
+  if (ok) {
+    const int pos = lower + __popc(peers & below_me);
+    row_token[pos] = lane / K;
+    row_expert[pos] = e;
+    pos_of[lane] = pos;
+  } else if (in) {
+    pos_of[lane] = -1;
+    report_op_error(err, kOpErrorMoeExpert, e, lane / K, lane % K, E);
+  }
+  if (in && lane >= n_valid) {  // rows past the valid ones stay unused
+    row_token[lane] = 0;
+    row_expert[lane] = -1;
+  }
+  if (leader)
+    for (int r = 0, nt = tile0; r < cnt; r += tile_rows, ++nt)
+      if (nt < max_tiles) tiles[nt] = make_int4(e, lower + r, min(tile_rows, cnt - r), 0);
+  if (lane == 0) *n_tiles = min(total_tiles, max_tiles);
+}
+
 // ---- swiglu and combine ------------------------------------------------------------------------
 // h = silu(min(g, L)) * clamp(u, -L, L), in double like the CPU; NaN propagates (std::min/clamp
 // comparisons, not fminf).
@@ -226,41 +288,101 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
 
 // out[t, d] = sum_j w_j * y[row_j, d] over the token's K slots sorted by (expert id, slot): the
 // CPU's ascending-expert float32 accumulation (product rounded, then added). A token with an
-// invalid expert id gets NaN.
+// invalid expert id gets NaN. Block (t, s) writes elements [s*1024, (s+1)*1024) of token t, 8
+// per thread (16-byte loads when vec: D % 8 == 0 and y, out 16-byte aligned); every block
+// sorts the token's slots itself: thread k < K ranks slot k among the K (a stable sort).
+constexpr int kCombineThreads = 128, kCombineVec = 8, kCombineSlice = kCombineThreads * kCombineVec;
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float* v) {
+  if constexpr (std::is_same_v<T, float>) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+    const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+    const uint32_t u[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = __uint_as_float(u[i] << 16);
+      v[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+  }
+}
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float* v) {
+  if constexpr (std::is_same_v<T, float>) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    uint32_t u[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);  // .x = low half
+      u[i] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    *reinterpret_cast<uint4*>(p) = make_uint4(u[0], u[1], u[2], u[3]);
+  }
+}
+
 template <typename YT, typename OT>
-__global__ void moe_combine_kernel(const YT* __restrict__ y, const int32_t* __restrict__ pos_of,
-                                   const int32_t* __restrict__ idx, const float* __restrict__ weight, int K, int64_t D,
-                                   OT* __restrict__ out) {
+__global__ void __launch_bounds__(kCombineThreads)
+    moe_combine_kernel(const YT* __restrict__ y, const int32_t* __restrict__ pos_of, const int32_t* __restrict__ idx,
+                       const float* __restrict__ weight, int K, int64_t D, int vec, OT* __restrict__ out) {
   pdl_trigger();
   pdl_wait();
-  __shared__ int32_t row[kMaxTopK];
+  __shared__ int32_t ids[kMaxTopK], row[kMaxTopK];
   __shared__ float wt[kMaxTopK];
-  __shared__ int bad;
   const int64_t t = blockIdx.x;
-  if (threadIdx.x == 0) {
-    int order[kMaxTopK];
-    int nbad = 0;
-    for (int k = 0; k < K; ++k) {
-      int j = k;
-      const int ek = idx[t * K + k];
-      while (j > 0 && idx[t * K + order[j - 1]] > ek) {  // stable: equal ids keep slot order
-        order[j] = order[j - 1];
-        --j;
-      }
-      order[j] = k;
-    }
-    for (int j = 0; j < K; ++j) {
-      row[j] = pos_of[t * K + order[j]];
-      wt[j] = weight[t * K + order[j]];
-      nbad += row[j] < 0;
-    }
-    bad = nbad;
+  const int tid = threadIdx.x;
+  int my_id = 0, my_row = 0;
+  float my_w = 0.0f;
+  if (tid < K) {
+    my_id = idx[t * K + tid];
+    my_row = pos_of[t * K + tid];
+    my_w = weight[t * K + tid];
+    ids[tid] = my_id;
   }
   __syncthreads();
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float o = 0.0f;
-    for (int j = 0; j < K; ++j) o = __fadd_rn(o, __fmul_rn(to_f32(y[static_cast<int64_t>(row[j]) * D + d]), wt[j]));
-    out[t * D + d] = from_f32<OT>(bad ? __int_as_float(0x7fc00000) : o);
+  if (tid < K) {
+    int rank = 0;  // slots before slot tid in (id, slot) order
+    for (int j = 0; j < K; ++j) rank += ids[j] < my_id || (ids[j] == my_id && j < tid);
+    row[rank] = my_row;
+    wt[rank] = my_w;
+  }
+  const bool bad = __syncthreads_or(tid < K && my_row < 0);
+  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kCombineSlice + static_cast<int64_t>(tid) * kCombineVec;
+  if (d0 >= D) return;
+  OT* o = out + t * D + d0;
+  if (bad) {
+    for (int64_t d = d0; d < D && d < d0 + kCombineVec; ++d) out[t * D + d] = from_f32<OT>(__int_as_float(0x7fc00000));
+    return;
+  }
+  if (vec) {  // D % 8 == 0: the 8 elements are in range
+    float acc[kCombineVec];
+#pragma unroll
+    for (int i = 0; i < kCombineVec; ++i) acc[i] = 0.0f;
+    int j = 0;
+    for (; j + 2 <= K; j += 2) {  // two rows' loads in flight
+      float v0[kCombineVec], v1[kCombineVec];
+      load8(y + static_cast<int64_t>(row[j]) * D + d0, v0);
+      load8(y + static_cast<int64_t>(row[j + 1]) * D + d0, v1);
+      const float w0 = wt[j], w1 = wt[j + 1];
+#pragma unroll
+      for (int i = 0; i < kCombineVec; ++i) acc[i] = __fadd_rn(__fadd_rn(acc[i], __fmul_rn(v0[i], w0)), __fmul_rn(v1[i], w1));
+    }
+    if (j < K) {
+      float v0[kCombineVec];
+      load8(y + static_cast<int64_t>(row[j]) * D + d0, v0);
+      const float w0 = wt[j];
+#pragma unroll
+      for (int i = 0; i < kCombineVec; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(v0[i], w0));
+    }
+    store8(o, acc);
+    return;
+  }
+  for (int64_t d = d0; d < D && d < d0 + kCombineVec; ++d) {
+    float a = 0.0f;
+    for (int j = 0; j < K; ++j) a = __fadd_rn(a, __fmul_rn(to_f32(y[static_cast<int64_t>(row[j]) * D + d]), wt[j]));
+    out[t * D + d] = from_f32<OT>(a);
   }
 }
 
@@ -556,7 +678,7 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   const int64_t N = T * K;
   CLAWMINE_CHECK(N < (int64_t{1} << 31), "moe_experts: too many token slots (", N, ")");
 
-  const MoeTable& tab = moe_table(*this, experts, D);
+  const MoeTable& tab = moe_table(*this, experts.data(), E, D, op);
   const int64_t I = tab.I;
   const ops::LinearPolicy& policy = linear_policy();
   const ActPolicyDev pol = act_policy_dev(policy);
@@ -585,21 +707,32 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   const TensorView tiles = scratch(DType::kI32, {max_tiles, 4});
   const TensorView n_tiles = scratch(DType::kI32, {1});
   const TensorView info = prefill ? scratch(DType::kI32, {4 * E}) : TensorView{};  // counts, then alphas
-  const size_t plan_smem = static_cast<size_t>(kPlanWarps + 2) * E * sizeof(int32_t);
-  launch_kernel(moe_plan_kernel, 1, kPlanThreads, plan_smem, stream(), idx.as<const int32_t>(), N, static_cast<int>(K),
-                static_cast<int>(E), tile_rows, static_cast<int>(max_tiles), row_token.as<int32_t>(),
-                row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(), n_tiles.as<int32_t>(),
-                prefill ? info.as<int32_t>() : nullptr, op_error_record(*this));
+  if (N <= 32) {
+    launch_kernel(moe_plan_warp_kernel, 1, 32, 0, stream(), idx.as<const int32_t>(), static_cast<int>(N),
+                  static_cast<int>(K), static_cast<int>(E), tile_rows, static_cast<int>(max_tiles),
+                  row_token.as<int32_t>(), row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(),
+                  n_tiles.as<int32_t>(), prefill ? info.as<int32_t>() : nullptr, op_error_record(*this));
+  } else {
+    const size_t plan_smem = static_cast<size_t>(kPlanWarps + 2) * E * sizeof(int32_t);
+    launch_kernel(moe_plan_kernel, 1, kPlanThreads, plan_smem, stream(), idx.as<const int32_t>(), N,
+                  static_cast<int>(K), static_cast<int>(E), tile_rows, static_cast<int>(max_tiles),
+                  row_token.as<int32_t>(), row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(),
+                  n_tiles.as<int32_t>(), prefill ? info.as<int32_t>() : nullptr, op_error_record(*this));
+  }
   CLAWMINE_CUDA_LAUNCHED("moe_plan");
 
-  const unsigned cthreads = static_cast<unsigned>(std::min<int64_t>(256, (D + 31) / 32 * 32));
+  const int64_t slices = (D + kCombineSlice - 1) / kCombineSlice;
+  CLAWMINE_CHECK(T <= 0x7fffffff && slices <= 65535, "moe_experts: combine grid too large (T ", T, ", D ", D, ")");
   auto combine = [&](const TensorView& y) {
+    const bool vec = D % kCombineVec == 0 && reinterpret_cast<uintptr_t>(y.data) % 16 == 0 &&
+                     reinterpret_cast<uintptr_t>(out.data) % 16 == 0;
     auto run = [&](auto yt, auto ot) {
       using YT = decltype(yt);
       using OT = decltype(ot);
-      launch_kernel(moe_combine_kernel<YT, OT>, static_cast<unsigned>(T), cthreads, 0, stream(), y.as<const YT>(),
-                    pos_of.as<const int32_t>(), idx.as<const int32_t>(), weight.as<const float>(), static_cast<int>(K),
-                    D, out.as<OT>());
+      launch_kernel(moe_combine_kernel<YT, OT>, dim3(static_cast<unsigned>(T), static_cast<unsigned>(slices)),
+                    kCombineThreads, 0, stream(), y.as<const YT>(), pos_of.as<const int32_t>(),
+                    idx.as<const int32_t>(), weight.as<const float>(), static_cast<int>(K), D, vec ? 1 : 0,
+                    out.as<OT>());
     };
     if (y.dtype == DType::kBF16) {
       if (out.dtype == DType::kBF16) run(__nv_bfloat16{}, __nv_bfloat16{});
@@ -723,6 +856,10 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
 
 void set_moe_prefill_grouped(bool grouped) { g_moe_grouped_gemm = grouped; }
 
+// Decode sizes (T <= kGemvMaxTokens) with no activation transform on w1/w3: w1 and w3 in one
+// GEMV launch (z = 0, 1 over the expert's descriptor table, both reading x), as the routed
+// experts do; otherwise (prefill, W8A8/W4A4 on w1/w3) one projection each through `project`.
+// The table is cached under the ExpertWeights' address (op state), like the routed experts'.
 void CudaBackend::swiglu_mlp(const TensorView& x, const ExpertWeights& w, float swiglu_limit, const TensorView& out) {
   static const char* op = "swiglu_mlp";
   expect_device(x, op, "x");
@@ -737,14 +874,41 @@ void CudaBackend::swiglu_mlp(const TensorView& x, const ExpertWeights& w, float 
   if (T == 0) return;
   const int64_t I = w.w1.out_features;
   const WeightDesc d1 = make_weight_desc(w.w1, op), d3 = make_weight_desc(w.w3, op), d2 = make_weight_desc(w.w2, op);
+  const ActPolicyDev pol = act_policy_dev(linear_policy());
   // Intermediates as in moe_experts: F32 when w2's input is quantized next.
-  const DType mid = act_path(act_policy_dev(linear_policy()), d2.fmt) != kActNone ? DType::kF32 : x.dtype;
+  const DType mid = act_path(pol, d2.fmt) != kActNone ? DType::kF32 : x.dtype;
   ops::ScratchFrame frame(*this);
-  const TensorView gate = scratch(mid, {T, I});
-  const TensorView up = scratch(mid, {T, I});
+  const TensorView g13 = scratch(mid, {2, T, I});  // gate, then up
+  const TensorView gate = g13.slice0(0, 1).reshaped({T, I}), up = g13.slice0(1, 2).reshaped({T, I});
   const TensorView h = scratch(mid, {T, I});
-  project(*this, w.w1, d1, x, T, D, I, 1, gate);
-  project(*this, w.w3, d3, x, T, D, I, 1, up);
+  // Built (uploaded) on every path, so the first step of any size does it outside a capture.
+  const MoeTable& tab = moe_table(*this, &w, 1, D, op);
+  if (T <= kGemvMaxTokens && act_path(pol, d1.fmt) == kActNone && act_path(pol, d3.fmt) == kActNone) {
+    GemmCall c;
+    c.a.descs = static_cast<const WeightDesc*>(tab.dev.data);
+    c.a.desc_stride = 3;
+    c.a.desc_offset = 0;  // problem 0, z = 0: w1, z = 1: w3
+    c.a.n_z = 2;
+    c.a.n_rows = I;
+    c.a.K = D;
+    c.a.x = x.data;
+    c.a.ldx = D;
+    c.a.x_z = 0;
+    c.a.out = g13.data;
+    c.a.out_bf16 = mid == DType::kBF16;
+    c.a.ldo = I;
+    c.a.out_z = T * I;
+    c.a.rows = T;
+    c.a.tile_rows = gemv_tile_rows(T);
+    c.x_dtype = x.dtype;
+    c.fmt_mask = tab.fmt13;
+    c.w_vec = tab.vec13;
+    c.grid_tiles = static_cast<int>((T + c.a.tile_rows - 1) / c.a.tile_rows);
+    run_gemm(*this, c);
+  } else {
+    project(*this, w.w1, d1, x, T, D, I, 1, gate);
+    project(*this, w.w3, d3, x, T, D, I, 1, up);
+  }
   launch_swiglu(gate, up, h, swiglu_limit, stream());
   project(*this, w.w2, d2, h, T, I, D, 1, out);
 }

@@ -1,14 +1,23 @@
-// moe_route (spec §3.4): one warp per token.
+// moe_route (spec §3.4).
 //   a[e] = sqrt(softplus(logits[t, e])), computed in double and rounded to float exactly as the
 //   CPU backend computes it (so the selection and the weights match it bit for bit);
 //   hash layers: selection = tid2eid[ids[t], :];
-//   routed: K rounds of a warp arg-max over key[e] = a[e] + bias[e] (float32 add, keys in shared
-//   memory, an entry taken in an earlier round is skipped), ordered by key descending then expert
-//   id ascending: the CPU's partial_sort order, ties to the lower id;
+//   routed: the K best of key[e] = a[e] + bias[e] (float32 add), ordered by key descending then
+//   expert id ascending: the CPU's partial_sort order, ties to the lower id;
 //   weight[k] = a[sel[k]] / (sum_k a[sel[k]] + 1e-20) * routed_scaling in double, summed in k order.
+// Two kernels compute this, with the same results:
+//   moe_route_kernel       one warp per token (prefill, many experts): K rounds of a warp
+//                          arg-max over the keys in shared memory, an entry taken in an earlier
+//                          round skipped;
+//   moe_route_block_kernel one block per token, one thread per expert (decode: T <= 32, E <=
+//                          256): the E scores in parallel, then thread e's rank is the number of
+//                          keys ranking above it (a strict total order without NaN keys, so the
+//                          ranks < K are exactly the K rounds' picks); a NaN key falls back to
+//                          warp 0 running the K rounds on the same keys.
 // A hash row whose token id or table entry is out of range records an op error (op_errors.h)
 // and gets idx 0 and weight 0 in every slot, so later ops never index out of bounds.
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/backend_impl.cuh"
 #include "backend/cuda/op_errors.cuh"
@@ -20,6 +29,8 @@ namespace {
 constexpr int kWarpsPerBlock = 4;
 constexpr int64_t kMaxRoutedExperts = 2048;  // 64 keys per lane (a 64-bit taken mask), 8 KiB per warp
 constexpr int kMaxTopK = 32;                 // one lane per selected expert
+constexpr int64_t kBlockMaxTokens = 32;      // decode sizes take moe_route_block_kernel ...
+constexpr int kBlockMaxExperts = 256;        // ... up to this many experts (one thread each)
 
 // torch's softplus (beta 1, threshold 20), then sqrt, in double; rounded to float once.
 __device__ __forceinline__ float route_score(float logit) {
@@ -31,6 +42,55 @@ __device__ __forceinline__ float route_score(float logit) {
 // (v, e) ranks above (bv, be): a larger key, or an equal key and a lower expert id; be < 0 is empty.
 __device__ __forceinline__ bool ranks_above(float v, int e, float bv, int be) {
   return e >= 0 && (be < 0 || v > bv || (v == bv && e < be));
+}
+
+// The K best of keys[0, E) by one warp: K rounds of a warp arg-max, an entry taken in an earlier
+// round skipped (E <= 64 * 32: a 64-bit taken mask per lane). Returns slot `lane`'s expert on
+// lanes < K (-1 only if fewer than K entries exist).
+__device__ int warp_top_k(const float* keys, int64_t E, int K, int lane) {
+  int sel = -1;
+  uint64_t taken = 0;  // bit i: entry lane + 32 i was selected
+  for (int k = 0; k < K; ++k) {
+    float bv = 0.0f;
+    int be = -1;
+    for (int64_t e = lane, i = 0; e < E; e += 32, ++i) {
+      if ((taken >> i) & 1u) continue;
+      const float v = keys[e];
+      if (ranks_above(v, static_cast<int>(e), bv, be)) {
+        bv = v;
+        be = static_cast<int>(e);
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+      if (ranks_above(ov, oe, bv, be)) {
+        bv = ov;
+        be = oe;
+      }
+    }
+    be = __shfl_sync(0xffffffffu, be, 0);  // one answer even if a NaN key made the order partial
+    if (be >= 0 && be % 32 == lane) taken |= uint64_t{1} << (be / 32);
+    if (lane == k) sel = be;
+  }
+  return sel;
+}
+
+// Warp-wide (all 32 lanes): lane k < K holds slot k's expert `sel` and its score `a`; writes
+// idx and the normalized weights of token t (weights summed in slot order, in double).
+__device__ __forceinline__ void write_route(float a, int sel, bool ok, int64_t t, int K, int lane,
+                                            float routed_scaling, int32_t* __restrict__ idx,
+                                            float* __restrict__ weight) {
+  double sum = 0.0;
+  for (int k = 0; k < K; ++k) sum = __dadd_rn(sum, static_cast<double>(__shfl_sync(0xffffffffu, a, k)));
+  if (lane < K) {
+    const bool good = ok && sel >= 0;
+    idx[t * K + lane] = good ? sel : 0;
+    weight[t * K + lane] = good ? __double2float_rn(__dmul_rn(__ddiv_rn(static_cast<double>(a), __dadd_rn(sum, 1e-20)),
+                                                              static_cast<double>(routed_scaling)))
+                                : 0.0f;
+  }
 }
 
 // tid2eid null: routed top-K; else hash selection from the table (Tid = int32_t or int64_t).
@@ -69,42 +129,73 @@ __global__ void moe_route_kernel(const float* __restrict__ logits, const float* 
       keys[e] = bias != nullptr ? __fadd_rn(a, bias[e]) : a;
     }
     __syncwarp();
-    uint64_t taken = 0;  // bit i: entry lane + 32 i was selected
-    for (int k = 0; k < K; ++k) {
-      float bv = 0.0f;
-      int be = -1;
-      for (int64_t e = lane, i = 0; e < E; e += 32, ++i) {
-        if ((taken >> i) & 1u) continue;
-        const float v = keys[e];
-        if (ranks_above(v, static_cast<int>(e), bv, be)) {
-          bv = v;
-          be = static_cast<int>(e);
-        }
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oe = __shfl_xor_sync(0xffffffffu, be, o);
-        if (ranks_above(ov, oe, bv, be)) {
-          bv = ov;
-          be = oe;
-        }
-      }
-      be = __shfl_sync(0xffffffffu, be, 0);  // one answer even if a NaN key made the order partial
-      if (be >= 0 && be % 32 == lane) taken |= uint64_t{1} << (be / 32);
-      if (lane == k) sel = be;
-    }
+    sel = warp_top_k(keys, E, K, lane);
   }
   const float a = lane < K && sel >= 0 ? route_score(lt[sel]) : 0.0f;
-  double sum = 0.0;
-  for (int k = 0; k < K; ++k) sum = __dadd_rn(sum, static_cast<double>(__shfl_sync(0xffffffffu, a, k)));
-  if (lane < K) {
-    const bool good = ok && sel >= 0;
-    idx[t * K + lane] = good ? sel : 0;
-    weight[t * K + lane] = good ? __double2float_rn(__dmul_rn(__ddiv_rn(static_cast<double>(a), __dadd_rn(sum, 1e-20)),
-                                                              static_cast<double>(routed_scaling)))
-                                : 0.0f;
+  write_route(a, sel, ok, t, K, lane, routed_scaling, idx, weight);
+}
+
+// One block per token, blockDim.x = E rounded up to a warp (E <= kBlockMaxExperts): thread e
+// computes a[e] and key[e] into shared memory, then selects by rank (header); warp 0 writes.
+template <typename Tid>
+__global__ void __launch_bounds__(kBlockMaxExperts)
+    moe_route_block_kernel(const float* __restrict__ logits, const float* __restrict__ bias,
+                           const Tid* __restrict__ tid2eid, int64_t V, const int32_t* __restrict__ ids, int E, int K,
+                           float routed_scaling, int32_t* __restrict__ idx, float* __restrict__ weight,
+                           OpErrorRecord* err) {
+  pdl_trigger();
+  pdl_wait();
+  __shared__ float score[kBlockMaxExperts], keys[kBlockMaxExperts];
+  __shared__ int32_t picked[kMaxTopK];
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int64_t t = blockIdx.x;
+  const float* lt = logits + t * E;
+  int sel = -1;  // warp 0, lane k < K: the expert of slot k
+  bool ok = true;
+  if (tid2eid != nullptr && tid < 32) {  // the table lookups first: their latency overlaps the scores
+    const int32_t id = ids[t];
+    if (id < 0 || id >= V) {
+      ok = false;
+      if (lane == 0) report_op_error(err, kOpErrorRouteId, id, t, V);
+    } else if (lane < K) {
+      const int64_t e = static_cast<int64_t>(tid2eid[static_cast<int64_t>(id) * K + lane]);
+      if (e < 0 || e >= E) {
+        report_op_error(err, kOpErrorRouteExpert, id, lane, e, E);
+      } else {
+        sel = static_cast<int>(e);
+      }
+    }
+    ok = __all_sync(0xffffffffu, ok && (lane >= K || sel >= 0));
   }
+  float key = 0.0f;
+  if (tid < E) {
+    const float a = route_score(lt[tid]);
+    key = bias != nullptr ? __fadd_rn(a, bias[tid]) : a;
+    score[tid] = a;
+    keys[tid] = key;
+  }
+  if (tid2eid == nullptr) {
+    // Every thread reaches the barriers (uniform branch: tid2eid is a kernel argument).
+    const bool any_nan = __syncthreads_or(tid < E && isnan(key));
+    if (!any_nan) {
+      if (tid < E) {
+        int rank = 0;
+#pragma unroll 8
+        for (int j = 0; j < E; ++j) rank += ranks_above(keys[j], j, key, tid);
+        if (rank < K) picked[rank] = tid;
+      }
+    } else if (tid < 32) {
+      const int s = warp_top_k(keys, E, K, lane);
+      if (lane < K) picked[lane] = s;
+    }
+    __syncthreads();
+    if (tid < K) sel = picked[tid];
+  } else {
+    __syncthreads();  // score[] complete
+  }
+  if (tid >= 32) return;
+  const float a = lane < K && sel >= 0 ? score[sel] : 0.0f;  // == route_score(lt[sel]), bit for bit
+  write_route(a, sel, ok, t, K, lane, routed_scaling, idx, weight);
 }
 
 }  // namespace
@@ -149,9 +240,25 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, co
   }
   if (T == 0) return;
   OpErrorRecord* err = hash ? op_error_record(*this) : nullptr;
+  const auto* pids = hash ? ids.as<const int32_t>() : nullptr;
+  if (T <= kBlockMaxTokens && E <= kBlockMaxExperts) {
+    const unsigned threads = static_cast<unsigned>(std::max<int64_t>(32, (E + 31) / 32 * 32));
+    auto go = [&](auto* table) {
+      using Tid = std::remove_const_t<std::remove_pointer_t<decltype(table)>>;
+      launch_kernel(moe_route_block_kernel<Tid>, static_cast<unsigned>(T), threads, 0, stream_,
+                    logits.as<const float>(), pb, table, V, pids, static_cast<int>(E), static_cast<int>(K),
+                    routed_scaling, idx.as<int32_t>(), weight.as<float>(), err);
+    };
+    if (hash && tid2eid.dtype == DType::kI64) {
+      go(tid2eid.as<const int64_t>());
+    } else {
+      go(hash ? tid2eid.as<const int32_t>() : static_cast<const int32_t*>(nullptr));
+    }
+    CLAWMINE_CUDA_LAUNCHED("moe_route");
+    return;
+  }
   const auto blocks = static_cast<unsigned>((T + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const size_t smem = hash ? 0 : static_cast<size_t>(kWarpsPerBlock * E) * sizeof(float);
-  const auto* pids = hash ? ids.as<const int32_t>() : nullptr;
   if (hash && tid2eid.dtype == DType::kI64) {
     launch_kernel(moe_route_kernel<int64_t>, blocks, kWarpsPerBlock * 32, smem, stream_, logits.as<const float>(), pb,
                   tid2eid.as<const int64_t>(), V, pids, T, E, static_cast<int>(K), routed_scaling, idx.as<int32_t>(),

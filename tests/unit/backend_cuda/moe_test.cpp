@@ -4,10 +4,13 @@
 // NVFP4 / MXFP4 / FP8 / BF16 / F32 and a mix of formats in one layer (one launch per format),
 // activations F32 (budget 1e-5) and BF16 (1e-2); V4-Flash expert dims (D 4096, I 2048); the
 // W8A8 / W4A4 policies with per-expert input scales; an invalid expert id; determinism; the
-// shared expert (swiglu_mlp); prefill (T = 512 over 16 / 32 experts) through BF16 expert copies
-// and cuBLAS. Outputs are poisoned with NaN first. Skips without a GPU.
+// decode sizes T = 1, 3 (one-warp plan, hidden-sliced combine, every (y, out) dtype pair); the
+// shared expert (swiglu_mlp; its fused gate/up launch at T <= 32, mixed formats per projection);
+// prefill (T = 512 over 16 / 32 experts) through BF16 expert copies and cuBLAS. Outputs are
+// poisoned with NaN first. Skips without a GPU.
 #include <cmath>
 #include <future>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -123,15 +126,16 @@ class CudaMoe : public GpuTest {
     cuda->set_linear_policy(p);
   }
   // moe_experts on both backends; returns {got, ref}.
+  // out_dtype: the output's dtype (unset: act's).
   std::pair<std::vector<float>, std::vector<float>> run_moe(TestExperts& ex, int64_t D, int64_t T, DType act,
-                                                            uint32_t seed) {
+                                                            uint32_t seed, std::optional<DType> out_dtype = {}) {
     const int64_t E = static_cast<int64_t>(ex.host.size());
     TestActs x = make_acts(*cuda, {T, D}, act, seed);
     Routing r = make_routing(T, E, kK, seed + 1);
     const TensorView idx_host{DType::kI32, Device::kCpu, {T, kK}, r.idx.data()};
     const TensorView w_host{DType::kF32, Device::kCpu, {T, kK}, r.weight.data()};
     const ops::DeviceBuffer idx = upload_raw(*cuda, idx_host), w = upload_raw(*cuda, w_host);
-    const ops::DeviceBuffer out = poisoned(*cuda, act, {T, D});
+    const ops::DeviceBuffer out = poisoned(*cuda, out_dtype.value_or(act), {T, D});
     cuda->moe_experts(x.dev.view(), ex.dev, idx.view(), w.view(), kLimit, out.view());
     std::vector<float> ref(static_cast<size_t>(T * D), std::nanf(""));
     cpu->moe_experts(x.host_view({T, D}), ex.host, idx_host, w_host, kLimit,
@@ -150,6 +154,45 @@ TEST_F(CudaMoe, ExpertFormatsSmallDims) {
       for (DType act : kActs) {
         SCOPED_TRACE(std::string(format_label(f)) + " T=" + std::to_string(T) + " act=" + dtype_label(act));
         auto [got, ref] = run_moe(ex, D, T, act, ++seed);
+        EXPECT_TRUE(within(got, ref, act_budget(act)));
+      }
+  }
+}
+
+// Decode sizes (T = 1 and 3: N = T*K <= 32 occurrences) take the one-warp plan and the
+// hidden-sliced combine: D = 2176 is two full 1024-element combine slices and a partial one;
+// MXFP4, NVFP4 and FP8 experts; BF16 and F32 activations and every (y, out) dtype pair; E = 8
+// at T = 5 makes 4-row GEMV tiles with an expert spread over several (the warp plan's tile
+// loop); D = 100 (not a multiple of 8) takes the combine's element-wise path.
+TEST_F(CudaMoe, DecodeSizesWarpPlanAndSlicedCombine) {
+  const int64_t D = 2176, I = 256;
+  uint32_t seed = 10000;
+  for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0}) {
+    TestExperts ex = make_experts(*cuda, kE, D, I, 8, [f](int64_t) { return f; }, seed += 100);
+    for (int64_t T : {int64_t{1}, int64_t{3}})
+      for (DType act : kActs)
+        for (DType out_dtype : kActs) {
+          SCOPED_TRACE(std::string(format_label(f)) + " T=" + std::to_string(T) + " act=" + dtype_label(act) +
+                       " out=" + dtype_label(out_dtype));
+          auto [got, ref] = run_moe(ex, D, T, act, ++seed, out_dtype);
+          const bool bf16 = act == DType::kBF16 || out_dtype == DType::kBF16;
+          EXPECT_TRUE(within(got, ref, act_budget(bf16 ? DType::kBF16 : DType::kF32)));
+        }
+  }
+  {
+    TestExperts ex = make_experts(*cuda, 8, 256, 128, 8, [](int64_t) { return TestFormat::kNvfp4; }, seed += 100);
+    for (DType act : kActs) {
+      SCOPED_TRACE(std::string("E=8 T=5 act=") + dtype_label(act));
+      auto [got, ref] = run_moe(ex, 256, 5, act, ++seed);
+      EXPECT_TRUE(within(got, ref, act_budget(act)));
+    }
+  }
+  {
+    TestExperts ex = make_experts(*cuda, kE, 100, 40, 8, [](int64_t) { return TestFormat::kBF16; }, seed += 100);
+    for (int64_t T : {int64_t{1}, int64_t{3}})
+      for (DType act : kActs) {
+        SCOPED_TRACE(std::string("D=100 T=") + std::to_string(T) + " act=" + dtype_label(act));
+        auto [got, ref] = run_moe(ex, 100, T, act, ++seed);
         EXPECT_TRUE(within(got, ref, act_budget(act)));
       }
   }
@@ -285,7 +328,7 @@ TEST_F(CudaMoe, InvalidExpertIdIsReportedAndItsTokenIsNaN) {
 TEST_F(CudaMoe, RepeatedCallsAreBitIdentical) {
   const int64_t D = 256, I = 128;
   TestExperts ex = make_experts(*cuda, kE, D, I, kE, [](int64_t) { return TestFormat::kNvfp4; }, 6000);
-  for (int64_t T : {int64_t{1}, int64_t{300}}) {
+  for (int64_t T : {int64_t{1}, int64_t{3}, int64_t{300}}) {
     TestActs x = make_acts(*cuda, {T, D}, DType::kBF16, 6001);
     Routing r = make_routing(T, kE, kK, 6002);
     const ops::DeviceBuffer idx = upload_raw(*cuda, TensorView{DType::kI32, Device::kCpu, {T, kK}, r.idx.data()});
@@ -304,8 +347,8 @@ TEST_F(CudaMoe, SharedExpertSwigluMlp) {
     std::vector<int64_t> tokens;
   };
   const Dims dims[] = {
-      {72, 40, {TestFormat::kFp8E8M0, TestFormat::kBF16, TestFormat::kF32}, {1, 5, 77}},
-      {4096, 2048, {TestFormat::kFp8E8M0, TestFormat::kNvfp4, TestFormat::kMxfp4, TestFormat::kBF16}, {1, 7, 300}},
+      {72, 40, {TestFormat::kFp8E8M0, TestFormat::kBF16, TestFormat::kF32}, {1, 3, 5, 77}},
+      {4096, 2048, {TestFormat::kFp8E8M0, TestFormat::kNvfp4, TestFormat::kMxfp4, TestFormat::kBF16}, {1, 3, 7, 300}},
   };
   uint32_t seed = 7000;
   for (const Dims& dm : dims) {
@@ -322,6 +365,56 @@ TEST_F(CudaMoe, SharedExpertSwigluMlp) {
           cpu->swiglu_mlp(x.host_view({T, dm.D}), ex.host[0], kLimit,
                           TensorView{DType::kF32, Device::kCpu, {T, dm.D}, ref.data()});
           EXPECT_TRUE(within(download_f32(*cuda, out.view()), ref, act_budget(act)));
+        }
+    }
+  }
+}
+
+// The decode path of swiglu_mlp (T <= 32: w1 and w3 in one GEMV launch over the expert's
+// descriptor table) with w1, w3 and w2 in different formats (one launch per format present, each
+// serving its own z), at T = 1 and 3; the same call twice gives the same bits; and a
+// W8A8 policy that transforms only w2 (NVFP4 w1/w3, FP8 w2) keeps the fused gate/up.
+TEST_F(CudaMoe, SharedExpertMixedFormatsAtDecodeSizes) {
+  const int64_t D = 1024, I = 512;
+  TestExperts fp8 = make_experts(*cuda, 1, D, I, 1, [](int64_t) { return TestFormat::kFp8E8M0; }, 11000);
+  TestExperts nv = make_experts(*cuda, 1, D, I, 1, [](int64_t) { return TestFormat::kNvfp4; }, 11100);
+  TestExperts mx = make_experts(*cuda, 1, D, I, 1, [](int64_t) { return TestFormat::kMxfp4; }, 11200);
+  struct Mix {
+    const char* label;
+    ExpertWeights host, dev;
+  };
+  const Mix mixes[] = {
+      {"w1 fp8, w3 nvfp4, w2 mxfp4", {fp8.host[0].w1, nv.host[0].w3, mx.host[0].w2},
+       {fp8.dev[0].w1, nv.dev[0].w3, mx.dev[0].w2}},
+      {"w1 mxfp4, w3 fp8, w2 nvfp4", {mx.host[0].w1, fp8.host[0].w3, nv.host[0].w2},
+       {mx.dev[0].w1, fp8.dev[0].w3, nv.dev[0].w2}},
+      {"w1 nvfp4, w3 nvfp4, w2 fp8", {nv.host[0].w1, nv.host[0].w3, fp8.host[0].w2},
+       {nv.dev[0].w1, nv.dev[0].w3, fp8.dev[0].w2}},
+  };
+  uint32_t seed = 11300;
+  for (bool w8a8 : {false, true}) {
+    ops::LinearPolicy p;
+    if (w8a8) p.fp8 = ops::Fp8Path::kW8A8;
+    set_policy(p);
+    for (const Mix& m : mixes) {
+      if (w8a8 && &m != &mixes[2]) continue;  // the mix whose w1/w3 stay untransformed (fused launch)
+      for (int64_t T : {int64_t{1}, int64_t{3}})
+        for (DType act : kActs) {
+          SCOPED_TRACE(std::string("swiglu_mlp ") + m.label + (w8a8 ? " w8a8" : "") + " T=" + std::to_string(T) +
+                       " act=" + dtype_label(act));
+          TestActs x = make_acts(*cuda, {T, D}, act, ++seed);
+          const ops::DeviceBuffer a = poisoned(*cuda, act, {T, D}), b = poisoned(*cuda, act, {T, D});
+          cuda->swiglu_mlp(x.dev.view(), m.dev, kLimit, a.view());
+          cuda->swiglu_mlp(x.dev.view(), m.dev, kLimit, b.view());
+          std::vector<float> ref(static_cast<size_t>(T * D), std::nanf(""));
+          cpu->swiglu_mlp(x.host_view({T, D}), m.host, kLimit, TensorView{DType::kF32, Device::kCpu, {T, D}, ref.data()});
+          const std::vector<float> ga = download_f32(*cuda, a.view());
+          if (w8a8) {
+            EXPECT_TRUE(most_tokens_within(ga, ref, T, D, act_budget(act)));
+          } else {
+            EXPECT_TRUE(within(ga, ref, act_budget(act)));
+          }
+          EXPECT_TRUE(same_bits(ga, download_f32(*cuda, b.view())));
         }
     }
   }

@@ -1,8 +1,10 @@
 // The CUDA moe_route (route.cu) against the CPU reference on the same fresh random logits:
 // indices must be exactly equal (routed top-k with and without bias, many exact ties, hash
 // tables in I32 and I64), weights within 1e-6 (both compute them in double from identical
-// float scores). E in {7, 64, 256, 2048}, K in {3, 6, 8}, T in {1, 7, 300}. Out-of-range hash
-// inputs are reported as op errors and never index out of bounds. Skips without a GPU.
+// float scores). E in {7, 64, 256, 2048}, K in {3, 6, 8}, T in {1, 3, 7, 300} (T <= 32 with
+// E <= 256: the block-per-token kernel; else one warp per token). The two kernels agree bit for
+// bit, NaN scores included. Out-of-range hash inputs are reported as op errors and never index
+// out of bounds. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -57,7 +59,7 @@ struct Shape3 {
 TEST_F(CudaRoute, RoutedTopKMatchesCpu) {
   uint32_t seed = 4000;
   for (const Shape3 s : {Shape3{7, 3}, Shape3{64, 6}, Shape3{256, 6}, Shape3{256, 8}, Shape3{2048, 8}}) {
-    for (const int64_t T : {1, 7, 300}) {
+    for (const int64_t T : {1, 3, 7, 300}) {
       for (const bool with_bias : {false, true}) {
         SCOPED_TRACE(str_cat("E ", s.E, " K ", s.K, " T ", T, " bias ", with_bias));
         seed += 10;
@@ -72,7 +74,7 @@ TEST_F(CudaRoute, RoutedTopKMatchesCpu) {
 TEST_F(CudaRoute, RoutedTiesGoToTheLowerExpert) {
   uint32_t seed = 5000;
   for (const Shape3 s : {Shape3{7, 3}, Shape3{64, 6}, Shape3{256, 6}}) {
-    for (const int64_t T : {1, 7, 300}) {
+    for (const int64_t T : {1, 3, 7, 300}) {
       for (const int bias_kind : {0, 1, 2}) {  // none, zeros, three levels
         SCOPED_TRACE(str_cat("E ", s.E, " K ", s.K, " T ", T, " bias kind ", bias_kind));
         seed += 10;
@@ -95,7 +97,7 @@ TEST_F(CudaRoute, HashRoutingMatchesCpu) {
   uint32_t seed = 6000;
   const int64_t V = 1000;
   for (const Shape3 s : {Shape3{7, 3}, Shape3{256, 6}, Shape3{64, 6}}) {
-    for (const int64_t T : {1, 7, 300}) {
+    for (const int64_t T : {1, 3, 7, 300}) {
       for (const bool wide : {false, true}) {  // I32 or I64 table
         SCOPED_TRACE(str_cat("E ", s.E, " K ", s.K, " T ", T, wide ? " I64" : " I32"));
         seed += 10;
@@ -106,6 +108,37 @@ TEST_F(CudaRoute, HashRoutingMatchesCpu) {
         ids.front() = V - 1;
         expect_same_route(random_normal(T * s.E, seed + 2, 2.0f), T, s.E, s.K, nullptr, &tid2eid, ids);
       }
+    }
+  }
+}
+
+// The first 3 tokens of a 40-token batch (one warp per token) routed again on their own (T = 3:
+// one block per token) give the same idx and weights bit for bit; token 1 has NaN logits (the
+// block kernel's fallback to the warp's K rounds), token 2 all-equal scores.
+TEST_F(CudaRoute, BlockAndWarpKernelsAgree) {
+  uint32_t seed = 7000;
+  for (const Shape3 s : {Shape3{64, 6}, Shape3{256, 8}, Shape3{7, 3}}) {
+    for (const bool with_bias : {false, true}) {
+      SCOPED_TRACE(str_cat("E ", s.E, " K ", s.K, " bias ", with_bias));
+      seed += 10;
+      const int64_t T = 40, E = s.E, K = s.K;
+      std::vector<float> logits = random_normal(T * E, seed, 2.0f);
+      logits[1 * E + 2] = std::nanf("");
+      logits[1 * E + E - 1] = std::nanf("");
+      for (int64_t e = 0; e < E; ++e) logits[2 * E + e] = 0.5f;
+      const ops::DeviceBuffer bias = upload_f32(*cuda, random_normal(E, seed + 1, 0.3f), {E});
+      const ops::DeviceBuffer all = upload_f32(*cuda, logits, {T, E});
+      const ops::DeviceBuffer head = upload_f32(*cuda, std::vector<float>(logits.begin(), logits.begin() + 3 * E), {3, E});
+      const TensorView b = with_bias ? bias.view() : TensorView{};
+      const ops::DeviceBuffer idx40 = poisoned(*cuda, DType::kI32, {T, K}), w40 = poisoned(*cuda, DType::kF32, {T, K});
+      const ops::DeviceBuffer idx3 = poisoned(*cuda, DType::kI32, {3, K}), w3 = poisoned(*cuda, DType::kF32, {3, K});
+      cuda->moe_route(all.view(), b, TensorView{}, TensorView{}, 2.5f, idx40.view(), w40.view());
+      cuda->moe_route(head.view(), b, TensorView{}, TensorView{}, 2.5f, idx3.view(), w3.view());
+      const auto i40 = download_as<int32_t>(*cuda, idx40.view()), i3 = download_as<int32_t>(*cuda, idx3.view());
+      EXPECT_EQ(std::vector<int32_t>(i40.begin(), i40.begin() + 3 * K), i3);
+      for (int32_t e : i3) EXPECT_TRUE(e >= 0 && e < E) << e;
+      const std::vector<float> f40 = download_f32(*cuda, w40.view());
+      EXPECT_TRUE(same_bits(std::vector<float>(f40.begin(), f40.begin() + 3 * K), download_f32(*cuda, w3.view())));
     }
   }
 }
