@@ -1,14 +1,23 @@
 // Manifold-constrained hyper-connections (spec §3.2): hc_pre, hc_post, hc_head.
-// hc_pre / hc_head run in two kernels:
-//   1. hc_mix_partial: grid (token, split of the flattened hc*D row). Each block accumulates, over
-//      its part of the row, the sum of squares and the n_mix dot products with the rows of fn
-//      (X and fn streamed once, 16-byte packs, float32 accumulators in registers), reduces them in
-//      a fixed order and writes n_mix + 1 partial sums. Decode (few tokens) splits each row over
-//      several blocks so that fn streams from many SMs; prefill uses one block per token.
-//   2. hc_finish: one block per token sums the partials (split order fixed), then one warp does
-//      r = 1/sqrt(mean + rms_eps), the sigmoid gates, and (hc_pre) the hc x hc comb: one lane per
-//      entry, softmax along rows and the Sinkhorn normalizations with shuffles inside row / column
-//      lane groups; finally all threads collapse the streams: x_in[d] = sum_j pre[j] X[j, d].
+// hc_pre / hc_head at decode (T <= kFusedMaxT tokens): ONE kernel, hc_fused, grid (token, split of
+//   the flattened hc*D row into chunks of 128 * k elements, about 2 blocks per SM): warp w of a
+//   block owns the mix rows m = w, w + 8, ... (m = kMix: the sum of squares); each lane streams 4
+//   elements of X and of its fn rows per sweep, a warp sum gives the block's partial of each row.
+//   The last block of a token to finish (a per-token counter, atomicAdd after __threadfence; it
+//   resets the counter to 0) sums the partials in a fixed order (split s into group s % 8, the 8
+//   groups in order), then warp 0 computes the gates, warps 1-7 collapse the streams while one
+//   thread runs the Sinkhorn normalization of comb.
+// hc_pre / hc_head at prefill: two kernels.
+//   1. hc_mix_partial: grid (token, split). Each block accumulates, over its part of the row, the
+//      sum of squares and the n_mix dot products with the rows of fn (X and fn streamed once,
+//      16-byte packs, float32 accumulators in registers), reduces them in a fixed order and writes
+//      n_mix + 1 partial sums. Prefill (T >= 2 blocks per SM) uses one block per token.
+//   2. hc_finish: one block per token sums the partials (split order fixed), then warp 0 does
+//      r = 1/sqrt(mean + rms_eps) and the sigmoid gates; the other warps collapse the streams,
+//      x_in[d] = sum_j pre[j] X[j, d], while one thread normalizes comb.
+// Gates and comb (both paths, device functions below): pre/post one lane each; comb in one thread
+// with the hc x hc matrix in registers: softmax along rows, then the Sinkhorn normalizations, each
+// a sum in pairwise order and a multiplication by the correctly rounded reciprocal of (sum + eps).
 // hc_post: one thread per (token, 4 consecutive d): every output stream k from post, comb^T and
 // the hc input streams. All maths in float32 (the CPU works in double; budgets in the tests).
 // hc_mult = 4 is instantiated (V4-Flash and V4-Pro); another value is one case in hc_dispatch.
@@ -22,7 +31,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kMinSplit = 1024;  // elements of the flattened row per block, at least
+constexpr int64_t kMinSplit = 1024;  // prefill path: elements of the flattened row per block, at least
+constexpr int kFusedMaxT = 64;       // tokens that take the fused kernel (one counter each)
+constexpr int64_t kFusedUnit = 128;  // fused path: elements of one warp sweep (32 lanes x 4)
 
 template <typename F>
 void hc_dispatch(int64_t hc, const char* op, F&& f) {
@@ -90,27 +101,6 @@ __global__ void __launch_bounds__(kThreads)
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// Sums over the lanes of a row group (HC consecutive lanes) or a column group (lanes equal mod HC
-// within the first HC*HC): lane l holds C[l / HC][l % HC].
-template <int HC>
-__device__ __forceinline__ float row_sum(float v) {
-#pragma unroll
-  for (int o = 1; o < HC; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-template <int HC>
-__device__ __forceinline__ float row_max(float v) {
-#pragma unroll
-  for (int o = 1; o < HC; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-template <int HC>
-__device__ __forceinline__ float col_sum(float v) {
-#pragma unroll
-  for (int o = HC; o < HC * HC; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 struct HcScalars {
   const void* base;
   rowwise::FloatCode base_code;
@@ -120,59 +110,136 @@ struct HcScalars {
   int sinkhorn_iters;
 };
 
-// One block per token. kHead: hc_head (kMix = HC: pre only, y = out); else hc_pre
-// (kMix = (2 + HC) * HC: pre, post, comb; x_in = out).
-template <int HC, bool kHead, typename To>
-__global__ void __launch_bounds__(kThreads)
-    hc_finish_kernel(const float* __restrict__ X, const float* __restrict__ partial, int S, int64_t D, HcScalars p,
-                     To* __restrict__ out, float* __restrict__ post, float* __restrict__ comb, bool packed) {
-  pdl_trigger();
-  pdl_wait();
-  static_assert(HC * HC <= 32 && (HC & (HC - 1)) == 0, "the comb needs HC*HC <= 32 lanes, HC a power of two");
-  constexpr int kMix = kHead ? HC : (2 + HC) * HC;
-  __shared__ float tot[kMix + 1];
-  __shared__ float pre[HC];
-  const int64_t t = blockIdx.x;
-  if (threadIdx.x <= kMix) {
-    float v = 0.0f;
-    for (int s = 0; s < S; ++s) v += partial[(t * S + s) * (kMix + 1) + threadIdx.x];
-    tot[threadIdx.x] = v;
+template <int HC, bool kHead>
+constexpr int mix_count() {
+  return kHead ? HC : (2 + HC) * HC;
+}
+
+// The gate weights warp 0 needs, loaded before the mix totals exist so that their latency
+// overlaps the reduction. Lane l < HC: pre gate l; HC <= l < 2 HC: post gate l - HC (hc_pre);
+// lane 0 also holds comb's scale and base (hc_pre).
+template <int HC>
+struct HcGateWeights {
+  float base = 0.0f, scale = 0.0f;
+  float comb_scale = 0.0f;
+  float comb_base[HC * HC] = {};
+};
+
+template <int HC, bool kHead>
+__device__ __forceinline__ HcGateWeights<HC> load_gate_weights(const HcScalars& p, int lane) {
+  HcGateWeights<HC> g;
+  if (lane < (kHead ? HC : 2 * HC)) {
+    g.base = rowwise::load_float(p.base, p.base_code, lane);
+    g.scale = rowwise::load_float(p.scale, p.scale_code, lane < HC ? 0 : 1);
   }
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    const float r = 1.0f / sqrtf(tot[kMix] / static_cast<float>(HC * D) + p.rms_eps);
-    const float s0 = rowwise::load_float(p.scale, p.scale_code, 0);
-    if (lane < HC) pre[lane] = sigmoidf(tot[lane] * r * s0 + rowwise::load_float(p.base, p.base_code, lane)) + p.hc_eps;
-    if constexpr (!kHead) {
-      const float s1 = rowwise::load_float(p.scale, p.scale_code, 1),
-                  s2 = rowwise::load_float(p.scale, p.scale_code, 2);
-      if (lane < HC)
-        post[t * HC + lane] =
-            2.0f * sigmoidf(tot[HC + lane] * r * s1 + rowwise::load_float(p.base, p.base_code, HC + lane));
-      // comb: lane l < HC*HC holds C[l / HC][l % HC]; the other lanes carry a dummy logit 0 (their
-      // row and column shuffle groups hold inactive lanes only).
-      const bool active = lane < HC * HC;
-      const float logit =
-          active ? tot[2 * HC + lane] * r * s2 + rowwise::load_float(p.base, p.base_code, 2 * HC + lane) : 0.0f;
-      const float e = expf(logit - row_max<HC>(logit));
-      float c = e / row_sum<HC>(e) + p.hc_eps;
-      c = c / (col_sum<HC>(c) + p.hc_eps);
-      for (int it = 1; it < p.sinkhorn_iters; ++it) {
-        c = c / (row_sum<HC>(c) + p.hc_eps);
-        c = c / (col_sum<HC>(c) + p.hc_eps);
-      }
-      if (active) comb[t * HC * HC + lane] = c;
+  if constexpr (!kHead) {
+    if (lane == 0) {
+      g.comb_scale = rowwise::load_float(p.scale, p.scale_code, 2);
+#pragma unroll
+      for (int m = 0; m < HC * HC; ++m) g.comb_base[m] = rowwise::load_float(p.base, p.base_code, 2 * HC + m);
     }
   }
-  __syncthreads();
+  return g;
+}
+
+// r = 1 / sqrt(mean of squares + rms_eps) from the totals (tot[kMix] = sum of squares of hc*D).
+template <int HC, bool kHead>
+__device__ __forceinline__ float hc_rms_factor(const float* tot, int64_t D, float rms_eps) {
+  return 1.0f / sqrtf(tot[mix_count<HC, kHead>()] / static_cast<float>(HC * D) + rms_eps);
+}
+
+// Warp 0: pre[j] (to shared memory) and post[t, j] (hc_pre) from the totals in shared memory.
+template <int HC, bool kHead>
+__device__ __forceinline__ void hc_gates(const float* tot, int64_t D, const HcGateWeights<HC>& g, const HcScalars& p,
+                                         int64_t t, float* pre, float* post) {
+  const int lane = threadIdx.x & 31;
+  const float r = hc_rms_factor<HC, kHead>(tot, D, p.rms_eps);
+  if (lane < HC) pre[lane] = sigmoidf(tot[lane] * r * g.scale + g.base) + p.hc_eps;
+  if constexpr (!kHead) {
+    if (lane >= HC && lane < 2 * HC) post[t * HC + lane - HC] = 2.0f * sigmoidf(tot[lane] * r * g.scale + g.base);
+  }
+}
+
+// Sum of v[0..N) in pairwise order ((v0 + v1) + (v2 + v3)) ...; N a power of two.
+template <int N>
+__device__ __forceinline__ float pairwise_sum(const float (&v)[N]) {
+  float s[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) s[i] = v[i];
+#pragma unroll
+  for (int w = 1; w < N; w *= 2) {
+#pragma unroll
+    for (int i = 0; i < N; i += 2 * w) s[i] = __fadd_rn(s[i], s[i + w]);
+  }
+  return s[0];
+}
+
+// One thread: comb[t] = the Sinkhorn-normalized hc x hc matrix (contract in ops/backend.h) from
+// the totals, all of it in registers (no shuffles on the iteration's latency chain).
+template <int HC>
+__device__ __noinline__ void hc_comb(const float* tot, int64_t D, const HcGateWeights<HC>& g, const HcScalars& p, int64_t t,
+                        float* comb) {
+  const float r = hc_rms_factor<HC, false>(tot, D, p.rms_eps), eps = p.hc_eps;
+  float c[HC][HC];
+#pragma unroll
+  for (int j = 0; j < HC; ++j) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < HC; ++k) {
+      c[j][k] = tot[2 * HC + j * HC + k] * r * g.comb_scale + g.comb_base[j * HC + k];
+      mx = fmaxf(mx, c[j][k]);
+    }
+#pragma unroll
+    for (int k = 0; k < HC; ++k) c[j][k] = expf(c[j][k] - mx);
+    const float inv = __frcp_rn(pairwise_sum(c[j]));
+#pragma unroll
+    for (int k = 0; k < HC; ++k) c[j][k] = __fadd_rn(__fmul_rn(c[j][k], inv), eps);
+  }
+  auto normalize_rows = [&] {
+#pragma unroll
+    for (int j = 0; j < HC; ++j) {
+      const float inv = __frcp_rn(__fadd_rn(pairwise_sum(c[j]), eps));
+#pragma unroll
+      for (int k = 0; k < HC; ++k) c[j][k] = __fmul_rn(c[j][k], inv);
+    }
+  };
+  auto normalize_columns = [&] {
+#pragma unroll
+    for (int k = 0; k < HC; ++k) {
+      float col[HC];
+#pragma unroll
+      for (int j = 0; j < HC; ++j) col[j] = c[j][k];
+      const float inv = __frcp_rn(__fadd_rn(pairwise_sum(col), eps));
+#pragma unroll
+      for (int j = 0; j < HC; ++j) c[j][k] = __fmul_rn(c[j][k], inv);
+    }
+  };
+  normalize_columns();
+  for (int it = 1; it < p.sinkhorn_iters; ++it) {
+    normalize_rows();
+    normalize_columns();
+  }
+  float* out = comb + t * HC * HC;
+#pragma unroll
+  for (int j = 0; j < HC; ++j) {
+#pragma unroll
+    for (int k = 0; k < HC; ++k) out[j * HC + k] = c[j][k];
+  }
+}
+
+// Threads [first, kThreads): out[d] = sum_j pre[j] X[j, d] for the token's D elements (xt = X[t]).
+// packed: D % 4 == 0 and X, out rows are 4-element aligned.
+template <int HC, typename To>
+__device__ __forceinline__ void hc_collapse(const float* __restrict__ xt, const float* pre, int64_t D,
+                                            To* __restrict__ o, bool packed, int first) {
+  if (static_cast<int>(threadIdx.x) < first) return;
+  const int tid = threadIdx.x - first, stride = kThreads - first;
   float w[HC];
 #pragma unroll
   for (int j = 0; j < HC; ++j) w[j] = pre[j];
-  const float* xt = X + t * HC * D;
-  To* o = out + t * D;
   if (packed) {
-    for (int64_t d = 4 * static_cast<int64_t>(threadIdx.x); d < D; d += 4 * kThreads) {
+#pragma unroll 4
+    for (int64_t d = 4 * static_cast<int64_t>(tid); d < D; d += 4 * stride) {
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int j = 0; j < HC; ++j) {
@@ -184,7 +251,7 @@ __global__ void __launch_bounds__(kThreads)
       rowwise::store_packed<4>(o + d, acc);
     }
   } else {
-    for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+    for (int64_t d = tid; d < D; d += stride) {
       float acc = 0.0f;
 #pragma unroll
       for (int j = 0; j < HC; ++j) acc = fmaf(w[j], xt[j * D + d], acc);
@@ -193,8 +260,132 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// After the totals: gates (warp 0), then the collapse (warps 1-7 for hc_pre, all for hc_head)
+// beside comb (thread 0). tot and pre are shared memory; the caller's block is in step.
+template <int HC, bool kHead, typename To>
+__device__ __forceinline__ void hc_finish_token(const float* tot, float* pre, const HcGateWeights<HC>& g,
+                                                const float* __restrict__ X, int64_t D, const HcScalars& p, int64_t t,
+                                                To* __restrict__ out, float* __restrict__ post,
+                                                float* __restrict__ comb, bool packed) {
+  if (threadIdx.x < 32) hc_gates<HC, kHead>(tot, D, g, p, t, pre, post);
+  __syncthreads();
+  hc_collapse<HC, To>(X + t * HC * D, pre, D, out + t * D, packed, kHead ? 0 : 32);
+  if constexpr (!kHead) {
+    if (threadIdx.x == 0) hc_comb<HC>(tot, D, g, p, t, comb);
+  }
+}
+
+// Prefill path, pass 2: one block per token.
+template <int HC, bool kHead, typename To>
+__global__ void __launch_bounds__(kThreads)
+    hc_finish_kernel(const float* __restrict__ X, const float* __restrict__ partial, int S, int64_t D, HcScalars p,
+                     To* __restrict__ out, float* __restrict__ post, float* __restrict__ comb, bool packed) {
+  pdl_trigger();
+  pdl_wait();
+  static_assert((HC & (HC - 1)) == 0 && (2 + HC) * HC < 32, "one thread per mix total, HC a power of two");
+  constexpr int kMix = mix_count<HC, kHead>();
+  __shared__ float tot[kMix + 1];
+  __shared__ float pre[HC];
+  const int64_t t = blockIdx.x;
+  HcGateWeights<HC> g;
+  if (threadIdx.x < 32) g = load_gate_weights<HC, kHead>(p, threadIdx.x);
+  if (threadIdx.x <= kMix) {
+    float v = 0.0f;
+    for (int s = 0; s < S; ++s) v += partial[(t * S + s) * (kMix + 1) + threadIdx.x];
+    tot[threadIdx.x] = v;
+  }
+  __syncthreads();
+  hc_finish_token<HC, kHead, To>(tot, pre, g, X, D, p, t, out, post, comb, packed);
+}
+
+// Decode path: mix partials, then the last block of each token finishes it (see the top).
+// packed_mix: n and the chunk are multiples of 4 and X, fn are 4-element aligned; packed_out as
+// hc_collapse's packed. counters[t] is 0 on entry and is left 0.
+template <int HC, bool kHead, typename Tf, typename To>
+__global__ void __launch_bounds__(kThreads)
+    hc_fused_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int64_t D, int64_t chunk,
+                    float* __restrict__ partial, unsigned* __restrict__ counters, HcScalars p, To* __restrict__ out,
+                    float* __restrict__ post, float* __restrict__ comb, bool packed_mix, bool packed_out) {
+  pdl_trigger();
+  pdl_wait();
+  constexpr int kMix = mix_count<HC, kHead>(), kRows = kMix + 1, kPerWarp = (kRows + kWarps - 1) / kWarps;
+  static_assert(kRows <= 32, "one lane per mix row in the final sum");
+  __shared__ float red[kWarps][32];
+  __shared__ float tot[kRows];
+  __shared__ float pre[HC];
+  __shared__ bool last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n = HC * D, t = blockIdx.x;
+  const int s = blockIdx.y, S = gridDim.y;
+  const int64_t begin = s * chunk, end = min(n, begin + chunk);
+  const float* xt = X + t * n;
+
+  float acc[kPerWarp];
+#pragma unroll
+  for (int k = 0; k < kPerWarp; ++k) acc[k] = 0.0f;
+#pragma unroll 4
+  for (int64_t i = begin + 4 * lane; i < end; i += kFusedUnit) {  // sweeps' loads overlap
+    float xv[4];
+    if (packed_mix) {
+      rowwise::load_packed<4>(xt + i, xv);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) xv[q] = i + q < end ? xt[i + q] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < kPerWarp; ++k) {
+      const int m = warp + kWarps * k;  // warp-uniform
+      if (m < kMix) {
+        float fv[4];
+        if (packed_mix) {
+          rowwise::load_packed<4>(fn + m * n + i, fv);
+        } else {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) fv[q] = i + q < end ? to_f32(fn[m * n + i + q]) : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[k] = fmaf(xv[q], fv[q], acc[k]);
+      } else if (m == kMix) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[k] = fmaf(xv[q], xv[q], acc[k]);
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kPerWarp; ++k) {
+    const int m = warp + kWarps * k;
+    const float v = rowwise::warp_sum(acc[k]);
+    if (lane == 0 && m < kRows) partial[(t * S + s) * kRows + m] = v;
+  }
+  __threadfence();  // this block's partials are visible device-wide before its count
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&counters[t], 1u) == static_cast<unsigned>(S - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+
+  HcGateWeights<HC> g;
+  if (warp == 0) g = load_gate_weights<HC, kHead>(p, lane);
+  float v = 0.0f;
+  if (lane < kRows) {
+#pragma unroll 16
+    for (int ss = warp; ss < S; ss += kWarps) v += __ldcg(partial + (t * S + ss) * kRows + lane);
+  }
+  red[warp][lane] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += red[w][lane];
+    if (lane < kRows) tot[lane] = total;
+    if (lane == 0) counters[t] = 0;  // every block of this token has counted: ready for the next launch
+  }
+  __syncthreads();
+  hc_finish_token<HC, kHead, To>(tot, pre, g, X, D, p, t, out, post, comb, packed_out);
+}
+
 // X_out[t, k, d] = post[t, k] * y[t, d] + sum_j comb[t, j, k] * X[t, j, d], N consecutive d per
-// thread; block b covers token b / dblocks, packs [(b % dblocks) * kThreads, ...).
+// thread; block b covers token b / dblocks, packs [(b % dblocks) * blockDim.x, ...).
 template <int HC, typename Ty, int N>
 __global__ void __launch_bounds__(kThreads)
     hc_post_kernel(const Ty* __restrict__ y, const float* __restrict__ X, const float* __restrict__ post,
@@ -202,7 +393,7 @@ __global__ void __launch_bounds__(kThreads)
   pdl_trigger();
   pdl_wait();
   const int64_t t = blockIdx.x / dblocks;
-  const int64_t d = ((blockIdx.x % dblocks) * kThreads + threadIdx.x) * N;
+  const int64_t d = ((blockIdx.x % dblocks) * blockDim.x + threadIdx.x) * N;
   if (d >= D) return;
   float yv[N], xv[HC][N];
   if constexpr (N == 1) {
@@ -263,17 +454,48 @@ void check_weights(const CudaBackend& be, const HyperConnectionWeights& w, int64
                  shape_str(w.scale.shape));
 }
 
-// Both passes of hc_pre (kHead false) or hc_head (true) for HC streams.
+// The fused path's per-token counters: kFusedMaxT zeros kept per backend (op_state), allocated
+// and cleared on first use. A clear issued inside a stream capture is a node of that graph (it
+// runs before every replay); `cleared` records whether one ran eagerly, so a capture that was
+// discarded leaves the next eager call to clear them again.
+struct HcCounters {
+  unsigned* data = nullptr;
+  bool cleared = false;
+};
+const char kHcCountersKey = 0;  // its address keys the state
+
+unsigned* hc_counters(CudaBackend& be) {
+  auto* st = be.op_state<HcCounters>(&kHcCountersKey);
+  if (st->data == nullptr) {
+    const TensorView v = be.allocate(DType::kI32, {kFusedMaxT});
+    st->data = static_cast<unsigned*>(v.data);  // never released: the arena goes with the backend
+  }
+  if (!st->cleared) {
+    CLAWMINE_CUDA_CHECK(cudaMemsetAsync(st->data, 0, kFusedMaxT * sizeof(unsigned), be.stream()));
+    st->cleared = !be.capturing();
+  }
+  return st->data;
+}
+
+// hc_pre (kHead false) or hc_head (true) for HC streams: the fused kernel for T <= kFusedMaxT,
+// else the two prefill passes.
 template <int HC, bool kHead>
 void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnectionWeights& w, const HcParams& p,
                        const TensorView& out, float* post, float* comb, const char* op) {
-  constexpr int kMix = kHead ? HC : (2 + HC) * HC;
+  constexpr int kMix = mix_count<HC, kHead>();
   const int64_t T = X.dim(0), D = X.dim(2), n = HC * D;
-  // Splits: enough blocks to cover the device twice, each at least kMinSplit elements.
-  const int64_t target = 2 * std::max(1, be.sm_count());
-  int64_t S = std::clamp<int64_t>((target + T - 1) / T, 1, std::max<int64_t>(1, n / kMinSplit));
-  const int64_t chunk = ((n + S - 1) / S + 3) / 4 * 4;
+  const int64_t target = 2 * std::max(1, be.sm_count());  // blocks: enough to cover the device twice
+  const bool fused = T <= kFusedMaxT;
+  int64_t S, chunk;
+  if (fused) {  // chunks of whole warp sweeps
+    const int64_t want = std::max<int64_t>(1, (target + T - 1) / T);
+    chunk = std::max(kFusedUnit, ((n + want - 1) / want + kFusedUnit - 1) / kFusedUnit * kFusedUnit);
+  } else {  // each split at least kMinSplit elements
+    const int64_t want = std::clamp<int64_t>((target + T - 1) / T, 1, std::max<int64_t>(1, n / kMinSplit));
+    chunk = ((n + want - 1) / want + 3) / 4 * 4;
+  }
   S = (n + chunk - 1) / chunk;
+  CLAWMINE_CHECK(S <= 65535 && T <= INT32_MAX, "cuda ", op, ": X ", shape_str(X.shape), " exceeds the grid");
   ops::ScratchFrame frame(be);
   const TensorView partial = be.scratch(DType::kF32, {T, S, kMix + 1});
   const HcScalars scalars{w.base.data,
@@ -283,19 +505,30 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
                           p.rms_eps,
                           p.hc_eps,
                           static_cast<int>(p.sinkhorn_iters)};
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(S));
+  unsigned* counters = fused ? hc_counters(be) : nullptr;
   dispatch_float(w.fn.dtype, op, "fn", [&](auto tf) {
     using Tf = decltype(tf);
-    const bool packed = rowwise::packable<float, 4>(X.data, n) && rowwise::packable<Tf, 4>(w.fn.data, n);
-    launch_kernel(hc_mix_partial_kernel<kMix, Tf>, dim3(static_cast<unsigned>(T), static_cast<unsigned>(S)), kThreads,
-                  0, be.stream(), X.f32(), w.fn.as<const Tf>(), n, chunk, partial.f32(), packed);
-    CLAWMINE_CUDA_LAUNCHED("hc mix");
-  });
-  dispatch_float(out.dtype, op, kHead ? "y" : "x_in", [&](auto to) {
-    using To = decltype(to);
-    const bool packed = rowwise::packable<float, 4>(X.data, D) && rowwise::packable<To, 4>(out.data, D);
-    launch_kernel(hc_finish_kernel<HC, kHead, To>, static_cast<unsigned>(T), kThreads, 0, be.stream(), X.f32(),
-                  partial.f32(), static_cast<int>(S), D, scalars, out.as<To>(), post, comb, packed);
-    CLAWMINE_CUDA_LAUNCHED("hc finish");
+    const bool packed_mix = rowwise::packable<float, 4>(X.data, n) && rowwise::packable<Tf, 4>(w.fn.data, n);
+    if (!fused) {
+      launch_kernel(hc_mix_partial_kernel<kMix, Tf>, grid, kThreads, 0, be.stream(), X.f32(), w.fn.as<const Tf>(), n,
+                    chunk, partial.f32(), packed_mix);
+      CLAWMINE_CUDA_LAUNCHED("hc mix");
+    }
+    dispatch_float(out.dtype, op, kHead ? "y" : "x_in", [&](auto to) {
+      using To = decltype(to);
+      const bool packed_out = rowwise::packable<float, 4>(X.data, D) && rowwise::packable<To, 4>(out.data, D);
+      if (fused) {
+        launch_kernel(hc_fused_kernel<HC, kHead, Tf, To>, grid, kThreads, 0, be.stream(), X.f32(),
+                      w.fn.as<const Tf>(), D, chunk, partial.f32(), counters, scalars, out.as<To>(), post, comb,
+                      packed_mix, packed_out);
+        CLAWMINE_CUDA_LAUNCHED("hc fused");
+      } else {
+        launch_kernel(hc_finish_kernel<HC, kHead, To>, static_cast<unsigned>(T), kThreads, 0, be.stream(), X.f32(),
+                      partial.f32(), static_cast<int>(S), D, scalars, out.as<To>(), post, comb, packed_out);
+        CLAWMINE_CUDA_LAUNCHED("hc finish");
+      }
+    });
   });
 }
 
@@ -365,13 +598,15 @@ void CudaBackend::hc_post(const TensorView& y, const TensorView& X, const Tensor
       const bool packed = rowwise::packable<Ty, 4>(y.data, D) && rowwise::packable<float, 4>(X.data, D) &&
                           rowwise::packable<float, 4>(X_out.data, D);
       const int N = packed ? 4 : 1;
-      const int64_t dblocks = (D / N + kThreads - 1) / kThreads;
+      // Blocks of 64 threads when 256-thread blocks would leave most SMs idle (decode).
+      const int threads = T * ((D / N + kThreads - 1) / kThreads) < sm_count_ ? 64 : kThreads;
+      const int64_t dblocks = (D / N + threads - 1) / threads;
       const auto blocks = static_cast<unsigned>(T * dblocks);
       if (packed) {
-        launch_kernel(hc_post_kernel<HC, Ty, 4>, blocks, kThreads, 0, stream_, y.as<const Ty>(), X.f32(), post.f32(),
+        launch_kernel(hc_post_kernel<HC, Ty, 4>, blocks, threads, 0, stream_, y.as<const Ty>(), X.f32(), post.f32(),
                       comb.f32(), X_out.f32(), D, dblocks);
       } else {
-        launch_kernel(hc_post_kernel<HC, Ty, 1>, blocks, kThreads, 0, stream_, y.as<const Ty>(), X.f32(), post.f32(),
+        launch_kernel(hc_post_kernel<HC, Ty, 1>, blocks, threads, 0, stream_, y.as<const Ty>(), X.f32(), post.f32(),
                       comb.f32(), X_out.f32(), D, dblocks);
       }
       CLAWMINE_CUDA_LAUNCHED("hc_post");

@@ -1,13 +1,22 @@
 // rms_norm and rope.
-// rms_norm: one warp per row for rows up to 1024 elements, else one block per row; the sum of
-//   squares is accumulated in float32 per thread and reduced in a fixed order, then every
-//   element is x * (1 / sqrt(mean + eps)) * weight. out may alias x: each element is read and
-//   written by the same thread, and every read of the row precedes the reduction.
-// rope: one block per (token, run of vectors). The angle is the float32 product
-//   inv_freq[i] * float(position) (transformers-parity #14); its cos/sin are taken in double and
-//   rounded to float, and the rotation is done in double and rounded once, exactly as the CPU
-//   backend does, so F32 results match it bit for bit up to the last-ulp accuracy of the
-//   double sin/cos (at any position: the double reduction of large angles is exact enough).
+// rms_norm: tpr threads per row (32, 64, 128 or 256: about two packs of 8 elements per thread,
+//   kThreads / tpr rows per block), so a short row at T = 1 still spreads over a warp or more.
+//   Packed rows of up to kRegPacks * tpr packs are read once: each thread loads its packs of x
+//   (and of the weight) into registers before the reduction, so every load is in flight at once.
+//   Other rows (unpacked, or longer) loop over the row twice. The sum of squares is accumulated
+//   in float32 per thread and reduced in a fixed order (warp shuffles, then the row's warps in
+//   order through shared memory: one barrier), then every element is x * (1 / sqrt(mean + eps))
+//   * weight. out may alias x: each element is read and written by the same thread, and every
+//   read of the row precedes the reduction.
+// rope: one thread per kP consecutive pairs of one vector (kP = 4 when the rope dims can be read
+//   as 16/32-byte packs, else 1); a block covers a slice of one token's vectors or, when a token
+//   has fewer than kThreads such items, several tokens. The thread issues its load of x first,
+//   then the block computes each (cos, sin) of its tokens once into shared memory. The angle is
+//   the float32 product inv_freq[i] * float(position) (transformers-parity #14); its cos/sin are
+//   taken in double and rounded to float, and the rotation is done in double and rounded once,
+//   exactly as the CPU backend does, so F32 results match it bit for bit up to the last-ulp
+//   accuracy of the double sin/cos (at any position: the double reduction of large angles is
+//   exact enough).
 #include <algorithm>
 
 #include "backend/cuda/backend_impl.cuh"
@@ -17,42 +26,114 @@ namespace clawmine::backend::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kWarpRowMax = 1024;  // rows up to this length get one warp each
+constexpr int kWarps = kThreads / 32;
+constexpr int kRegPacks = 4;  // packs of 8 per thread held in registers (rows up to 32 * tpr elements)
 
-// kTpr threads per row: 32 (warp per row, kThreads / 32 rows per block) or kThreads (block per row).
-// packed: x and out rows are read/written in Packed<., 8> (the weight is read element by element).
-template <typename Tx, typename To, int kTpr>
-__global__ void rms_norm_kernel(const Tx* x, const void* weight, rowwise::FloatCode wcode, To* out, int64_t rows,
-                                int64_t n, float eps, bool packed) {
+// Threads per row for rows of n elements: the smallest of 32, 64, 128, 256 giving each thread at
+// most two packs of 8 (256 for longer rows).
+int rms_threads_per_row(int64_t n) {
+  const int64_t packs = (n + 7) / 8;
+  int tpr = 32;
+  while (tpr < kThreads && packs > 2 * tpr) tpr *= 2;
+  return tpr;
+}
+
+// Sum of v over the tpr consecutive threads of this thread's row group (tpr a power of two in
+// [32, kThreads], the same for the whole block): warp shuffles, then for tpr > 32 the row's warps
+// in order through `red` (kWarps floats) after one barrier that every thread of the block reaches.
+__device__ __forceinline__ float row_group_sum(float v, int tpr, float* red) {
+  v = rowwise::warp_sum(v);
+  if (tpr <= 32) return v;
+  const int warp = threadIdx.x >> 5, per = tpr >> 5, first = warp / per * per;
+  if ((threadIdx.x & 31) == 0) red[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < per; ++w) total += red[first + w];
+  return total;
+}
+
+// Row `row` = blockIdx.x * (kThreads / tpr) + threadIdx.x / tpr. regs: packed rows of at most
+// kRegPacks * tpr packs, held in registers; else packed: Packed<., 8> loops, else element loops.
+// wpacked: the weight may be read in packs of 8 too.
+template <typename Tx, typename To>
+__global__ void __launch_bounds__(kThreads)
+    rms_norm_kernel(const Tx* x, const void* weight, rowwise::FloatCode wcode, To* out, int64_t rows, int64_t n,
+                    float eps, int tpr, bool regs, bool packed, bool wpacked) {
   pdl_trigger();
   pdl_wait();
-  __shared__ float red[32];
-  const int64_t row = kTpr == 32 ? blockIdx.x * static_cast<int64_t>(kThreads / 32) + (threadIdx.x >> 5)
-                                 : static_cast<int64_t>(blockIdx.x);
-  const int r = kTpr == 32 ? (threadIdx.x & 31) : threadIdx.x;  // this thread's rank in its row
-  if (row >= rows) return;  // warp mode: whole warps leave (no block barrier follows)
-  const Tx* xr = x + row * n;
-  To* orow = out + row * n;
+  __shared__ float red[kWarps];
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kThreads / tpr) + threadIdx.x / tpr;
+  const int r = threadIdx.x % tpr;  // this thread's rank in its row
+  const bool valid = row < rows;
+  if (tpr == 32 && !valid) return;  // warp groups: whole warps leave (no block barrier follows)
+  const int64_t base = valid ? row * n : 0;
+  const Tx* xr = x + base;
+  To* orow = out + base;
 
   float ss = 0.0f;
-  if (packed) {
-    for (int64_t c = r; c < n / 8; c += kTpr) {
-      float v[8];
-      rowwise::load_packed<8>(xr + c * 8, v);
+  if (regs) {
+    const int64_t packs = n / 8;
+    float v[kRegPacks][8], w[kRegPacks][8];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) ss = fmaf(v[i], v[i], ss);
+    for (int k = 0; k < kRegPacks; ++k) {
+      const int64_t c = r + static_cast<int64_t>(k) * tpr;
+      if (valid && c < packs) {
+        rowwise::load_packed<8>(xr + c * 8, v[k]);
+        if (weight != nullptr) {
+          if (wpacked) {
+            rowwise::load_float_packed<8>(weight, wcode, c * 8, w[k]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) w[k][i] = rowwise::load_float(weight, wcode, c * 8 + i);
+          }
+        }
+      }
     }
-  } else {
-    for (int64_t i = r; i < n; i += kTpr) {
-      const float v = to_f32(xr[i]);
-      ss = fmaf(v, v, ss);
+#pragma unroll
+    for (int k = 0; k < kRegPacks; ++k) {
+      if (valid && r + static_cast<int64_t>(k) * tpr < packs) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) ss = fmaf(v[k][i], v[k][i], ss);
+      }
+    }
+    ss = row_group_sum(ss, tpr, red);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
+#pragma unroll
+    for (int k = 0; k < kRegPacks; ++k) {
+      const int64_t c = r + static_cast<int64_t>(k) * tpr;
+      if (valid && c < packs) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          v[k][i] *= inv;
+          if (weight != nullptr) v[k][i] *= w[k][i];
+        }
+        rowwise::store_packed<8>(orow + c * 8, v[k]);
+      }
+    }
+    return;
+  }
+
+  if (valid) {
+    if (packed) {
+      for (int64_t c = r; c < n / 8; c += tpr) {
+        float v[8];
+        rowwise::load_packed<8>(xr + c * 8, v);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) ss = fmaf(v[i], v[i], ss);
+      }
+    } else {
+      for (int64_t i = r; i < n; i += tpr) {
+        const float v = to_f32(xr[i]);
+        ss = fmaf(v, v, ss);
+      }
     }
   }
-  ss = kTpr == 32 ? rowwise::warp_sum(ss) : rowwise::block_sum(ss, red);
+  ss = row_group_sum(ss, tpr, red);
+  if (!valid) return;
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
 
   if (packed) {
-    for (int64_t c = r; c < n / 8; c += kTpr) {
+    for (int64_t c = r; c < n / 8; c += tpr) {
       float v[8];
       rowwise::load_packed<8>(xr + c * 8, v);
 #pragma unroll
@@ -63,7 +144,7 @@ __global__ void rms_norm_kernel(const Tx* x, const void* weight, rowwise::FloatC
       rowwise::store_packed<8>(orow + c * 8, v);
     }
   } else {
-    for (int64_t i = r; i < n; i += kTpr) {
+    for (int64_t i = r; i < n; i += tpr) {
       float v = to_f32(xr[i]) * inv;
       if (weight) v *= rowwise::load_float(weight, wcode, i);
       orow[i] = from_f32<To>(v);
@@ -71,35 +152,63 @@ __global__ void rms_norm_kernel(const Tx* x, const void* weight, rowwise::FloatC
   }
 }
 
-// Block (t, y): vectors [y * vec_per_block, ...) of token t. cs = [cos(half) | ±sin(half)].
-template <typename T>
-__global__ void rope_kernel(T* x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
-                            int64_t n_vec, int64_t dim, int64_t half, int64_t vec_per_block, bool inverse) {
+// (a, b) -> (a c - b s, a s + b c) in double, each rounded once to float.
+__device__ __forceinline__ void rotate_pair(float& a, float& b, float c, float s) {
+  // Both products are exact in double; each result is rounded to double once, then to float.
+  const double da = a, db = b, dc = c, ds = s;
+  const double ra = __dsub_rn(__dmul_rn(da, dc), __dmul_rn(db, ds));
+  const double rb = __dadd_rn(__dmul_rn(da, ds), __dmul_rn(db, dc));
+  a = __double2float_rn(ra);
+  b = __double2float_rn(rb);
+}
+
+// Block (bx, by): tokens [bx * tpb, +tpb), items [by * ipb, +ipb) of each; thread i takes token
+// i / ipb and item i % ipb. Item = (vector v, pairs [kP * j, kP * j + kP)) with half / kP items
+// per vector. cs[lt][0..half) = cos, cs[lt][half..2 half) = ±sin of local token lt.
+template <typename T, int kP>
+__global__ void __launch_bounds__(kThreads)
+    rope_kernel(T* x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq, int64_t T_,
+                int64_t n_vec, int64_t dim, int64_t half, int64_t items, int ipb, int tpb, bool inverse) {
   pdl_trigger();
   pdl_wait();
   extern __shared__ float cs[];
-  const int64_t t = blockIdx.x;
-  const float pos = static_cast<float>(positions[t]);
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+  const int64_t t0 = blockIdx.x * static_cast<int64_t>(tpb);
+  const int lt = threadIdx.x / ipb;
+  const int64_t t = t0 + lt, item = blockIdx.y * static_cast<int64_t>(ipb) + threadIdx.x % ipb;
+  const bool active = lt < tpb && t < T_ && item < items;
+  const int64_t per_vec = half / kP;
+  const int64_t i0 = active ? (item % per_vec) * kP : 0;
+  T* q = active ? x + (t * n_vec + item / per_vec) * dim + (dim - 2 * half) + 2 * i0 : x;
+  float v[2 * kP];
+  if (active) {  // in flight while the block takes its sines and cosines
+    if constexpr (kP == 1) {
+      v[0] = to_f32(q[0]);
+      v[1] = to_f32(q[1]);
+    } else {
+      rowwise::load_packed<2 * kP>(q, v);
+    }
+  }
+  for (int64_t j = threadIdx.x; j < tpb * half; j += blockDim.x) {
+    const int64_t l = j / half, i = j % half;
+    if (t0 + l >= T_) break;  // j grows with l
+    const float pos = static_cast<float>(positions[t0 + l]);
     const float angle = __fmul_rn(inv_freq[i], pos);  // float32 product, like torch
     double s, c;
     sincos(static_cast<double>(angle), &s, &c);
-    cs[i] = __double2float_rn(c);
+    cs[l * 2 * half + i] = __double2float_rn(c);
     const float sf = __double2float_rn(s);
-    cs[half + i] = inverse ? -sf : sf;
+    cs[l * 2 * half + half + i] = inverse ? -sf : sf;
   }
   __syncthreads();
-  const int64_t v0 = blockIdx.y * vec_per_block, v1 = min(n_vec, v0 + vec_per_block);
-  const int64_t pairs = (v1 - v0) * half;
-  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const int64_t v = v0 + p / half, i = p % half;
-    T* q = x + (t * n_vec + v) * dim + (dim - 2 * half) + 2 * i;
-    const double a = to_f32(q[0]), b = to_f32(q[1]), c = cs[i], s = cs[half + i];
-    // Both products are exact in double; each result is rounded to double once, then to float.
-    const double ra = __dsub_rn(__dmul_rn(a, c), __dmul_rn(b, s));
-    const double rb = __dadd_rn(__dmul_rn(a, s), __dmul_rn(b, c));
-    q[0] = from_f32<T>(__double2float_rn(ra));
-    q[1] = from_f32<T>(__double2float_rn(rb));
+  if (!active) return;
+  const float* c = cs + lt * 2 * half + i0;
+#pragma unroll
+  for (int k = 0; k < kP; ++k) rotate_pair(v[2 * k], v[2 * k + 1], c[k], c[half + k]);
+  if constexpr (kP == 1) {
+    q[0] = from_f32<T>(v[0]);
+    q[1] = from_f32<T>(v[1]);
+  } else {
+    rowwise::store_packed<2 * kP>(q, v);
   }
 }
 
@@ -127,14 +236,14 @@ void CudaBackend::rms_norm(const TensorView& x, const TensorView* weight, float 
     dispatch_float(out.dtype, "rms_norm", "out", [&](auto to) {
       using To = decltype(to);
       const bool packed = rowwise::packable<Tx, 8>(x.data, n) && rowwise::packable<To, 8>(out.data, n);
-      if (n <= kWarpRowMax) {
-        const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
-        launch_kernel(rms_norm_kernel<Tx, To, 32>, static_cast<unsigned>(blocks), kThreads, 0, stream_,
-                      x.as<const Tx>(), w, wcode, out.as<To>(), rows, n, eps, packed);
-      } else {
-        launch_kernel(rms_norm_kernel<Tx, To, kThreads>, static_cast<unsigned>(rows), kThreads, 0, stream_,
-                      x.as<const Tx>(), w, wcode, out.as<To>(), rows, n, eps, packed);
-      }
+      const bool wpacked =
+          w != nullptr && reinterpret_cast<uintptr_t>(w) % (8 * rowwise::float_code_bytes(wcode)) == 0;
+      const int tpr = rms_threads_per_row(n);
+      const bool regs = packed && n / 8 <= static_cast<int64_t>(kRegPacks) * tpr;
+      const int64_t rows_per_block = kThreads / tpr, blocks = (rows + rows_per_block - 1) / rows_per_block;
+      CLAWMINE_CHECK(blocks <= INT32_MAX, "cuda rms_norm: ", rows, " rows exceed the grid");
+      launch_kernel(rms_norm_kernel<Tx, To>, static_cast<unsigned>(blocks), kThreads, 0, stream_, x.as<const Tx>(), w,
+                    wcode, out.as<To>(), rows, n, eps, tpr, regs, packed, wpacked);
       CLAWMINE_CUDA_LAUNCHED("rms_norm");
     });
   });
@@ -155,15 +264,30 @@ void CudaBackend::rope(const TensorView& x, const TensorView& positions, const T
   CLAWMINE_CHECK(inv_freq.dtype == DType::kF32 && inv_freq.numel() == half, "cuda rope: inv_freq must be [", half,
                  "] F32 (rope_dim/2), got ", dtype_name(inv_freq.dtype), " ", shape_str(inv_freq.shape));
   if (T == 0 || n_vec == 0) return;
-  // About 2048 pairs per block; at most 65535 blocks along y.
-  int64_t vec_per_block = std::max<int64_t>(1, 2048 / half);
-  vec_per_block = std::max(vec_per_block, (n_vec + 65534) / 65535);
-  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((n_vec + vec_per_block - 1) / vec_per_block));
-  const size_t smem = static_cast<size_t>(2 * half) * sizeof(float);
   dispatch_float(x.dtype, "rope", "x", [&](auto tv) {
     using T_ = decltype(tv);
-    launch_kernel(rope_kernel<T_>, grid, kThreads, smem, stream_, x.as<T_>(), positions.as<const int32_t>(),
-                  inv_freq.as<const float>(), n_vec, dim, half, vec_per_block, inverse);
+    // Four pairs (one Packed<., 8>) per thread where the rope dims of every vector are aligned packs.
+    const bool packed =
+        half % 4 == 0 && (dim - rope_dim) % 8 == 0 && rowwise::packable<T_, 8>(x.data, dim);
+    const int kp = packed ? 4 : 1;
+    const int64_t items = n_vec * (half / kp);  // per token
+    // Items per block along y, and tokens per block: several tokens share a block when one has
+    // fewer than kThreads items, as long as their sines and cosines take one pass of the block.
+    const int ipb = static_cast<int>(std::min<int64_t>(items, kThreads));
+    int64_t tpb = ipb < kThreads ? std::min<int64_t>(kThreads / ipb, std::max<int64_t>(1, kThreads / half)) : 1;
+    tpb = std::min(tpb, T);
+    const int64_t gx = (T + tpb - 1) / tpb, gy = (items + ipb - 1) / ipb;
+    CLAWMINE_CHECK(gx <= INT32_MAX && gy <= 65535, "cuda rope: x ", shape_str(x.shape), " with rope_dim ", rope_dim,
+                   " exceeds the grid");
+    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+    const size_t smem = static_cast<size_t>(tpb * 2 * half) * sizeof(float);
+    if (packed) {
+      launch_kernel(rope_kernel<T_, 4>, grid, kThreads, smem, stream_, x.as<T_>(), positions.as<const int32_t>(),
+                    inv_freq.as<const float>(), T, n_vec, dim, half, items, ipb, static_cast<int>(tpb), inverse);
+    } else {
+      launch_kernel(rope_kernel<T_, 1>, grid, kThreads, smem, stream_, x.as<T_>(), positions.as<const int32_t>(),
+                    inv_freq.as<const float>(), T, n_vec, dim, half, items, ipb, static_cast<int>(tpb), inverse);
+    }
     CLAWMINE_CUDA_LAUNCHED("rope");
   });
 }

@@ -1,13 +1,21 @@
 // qdq: the official inference code's quantize-dequantize round trips (spec §3.0, quant/qdq.h),
-// in place, one warp per row, bit-exact with quant/qdq.cpp for F32 rows:
+// in place, bit-exact with quant/qdq.cpp for F32 rows:
 //   kFp8Nope: blocks of 64 over the first n_nope dims; s = 2^ceil(log2(max(amax, 1e-4) / 448)),
 //     x = e4m3(x / s) * s (nearest, ties to even, saturated to 448);
 //   kHadamardFp4: the Sylvester-ordered Walsh-Hadamard transform (the CPU's butterflies, stage by
-//     stage in shared memory, then * 1/sqrt(n)), then blocks of 32 with
+//     stage, then * 1/sqrt(n)), then blocks of 32 with
 //     s = 2^ceil(log2(max(amax, 6 * 2^-126) / 6)), x = e2m1(x / s) * s.
 // amax is over finite values; NaN/Inf elements are left as they are. The results are minifloat
 // values times powers of two, so BF16 rows store them exactly too. Every float operation is an
 // explicitly rounded intrinsic (never contracted into an FMA).
+// Parallel layout (every block scale is a max, so any grouping gives the CPU's bits):
+//   kFp8Nope: 8 consecutive elements per thread, so each aligned group of 8 lanes holds one block
+//     of 64 (its amax: 3 shuffles); a row of n_nope takes ceil(n_nope / 64) such groups, and rows
+//     follow each other across warps and blocks (one row of 448 at decode: 56 threads, one pass).
+//   kHadamardFp4, rows of 32 * E (E = 1..16) elements: one warp per row, E consecutive elements
+//     per lane in registers; the butterflies of stride < E stay in the lane, the others pair lanes
+//     through shuffles (lane bit s/E set: a - b with a the partner's value), then each block of 32
+//     is an aligned group of 32 / E lanes. Other widths: one warp per row through shared memory.
 #include <algorithm>
 #include <cfloat>
 
@@ -56,28 +64,105 @@ __device__ __forceinline__ float qdq_e2m1(float v, float s) {
   return __fmul_rn(round_minifloat(__fdiv_rn(v, s), 1, 0, 6.0f), s);
 }
 
-// One warp per row: FP8 on blocks of 64 over the first n_nope elements.
-template <typename T>
-__global__ void qdq_fp8_nope_kernel(T* x, int64_t rows, int64_t width, int64_t n_nope) {
+// FP8 on blocks of 64 over the first n_nope elements of each row. Thread g of the flattened grid
+// takes row g / tpr, elements [8 * (g % tpr), +8) (tpr = ceil(n_nope / 64) * 8 threads per row).
+// kPacked: the 8 elements are one Packed<T, 8> (width and n_nope multiples of 8, aligned rows).
+template <typename T, bool kPacked>
+__global__ void __launch_bounds__(kThreads) qdq_fp8_nope_kernel(T* x, int64_t rows, int64_t width, int64_t n_nope,
+                                                                int tpr) {
   pdl_trigger();
   pdl_wait();
-  const int lane = threadIdx.x & 31;
-  const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
-  if (row >= rows) return;  // whole warps
-  T* xr = x + row * width;
-  for (int64_t b = 0; b < n_nope; b += 64) {
-    const int64_t end = min(n_nope, b + 64), i0 = b + lane, i1 = b + 32 + lane;
-    const float v0 = i0 < end ? to_f32(xr[i0]) : 0.0f, v1 = i1 < end ? to_f32(xr[i1]) : 0.0f;
-    const bool f0 = i0 < end && isfinite(v0), f1 = i1 < end && isfinite(v1);
-    const float amax = fmaxf(1e-4f, rowwise::warp_max(fmaxf(f0 ? fabsf(v0) : 0.0f, f1 ? fabsf(v1) : 0.0f)));
-    const float s = pow2_ceil_scale(amax, 448.0f);
-    if (f0) xr[i0] = from_f32<T>(qdq_e4m3(v0, s));
-    if (f1) xr[i1] = from_f32<T>(qdq_e4m3(v1, s));
+  const int64_t g = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+  const int64_t row = g / tpr, c0 = (g % tpr) * 8;
+  const bool active = row < rows && c0 < n_nope;  // every lane stays for the shuffles
+  T* p = x + (active ? row * width + c0 : 0);
+  rowwise::Packed<T, 8> raw;  // kPacked: the stored elements (untouched ones keep their bits)
+  float v[8];
+  bool fin[8];
+  if constexpr (kPacked) {
+    if (active) raw = *reinterpret_cast<const rowwise::Packed<T, 8>*>(p);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) v[q] = active ? to_f32(raw.v[q]) : 0.0f;
+  } else {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) v[q] = active && c0 + q < n_nope ? to_f32(p[q]) : 0.0f;
+  }
+  float m = 0.0f;
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    fin[q] = active && c0 + q < n_nope && isfinite(v[q]);
+    if (fin[q]) m = fmaxf(m, fabsf(v[q]));
+  }
+#pragma unroll
+  for (int o = 1; o < 8; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (!active) return;
+  const float s = pow2_ceil_scale(fmaxf(1e-4f, m), 448.0f);
+  if constexpr (kPacked) {
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if (fin[q]) raw.v[q] = from_f32<T>(qdq_e4m3(v[q], s));
+    *reinterpret_cast<rowwise::Packed<T, 8>*>(p) = raw;
+  } else {
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if (fin[q]) p[q] = from_f32<T>(qdq_e4m3(v[q], s));
   }
 }
 
-// One warp per row (rows_per_block rows per block, each with `width` floats of shared memory):
-// Walsh-Hadamard in the CPU's butterfly order, scaled, then FP4 on blocks of 32.
+// One warp per row of 32 * E elements, E consecutive ones per lane (Packed<T, E> loads): the
+// Walsh-Hadamard butterflies in the CPU's stage order, scaled, then FP4 on blocks of 32.
+template <typename T, int E>
+__global__ void __launch_bounds__(kThreads) qdq_hadamard_fp4_warp_kernel(T* x, int64_t rows) {
+  pdl_trigger();
+  pdl_wait();
+  constexpr int kWidth = 32 * E;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
+  if (row >= rows) return;  // whole warps
+  T* p = x + row * kWidth + lane * E;
+  float h[E];
+  rowwise::load_packed<E>(p, h);
+  // Stage s: pairs (j, j + s) with j's bit s clear: (a, b) -> (a + b, a - b); element j = lane * E + e.
+#pragma unroll
+  for (int s = 1; s < E; s *= 2) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if ((e & s) == 0) {
+        const float a = h[e], b = h[e + s];
+        h[e] = __fadd_rn(a, b);
+        h[e + s] = __fsub_rn(a, b);
+      }
+    }
+  }
+#pragma unroll
+  for (int s = E; s < kWidth; s *= 2) {
+    const int o = s / E;
+    const bool upper = (lane & o) != 0;  // this lane holds the b of each pair, its partner the a
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float other = __shfl_xor_sync(0xffffffffu, h[e], o);
+      h[e] = upper ? __fsub_rn(other, h[e]) : __fadd_rn(h[e], other);
+    }
+  }
+  const float scale = __fdiv_rn(1.0f, __fsqrt_rn(static_cast<float>(kWidth)));
+  float m = 0.0f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    h[e] = __fmul_rn(h[e], scale);
+    if (isfinite(h[e])) m = fmaxf(m, fabsf(h[e]));
+  }
+#pragma unroll
+  for (int o = 1; o < 32 / E; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  const float s = pow2_ceil_scale(fmaxf(6.0f * FLT_MIN, m), 6.0f);  // amax floor 6 * 2^-126
+#pragma unroll
+  for (int e = 0; e < E; ++e)
+    if (isfinite(h[e])) h[e] = qdq_e2m1(h[e], s);
+  rowwise::store_packed<E>(p, h);
+}
+
+// Any power-of-two width up to kHadamardMax. One warp per row (rows_per_block rows per block, each
+// with `width` floats of shared memory): Walsh-Hadamard in the CPU's butterfly order, scaled,
+// then FP4 on blocks of 32.
 template <typename T>
 __global__ void qdq_hadamard_fp4_kernel(T* x, int64_t rows, int64_t width, int rows_per_block) {
   pdl_trigger();
@@ -127,20 +212,38 @@ void CudaBackend::qdq(const TensorView& x, Qdq kind, int64_t n_nope) {
       CLAWMINE_CHECK(n_nope >= 0 && n_nope <= width, "cuda qdq: n_nope ", n_nope, " is outside [0, ", width,
                      "] for rows of ", width);
       if (n_nope == 0) return;
-      const int64_t blocks = (rows + kWarps - 1) / kWarps;
-      launch_kernel(qdq_fp8_nope_kernel<T>, static_cast<unsigned>(blocks), kThreads, 0, stream_, x.as<T>(), rows, width,
-                    n_nope);
+      const int tpr = static_cast<int>((n_nope + 63) / 64 * 8);
+      const int64_t blocks = (rows * tpr + kThreads - 1) / kThreads;
+      CLAWMINE_CHECK(blocks <= INT32_MAX, "cuda qdq: ", rows, " rows of ", width, " exceed the grid");
+      const bool packed = n_nope % 8 == 0 && rowwise::packable<T, 8>(x.data, width);
+      launch_kernel(packed ? qdq_fp8_nope_kernel<T, true> : qdq_fp8_nope_kernel<T, false>,
+                    static_cast<unsigned>(blocks), kThreads, 0, stream_, x.as<T>(), rows, width, n_nope, tpr);
       CLAWMINE_CUDA_LAUNCHED("qdq fp8");
     } else {
       CLAWMINE_CHECK((width & (width - 1)) == 0, "cuda qdq: the Hadamard rotation needs a power-of-two row, got ",
                      width);
       CLAWMINE_CHECK(width <= kHadamardMax, "cuda qdq: Hadamard rows of ", width, " exceed the supported ",
                      kHadamardMax);
-      const int rows_per_block = static_cast<int>(std::clamp<int64_t>(kHadamardMax / width, 1, kWarps));
-      const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
-      const size_t smem = static_cast<size_t>(rows_per_block * width) * sizeof(float);
-      launch_kernel(qdq_hadamard_fp4_kernel<T>, static_cast<unsigned>(blocks), rows_per_block * 32, smem, stream_,
-                    x.as<T>(), rows, width, rows_per_block);
+      // Rows of 32..512 whose lane slices (width / 32 elements) are aligned packs: registers.
+      if (width >= 32 && width <= 512 && reinterpret_cast<uintptr_t>(x.data) % (sizeof(T) * (width / 32)) == 0) {
+        const int64_t blocks = (rows + kWarps - 1) / kWarps;
+        CLAWMINE_CHECK(blocks <= INT32_MAX, "cuda qdq: ", rows, " rows exceed the grid");
+        void (*kernel)(T*, int64_t) = nullptr;
+        switch (width) {
+          case 32: kernel = qdq_hadamard_fp4_warp_kernel<T, 1>; break;
+          case 64: kernel = qdq_hadamard_fp4_warp_kernel<T, 2>; break;
+          case 128: kernel = qdq_hadamard_fp4_warp_kernel<T, 4>; break;
+          case 256: kernel = qdq_hadamard_fp4_warp_kernel<T, 8>; break;
+          default: kernel = qdq_hadamard_fp4_warp_kernel<T, 16>; break;  // 512
+        }
+        launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, 0, stream_, x.as<T>(), rows);
+      } else {
+        const int rows_per_block = static_cast<int>(std::clamp<int64_t>(kHadamardMax / width, 1, kWarps));
+        const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+        const size_t smem = static_cast<size_t>(rows_per_block * width) * sizeof(float);
+        launch_kernel(qdq_hadamard_fp4_kernel<T>, static_cast<unsigned>(blocks), rows_per_block * 32, smem, stream_,
+                      x.as<T>(), rows, width, rows_per_block);
+      }
       CLAWMINE_CUDA_LAUNCHED("qdq hadamard fp4");
     }
   });

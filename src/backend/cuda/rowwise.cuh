@@ -61,6 +61,22 @@ __device__ __forceinline__ float load_float(const void* p, FloatCode code, int64
   }
 }
 
+// out[j] = float(p[i + j]) for j < N, one packed load; p + i aligned to N elements of its dtype.
+template <int N>
+__device__ __forceinline__ void load_float_packed(const void* p, FloatCode code, int64_t i, float (&out)[N]) {
+  switch (code) {
+    case FloatCode::kBF16:
+      load_packed<N>(static_cast<const __nv_bfloat16*>(p) + i, out);
+      return;
+    case FloatCode::kF16:
+      load_packed<N>(static_cast<const __half*>(p) + i, out);
+      return;
+    default:
+      load_packed<N>(static_cast<const float*>(p) + i, out);
+  }
+}
+inline size_t float_code_bytes(FloatCode code) { return code == FloatCode::kF32 ? 4 : 2; }
+
 // Whether rows of `row_elems` elements starting at `p` may be read as Packed<T, N>: the base is
 // aligned to the pack size and every row start stays aligned.
 template <typename T, int N>
