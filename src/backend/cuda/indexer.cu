@@ -18,11 +18,16 @@
 //    zero-padded to a multiple of kIdxHeadGroup) and each thread accumulates kIdxHeadGroup head
 //    dot products at a time, reading q with broadcast 16-byte loads. Tiles beyond a token's
 //    causal limit skip the arithmetic.
+//  - prefill with BF16 q/keys at T >= kMmaMinT: the tensor-core kernel of indexer_mma.cu where
+//    it takes the shape (64 heads x 128 dims); its head sum has another fixed order, so these
+//    scores differ from the FMA kernels' in the last bits (within the tests' BF16 budget).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/indexer_mma.cuh"
 
 namespace clawmine::backend::cuda {
 namespace {
@@ -120,6 +125,7 @@ __global__ void __launch_bounds__(kIdxKeys)
 // ---- decode and small T: indexer_tile_kernel ---------------------------------------------------
 
 constexpr int64_t kTileMaxT = 16;  // larger T: the prefill kernel above
+constexpr int64_t kMmaMinT = 64;   // BF16 q/keys at T >= this: the tensor-core kernel (indexer_mma.cu)
 constexpr int kTileThreads = 256;
 constexpr int kTileHeads = 64;                            // heads per block (Hi <= 64, zero-padded)
 constexpr int kTileHpt = 4;                               // heads per thread
@@ -346,6 +352,16 @@ void CudaBackend::indexer_scores(const TensorView& q, const TensorView& keys, co
                       sm.w_offset, q_vec, k_vec, scores.as<float>());
         CLAWMINE_CUDA_LAUNCHED("indexer_scores (decode)");
         return;
+      }
+      if constexpr (std::is_same_v<TQ, __nv_bfloat16>) {
+        // Prefill with BF16 q/keys: the tensor-core kernel (indexer_mma.cu) when it takes the shape.
+        if (T >= kMmaMinT && launch_indexer_scores_mma(q.as<__nv_bfloat16>(), keys.as<__nv_bfloat16>(), weights.data,
+                                                       weights.dtype == DType::kBF16, weight_scale,
+                                                       positions.as<int32_t>(), rate, T, Hi, Di, N, scores.as<float>(),
+                                                       stream_)) {
+          CLAWMINE_CUDA_LAUNCHED("indexer_scores (tensor cores)");
+          return;
+        }
       }
       const IndexerSmem sm = indexer_smem(Di, Hp);
       const int64_t token_blocks = (T + kIdxTokens - 1) / kIdxTokens;
