@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # One device call for GEMV work (docs/perf-notes/gemv.md): the carried build dependencies and the
 # configure step of tools/gpu-check.sh, then only bench_gemv_probe and gpu_backend_cuda are
-# built; the probe runs first (its table is the point), then the linear/MoE/SwiGLU GPU tests in
-# what is left of the time budget, and the SASS of the tensor-core GEMV kernels goes to $OUT.
+# built; the probe runs first (its table is the point: fma, mma and stream kernels and cuBLAS at
+# every decode case, T = 1, 2, 4), then the linear/MoE/SwiGLU GPU tests twice in what is left of
+# the time budget: as configured (CLAWMINE_GEMV unset: mma; the CudaLinearStream tests force the
+# streaming kernel) and with CLAWMINE_GEMV=stream (every GEMV launch of those tests, MoE tile
+# tables and swiglu_mlp included, on the streaming kernel). The SASS of the GEMV kernels goes to
+# $OUT when cuobjdump is there.
 #
-#   device tool:  run(command="bash tools/gemv-iterate.sh", carry=[".devdeps"], timeout_s=300)
+#   device tool:  run(command="bash tools/gemv-iterate.sh", carry=[".devdeps"], timeout_s=600)
 #
 # Environment: OUT (default .out/gemv), BUILD_DIR (default build-gpu), PROBE_ARGS (extra
 # bench_gemv_probe options), GEMV_TESTS (gtest filter; default '*Linear*:*Moe*:*Swiglu*'),
-# GEMV_SKIP_TESTS=1 (probe only), GEMV_BUDGET_S (default 285: nothing starts after this),
-# GEMV_NCU (bench_gemv_probe options for one Nsight Compute pass over its first two tensor-core
-# GEMV launches, clocks left alone: e.g. "--shapes wo_b --formats nvfp4 --tokens 1").
+# GEMV_STREAM_TESTS (filter of the CLAWMINE_GEMV=stream pass; default the same less prefill and
+# policy tests),
+# GEMV_SKIP_TESTS=1 (probe only), GEMV_BUDGET_S (default 570: nothing starts after this),
+# GEMV_NCU (bench_gemv_probe options for one Nsight Compute pass over its first two
+# gemv_stream launches, clocks left alone: e.g. "--shapes wo_b --formats nvfp4 --tokens 1").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/.out/gemv}
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-gpu}
-BUDGET_S=${GEMV_BUDGET_S:-285}
+BUDGET_S=${GEMV_BUDGET_S:-570}
 START=$(date +%s)
 mkdir -p "$OUT"
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
@@ -41,11 +47,10 @@ echo "[gemv-iterate] built ${targets[*]} after $(($(date +%s) - START)) s"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw \
   --format=csv,noheader
 
-# SASS of the tensor-core GEMV (T=1, R=1 instances) for reading here.
+# SASS of the streaming GEMV (one-block instances) for reading here.
 obj=$BUILD_DIR/CMakeFiles/clawmine_backend_cuda.dir/src/backend/cuda/linear_gemv.cu.o
 if command -v cuobjdump >/dev/null && [ -f "$obj" ]; then
-  cuobjdump -sass "$obj" 2>/dev/null | awk '/Function : /{keep = ($0 ~ /gemv_mma_kernel/ && $0 ~ /ELi1ELi1ELb1E/)} keep' \
-    >"$OUT/sass.txt"
+  cuobjdump -sass "$obj" 2>/dev/null | awk '/Function : /{keep = ($0 ~ /gemv_stream_kernel/)} keep' >"$OUT/sass.txt"
 fi
 
 echo "[gemv-iterate] probe ($(left) s left)"
@@ -56,7 +61,7 @@ probe_rc=$?
 if [ -n "${GEMV_NCU:-}" ] && command -v ncu >/dev/null; then
   echo "[gemv-iterate] ncu ($(left) s left)"
   # shellcheck disable=SC2086
-  timeout "$(($(left) / 3))" ncu --clock-control none --kernel-name regex:gemv_mma --launch-count 2 \
+  timeout "$(($(left) / 3))" ncu --clock-control none --kernel-name regex:gemv_stream --launch-count 2 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
     --section LaunchStats "$BUILD_DIR/bench_gemv_probe" $GEMV_NCU --reps 3 >"$OUT/ncu.txt" 2>&1
   echo "[gemv-iterate] ncu rc $?"
@@ -64,12 +69,22 @@ fi
 
 tests_rc=0
 if [ "${GEMV_SKIP_TESTS:-0}" != 1 ]; then
-  echo "[gemv-iterate] tests ($(left) s left)"
-  timeout "$(left)" "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
-    --gtest_filter="${GEMV_TESTS:-*Linear*:*Moe*:*Swiglu*}" >"$OUT/tests.log" 2>&1
-  tests_rc=$?
-  grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|rel_l2|error' "$OUT/tests.log" | head -60
-  [ $tests_rc -eq 124 ] && echo "[gemv-iterate] tests timed out"
+  for mode in default stream; do
+    echo "[gemv-iterate] tests, CLAWMINE_GEMV=$mode ($(left) s left)"
+    log=$OUT/tests-$mode.log
+    if [ "$mode" = stream ]; then
+      # Prefill rows and the W8A8/W4A4 policies (F32 activations) never reach a GEMV tensor-core kernel.
+      CLAWMINE_GEMV=stream timeout "$(left)" "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
+        --gtest_filter="${GEMV_STREAM_TESTS:-*Linear*:*Moe*:*Swiglu*:-*Prefill*:*Polic*}" >"$log" 2>&1
+    else
+      timeout "$(left)" "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
+        --gtest_filter="${GEMV_TESTS:-*Linear*:*Moe*:*Swiglu*}" >"$log" 2>&1
+    fi
+    rc=$?
+    grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|rel_l2|error' "$log" | head -60
+    [ $rc -eq 124 ] && echo "[gemv-iterate] tests ($mode) timed out"
+    [ $rc -ne 0 ] && tests_rc=$rc
+  done
 fi
 echo "[gemv-iterate] probe table again (rc $probe_rc), tests rc $tests_rc, $(($(date +%s) - START)) s"
 cat "$OUT/probe.txt"

@@ -1,21 +1,26 @@
-// bench_gemv_probe: the decode GEMV (backend/cuda/linear_gemv.cu) at V4-Flash shapes, per weight
-// format and token count, against the copy bandwidth measured in the same run.
+// bench_gemv_probe: the decode GEMV (backend/cuda/linear_gemv.cu) at V4-Flash decode shapes, per
+// weight format and token count, against the copy bandwidth measured in the same run.
 //
-// For each format (BF16, FP8 with E8M0 / F32 block scales, MXFP4, NVFP4), shape and T it times
-//   fma     launch_gemv_fma: the float32-FMA kernel (the GEMV before the tensor-core one)
-//   stg     launch_gemv as linear() runs it (tensor-core kernel, weights through a cp.async ring;
+// For each format (BF16, FP8 with E8M0 / F32 block scales, MXFP4, NVFP4), case and T it times
+//   fma     launch_gemv_fma: the float32-FMA kernel (the GEMV before the tensor-core ones)
+//   mma     launch_gemv with CLAWMINE_GEMV=mma (the tensor-core kernel of run 3, cp.async ring;
 //           dense BF16 at T <= 2 takes the FMA kernel)
-//   dir     the tensor-core kernel loading weights straight into registers
-//   stg1, dir1  the same with one m-tile per warp whatever the row count
-//   cublas  cublasGemmEx on BF16 weights of the same shape (BF16 rows only; the issue's baseline)
+//   stream  launch_gemv with CLAWMINE_GEMV=stream (the streaming decode kernel; tiles of > 8
+//           tokens or too much staged x fall back to mma)
+//   cublas  cublasGemmEx / strided batched on BF16 weights of the same shape (the issue's
+//           baseline; not for the MoE cases)
 // as CUDA graphs of back-to-back launches over enough weight copies that nothing stays in L2
-// (median over replays), and prints GB/s of weight + scale bytes for the default kernel and the
-// ratio to the copy bandwidth of the same run: the best of a 1 GiB cudaMemcpy (in a graph and
-// eager) and a 16-byte-per-thread copy kernel, counting bytes read + written. It also prints the
-// floor of one empty kernel launch in a graph. Every case checks both tensor-core variants
-// against fma on the same random inputs (rel_l2 of f32 outputs, NaN-poisoned first).
+// (median over replays), and prints GB/s of weight + scale bytes and the ratio to the copy
+// bandwidth of the same run (the best of a 1 GiB cudaMemcpy in a graph / eager and a 16-byte copy
+// kernel, read + written bytes), plus the floor of one empty kernel launch in a graph. Cases:
+// linear shapes of one decode step (wq_a, wkv, shared-expert w1 and w2, wo_b, grouped wo_a
+// 8 x 1024 x 4096, wq_b, indexer wq_b, the head) and the routed experts as moe_experts launches
+// them (tile tables, 6 one-row tiles per token, each tile a distinct expert of a pool of 64):
+// moe13 = w1 + w3 (grid z = 2), moe2 = w2. Every case checks mma and stream against fma on the
+// same random inputs (rel_l2 of f32 outputs, NaN-poisoned first) and stream run twice for equal
+// bits.
 //
-//   bench_gemv_probe [--tokens 1,4,16] [--shapes wq_b,wo_b,w1,wq_a,head] [--formats bf16,fp8,fp8f32,mxfp4,nvfp4]
+//   bench_gemv_probe [--tokens 1,2,4] [--shapes wq_a,...,moe2,head] [--formats bf16,fp8,fp8f32,mxfp4,nvfp4]
 //                    [--reps 15] [--csv FILE]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -111,12 +116,17 @@ __global__ void copy_kernel(const uint4* __restrict__ src, uint4* __restrict__ d
 }
 __global__ void empty_kernel() {}
 
-struct Shape {
+struct Case {
   const char* name;
-  int64_t rows, k;
+  int64_t rows, k;  // per problem: out_features, in_features
+  int n_z;          // problems along grid z (grouped_linear groups; moe13: w1 and w3)
+  int moe;          // 0 linear; 1 moe13 (w1/w3 of the tile's expert); 2 moe2 (w2)
 };
-const Shape kShapes[] = {{"wq_b", 32768, 1024}, {"wo_b", 4096, 8192}, {"w1", 2048, 4096},
-                         {"wq_a", 1024, 4096},  {"head", 129280, 4096}};
+const Case kCases[] = {{"wq_a", 1024, 4096, 1, 0},     {"wkv", 512, 4096, 1, 0},    {"w1", 2048, 4096, 1, 0},
+                       {"w2", 4096, 2048, 1, 0},       {"wo_b", 4096, 8192, 1, 0},  {"wo_a", 1024, 4096, 8, 0},
+                       {"wq_b", 32768, 1024, 1, 0},    {"idx_wq_b", 8192, 1024, 1, 0}, {"moe13", 2048, 4096, 2, 1},
+                       {"moe2", 4096, 2048, 1, 2},     {"head", 129280, 4096, 1, 0}};
+constexpr int kTopK = 6, kExpertPool = 64;
 
 struct Format {
   const char* name;
@@ -128,7 +138,7 @@ const Format kFormats[] = {{"bf16", WFmt::kBF16},
                            {"mxfp4", WFmt::kMxfp4},
                            {"nvfp4", WFmt::kNvfp4}};
 
-// One weight copy in device memory.
+// One weight in device memory.
 struct Weight {
   void* w = nullptr;
   void* s = nullptr;
@@ -181,24 +191,107 @@ void free_weight(Weight& w) {
   if (w.s2) CK(cudaFree(w.s2));
 }
 
-cuda::GemmArgs gemv_args(const cuda::WeightDesc& d, const void* x, void* out, int64_t T, bool out_bf16) {
+// The weights of one case: linear cases hold `copies` weights of [n_z * rows, k] (launch i uses
+// copy i % copies); MoE cases hold kExpertPool experts of three projections each (w1, w3:
+// [rows, k]; w2 likewise for moe2) as one descriptor table, and one tile table per launch.
+struct CaseData {
+  std::vector<Weight> ws;
+  int64_t launch_bytes = 0;  // weight + scale bytes one launch reads
+  // MoE
+  cuda::WeightDesc* descs = nullptr;             // [kExpertPool * 3]
+  std::vector<int4*> tiles;                      // per launch: [6T] {expert, row, 1, 0}
+  int32_t* n_tiles = nullptr;                    // 6T
+  int32_t* x_rows = nullptr;                     // moe13: row j reads token j / 6
+  int launches = 8;
+};
+
+// GemmArgs of launch i of a case at T tokens (x, out: F32 or BF16 out; x BF16).
+cuda::GemmArgs case_args(const Case& c, const CaseData& cd, int i, const void* x, void* out, int64_t T, bool out_bf16) {
   cuda::GemmArgs a;
-  a.desc0 = d;
-  a.w_row_z = d.rows;
-  a.n_rows = d.rows;
-  a.K = d.k;
+  a.n_rows = c.rows;
+  a.K = c.k;
   a.x = x;
-  a.ldx = d.k;
-  a.x_z = d.k;
   a.out = out;
-  a.ldo = d.rows;
-  a.out_z = d.rows;
   a.out_bf16 = out_bf16 ? 1 : 0;
-  a.rows = T;
-  a.n_z = 1;
-  a.tile_rows = cuda::gemv_tile_rows(T);
-  a.fmt = d.fmt;
+  a.n_z = c.n_z;
+  if (c.moe == 0) {
+    a.desc0 = cd.ws[i % cd.ws.size()].d;
+    a.w_row_z = c.rows;
+    a.ldx = c.n_z * c.k;
+    a.x_z = c.k;
+    a.ldo = c.n_z * c.rows;
+    a.out_z = c.rows;
+    a.rows = T;
+    a.tile_rows = cuda::gemv_tile_rows(T);
+    a.fmt = a.desc0.fmt;
+    return a;
+  }
+  const int64_t N = kTopK * T;
+  a.descs = cd.descs;
+  a.desc_stride = 3;
+  a.desc_offset = c.moe == 1 ? 0 : 2;
+  a.tiles = cd.tiles[i % cd.tiles.size()];
+  a.n_tiles = cd.n_tiles;
+  a.tile_rows = 1;
+  a.ldx = c.k;
+  a.x_rows = c.moe == 1 ? cd.x_rows : nullptr;  // moe2: h [N, I] in row order
+  a.ldo = c.rows;
+  a.out_z = N * c.rows;
+  a.fmt = cd.ws[0].d.fmt;
   return a;
+}
+int grid_tiles_of(const Case& c, int64_t T) { return c.moe ? static_cast<int>(kTopK * T) : 1; }
+int64_t x_elems(const Case& c, int64_t T) { return c.moe == 2 ? kTopK * T * c.k : T * c.n_z * c.k; }
+int64_t out_elems(const Case& c, int64_t T) { return (c.moe ? kTopK * T : T) * c.n_z * c.rows; }
+
+CaseData make_case(const Case& c, WFmt f, int64_t T, uint32_t& seed) {
+  CaseData cd;
+  if (c.moe == 0) {
+    Weight first = make_weight(f, c.n_z * c.rows, c.k, seed++);
+    const int copies = static_cast<int>(std::max<int64_t>(2, std::min<int64_t>(96, (192ll << 20) / first.bytes + 1)));
+    cd.ws.push_back(first);
+    for (int i = 1; i < copies; ++i) cd.ws.push_back(make_weight(f, c.n_z * c.rows, c.k, seed++));
+    cd.launch_bytes = first.bytes;
+    cd.launches = std::max(copies, 8);
+    return cd;
+  }
+  // Experts: w1, w3 [I, D] and w2 [D, I] with (I, D) from the case (moe13: rows = I, k = D).
+  const int64_t I = c.moe == 1 ? c.rows : c.k, D = c.moe == 1 ? c.k : c.rows;
+  std::vector<cuda::WeightDesc> host;
+  for (int e = 0; e < kExpertPool; ++e)
+    for (int j = 0; j < 3; ++j) {
+      cd.ws.push_back(j < 2 ? make_weight(f, I, D, seed++) : make_weight(f, D, I, seed++));
+      host.push_back(cd.ws.back().d);
+    }
+  CK(cudaMalloc(&cd.descs, host.size() * sizeof(cuda::WeightDesc)));
+  CK(cudaMemcpy(cd.descs, host.data(), host.size() * sizeof(cuda::WeightDesc), cudaMemcpyHostToDevice));
+  const int64_t N = kTopK * T;
+  cd.launch_bytes = N * (c.moe == 1 ? cd.ws[0].bytes + cd.ws[1].bytes : cd.ws[2].bytes);
+  cd.launches = 16;
+  for (int i = 0; i < cd.launches; ++i) {
+    std::vector<int4> t(static_cast<size_t>(N));
+    for (int64_t j = 0; j < N; ++j)
+      t[j] = make_int4(static_cast<int>((i * N + j) % kExpertPool), static_cast<int>(j), 1, 0);
+    int4* dt = nullptr;
+    CK(cudaMalloc(&dt, t.size() * sizeof(int4)));
+    CK(cudaMemcpy(dt, t.data(), t.size() * sizeof(int4), cudaMemcpyHostToDevice));
+    cd.tiles.push_back(dt);
+  }
+  const int32_t n = static_cast<int32_t>(N);
+  CK(cudaMalloc(&cd.n_tiles, sizeof(int32_t)));
+  CK(cudaMemcpy(cd.n_tiles, &n, sizeof n, cudaMemcpyHostToDevice));
+  std::vector<int32_t> xr(static_cast<size_t>(N));
+  for (int64_t j = 0; j < N; ++j) xr[j] = static_cast<int32_t>(j / kTopK);
+  CK(cudaMalloc(&cd.x_rows, xr.size() * sizeof(int32_t)));
+  CK(cudaMemcpy(cd.x_rows, xr.data(), xr.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  return cd;
+}
+void free_case(CaseData& cd) {
+  for (Weight& w : cd.ws) free_weight(w);
+  if (cd.descs) CK(cudaFree(cd.descs));
+  for (int4* t : cd.tiles) CK(cudaFree(t));
+  if (cd.n_tiles) CK(cudaFree(cd.n_tiles));
+  if (cd.x_rows) CK(cudaFree(cd.x_rows));
 }
 
 // Median milliseconds per launch of `launch(i)` (i = 0..n-1) captured as one graph.
@@ -259,8 +352,8 @@ double rel_l2(const std::vector<float>& got, const std::vector<float>& ref, bool
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> tokens = {"1", "4", "16"}, shapes = {"wq_b", "wo_b", "w1", "wq_a", "head"},
-                           formats = {"bf16", "fp8", "fp8f32", "mxfp4", "nvfp4"};
+  std::vector<std::string> tokens = {"1", "2", "4"}, formats = {"bf16", "fp8", "fp8f32", "mxfp4", "nvfp4"}, shapes;
+  for (const Case& c : kCases) shapes.push_back(c.name);
   int reps = 15;
   std::string csv;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -334,101 +427,102 @@ int main(int argc, char** argv) {
   FILE* out_csv = csv.empty() ? nullptr : std::fopen(csv.c_str(), "w");
   if (out_csv)
     std::fprintf(out_csv,
-                 "format,shape,rows,k,T,bytes,fma_us,stg_us,dir_us,stg1_us,dir1_us,cublas_us,fma_gbs,stg_gbs,"
-                 "stg_copy_ratio,best_gbs,rel_l2_dir,rel_l2_stg\n");
-  std::printf("%-6s %-5s %2s %7s %7s %7s %7s %7s %7s %8s %8s %6s %6s %8s %8s\n", "format", "shape", "T", "MB",
-              "fma_us", "stg_us", "dir_us", "stg1_us", "dir1_us", "fma_GB/s", "stg_GB/s", "%copy", "x_fma", "cublas_us",
-              "rel_l2");
+                 "format,case,rows,k,n_z,T,bytes,fma_us,mma_us,stream_us,cublas_us,stream_gbs,stream_copy_ratio,"
+                 "mma_copy_ratio,rel_l2_mma,rel_l2_stream,stream_same_bits\n");
+  std::printf("%-6s %-8s %2s %8s %8s %8s %9s %9s %8s %6s %6s %6s %8s %8s\n", "format", "case", "T", "MB", "fma_us",
+              "mma_us", "stream_us", "cublas_us", "str_GB/s", "%copy", "x_mma", "x_cub", "l2_mma", "l2_str");
   uint32_t seed = 1;
   bool ok = true;
-  for (const Shape& sh : kShapes) {
-    if (!has(shapes, sh.name)) continue;
-    for (const Format& fm : kFormats) {
-      if (!has(formats, fm.name)) continue;
-      if (std::string(sh.name) == "head" && fm.fmt != WFmt::kBF16 && fm.fmt != WFmt::kFp8E8M0) continue;
-      // Enough copies that a graph of launches streams >= 192 MB (nothing stays in the 50 MB L2).
-      Weight first = make_weight(fm.fmt, sh.rows, sh.k, seed++);
-      const int copies = static_cast<int>(std::max<int64_t>(2, std::min<int64_t>(96, (192ll << 20) / first.bytes + 1)));
-      std::vector<Weight> ws = {first};
-      for (int c = 1; c < copies; ++c) ws.push_back(make_weight(fm.fmt, sh.rows, sh.k, seed++));
-      const bool want_cublas = fm.fmt == WFmt::kBF16;
-      for (const std::string& ts : tokens) {
-        const int64_t T = std::atoll(ts.c_str());
-        if (T < 1 || T > 16) continue;
-        void *x, *o, *o_ref, *o_new;
-        CK(cudaMalloc(&x, static_cast<size_t>(T * sh.k * 2)));
-        fill(x, T * sh.k * 2, 5, seed++);  // waits: the check below runs on `st`
-        CK(cudaMalloc(&o, static_cast<size_t>(T * sh.rows * 4)));
-        CK(cudaMalloc(&o_ref, static_cast<size_t>(T * sh.rows * 4)));
-        CK(cudaMalloc(&o_new, static_cast<size_t>(T * sh.rows * 4)));
-        // Check: both tensor-core variants against fma on copy 0, f32 outputs poisoned with NaN first.
+  for (const Case& c : kCases) {
+    if (!has(shapes, c.name)) continue;
+    const bool head = std::string(c.name) == "head";
+    for (const std::string& ts : tokens) {
+      const int64_t T = std::atoll(ts.c_str());
+      if (T < 1 || T > 16) continue;
+      // cuBLAS BF16 at the same shape (linear and grouped cases), its own weight copies.
+      double cub_ms = 0;
+      void* x = nullptr;
+      CK(cudaMalloc(&x, static_cast<size_t>(x_elems(c, T) * 2)));
+      fill(x, x_elems(c, T) * 2, 5, seed++);  // waits: the checks below run on `st`
+      void *o, *o_ref, *o_new;
+      CK(cudaMalloc(&o, static_cast<size_t>(out_elems(c, T) * 4)));
+      CK(cudaMalloc(&o_ref, static_cast<size_t>(out_elems(c, T) * 4)));
+      CK(cudaMalloc(&o_new, static_cast<size_t>(out_elems(c, T) * 4)));
+      if (c.moe == 0) {
+        CaseData bf = make_case(c, WFmt::kBF16, T, seed);
+        const int n = bf.launches, copies = static_cast<int>(bf.ws.size());
+        const float alpha = 1.0f, beta = 0.0f;
+        // out[t, z, :] = W_z x[t, z, :]: column-major C_z (rows x T, ld n_z*rows) = W_z' (k x rows)^T x_z' (k x T).
+        cub_ms = time_graph(st, n, reps, [&](int i) {
+          CKB(cublasGemmStridedBatchedEx(
+              cub, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(c.rows), static_cast<int>(T), static_cast<int>(c.k),
+              &alpha, bf.ws[i % copies].w, CUDA_R_16BF, static_cast<int>(c.k), c.rows * c.k, x, CUDA_R_16BF,
+              static_cast<int>(c.n_z * c.k), c.k, &beta, o, CUDA_R_16BF, static_cast<int>(c.n_z * c.rows), c.rows,
+              c.n_z, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        });
+        free_case(bf);
+      }
+      for (const Format& fm : kFormats) {
+        if (!has(formats, fm.name)) continue;
+        if (head && fm.fmt != WFmt::kBF16 && fm.fmt != WFmt::kFp8E8M0) continue;
+        CaseData cd = make_case(c, fm.fmt, T, seed);
+        const int gt = grid_tiles_of(c, T), n = cd.launches;
+        // Checks: mma and stream against fma on launch 0, f32 outputs poisoned with NaN first.
         auto run_f32 = [&](int variant, void* o32) {
-          fill_value(static_cast<float*>(o32), T * sh.rows, NAN);
-          const cuda::GemmArgs ga = gemv_args(ws[0].d, x, o32, T, false);
+          fill_value(static_cast<float*>(o32), out_elems(c, T), NAN);
+          const cuda::GemmArgs ga = case_args(c, cd, 0, x, o32, T, false);
           if (variant == 0) {
-            cuda::launch_gemv_fma(ga, true, 1, st);
+            cuda::launch_gemv_fma(ga, true, gt, st);
           } else {
-            cuda::set_gemv_mma_config(variant == 2 ? 1 : 0, 0);
-            cuda::launch_gemv(ga, true, 1, st);
+            cuda::set_gemv_kernel(variant == 1 ? cuda::GemvKernel::kMma : cuda::GemvKernel::kStream);
+            cuda::launch_gemv(ga, true, gt, st);
           }
           CK(cudaStreamSynchronize(st));
-          std::vector<float> v(static_cast<size_t>(T * sh.rows));
+          std::vector<float> v(static_cast<size_t>(out_elems(c, T)));
           CK(cudaMemcpy(v.data(), o32, v.size() * 4, cudaMemcpyDeviceToHost));
           return v;
         };
-        const std::vector<float> ref = run_f32(0, o_ref), got_d = run_f32(1, o_new), got_s = run_f32(2, o_new);
-        bool fin_d = true, fin_s = true;
-        const double err_d = rel_l2(got_d, ref, fin_d), err_s = rel_l2(got_s, ref, fin_s);
-        const bool pass = fin_d && fin_s && err_d < 1e-4 && err_s < 1e-4;
+        const std::vector<float> ref = run_f32(0, o_ref), got_m = run_f32(1, o_new), got_s = run_f32(2, o_new),
+                                 got_s2 = run_f32(2, o_new);
+        bool fin_m = true, fin_s = true;
+        const double err_m = rel_l2(got_m, ref, fin_m), err_s = rel_l2(got_s, ref, fin_s);
+        const bool same = std::memcmp(got_s.data(), got_s2.data(), got_s.size() * 4) == 0;
+        const bool pass = fin_m && fin_s && err_m < 1e-4 && err_s < 1e-4 && same;
         ok = ok && pass;
 
-        const int n = std::max(copies, 8);
         const double fma_ms = time_graph(st, n, reps, [&](int i) {
-          cuda::launch_gemv_fma(gemv_args(ws[i % copies].d, x, o, T, true), true, 1, st);
+          cuda::launch_gemv_fma(case_args(c, cd, i, x, o, T, true), true, gt, st);
         });
-        // Variants: staged/direct x rows auto/1; [0] is the default.
-        const int cfg[4][2] = {{1, 0}, {0, 0}, {1, 1}, {0, 1}};
-        double mma_ms[4];
-        for (int v = 0; v < 4; ++v) {
-          cuda::set_gemv_mma_config(cfg[v][0], cfg[v][1]);
-          mma_ms[v] = time_graph(st, n, reps, [&](int i) {
-            cuda::launch_gemv(gemv_args(ws[i % copies].d, x, o, T, true), true, 1, st);
-          });
+        double ms[2];
+        for (int v = 0; v < 2; ++v) {
+          cuda::set_gemv_kernel(v == 0 ? cuda::GemvKernel::kMma : cuda::GemvKernel::kStream);
+          ms[v] = time_graph(st, n, reps, [&](int i) { cuda::launch_gemv(case_args(c, cd, i, x, o, T, true), true, gt, st); });
         }
-        cuda::set_gemv_mma_config(1, 0);
-        const double best_ms = *std::min_element(mma_ms, mma_ms + 4);
-        double cub_ms = 0;
-        if (want_cublas) {
-          // out[T, rows] = x[T, K] @ W^T: column-major C (rows x T) = W' (K x rows)^T * x' (K x T).
-          const float alpha = 1.0f, beta = 0.0f;
-          cub_ms = time_graph(st, n, reps, [&](int i) {
-            CKB(cublasGemmEx(cub, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(sh.rows), static_cast<int>(T),
-                             static_cast<int>(sh.k), &alpha, ws[i % copies].w, CUDA_R_16BF, static_cast<int>(sh.k), x,
-                             CUDA_R_16BF, static_cast<int>(sh.k), &beta, o, CUDA_R_16BF, static_cast<int>(sh.rows),
-                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-          });
+        cuda::set_gemv_kernel(cuda::GemvKernel::kDefault);
+        const double bytes = static_cast<double>(cd.launch_bytes);
+        auto gbs = [&](double m) { return bytes / (m * 1e-3) / 1e9; };
+        char cub[32] = "-", xcub[32] = "-";
+        if (c.moe == 0) {
+          std::snprintf(cub, sizeof cub, "%.2f", cub_ms * 1e3);
+          std::snprintf(xcub, sizeof xcub, "%.2fx", cub_ms / ms[1]);
         }
-        const double mb = first.bytes / 1e6;
-        auto gbs = [&](double ms) { return first.bytes / (ms * 1e-3) / 1e9; };
-        char cub[32] = "-";
-        if (want_cublas) std::snprintf(cub, sizeof cub, "%.2f", cub_ms * 1e3);
-        std::printf("%-6s %-5s %2lld %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f %8.0f %8.0f %5.1f%% %5.2fx %8s %8.1e%s\n",
-                    fm.name, sh.name, static_cast<long long>(T), mb, fma_ms * 1e3, mma_ms[0] * 1e3, mma_ms[1] * 1e3,
-                    mma_ms[2] * 1e3, mma_ms[3] * 1e3, gbs(fma_ms), gbs(mma_ms[0]), 100.0 * gbs(mma_ms[0]) / copy_gbs,
-                    fma_ms / mma_ms[0], cub, std::max(err_d, err_s), pass ? "" : "  CHECK FAILED");
+        std::printf("%-6s %-8s %2lld %8.2f %8.2f %8.2f %9.2f %9s %8.0f %5.1f%% %5.2fx %6s %8.1e %8.1e%s\n", fm.name,
+                    c.name, static_cast<long long>(T), bytes / 1e6, fma_ms * 1e3, ms[0] * 1e3, ms[1] * 1e3, cub,
+                    gbs(ms[1]), 100.0 * gbs(ms[1]) / copy_gbs, ms[0] / ms[1], xcub, err_m, err_s,
+                    pass ? "" : (same ? "  CHECK FAILED" : "  CHECK FAILED (stream not bit-identical)"));
         std::fflush(stdout);
         if (out_csv)
-          std::fprintf(out_csv, "%s,%s,%lld,%lld,%lld,%lld,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.1f,%.4f,%.1f,%.3e,%.3e\n",
-                       fm.name, sh.name, static_cast<long long>(sh.rows), static_cast<long long>(sh.k),
-                       static_cast<long long>(T), static_cast<long long>(first.bytes), fma_ms * 1e3, mma_ms[0] * 1e3,
-                       mma_ms[1] * 1e3, mma_ms[2] * 1e3, mma_ms[3] * 1e3, cub_ms * 1e3, gbs(fma_ms), gbs(mma_ms[0]),
-                       gbs(mma_ms[0]) / copy_gbs, gbs(best_ms), err_d, err_s);
-        CK(cudaFree(x));
-        CK(cudaFree(o));
-        CK(cudaFree(o_ref));
-        CK(cudaFree(o_new));
+          std::fprintf(out_csv, "%s,%s,%lld,%lld,%d,%lld,%.0f,%.3f,%.3f,%.3f,%.3f,%.1f,%.4f,%.4f,%.3e,%.3e,%d\n",
+                       fm.name, c.name, static_cast<long long>(c.rows), static_cast<long long>(c.k), c.n_z,
+                       static_cast<long long>(T), bytes, fma_ms * 1e3, ms[0] * 1e3, ms[1] * 1e3,
+                       c.moe ? 0.0 : cub_ms * 1e3, gbs(ms[1]), gbs(ms[1]) / copy_gbs, gbs(ms[0]) / copy_gbs, err_m,
+                       err_s, same ? 1 : 0);
+        free_case(cd);
       }
-      for (Weight& w : ws) free_weight(w);
+      CK(cudaFree(x));
+      CK(cudaFree(o));
+      CK(cudaFree(o_ref));
+      CK(cudaFree(o_new));
     }
   }
   if (out_csv) std::fclose(out_csv);

@@ -1,5 +1,22 @@
-// Decode-sized projections (tiles of <= 16 activation rows): weight-streaming GEMV, two kernels
+// Decode-sized projections (tiles of <= 16 activation rows): weight-streaming GEMV, three kernels
 // over the same WeightDecoder<F> per format (launch_gemv picks one):
+//
+// gemv_stream (bf16 activations, tiles of <= 8 tokens, CLAWMINE_GEMV=stream): the decode kernel,
+//   built for bytes in flight and a short fixed cost. The same fragments as gemv_mma (below): a
+//   warp owns an m-tile of 16 rows, lane (g, t) decodes chunk t of rows g and g+8 of each 64-byte
+//   k block straight into mma.sync A fragments. The k blocks of a row are split into W*KC
+//   contiguous segments (a power of two, doubled while every segment keeps >= 1 k block and the
+//   grid stays under min(24, what the registers allow) warps per SM: small weights spread over
+//   every SM, large ones loop);
+//   warp w of cluster rank c takes segment c*W + w. Per lane, loads come in groups of 2 k blocks
+//   (4 x 16 bytes + their scale bits) into two register buffers: group i+2 is issued as soon as
+//   group i is decoded, so a group is always in flight behind the math. Activations of the
+//   block's k range are staged once in shared memory in decoder order (no x loads in the loop);
+//   each k block's 4-8 HMMAs start from zero (short chains), FP8's block scale multiplies that
+//   sum. MXFP4 k blocks whose E8M0 scales are all <= 2 (warp vote) decode each pair with one
+//   bf16 multiply. Sums: warps in order through shared memory, then (KC = 2 or 4) the blocks of
+//   a thread-block cluster in rank order through rank 0's shared memory (DSMEM): deterministic,
+//   no scratch, no atomics. grid (16-row m-tiles * KC, tiles, n_z), block 32W (W <= 16).
 //
 // gemv_mma (bf16 activations; BF16, FP8, MXFP4, NVFP4 weights): tensor cores do the products so
 //   the cost per weight byte is the decode alone. A warp owns R m-tiles of 16 output rows; lane
@@ -30,6 +47,9 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "backend/cuda/linear_kernels.cuh"
 
@@ -519,6 +539,354 @@ void launch_gemv_mma_typed(const GemmArgs& a, int grid_tiles, cudaStream_t strea
   }
 }
 
+
+// ---- streaming GEMV (decode) -----------------------------------------------------------------
+// Built for bytes in flight and a short fixed cost at T <= 8 (see the file comment).
+constexpr int kStreamMaxWarps = 16;      // W: warps per block, each on its own k segment
+constexpr int kStreamGroup = 2;          // U: k blocks (64 bytes of a row) per load group
+constexpr int kStreamMaxSplit = 64;      // k segments per m-tile: W * KC
+constexpr int kStreamWarpsPerSm = 24;    // the split stops once the grid has this many warps per SM
+constexpr int kStreamMaxTileRows = 8;    // one n tile of tokens
+constexpr size_t kStreamMaxSmem = 96 << 10;
+// Register cap: 80 (24 resident warps per SM) where ptxas needs no spills at that (BF16, FP8);
+// FP4's decode keeps more live (80 spilled 44-56 bytes): 96, 20 warps per SM.
+template <WFmt F>
+constexpr int stream_max_regs() {
+  return F == WFmt::kMxfp4 || F == WFmt::kNvfp4 ? 96 : 80;
+}
+
+struct StreamShape {
+  int32_t seg = 0;      // k blocks per warp segment
+  int32_t n_kb = 0;     // k blocks per row: ceil(K / E / 4)
+  int32_t xstride = 0;  // 32-bit words per staged token row: block chunks * E/2 + 4 (bank offset)
+};
+
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait_acquire() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// Stores v at `local` (a shared-memory address of this kernel) in the block of cluster rank `rank`.
+__device__ __forceinline__ void st_cluster_f32(const float* local, uint32_t rank, float v) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(local));
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(r), "f"(v) : "memory");
+}
+
+// One k block of this lane: rows g (w0, scale bits s0) and g+8 (w1, s1), chunk t, against the
+// staged activations xv (E/2 words in decoder order); part = the 16x8 tile's sums, from zero.
+template <typename D, bool kFast>
+__device__ __forceinline__ void stream_kblock(const uint4& w0, const uint4& w1, uint32_t s0, uint32_t s1,
+                                              const uint2* xv, float (&part)[4]) {
+  constexpr int STEPS = D::kChunk / 4;
+  typename D::MmaScales sc0, sc1;
+  if constexpr (kFast) {
+    sc0 = D::mma_scales_fast(s0);
+    sc1 = D::mma_scales_fast(s1);
+  } else {
+    sc0 = D::mma_scales_of(s0);
+    sc1 = D::mma_scales_of(s1);
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) part[e] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < STEPS; ++s) {
+    uint32_t af[4];
+    const uint2 x2 = xv[s];  // shared memory, decoder order: step s's lo and hi words
+    const uint32_t b[2] = {x2.x, x2.y};
+    if constexpr (kFast) {
+      D::mma_step_fast(w0, sc0, s, af[0], af[2]);
+      D::mma_step_fast(w1, sc1, s, af[1], af[3]);
+    } else {
+      D::mma_step(w0, sc0, s, af[0], af[2]);
+      D::mma_step(w1, sc1, s, af[1], af[3]);
+    }
+    mma_bf16_16816(part, af, b);
+  }
+}
+
+// Block (blockIdx.x / KC, tile blockIdx.y, problem blockIdx.z) = one m-tile of 16 output rows;
+// cluster rank c of KC, warp w of W owns k blocks [(c*W + w)*seg, +seg) of it.
+template <WFmt F, int KC>
+__device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const StreamShape& sh) {
+  pdl_trigger();
+  pdl_wait();
+  using D = WeightDecoder<F>;
+  static_assert(D::kMma, "format without a tensor-core GEMV decoder");
+  constexpr int E = D::kChunk, XW = E / 2, U = kStreamGroup;
+  extern __shared__ uint4 smem[];
+
+  Tile tile;
+  if (!tile_of(a, blockIdx.y, tile)) return;  // uniform over the block (and the cluster)
+  const int z = blockIdx.z;
+  const WeightDesc d = desc_of(a, tile.p, z);
+  if (a.descs && d.fmt != static_cast<int32_t>(F)) return;  // another launch serves this format
+  const uint32_t rank = KC > 1 ? cluster_rank() : 0u;
+  if constexpr (KC > 1) cluster_arrive_relaxed();  // waited for before the first remote store
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x / KC) * 16;
+  const int64_t wbase = weight_row_base(a, z);
+  // Fragment rows g and g+8 of the m-tile; rows past n_rows repeat the last (never stored).
+  const int64_t wr0 = wbase + min(m0 + g, a.n_rows - 1), wr1 = wbase + min(m0 + 8 + g, a.n_rows - 1);
+  const int n_chunks = static_cast<int>(a.K / E);  // < 2^26 (stream_plan)
+  const int blk_kb0 = static_cast<int>(rank) * W * sh.seg;
+  const int blk_kb1 = min(blk_kb0 + W * sh.seg, sh.n_kb);
+  const int kb0 = blk_kb0 + warp * sh.seg;
+  const int kb1 = min(kb0 + sh.seg, sh.n_kb);
+  const int kbl = min(kb1, (n_chunks - t + 3) / 4);  // k blocks kb < kbl have chunk 4*kb + t < n_chunks
+  const int n_grp = kb1 > kb0 ? (kb1 - kb0 + U - 1) / U : 0;
+  const uint8_t* wp0 = d.w + wr0 * d.row_bytes + (static_cast<int64_t>(kb0) * 4 + t) * 16;  // chunk 4*kb0 + t
+  const uint8_t* wp1 = d.w + wr1 * d.row_bytes + (static_cast<int64_t>(kb0) * 4 + t) * 16;
+  const uint8_t* sr0 = D::scale_row(d, wr0);
+  const uint8_t* sr1 = D::scale_row(d, wr1);
+
+  // Load group: for k block kb = kb0 + grp*U + u, this lane's chunk 4*kb + t of both rows (16
+  // bytes each, L1 bypassed) and the scale bits the decode needs; past the segment or K: zeros.
+  struct Buf {
+    uint4 w[U][2];
+    uint32_t s[U][2];
+  };
+  auto load = [&](Buf& b, int grp) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = grp * U + u, kb = kb0 + i;
+      const bool ok = kb < kbl;
+      b.w[u][0] = ok ? ld_stream16(wp0 + i * 64) : make_uint4(0u, 0u, 0u, 0u);
+      b.w[u][1] = ok ? ld_stream16(wp1 + i * 64) : make_uint4(0u, 0u, 0u, 0u);
+      // FP8: the 128x128 block of the k block (its first chunk, always inside K); FP4: the chunk's.
+      const bool s_ok = D::kMmaBlockScale ? kb < kb1 : ok;
+      const int sc = D::kMmaBlockScale ? kb * 4 : kb * 4 + t;
+      b.s[u][0] = s_ok ? D::scale_bits(sr0, sc) : 0u;
+      b.s[u][1] = s_ok ? D::scale_bits(sr1, sc) : 0u;
+    }
+  };
+  Buf b0, b1;
+  load(b0, 0);
+  load(b1, 1);
+  const float out_scale = D::kMmaOutUnit * global_scale<F>(d);
+
+  // Activations of the block's k range, every token of the tile, in decoder order (x_step), so
+  // a lane reads its B fragments as they are; chunks past K are zeros (their weights are too).
+  uint32_t* xs = reinterpret_cast<uint32_t*>(smem);
+  {
+    const int ncb = max(blk_kb1 - blk_kb0, 0) * 4;
+    for (int i = threadIdx.x; i < tile.nrows * ncb; i += blockDim.x) {
+      const int tok = i / ncb, cc = i % ncb;
+      const int c = blk_kb0 * 4 + cc;
+      uint32_t nat[XW];
+      if (c < n_chunks) {
+        const uint4* p = reinterpret_cast<const uint4*>(x_row<__nv_bfloat16>(a, tile.row0 + tok, z) + c * E);
+#pragma unroll
+        for (int j = 0; j < XW / 4; ++j) {
+          const uint4 v = __ldg(p + j);
+          nat[4 * j] = v.x, nat[4 * j + 1] = v.y, nat[4 * j + 2] = v.z, nat[4 * j + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < XW; ++j) nat[j] = 0u;
+      }
+      // Steps 2j and 2j+1 read natural words 4j..4j+3 only (every decoder) and fill words 4j..4j+3.
+      uint4* dst = reinterpret_cast<uint4*>(xs + static_cast<int64_t>(tok) * sh.xstride + cc * XW);
+#pragma unroll
+      for (int j = 0; j < XW / 4; ++j) {
+        uint4 q;
+        D::x_step(nat, 2 * j, q.x, q.y);
+        D::x_step(nat, 2 * j + 1, q.z, q.w);
+        dst[j] = q;
+      }
+    }
+  }
+  __syncthreads();
+
+  // Tokens past the tile read the last token's activations: their output columns are never stored.
+  const uint32_t* xl = xs + static_cast<int64_t>(min(g, tile.nrows - 1)) * sh.xstride +
+                       ((kb0 - blk_kb0) * 4 + t) * XW;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  auto compute = [&](const Buf& b, int grp) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kb = kb0 + grp * U + u;
+      if (kb >= kb1) break;  // uniform over the warp
+      const uint2* xv = reinterpret_cast<const uint2*>(xl + (grp * U + u) * 4 * XW);
+      float part[4];
+      if constexpr (D::kMmaFastScale) {
+        if (__all_sync(0xffffffffu, D::mma_fast_ok(b.s[u][0]) && D::mma_fast_ok(b.s[u][1]))) {
+          stream_kblock<D, true>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
+        } else {
+          stream_kblock<D, false>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
+        }
+      } else {
+        stream_kblock<D, false>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
+      }
+      if constexpr (D::kMmaBlockScale) {  // c[0..1]: row g, c[2..3]: row g+8
+        const float bs0 = D::block_scale_of(b.s[u][0]), bs1 = D::block_scale_of(b.s[u][1]);
+        acc[0] = fmaf(part[0], bs0, acc[0]);
+        acc[1] = fmaf(part[1], bs0, acc[1]);
+        acc[2] = fmaf(part[2], bs1, acc[2]);
+        acc[3] = fmaf(part[3], bs1, acc[3]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[e] += part[e];
+      }
+    }
+  };
+  // Two register buffers: group i+2 is loaded as soon as group i is decoded, so one group is in
+  // flight while the other is computed.
+  for (int i = 0; i < n_grp; i += 2) {
+    compute(b0, i);
+    if (i + 2 < n_grp) load(b0, i + 2);
+    if (i + 1 < n_grp) {
+      compute(b1, i + 1);
+      if (i + 3 < n_grp) load(b1, i + 3);
+    }
+  }
+
+  // Warps' tiles summed in warp order through shared memory; then (KC > 1) the cluster's block
+  // sums in rank order, pushed into rank 0's shared memory: fixed order, deterministic.
+  float* red = reinterpret_cast<float*>(xs + static_cast<int64_t>(a.tile_rows) * sh.xstride);  // [W][4][32]
+  float* cbuf = red + W * 128;                                                                  // [KC][128]
+#pragma unroll
+  for (int e = 0; e < 4; ++e) red[(warp * 4 + e) * 32 + lane] = acc[e];
+  __syncthreads();
+  // Entry o = e*32 + lane of the 16x8 tile: row m0 + lane/4 (+8 for e >= 2), token 2*(lane%4) + e%2.
+  auto entry = [&](int o, int64_t& r, int& tok) {
+    const int e = o >> 5, ln = o & 31;
+    r = m0 + (ln >> 2) + (e >= 2 ? 8 : 0);
+    tok = 2 * (ln & 3) + (e & 1);
+    return tok < tile.nrows && r < a.n_rows;
+  };
+  auto block_sum = [&](int o) {
+    float v = 0.0f;
+    for (int w = 0; w < W; ++w) v += red[w * 128 + o];
+    return v;
+  };
+  if constexpr (KC == 1) {
+    for (int o = threadIdx.x; o < 128; o += blockDim.x) {  // blocks of 1..16 warps
+      int64_t r;
+      int tok;
+      if (entry(o, r, tok)) store_out(a, tile.row0 + tok, z, r, block_sum(o) * out_scale);
+    }
+  } else {
+    // Clusters only with W = 16 (stream_plan): thread o < 128 owns entry o.
+    const int o = threadIdx.x;
+    int64_t r = 0;
+    int tok = 0;
+    const bool live = o < 128 && entry(o, r, tok);
+    const float v = live ? block_sum(o) : 0.0f;
+    cluster_wait_acquire();  // every block of the cluster has started: rank 0's shared memory exists
+    if (live) st_cluster_f32(cbuf + rank * 128 + o, 0u, v);
+    cluster_arrive_release();
+    cluster_wait_acquire();
+    if (rank == 0 && live) {
+      float s = 0.0f;
+#pragma unroll
+      for (int c = 0; c < KC; ++c) s += cbuf[c * 128 + o];
+      store_out(a, tile.row0 + tok, z, r, s * out_scale);
+    }
+  }
+}
+
+template <WFmt F>
+__global__ void __maxnreg__(stream_max_regs<F>()) gemv_stream_kernel(const GemmArgs a, const StreamShape sh) {
+  gemv_stream_body<F, 1>(a, sh);
+}
+template <WFmt F, int KC>
+__global__ void __cluster_dims__(KC, 1, 1) __maxnreg__(stream_max_regs<F>())
+    gemv_stream_cluster_kernel(const GemmArgs a, const StreamShape sh) {
+  gemv_stream_body<F, KC>(a, sh);
+}
+
+// Shape of a streaming launch: split = W * KC k segments per m-tile, a power of two, doubled
+// while every segment keeps >= 1 k block and the grid stays within kStreamWarpsPerSm warps per
+// multiprocessor; W = min(split, 16) warps per block, KC = split / W blocks per cluster.
+struct StreamPlan {
+  int W = 1, KC = 1;
+  int64_t m_tiles = 0;
+  StreamShape sh;
+  size_t smem = 0;
+};
+bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, StreamPlan& p) {
+  if (a.tile_rows < 1 || a.tile_rows > kStreamMaxTileRows || a.K <= 0) return false;
+  const int E = wfmt_chunk(f);
+  const int64_t n_kb = (a.K / E + 3) / 4;
+  p.m_tiles = (a.n_rows + 15) / 16;
+  if (n_kb < 1 || n_kb > (1 << 24) || p.m_tiles * kStreamMaxSplit > 0x7fffffff) return false;  // int math in-kernel
+  const int64_t units = p.m_tiles * grid_tiles * a.n_z;
+  const int64_t target = static_cast<int64_t>(multiprocessors()) * std::min(kStreamWarpsPerSm, warps_per_sm);
+  int split = 1;
+  while (split < kStreamMaxSplit && split * 2 <= n_kb && units * split * 2 <= target) split *= 2;
+  p.W = std::min(split, kStreamMaxWarps);
+  p.KC = split / p.W;  // > 1 only with W = 16: the kernel's cluster epilogue needs >= 128 threads
+  p.sh.n_kb = static_cast<int32_t>(n_kb);
+  p.sh.seg = static_cast<int32_t>((n_kb + split - 1) / split);
+  p.sh.xstride = p.W * p.sh.seg * 4 * (E / 2) + 4;
+  p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128 +
+            (p.KC > 1 ? static_cast<size_t>(p.KC) * 128 : 0)) *
+           4;
+  return p.smem <= kStreamMaxSmem;
+}
+
+template <typename K>
+void allow_stream_smem(K kernel) {
+  CLAWMINE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(kStreamMaxSmem)));
+}
+
+// Resident warps per multiprocessor that the streaming kernel's registers allow (65536 registers,
+// allocated per warp in units of 8 per thread), computed once per format.
+template <WFmt F>
+int stream_warps_per_sm() {
+  static const int n = [] {
+    cudaFuncAttributes attr{};
+    CLAWMINE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemv_stream_kernel<F>));
+    const int regs = std::max(8, (attr.numRegs + 7) / 8 * 8);
+    return std::max(1, std::min(64, 65536 / (regs * 32)));
+  }();
+  return n;
+}
+
+template <WFmt F>
+void launch_gemv_stream_typed(const GemmArgs& a, int grid_tiles, const StreamPlan& p, cudaStream_t stream) {
+  CLAWMINE_CHECK(grid_tiles <= 65535 && a.n_z <= 65535, "gemv_stream: grid too large");
+  const dim3 grid(static_cast<unsigned>(p.m_tiles * p.KC), static_cast<unsigned>(grid_tiles),
+                  static_cast<unsigned>(a.n_z));
+  const dim3 block(static_cast<unsigned>(p.W * 32));
+  switch (p.KC) {
+    case 1: {
+      static const bool once = (allow_stream_smem(gemv_stream_kernel<F>), true);
+      (void)once;
+      launch_kernel(gemv_stream_kernel<F>, grid, block, p.smem, stream, a, p.sh);
+      break;
+    }
+    case 2: {
+      static const bool once = (allow_stream_smem(gemv_stream_cluster_kernel<F, 2>), true);
+      (void)once;
+      launch_kernel(gemv_stream_cluster_kernel<F, 2>, grid, block, p.smem, stream, a, p.sh);
+      break;
+    }
+    case 4: {
+      static const bool once = (allow_stream_smem(gemv_stream_cluster_kernel<F, 4>), true);
+      (void)once;
+      launch_kernel(gemv_stream_cluster_kernel<F, 4>, grid, block, p.smem, stream, a, p.sh);
+      break;
+    }
+    default: throw Error(str_cat("cuda gemv_stream: cluster of ", p.KC, " blocks (expected 1, 2 or 4)"));
+  }
+  CLAWMINE_CUDA_LAUNCHED("gemv_stream");
+}
+
 }  // namespace
 
 void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
@@ -542,12 +910,59 @@ bool gemv_mma_supported(WFmt f) {
   return f == WFmt::kBF16 || f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
 }
 
+namespace {
+std::atomic<int> g_gemv_kernel{-1};  // GemvKernel; -1 until CLAWMINE_GEMV is read
+}  // namespace
+
+GemvKernel gemv_kernel_in_use() {
+  int v = g_gemv_kernel.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("CLAWMINE_GEMV");
+    int from_env = static_cast<int>(GemvKernel::kMma);  // the default
+    if (env != nullptr && *env != '\0') {
+      if (std::strcmp(env, "mma") == 0) {
+        from_env = static_cast<int>(GemvKernel::kMma);
+      } else if (std::strcmp(env, "stream") == 0) {
+        from_env = static_cast<int>(GemvKernel::kStream);
+      } else {
+        throw Error(str_cat("CLAWMINE_GEMV=", env, ": expected mma or stream"));
+      }
+    }
+    int expected = -1;
+    g_gemv_kernel.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
+    v = g_gemv_kernel.load(std::memory_order_relaxed);
+  }
+  return static_cast<GemvKernel>(v);
+}
+
+void set_gemv_kernel(GemvKernel k) {
+  g_gemv_kernel.store(k == GemvKernel::kDefault ? -1 : static_cast<int>(k), std::memory_order_relaxed);
+}
+
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
   if (grid_tiles <= 0 || a.n_rows <= 0) return;
   const WFmt f = static_cast<WFmt>(a.fmt);
+  if (!x_bf16 || !gemv_mma_supported(f)) {
+    launch_gemv_fma(a, x_bf16, grid_tiles, stream);
+    return;
+  }
+  if (gemv_kernel_in_use() == GemvKernel::kStream) {
+    bool done = false;
+    dispatch_wfmt(f, [&](auto fc) {
+      constexpr WFmt F = decltype(fc)::value;
+      if constexpr (WeightDecoder<F>::kMma) {
+        StreamPlan p;
+        if (stream_plan(a, grid_tiles, f, stream_warps_per_sm<F>(), p)) {
+          launch_gemv_stream_typed<F>(a, grid_tiles, p, stream);
+          done = true;
+        }
+      }
+    });
+    if (done) return;
+  }
   // Dense BF16 at one or two tokens decodes nothing: the FMA kernel's row-contiguous loads stream
   // it faster (tools/gemv_probe: 3.17 vs 2.74 TB/s on the 129280 x 4096 head, H100).
-  if (!x_bf16 || !gemv_mma_supported(f) || (f == WFmt::kBF16 && a.tile_rows <= 2)) {
+  if (f == WFmt::kBF16 && a.tile_rows <= 2) {
     launch_gemv_fma(a, x_bf16, grid_tiles, stream);
     return;
   }

@@ -7,7 +7,8 @@
 //   gemv   (linear_gemv.cu)  decode-sized tiles (<= 16 rows): weight streaming, 16-byte loads
 //   gemm   (linear_gemm.cu)  64-row tiles: bf16 mma.sync for bf16 x and bf16-exact formats,
 //                            float32 FMA otherwise (the --act-dtype f32 path)
-// All accumulate in float32 and are deterministic (no atomics).
+// All accumulate in float32 and are deterministic (no atomics; the streaming GEMV's split-k
+// sums go through shared memory and a thread-block cluster's shared memory in fixed order).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -199,12 +200,21 @@ inline constexpr int kGemvMaxTileRows = 16;  // tile_rows <= 16: GEMV kernels; e
 inline constexpr int kGemmTileRows = 64;
 
 // GEMV launch: needs every weight row and x row 16-byte aligned with K a multiple of the format's
-// chunk, else the scalar GEMV. launch_gemv takes the tensor-core kernel for bf16 activations and
+// chunk, else the scalar GEMV. launch_gemv takes a tensor-core kernel for bf16 activations and
 // formats that have it (gemv_mma_supported), else the float32 FMA kernel; launch_gemv_fma always
-// takes the FMA kernel (the float32 path, and the baseline of tools/gemv_probe).
+// takes the FMA kernel (the float32 path, and the baseline of tools/gemv_probe). Which
+// tensor-core kernel (gemv_kernel_in_use): kMma, the weight-streaming kernel of run 3
+// (docs/perf-notes/gemv.md; dense BF16 at <= 2 tokens goes to the FMA kernel), or kStream, the
+// decode kernel built for bytes in flight (tiles of <= 8 tokens whose activations fit its shared
+// memory; others as kMma). Chosen by CLAWMINE_GEMV=mma|stream, read once (default mma).
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 bool gemv_mma_supported(WFmt f);
+enum class GemvKernel : int32_t { kDefault = 0, kMma = 1, kStream = 2 };
+GemvKernel gemv_kernel_in_use();  // kMma or kStream; throws on an unknown CLAWMINE_GEMV
+// Tests and tools/gemv_probe (not thread-safe): launches from now on use kernel k; kDefault goes
+// back to CLAWMINE_GEMV. (tests/unit/backend_cuda/linear_test.cpp declares these two itself.)
+void set_gemv_kernel(GemvKernel k);
 // Tuning hook for tools/gemv_probe (not thread-safe): the tensor-core GEMV streams weights
 // through a cp.async shared-memory ring (staged = 1, the default) or straight into registers
 // (0); rows = 1 or 2 m-tiles per warp, 0 by the row count (the default).

@@ -18,6 +18,16 @@
 //   kMmaBlockScale                FP8: mma_step yields raw e4m3 values; the 128x128 block scale
 //                                 multiplies the f32 partial sum of each 64-wide k block
 //   kMmaOutUnit                   the f32 result is multiplied by kMmaOutUnit (times NVFP4's g)
+// and, for the streaming GEMV that loads a group's scales ahead of its math (register prefetch),
+// the same split into a raw load and a decode:
+//   scale_row(d, row)             where the scales of weight row `row` start
+//   scale_bits(srow, chunk)       the bits of the scale covering chunk `chunk` of that row, as
+//                                 stored (NVFP4 two E4M3 bytes, MXFP4 one E8M0 byte, FP8 the
+//                                 128x128 block's E8M0 byte or F32 word, else 0)
+//   mma_scales_of(bits)           FP4: == mma_scales(d, row, chunk)
+//   block_scale_of(bits)          FP8: the block scale's value (scale_at)
+//   kMmaFastScale                 MXFP4: when mma_fast_ok(raw) (E8M0 <= 2^1) one bf16 multiply
+//                                 by s * 2^126 decodes a pair (mma_scales_fast, mma_step_fast)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -166,8 +176,12 @@ struct Half16Decoder {
   static constexpr bool kMma = kBf16;
   static constexpr bool kMmaBlockScale = false;
   static constexpr float kMmaOutUnit = 1.0f;
+  static constexpr bool kMmaFastScale = false;
   struct MmaScales {};
   __device__ static MmaScales mma_scales(const WeightDesc&, int64_t, int64_t) { return {}; }
+  __device__ static const uint8_t* scale_row(const WeightDesc&, int64_t) { return nullptr; }
+  __device__ static uint32_t scale_bits(const uint8_t*, int64_t) { return 0u; }
+  __device__ static MmaScales mma_scales_of(uint32_t) { return {}; }
   __device__ static void mma_step(const uint4& r, const MmaScales&, int s, uint32_t& lo, uint32_t& hi) {
     lo = word_of(r, 2 * s);
     hi = word_of(r, 2 * s + 1);
@@ -191,13 +205,26 @@ struct Fp8Decoder {
   struct Scales {
     float s;
   };
-  __device__ static float scale_at(const WeightDesc& d, int64_t row, int64_t k) {
-    const int64_t i = (row / kBlock) * d.scale_ld + k / kBlock;
+  __device__ static const uint8_t* scale_row(const WeightDesc& d, int64_t row) {
+    return d.scale + (row / kBlock) * d.scale_ld * (kF32Scale ? 4 : 1);
+  }
+  __device__ static uint32_t scale_bits(const uint8_t* srow, int64_t chunk) {
+    const int64_t i = chunk / (kBlock / kChunk);
     if constexpr (kF32Scale) {
-      return __ldg(reinterpret_cast<const float*>(d.scale) + i);
+      return __ldg(reinterpret_cast<const unsigned int*>(srow) + i);
     } else {
-      return decode_e8m0(__ldg(d.scale + i));
+      return __ldg(srow + i);
     }
+  }
+  __device__ static float block_scale_of(uint32_t raw) {
+    if constexpr (kF32Scale) {
+      return __uint_as_float(raw);
+    } else {
+      return decode_e8m0(static_cast<uint8_t>(raw));
+    }
+  }
+  __device__ static float scale_at(const WeightDesc& d, int64_t row, int64_t k) {
+    return block_scale_of(scale_bits(scale_row(d, row), k / kChunk));
   }
   __device__ static Scales load_scales(const WeightDesc& d, int64_t row, int64_t chunk) {
     return {scale_at(d, row, chunk * kChunk)};
@@ -226,8 +253,10 @@ struct Fp8Decoder {
   static constexpr bool kMma = true;
   static constexpr bool kMmaBlockScale = true;
   static constexpr float kMmaOutUnit = 1.0f;
+  static constexpr bool kMmaFastScale = false;
   struct MmaScales {};
   __device__ static MmaScales mma_scales(const WeightDesc&, int64_t, int64_t) { return {}; }
+  __device__ static MmaScales mma_scales_of(uint32_t) { return {}; }
   __device__ static void mma_step(const uint4& r, const MmaScales&, int s, uint32_t& lo, uint32_t& hi) {
     const uint32_t v = word_of(r, s);
     lo = e4m3x2_bf16x2(v);
@@ -308,21 +337,47 @@ struct Fp4Decoder {
   };
   // Packed: NVFP4's two E4M3 scales of a chunk with one E4M3x2 -> F16x2 conversion (exact, NaN
   // stays NaN), widened, times 2^118, packed to bf16 (exact); MXFP4's E8M0 as its power of two.
-  __device__ static MmaScales mma_scales(const WeightDesc& d, int64_t row, int64_t chunk) {
-    MmaScales sc;
-    const uint8_t* p = d.scale + row * d.scale_ld + chunk * (kChunk / kGroup);
+  __device__ static const uint8_t* scale_row(const WeightDesc& d, int64_t row) { return d.scale + row * d.scale_ld; }
+  __device__ static uint32_t scale_bits(const uint8_t* srow, int64_t chunk) {
+    const uint8_t* p = srow + chunk * (kChunk / kGroup);
     if constexpr (kNv) {
-      const uint32_t two = __ldg(reinterpret_cast<const unsigned short*>(p));  // K % 32 == 0: even offset
+      return __ldg(reinterpret_cast<const unsigned short*>(p));  // K % 32 == 0: even offset
+    } else {
+      return __ldg(p);
+    }
+  }
+  __device__ static MmaScales mma_scales_of(uint32_t raw) {
+    MmaScales sc;
+    if constexpr (kNv) {
       float s0, s1;
-      e4m3x2_values(two, s0, s1);
+      e4m3x2_values(raw, s0, s1);
       const uint32_t b = bf16x2_bits(__floats2bfloat162_rn(s0 * 0x1p118f, s1 * 0x1p118f));
       sc.m[0] = __byte_perm(b, 0u, 0x1010);
       sc.m[1] = __byte_perm(b, 0u, 0x3232);
     } else {
-      const uint32_t b = bf16x2_bits(__float2bfloat162_rn(decode_e8m0(__ldg(p))));
-      sc.m[0] = b;
+      sc.m[0] = bf16x2_bits(__float2bfloat162_rn(decode_e8m0(static_cast<uint8_t>(raw))));
     }
     return sc;
+  }
+  __device__ static MmaScales mma_scales(const WeightDesc& d, int64_t row, int64_t chunk) {
+    return mma_scales_of(scale_bits(scale_row(d, row), chunk));
+  }
+  // MXFP4 with E8M0 byte e <= 128 (s <= 2): s * 2^126 = 2^(e-1) is a normal bf16 (exponent field
+  // e + 126 <= 254), so one exact multiply of the e2m1 * 2^-126 pair gives e2m1 * s. NaN (0xff)
+  // and larger scales keep the two-multiply mma_step.
+  static constexpr bool kMmaFastScale = !kNv;
+  __device__ static bool mma_fast_ok(uint32_t raw) { return raw <= 128u; }
+  __device__ static MmaScales mma_scales_fast(uint32_t raw) {
+    MmaScales sc;
+    sc.m[0] = ((raw + 126u) << 7) * 0x00010001u;
+    return sc;
+  }
+  __device__ static void mma_step_fast(const uint4& r, const MmaScales& sc, int s, uint32_t& lo, uint32_t& hi) {
+    const uint32_t v = word_of(r, s / 2);
+    const int j = 2 * (s % 2);
+    const __nv_bfloat162 m = as_bf16x2(sc.m[(s * 4) / kGroup]);
+    lo = bf16x2_bits(__hmul2(as_bf16x2(e2m1_pair_bits(v, j)), m));
+    hi = bf16x2_bits(__hmul2(as_bf16x2(e2m1_pair_bits(v, j + 1)), m));
   }
   __device__ static void mma_step(const uint4& r, const MmaScales& sc, int s, uint32_t& lo, uint32_t& hi) {
     const uint32_t v = word_of(r, s / 2);

@@ -6,8 +6,12 @@
 // scale blocks) and on V4-Flash's shapes (wq_a, wq_b, wkv, wo_b, expert w1/w2, the 129280-row
 // BF16 head, wo_a as 8 groups); the policies W8A8 and W4A4 (static, dynamic, auto, trusted or
 // not, saturating or not); prefill rows (256, 2048) through the BF16 weight copy and cuBLAS.
-// Outputs are poisoned with NaN first; NaN never passes. Skips without a GPU.
+// Outputs are poisoned with NaN first; NaN never passes. The streaming decode GEMV
+// (CLAWMINE_GEMV=stream) is checked on its own at T in {1, 2, 3, 4, 8}: BF16, FP8 (E8M0 and F32
+// scales), MXFP4 and NVFP4, rows not a multiple of its 16-row tile, k not a multiple of its
+// split, thread-block clusters with empty k segments, grouped problems. Skips without a GPU.
 #include <cmath>
+#include <cstdint>
 #include <future>
 #include <string>
 #include <vector>
@@ -16,6 +20,12 @@
 #include "core/error.h"
 #include "unit/backend_cuda/linear_test_util.h"
 #include "unit/backend_cuda/same_inputs.h"
+
+// linear_kernels.cuh (a CUDA header) declares these; the GEMV kernel choice for tests.
+namespace clawmine::backend::cuda {
+enum class GemvKernel : int32_t;
+void set_gemv_kernel(GemvKernel k);
+}  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
 namespace {
@@ -341,6 +351,108 @@ TEST_F(CudaLinear, HostWeightIsAnErrorNamingIt) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("layers.0.ffn.shared_experts.w1"), std::string::npos) << e.what();
   }
+}
+
+// ---- the streaming decode GEMV (linear_gemv.cu, gemv_stream) --------------------------------
+
+// Every GEMV launch of these tests takes the streaming kernel where it applies (BF16
+// activations, tiles of <= 8 tokens); the default choice comes back afterwards.
+class CudaLinearStream : public CudaLinear {
+ protected:
+  void SetUp() override {
+    CudaLinear::SetUp();
+    if (IsSkipped()) return;
+    backend::cuda::set_gemv_kernel(static_cast<backend::cuda::GemvKernel>(2));  // kStream
+  }
+  void TearDown() override {
+    if (cuda) backend::cuda::set_gemv_kernel(static_cast<backend::cuda::GemvKernel>(0));  // kDefault
+    CudaLinear::TearDown();
+  }
+};
+
+constexpr TestFormat kStreamFormats[] = {TestFormat::kBF16, TestFormat::kFp8E8M0, TestFormat::kFp8F32,
+                                         TestFormat::kMxfp4, TestFormat::kNvfp4};
+constexpr int64_t kStreamTokens[] = {1, 2, 3, 4, 8};
+
+TEST_F(CudaLinearStream, EveryFormatAtDecodeShapes) {
+  // [out, in]: 131 x 1056 (a partial 16-row tile; k blocks of 64 bytes: FP8 66 chunks = 16.5,
+  // FP4 33 = 8.25, BF16 132 = 33; FP8 scale blocks partial in both directions); 40 x 4128 (3
+  // m-tiles: split 64 ways over clusters of 4 blocks, some k segments and the last block empty);
+  // wkv 512 x 4096 (clusters of 4), wq_a 1024 x 4096 (clusters of 2), indexer wq_b 8192 x 1024
+  // (4 warps per m-tile), w2 4096 x 2048 (8 warps).
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{131, 1056}, {40, 4128}, {512, 4096},
+                                                           {1024, 4096}, {8192, 1024}, {4096, 2048}};
+  uint32_t seed = 1200;
+  for (auto [O, I] : shapes) {
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 1.0f / 32);
+    std::vector<std::future<std::unique_ptr<TestLinear>>> q;
+    for (TestFormat f : kStreamFormats)
+      q.push_back(std::async(std::launch::async, [&, f] {
+        return quantize_linear(f, wf, O, I, std::string("stream.") + format_label(f));
+      }));
+    for (auto& fut : q) {
+      std::unique_ptr<TestLinear> w = fut.get();
+      upload_linear(*cuda, *w);
+      for (int64_t T : kStreamTokens) check_linear(*w, T, DType::kBF16, ++seed);
+      // F32 output, and the same call twice gives the same bits (fixed-order split-k sums).
+      SCOPED_TRACE(w->host.name + " [" + std::to_string(O) + ", " + std::to_string(I) + "] out=F32");
+      for (int64_t T : {int64_t{1}, int64_t{4}}) {
+        TestActs x = make_acts(*cuda, {T, I}, DType::kBF16, ++seed);
+        const ops::DeviceBuffer a = poisoned(*cuda, DType::kF32, {T, O}), b = poisoned(*cuda, DType::kF32, {T, O});
+        cuda->linear(x.dev.view(), w->dev, a.view());
+        cuda->linear(x.dev.view(), w->dev, b.view());
+        const std::vector<float> ga = download_f32(*cuda, a.view()), gb = download_f32(*cuda, b.view());
+        const auto windows = check_windows(O);
+        EXPECT_TRUE(within(gather_windows(ga, T, O, windows), cpu_linear_windows(*cpu, x, T, w->host, windows),
+                           kBf16Budget))
+            << "T=" << T;
+        EXPECT_TRUE(all_finite(ga)) << "T=" << T;
+        EXPECT_TRUE(same_bits(ga, gb)) << "T=" << T;
+      }
+    }
+  }
+}
+
+TEST_F(CudaLinearStream, GroupedLinear) {
+  // Problems along grid z: odd groups (a group's rows start mid 16-row tile and mid 128-row FP8
+  // scale block), and wo_a's 8 x 1024 x 4096.
+  struct Case {
+    int64_t G, Lo, In;
+  };
+  const Case cases[] = {{3, 40, 1056}, {3, 37, 4096}, {8, 1024, 4096}};
+  uint32_t seed = 1300;
+  for (const Case& c : cases) {
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(c.G * c.Lo * c.In), ++seed, 1.0f / 32);
+    for (TestFormat f : kStreamFormats) {
+      auto w = make_linear(*cuda, f, wf, c.G * c.Lo, c.In, std::string("stream.wo_a.") + format_label(f));
+      for (int64_t T : kStreamTokens) {
+        SCOPED_TRACE(w->host.name + " G=" + std::to_string(c.G) + " Lo=" + std::to_string(c.Lo) +
+                     " in_g=" + std::to_string(c.In) + " T=" + std::to_string(T));
+        TestActs x = make_acts(*cuda, {T, c.G, c.In}, DType::kBF16, ++seed);
+        const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {T, c.G, c.Lo});
+        cuda->grouped_linear(x.dev.view(), w->dev, c.G, out.view());
+        std::vector<float> ref(static_cast<size_t>(T * c.G * c.Lo), std::nanf(""));
+        cpu->grouped_linear(x.host_view({T, c.G, c.In}), w->host, c.G,
+                            TensorView{DType::kF32, Device::kCpu, {T, c.G, c.Lo}, ref.data()});
+        const std::vector<float> got = download_f32(*cuda, out.view());
+        EXPECT_TRUE(within(got, ref, kBf16Budget));
+        EXPECT_TRUE(all_finite(got));
+      }
+    }
+  }
+}
+
+TEST_F(CudaLinearStream, Mxfp4ScalesAboveTwoTakeTheTwoMultiplyDecode) {
+  // MXFP4 k blocks whose E8M0 scales are all <= 2 decode with one bf16 multiply; a block with a
+  // larger scale (here: weights ~ N(0, 64^2), scales up to 2^5) takes the exact two-step decode.
+  // Rows mix both kinds, so warps of one launch take either branch.
+  const int64_t O = 96, I = 2048;
+  std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), 1400, 1.0f / 32);
+  for (int64_t r = 0; r < O; r += 3)
+    for (int64_t k = 0; k < I; ++k) wf[r * I + k] *= 2048.0f;
+  auto w = make_linear(*cuda, TestFormat::kMxfp4, wf, O, I, "stream.mxfp4_big_scales");
+  uint32_t seed = 1401;
+  for (int64_t T : kStreamTokens) check_linear(*w, T, DType::kBF16, ++seed);
 }
 
 TEST_F(CudaLinear, RepeatedCallsAreBitIdentical) {
