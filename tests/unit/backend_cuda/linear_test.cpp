@@ -444,15 +444,27 @@ TEST_F(CudaLinearStream, GroupedLinear) {
 
 TEST_F(CudaLinearStream, Mxfp4ScalesAboveTwoTakeTheTwoMultiplyDecode) {
   // MXFP4 k blocks whose E8M0 scales are all <= 2 decode with one bf16 multiply; a block with a
-  // larger scale (here: weights ~ N(0, 64^2), scales up to 2^5) takes the exact two-step decode.
-  // Rows mix both kinds, so warps of one launch take either branch.
-  const int64_t O = 96, I = 2048;
+  // larger scale (weights ~ N(0, 64^2): scales about 2^5) takes the exact two-step decode. Rows
+  // 0..47 (m-tiles 0-2) are large, 48..95 not, so warps of one launch take either branch; each
+  // half is compared on its own (the large half would hide errors of the small one).
+  const int64_t O = 96, I = 2048, big = 48;
   std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), 1400, 1.0f / 32);
-  for (int64_t r = 0; r < O; r += 3)
-    for (int64_t k = 0; k < I; ++k) wf[r * I + k] *= 2048.0f;
+  for (int64_t i = 0; i < big * I; ++i) wf[i] *= 2048.0f;
   auto w = make_linear(*cuda, TestFormat::kMxfp4, wf, O, I, "stream.mxfp4_big_scales");
   uint32_t seed = 1401;
-  for (int64_t T : kStreamTokens) check_linear(*w, T, DType::kBF16, ++seed);
+  for (int64_t T : kStreamTokens) {
+    SCOPED_TRACE("T=" + std::to_string(T));
+    TestActs x = make_acts(*cuda, {T, I}, DType::kBF16, ++seed);
+    const ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {T, O});
+    cuda->linear(x.dev.view(), w->dev, out.view());
+    const std::vector<float> got = download_f32(*cuda, out.view());
+    EXPECT_TRUE(all_finite(got));
+    for (const std::pair<int64_t, int64_t> half : {std::pair<int64_t, int64_t>{0, big}, {big, O}}) {
+      const std::vector<std::pair<int64_t, int64_t>> win = {half};
+      EXPECT_TRUE(within(gather_windows(got, T, O, win), cpu_linear_windows(*cpu, x, T, w->host, win), kBf16Budget))
+          << "rows " << half.first << ".." << half.second;
+    }
+  }
 }
 
 TEST_F(CudaLinear, RepeatedCallsAreBitIdentical) {
