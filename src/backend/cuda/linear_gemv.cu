@@ -918,14 +918,16 @@ GemvKernel gemv_kernel_in_use() {
   int v = g_gemv_kernel.load(std::memory_order_relaxed);
   if (v < 0) {
     const char* env = std::getenv("CLAWMINE_GEMV");
-    int from_env = static_cast<int>(GemvKernel::kMma);  // the default
+    int from_env = static_cast<int>(GemvKernel::kAuto);  // the default
     if (env != nullptr && *env != '\0') {
-      if (std::strcmp(env, "mma") == 0) {
+      if (std::strcmp(env, "auto") == 0) {
+        from_env = static_cast<int>(GemvKernel::kAuto);
+      } else if (std::strcmp(env, "mma") == 0) {
         from_env = static_cast<int>(GemvKernel::kMma);
       } else if (std::strcmp(env, "stream") == 0) {
         from_env = static_cast<int>(GemvKernel::kStream);
       } else {
-        throw Error(str_cat("CLAWMINE_GEMV=", env, ": expected mma or stream"));
+        throw Error(str_cat("CLAWMINE_GEMV=", env, ": expected auto, mma or stream"));
       }
     }
     int expected = -1;
@@ -946,7 +948,21 @@ void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t st
     launch_gemv_fma(a, x_bf16, grid_tiles, stream);
     return;
   }
-  if (gemv_kernel_in_use() == GemvKernel::kStream) {
+  GemvKernel kernel = gemv_kernel_in_use();
+  if (kernel == GemvKernel::kAuto) {
+    // From tools/gemv_probe on the H100 (docs/perf-notes/gemv.md, run 4): FP8 weights of <= 16 MiB
+    // at <= 2 tokens stream fastest through the FMA kernel (wq_a 4.5 vs 5.7 stream / 6.7 mma us,
+    // w1 6.1 vs 7.1 / 7.9); larger FP8 and every FP4 weight through the streaming kernel (wq_b
+    // 17.3 vs 19.9 mma; MXFP4 expert gate+up 31.9 vs 36.5); dense BF16 as kMma.
+    const bool fp8 = f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32;
+    const int64_t bytes = a.desc0.row_bytes * a.n_rows * a.n_z;
+    if (fp8 && a.tiles == nullptr && a.tile_rows <= 2 && bytes <= (int64_t{16} << 20)) {
+      launch_gemv_fma(a, x_bf16, grid_tiles, stream);
+      return;
+    }
+    kernel = f == WFmt::kBF16 ? GemvKernel::kMma : GemvKernel::kStream;
+  }
+  if (kernel == GemvKernel::kStream) {
     bool done = false;
     dispatch_wfmt(f, [&](auto fc) {
       constexpr WFmt F = decltype(fc)::value;

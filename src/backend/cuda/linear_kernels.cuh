@@ -206,12 +206,13 @@ inline constexpr int kGemmTileRows = 64;
 // tensor-core kernel (gemv_kernel_in_use): kMma, the weight-streaming kernel of run 3
 // (docs/perf-notes/gemv.md; dense BF16 at <= 2 tokens goes to the FMA kernel), or kStream, the
 // decode kernel built for bytes in flight (tiles of <= 8 tokens whose activations fit its shared
-// memory; others as kMma). Chosen by CLAWMINE_GEMV=mma|stream, read once (default mma).
+// memory; others as kMma), or kAuto (the default): per format, size and tokens, the faster of the
+// three as measured by tools/gemv_probe. Chosen by CLAWMINE_GEMV=auto|mma|stream, read once.
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 bool gemv_mma_supported(WFmt f);
-enum class GemvKernel : int32_t { kDefault = 0, kMma = 1, kStream = 2 };
-GemvKernel gemv_kernel_in_use();  // kMma or kStream; throws on an unknown CLAWMINE_GEMV
+enum class GemvKernel : int32_t { kDefault = 0, kMma = 1, kStream = 2, kAuto = 3 };
+GemvKernel gemv_kernel_in_use();  // kAuto, kMma or kStream; throws on an unknown CLAWMINE_GEMV
 // Tests and tools/gemv_probe (not thread-safe): launches from now on use kernel k; kDefault goes
 // back to CLAWMINE_GEMV. (tests/unit/backend_cuda/linear_test.cpp declares these two itself.)
 void set_gemv_kernel(GemvKernel k);
