@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "backend/cuda/linear_kernels.cuh"
+#include "backend/cuda/moe_tuning.h"  // set_moe_prefill_grouped (the kernel bench) and the other moe prefill hooks
 
 namespace clawmine::backend::cuda {
 
@@ -56,10 +57,5 @@ void cublas_bf16_gemm(CudaBackend& be, const GemmArgs& a, const void* w, int64_t
 // The whole prefill path for a uniform-mode projection: false (nothing done) when it does not
 // apply (format, alignment, rows, BF16 x, or too little free scratch for the copy).
 bool gemm_via_bf16_copy(CudaBackend& be, const GemmArgs& a, bool x_bf16, bool w_vec);
-
-// Tuning hook for the kernel bench (not thread-safe): moe_experts' prefill path issues each
-// projection of a chunk of experts as one cublasGemmGroupedBatchedEx (true, the default) or as
-// one cublasGemmEx per expert (false).
-void set_moe_prefill_grouped(bool grouped);
 
 }  // namespace clawmine::backend::cuda

@@ -20,6 +20,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -271,19 +272,22 @@ __global__ void __launch_bounds__(32)
 // ---- swiglu and combine ------------------------------------------------------------------------
 // h = silu(min(g, L)) * clamp(u, -L, L), in double like the CPU; NaN propagates (std::min/clamp
 // comparisons, not fminf).
+__device__ __forceinline__ float swiglu_value(float gate, float up, float limit) {
+  const double L = limit;
+  double g = gate, u = up;
+  g = L < g ? L : g;
+  u = u < -L ? -L : (L < u ? L : u);
+  return static_cast<float>(g / (1.0 + exp(-g)) * u);
+}
+
 template <typename T>
 __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ h, int64_t n,
                               float limit) {
   pdl_trigger();
   pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double L = limit;
-    double g = to_f32(gate[i]), u = to_f32(up[i]);
-    g = L < g ? L : g;
-    u = u < -L ? -L : (L < u ? L : u);
-    h[i] = from_f32<T>(static_cast<float>(g / (1.0 + exp(-g)) * u));
-  }
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    h[i] = from_f32<T>(swiglu_value(to_f32(gate[i]), to_f32(up[i]), limit));
 }
 
 // out[t, d] = sum_j w_j * y[row_j, d] over the token's K slots sorted by (expert id, slot): the
@@ -416,20 +420,98 @@ void check_act_dtype(const TensorView& v, const char* op, const char* arg) {
 // W16 policy, formats with an exact BF16 copy (or dense BF16) and no stream capture, the expert
 // projections run as cuBLAS GEMMs over the plan's expert-sorted rows: the per-expert row counts
 // are downloaded (one small copy and a stream sync per layer), x is gathered into sorted order,
-// and per chunk of active experts (their BF16 copies within kMoeCopyBudget of scratch) w1/w3
-// are decoded to BF16 (linear_dequant.cu), multiplied (one grouped cuBLAS call for all w1/w3
-// problems of the chunk), swiglu'd, then w2 likewise. Rounding points are the kernels' (gate,
-// up, h and y in BF16; NVFP4's weight_scale_2 as alpha on the f32 accumulator), and the combine
-// is the same deterministic kernel. Per expert: 3*I*D elements decoded (~4.5 bytes of traffic
-// each) against 6*I*D flops per row saved at ~6x the MMA kernel's rate: break-even near 35 rows
-// per expert on an H100; 64 leaves a margin for the sync and the smaller GEMMs.
+// and per chunk of active experts w1/w3 are decoded to BF16 (linear_dequant.cu), multiplied (one
+// grouped cuBLAS call for the chunk's gate/up problems, or one cublasGemmEx each), swiglu'd,
+// then w2 likewise. Rounding points are the kernels' (gate, up, h and y in BF16; NVFP4's
+// weight_scale_2 as alpha on the f32 accumulator), and the combine is the same deterministic
+// kernel. Per expert: 3*I*D elements decoded (~4.5 bytes of traffic each) against 6*I*D flops
+// per row saved at ~6x the MMA kernel's rate: break-even near 35 rows per expert on an H100; 64
+// leaves a margin for the sync and the smaller GEMMs.
+//
+// Chunks and overlap. The copies live in two buffers of `cap` experts (together within
+// kMoeCopyBudget); chunk c (sizes ramping cap/4, cap/2, cap, cap, ...: the first decode, which
+// nothing hides, stays short) is decoded into buffer c % 2. With the overlap on, the backend's
+// stream decodes chunk c+1 while a second stream of the highest priority runs chunk c's GEMMs,
+// swiglu and w2 (events: "chunk decoded" gates the GEMMs, "buffer consumed" gates the decode
+// two chunks later). The decode is bandwidth-bound and short-blocked; the GEMM stream's priority
+// makes the block scheduler give SMs to the GEMMs first, so the decode fills the SMs the GEMMs
+// leave idle (grids that do not fill the machine, wave tails, launch gaps). With the overlap off
+// the same launches run on the backend's stream in the same order: same chunks, same GEMM calls,
+// the same bits.
+//
+// Gate and up. g13 is [rows, 2I]: each row's gate, then its up. An expert whose w1 and w3 both
+// have BF16 copies (adjacent in the buffer: a stacked [2I, D] matrix) and the same alpha runs
+// one GEMM of 2I output rows; otherwise two GEMMs of I rows write the two halves (ldc = 2I).
 constexpr int64_t kMoeCopyMinAvgRows = 64;
-constexpr int64_t kMoeCopyBudget = int64_t{1} << 30;  // bytes of BF16 expert copies per chunk
+constexpr int64_t kMoeCopyBudget = int64_t{1} << 30;  // bytes of BF16 expert copies (both buffers)
 bool g_moe_grouped_gemm = true;  // set_moe_prefill_grouped (tuning hook)
+int g_moe_overlap = -1, g_moe_fuse13 = -1;  // set_moe_prefill_overlap / _fuse_gate_up: < 0 env
+int64_t g_moe_copy_budget = 0;              // set_moe_prefill_copy_budget: <= 0 kMoeCopyBudget
 // The grouped call only while experts average fewer rows than this: on an H100 (kernel bench,
 // 2026-11-26) it beat one cublasGemmEx per expert at T=2048 (192 rows per expert: 5.42 vs 5.79
-// ms per layer) and lost at T=8192 (768 rows: 11.6 vs 8.35 ms).
+// ms per layer) and lost at T=8192 (768 rows: 11.6 vs 8.35 ms). Decided once per layer.
 constexpr int64_t kMoeGroupedMaxAvgRows = 384;
+
+bool env_not_zero(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+bool moe_overlap_on() {
+  static const bool env = env_not_zero("CLAWMINE_MOE_OVERLAP");
+  return g_moe_overlap < 0 ? env : g_moe_overlap > 0;
+}
+bool moe_fuse13_on() {
+  static const bool env = env_not_zero("CLAWMINE_MOE_FUSE13");
+  return g_moe_fuse13 < 0 ? env : g_moe_fuse13 > 0;
+}
+
+// The overlap's stream and events, created on the first overlapped prefill (never inside a
+// capture: prefill_eligible refuses capturing streams) and kept in the backend's op state.
+struct MoeOverlapState {
+  cudaStream_t gemm = nullptr;  // highest priority, non-blocking
+  cudaEvent_t fork = nullptr, join = nullptr;
+  cudaEvent_t decoded[2] = {nullptr, nullptr}, consumed[2] = {nullptr, nullptr};  // per copy buffer
+  MoeOverlapState() = default;
+  MoeOverlapState(const MoeOverlapState&) = delete;
+  MoeOverlapState& operator=(const MoeOverlapState&) = delete;
+  ~MoeOverlapState() {  // pending work finishes first (the driver defers the release)
+    for (cudaEvent_t e : {fork, join, decoded[0], decoded[1], consumed[0], consumed[1]})
+      if (e) cudaEventDestroy(e);
+    if (gemm) cudaStreamDestroy(gemm);
+  }
+};
+
+MoeOverlapState& moe_overlap_state(CudaBackend& be) {
+  static const char key = 0;
+  MoeOverlapState* st = be.op_state<MoeOverlapState>(&key);
+  if (st->gemm) return *st;
+  for (cudaEvent_t* e : {&st->fork, &st->join, &st->decoded[0], &st->decoded[1], &st->consumed[0], &st->consumed[1]})
+    if (!*e) CLAWMINE_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  int least = 0, greatest = 0;
+  CLAWMINE_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  CLAWMINE_CUDA_CHECK(cudaStreamCreateWithPriority(&st->gemm, cudaStreamNonBlocking, greatest));
+  return *st;
+}
+
+// h[r, c] = swiglu(g[r, c], g[r, I + c]) for rows r < rows of g [rows, 2I] and h [rows, I],
+// element for element swiglu_kernel's value; 8 columns (16 bytes) per step (I % 8 == 0, g and
+// h 16-byte aligned: the prefill's scratch).
+__global__ void moe_swiglu_rows_kernel(const __nv_bfloat16* __restrict__ g, __nv_bfloat16* __restrict__ h,
+                                       int64_t rows, int64_t I, float limit) {
+  pdl_trigger();
+  pdl_wait();
+  const int64_t per_row = I / 8, n = rows * per_row;
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < n;
+       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = v / per_row, c = (v - r * per_row) * 8;
+    float gv[8], uv[8], hv[8];
+    load8(g + r * 2 * I + c, gv);
+    load8(g + r * 2 * I + I + c, uv);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) hv[i] = swiglu_value(gv[i], uv[i], limit);
+    store8(h + r * I + c, hv);
+  }
+}
 
 // alpha[i] = weight_scale_2 of descriptor i for NVFP4, else 1.
 __global__ void moe_alpha_kernel(const WeightDesc* __restrict__ descs, int n, float* __restrict__ alpha) {
@@ -475,36 +557,36 @@ bool prefill_eligible(CudaBackend& be, const MoeTable& tab, DType act, bool quan
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   CLAWMINE_CUDA_CHECK(cudaStreamIsCapturing(be.stream(), &st));
   if (st != cudaStreamCaptureStatusNone) return false;
-  // y, xs [N, D], g13 [2, N, I], h [N, I] in BF16, one expert's copies, tables and alignment.
+  // y, xs [N, D], g13 [N, 2I], h [N, I] in BF16, one expert's copies, tables and alignment.
   // Plus the plan's buffers (about 28 bytes per occurrence).
   const double need = 2.0 * (2.0 * N * D + 3.0 * N * I + 3.0 * I * D) + 64.0 * (N + E) + (1 << 20);
   return need <= static_cast<double>(scratch_free(be));
 }
 
-// GEMMs C = op_T(A) * B (column-major; A stored k x m), BF16 in/out, f32 compute, host alpha.
+// GEMMs C = op_T(A) * B (column-major; A stored k x m, B k x n, C m x n with ldc), BF16 in/out,
+// f32 compute, host alpha.
 struct Problems {
   std::vector<int> m, n, k, lda, ldb, ldc;
   std::vector<float> alpha;
   std::vector<const void*> A, B;
   std::vector<void*> C;
-  void add(int m_, int n_, int k_, float alpha_, const void* a, const void* b, void* c) {
-    m.push_back(m_), n.push_back(n_), k.push_back(k_), lda.push_back(k_), ldb.push_back(k_), ldc.push_back(m_);
+  void add(int m_, int n_, int k_, float alpha_, const void* a, const void* b, void* c, int ldc_) {
+    m.push_back(m_), n.push_back(n_), k.push_back(k_), lda.push_back(k_), ldb.push_back(k_), ldc.push_back(ldc_);
     alpha.push_back(alpha_), A.push_back(a), B.push_back(b), C.push_back(c);
   }
+  size_t size() const { return m.size(); }
 };
 
-// Problems [first, first + count): one cublasGemmGroupedBatchedEx (groups of one problem; the
-// pointer arrays in device memory at dev[0..2] + first) or, with the tuning hook off, at
-// kMoeGroupedMaxAvgRows rows per problem and more, or where cuBLAS reports the grouped call
-// unsupported, one cublasGemmEx each.
-void run_problems(CudaBackend& be, const Problems& p, size_t first, size_t count, void* const* dev[3]) {
+// Problems [first, first + count) on `stream`: one cublasGemmGroupedBatchedEx (groups of one
+// problem; the pointer arrays in device memory at dev[0..2] + first) when `grouped` (and this
+// cuBLAS serves it), else one cublasGemmEx each.
+void run_problems(CudaBackend& be, const Problems& p, size_t first, size_t count, void* const* dev[3], bool grouped,
+                  cudaStream_t stream) {
   if (count == 0) return;
   cublasHandle_t h = be.cublas();
-  cublas_check(cublasSetStream(h, be.stream()), "cublasSetStream");
+  cublas_check(cublasSetStream(h, stream), "cublasSetStream");
   cublas_check(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
-  int64_t rows = 0;  // the problems' token rows (n), against the grouped call's range
-  for (size_t i = first; i < first + count; ++i) rows += p.n[i];
-  if (g_moe_grouped_gemm && rows < kMoeGroupedMaxAvgRows * static_cast<int64_t>(count)) {
+  if (grouped && g_moe_grouped_gemm) {
     CLAWMINE_CHECK(count <= 0x7fffffff, "moe prefill: too many GEMMs (", count, ")");
     const std::vector<cublasOperation_t> ta(count, CUBLAS_OP_T), tb(count, CUBLAS_OP_N);
     const std::vector<float> beta(count, 0.0f);
@@ -529,6 +611,57 @@ void run_problems(CudaBackend& be, const Problems& p, size_t first, size_t count
                               p.lda[i], p.B[i], CUDA_R_16BF, p.ldb[i], &beta, p.C[i], CUDA_R_16BF, p.ldc[i],
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx (moe prefill)");
+}
+
+// The fork of the GEMM stream off the backend's stream and its join back (also when an error
+// unwinds: then, if the join cannot be enqueued, the GEMM stream is waited for, so the scratch
+// released after us is never still in use). cuBLAS gets the backend's stream back either way.
+class GemmStreamScope {
+ public:
+  GemmStreamScope(CudaBackend& be, MoeOverlapState* st) : be_(be), st_(st) {
+    if (!st_) return;
+    CLAWMINE_CUDA_CHECK(cudaEventRecord(st_->fork, be_.stream()));
+    CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(st_->gemm, st_->fork, 0));
+  }
+  ~GemmStreamScope() {
+    if (!done_) {
+      if (st_ && (cudaEventRecord(st_->join, st_->gemm) != cudaSuccess ||
+                  cudaStreamWaitEvent(be_.stream(), st_->join, 0) != cudaSuccess))
+        cudaStreamSynchronize(st_->gemm);
+      cublasSetStream(be_.cublas(), be_.stream());
+    }
+  }
+  GemmStreamScope(const GemmStreamScope&) = delete;
+  GemmStreamScope& operator=(const GemmStreamScope&) = delete;
+  cudaStream_t gemm_stream() const { return st_ ? st_->gemm : be_.stream(); }
+  void join() {
+    if (st_) {
+      CLAWMINE_CUDA_CHECK(cudaEventRecord(st_->join, st_->gemm));
+      CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(be_.stream(), st_->join, 0));
+    }
+    done_ = true;
+    cublas_check(cublasSetStream(be_.cublas(), be_.stream()), "cublasSetStream");
+  }
+
+ private:
+  CudaBackend& be_;
+  MoeOverlapState* st_;
+  bool done_ = false;
+};
+
+// Chunk boundaries over the M active experts (chunk c: [bounds[c], bounds[c+1])), from the copy
+// buffers' layout only (so the overlap switch never changes them): two buffers of cap experts,
+// sizes ramping max(1, cap/4), doubling up to cap; one buffer: equal chunks of at most cap.
+std::vector<int64_t> chunk_bounds(int64_t M, int64_t cap, int n_buf) {
+  std::vector<int64_t> b{0};
+  if (n_buf == 1) {
+    const int64_t n_chunks = (M + cap - 1) / cap, size = (M + n_chunks - 1) / n_chunks;
+    while (b.back() < M) b.push_back(std::min(M, b.back() + size));
+    return b;
+  }
+  for (int64_t size = std::max<int64_t>(1, cap / 4); b.back() < M; size = std::min(cap, 2 * size))
+    b.push_back(std::min(M, b.back() + size));
+  return b;
 }
 
 // The prefill path after the plan (prefill_eligible held): fills y [N, D] (BF16) at the sorted
@@ -560,13 +693,14 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
   }
   if (act.empty()) return;  // every id invalid: the combine writes NaN without reading y
   const int64_t M = static_cast<int64_t>(act.size()), ID = I * D;
+  const bool grouped = rows < kMoeGroupedMaxAvgRows * M;
 
   ops::ScratchFrame frame(be);
   const TensorView xs = be.scratch(DType::kBF16, {rows, D});
-  const TensorView g13 = be.scratch(DType::kBF16, {2, rows, I});
+  const TensorView g13 = be.scratch(DType::kBF16, {rows, 2 * I});  // per row: gate, then up
   const TensorView h = be.scratch(DType::kBF16, {rows, I});
   const TensorView items = be.scratch(DType::kI32, {3 * M});
-  const TensorView ptrs = be.scratch(DType::kI64, {3, 3 * M});  // A, B, C: 2M w1/w3 problems, then M w2
+  const TensorView ptrs = be.scratch(DType::kI64, {9 * M});  // A, B, C of <= 2M gate/up problems, then of M w2
   {
     const bool vec = reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
     const int64_t n = rows * (vec ? D / 8 : D);
@@ -575,78 +709,120 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
                   row_token.as<const int32_t>(), rows, D, vec ? 1 : 0, xs.as<__nv_bfloat16>());
     CLAWMINE_CUDA_LAUNCHED("moe_gather");
   }
-  // Chunks of experts whose BF16 copies fit the budget (no copies when every expert is BF16).
+  // The copy buffers (none when every expert is BF16: one chunk straight from the weights).
   const uint32_t copy_fmts = (tab.fmt13 | tab.fmt2) & ~(1u << int(WFmt::kBF16));
   const int64_t per_expert = 3 * ID * 2;
-  int64_t chunk = M;
+  int n_buf = 1;
+  int64_t cap = M;
   TensorView copies;
   if (copy_fmts) {
-    const int64_t room = std::min<int64_t>(kMoeCopyBudget, static_cast<int64_t>(scratch_free(be)) - (1 << 16));
-    chunk = std::clamp<int64_t>(room / per_expert, 1, M);
-    const int64_t n_chunks = (M + chunk - 1) / chunk;
-    chunk = (M + n_chunks - 1) / n_chunks;  // equal chunks (64 experts in 21s: 4 chunks of 16)
-    copies = be.scratch(DType::kBF16, {chunk, 3, ID});
+    const int64_t budget = g_moe_copy_budget > 0 ? g_moe_copy_budget : kMoeCopyBudget;
+    const int64_t room = std::min<int64_t>(budget, static_cast<int64_t>(scratch_free(be)) - (1 << 16));
+    n_buf = M > 1 && room >= 2 * per_expert ? 2 : 1;
+    cap = std::clamp<int64_t>(room / (n_buf * per_expert), 1, M);
+    copies = be.scratch(DType::kBF16, {n_buf * cap, 3, ID});
   }
+  const std::vector<int64_t> bounds = copy_fmts ? chunk_bounds(M, cap, n_buf) : std::vector<int64_t>{0, M};
+  const size_t n_chunks = bounds.size() - 1;
+
   auto* xs_p = xs.as<__nv_bfloat16>();
   auto* g_p = g13.as<__nv_bfloat16>();
   auto* h_p = h.as<__nv_bfloat16>();
   auto* y_p = y.as<__nv_bfloat16>();
   auto* c_p = copies.empty() ? nullptr : copies.as<__nv_bfloat16>();
+  const bool fuse = moe_fuse13_on();
   std::vector<int32_t> item_host(static_cast<size_t>(3 * M));
+  std::vector<size_t> first13(static_cast<size_t>(M + 1));  // active expert i's gate/up problems start here
   Problems p13, p2;
-  for (int64_t i = 0; i < M; ++i) {
-    const Active& a = act[i];
-    const int64_t slot = i % chunk;
-    auto weight = [&](int j) -> const void* {
-      const WeightDesc& d = tab.host[a.e * 3 + j];
-      item_host[3 * i + j] = static_cast<int32_t>(a.e * 3 + j);
-      return static_cast<WFmt>(d.fmt) == WFmt::kBF16 ? static_cast<const void*>(d.w) : c_p + (slot * 3 + j) * ID;
-    };
-    const int n = static_cast<int>(a.n);
-    p13.add(static_cast<int>(I), n, static_cast<int>(D), alpha[a.e * 3 + 0], weight(0), xs_p + a.off * D,
-            g_p + a.off * I);
-    p13.add(static_cast<int>(I), n, static_cast<int>(D), alpha[a.e * 3 + 1], weight(1), xs_p + a.off * D,
-            g_p + (rows + a.off) * I);
-    p2.add(static_cast<int>(D), n, static_cast<int>(I), alpha[a.e * 3 + 2], weight(2), h_p + a.off * I,
-           y_p + a.off * D);
-  }
-  std::vector<int64_t> ptr_host(static_cast<size_t>(9 * M));
-  for (int64_t i = 0; i < 2 * M; ++i) {
+  const int iI = static_cast<int>(I), iD = static_cast<int>(D);
+  for (size_t c = 0; c < n_chunks; ++c)
+    for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
+      const Active& a = act[i];
+      const int64_t slot = static_cast<int64_t>(c % n_buf) * cap + (i - bounds[c]);  // in the copy buffers
+      const __nv_bfloat16* copy = c_p ? c_p + slot * 3 * ID : nullptr;
+      auto is_copy = [&](int j) { return static_cast<WFmt>(tab.host[a.e * 3 + j].fmt) != WFmt::kBF16; };
+      auto weight = [&](int j) -> const void* {
+        item_host[3 * i + j] = static_cast<int32_t>(a.e * 3 + j);
+        return is_copy(j) ? static_cast<const void*>(copy + j * ID) : tab.host[a.e * 3 + j].w;
+      };
+      const int n = static_cast<int>(a.n);
+      const float a1 = alpha[a.e * 3 + 0], a3 = alpha[a.e * 3 + 1], a2 = alpha[a.e * 3 + 2];
+      const void *w1 = weight(0), *w3 = weight(1), *w2 = weight(2);
+      first13[i] = p13.size();
+      __nv_bfloat16* g_rows = g_p + a.off * 2 * I;
+      if (fuse && is_copy(0) && is_copy(1) && host[E + a.e * 3] == host[E + a.e * 3 + 1]) {
+        p13.add(2 * iI, n, iD, a1, w1, xs_p + a.off * D, g_rows, 2 * iI);  // [w1; w3] stacked in the copy
+      } else {
+        p13.add(iI, n, iD, a1, w1, xs_p + a.off * D, g_rows, 2 * iI);
+        p13.add(iI, n, iD, a3, w3, xs_p + a.off * D, g_rows + I, 2 * iI);
+      }
+      p2.add(iD, n, iI, a2, w2, h_p + a.off * I, y_p + a.off * D, iD);
+    }
+  first13[M] = p13.size();
+  const size_t n13 = p13.size();
+  std::vector<int64_t> ptr_host(3 * (n13 + static_cast<size_t>(M)));
+  for (size_t i = 0; i < n13; ++i) {
     ptr_host[i] = reinterpret_cast<int64_t>(p13.A[i]);
-    ptr_host[3 * M + i] = reinterpret_cast<int64_t>(p13.B[i]);
-    ptr_host[6 * M + i] = reinterpret_cast<int64_t>(p13.C[i]);
+    ptr_host[n13 + i] = reinterpret_cast<int64_t>(p13.B[i]);
+    ptr_host[2 * n13 + i] = reinterpret_cast<int64_t>(p13.C[i]);
   }
-  for (int64_t i = 0; i < M; ++i) {
-    ptr_host[2 * M + i] = reinterpret_cast<int64_t>(p2.A[i]);
-    ptr_host[5 * M + i] = reinterpret_cast<int64_t>(p2.B[i]);
-    ptr_host[8 * M + i] = reinterpret_cast<int64_t>(p2.C[i]);
+  for (size_t i = 0; i < static_cast<size_t>(M); ++i) {
+    ptr_host[3 * n13 + i] = reinterpret_cast<int64_t>(p2.A[i]);
+    ptr_host[3 * n13 + M + i] = reinterpret_cast<int64_t>(p2.B[i]);
+    ptr_host[3 * n13 + 2 * M + i] = reinterpret_cast<int64_t>(p2.C[i]);
   }
   be.upload(item_host.data(), items);
-  be.upload(ptr_host.data(), ptrs);
+  be.upload(ptr_host.data(), ptrs.slice0(0, static_cast<int64_t>(ptr_host.size())));
   auto* pd = reinterpret_cast<void**>(ptrs.data);
-  void* const* dev13[3] = {pd, pd + 3 * M, pd + 6 * M};
-  void* const* dev2[3] = {pd + 2 * M, pd + 5 * M, pd + 8 * M};
+  void* const* dev13[3] = {pd, pd + n13, pd + 2 * n13};
+  void* const* dev2[3] = {pd + 3 * n13, pd + 3 * n13 + M, pd + 3 * n13 + 2 * M};
 
-  for (int64_t i0 = 0; i0 < M; i0 += chunk) {
-    const int64_t i1 = std::min(M, i0 + chunk);
+  auto decode = [&](size_t c) {  // chunk c's copies into buffer c % n_buf, on the backend's stream
+    const int64_t i0 = bounds[c], i1 = bounds[c + 1];
     for (int f = 0; f < kNumWFmt; ++f) {
       if (!(copy_fmts & (1u << f))) continue;
       DequantArgs q;
       q.descs = descs;
       q.items = items.as<const int32_t>() + 3 * i0;
-      q.out = c_p;
+      q.out = c_p + static_cast<int64_t>(c % n_buf) * cap * 3 * ID;
       q.out_stride = ID;
       q.n_items = static_cast<int32_t>(3 * (i1 - i0));
       q.max_elems = ID;
       q.fmt = f;
       launch_dequant_bf16(q, be.sm_count(), s);
     }
-    run_problems(be, p13, static_cast<size_t>(2 * i0), static_cast<size_t>(2 * (i1 - i0)), dev13);
+  };
+  auto multiply = [&](size_t c, cudaStream_t gs) {  // chunk c's GEMMs, swiglu and w2 on gs
+    const int64_t i0 = bounds[c], i1 = bounds[c + 1];
+    run_problems(be, p13, first13[i0], first13[i1] - first13[i0], dev13, grouped, gs);
     const int64_t r0 = act[i0].off, r1 = act[i1 - 1].off + act[i1 - 1].n;
-    launch_swiglu(g13.slice0(0, 1).reshaped({rows, I}).slice0(r0, r1),
-                  g13.slice0(1, 2).reshaped({rows, I}).slice0(r0, r1), h.slice0(r0, r1), limit, s);
-    run_problems(be, p2, static_cast<size_t>(i0), static_cast<size_t>(i1 - i0), dev2);
+    const int64_t n = (r1 - r0) * (I / 8);
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(blocks_for(n, 256), 16 * int64_t{be.sm_count()}));
+    launch_kernel(moe_swiglu_rows_kernel, std::max(1u, blocks), 256, 0, gs,
+                  static_cast<const __nv_bfloat16*>(g_p + r0 * 2 * I), h_p + r0 * I, r1 - r0, I, limit);
+    CLAWMINE_CUDA_LAUNCHED("moe_swiglu_rows");
+    run_problems(be, p2, static_cast<size_t>(i0), static_cast<size_t>(i1 - i0), dev2, grouped, gs);
+  };
+
+  // Chunk c's GEMMs are issued after the decodes of chunks up to c + n_buf - 1 (the buffer a
+  // decode overwrites was last read by a chunk whose GEMMs are issued, and waited for, before).
+  const bool overlap = copy_fmts && n_buf == 2 && n_chunks > 1 && moe_overlap_on();
+  MoeOverlapState* st = overlap ? &moe_overlap_state(be) : nullptr;
+  GemmStreamScope scope(be, st);
+  const cudaStream_t gs = scope.gemm_stream();
+  size_t issued = 0;  // chunks whose decode is issued
+  for (size_t c = 0; c < n_chunks; ++c) {
+    for (; copy_fmts && issued < std::min(n_chunks, c + n_buf); ++issued) {
+      const size_t b = issued % n_buf;
+      if (st && issued >= static_cast<size_t>(n_buf)) CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(s, st->consumed[b], 0));
+      decode(issued);
+      if (st) CLAWMINE_CUDA_CHECK(cudaEventRecord(st->decoded[b], s));
+    }
+    if (st) CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(gs, st->decoded[c % n_buf], 0));
+    multiply(c, gs);
+    if (st) CLAWMINE_CUDA_CHECK(cudaEventRecord(st->consumed[c % n_buf], gs));
   }
+  scope.join();
 }
 
 }  // namespace
@@ -855,6 +1031,9 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
 }
 
 void set_moe_prefill_grouped(bool grouped) { g_moe_grouped_gemm = grouped; }
+void set_moe_prefill_overlap(int mode) { g_moe_overlap = mode < 0 ? -1 : mode; }
+void set_moe_prefill_fuse_gate_up(int mode) { g_moe_fuse13 = mode < 0 ? -1 : mode; }
+void set_moe_prefill_copy_budget(int64_t bytes) { g_moe_copy_budget = bytes > 0 ? bytes : 0; }
 
 // Decode sizes (T <= kGemvMaxTokens) with no activation transform on w1/w3: w1 and w3 in one
 // GEMV launch (z = 0, 1 over the expert's descriptor table, both reading x), as the routed

@@ -6,8 +6,9 @@
 // W8A8 / W4A4 policies with per-expert input scales; an invalid expert id; determinism; the
 // decode sizes T = 1, 3 (one-warp plan, hidden-sliced combine, every (y, out) dtype pair); the
 // shared expert (swiglu_mlp; its fused gate/up launch at T <= 32, mixed formats per projection);
-// prefill (T = 512 over 16 / 32 experts) through BF16 expert copies and cuBLAS. Outputs are
-// poisoned with NaN first. Skips without a GPU.
+// prefill (T = 512 over 16 / 32 experts) through BF16 expert copies and cuBLAS, also over many
+// small chunks with the decode/GEMM overlap on and off (bit-identical) and gate/up fused or not.
+// Outputs are poisoned with NaN first. Skips without a GPU.
 #include <cmath>
 #include <future>
 #include <optional>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/moe_tuning.h"
 #include "backend/cuda/op_errors.h"
 #include "core/error.h"
 #include "unit/backend_cuda/linear_test_util.h"
@@ -267,6 +269,65 @@ TEST_F(CudaMoe, PrefillThroughBf16CopiesAndCublas) {
         EXPECT_EQ(wrong, 0) << "only token 5 (invalid expert id) should be NaN";
       }
     }
+  }
+}
+
+// The prefill path over many chunks: a copy budget of 5 experts gives two buffers of 2 and 9
+// chunks (1, 2, 2, ..., 1 experts) over the 16 active experts, so decodes and GEMMs of
+// neighbouring chunks overlap on two streams and each buffer is reused 4 times. For the grouped
+// cuBLAS call and one GEMM per expert, gate/up fused and not: within budget of the CPU, and the
+// overlapped run bit-identical to the serial one (same chunks, same GEMM calls). Expert sets: a
+// mix of NVFP4 / MXFP4 / BF16 / FP8 experts (BF16 and NVFP4 with distinct w1/w3 scales keep
+// two gate/up GEMMs; MXFP4 and FP8 fuse), and NVFP4 experts whose w3 is their w1 (equal
+// weight_scale_2: the fused GEMM with alpha != 1).
+TEST_F(CudaMoe, PrefillOverlapOverSeveralChunks) {
+  namespace bc = backend::cuda;
+  struct Restore {
+    ~Restore() {
+      bc::set_moe_prefill_overlap();
+      bc::set_moe_prefill_fuse_gate_up();
+      bc::set_moe_prefill_copy_budget();
+      bc::set_moe_prefill_grouped(true);
+    }
+  } restore;
+  const int64_t D = 512, I = 256, T = 512, E = 16;
+  bc::set_moe_prefill_copy_budget(5 * 3 * I * D * 2);
+  const TestFormat mix[] = {TestFormat::kNvfp4, TestFormat::kMxfp4, TestFormat::kBF16, TestFormat::kFp8E8M0};
+  uint32_t seed = 12000;
+  for (int set = 0; set < 2; ++set) {
+    const bool shared13 = set == 1;
+    TestExperts ex = make_experts(
+        *cuda, E, D, I, E, [&](int64_t e) { return shared13 ? TestFormat::kNvfp4 : mix[e % 4]; }, seed += 100);
+    if (shared13)
+      for (int64_t e = 0; e < E; ++e) {
+        ex.host[e].w3 = ex.host[e].w1;
+        ex.dev[e].w3 = ex.dev[e].w1;
+      }
+    TestActs x = make_acts(*cuda, {T, D}, DType::kBF16, ++seed);
+    Routing r = make_routing(T, E, kK, ++seed);
+    const TensorView idx_host{DType::kI32, Device::kCpu, {T, kK}, r.idx.data()};
+    const TensorView w_host{DType::kF32, Device::kCpu, {T, kK}, r.weight.data()};
+    const ops::DeviceBuffer idx = upload_raw(*cuda, idx_host), w = upload_raw(*cuda, w_host);
+    std::vector<float> ref(static_cast<size_t>(T * D), std::nanf(""));
+    cpu->moe_experts(x.host_view({T, D}), ex.host, idx_host, w_host, kLimit,
+                     TensorView{DType::kF32, Device::kCpu, {T, D}, ref.data()});
+    for (bool grouped : {true, false})
+      for (int fuse : {1, 0}) {
+        bc::set_moe_prefill_grouped(grouped);
+        bc::set_moe_prefill_fuse_gate_up(fuse);
+        std::vector<float> got[2];
+        for (int overlap : {0, 1}) {
+          SCOPED_TRACE(std::string(shared13 ? "nvfp4 w3 = w1" : "mixed") + (grouped ? " grouped" : " per-expert") +
+                       (fuse ? " fused" : " unfused") + (overlap ? " overlap" : " serial"));
+          bc::set_moe_prefill_overlap(overlap);
+          const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {T, D});
+          cuda->moe_experts(x.dev.view(), ex.dev, idx.view(), w.view(), kLimit, out.view());
+          got[overlap] = download_f32(*cuda, out.view());
+          EXPECT_TRUE(within(got[overlap], ref, kBf16Budget));
+        }
+        EXPECT_TRUE(same_bits(got[0], got[1])) << (shared13 ? "nvfp4 w3 = w1" : "mixed") << " grouped " << grouped
+                                               << " fuse " << fuse << ": overlap changed the result";
+      }
   }
 }
 
