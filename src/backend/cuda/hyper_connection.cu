@@ -1,23 +1,20 @@
 // Manifold-constrained hyper-connections (spec §3.2): hc_pre, hc_post, hc_head.
-// hc_pre / hc_head at decode (T <= kFusedMaxT tokens): ONE kernel, hc_fused, grid (token, split of
-//   the flattened hc*D row into chunks of 128 * k elements, about 2 blocks per SM): warp w of a
-//   block owns the mix rows m = w, w + 8, ... (m = kMix: the sum of squares); each lane streams 4
-//   elements of X and of its fn rows per sweep, a warp sum gives the block's partial of each row.
-//   The last block of a token to finish (a per-token counter, atomicAdd after __threadfence; it
-//   resets the counter to 0) sums the partials in a fixed order (split s into group s % 8, the 8
-//   groups in order), then warp 0 computes the gates, warps 1-7 collapse the streams while one
-//   thread runs the Sinkhorn normalization of comb.
+// hc_pre / hc_head at decode (T <= kFusedMaxT tokens): ONE kernel, hc_fused (see its comment):
+//   grid (token, chunk of 256 elements of the flattened hc*D row: 64 blocks for V4), every load
+//   of a block issued at once; the last block of a token (per-token counter) sums the partials in
+//   a fixed order, with its collapse loads of X already in flight, then every warp computes the
+//   gates from the totals and warp 0 runs the Sinkhorn while the others collapse the streams.
 // hc_pre / hc_head at prefill: two kernels.
 //   1. hc_mix_partial: grid (token, split). Each block accumulates, over its part of the row, the
 //      sum of squares and the n_mix dot products with the rows of fn (X and fn streamed once,
 //      16-byte packs, float32 accumulators in registers), reduces them in a fixed order and writes
 //      n_mix + 1 partial sums. Prefill (T >= 2 blocks per SM) uses one block per token.
-//   2. hc_finish: one block per token sums the partials (split order fixed), then warp 0 does
-//      r = 1/sqrt(mean + rms_eps) and the sigmoid gates; the other warps collapse the streams,
-//      x_in[d] = sum_j pre[j] X[j, d], while one thread normalizes comb.
-// Gates and comb (both paths, device functions below): pre/post one lane each; comb in one thread
-// with the hc x hc matrix in registers: softmax along rows, then the Sinkhorn normalizations, each
-// a sum in pairwise order and a multiplication by the correctly rounded reciprocal of (sum + eps).
+//   2. hc_finish: one block per token sums the partials (split order fixed), then as hc_fused's
+//      last block.
+// Gates and comb (both paths, hc_gates): r = 1/sqrt(mean + rms_eps), one lane per gate; comb in
+// one thread with the hc x hc matrix in registers: softmax along rows, then the Sinkhorn
+// normalizations, each a sum in pairwise order, + eps, and a multiplication by the reciprocal
+// (rcp.approx: within 1 ulp, one instruction; the comb budget against the CPU's doubles is 1e-5).
 // hc_post: one thread per (token, 4 consecutive d): every output stream k from post, comb^T and
 // the hc input streams. All maths in float32 (the CPU works in double; budgets in the tests).
 // hc_mult = 4 is instantiated (V4-Flash and V4-Pro); another value is one case in hc_dispatch.
@@ -33,7 +30,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMinSplit = 1024;  // prefill path: elements of the flattened row per block, at least
 constexpr int kFusedMaxT = 64;       // tokens that take the fused kernel (one counter each)
-constexpr int64_t kFusedUnit = 128;  // fused path: elements of one warp sweep (32 lanes x 4)
 
 template <typename F>
 void hc_dispatch(int64_t hc, const char* op, F&& f) {
@@ -101,6 +97,14 @@ __global__ void __launch_bounds__(kThreads)
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// 1 / x to within 1 ulp (one MUFU op, no slow path): the Sinkhorn divisions. x is a sum of
+// positive terms plus hc_eps, never zero, subnormal or infinite for finite logits.
+__device__ __forceinline__ float fast_rcp(float x) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+
 struct HcScalars {
   const void* base;
   rowwise::FloatCode base_code;
@@ -115,49 +119,13 @@ constexpr int mix_count() {
   return kHead ? HC : (2 + HC) * HC;
 }
 
-// The gate weights warp 0 needs, loaded before the mix totals exist so that their latency
-// overlaps the reduction. Lane l < HC: pre gate l; HC <= l < 2 HC: post gate l - HC (hc_pre);
-// lane 0 also holds comb's scale and base (hc_pre).
-template <int HC>
-struct HcGateWeights {
-  float base = 0.0f, scale = 0.0f;
-  float comb_scale = 0.0f;
-  float comb_base[HC * HC] = {};
-};
-
+// The gate weights of mix row `lane` (lanes < kMix; others get zeros): base[lane] and its scale
+// (scale[0] for the pre rows, [1] for post, [2] for comb).
 template <int HC, bool kHead>
-__device__ __forceinline__ HcGateWeights<HC> load_gate_weights(const HcScalars& p, int lane) {
-  HcGateWeights<HC> g;
-  if (lane < (kHead ? HC : 2 * HC)) {
-    g.base = rowwise::load_float(p.base, p.base_code, lane);
-    g.scale = rowwise::load_float(p.scale, p.scale_code, lane < HC ? 0 : 1);
-  }
-  if constexpr (!kHead) {
-    if (lane == 0) {
-      g.comb_scale = rowwise::load_float(p.scale, p.scale_code, 2);
-#pragma unroll
-      for (int m = 0; m < HC * HC; ++m) g.comb_base[m] = rowwise::load_float(p.base, p.base_code, 2 * HC + m);
-    }
-  }
-  return g;
-}
-
-// r = 1 / sqrt(mean of squares + rms_eps) from the totals (tot[kMix] = sum of squares of hc*D).
-template <int HC, bool kHead>
-__device__ __forceinline__ float hc_rms_factor(const float* tot, int64_t D, float rms_eps) {
-  return 1.0f / sqrtf(tot[mix_count<HC, kHead>()] / static_cast<float>(HC * D) + rms_eps);
-}
-
-// Warp 0: pre[j] (to shared memory) and post[t, j] (hc_pre) from the totals in shared memory.
-template <int HC, bool kHead>
-__device__ __forceinline__ void hc_gates(const float* tot, int64_t D, const HcGateWeights<HC>& g, const HcScalars& p,
-                                         int64_t t, float* pre, float* post) {
-  const int lane = threadIdx.x & 31;
-  const float r = hc_rms_factor<HC, kHead>(tot, D, p.rms_eps);
-  if (lane < HC) pre[lane] = sigmoidf(tot[lane] * r * g.scale + g.base) + p.hc_eps;
-  if constexpr (!kHead) {
-    if (lane >= HC && lane < 2 * HC) post[t * HC + lane - HC] = 2.0f * sigmoidf(tot[lane] * r * g.scale + g.base);
-  }
+__device__ __forceinline__ float2 load_gate_weight(const HcScalars& p, int lane) {
+  if (lane >= mix_count<HC, kHead>()) return make_float2(0.0f, 0.0f);
+  const int which = lane < HC ? 0 : lane < 2 * HC ? 1 : 2;
+  return make_float2(rowwise::load_float(p.base, p.base_code, lane), rowwise::load_float(p.scale, p.scale_code, which));
 }
 
 // Sum of v[0..N) in pairwise order ((v0 + v1) + (v2 + v3)) ...; N a power of two.
@@ -174,214 +142,294 @@ __device__ __forceinline__ float pairwise_sum(const float (&v)[N]) {
   return s[0];
 }
 
-// One thread: comb[t] = the Sinkhorn-normalized hc x hc matrix (contract in ops/backend.h) from
-// the totals, all of it in registers (no shuffles on the iteration's latency chain).
+// One thread, the hc x hc matrix in registers: c holds the comb logits on entry and the
+// Sinkhorn-normalized comb on return (contract in ops/backend.h). Each normalization is a
+// pairwise sum, + eps, one approximate reciprocal and HC multiplications: the four rows (columns)
+// are independent, so a half-iteration's latency is about 2 adds + rcp + 1 mul (~35 cycles).
 template <int HC>
-__device__ __noinline__ void hc_comb(const float* tot, int64_t D, const HcGateWeights<HC>& g, const HcScalars& p, int64_t t,
-                        float* comb) {
-  const float r = hc_rms_factor<HC, false>(tot, D, p.rms_eps), eps = p.hc_eps;
-  float c[HC][HC];
+__device__ __forceinline__ void sinkhorn_in_registers(float (&c)[HC][HC], float eps, int iters) {
 #pragma unroll
   for (int j = 0; j < HC; ++j) {
-    float mx = -INFINITY;
+    float mx = c[j][0];
 #pragma unroll
-    for (int k = 0; k < HC; ++k) {
-      c[j][k] = tot[2 * HC + j * HC + k] * r * g.comb_scale + g.comb_base[j * HC + k];
-      mx = fmaxf(mx, c[j][k]);
-    }
+    for (int k = 1; k < HC; ++k) mx = fmaxf(mx, c[j][k]);
 #pragma unroll
     for (int k = 0; k < HC; ++k) c[j][k] = expf(c[j][k] - mx);
-    const float inv = __frcp_rn(pairwise_sum(c[j]));
+    const float inv = fast_rcp(pairwise_sum(c[j]));
 #pragma unroll
     for (int k = 0; k < HC; ++k) c[j][k] = __fadd_rn(__fmul_rn(c[j][k], inv), eps);
   }
   auto normalize_rows = [&] {
+    float inv[HC];
+#pragma unroll
+    for (int j = 0; j < HC; ++j) inv[j] = fast_rcp(__fadd_rn(pairwise_sum(c[j]), eps));
 #pragma unroll
     for (int j = 0; j < HC; ++j) {
-      const float inv = __frcp_rn(__fadd_rn(pairwise_sum(c[j]), eps));
 #pragma unroll
-      for (int k = 0; k < HC; ++k) c[j][k] = __fmul_rn(c[j][k], inv);
+      for (int k = 0; k < HC; ++k) c[j][k] = __fmul_rn(c[j][k], inv[j]);
     }
   };
   auto normalize_columns = [&] {
+    float inv[HC];
 #pragma unroll
     for (int k = 0; k < HC; ++k) {
       float col[HC];
 #pragma unroll
       for (int j = 0; j < HC; ++j) col[j] = c[j][k];
-      const float inv = __frcp_rn(__fadd_rn(pairwise_sum(col), eps));
+      inv[k] = fast_rcp(__fadd_rn(pairwise_sum(col), eps));
+    }
 #pragma unroll
-      for (int j = 0; j < HC; ++j) c[j][k] = __fmul_rn(c[j][k], inv);
+    for (int j = 0; j < HC; ++j) {
+#pragma unroll
+      for (int k = 0; k < HC; ++k) c[j][k] = __fmul_rn(c[j][k], inv[k]);
     }
   };
   normalize_columns();
-  for (int it = 1; it < p.sinkhorn_iters; ++it) {
+  for (int it = 1; it < iters; ++it) {
     normalize_rows();
     normalize_columns();
   }
-  float* out = comb + t * HC * HC;
-#pragma unroll
-  for (int j = 0; j < HC; ++j) {
-#pragma unroll
-    for (int k = 0; k < HC; ++k) out[j * HC + k] = c[j][k];
-  }
 }
 
-// Threads [first, kThreads): out[d] = sum_j pre[j] X[j, d] for the token's D elements (xt = X[t]).
-// packed: D % 4 == 0 and X, out rows are 4-element aligned.
-template <int HC, typename To>
-__device__ __forceinline__ void hc_collapse(const float* __restrict__ xt, const float* pre, int64_t D,
-                                            To* __restrict__ o, bool packed, int first) {
-  if (static_cast<int>(threadIdx.x) < first) return;
-  const int tid = threadIdx.x - first, stride = kThreads - first;
-  float w[HC];
+// One warp, after the mix totals: lane l < kMix + 1 holds tot (mix total l; l = kMix: the sum of
+// squares of the token's hc*D elements) and gw (base, scale) of row l. Every lane returns the pre
+// gates in w; with `rest` (one warp per token, hc_pre) lanes HC..2HC-1 also write post[t] and
+// lane 0 computes comb[t] (the logits gathered from lanes 2HC.. by shuffles). The warp is
+// converged on entry. Every warp that calls this with the same totals gets the same w bits.
+template <int HC, bool kHead>
+__device__ __forceinline__ void hc_gates(float tot, float2 gw, int64_t D, const HcScalars& p, int64_t t, bool rest,
+                                         float (&w)[HC], float* __restrict__ post, float* __restrict__ comb) {
+  constexpr int kMix = mix_count<HC, kHead>();
+  const int lane = threadIdx.x & 31;
+  const float sum_sq = __shfl_sync(0xffffffffu, tot, kMix);
+  const float r = 1.0f / sqrtf(sum_sq / static_cast<float>(HC * D) + p.rms_eps);
+  const float a = tot * r * gw.y + gw.x;  // pre/post gate argument or comb logit of row `lane`
+  const float pre = sigmoidf(a) + p.hc_eps;
 #pragma unroll
-  for (int j = 0; j < HC; ++j) w[j] = pre[j];
-  if (packed) {
-#pragma unroll 4
-    for (int64_t d = 4 * static_cast<int64_t>(tid); d < D; d += 4 * stride) {
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int j = 0; j < HC; ++j) w[j] = __shfl_sync(0xffffffffu, pre, j);
+  if constexpr (!kHead) {
+    if (!rest) return;  // warp-uniform
+    if (lane >= HC && lane < 2 * HC) post[t * HC + lane - HC] = 2.0f * sigmoidf(a);
+    float c[HC][HC];
+#pragma unroll
+    for (int j = 0; j < HC; ++j) {
+#pragma unroll
+      for (int k = 0; k < HC; ++k) c[j][k] = __shfl_sync(0xffffffffu, a, 2 * HC + j * HC + k);
+    }
+    if (lane == 0) {
+      sinkhorn_in_registers<HC>(c, p.hc_eps, p.sinkhorn_iters);
+      float* out = comb + t * HC * HC;
 #pragma unroll
       for (int j = 0; j < HC; ++j) {
-        float xv[4];
-        rowwise::load_packed<4>(xt + j * D + d, xv);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) acc[q] = fmaf(w[j], xv[q], acc[q]);
+        for (int k = 0; k < HC; ++k) out[j * HC + k] = c[j][k];
       }
-      rowwise::store_packed<4>(o + d, acc);
     }
-  } else {
-    for (int64_t d = tid; d < D; d += stride) {
-      float acc = 0.0f;
+  }
+}
+
+// The collapse out[d] = sum_j w[j] X[j, d] of one token (xt = X[t], o = out[t]) by the threads
+// [kFirst, kThreads) of the block, kPacks packs of 4 d per thread per round, each round's loads
+// issued together (load() may run early: before the gates are known).
+template <int HC, int kFirst, int kPacks>
+struct HcCollapse {
+  static constexpr int kCount = kThreads - kFirst;
+  float xv[kPacks][HC][4];
+
+  __device__ __forceinline__ void load(const float* __restrict__ xt, int64_t D, int64_t base) {
+    const int c = static_cast<int>(threadIdx.x) - kFirst;
+    if (c < 0) return;
 #pragma unroll
-      for (int j = 0; j < HC; ++j) acc = fmaf(w[j], xt[j * D + d], acc);
-      o[d] = from_f32<To>(acc);
+    for (int i = 0; i < kPacks; ++i) {
+      const int64_t dp = base + c + static_cast<int64_t>(kCount) * i;
+      if (4 * dp < D) {
+#pragma unroll
+        for (int j = 0; j < HC; ++j) rowwise::load_packed<4>(xt + j * D + 4 * dp, xv[i][j]);
+      }
     }
   }
-}
-
-// After the totals: gates (warp 0), then the collapse (warps 1-7 for hc_pre, all for hc_head)
-// beside comb (thread 0). tot and pre are shared memory; the caller's block is in step.
-template <int HC, bool kHead, typename To>
-__device__ __forceinline__ void hc_finish_token(const float* tot, float* pre, const HcGateWeights<HC>& g,
-                                                const float* __restrict__ X, int64_t D, const HcScalars& p, int64_t t,
-                                                To* __restrict__ out, float* __restrict__ post,
-                                                float* __restrict__ comb, bool packed) {
-  if (threadIdx.x < 32) hc_gates<HC, kHead>(tot, D, g, p, t, pre, post);
-  __syncthreads();
-  hc_collapse<HC, To>(X + t * HC * D, pre, D, out + t * D, packed, kHead ? 0 : 32);
-  if constexpr (!kHead) {
-    if (threadIdx.x == 0) hc_comb<HC>(tot, D, g, p, t, comb);
+  template <typename To>
+  __device__ __forceinline__ void store(const float (&w)[HC], int64_t D, int64_t base, To* __restrict__ o) const {
+    const int c = static_cast<int>(threadIdx.x) - kFirst;
+    if (c < 0) return;
+#pragma unroll
+    for (int i = 0; i < kPacks; ++i) {
+      const int64_t dp = base + c + static_cast<int64_t>(kCount) * i;
+      if (4 * dp < D) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < HC; ++j) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[q] = fmaf(w[j], xv[i][j][q], acc[q]);
+        }
+        rowwise::store_packed<4>(o + 4 * dp, acc);
+      }
+    }
   }
-}
+  // packed: D % 4 == 0 and xt, o 4-element aligned. `pre` holds the first round (base 0) already.
+  template <typename To>
+  __device__ __forceinline__ void run(const float* __restrict__ xt, const float (&w)[HC], int64_t D,
+                                      To* __restrict__ o, bool packed) {
+    if (packed) {
+      const int64_t round = static_cast<int64_t>(kCount) * kPacks;
+      for (int64_t base = 0; base < D / 4; base += round) {
+        if (base > 0) load(xt, D, base);
+        store(w, D, base, o);
+      }
+    } else {
+      const int c = static_cast<int>(threadIdx.x) - kFirst;
+      if (c < 0) return;
+      for (int64_t d = c; d < D; d += kCount) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < HC; ++j) acc = fmaf(w[j], xt[j * D + d], acc);
+        o[d] = from_f32<To>(acc);
+      }
+    }
+  }
+};
 
-// Prefill path, pass 2: one block per token.
+// Warp 0 runs the comb in hc_pre, so the collapse takes warps 1..7 there (5 packs each: D = 4096
+// in one round) and all 8 warps in hc_head (4 packs each).
+template <int HC, bool kHead>
+using HcCollapseOf = HcCollapse<HC, kHead ? 0 : 32, kHead ? 4 : 5>;
+
+// Prefill path, pass 2: one block per token sums its S partials (split order), then as hc_gates.
 template <int HC, bool kHead, typename To>
 __global__ void __launch_bounds__(kThreads)
     hc_finish_kernel(const float* __restrict__ X, const float* __restrict__ partial, int S, int64_t D, HcScalars p,
                      To* __restrict__ out, float* __restrict__ post, float* __restrict__ comb, bool packed) {
   pdl_trigger();
   pdl_wait();
-  static_assert((HC & (HC - 1)) == 0 && (2 + HC) * HC < 32, "one thread per mix total, HC a power of two");
-  constexpr int kMix = mix_count<HC, kHead>();
-  __shared__ float tot[kMix + 1];
-  __shared__ float pre[HC];
+  constexpr int kMix = mix_count<HC, kHead>(), kRows = kMix + 1;
+  static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
+  __shared__ float tot[32];
   const int64_t t = blockIdx.x;
-  HcGateWeights<HC> g;
-  if (threadIdx.x < 32) g = load_gate_weights<HC, kHead>(p, threadIdx.x);
-  if (threadIdx.x <= kMix) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float* xt = X + t * HC * D;
+  HcCollapseOf<HC, kHead> coll;
+  if (packed) coll.load(xt, D, 0);
+  const float2 gw = load_gate_weight<HC, kHead>(p, lane);
+  if (threadIdx.x < 32) {
     float v = 0.0f;
-    for (int s = 0; s < S; ++s) v += partial[(t * S + s) * (kMix + 1) + threadIdx.x];
-    tot[threadIdx.x] = v;
+    if (lane < kRows) {
+      for (int s = 0; s < S; ++s) v += partial[(t * S + s) * kRows + lane];
+    }
+    tot[lane] = v;
   }
   __syncthreads();
-  hc_finish_token<HC, kHead, To>(tot, pre, g, X, D, p, t, out, post, comb, packed);
+  float w[HC];
+  hc_gates<HC, kHead>(tot[lane], gw, D, p, t, warp == 0, w, post, comb);
+  coll.run(xt, w, D, out + t * D, packed);
 }
 
-// Decode path: mix partials, then the last block of each token finishes it (see the top).
-// packed_mix: n and the chunk are multiples of 4 and X, fn are 4-element aligned; packed_out as
-// hc_collapse's packed. counters[t] is 0 on entry and is left 0.
+// Decode path (T <= kFusedMaxT): grid (T, S), block (t, s) takes elements [s * kFusedChunk, +kFusedChunk)
+// of token t's flattened streams xf = X[t] (n = hc*D). Lane l holds packs l and l + 32 of the
+// chunk (X and fn rows loaded together, all in flight at once); warp w the rows w, w + 8, ...
+// (row kMix: xf . xf); a warp sum gives the block's partial of each row, which lane 0 stores.
+// The last block of the token to count (per-token counter: store, __threadfence, barrier, one
+// atomicAdd; it resets the counter to 0) then:
+//   - issues its collapse loads of X[t] (D = 4096: one round of registers) at once,
+//   - sums the S partials of each row (lane = row, warp w the splits w, w + 8, ..., 8 loads per
+//     thread per round, then the 8 warps' sums in warp order through shared memory),
+//   - in every warp: the totals, r, the pre gates (identical bits in every warp), then warp 0
+//     writes post and runs the Sinkhorn (hc_pre) while the other warps collapse the streams.
+// packed_mix: n % 4 == 0 and X, fn 4-element aligned; packed_out: as HcCollapse::run's packed.
+// counters[t] is 0 on entry and is left 0.
+constexpr int kFusedPacks = 64;                     // packs of 4 elements per mix block: 2 per lane
+constexpr int64_t kFusedChunk = 4 * kFusedPacks;    // elements of the flattened row per mix block
+constexpr int kPartialLoads = 8;                    // partials per thread per round of the final sum
+
+template <typename T>
+__device__ __forceinline__ void load4_or_zero(const T* __restrict__ p, int64_t i, int64_t n, bool packed,
+                                              float (&v)[4]) {
+  if (packed) {
+    if (i < n) {
+      rowwise::load_packed<4>(p + i, v);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) v[q] = 0.0f;
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) v[q] = i + q < n ? to_f32(p[i + q]) : 0.0f;
+  }
+}
+
 template <int HC, bool kHead, typename Tf, typename To>
 __global__ void __launch_bounds__(kThreads)
-    hc_fused_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int64_t D, int64_t chunk,
-                    float* __restrict__ partial, unsigned* __restrict__ counters, HcScalars p, To* __restrict__ out,
-                    float* __restrict__ post, float* __restrict__ comb, bool packed_mix, bool packed_out) {
+    hc_fused_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int64_t D, float* __restrict__ partial,
+                    unsigned* __restrict__ counters, HcScalars p, To* __restrict__ out, float* __restrict__ post,
+                    float* __restrict__ comb, bool packed_mix, bool packed_out) {
   pdl_trigger();
   pdl_wait();
   constexpr int kMix = mix_count<HC, kHead>(), kRows = kMix + 1, kPerWarp = (kRows + kWarps - 1) / kWarps;
-  static_assert(kRows <= 32, "one lane per mix row in the final sum");
+  static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
   __shared__ float red[kWarps][32];
-  __shared__ float tot[kRows];
-  __shared__ float pre[HC];
   __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = HC * D, t = blockIdx.x;
   const int s = blockIdx.y, S = gridDim.y;
-  const int64_t begin = s * chunk, end = min(n, begin + chunk);
   const float* xt = X + t * n;
 
-  float acc[kPerWarp];
+  if (warp < kRows) {  // warp-uniform: hc_head has 5 rows, so warps 5..7 have none
+    float xv[2][4], fv[kPerWarp][2][4];
 #pragma unroll
-  for (int k = 0; k < kPerWarp; ++k) acc[k] = 0.0f;
-#pragma unroll 4
-  for (int64_t i = begin + 4 * lane; i < end; i += kFusedUnit) {  // sweeps' loads overlap
-    float xv[4];
-    if (packed_mix) {
-      rowwise::load_packed<4>(xt + i, xv);
-    } else {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t i = s * kFusedChunk + 4 * (lane + 32 * h);
+      load4_or_zero(xt, i, n, packed_mix, xv[h]);
 #pragma unroll
-      for (int q = 0; q < 4; ++q) xv[q] = i + q < end ? xt[i + q] : 0.0f;
+      for (int k = 0; k < kPerWarp; ++k) {
+        const int m = warp + kWarps * k;
+        if (m < kMix) load4_or_zero(fn + m * n, i, n, packed_mix, fv[k][h]);
+      }
     }
 #pragma unroll
     for (int k = 0; k < kPerWarp; ++k) {
       const int m = warp + kWarps * k;  // warp-uniform
-      if (m < kMix) {
-        float fv[4];
-        if (packed_mix) {
-          rowwise::load_packed<4>(fn + m * n + i, fv);
-        } else {
+      if (m > kMix) break;
+      float acc = 0.0f;
 #pragma unroll
-          for (int q = 0; q < 4; ++q) fv[q] = i + q < end ? to_f32(fn[m * n + i + q]) : 0.0f;
-        }
+      for (int h = 0; h < 2; ++h) {
 #pragma unroll
-        for (int q = 0; q < 4; ++q) acc[k] = fmaf(xv[q], fv[q], acc[k]);
-      } else if (m == kMix) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[k] = fmaf(xv[q], xv[q], acc[k]);
+        for (int q = 0; q < 4; ++q) acc = fmaf(xv[h][q], m < kMix ? fv[k][h][q] : xv[h][q], acc);
       }
+      acc = rowwise::warp_sum(acc);
+      if (lane == 0) partial[(t * S + s) * kRows + m] = acc;
     }
+    if (lane == 0) __threadfence();  // this warp's partials are visible device-wide before the count
   }
-#pragma unroll
-  for (int k = 0; k < kPerWarp; ++k) {
-    const int m = warp + kWarps * k;
-    const float v = rowwise::warp_sum(acc[k]);
-    if (lane == 0 && m < kRows) partial[(t * S + s) * kRows + m] = v;
-  }
-  __threadfence();  // this block's partials are visible device-wide before its count
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(&counters[t], 1u) == static_cast<unsigned>(S - 1);
   __syncthreads();
   if (!last) return;
   __threadfence();
 
-  HcGateWeights<HC> g;
-  if (warp == 0) g = load_gate_weights<HC, kHead>(p, lane);
+  HcCollapseOf<HC, kHead> coll;
+  if (packed_out) coll.load(xt, D, 0);  // in flight during the partial sums
+  const float2 gw = load_gate_weight<HC, kHead>(p, lane);
   float v = 0.0f;
   if (lane < kRows) {
-#pragma unroll 16
-    for (int ss = warp; ss < S; ss += kWarps) v += __ldcg(partial + (t * S + ss) * kRows + lane);
+    for (int s0 = 0; s0 < S; s0 += kWarps * kPartialLoads) {
+      float pv[kPartialLoads];
+#pragma unroll
+      for (int i = 0; i < kPartialLoads; ++i) {
+        const int ss = s0 + warp + kWarps * i;
+        pv[i] = ss < S ? __ldcg(partial + (t * S + ss) * kRows + lane) : 0.0f;
+      }
+#pragma unroll
+      for (int i = 0; i < kPartialLoads; ++i) v += pv[i];
+    }
   }
   red[warp][lane] = v;
   __syncthreads();
-  if (warp == 0) {
-    float total = 0.0f;
+  if (threadIdx.x == 0) counters[t] = 0;  // every block of this token has counted: ready for the next launch
+  float tot = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += red[w][lane];
-    if (lane < kRows) tot[lane] = total;
-    if (lane == 0) counters[t] = 0;  // every block of this token has counted: ready for the next launch
-  }
-  __syncthreads();
-  hc_finish_token<HC, kHead, To>(tot, pre, g, X, D, p, t, out, post, comb, packed_out);
+  for (int w = 0; w < kWarps; ++w) tot += red[w][lane];
+  float w[HC];
+  hc_gates<HC, kHead>(tot, gw, D, p, t, warp == 0, w, post, comb);
+  coll.run(xt, w, D, out + t * D, packed_out);
 }
 
 // X_out[t, k, d] = post[t, k] * y[t, d] + sum_j comb[t, j, k] * X[t, j, d], N consecutive d per
@@ -484,13 +532,12 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
                        const TensorView& out, float* post, float* comb, const char* op) {
   constexpr int kMix = mix_count<HC, kHead>();
   const int64_t T = X.dim(0), D = X.dim(2), n = HC * D;
-  const int64_t target = 2 * std::max(1, be.sm_count());  // blocks: enough to cover the device twice
   const bool fused = T <= kFusedMaxT;
   int64_t S, chunk;
-  if (fused) {  // chunks of whole warp sweeps
-    const int64_t want = std::max<int64_t>(1, (target + T - 1) / T);
-    chunk = std::max(kFusedUnit, ((n + want - 1) / want + kFusedUnit - 1) / kFusedUnit * kFusedUnit);
-  } else {  // each split at least kMinSplit elements
+  if (fused) {  // fixed chunks: 64 blocks per token for V4's n = 16384
+    chunk = kFusedChunk;
+  } else {  // each split at least kMinSplit elements, about two blocks per SM
+    const int64_t target = 2 * std::max(1, be.sm_count());
     const int64_t want = std::clamp<int64_t>((target + T - 1) / T, 1, std::max<int64_t>(1, n / kMinSplit));
     chunk = ((n + want - 1) / want + 3) / 4 * 4;
   }
@@ -520,7 +567,7 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
       const bool packed_out = rowwise::packable<float, 4>(X.data, D) && rowwise::packable<To, 4>(out.data, D);
       if (fused) {
         launch_kernel(hc_fused_kernel<HC, kHead, Tf, To>, grid, kThreads, 0, be.stream(), X.f32(),
-                      w.fn.as<const Tf>(), D, chunk, partial.f32(), counters, scalars, out.as<To>(), post, comb,
+                      w.fn.as<const Tf>(), D, partial.f32(), counters, scalars, out.as<To>(), post, comb,
                       packed_mix, packed_out);
         CLAWMINE_CUDA_LAUNCHED("hc fused");
       } else {
