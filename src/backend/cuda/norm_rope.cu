@@ -1,8 +1,10 @@
 // rms_norm and rope.
 // rms_norm: tpr threads per row (32, 64, 128 or 256: about two packs of 8 elements per thread,
 //   kThreads / tpr rows per block), so a short row at T = 1 still spreads over a warp or more.
-//   Packed rows of up to kRegPacks * tpr packs are read once: each thread loads its packs of x
-//   (and of the weight) into registers before the reduction, so every load is in flight at once.
+//   Packed rows of up to 4 * tpr packs are read once: each thread loads its packs of x (and of
+//   the weight) into registers before the reduction, so every load is in flight at once; the
+//   packs per thread (1, 2 or 4) are a template argument (rowprep.cuh), so rows of 512..4096
+//   take ~40 registers, not ~100 (8192 x 64 rows of 512 at prefill need the occupancy).
 //   Other rows (unpacked, or longer) loop over the row twice. The sum of squares is accumulated
 //   in float32 per thread and reduced in a fixed order (warp shuffles, then the row's warps in
 //   order through shared memory: one barrier), then every element is x * (1 / sqrt(mean + eps))
@@ -20,6 +22,7 @@
 #include <algorithm>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/rowprep.cuh"
 #include "backend/cuda/rowwise.cuh"
 
 namespace clawmine::backend::cuda {
@@ -27,38 +30,16 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kRegPacks = 4;  // packs of 8 per thread held in registers (rows up to 32 * tpr elements)
 
-// Threads per row for rows of n elements: the smallest of 32, 64, 128, 256 giving each thread at
-// most two packs of 8 (256 for longer rows).
-int rms_threads_per_row(int64_t n) {
-  const int64_t packs = (n + 7) / 8;
-  int tpr = 32;
-  while (tpr < kThreads && packs > 2 * tpr) tpr *= 2;
-  return tpr;
-}
-
-// Sum of v over the tpr consecutive threads of this thread's row group (tpr a power of two in
-// [32, kThreads], the same for the whole block): warp shuffles, then for tpr > 32 the row's warps
-// in order through `red` (kWarps floats) after one barrier that every thread of the block reaches.
-__device__ __forceinline__ float row_group_sum(float v, int tpr, float* red) {
-  v = rowwise::warp_sum(v);
-  if (tpr <= 32) return v;
-  const int warp = threadIdx.x >> 5, per = tpr >> 5, first = warp / per * per;
-  if ((threadIdx.x & 31) == 0) red[warp] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < per; ++w) total += red[first + w];
-  return total;
-}
-
-// Row `row` = blockIdx.x * (kThreads / tpr) + threadIdx.x / tpr. regs: packed rows of at most
-// kRegPacks * tpr packs, held in registers; else packed: Packed<., 8> loops, else element loops.
+// Row `row` = blockIdx.x * (kThreads / tpr) + threadIdx.x / tpr. kP > 0: packed rows of at most
+// kP * tpr packs, held in registers (rowprep::RowPacks; kP is a template argument so a row of
+// one or two packs per thread costs no registers for four: the many-row prefill shapes keep
+// their occupancy); kP = 0: packed (Packed<., 8>) or element loops over the row, twice.
 // wpacked: the weight may be read in packs of 8 too.
-template <typename Tx, typename To>
-__global__ void __launch_bounds__(kThreads)
+template <typename Tx, typename To, int kP>
+__global__ void __launch_bounds__(kThreads, kP == 4 ? 1 : 5)
     rms_norm_kernel(const Tx* x, const void* weight, rowwise::FloatCode wcode, To* out, int64_t rows, int64_t n,
-                    float eps, int tpr, bool regs, bool packed, bool wpacked) {
+                    float eps, int tpr, bool packed, bool wpacked) {
   pdl_trigger();
   pdl_wait();
   __shared__ float red[kWarps];
@@ -70,84 +51,50 @@ __global__ void __launch_bounds__(kThreads)
   const Tx* xr = x + base;
   To* orow = out + base;
 
-  float ss = 0.0f;
-  if (regs) {
+  if constexpr (kP > 0) {
     const int64_t packs = n / 8;
-    float v[kRegPacks][8], w[kRegPacks][8];
+    rowprep::RowPacks<kP> v;
+    v.load(xr, r, tpr, packs, valid);
+    rowprep::rms_norm_packs(v, weight, wcode, wpacked, n, eps, r, tpr, valid, red);
+    v.store(orow, r, tpr, packs, valid);
+  } else {
+    float ss = 0.0f;
+    if (valid) {
+      if (packed) {
+        for (int64_t c = r; c < n / 8; c += tpr) {
+          float v[8];
+          rowwise::load_packed<8>(xr + c * 8, v);
 #pragma unroll
-    for (int k = 0; k < kRegPacks; ++k) {
-      const int64_t c = r + static_cast<int64_t>(k) * tpr;
-      if (valid && c < packs) {
-        rowwise::load_packed<8>(xr + c * 8, v[k]);
-        if (weight != nullptr) {
-          if (wpacked) {
-            rowwise::load_float_packed<8>(weight, wcode, c * 8, w[k]);
-          } else {
-#pragma unroll
-            for (int i = 0; i < 8; ++i) w[k][i] = rowwise::load_float(weight, wcode, c * 8 + i);
-          }
+          for (int i = 0; i < 8; ++i) ss = fmaf(v[i], v[i], ss);
+        }
+      } else {
+        for (int64_t i = r; i < n; i += tpr) {
+          const float v = to_f32(xr[i]);
+          ss = fmaf(v, v, ss);
         }
       }
     }
-#pragma unroll
-    for (int k = 0; k < kRegPacks; ++k) {
-      if (valid && r + static_cast<int64_t>(k) * tpr < packs) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) ss = fmaf(v[k][i], v[k][i], ss);
-      }
-    }
-    ss = row_group_sum(ss, tpr, red);
+    ss = rowprep::row_group_sum(ss, tpr, red);
+    if (!valid) return;
     const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-#pragma unroll
-    for (int k = 0; k < kRegPacks; ++k) {
-      const int64_t c = r + static_cast<int64_t>(k) * tpr;
-      if (valid && c < packs) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          v[k][i] *= inv;
-          if (weight != nullptr) v[k][i] *= w[k][i];
-        }
-        rowwise::store_packed<8>(orow + c * 8, v[k]);
-      }
-    }
-    return;
-  }
 
-  if (valid) {
     if (packed) {
       for (int64_t c = r; c < n / 8; c += tpr) {
         float v[8];
         rowwise::load_packed<8>(xr + c * 8, v);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) ss = fmaf(v[i], v[i], ss);
+        for (int i = 0; i < 8; ++i) {
+          v[i] *= inv;
+          if (weight) v[i] *= rowwise::load_float(weight, wcode, c * 8 + i);
+        }
+        rowwise::store_packed<8>(orow + c * 8, v);
       }
     } else {
       for (int64_t i = r; i < n; i += tpr) {
-        const float v = to_f32(xr[i]);
-        ss = fmaf(v, v, ss);
+        float v = to_f32(xr[i]) * inv;
+        if (weight) v *= rowwise::load_float(weight, wcode, i);
+        orow[i] = from_f32<To>(v);
       }
-    }
-  }
-  ss = row_group_sum(ss, tpr, red);
-  if (!valid) return;
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-
-  if (packed) {
-    for (int64_t c = r; c < n / 8; c += tpr) {
-      float v[8];
-      rowwise::load_packed<8>(xr + c * 8, v);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        v[i] *= inv;
-        if (weight) v[i] *= rowwise::load_float(weight, wcode, c * 8 + i);
-      }
-      rowwise::store_packed<8>(orow + c * 8, v);
-    }
-  } else {
-    for (int64_t i = r; i < n; i += tpr) {
-      float v = to_f32(xr[i]) * inv;
-      if (weight) v *= rowwise::load_float(weight, wcode, i);
-      orow[i] = from_f32<To>(v);
     }
   }
 }
@@ -238,12 +185,16 @@ void CudaBackend::rms_norm(const TensorView& x, const TensorView* weight, float 
       const bool packed = rowwise::packable<Tx, 8>(x.data, n) && rowwise::packable<To, 8>(out.data, n);
       const bool wpacked =
           w != nullptr && reinterpret_cast<uintptr_t>(w) % (8 * rowwise::float_code_bytes(wcode)) == 0;
-      const int tpr = rms_threads_per_row(n);
-      const bool regs = packed && n / 8 <= static_cast<int64_t>(kRegPacks) * tpr;
+      const int tpr = rowprep::rms_threads_per_row(n);
+      const int kp = packed ? rowprep::rms_regs_packs(n, tpr) : 0;
       const int64_t rows_per_block = kThreads / tpr, blocks = (rows + rows_per_block - 1) / rows_per_block;
       CLAWMINE_CHECK(blocks <= INT32_MAX, "cuda rms_norm: ", rows, " rows exceed the grid");
-      launch_kernel(rms_norm_kernel<Tx, To>, static_cast<unsigned>(blocks), kThreads, 0, stream_, x.as<const Tx>(), w,
-                    wcode, out.as<To>(), rows, n, eps, tpr, regs, packed, wpacked);
+      auto kernel = kp == 1   ? rms_norm_kernel<Tx, To, 1>
+                    : kp == 2 ? rms_norm_kernel<Tx, To, 2>
+                    : kp == 4 ? rms_norm_kernel<Tx, To, 4>
+                              : rms_norm_kernel<Tx, To, 0>;
+      launch_kernel(kernel, static_cast<unsigned>(blocks), kThreads, 0, stream_, x.as<const Tx>(), w, wcode,
+                    out.as<To>(), rows, n, eps, tpr, packed, wpacked);
       CLAWMINE_CUDA_LAUNCHED("rms_norm");
     });
   });
