@@ -5,10 +5,11 @@
 //   a fixed order, with its collapse loads of X already in flight, then every warp computes the
 //   gates from the totals and warp 0 runs the Sinkhorn while the others collapse the streams.
 // hc_pre / hc_head at prefill: two kernels.
-//   1. hc_mix_partial: grid (token, split). Each block accumulates, over its part of the row, the
-//      sum of squares and the n_mix dot products with the rows of fn (X and fn streamed once,
-//      16-byte packs, float32 accumulators in registers), reduces them in a fixed order and writes
-//      n_mix + 1 partial sums. Prefill (T >= 2 blocks per SM) uses one block per token.
+//   1. the mix partials: hc_mix_tile (T >= 128, n a multiple of 256, aligned): blocks of 256
+//      tokens x a split of the row, fn staged in shared memory and reused by 32 tokens per load,
+//      X read once (see its comment); else hc_mix_partial: grid (token, split), each block
+//      accumulates over its part of the row the sum of squares and the n_mix dot products with
+//      the rows of fn. Both write n_mix + 1 partial sums per (token, split).
 //   2. hc_finish: one block per token sums the partials (split order fixed), then as hc_fused's
 //      last block.
 // Gates and comb (both paths, hc_gates): r = 1/sqrt(mean + rms_eps), one lane per gate; comb in
@@ -92,6 +93,127 @@ __global__ void __launch_bounds__(kThreads)
     float v = 0.0f;
     for (int w = 0; w < kWarps; ++w) v += red[w][threadIdx.x];
     partial[(t * S + s) * (kMix + 1) + threadIdx.x] = v;
+  }
+}
+
+// Prefill mix over token tiles (hc_mix_tile): block (tile, split) takes kTileTokens tokens and
+// the elements [s * chunk, +chunk) of their flattened rows. Warp w holds 32 tokens; lane
+// (slot = lane / 4, k group g = lane % 4) holds the 4 tokens slot + 8 i of the warp and, per
+// step of 16 elements, elements 4 g .. 4 g + 3: one 16-byte load of X per token (X is read once,
+// straight into registers, the next step's loads in flight during this step's FMAs and an L2
+// prefetch kPrefetchSteps steps ahead), and every row of fn from shared memory (chunks of
+// kTileKC elements staged by cp.async, double-buffered; the 8 lanes of a k group read the same
+// 16 bytes, one broadcast wavefront), 4 * kMix * 4 + 16 FMAs per step: fn is reused by 32 tokens
+// per load and the kernel is bound by X's bandwidth, not by L2 traffic of fn (the per-token
+// kernel read all of fn, 1.5 MB, once per token). Each lane's sums run over its k group in
+// order, then lanes g = 0..3 are added (xor 1, then 2: every lane gets the same bits) and the
+// block writes partial[t, s, 0..kMix] like hc_mix_partial; hc_finish sums the splits.
+constexpr int kTileWarps = 8;
+constexpr int kTileTokens = 32 * kTileWarps;  // tokens per block
+constexpr int kTileKC = 256;                  // elements per fn chunk in shared memory
+constexpr int kStepK = 16;                    // elements per warp step (4 k groups x 4)
+constexpr int kPrefetchSteps = 8;             // L2 prefetch distance of X (2 cache lines ahead)
+constexpr int64_t kTileMinT = 128;            // fewer tokens fill too little of a tile
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const auto dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// n % kTileKC == 0, chunk % kTileKC == 0, T * n < 2^31, X and fn 16-byte aligned.
+template <int kMix, typename Tf>
+__global__ void __launch_bounds__(32 * kTileWarps, 1)
+    hc_mix_tile_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int T, int n, int chunk,
+                       float* __restrict__ partial) {
+  pdl_trigger();
+  pdl_wait();
+  constexpr int kRows = kMix + 1, kVec = 16 / static_cast<int>(sizeof(Tf));
+  constexpr int kCopies = kMix * kTileKC / kVec;  // 16-byte copies per chunk
+  __shared__ __align__(16) Tf fs[2][kMix][kTileKC];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slot = lane >> 2, g = lane & 3;
+  const int s = blockIdx.y, S = gridDim.y;
+  const int k_begin = s * chunk, k_end = min(n, k_begin + chunk);
+  const int t0 = blockIdx.x * kTileTokens + warp * 32 + slot;  // tokens t0 + 8 i
+  int off[4];  // element offsets of this lane's tokens (past T: the last token, never stored)
+#pragma unroll
+  for (int i = 0; i < 4; ++i) off[i] = min(t0 + 8 * i, T - 1) * n + 4 * g;
+
+  auto stage = [&](int c) {  // chunk c of fn into fs[c & 1]
+    const int k0 = k_begin + c * kTileKC;
+    for (int q = threadIdx.x; q < kCopies; q += 32 * kTileWarps) {
+      const int m = q / (kTileKC / kVec), e = q % (kTileKC / kVec) * kVec;
+      cp_async16(&fs[c & 1][m][e], fn + static_cast<int64_t>(m) * n + k0 + e);
+    }
+    cp_async_commit();
+  };
+  const int chunks = (k_end - k_begin) / kTileKC;
+  stage(0);
+  float acc[4][kMix], sq[4], xc[4][4], xn[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    sq[i] = 0.0f;
+#pragma unroll
+    for (int m = 0; m < kMix; ++m) acc[i][m] = 0.0f;
+    rowwise::load_packed<4>(X + off[i] + k_begin, xc[i]);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) xn[i][q] = 0.0f;
+  }
+  for (int c = 0; c < chunks; ++c) {
+    cp_async_wait_all();
+    __syncthreads();  // chunk c is in fs[c & 1]; every warp is done with chunk c - 1 (the other buffer)
+    if (c + 1 < chunks) stage(c + 1);
+    const Tf(*f)[kTileKC] = fs[c & 1];
+#pragma unroll 1
+    for (int st = 0; st < kTileKC / kStepK; ++st) {
+      const int k = k_begin + c * kTileKC + st * kStepK;
+      if (k + kStepK < k_end) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) rowwise::load_packed<4>(X + off[i] + k + kStepK, xn[i]);
+      }
+      if (k + kPrefetchSteps * kStepK < k_end) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) prefetch_l2(X + off[i] + k + kPrefetchSteps * kStepK);
+      }
+      const int e = st * kStepK + 4 * g;
+#pragma unroll
+      for (int m = 0; m < kMix; ++m) {
+        float fv[4];
+        rowwise::load_packed<4>(&f[m][e], fv);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[i][m] = fmaf(xc[i][q], fv[q], acc[i][m]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          sq[i] = fmaf(xc[i][q], xc[i][q], sq[i]);
+          xc[i][q] = xn[i][q];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+#pragma unroll
+      for (int m = 0; m < kMix; ++m) acc[i][m] += __shfl_xor_sync(0xffffffffu, acc[i][m], o);
+      sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], o);
+    }
+    const int t = t0 + 8 * i;
+    if (t < T) {  // lane g stores the rows m = g mod 4
+      float* pt = partial + (static_cast<int64_t>(t) * S + s) * kRows;
+#pragma unroll
+      for (int m = 0; m < kMix; ++m)
+        if (m % 4 == g) pt[m] = acc[i][m];
+      if (kMix % 4 == g) pt[kMix] = sq[i];
+    }
   }
 }
 
@@ -533,9 +655,16 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
   constexpr int kMix = mix_count<HC, kHead>();
   const int64_t T = X.dim(0), D = X.dim(2), n = HC * D;
   const bool fused = T <= kFusedMaxT;
+  // Prefill with whole fn chunks and 16-byte aligned rows: the token-tile mix kernel.
+  const bool tile = !fused && T >= kTileMinT && n % kTileKC == 0 && T * n <= INT32_MAX &&
+                    reinterpret_cast<uintptr_t>(X.data) % 16 == 0 && reinterpret_cast<uintptr_t>(w.fn.data) % 16 == 0;
   int64_t S, chunk;
   if (fused) {  // fixed chunks: 64 blocks per token for V4's n = 16384
     chunk = kFusedChunk;
+  } else if (tile) {  // splits so that the blocks about fill the device once (one block per SM)
+    const int64_t tiles = (T + kTileTokens - 1) / kTileTokens;
+    const int64_t want = std::clamp<int64_t>(std::max(1, be.sm_count()) / tiles, 1, n / kTileKC);
+    chunk = (n / want + kTileKC - 1) / kTileKC * kTileKC;
   } else {  // each split at least kMinSplit elements, about two blocks per SM
     const int64_t target = 2 * std::max(1, be.sm_count());
     const int64_t want = std::clamp<int64_t>((target + T - 1) / T, 1, std::max<int64_t>(1, n / kMinSplit));
@@ -557,7 +686,13 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
   dispatch_float(w.fn.dtype, op, "fn", [&](auto tf) {
     using Tf = decltype(tf);
     const bool packed_mix = rowwise::packable<float, 4>(X.data, n) && rowwise::packable<Tf, 4>(w.fn.data, n);
-    if (!fused) {
+    if (tile) {
+      const dim3 tgrid(static_cast<unsigned>((T + kTileTokens - 1) / kTileTokens), static_cast<unsigned>(S));
+      launch_kernel(hc_mix_tile_kernel<kMix, Tf>, tgrid, 32 * kTileWarps, 0, be.stream(), X.f32(),
+                    w.fn.as<const Tf>(), static_cast<int>(T), static_cast<int>(n), static_cast<int>(chunk),
+                    partial.f32());
+      CLAWMINE_CUDA_LAUNCHED("hc mix tile");
+    } else if (!fused) {
       launch_kernel(hc_mix_partial_kernel<kMix, Tf>, grid, kThreads, 0, be.stream(), X.f32(), w.fn.as<const Tf>(), n,
                     chunk, partial.f32(), packed_mix);
       CLAWMINE_CUDA_LAUNCHED("hc mix");
