@@ -11,7 +11,8 @@
 //   indexer           indexer_scores (64 heads x 128 over ctx/4 keys) and topk (512 of ctx/4);
 //                     prefill: a T-token prompt (T = 2048, 8192) over its N = T/4 windows, causal
 //                     (half the [T, N] square live), through the backend and straight through the
-//                     tensor-core launcher (impl clawmine-mma), in TFLOP/s of the live part.
+//                     tensor-core launcher (impl clawmine-mma), in TFLOP/s of the live part;
+//                     topk prefill: the top-512 of those causal [T, T/4] scores (normal values).
 // Inputs are rotated over copies (per-copy caches), so repeated calls do not read a warm L2.
 #include <algorithm>
 #include <cmath>
@@ -342,6 +343,74 @@ void indexer_prefill_case(Env& env, int64_t T, bool direct) {
   env.rep.add(r);
 }
 
+// ---- topk prefill ------------------------------------------------------------------------------
+// The indexer's top-512 for a T-token prompt from position 0: scores [T, N = T/4] with row t live
+// on its (t+1)/4 complete windows and -inf after (a quarter of the rows take every live entry).
+// Check: every row's picks are its min(k, live) largest, largest first, ties to the lower index,
+// then -1 (against the host values).
+void topk_prefill_case(Env& env, int64_t T) {
+  ops::Backend& be = env.be;
+  const int64_t N = T / kCsaRate;
+  Result r;
+  r.group = "indexer";
+  r.name = str_cat("topk 512 prefill T ", T, " N ", N);
+  r.format = "f32";
+  r.impl = "clawmine";
+  r.T = T;
+  r.bytes = 4.0 * T * N + 4.0 * T * kTopK;
+  r.rotation = copies_for(env, r.bytes, r.bytes, 4);
+  std::mt19937 rng(77);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> host(static_cast<size_t>(T * N));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < N; ++j)
+      host[static_cast<size_t>(t * N + j)] = j < (t + 1) / kCsaRate ? normal(rng) : -INFINITY;
+  std::vector<ops::DeviceBuffer> v, out;
+  for (int i = 0; i < r.rotation; ++i) {
+    v.emplace_back(be, DType::kF32, Shape{T, N});
+    out.emplace_back(be, DType::kI32, Shape{T, kTopK});
+    be.upload(host.data(), v.back().view());
+  }
+  auto run = [&](int i) { be.topk(v[i].view(), kTopK, out[i].view()); };
+  try {
+    run(0);
+    std::vector<int32_t> got(static_cast<size_t>(T * kTopK));
+    be.download(out[0].view(), got.data());
+    int64_t bad_rows = 0;
+    std::vector<char> picked(static_cast<size_t>(N));
+    for (int64_t t = 0; t < T; ++t) {
+      const float* row = host.data() + t * N;
+      const int32_t* o = got.data() + t * kTopK;
+      const int64_t m = std::min(kTopK, (t + 1) / kCsaRate);
+      std::fill(picked.begin(), picked.end(), 0);
+      bool ok = true;
+      for (int64_t s = 0; s < kTopK && ok; ++s) {
+        if (s >= m) {
+          ok = o[s] == -1;
+          continue;
+        }
+        ok = o[s] >= 0 && o[s] < N && !picked[o[s]] && row[o[s]] != -INFINITY;
+        if (ok && s > 0) ok = row[o[s - 1]] > row[o[s]] || (row[o[s - 1]] == row[o[s]] && o[s - 1] < o[s]);
+        if (ok) picked[o[s]] = 1;
+      }
+      // Nothing left out ranks above the last pick.
+      if (ok && m > 0) {
+        const int32_t last = o[m - 1];
+        for (int64_t j = 0; j < N && ok; ++j)
+          if (!picked[j] && row[j] != -INFINITY) ok = row[j] < row[last] || (row[j] == row[last] && j > last);
+      }
+      bad_rows += !ok;
+    }
+    r.failed = bad_rows != 0;
+    r.check = bad_rows ? str_cat("FAIL ", bad_rows, " rows") : "exact picks";
+    r.timing = time_op(be, r.rotation, run, env.opts.target_ms);
+  } catch (const std::exception& e) {
+    r.failed = true;
+    r.check = str_cat("error: ", e.what());
+  }
+  env.rep.add(r);
+}
+
 }  // namespace
 
 void run_attention_cases(Env& env) {
@@ -365,6 +434,7 @@ void run_attention_cases(Env& env) {
     for (int64_t ctx : {int64_t{16384}, int64_t{131072}}) indexer_cases(env, ctx);
     for (int64_t T : {int64_t{2048}, int64_t{8192}})
       for (bool direct : {false, true}) indexer_prefill_case(env, T, direct);
+    for (int64_t T : {int64_t{2048}, int64_t{8192}}) topk_prefill_case(env, T);
   }
 }
 

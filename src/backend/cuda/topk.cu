@@ -15,15 +15,15 @@
 //    the bin holding the k-th item, gathers every block's items at or above it (at most kWideCap
 //    into shared memory, else read in place), refines by 10-bit radix passes over the remaining
 //    item bits until the picks are exactly determined, and sorts them.
-//  - topk_kernel (the rest, prefill): one block per row:
-//   1. radix select on order-preserving 32-bit keys (-0 folded onto +0, so they tie as the CPU's
-//      == says): four 8-bit MSB-first histogram passes over the pickable values find the k-th
-//      largest key K and how many of the picks equal it (`need`);
-//   2. one pass in index order with block-wide prefix sums places every key > K and the first
-//      `need` keys == K (the lowest indices) into shared memory as (key << 32 | ~index);
-//   3. a bitonic sort of those (at most k, padded to a power of two with 0) puts them in
-//      descending order, which is key descending, then index ascending.
-//   If the row has at most k pickable values, all of them are taken and the rest is -1.
+//  - topk_select_kernel (the rest, prefill): one block per row, the row's 32-bit order keys (-0
+//    folded onto +0, so they tie as the CPU's == says) held in registers (N <= kSelMaxN; larger
+//    rows are streamed again for each step). A row with at most k pickable values takes all of
+//    them; otherwise a radix select (11/11/10-bit MSB-first shared-memory histograms, the
+//    threshold bin found by a block scan) stops as soon as the keys above its prefix are exactly
+//    the picks, or after 32 bits takes the lowest-index keys equal to the k-th largest (ranked by
+//    warp ballots in index order). The picks (at most k) go into shared memory as 64-bit items in
+//    any order and a bitonic sort, whose stages of stride <= 32 run in registers and shuffles,
+//    puts them in item order. No global atomics, no scratch.
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
@@ -35,7 +35,6 @@
 namespace clawmine::backend::cuda {
 namespace {
 
-constexpr int kTopkThreads = 1024;
 constexpr int64_t kTopkMaxK = 4096;  // sort buffer: next_pow2(k) * 8 bytes <= 32 KiB
 
 __device__ __forceinline__ bool pickable(float v) { return !isnan(v) && v != -INFINITY; }
@@ -85,121 +84,52 @@ __device__ void bitonic_sort_desc(unsigned long long* s, int P) {
   __syncthreads();
 }
 
-// Dynamic shared memory: sorted[P] (P = next power of two >= k).
-__global__ void __launch_bounds__(kTopkThreads)
-    topk_kernel(const float* __restrict__ values, int64_t N, int64_t k, int64_t P, int32_t* __restrict__ out) {
-  pdl_trigger();
-  pdl_wait();
-  using Scan = cub::BlockScan<int, kTopkThreads>;
-  __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ int hist[256];
-  __shared__ uint32_t s_prefix;
-  __shared__ int s_remaining, s_take_all;
-  extern __shared__ unsigned long long sorted[];
-  const int tid = threadIdx.x;
-  const float* row = values + static_cast<int64_t>(blockIdx.x) * N;
-
-  // 1. Radix select: after the passes, K = prefix and `remaining` picks equal K.
-  uint32_t prefix = 0, mask = 0;
-  int remaining = static_cast<int>(k);
-  bool take_all = false;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < 256; i += kTopkThreads) hist[i] = 0;
-    __syncthreads();
-    for (int64_t i = tid; i < N; i += kTopkThreads) {
-      const float v = row[i];
-      if (!pickable(v)) continue;
-      const uint32_t key = order_key(v);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1);
-    }
-    __syncthreads();
-    if (tid == 0) {
-      int total = 0;
-      if (shift == 24)
-        for (int b = 0; b < 256; ++b) total += hist[b];
-      s_take_all = shift == 24 && total <= remaining;
-      // The bin holding the remaining-th largest: counts above it stay below `remaining`.
-      int above = 0, b = 255;
-      for (; b > 0; --b) {
-        if (above + hist[b] >= remaining) break;
-        above += hist[b];
-      }
-      s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
-      s_remaining = remaining - above;
-    }
-    __syncthreads();
-    if (s_take_all) {
-      take_all = true;
-      break;
-    }
-    prefix = s_prefix;
-    remaining = s_remaining;
-    mask |= 0xffu << shift;
-    // The next pass rewrites hist only after its own barrier; s_* are rewritten after two more.
-  }
-  const uint32_t K = take_all ? 0u : prefix;  // every pickable key is > 0
-  const int need = take_all ? 0 : remaining;  // picks equal to K, lowest indices first
-  const int n_greater = take_all ? static_cast<int>(k) : static_cast<int>(k) - need;  // upper bound when take_all
-
-  // 2. Place the picks in index order (deterministic): keys > K at [0, n_greater), the first
-  //    `need` keys == K after them.
-  for (int64_t i = tid; i < P; i += kTopkThreads) sorted[i] = 0ull;
-  __syncthreads();
-  int greater_base = 0, equal_base = 0;
-  for (int64_t base = 0; base < N; base += kTopkThreads) {
-    const int64_t i = base + tid;
-    const float v = i < N ? row[i] : NAN;
-    const bool ok = pickable(v);
-    const uint32_t key = ok ? order_key(v) : 0u;
-    const int gt = ok && key > K, eq = ok && !take_all && key == K;
-    int rank = 0, total = 0;
-    Scan(scan_tmp).ExclusiveSum(gt | (eq << 16), rank, total);  // <= 1024 per field per chunk
-    const unsigned long long item =
-        (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
-    const int g_pos = greater_base + (rank & 0xffff);
-    const int e_rank = equal_base + (rank >> 16);
-    if (gt && g_pos < n_greater) sorted[g_pos] = item;
-    if (eq && e_rank < need) sorted[n_greater + e_rank] = item;
-    greater_base += total & 0xffff;
-    equal_base += total >> 16;
-    __syncthreads();  // scan_tmp is reused
-  }
-
-  // 3. Bitonic sort, descending, of P items (all distinct except the 0 padding).
-  bitonic_sort_desc<kTopkThreads>(sorted, static_cast<int>(P));
-  int32_t* dst = out + static_cast<int64_t>(blockIdx.x) * k;
-  for (int64_t s = tid; s < k; s += kTopkThreads) {
-    const unsigned long long item = sorted[s];
-    dst[s] = item_index(item);
-  }
-}
-
 // The bin holding the remaining-th largest of the items counted in h[0, nbins): scanning from the
 // top bin down, the b with above(b) < remaining <= above(b) + h[b], above(b) = the count in bins
 // above b. Every thread of the block calls it (nbins <= 8 * kThreads); the one thread that finds b
-// writes *bin and *above (none does when the bins hold fewer than `remaining`). Returns the total.
-// The caller syncs before reading *bin or reusing tmp.
-template <int kThreads>
+// writes *bin, *above and (if given) *in_bin = h[b] (none does when the bins hold fewer than
+// `remaining`). Returns the total. The caller syncs before reading *bin or reusing tmp.
+// kReread: each thread keeps only the sum of its bins and the one thread whose bins hold b reads
+// them again (fewer registers; the select kernel), else the counts stay in registers.
+template <int kThreads, bool kReread = false>
 __device__ uint32_t find_bin(const uint32_t* h, int nbins, uint32_t remaining,
                              typename cub::BlockScan<uint32_t, kThreads>::TempStorage& tmp, int* bin,
-                             uint32_t* above) {
+                             uint32_t* above, uint32_t* in_bin = nullptr) {
   const int per = (nbins + kThreads - 1) / kThreads, first = static_cast<int>(threadIdx.x) * per;
-  uint32_t c[8], sum = 0;
+  uint32_t c[kReread ? 1 : 8], sum = 0;
 #pragma unroll
   for (int u = 0; u < 8; ++u) {
     const int r = first + u;  // r-th bin from the top
-    c[u] = u < per && r < nbins ? h[nbins - 1 - r] : 0u;
-    sum += c[u];
+    const uint32_t x = u < per && r < nbins ? h[nbins - 1 - r] : 0u;
+    if constexpr (!kReread) c[u] = x;
+    sum += x;
   }
   uint32_t base = 0, total = 0;
   cub::BlockScan<uint32_t, kThreads>(tmp).ExclusiveSum(sum, base, total);
-#pragma unroll
-  for (int u = 0; u < 8; ++u) {
-    if (base < remaining && base + c[u] >= remaining) {
-      *bin = nbins - 1 - (first + u);
-      *above = base;
+  if constexpr (kReread) {
+    if (base < remaining && base + sum >= remaining) {  // b is one of this thread's bins
+      for (int u = 0; u < per; ++u) {
+        const int r = first + u;
+        const uint32_t x = r < nbins ? h[nbins - 1 - r] : 0u;
+        if (base + x >= remaining) {  // base < remaining on entry to every step
+          *bin = nbins - 1 - r;
+          *above = base;
+          if (in_bin != nullptr) *in_bin = x;
+          break;
+        }
+        base += x;
+      }
     }
-    base += c[u];
+  } else {
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      if (base < remaining && base + c[u] >= remaining) {
+        *bin = nbins - 1 - (first + u);
+        *above = base;
+        if (in_bin != nullptr) *in_bin = c[u];
+      }
+      base += c[u];
+    }
   }
   return total;
 }
@@ -422,6 +352,292 @@ __global__ void __launch_bounds__(kWideThreads)
   for (int s = tid; s < k; s += kWideThreads) dst[s] = item_index(sorted[s]);
 }
 
+// ---- prefill rows: topk_select_kernel ----------------------------------------------------------
+
+constexpr int kSelBins = 2048;          // digits of the radix select: key bits 31..21, 20..10 (11 bits), 9..0
+constexpr int64_t kSelMaxN = 8 * 1024;  // rows up to this many values keep their keys in registers
+
+// One bitonic stage of sort_desc_regs: a warp's aligned group of 64 items, two consecutive per
+// lane (v.x at position p0 = 64 g + 2 lane, v.y at p0 + 1), stride < 64. Pair (p, p + stride)
+// puts the larger first where p & size == 0 (descending runs), else the smaller.
+__device__ __forceinline__ void bitonic_stage_regs(ulonglong2& v, int p0, int lane, int size, int stride) {
+  const bool desc = (p0 & size) == 0;
+  if (stride == 1) {  // both items in this lane
+    if (desc ? v.x < v.y : v.x > v.y) {
+      const unsigned long long x = v.x;
+      v.x = v.y;
+      v.y = x;
+    }
+    return;
+  }
+  const int m = stride >> 1;  // position bit `stride` is lane bit m
+  const unsigned long long ox = __shfl_xor_sync(0xffffffffu, v.x, m);
+  const unsigned long long oy = __shfl_xor_sync(0xffffffffu, v.y, m);
+  const bool keep_max = ((lane & m) == 0) == desc;  // lower position of a descending pair, or upper of an ascending one
+  v.x = keep_max ? (ox > v.x ? ox : v.x) : (ox < v.x ? ox : v.x);
+  v.y = keep_max ? (oy > v.y ? oy : v.y) : (oy < v.y ? oy : v.y);
+}
+
+// Sorts s[0, P) descending; P a power of two >= 64, s 16-byte aligned. Every thread of the block
+// calls it after a barrier; it ends with one. The bitonic network of bitonic_sort_desc, but the
+// stages of stride <= 32 run in registers (one warp per aligned group of 64 items, see
+// bitonic_stage_regs: stride 1 inside a lane, 2..32 by shuffles), so shared memory carries only
+// the stages of stride >= 64 (6 of the 45 stages at P = 512) and one load/store per group between.
+template <int kThreads>
+__device__ void sort_desc_regs(unsigned long long* s, int P) {
+  constexpr int kWarps = kThreads / 32;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  ulonglong2* s2 = reinterpret_cast<ulonglong2*>(s);
+  const int groups = P / 64;
+  for (int g = warp; g < groups; g += kWarps) {  // sizes 2..64: every stage inside the group
+    ulonglong2 v = s2[g * 32 + lane];
+    const int p0 = g * 64 + 2 * lane;
+#pragma unroll
+    for (int size = 2; size <= 64; size <<= 1)
+#pragma unroll
+      for (int stride = size / 2; stride > 0; stride >>= 1) bitonic_stage_regs(v, p0, lane, size, stride);
+    s2[g * 32 + lane] = v;
+  }
+  __syncthreads();
+  for (int size = 128; size <= P; size <<= 1) {
+    for (int stride = size / 2; stride >= 64; stride >>= 1) {
+      for (int i = tid; i < P / 2; i += kThreads) {
+        const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+        const bool descending = (lo & size) == 0;
+        const unsigned long long a = s[lo], b = s[hi];
+        if (descending ? a < b : a > b) {
+          s[lo] = b;
+          s[hi] = a;
+        }
+      }
+      __syncthreads();
+    }
+    for (int g = warp; g < groups; g += kWarps) {
+      ulonglong2 v = s2[g * 32 + lane];
+      const int p0 = g * 64 + 2 * lane;
+#pragma unroll
+      for (int stride = 32; stride > 0; stride >>= 1) bitonic_stage_regs(v, p0, lane, size, stride);
+      s2[g * 32 + lane] = v;
+    }
+    __syncthreads();
+  }
+}
+
+// In-place exclusive prefix sum of a[0, n) by one whole warp, starting at *carry; *carry becomes
+// the running total (written by lane 31; the caller syncs before reading it).
+__device__ void warp_exclusive_scan(uint32_t* a, int n, uint32_t& carry) {
+  const int lane = threadIdx.x % 32, per = (n + 31) / 32, first = lane * per;
+  uint32_t sum = 0;
+  for (int u = 0; u < per && first + u < n; ++u) sum += a[first + u];
+  uint32_t incl = sum;
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  const uint32_t c0 = carry;
+  __syncwarp();
+  uint32_t run = c0 + incl - sum;
+  for (int u = 0; u < per && first + u < n; ++u) {
+    const uint32_t x = a[first + u];
+    a[first + u] = run;
+    run += x;
+  }
+  if (lane == 31) carry = c0 + incl;
+}
+
+// Bytes of dynamic shared memory: two histograms, later reused as the sort buffer of P items
+// (P = max(64, next power of two >= min(k, N))).
+int64_t select_smem_bytes(int64_t k, int64_t N) {
+  int64_t P = 64;
+  while (P < std::min(k, N)) P <<= 1;
+  return std::max<int64_t>(2 * kSelBins * sizeof(uint32_t), P * 8);
+}
+
+// Resident blocks per SM the register budget allows: 1536 threads (40 registers) where the keys
+// take <= 8 registers, else 1024 (64 registers); no spills either way (ptxas -v).
+constexpr int select_min_blocks(int threads, int e, bool resident) {
+  return (resident && e > 8 ? 1024 : 1536) / threads;
+}
+
+// grid T, kThreads threads; one block per row. kResident (N <= kThreads * kE): thread tid holds
+// the keys of elements j * kThreads + tid (j < kE) in registers for the whole kernel, so the row
+// is read once; else (any N) every step streams the row again in chunks of kThreads * kE values
+// (the same layout per chunk; repeated reads mostly hit L2).
+//   - n = the row's pickable count (resident: counted first; streaming: pass 0's total). n <= k:
+//     the picks are all of them.
+//   - else a radix select over the keys (11, 11, 10 bits, MSB first; shared-memory histograms, the
+//     bin of the remaining-th largest found by a block scan) narrows a prefix until the keys in
+//     its bin are exactly the remaining picks (usually after two passes), or, after all 32 bits,
+//     `remaining` of the keys equal to the k-th largest K are to be taken: the lowest indices,
+//     ranked in index order by warp ballots and a scan over the (chunk, j, warp) counts.
+//   The picks go into shared memory in any order (warp-aggregated cursor) as 64-bit items, padded
+//   with 0 to P = max(64, next power of two), and sort_desc_regs orders them.
+template <int kThreads, int kE, bool kResident>
+__global__ void __launch_bounds__(kThreads, select_min_blocks(kThreads, kE, kResident))
+    topk_select_kernel(const float* __restrict__ values, int N, int k, int32_t* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
+  constexpr int kWarps = kThreads / 32, kChunk = kThreads * kE;
+  static_assert(kSelBins <= 8 * kThreads, "find_bin: at most 8 bins per thread");
+  using Scan = cub::BlockScan<uint32_t, kThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ uint32_t s_wcount[kWarps], s_tie[kE * kWarps];
+  __shared__ uint32_t s_cursor, s_above, s_in_bin, s_total, s_carry;
+  __shared__ int s_bin;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint32_t* hist = reinterpret_cast<uint32_t*>(smem_raw);                        // [2][kSelBins]: pass p uses p & 1
+  unsigned long long* sorted = reinterpret_cast<unsigned long long*>(smem_raw);  // after the last histogram read
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t t = blockIdx.x;
+  const float* row = values + t * N;
+  const uint32_t uk = static_cast<uint32_t>(k);
+  int32_t* dst = out + t * k;
+
+  // The keys of chunk c (elements c * kChunk + j * kThreads + tid); 0: not pickable (every
+  // pickable key is >= 0x00800000).
+  auto load_chunk = [&](int c, uint32_t (&key)[kE]) {
+#pragma unroll
+    for (int j = 0; j < kE; ++j) {
+      const int i = c * kChunk + j * kThreads + tid;
+      const float v = i < N ? row[i] : NAN;
+      key[j] = pickable(v) ? order_key(v) : 0u;
+    }
+  };
+  const int chunks = kResident ? 1 : (N + kChunk - 1) / kChunk;
+  uint32_t key[kE];
+  if constexpr (kResident) load_chunk(0, key);
+  // f(key, j, c) for every element (j, tid) of every chunk c.
+  auto for_each = [&](auto&& f) {
+    for (int c = 0; c < chunks; ++c) {
+      if constexpr (!kResident) load_chunk(c, key);
+#pragma unroll
+      for (int j = 0; j < kE; ++j) f(key[j], j, c);
+    }
+  };
+
+  if (tid == 0) s_cursor = 0u;
+  for (int i = tid; i < 2 * kSelBins / 4; i += kThreads) reinterpret_cast<uint4*>(hist)[i] = make_uint4(0u, 0u, 0u, 0u);
+  uint32_t count = 0;
+  if constexpr (kResident) {
+    uint32_t mine = 0;
+#pragma unroll
+    for (int j = 0; j < kE; ++j) mine += key[j] != 0u;
+    mine = __reduce_add_sync(0xffffffffu, mine);
+    if (lane == 0) s_wcount[warp] = mine;
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) count += s_wcount[w];
+  } else {
+    __syncthreads();
+  }
+
+  // Pass 0 of the radix select (streaming: also the count).
+  uint32_t pfx = 0, mask = 0, remaining = uk, in_bin = 0;
+  auto radix_pass = [&](int pass) {
+    const int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0;
+    const int nb = pass == 2 ? 1024 : kSelBins;
+    uint32_t* h = hist + (pass & 1) * kSelBins;
+    if (pass == 2) {  // hist[0] was last read by pass 0's find_bin, before two barriers
+      for (int i = tid; i < nb; i += kThreads) h[i] = 0u;
+      __syncthreads();
+    }
+    for_each([&](uint32_t x, int, int) {
+      if (x != 0u && (x & mask) == pfx) atomicAdd(&h[(x >> shift) & (nb - 1)], 1u);
+    });
+    __syncthreads();
+    const uint32_t total = find_bin<kThreads, true>(h, nb, remaining, scan_tmp, &s_bin, &s_above, &s_in_bin);
+    if (tid == 0) s_total = total;
+    __syncthreads();
+    pfx |= static_cast<uint32_t>(s_bin) << shift;
+    mask |= static_cast<uint32_t>(nb - 1) << shift;
+    remaining -= s_above;
+    in_bin = s_in_bin;
+  };
+  if (kResident ? count > uk : true) {
+    radix_pass(0);  // finds no bin when the total is below k (then unused)
+    if constexpr (!kResident) count = s_total;
+  }
+  if (count == 0u) {
+    for (int s = tid; s < k; s += kThreads) dst[s] = -1;
+    return;
+  }
+
+  // Every key x with pick(x) into sorted[] at a slot from the block's cursor (order: any).
+  auto place = [&](auto&& pick) {
+    for (int c = 0; c < chunks; ++c) {
+      if constexpr (!kResident) load_chunk(c, key);
+      uint32_t n = 0;
+#pragma unroll
+      for (int j = 0; j < kE; ++j) n += pick(key[j]) ? 1u : 0u;
+      uint32_t incl = n;
+      for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+      }
+      uint32_t base = 0;
+      if (lane == 31 && incl != 0u) base = atomicAdd(&s_cursor, incl);
+      uint32_t pos = __shfl_sync(0xffffffffu, base, 31) + incl - n;
+#pragma unroll
+      for (int j = 0; j < kE; ++j)
+        if (pick(key[j])) sorted[pos++] = make_item(key[j], c * kChunk + j * kThreads + tid);
+    }
+  };
+
+  if (count <= uk) {
+    place([](uint32_t x) { return x != 0u; });
+  } else {
+    // The picks: the keys whose bits under `mask` exceed pfx, and `remaining` of the in_bin keys
+    // equal to it.
+    for (int pass = 1; pass < 3 && in_bin != remaining; ++pass) radix_pass(pass);  // block-uniform
+    // No thread reads the histograms any more: sorted[] may overwrite them.
+    const bool ties = in_bin != remaining;      // then mask covers all 32 bits and pfx = K
+    const uint32_t lo = ties ? pfx + 1u : pfx;  // pfx <= 0xff800000 (+inf's key): no overflow
+    place([&](uint32_t x) { return (x & mask) >= lo; });  // k - remaining keys (k when !ties)
+    if (ties) {
+      // Element (c, j, warp, lane) has index c * kChunk + j * kThreads + 32 warp + lane: in index
+      // order by (c, j, warp), then lane. s_carry: the keys equal to K in the chunks before.
+      const uint32_t below = (1u << lane) - 1u;
+      if (tid == 0) s_carry = 0u;
+      for (int c = 0; c < chunks; ++c) {
+        if constexpr (!kResident) load_chunk(c, key);
+#pragma unroll
+        for (int j = 0; j < kE; ++j) {
+          const uint32_t bal = __ballot_sync(0xffffffffu, key[j] == pfx);
+          if (lane == 0) s_tie[j * kWarps + warp] = __popc(bal);
+        }
+        __syncthreads();
+        if (warp == 0) warp_exclusive_scan(s_tie, kE * kWarps, s_carry);
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < kE; ++j) {
+          const uint32_t bal = __ballot_sync(0xffffffffu, key[j] == pfx);  // again: fewer live registers
+          const uint32_t r = s_tie[j * kWarps + warp] + __popc(bal & below);
+          if (key[j] == pfx && r < remaining)
+            sorted[uk - remaining + r] = make_item(pfx, c * kChunk + j * kThreads + tid);
+        }
+        __syncthreads();  // s_tie is rewritten by the next chunk
+      }
+    }
+  }
+
+  const int n = static_cast<int>(count < uk ? count : uk);
+  int P = 64;
+  while (P < n) P <<= 1;
+  for (int i = n + tid; i < P; i += kThreads) sorted[i] = 0ull;
+  __syncthreads();
+  sort_desc_regs<kThreads>(sorted, P);
+  for (int s = tid; s < k; s += kThreads) dst[s] = s < P ? item_index(sorted[s]) : -1;
+}
+
+template <int kThreads, int kE, bool kResident>
+void launch_select(const float* v, int64_t T, int64_t N, int64_t k, int32_t* o, cudaStream_t stream) {
+  static_assert(kE * (kThreads / 32) <= 1024, "s_tie");
+  const int64_t smem = select_smem_bytes(k, N);
+  CLAWMINE_CHECK(smem <= 40 * 1024, "cuda topk: select kernel needs ", smem, " bytes of shared memory");
+  launch_kernel(topk_select_kernel<kThreads, kE, kResident>, static_cast<unsigned>(T), kThreads,
+                static_cast<size_t>(smem), stream, v, static_cast<int>(N), static_cast<int>(k), o);
+}
+
 // Zeroed once per backend: the wide kernel's row histograms and tickets (each call leaves them 0).
 struct WideTopkState {
   TensorView hist, tickets;
@@ -491,9 +707,20 @@ void CudaBackend::topk(const TensorView& values, int64_t k, const TensorView& ou
     return;
   }
 
-  launch_kernel(topk_kernel, static_cast<unsigned>(T), kTopkThreads,
-                static_cast<size_t>(P) * sizeof(unsigned long long), stream_, v, N, k, P, o);
-  CLAWMINE_CUDA_LAUNCHED("topk");
+  // Every other shape (prefill): one block per row, keys in registers up to kSelMaxN values.
+  if (N <= 512)
+    launch_select<256, 2, true>(v, T, N, k, o, stream_);
+  else if (N <= 1024)
+    launch_select<256, 4, true>(v, T, N, k, o, stream_);
+  else if (N <= 2048)
+    launch_select<256, 8, true>(v, T, N, k, o, stream_);
+  else if (N <= 4096)
+    launch_select<256, 16, true>(v, T, N, k, o, stream_);
+  else if (N <= kSelMaxN)
+    launch_select<512, 16, true>(v, T, N, k, o, stream_);
+  else
+    launch_select<512, 8, false>(v, T, N, k, o, stream_);
+  CLAWMINE_CUDA_LAUNCHED("topk (select)");
 }
 
 }  // namespace clawmine::backend::cuda
