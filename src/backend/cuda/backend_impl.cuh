@@ -74,6 +74,9 @@ class CudaBackend final : public ops::Backend {
   void add(const TensorView& a, const TensorView& b, const TensorView& out) override;
   void scatter_rows(const TensorView& src, const TensorView& keys, int64_t divisor, const TensorView& dst) override;
   void qdq(const TensorView& x, Qdq kind, int64_t n_nope) override;
+  // norm_rope_qdq.cu: one kernel, bit-identical to the rms_norm -> rope -> qdq composition.
+  void norm_rope_qdq(const TensorView& x, const VecPrep& p, const TensorView& positions,
+                     const TensorView& inv_freq) override;
 
   // hyper_connection.cu
   void hc_pre(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& x_in,

@@ -1,4 +1,4 @@
-// rms_norm and rope.
+// rms_norm and rope (their per-row code is in rowprep.cuh, shared with the fused norm_rope_qdq).
 // rms_norm: tpr threads per row (32, 64, 128 or 256: about two packs of 8 elements per thread,
 //   kThreads / tpr rows per block), so a short row at T = 1 still spreads over a warp or more.
 //   Packed rows of up to 4 * tpr packs are read once: each thread loads its packs of x (and of
@@ -99,16 +99,6 @@ __global__ void __launch_bounds__(kThreads, kP == 4 ? 1 : 5)
   }
 }
 
-// (a, b) -> (a c - b s, a s + b c) in double, each rounded once to float.
-__device__ __forceinline__ void rotate_pair(float& a, float& b, float c, float s) {
-  // Both products are exact in double; each result is rounded to double once, then to float.
-  const double da = a, db = b, dc = c, ds = s;
-  const double ra = __dsub_rn(__dmul_rn(da, dc), __dmul_rn(db, ds));
-  const double rb = __dadd_rn(__dmul_rn(da, ds), __dmul_rn(db, dc));
-  a = __double2float_rn(ra);
-  b = __double2float_rn(rb);
-}
-
 // Block (bx, by): tokens [bx * tpb, +tpb), items [by * ipb, +ipb) of each; thread i takes token
 // i / ipb and item i % ipb. Item = (vector v, pairs [kP * j, kP * j + kP)) with half / kP items
 // per vector. cs[lt][0..half) = cos, cs[lt][half..2 half) = ±sin of local token lt.
@@ -138,19 +128,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t j = threadIdx.x; j < tpb * half; j += blockDim.x) {
     const int64_t l = j / half, i = j % half;
     if (t0 + l >= T_) break;  // j grows with l
-    const float pos = static_cast<float>(positions[t0 + l]);
-    const float angle = __fmul_rn(inv_freq[i], pos);  // float32 product, like torch
-    double s, c;
-    sincos(static_cast<double>(angle), &s, &c);
-    cs[l * 2 * half + i] = __double2float_rn(c);
-    const float sf = __double2float_rn(s);
+    float c, sf;
+    rowprep::rope_cos_sin(inv_freq[i], positions[t0 + l], c, sf);
+    cs[l * 2 * half + i] = c;
     cs[l * 2 * half + half + i] = inverse ? -sf : sf;
   }
   __syncthreads();
   if (!active) return;
   const float* c = cs + lt * 2 * half + i0;
 #pragma unroll
-  for (int k = 0; k < kP; ++k) rotate_pair(v[2 * k], v[2 * k + 1], c[k], c[half + k]);
+  for (int k = 0; k < kP; ++k) rowprep::rotate_pair(v[2 * k], v[2 * k + 1], c[k], c[half + k]);
   if constexpr (kP == 1) {
     q[0] = from_f32<T>(v[0]);
     q[1] = from_f32<T>(v[1]);

@@ -1,5 +1,6 @@
 // qdq: the official inference code's quantize-dequantize round trips (spec §3.0, quant/qdq.h),
-// in place, bit-exact with quant/qdq.cpp for F32 rows:
+// in place, bit-exact with quant/qdq.cpp for F32 rows (per-block code in rowprep.cuh, shared with
+// the fused norm_rope_qdq):
 //   kFp8Nope: blocks of 64 over the first n_nope dims; s = 2^ceil(log2(max(amax, 1e-4) / 448)),
 //     x = e4m3(x / s) * s (nearest, ties to even, saturated to 448);
 //   kHadamardFp4: the Sylvester-ordered Walsh-Hadamard transform (the CPU's butterflies, stage by
@@ -20,6 +21,7 @@
 #include <cfloat>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/rowprep.cuh"
 #include "backend/cuda/rowwise.cuh"
 
 namespace clawmine::backend::cuda {
@@ -29,40 +31,8 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kHadamardMax = 8192;  // row width held in 32 KiB of shared memory
 
-// quant::round_minifloat for finite x: |x| clamped to max_value on a grid of mantissa_bits
-// explicit bits with minimum normal exponent min_exp, ties to even. floor(log2(a)) is read from
-// the exponent bits (the CPU's float log2 can round up just below a power of two, which gives
-// the same grid point there).
-__device__ __forceinline__ float round_minifloat(float x, int mantissa_bits, int min_exp, float max_value) {
-  const float a = fminf(fabsf(x), max_value);
-  int e = min_exp;
-  if (a >= ldexpf(1.0f, min_exp)) e = static_cast<int>((__float_as_uint(a) >> 23) & 0xffu) - 127;
-  const float step = ldexpf(1.0f, e - mantissa_bits);
-  const float q = fminf(__fmul_rn(rintf(__fdiv_rn(a, step)), step), max_value);
-  return copysignf(q, x);
-}
-
-// quant::pow2_ceil_scale: 2^ceil(log2f(amax / max_value)). log2f of a power of two is exact; of
-// any other normal r it is the double log2 rounded to float, as glibc's log2f computes it (which
-// decides whether r just above 2^k gives k or k + 1).
-__device__ __forceinline__ float pow2_ceil_scale(float amax, float max_value) {
-  const float r = __fdiv_rn(amax, max_value);
-  const uint32_t bits = __float_as_uint(r);
-  int e;
-  if ((bits & 0x7fffffu) == 0 && r >= FLT_MIN) {
-    e = static_cast<int>(bits >> 23) - 127;
-  } else {
-    e = static_cast<int>(ceilf(__double2float_rn(log2(static_cast<double>(r)))));
-  }
-  return ldexpf(1.0f, e);
-}
-
-__device__ __forceinline__ float qdq_e4m3(float v, float s) {
-  return __fmul_rn(round_minifloat(__fdiv_rn(v, s), 3, -6, 448.0f), s);
-}
-__device__ __forceinline__ float qdq_e2m1(float v, float s) {
-  return __fmul_rn(round_minifloat(__fdiv_rn(v, s), 1, 0, 6.0f), s);
-}
+using rowprep::pow2_ceil_scale;
+using rowprep::qdq_e2m1;
 
 // FP8 on blocks of 64 over the first n_nope elements of each row. Thread g of the flattened grid
 // takes row g / tpr, elements [8 * (g % tpr), +8) (tpr = ceil(n_nope / 64) * 8 threads per row).
@@ -87,25 +57,23 @@ __global__ void __launch_bounds__(kThreads) qdq_fp8_nope_kernel(T* x, int64_t ro
 #pragma unroll
     for (int q = 0; q < 8; ++q) v[q] = active && c0 + q < n_nope ? to_f32(p[q]) : 0.0f;
   }
-  float m = 0.0f;
+  bool in[8];
 #pragma unroll
   for (int q = 0; q < 8; ++q) {
-    fin[q] = active && c0 + q < n_nope && isfinite(v[q]);
-    if (fin[q]) m = fmaxf(m, fabsf(v[q]));
+    in[q] = active && c0 + q < n_nope;
+    fin[q] = in[q] && isfinite(v[q]);
   }
-#pragma unroll
-  for (int o = 1; o < 8; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  rowprep::fp8_block_of_8_lanes(v, in);  // every lane stays for the shuffles
   if (!active) return;
-  const float s = pow2_ceil_scale(fmaxf(1e-4f, m), 448.0f);
   if constexpr (kPacked) {
 #pragma unroll
     for (int q = 0; q < 8; ++q)
-      if (fin[q]) raw.v[q] = from_f32<T>(qdq_e4m3(v[q], s));
+      if (fin[q]) raw.v[q] = from_f32<T>(v[q]);
     *reinterpret_cast<rowwise::Packed<T, 8>*>(p) = raw;
   } else {
 #pragma unroll
     for (int q = 0; q < 8; ++q)
-      if (fin[q]) p[q] = from_f32<T>(qdq_e4m3(v[q], s));
+      if (fin[q]) p[q] = from_f32<T>(v[q]);
   }
 }
 
@@ -122,41 +90,7 @@ __global__ void __launch_bounds__(kThreads) qdq_hadamard_fp4_warp_kernel(T* x, i
   T* p = x + row * kWidth + lane * E;
   float h[E];
   rowwise::load_packed<E>(p, h);
-  // Stage s: pairs (j, j + s) with j's bit s clear: (a, b) -> (a + b, a - b); element j = lane * E + e.
-#pragma unroll
-  for (int s = 1; s < E; s *= 2) {
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      if ((e & s) == 0) {
-        const float a = h[e], b = h[e + s];
-        h[e] = __fadd_rn(a, b);
-        h[e + s] = __fsub_rn(a, b);
-      }
-    }
-  }
-#pragma unroll
-  for (int s = E; s < kWidth; s *= 2) {
-    const int o = s / E;
-    const bool upper = (lane & o) != 0;  // this lane holds the b of each pair, its partner the a
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const float other = __shfl_xor_sync(0xffffffffu, h[e], o);
-      h[e] = upper ? __fsub_rn(other, h[e]) : __fadd_rn(h[e], other);
-    }
-  }
-  const float scale = __fdiv_rn(1.0f, __fsqrt_rn(static_cast<float>(kWidth)));
-  float m = 0.0f;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    h[e] = __fmul_rn(h[e], scale);
-    if (isfinite(h[e])) m = fmaxf(m, fabsf(h[e]));
-  }
-#pragma unroll
-  for (int o = 1; o < 32 / E; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  const float s = pow2_ceil_scale(fmaxf(6.0f * FLT_MIN, m), 6.0f);  // amax floor 6 * 2^-126
-#pragma unroll
-  for (int e = 0; e < E; ++e)
-    if (isfinite(h[e])) h[e] = qdq_e2m1(h[e], s);
+  rowprep::hadamard_fp4_lanes<E>(h);
   rowwise::store_packed<E>(p, h);
 }
 
