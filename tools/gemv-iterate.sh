@@ -2,18 +2,21 @@
 # One device call for GEMV work (docs/perf-notes/gemv.md): the carried build dependencies and the
 # configure step of tools/gpu-check.sh, then only bench_gemv_probe and gpu_backend_cuda are
 # built; the probe runs first (its table is the point: fma, mma and stream kernels and cuBLAS at
-# every decode case, T = 1, 2, 4), then the linear/MoE/SwiGLU GPU tests twice in what is left of
-# the time budget: as configured (CLAWMINE_GEMV unset: mma; the CudaLinearStream tests force the
-# streaming kernel) and with CLAWMINE_GEMV=stream (every GEMV launch of those tests, MoE tile
-# tables and swiglu_mlp included, on the streaming kernel). The SASS of the GEMV kernels goes to
-# $OUT when cuobjdump is there.
+# every decode case, T = 1, 2, 4, and per case a second line: decode-like chains [1-block kernel,
+# GEMV] with PDL off and on), then the linear/MoE/SwiGLU/PDL GPU tests in what is left of the time
+# budget, once per mode of GEMV_TEST_MODES (default "default pdl"): default (as configured:
+# CLAWMINE_GEMV unset = auto, PDL off; CudaLinearStream forces the streaming kernel, CudaPdl*
+# turn PDL on themselves), pdl (CLAWMINE_PDL=1: every launch of those tests a programmatic
+# dependent launch), stream (CLAWMINE_GEMV=stream: every GEMV launch, MoE tile tables and
+# swiglu_mlp included, on the streaming kernel). The SASS of the GEMV kernels goes to $OUT when
+# cuobjdump is there.
 #
 #   device tool:  run(command="bash tools/gemv-iterate.sh", carry=[".devdeps"], timeout_s=600)
 #
 # Environment: OUT (default .out/gemv), BUILD_DIR (default build-gpu), PROBE_ARGS (extra
-# bench_gemv_probe options), GEMV_TESTS (gtest filter; default '*Linear*:*Moe*:*Swiglu*'),
-# GEMV_STREAM_TESTS (filter of the CLAWMINE_GEMV=stream pass; default the same less prefill and
-# policy tests),
+# bench_gemv_probe options), GEMV_TESTS (gtest filter of the default and pdl passes; default
+# '*Linear*:*Moe*:*Swiglu*:*Pdl*'), GEMV_STREAM_TESTS (filter of the CLAWMINE_GEMV=stream pass;
+# default the same less prefill and policy tests), GEMV_TEST_MODES (default "default pdl"),
 # GEMV_SKIP_TESTS=1 (probe only), GEMV_BUDGET_S (default 570: nothing starts after this),
 # GEMV_NCU (bench_gemv_probe options for one Nsight Compute pass over its first two
 # gemv_stream launches, clocks left alone: e.g. "--shapes wo_b --formats nvfp4 --tokens 1").
@@ -50,7 +53,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,te
 # SASS of the streaming GEMV (one-block instances) for reading here.
 obj=$BUILD_DIR/CMakeFiles/clawmine_backend_cuda.dir/src/backend/cuda/linear_gemv.cu.o
 if command -v cuobjdump >/dev/null && [ -f "$obj" ]; then
-  cuobjdump -sass "$obj" 2>/dev/null | awk '/Function : /{keep = ($0 ~ /gemv_stream_kernel/)} keep' >"$OUT/sass.txt"
+  cuobjdump -sass "$obj" 2>/dev/null | awk '/Function : /{keep = ($0 ~ /gemv_stream_kernel|gemv_kernel/)} keep' >"$OUT/sass.txt"
 fi
 
 echo "[gemv-iterate] probe ($(left) s left)"
@@ -69,16 +72,19 @@ fi
 
 tests_rc=0
 if [ "${GEMV_SKIP_TESTS:-0}" != 1 ]; then
-  for mode in default stream; do
-    echo "[gemv-iterate] tests, CLAWMINE_GEMV=$mode ($(left) s left)"
+  for mode in ${GEMV_TEST_MODES:-default pdl}; do
+    echo "[gemv-iterate] tests, mode $mode ($(left) s left)"
     log=$OUT/tests-$mode.log
     if [ "$mode" = stream ]; then
       # Prefill rows and the W8A8/W4A4 policies (F32 activations) never reach a GEMV tensor-core kernel.
       CLAWMINE_GEMV=stream timeout "$(left)" "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
-        --gtest_filter="${GEMV_STREAM_TESTS:-*Linear*:*Moe*:*Swiglu*:-*Prefill*:*Polic*}" >"$log" 2>&1
+        --gtest_filter="${GEMV_STREAM_TESTS:-*Linear*:*Moe*:*Swiglu*:*Pdl*:-*Prefill*:*Polic*}" >"$log" 2>&1
+    elif [ "$mode" = pdl ]; then
+      CLAWMINE_PDL=1 timeout "$(left)" "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
+        --gtest_filter="${GEMV_TESTS:-*Linear*:*Moe*:*Swiglu*:*Pdl*}" >"$log" 2>&1
     else
       timeout "$(left)" "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
-        --gtest_filter="${GEMV_TESTS:-*Linear*:*Moe*:*Swiglu*}" >"$log" 2>&1
+        --gtest_filter="${GEMV_TESTS:-*Linear*:*Moe*:*Swiglu*:*Pdl*}" >"$log" 2>&1
     fi
     rc=$?
     grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|rel_l2|error' "$log" | head -60

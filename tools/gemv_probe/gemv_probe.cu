@@ -20,8 +20,20 @@
 // same random inputs (rel_l2 of f32 outputs, NaN-poisoned first) and stream run twice for equal
 // bits.
 //
+// Programmatic dependent launch (common.cuh, device.h): a second line per case times decode-like
+// chains, GEMV -> a 1-block kernel -> GEMV ... (the small kernel reads the GEMV's output and
+// rewrites its input in place, as rms_norm does between projections), captured with PDL off
+// ("off"), on for every launch ("all": set_pdl_enabled_for_tests, CLAWMINE_PDL=1) and on for the
+// GEMV launches alone ("gemv": set_gemv_pdl, CLAWMINE_GEMV_PDL=1): the FMA kernel, the streaming
+// kernel, the streaming kernel with its L2 prefetch (set_gemv_stream_l2_prefetch), and the small
+// kernel alone. Per launch pair, microseconds; "saved" = off - all / off - gemv. With PDL, GEMV
+// launches without a tile table issue their first weight loads before griddepcontrol.wait, so
+// their first DRAM round trip overlaps the kernel before (the MoE cases, tile tables, only gain
+// the launch overlap). Checked: each PDL chain (graph: small kernel, then the GEMV with F32
+// output) gives the bits of the plain launch, for fma and stream.
+//
 //   bench_gemv_probe [--tokens 1,2,4] [--shapes wq_a,...,moe2,head] [--formats bf16,fp8,fp8f32,mxfp4,nvfp4]
-//                    [--reps 15] [--csv FILE]
+//                    [--reps 15] [--csv FILE] [--pdl 1|0 (the chain timings; default 1)]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -33,6 +45,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/device.h"
 #include "backend/cuda/linear_kernels.cuh"
 
 namespace cuda = clawmine::backend::cuda;
@@ -115,6 +128,36 @@ __global__ void copy_kernel(const uint4* __restrict__ src, uint4* __restrict__ d
     dst[i] = src[i];
 }
 __global__ void empty_kernel() {}
+
+// Between two GEMVs of a decode step sits a small kernel (rms_norm at T = 1: one block): it reads
+// the GEMV's output y (n_y elements, F32 or BF16) and rewrites the next GEMV's input x (its first
+// n_x BF16 elements, values unchanged: a sum of squares that is never the magic value decides
+// between the old value and zero), so with PDL the next GEMV's x reads must wait for it.
+__global__ void __launch_bounds__(256) small_step_kernel(const void* y, int y_bf16, int64_t n_y, __nv_bfloat16* x,
+                                                         int64_t n_x) {
+  cuda::pdl_trigger();
+  cuda::pdl_wait();
+  __shared__ float red[8];
+  float s = 0.0f;
+  for (int64_t i = threadIdx.x; i < n_y; i += blockDim.x) {
+    const float v = y_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(y)[i]) : static_cast<const float*>(y)[i];
+    s = fmaf(v, v, s);
+  }
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < 8; ++w) total += red[w];
+  for (int64_t i = threadIdx.x; i < n_x; i += blockDim.x) {
+    const __nv_bfloat16 v = x[i];
+    x[i] = total == 12345.678f ? __float2bfloat16(0.0f) : v;
+  }
+}
+void launch_small_step(const void* y, bool y_bf16, int64_t n_y, void* x, int64_t n_x, cudaStream_t st) {
+  cuda::launch_kernel(small_step_kernel, dim3(1), dim3(256), 0, st, y, y_bf16 ? 1 : 0, std::min<int64_t>(n_y, 4096),
+                      static_cast<__nv_bfloat16*>(x), std::min<int64_t>(n_x, 4096));
+  CK(cudaGetLastError());
+}
 
 struct Case {
   const char* name;
@@ -355,6 +398,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> tokens = {"1", "2", "4"}, formats = {"bf16", "fp8", "fp8f32", "mxfp4", "nvfp4"}, shapes;
   for (const Case& c : kCases) shapes.push_back(c.name);
   int reps = 15;
+  bool chains = true;
   std::string csv;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -363,6 +407,7 @@ int main(int argc, char** argv) {
     else if (k == "--formats") formats = split(v);
     else if (k == "--reps") reps = std::max(3, std::atoi(v.c_str()));
     else if (k == "--csv") csv = v;
+    else if (k == "--pdl") chains = v != "0";
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -428,7 +473,9 @@ int main(int argc, char** argv) {
   if (out_csv)
     std::fprintf(out_csv,
                  "format,case,rows,k,n_z,T,bytes,fma_us,mma_us,stream_us,cublas_us,stream_gbs,stream_copy_ratio,"
-                 "mma_copy_ratio,rel_l2_mma,rel_l2_stream,stream_same_bits\n");
+                 "mma_copy_ratio,rel_l2_mma,rel_l2_stream,stream_same_bits,chain_fma_off_us,chain_fma_pdl_us,"
+                 "chain_fma_gemv_pdl_us,chain_stream_off_us,chain_stream_pdl_us,chain_stream_gemv_pdl_us,"
+                 "chain_stream_pdl_l2_us,small_off_us,small_pdl_us,pdl_same_bits\n");
   std::printf("%-6s %-8s %2s %8s %8s %8s %9s %9s %8s %6s %6s %6s %8s %8s\n", "format", "case", "T", "MB", "fma_us",
               "mma_us", "stream_us", "cublas_us", "str_GB/s", "%copy", "x_mma", "x_cub", "l2_mma", "l2_str");
   uint32_t seed = 1;
@@ -490,6 +537,72 @@ int main(int argc, char** argv) {
         const bool pass = fin_m && fin_s && err_m < 1e-4 && err_s < 1e-4 && same;
         ok = ok && pass;
 
+        // PDL chains (see the file comment): per launch pair [small kernel, GEMV launch i].
+        // Variants (kernel, PDL mode, L2 prefetch): PDL mode 0 off, 1 every launch, 2 the GEMV
+        // launches alone (set_gemv_pdl). Checked first for each variant with PDL: the graph of
+        // [small, GEMV launch 0] with F32 output has the bits of the plain launch (ref / got_s).
+        struct ChainVariant {
+          int kernel, pdl;  // kernel 0 fma, 1 stream
+          bool l2;
+        };
+        const ChainVariant kChain[] = {{0, 0, false}, {0, 1, false}, {0, 2, false},
+                                       {1, 0, false}, {1, 1, false}, {1, 2, false}, {1, 1, true}};
+        constexpr int kNumChain = static_cast<int>(sizeof kChain / sizeof kChain[0]);
+        const bool pdl0 = cuda::pdl_enabled();
+        double chain[kNumChain] = {}, small_ms[2] = {0, 0};
+        bool pdl_same = true;
+        if (chains) {
+          auto set_variant = [&](const ChainVariant& v) {
+            cuda::set_pdl_enabled_for_tests(v.pdl == 1);
+            cuda::set_gemv_pdl(v.pdl >= 1 ? 1 : 0);
+            cuda::set_gemv_stream_l2_prefetch(v.l2);
+            cuda::set_gemv_kernel(v.kernel == 0 ? cuda::GemvKernel::kDefault : cuda::GemvKernel::kStream);
+          };
+          auto reset = [&] {
+            cuda::set_pdl_enabled_for_tests(pdl0);
+            cuda::set_gemv_pdl(-1);
+            cuda::set_gemv_stream_l2_prefetch(false);
+            cuda::set_gemv_kernel(cuda::GemvKernel::kDefault);
+          };
+          auto launch_gemv_i = [&](int kernel, int i, void* out, bool out_bf16) {
+            const cuda::GemmArgs ga = case_args(c, cd, i, x, out, T, out_bf16);
+            if (kernel == 0) {
+              cuda::launch_gemv_fma(ga, true, gt, st);
+            } else {
+              cuda::launch_gemv(ga, true, gt, st);  // kStream (set_variant)
+            }
+          };
+          for (const ChainVariant& v : kChain) {
+            if (v.pdl == 0) continue;
+            fill_value(static_cast<float*>(o_new), out_elems(c, T), NAN);
+            set_variant(v);
+            time_graph(st, 1, 1, [&](int) {
+              launch_small_step(o_new, false, out_elems(c, T), x, x_elems(c, T), st);
+              launch_gemv_i(v.kernel, 0, o_new, false);
+            });
+            reset();
+            std::vector<float> got(static_cast<size_t>(out_elems(c, T)));
+            CK(cudaMemcpy(got.data(), o_new, got.size() * 4, cudaMemcpyDeviceToHost));
+            const std::vector<float>& want = v.kernel == 0 ? ref : got_s;
+            pdl_same = pdl_same && std::memcmp(got.data(), want.data(), got.size() * 4) == 0;
+          }
+          for (int j = 0; j < kNumChain; ++j) {
+            set_variant(kChain[j]);
+            chain[j] = time_graph(st, n, reps, [&](int i) {
+              launch_small_step(o, true, out_elems(c, T), x, x_elems(c, T), st);
+              launch_gemv_i(kChain[j].kernel, i, o, true);
+            });
+          }
+          for (int pdl = 0; pdl < 2; ++pdl) {
+            cuda::set_pdl_enabled_for_tests(pdl == 1);
+            small_ms[pdl] = time_graph(st, n, reps, [&](int) {
+              launch_small_step(o, true, out_elems(c, T), x, x_elems(c, T), st);
+            });
+          }
+          reset();
+          ok = ok && pdl_same;
+        }
+
         const double fma_ms = time_graph(st, n, reps, [&](int i) {
           cuda::launch_gemv_fma(case_args(c, cd, i, x, o, T, true), true, gt, st);
         });
@@ -510,13 +623,25 @@ int main(int argc, char** argv) {
                     c.name, static_cast<long long>(T), bytes / 1e6, fma_ms * 1e3, ms[0] * 1e3, ms[1] * 1e3, cub,
                     gbs(ms[1]), 100.0 * gbs(ms[1]) / copy_gbs, ms[0] / ms[1], xcub, err_m, err_s,
                     pass ? "" : (same ? "  CHECK FAILED" : "  CHECK FAILED (stream not bit-identical)"));
+        if (chains)
+          std::printf("  pdl chain [1-block kernel + gemv] us: fma off %.2f all %.2f gemv %.2f (saved %.2f / %.2f) | "
+                      "stream off %.2f all %.2f gemv %.2f (saved %.2f / %.2f) all+L2 %.2f | 1-block alone off %.2f "
+                      "all %.2f%s\n",
+                      chain[0] * 1e3, chain[1] * 1e3, chain[2] * 1e3, (chain[0] - chain[1]) * 1e3,
+                      (chain[0] - chain[2]) * 1e3, chain[3] * 1e3, chain[4] * 1e3, chain[5] * 1e3,
+                      (chain[3] - chain[4]) * 1e3, (chain[3] - chain[5]) * 1e3, chain[6] * 1e3, small_ms[0] * 1e3,
+                      small_ms[1] * 1e3, pdl_same ? "" : "  CHECK FAILED (PDL chain not bit-identical)");
         std::fflush(stdout);
         if (out_csv)
-          std::fprintf(out_csv, "%s,%s,%lld,%lld,%d,%lld,%.0f,%.3f,%.3f,%.3f,%.3f,%.1f,%.4f,%.4f,%.3e,%.3e,%d\n",
+          std::fprintf(out_csv,
+                       "%s,%s,%lld,%lld,%d,%lld,%.0f,%.3f,%.3f,%.3f,%.3f,%.1f,%.4f,%.4f,%.3e,%.3e,%d,%.3f,%.3f,%.3f,"
+                       "%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%d\n",
                        fm.name, c.name, static_cast<long long>(c.rows), static_cast<long long>(c.k), c.n_z,
                        static_cast<long long>(T), bytes, fma_ms * 1e3, ms[0] * 1e3, ms[1] * 1e3,
                        c.moe ? 0.0 : cub_ms * 1e3, gbs(ms[1]), gbs(ms[1]) / copy_gbs, gbs(ms[0]) / copy_gbs, err_m,
-                       err_s, same ? 1 : 0);
+                       err_s, same ? 1 : 0, chain[0] * 1e3, chain[1] * 1e3, chain[2] * 1e3, chain[3] * 1e3,
+                       chain[4] * 1e3, chain[5] * 1e3, chain[6] * 1e3, small_ms[0] * 1e3, small_ms[1] * 1e3,
+                       pdl_same ? 1 : 0);
         free_case(cd);
       }
       CK(cudaFree(x));

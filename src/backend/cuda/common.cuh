@@ -40,6 +40,10 @@ namespace clawmine::backend::cuda {
 //    memory operations are visible to this grid: the previous kernel's writes are visible and
 //    its reads are done. Since every kernel waits before touching memory, the chain is
 //    transitive and results are exactly those of plain stream order.
+//  - One exception: the decode GEMV kernels (linear_gemv.cu) load weights, which no kernel of
+//    a step writes (they are uploaded by copies, which are fully serialized), before the wait, so
+//    their first DRAM round trip overlaps the previous kernel; everything else after it, and
+//    every block still waits before it exits (weights_before_wait, linear_kernels.cuh).
 // Without the attribute (CLAWMINE_PDL=0, a library kernel or a copy before), both are no-ops.
 // Library work (cuBLAS, cudaMemcpyAsync, cudaMemsetAsync) is not launched with the attribute
 // and is fully serialized as before.
@@ -59,12 +63,15 @@ __device__ __forceinline__ void pdl_wait() {
 // arguments convert to the kernel's parameter types exactly as in a triple-chevron launch
 // (cudaLaunchKernelEx's C++ overload coerces them through a call with the kernel's parameter
 // types). Launch errors throw; callers keep CLAWMINE_CUDA_LAUNCHED("name") after it.
+// launch_kernel_pdl: the same with the attribute chosen by the caller (the decode GEMVs, whose
+// PDL can be on alone: linear_gemv.cu, CLAWMINE_GEMV_PDL).
 template <typename... K, typename... A>
-void launch_kernel(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, A&&... args) {
+void launch_kernel_pdl(bool pdl, void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       A&&... args) {
   static_assert(sizeof...(K) == sizeof...(A), "launch_kernel: argument count differs from the kernel's parameters");
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
@@ -73,6 +80,10 @@ void launch_kernel(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cud
   config.attrs = attr;
   config.numAttrs = 1;
   CLAWMINE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...));
+}
+template <typename... K, typename... A>
+void launch_kernel(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, A&&... args) {
+  launch_kernel_pdl(pdl_enabled(), kernel, grid, block, smem, stream, std::forward<A>(args)...);
 }
 
 // Activation element types: float or __nv_bfloat16 (F16 only where weights/tables use it).

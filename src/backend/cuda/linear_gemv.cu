@@ -44,12 +44,21 @@
 //   grid (ceil(n_rows / (groups*R)), tiles, n_z), block 256.
 //
 // Both sum in float32 and differ from the CPU's exactly decoded weights only in rounding order.
+//
+// PDL (common.cuh): gemv_kernel and gemv_stream issue their first weight loads (gemv_kernel: the
+// first iteration; gemv_stream: both register groups, optionally an L2 prefetch of the rest of
+// the segment) before griddepcontrol.wait when the launch has no tile table (weights_before_wait,
+// linear_kernels.cuh); activations after it. Launched as programmatic dependent launches with
+// every kernel's (CLAWMINE_PDL=1) or alone (CLAWMINE_GEMV_PDL=1), their blocks start while the
+// kernel before finishes and the first DRAM round trip overlaps it. Same loads, same math: the
+// results are those of plain launches, bit for bit.
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "backend/cuda/linear_kernels.cuh"
 
@@ -58,15 +67,43 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 2;  // chunks per row in flight per thread and iteration
+
+// PDL for the GEMV kernels that load weights before the wait (gemv_kernel, gemv_stream): with
+// every launch's (pdl_enabled(), CLAWMINE_PDL=1), or alone (CLAWMINE_GEMV_PDL=1 or
+// set_gemv_pdl): then only these launches may start while the kernel before them finishes.
+std::atomic<int> g_gemv_pdl{-1};  // -1 until CLAWMINE_GEMV_PDL is read
+bool gemv_pdl() {
+  if (pdl_enabled()) return true;
+  int v = g_gemv_pdl.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("CLAWMINE_GEMV_PDL");
+    int expected = -1;
+    g_gemv_pdl.compare_exchange_strong(expected, env != nullptr && std::strcmp(env, "1") == 0 ? 1 : 0,
+                                       std::memory_order_relaxed);
+    v = g_gemv_pdl.load(std::memory_order_relaxed);
+  }
+  return v == 1;
+}
 template <int NT>
 constexpr int gemv_rows() {
   return NT >= 8 ? 2 : 4;  // R: output rows per group (R * NT accumulators per thread)
 }
 
+// Dense weights with bf16 activations at <= 2 tokens (the BF16 head: ~32k blocks, many waves)
+// take gemv_kernel3, capped at 80 registers (3 blocks per multiprocessor, as before the early
+// loads, which cost 98 registers at 2 tokens uncapped; no spills at 80).
 template <WFmt F, typename XT, int NT>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const int S) {
+constexpr bool gemv_three_blocks() {
+  return (F == WFmt::kF32 || F == WFmt::kBF16 || F == WFmt::kF16) && std::is_same_v<XT, __nv_bfloat16> && NT <= 2;
+}
+
+template <WFmt F, typename XT, int NT>
+__device__ __forceinline__ void gemv_body(const GemmArgs& a, const int S) {
   pdl_trigger();
-  pdl_wait();
+  // Launches without a tile table issue their first iteration's weight loads before
+  // griddepcontrol.wait (weights_before_wait); tile-table launches wait first (moe_plan's tiles).
+  const bool early = weights_before_wait(a);
+  if (!early) pdl_wait();
   using D = WeightDecoder<F>;
   constexpr int R = gemv_rows<NT>(), E = D::kChunk, P = D::kPiece, Q = E / P;
   static_assert(E % P == 0 && (P == 4 || P == 8), "decoder pieces of 4 or 8 elements");
@@ -74,10 +111,16 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const 
   __shared__ float red[kThreads / 32][R * NT];
 
   Tile tile;
-  if (!tile_of(a, blockIdx.y, tile)) return;  // uniform over the block
+  if (!tile_of(a, blockIdx.y, tile)) {  // uniform over the block
+    if (early) pdl_wait();  // every block waits before it exits (weights_before_wait)
+    return;
+  }
   const int z = blockIdx.z;
   const WeightDesc d = desc_of(a, tile.p, z);
-  if (a.descs && d.fmt != static_cast<int32_t>(F)) return;  // another launch serves this format
+  if (a.descs && d.fmt != static_cast<int32_t>(F)) {  // another launch serves this format
+    if (early) pdl_wait();
+    return;
+  }
 
   const int groups = kThreads / S, gi = threadIdx.x / S, li = threadIdx.x % S;
   const int64_t rblock = static_cast<int64_t>(blockIdx.x) * groups * R;
@@ -85,23 +128,12 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const 
   int64_t wr[R];  // weight rows; rows past n_rows repeat the last one (computed, never stored)
 #pragma unroll
   for (int i = 0; i < R; ++i) wr[i] = weight_row_base(a, z) + min(r0 + i, a.n_rows - 1);
-  if (threadIdx.x < NT) {
-    const int t = min(static_cast<int>(threadIdx.x), tile.nrows - 1);  // rows past the tile repeat its last
-    xrow[threadIdx.x] = x_row<XT>(a, tile.row0 + t, z);
-  }
-  __syncthreads();
 
-  const float g = global_scale<F>(d);
-  float acc[R][NT];
-#pragma unroll
-  for (int i = 0; i < R; ++i)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[i][t] = 0.0f;
-
+  // Per iteration a thread loads chunks c0 + u*S (u < kUnroll) of its R rows; past K: zeros.
   const int64_t n_chunks = a.K / E;
-  for (int64_t c0 = li; c0 < n_chunks; c0 += static_cast<int64_t>(S) * kUnroll) {
-    uint4 raw[kUnroll][R];
-    typename D::Scales sc[kUnroll][R];
+  uint4 raw[kUnroll][R];
+  typename D::Scales sc[kUnroll][R];
+  auto load = [&](int64_t c0) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + static_cast<int64_t>(u) * S;
@@ -116,6 +148,24 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const 
         }
       }
     }
+  };
+  load(li);  // the first iteration (launches without a tile table: before the wait)
+  const float g = global_scale<F>(d);
+  if (early) pdl_wait();  // activations (and x_rows) are written by the kernels before this one
+
+  if (threadIdx.x < NT) {
+    const int t = min(static_cast<int>(threadIdx.x), tile.nrows - 1);  // rows past the tile repeat its last
+    xrow[threadIdx.x] = x_row<XT>(a, tile.row0 + t, z);
+  }
+  __syncthreads();
+
+  float acc[R][NT];
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[i][t] = 0.0f;
+
+  for (int64_t c0 = li; c0 < n_chunks; c0 += static_cast<int64_t>(S) * kUnroll) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + static_cast<int64_t>(u) * S;
@@ -149,6 +199,9 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const 
         }
       }
     }
+    // The next iteration's loads, unconditionally (zeros past K, no access): raw is redefined
+    // here, so its registers are free once decoded, as when the loads opened each iteration.
+    load(c0 + static_cast<int64_t>(S) * kUnroll);
   }
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -169,6 +222,14 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const 
     const int64_t r = rblock + static_cast<int64_t>(grp) * R + i;
     if (r < a.n_rows && t < tile.nrows) store_out(a, tile.row0 + t, z, r, s);
   }
+}
+template <WFmt F, typename XT, int NT>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemmArgs a, const int S) {
+  gemv_body<F, XT, NT>(a, S);
+}
+template <WFmt F, typename XT, int NT>
+__global__ void __launch_bounds__(kThreads, 3) gemv_kernel3(const GemmArgs a, const int S) {
+  gemv_body<F, XT, NT>(a, S);
 }
 
 // ---- tensor-core GEMV ---------------------------------------------------------------------
@@ -439,7 +500,11 @@ void launch_gemv_nt(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
   const int64_t blocks = (a.n_rows + rows_per_block - 1) / rows_per_block;
   CLAWMINE_CHECK(blocks <= 0x7fffffff && grid_tiles <= 65535 && a.n_z <= 65535, "gemv: grid too large");
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(grid_tiles), static_cast<unsigned>(a.n_z));
-  launch_kernel(gemv_kernel<F, XT, NT>, grid, kThreads, 0, stream, a, S);
+  if constexpr (gemv_three_blocks<F, XT, NT>()) {
+    launch_kernel_pdl(gemv_pdl(), gemv_kernel3<F, XT, NT>, grid, kThreads, 0, stream, a, S);
+  } else {
+    launch_kernel_pdl(gemv_pdl(), gemv_kernel<F, XT, NT>, grid, kThreads, 0, stream, a, S);
+  }
   CLAWMINE_CUDA_LAUNCHED("gemv");
 }
 
@@ -556,10 +621,20 @@ constexpr int stream_max_regs() {
 }
 
 struct StreamShape {
-  int32_t seg = 0;      // k blocks per warp segment
-  int32_t n_kb = 0;     // k blocks per row: ceil(K / E / 4)
-  int32_t xstride = 0;  // 32-bit words per staged token row: block chunks * E/2 + 4 (bank offset)
+  int32_t seg = 0;          // k blocks per warp segment
+  int32_t n_kb = 0;         // k blocks per row: ceil(K / E / 4)
+  int32_t xstride = 0;      // 32-bit words per staged token row: block chunks * E/2 + 4 (bank offset)
+  int32_t l2_prefetch = 0;  // set_gemv_stream_l2_prefetch: prefetch the segment past the registers
 };
+bool g_stream_l2_prefetch = false;  // set_gemv_stream_l2_prefetch (tools/gemv_probe, tests)
+
+// Bulk prefetch of [p, p + bytes) into L2 (sm_90; p and bytes multiples of 16): no registers, no
+// completion to wait for; a hint that only moves the bytes' first DRAM read earlier.
+__device__ __forceinline__ void l2_prefetch_bulk(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes));
+#endif
+}
 
 __device__ __forceinline__ uint32_t cluster_rank() {
   uint32_t r;
@@ -620,17 +695,27 @@ __device__ __forceinline__ void stream_kblock(const uint4& w0, const uint4& w1, 
 template <WFmt F, int KC>
 __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const StreamShape& sh) {
   pdl_trigger();
-  pdl_wait();
+  // Launches without a tile table issue both register groups' weight and scale loads (and the
+  // optional L2 prefetch) before griddepcontrol.wait (weights_before_wait); tile-table launches
+  // wait first (moe_plan's tiles).
+  const bool early = weights_before_wait(a);
+  if (!early) pdl_wait();
   using D = WeightDecoder<F>;
   static_assert(D::kMma, "format without a tensor-core GEMV decoder");
   constexpr int E = D::kChunk, XW = E / 2, U = kStreamGroup;
   extern __shared__ uint4 smem[];
 
   Tile tile;
-  if (!tile_of(a, blockIdx.y, tile)) return;  // uniform over the block (and the cluster)
+  if (!tile_of(a, blockIdx.y, tile)) {  // uniform over the block (and the cluster)
+    if (early) pdl_wait();  // every block waits before it exits (weights_before_wait)
+    return;
+  }
   const int z = blockIdx.z;
   const WeightDesc d = desc_of(a, tile.p, z);
-  if (a.descs && d.fmt != static_cast<int32_t>(F)) return;  // another launch serves this format
+  if (a.descs && d.fmt != static_cast<int32_t>(F)) {  // another launch serves this format
+    if (early) pdl_wait();
+    return;
+  }
   const uint32_t rank = KC > 1 ? cluster_rank() : 0u;
   if constexpr (KC > 1) cluster_arrive_relaxed();  // waited for before the first remote store
 
@@ -676,6 +761,17 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   load(b0, 0);
   load(b1, 1);
   const float out_scale = D::kMmaOutUnit * global_scale<F>(d);
+  if (early && sh.l2_prefetch && n_grp > 2 && lane < 16) {
+    // The rest of the segment, k blocks [kb0 + 2U, kb1), of fragment row `lane` (rows past
+    // n_rows repeat the last): its bytes up to the row's last chunk, one bulk prefetch into L2.
+    const int kbp = kb0 + 2 * U, c_end = min(kb1 * 4, n_chunks);
+    if (c_end > kbp * 4) {
+      const int64_t row = wbase + min(m0 + lane, a.n_rows - 1);
+      l2_prefetch_bulk(d.w + row * d.row_bytes + static_cast<int64_t>(kbp) * 64,
+                       static_cast<uint32_t>(c_end - kbp * 4) * 16u);
+    }
+  }
+  if (early) pdl_wait();  // activations (and x_rows) are written by the kernels before this one
 
   // Activations of the block's k range, every token of the tile, in decoder order (x_step), so
   // a lane reads its B fragments as they are; chunks past K are zeros (their weights are too).
@@ -832,6 +928,7 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
   p.sh.n_kb = static_cast<int32_t>(n_kb);
   p.sh.seg = static_cast<int32_t>((n_kb + split - 1) / split);
   p.sh.xstride = p.W * p.sh.seg * 4 * (E / 2) + 4;
+  p.sh.l2_prefetch = g_stream_l2_prefetch ? 1 : 0;
   p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128 +
             (p.KC > 1 ? static_cast<size_t>(p.KC) * 128 : 0)) *
            4;
@@ -867,19 +964,19 @@ void launch_gemv_stream_typed(const GemmArgs& a, int grid_tiles, const StreamPla
     case 1: {
       static const bool once = (allow_stream_smem(gemv_stream_kernel<F>), true);
       (void)once;
-      launch_kernel(gemv_stream_kernel<F>, grid, block, p.smem, stream, a, p.sh);
+      launch_kernel_pdl(gemv_pdl(), gemv_stream_kernel<F>, grid, block, p.smem, stream, a, p.sh);
       break;
     }
     case 2: {
       static const bool once = (allow_stream_smem(gemv_stream_cluster_kernel<F, 2>), true);
       (void)once;
-      launch_kernel(gemv_stream_cluster_kernel<F, 2>, grid, block, p.smem, stream, a, p.sh);
+      launch_kernel_pdl(gemv_pdl(), gemv_stream_cluster_kernel<F, 2>, grid, block, p.smem, stream, a, p.sh);
       break;
     }
     case 4: {
       static const bool once = (allow_stream_smem(gemv_stream_cluster_kernel<F, 4>), true);
       (void)once;
-      launch_kernel(gemv_stream_cluster_kernel<F, 4>, grid, block, p.smem, stream, a, p.sh);
+      launch_kernel_pdl(gemv_pdl(), gemv_stream_cluster_kernel<F, 4>, grid, block, p.smem, stream, a, p.sh);
       break;
     }
     default: throw Error(str_cat("cuda gemv_stream: cluster of ", p.KC, " blocks (expected 1, 2 or 4)"));
@@ -905,6 +1002,10 @@ void set_gemv_mma_config(int staged, int rows) {
   g_mma_staged = staged;
   g_mma_rows = rows;
 }
+
+void set_gemv_stream_l2_prefetch(bool on) { g_stream_l2_prefetch = on; }
+
+void set_gemv_pdl(int on) { g_gemv_pdl.store(on < 0 ? -1 : on ? 1 : 0, std::memory_order_relaxed); }
 
 bool gemv_mma_supported(WFmt f) {
   return f == WFmt::kBF16 || f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4 || f == WFmt::kNvfp4;

@@ -70,7 +70,9 @@ void launch_act_quant(const ActQuantArgs& a, cudaStream_t stream);
 // ---- Projections ---------------------------------------------------------------------------
 struct GemmArgs {
   // Weights of problem (p, z): descs[p*desc_stride + desc_offset + z] (table), else desc0 with
-  // its rows offset by z*w_row_z (grouped_linear: group z is rows [z*Lo, (z+1)*Lo)).
+  // its rows offset by z*w_row_z (grouped_linear: group z is rows [z*Lo, (z+1)*Lo)). A table
+  // must be written by an upload, never by a kernel: GEMVs read it before griddepcontrol.wait
+  // when there is no tile table (weights_before_wait).
   const WeightDesc* descs = nullptr;
   int32_t desc_stride = 0, desc_offset = 0;
   WeightDesc desc0{};
@@ -119,6 +121,17 @@ __device__ __forceinline__ bool tile_of(const GemmArgs& a, int64_t tile, Tile& t
 __device__ __forceinline__ WeightDesc desc_of(const GemmArgs& a, int32_t p, int32_t z) {
   return a.descs ? a.descs[static_cast<int64_t>(p) * a.desc_stride + a.desc_offset + z] : a.desc0;
 }
+// Whether a launch may load weights before griddepcontrol.wait (pdl_wait, common.cuh): without
+// a tile table the tiles follow from the arguments, the weight from desc0 or from a descriptor
+// table, and weights, their scales and descriptor tables (MoeTable, moe.cu) are written only by
+// uploads before the decode step, never by a kernel of it (copies are fully serialized). So
+// these launches (linear, grouped_linear, swiglu_mlp's fused w1/w3) issue their first weight
+// loads before the wait: with PDL their blocks start while the previous kernel finishes and the
+// first DRAM round trip overlaps it. Activations, x_rows and outputs stay after the wait.
+// Tile-table launches (moe_experts) take the expert of each tile from what moe_plan wrote:
+// nothing before the wait. Every block still executes the wait before it exits (a grid then
+// completes only after the one before it, so the chain stays transitive).
+__device__ __forceinline__ bool weights_before_wait(const GemmArgs& a) { return a.tiles == nullptr; }
 // First weight row of problem z (uniform mode: grouped_linear's group offset).
 __device__ __forceinline__ int64_t weight_row_base(const GemmArgs& a, int32_t z) {
   return a.descs ? 0 : z * a.w_row_z;
@@ -220,6 +233,16 @@ void set_gemv_kernel(GemvKernel k);
 // through a cp.async shared-memory ring (staged = 1, the default) or straight into registers
 // (0); rows = 1 or 2 m-tiles per warp, 0 by the row count (the default).
 void set_gemv_mma_config(int staged, int rows);
+// Tuning hook for tools/gemv_probe and tests (not thread-safe): streaming launches without a
+// tile table whose warps own more k blocks than their two register groups also prefetch the rest
+// of their segment into L2 (cp.async.bulk.prefetch, before griddepcontrol.wait). Off by default;
+// results unchanged.
+void set_gemv_stream_l2_prefetch(bool on);
+// PDL for the GEMV launches that load weights before griddepcontrol.wait (the FMA and streaming
+// kernels): on with every launch's (CLAWMINE_PDL=1), or for these alone with CLAWMINE_GEMV_PDL=1
+// (read once; off by default until measured). Tests and tools/gemv_probe (not thread-safe):
+// set_gemv_pdl(1) on, 0 off, -1 back to the environment.
+void set_gemv_pdl(int on);
 void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 // GEMM launch: grid (tiles, row blocks, n_z); w_vec/x_vec enable 16-byte tile loads.
 void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream);
