@@ -1061,7 +1061,10 @@ void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t st
       launch_gemv_fma(a, x_bf16, grid_tiles, stream);
       return;
     }
-    kernel = f == WFmt::kBF16 ? GemvKernel::kMma : GemvKernel::kStream;
+    // Expert tile tables with more than 2 rows per tile stay on kMma: MoE at 32 tokens (3 rows
+    // per expert) measured 777 us through the streaming kernel against 523 through kMma.
+    const bool many_rows_per_expert = a.tiles != nullptr && a.tile_rows > 2;
+    kernel = f == WFmt::kBF16 || many_rows_per_expert ? GemvKernel::kMma : GemvKernel::kStream;
   }
   if (kernel == GemvKernel::kStream) {
     bool done = false;
