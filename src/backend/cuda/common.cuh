@@ -44,7 +44,8 @@ namespace clawmine::backend::cuda {
 //    a step writes (they are uploaded by copies, which are fully serialized), before the wait, so
 //    their first DRAM round trip overlaps the previous kernel; everything else after it, and
 //    every block still waits before it exits (weights_before_wait, linear_kernels.cuh).
-// Without the attribute (CLAWMINE_PDL=0, a library kernel or a copy before), both are no-ops.
+// Without the attribute (the default for every kernel but the decode GEMVs, a library kernel or
+// a copy before), both are no-ops.
 // Library work (cuBLAS, cudaMemcpyAsync, cudaMemsetAsync) is not launched with the attribute
 // and is fully serialized as before.
 __device__ __forceinline__ void pdl_trigger() {
@@ -59,7 +60,7 @@ __device__ __forceinline__ void pdl_wait() {
 }
 
 // A triple-chevron launch kernel(grid, block, smem, stream)(args...) as a programmatic dependent launch when
-// pdl_enabled() (device.h; env CLAWMINE_PDL=0 turns it off), a plain launch otherwise. The
+// pdl_enabled() (device.h; env CLAWMINE_PDL=1 turns it on), a plain launch otherwise. The
 // arguments convert to the kernel's parameter types exactly as in a triple-chevron launch
 // (cudaLaunchKernelEx's C++ overload coerces them through a call with the kernel's parameter
 // types). Launch errors throw; callers keep CLAWMINE_CUDA_LAUNCHED("name") after it.

@@ -69,8 +69,10 @@ constexpr int kThreads = 256;
 constexpr int kUnroll = 2;  // chunks per row in flight per thread and iteration
 
 // PDL for the GEMV kernels that load weights before the wait (gemv_kernel, gemv_stream): with
-// every launch's (pdl_enabled(), CLAWMINE_PDL=1), or alone (CLAWMINE_GEMV_PDL=1 or
-// set_gemv_pdl): then only these launches may start while the kernel before them finishes.
+// every launch's (pdl_enabled(), CLAWMINE_PDL=1), or alone (the default; CLAWMINE_GEMV_PDL=0
+// turns it off, set_gemv_pdl for tests): then only these launches may start while the kernel
+// before them finishes. On the H100 (docs/PERFORMANCE.md) decode took 10.77 ms/token with it
+// against 11.91 without, in the same call; PDL on every kernel: 11.89.
 std::atomic<int> g_gemv_pdl{-1};  // -1 until CLAWMINE_GEMV_PDL is read
 bool gemv_pdl() {
   if (pdl_enabled()) return true;
@@ -78,7 +80,7 @@ bool gemv_pdl() {
   if (v < 0) {
     const char* env = std::getenv("CLAWMINE_GEMV_PDL");
     int expected = -1;
-    g_gemv_pdl.compare_exchange_strong(expected, env != nullptr && std::strcmp(env, "1") == 0 ? 1 : 0,
+    g_gemv_pdl.compare_exchange_strong(expected, env != nullptr && std::strcmp(env, "0") == 0 ? 0 : 1,
                                        std::memory_order_relaxed);
     v = g_gemv_pdl.load(std::memory_order_relaxed);
   }
