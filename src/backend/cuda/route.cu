@@ -93,6 +93,27 @@ __device__ __forceinline__ void write_route(float a, int sel, bool ok, int64_t t
   }
 }
 
+// Hash routing for one token, by one whole warp: lane k < K gets sel = tid2eid[ids[t], k]. Returns
+// false for the whole warp (and records which) when the id or one of its experts is out of range.
+template <typename Tid>
+__device__ bool hash_selection(const Tid* __restrict__ tid2eid, int64_t V, const int32_t* __restrict__ ids, int64_t t,
+                               int64_t E, int K, int lane, OpErrorRecord* err, int& sel) {
+  bool ok = true;
+  const int32_t id = ids[t];
+  if (id < 0 || id >= V) {
+    ok = false;
+    if (lane == 0) report_op_error(err, kOpErrorRouteId, id, t, V);
+  } else if (lane < K) {
+    const int64_t e = static_cast<int64_t>(tid2eid[static_cast<int64_t>(id) * K + lane]);
+    if (e < 0 || e >= E) {
+      report_op_error(err, kOpErrorRouteExpert, id, lane, e, E);
+    } else {
+      sel = static_cast<int>(e);
+    }
+  }
+  return __all_sync(0xffffffffu, ok && (lane >= K || sel >= 0));
+}
+
 // tid2eid null: routed top-K; else hash selection from the table (Tid = int32_t or int64_t).
 template <typename Tid>
 __global__ void moe_route_kernel(const float* __restrict__ logits, const float* __restrict__ bias,
@@ -109,19 +130,7 @@ __global__ void moe_route_kernel(const float* __restrict__ logits, const float* 
   int sel = -1;  // lane k < K: the expert of slot k
   bool ok = true;
   if (tid2eid != nullptr) {
-    const int32_t id = ids[t];
-    if (id < 0 || id >= V) {
-      ok = false;
-      if (lane == 0) report_op_error(err, kOpErrorRouteId, id, t, V);
-    } else if (lane < K) {
-      const int64_t e = static_cast<int64_t>(tid2eid[static_cast<int64_t>(id) * K + lane]);
-      if (e < 0 || e >= E) {
-        report_op_error(err, kOpErrorRouteExpert, id, lane, e, E);
-      } else {
-        sel = static_cast<int>(e);
-      }
-    }
-    ok = __all_sync(0xffffffffu, ok && (lane >= K || sel >= 0));
+    ok = hash_selection(tid2eid, V, ids, t, E, K, lane, err, sel);
   } else {
     float* keys = keys_all + static_cast<int64_t>(warp) * E;
     for (int64_t e = lane; e < E; e += 32) {
@@ -153,19 +162,7 @@ __global__ void __launch_bounds__(kBlockMaxExperts)
   int sel = -1;  // warp 0, lane k < K: the expert of slot k
   bool ok = true;
   if (tid2eid != nullptr && tid < 32) {  // the table lookups first: their latency overlaps the scores
-    const int32_t id = ids[t];
-    if (id < 0 || id >= V) {
-      ok = false;
-      if (lane == 0) report_op_error(err, kOpErrorRouteId, id, t, V);
-    } else if (lane < K) {
-      const int64_t e = static_cast<int64_t>(tid2eid[static_cast<int64_t>(id) * K + lane]);
-      if (e < 0 || e >= E) {
-        report_op_error(err, kOpErrorRouteExpert, id, lane, e, E);
-      } else {
-        sel = static_cast<int>(e);
-      }
-    }
-    ok = __all_sync(0xffffffffu, ok && (lane >= K || sel >= 0));
+    ok = hash_selection(tid2eid, V, ids, t, E, K, lane, err, sel);
   }
   float key = 0.0f;
   if (tid < E) {
