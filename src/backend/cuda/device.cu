@@ -6,8 +6,17 @@
 #include <cstring>
 
 #include "backend/cuda/device.h"
+#include "core/error.h"
 
 namespace clawmine::backend::cuda {
+
+bool env_switch(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  if (std::strcmp(v, "1") == 0) return true;
+  if (std::strcmp(v, "0") == 0) return false;
+  throw Error(str_cat(name, "=", v, ": expected 0 or 1"));
+}
 
 int device_count() {
   int n = 0;
@@ -26,8 +35,7 @@ std::atomic<int> g_pdl{-1};
 bool pdl_enabled() {
   int v = g_pdl.load(std::memory_order_relaxed);
   if (v < 0) {
-    const char* env = std::getenv("CLAWMINE_PDL");
-    const int from_env = (env && std::strcmp(env, "1") == 0) ? 1 : 0;  // off unless asked for
+    const int from_env = env_switch("CLAWMINE_PDL", false) ? 1 : 0;  // off unless asked for
     int expected = -1;
     g_pdl.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
     v = g_pdl.load(std::memory_order_relaxed);

@@ -17,4 +17,9 @@ bool pdl_enabled();
 // Tests only: launches from now on use PDL or not (overrides CLAWMINE_PDL).
 void set_pdl_enabled_for_tests(bool on);
 
+// An on/off tuning switch from the environment (CLAWMINE_PDL, CLAWMINE_GEMV_PDL,
+// CLAWMINE_MOE_OVERLAP, ...): "1" on, "0" off, unset or empty `fallback`; any other value is an
+// error naming the variable (clawmine::Error).
+bool env_switch(const char* name, bool fallback);
+
 }  // namespace clawmine::backend::cuda

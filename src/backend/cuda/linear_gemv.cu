@@ -78,9 +78,8 @@ bool gemv_pdl() {
   if (pdl_enabled()) return true;
   int v = g_gemv_pdl.load(std::memory_order_relaxed);
   if (v < 0) {
-    const char* env = std::getenv("CLAWMINE_GEMV_PDL");
     int expected = -1;
-    g_gemv_pdl.compare_exchange_strong(expected, env != nullptr && std::strcmp(env, "0") == 0 ? 0 : 1,
+    g_gemv_pdl.compare_exchange_strong(expected, env_switch("CLAWMINE_GEMV_PDL", true) ? 1 : 0,
                                        std::memory_order_relaxed);
     v = g_gemv_pdl.load(std::memory_order_relaxed);
   }

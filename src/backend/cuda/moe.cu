@@ -452,16 +452,12 @@ int64_t g_moe_copy_budget = 0;              // set_moe_prefill_copy_budget: <= 0
 // ms per layer) and lost at T=8192 (768 rows: 11.6 vs 8.35 ms). Decided once per layer.
 constexpr int64_t kMoeGroupedMaxAvgRows = 384;
 
-bool env_not_zero(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
 bool moe_overlap_on() {
-  static const bool env = env_not_zero("CLAWMINE_MOE_OVERLAP");
+  static const bool env = env_switch("CLAWMINE_MOE_OVERLAP", true);
   return g_moe_overlap < 0 ? env : g_moe_overlap > 0;
 }
 bool moe_fuse13_on() {
-  static const bool env = env_not_zero("CLAWMINE_MOE_FUSE13");
+  static const bool env = env_switch("CLAWMINE_MOE_FUSE13", true);
   return g_moe_fuse13 < 0 ? env : g_moe_fuse13 > 0;
 }
 
