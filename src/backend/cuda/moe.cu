@@ -446,7 +446,6 @@ constexpr int64_t kMoeCopyMinAvgRows = 64;
 constexpr int64_t kMoeCopyBudget = int64_t{1} << 30;  // bytes of BF16 expert copies (both buffers)
 bool g_moe_grouped_gemm = true;  // set_moe_prefill_grouped (tuning hook)
 int g_moe_overlap = -1, g_moe_fuse13 = -1;  // set_moe_prefill_overlap / _fuse_gate_up: < 0 env
-int g_moe_lanes = -1;                        // set_moe_prefill_lanes: < 0 env
 int64_t g_moe_copy_budget = 0;              // set_moe_prefill_copy_budget: <= 0 kMoeCopyBudget
 // The grouped call only while experts average fewer rows than this: on an H100 (kernel bench,
 // 2026-11-26) it beat one cublasGemmEx per expert at T=2048 (192 rows per expert: 5.42 vs 5.79
@@ -456,10 +455,6 @@ constexpr int64_t kMoeGroupedMaxAvgRows = 384;
 bool moe_overlap_on() {
   static const bool env = env_switch("CLAWMINE_MOE_OVERLAP", true);
   return g_moe_overlap < 0 ? env : g_moe_overlap > 0;
-}
-bool moe_lanes_on() {
-  static const bool env = env_switch("CLAWMINE_MOE_LANES", true);
-  return g_moe_lanes < 0 ? env : g_moe_lanes > 0;
 }
 bool moe_fuse13_on() {
   static const bool env = env_switch("CLAWMINE_MOE_FUSE13", true);
@@ -472,20 +467,13 @@ struct MoeOverlapState {
   cudaStream_t gemm = nullptr;  // highest priority, non-blocking
   cudaEvent_t fork = nullptr, join = nullptr;
   cudaEvent_t decoded[2] = {nullptr, nullptr}, consumed[2] = {nullptr, nullptr};  // per copy buffer
-  // The second GEMM lane: its own stream (same priority) and cuBLAS handle (its own workspace,
-  // so two GEMMs may run at once), and the events of its fork off / join back to `gemm`.
-  cudaStream_t gemm2 = nullptr;
-  cublasHandle_t blas2 = nullptr;
-  cudaEvent_t lane_fork = nullptr, lane_join = nullptr;
   MoeOverlapState() = default;
   MoeOverlapState(const MoeOverlapState&) = delete;
   MoeOverlapState& operator=(const MoeOverlapState&) = delete;
   ~MoeOverlapState() {  // pending work finishes first (the driver defers the release)
-    for (cudaEvent_t e : {fork, join, decoded[0], decoded[1], consumed[0], consumed[1], lane_fork, lane_join})
+    for (cudaEvent_t e : {fork, join, decoded[0], decoded[1], consumed[0], consumed[1]})
       if (e) cudaEventDestroy(e);
-    if (blas2) cublasDestroy(blas2);
     if (gemm) cudaStreamDestroy(gemm);
-    if (gemm2) cudaStreamDestroy(gemm2);
   }
 };
 
@@ -493,13 +481,10 @@ MoeOverlapState& moe_overlap_state(CudaBackend& be) {
   static const char key = 0;
   MoeOverlapState* st = be.op_state<MoeOverlapState>(&key);
   if (st->gemm) return *st;
-  for (cudaEvent_t* e : {&st->fork, &st->join, &st->decoded[0], &st->decoded[1], &st->consumed[0], &st->consumed[1],
-                         &st->lane_fork, &st->lane_join})
+  for (cudaEvent_t* e : {&st->fork, &st->join, &st->decoded[0], &st->decoded[1], &st->consumed[0], &st->consumed[1]})
     if (!*e) CLAWMINE_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   int least = 0, greatest = 0;
   CLAWMINE_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  if (!st->gemm2) CLAWMINE_CUDA_CHECK(cudaStreamCreateWithPriority(&st->gemm2, cudaStreamNonBlocking, greatest));
-  if (!st->blas2) cublas_check(cublasCreate(&st->blas2), "cublasCreate (moe prefill, second GEMM lane)");
   CLAWMINE_CUDA_CHECK(cudaStreamCreateWithPriority(&st->gemm, cudaStreamNonBlocking, greatest));
   return *st;
 }
@@ -590,13 +575,9 @@ struct Problems {
 
 // Problems [first, first + count) on `stream`: one cublasGemmGroupedBatchedEx (groups of one
 // problem; the pointer arrays in device memory at dev[0..2] + first) when `grouped` (and this
-// cuBLAS serves it), else one cublasGemmEx each. With `lanes` (the overlap state, CLAWMINE_MOE_LANES)
-// the per-expert GEMMs alternate between `stream` and the second lane (its own stream and cuBLAS
-// handle), forked off and joined back to `stream`: two experts' GEMMs run at once, so one GEMM's
-// partial last wave (an expert of ~768 rows x 4096 outputs is ~1.5 waves of 128 x 128 tiles on
-// 132 SMs) is filled by the other's tiles. Each GEMM is the same call, so the same bits.
+// cuBLAS serves it), else one cublasGemmEx each.
 void run_problems(CudaBackend& be, const Problems& p, size_t first, size_t count, void* const* dev[3], bool grouped,
-                  cudaStream_t stream, MoeOverlapState* lanes = nullptr) {
+                  cudaStream_t stream) {
   if (count == 0) return;
   cublasHandle_t h = be.cublas();
   cublas_check(cublasSetStream(h, stream), "cublasSetStream");
@@ -621,22 +602,11 @@ void run_problems(CudaBackend& be, const Problems& p, size_t first, size_t count
     g_moe_grouped_gemm = false;
   }
   const float beta = 0.0f;
-  const bool two = lanes != nullptr && count > 1;
-  if (two) {
-    cublas_check(cublasSetStream(lanes->blas2, lanes->gemm2), "cublasSetStream (second GEMM lane)");
-    cublas_check(cublasSetPointerMode(lanes->blas2, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
-    CLAWMINE_CUDA_CHECK(cudaEventRecord(lanes->lane_fork, stream));
-    CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(lanes->gemm2, lanes->lane_fork, 0));
-  }
   for (size_t i = first; i < first + count; ++i)
-    cublas_check(cublasGemmEx(two && (i - first) % 2 ? lanes->blas2 : h, CUBLAS_OP_T, CUBLAS_OP_N, p.m[i], p.n[i],
-                              p.k[i], &p.alpha[i], p.A[i], CUDA_R_16BF, p.lda[i], p.B[i], CUDA_R_16BF, p.ldb[i], &beta,
-                              p.C[i], CUDA_R_16BF, p.ldc[i], CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+    cublas_check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, p.m[i], p.n[i], p.k[i], &p.alpha[i], p.A[i], CUDA_R_16BF,
+                              p.lda[i], p.B[i], CUDA_R_16BF, p.ldb[i], &beta, p.C[i], CUDA_R_16BF, p.ldc[i],
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx (moe prefill)");
-  if (two) {  // the join: what follows on `stream` (swiglu, w2, the combine) sees both lanes' outputs
-    CLAWMINE_CUDA_CHECK(cudaEventRecord(lanes->lane_join, lanes->gemm2));
-    CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(stream, lanes->lane_join, 0));
-  }
 }
 
 // The fork of the GEMM stream off the backend's stream and its join back (also when an error
@@ -654,7 +624,6 @@ class GemmStreamScope {
       if (st_ && (cudaEventRecord(st_->join, st_->gemm) != cudaSuccess ||
                   cudaStreamWaitEvent(be_.stream(), st_->join, 0) != cudaSuccess))
         cudaStreamSynchronize(st_->gemm);
-      if (st_ && st_->gemm2) cudaStreamSynchronize(st_->gemm2);  // a second lane left unjoined by the error
       cublasSetStream(be_.cublas(), be_.stream());
     }
   }
@@ -804,9 +773,6 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
   void* const* dev13[3] = {pd, pd + n13, pd + 2 * n13};
   void* const* dev2[3] = {pd + 3 * n13, pd + 3 * n13 + M, pd + 3 * n13 + 2 * M};
 
-  const bool overlap = copy_fmts && n_buf == 2 && n_chunks > 1 && moe_overlap_on();
-  MoeOverlapState* st = overlap ? &moe_overlap_state(be) : nullptr;
-  MoeOverlapState* lanes = st && !(grouped && g_moe_grouped_gemm) && moe_lanes_on() ? st : nullptr;
   auto decode = [&](size_t c) {  // chunk c's copies into buffer c % n_buf, on the backend's stream
     const int64_t i0 = bounds[c], i1 = bounds[c + 1];
     for (int f = 0; f < kNumWFmt; ++f) {
@@ -824,18 +790,20 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
   };
   auto multiply = [&](size_t c, cudaStream_t gs) {  // chunk c's GEMMs, swiglu and w2 on gs
     const int64_t i0 = bounds[c], i1 = bounds[c + 1];
-    run_problems(be, p13, first13[i0], first13[i1] - first13[i0], dev13, grouped, gs, lanes);
+    run_problems(be, p13, first13[i0], first13[i1] - first13[i0], dev13, grouped, gs);
     const int64_t r0 = act[i0].off, r1 = act[i1 - 1].off + act[i1 - 1].n;
     const int64_t n = (r1 - r0) * (I / 8);
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(blocks_for(n, 256), 16 * int64_t{be.sm_count()}));
     launch_kernel(moe_swiglu_rows_kernel, std::max(1u, blocks), 256, 0, gs,
                   static_cast<const __nv_bfloat16*>(g_p + r0 * 2 * I), h_p + r0 * I, r1 - r0, I, limit);
     CLAWMINE_CUDA_LAUNCHED("moe_swiglu_rows");
-    run_problems(be, p2, static_cast<size_t>(i0), static_cast<size_t>(i1 - i0), dev2, grouped, gs, lanes);
+    run_problems(be, p2, static_cast<size_t>(i0), static_cast<size_t>(i1 - i0), dev2, grouped, gs);
   };
 
   // Chunk c's GEMMs are issued after the decodes of chunks up to c + n_buf - 1 (the buffer a
   // decode overwrites was last read by a chunk whose GEMMs are issued, and waited for, before).
+  const bool overlap = copy_fmts && n_buf == 2 && n_chunks > 1 && moe_overlap_on();
+  MoeOverlapState* st = overlap ? &moe_overlap_state(be) : nullptr;
   GemmStreamScope scope(be, st);
   const cudaStream_t gs = scope.gemm_stream();
   size_t issued = 0;  // chunks whose decode is issued
@@ -1061,7 +1029,6 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
 void set_moe_prefill_grouped(bool grouped) { g_moe_grouped_gemm = grouped; }
 void set_moe_prefill_overlap(int mode) { g_moe_overlap = mode < 0 ? -1 : mode; }
 void set_moe_prefill_fuse_gate_up(int mode) { g_moe_fuse13 = mode < 0 ? -1 : mode; }
-void set_moe_prefill_lanes(int mode) { g_moe_lanes = mode < 0 ? -1 : mode; }
 void set_moe_prefill_copy_budget(int64_t bytes) { g_moe_copy_budget = bytes > 0 ? bytes : 0; }
 
 // Decode sizes (T <= kGemvMaxTokens) with no activation transform on w1/w3: w1 and w3 in one

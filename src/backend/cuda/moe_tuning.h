@@ -23,12 +23,6 @@ void set_moe_prefill_overlap(int mode = -1);
 // bit from the unfused GEMMs (cuBLAS may pick another kernel for the wider product).
 void set_moe_prefill_fuse_gate_up(int mode = -1);
 
-// With the overlap on and one cublasGemmEx per expert: the experts' GEMMs alternate between two
-// streams with their own cuBLAS handles (two GEMMs in flight fill each other's partial last wave).
-// mode < 0: CLAWMINE_MOE_LANES (read once; "0" turns it off, default on); 0 off; > 0 on. Same
-// GEMM calls either way, so the same results.
-void set_moe_prefill_lanes(int mode = -1);
-
 // Bytes of scratch for the BF16 expert copies (both buffers together); <= 0: the default (1 GiB).
 // Tests force several chunks with a small budget.
 void set_moe_prefill_copy_budget(int64_t bytes = 0);
