@@ -11,7 +11,11 @@
 //    with no key (0), no entries pool; an index outside the key space gives NaN, never a read out
 //    of bounds. Each kernel path is hit on purpose: split-S decode (T = 1, S = 640 / 1152: the
 //    FMA kernel for F32, tensor cores for BF16/F16, then the merge), the unsplit tensor-core
-//    prefill (T = 64, 300), splits with empty ranges, and bit-identical repeats.
+//    prefill (T = 64, 300), splits with empty ranges, and bit-identical repeats;
+//  * the tensor-core kernel's skip of key tiles without a valid slot: model-shaped causal lists
+//    (window -1 before the start, CSA / HCA entries not complete yet), -1 tiles in the middle of
+//    long lists, queries without keys (0), split and unsplit, and a list past the kernel's
+//    2048-tile capacity (every tile walked).
 // Skips without a GPU.
 #include <gtest/gtest.h>
 
