@@ -17,10 +17,12 @@
 // The scan also finds indices outside [-1, rows) (NaN outputs). Ranges of more than kListTiles
 // tiles walk every tile.
 // The listed tiles are gathered with cp.async (16-byte chunks; invalid slots zero-filled, so V
-// never holds garbage) two stages deep: tile i+1 streams in while tile i is computed, its row
-// indices read from global one tile earlier into registers. Q is staged once. Three barriers per
-// tile (tile ready / partial scores / P). Shared rows are padded by 16 bytes, so every ldmatrix
-// is conflict-free.
+// never holds garbage) into three buffers, their row indices read from global one tile earlier
+// into registers. Step w of the loop: barrier (tile w ready), start tile w + 1, phase 1 of tile
+// w then phase 3 of tile w - 1 (no barrier between: warps drift from one into the other),
+// barrier, phase 2 of tile w; two barriers per tile, the per-tile arithmetic unchanged (same
+// bits). Q is staged once. Shared rows are padded by 16 bytes, so every ldmatrix is
+// conflict-free.
 // The end: out = O * e^(m - M) / (l e^(m - M) + e^(sink - M)), M = max(m, sink); 0 with no
 // valid key, NaN after a bad index; or, for a split, the partial (m, l, O) (attention_kernels.cuh).
 #include <cmath>
@@ -43,6 +45,8 @@ constexpr int kQuarters = 4;    // phase 1 splits Dh in 4 over the warps
 // Tiles of one key range the block lists (those with a valid slot); a range of more tiles walks
 // every tile (nothing skipped, same results). 2048 tiles = 65536 slots.
 constexpr int kListTiles = 2048;
+// Key tile buffers: tile w + 1 streams in while phase 1 reads tile w and phase 3 tile w - 1.
+constexpr int kStages = 3;
 static_assert(kNK == 32, "the tile scan takes one slot per lane");
 
 // Shared memory of one block, in bytes from the start (every part 16-byte aligned).
@@ -50,18 +54,20 @@ template <int DH>
 struct Smem {
   static constexpr int kRow = DH + 8;  // elements per Q / K row (16 bytes of padding)
   static constexpr size_t q = 0;                                              // [64][kRow]
-  static constexpr size_t k = q + size_t{kHB} * kRow * 2;                     // [2][32][kRow]
-  static constexpr size_t s = k + size_t{2} * kNK * kRow * 2;                 // [4][64][kSRow] F32
+  static constexpr size_t k = q + size_t{kHB} * kRow * 2;                     // [3][32][kRow]
+  static constexpr size_t s = k + size_t{kStages} * kNK * kRow * 2;           // [4][64][kSRow] F32
   static constexpr size_t p = s + size_t{kQuarters} * kHB * kSRow * 4;        // [64][kPRow]
   static constexpr size_t corr = p + size_t{kHB} * kPRow * 2;                 // [64] F32
   static constexpr size_t fin = corr + size_t{kHB} * 4;                       // [64] F32
-  static constexpr size_t valid = fin + size_t{kHB} * 4;                      // [2][32] int
-  static constexpr size_t list = valid + size_t{2} * kNK * 4;                 // [kListTiles] uint16
+  static constexpr size_t valid = fin + size_t{kHB} * 4;                      // [3][32] int
+  static constexpr size_t list = valid + size_t{kStages} * kNK * 4;           // [kListTiles] uint16
   static constexpr size_t flag = list + size_t{kListTiles} * 2;               // [kListTiles] uint8
   static constexpr size_t count = flag + size_t{kListTiles};                  // int
   static constexpr size_t bytes = count + 16;
   static_assert(kRow * 2 % 16 == 0 && k % 16 == 0 && s % 16 == 0 && p % 16 == 0, "16-byte alignment");
 };
+
+static_assert(Smem<512>::bytes <= 227 * 1024, "head dim 512 fits an H100's 227 KiB of shared memory");
 
 // Warps of phase 3: kMG groups of m tiles (kMT tiles of 16 heads each) x kNG groups of head dims
 // (kNT tiles of 8 each), kMG * kNG = 16.
@@ -255,21 +261,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (n_work > 0) load_tile(0);
   cp_async_commit();  // group 1: tile 0
   fetch_idx(1);
-  for (int64_t w = 0; w < n_work; ++w) {
-    const int st = static_cast<int>(w & 1);
+  for (int64_t w = 0; w <= n_work; ++w) {  // w = n_work: only phase 3 of the last tile
+    const int st = static_cast<int>(w % kStages), pst = static_cast<int>((w + kStages - 1) % kStages);
+    const bool have = w < n_work;
     cp_async_wait<0>();
-    // Tile w (and Q) visible to every thread; every warp is past tile w - 1 (its phase 3 read
-    // stage st ^ 1, its phase 2 wrote sP / sCorr, read by now).
+    // Tile w (and Q) visible to every thread; every warp is past phase 2 of tile w - 1 (sS is
+    // free) and past phase 3 of tile w - 2 (its stage (w + 1) % 3 is free for tile w + 1).
     __syncthreads();
-    if (w + 1 < n_work) {  // tile w + 1 streams in while tile w is computed
-      load_tile(st ^ 1);
+    if (w + 1 < n_work) {  // tile w + 1 streams in while tiles w and w - 1 are computed
+      load_tile(static_cast<int>((w + 1) % kStages));
       cp_async_commit();
       fetch_idx(w + 2);
     }
-    const T* kt = sK + st * (kNK * kRow);
+    const T* kt = sK + st * (kNK * kRow);   // tile w
+    const T* pkt = sK + pst * (kNK * kRow);  // tile w - 1
 
+    // Phases 1 of tile w and 3 of tile w - 1 have no barrier between them: warps drift from one
+    // into the other.
     // 1. Partial scores of m tile mi over the Dh quarter kq, all 32 keys (4 n tiles).
-    {
+    if (have) {
       const int mi = warp & 3, kq = warp >> 2;
       float acc[4][4];
 #pragma unroll
@@ -299,7 +309,52 @@ __global__ void __launch_bounds__(kThreads, 1)
             make_float2(acc[j][2], acc[j][3]);
       }
     }
-    __syncthreads();
+
+    // 3. Tile w - 1: O = O * corr + P . V over its 32 keys (two k steps of 16).
+    if (w > 0) {
+#pragma unroll
+      for (int i = 0; i < PV::kMT; ++i) {
+        const float c0 = sCorr[(mg * PV::kMT + i) * 16 + g], c1 = sCorr[(mg * PV::kMT + i) * 16 + g + 8];
+#pragma unroll
+        for (int j = 0; j < PV::kNT; ++j) {
+          o[i][j][0] *= c0;
+          o[i][j][1] *= c0;
+          o[i][j][2] *= c1;
+          o[i][j][3] *= c1;
+        }
+      }
+      const int d0 = ng * PV::kNT * 8;
+#pragma unroll
+      for (int kk = 0; kk < kNK / 16; ++kk) {
+        uint32_t pf[PV::kMT][4];
+#pragma unroll
+        for (int i = 0; i < PV::kMT; ++i)
+          ldsm_x4(pf[i], smem_addr(sP + ((mg * PV::kMT + i) * 16 + (lane & 15)) * kPRow + kk * 16 + (lane >> 4) * 8));
+        const int vkey = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;  // this lane's V row for ldmatrix
+        if constexpr (PV::kNT % 2 == 0) {
+#pragma unroll
+          for (int jp = 0; jp < PV::kNT / 2; ++jp) {
+            uint32_t bf[4];
+            ldsm_x4_trans(bf, smem_addr(pkt + vkey * kRow + d0 + jp * 16 + (lane >> 4) * 8));
+#pragma unroll
+            for (int i = 0; i < PV::kMT; ++i) {
+              mma16816<T>(o[i][2 * jp], pf[i], bf[0], bf[1]);
+              mma16816<T>(o[i][2 * jp + 1], pf[i], bf[2], bf[3]);
+            }
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < PV::kNT; ++j) {
+            uint32_t bf[2];
+            ldsm_x2_trans(bf, smem_addr(pkt + vkey * kRow + d0 + j * 8));
+#pragma unroll
+            for (int i = 0; i < PV::kMT; ++i) mma16816<T>(o[i][j], pf[i], bf[0], bf[1]);
+          }
+        }
+      }
+    }
+    if (!have) break;
+    __syncthreads();  // partial scores of tile w complete; sP / sCorr read by phase 3 of tile w - 1
 
     // 2. Online softmax: row r, keys c4 .. c4 + 3.
     {
@@ -340,54 +395,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       *reinterpret_cast<uint2*>(sP + r * kPRow + c4) = make_uint2(pack2<T>(p[0], p[1]), pack2<T>(p[2], p[3]));
       if ((tid & 7) == 0) sCorr[r] = corr;
     }
-    __syncthreads();
-
-    // 3. O = O * corr + P . V over the tile's 32 keys (two k steps of 16).
-    {
-#pragma unroll
-      for (int i = 0; i < PV::kMT; ++i) {
-        const float c0 = sCorr[(mg * PV::kMT + i) * 16 + g], c1 = sCorr[(mg * PV::kMT + i) * 16 + g + 8];
-#pragma unroll
-        for (int j = 0; j < PV::kNT; ++j) {
-          o[i][j][0] *= c0;
-          o[i][j][1] *= c0;
-          o[i][j][2] *= c1;
-          o[i][j][3] *= c1;
-        }
-      }
-      const int d0 = ng * PV::kNT * 8;
-#pragma unroll
-      for (int kk = 0; kk < kNK / 16; ++kk) {
-        uint32_t pf[PV::kMT][4];
-#pragma unroll
-        for (int i = 0; i < PV::kMT; ++i)
-          ldsm_x4(pf[i], smem_addr(sP + ((mg * PV::kMT + i) * 16 + (lane & 15)) * kPRow + kk * 16 + (lane >> 4) * 8));
-        const int vkey = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;  // this lane's V row for ldmatrix
-        if constexpr (PV::kNT % 2 == 0) {
-#pragma unroll
-          for (int jp = 0; jp < PV::kNT / 2; ++jp) {
-            uint32_t bf[4];
-            ldsm_x4_trans(bf, smem_addr(kt + vkey * kRow + d0 + jp * 16 + (lane >> 4) * 8));
-#pragma unroll
-            for (int i = 0; i < PV::kMT; ++i) {
-              mma16816<T>(o[i][2 * jp], pf[i], bf[0], bf[1]);
-              mma16816<T>(o[i][2 * jp + 1], pf[i], bf[2], bf[3]);
-            }
-          }
-        } else {
-#pragma unroll
-          for (int j = 0; j < PV::kNT; ++j) {
-            uint32_t bf[2];
-            ldsm_x2_trans(bf, smem_addr(kt + vkey * kRow + d0 + j * 8));
-#pragma unroll
-            for (int i = 0; i < PV::kMT; ++i) mma16816<T>(o[i][j], pf[i], bf[0], bf[1]);
-          }
-        }
-      }
-    }
-    // No barrier here: the next tile's first barrier orders stage st, sP and sCorr (phase 2
-    // of the next tile writes sS / sP only after its phase-1 barrier, which every warp reaches
-    // after this phase 3).
   }
   cp_async_wait<0>();  // no tile: Q's and tile 0's groups are still outstanding
 
