@@ -6,6 +6,9 @@
 //                     prefill (a 2048-token chunk ending a 2K or 8K prompt): every token's sliding
 //                     window over the chunk + its compressed keys (HCA: all ctx/128 entries; CSA:
 //                     its own random top-512 of ctx/4), reported in TFLOP/s (4 H S Dh per token);
+//                     prefill causal: an 8K prompt from position 0 with the model's -1 padding
+//                     (window before the start, entries not complete yet) for sliding, CSA and
+//                     HCA layers, in TFLOP/s of the valid slots;
 //   compressor        compress_chunk at a completing window (CSA main: overlap, 2 x 512; CSA
 //                     indexer: overlap, 2 x 128; HCA: rate 128, 512);
 //   indexer           indexer_scores (64 heads x 128 over ctx/4 keys) and topk (512 of ctx/4);
@@ -148,6 +151,71 @@ void attention_prefill_case(Env& env, bool csa, int64_t ctx, const TensorView& s
   const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
   finish(env, r, out[0].view(), [&](int i) {
     be.sparse_attention(q[i].view(), kv[i].view(), ent[i].view(), idx[i].view(), sink, scale, out[i].view());
+  });
+}
+
+// ---- sparse_attention prefill, model-shaped ------------------------------------------------------
+// An 8192-token prompt in one chunk from position 0, index lists as attention_index makes them:
+// window slots t-127 .. t (-1 before the start), then the compressed slots: sliding none; CSA
+// min(512, (t+1)/4) distinct random entries complete at t (-1 after); HCA the (t+1)/128 complete
+// entries of 64 (-1 after). TFLOP/s counts the valid slots only (4 H Dh per valid slot).
+void attention_prefill_model_case(Env& env, int kind, const TensorView& sink) {
+  ops::Backend& be = env.be;
+  constexpr int64_t kT = 8192;
+  const int64_t N = kind == 1 ? kT / kCsaRate : kind == 2 ? kT / kHcaRate : 0;  // entries at the end
+  const int64_t n_comp = kind == 1 ? kTopK : N;
+  const int64_t S = kWindow + n_comp;
+  Result r;
+  r.group = "attention";
+  r.name = str_cat("prefill causal ", kind == 0 ? "sliding" : kind == 1 ? "csa top-512" : "hca rate-128",
+                   " T 8K from 0 S ", S);
+  r.format = "bf16";
+  r.impl = "clawmine";
+  r.T = kT;
+  std::vector<int32_t> h(static_cast<size_t>(kT * S), -1);
+  std::mt19937 rng(static_cast<uint32_t>(77 + kind));
+  std::vector<int32_t> pool(static_cast<size_t>(std::max<int64_t>(N, 1)));
+  double valid = 0;
+  for (int64_t t = 0; t < kT; ++t) {
+    int32_t* row_idx = h.data() + t * S;
+    for (int64_t s = 0; s < kWindow; ++s) {
+      const int64_t kp = t - kWindow + 1 + s;
+      if (kp >= 0) row_idx[s] = static_cast<int32_t>(kp), ++valid;
+    }
+    const int64_t complete = kind == 1 ? (t + 1) / kCsaRate : kind == 2 ? (t + 1) / kHcaRate : 0;
+    const int64_t n = std::min(n_comp, complete);
+    if (kind == 1) {  // n distinct of the complete entries (partial Fisher-Yates)
+      std::iota(pool.begin(), pool.begin() + complete, 0);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t pick = j + static_cast<int64_t>(rng() % static_cast<uint32_t>(complete - j));
+        std::swap(pool[static_cast<size_t>(j)], pool[static_cast<size_t>(pick)]);
+        row_idx[kWindow + j] = static_cast<int32_t>(kT + pool[static_cast<size_t>(j)]);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) row_idx[kWindow + j] = static_cast<int32_t>(kT + j);
+    }
+    valid += static_cast<double>(n);
+  }
+  const double row = 2.0 * kHeadDim;
+  r.bytes = 2.0 * kT * kHeads * row + (kT + N) * row + 4.0 * kT * S;  // q, out, each key row once, idx
+  r.flops = 4.0 * kHeads * kHeadDim * valid;
+  r.rotation = copies_for(env, r.bytes, r.bytes, 4);
+  std::vector<ops::DeviceBuffer> q, kv, ent, idx, out;
+  for (int i = 0; i < r.rotation; ++i) {
+    q.emplace_back(be, DType::kBF16, Shape{kT, kHeads, kHeadDim});
+    kv.emplace_back(be, DType::kBF16, Shape{kT, kHeadDim});
+    ent.emplace_back(be, DType::kBF16, Shape{std::max<int64_t>(N, 1), kHeadDim});
+    idx.emplace_back(be, DType::kI32, Shape{kT, S});
+    out.emplace_back(be, DType::kBF16, Shape{kT, kHeads, kHeadDim});
+    fill_random(be, q.back().view(), Fill::kFloat, 1800 + i, 1.0f);
+    fill_random(be, kv.back().view(), Fill::kFloat, 1900 + i, 1.0f);
+    fill_random(be, ent.back().view(), Fill::kFloat, 2000 + i, 1.0f);
+    be.upload(h.data(), idx.back().view());
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  finish(env, r, out[0].view(), [&](int i) {
+    be.sparse_attention(q[i].view(), kv[i].view(), N > 0 ? ent[i].view() : TensorView{}, idx[i].view(), sink, scale,
+                        out[i].view());
   });
 }
 
@@ -422,6 +490,7 @@ void run_attention_cases(Env& env) {
       for (int64_t ctx : kContexts) attention_case(env, csa, ctx, sink.view());
     for (bool csa : {false, true})
       for (int64_t ctx : {int64_t{2048}, int64_t{8192}}) attention_prefill_case(env, csa, ctx, sink.view());
+    for (int kind : {0, 1, 2}) attention_prefill_model_case(env, kind, sink.view());
   }
   if (env.opts.wants("compressor")) {
     for (int64_t ctx : {int64_t{16384}, int64_t{131072}}) {

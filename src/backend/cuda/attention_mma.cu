@@ -10,9 +10,19 @@
 //      as BF16/F16 into shared memory, the rescale factor e^(m_old - m_new) beside it;
 //   3. O[64 x Dh] = O * rescale + P . V: each warp owns a slab of O (its heads x its head dims)
 //      in registers for the whole key range.
-// The key tiles are gathered with cp.async (16-byte chunks; invalid slots zero-filled, so V
-// never holds garbage) two stages deep: tile i+1 streams in while tile i is computed. Q is
-// staged once. Shared rows are padded by 16 bytes, so every ldmatrix is conflict-free.
+// Before the tiles, the block scans its slots once (one slot per lane, a ballot per tile): tiles
+// with no valid slot (the model's -1 padding: window slots before the sequence start, compressed
+// slots of entries not complete yet) go off the list and cost nothing; such a tile would add
+// exactly nothing (p = 0, rescale 1), so results are bit-identical with or without the skip.
+// The scan also finds indices outside [-1, rows) (NaN outputs). Ranges of more than kListTiles
+// tiles walk every tile.
+// The listed tiles are gathered with cp.async (16-byte chunks; invalid slots zero-filled, so V
+// never holds garbage) into three buffers, their row indices read from global one tile earlier
+// into registers. Step w of the loop: barrier (tile w ready), start tile w + 1, phase 1 of tile
+// w then phase 3 of tile w - 1 (no barrier between: warps drift from one into the other),
+// barrier, phase 2 of tile w; two barriers per tile, the per-tile arithmetic unchanged (same
+// bits). Q is staged once. Shared rows are padded by 16 bytes, so every ldmatrix is
+// conflict-free.
 // The end: out = O * e^(m - M) / (l e^(m - M) + e^(sink - M)), M = max(m, sink); 0 with no
 // valid key, NaN after a bad index; or, for a split, the partial (m, l, O) (attention_kernels.cuh).
 #include <cmath>
@@ -32,21 +42,32 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kSRow = kNK + 8;  // floats per row of a partial score tile (float2 stores conflict-free)
 constexpr int kPRow = kNK + 8;  // elements per row of P (80-byte rows: ldmatrix conflict-free)
 constexpr int kQuarters = 4;    // phase 1 splits Dh in 4 over the warps
+// Tiles of one key range the block lists (those with a valid slot); a range of more tiles walks
+// every tile (nothing skipped, same results). 2048 tiles = 65536 slots.
+constexpr int kListTiles = 2048;
+// Key tile buffers: tile w + 1 streams in while phase 1 reads tile w and phase 3 tile w - 1.
+constexpr int kStages = 3;
+static_assert(kNK == 32, "the tile scan takes one slot per lane");
 
 // Shared memory of one block, in bytes from the start (every part 16-byte aligned).
 template <int DH>
 struct Smem {
   static constexpr int kRow = DH + 8;  // elements per Q / K row (16 bytes of padding)
   static constexpr size_t q = 0;                                              // [64][kRow]
-  static constexpr size_t k = q + size_t{kHB} * kRow * 2;                     // [2][32][kRow]
-  static constexpr size_t s = k + size_t{2} * kNK * kRow * 2;                 // [4][64][kSRow] F32
+  static constexpr size_t k = q + size_t{kHB} * kRow * 2;                     // [3][32][kRow]
+  static constexpr size_t s = k + size_t{kStages} * kNK * kRow * 2;           // [4][64][kSRow] F32
   static constexpr size_t p = s + size_t{kQuarters} * kHB * kSRow * 4;        // [64][kPRow]
   static constexpr size_t corr = p + size_t{kHB} * kPRow * 2;                 // [64] F32
   static constexpr size_t fin = corr + size_t{kHB} * 4;                       // [64] F32
-  static constexpr size_t valid = fin + size_t{kHB} * 4;                      // [2][32] int
-  static constexpr size_t bytes = valid + size_t{2} * kNK * 4;
+  static constexpr size_t valid = fin + size_t{kHB} * 4;                      // [3][32] int
+  static constexpr size_t list = valid + size_t{kStages} * kNK * 4;           // [kListTiles] uint16
+  static constexpr size_t flag = list + size_t{kListTiles} * 2;               // [kListTiles] uint8
+  static constexpr size_t count = flag + size_t{kListTiles};                  // int
+  static constexpr size_t bytes = count + 16;
   static_assert(kRow * 2 % 16 == 0 && k % 16 == 0 && s % 16 == 0 && p % 16 == 0, "16-byte alignment");
 };
+
+static_assert(Smem<512>::bytes <= 227 * 1024, "head dim 512 fits an H100's 227 KiB of shared memory");
 
 // Warps of phase 3: kMG groups of m tiles (kMT tiles of 16 heads each) x kNG groups of head dims
 // (kNT tiles of 8 each), kMG * kNG = 16.
@@ -138,6 +159,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* sCorr = reinterpret_cast<float*>(smem + L::corr);
   float* sFin = reinterpret_cast<float*>(smem + L::fin);
   int* sValid = reinterpret_cast<int*>(smem + L::valid);
+  uint16_t* sList = reinterpret_cast<uint16_t*>(smem + L::list);
+  uint8_t* sFlag = reinterpret_cast<uint8_t*>(smem + L::flag);
+  int* sCount = reinterpret_cast<int*>(smem + L::count);
 
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;  // fragment row / column pair of this lane
@@ -149,23 +173,70 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t n_tiles = s_end > s_begin ? (s_end - s_begin + kNK - 1) / kNK : 0;
   const int32_t* row_idx = a.idx + t * a.S;
 
-  // Q rows of the head group (zeros past H).
+  // Q rows of the head group (zeros past H): commit group 0.
   for (int i = tid; i < kHB * kChunks; i += kThreads) {
     const int r = i / kChunks, col = (i % kChunks) * 8;
     const bool ok = h0 + r < a.H;
     const T* src = ok ? a.q + ((t * a.H + h0 + r) * DH + col) : a.q;
     cp_async16(smem_addr(sQ + r * kRow + col), src, ok);
   }
-  // Key tile `tile` (slots s_begin + 32 tile ..) into stage `st`; sValid marks the loaded rows.
+  cp_async_commit();
+
+  // Tile scan (while Q streams in): warp w reads tiles w, w + 16, .. one slot per lane; a tile
+  // whose slots are all -1 (or out of range) is skipped: it would add nothing (p = 0 against
+  // zero-filled rows, rescale 1), so skipping it leaves every result bit-identical. An index
+  // outside [-1, rows) anywhere in the range makes the outputs NaN (`bad`).
   int bad = 0;  // this thread met an index outside [-1, rows)
-  auto load_tile = [&](int64_t tile, int st) {
+  const bool use_list = n_tiles <= kListTiles;
+  for (int64_t i = warp; i < n_tiles; i += kWarps) {
+    const int64_t s = s_begin + i * kNK + lane;
+    const int32_t r = s < s_end ? row_idx[s] : -1;
+    if (r < -1 || r >= a.n_rows) bad = 1;
+    const unsigned any = __ballot_sync(0xffffffffu, r >= 0 && r < a.n_rows);
+    if (lane == 0 && use_list) sFlag[i] = any != 0u ? 1 : 0;
+  }
+  __syncthreads();
+  if (use_list && warp == 0) {  // compaction in tile order
+    int count = 0;
+    for (int base = 0; base < n_tiles; base += 32) {
+      const int i = base + lane;
+      const bool f = i < n_tiles && sFlag[i] != 0;
+      const unsigned m = __ballot_sync(0xffffffffu, f);
+      if (f) sList[count + __popc(m & ((1u << lane) - 1u))] = static_cast<uint16_t>(i);
+      count += __popc(m);
+    }
+    if (lane == 0) *sCount = count;
+  }
+  __syncthreads();
+  const int64_t n_work = use_list ? *sCount : n_tiles;  // tiles walked: list positions 0 .. n_work
+
+  // Gathering a tile: thread tid copies chunks i = tid + k kThreads (row i / kChunks). Its rows'
+  // indices are read one tile ahead into registers (pre), so the global read's latency hides
+  // behind a tile's compute instead of stalling the copy.
+  constexpr int kPer = (kNK * kChunks + kThreads - 1) / kThreads;
+  int32_t pre[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) pre[k] = -1;
+  auto fetch_idx = [&](int64_t w) {
+    if (w >= n_work) return;
+    const int64_t tile = use_list ? static_cast<int64_t>(sList[w]) : w;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int i = tid + k * kThreads;
+      const int64_t s = s_begin + tile * kNK + i / kChunks;
+      pre[k] = i < kNK * kChunks && s < s_end ? row_idx[s] : -1;
+    }
+  };
+  // The tile of the last fetch_idx into stage st; sValid marks the loaded rows.
+  auto load_tile = [&](int st) {
     T* dst = sK + st * (kNK * kRow);
-    for (int i = tid; i < kNK * kChunks; i += kThreads) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int i = tid + k * kThreads;
+      if (i >= kNK * kChunks) break;
       const int j = i / kChunks, col = (i % kChunks) * 8;
-      const int64_t s = s_begin + tile * kNK + j;
-      const int32_t r = s < s_end ? row_idx[s] : -1;
+      const int32_t r = pre[k];
       const bool ok = r >= 0 && r < a.n_rows;
-      if (r < -1 || r >= a.n_rows) bad = 1;
       if (col == 0) sValid[st * kNK + j] = ok ? 1 : 0;
       const T* src = !ok ? a.kv
                          : r < a.n_kv ? a.kv + (static_cast<int64_t>(r) * DH + col)
@@ -186,22 +257,29 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[i][j][e] = 0.0f;
 
-  if (n_tiles > 0) load_tile(0, 0);
-  cp_async_commit();  // group 0: Q and tile 0
-  for (int64_t tile = 0; tile < n_tiles; ++tile) {
-    const int st = static_cast<int>(tile & 1);
-    if (tile + 1 < n_tiles) {
-      load_tile(tile + 1, st ^ 1);  // stage st ^ 1 was last read before the previous tile's final barrier
+  fetch_idx(0);
+  if (n_work > 0) load_tile(0);
+  cp_async_commit();  // group 1: tile 0
+  fetch_idx(1);
+  for (int64_t w = 0; w <= n_work; ++w) {  // w = n_work: only phase 3 of the last tile
+    const int st = static_cast<int>(w % kStages), pst = static_cast<int>((w + kStages - 1) % kStages);
+    const bool have = w < n_work;
+    cp_async_wait<0>();
+    // Tile w (and Q) visible to every thread; every warp is past phase 2 of tile w - 1 (sS is
+    // free) and past phase 3 of tile w - 2 (its stage (w + 1) % 3 is free for tile w + 1).
+    __syncthreads();
+    if (w + 1 < n_work) {  // tile w + 1 streams in while tiles w and w - 1 are computed
+      load_tile(static_cast<int>((w + 1) % kStages));
       cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+      fetch_idx(w + 2);
     }
-    __syncthreads();  // tile (and Q) visible to every thread
-    const T* kt = sK + st * (kNK * kRow);
+    const T* kt = sK + st * (kNK * kRow);   // tile w
+    const T* pkt = sK + pst * (kNK * kRow);  // tile w - 1
 
+    // Phases 1 of tile w and 3 of tile w - 1 have no barrier between them: warps drift from one
+    // into the other.
     // 1. Partial scores of m tile mi over the Dh quarter kq, all 32 keys (4 n tiles).
-    {
+    if (have) {
       const int mi = warp & 3, kq = warp >> 2;
       float acc[4][4];
 #pragma unroll
@@ -231,7 +309,52 @@ __global__ void __launch_bounds__(kThreads, 1)
             make_float2(acc[j][2], acc[j][3]);
       }
     }
-    __syncthreads();
+
+    // 3. Tile w - 1: O = O * corr + P . V over its 32 keys (two k steps of 16).
+    if (w > 0) {
+#pragma unroll
+      for (int i = 0; i < PV::kMT; ++i) {
+        const float c0 = sCorr[(mg * PV::kMT + i) * 16 + g], c1 = sCorr[(mg * PV::kMT + i) * 16 + g + 8];
+#pragma unroll
+        for (int j = 0; j < PV::kNT; ++j) {
+          o[i][j][0] *= c0;
+          o[i][j][1] *= c0;
+          o[i][j][2] *= c1;
+          o[i][j][3] *= c1;
+        }
+      }
+      const int d0 = ng * PV::kNT * 8;
+#pragma unroll
+      for (int kk = 0; kk < kNK / 16; ++kk) {
+        uint32_t pf[PV::kMT][4];
+#pragma unroll
+        for (int i = 0; i < PV::kMT; ++i)
+          ldsm_x4(pf[i], smem_addr(sP + ((mg * PV::kMT + i) * 16 + (lane & 15)) * kPRow + kk * 16 + (lane >> 4) * 8));
+        const int vkey = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;  // this lane's V row for ldmatrix
+        if constexpr (PV::kNT % 2 == 0) {
+#pragma unroll
+          for (int jp = 0; jp < PV::kNT / 2; ++jp) {
+            uint32_t bf[4];
+            ldsm_x4_trans(bf, smem_addr(pkt + vkey * kRow + d0 + jp * 16 + (lane >> 4) * 8));
+#pragma unroll
+            for (int i = 0; i < PV::kMT; ++i) {
+              mma16816<T>(o[i][2 * jp], pf[i], bf[0], bf[1]);
+              mma16816<T>(o[i][2 * jp + 1], pf[i], bf[2], bf[3]);
+            }
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < PV::kNT; ++j) {
+            uint32_t bf[2];
+            ldsm_x2_trans(bf, smem_addr(pkt + vkey * kRow + d0 + j * 8));
+#pragma unroll
+            for (int i = 0; i < PV::kMT; ++i) mma16816<T>(o[i][j], pf[i], bf[0], bf[1]);
+          }
+        }
+      }
+    }
+    if (!have) break;
+    __syncthreads();  // partial scores of tile w complete; sP / sCorr read by phase 3 of tile w - 1
 
     // 2. Online softmax: row r, keys c4 .. c4 + 3.
     {
@@ -272,54 +395,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       *reinterpret_cast<uint2*>(sP + r * kPRow + c4) = make_uint2(pack2<T>(p[0], p[1]), pack2<T>(p[2], p[3]));
       if ((tid & 7) == 0) sCorr[r] = corr;
     }
-    __syncthreads();
-
-    // 3. O = O * corr + P . V over the tile's 32 keys (two k steps of 16).
-    {
-#pragma unroll
-      for (int i = 0; i < PV::kMT; ++i) {
-        const float c0 = sCorr[(mg * PV::kMT + i) * 16 + g], c1 = sCorr[(mg * PV::kMT + i) * 16 + g + 8];
-#pragma unroll
-        for (int j = 0; j < PV::kNT; ++j) {
-          o[i][j][0] *= c0;
-          o[i][j][1] *= c0;
-          o[i][j][2] *= c1;
-          o[i][j][3] *= c1;
-        }
-      }
-      const int d0 = ng * PV::kNT * 8;
-#pragma unroll
-      for (int kk = 0; kk < kNK / 16; ++kk) {
-        uint32_t pf[PV::kMT][4];
-#pragma unroll
-        for (int i = 0; i < PV::kMT; ++i)
-          ldsm_x4(pf[i], smem_addr(sP + ((mg * PV::kMT + i) * 16 + (lane & 15)) * kPRow + kk * 16 + (lane >> 4) * 8));
-        const int vkey = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;  // this lane's V row for ldmatrix
-        if constexpr (PV::kNT % 2 == 0) {
-#pragma unroll
-          for (int jp = 0; jp < PV::kNT / 2; ++jp) {
-            uint32_t bf[4];
-            ldsm_x4_trans(bf, smem_addr(kt + vkey * kRow + d0 + jp * 16 + (lane >> 4) * 8));
-#pragma unroll
-            for (int i = 0; i < PV::kMT; ++i) {
-              mma16816<T>(o[i][2 * jp], pf[i], bf[0], bf[1]);
-              mma16816<T>(o[i][2 * jp + 1], pf[i], bf[2], bf[3]);
-            }
-          }
-        } else {
-#pragma unroll
-          for (int j = 0; j < PV::kNT; ++j) {
-            uint32_t bf[2];
-            ldsm_x2_trans(bf, smem_addr(kt + vkey * kRow + d0 + j * 8));
-#pragma unroll
-            for (int i = 0; i < PV::kMT; ++i) mma16816<T>(o[i][j], pf[i], bf[0], bf[1]);
-          }
-        }
-      }
-    }
-    __syncthreads();  // stage st, sS, sP and sCorr are rewritten next
   }
-  cp_async_wait<0>();  // no tile: Q's group is still outstanding
+  cp_async_wait<0>();  // no tile: Q's and tile 0's groups are still outstanding
 
   const bool any_bad = __syncthreads_or(bad) != 0;
   const bool final_out = part_acc == nullptr;

@@ -11,7 +11,11 @@
 //    with no key (0), no entries pool; an index outside the key space gives NaN, never a read out
 //    of bounds. Each kernel path is hit on purpose: split-S decode (T = 1, S = 640 / 1152: the
 //    FMA kernel for F32, tensor cores for BF16/F16, then the merge), the unsplit tensor-core
-//    prefill (T = 64, 300), splits with empty ranges, and bit-identical repeats.
+//    prefill (T = 64, 300), splits with empty ranges, and bit-identical repeats;
+//  * the tensor-core kernel's skip of key tiles without a valid slot: model-shaped causal lists
+//    (window -1 before the start, CSA / HCA entries not complete yet), -1 tiles in the middle of
+//    long lists, queries without keys (0), split and unsplit, and a list past the kernel's
+//    2048-tile capacity (every tile walked).
 // Skips without a GPU.
 #include <gtest/gtest.h>
 
@@ -310,6 +314,89 @@ TEST_F(CudaAttention, SparseAttentionRejectsMixedDtypes) {
   ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {1, 1, 64});
   EXPECT_THROW(cuda->sparse_attention(q.view(), kv.view(), TensorView{}, d_idx.view(), TensorView{}, 1.0f, out.view()),
                Error);
+}
+
+// ---- tensor-core prefill: empty key tiles skipped (attention_mma.cu) ----------------------------
+
+// Model-shaped index lists: window slots t-W+1 .. t (-1 before the sequence start), then
+// `valid(t)` compressed slots (entry rows), -1 after; query `empty_row` (if >= 0) has no key.
+std::vector<int32_t> causal_idx(const AttnCase& c, int64_t (*valid)(int64_t), int64_t empty_row) {
+  const int64_t S = c.Wslots + c.Cslots;
+  std::vector<int32_t> idx(static_cast<size_t>(c.T * S), -1);
+  for (int64_t t = 0; t < c.T; ++t) {
+    if (t == empty_row) continue;
+    for (int64_t s = 0; s < c.Wslots; ++s) {
+      const int64_t kp = t - c.Wslots + 1 + s;
+      if (kp >= 0) idx[t * S + s] = static_cast<int32_t>(kp % c.Nw);
+    }
+    const int64_t n = std::min(c.Cslots, valid(t));
+    for (int64_t j = 0; j < n; ++j) idx[t * S + c.Wslots + j] = static_cast<int32_t>(c.Nw + (t * 7 + j * 13) % c.Ne);
+  }
+  return idx;
+}
+
+void expect_zero_row(const std::vector<float>& got, const AttnCase& c, int64_t t) {
+  for (int64_t i = t * c.H * c.Dh; i < (t + 1) * c.H * c.Dh; ++i) {
+    EXPECT_EQ(got[i], 0.0f) << "query " << t << " without keys, element " << i;
+    if (got[i] != 0.0f) break;
+  }
+}
+
+// Causal prefill lists as the model makes them (CSA min(k, (t+1)/4) entries, HCA (t+1)/rate):
+// tiles wholly -1 (window before the start, entries not complete yet) are skipped, partly padded
+// tiles computed; a query without any key gives 0; repeats are bit-identical.
+TEST_F(CudaAttention, SparseAttentionPrefillCausalPadding) {
+  struct Case {
+    AttnCase c;
+    int64_t (*valid)(int64_t);
+  };
+  const Case cases[] = {
+      {{"causal CSA T300 k512", 300, 64, 512, 300, 600, 128, 512}, [](int64_t t) { return (t + 1) / 4; }},
+      {{"causal HCA-like T300 rate 8", 300, 64, 512, 300, 64, 128, 64}, [](int64_t t) { return (t + 1) / 8; }},
+      {{"causal H80 Dh128 T200", 200, 80, 128, 200, 90, 64, 90}, [](int64_t t) { return (t + 1) / 3; }},
+  };
+  uint32_t seed = 9000;
+  for (const Case& k : cases) {
+    const std::vector<int32_t> idx = causal_idx(k.c, k.valid, 5);
+    for (const DType dt : {DType::kBF16, DType::kF16}) {
+      const std::vector<float> a = check_sparse_attention(*cpu, *cuda, k.c, dt, seed, &idx);
+      expect_zero_row(a, k.c, 5);
+      const std::vector<float> b = check_sparse_attention(*cpu, *cuda, k.c, dt, seed, &idx);
+      SCOPED_TRACE(str_cat(k.c.name, " ", dtype_label(dt), " repeated"));
+      EXPECT_TRUE(same_bits(b, a));
+      seed += 10;
+    }
+  }
+}
+
+// Long key ranges: whole -1 tiles in the middle of a list (not only at its tail), queries without
+// keys, one block per query (T large enough that S is not split) and split decode; and a range of
+// more than 2048 tiles (the kernel's tile list capacity: every tile walked, same results).
+TEST_F(CudaAttention, SparseAttentionPrefillLongSparseRanges) {
+  const AttnCase cases[] = {
+      {"H8 Dh128 T80 S4224 unsplit", 80, 8, 128, 100, 5000, 128, 4096},
+      {"H64 Dh512 T2 S4224 split", 2, 64, 512, 100, 5000, 128, 4096},
+      {"H4 Dh64 T70 S66000 past the tile list", 70, 4, 64, 100, 3000, 128, 65872},
+  };
+  uint32_t seed = 9500;
+  for (const AttnCase& c : cases) {
+    const int64_t S = c.Wslots + c.Cslots;
+    std::mt19937 rng(seed);
+    std::vector<int32_t> idx(static_cast<size_t>(c.T * S), -1);
+    for (int64_t t = 0; t < c.T; ++t) {
+      if (t % 9 == 4) continue;  // no key at all
+      const int64_t period = 97 + t % 5 * 331;  // runs of 0-31 valid slots separated by -1 gaps of several tiles
+      for (int64_t s = t % 3; s < S; s += period) {
+        const int64_t run = static_cast<int64_t>(rng() % 32);
+        for (int64_t j = s; j < std::min(S, s + run); ++j)
+          idx[t * S + j] = static_cast<int32_t>(j < c.Wslots ? j % c.Nw : c.Nw + (j * 31 + t) % c.Ne);
+      }
+    }
+    for (const DType dt : {DType::kBF16, DType::kF16}) {
+      const std::vector<float> got = check_sparse_attention(*cpu, *cuda, c, dt, seed += 10, &idx);
+      for (int64_t t = 4; t < c.T; t += 9) expect_zero_row(got, c, t);
+    }
+  }
 }
 
 }  // namespace
