@@ -200,6 +200,28 @@ class Backend {
   // y [T, D]; X, X_out [T, hc, D] F32 (X_out must not alias X).
   virtual void hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
                        const TensorView& X_out) = 0;
+  // One hyper-connection site between two sub-layers (spec §3.2): the streams out of the sub-layer
+  // before, then the pre-mix and input norm of the sub-layer after:
+  //   hc_post(y, X, post, comb, X_out);  hc_pre(X_out, w, p, x_in, post_out, comb_out);
+  //   rms_norm(x_in, norm_weight, eps, x_in)
+  // Defined as exactly that composition (x_in rounded to its dtype before the norm); a backend may
+  // run it as fewer passes over X_out with the same results. post_out, comb_out may be post, comb
+  // (each token's are read before they are written); X_out must not alias X. The default issues
+  // the three ops, so decorators (tracer, recorder, profiler) see them one by one.
+  virtual void hc_post_pre(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
+                           const TensorView& X_out, const HyperConnectionWeights& w, const HcParams& p,
+                           const TensorView& norm_weight, float eps, const TensorView& x_in,
+                           const TensorView& post_out, const TensorView& comb_out) {
+    hc_post_pre_unfused(y, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
+  }
+  void hc_post_pre_unfused(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
+                           const TensorView& X_out, const HyperConnectionWeights& w, const HcParams& p,
+                           const TensorView& norm_weight, float eps, const TensorView& x_in,
+                           const TensorView& post_out, const TensorView& comb_out) {
+    hc_post(y, X, post, comb, X_out);
+    hc_pre(X_out, w, p, x_in, post_out, comb_out);
+    rms_norm(x_in, &norm_weight, eps, x_in);
+  }
   // y[t, d] = sum_j (sigmoid(mix[j]*scale[0] + base[j]) + hc_eps) * X[t, j, d] with mix as in hc_pre
   // (fn [hc, hc*D], base [hc], scale [1]).  X [T, hc, D] F32; y [T, D].
   virtual void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) = 0;

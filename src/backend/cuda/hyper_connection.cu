@@ -21,650 +21,27 @@
 // hc_mult = 4 is instantiated (V4-Flash and V4-Pro); another value is one case in hc_dispatch.
 #include <algorithm>
 
-#include "backend/cuda/backend_impl.cuh"
-#include "backend/cuda/rowwise.cuh"
+#include "backend/cuda/hc_device.cuh"
 
 namespace clawmine::backend::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int64_t kMinSplit = 1024;  // prefill path: elements of the flattened row per block, at least
-constexpr int kFusedMaxT = 64;       // tokens that take the fused kernel (one counter each)
-
-template <typename F>
-void hc_dispatch(int64_t hc, const char* op, F&& f) {
-  switch (hc) {
-    case 4:
-      f(std::integral_constant<int, 4>{});
-      return;
-    default:
-      throw Error(str_cat("cuda ", op, ": hc_mult ", hc, " is not instantiated (hyper_connection.cu has 4)"));
-  }
-}
-
-// partial[(t * S + s) * (kMix + 1) + m]: over elements [s * chunk, min(n, (s+1) * chunk)) of
-// token t's flattened streams xf = X[t] (n = hc*D): m < kMix: xf . fn[m]; m = kMix: xf . xf.
-// packed: n and chunk are multiples of 4 and X, fn are 16-byte (F32) / 8-byte aligned.
-template <int kMix, typename Tf>
-__global__ void __launch_bounds__(kThreads)
-    hc_mix_partial_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int64_t n, int64_t chunk,
-                          float* __restrict__ partial, bool packed) {
-  pdl_trigger();
-  pdl_wait();
-  __shared__ float red[kWarps][kMix + 1];
-  const int64_t t = blockIdx.x;
-  const int s = blockIdx.y, S = gridDim.y;
-  const int64_t begin = s * chunk, end = min(n, begin + chunk);
-  const float* xt = X + t * n;
-  float acc[kMix + 1];
-#pragma unroll
-  for (int m = 0; m <= kMix; ++m) acc[m] = 0.0f;
-  if (packed) {
-    for (int64_t i = begin + 4 * static_cast<int64_t>(threadIdx.x); i < end; i += 4 * kThreads) {
-      float xv[4];
-      rowwise::load_packed<4>(xt + i, xv);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[kMix] = fmaf(xv[q], xv[q], acc[kMix]);
-#pragma unroll
-      for (int m = 0; m < kMix; ++m) {
-        float fv[4];
-        rowwise::load_packed<4>(fn + m * n + i, fv);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[m] = fmaf(xv[q], fv[q], acc[m]);
-      }
-    }
-  } else {
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-      const float xv = xt[i];
-      acc[kMix] = fmaf(xv, xv, acc[kMix]);
-#pragma unroll
-      for (int m = 0; m < kMix; ++m) acc[m] = fmaf(xv, to_f32(fn[m * n + i]), acc[m]);
-    }
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int m = 0; m <= kMix; ++m) {
-    const float v = rowwise::warp_sum(acc[m]);
-    if (lane == 0) red[warp][m] = v;
-  }
-  __syncthreads();
-  if (threadIdx.x <= kMix) {
-    float v = 0.0f;
-    for (int w = 0; w < kWarps; ++w) v += red[w][threadIdx.x];
-    partial[(t * S + s) * (kMix + 1) + threadIdx.x] = v;
-  }
-}
-
-// Prefill mix over token tiles (hc_mix_tile): block (tile, split) takes kTileTokens tokens and
-// the elements [s * chunk, +chunk) of their flattened rows. Warp w holds 32 tokens; lane
-// (slot = lane / 4, k group g = lane % 4) holds the 4 tokens slot + 8 i of the warp and, per
-// step of 16 elements, elements 4 g .. 4 g + 3: one 16-byte load of X per token (X is read once,
-// straight into registers, the next step's loads in flight during this step's FMAs and an L2
-// prefetch kPrefetchSteps steps ahead), and every row of fn from shared memory (chunks of
-// kTileKC elements staged by cp.async, double-buffered; the 8 lanes of a k group read the same
-// 16 bytes, one broadcast wavefront), 4 * kMix * 4 + 16 FMAs per step: fn is reused by 32 tokens
-// per load and the kernel is bound by X's bandwidth, not by L2 traffic of fn (the per-token
-// kernel read all of fn, 1.5 MB, once per token). Each lane's sums run over its k group in
-// order, then lanes g = 0..3 are added (xor 1, then 2: every lane gets the same bits) and the
-// block writes partial[t, s, 0..kMix] like hc_mix_partial; hc_finish sums the splits.
-constexpr int kTileWarps = 8;
-constexpr int kTileTokens = 32 * kTileWarps;  // tokens per block
-constexpr int kTileKC = 256;                  // elements per fn chunk in shared memory
-constexpr int kStepK = 16;                    // elements per warp step (4 k groups x 4)
-constexpr int kPrefetchSteps = 8;             // L2 prefetch distance of X (2 cache lines ahead)
-constexpr int64_t kTileMinT = 128;            // fewer tokens fill too little of a tile
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const auto dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
-// n % kTileKC == 0, chunk % kTileKC == 0, T * n < 2^31, X and fn 16-byte aligned.
-template <int kMix, typename Tf>
-__global__ void __launch_bounds__(32 * kTileWarps, 1)
-    hc_mix_tile_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int T, int n, int chunk,
-                       float* __restrict__ partial) {
-  pdl_trigger();
-  pdl_wait();
-  constexpr int kRows = kMix + 1, kVec = 16 / static_cast<int>(sizeof(Tf));
-  constexpr int kCopies = kMix * kTileKC / kVec;  // 16-byte copies per chunk
-  __shared__ __align__(16) Tf fs[2][kMix][kTileKC];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slot = lane >> 2, g = lane & 3;
-  const int s = blockIdx.y, S = gridDim.y;
-  const int k_begin = s * chunk, k_end = min(n, k_begin + chunk);
-  const int t0 = blockIdx.x * kTileTokens + warp * 32 + slot;  // tokens t0 + 8 i
-  int off[4];  // element offsets of this lane's tokens (past T: the last token, never stored)
-#pragma unroll
-  for (int i = 0; i < 4; ++i) off[i] = min(t0 + 8 * i, T - 1) * n + 4 * g;
-
-  auto stage = [&](int c) {  // chunk c of fn into fs[c & 1]
-    const int k0 = k_begin + c * kTileKC;
-    for (int q = threadIdx.x; q < kCopies; q += 32 * kTileWarps) {
-      const int m = q / (kTileKC / kVec), e = q % (kTileKC / kVec) * kVec;
-      cp_async16(&fs[c & 1][m][e], fn + static_cast<int64_t>(m) * n + k0 + e);
-    }
-    cp_async_commit();
-  };
-  const int chunks = (k_end - k_begin) / kTileKC;
-  stage(0);
-  float acc[4][kMix], sq[4], xc[4][4], xn[4][4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    sq[i] = 0.0f;
-#pragma unroll
-    for (int m = 0; m < kMix; ++m) acc[i][m] = 0.0f;
-    rowwise::load_packed<4>(X + off[i] + k_begin, xc[i]);
-#pragma unroll
-    for (int q = 0; q < 4; ++q) xn[i][q] = 0.0f;
-  }
-  for (int c = 0; c < chunks; ++c) {
-    cp_async_wait_all();
-    __syncthreads();  // chunk c is in fs[c & 1]; every warp is done with chunk c - 1 (the other buffer)
-    if (c + 1 < chunks) stage(c + 1);
-    const Tf(*f)[kTileKC] = fs[c & 1];
-#pragma unroll 1
-    for (int st = 0; st < kTileKC / kStepK; ++st) {
-      const int k = k_begin + c * kTileKC + st * kStepK;
-      if (k + kStepK < k_end) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) rowwise::load_packed<4>(X + off[i] + k + kStepK, xn[i]);
-      }
-      if (k + kPrefetchSteps * kStepK < k_end) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) prefetch_l2(X + off[i] + k + kPrefetchSteps * kStepK);
-      }
-      const int e = st * kStepK + 4 * g;
-#pragma unroll
-      for (int m = 0; m < kMix; ++m) {
-        float fv[4];
-        rowwise::load_packed<4>(&f[m][e], fv);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-          for (int q = 0; q < 4; ++q) acc[i][m] = fmaf(xc[i][q], fv[q], acc[i][m]);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          sq[i] = fmaf(xc[i][q], xc[i][q], sq[i]);
-          xc[i][q] = xn[i][q];
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-#pragma unroll
-    for (int o = 1; o <= 2; o <<= 1) {
-#pragma unroll
-      for (int m = 0; m < kMix; ++m) acc[i][m] += __shfl_xor_sync(0xffffffffu, acc[i][m], o);
-      sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], o);
-    }
-    const int t = t0 + 8 * i;
-    if (t < T) {  // lane g stores the rows m = g mod 4
-      float* pt = partial + (static_cast<int64_t>(t) * S + s) * kRows;
-#pragma unroll
-      for (int m = 0; m < kMix; ++m)
-        if (m % 4 == g) pt[m] = acc[i][m];
-      if (kMix % 4 == g) pt[kMix] = sq[i];
-    }
-  }
-}
-
-__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-// 1 / x to within 1 ulp (one MUFU op, no slow path): the Sinkhorn divisions. x is a sum of
-// positive terms plus hc_eps, never zero, subnormal or infinite for finite logits.
-__device__ __forceinline__ float fast_rcp(float x) {
-  float r;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-  return r;
-}
-
-struct HcScalars {
-  const void* base;
-  rowwise::FloatCode base_code;
-  const void* scale;
-  rowwise::FloatCode scale_code;
-  float rms_eps, hc_eps;
-  int sinkhorn_iters;
-};
-
-template <int HC, bool kHead>
-constexpr int mix_count() {
-  return kHead ? HC : (2 + HC) * HC;
-}
-
-// The gate weights of mix row `lane` (lanes < kMix; others get zeros): base[lane] and its scale
-// (scale[0] for the pre rows, [1] for post, [2] for comb).
-template <int HC, bool kHead>
-__device__ __forceinline__ float2 load_gate_weight(const HcScalars& p, int lane) {
-  if (lane >= mix_count<HC, kHead>()) return make_float2(0.0f, 0.0f);
-  const int which = lane < HC ? 0 : lane < 2 * HC ? 1 : 2;
-  return make_float2(rowwise::load_float(p.base, p.base_code, lane), rowwise::load_float(p.scale, p.scale_code, which));
-}
-
-// Sum of v[0..N) in pairwise order ((v0 + v1) + (v2 + v3)) ...; N a power of two.
-template <int N>
-__device__ __forceinline__ float pairwise_sum(const float (&v)[N]) {
-  float s[N];
-#pragma unroll
-  for (int i = 0; i < N; ++i) s[i] = v[i];
-#pragma unroll
-  for (int w = 1; w < N; w *= 2) {
-#pragma unroll
-    for (int i = 0; i < N; i += 2 * w) s[i] = __fadd_rn(s[i], s[i + w]);
-  }
-  return s[0];
-}
-
-// One thread, the hc x hc matrix in registers: c holds the comb logits on entry and the
-// Sinkhorn-normalized comb on return (contract in ops/backend.h). Each normalization is a
-// pairwise sum, + eps, one approximate reciprocal and HC multiplications: the four rows (columns)
-// are independent, so a half-iteration's latency is about 2 adds + rcp + 1 mul (~35 cycles).
-template <int HC>
-__device__ __forceinline__ void sinkhorn_in_registers(float (&c)[HC][HC], float eps, int iters) {
-#pragma unroll
-  for (int j = 0; j < HC; ++j) {
-    float mx = c[j][0];
-#pragma unroll
-    for (int k = 1; k < HC; ++k) mx = fmaxf(mx, c[j][k]);
-#pragma unroll
-    for (int k = 0; k < HC; ++k) c[j][k] = expf(c[j][k] - mx);
-    const float inv = fast_rcp(pairwise_sum(c[j]));
-#pragma unroll
-    for (int k = 0; k < HC; ++k) c[j][k] = __fadd_rn(__fmul_rn(c[j][k], inv), eps);
-  }
-  auto normalize_rows = [&] {
-    float inv[HC];
-#pragma unroll
-    for (int j = 0; j < HC; ++j) inv[j] = fast_rcp(__fadd_rn(pairwise_sum(c[j]), eps));
-#pragma unroll
-    for (int j = 0; j < HC; ++j) {
-#pragma unroll
-      for (int k = 0; k < HC; ++k) c[j][k] = __fmul_rn(c[j][k], inv[j]);
-    }
-  };
-  auto normalize_columns = [&] {
-    float inv[HC];
-#pragma unroll
-    for (int k = 0; k < HC; ++k) {
-      float col[HC];
-#pragma unroll
-      for (int j = 0; j < HC; ++j) col[j] = c[j][k];
-      inv[k] = fast_rcp(__fadd_rn(pairwise_sum(col), eps));
-    }
-#pragma unroll
-    for (int j = 0; j < HC; ++j) {
-#pragma unroll
-      for (int k = 0; k < HC; ++k) c[j][k] = __fmul_rn(c[j][k], inv[k]);
-    }
-  };
-  normalize_columns();
-  for (int it = 1; it < iters; ++it) {
-    normalize_rows();
-    normalize_columns();
-  }
-}
-
-// One warp, after the mix totals: lane l < kMix + 1 holds tot (mix total l; l = kMix: the sum of
-// squares of the token's hc*D elements) and gw (base, scale) of row l. Every lane returns the pre
-// gates in w; with `rest` (one warp per token, hc_pre) lanes HC..2HC-1 also write post[t] and
-// lane 0 computes comb[t] (the logits gathered from lanes 2HC.. by shuffles). The warp is
-// converged on entry. Every warp that calls this with the same totals gets the same w bits.
-template <int HC, bool kHead>
-__device__ __forceinline__ void hc_gates(float tot, float2 gw, int64_t D, const HcScalars& p, int64_t t, bool rest,
-                                         float (&w)[HC], float* __restrict__ post, float* __restrict__ comb) {
-  constexpr int kMix = mix_count<HC, kHead>();
-  const int lane = threadIdx.x & 31;
-  const float sum_sq = __shfl_sync(0xffffffffu, tot, kMix);
-  const float r = 1.0f / sqrtf(sum_sq / static_cast<float>(HC * D) + p.rms_eps);
-  const float a = tot * r * gw.y + gw.x;  // pre/post gate argument or comb logit of row `lane`
-  const float pre = sigmoidf(a) + p.hc_eps;
-#pragma unroll
-  for (int j = 0; j < HC; ++j) w[j] = __shfl_sync(0xffffffffu, pre, j);
-  if constexpr (!kHead) {
-    if (!rest) return;  // warp-uniform
-    if (lane >= HC && lane < 2 * HC) post[t * HC + lane - HC] = 2.0f * sigmoidf(a);
-    float c[HC][HC];
-#pragma unroll
-    for (int j = 0; j < HC; ++j) {
-#pragma unroll
-      for (int k = 0; k < HC; ++k) c[j][k] = __shfl_sync(0xffffffffu, a, 2 * HC + j * HC + k);
-    }
-    if (lane == 0) {
-      sinkhorn_in_registers<HC>(c, p.hc_eps, p.sinkhorn_iters);
-      float* out = comb + t * HC * HC;
-#pragma unroll
-      for (int j = 0; j < HC; ++j) {
-#pragma unroll
-        for (int k = 0; k < HC; ++k) out[j * HC + k] = c[j][k];
-      }
-    }
-  }
-}
-
-// The collapse out[d] = sum_j w[j] X[j, d] of one token (xt = X[t], o = out[t]) by the threads
-// [kFirst, kThreads) of the block, kPacks packs of 4 d per thread per round, each round's loads
-// issued together (load() may run early: before the gates are known).
-template <int HC, int kFirst, int kPacks>
-struct HcCollapse {
-  static constexpr int kCount = kThreads - kFirst;
-  float xv[kPacks][HC][4];
-
-  __device__ __forceinline__ void load(const float* __restrict__ xt, int64_t D, int64_t base) {
-    const int c = static_cast<int>(threadIdx.x) - kFirst;
-    if (c < 0) return;
-#pragma unroll
-    for (int i = 0; i < kPacks; ++i) {
-      const int64_t dp = base + c + static_cast<int64_t>(kCount) * i;
-      if (4 * dp < D) {
-#pragma unroll
-        for (int j = 0; j < HC; ++j) rowwise::load_packed<4>(xt + j * D + 4 * dp, xv[i][j]);
-      }
-    }
-  }
-  template <typename To>
-  __device__ __forceinline__ void store(const float (&w)[HC], int64_t D, int64_t base, To* __restrict__ o) const {
-    const int c = static_cast<int>(threadIdx.x) - kFirst;
-    if (c < 0) return;
-#pragma unroll
-    for (int i = 0; i < kPacks; ++i) {
-      const int64_t dp = base + c + static_cast<int64_t>(kCount) * i;
-      if (4 * dp < D) {
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int j = 0; j < HC; ++j) {
-#pragma unroll
-          for (int q = 0; q < 4; ++q) acc[q] = fmaf(w[j], xv[i][j][q], acc[q]);
-        }
-        rowwise::store_packed<4>(o + 4 * dp, acc);
-      }
-    }
-  }
-  // packed: D % 4 == 0 and xt, o 4-element aligned. `pre` holds the first round (base 0) already.
-  template <typename To>
-  __device__ __forceinline__ void run(const float* __restrict__ xt, const float (&w)[HC], int64_t D,
-                                      To* __restrict__ o, bool packed) {
-    if (packed) {
-      const int64_t round = static_cast<int64_t>(kCount) * kPacks;
-      for (int64_t base = 0; base < D / 4; base += round) {
-        if (base > 0) load(xt, D, base);
-        store(w, D, base, o);
-      }
-    } else {
-      const int c = static_cast<int>(threadIdx.x) - kFirst;
-      if (c < 0) return;
-      for (int64_t d = c; d < D; d += kCount) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int j = 0; j < HC; ++j) acc = fmaf(w[j], xt[j * D + d], acc);
-        o[d] = from_f32<To>(acc);
-      }
-    }
-  }
-};
-
-// Warp 0 runs the comb in hc_pre, so the collapse takes warps 1..7 there (5 packs each: D = 4096
-// in one round) and all 8 warps in hc_head (4 packs each).
-template <int HC, bool kHead>
-using HcCollapseOf = HcCollapse<HC, kHead ? 0 : 32, kHead ? 4 : 5>;
-
-// Prefill path, pass 2: one block per token sums its S partials (split order), then as hc_gates.
-template <int HC, bool kHead, typename To>
-__global__ void __launch_bounds__(kThreads)
-    hc_finish_kernel(const float* __restrict__ X, const float* __restrict__ partial, int S, int64_t D, HcScalars p,
-                     To* __restrict__ out, float* __restrict__ post, float* __restrict__ comb, bool packed) {
-  pdl_trigger();
-  pdl_wait();
-  constexpr int kMix = mix_count<HC, kHead>(), kRows = kMix + 1;
-  static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
-  __shared__ float tot[32];
-  const int64_t t = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const float* xt = X + t * HC * D;
-  HcCollapseOf<HC, kHead> coll;
-  if (packed) coll.load(xt, D, 0);
-  const float2 gw = load_gate_weight<HC, kHead>(p, lane);
-  if (threadIdx.x < 32) {
-    float v = 0.0f;
-    if (lane < kRows) {
-      for (int s = 0; s < S; ++s) v += partial[(t * S + s) * kRows + lane];
-    }
-    tot[lane] = v;
-  }
-  __syncthreads();
-  float w[HC];
-  hc_gates<HC, kHead>(tot[lane], gw, D, p, t, warp == 0, w, post, comb);
-  coll.run(xt, w, D, out + t * D, packed);
-}
-
-// Decode path (T <= kFusedMaxT): grid (T, S), block (t, s) takes elements [s * kFusedChunk, +kFusedChunk)
-// of token t's flattened streams xf = X[t] (n = hc*D). Lane l holds packs l and l + 32 of the
-// chunk (X and fn rows loaded together, all in flight at once); warp w the rows w, w + 8, ...
-// (row kMix: xf . xf); a warp sum gives the block's partial of each row, which lane 0 stores.
-// The last block of the token to count (per-token counter: store, __threadfence, barrier, one
-// atomicAdd; it resets the counter to 0) then:
-//   - issues its collapse loads of X[t] (D = 4096: one round of registers) at once,
-//   - sums the S partials of each row (lane = row, warp w the splits w, w + 8, ..., 8 loads per
-//     thread per round, then the 8 warps' sums in warp order through shared memory),
-//   - in every warp: the totals, r, the pre gates (identical bits in every warp), then warp 0
-//     writes post and runs the Sinkhorn (hc_pre) while the other warps collapse the streams.
-// packed_mix: n % 4 == 0 and X, fn 4-element aligned; packed_out: as HcCollapse::run's packed.
-// counters[t] is 0 on entry and is left 0.
-constexpr int kFusedPacks = 64;                     // packs of 4 elements per mix block: 2 per lane
-constexpr int64_t kFusedChunk = 4 * kFusedPacks;    // elements of the flattened row per mix block
-constexpr int kPartialLoads = 8;                    // partials per thread per round of the final sum
-
-template <typename T>
-__device__ __forceinline__ void load4_or_zero(const T* __restrict__ p, int64_t i, int64_t n, bool packed,
-                                              float (&v)[4]) {
-  if (packed) {
-    if (i < n) {
-      rowwise::load_packed<4>(p + i, v);
-    } else {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) v[q] = 0.0f;
-    }
-  } else {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) v[q] = i + q < n ? to_f32(p[i + q]) : 0.0f;
-  }
-}
-
-template <int HC, bool kHead, typename Tf, typename To>
-__global__ void __launch_bounds__(kThreads)
-    hc_fused_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int64_t D, float* __restrict__ partial,
-                    unsigned* __restrict__ counters, HcScalars p, To* __restrict__ out, float* __restrict__ post,
-                    float* __restrict__ comb, bool packed_mix, bool packed_out) {
-  pdl_trigger();
-  pdl_wait();
-  constexpr int kMix = mix_count<HC, kHead>(), kRows = kMix + 1, kPerWarp = (kRows + kWarps - 1) / kWarps;
-  static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
-  __shared__ float red[kWarps][32];
-  __shared__ bool last;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t n = HC * D, t = blockIdx.x;
-  const int s = blockIdx.y, S = gridDim.y;
-  const float* xt = X + t * n;
-
-  if (warp < kRows) {  // warp-uniform: hc_head has 5 rows, so warps 5..7 have none
-    float xv[2][4], fv[kPerWarp][2][4];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t i = s * kFusedChunk + 4 * (lane + 32 * h);
-      load4_or_zero(xt, i, n, packed_mix, xv[h]);
-#pragma unroll
-      for (int k = 0; k < kPerWarp; ++k) {
-        const int m = warp + kWarps * k;
-        if (m < kMix) load4_or_zero(fn + m * n, i, n, packed_mix, fv[k][h]);
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kPerWarp; ++k) {
-      const int m = warp + kWarps * k;  // warp-uniform
-      if (m > kMix) break;
-      float acc = 0.0f;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc = fmaf(xv[h][q], m < kMix ? fv[k][h][q] : xv[h][q], acc);
-      }
-      acc = rowwise::warp_sum(acc);
-      if (lane == 0) partial[(t * S + s) * kRows + m] = acc;
-    }
-    if (lane == 0) __threadfence();  // this warp's partials are visible device-wide before the count
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&counters[t], 1u) == static_cast<unsigned>(S - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-
-  HcCollapseOf<HC, kHead> coll;
-  if (packed_out) coll.load(xt, D, 0);  // in flight during the partial sums
-  const float2 gw = load_gate_weight<HC, kHead>(p, lane);
-  float v = 0.0f;
-  if (lane < kRows) {
-    for (int s0 = 0; s0 < S; s0 += kWarps * kPartialLoads) {
-      float pv[kPartialLoads];
-#pragma unroll
-      for (int i = 0; i < kPartialLoads; ++i) {
-        const int ss = s0 + warp + kWarps * i;
-        pv[i] = ss < S ? __ldcg(partial + (t * S + ss) * kRows + lane) : 0.0f;
-      }
-#pragma unroll
-      for (int i = 0; i < kPartialLoads; ++i) v += pv[i];
-    }
-  }
-  red[warp][lane] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) counters[t] = 0;  // every block of this token has counted: ready for the next launch
-  float tot = 0.0f;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) tot += red[w][lane];
-  float w[HC];
-  hc_gates<HC, kHead>(tot, gw, D, p, t, warp == 0, w, post, comb);
-  coll.run(xt, w, D, out + t * D, packed_out);
-}
-
-// X_out[t, k, d] = post[t, k] * y[t, d] + sum_j comb[t, j, k] * X[t, j, d], N consecutive d per
-// thread; block b covers token b / dblocks, packs [(b % dblocks) * blockDim.x, ...).
-template <int HC, typename Ty, int N>
-__global__ void __launch_bounds__(kThreads)
-    hc_post_kernel(const Ty* __restrict__ y, const float* __restrict__ X, const float* __restrict__ post,
-                   const float* __restrict__ comb, float* __restrict__ X_out, int64_t D, int64_t dblocks) {
-  pdl_trigger();
-  pdl_wait();
-  const int64_t t = blockIdx.x / dblocks;
-  const int64_t d = ((blockIdx.x % dblocks) * blockDim.x + threadIdx.x) * N;
-  if (d >= D) return;
-  float yv[N], xv[HC][N];
-  if constexpr (N == 1) {
-    yv[0] = to_f32(y[t * D + d]);
-  } else {
-    rowwise::load_packed<N>(y + t * D + d, yv);
-  }
-#pragma unroll
-  for (int j = 0; j < HC; ++j) {
-    if constexpr (N == 1) {
-      xv[j][0] = X[(t * HC + j) * D + d];
-    } else {
-      rowwise::load_packed<N>(X + (t * HC + j) * D + d, xv[j]);
-    }
-  }
-  const float* C = comb + t * HC * HC;
-#pragma unroll
-  for (int k = 0; k < HC; ++k) {
-    const float pk = post[t * HC + k];
-    float o[N];
-#pragma unroll
-    for (int q = 0; q < N; ++q) {
-      float acc = pk * yv[q];
-#pragma unroll
-      for (int j = 0; j < HC; ++j) acc = fmaf(C[j * HC + k], xv[j][q], acc);
-      o[q] = acc;
-    }
-    if constexpr (N == 1) {
-      X_out[(t * HC + k) * D + d] = o[0];
-    } else {
-      rowwise::store_packed<N>(X_out + (t * HC + k) * D + d, o);
-    }
-  }
-}
-
-struct HcShape {
-  int64_t T, hc, D;
-};
-
-HcShape check_streams(const CudaBackend& be, const TensorView& X, int64_t hc_mult, const char* op) {
-  be.expect_device(X, op, "X");
-  CLAWMINE_CHECK(X.dtype == DType::kF32 && X.rank() == 3, "cuda ", op, ": X must be [T, hc, D] F32, got ",
-                 dtype_name(X.dtype), " ", shape_str(X.shape));
-  CLAWMINE_CHECK(X.dim(1) == hc_mult, "cuda ", op, ": X has shape ", shape_str(X.shape), " but hc_mult is ", hc_mult);
-  return {X.dim(0), X.dim(1), X.dim(2)};
-}
-
-void check_weights(const CudaBackend& be, const HyperConnectionWeights& w, int64_t n_mix, int64_t n, int64_t n_scale,
-                   const char* op) {
-  be.expect_device(w.fn, op, "fn");
-  be.expect_device(w.base, op, "base");
-  be.expect_device(w.scale, op, "scale");
-  CLAWMINE_CHECK(w.fn.rank() == 2 && w.fn.dim(0) == n_mix && w.fn.dim(1) == n, "cuda ", op, ": fn must be [", n_mix,
-                 ", ", n, "], got ", shape_str(w.fn.shape));
-  CLAWMINE_CHECK(w.base.numel() == n_mix, "cuda ", op, ": base must have ", n_mix, " elements, got ",
-                 shape_str(w.base.shape));
-  CLAWMINE_CHECK(w.scale.numel() >= n_scale, "cuda ", op, ": scale must have ", n_scale, " elements, got ",
-                 shape_str(w.scale.shape));
-}
-
-// The fused path's per-token counters: kFusedMaxT zeros kept per backend (op_state), allocated
-// and cleared on first use. A clear issued inside a stream capture is a node of that graph (it
-// runs before every replay); `cleared` records whether one ran eagerly, so a capture that was
-// discarded leaves the next eager call to clear them again.
-struct HcCounters {
-  unsigned* data = nullptr;
-  bool cleared = false;
-};
-const char kHcCountersKey = 0;  // its address keys the state
-
-unsigned* hc_counters(CudaBackend& be) {
-  auto* st = be.op_state<HcCounters>(&kHcCountersKey);
-  if (st->data == nullptr) {
-    const TensorView v = be.allocate(DType::kI32, {kFusedMaxT});
-    st->data = static_cast<unsigned*>(v.data);  // never released: the arena goes with the backend
-  }
-  if (!st->cleared) {
-    CLAWMINE_CUDA_CHECK(cudaMemsetAsync(st->data, 0, kFusedMaxT * sizeof(unsigned), be.stream()));
-    st->cleared = !be.capturing();
-  }
-  return st->data;
-}
-
 // hc_pre (kHead false) or hc_head (true) for HC streams: the fused kernel for T <= kFusedMaxT,
-// else the two prefill passes.
+// else the two prefill passes (with `norm`, prefill hc_pre only: the finish pass normalizes x_in).
 template <int HC, bool kHead>
 void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnectionWeights& w, const HcParams& p,
-                       const TensorView& out, float* post, float* comb, const char* op) {
+                       const TensorView& out, float* post, float* comb, const char* op,
+                       const HcNorm* norm = nullptr) {
   constexpr int kMix = mix_count<HC, kHead>();
   const int64_t T = X.dim(0), D = X.dim(2), n = HC * D;
   const bool fused = T <= kFusedMaxT;
   // Prefill with whole fn chunks and 16-byte aligned rows: the token-tile mix kernel.
-  const bool tile = !fused && T >= kTileMinT && n % kTileKC == 0 && T * n <= INT32_MAX &&
-                    reinterpret_cast<uintptr_t>(X.data) % 16 == 0 && reinterpret_cast<uintptr_t>(w.fn.data) % 16 == 0;
+  const bool tile = !fused && tile_mix_fits(T, n, X.data, w.fn.data);
   int64_t S, chunk;
   if (fused) {  // fixed chunks: 64 blocks per token for V4's n = 16384
     chunk = kFusedChunk;
-  } else if (tile) {  // splits so that the blocks about fill the device once (one block per SM)
-    const int64_t tiles = (T + kTileTokens - 1) / kTileTokens;
-    const int64_t want = std::clamp<int64_t>(std::max(1, be.sm_count()) / tiles, 1, n / kTileKC);
-    chunk = (n / want + kTileKC - 1) / kTileKC * kTileKC;
+  } else if (tile) {
+    chunk = tile_mix_chunk(be, T, n);
   } else {  // each split at least kMinSplit elements, about two blocks per SM
     const int64_t target = 2 * std::max(1, be.sm_count());
     const int64_t want = std::clamp<int64_t>((target + T - 1) / T, 1, std::max<int64_t>(1, n / kMinSplit));
@@ -705,6 +82,12 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
                       w.fn.as<const Tf>(), D, partial.f32(), counters, scalars, out.as<To>(), post, comb,
                       packed_mix, packed_out);
         CLAWMINE_CUDA_LAUNCHED("hc fused");
+      } else if (norm != nullptr) {  // hc_post_pre at prefill (packed rows): the norm at the end
+        if constexpr (!kHead) {
+          launch_kernel(hc_finish_norm_kernel<HC, To>, static_cast<unsigned>(T), kThreads, 0, be.stream(), X.f32(),
+                        partial.f32(), static_cast<int>(S), D, scalars, *norm, out.as<To>(), post, comb);
+          CLAWMINE_CUDA_LAUNCHED("hc finish norm");
+        }
       } else {
         launch_kernel(hc_finish_kernel<HC, kHead, To>, static_cast<unsigned>(T), kThreads, 0, be.stream(), X.f32(),
                       partial.f32(), static_cast<int>(S), D, scalars, out.as<To>(), post, comb, packed_out);
@@ -714,24 +97,90 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
   });
 }
 
-}  // namespace
-
-void CudaBackend::hc_pre(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p,
-                         const TensorView& x_in, const TensorView& post, const TensorView& comb) {
-  const auto [T, hc, D] = check_streams(*this, X, p.hc_mult, "hc_pre");
+// hc_pre's argument checks (also the fused site's, on its X_out); returns X's shape.
+HcShape check_pre(CudaBackend& be, const TensorView& X, const HyperConnectionWeights& w, const HcParams& p,
+                  const TensorView& x_in, const TensorView& post, const TensorView& comb) {
+  const auto [T, hc, D] = check_streams(be, X, p.hc_mult, "hc_pre");
   const int64_t n_mix = (2 + hc) * hc;
   CLAWMINE_CHECK(p.sinkhorn_iters >= 1 && p.sinkhorn_iters <= (1 << 20), "cuda hc_pre: sinkhorn_iters ",
                  p.sinkhorn_iters, " must be in [1, 2^20]");
-  check_weights(*this, w, n_mix, hc * D, 3, "hc_pre");
-  expect_device(x_in, "hc_pre", "x_in");
-  expect_device(post, "hc_pre", "post");
-  expect_device(comb, "hc_pre", "comb");
+  check_weights(be, w, n_mix, hc * D, 3, "hc_pre");
+  be.expect_device(x_in, "hc_pre", "x_in");
+  be.expect_device(post, "hc_pre", "post");
+  be.expect_device(comb, "hc_pre", "comb");
   CLAWMINE_CHECK(x_in.numel() == T * D, "cuda hc_pre: x_in ", shape_str(x_in.shape), " does not hold [", T, ", ", D,
                  "]");
   CLAWMINE_CHECK(post.dtype == DType::kF32 && post.numel() == T * hc, "cuda hc_pre: post must be [", T, ", ", hc,
                  "] F32, got ", dtype_name(post.dtype), " ", shape_str(post.shape));
   CLAWMINE_CHECK(comb.dtype == DType::kF32 && comb.numel() == T * hc * hc, "cuda hc_pre: comb must be [", T, ", ", hc,
                  ", ", hc, "] F32, got ", dtype_name(comb.dtype), " ", shape_str(comb.shape));
+  return {T, hc, D};
+}
+
+// hc_post's argument checks (also the fused site's); returns X's shape.
+HcShape check_post(CudaBackend& be, const TensorView& y, const TensorView& X, const TensorView& post,
+                   const TensorView& comb, const TensorView& X_out) {
+  be.expect_device(y, "hc_post", "y");
+  be.expect_device(X, "hc_post", "X");
+  be.expect_device(post, "hc_post", "post");
+  be.expect_device(comb, "hc_post", "comb");
+  be.expect_device(X_out, "hc_post", "X_out");
+  CLAWMINE_CHECK(X.dtype == DType::kF32 && X.rank() == 3, "cuda hc_post: X must be [T, hc, D] F32, got ",
+                 dtype_name(X.dtype), " ", shape_str(X.shape));
+  const int64_t T = X.dim(0), hc = X.dim(1), D = X.dim(2);
+  CLAWMINE_CHECK(y.numel() == T * D, "cuda hc_post: y ", shape_str(y.shape), " does not hold [", T, ", ", D, "]");
+  CLAWMINE_CHECK(post.dtype == DType::kF32 && post.numel() == T * hc, "cuda hc_post: post must be [", T, ", ", hc,
+                 "] F32, got ", dtype_name(post.dtype), " ", shape_str(post.shape));
+  CLAWMINE_CHECK(comb.dtype == DType::kF32 && comb.numel() == T * hc * hc, "cuda hc_post: comb must be [", T, ", ", hc,
+                 ", ", hc, "] F32, got ", dtype_name(comb.dtype), " ", shape_str(comb.shape));
+  CLAWMINE_CHECK(X_out.dtype == DType::kF32 && X_out.numel() == T * hc * D, "cuda hc_post: X_out must be [", T, ", ",
+                 hc, ", ", D, "] F32, got ", dtype_name(X_out.dtype), " ", shape_str(X_out.shape));
+  const auto* xb = static_cast<const char*>(X.data);
+  const auto* ob = static_cast<const char*>(X_out.data);
+  CLAWMINE_CHECK(ob + X_out.nbytes() <= xb || xb + X.nbytes() <= ob, "cuda hc_post: X_out must not overlap X");
+  return {T, hc, D};
+}
+
+// hc_post_pre at decode (T <= kFusedMaxT): one hc_site_fused_kernel, grid (T, S) as hc_pre's
+// fused kernel (so the mix partials, their sum and every later step match it bit for bit).
+template <int HC>
+void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& X, const TensorView& post,
+                   const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
+                   const HcParams& p, const HcNorm& norm, const TensorView& x_in, const TensorView& post_out,
+                   const TensorView& comb_out) {
+  constexpr int kMix = mix_count<HC, false>();
+  const int64_t T = X.dim(0), D = X.dim(2), n = HC * D;
+  const int64_t S = (n + kFusedChunk - 1) / kFusedChunk;
+  CLAWMINE_CHECK(S <= 65535, "cuda hc_post_pre: X ", shape_str(X.shape), " exceeds the grid");
+  ops::ScratchFrame frame(be);
+  const TensorView partial = be.scratch(DType::kF32, {T, S, kMix + 1});
+  const HcScalars scalars{w.base.data,
+                          rowwise::float_code(w.base.dtype, "hc_post_pre", "base"),
+                          w.scale.data,
+                          rowwise::float_code(w.scale.dtype, "hc_post_pre", "scale"),
+                          p.rms_eps,
+                          p.hc_eps,
+                          static_cast<int>(p.sinkhorn_iters)};
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(S));
+  unsigned* counters = hc_counters(be);
+  dispatch_float(w.fn.dtype, "hc_post_pre", "fn", [&](auto tf) {
+    using Tf = decltype(tf);
+    dispatch_float(x_in.dtype, "hc_post_pre", "x_in", [&](auto tx) {
+      using Tx = decltype(tx);
+      launch_kernel(hc_site_fused_kernel<HC, Tf, Tx>, grid, kThreads, 0, be.stream(), y.as<const Tx>(), X.f32(),
+                    static_cast<const float*>(post.f32()), static_cast<const float*>(comb.f32()), X_out.f32(),
+                    w.fn.as<const Tf>(), D, partial.f32(), counters, scalars, norm, x_in.as<Tx>(), post_out.f32(),
+                    comb_out.f32());
+      CLAWMINE_CUDA_LAUNCHED("hc site fused");
+    });
+  });
+}
+
+}  // namespace
+
+void CudaBackend::hc_pre(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p,
+                         const TensorView& x_in, const TensorView& post, const TensorView& comb) {
+  const auto [T, hc, D] = check_pre(*this, X, w, p, x_in, post, comb);
   if (T == 0) return;
   CLAWMINE_CHECK(D > 0, "cuda hc_pre: X has no hidden dims");
   hc_dispatch(hc, "hc_pre", [&](auto hc_c) {
@@ -754,24 +203,8 @@ void CudaBackend::hc_head(const TensorView& X, const HyperConnectionWeights& w, 
 
 void CudaBackend::hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
                           const TensorView& X_out) {
-  expect_device(y, "hc_post", "y");
-  expect_device(X, "hc_post", "X");
-  expect_device(post, "hc_post", "post");
-  expect_device(comb, "hc_post", "comb");
-  expect_device(X_out, "hc_post", "X_out");
-  CLAWMINE_CHECK(X.dtype == DType::kF32 && X.rank() == 3, "cuda hc_post: X must be [T, hc, D] F32, got ",
-                 dtype_name(X.dtype), " ", shape_str(X.shape));
-  const int64_t T = X.dim(0), hc = X.dim(1), D = X.dim(2);
-  CLAWMINE_CHECK(y.numel() == T * D, "cuda hc_post: y ", shape_str(y.shape), " does not hold [", T, ", ", D, "]");
-  CLAWMINE_CHECK(post.dtype == DType::kF32 && post.numel() == T * hc, "cuda hc_post: post must be [", T, ", ", hc,
-                 "] F32, got ", dtype_name(post.dtype), " ", shape_str(post.shape));
-  CLAWMINE_CHECK(comb.dtype == DType::kF32 && comb.numel() == T * hc * hc, "cuda hc_post: comb must be [", T, ", ", hc,
-                 ", ", hc, "] F32, got ", dtype_name(comb.dtype), " ", shape_str(comb.shape));
-  CLAWMINE_CHECK(X_out.dtype == DType::kF32 && X_out.numel() == T * hc * D, "cuda hc_post: X_out must be [", T, ", ",
-                 hc, ", ", D, "] F32, got ", dtype_name(X_out.dtype), " ", shape_str(X_out.shape));
-  const auto* xb = static_cast<const char*>(X.data);
-  const auto* ob = static_cast<const char*>(X_out.data);
-  CLAWMINE_CHECK(ob + X_out.nbytes() <= xb || xb + X.nbytes() <= ob, "cuda hc_post: X_out must not overlap X");
+  const HcShape sh = check_post(*this, y, X, post, comb, X_out);
+  const int64_t T = sh.T, hc = sh.hc, D = sh.D;
   if (T == 0 || D == 0) return;
   hc_dispatch(hc, "hc_post", [&](auto hc_c) {
     constexpr int HC = decltype(hc_c)::value;
@@ -794,6 +227,40 @@ void CudaBackend::hc_post(const TensorView& y, const TensorView& X, const Tensor
       CLAWMINE_CUDA_LAUNCHED("hc_post");
     });
   });
+}
+
+void CudaBackend::hc_post_pre(const TensorView& y, const TensorView& X, const TensorView& post,
+                              const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
+                              const HcParams& p, const TensorView& norm_weight, float eps, const TensorView& x_in,
+                              const TensorView& post_out, const TensorView& comb_out) {
+  const auto [T, hc, D] = check_post(*this, y, X, post, comb, X_out);
+  check_pre(*this, X_out, w, p, x_in, post_out, comb_out);
+  expect_device(norm_weight, "hc_post_pre", "norm_weight");
+  CLAWMINE_CHECK(norm_weight.numel() == D, "cuda hc_post_pre: norm_weight ", shape_str(norm_weight.shape),
+                 " does not have ", D, " elements");
+  const rowwise::FloatCode wcode = rowwise::float_code(norm_weight.dtype, "hc_post_pre", "norm_weight");
+  // The fused passes hold rows in packs (x_in in packs of 8, staged in shared memory); other
+  // shapes and layouts run the composition.
+  const bool packed = T > 0 && hc == 4 && D > 0 && D % 8 == 0 && D <= kNormMaxD &&
+                      rowwise::packable<float, 4>(X.data, D) && rowwise::packable<float, 4>(X_out.data, D) &&
+                      dtype_size(x_in.dtype) <= 4 && reinterpret_cast<uintptr_t>(x_in.data) % (8 * dtype_size(x_in.dtype)) == 0;
+  const bool decode = T <= kFusedMaxT;
+  const bool decode_fits = y.dtype == x_in.dtype && reinterpret_cast<uintptr_t>(y.data) % (4 * dtype_size(y.dtype)) == 0 &&
+                           reinterpret_cast<uintptr_t>(w.fn.data) % (4 * dtype_size(w.fn.dtype)) == 0;
+  if (!packed || (decode && !decode_fits)) {
+    hc_post_pre_unfused(y, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
+    return;
+  }
+  const int tpr = rowprep::rms_threads_per_row(D);
+  const HcNorm norm{norm_weight.data, wcode,
+                    reinterpret_cast<uintptr_t>(norm_weight.data) % (8 * rowwise::float_code_bytes(wcode)) == 0, eps,
+                    tpr};
+  if (decode) {
+    hc_site_fused<4>(*this, y, X, post, comb, X_out, w, p, norm, x_in, post_out, comb_out);
+  } else {
+    hc_post(y, X, post, comb, X_out);
+    hc_mix_and_finish<4, false>(*this, X_out, w, p, x_in, post_out.f32(), comb_out.f32(), "hc_post_pre", &norm);
+  }
 }
 
 }  // namespace clawmine::backend::cuda

@@ -114,36 +114,52 @@ void Model::place(ops::Backend& be) {
 
 namespace {
 
+// The hyper-connection state between sub-layers: the streams X [T, hc, D] F32 (X_next: a buffer
+// for the streams out, swapped at each site), the normalized input x [T, D] of the next
+// sub-layer and its post [T, hc] / comb [T, hc, hc] gates, which the site after it consumes.
+struct HcState {
+  TensorView X, X_next, x, post, comb;
+  ops::HcParams hp;
+  float eps;
+};
+
+// x, post, comb = hc_pre(X) with the first sub-layer's weights; x = norm(x).
+void hc_enter(ops::Backend& be, HcState& s, const HyperConnectionWeights& w, const TensorView& norm) {
+  be.hc_pre(s.X, w, s.hp, s.x, s.post, s.comb);
+  be.rms_norm(s.x, &norm, s.eps, s.x);
+}
+
+// One site between sub-layers: X = hc_post(y, X, post, comb), then x, post, comb = hc_pre(X) with
+// the next sub-layer's weights and x = norm(x), as one backend op (hc_post_pre).
+void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const HyperConnectionWeights& w,
+             const TensorView& norm) {
+  be.hc_post_pre(y, s.X, s.post, s.comb, s.X_next, w, s.hp, norm, s.eps, s.x, s.post, s.comb);
+  std::swap(s.X, s.X_next);
+}
+
 // One decoder block (spec §3.2, the reference Block.forward):
 //   x, post, comb = hc_pre(X);  X = hc_post(attention(attn_norm(x)), X, post, comb)
 //   x, post, comb = hc_pre(X);  X = hc_post(moe(ffn_norm(x)), X, post, comb)
-// X, X_next [T, hc, D] F32: the streams in and a buffer for the streams out (swapped at each site).
-void block(const LayerContext& c, TensorView& X, TensorView& X_next, LayerCache& cache) {
+// Each hc_post is fused with the hc_pre + norm that follows it (the next block's attention site
+// for the MoE output: `next`); the last block's streams go to hc_head (next null). On entry s.x
+// is attn_norm(x) of this block (hc_enter or the previous block's last site). The sites take
+// the scope of their hc_post (layers.l.hc_attn, layers.l.hc_ffn).
+void block(const LayerContext& c, const LayerWeights* next, HcState& s, LayerCache& cache) {
   ops::ScratchFrame frame(c.be);  // the layer's temporaries
-  const int64_t T = X.dim(0), hc = c.cfg.hc_mult, D = c.cfg.hidden_size;
-  const ops::HcParams hp{hc, c.cfg.hc_sinkhorn_iters, static_cast<float>(c.cfg.hc_eps),
-                         static_cast<float>(c.cfg.rms_norm_eps)};
-  const float eps = static_cast<float>(c.cfg.rms_norm_eps);
-  const TensorView x = c.act({T, D});
-  const TensorView post = c.be.scratch(DType::kF32, {T, hc}), comb = c.be.scratch(DType::kF32, {T, hc, hc});
-
-  c.be.set_scope(c.scope("hc_attn"));
-  c.be.hc_pre(X, c.w.hc_attn, hp, x, post, comb);
   c.be.set_scope(c.scope("attn"));
-  c.be.rms_norm(x, &c.w.attn_norm, eps, x);
-  const TensorView a = attention(c, x, cache);
+  const TensorView a = attention(c, s.x, cache);
   c.be.set_scope(c.scope("hc_attn"));
-  c.be.hc_post(a, X, post, comb, X_next);
-  std::swap(X, X_next);
+  hc_site(c.be, s, a, c.w.hc_ffn, c.w.ffn_norm);
 
-  c.be.set_scope(c.scope("hc_ffn"));
-  c.be.hc_pre(X, c.w.hc_ffn, hp, x, post, comb);
   c.be.set_scope(c.scope("ffn"));
-  c.be.rms_norm(x, &c.w.ffn_norm, eps, x);
-  const TensorView f = moe(c, x);
+  const TensorView f = moe(c, s.x);
   c.be.set_scope(c.scope("hc_ffn"));
-  c.be.hc_post(f, X, post, comb, X_next);
-  std::swap(X, X_next);
+  if (next != nullptr) {
+    hc_site(c.be, s, f, next->hc_attn, next->attn_norm);
+  } else {
+    c.be.hc_post(f, s.X, s.post, s.comb, s.X_next);
+    std::swap(s.X, s.X_next);
+  }
 }
 
 // Everything that shapes a steady decode step's ops besides the values read on the device: the
@@ -207,23 +223,34 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
     be.set_scope("embed");
     const TensorView e = be.scratch(be.act_dtype(), {T, D});
     be.embed(W.embed, ids_t, e);
-    TensorView X = be.scratch(DType::kF32, {T, hc, D}), X_next = be.scratch(DType::kF32, {T, hc, D});
-    be.hc_expand(e, X);
+    const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps),
+                           static_cast<float>(cfg.rms_norm_eps)};
+    HcState s{be.scratch(DType::kF32, {T, hc, D}),
+              be.scratch(DType::kF32, {T, hc, D}),
+              be.scratch(be.act_dtype(), {T, D}),
+              be.scratch(DType::kF32, {T, hc}),
+              be.scratch(DType::kF32, {T, hc, hc}),
+              hp,
+              static_cast<float>(cfg.rms_norm_eps)};
+    be.hc_expand(e, s.X);
 
-    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    const int64_t L = cfg.num_hidden_layers;
+    if (L > 0) {
+      be.set_scope("layers.0.hc_attn");
+      hc_enter(be, s, W.layers[0].hc_attn, W.layers[0].attn_norm);
+    }
+    for (int64_t l = 0; l < L; ++l) {
       const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
       const LayerContext c{be,  cfg, W.layers[static_cast<size_t>(l)], static_cast<int>(l),
                            kind, kind == AttentionKind::kSliding ? inv_main : inv_compress,
                            positions, ids_t, p0, options};
-      block(c, X, X_next, cache.layers[static_cast<size_t>(l)]);
+      block(c, l + 1 < L ? &W.layers[static_cast<size_t>(l + 1)] : nullptr, s, cache.layers[static_cast<size_t>(l)]);
     }
 
     // hc_head -> norm -> head, at every position or only the last.
-    const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps),
-                           static_cast<float>(cfg.rms_norm_eps)};
     be.set_scope("head");
     const TensorView y = be.scratch(be.act_dtype(), {rows, D});
-    be.hc_head(X.slice0(T - rows, T), W.hc_head, hp, y);
+    be.hc_head(s.X.slice0(T - rows, T), W.hc_head, hp, y);
     be.rms_norm(y, &W.norm, static_cast<float>(cfg.rms_norm_eps), y);
     const TensorView logits = be.scratch(DType::kF32, {rows, V});
     be.linear(y, head, logits);
