@@ -138,6 +138,18 @@ class Backend {
   // out = x @ W^T.  x [T, in], out [T, out]; W dequantized exactly per w.format.
   virtual void linear(const TensorView& x, const LinearWeight& w, const TensorView& out) = 0;
 
+  // Several projections of the same x (a compressor's wkv and wgate): outs[i] = x @ ws[i]^T for
+  // every job {w, out} of jobs[0, n_jobs) exactly as linear(x, *w, out) computes it, in order. The default issues
+  // the linears one by one (decorators see them so); a backend may run them as one launch with
+  // the same results.
+  struct LinearJob {
+    const LinearWeight* w = nullptr;
+    TensorView out;
+  };
+  virtual void linear_multi(const TensorView& x, const LinearJob* jobs, int64_t n_jobs) {
+    for (int64_t i = 0; i < n_jobs; ++i) linear(x, *jobs[i].w, jobs[i].out);
+  }
+
   // Block-diagonal grouped projection (wo_a): W = w viewed [G, Lo, in_g];
   // out[t, g, :] = W[g] @ x[t, g, :].  x [T, G, in_g], out [T, G, Lo].
   virtual void grouped_linear(const TensorView& x, const LinearWeight& w, int64_t groups, const TensorView& out) = 0;
@@ -269,6 +281,31 @@ class Backend {
                               const TensorView& positions, int64_t rate, bool overlap,
                               const CompressorStateView& state, const TensorView& pooled,
                               const TensorView& entry_positions) = 0;
+  // A compressor step's entries (model/deepseek_v4/compressor.cpp): compress_chunk(kv, gate, ape,
+  // positions, rate, overlap, state, pooled, entry_positions), then norm_rope_qdq(pooled as
+  // [n_out, 1, hd], prep, entry_positions, inv_freq), then scatter_rows(pooled, entry_positions,
+  // rate, entries): every output (state, pooled after the preparation, entry_positions, entry
+  // rows) as that composition writes it. The default issues the three ops; a backend may run
+  // them as one pass with the same results.
+  virtual void compress_store(const TensorView& kv, const TensorView& gate, const TensorView& ape,
+                              const TensorView& positions, int64_t rate, bool overlap,
+                              const CompressorStateView& state, const VecPrep& prep, const TensorView& inv_freq,
+                              const TensorView& pooled, const TensorView& entry_positions,
+                              const TensorView& entries) {
+    compress_store_unfused(kv, gate, ape, positions, rate, overlap, state, prep, inv_freq, pooled, entry_positions,
+                           entries);
+  }
+  void compress_store_unfused(const TensorView& kv, const TensorView& gate, const TensorView& ape,
+                              const TensorView& positions, int64_t rate, bool overlap,
+                              const CompressorStateView& state, const VecPrep& prep, const TensorView& inv_freq,
+                              const TensorView& pooled, const TensorView& entry_positions,
+                              const TensorView& entries) {
+    compress_chunk(kv, gate, ape, positions, rate, overlap, state, pooled, entry_positions);
+    CLAWMINE_CHECK(pooled.rank() == 2, "compress_store: pooled must be [n_out, hd], got rank ", pooled.rank());
+    norm_rope_qdq(pooled.reshaped({pooled.dim(0), 1, pooled.dim(1)}), prep, entry_positions, inv_freq);
+    scatter_rows(pooled, entry_positions, rate, entries);
+  }
+
   // dst[keys[i] / divisor, :] = src[i, :] for every row i (for example compressed entries stored
   // at their window start position / rate). src [n, w]; keys [n] I32 >= 0; dst [N, w]; dtypes
   // convert as in copy(). A row outside [0, N) is an error naming it (CUDA: at the next download).

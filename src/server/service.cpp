@@ -40,6 +40,16 @@ class LentBackend final : public diag::ForwardingBackend {
                    const TensorView& comb_out) override {
     inner().hc_post_pre(y, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
   }
+  void linear_multi(const TensorView& x, const ops::Backend::LinearJob* jobs, int64_t n_jobs) override {
+    inner().linear_multi(x, jobs, n_jobs);
+  }
+  void compress_store(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
+                      int64_t rate, bool overlap, const ops::CompressorStateView& state,
+                      const ops::Backend::VecPrep& prep, const TensorView& inv_freq, const TensorView& pooled,
+                      const TensorView& entry_positions, const TensorView& entries) override {
+    inner().compress_store(kv, gate, ape, positions, rate, overlap, state, prep, inv_freq, pooled, entry_positions,
+                           entries);
+  }
 };
 
 }  // namespace

@@ -98,6 +98,8 @@ class CudaBackend final : public ops::Backend {
   // linear.cu, moe.cu
   void linear(const TensorView& x, const LinearWeight& w, const TensorView& out) override;
   void grouped_linear(const TensorView& x, const LinearWeight& w, int64_t groups, const TensorView& out) override;
+  // linear_multi.cu: same-shaped projections of one x in one GEMV launch at decode sizes.
+  void linear_multi(const TensorView& x, const LinearJob* jobs, int64_t n_jobs) override;
   void moe_experts(const TensorView& x, const std::vector<ExpertWeights>& experts, const TensorView& idx,
                    const TensorView& weight, float swiglu_limit, const TensorView& out) override;
   void swiglu_mlp(const TensorView& x, const ExpertWeights& w, float swiglu_limit, const TensorView& out) override;
@@ -110,6 +112,11 @@ class CudaBackend final : public ops::Backend {
   void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
                       int64_t rate, bool overlap, const CompressorStateView& state, const TensorView& pooled,
                       const TensorView& entry_positions) override;
+  // compressor.cu: compress_chunk -> norm_rope_qdq -> scatter_rows as one launch at decode sizes.
+  void compress_store(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
+                      int64_t rate, bool overlap, const CompressorStateView& state, const VecPrep& prep,
+                      const TensorView& inv_freq, const TensorView& pooled, const TensorView& entry_positions,
+                      const TensorView& entries) override;
   void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
                       const TensorView& positions, int64_t rate, const TensorView& scores) override;
   void topk(const TensorView& values, int64_t k, const TensorView& out) override;

@@ -27,6 +27,8 @@
 
 #include "backend/cuda/backend_impl.cuh"
 #include "backend/cuda/op_errors.cuh"
+#include "backend/cuda/rowprep.cuh"
+#include "backend/cuda/rowwise.cuh"
 
 namespace clawmine::backend::cuda {
 namespace {
@@ -178,17 +180,17 @@ int64_t fused_smem_bytes(int64_t slots) { return 3 * slots * kFusedChannels * st
 // pooled value is compress_pool_kernel's: M = max over present slots (any order: fmaxf drops NaN,
 // and the sign of a zero M does not change g - M), e = expf(g - M), den += e and
 // num = fmaf(e, v, num) in slot order, skipping absent and -inf slots.
+// The body of compress_decode_kernel (also the first phase of compress_store_kernel): returns
+// whether n_out fits the positions (else the error is recorded and nothing is pooled).
+// fused_smem: fused_smem_bytes(slots).
 template <typename TK, typename TO>
-__global__ void __launch_bounds__(kFusedThreads, 1)
-    compress_decode_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T, TK* overlap_kv,
-                           float* overlap_gate, bool overlap, int64_t hd, int64_t n_out, TO* __restrict__ pooled,
-                           int32_t* __restrict__ entry_positions, OpErrorRecord* err, TK* pending_kv,
-                           float* pending_gate) {
-  pdl_trigger();
-  pdl_wait();
+__device__ __forceinline__ bool compress_decode_body(CompressorRows<TK> rows, const int32_t* __restrict__ positions,
+                                                     int64_t T, TK* overlap_kv, float* overlap_gate, bool overlap,
+                                                     int64_t hd, int64_t n_out, TO* __restrict__ pooled,
+                                                     int32_t* __restrict__ entry_positions, OpErrorRecord* err,
+                                                     TK* pending_kv, float* pending_gate, float* fused_smem) {
   // No __restrict__ on the state: pending_* alias rows.pending_* and the overlap is read by the
   // pooling before it is rewritten (after a barrier).
-  extern __shared__ float fused_smem[];
   constexpr int C = kFusedChannels;
   const int64_t m = rows.m, slots = overlap ? 2 * m : m;
   float* sg = fused_smem;
@@ -249,7 +251,196 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
     const int64_t col = cc < nc ? d0 + cc : hd + d0 + (cc - nc);
     update_state(rows, T, overlap, hd, i, col, pending_kv, pending_gate, overlap_kv, overlap_gate);
   }
+  return rows_ok;
 }
+
+template <typename TK, typename TO>
+__global__ void __launch_bounds__(kFusedThreads, 1)
+    compress_decode_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T, TK* overlap_kv,
+                           float* overlap_gate, bool overlap, int64_t hd, int64_t n_out, TO* __restrict__ pooled,
+                           int32_t* __restrict__ entry_positions, OpErrorRecord* err, TK* pending_kv,
+                           float* pending_gate) {
+  pdl_trigger();
+  pdl_wait();
+  extern __shared__ float fused_smem[];
+  compress_decode_body(rows, positions, T, overlap_kv, overlap_gate, overlap, hd, n_out, pooled, entry_positions, err,
+                       pending_kv, pending_gate, fused_smem);
+}
+
+
+// ---- compress_store at decode sizes: compress_store_kernel ------------------------------------
+// Phase 1 is compress_decode_body (the pooled rows, state, entry_positions). Every block then
+// counts itself done on a device counter (after a fence that publishes its pooled columns); the
+// last block resets the counter and runs norm_rope_qdq_kernel's per-row code (rowprep.cuh) on the
+// n_out pooled rows -- same thread layout (tpr threads per row, kP packs of 8 per thread), same
+// operations in the same order, x = F32 so its roundings to the dtype are identities -- and
+// writes each row back to pooled and, converted like scatter_rows, to entry row j = j*m / m.
+// The cos/sin of every entry position are taken by every block before the pooling (the last
+// block is not known in advance) so their latency overlaps it.
+enum class StoreQ { kNone, kFp8, kHadamard };
+
+struct StoreArgs {
+  unsigned int* counter;  // 0 between launches (the last block resets it)
+  const void* weight;     // norm weight or null
+  rowwise::FloatCode wcode;
+  bool wpacked;
+  bool norm;
+  float eps;
+  const float* inv_freq;
+  int half;  // rope_dim / 2; 0: no rope
+  int64_t n_nope;
+  int tpr;
+  void* entries;  // [n_entries, hd] of TD
+  int64_t n_entries;
+};
+
+template <typename TD, int kP, StoreQ kQ, int E>
+__global__ void __launch_bounds__(kFusedThreads, 1)
+    compress_store_kernel(CompressorRows<float> rows, const int32_t* __restrict__ positions, int64_t T,
+                          float* overlap_kv, float* overlap_gate, bool overlap, int64_t hd, int64_t n_out,
+                          float* pooled, int32_t* __restrict__ entry_positions, OpErrorRecord* err,
+                          float* pending_kv, float* pending_gate, StoreArgs s) {
+  pdl_trigger();
+  pdl_wait();
+  constexpr bool kHad = kQ == StoreQ::kHadamard;
+  constexpr int kWarps = kFusedThreads / 32;
+  extern __shared__ float fused_smem[];
+  __shared__ float red[kWarps];
+  __shared__ float hbuf[kHad ? kWarps : 1][kHad ? 32 * E : 1];
+  __shared__ unsigned int is_last;
+  const int tid = threadIdx.x;
+  const int64_t m = rows.m, slots = overlap ? 2 * m : m;
+  float* cs = fused_smem + 3 * slots * kFusedChannels;  // entry l: cos [0, half), sin [half, 2 half)
+  const int64_t j0 = positions[0] / m;
+  for (int e = tid; e < static_cast<int>(n_out) * s.half; e += kFusedThreads) {
+    const int l = e / s.half, i = e % s.half;
+    float c, sn;
+    rowprep::rope_cos_sin(s.inv_freq[i], static_cast<int32_t>((j0 + l) * m), c, sn);
+    cs[l * 2 * s.half + i] = c;
+    cs[l * 2 * s.half + s.half + i] = sn;
+  }
+  // (the pooling's first barrier orders these writes before their reads)
+  const bool rows_ok = compress_decode_body(rows, positions, T, overlap_kv, overlap_gate, overlap, hd, n_out, pooled,
+                                            entry_positions, err, pending_kv, pending_gate, fused_smem);
+  __threadfence();  // this block's pooled columns, visible to the last block
+  __syncthreads();
+  if (tid == 0) {
+    const unsigned int done = atomicAdd(s.counter, 1u);
+    is_last = done == gridDim.x - 1;
+    if (is_last) atomicExch(s.counter, 0u);
+  }
+  __syncthreads();
+  if (!is_last || !rows_ok) return;
+  __threadfence();
+
+  const int tpr = s.tpr, vpb = kFusedThreads / tpr, r = tid % tpr;
+  const int64_t packs = hd / 8;
+  for (int64_t row0 = 0; row0 < n_out; row0 += vpb) {  // block-uniform
+    const int64_t row = row0 + tid / tpr;
+    const bool valid = row < n_out;
+    float* xr = pooled + (valid ? row * hd : 0);
+    rowprep::RowPacks<kP> v;
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {  // written by other blocks of this grid: through L2
+      const int64_t p = r + static_cast<int64_t>(k) * tpr;
+      if (valid && p < packs) {
+        const float4 a = __ldcg(reinterpret_cast<const float4*>(xr + 8 * p));
+        const float4 b = __ldcg(reinterpret_cast<const float4*>(xr + 8 * p) + 1);
+        v.v[k][0] = a.x, v.v[k][1] = a.y, v.v[k][2] = a.z, v.v[k][3] = a.w;
+        v.v[k][4] = b.x, v.v[k][5] = b.y, v.v[k][6] = b.z, v.v[k][7] = b.w;
+      }
+    }
+    if (s.norm) {
+      rowprep::rms_norm_packs(v, s.weight, s.wcode, s.wpacked, hd, s.eps, r, tpr, valid, red);
+      v.template round_to<float>();
+    }
+    if (s.half > 0) {
+      if (valid) {
+        const float* c = cs + row * 2 * s.half;
+        const int64_t rope0 = hd - 2 * static_cast<int64_t>(s.half);  // a multiple of 8
+#pragma unroll
+        for (int k = 0; k < kP; ++k) {
+          const int64_t p = r + static_cast<int64_t>(k) * tpr;
+          if (p < packs && 8 * p >= rope0) {
+            const int i0 = static_cast<int>((8 * p - rope0) / 2);
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+              rowprep::rotate_pair(v.v[k][2 * q], v.v[k][2 * q + 1], c[i0 + q], c[s.half + i0 + q]);
+          }
+        }
+      }
+      v.template round_to<float>();
+    }
+    if constexpr (kQ == StoreQ::kFp8) {
+#pragma unroll
+      for (int k = 0; k < kP; ++k) {  // every lane: the shuffles of the block of 64
+        const int64_t p = r + static_cast<int64_t>(k) * tpr;
+        bool in[8];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) in[q] = valid && p < packs && 8 * p + q < s.n_nope;
+        rowprep::fp8_block_of_8_lanes(v.v[k], in);
+      }
+    } else if constexpr (kHad) {
+      if (valid) {  // tpr = 32: warp-uniform
+        float* hb = hbuf[tid >> 5];
+#pragma unroll
+        for (int k = 0; k < kP; ++k) {
+          const int64_t p = r + static_cast<int64_t>(k) * tpr;
+          if (p < packs) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) hb[8 * p + i] = v.v[k][i];
+          }
+        }
+        __syncwarp();
+        float h[E];
+#pragma unroll
+        for (int e = 0; e < E; ++e) h[e] = hb[r * E + e];
+        rowprep::hadamard_fp4_lanes<E>(h);
+        __syncwarp();
+#pragma unroll
+        for (int e = 0; e < E; ++e) hb[r * E + e] = h[e];
+        __syncwarp();
+#pragma unroll
+        for (int k = 0; k < kP; ++k) {
+          const int64_t p = r + static_cast<int64_t>(k) * tpr;
+          if (p < packs) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) v.v[k][i] = hb[8 * p + i];
+          }
+        }
+      }
+    }
+    v.store(xr, r, tpr, packs, valid);
+    if (valid) {  // scatter_rows: key j*m, divisor m
+      const int64_t j = j0 + row;
+      if (j >= s.n_entries) {
+        if (r == 0) report_op_error(err, kOpErrorScatterRow, j * m, m, row, s.n_entries);
+      } else {
+        v.store(static_cast<TD*>(s.entries) + j * hd, r, tpr, packs, true);
+      }
+    }
+    __syncthreads();  // red and hbuf are reused by the next rows
+  }
+}
+
+template <typename TD, StoreQ kQ>
+auto store_kernel_packs(int kp) {
+  return kp == 1 ? compress_store_kernel<TD, 1, kQ, 0> : kp == 2 ? compress_store_kernel<TD, 2, kQ, 0>
+                                                                 : compress_store_kernel<TD, 4, kQ, 0>;
+}
+template <typename TD>
+auto store_kernel_hadamard(int64_t dim) {
+  return dim == 32    ? compress_store_kernel<TD, 1, StoreQ::kHadamard, 1>
+         : dim == 64  ? compress_store_kernel<TD, 1, StoreQ::kHadamard, 2>
+         : dim == 128 ? compress_store_kernel<TD, 1, StoreQ::kHadamard, 4>
+         : dim == 256 ? compress_store_kernel<TD, 1, StoreQ::kHadamard, 8>
+                      : compress_store_kernel<TD, 2, StoreQ::kHadamard, 16>;  // 512
+}
+
+struct StoreCounter {
+  unsigned int* dev = nullptr;
+};
+const int kStoreCounterKey = 0;
 
 void expect_f32(const TensorView& v, const char* arg) {
   CLAWMINE_CHECK(v.dtype == DType::kF32, "cuda compress_chunk: ", arg, " must be F32, got ", dtype_name(v.dtype));
@@ -345,6 +536,136 @@ void CudaBackend::compress_chunk(const TensorView& kv, const TensorView& gate, c
                   ov_kv, ov_gate);
     CLAWMINE_CUDA_LAUNCHED("compress_chunk (state)");
   });
+}
+
+}  // namespace clawmine::backend::cuda
+
+namespace clawmine::backend::cuda {
+
+// One launch (compress_store_kernel) where it gives the composition's results bit for bit: a
+// decode-sized chunk (compress_chunk's one-launch path) of F32 kv and pooled, F32/BF16 entries,
+// and a preparation norm_rope_qdq runs as its one kernel (the same shape conditions); anything
+// else is the composition (compress_store_unfused), which also reports argument errors.
+void CudaBackend::compress_store(const TensorView& kv, const TensorView& gate, const TensorView& ape,
+                                 const TensorView& positions, int64_t rate, bool overlap,
+                                 const CompressorStateView& state, const VecPrep& prep, const TensorView& inv_freq,
+                                 const TensorView& pooled, const TensorView& entry_positions,
+                                 const TensorView& entries) {
+  auto unfused = [&] {
+    compress_store_unfused(kv, gate, ape, positions, rate, overlap, state, prep, inv_freq, pooled, entry_positions,
+                           entries);
+  };
+  if (kv.rank() != 2 || pooled.rank() != 2 || entries.rank() != 2 || rate < 1) return unfused();
+  const int64_t T = kv.dim(0), hd = pooled.dim(1), n_out = pooled.dim(0), m = rate;
+  const int64_t slots = overlap ? 2 * m : m;
+  const bool rope = prep.rope_dim > 0;
+  const bool fp8 = prep.qdq == Qdq::kFp8Nope && prep.n_nope > 0, had = prep.qdq == Qdq::kHadamardFp4;
+  const int64_t half = rope ? prep.rope_dim / 2 : 0;
+  const int64_t smem = fused_smem_bytes(slots) + n_out * 2 * half * static_cast<int64_t>(sizeof(float));
+  // compress_chunk's decode path with F32 kv and pooled.
+  // Static shared memory besides: the Hadamard row buffers (8 warps x hd floats) and < 1 KB.
+  const int64_t static_smem = (had ? 8 * hd * static_cast<int64_t>(sizeof(float)) : 0) + 1024;
+  bool ok = T >= 1 && T <= kFusedMaxT && smem + static_smem <= kFusedMaxSmem && kv.dtype == DType::kF32 &&
+            pooled.dtype == DType::kF32 && kv.dim(1) == (overlap ? 2 : 1) * hd && n_out >= 1 &&
+            n_out <= (T - 1) / m + 2 && (entries.dtype == DType::kF32 || entries.dtype == DType::kBF16) &&
+            entries.dim(1) == hd && entries.device == Device::kCuda && entries.data != nullptr;
+  // norm_rope_qdq's one-kernel conditions on the pooled rows (x F32 [n_out, 1, hd]).
+  const int tpr = rowprep::rms_threads_per_row(hd);
+  const int kp = rowprep::rms_regs_packs(hd, tpr);
+  ok = ok && hd > 0 && hd % 8 == 0 && hd <= 8192 && kp > 0 && rowwise::packable<float, 8>(pooled.data, hd);
+  if (rope) ok = ok && prep.rope_dim % 8 == 0 && prep.rope_dim <= hd && prep.rope_dim <= 512;
+  if (prep.qdq == Qdq::kFp8Nope) ok = ok && prep.n_nope >= 0 && prep.n_nope <= hd;
+  if (had) ok = ok && hd >= 32 && hd <= 512 && (hd & (hd - 1)) == 0;
+  if (prep.norm && prep.norm_weight != nullptr) ok = ok && prep.norm_weight->numel() == hd;
+  ok = ok && (entries.dtype == DType::kF32 ? rowwise::packable<float, 8>(entries.data, hd)
+                                           : rowwise::packable<__nv_bfloat16, 8>(entries.data, hd));
+  if (!ok) return unfused();
+
+  // Checks the composition's compress_chunk would make (it reports them).
+  const char* op = "compress_store";
+  expect_device(kv, op, "kv");
+  expect_device(gate, op, "gate");
+  expect_device(ape, op, "ape");
+  expect_device(positions, op, "positions");
+  expect_device(pooled, op, "pooled");
+  expect_device(entry_positions, op, "entry_positions");
+  expect_device(state.pending_kv, op, "state.pending_kv");
+  expect_device(state.pending_gate, op, "state.pending_gate");
+  const int64_t W = kv.dim(1);
+  CLAWMINE_CHECK(positions.dtype == DType::kI32 && positions.rank() == 1 && positions.dim(0) == T,
+                 "cuda compress_store: positions must be I32 [", T, "], got ", dtype_name(positions.dtype), " ",
+                 shape_str(positions.shape));
+  expect_shape2(gate, T, W, "gate");
+  expect_shape2(ape, m, W, "ape");
+  expect_shape2(state.pending_kv, m, W, "state.pending_kv");
+  expect_shape2(state.pending_gate, m, W, "state.pending_gate");
+  expect_f32(gate, "gate");
+  expect_f32(ape, "ape");
+  expect_f32(state.pending_gate, "state.pending_gate");
+  expect_f32(state.pending_kv, "state.pending_kv");
+  if (overlap) {
+    expect_device(state.overlap_kv, op, "state.overlap_kv");
+    expect_device(state.overlap_gate, op, "state.overlap_gate");
+    expect_shape2(state.overlap_kv, m, hd, "state.overlap_kv");
+    expect_shape2(state.overlap_gate, m, hd, "state.overlap_gate");
+    expect_f32(state.overlap_gate, "state.overlap_gate");
+    expect_f32(state.overlap_kv, "state.overlap_kv");
+  }
+  CLAWMINE_CHECK(entry_positions.dtype == DType::kI32 && entry_positions.numel() == n_out,
+                 "cuda compress_store: entry_positions must be I32 [", n_out, "], got ",
+                 dtype_name(entry_positions.dtype), " ", shape_str(entry_positions.shape));
+  CLAWMINE_CHECK(m * W < (int64_t{1} << 31), "cuda compress_store: state of ", m, " x ", W, " is too large");
+
+  StoreArgs a{};
+  {
+    auto* ctr = op_state<StoreCounter>(&kStoreCounterKey);
+    if (ctr->dev == nullptr) {  // never released: the arena goes with the backend
+      const TensorView v = allocate(DType::kI32, {1});
+      CLAWMINE_CUDA_CHECK(cudaMemsetAsync(v.data, 0, sizeof(unsigned int), stream_));
+      ctr->dev = static_cast<unsigned int*>(v.data);
+    }
+    a.counter = ctr->dev;
+  }
+  a.norm = prep.norm;
+  a.eps = prep.eps;
+  if (prep.norm && prep.norm_weight != nullptr) {
+    expect_device(*prep.norm_weight, op, "norm_weight");
+    a.weight = prep.norm_weight->data;
+    a.wcode = rowwise::float_code(prep.norm_weight->dtype, op, "norm_weight");
+    a.wpacked = reinterpret_cast<uintptr_t>(a.weight) % (8 * rowwise::float_code_bytes(a.wcode)) == 0;
+  }
+  if (rope) {
+    expect_device(inv_freq, op, "inv_freq");
+    CLAWMINE_CHECK(inv_freq.dtype == DType::kF32 && inv_freq.numel() == half, "cuda compress_store: inv_freq must be [",
+                   half, "] F32 (rope_dim/2), got ", dtype_name(inv_freq.dtype), " ", shape_str(inv_freq.shape));
+    a.inv_freq = inv_freq.as<const float>();
+    a.half = static_cast<int>(half);
+  }
+  a.n_nope = prep.n_nope;
+  a.tpr = tpr;
+  a.entries = entries.data;
+  a.n_entries = entries.dim(0);
+
+  const CompressorRows<float> rows{kv.as<float>(), gate.as<float>(), ape.as<float>(), state.pending_kv.as<float>(),
+                                   state.pending_gate.as<float>(), 0, m, W};
+  float* ov_kv = overlap ? state.overlap_kv.as<float>() : nullptr;
+  float* ov_gate = overlap ? state.overlap_gate.as<float>() : nullptr;
+  OpErrorRecord* err = op_error_record(*this);
+  auto launch = [&](auto dtag) {
+    using TD = decltype(dtag);
+    auto kernel = had ? store_kernel_hadamard<TD>(hd)
+                  : fp8 ? store_kernel_packs<TD, StoreQ::kFp8>(kp)
+                        : store_kernel_packs<TD, StoreQ::kNone>(kp);
+    launch_kernel(kernel, blocks_for(hd, kFusedChannels), kFusedThreads, static_cast<size_t>(smem), stream_, rows,
+                  positions.as<int32_t>(), T, ov_kv, ov_gate, overlap, hd, n_out, pooled.as<float>(),
+                  entry_positions.as<int32_t>(), err, state.pending_kv.as<float>(), state.pending_gate.as<float>(), a);
+    CLAWMINE_CUDA_LAUNCHED("compress_store");
+  };
+  if (entries.dtype == DType::kF32) {
+    launch(float{});
+  } else {
+    launch(__nv_bfloat16{});
+  }
 }
 
 }  // namespace clawmine::backend::cuda

@@ -5,6 +5,7 @@
 // the state). Entries are RMS-normed, rotated at the window's first position j*m, and
 // (official mode) round-tripped like the reference, then stored in the cache's entry rows at
 // rows the device computes from the positions (so a decode step's ops are the same every step).
+// Ops: linear_multi (wkv, wgate), compress_store (compress_chunk -> norm_rope_qdq -> scatter_rows).
 #include "model/deepseek_v4/layer.h"
 
 namespace clawmine::model::deepseek_v4 {
@@ -13,29 +14,30 @@ void compressor_step(const LayerContext& c, const TensorView& h, const Compresso
                      const CompressorSpec& spec, CompressorCache& st) {
   const int64_t T = h.dim(0), m = spec.rate, hd = spec.head_dim, R = c.cfg.qk_rope_head_dim;
   const int64_t width = (spec.overlap ? 2 : 1) * hd;  // c * hd
-  const TensorView kv = c.be.scratch(DType::kF32, {T, width});
-  const TensorView gate = c.be.scratch(DType::kF32, {T, width});
-  c.be.linear(h, w.wkv, kv);
-  c.be.linear(h, w.wgate, gate);
+  // kv and gate read the same h: one linear_multi (one launch on CUDA at decode sizes).
+  const TensorView kv_gate = c.be.scratch(DType::kF32, {2, T, width});
+  const TensorView kv = kv_gate.slice0(0, 1).reshaped({T, width});
+  const TensorView gate = kv_gate.slice0(1, 2).reshaped({T, width});
+  const ops::Backend::LinearJob jobs[] = {{&w.wkv, kv}, {&w.wgate, gate}};
+  c.be.linear_multi(h, jobs, 2);
 
   // One entry per window the chunk touches (j = p0/m .. (p0+T-1)/m); the last may be incomplete
   // (its entry so far, replaced when the window completes; never attended before that).
   const int64_t n_out = (c.p0 + T - 1) / m - c.p0 / m + 1;
   const TensorView pooled = c.be.scratch(DType::kF32, {n_out, hd});
   const TensorView entry_positions = c.be.scratch(DType::kI32, {n_out});  // j*m, the window's first position
-  c.be.compress_chunk(kv, gate, w.ape, c.positions, m, spec.overlap, st.state(), pooled, entry_positions);
-
-  c.be.norm_rope_qdq(pooled.reshaped({n_out, 1, hd}),
-                     {.norm = true,
-                      .norm_weight = &w.norm,
-                      .eps = static_cast<float>(c.cfg.rms_norm_eps),
-                      .rope_dim = R,
-                      .qdq = spec.qdq,
-                      .n_nope = hd - R},
-                     entry_positions, c.inv_freq);
   CLAWMINE_CHECK(st.capacity() >= (c.p0 + T - 1) / m + 1, "compressor entries of layer ", c.layer, " hold ",
                  st.capacity(), " rows, need ", (c.p0 + T - 1) / m + 1);
-  c.be.scatter_rows(pooled, entry_positions, m, st.entries.view());  // row j = (j*m) / m
+  // compress_chunk, norm_rope_qdq of the pooled rows at their window starts, scatter_rows to
+  // entry row j = (j*m) / m: one op (one launch on CUDA at decode sizes).
+  c.be.compress_store(kv, gate, w.ape, c.positions, m, spec.overlap, st.state(),
+                      {.norm = true,
+                       .norm_weight = &w.norm,
+                       .eps = static_cast<float>(c.cfg.rms_norm_eps),
+                       .rope_dim = R,
+                       .qdq = spec.qdq,
+                       .n_nope = hd - R},
+                      c.inv_freq, pooled, entry_positions, st.entries.view());
 }
 
 }  // namespace clawmine::model::deepseek_v4
