@@ -29,23 +29,22 @@ __global__ void __launch_bounds__(kDequantThreads) dequant_bf16_kernel(const Deq
   using D = WeightDecoder<F>;
   static_assert(D::kBf16Exact && D::kPiece == 8, "bf16-exact formats decoded 8 elements at a time");
   constexpr int E = D::kChunk, P = D::kPiece;
-  for (int item = blockIdx.y; item < a.n_items; item += gridDim.y) {
-    const WeightDesc d = a.descs ? a.descs[a.items[item]] : a.desc0;
-    if (d.fmt != static_cast<int32_t>(F)) continue;
-    const int64_t cpr = d.k / E, n = d.rows * cpr;
-    __nv_bfloat16* out = a.out + item * a.out_stride;
-    for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < n;
-         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const int64_t r = c / cpr, kc = c - r * cpr;
-      const uint4 raw = ld_stream16(d.w + r * d.row_bytes + kc * 16);
-      const typename D::Scales sc = D::load_scales(d, r, kc);
-      uint4* dst = reinterpret_cast<uint4*>(out + r * d.k + kc * E);
+  const int item = blockIdx.y;
+  const WeightDesc d = a.descs ? a.descs[a.items[item]] : a.desc0;
+  if (d.fmt != static_cast<int32_t>(F)) return;
+  const int64_t cpr = d.k / E, n = d.rows * cpr;
+  __nv_bfloat16* out = a.out + item * a.out_stride;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < n;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = c / cpr, kc = c - r * cpr;
+    const uint4 raw = ld_stream16(d.w + r * d.row_bytes + kc * 16);
+    const typename D::Scales sc = D::load_scales(d, r, kc);
+    uint4* dst = reinterpret_cast<uint4*>(out + r * d.k + kc * E);
 #pragma unroll
-      for (int q = 0; q < E / P; ++q) {
-        float w[P];
-        D::template piece<false>(raw, q, sc, 1.0f, w);
-        dst[q] = make_uint4(bf16x2_rn(w[0], w[1]), bf16x2_rn(w[2], w[3]), bf16x2_rn(w[4], w[5]), bf16x2_rn(w[6], w[7]));
-      }
+    for (int q = 0; q < E / P; ++q) {
+      float w[P];
+      D::template piece<false>(raw, q, sc, 1.0f, w);
+      dst[q] = make_uint4(bf16x2_rn(w[0], w[1]), bf16x2_rn(w[2], w[3]), bf16x2_rn(w[4], w[5]), bf16x2_rn(w[6], w[7]));
     }
   }
 }
@@ -75,21 +74,16 @@ void cublas_check(cublasStatus_t st, const char* what) {
     throw Error(str_cat("cuda linear: ", what, " failed: ", cublasGetStatusString(st)));
 }
 
-void launch_dequant_bf16(const DequantArgs& a, int sm_count, cudaStream_t stream, int max_blocks) {
+void launch_dequant_bf16(const DequantArgs& a, int sm_count, cudaStream_t stream) {
   const WFmt F = static_cast<WFmt>(a.fmt);
   if (a.n_items <= 0 || a.max_elems <= 0) return;
   CLAWMINE_CHECK(a.n_items <= 65535, "dequant_bf16: ", a.n_items, " weights in one launch (at most 65535)");
   CLAWMINE_CHECK(reinterpret_cast<uintptr_t>(a.out) % 16 == 0 && a.out_stride % 8 == 0,
                  "dequant_bf16: the BF16 copy must be 16-byte aligned");
   const int64_t chunks = a.max_elems / 16;  // at least this many threads' worth for FP8, twice for FP4
-  unsigned bx = static_cast<unsigned>(
+  const unsigned bx = static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(blocks_for(chunks, kDequantThreads), int64_t{4} * std::max(1, sm_count))));
-  unsigned by = static_cast<unsigned>(a.n_items);
-  if (max_blocks > 0) {  // one row of blocks walks every item in turn
-    bx = std::min<unsigned>(bx, static_cast<unsigned>(max_blocks));
-    by = 1;
-  }
-  const dim3 grid(bx, by);
+  const dim3 grid(bx, static_cast<unsigned>(a.n_items));
   switch (F) {
     case WFmt::kFp8E8M0:
       launch_kernel(dequant_bf16_kernel<WFmt::kFp8E8M0>, grid, kDequantThreads, 0, stream, a);

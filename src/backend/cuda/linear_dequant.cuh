@@ -45,10 +45,7 @@ struct DequantArgs {
   int64_t max_elems = 0;  // largest rows * k among the items (sizes the grid)
   int32_t fmt = 0;
 };
-// sm_count sizes the grid (a few blocks per SM); with max_blocks > 0 the whole launch is at most
-// that many blocks, each walking every item (a decode meant to run beside persistent GEMMs on
-// the SMs they leave free).
-void launch_dequant_bf16(const DequantArgs& a, int sm_count, cudaStream_t stream, int max_blocks = 0);
+void launch_dequant_bf16(const DequantArgs& a, int sm_count, cudaStream_t stream);
 
 void cublas_check(cublasStatus_t st, const char* what);  // Error naming the call and the status
 

@@ -803,13 +803,6 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
   void* const* dev13[3] = {pd, pd + n13, pd + 2 * n13};
   void* const* dev2[3] = {pd + 3 * n13, pd + 3 * n13 + M, pd + 3 * n13 + 2 * M};
 
-  const bool overlap = copy_fmts && n_buf == 2 && n_chunks > 1 && moe_overlap_on();
-  MoeOverlapState* st = overlap ? &moe_overlap_state(be) : nullptr;
-  // With the GEMMs held to gemm_sms SMs and the overlap on, the decode is one row of blocks sized
-  // to the SMs they leave (8 blocks of 256 threads each), so it never takes an SM a GEMM CTA waits
-  // for (a full-grid decode refills every SM as its blocks retire and the GEMMs queue behind it).
-  const int gemm_sms = copy_fmts ? moe_gemm_sms(be) : 0;
-  const int dequant_blocks = st && gemm_sms > 0 ? 8 * (be.sm_count() - gemm_sms) : 0;
   auto decode = [&](size_t c) {  // chunk c's copies into buffer c % n_buf, on the backend's stream
     const int64_t i0 = bounds[c], i1 = bounds[c + 1];
     for (int f = 0; f < kNumWFmt; ++f) {
@@ -822,7 +815,7 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
       q.n_items = static_cast<int32_t>(3 * (i1 - i0));
       q.max_elems = ID;
       q.fmt = f;
-      launch_dequant_bf16(q, be.sm_count(), s, dequant_blocks);
+      launch_dequant_bf16(q, be.sm_count(), s);
     }
   };
   auto multiply = [&](size_t c, cudaStream_t gs) {  // chunk c's GEMMs, swiglu and w2 on gs
@@ -839,7 +832,9 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
 
   // Chunk c's GEMMs are issued after the decodes of chunks up to c + n_buf - 1 (the buffer a
   // decode overwrites was last read by a chunk whose GEMMs are issued, and waited for, before).
-  SmCountTarget sms(be, gemm_sms);  // overlap on or off: the same GEMMs, the same bits
+  const bool overlap = copy_fmts && n_buf == 2 && n_chunks > 1 && moe_overlap_on();
+  MoeOverlapState* st = overlap ? &moe_overlap_state(be) : nullptr;
+  SmCountTarget sms(be, copy_fmts ? moe_gemm_sms(be) : 0);  // overlap on or off: the same GEMMs, the same bits
   GemmStreamScope scope(be, st);
   const cudaStream_t gs = scope.gemm_stream();
   size_t issued = 0;  // chunks whose decode is issued
