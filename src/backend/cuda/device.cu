@@ -1,7 +1,6 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,17 +16,6 @@ bool env_switch(const char* name, bool fallback) {
   if (std::strcmp(v, "1") == 0) return true;
   if (std::strcmp(v, "0") == 0) return false;
   throw Error(str_cat(name, "=", v, ": expected 0 or 1"));
-}
-
-int env_int(const char* name, int fallback, int lo, int hi) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  char* end = nullptr;
-  errno = 0;
-  const long x = std::strtol(v, &end, 10);
-  if (errno != 0 || end == v || *end != '\0' || x < lo || x > hi)
-    throw Error(str_cat(name, "=", v, ": expected an integer in [", lo, ", ", hi, "]"));
-  return static_cast<int>(x);
 }
 
 int device_count() {

@@ -21,8 +21,5 @@ void set_pdl_enabled_for_tests(bool on);
 // CLAWMINE_MOE_OVERLAP, ...): "1" on, "0" off, unset or empty `fallback`; any other value is an
 // error naming the variable (clawmine::Error).
 bool env_switch(const char* name, bool fallback);
-// An integer tuning value: `fallback` when unset or empty, else the value, which must lie in
-// [lo, hi] (anything else is an error naming the variable).
-int env_int(const char* name, int fallback, int lo, int hi);
 
 }  // namespace clawmine::backend::cuda

@@ -446,8 +446,6 @@ constexpr int64_t kMoeCopyMinAvgRows = 64;
 constexpr int64_t kMoeCopyBudget = int64_t{1} << 30;  // bytes of BF16 expert copies (both buffers)
 bool g_moe_grouped_gemm = true;  // set_moe_prefill_grouped (tuning hook)
 int g_moe_overlap = -1, g_moe_fuse13 = -1;  // set_moe_prefill_overlap / _fuse_gate_up: < 0 env
-int g_moe_gemm_sms = -1;                     // set_moe_prefill_gemm_sms: < 0 env
-constexpr int kMoeGemmSmsDefault = 0;        // CLAWMINE_MOE_GEMM_SMS unset: every SM
 int64_t g_moe_copy_budget = 0;              // set_moe_prefill_copy_budget: <= 0 kMoeCopyBudget
 // The grouped call only while experts average fewer rows than this: on an H100 (kernel bench,
 // 2026-11-26) it beat one cublasGemmEx per expert at T=2048 (192 rows per expert: 5.42 vs 5.79
@@ -457,16 +455,6 @@ constexpr int64_t kMoeGroupedMaxAvgRows = 384;
 bool moe_overlap_on() {
   static const bool env = env_switch("CLAWMINE_MOE_OVERLAP", true);
   return g_moe_overlap < 0 ? env : g_moe_overlap > 0;
-}
-// SMs the experts' GEMMs may use while BF16 copies are decoded (cublasSetSmCountTarget; 0: all).
-// cuBLAS's Hopper GEMMs are persistent, one CTA per SM holding its registers and shared memory, so
-// a decode launched beside them on the other stream finds no room and the two run one after the
-// other (ncu of an 8K prefill: per layer 3.3 ms of expert GEMMs + 2.8 ms of decode + 0.8 of the
-// rest = the 7.1 ms measured). Leaving SMs to the decode lets the overlap overlap.
-int moe_gemm_sms(const CudaBackend& be) {
-  static const int env = env_int("CLAWMINE_MOE_GEMM_SMS", kMoeGemmSmsDefault, 0, 1 << 16);
-  const int n = g_moe_gemm_sms < 0 ? env : g_moe_gemm_sms;
-  return n > 0 && n < be.sm_count() ? n : 0;
 }
 bool moe_fuse13_on() {
   static const bool env = env_switch("CLAWMINE_MOE_FUSE13", true);
@@ -620,24 +608,6 @@ void run_problems(CudaBackend& be, const Problems& p, size_t first, size_t count
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx (moe prefill)");
 }
-
-// cublasSetSmCountTarget on the backend's handle for a scope (0: no change), then back to 0 (all
-// SMs), also when an error unwinds: the other linears share the handle.
-class SmCountTarget {
- public:
-  SmCountTarget(CudaBackend& be, int sms) : be_(be), on_(sms > 0) {
-    if (on_) cublas_check(cublasSetSmCountTarget(be_.cublas(), sms), "cublasSetSmCountTarget");
-  }
-  ~SmCountTarget() {
-    if (on_) cublasSetSmCountTarget(be_.cublas(), 0);
-  }
-  SmCountTarget(const SmCountTarget&) = delete;
-  SmCountTarget& operator=(const SmCountTarget&) = delete;
-
- private:
-  CudaBackend& be_;
-  bool on_;
-};
 
 // The fork of the GEMM stream off the backend's stream and its join back (also when an error
 // unwinds: then, if the join cannot be enqueued, the GEMM stream is waited for, so the scratch
@@ -834,7 +804,6 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
   // decode overwrites was last read by a chunk whose GEMMs are issued, and waited for, before).
   const bool overlap = copy_fmts && n_buf == 2 && n_chunks > 1 && moe_overlap_on();
   MoeOverlapState* st = overlap ? &moe_overlap_state(be) : nullptr;
-  SmCountTarget sms(be, copy_fmts ? moe_gemm_sms(be) : 0);  // overlap on or off: the same GEMMs, the same bits
   GemmStreamScope scope(be, st);
   const cudaStream_t gs = scope.gemm_stream();
   size_t issued = 0;  // chunks whose decode is issued
@@ -1060,7 +1029,6 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
 void set_moe_prefill_grouped(bool grouped) { g_moe_grouped_gemm = grouped; }
 void set_moe_prefill_overlap(int mode) { g_moe_overlap = mode < 0 ? -1 : mode; }
 void set_moe_prefill_fuse_gate_up(int mode) { g_moe_fuse13 = mode < 0 ? -1 : mode; }
-void set_moe_prefill_gemm_sms(int sms) { g_moe_gemm_sms = sms < 0 ? -1 : sms; }
 void set_moe_prefill_copy_budget(int64_t bytes) { g_moe_copy_budget = bytes > 0 ? bytes : 0; }
 
 // Decode sizes (T <= kGemvMaxTokens) with no activation transform on w1/w3: w1 and w3 in one

@@ -23,12 +23,6 @@ void set_moe_prefill_overlap(int mode = -1);
 // bit from the unfused GEMMs (cuBLAS may pick another kernel for the wider product).
 void set_moe_prefill_fuse_gate_up(int mode = -1);
 
-// SMs the experts' GEMMs may use while BF16 copies exist (cublasSetSmCountTarget), so the decode
-// of the next chunk runs beside them. sms < 0: CLAWMINE_MOE_GEMM_SMS (read once; unset: all SMs);
-// 0 or >= the SM count: all SMs. Applied with the overlap on or off, so overlap on/off gives the
-// same bits for a given value (another value may change the last bits: cuBLAS picks per SM count).
-void set_moe_prefill_gemm_sms(int sms = -1);
-
 // Bytes of scratch for the BF16 expert copies (both buffers together); <= 0: the default (1 GiB).
 // Tests force several chunks with a small budget.
 void set_moe_prefill_copy_budget(int64_t bytes = 0);

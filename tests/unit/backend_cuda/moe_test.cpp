@@ -288,7 +288,6 @@ TEST_F(CudaMoe, PrefillOverlapOverSeveralChunks) {
       bc::set_moe_prefill_fuse_gate_up();
       bc::set_moe_prefill_copy_budget();
       bc::set_moe_prefill_grouped(true);
-      bc::set_moe_prefill_gemm_sms();
     }
   } restore;
   const int64_t D = 512, I = 256, T = 512, E = 16;
@@ -314,7 +313,6 @@ TEST_F(CudaMoe, PrefillOverlapOverSeveralChunks) {
                      TensorView{DType::kF32, Device::kCpu, {T, D}, ref.data()});
     for (bool grouped : {true, false})
       for (int fuse : {1, 0}) {
-        bc::set_moe_prefill_gemm_sms(grouped ? 0 : 16);  // per-expert GEMMs on 16 SMs, the decode beside them
         bc::set_moe_prefill_grouped(grouped);
         bc::set_moe_prefill_fuse_gate_up(fuse);
         std::vector<float> got[2];
