@@ -1,8 +1,8 @@
 // Prefill projections through an exact BF16 copy of the weight and cuBLAS (linear_dequant.cuh).
-//   dequant_bf16_kernel  one thread per 16 stored bytes (a format chunk: 16 FP8 or 32 FP4
-//                        elements), decoded with WeightDecoder<F>::piece<false> (exact, without
-//                        NVFP4's g) and stored as 8-element bf16 pieces (16-byte stores); grid
-//                        (chunks, items), grid-stride over chunks.
+//   dequant_bf16_kernel  one thread per 8-element piece of a format chunk (16 stored bytes: 16 FP8
+//                        or 32 FP4 elements), decoded with WeightDecoder<F>::piece<false> (exact,
+//                        without NVFP4's g) and stored as 16 bytes of bf16, a warp's stores
+//                        contiguous; grid (blocks, items), grid-stride over pieces.
 //   cublas_bf16_gemm     cublasGemmStridedBatchedEx, column-major view as cublas_bf16: C (n_rows x
 //                        rows, ldc = ldo) = op_T(W: K x n_rows, ldw) * X (K x rows, ldb = ldx).
 #include <cuda_bf16.h>
@@ -22,29 +22,44 @@ __device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// Thread i of the grid-stride walk takes piece i % kPieces of chunk i / kPieces (8 elements: a
+// 16-byte store), so a warp's stores cover 512 contiguous bytes and every 32-byte sector is
+// written whole by one instruction (the copy is 4x the bytes read for FP4); the kPieces threads of
+// a chunk load the same 16 bytes (one transaction). kUnroll pieces per thread have their loads in
+// flight before the first is decoded.
 template <WFmt F>
 __global__ void __launch_bounds__(kDequantThreads) dequant_bf16_kernel(const DequantArgs a) {
   pdl_trigger();
   pdl_wait();
   using D = WeightDecoder<F>;
   static_assert(D::kBf16Exact && D::kPiece == 8, "bf16-exact formats decoded 8 elements at a time");
-  constexpr int E = D::kChunk, P = D::kPiece;
+  constexpr int E = D::kChunk, P = D::kPiece, kPieces = E / P, kUnroll = 4;
   const int item = blockIdx.y;
   const WeightDesc d = a.descs ? a.descs[a.items[item]] : a.desc0;
   if (d.fmt != static_cast<int32_t>(F)) return;
-  const int64_t cpr = d.k / E, n = d.rows * cpr;
-  __nv_bfloat16* out = a.out + item * a.out_stride;
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < n;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = c / cpr, kc = c - r * cpr;
-    const uint4 raw = ld_stream16(d.w + r * d.row_bytes + kc * 16);
-    const typename D::Scales sc = D::load_scales(d, r, kc);
-    uint4* dst = reinterpret_cast<uint4*>(out + r * d.k + kc * E);
+  const int64_t cpr = d.k / E, n = d.rows * cpr * kPieces;  // pieces of this weight
+  uint4* out = reinterpret_cast<uint4*>(a.out + item * a.out_stride);  // piece i at out[i] (rows are contiguous)
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i0 < n; i0 += kUnroll * stride) {
+    uint4 raw[kUnroll];
+    typename D::Scales sc[kUnroll];
 #pragma unroll
-    for (int q = 0; q < E / P; ++q) {
-      float w[P];
-      D::template piece<false>(raw, q, sc, 1.0f, w);
-      dst[q] = make_uint4(bf16x2_rn(w[0], w[1]), bf16x2_rn(w[2], w[3]), bf16x2_rn(w[4], w[5]), bf16x2_rn(w[6], w[7]));
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = i0 + u * stride;
+      if (i < n) {
+        const int64_t c = i / kPieces, r = c / cpr, kc = c - r * cpr;
+        raw[u] = ld_stream16(d.w + r * d.row_bytes + kc * 16);
+        sc[u] = D::load_scales(d, r, kc);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = i0 + u * stride;
+      if (i < n) {
+        float w[P];
+        D::template piece<false>(raw[u], static_cast<int>(i % kPieces), sc[u], 1.0f, w);
+        out[i] = make_uint4(bf16x2_rn(w[0], w[1]), bf16x2_rn(w[2], w[3]), bf16x2_rn(w[4], w[5]), bf16x2_rn(w[6], w[7]));
+      }
     }
   }
 }
@@ -82,7 +97,7 @@ void launch_dequant_bf16(const DequantArgs& a, int sm_count, cudaStream_t stream
                  "dequant_bf16: the BF16 copy must be 16-byte aligned");
   const int64_t chunks = a.max_elems / 16;  // at least this many threads' worth for FP8, twice for FP4
   const unsigned bx = static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>(blocks_for(chunks, kDequantThreads), int64_t{4} * std::max(1, sm_count))));
+      std::max<int64_t>(1, std::min<int64_t>(blocks_for(chunks, kDequantThreads), int64_t{8} * std::max(1, sm_count))));
   const dim3 grid(bx, static_cast<unsigned>(a.n_items));
   switch (F) {
     case WFmt::kFp8E8M0:
