@@ -260,6 +260,18 @@ class Backend {
   // out [T, H, Dh]. A query with no valid key gets out = 0.
   virtual void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries,
                                 const TensorView& idx, const TensorView& sink, float scale, const TensorView& out) = 0;
+  // sparse_attention, then the inverse rope on the trailing rope_dim dims of out at positions[t]
+  // (spec §3.3 F then G's rotation back). Defined as exactly that composition (out rounded to its
+  // dtype in between); a backend may run it as one pass with the same results (CUDA: decode-sized
+  // chunks). The default issues the two ops, so decorators see them one by one.
+  // positions [T] I32; inv_freq [rope_dim / 2] F32.
+  virtual void sparse_attention_rope(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                                     const TensorView& idx, const TensorView& sink, float scale,
+                                     const TensorView& positions, const TensorView& inv_freq, int64_t rope_dim,
+                                     const TensorView& out) {
+    sparse_attention(q, kv, entries, idx, sink, scale, out);
+    rope(out, positions, inv_freq, rope_dim, true);
+  }
 
   // KV compressor for a chunk at consecutive positions p0 .. p0+T-1 = positions[0 .. T-1] (read
   // on the device; spec §3.3 C; parity #17-#21). kv, gate [T, c*hd] are the chunk's projections

@@ -50,6 +50,11 @@ class LentBackend final : public diag::ForwardingBackend {
     inner().compress_store(kv, gate, ape, positions, rate, overlap, state, prep, inv_freq, pooled, entry_positions,
                            entries);
   }
+  void sparse_attention_rope(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                             const TensorView& idx, const TensorView& sink, float scale, const TensorView& positions,
+                             const TensorView& inv_freq, int64_t rope_dim, const TensorView& out) override {
+    inner().sparse_attention_rope(q, kv, entries, idx, sink, scale, positions, inv_freq, rope_dim, out);
+  }
 };
 
 }  // namespace

@@ -5,7 +5,9 @@
 //   * BF16/F16 with a head dim of 64, 128, 256 or 512 (V4: 512): tensor cores (attention_mma.cu),
 //     64 heads per block, so a block reads each gathered key row once for all heads (MQA);
 //   * otherwise (F32, odd head dims): the FMA kernel below, exact F32 arithmetic.
-// Either runs split-S ("flash-decoding") when (tokens x head groups) would leave most of the
+//   * T <= 4 with 16-byte vector rows: the decode kernel (attention_decode.cu), one launch that
+//     fills the device and merges its splits itself (and fuses sparse_attention_rope's rope).
+// The first two run split-S ("flash-decoding") when (tokens x head groups) would leave most of the
 // multiprocessors idle (decode): the key slots are cut into ranges, one block each, whose partial
 // softmax states go to scratch and are merged by merge_splits_kernel in a fixed order (the
 // formula is in attention_kernels.cuh). No atomics anywhere: the output is deterministic.
@@ -394,6 +396,33 @@ void CudaBackend::attention_index(const TensorView& positions, int64_t n_prev, i
 
 void CudaBackend::sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries,
                                    const TensorView& idx, const TensorView& sink, float scale, const TensorView& out) {
+  sparse_attention_impl(q, kv, entries, idx, sink, scale, nullptr, out);
+}
+
+// Decode-sized chunks (T <= attn::kDecodeMaxT, vectorizable head dims) take one launch of the
+// decode kernel with the inverse rope fused in; anything else is the composition.
+void CudaBackend::sparse_attention_rope(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                                        const TensorView& idx, const TensorView& sink, float scale,
+                                        const TensorView& positions, const TensorView& inv_freq, int64_t rope_dim,
+                                        const TensorView& out) {
+  expect_device(positions, "sparse_attention_rope", "positions");
+  expect_device(inv_freq, "sparse_attention_rope", "inv_freq");
+  CLAWMINE_CHECK(q.rank() == 3, "cuda sparse_attention_rope: q must be [T, H, Dh], got ", shape_str(q.shape));
+  const int64_t T = q.dim(0), Dh = q.dim(2);
+  CLAWMINE_CHECK(rope_dim > 0 && rope_dim % 2 == 0 && rope_dim <= Dh && (Dh - rope_dim) % 2 == 0,
+                 "cuda sparse_attention_rope: rope_dim ", rope_dim, " must be even, in (0, ", Dh, "], with Dh - rope_dim even");
+  CLAWMINE_CHECK(positions.dtype == DType::kI32 && positions.numel() == T, "cuda sparse_attention_rope: positions must be [",
+                 T, "] I32, got ", dtype_name(positions.dtype), " ", shape_str(positions.shape));
+  CLAWMINE_CHECK(inv_freq.dtype == DType::kF32 && inv_freq.numel() == rope_dim / 2,
+                 "cuda sparse_attention_rope: inv_freq must be [", rope_dim / 2, "] F32, got ", dtype_name(inv_freq.dtype),
+                 " ", shape_str(inv_freq.shape));
+  const RopeOut r{positions.as<int32_t>(), inv_freq.as<float>(), rope_dim};
+  if (!sparse_attention_impl(q, kv, entries, idx, sink, scale, &r, out)) rope(out, positions, inv_freq, rope_dim, true);
+}
+
+bool CudaBackend::sparse_attention_impl(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                                        const TensorView& idx, const TensorView& sink, float scale, const RopeOut* rope_out,
+                                        const TensorView& out) {
   expect_device(q, "sparse_attention", "q");
   expect_device(kv, "sparse_attention", "kv");
   expect_device(idx, "sparse_attention", "idx");
@@ -426,13 +455,21 @@ void CudaBackend::sparse_attention(const TensorView& q, const TensorView& kv, co
   CLAWMINE_CHECK(Dh > 0 && Dh <= 32 * kMaxLaneElems, "cuda sparse_attention: head dim ", Dh, " outside [1, ",
                  32 * kMaxLaneElems, "]");
   const int64_t S = idx.dim(1);
-  if (T == 0 || H == 0) return;
+  if (T == 0 || H == 0) return true;
   const int64_t n_kv = kv.dim(0), n_rows = n_kv + (has_entries ? entries.dim(0) : 0);
+  bool fused_rope = false;
   dispatch_float(q.dtype, "sparse_attention", "q", [&](auto tag) {
     using T_ = decltype(tag);
     constexpr int kVec = static_cast<int>(16 / sizeof(T_));
     const AttnArgs<T_> a{q.as<T_>(), kv.as<T_>(), n_kv, has_entries ? entries.as<T_>() : nullptr, n_rows,
                          idx.as<int32_t>(), T, S, has_sink ? sink.as<float>() : nullptr, scale, H, Dh, out.as<T_>()};
+    // Decode: one launch (splits merged in the kernel, the rope fused when asked).
+    if (attn::decode_supports(a)) {
+      attn::launch_attention_decode(*this, a, rope_out ? rope_out->positions : nullptr,
+                                    rope_out ? rope_out->inv_freq : nullptr, rope_out ? rope_out->rope_dim : 0);
+      fused_rope = true;
+      return;
+    }
     const bool vec_ok = Dh % kVec == 0 && aligned16(a.q) && aligned16(a.kv) && aligned16(a.entries);
     const bool use_mma = sizeof(T_) == 2 && vec_ok && aligned16(a.out) && attn::mma_supports(Dh);
 
@@ -485,6 +522,7 @@ void CudaBackend::sparse_attention(const TensorView& q, const TensorView& kv, co
       CLAWMINE_CUDA_LAUNCHED("sparse_attention (merge splits)");
     }
   });
+  return fused_rope;
 }
 
 }  // namespace clawmine::backend::cuda

@@ -52,4 +52,14 @@ bool mma_supports(int64_t Dh);  // head dims with a compiled instantiation (64, 
 template <typename T>
 void launch_attention_mma(CudaBackend& be, const AttnArgs<T>& a, const Partials& part);
 
+// Decode path (attention_decode.cu): T <= kDecodeMaxT queries, one launch that splits S over the
+// whole device and merges the splits in its last block per (query, head group), optionally with
+// the inverse RoPE of the output (rope_dim > 0: positions [T], inv_freq [rope_dim / 2]).
+constexpr int64_t kDecodeMaxT = 4;
+template <typename T>
+bool decode_supports(const AttnArgs<T>& a);  // T, head dim (16-byte vectors, <= 512), alignment
+template <typename T>
+void launch_attention_decode(CudaBackend& be, const AttnArgs<T>& a, const int32_t* positions, const float* inv_freq,
+                             int64_t rope_dim);
+
 }  // namespace clawmine::backend::cuda::attn

@@ -109,6 +109,9 @@ class CudaBackend final : public ops::Backend {
                        int64_t n_entries, int64_t rate, const TensorView& selected, const TensorView& idx) override;
   void sparse_attention(const TensorView& q, const TensorView& kv, const TensorView& entries, const TensorView& idx,
                         const TensorView& sink, float scale, const TensorView& out) override;
+  void sparse_attention_rope(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                             const TensorView& idx, const TensorView& sink, float scale, const TensorView& positions,
+                             const TensorView& inv_freq, int64_t rope_dim, const TensorView& out) override;
   void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
                       int64_t rate, bool overlap, const CompressorStateView& state, const TensorView& pooled,
                       const TensorView& entry_positions) override;
@@ -129,6 +132,17 @@ class CudaBackend final : public ops::Backend {
     if (it == op_state_.end()) it = op_state_.emplace(key, std::make_shared<T>()).first;
     return static_cast<T*>(it->second.get());
   }
+
+  // attention.cu: sparse_attention, with the inverse rope of the output fused when rope_out is
+  // given and the decode kernel runs; returns whether it was (else the caller still owes the rope).
+  struct RopeOut {
+    const int32_t* positions;
+    const float* inv_freq;
+    int64_t rope_dim;
+  };
+  bool sparse_attention_impl(const TensorView& q, const TensorView& kv, const TensorView& entries,
+                             const TensorView& idx, const TensorView& sink, float scale, const RopeOut* rope_out,
+                             const TensorView& out);
 
   // Checks that a tensor argument lives on this device (Device::kCuda) with a non-null pointer.
   void expect_device(const TensorView& v, const char* op, const char* arg) const;

@@ -66,7 +66,11 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   c.be.linear(qr, w.wq_b, q.reshaped({T, H * Dh}));
   c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = R}, c.positions, c.inv_freq);
 
-  const TensorView kv = c.act({T, Dh});
+  // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
+  // rows, see below), so they need no copy into it.
+  const int64_t n_prev = std::min(W - 1, c.p0);
+  const TensorView pool = c.act({n_prev + T, Dh});
+  const TensorView kv = pool.slice0(n_prev, n_prev + T);
   c.be.linear(h, w.wkv, kv);
   c.be.norm_rope_qdq(kv.reshaped({T, 1, Dh}),
                      {.norm = true,
@@ -95,12 +99,9 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   }
   c.be.set_scope(c.scope("attn"));
 
-  // Key rows: the window pool [previous window (n_prev) | this chunk (T)], then the compressed
-  // entries in place in the cache (N rows, every window complete by the chunk's end).
-  const int64_t n_prev = std::min(W - 1, c.p0);
-  const TensorView pool = c.act({n_prev + T, Dh});
+  // Key rows: the window pool [previous window (n_prev) | this chunk (T), already there], then
+  // the compressed entries in place in the cache (N rows, every window complete by the chunk's end).
   if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
-  c.be.copy(kv, pool.slice0(n_prev, n_prev + T));
   // Compressed keys: the whole entry store; attention_index lists only the entries complete at
   // each query's position.
   const TensorView entries = compressed ? cache.compressor.entries.view() : TensorView{};
@@ -115,8 +116,8 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
 
   // Step F: attention with sink; Step G: inverse RoPE at the query position, grouped output.
   const TensorView o = c.act({T, H, Dh});
-  c.be.sparse_attention(q, pool, entries, idx, w.attn_sink, 1.0f / std::sqrt(static_cast<float>(Dh)), o);
-  c.be.rope(o, c.positions, c.inv_freq, R, true);
+  c.be.sparse_attention_rope(q, pool, entries, idx, w.attn_sink, 1.0f / std::sqrt(static_cast<float>(Dh)),
+                             c.positions, c.inv_freq, R, o);
   const TensorView z = c.act({T, G, Lo});
   c.be.grouped_linear(o.reshaped({T, G, H / G * Dh}), w.wo_a, G, z);
   const TensorView out = c.act({T, cfg.hidden_size});
