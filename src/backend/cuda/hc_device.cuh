@@ -627,6 +627,176 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- Prefill hc_post_pre: hc_post and the mix partials of its output in one pass ----
+//
+// hc_post_mix_tile: X_out = hc_post(y, X, post, comb) as hc_post_kernel (hc_post_out, so X_out is
+// bit-identical to it) and, from the values still in registers, the mix partials of X_out as
+// hc_mix_tile_kernel writes them (partial[t, s, m] = X_out[t] flat . fn[m] over split s,
+// partial[t, s, kMix] = the sum of squares there), so X_out is written once and never re-read for
+// the mix (hc_finish_norm_kernel sums the splits in order and re-reads X_out for the collapse).
+// Block (tile, split s) takes kPmTokens tokens and the hidden dims [s * chunk, +chunk) of ALL HC
+// streams (a split over d, not over the flattened row: X_out[t, k, d] needs X[t, 0..HC-1, d], so
+// every X element is read by one block). Warp w holds 8 * kPmTL tokens; lane (slot = lane / 4,
+// g = lane % 4) the tokens slot + 8 i (i < kPmTL) and, per step of 16 d, d = 4 g .. 4 g + 3 of
+// every stream: per token one 16-byte load of each input stream and 4 (or 8) bytes of y, the
+// next step's loads in flight during this step's FMAs and an L2 prefetch kPmPrefetch steps ahead;
+// post[t] and comb[t] stay in registers. fn comes from shared memory in chunks of kPmDC d of
+// every stream and row (cp.async, double-buffered, 48 KB for F32 fn); the 8 lanes of a k group
+// read the same 16 bytes (a broadcast). Sum order of a lane: per step, rows m, streams k, then
+// the 4 d; then lanes g = 0..3 (xor 1, then 2). Deterministic; not the order of hc_pre's mix, so
+// the site's gates differ from the composition's in the last bits (tests: CPU budgets).
+// Needs: D % kPmDC == 0, chunk % kPmDC == 0, T * HC * D < 2^31, X, X_out, fn 16-byte
+// aligned, y 4-element aligned.
+constexpr int kPmWarps = 8;
+constexpr int kPmTL = 2;                          // tokens per lane
+constexpr int kPmTokens = 8 * kPmTL * kPmWarps;   // tokens per block (8 slots per warp)
+constexpr int kPmDC = 64;                         // d per fn chunk in shared memory (all streams)
+constexpr int kPmStepD = 16;                      // d per warp step (4 k groups x 4)
+constexpr int kPmPrefetch = 4;                    // L2 prefetch distance of X in steps (256 B per stream)
+
+template <int HC, typename Tf, typename Ty>
+__global__ void __launch_bounds__(32 * kPmWarps, 1)
+    hc_post_mix_tile_kernel(const Ty* __restrict__ y, const float* __restrict__ X, const float* __restrict__ post,
+                            const float* __restrict__ comb, float* __restrict__ X_out, const Tf* __restrict__ fn,
+                            int T, int D, int chunk, float* __restrict__ partial) {
+  pdl_trigger();
+  pdl_wait();
+  constexpr int kMix = mix_count<HC, false>(), kRows = kMix + 1, kVec = 16 / static_cast<int>(sizeof(Tf));
+  constexpr int kRowCopies = HC * kPmDC / kVec;  // 16-byte copies per row m of a chunk
+  constexpr int kCopies = kMix * kRowCopies;
+  __shared__ __align__(16) Tf fs[2][kMix][HC][kPmDC];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slot = lane >> 2, g = lane & 3;
+  const int s = blockIdx.y, S = gridDim.y, n = HC * D;
+  const int d_begin = s * chunk, d_end = min(D, d_begin + chunk);
+  const int t0 = blockIdx.x * kPmTokens + warp * (8 * kPmTL) + slot;  // tokens t0 + 8 i
+
+  auto stage = [&](int c) {  // chunk c of fn (d from d_begin + c * kPmDC, every stream) into fs[c & 1]
+    const int d0 = d_begin + c * kPmDC;
+    for (int q = threadIdx.x; q < kCopies; q += 32 * kPmWarps) {
+      const int m = q / kRowCopies, r = q % kRowCopies;
+      const int k = r / (kPmDC / kVec), e = r % (kPmDC / kVec) * kVec;
+      cp_async16(&fs[c & 1][m][k][e], fn + m * n + k * D + d0 + e);
+    }
+    cp_async_commit();
+  };
+  const int chunks = (d_end - d_begin) / kPmDC;
+  stage(0);
+
+  int xo[kPmTL], yo[kPmTL];  // element offsets of this lane's tokens in X / X_out and y (past T: the last token)
+  bool valid[kPmTL];
+  float pk[kPmTL][HC], ck[kPmTL][HC][HC];  // post[t, k]; ck[i][k][j] = comb[t, j, k]
+#pragma unroll
+  for (int i = 0; i < kPmTL; ++i) {
+    const int t = min(t0 + 8 * i, T - 1);
+    valid[i] = t0 + 8 * i < T;
+    xo[i] = t * n + 4 * g;
+    yo[i] = t * D + 4 * g;
+#pragma unroll
+    for (int k = 0; k < HC; ++k) {
+      pk[i][k] = post[t * HC + k];
+#pragma unroll
+      for (int j = 0; j < HC; ++j) ck[i][k][j] = comb[(t * HC + j) * HC + k];
+    }
+  }
+  float acc[kPmTL][kMix], sq[kPmTL], xc[kPmTL][HC][4], yc[kPmTL][4];
+  auto load_step = [&](int d) {
+#pragma unroll
+    for (int i = 0; i < kPmTL; ++i) {
+      rowwise::load_packed<4>(y + yo[i] + d, yc[i]);
+#pragma unroll
+      for (int j = 0; j < HC; ++j) rowwise::load_packed<4>(X + xo[i] + j * D + d, xc[i][j]);
+    }
+  };
+#pragma unroll
+  for (int i = 0; i < kPmTL; ++i) {
+    sq[i] = 0.0f;
+#pragma unroll
+    for (int m = 0; m < kMix; ++m) acc[i][m] = 0.0f;
+  }
+  load_step(d_begin);
+
+  for (int c = 0; c < chunks; ++c) {
+    cp_async_wait_all();
+    __syncthreads();  // chunk c is in fs[c & 1]; every warp is done with chunk c - 1 (the other buffer)
+    if (c + 1 < chunks) stage(c + 1);
+    const Tf(*f)[HC][kPmDC] = fs[c & 1];
+#pragma unroll 1
+    for (int st = 0; st < kPmDC / kPmStepD; ++st) {
+      const int d = d_begin + c * kPmDC + st * kPmStepD;
+      float o[kPmTL][HC][4];
+#pragma unroll
+      for (int i = 0; i < kPmTL; ++i) {
+#pragma unroll
+        for (int k = 0; k < HC; ++k) {
+          hc_post_out<HC, 4>(pk[i][k], ck[i][k], yc[i], xc[i], o[i][k]);
+          if (valid[i]) rowwise::store_packed<4>(X_out + xo[i] + k * D + d, o[i][k]);
+        }
+      }
+      if (d + kPmStepD < d_end) load_step(d + kPmStepD);
+      if (d + kPmPrefetch * kPmStepD < d_end) {
+#pragma unroll
+        for (int i = 0; i < kPmTL; ++i) {
+#pragma unroll
+          for (int j = 0; j < HC; ++j) prefetch_l2(X + xo[i] + j * D + d + kPmPrefetch * kPmStepD);
+        }
+      }
+      const int e = st * kPmStepD + 4 * g;
+#pragma unroll
+      for (int m = 0; m < kMix; ++m) {
+#pragma unroll
+        for (int k = 0; k < HC; ++k) {
+          float fv[4];
+          rowwise::load_packed<4>(&f[m][k][e], fv);
+#pragma unroll
+          for (int i = 0; i < kPmTL; ++i) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][m] = fmaf(o[i][k][q], fv[q], acc[i][m]);
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kPmTL; ++i) {
+#pragma unroll
+        for (int k = 0; k < HC; ++k) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) sq[i] = fmaf(o[i][k][q], o[i][k][q], sq[i]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPmTL; ++i) {
+#pragma unroll
+    for (int sh = 1; sh <= 2; sh <<= 1) {
+#pragma unroll
+      for (int m = 0; m < kMix; ++m) acc[i][m] += __shfl_xor_sync(0xffffffffu, acc[i][m], sh);
+      sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], sh);
+    }
+    if (valid[i]) {  // lane g stores the rows m = g mod 4
+      float* pt = partial + (static_cast<int64_t>(t0 + 8 * i) * S + s) * kRows;
+#pragma unroll
+      for (int m = 0; m < kMix; ++m)
+        if (m % 4 == g) pt[m] = acc[i][m];
+      if (kMix % 4 == g) pt[kMix] = sq[i];
+    }
+  }
+}
+
+// Whether hc_post_mix_tile takes the site: T tokens of HC streams of D (pointers as named).
+inline bool post_mix_fits(int64_t T, int64_t hc, int64_t D, const void* y, int64_t y_size, const void* X,
+                          const void* X_out, const void* fn) {
+  auto aligned = [](const void* p, int64_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
+  return T > kFusedMaxT && D % kPmDC == 0 && T * hc * D <= INT32_MAX && aligned(X, 16) && aligned(X_out, 16) &&
+         aligned(fn, 16) && aligned(y, 4 * y_size);
+}
+// hc_post_mix_tile's d per split: splits so that the blocks about fill the device once (one block
+// per SM). The partial sums' order, and so the bits, follow from it.
+inline int64_t post_mix_chunk(const CudaBackend& be, int64_t T, int64_t D) {
+  const int64_t tiles = (T + kPmTokens - 1) / kPmTokens;
+  const int64_t want = std::clamp<int64_t>(std::max(1, be.sm_count()) / tiles, 1, D / kPmDC);
+  return (D / want + kPmDC - 1) / kPmDC * kPmDC;
+}
+
 // ---- The fused site (hc_post_pre): hc_pre's tail followed by the input norm ----
 //
 // The norm of x_in as rms_norm_kernel holds a row (rowprep.cuh): tpr = rms_threads_per_row(D)

@@ -176,6 +176,49 @@ void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& X, co
   });
 }
 
+// hc_post_pre at prefill when post_mix_fits: hc_post_mix_tile_kernel (X_out and the mix
+// partials in one pass over the streams), then hc_finish_norm_kernel (the split sums in order,
+// the gates, the collapse of X_out and the norm into x_in).
+template <int HC>
+void hc_post_mix_and_finish(CudaBackend& be, const TensorView& y, const TensorView& X, const TensorView& post,
+                            const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
+                            const HcParams& p, const HcNorm& norm, const TensorView& x_in,
+                            const TensorView& post_out, const TensorView& comb_out) {
+  constexpr int kMix = mix_count<HC, false>();
+  const int64_t T = X.dim(0), D = X.dim(2);
+  const int64_t chunk = post_mix_chunk(be, T, D), S = (D + chunk - 1) / chunk;
+  const int64_t tiles = (T + kPmTokens - 1) / kPmTokens;
+  CLAWMINE_CHECK(S <= 65535 && tiles <= INT32_MAX, "cuda hc_post_pre: X ", shape_str(X.shape), " exceeds the grid");
+  ops::ScratchFrame frame(be);
+  const TensorView partial = be.scratch(DType::kF32, {T, S, kMix + 1});
+  const HcScalars scalars{w.base.data,
+                          rowwise::float_code(w.base.dtype, "hc_post_pre", "base"),
+                          w.scale.data,
+                          rowwise::float_code(w.scale.dtype, "hc_post_pre", "scale"),
+                          p.rms_eps,
+                          p.hc_eps,
+                          static_cast<int>(p.sinkhorn_iters)};
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(S));
+  dispatch_float(w.fn.dtype, "hc_post_pre", "fn", [&](auto tf) {
+    using Tf = decltype(tf);
+    dispatch_float(y.dtype, "hc_post_pre", "y", [&](auto ty) {
+      using Ty = decltype(ty);
+      launch_kernel(hc_post_mix_tile_kernel<HC, Tf, Ty>, grid, 32 * kPmWarps, 0, be.stream(), y.as<const Ty>(),
+                    static_cast<const float*>(X.f32()), static_cast<const float*>(post.f32()),
+                    static_cast<const float*>(comb.f32()), X_out.f32(), w.fn.as<const Tf>(), static_cast<int>(T),
+                    static_cast<int>(D), static_cast<int>(chunk), partial.f32());
+      CLAWMINE_CUDA_LAUNCHED("hc post mix tile");
+    });
+  });
+  dispatch_float(x_in.dtype, "hc_post_pre", "x_in", [&](auto to) {
+    using To = decltype(to);
+    launch_kernel(hc_finish_norm_kernel<HC, To>, static_cast<unsigned>(T), kThreads, 0, be.stream(),
+                  static_cast<const float*>(X_out.f32()), static_cast<const float*>(partial.f32()),
+                  static_cast<int>(S), D, scalars, norm, x_in.as<To>(), post_out.f32(), comb_out.f32());
+    CLAWMINE_CUDA_LAUNCHED("hc finish norm");
+  });
+}
+
 }  // namespace
 
 void CudaBackend::hc_pre(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p,
@@ -257,6 +300,8 @@ void CudaBackend::hc_post_pre(const TensorView& y, const TensorView& X, const Te
                     tpr};
   if (decode) {
     hc_site_fused<4>(*this, y, X, post, comb, X_out, w, p, norm, x_in, post_out, comb_out);
+  } else if (post_mix_fits(T, hc, D, y.data, dtype_size(y.dtype), X.data, X_out.data, w.fn.data)) {
+    hc_post_mix_and_finish<4>(*this, y, X, post, comb, X_out, w, p, norm, x_in, post_out, comb_out);
   } else {
     hc_post(y, X, post, comb, X_out);
     hc_mix_and_finish<4, false>(*this, X_out, w, p, x_in, post_out.f32(), comb_out.f32(), "hc_post_pre", &norm);
