@@ -30,6 +30,7 @@
 #include "backend/cuda/linear_dequant.cuh"
 #include "backend/cuda/linear_kernels.cuh"
 #include "backend/cuda/op_errors.cuh"
+#include "backend/cuda/op_errors.h"
 #include "core/log.h"
 
 namespace clawmine::backend::cuda {
@@ -212,6 +213,128 @@ __global__ void __launch_bounds__(kPlanThreads)
   }
 }
 
+// The plan for many occurrences (prefill): the same outputs as moe_plan_kernel from two
+// launches over chunks of `chunk` occurrences (a multiple of 32; chunk c = [c*chunk, ...)):
+//   moe_plan_count_kernel    block c writes its chunk's per-expert counts chunk_counts[c][E];
+//   moe_plan_scatter_kernel  block c sums the counts of all chunks (total[e]) and of chunks
+//                            before c (pre[e]), scans total over experts (offset[e]), and places
+//                            its chunk exactly as the one-block kernel places a warp's segment:
+//                            pos = offset[e] + pre[e] + (occurrences of e in earlier warp
+//                            segments of the chunk) + (earlier ones in its 32-occurrence step).
+// Rows of an expert are so in ascending f, as in moe_plan_kernel (bit-identical outputs). Block
+// 0 also writes counts, the tiles and n_tiles; every block fills the rows past the valid ones
+// (token 0, expert -1) among its chunk's row indices. Integer counts only: order-free.
+constexpr int kPlanMinChunk = 1024, kPlanMaxChunks = 256;
+constexpr int64_t kPlanMultiMinN = 4096;  // the one-block kernel below this many occurrences
+
+__global__ void __launch_bounds__(kPlanThreads)
+    moe_plan_count_kernel(const int32_t* __restrict__ idx, int64_t N, int E, int64_t chunk,
+                          int32_t* __restrict__ chunk_counts) {
+  pdl_trigger();
+  pdl_wait();
+  extern __shared__ int32_t sm[];  // [E]
+  for (int e = threadIdx.x; e < E; e += kPlanThreads) sm[e] = 0;
+  __syncthreads();
+  const int64_t f0 = blockIdx.x * chunk, f1 = min(N, f0 + chunk);
+  for (int64_t f = f0 + threadIdx.x; f < f1; f += kPlanThreads) {
+    const int e = idx[f];
+    if (e >= 0 && e < E) atomicAdd(&sm[e], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += kPlanThreads) chunk_counts[static_cast<int64_t>(blockIdx.x) * E + e] = sm[e];
+}
+
+__global__ void __launch_bounds__(kPlanThreads)
+    moe_plan_scatter_kernel(const int32_t* __restrict__ idx, int64_t N, int K, int E, int64_t chunk,
+                            const int32_t* __restrict__ chunk_counts, int tile_rows, int max_tiles,
+                            int32_t* __restrict__ row_token, int32_t* __restrict__ row_expert,
+                            int32_t* __restrict__ pos_of, int4* __restrict__ tiles, int32_t* __restrict__ n_tiles,
+                            int32_t* __restrict__ counts, OpErrorRecord* err) {
+  pdl_trigger();
+  pdl_wait();
+  extern __shared__ int32_t sm[];
+  int32_t* seg = sm;                     // [kPlanWarps][E]: counts, then running bases
+  int32_t* total = sm + kPlanWarps * E;  // [E]
+  int32_t* pre = total + E;              // [E]: occurrences of e in earlier chunks
+  int32_t* offset = pre + E;             // [E]: valid occurrences of lower experts
+  int32_t* tile0 = total;                // [E]: tiles of lower experts (replaces total after the scan)
+  int32_t* scalars = offset + E;         // [2]: valid occurrences, tiles
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int c = blockIdx.x, n_chunks = gridDim.x;
+  const int64_t c0 = c * chunk, c1 = min(N, c0 + chunk);
+  const int64_t seg_len = (c1 - c0 + kPlanWarps - 1) / kPlanWarps;
+  const int64_t f_begin = min(c1, c0 + warp * seg_len), f_end = min(c1, c0 + (warp + 1) * seg_len);
+
+  for (int i = tid; i < kPlanWarps * E; i += kPlanThreads) seg[i] = 0;
+  for (int e = tid; e < E; e += kPlanThreads) {
+    int before = 0, after = 0;
+#pragma unroll 8
+    for (int b = 0; b < c; ++b) before += chunk_counts[static_cast<int64_t>(b) * E + e];
+#pragma unroll 8
+    for (int b = c; b < n_chunks; ++b) after += chunk_counts[static_cast<int64_t>(b) * E + e];
+    pre[e] = before;
+    total[e] = before + after;
+  }
+  __syncthreads();
+  for (int64_t f = f_begin + lane; f < f_end; f += 32) {
+    const int e = idx[f];
+    if (e >= 0 && e < E) atomicAdd(&seg[warp * E + e], 1);
+  }
+  if (tid == 0) {
+    int run = 0, nt = 0;
+    for (int e = 0; e < E; ++e) {
+      const int n = total[e];
+      offset[e] = run;
+      tile0[e] = nt;
+      nt += (n + tile_rows - 1) / tile_rows;
+      run += n;
+    }
+    scalars[0] = run;
+    scalars[1] = nt;
+  }
+  __syncthreads();
+  for (int e = tid; e < E; e += kPlanThreads) {
+    int run = offset[e] + pre[e];
+    for (int w = 0; w < kPlanWarps; ++w) {
+      const int n = seg[w * E + e];
+      seg[w * E + e] = run;
+      run += n;
+    }
+    if (c == 0) {
+      const int n = (e + 1 < E ? offset[e + 1] : scalars[0]) - offset[e];
+      if (counts) counts[e] = n;
+      for (int r = 0, nt = tile0[e]; r < n; r += tile_rows, ++nt)
+        if (nt < max_tiles) tiles[nt] = make_int4(e, offset[e] + r, min(tile_rows, n - r), 0);
+    }
+  }
+  if (c == 0 && tid == 0) *n_tiles = min(scalars[1], max_tiles);  // scalars[1] <= max_tiles by the host's bound
+  __syncthreads();
+  for (int64_t i = max(c0, static_cast<int64_t>(scalars[0])) + tid; i < c1; i += kPlanThreads) {
+    row_token[i] = 0;  // rows past the valid ones (invalid ids) stay unused
+    row_expert[i] = -1;
+  }
+  for (int64_t f0 = f_begin; f0 < f_end; f0 += 32) {
+    const int64_t f = f0 + lane;
+    const bool in = f < f_end;
+    const int e = in ? idx[f] : -1;
+    const bool ok = in && e >= 0 && e < E;
+    const unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
+    const int rank = __popc(peers & ((1u << lane) - 1u));
+    if (ok) {
+      const int pos = seg[warp * E + e] + rank;
+      row_token[pos] = static_cast<int32_t>(f / K);
+      row_expert[pos] = e;
+      pos_of[f] = pos;
+    } else if (in) {
+      pos_of[f] = -1;
+      report_op_error(err, kOpErrorMoeExpert, e, f / K, f % K, E);
+    }
+    __syncwarp();
+    if (ok && rank == 0) seg[warp * E + e] += __popc(peers);
+    __syncwarp();
+  }
+}
+
 // The plan for N <= 32 occurrences (every decode step): one warp, lane f = occurrence f. Its
 // sorted row is pos = (valid occurrences of lower experts) + (earlier occurrences of its own
 // expert); the lowest lane of an expert ("leader", pos = the expert's first row) writes the
@@ -267,6 +390,43 @@ __global__ void __launch_bounds__(32)
     for (int r = 0, nt = tile0; r < cnt; r += tile_rows, ++nt)
       if (nt < max_tiles) tiles[nt] = make_int4(e, lower + r, min(tile_rows, cnt - r), 0);
   if (lane == 0) *n_tiles = min(total_tiles, max_tiles);
+}
+
+// The plan of N = T*K occurrences (see the kernels): one warp for N <= 32, one block up to
+// kPlanMultiMinN, else the two multi-block launches (chunk_counts in scratch). variant (tests):
+// 0 that choice, 1 the one-block kernel, 2 the multi-block launches (N > 32 for both).
+void launch_moe_plan(CudaBackend& be, const int32_t* idx, int64_t N, int64_t K, int64_t E, int tile_rows,
+                     int64_t max_tiles, const TensorView& row_token, const TensorView& row_expert,
+                     const TensorView& pos_of, const TensorView& tiles, const TensorView& n_tiles, int32_t* counts,
+                     int variant) {
+  const cudaStream_t s = be.stream();
+  if (N <= 32 && variant == 0) {
+    launch_kernel(moe_plan_warp_kernel, 1, 32, 0, s, idx, static_cast<int>(N), static_cast<int>(K),
+                  static_cast<int>(E), tile_rows, static_cast<int>(max_tiles), row_token.as<int32_t>(),
+                  row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(), n_tiles.as<int32_t>(), counts,
+                  op_error_record(be));
+  } else if (variant == 1 || (variant == 0 && N < kPlanMultiMinN)) {
+    const size_t plan_smem = static_cast<size_t>(kPlanWarps + 2) * E * sizeof(int32_t);
+    launch_kernel(moe_plan_kernel, 1, kPlanThreads, plan_smem, s, idx, N, static_cast<int>(K), static_cast<int>(E),
+                  tile_rows, static_cast<int>(max_tiles), row_token.as<int32_t>(), row_expert.as<int32_t>(),
+                  pos_of.as<int32_t>(), tiles.as<int4>(), n_tiles.as<int32_t>(), counts, op_error_record(be));
+  } else {
+    // At most kPlanMaxChunks chunks of a multiple of 32 occurrences, at least kPlanMinChunk.
+    const int64_t per = (N + kPlanMaxChunks - 1) / kPlanMaxChunks;
+    const int64_t chunk = std::max<int64_t>(kPlanMinChunk, (per + 31) / 32 * 32);
+    const int64_t n_chunks = (N + chunk - 1) / chunk;
+    const TensorView chunk_counts = be.scratch(DType::kI32, {n_chunks * E});
+    launch_kernel(moe_plan_count_kernel, static_cast<unsigned>(n_chunks), kPlanThreads, E * sizeof(int32_t), s, idx,
+                  N, static_cast<int>(E), chunk, chunk_counts.as<int32_t>());
+    CLAWMINE_CUDA_LAUNCHED("moe_plan_count");
+    // seg [kPlanWarps][E], total/tile0, pre, offset [E], 2 scalars: 45064 bytes at E = 1024.
+    const size_t smem = (static_cast<size_t>(kPlanWarps + 3) * E + 2) * sizeof(int32_t);
+    launch_kernel(moe_plan_scatter_kernel, static_cast<unsigned>(n_chunks), kPlanThreads, smem, s, idx, N,
+                  static_cast<int>(K), static_cast<int>(E), chunk, chunk_counts.as<const int32_t>(), tile_rows,
+                  static_cast<int>(max_tiles), row_token.as<int32_t>(), row_expert.as<int32_t>(),
+                  pos_of.as<int32_t>(), tiles.as<int4>(), n_tiles.as<int32_t>(), counts, op_error_record(be));
+  }
+  CLAWMINE_CUDA_LAUNCHED("moe_plan");
 }
 
 // ---- swiglu and combine ------------------------------------------------------------------------
@@ -447,6 +607,7 @@ constexpr int64_t kMoeCopyBudget = int64_t{1} << 30;  // bytes of BF16 expert co
 bool g_moe_grouped_gemm = true;  // set_moe_prefill_grouped (tuning hook)
 int g_moe_overlap = -1, g_moe_fuse13 = -1;  // set_moe_prefill_overlap / _fuse_gate_up: < 0 env
 int64_t g_moe_copy_budget = 0;              // set_moe_prefill_copy_budget: <= 0 kMoeCopyBudget
+int g_moe_plan = 0;                         // set_moe_plan_variant: launch_moe_plan's variant
 // The grouped call only while experts average fewer rows than this: on an H100 (kernel bench,
 // 2026-11-26) it beat one cublasGemmEx per expert at T=2048 (192 rows per expert: 5.42 vs 5.79
 // ms per layer) and lost at T=8192 (768 rows: 11.6 vs 8.35 ms). Decided once per layer.
@@ -490,22 +651,42 @@ MoeOverlapState& moe_overlap_state(CudaBackend& be) {
 }
 
 // h[r, c] = swiglu(g[r, c], g[r, I + c]) for rows r < rows of g [rows, 2I] and h [rows, I],
-// element for element swiglu_kernel's value; 8 columns (16 bytes) per step (I % 8 == 0, g and
-// h 16-byte aligned: the prefill's scratch).
-__global__ void moe_swiglu_rows_kernel(const __nv_bfloat16* __restrict__ g, __nv_bfloat16* __restrict__ h,
-                                       int64_t rows, int64_t I, float limit) {
+// element for element swiglu_kernel's value; 8 columns (16 bytes) per vector (I % 8 == 0, g and
+// h 16-byte aligned: the prefill's scratch). Block (x, y): vectors [x*64, x*64 + 64) of a row
+// (threadIdx.x) for kSwigluRowsPerBlock rows from y * kSwigluRowsPerBlock (grid-stride in y),
+// kSwigluRowsPerThread rows per thread: their 2 * kSwigluRowsPerThread 16-byte loads are issued
+// before the (FP64) maths. No 64-bit division; a warp's loads cover 512 contiguous bytes.
+constexpr int kSwigluVecs = 64, kSwigluRowsPerThread = 2, kSwigluThreadRows = 4;
+constexpr int kSwigluRowsPerBlock = kSwigluThreadRows * kSwigluRowsPerThread;
+__global__ void __launch_bounds__(kSwigluVecs* kSwigluThreadRows)
+    moe_swiglu_rows_kernel(const __nv_bfloat16* __restrict__ g, __nv_bfloat16* __restrict__ h, int64_t rows,
+                           int64_t I, float limit) {
   pdl_trigger();
   pdl_wait();
-  const int64_t per_row = I / 8, n = rows * per_row;
-  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < n;
-       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = v / per_row, c = (v - r * per_row) * 8;
-    float gv[8], uv[8], hv[8];
-    load8(g + r * 2 * I + c, gv);
-    load8(g + r * 2 * I + I + c, uv);
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kSwigluVecs + threadIdx.x) * 8;
+  if (c >= I) return;
+  for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kSwigluRowsPerBlock + threadIdx.y * kSwigluRowsPerThread;
+       r0 < rows; r0 += static_cast<int64_t>(gridDim.y) * kSwigluRowsPerBlock) {
+    uint4 gq[kSwigluRowsPerThread], uq[kSwigluRowsPerThread];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) hv[i] = swiglu_value(gv[i], uv[i], limit);
-    store8(h + r * I + c, hv);
+    for (int j = 0; j < kSwigluRowsPerThread; ++j)
+      if (r0 + j < rows) {
+        const __nv_bfloat16* src = g + (r0 + j) * 2 * I + c;
+        gq[j] = __ldg(reinterpret_cast<const uint4*>(src));
+        uq[j] = __ldg(reinterpret_cast<const uint4*>(src + I));
+      }
+#pragma unroll
+    for (int j = 0; j < kSwigluRowsPerThread; ++j)
+      if (r0 + j < rows) {
+        const __nv_bfloat16* gb = reinterpret_cast<const __nv_bfloat16*>(&gq[j]);
+        const __nv_bfloat16* ub = reinterpret_cast<const __nv_bfloat16*>(&uq[j]);
+        uint4 hq;
+        __nv_bfloat16* hb = reinterpret_cast<__nv_bfloat16*>(&hq);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          hb[i] = from_f32<__nv_bfloat16>(swiglu_value(to_f32(gb[i]), to_f32(ub[i]), limit));
+        *reinterpret_cast<uint4*>(h + (r0 + j) * I + c) = hq;
+      }
   }
 }
 
@@ -792,9 +973,12 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
     const int64_t i0 = bounds[c], i1 = bounds[c + 1];
     run_problems(be, p13, first13[i0], first13[i1] - first13[i0], dev13, grouped, gs);
     const int64_t r0 = act[i0].off, r1 = act[i1 - 1].off + act[i1 - 1].n;
-    const int64_t n = (r1 - r0) * (I / 8);
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(blocks_for(n, 256), 16 * int64_t{be.sm_count()}));
-    launch_kernel(moe_swiglu_rows_kernel, std::max(1u, blocks), 256, 0, gs,
+    const int64_t col_blocks = (I / 8 + kSwigluVecs - 1) / kSwigluVecs;
+    const int64_t row_blocks = std::min<int64_t>((r1 - r0 + kSwigluRowsPerBlock - 1) / kSwigluRowsPerBlock, 65535);
+    CLAWMINE_CHECK(col_blocks <= 0x7fffffff, "moe_experts: swiglu grid too large (I ", I, ")");
+    launch_kernel(moe_swiglu_rows_kernel,
+                  dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(std::max<int64_t>(1, row_blocks))),
+                  dim3(kSwigluVecs, kSwigluThreadRows), 0, gs,
                   static_cast<const __nv_bfloat16*>(g_p + r0 * 2 * I), h_p + r0 * I, r1 - r0, I, limit);
     CLAWMINE_CUDA_LAUNCHED("moe_swiglu_rows");
     run_problems(be, p2, static_cast<size_t>(i0), static_cast<size_t>(i1 - i0), dev2, grouped, gs);
@@ -879,19 +1063,8 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   const TensorView tiles = scratch(DType::kI32, {max_tiles, 4});
   const TensorView n_tiles = scratch(DType::kI32, {1});
   const TensorView info = prefill ? scratch(DType::kI32, {4 * E}) : TensorView{};  // counts, then alphas
-  if (N <= 32) {
-    launch_kernel(moe_plan_warp_kernel, 1, 32, 0, stream(), idx.as<const int32_t>(), static_cast<int>(N),
-                  static_cast<int>(K), static_cast<int>(E), tile_rows, static_cast<int>(max_tiles),
-                  row_token.as<int32_t>(), row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(),
-                  n_tiles.as<int32_t>(), prefill ? info.as<int32_t>() : nullptr, op_error_record(*this));
-  } else {
-    const size_t plan_smem = static_cast<size_t>(kPlanWarps + 2) * E * sizeof(int32_t);
-    launch_kernel(moe_plan_kernel, 1, kPlanThreads, plan_smem, stream(), idx.as<const int32_t>(), N,
-                  static_cast<int>(K), static_cast<int>(E), tile_rows, static_cast<int>(max_tiles),
-                  row_token.as<int32_t>(), row_expert.as<int32_t>(), pos_of.as<int32_t>(), tiles.as<int4>(),
-                  n_tiles.as<int32_t>(), prefill ? info.as<int32_t>() : nullptr, op_error_record(*this));
-  }
-  CLAWMINE_CUDA_LAUNCHED("moe_plan");
+  launch_moe_plan(*this, idx.as<const int32_t>(), N, K, E, tile_rows, max_tiles, row_token, row_expert, pos_of,
+                  tiles, n_tiles, prefill ? info.as<int32_t>() : nullptr, g_moe_plan);
 
   const int64_t slices = (D + kCombineSlice - 1) / kCombineSlice;
   CLAWMINE_CHECK(T <= 0x7fffffff && slices <= 65535, "moe_experts: combine grid too large (T ", T, ", D ", D, ")");
@@ -1030,6 +1203,50 @@ void set_moe_prefill_grouped(bool grouped) { g_moe_grouped_gemm = grouped; }
 void set_moe_prefill_overlap(int mode) { g_moe_overlap = mode < 0 ? -1 : mode; }
 void set_moe_prefill_fuse_gate_up(int mode) { g_moe_fuse13 = mode < 0 ? -1 : mode; }
 void set_moe_prefill_copy_budget(int64_t bytes) { g_moe_copy_budget = bytes > 0 ? bytes : 0; }
+void set_moe_plan_variant(int variant) { g_moe_plan = variant == 1 || variant == 2 ? variant : 0; }
+
+MoePlanForTest moe_plan_for_test(ops::Backend& backend, const std::vector<int32_t>& idx, int64_t K, int64_t E,
+                                 int tile_rows, int variant) {
+  auto* be = dynamic_cast<CudaBackend*>(&backend);
+  if (be == nullptr) throw Error("moe_plan_for_test: not a CUDA backend");
+  const int64_t N = static_cast<int64_t>(idx.size());
+  CLAWMINE_CHECK(N > 32 && K > 0 && N % K == 0 && E >= 1 && E <= kMaxExperts && tile_rows > 0,
+                 "moe_plan_for_test: bad arguments");
+  const int64_t max_tiles = (N + std::min(E, N) * (tile_rows - 1)) / tile_rows;
+  ops::ScratchFrame frame(*be);
+  const TensorView idx_d = be->scratch(DType::kI32, {N});
+  be->upload(idx.data(), idx_d);
+  MoePlanForTest r;
+  r.row_token.assign(static_cast<size_t>(N), 0x5a5a5a5a);
+  r.row_expert = r.pos_of = r.row_token;
+  r.tiles.assign(static_cast<size_t>(max_tiles * 4), 0x5a5a5a5a);
+  r.counts.assign(static_cast<size_t>(E), 0x5a5a5a5a);
+  r.n_tiles = 0x5a5a5a5a;
+  const TensorView row_token = be->scratch(DType::kI32, {N}), row_expert = be->scratch(DType::kI32, {N});
+  const TensorView pos_of = be->scratch(DType::kI32, {N}), tiles = be->scratch(DType::kI32, {max_tiles, 4});
+  const TensorView n_tiles = be->scratch(DType::kI32, {1}), counts = be->scratch(DType::kI32, {E});
+  be->upload(r.row_token.data(), row_token);  // poisoned: every output must be written
+  be->upload(r.row_expert.data(), row_expert);
+  be->upload(r.pos_of.data(), pos_of);
+  be->upload(r.tiles.data(), tiles);
+  be->upload(r.counts.data(), counts);
+  be->upload(&r.n_tiles, n_tiles);
+  launch_moe_plan(*be, idx_d.as<const int32_t>(), N, K, E, tile_rows, max_tiles, row_token, row_expert, pos_of, tiles,
+                  n_tiles, counts.as<int32_t>(), variant);
+  try {
+    check_op_errors(*be);
+  } catch (const Error&) {
+    r.op_error = true;
+  }
+  be->download(row_token, r.row_token.data());
+  be->download(row_expert, r.row_expert.data());
+  be->download(pos_of, r.pos_of.data());
+  be->download(tiles, r.tiles.data());
+  be->download(counts, r.counts.data());
+  be->download(n_tiles, &r.n_tiles);
+  be->synchronize();
+  return r;
+}
 
 // Decode sizes (T <= kGemvMaxTokens) with no activation transform on w1/w3: w1 and w3 in one
 // GEMV launch (z = 0, 1 over the expert's descriptor table, both reading x), as the routed

@@ -4,6 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+namespace clawmine::ops {
+class Backend;
+}  // namespace clawmine::ops
 
 namespace clawmine::backend::cuda {
 
@@ -26,5 +31,20 @@ void set_moe_prefill_fuse_gate_up(int mode = -1);
 // Bytes of scratch for the BF16 expert copies (both buffers together); <= 0: the default (1 GiB).
 // Tests force several chunks with a small budget.
 void set_moe_prefill_copy_budget(int64_t bytes = 0);
+
+// moe_experts' plan (expert-sorted rows, row tiles; one warp for N <= 32 occurrences, one block
+// below 4096, else the multi-block launches): variant 0 that choice, 1 the one-block kernel,
+// 2 the multi-block launches (both for N > 32). The outputs are the same whichever runs.
+void set_moe_plan_variant(int variant = 0);
+
+// The plan alone (tests): idx [N = T*K] (N > 32), outputs downloaded; unwritten entries keep
+// the poison 0x5a5a5a5a. tiles: max_tiles * 4 ints {expert, first row, rows, 0}.
+struct MoePlanForTest {
+  std::vector<int32_t> row_token, row_expert, pos_of, tiles, counts;
+  int32_t n_tiles = 0;
+  bool op_error = false;  // an invalid expert id was reported
+};
+MoePlanForTest moe_plan_for_test(ops::Backend& backend, const std::vector<int32_t>& idx, int64_t K, int64_t E,
+                                 int tile_rows, int variant);
 
 }  // namespace clawmine::backend::cuda

@@ -386,6 +386,65 @@ TEST_F(CudaMoe, InvalidExpertIdIsReportedAndItsTokenIsNaN) {
       EXPECT_EQ(std::isnan(got[t * D + d]), t == 1) << "t=" << t << " d=" << d;
 }
 
+// The plan alone: the multi-block launches (prefill sizes) and the one-block kernel against the
+// host's stable sort by expert, every output bit for bit: rows of an expert contiguous in
+// ascending occurrence, experts ascending, rows past the valid ones {token 0, expert -1}, tiles
+// of at most tile_rows rows. Cases: the 8K prefill (E 64, top-6, 64-row tiles), an N that is not
+// a multiple of the chunk, chunks above the minimum (N 300000), E = 1024 (the shared-memory
+// bound) with 1-row tiles, and invalid ids (reported, pos_of -1).
+TEST_F(CudaMoe, MultiBlockPlanMatchesOneBlockPlanAndHost) {
+  namespace bc = backend::cuda;
+  struct Case {
+    int64_t T, K, E;
+    int tile_rows;
+    bool invalid;
+  };
+  const Case cases[] = {{8192, 6, 64, 64, false}, {1001, 6, 256, 4, false}, {50000, 6, 64, 64, false},
+                        {2000, 8, 1024, 1, false}, {8192, 6, 64, 64, true}};
+  uint32_t seed = 31000;
+  for (const Case& cs : cases) {
+    SCOPED_TRACE("T=" + std::to_string(cs.T) + " K=" + std::to_string(cs.K) + " E=" + std::to_string(cs.E) +
+                 (cs.invalid ? " invalid ids" : ""));
+    Routing r = make_routing(cs.T, cs.E, cs.K, ++seed);
+    const int64_t N = cs.T * cs.K;
+    if (cs.invalid)
+      for (int64_t f = 7; f < N; f += 997) r.idx[f] = f % 2 ? -1 : static_cast<int32_t>(cs.E);
+    // Host reference.
+    std::vector<int32_t> token(N, 0), expert(N, -1), pos(N, -1), counts(cs.E, 0), tiles;
+    for (int32_t e : r.idx)
+      if (e >= 0 && e < cs.E) ++counts[e];
+    std::vector<int32_t> next(cs.E, 0);
+    int32_t run = 0;
+    for (int64_t e = 0; e < cs.E; ++e) {
+      next[e] = run;
+      for (int32_t q = 0; q < counts[e]; q += cs.tile_rows)
+        tiles.insert(tiles.end(), {static_cast<int32_t>(e), run + q, std::min(cs.tile_rows, counts[e] - q), 0});
+      run += counts[e];
+    }
+    for (int64_t f = 0; f < N; ++f) {
+      const int32_t e = r.idx[f];
+      if (e < 0 || e >= cs.E) continue;
+      pos[f] = next[e]++;
+      token[pos[f]] = static_cast<int32_t>(f / cs.K);
+      expert[pos[f]] = e;
+    }
+    bc::MoePlanForTest got[2];
+    for (int v : {1, 2}) {
+      SCOPED_TRACE(v == 1 ? "one block" : "multi-block");
+      const bc::MoePlanForTest p = bc::moe_plan_for_test(*cuda, r.idx, cs.K, cs.E, cs.tile_rows, v);
+      EXPECT_EQ(p.op_error, cs.invalid);
+      EXPECT_EQ(p.row_token, token);
+      EXPECT_EQ(p.row_expert, expert);
+      EXPECT_EQ(p.pos_of, pos);
+      EXPECT_EQ(p.counts, counts);
+      ASSERT_EQ(p.n_tiles, static_cast<int32_t>(tiles.size() / 4));
+      EXPECT_EQ(std::vector<int32_t>(p.tiles.begin(), p.tiles.begin() + tiles.size()), tiles);
+      got[v - 1] = p;
+    }
+    EXPECT_EQ(got[0].tiles, got[1].tiles);  // also the unused tail (poison on both)
+  }
+}
+
 TEST_F(CudaMoe, RepeatedCallsAreBitIdentical) {
   const int64_t D = 256, I = 128;
   TestExperts ex = make_experts(*cuda, kE, D, I, kE, [](int64_t) { return TestFormat::kNvfp4; }, 6000);
