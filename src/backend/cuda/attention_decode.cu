@@ -355,7 +355,8 @@ template <typename T>
 bool decode_supports(const AttnArgs<T>& a) {
   constexpr int64_t kVec = 16 / sizeof(T);
   auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return a.T >= 1 && a.T <= kDecodeMaxT && a.Dh % kVec == 0 && a.Dh <= 32 * kDecMaxLaneElems &&
+  return a.T >= 1 && a.T <= kDecodeMaxT && a.S <= kDecodeMaxSlots && a.Dh % kVec == 0 &&
+         a.Dh <= 32 * kDecMaxLaneElems &&
          (a.H + kDecHeads - 1) / kDecHeads * a.T <= kDecMaxCounters && aligned(a.q) && aligned(a.kv) &&
          aligned(a.entries);
 }

@@ -56,8 +56,13 @@ void launch_attention_mma(CudaBackend& be, const AttnArgs<T>& a, const Partials&
 // whole device and merges the splits in its last block per (query, head group), optionally with
 // the inverse RoPE of the output (rope_dim > 0: positions [T], inv_freq [rope_dim / 2]).
 constexpr int64_t kDecodeMaxT = 4;
+// ... and at most this many key slots per query: measured on the H100 (kernel bench, ncu of a
+// decode step), the decode kernel beats the tensor-core kernel + merge + rope up to ~250 slots
+// (window 128 + a few entries: 21.9 vs 26.5 us) and loses above (S 640: 35.1 vs 30.8 us; HCA at
+// 128K, S 1152: 49.5 vs 38.7), so longer lists keep the split tensor-core path.
+constexpr int64_t kDecodeMaxSlots = 256;
 template <typename T>
-bool decode_supports(const AttnArgs<T>& a);  // T, head dim (16-byte vectors, <= 512), alignment
+bool decode_supports(const AttnArgs<T>& a);  // T, slots, head dim (16-byte vectors, <= 512), alignment
 template <typename T>
 void launch_attention_decode(CudaBackend& be, const AttnArgs<T>& a, const int32_t* positions, const float* inv_freq,
                              int64_t rope_dim);

@@ -134,6 +134,9 @@ std::vector<float> check_case(ops::Backend& cpu, ops::Backend& cuda, const DecCa
 TEST_F(CudaAttentionDecode, FusedEqualsCompositionAndCpu) {
   const DecCase cases[] = {
       // name, T, H, Dh, R, Nw, Ne, W, C, list, p0
+      // S <= kDecodeMaxSlots (256) takes the decode kernel, longer lists the split tensor-core path.
+      {"CSA k100", 1, 64, 512, 64, 128, 300, 128, 100, List::kCsa, 1200},
+      {"HCA 120 entries", 1, 64, 512, 64, 128, 120, 128, 120, List::kHca, 15400},
       {"CSA k512", 1, 64, 512, 64, 128, 1000, 128, 512, List::kCsa, 5000},
       {"HCA 3000 entries", 1, 64, 512, 64, 128, 3000, 128, 3000, List::kHca, 384000},
       {"sliding, window not full", 1, 64, 512, 64, 40, 0, 128, 0, List::kSliding, 39},

@@ -9,9 +9,10 @@
 //    small odd dims (heads not a multiple of the block's 4 or 64, head dims 7, 36, 64, 100, 128,
 //    200, 256 covering the vector and scalar load paths), -1 anywhere, duplicated rows, queries
 //    with no key (0), no entries pool; an index outside the key space gives NaN, never a read out
-//    of bounds. Each kernel path is hit on purpose: decode (T = 1, S = 640 / 1152: the one-launch
-//    decode kernel of attention_decode.cu for every dtype; T = 5 splits take the FMA kernel for
-//    F32, tensor cores for BF16/F16, then the merge), the unsplit tensor-core
+//    of bounds. Each kernel path is hit on purpose: decode (T = 1, S = 640 / 1152: longer than the
+//    one-launch decode kernel of attention_decode.cu takes (kDecodeMaxSlots), so split: the FMA
+//    kernel for F32, tensor cores for BF16/F16, then the merge; attention_decode_test.cpp covers
+//    the decode kernel), the unsplit tensor-core
 //    prefill (T = 64, 300), splits with empty ranges, and bit-identical repeats;
 //  * the tensor-core kernel's skip of key tiles without a valid slot: model-shaped causal lists
 //    (window -1 before the start, CSA / HCA entries not complete yet), -1 tiles in the middle of
