@@ -320,26 +320,9 @@ __global__ void __launch_bounds__(kDecThreads, 1)
   }
 }
 
-// Per backend: kDecMaxCounters zeros (the kernel leaves them zero), cleared on first use like
-// hyper_connection.cu's counters (a clear issued inside a capture is a node of that graph).
-struct DecodeCounters {
-  unsigned* data = nullptr;
-  bool cleared = false;
-};
+// Per backend: kDecMaxCounters zeros (the kernel leaves them zero).
 const char kDecodeCountersKey = 0;  // its address keys the state
-
-unsigned* decode_counters(CudaBackend& be) {
-  auto* st = be.op_state<DecodeCounters>(&kDecodeCountersKey);
-  if (st->data == nullptr) {
-    const TensorView v = be.allocate(DType::kI32, {kDecMaxCounters});
-    st->data = static_cast<unsigned*>(v.data);  // never released: the arena goes with the backend
-  }
-  if (!st->cleared) {
-    CLAWMINE_CUDA_CHECK(cudaMemsetAsync(st->data, 0, kDecMaxCounters * sizeof(unsigned), be.stream()));
-    st->cleared = !be.capturing();
-  }
-  return st->data;
-}
+unsigned* decode_counters(CudaBackend& be) { return be.zeroed_counters(&kDecodeCountersKey, kDecMaxCounters); }
 
 template <typename T, int VEC, int NV>
 void launch_decode(CudaBackend& be, const AttnArgs<T>& a, const DecodeArgs& x, unsigned groups) {

@@ -132,6 +132,11 @@ class CudaBackend final : public ops::Backend {
     if (it == op_state_.end()) it = op_state_.emplace(key, std::make_shared<T>()).first;
     return static_cast<T*>(it->second.get());
   }
+  // n unsigned ticket counters kept per backend under `key` (op_state), zero for every kernel that
+  // takes tickets from them (its last block resets what it used). Allocated on first use and
+  // cleared until a clear has run outside a stream capture: a clear issued inside a capture is a
+  // node of that graph, and a discarded capture leaves the next eager call to clear again.
+  unsigned* zeroed_counters(const void* key, int64_t n);
 
   // attention.cu: sparse_attention, with the inverse rope of the output fused when rope_out is
   // given and the decode kernel runs; returns whether it was (else the caller still owes the rope).

@@ -995,28 +995,9 @@ void check_weights(const CudaBackend& be, const HyperConnectionWeights& w, int64
                  shape_str(w.scale.shape));
 }
 
-// The fused path's per-token counters: kFusedMaxT zeros kept per backend (op_state), allocated
-// and cleared on first use. A clear issued inside a stream capture is a node of that graph (it
-// runs before every replay); `cleared` records whether one ran eagerly, so a capture that was
-// discarded leaves the next eager call to clear them again.
-struct HcCounters {
-  unsigned* data = nullptr;
-  bool cleared = false;
-};
+// The fused path's per-token counters: kFusedMaxT zeros kept per backend.
 const char kHcCountersKey = 0;  // its address keys the state
-
-unsigned* hc_counters(CudaBackend& be) {
-  auto* st = be.op_state<HcCounters>(&kHcCountersKey);
-  if (st->data == nullptr) {
-    const TensorView v = be.allocate(DType::kI32, {kFusedMaxT});
-    st->data = static_cast<unsigned*>(v.data);  // never released: the arena goes with the backend
-  }
-  if (!st->cleared) {
-    CLAWMINE_CUDA_CHECK(cudaMemsetAsync(st->data, 0, kFusedMaxT * sizeof(unsigned), be.stream()));
-    st->cleared = !be.capturing();
-  }
-  return st->data;
-}
+unsigned* hc_counters(CudaBackend& be) { return be.zeroed_counters(&kHcCountersKey, kFusedMaxT); }
 
 }  // namespace
 }  // namespace clawmine::backend::cuda

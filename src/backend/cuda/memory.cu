@@ -300,4 +300,27 @@ void CudaBackend::synchronize() {
   CLAWMINE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+namespace {
+struct ZeroedCounters {
+  unsigned* data = nullptr;
+  int64_t n = 0;
+  bool cleared = false;
+};
+}  // namespace
+
+unsigned* CudaBackend::zeroed_counters(const void* key, int64_t n) {
+  auto* st = op_state<ZeroedCounters>(key);
+  if (st->data == nullptr) {
+    const TensorView v = allocate(DType::kI32, {n});
+    st->data = static_cast<unsigned*>(v.data);  // never released: the arena goes with the backend
+    st->n = n;
+  }
+  CLAWMINE_CHECK(st->n == n, "zeroed_counters: asked for ", n, " counters under a key that holds ", st->n);
+  if (!st->cleared) {
+    CLAWMINE_CUDA_CHECK(cudaMemsetAsync(st->data, 0, static_cast<size_t>(n) * sizeof(unsigned), stream()));
+    st->cleared = !capturing();
+  }
+  return st->data;
+}
+
 }  // namespace clawmine::backend::cuda
