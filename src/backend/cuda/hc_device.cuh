@@ -236,6 +236,16 @@ struct HcScalars {
   float rms_eps, hc_eps;
   int sinkhorn_iters;
 };
+// The scalars of one hc site from its weights and parameters (op names the errors).
+inline HcScalars hc_scalars(const HyperConnectionWeights& w, const HcParams& p, const char* op) {
+  return {w.base.data,
+          rowwise::float_code(w.base.dtype, op, "base"),
+          w.scale.data,
+          rowwise::float_code(w.scale.dtype, op, "scale"),
+          p.rms_eps,
+          p.hc_eps,
+          static_cast<int>(p.sinkhorn_iters)};
+}
 
 template <int HC, bool kHead>
 constexpr int mix_count() {

@@ -51,13 +51,7 @@ void hc_mix_and_finish(CudaBackend& be, const TensorView& X, const HyperConnecti
   CLAWMINE_CHECK(S <= 65535 && T <= INT32_MAX, "cuda ", op, ": X ", shape_str(X.shape), " exceeds the grid");
   ops::ScratchFrame frame(be);
   const TensorView partial = be.scratch(DType::kF32, {T, S, kMix + 1});
-  const HcScalars scalars{w.base.data,
-                          rowwise::float_code(w.base.dtype, op, "base"),
-                          w.scale.data,
-                          rowwise::float_code(w.scale.dtype, op, "scale"),
-                          p.rms_eps,
-                          p.hc_eps,
-                          static_cast<int>(p.sinkhorn_iters)};
+  const HcScalars scalars = hc_scalars(w, p, op);
   const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(S));
   unsigned* counters = fused ? hc_counters(be) : nullptr;
   dispatch_float(w.fn.dtype, op, "fn", [&](auto tf) {
@@ -154,13 +148,7 @@ void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& X, co
   CLAWMINE_CHECK(S <= 65535, "cuda hc_post_pre: X ", shape_str(X.shape), " exceeds the grid");
   ops::ScratchFrame frame(be);
   const TensorView partial = be.scratch(DType::kF32, {T, S, kMix + 1});
-  const HcScalars scalars{w.base.data,
-                          rowwise::float_code(w.base.dtype, "hc_post_pre", "base"),
-                          w.scale.data,
-                          rowwise::float_code(w.scale.dtype, "hc_post_pre", "scale"),
-                          p.rms_eps,
-                          p.hc_eps,
-                          static_cast<int>(p.sinkhorn_iters)};
+  const HcScalars scalars = hc_scalars(w, p, "hc_post_pre");
   const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(S));
   unsigned* counters = hc_counters(be);
   dispatch_float(w.fn.dtype, "hc_post_pre", "fn", [&](auto tf) {
@@ -191,13 +179,7 @@ void hc_post_mix_and_finish(CudaBackend& be, const TensorView& y, const TensorVi
   CLAWMINE_CHECK(S <= 65535 && tiles <= INT32_MAX, "cuda hc_post_pre: X ", shape_str(X.shape), " exceeds the grid");
   ops::ScratchFrame frame(be);
   const TensorView partial = be.scratch(DType::kF32, {T, S, kMix + 1});
-  const HcScalars scalars{w.base.data,
-                          rowwise::float_code(w.base.dtype, "hc_post_pre", "base"),
-                          w.scale.data,
-                          rowwise::float_code(w.scale.dtype, "hc_post_pre", "scale"),
-                          p.rms_eps,
-                          p.hc_eps,
-                          static_cast<int>(p.sinkhorn_iters)};
+  const HcScalars scalars = hc_scalars(w, p, "hc_post_pre");
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(S));
   dispatch_float(w.fn.dtype, "hc_post_pre", "fn", [&](auto tf) {
     using Tf = decltype(tf);
