@@ -52,19 +52,24 @@ bool mma_supports(int64_t Dh);  // head dims with a compiled instantiation (64, 
 template <typename T>
 void launch_attention_mma(CudaBackend& be, const AttnArgs<T>& a, const Partials& part);
 
-// Decode path (attention_decode.cu): T <= kDecodeMaxT queries, one launch that splits S over the
-// whole device and merges the splits in its last block per (query, head group), optionally with
-// the inverse RoPE of the output (rope_dim > 0: positions [T], inv_freq [rope_dim / 2]).
+// Decode path: T <= kDecodeMaxT queries. BF16/F16 with a tensor-core head dim take
+// attention_decode_mma.cu (a split kernel over the whole device, then a merge launch with the
+// optional inverse RoPE of the output: rope_dim > 0, positions [T], inv_freq [rope_dim / 2]), any
+// number of key slots; otherwise attention_decode.cu's F32-FMA kernel (one launch that merges the
+// splits in its last block per (query, head group)) for lists of at most kDecodeMaxSlots slots.
 constexpr int64_t kDecodeMaxT = 4;
-// ... and at most this many key slots per query: measured on the H100 (kernel bench, ncu of a
-// decode step), the decode kernel beats the tensor-core kernel + merge + rope up to ~250 slots
-// (window 128 + a few entries: 21.9 vs 26.5 us) and loses above (S 640: 35.1 vs 30.8 us; HCA at
-// 128K, S 1152: 49.5 vs 38.7), so longer lists keep the split tensor-core path.
+// The FMA decode kernel's limit: measured on the H100 it beats the prefill tensor-core kernel +
+// merge + rope up to ~250 slots and loses above (S 640: 35.1 vs 30.8 us).
 constexpr int64_t kDecodeMaxSlots = 256;
 template <typename T>
-bool decode_supports(const AttnArgs<T>& a);  // T, slots, head dim (16-byte vectors, <= 512), alignment
+bool decode_supports(const AttnArgs<T>& a);  // either decode kernel takes the call
 template <typename T>
 void launch_attention_decode(CudaBackend& be, const AttnArgs<T>& a, const int32_t* positions, const float* inv_freq,
                              int64_t rope_dim);
+template <typename T>
+bool decode_mma_supports(const AttnArgs<T>& a);  // 16-bit T, T <= kDecodeMaxT, Dh 64/128/256/512, alignment
+template <typename T>
+void launch_attention_decode_mma(CudaBackend& be, const AttnArgs<T>& a, const int32_t* positions,
+                                 const float* inv_freq, int64_t rope_dim);
 
 }  // namespace clawmine::backend::cuda::attn

@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/mma_sync.cuh"
 
 namespace clawmine::backend::cuda {
 namespace {
@@ -48,15 +49,6 @@ constexpr int kStages = 2;
 constexpr int64_t kTargetBlocks = 512;                // split keys until about this many blocks
 static_assert(kStages * kStageBytes <= 48 * 1024, "static shared memory");
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16 bytes global -> shared, or 16 zero bytes when !valid (nothing is read then).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // c += a . b; A 16x16 (row), B 16x8 (col), BF16, F32 accumulators. Fragments of lane (g, c) =

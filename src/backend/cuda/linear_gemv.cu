@@ -612,6 +612,11 @@ constexpr int kStreamMaxWarps = 16;      // W: warps per block, each on its own 
 constexpr int kStreamGroup = 2;          // U: k blocks (64 bytes of a row) per load group
 constexpr int kStreamMaxSplit = 64;      // k segments per m-tile: W * KC
 constexpr int kStreamWarpsPerSm = 24;    // the split stops once the grid has this many warps per SM
+// Tile tables (MoE experts at decode) split further, into more warps than are resident at once.
+// tools/gemv_probe, H100, MXFP4 moe13 / moe2 at T = 1: 39.1 / 21.3 us at the earlier 20 warps per
+// SM (the FP4 register limit), 30.5 / 17.1 at 48, 30.6 / 17.1 at 64, 32.7 / 22.1 at 96; T = 2:
+// 65.0 / 34.1 -> 54.5 / 28.7 at 48 (docs/PERFORMANCE.md, fifth session).
+constexpr int kStreamTileWarpsPerSm = 48;
 constexpr int kStreamMaxTileRows = 8;    // one n tile of tokens
 constexpr size_t kStreamMaxSmem = 96 << 10;
 // Register cap: 80 (24 resident warps per SM) where ptxas needs no spills at that (BF16, FP8);
@@ -907,7 +912,7 @@ __global__ void __cluster_dims__(KC, 1, 1) __maxnreg__(stream_max_regs<F>())
 
 // Shape of a streaming launch: split = W * KC k segments per m-tile, a power of two, doubled
 // while every segment keeps >= 1 k block and the grid stays within kStreamWarpsPerSm warps per
-// multiprocessor; W = min(split, 16) warps per block, KC = split / W blocks per cluster.
+// multiprocessor (register-limited; tile tables: kStreamTileWarpsPerSm); W = min(split, 16) warps per block, KC = split / W blocks per cluster.
 struct StreamPlan {
   int W = 1, KC = 1;
   int64_t m_tiles = 0;
@@ -921,7 +926,10 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
   p.m_tiles = (a.n_rows + 15) / 16;
   if (n_kb < 1 || n_kb > (1 << 24) || p.m_tiles * kStreamMaxSplit > 0x7fffffff) return false;  // int math in-kernel
   const int64_t units = p.m_tiles * grid_tiles * a.n_z;
-  const int64_t target = static_cast<int64_t>(multiprocessors()) * std::min(kStreamWarpsPerSm, warps_per_sm);
+  // Tile-table launches (the routed experts: moe_plan's tiles) wait for the tiles before their
+  // first load, so nothing of theirs streams early; they take more, shorter k segments.
+  const int per_sm = a.tiles != nullptr ? kStreamTileWarpsPerSm : std::min(kStreamWarpsPerSm, warps_per_sm);
+  const int64_t target = static_cast<int64_t>(multiprocessors()) * per_sm;
   int split = 1;
   while (split < kStreamMaxSplit && split * 2 <= n_kb && units * split * 2 <= target) split *= 2;
   p.W = std::min(split, kStreamMaxWarps);

@@ -1,7 +1,8 @@
-// The CUDA decode attention (attention_decode.cu: T <= 4 queries in one launch that splits the key
-// slots over the device and merges them in its last block per (query, head group)) and the fused
-// sparse_attention_rope (attention, then the inverse RoPE of the output), on fresh random inputs
-// with NaN-poisoned outputs:
+// The CUDA decode attention (T <= 4 queries: attention_decode_mma.cu's tensor-core split kernel +
+// merge for BF16/F16 at head dims 64..512, any number of slots; attention_decode.cu's F32-FMA
+// kernel, which merges in its last block per (query, head group), for F32 up to 256 slots) and
+// the fused sparse_attention_rope (attention, then the inverse RoPE of the output), on fresh
+// random inputs with NaN-poisoned outputs:
 //  * sparse_attention_rope equals sparse_attention followed by rope(inverse) on the same CUDA
 //    backend bit for bit (the decode kernel serves both; T = 5 and 64 check the composition that
 //    larger chunks take), and the CPU backend within 1e-5 (F32) / 1e-2 (BF16, F16) rel l2, per
@@ -134,7 +135,8 @@ std::vector<float> check_case(ops::Backend& cpu, ops::Backend& cuda, const DecCa
 TEST_F(CudaAttentionDecode, FusedEqualsCompositionAndCpu) {
   const DecCase cases[] = {
       // name, T, H, Dh, R, Nw, Ne, W, C, list, p0
-      // S <= kDecodeMaxSlots (256) takes the decode kernel, longer lists the split tensor-core path.
+      // BF16/F16: every list takes the decode tensor-core kernel; F32: S <= kDecodeMaxSlots (256)
+      // the FMA decode kernel, longer lists the split FMA path + merge + rope.
       {"CSA k100", 1, 64, 512, 64, 128, 300, 128, 100, List::kCsa, 1200},
       {"HCA 120 entries", 1, 64, 512, 64, 128, 120, 128, 120, List::kHca, 15400},
       {"CSA k512", 1, 64, 512, 64, 128, 1000, 128, 512, List::kCsa, 5000},
