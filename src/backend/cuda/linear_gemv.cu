@@ -8,8 +8,8 @@
 //   contiguous segments (a power of two, doubled while every segment keeps >= 1 k block and the
 //   grid stays under min(24, what the registers allow) warps per SM: small weights spread over
 //   every SM, large ones loop);
-//   warp w of cluster rank c takes segment c*W + w. Per lane, loads come in groups of 2 k blocks
-//   (4 x 16 bytes + their scale bits) into two register buffers: group i+2 is issued as soon as
+//   warp w of cluster rank c takes segment c*W + w. Per lane, loads come in groups of U k blocks
+//   (FP4 2, FP8 4: 2U x 16 bytes + their scale bits) into two register buffers: group i+2 is issued as soon as
 //   group i is decoded, so a group is always in flight behind the math. Activations of the
 //   block's k range are staged once in shared memory in decoder order (no x loads in the loop);
 //   each k block's 4-8 HMMAs start from zero (short chains), FP8's block scale multiplies that
@@ -609,7 +609,13 @@ void launch_gemv_mma_typed(const GemmArgs& a, int grid_tiles, cudaStream_t strea
 // ---- streaming GEMV (decode) -----------------------------------------------------------------
 // Built for bytes in flight and a short fixed cost at T <= 8 (see the file comment).
 constexpr int kStreamMaxWarps = 16;      // W: warps per block, each on its own k segment
-constexpr int kStreamGroup = 2;          // U: k blocks (64 bytes of a row) per load group
+// U: k blocks (64 bytes of a row) per load group. FP8: 4 (128 registers, no spills; T = 1 on the
+// H100: wo_b 16.3 -> 15.3 us, wq_b 16.6 -> 15.2); FP4: 2 (4 at 128 registers made MXFP4 wo_b
+// 10.5 -> 12.6 us and moe13 30.4 -> 37.9).
+template <WFmt F>
+constexpr int stream_group() {
+  return F == WFmt::kFp8E8M0 || F == WFmt::kFp8F32 ? 4 : 2;
+}
 constexpr int kStreamMaxSplit = 64;      // k segments per m-tile: W * KC
 constexpr int kStreamWarpsPerSm = 24;    // the split stops once the grid has this many warps per SM
 // Tile tables (MoE experts at decode) split further, into more warps than are resident at once.
@@ -619,11 +625,12 @@ constexpr int kStreamWarpsPerSm = 24;    // the split stops once the grid has th
 constexpr int kStreamTileWarpsPerSm = 48;
 constexpr int kStreamMaxTileRows = 8;    // one n tile of tokens
 constexpr size_t kStreamMaxSmem = 96 << 10;
-// Register cap: 80 (24 resident warps per SM) where ptxas needs no spills at that (BF16, FP8);
-// FP4's decode keeps more live (80 spilled 44-56 bytes): 96, 20 warps per SM.
+// Register cap: 80 (24 resident warps per SM) where ptxas needs no spills at that (BF16); FP4's
+// decode keeps more live (80 spilled 44-56 bytes): 96, 20 warps per SM; FP8's groups of 4 k
+// blocks: 128, 16 warps per SM (a 16-warp block still fits the register file).
 template <WFmt F>
 constexpr int stream_max_regs() {
-  return F == WFmt::kMxfp4 || F == WFmt::kNvfp4 ? 96 : 80;
+  return stream_group<F>() == 4 ? 128 : F == WFmt::kMxfp4 || F == WFmt::kNvfp4 ? 96 : 80;
 }
 
 struct StreamShape {
@@ -708,7 +715,7 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   if (!early) pdl_wait();
   using D = WeightDecoder<F>;
   static_assert(D::kMma, "format without a tensor-core GEMV decoder");
-  constexpr int E = D::kChunk, XW = E / 2, U = kStreamGroup;
+  constexpr int E = D::kChunk, XW = E / 2, U = stream_group<F>();
   extern __shared__ uint4 smem[];
 
   Tile tile;
