@@ -124,6 +124,17 @@ class Backend {
   // for diagnostics (diag/trace.h); compute backends ignore it. The view is copied if kept.
   virtual void set_scope(std::string_view scope) {}
 
+  // Concurrency at decode sizes. branch(b) sends the ops issued after it to branch b (0: the
+  // main branch, 1: a second one that starts from everything issued before its first op);
+  // ops of different branches may run at the same time until join_branches(), after which
+  // every op follows all of them. The caller keeps the branches independent: no op of one
+  // reads or writes what an op of another writes before the join. While a branch is open,
+  // scratch_reset keeps what was handed out (no scratch is reused across branches); a reset
+  // after the join frees it. Results are those of the same ops issued in order. The default
+  // (CPU, diagnostic decorators) runs everything in order.
+  virtual void branch(int b) {}
+  virtual void join_branches() {}
+
   // ---- Ops ---------------------------------------------------------------------------------
   // out[t, :] = table[ids[t], :].  table [V, D] (BF16/F32/F16), ids [T] I32, out [T, D].
   // An id outside [0, V) is an error naming it (CUDA: reported at the next synchronizing call).

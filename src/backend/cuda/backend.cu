@@ -78,6 +78,7 @@ CudaBackend::CudaBackend(const CudaOptions& options) : options_(options) {
     CLAWMINE_CUDA_CHECK(cudaSetDevice(options_.device));
     CLAWMINE_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, options_.device));
     CLAWMINE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    main_stream_ = stream_;
     check_cublas(cublasCreate(&cublas_), "cublasCreate");
     check_cublas(cublasSetStream(cublas_, stream_), "cublasSetStream");
 
@@ -134,12 +135,14 @@ CudaBackend::~CudaBackend() { release_all(); }
 // Releases every resource; safe on a partly constructed backend. Never throws.
 void CudaBackend::release_all() noexcept {
   op_state_.clear();  // states may hold arena views; drop them while the arena still exists
+  destroy_branches();  // joins open branches (the stream below is the main one again)
   if (capturing_ && stream_) {
     cudaGraph_t g = nullptr;
     if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
     capturing_ = false;
   }
   if (stream_) cudaStreamSynchronize(stream_);  // kernels may still use the arena and staging
+  free_branches();
   destroy_graphs();
   for (Staging& s : staging_) {
     if (s.done) cudaEventDestroy(s.done);
@@ -152,7 +155,7 @@ void CudaBackend::release_all() noexcept {
   if (arena_) cudaFree(arena_);
   arena_ = nullptr;
   if (stream_) cudaStreamDestroy(stream_);
-  stream_ = nullptr;
+  stream_ = main_stream_ = nullptr;
   cudaGetLastError();
 }
 

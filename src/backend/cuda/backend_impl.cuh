@@ -1,7 +1,8 @@
 // The CudaBackend class, shared by the .cu files that define its ops (one file per op family:
 // memory.cu, elementwise.cu, hyper_connection.cu, route.cu, linear.cu, moe.cu, attention.cu,
-// compressor.cu, indexer.cu). Everything runs on one stream in issue order; kernels never
-// allocate: temporaries come from the scratch region (stream order makes reuse safe).
+// compressor.cu, indexer.cu). Everything runs on one stream in issue order (decode steps may
+// open a second branch on a side stream: branches.cu); kernels never allocate: temporaries come
+// from the scratch region (stream order makes reuse safe; no reuse while a branch is open).
 #pragma once
 
 #include <cublas_v2.h>
@@ -60,6 +61,12 @@ class CudaBackend final : public ops::Backend {
   void begin_step_graph(uint64_t key) override;
   void end_step_graph() override;
   bool capturing() const { return capturing_; }
+
+  // branches.cu: branch b's ops on side stream b (stream_ is the current branch's stream,
+  // main_stream_ the main one); forked from and joined into the main stream by events.
+  void branch(int b) override;
+  void join_branches() override;
+  bool branches_open() const { return n_forked_ > 0; }
   void discard_capture();  // ends and drops a capture left open by a failed step
   // Host transfers inside a capture are errors: the capture is dropped, then Error is thrown.
   void refuse_inside_capture(const char* what);
@@ -155,8 +162,21 @@ class CudaBackend final : public ops::Backend {
  private:
   CudaOptions options_;
   int sm_count_ = 0;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t stream_ = nullptr;       // the current branch's stream (ops launch on it)
+  cudaStream_t main_stream_ = nullptr;  // branch 0: graphs, transfers and synchronize()
   cublasHandle_t cublas_ = nullptr;
+
+  // branches.cu: side streams and their fork/join events (created on first use).
+  static constexpr int kMaxBranches = 2;  // branches 0 (main) and 1
+  struct Side {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t fork = nullptr, join = nullptr;
+    bool forked = false;
+  };
+  Side side_[kMaxBranches - 1];
+  int n_forked_ = 0;
+  void destroy_branches() noexcept;  // joins open branches without throwing
+  void free_branches() noexcept;     // and frees the side streams (release_all)
 
   // The arena: [long-lived allocations | scratch region]. Long-lived blocks come from a
   // first-fit free list (offset -> size) with coalescing; scratch is a bump pointer.

@@ -36,6 +36,7 @@ void CudaBackend::destroy_graphs() {
 // drop it so the backend serves the next request.
 void CudaBackend::discard_capture() {
   if (!capturing_) return;
+  destroy_branches();  // side streams rejoin the capture before it ends
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   cudaStreamEndCapture(stream_, &graph);
@@ -53,6 +54,7 @@ void CudaBackend::refuse_inside_capture(const char* what) {
 
 bool CudaBackend::replay_step_graph(uint64_t key) {
   discard_capture();
+  join_branches();
   key = with_policy(key, policy_);
   if (!options_.graphs) return false;
   auto it = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == key; });
@@ -64,6 +66,7 @@ bool CudaBackend::replay_step_graph(uint64_t key) {
 
 void CudaBackend::begin_step_graph(uint64_t key) {
   discard_capture();
+  join_branches();
   if (!options_.graphs || eager_steps_ < kEagerSteps) {
     ++eager_steps_;
     return;
@@ -74,6 +77,7 @@ void CudaBackend::begin_step_graph(uint64_t key) {
 }
 
 void CudaBackend::end_step_graph() {
+  join_branches();
   if (!capturing_) return;
   capturing_ = false;
   cudaGraph_t graph = nullptr;

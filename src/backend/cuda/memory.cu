@@ -162,6 +162,7 @@ TensorView CudaBackend::scratch(DType dtype, const Shape& shape) {
 void CudaBackend::scratch_reset(size_t mark) {
   CLAWMINE_CHECK(mark <= scratch_top_, "cuda scratch_reset: mark ", mark, " is above the scratch top ", scratch_top_,
                  " (frames must be reset innermost first)");
+  if (branches_open()) return;  // a branch's ops may still read it (ops/backend.h branch)
   scratch_top_ = mark;
 }
 
@@ -207,6 +208,7 @@ void CudaBackend::upload(const void* src, const TensorView& dst) {
 void CudaBackend::download(const TensorView& src, void* dst) {
   expect_device(src, "download", "src");
   refuse_inside_capture("download");
+  join_branches();
   const size_t n = src.nbytes();
   if (n == 0) {
     synchronize();
@@ -297,6 +299,7 @@ void CudaBackend::fill(const TensorView& dst, float value) {
 
 void CudaBackend::synchronize() {
   refuse_inside_capture(__func__);
+  join_branches();
   CLAWMINE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 

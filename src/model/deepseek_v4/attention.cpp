@@ -19,23 +19,33 @@ int64_t compress_rate(const LayerContext& c) {
 
 }  // namespace
 
-TensorView indexer_select(const LayerContext& c, const TensorView& h, const TensorView& qr, LayerCache& cache) {
+void indexer_compress(const LayerContext& c, const TensorView& h, LayerCache& cache) {
   const ModelConfig& cfg = c.cfg;
-  const IndexerWeights& w = *c.w.attn.indexer;
-  const int64_t T = h.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim, m = cfg.compress_rate_csa;
   const ops::Qdq qdq = c.options.official_qdq ? ops::Qdq::kHadamardFp4 : ops::Qdq::kNone;
   c.be.set_scope(c.scope("attn.indexer.compressor"));
-  compressor_step(c, h, w.compressor, {m, true, Di, qdq}, cache.indexer);
+  compressor_step(c, h, c.w.attn.indexer->compressor, {cfg.compress_rate_csa, true, cfg.index_head_dim, qdq},
+                  cache.indexer);
+}
+
+IndexerQueries indexer_queries(const LayerContext& c, const TensorView& h, const TensorView& qr) {
+  const ModelConfig& cfg = c.cfg;
+  const IndexerWeights& w = *c.w.attn.indexer;
+  const int64_t T = h.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim;
+  const ops::Qdq qdq = c.options.official_qdq ? ops::Qdq::kHadamardFp4 : ops::Qdq::kNone;
   c.be.set_scope(c.scope("attn.indexer"));
-
   // Indexer queries from the shared latent qr: [T, Hi, Di], rotated like the layer, no norm.
-  const TensorView qi = c.act({T, Hi, Di});
-  c.be.linear(qr, w.wq_b, qi.reshaped({T, Hi * Di}));
-  c.be.norm_rope_qdq(qi, {.rope_dim = cfg.qk_rope_head_dim, .qdq = qdq, .n_nope = Di}, c.positions, c.inv_freq);
-
+  IndexerQueries iq{c.act({T, Hi, Di}), c.act({T, Hi})};
+  c.be.linear(qr, w.wq_b, iq.q.reshaped({T, Hi * Di}));
+  c.be.norm_rope_qdq(iq.q, {.rope_dim = cfg.qk_rope_head_dim, .qdq = qdq, .n_nope = Di}, c.positions, c.inv_freq);
   // Head weights [T, Hi], scaled by Di^-1/2 (the q.k scale) and Hi^-1/2 inside the scores.
-  const TensorView wt = c.act({T, Hi});
-  c.be.linear(h, w.weights_proj, wt);
+  c.be.linear(h, w.weights_proj, iq.weights);
+  return iq;
+}
+
+TensorView indexer_select(const LayerContext& c, const IndexerQueries& iq, LayerCache& cache) {
+  const ModelConfig& cfg = c.cfg;
+  const int64_t T = iq.q.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim, m = cfg.compress_rate_csa;
+  c.be.set_scope(c.scope("attn.indexer"));
   const float scale = 1.0f / std::sqrt(static_cast<float>(Di)) / std::sqrt(static_cast<float>(Hi));
 
   // Indexer keys: every row of the entry store. Each query scores only the windows complete at
@@ -46,7 +56,7 @@ TensorView indexer_select(const LayerContext& c, const TensorView& h, const Tens
   const int64_t k = std::min(cfg.index_topk, N);
   if (k == 0) return {};
   const TensorView scores = c.be.scratch(DType::kF32, {T, N});
-  c.be.indexer_scores(qi, keys, wt, scale, c.positions, m, scores);
+  c.be.indexer_scores(iq.q, keys, iq.weights, scale, c.positions, m, scores);
   const TensorView selected = c.be.scratch(DType::kI32, {T, k});
   c.be.topk(scores, k, selected);
   return selected;
@@ -58,18 +68,21 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const int64_t T = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, R = cfg.qk_rope_head_dim;
   const int64_t W = cfg.sliding_window, G = cfg.o_groups, Lo = cfg.o_lora_rank;
 
-  // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)).
-  const TensorView qr = c.act({T, cfg.q_lora_rank});
-  c.be.linear(h, w.wq_a, qr);
-  c.be.rms_norm(qr, &w.q_norm, eps(c), qr);
-  const TensorView q = c.act({T, H, Dh});
-  c.be.linear(qr, w.wq_b, q.reshaped({T, H * Dh}));
-  c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = R}, c.positions, c.inv_freq);
-
-  // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
-  // rows, see below), so they need no copy into it.
+  // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). The key
+  // path (kv, the compressors, the window) and the query path (q and the indexer queries) are
+  // independent until the indexer scores: at decode sizes they run on two branches.
+  const bool two = T <= kBranchMaxTokens;
   const int64_t n_prev = std::min(W - 1, c.p0);
   const TensorView pool = c.act({n_prev + T, Dh});
+  const TensorView qr = c.act({T, cfg.q_lora_rank});
+  const TensorView q = c.act({T, H, Dh});
+  const bool compressed = c.kind != AttentionKind::kSliding;
+  const bool sparse = c.kind == AttentionKind::kCompressedSparse;
+  const int64_t m = compressed ? compress_rate(c) : 1;
+
+  if (two) c.be.branch(1);
+  // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
+  // rows, see below), so they need no copy into it.
   const TensorView kv = pool.slice0(n_prev, n_prev + T);
   c.be.linear(h, w.wkv, kv);
   c.be.norm_rope_qdq(kv.reshaped({T, 1, Dh}),
@@ -80,28 +93,31 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
                       .qdq = c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone,
                       .n_nope = Dh - R},
                      c.positions, c.inv_freq);
-
   // Steps C and E: the chunk's tokens enter the compressors before attention, so an entry
   // completed inside the chunk is visible to the queries that may see it.
-  const bool compressed = c.kind != AttentionKind::kSliding;
-  const int64_t m = compressed ? compress_rate(c) : 1;
-  TensorView selected;
   if (compressed) {
     c.be.set_scope(c.scope("attn.compressor"));
     compressor_step(c, h, *w.compressor,
-                    {m, c.kind == AttentionKind::kCompressedSparse, Dh,
-                     c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone},
+                    {m, sparse, Dh, c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone},
                     cache.compressor);
   }
-  if (c.kind == AttentionKind::kCompressedSparse) {
-    c.be.set_scope(c.scope("attn.indexer"));
-    selected = indexer_select(c, h, qr, cache);
-  }
+  if (sparse) indexer_compress(c, h, cache);
   c.be.set_scope(c.scope("attn"));
-
   // Key rows: the window pool [previous window (n_prev) | this chunk (T), already there], then
   // the compressed entries in place in the cache (N rows, every window complete by the chunk's end).
   if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
+
+  if (two) c.be.branch(0);
+  c.be.linear(h, w.wq_a, qr);
+  c.be.rms_norm(qr, &w.q_norm, eps(c), qr);
+  c.be.linear(qr, w.wq_b, q.reshaped({T, H * Dh}));
+  c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = R}, c.positions, c.inv_freq);
+  IndexerQueries iq;
+  if (sparse) iq = indexer_queries(c, h, qr);
+  if (two) c.be.join_branches();
+
+  const TensorView selected = sparse ? indexer_select(c, iq, cache) : TensorView{};
+  c.be.set_scope(c.scope("attn"));
   // Compressed keys: the whole entry store; attention_index lists only the entries complete at
   // each query's position.
   const TensorView entries = compressed ? cache.compressor.entries.view() : TensorView{};

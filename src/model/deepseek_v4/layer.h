@@ -51,9 +51,24 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
 void compressor_step(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
                      const CompressorSpec& spec, CompressorCache& st);
 
-// Lightning indexer (CSA): selected compressed-entry ids [T, k] I32 (-1 = none) in scratch, or
-// an empty view when no entry exists yet.
-TensorView indexer_select(const LayerContext& c, const TensorView& h, const TensorView& qr, LayerCache& cache);
+// Chunks of at most this many tokens (decode) run independent op chains of a sub-layer on two
+// backend branches (ops::Backend::branch): attention's key path beside its query path, the
+// shared expert beside the routed ones. Larger chunks run in order (no scratch reuse inside a
+// branch region would cost prefill too much memory).
+constexpr int64_t kBranchMaxTokens = 16;
+
+// Lightning indexer (CSA), in two parts: indexer_compress feeds the chunk to the indexer's own
+// compressor (its key path); indexer_select then projects the indexer queries and returns the
+// selected compressed-entry ids [T, k] I32 (-1 = none) in scratch, or an empty view when no entry
+// exists yet. indexer_queries is the query half of indexer_select (before the scores), for a
+// caller that runs it beside indexer_compress.
+void indexer_compress(const LayerContext& c, const TensorView& h, LayerCache& cache);
+struct IndexerQueries {
+  TensorView q;        // [T, Hi, Di], rotated (and round-tripped in official mode)
+  TensorView weights;  // [T, Hi] head weights
+};
+IndexerQueries indexer_queries(const LayerContext& c, const TensorView& h, const TensorView& qr);
+TensorView indexer_select(const LayerContext& c, const IndexerQueries& iq, LayerCache& cache);
 
 // MoE sub-layer: h [T, D] -> out [T, D] (scratch).
 TensorView moe(const LayerContext& c, const TensorView& h);

@@ -12,15 +12,20 @@ TensorView moe(const LayerContext& c, const TensorView& h) {
   const bool hash = cfg.mlp_layer_types[static_cast<size_t>(c.layer)] == MoeKind::kHash;
   const float limit = static_cast<float>(cfg.swiglu_limit);
 
+  // The shared expert and the routed ones read h alone: at decode sizes they run on two branches.
+  const bool two = T <= kBranchMaxTokens;
+  const TensorView routed = c.act({T, cfg.hidden_size}), shared = c.act({T, cfg.hidden_size});
+  if (two) c.be.branch(1);
+  c.be.swiglu_mlp(h, w.shared_experts, limit, shared);
+  if (two) c.be.branch(0);
+
   const TensorView logits = c.be.scratch(DType::kF32, {T, E});
   c.be.linear(h, w.gate, logits);
   const TensorView idx = c.be.scratch(DType::kI32, {T, K}), weight = c.be.scratch(DType::kF32, {T, K});
   c.be.moe_route(logits, hash ? TensorView{} : w.gate_bias, hash ? w.tid2eid : TensorView{}, c.ids,
                  static_cast<float>(cfg.routed_scaling_factor), idx, weight);
-
-  const TensorView routed = c.act({T, cfg.hidden_size}), shared = c.act({T, cfg.hidden_size});
   c.be.moe_experts(h, w.experts, idx, weight, limit, routed);
-  c.be.swiglu_mlp(h, w.shared_experts, limit, shared);
+  if (two) c.be.join_branches();
   c.be.add(routed, shared, routed);
   return routed;
 }

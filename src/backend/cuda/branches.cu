@@ -1,0 +1,86 @@
+// Branches (ops/backend.h branch/join_branches): the ops of branch 1 run on a side stream that
+// waits for the main stream at the branch's first op (a fork event) and that the main stream
+// waits for at the join (a join event). Inside a stream capture the side stream joins the
+// capture through the fork event, and the graph gets the two chains as parallel paths. Only
+// stream_ changes: every op launches on stream_, so the ops need no change.
+// CLAWMINE_BRANCHES=0 runs every branch on the main stream (in issue order), for comparisons.
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cuda/backend_impl.cuh"
+
+namespace clawmine::backend::cuda {
+namespace {
+
+bool branches_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("CLAWMINE_BRANCHES");
+    if (env == nullptr || *env == '\0' || std::strcmp(env, "1") == 0) return true;
+    if (std::strcmp(env, "0") == 0) return false;
+    throw Error(str_cat("CLAWMINE_BRANCHES=", env, ": expected 0 or 1"));
+  }();
+  return on;
+}
+
+}  // namespace
+
+void CudaBackend::branch(int b) {
+  CLAWMINE_CHECK(b >= 0 && b < kMaxBranches, "cuda branch: ", b, " is not a branch (0 .. ", kMaxBranches - 1, ")");
+  if (b == 0 || !branches_enabled()) {
+    stream_ = main_stream_;
+  } else {
+    Side& s = side_[b - 1];
+    if (s.stream == nullptr) {
+      CLAWMINE_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+      CLAWMINE_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming));
+      CLAWMINE_CUDA_CHECK(cudaEventCreateWithFlags(&s.join, cudaEventDisableTiming));
+    }
+    if (!s.forked) {  // starts after everything the main stream has been given so far
+      CLAWMINE_CUDA_CHECK(cudaEventRecord(s.fork, main_stream_));
+      CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(s.stream, s.fork, 0));
+      s.forked = true;
+      ++n_forked_;
+    }
+    stream_ = s.stream;
+  }
+  // cuBLAS calls set their stream (be.stream()) themselves.
+}
+
+void CudaBackend::join_branches() {
+  if (stream_ != main_stream_) branch(0);
+  for (Side& s : side_) {
+    if (!s.forked) continue;
+    CLAWMINE_CUDA_CHECK(cudaEventRecord(s.join, s.stream));
+    CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(main_stream_, s.join, 0));
+    s.forked = false;
+    --n_forked_;
+  }
+}
+
+// Joins what is open without throwing (a failed step, release_all).
+void CudaBackend::destroy_branches() noexcept {
+  stream_ = main_stream_;
+  for (Side& s : side_) {
+    if (s.forked && main_stream_) {
+      cudaEventRecord(s.join, s.stream);
+      cudaStreamWaitEvent(main_stream_, s.join, 0);
+    }
+    s.forked = false;
+  }
+  n_forked_ = 0;
+  cudaGetLastError();
+}
+
+void CudaBackend::free_branches() noexcept {
+  destroy_branches();
+  for (Side& s : side_) {
+    if (s.stream) cudaStreamSynchronize(s.stream);
+    if (s.fork) cudaEventDestroy(s.fork);
+    if (s.join) cudaEventDestroy(s.join);
+    if (s.stream) cudaStreamDestroy(s.stream);
+    s = Side{};
+  }
+  cudaGetLastError();
+}
+
+}  // namespace clawmine::backend::cuda
