@@ -69,8 +69,9 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const int64_t W = cfg.sliding_window, G = cfg.o_groups, Lo = cfg.o_lora_rank;
 
   // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). The key
-  // path (kv, the compressors, the window) and the query path (q and the indexer queries) are
-  // independent until the indexer scores: at decode sizes they run on two branches.
+  // path (kv, the compressors, the window pool and the window kept for the next chunk) and the
+  // query path (q and the indexer queries) are independent until the indexer scores: at decode
+  // sizes they run on two branches.
   const bool two = T <= kBranchMaxTokens;
   const int64_t n_prev = std::min(W - 1, c.p0);
   const TensorView pool = c.act({n_prev + T, Dh});
@@ -106,6 +107,9 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   // Key rows: the window pool [previous window (n_prev) | this chunk (T), already there], then
   // the compressed entries in place in the cache (N rows, every window complete by the chunk's end).
   if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
+  // The window keeps the W-1 most recent raw keys (the tail of the pool) for the next chunk.
+  const int64_t n_keep = std::min(W - 1, n_prev + T);
+  if (n_keep > 0) c.be.copy(pool.slice0(n_prev + T - n_keep, n_prev + T), cache.window.view().slice0(0, n_keep));
 
   if (two) c.be.branch(0);
   c.be.linear(h, w.wq_a, qr);
@@ -138,10 +142,6 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   c.be.grouped_linear(o.reshaped({T, G, H / G * Dh}), w.wo_a, G, z);
   const TensorView out = c.act({T, cfg.hidden_size});
   c.be.linear(z.reshaped({T, G * Lo}), w.wo_b, out);
-
-  // The window keeps the W-1 most recent raw keys (the tail of the pool) for the next chunk.
-  const int64_t n_keep = std::min(W - 1, n_prev + T);
-  if (n_keep > 0) c.be.copy(pool.slice0(n_prev + T - n_keep, n_prev + T), cache.window.view().slice0(0, n_keep));
   return out;
 }
 
