@@ -125,7 +125,7 @@ class Backend {
   virtual void set_scope(std::string_view scope) {}
 
   // Concurrency at decode sizes. branch(b) sends the ops issued after it to branch b (0: the
-  // main branch, 1: a second one that starts from everything issued before its first op);
+  // main branch; 1 and 2: branches that start from everything issued before their first op);
   // ops of different branches may run at the same time until join_branches(), after which
   // every op follows all of them. The caller keeps the branches independent: no op of one
   // reads or writes what an op of another writes before the join. While a branch is open,

@@ -62,7 +62,7 @@ class CudaBackend final : public ops::Backend {
   void end_step_graph() override;
   bool capturing() const { return capturing_; }
 
-  // branches.cu: branch b's ops on side stream b (stream_ is the current branch's stream,
+  // branches.cu: branch b's ops on side stream b-1 (stream_ is the current branch's stream,
   // main_stream_ the main one); forked from and joined into the main stream by events.
   void branch(int b) override;
   void join_branches() override;
@@ -167,7 +167,7 @@ class CudaBackend final : public ops::Backend {
   cublasHandle_t cublas_ = nullptr;
 
   // branches.cu: side streams and their fork/join events (created on first use).
-  static constexpr int kMaxBranches = 2;  // branches 0 (main) and 1
+  static constexpr int kMaxBranches = 3;  // branches 0 (main), 1 and 2
   struct Side {
     cudaStream_t stream = nullptr;
     cudaEvent_t fork = nullptr, join = nullptr;

@@ -1,9 +1,13 @@
-// Branches (ops/backend.h branch/join_branches): the ops of branch 1 run on a side stream that
-// waits for the main stream at the branch's first op (a fork event) and that the main stream
-// waits for at the join (a join event). Inside a stream capture the side stream joins the
+// Branches (ops/backend.h branch/join_branches): the ops of branch b > 0 run on a side stream
+// that waits for the main stream at the branch's first op (a fork event) and that the main
+// stream waits for at the join (a join event). Inside a stream capture the side stream joins the
 // capture through the fork event, and the graph gets the two chains as parallel paths. Only
 // stream_ changes: every op launches on stream_, so the ops need no change.
-// CLAWMINE_BRANCHES=0 runs every branch on the main stream (in issue order), for comparisons.
+// CLAWMINE_BRANCHES=n runs the branches on n streams: 1 (or 0) every branch on the main stream in
+// issue order, 2 (the default) branches 1 and 2 on one side stream, 3 each on its own. Decode
+// b=1 on the H100 (docs/PERFORMANCE.md): 8.66/8.70 ms per token on 2, 8.70/8.75 on 3, 9.54/9.68
+// on 1: attention's third chain (the compressors) gains nothing on its own stream.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -12,21 +16,25 @@
 namespace clawmine::backend::cuda {
 namespace {
 
-bool branches_enabled() {
-  static const bool on = [] {
+// CLAWMINE_BRANCHES: streams the branches run on (read once; see the file comment).
+int branch_streams() {
+  static const int n = [] {
     const char* env = std::getenv("CLAWMINE_BRANCHES");
-    if (env == nullptr || *env == '\0' || std::strcmp(env, "1") == 0) return true;
-    if (std::strcmp(env, "0") == 0) return false;
-    throw Error(str_cat("CLAWMINE_BRANCHES=", env, ": expected 0 or 1"));
+    if (env == nullptr || *env == '\0') return 2;
+    if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return 1;
+    if (std::strcmp(env, "2") == 0) return 2;
+    if (std::strcmp(env, "3") == 0) return 3;
+    throw Error(str_cat("CLAWMINE_BRANCHES=", env, ": expected 1, 2 or 3 (streams)"));
   }();
-  return on;
+  return n;
 }
 
 }  // namespace
 
 void CudaBackend::branch(int b) {
   CLAWMINE_CHECK(b >= 0 && b < kMaxBranches, "cuda branch: ", b, " is not a branch (0 .. ", kMaxBranches - 1, ")");
-  if (b == 0 || !branches_enabled()) {
+  b = std::min(b, branch_streams() - 1);
+  if (b == 0) {
     stream_ = main_stream_;
   } else {
     Side& s = side_[b - 1];

@@ -19,32 +19,30 @@ int64_t compress_rate(const LayerContext& c) {
 
 }  // namespace
 
-void indexer_compress(const LayerContext& c, const TensorView& h, LayerCache& cache) {
+void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& weights) {
   const ModelConfig& cfg = c.cfg;
   const ops::Qdq qdq = c.options.official_qdq ? ops::Qdq::kHadamardFp4 : ops::Qdq::kNone;
   c.be.set_scope(c.scope("attn.indexer.compressor"));
   compressor_step(c, h, c.w.attn.indexer->compressor, {cfg.compress_rate_csa, true, cfg.index_head_dim, qdq},
                   cache.indexer);
+  c.be.set_scope(c.scope("attn.indexer"));
+  // Head weights [T, Hi], scaled by Di^-1/2 (the q.k scale) and Hi^-1/2 inside the scores.
+  c.be.linear(h, c.w.attn.indexer->weights_proj, weights);
 }
 
-IndexerQueries indexer_queries(const LayerContext& c, const TensorView& h, const TensorView& qr) {
+void indexer_queries(const LayerContext& c, const TensorView& qr, const TensorView& q) {
   const ModelConfig& cfg = c.cfg;
-  const IndexerWeights& w = *c.w.attn.indexer;
-  const int64_t T = h.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim;
+  const int64_t T = qr.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim;
   const ops::Qdq qdq = c.options.official_qdq ? ops::Qdq::kHadamardFp4 : ops::Qdq::kNone;
   c.be.set_scope(c.scope("attn.indexer"));
   // Indexer queries from the shared latent qr: [T, Hi, Di], rotated like the layer, no norm.
-  IndexerQueries iq{c.act({T, Hi, Di}), c.act({T, Hi})};
-  c.be.linear(qr, w.wq_b, iq.q.reshaped({T, Hi * Di}));
-  c.be.norm_rope_qdq(iq.q, {.rope_dim = cfg.qk_rope_head_dim, .qdq = qdq, .n_nope = Di}, c.positions, c.inv_freq);
-  // Head weights [T, Hi], scaled by Di^-1/2 (the q.k scale) and Hi^-1/2 inside the scores.
-  c.be.linear(h, w.weights_proj, iq.weights);
-  return iq;
+  c.be.linear(qr, c.w.attn.indexer->wq_b, q.reshaped({T, Hi * Di}));
+  c.be.norm_rope_qdq(q, {.rope_dim = cfg.qk_rope_head_dim, .qdq = qdq, .n_nope = Di}, c.positions, c.inv_freq);
 }
 
-TensorView indexer_select(const LayerContext& c, const IndexerQueries& iq, LayerCache& cache) {
+TensorView indexer_select(const LayerContext& c, const TensorView& q, const TensorView& weights, LayerCache& cache) {
   const ModelConfig& cfg = c.cfg;
-  const int64_t T = iq.q.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim, m = cfg.compress_rate_csa;
+  const int64_t T = q.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim, m = cfg.compress_rate_csa;
   c.be.set_scope(c.scope("attn.indexer"));
   const float scale = 1.0f / std::sqrt(static_cast<float>(Di)) / std::sqrt(static_cast<float>(Hi));
 
@@ -56,7 +54,7 @@ TensorView indexer_select(const LayerContext& c, const IndexerQueries& iq, Layer
   const int64_t k = std::min(cfg.index_topk, N);
   if (k == 0) return {};
   const TensorView scores = c.be.scratch(DType::kF32, {T, N});
-  c.be.indexer_scores(iq.q, keys, iq.weights, scale, c.positions, m, scores);
+  c.be.indexer_scores(q, keys, weights, scale, c.positions, m, scores);
   const TensorView selected = c.be.scratch(DType::kI32, {T, k});
   c.be.topk(scores, k, selected);
   return selected;
@@ -68,11 +66,15 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const int64_t T = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, R = cfg.qk_rope_head_dim;
   const int64_t W = cfg.sliding_window, G = cfg.o_groups, Lo = cfg.o_lora_rank;
 
-  // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). The key
-  // path (kv, the compressors, the window pool and the window kept for the next chunk) and the
-  // query path (q and the indexer queries) are independent until the indexer scores: at decode
-  // sizes they run on two branches.
-  const bool two = T <= kBranchMaxTokens;
+  // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). At decode
+  // sizes three independent chains run on three branches until the indexer scores: 1 the keys
+  // (kv, the window pool, the window kept for the next chunk, and the key lists where they need
+  // no top-k), 2 the compressors (and the indexer's, with its head weights), 0 the queries (q
+  // and the indexer queries).
+  const bool branches = T <= kBranchMaxTokens;
+  auto on = [&](int b) {
+    if (branches) c.be.branch(b);
+  };
   const int64_t n_prev = std::min(W - 1, c.p0);
   const TensorView pool = c.act({n_prev + T, Dh});
   const TensorView qr = c.act({T, cfg.q_lora_rank});
@@ -80,8 +82,14 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const bool compressed = c.kind != AttentionKind::kSliding;
   const bool sparse = c.kind == AttentionKind::kCompressedSparse;
   const int64_t m = compressed ? compress_rate(c) : 1;
+  // Compressed keys: the whole entry store (its size is known on the host); attention_index
+  // lists only the entries complete at each query's position.
+  const TensorView entries = compressed ? cache.compressor.entries.view() : TensorView{};
+  const int64_t N = entries.empty() ? 0 : entries.dim(0);
+  const TensorView iq = sparse ? c.act({T, cfg.index_n_heads, cfg.index_head_dim}) : TensorView{};
+  const TensorView iw = sparse ? c.act({T, cfg.index_n_heads}) : TensorView{};
 
-  if (two) c.be.branch(1);
+  on(1);
   // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
   // rows, see below), so they need no copy into it.
   const TensorView kv = pool.slice0(n_prev, n_prev + T);
@@ -94,45 +102,47 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
                       .qdq = c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone,
                       .n_nope = Dh - R},
                      c.positions, c.inv_freq);
-  // Steps C and E: the chunk's tokens enter the compressors before attention, so an entry
-  // completed inside the chunk is visible to the queries that may see it.
-  if (compressed) {
-    c.be.set_scope(c.scope("attn.compressor"));
-    compressor_step(c, h, *w.compressor,
-                    {m, sparse, Dh, c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone},
-                    cache.compressor);
-  }
-  if (sparse) indexer_compress(c, h, cache);
-  c.be.set_scope(c.scope("attn"));
   // Key rows: the window pool [previous window (n_prev) | this chunk (T), already there], then
   // the compressed entries in place in the cache (N rows, every window complete by the chunk's end).
   if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
   // The window keeps the W-1 most recent raw keys (the tail of the pool) for the next chunk.
   const int64_t n_keep = std::min(W - 1, n_prev + T);
   if (n_keep > 0) c.be.copy(pool.slice0(n_prev + T - n_keep, n_prev + T), cache.window.view().slice0(0, n_keep));
+  // Steps B/D without a top-k (sliding, HCA): per query, W window slots then every entry; -1 pads.
+  TensorView idx;
+  if (!sparse) {
+    idx = c.be.scratch(DType::kI32, {T, W + N});
+    c.be.attention_index(c.positions, n_prev, W, n_prev + T, N, m, TensorView{}, idx);
+  }
 
-  if (two) c.be.branch(0);
+  // Steps C and E: the chunk's tokens enter the compressors before attention, so an entry
+  // completed inside the chunk is visible to the queries that may see it.
+  if (compressed) {
+    on(2);
+    c.be.set_scope(c.scope("attn.compressor"));
+    compressor_step(c, h, *w.compressor,
+                    {m, sparse, Dh, c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone},
+                    cache.compressor);
+    if (sparse) indexer_keys(c, h, cache, iw);
+    c.be.set_scope(c.scope("attn"));
+  }
+
+  on(0);
   c.be.linear(h, w.wq_a, qr);
   c.be.rms_norm(qr, &w.q_norm, eps(c), qr);
   c.be.linear(qr, w.wq_b, q.reshaped({T, H * Dh}));
   c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = R}, c.positions, c.inv_freq);
-  IndexerQueries iq;
-  if (sparse) iq = indexer_queries(c, h, qr);
-  if (two) c.be.join_branches();
+  if (sparse) indexer_queries(c, qr, iq);
+  if (branches) c.be.join_branches();
 
-  const TensorView selected = sparse ? indexer_select(c, iq, cache) : TensorView{};
-  c.be.set_scope(c.scope("attn"));
-  // Compressed keys: the whole entry store; attention_index lists only the entries complete at
-  // each query's position.
-  const TensorView entries = compressed ? cache.compressor.entries.view() : TensorView{};
-  const int64_t N = entries.empty() ? 0 : entries.dim(0);
-
-  // Steps B/D: per query, W window slots then its compressed keys; -1 pads.
-  const int64_t n_compressed = c.kind == AttentionKind::kHeavilyCompressed ? N
-                               : selected.empty()                          ? 0
-                                                                           : selected.dim(1);
-  const TensorView idx = c.be.scratch(DType::kI32, {T, W + n_compressed});
-  c.be.attention_index(c.positions, n_prev, W, n_prev + T, n_compressed > 0 ? N : 0, m, selected, idx);
+  if (sparse) {
+    // Steps B/D with the indexer's top-k: W window slots then the selected entries; -1 pads.
+    const TensorView selected = indexer_select(c, iq, iw, cache);
+    c.be.set_scope(c.scope("attn"));
+    const int64_t n_sel = selected.empty() ? 0 : selected.dim(1);
+    idx = c.be.scratch(DType::kI32, {T, W + n_sel});
+    c.be.attention_index(c.positions, n_prev, W, n_prev + T, n_sel > 0 ? N : 0, m, selected, idx);
+  }
 
   // Step F: attention with sink; Step G: inverse RoPE at the query position, grouped output.
   const TensorView o = c.act({T, H, Dh});

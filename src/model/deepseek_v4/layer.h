@@ -57,18 +57,14 @@ void compressor_step(const LayerContext& c, const TensorView& h, const Compresso
 // branch region would cost prefill too much memory).
 constexpr int64_t kBranchMaxTokens = 16;
 
-// Lightning indexer (CSA), in two parts: indexer_compress feeds the chunk to the indexer's own
-// compressor (its key path); indexer_select then projects the indexer queries and returns the
-// selected compressed-entry ids [T, k] I32 (-1 = none) in scratch, or an empty view when no entry
-// exists yet. indexer_queries is the query half of indexer_select (before the scores), for a
-// caller that runs it beside indexer_compress.
-void indexer_compress(const LayerContext& c, const TensorView& h, LayerCache& cache);
-struct IndexerQueries {
-  TensorView q;        // [T, Hi, Di], rotated (and round-tripped in official mode)
-  TensorView weights;  // [T, Hi] head weights
-};
-IndexerQueries indexer_queries(const LayerContext& c, const TensorView& h, const TensorView& qr);
-TensorView indexer_select(const LayerContext& c, const IndexerQueries& iq, LayerCache& cache);
+// Lightning indexer (CSA), in three parts that attention() runs on its branches:
+// indexer_keys feeds the chunk h to the indexer's own compressor and writes the head weights
+// [T, Hi]; indexer_queries writes the indexer queries q [T, Hi, Di] (rotated, round-tripped in
+// official mode) from the shared latent qr; indexer_select then returns the selected
+// compressed-entry ids [T, k] I32 (-1 = none) in scratch, or an empty view when no entry exists.
+void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& weights);
+void indexer_queries(const LayerContext& c, const TensorView& qr, const TensorView& q);
+TensorView indexer_select(const LayerContext& c, const TensorView& q, const TensorView& weights, LayerCache& cache);
 
 // MoE sub-layer: h [T, D] -> out [T, D] (scratch).
 TensorView moe(const LayerContext& c, const TensorView& h);

@@ -1,5 +1,5 @@
-// Backend branches (ops/backend.h branch/join_branches) on the CUDA backend: ops of branch 1 run
-// on a side stream beside the main one; the join orders every later op after both; scratch is
+// Backend branches (ops/backend.h branch/join_branches) on the CUDA backend: ops of branches 1
+// and 2 run on side streams beside the main one; the join orders every later op after all; scratch is
 // not reused while a branch is open; captured steps with branches replay like eager ones; a
 // download joins first. The long chains on branch 1 (100 adds over 4M floats, ~1 ms) make a
 // missing dependency show up as wrong values rather than pass by luck.
@@ -33,13 +33,18 @@ class CudaBranches : public GpuTest {
     want_c.resize(kN);
     for (int64_t j = 0; j < kN; ++j) want_c[j] = want_a[j] + (x[j] + x[j]);
   }
-  // Branch 1: a = x, then kChain times a = a + x; branch 0: b = x + x; join; c = a + b.
+  // Branch 1: a = x, then kChain times a = a + x; branch 2: b = x + x after a chain on a scratch
+  // copy; branch 0: d = x; join; c = a + b, then c's bits checked against the in-order ops.
   void step(ops::Backend& be, const TensorView& X, const TensorView& A, const TensorView& B, const TensorView& C) {
     be.branch(1);
     be.copy(X, A);
     for (int i = 0; i < kChain; ++i) be.add(A, X, A);
-    be.branch(0);
+    be.branch(2);
+    be.copy(X, B);
+    for (int i = 0; i < kChain / 2; ++i) be.add(B, B, B);
     be.add(X, X, B);
+    be.branch(0);
+    be.add(X, X, C);
     be.join_branches();
     be.add(A, B, C);
   }
@@ -99,7 +104,7 @@ TEST_F(CudaBranches, ScratchIsNotReusedWhileABranchIsOpen) {
 }
 
 TEST_F(CudaBranches, BadBranchIsAClearError) {
-  EXPECT_THROW(cuda->branch(2), Error);
+  EXPECT_THROW(cuda->branch(3), Error);
   EXPECT_THROW(cuda->branch(-1), Error);
   cuda->join_branches();  // nothing open: a no-op
 }
