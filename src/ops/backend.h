@@ -400,6 +400,25 @@ class DeviceBuffer {
   TensorView view_;
 };
 
+// Joins the backend's branches at destruction: a no-op where the code joined them itself, and
+// after an op failed inside a branch it closes them, so that a ScratchFrame declared before it
+// (destroyed after it) frees its scratch again (resets are held while a branch is open).
+class BranchScope {
+ public:
+  explicit BranchScope(Backend& be) : be_(be) {}
+  BranchScope(const BranchScope&) = delete;
+  BranchScope& operator=(const BranchScope&) = delete;
+  ~BranchScope() {
+    try {
+      be_.join_branches();
+    } catch (...) {  // a device error: the next op or synchronize reports it
+    }
+  }
+
+ private:
+  Backend& be_;
+};
+
 // Scratch views taken after construction are returned at destruction (Backend::scratch_mark).
 class ScratchFrame {
  public:

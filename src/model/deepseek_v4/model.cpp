@@ -146,6 +146,7 @@ void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const HyperConne
 // the scope of their hc_post (layers.l.hc_attn, layers.l.hc_ffn).
 void block(const LayerContext& c, const LayerWeights* next, HcState& s, LayerCache& cache) {
   ops::ScratchFrame frame(c.be);  // the layer's temporaries
+  const ops::BranchScope branches(c.be);  // closed before the frame (an op that failed inside one)
   c.be.set_scope(c.scope("attn"));
   const TensorView a = attention(c, s.x, cache);
   c.be.set_scope(c.scope("hc_attn"));

@@ -103,6 +103,27 @@ TEST_F(CudaBranches, ScratchIsNotReusedWhileABranchIsOpen) {
   EXPECT_EQ(cuda->scratch_mark(), m0);
 }
 
+TEST_F(CudaBranches, AnOpFailingInsideABranchLeavesNoScratchBehind) {
+  const size_t m0 = cuda->scratch_mark();
+  ops::DeviceBuffer X = upload_f32(*cuda, x, {kN});
+  try {
+    ops::ScratchFrame frame(*cuda);
+    const ops::BranchScope branches(*cuda);
+    cuda->branch(1);
+    const TensorView t = cuda->scratch(DType::kF32, {kN});
+    cuda->copy(X.view(), t);
+    cuda->add(t, cuda->scratch(DType::kF32, {kN / 2}), t);  // shapes differ: the op throws
+    FAIL() << "add of mismatched shapes did not throw";
+  } catch (const Error&) {
+  }
+  EXPECT_EQ(cuda->scratch_mark(), m0) << "the failed step's scratch was not freed";
+  // The backend serves the next ops on the main stream.
+  ops::DeviceBuffer C = poisoned(*cuda, DType::kF32, {kN});
+  cuda->add(X.view(), X.view(), C.view());
+  const std::vector<float> c = download(C.view());
+  EXPECT_EQ(c[0], x[0] + x[0]);
+}
+
 TEST_F(CudaBranches, BadBranchIsAClearError) {
   EXPECT_THROW(cuda->branch(3), Error);
   EXPECT_THROW(cuda->branch(-1), Error);
