@@ -13,11 +13,11 @@ TensorView moe(const LayerContext& c, const TensorView& h) {
   const float limit = static_cast<float>(cfg.swiglu_limit);
 
   // The shared expert and the routed ones read h alone: at decode sizes they run on two branches.
-  const bool two = T <= kBranchMaxTokens;
+  const bool branches = T <= kBranchMaxTokens;
   const TensorView routed = c.act({T, cfg.hidden_size}), shared = c.act({T, cfg.hidden_size});
-  if (two) c.be.branch(1);
+  if (branches) c.be.branch(1);
   c.be.swiglu_mlp(h, w.shared_experts, limit, shared);
-  if (two) c.be.branch(0);
+  if (branches) c.be.branch(0);
 
   const TensorView logits = c.be.scratch(DType::kF32, {T, E});
   c.be.linear(h, w.gate, logits);
@@ -25,7 +25,7 @@ TensorView moe(const LayerContext& c, const TensorView& h) {
   c.be.moe_route(logits, hash ? TensorView{} : w.gate_bias, hash ? w.tid2eid : TensorView{}, c.ids,
                  static_cast<float>(cfg.routed_scaling_factor), idx, weight);
   c.be.moe_experts(h, w.experts, idx, weight, limit, routed);
-  if (two) c.be.join_branches();
+  if (branches) c.be.join_branches();
   c.be.add(routed, shared, routed);
   return routed;
 }
