@@ -14,6 +14,7 @@
 #include "model/deepseek_v4/model.h"
 #include "ops/backend.h"
 #include "support/test_support.h"
+#include "unit/model/chunked_run.h"
 
 namespace clawmine::model::deepseek_v4 {
 namespace {
@@ -235,28 +236,6 @@ class DeviceEmulator final : public ops::Backend {
   std::string first_mismatch_;
 };
 
-// Prefill in two chunks, then decode one token at a time; every step's logits, concatenated.
-std::vector<float> run(const Model& m, ops::Backend& be, const std::vector<int32_t>& ids, bool all_logits) {
-  SequenceCache cache = m.new_cache();
-  ForwardOptions fo;
-  fo.all_logits = all_logits;
-  std::vector<float> out;
-  auto step = [&](std::vector<int32_t> piece) {
-    const Buffer b = m.forward(be, cache, piece, fo);
-    out.insert(out.end(), b.f32(), b.f32() + b.view().numel());
-  };
-  step({ids.begin(), ids.begin() + 13});
-  step({ids.begin() + 13, ids.begin() + 30});
-  for (size_t i = 30; i < ids.size(); ++i) step({ids[i]});
-  return out;
-}
-
-std::vector<int32_t> test_ids(int n) {
-  std::vector<int32_t> ids;
-  for (int i = 0; i < n; ++i) ids.push_back((i * 37 + 11) % 510 + 2);
-  return ids;
-}
-
 class PlacedForward : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(PlacedForward, DeviceMemoryGivesCpuBits) {
@@ -264,7 +243,7 @@ TEST_P(PlacedForward, DeviceMemoryGivesCpuBits) {
   auto model = Model::load(test::fixture_dir(std::string("models/") + GetParam()));
   auto cpu = ops::make_cpu_backend(2);
   const std::vector<int32_t> ids = test_ids(75);  // windows complete in chunks and in decode steps
-  const std::vector<float> ref = run(*model, *cpu, ids, true);
+  const std::vector<float> ref = chunked_run(*model, *cpu, ids, true);
 
   SequenceCache unplaced = model->new_cache();
   try {
@@ -276,7 +255,7 @@ TEST_P(PlacedForward, DeviceMemoryGivesCpuBits) {
 
   model->place(dev);
   EXPECT_GT(dev.placed_bytes(), 0u);
-  const std::vector<float> got = run(*model, dev, ids, true);
+  const std::vector<float> got = chunked_run(*model, dev, ids, true);
   ASSERT_EQ(got.size(), ref.size());
   EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0);
   EXPECT_EQ(dev.graphs(), 75 - 30);  // one step graph per decode token
@@ -287,7 +266,7 @@ TEST_P(PlacedForward, DeviceMemoryGivesCpuBits) {
   EXPECT_LT(distinct.size() * 3, keys.size()) << distinct.size() << " keys over " << keys.size() << " steps";
   EXPECT_EQ(dev.key_mismatches(), 0) << dev.first_mismatch();
   // The host weights stay usable on the CPU after place().
-  EXPECT_EQ(run(*model, *cpu, ids, true), ref);
+  EXPECT_EQ(chunked_run(*model, *cpu, ids, true), ref);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, PlacedForward, ::testing::Values("tiny-c", "tiny-b-nvfp4-all-fused", "tiny-a-fp8"),
