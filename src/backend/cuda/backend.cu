@@ -135,7 +135,7 @@ CudaBackend::~CudaBackend() { release_all(); }
 // Releases every resource; safe on a partly constructed backend. Never throws.
 void CudaBackend::release_all() noexcept {
   op_state_.clear();  // states may hold arena views; drop them while the arena still exists
-  destroy_branches();  // joins open branches (the stream below is the main one again)
+  close_branches();  // joins open branches (the stream below is the main one again)
   if (capturing_ && stream_) {
     cudaGraph_t g = nullptr;
     if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);

@@ -1,7 +1,7 @@
 // The CudaBackend class, shared by the .cu files that define its ops (one file per op family:
 // memory.cu, elementwise.cu, hyper_connection.cu, route.cu, linear.cu, moe.cu, attention.cu,
 // compressor.cu, indexer.cu). Everything runs on one stream in issue order (decode steps may
-// open a second branch on a side stream: branches.cu); kernels never allocate: temporaries come
+// open branches on side streams: branches.cu); kernels never allocate: temporaries come
 // from the scratch region (stream order makes reuse safe; no reuse while a branch is open).
 #pragma once
 
@@ -175,7 +175,7 @@ class CudaBackend final : public ops::Backend {
   };
   Side side_[kMaxBranches - 1];
   int n_forked_ = 0;
-  void destroy_branches() noexcept;  // joins open branches without throwing
+  void close_branches() noexcept;    // join_branches without throwing
   void free_branches() noexcept;     // and frees the side streams (release_all)
 
   // The arena: [long-lived allocations | scratch region]. Long-lived blocks come from a

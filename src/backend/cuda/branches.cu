@@ -55,32 +55,30 @@ void CudaBackend::branch(int b) {
 }
 
 void CudaBackend::join_branches() {
-  if (stream_ != main_stream_) branch(0);
+  stream_ = main_stream_;
   for (Side& s : side_) {
     if (!s.forked) continue;
+    s.forked = false;  // closed even if the join below fails (a device error)
+    --n_forked_;
     CLAWMINE_CUDA_CHECK(cudaEventRecord(s.join, s.stream));
     CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(main_stream_, s.join, 0));
-    s.forked = false;
-    --n_forked_;
   }
 }
 
-// Joins what is open without throwing (a failed step, release_all).
-void CudaBackend::destroy_branches() noexcept {
-  stream_ = main_stream_;
-  for (Side& s : side_) {
-    if (s.forked && main_stream_) {
-      cudaEventRecord(s.join, s.stream);
-      cudaStreamWaitEvent(main_stream_, s.join, 0);
+// join_branches without throwing (a failed step, release_all): the error is left for later calls.
+void CudaBackend::close_branches() noexcept {
+  for (;;) {
+    try {
+      join_branches();
+      break;
+    } catch (...) {  // the side that failed is closed: join the rest
     }
-    s.forked = false;
   }
-  n_forked_ = 0;
   cudaGetLastError();
 }
 
 void CudaBackend::free_branches() noexcept {
-  destroy_branches();
+  close_branches();
   for (Side& s : side_) {
     if (s.stream) cudaStreamSynchronize(s.stream);
     if (s.fork) cudaEventDestroy(s.fork);

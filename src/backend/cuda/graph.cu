@@ -36,7 +36,7 @@ void CudaBackend::destroy_graphs() {
 // drop it so the backend serves the next request.
 void CudaBackend::discard_capture() {
   if (!capturing_) return;
-  destroy_branches();  // side streams rejoin the capture before it ends
+  close_branches();  // side streams rejoin the capture before it ends
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   cudaStreamEndCapture(stream_, &graph);

@@ -13,6 +13,11 @@ namespace {
 
 float eps(const LayerContext& c) { return static_cast<float>(c.cfg.rms_norm_eps); }
 
+// The indexer's round trip on its compressed keys and its queries (official mode).
+ops::Qdq indexer_qdq(const LayerContext& c) {
+  return c.options.official_qdq ? ops::Qdq::kHadamardFp4 : ops::Qdq::kNone;
+}
+
 int64_t compress_rate(const LayerContext& c) {
   return c.kind == AttentionKind::kCompressedSparse ? c.cfg.compress_rate_csa : c.cfg.compress_rate_hca;
 }
@@ -21,10 +26,9 @@ int64_t compress_rate(const LayerContext& c) {
 
 void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& weights) {
   const ModelConfig& cfg = c.cfg;
-  const ops::Qdq qdq = c.options.official_qdq ? ops::Qdq::kHadamardFp4 : ops::Qdq::kNone;
   c.be.set_scope(c.scope("attn.indexer.compressor"));
-  compressor_step(c, h, c.w.attn.indexer->compressor, {cfg.compress_rate_csa, true, cfg.index_head_dim, qdq},
-                  cache.indexer);
+  compressor_step(c, h, c.w.attn.indexer->compressor,
+                  {cfg.compress_rate_csa, true, cfg.index_head_dim, indexer_qdq(c)}, cache.indexer);
   c.be.set_scope(c.scope("attn.indexer"));
   // Head weights [T, Hi], scaled by Di^-1/2 (the q.k scale) and Hi^-1/2 inside the scores.
   c.be.linear(h, c.w.attn.indexer->weights_proj, weights);
@@ -33,11 +37,11 @@ void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache,
 void indexer_queries(const LayerContext& c, const TensorView& qr, const TensorView& q) {
   const ModelConfig& cfg = c.cfg;
   const int64_t T = qr.dim(0), Hi = cfg.index_n_heads, Di = cfg.index_head_dim;
-  const ops::Qdq qdq = c.options.official_qdq ? ops::Qdq::kHadamardFp4 : ops::Qdq::kNone;
   c.be.set_scope(c.scope("attn.indexer"));
   // Indexer queries from the shared latent qr: [T, Hi, Di], rotated like the layer, no norm.
   c.be.linear(qr, c.w.attn.indexer->wq_b, q.reshaped({T, Hi * Di}));
-  c.be.norm_rope_qdq(q, {.rope_dim = cfg.qk_rope_head_dim, .qdq = qdq, .n_nope = Di}, c.positions, c.inv_freq);
+  c.be.norm_rope_qdq(q, {.rope_dim = cfg.qk_rope_head_dim, .qdq = indexer_qdq(c), .n_nope = Di}, c.positions,
+                     c.inv_freq);
 }
 
 TensorView indexer_select(const LayerContext& c, const TensorView& q, const TensorView& weights, LayerCache& cache) {

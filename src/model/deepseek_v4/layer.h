@@ -51,9 +51,9 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
 void compressor_step(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
                      const CompressorSpec& spec, CompressorCache& st);
 
-// Chunks of at most this many tokens (decode) run independent op chains of a sub-layer on two
-// backend branches (ops::Backend::branch): attention's key path beside its query path, the
-// shared expert beside the routed ones. Larger chunks run in order (no scratch reuse inside a
+// Chunks of at most this many tokens (decode) run independent op chains of a sub-layer on
+// backend branches (ops::Backend::branch): attention's keys, compressors and queries, the shared
+// expert beside the routed ones. Larger chunks run in order (no scratch reuse inside a
 // branch region would cost prefill too much memory).
 constexpr int64_t kBranchMaxTokens = 16;
 
