@@ -18,7 +18,10 @@
 // them (tile tables, 6 one-row tiles per token, each tile a distinct expert of a pool of 64):
 // moe13 = w1 + w3 (grid z = 2), moe2 = w2. Every case checks mma and stream against fma on the
 // same random inputs (rel_l2 of f32 outputs, NaN-poisoned first) and stream run twice for equal
-// bits.
+// bits. A "read floor" line per case times read_kernel over the same number of bytes (fresh
+// buffers in turn, 4 loads in flight per thread): what any kernel that only reads them costs at
+// that size, launch ramp included, so the stream kernel's gap splits into the size's own cost
+// (read floor vs copy) and the kernel's (stream vs read floor).
 //
 // Programmatic dependent launch (common.cuh, device.h): a second line per case times decode-like
 // chains, GEMV -> a 1-block kernel -> GEMV ... (the small kernel reads the GEMV's output and
@@ -128,6 +131,26 @@ __global__ void copy_kernel(const uint4* __restrict__ src, uint4* __restrict__ d
     dst[i] = src[i];
 }
 __global__ void empty_kernel() {}
+// The read floor of a GEMV's bytes: every 16-byte word of [p, p + n) loaded once (4 in flight
+// per thread, L1 bypassed), xor-folded; `sink` is written only when the fold hits a value the
+// fills never make, so the loads stay live.
+__global__ void read_kernel(const uint4* __restrict__ p, int64_t n, uint32_t* sink) {
+  uint32_t acc = 0;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  for (; i + 3 * step < n; i += 4 * step) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = __ldcs(p + i + u * step);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  for (; i < n; i += step) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
 
 // Between two GEMVs of a decode step sits a small kernel (rms_norm at T = 1: one block): it reads
 // the GEMV's output y (n_y elements, F32 or BF16) and rewrites the next GEMV's input x (its first
@@ -614,6 +637,25 @@ int main(int argc, char** argv) {
         cuda::set_gemv_kernel(cuda::GemvKernel::kDefault);
         const double bytes = static_cast<double>(cd.launch_bytes);
         auto gbs = [&](double m) { return bytes / (m * 1e-3) / 1e9; };
+        // The same bytes read by read_kernel from n buffers in turn (L2 cold as for the GEMVs).
+        double read_ms = 0;
+        {
+          const int64_t words = (cd.launch_bytes + 15) / 16;
+          std::vector<void*> bufs(static_cast<size_t>(n));
+          for (void*& b : bufs) {
+            CK(cudaMalloc(&b, static_cast<size_t>(words * 16)));
+            fill(b, words * 16, 0, seed++);
+          }
+          uint32_t* sink;
+          CK(cudaMalloc(&sink, 4));
+          read_ms = time_graph(st, n, reps, [&](int i) {
+            read_kernel<<<prop.multiProcessorCount * 8, 256, 0, st>>>(static_cast<const uint4*>(bufs[i % n]), words,
+                                                                     sink);
+            CK(cudaGetLastError());
+          });
+          for (void* b : bufs) CK(cudaFree(b));
+          CK(cudaFree(sink));
+        }
         char cub[32] = "-", xcub[32] = "-";
         if (c.moe == 0) {
           std::snprintf(cub, sizeof cub, "%.2f", cub_ms * 1e3);
@@ -623,6 +665,9 @@ int main(int argc, char** argv) {
                     c.name, static_cast<long long>(T), bytes / 1e6, fma_ms * 1e3, ms[0] * 1e3, ms[1] * 1e3, cub,
                     gbs(ms[1]), 100.0 * gbs(ms[1]) / copy_gbs, ms[0] / ms[1], xcub, err_m, err_s,
                     pass ? "" : (same ? "  CHECK FAILED" : "  CHECK FAILED (stream not bit-identical)"));
+        std::printf("  read floor: the same bytes by a plain read kernel %.2f us (%.0f GB/s, %.1f%% of copy); stream "
+                    "at %.1f%% of it\n",
+                    read_ms * 1e3, gbs(read_ms), 100.0 * gbs(read_ms) / copy_gbs, 100.0 * read_ms / ms[1]);
         if (chains)
           std::printf("  pdl chain [1-block kernel + gemv] us: fma off %.2f all %.2f gemv %.2f (saved %.2f / %.2f) | "
                       "stream off %.2f all %.2f gemv %.2f (saved %.2f / %.2f) all+L2 %.2f | 1-block alone off %.2f "

@@ -40,12 +40,13 @@ namespace clawmine::backend::cuda {
 //    memory operations are visible to this grid: the previous kernel's writes are visible and
 //    its reads are done. Since every kernel waits before touching memory, the chain is
 //    transitive and results are exactly those of plain stream order.
-//  - One exception: the decode GEMV kernels (linear_gemv.cu) load weights, which no kernel of
-//    a step writes (they are uploaded by copies, which are fully serialized), before the wait, so
-//    their first DRAM round trip overlaps the previous kernel; everything else after it, and
-//    every block still waits before it exits (weights_before_wait, linear_kernels.cuh).
-// Without the attribute (the default for every kernel but the decode GEMVs, a library kernel or
-// a copy before), both are no-ops.
+//  - Two exceptions: the decode GEMV kernels (linear_gemv.cu) and the decode hyper-connection
+//    site kernel (hc_site_fused_kernel, hc_device.cuh: its mix weights fn) load weights, which no
+//    kernel of a step writes (they are uploaded by copies, which are fully serialized), before
+//    the wait, so their first DRAM round trip overlaps the previous kernel; everything else after
+//    it, and every block still waits before it exits (weights_before_wait, linear_kernels.cuh).
+// Without the attribute (the default for every kernel but those two, a library kernel or a copy
+// before), both are no-ops.
 // Library work (cuBLAS, cudaMemcpyAsync, cudaMemsetAsync) is not launched with the attribute
 // and is fully serialized as before.
 __device__ __forceinline__ void pdl_trigger() {

@@ -893,7 +893,6 @@ __global__ void __launch_bounds__(kThreads)
                          float* __restrict__ partial, unsigned* __restrict__ counters, HcScalars p, HcNorm nm,
                          Tx* __restrict__ x_in, float* post_out, float* comb_out) {
   pdl_trigger();
-  pdl_wait();
   constexpr int kMix = mix_count<HC, false>(), kRows = kMix + 1, kPerWarp = (kRows + kWarps - 1) / kWarps;
   static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
   __shared__ float red[kWarps][32];
@@ -906,8 +905,25 @@ __global__ void __launch_bounds__(kThreads)
   const float* xt = X + t * n;
   float* ot = X_out + t * n;
 
+  // The mix weights fn are not written by any kernel of a step: their loads are issued before
+  // griddepcontrol.wait (launched with PDL: hc_site_pdl), so their DRAM round trip overlaps the
+  // kernel before; everything else waits, in every block.
+  float fv[kPerWarp][2][4];
+  if (warp < kRows) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t i = s * kFusedChunk + 4 * (lane + 32 * h);
+#pragma unroll
+      for (int k = 0; k < kPerWarp; ++k) {
+        const int m = warp + kWarps * k;
+        if (m < kMix) load4_or_zero(fn + m * n, i, n, true, fv[k][h]);
+      }
+    }
+  }
+  pdl_wait();
+
   if (warp < kRows) {  // warp-uniform
-    float xv[2][4], fv[kPerWarp][2][4];
+    float xv[2][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t i = s * kFusedChunk + 4 * (lane + 32 * h);
@@ -925,11 +941,6 @@ __global__ void __launch_bounds__(kThreads)
       } else {
 #pragma unroll
         for (int q = 0; q < 4; ++q) xv[h][q] = 0.0f;
-      }
-#pragma unroll
-      for (int k = 0; k < kPerWarp; ++k) {
-        const int m = warp + kWarps * k;
-        if (m < kMix) load4_or_zero(fn + m * n, i, n, true, fv[k][h]);
       }
     }
 #pragma unroll

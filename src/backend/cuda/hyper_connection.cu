@@ -135,6 +135,15 @@ HcShape check_post(CudaBackend& be, const TensorView& y, const TensorView& X, co
   return {T, hc, D};
 }
 
+// PDL for the decode site kernel, which loads its mix weights before griddepcontrol.wait: with
+// every launch's (pdl_enabled()) or alone (the default; CLAWMINE_HC_PDL=0 turns it off). Its
+// blocks start while the kernel before (a GEMV or an add) drains, so the 1.5 MB of fn are on
+// their way when its outputs are complete (docs/PERFORMANCE.md, seventh session).
+bool hc_site_pdl() {
+  static const bool on = env_switch("CLAWMINE_HC_PDL", true);
+  return pdl_enabled() || on;
+}
+
 // hc_post_pre at decode (T <= kFusedMaxT): one hc_site_fused_kernel, grid (T, S) as hc_pre's
 // fused kernel (so the mix partials, their sum and every later step match it bit for bit).
 template <int HC>
@@ -155,10 +164,10 @@ void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& X, co
     using Tf = decltype(tf);
     dispatch_float(x_in.dtype, "hc_post_pre", "x_in", [&](auto tx) {
       using Tx = decltype(tx);
-      launch_kernel(hc_site_fused_kernel<HC, Tf, Tx>, grid, kThreads, 0, be.stream(), y.as<const Tx>(), X.f32(),
-                    static_cast<const float*>(post.f32()), static_cast<const float*>(comb.f32()), X_out.f32(),
-                    w.fn.as<const Tf>(), D, partial.f32(), counters, scalars, norm, x_in.as<Tx>(), post_out.f32(),
-                    comb_out.f32());
+      launch_kernel_pdl(hc_site_pdl(), hc_site_fused_kernel<HC, Tf, Tx>, grid, kThreads, 0, be.stream(),
+                        y.as<const Tx>(), X.f32(), static_cast<const float*>(post.f32()),
+                        static_cast<const float*>(comb.f32()), X_out.f32(), w.fn.as<const Tf>(), D, partial.f32(),
+                        counters, scalars, norm, x_in.as<Tx>(), post_out.f32(), comb_out.f32());
       CLAWMINE_CUDA_LAUNCHED("hc site fused");
     });
   });

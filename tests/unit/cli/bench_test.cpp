@@ -52,7 +52,7 @@ TEST(BenchCommand, RunsEverySectionOnTheCpu) {
   EXPECT_GT(j["prefill"][1]["tokens_per_second"].get<double>(), 0);
   ASSERT_EQ(j["round_robin"].size(), 1u);
   EXPECT_EQ(j["round_robin"][0]["batch"], 3);
-  EXPECT_EQ(j["round_robin"][0]["rounds"], 2);
+  EXPECT_EQ(j["round_robin"][0]["rounds"], 4);  // at least 4 timed rounds, after an untimed one
   ASSERT_EQ(j["profile"].size(), 2u);
   EXPECT_GT(j["profile"][1]["rows"].size(), 5u);
   // One linear call per layer and step for wq_b (4 layers).
