@@ -166,6 +166,9 @@ for layout in layouts:
     j = json.load(open(p))
     d = j["decode"]
     rr = ", ".join(f"b={r['batch']} {r['tokens_per_second']:.1f} tok/s" for r in j["round_robin"]) or "-"
+    bt = ", ".join(f"b={r['batch']} {r['tokens_per_second']:.1f} tok/s" for r in j.get("batched", []))
+    if bt:
+        rr += f" (batched: {bt})"
     for i, pf in enumerate(j["prefill"] or [{}]):
         head = (f"{layout:8s} {j['bytes_per_decode_token'] / 1e9:8.2f} {d['median_ms']:13.2f} {d['floor_ms']:8.2f} "
                 f"{100 * d['roofline_ratio']:5.1f}%") if i == 0 else " " * 47

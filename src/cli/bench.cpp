@@ -6,9 +6,10 @@
 //   prefill  tokens/s and time to first token at each prompt length (after one untimed prefill at
 //            that length), against the model's matmul
 //            flops over the measured BF16 GEMM rate;
-//   batch B  B sequences stepped round-robin, one forward per sequence (there is no batched
-//            forward yet): what serving B users costs today, said as such (the median round after
-//            one untimed round, in which each sequence records its step graph);
+//   batch B  B sequences stepped round-robin, one forward per sequence (the median round after
+//            one untimed round, in which each sequence records its step graph), then the same
+//            sequences decoded by one Model::forward_batch per step (row-wise work over the B
+//            rows, attention per sequence; an untimed step first records its graph);
 //   profile  (--profile) op-by-op time of one prefill and of decode steps, run eagerly.
 // Prompts are random token ids (seeded): speed does not depend on the text.
 #include <algorithm>
@@ -217,6 +218,7 @@ struct RoundRobin {
   int64_t batch = 0, steps = 0, prompt = 0;
   double prefill_seconds = 0;
   std::vector<double> round_seconds;  // one round = one forward per sequence
+  std::vector<double> batch_seconds;  // then the same sequences, one forward_batch per step
 };
 
 void print_profile(const OpProfiler& prof, const std::string& title, double steps, double floor_s, Json& out) {
@@ -353,7 +355,8 @@ void run_bench(const BenchArgs& a) {
     std::fflush(stdout);
   }
 
-  // Batch B > 1: B sequences stepped round-robin (one forward call per sequence and step).
+  // Batch B > 1: B sequences stepped round-robin (one forward call per sequence and step), then
+  // batched (one forward_batch per step).
   std::vector<RoundRobin> rrs;
   for (int64_t B : batches) {
     if (B <= 1) continue;
@@ -380,12 +383,35 @@ void run_bench(const BenchArgs& a) {
       rr.round_seconds.push_back(seconds_since(r0));
     }
     const double r = median(rr.round_seconds);
-    std::printf("batch %lld as %lld sequences stepped round-robin (no batched forward yet): %.2f ms per round of "
-                "%lld tokens = %.2f ms/token, %.1f tokens/s (median of %lld rounds after a warm-up round, %lld-token "
-                "prompts)\n",
+    std::printf("batch %lld as %lld sequences stepped round-robin: %.2f ms per round of %lld tokens = %.2f "
+                "ms/token, %.1f tokens/s (median of %lld rounds after a warm-up round, %lld-token prompts)\n",
                 static_cast<long long>(B), static_cast<long long>(B), r * 1e3, static_cast<long long>(B),
                 r * 1e3 / static_cast<double>(B), static_cast<double>(B) / r, static_cast<long long>(rr.steps),
                 static_cast<long long>(rr.prompt));
+    std::fflush(stdout);
+    // The same sequences, one batched forward per step (Model::forward_batch): an untimed step
+    // first (it records the batch's step graph), then as many steps as rounds.
+    std::vector<md::SequenceCache*> ptrs;
+    for (md::SequenceCache& c : caches) ptrs.push_back(&c);
+    auto batch_step = [&] {
+      const Buffer logits = model.forward_batch(be, ptrs, toks, fwd);
+      const int64_t V = logits.view().dim(1);
+      for (int64_t s = 0; s < B; ++s) {
+        const float* row = logits.f32() + s * V;
+        toks[static_cast<size_t>(s)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+      }
+    };
+    batch_step();
+    for (int64_t step = 0; step < rr.steps; ++step) {
+      const auto r0 = Clock::now();
+      batch_step();
+      rr.batch_seconds.push_back(seconds_since(r0));
+    }
+    const double bt = median(rr.batch_seconds);
+    std::printf("batch %lld as one batched forward per step: %.2f ms per step of %lld tokens = %.2f ms/token, "
+                "%.1f tokens/s (median of %lld steps after a warm-up step)\n",
+                static_cast<long long>(B), bt * 1e3, static_cast<long long>(B), bt * 1e3 / static_cast<double>(B),
+                static_cast<double>(B) / bt, static_cast<long long>(rr.steps));
     std::fflush(stdout);
     rrs.push_back(std::move(rr));
   }
@@ -445,10 +471,15 @@ void run_bench(const BenchArgs& a) {
   for (const RoundRobin& rr : rrs) {
     char what[64], got[64];
     const double r = median(rr.round_seconds);
-    std::snprintf(what, sizeof what, "b=%lld round-robin (not batched)", static_cast<long long>(rr.batch));
+    std::snprintf(what, sizeof what, "b=%lld round-robin", static_cast<long long>(rr.batch));
     std::snprintf(got, sizeof got, "%.2f ms/token, %.1f tok/s total", r * 1e3 / static_cast<double>(rr.batch),
                   static_cast<double>(rr.batch) / r);
     std::printf("%-34s %-40s %s\n", what, got, "-");
+    const double bt = median(rr.batch_seconds);
+    std::snprintf(what, sizeof what, "b=%lld batched forward", static_cast<long long>(rr.batch));
+    std::snprintf(got, sizeof got, "%.2f ms/token, %.1f tok/s total", bt * 1e3 / static_cast<double>(rr.batch),
+                  static_cast<double>(rr.batch) / bt);
+    std::printf("%-34s %-40s %.2fx round-robin\n", what, got, r / bt);
   }
   std::fflush(stdout);
 
@@ -498,7 +529,7 @@ void run_bench(const BenchArgs& a) {
     for (const RoundRobin& rr : rrs) {
       const double r = median(rr.round_seconds);
       rj.push_back({{"batch", rr.batch},
-                    {"mode", "round-robin: one forward per sequence and step (no batched forward)"},
+                    {"mode", "round-robin: one forward per sequence and step"},
                     {"prompt", rr.prompt},
                     {"rounds", rr.steps},
                     {"ms_per_round", r * 1e3},
@@ -506,6 +537,17 @@ void run_bench(const BenchArgs& a) {
                     {"tokens_per_second", static_cast<double>(rr.batch) / r}});
     }
     j["round_robin"] = rj;
+    Json bj = Json::array();
+    for (const RoundRobin& rr : rrs) {
+      const double bt = median(rr.batch_seconds);
+      bj.push_back({{"batch", rr.batch},
+                    {"mode", "one Model::forward_batch per step (row-wise work batched, attention per sequence)"},
+                    {"steps", rr.steps},
+                    {"ms_per_step", bt * 1e3},
+                    {"ms_per_token", bt * 1e3 / static_cast<double>(rr.batch)},
+                    {"tokens_per_second", static_cast<double>(rr.batch) / bt}});
+    }
+    j["batched"] = bj;
     j["profile"] = profile_json;
     std::ofstream f(a.json);
     if (!f) throw Error(str_cat("--json: cannot write '", a.json, "'"));
@@ -525,9 +567,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--prompt-lengths", a->prompt_lengths, "Prompt lengths to time prefill at (comma-separated)")
       ->capture_default_str();
   cmd->add_option("--batch-sizes", a->batch_sizes,
-                  "Batch sizes; B > 1 runs B sequences round-robin, one forward each (no batched forward yet)")
+                  "Batch sizes; B > 1 decodes B sequences round-robin (one forward each), then batched (one forward_batch per step)")
       ->capture_default_str();
-  cmd->add_option("--batch-prompt", a->batch_prompt, "Prompt length of each round-robin sequence")
+  cmd->add_option("--batch-prompt", a->batch_prompt, "Prompt length of each sequence of a batch")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prefill chunk size (0: the whole prompt in one pass)")

@@ -22,6 +22,98 @@ int64_t compress_rate(const LayerContext& c) {
   return c.kind == AttentionKind::kCompressedSparse ? c.cfg.compress_rate_csa : c.cfg.compress_rate_hca;
 }
 
+// kv = rope(rms(wkv . h)) [T, Dh], round-tripped on its nope dims in official mode.
+void project_keys(const LayerContext& c, const TensorView& h, const TensorView& kv) {
+  const int64_t T = h.dim(0), Dh = c.cfg.head_dim, R = c.cfg.qk_rope_head_dim;
+  c.be.linear(h, c.w.attn.wkv, kv);
+  c.be.norm_rope_qdq(kv.reshaped({T, 1, Dh}),
+                     {.norm = true,
+                      .norm_weight = &c.w.attn.kv_norm,
+                      .eps = eps(c),
+                      .rope_dim = R,
+                      .qdq = c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone,
+                      .n_nope = Dh - R},
+                     c.positions, c.inv_freq);
+}
+
+// The window pool [previous window (n_prev rows) | the chunk's T keys, already in place]: the
+// previous rows come from the cache, and the cache keeps the W-1 most recent keys of the pool
+// (its tail) for the next chunk.
+void window_keys(const LayerContext& c, LayerCache& cache, const TensorView& pool, int64_t n_prev) {
+  const int64_t rows = pool.dim(0), W = c.cfg.sliding_window;
+  if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
+  const int64_t n_keep = std::min(W - 1, rows);
+  if (n_keep > 0) c.be.copy(pool.slice0(rows - n_keep, rows), cache.window.view().slice0(0, n_keep));
+}
+
+// The chunk's tokens enter the layer's compressor (and for CSA the indexer's, with the head
+// weights iw) before attention, so an entry completed inside the chunk is visible to the queries
+// that may see it.
+void compress(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& iw) {
+  const bool sparse = c.kind == AttentionKind::kCompressedSparse;
+  c.be.set_scope(c.scope("attn.compressor"));
+  compressor_step(c, h, *c.w.attn.compressor,
+                  {compress_rate(c), sparse, c.cfg.head_dim,
+                   c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone},
+                  cache.compressor);
+  if (sparse) indexer_keys(c, h, cache, iw);
+  c.be.set_scope(c.scope("attn"));
+}
+
+// q = rope(rms(wq_b . rms(wq_a . h))) per head [T, H, Dh] from the latent qr [T, q_lora_rank];
+// for CSA the indexer queries iq from the same qr.
+void project_queries(const LayerContext& c, const TensorView& h, const TensorView& qr, const TensorView& q,
+                     const TensorView& iq) {
+  const int64_t T = h.dim(0);
+  c.be.linear(h, c.w.attn.wq_a, qr);
+  c.be.rms_norm(qr, &c.w.attn.q_norm, eps(c), qr);
+  c.be.linear(qr, c.w.attn.wq_b, q.reshaped({T, c.cfg.num_attention_heads * c.cfg.head_dim}));
+  c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = c.cfg.qk_rope_head_dim}, c.positions,
+                     c.inv_freq);
+  if (!iq.empty()) indexer_queries(c, qr, iq);
+}
+
+// Key lists (steps B/D): W window slots then the compressed entries each query may see (every
+// complete one for HCA, the indexer's top-k for CSA); -1 pads. T queries over a pool of n_pool
+// rows and the cache's N entries.
+TensorView key_list(const LayerContext& c, LayerCache& cache, int64_t n_prev, int64_t n_pool, const TensorView& iq,
+                    const TensorView& iw) {
+  const int64_t T = c.positions.dim(0), W = c.cfg.sliding_window, m = c.kind == AttentionKind::kSliding ? 1 : compress_rate(c);
+  const TensorView entries = c.kind == AttentionKind::kSliding ? TensorView{} : cache.compressor.entries.view();
+  const int64_t N = entries.empty() ? 0 : entries.dim(0);
+  if (c.kind != AttentionKind::kCompressedSparse) {
+    const TensorView idx = c.be.scratch(DType::kI32, {T, W + N});
+    c.be.attention_index(c.positions, n_prev, W, n_pool, N, m, TensorView{}, idx);
+    return idx;
+  }
+  const TensorView selected = indexer_select(c, iq, iw, cache);
+  c.be.set_scope(c.scope("attn"));
+  const int64_t n_sel = selected.empty() ? 0 : selected.dim(1);
+  const TensorView idx = c.be.scratch(DType::kI32, {T, W + n_sel});
+  c.be.attention_index(c.positions, n_prev, W, n_pool, n_sel > 0 ? N : 0, m, selected, idx);
+  return idx;
+}
+
+// Step F: attention with sink over the pool and the entries; step G: inverse RoPE at the query
+// position (one op), into o [T, H, Dh].
+void attend(const LayerContext& c, const TensorView& q, const TensorView& pool, LayerCache& cache,
+            const TensorView& idx, const TensorView& o) {
+  const TensorView entries = c.kind == AttentionKind::kSliding ? TensorView{} : cache.compressor.entries.view();
+  c.be.sparse_attention_rope(q, pool, entries, idx, c.w.attn.attn_sink,
+                             1.0f / std::sqrt(static_cast<float>(c.cfg.head_dim)), c.positions, c.inv_freq,
+                             c.cfg.qk_rope_head_dim, o);
+}
+
+// The grouped output: wo_a per group, then wo_b: o [T, H, Dh] -> [T, D].
+TensorView output(const LayerContext& c, const TensorView& o) {
+  const int64_t T = o.dim(0), H = c.cfg.num_attention_heads, Dh = c.cfg.head_dim, G = c.cfg.o_groups;
+  const TensorView z = c.act({T, G, c.cfg.o_lora_rank});
+  c.be.grouped_linear(o.reshaped({T, G, H / G * Dh}), c.w.attn.wo_a, G, z);
+  const TensorView out = c.act({T, c.cfg.hidden_size});
+  c.be.linear(z.reshaped({T, G * c.cfg.o_lora_rank}), c.w.attn.wo_b, out);
+  return out;
+}
+
 }  // namespace
 
 void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& weights) {
@@ -66,9 +158,7 @@ TensorView indexer_select(const LayerContext& c, const TensorView& q, const Tens
 
 TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cache) {
   const ModelConfig& cfg = c.cfg;
-  const AttentionWeights& w = c.w.attn;
-  const int64_t T = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, R = cfg.qk_rope_head_dim;
-  const int64_t W = cfg.sliding_window, G = cfg.o_groups, Lo = cfg.o_lora_rank;
+  const int64_t T = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, W = cfg.sliding_window;
 
   // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). At decode
   // sizes three independent chains run on three branches until the indexer scores: 1 the keys
@@ -85,78 +175,65 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const TensorView q = c.act({T, H, Dh});
   const bool compressed = c.kind != AttentionKind::kSliding;
   const bool sparse = c.kind == AttentionKind::kCompressedSparse;
-  const int64_t m = compressed ? compress_rate(c) : 1;
-  // Compressed keys: the whole entry store (its size is known on the host); attention_index
-  // lists only the entries complete at each query's position.
-  const TensorView entries = compressed ? cache.compressor.entries.view() : TensorView{};
-  const int64_t N = entries.empty() ? 0 : entries.dim(0);
   const TensorView iq = sparse ? c.act({T, cfg.index_n_heads, cfg.index_head_dim}) : TensorView{};
   const TensorView iw = sparse ? c.act({T, cfg.index_n_heads}) : TensorView{};
 
   on(1);
   // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
-  // rows, see below), so they need no copy into it.
-  const TensorView kv = pool.slice0(n_prev, n_prev + T);
-  c.be.linear(h, w.wkv, kv);
-  c.be.norm_rope_qdq(kv.reshaped({T, 1, Dh}),
-                     {.norm = true,
-                      .norm_weight = &w.kv_norm,
-                      .eps = eps(c),
-                      .rope_dim = R,
-                      .qdq = c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone,
-                      .n_nope = Dh - R},
-                     c.positions, c.inv_freq);
-  // Key rows: the window pool [previous window (n_prev) | this chunk (T), already there], then
-  // the compressed entries in place in the cache (N rows, every window complete by the chunk's end).
-  if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
-  // The window keeps the W-1 most recent raw keys (the tail of the pool) for the next chunk.
-  const int64_t n_keep = std::min(W - 1, n_prev + T);
-  if (n_keep > 0) c.be.copy(pool.slice0(n_prev + T - n_keep, n_prev + T), cache.window.view().slice0(0, n_keep));
-  // Steps B/D without a top-k (sliding, HCA): per query, W window slots then every entry; -1 pads.
+  // rows), so they need no copy into it; then the compressed entries stay in place in the cache.
+  project_keys(c, h, pool.slice0(n_prev, n_prev + T));
+  window_keys(c, cache, pool, n_prev);
   TensorView idx;
-  if (!sparse) {
-    idx = c.be.scratch(DType::kI32, {T, W + N});
-    c.be.attention_index(c.positions, n_prev, W, n_prev + T, N, m, TensorView{}, idx);
-  }
-
-  // Steps C and E: the chunk's tokens enter the compressors before attention, so an entry
-  // completed inside the chunk is visible to the queries that may see it.
+  if (!sparse) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
   if (compressed) {
     on(2);
-    c.be.set_scope(c.scope("attn.compressor"));
-    compressor_step(c, h, *w.compressor,
-                    {m, sparse, Dh, c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone},
-                    cache.compressor);
-    if (sparse) indexer_keys(c, h, cache, iw);
-    c.be.set_scope(c.scope("attn"));
+    compress(c, h, cache, iw);
   }
-
   on(0);
-  c.be.linear(h, w.wq_a, qr);
-  c.be.rms_norm(qr, &w.q_norm, eps(c), qr);
-  c.be.linear(qr, w.wq_b, q.reshaped({T, H * Dh}));
-  c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = R}, c.positions, c.inv_freq);
-  if (sparse) indexer_queries(c, qr, iq);
+  project_queries(c, h, qr, q, iq);
   if (branches) c.be.join_branches();
+  if (sparse) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
 
-  if (sparse) {
-    // Steps B/D with the indexer's top-k: W window slots then the selected entries; -1 pads.
-    const TensorView selected = indexer_select(c, iq, iw, cache);
-    c.be.set_scope(c.scope("attn"));
-    const int64_t n_sel = selected.empty() ? 0 : selected.dim(1);
-    idx = c.be.scratch(DType::kI32, {T, W + n_sel});
-    c.be.attention_index(c.positions, n_prev, W, n_prev + T, n_sel > 0 ? N : 0, m, selected, idx);
-  }
-
-  // Step F: attention with sink; Step G: inverse RoPE at the query position, grouped output.
   const TensorView o = c.act({T, H, Dh});
-  c.be.sparse_attention_rope(q, pool, entries, idx, w.attn_sink, 1.0f / std::sqrt(static_cast<float>(Dh)),
-                             c.positions, c.inv_freq, R, o);
-  const TensorView z = c.act({T, G, Lo});
-  c.be.grouped_linear(o.reshaped({T, G, H / G * Dh}), w.wo_a, G, z);
-  const TensorView out = c.act({T, cfg.hidden_size});
-  c.be.linear(z.reshaped({T, G * Lo}), w.wo_b, out);
-  return out;
+  attend(c, q, pool, cache, idx, o);
+  return output(c, o);
+}
+
+TensorView attention_batch(const LayerContext& c, const TensorView& h, const std::vector<LayerCache*>& caches,
+                           const std::vector<int64_t>& p0) {
+  const ModelConfig& cfg = c.cfg;
+  const int64_t B = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, W = cfg.sliding_window;
+  CLAWMINE_CHECK(static_cast<int64_t>(caches.size()) == B && static_cast<int64_t>(p0.size()) == B,
+                 "attention_batch: ", caches.size(), " caches and ", p0.size(), " positions for ", B, " rows");
+  const bool sparse = c.kind == AttentionKind::kCompressedSparse;
+  // Row-wise over the batch: keys, queries, the indexer's queries.
+  const TensorView kv = c.act({B, Dh});
+  const TensorView qr = c.act({B, cfg.q_lora_rank});
+  const TensorView q = c.act({B, H, Dh});
+  const TensorView iq = sparse ? c.act({B, cfg.index_n_heads, cfg.index_head_dim}) : TensorView{};
+  const TensorView iw = sparse ? c.act({B, cfg.index_n_heads}) : TensorView{};
+  project_keys(c, h, kv);
+  project_queries(c, h, qr, q, iq);
+
+  // Per sequence, on its one-token context: the window pool, the compressors, the key list and
+  // the attention.
+  const TensorView o = c.act({B, H, Dh});
+  for (int64_t b = 0; b < B; ++b) {
+    const TensorView positions = c.positions.slice0(b, b + 1), ids = c.ids.slice0(b, b + 1);
+    const LayerContext cb{c.be, cfg, c.w, c.layer, c.kind, c.inv_freq, positions, ids, p0[static_cast<size_t>(b)],
+                          c.options};
+    LayerCache& cache = *caches[static_cast<size_t>(b)];
+    const TensorView hb = h.slice0(b, b + 1), iqb = sparse ? iq.slice0(b, b + 1) : TensorView{},
+                     iwb = sparse ? iw.slice0(b, b + 1) : TensorView{};
+    const int64_t n_prev = std::min(W - 1, cb.p0);
+    const TensorView pool = c.act({n_prev + 1, Dh});
+    c.be.copy(kv.slice0(b, b + 1), pool.slice0(n_prev, n_prev + 1));
+    window_keys(cb, cache, pool, n_prev);
+    if (c.kind != AttentionKind::kSliding) compress(cb, hb, cache, iwb);
+    const TensorView idx = key_list(cb, cache, n_prev, n_prev + 1, iqb, iwb);
+    attend(cb, q.slice0(b, b + 1), pool, cache, idx, o.slice0(b, b + 1));
+  }
+  return output(c, o);
 }
 
 }  // namespace clawmine::model::deepseek_v4

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "model/deepseek_v4/cache.h"
@@ -45,6 +46,14 @@ struct CompressorSpec {
 
 // Attention sub-layer: h [T, D] -> out [T, D] (scratch); reads and extends cache.
 TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cache);
+
+// Attention for a decode step of B sequences, one token each (Model::forward_batch): h [B, D]
+// row b is sequence b's token at position p0[b] (c.positions[b]), caches[b] its layer cache.
+// The projections, norms and RoPE run on all B rows at once; the cache reads and writes (window,
+// compressors, key lists, the indexer's top-k) and the attention itself run per sequence, each
+// on its own one-token context, as attention() would run them for that sequence alone.
+TensorView attention_batch(const LayerContext& c, const TensorView& h, const std::vector<LayerCache*>& caches,
+                           const std::vector<int64_t>& p0);
 
 // Consumes the chunk h [T, D] into a compressor; the entries of windows completed in the chunk
 // are written to st.entries rows [p0/m, (p0+T)/m) (capacity reserved by the caller).

@@ -144,11 +144,14 @@ void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const HyperConne
 // for the MoE output: `next`); the last block's streams go to hc_head (next null). On entry s.x
 // is attn_norm(x) of this block (hc_enter or the previous block's last site). The sites take
 // the scope of their hc_post (layers.l.hc_attn, layers.l.hc_ffn).
-void block(const LayerContext& c, const LayerWeights* next, HcState& s, LayerCache& cache) {
+// `attend` is the attention sub-layer over s.x: one sequence's chunk (attention) or a batch of
+// sequences' tokens (attention_batch).
+template <typename Attend>
+void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&& attend) {
   ops::ScratchFrame frame(c.be);  // the layer's temporaries
   const ops::BranchScope branches(c.be);  // closed before the frame (an op that failed inside one)
   c.be.set_scope(c.scope("attn"));
-  const TensorView a = attention(c, s.x, cache);
+  const TensorView a = attend(s.x);
   c.be.set_scope(c.scope("hc_attn"));
   hc_site(c.be, s, a, c.w.hc_ffn, c.w.ffn_norm);
 
@@ -166,41 +169,113 @@ void block(const LayerContext& c, const LayerWeights* next, HcState& s, LayerCac
 // Everything that shapes a steady decode step's ops besides the values read on the device: the
 // model (its placed weights), the cache's buffers (layout_id), where the step's scratch starts,
 // and the options. Equal keys mean equal op sequences over equal addresses.
-uint64_t step_key(const SequenceCache& cache, size_t scratch_mark, const ForwardOptions& options, const void* model) {
+// A batch step (forward_batch) hashes every cache's layout in order and the batch size; its
+// keys never equal a one-sequence step's (the marker).
+uint64_t step_key(const std::vector<const SequenceCache*>& caches, size_t scratch_mark, const ForwardOptions& options,
+                  const void* model) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](uint64_t v) {
     h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
     h *= 1099511628211ull;
   };
   mix(reinterpret_cast<uintptr_t>(model));
-  mix(cache.layout_id);
+  if (caches.size() > 1) {
+    mix(0xBA7C4ull);
+    mix(caches.size());
+  }
+  for (const SequenceCache* c : caches) mix(c->layout_id);
   mix(scratch_mark);
   mix(static_cast<uint64_t>(options.official_qdq) | static_cast<uint64_t>(options.all_logits) << 1);
   return h;
 }
 
+// The embedding broadcast into the hc streams and the first site's pre-mix: the state before
+// layer 0 for the T rows of ids_t.
+HcState enter_streams(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& W, const TensorView& ids_t) {
+  const int64_t T = ids_t.dim(0), D = cfg.hidden_size, hc = cfg.hc_mult;
+  be.set_scope("embed");
+  const TensorView e = be.scratch(be.act_dtype(), {T, D});
+  be.embed(W.embed, ids_t, e);
+  const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps),
+                         static_cast<float>(cfg.rms_norm_eps)};
+  HcState s{be.scratch(DType::kF32, {T, hc, D}),
+            be.scratch(DType::kF32, {T, hc, D}),
+            be.scratch(be.act_dtype(), {T, D}),
+            be.scratch(DType::kF32, {T, hc}),
+            be.scratch(DType::kF32, {T, hc, hc}),
+            hp,
+            static_cast<float>(cfg.rms_norm_eps)};
+  be.hc_expand(e, s.X);
+  if (cfg.num_hidden_layers > 0) {
+    be.set_scope("layers.0.hc_attn");
+    hc_enter(be, s, W.layers[0].hc_attn, W.layers[0].attn_norm);
+  }
+  return s;
+}
+
+// hc_head -> norm -> head over the last `rows` rows of the streams: logits [rows, vocab].
+TensorView head_logits(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& W, const LinearWeight& head,
+                       const HcState& s, int64_t rows) {
+  const int64_t T = s.X.dim(0);
+  be.set_scope("head");
+  const TensorView y = be.scratch(be.act_dtype(), {rows, cfg.hidden_size});
+  be.hc_head(s.X.slice0(T - rows, T), W.hc_head, s.hp, y);
+  be.rms_norm(y, &W.norm, static_cast<float>(cfg.rms_norm_eps), y);
+  const TensorView logits = be.scratch(DType::kF32, {rows, cfg.vocab_size});
+  be.linear(y, head, logits);
+  return logits;
+}
+
+// Runs issue_ops (the step's ops; returns where the logits land) directly, or as the step graph
+// of `key` (recorded on first use, replayed after; the logits' place kept in `owner`).
+template <typename Issue>
+TensorView run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
+  if (graph && owner.step_key == key && be.replay_step_graph(key)) {
+    return owner.step_logits;  // the recorded ops ran again; their scratch addresses repeat
+  }
+  if (graph) be.begin_step_graph(key);
+  const TensorView logits = issue_ops();
+  if (graph) {
+    be.end_step_graph();
+    owner.step_key = key;
+    owner.step_logits = logits;
+  }
+  return logits;
+}
+
 }  // namespace
+
+Model::Tables Model::tables_for(ops::Backend& be, const char* what) const {
+  // The weights and RoPE tables this backend reads: the mmapped ones on the CPU, place()'s copies elsewhere.
+  const bool host = be.device() == Device::kCpu;
+  if (!host && placed_on_ != be.device())
+    throw Error(str_cat("Model::", what, " on backend '", be.name(),
+                        "': its tensors live on the device; call Model::place(backend) first"));
+  return {host ? weights_ : device_weights_, host ? head_ : device_head_,
+          host ? inv_freq_main_.view() : device_inv_freq_main_,
+          host ? inv_freq_compress_.view() : device_inv_freq_compress_};
+}
+
+void Model::claim_cache(ops::Backend& be, SequenceCache& cache, const char* what) const {
+  CLAWMINE_CHECK(static_cast<int64_t>(cache.layers.size()) == config_.num_hidden_layers,
+                 "cache was made for another model");
+  if (cache.backend == nullptr) cache.backend = &be;
+  if (cache.backend != &be)
+    throw Error(str_cat("Model::", what, ": this cache holds rows of another backend ('", cache.backend->name(),
+                        "'); a cache serves the backend of its first forward"));
+}
 
 Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<int32_t>& ids,
                       const ForwardOptions& options) const {
   const ModelConfig& cfg = config_;
-  const int64_t T = static_cast<int64_t>(ids.size()), D = cfg.hidden_size, hc = cfg.hc_mult, V = cfg.vocab_size;
+  const int64_t T = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
   CLAWMINE_CHECK(T > 0, "forward needs at least one token");
-  CLAWMINE_CHECK(static_cast<int64_t>(cache.layers.size()) == cfg.num_hidden_layers,
-                 "cache was made for another model");
-  // The weights and RoPE tables this backend reads: the mmapped ones on the CPU, place()'s copies elsewhere.
-  const bool host = be.device() == Device::kCpu;
-  if (!host && placed_on_ != be.device())
-    throw Error(str_cat("Model::forward on backend '", be.name(),
-                        "': its tensors live on the device; call Model::place(backend) first"));
-  const ModelWeights& W = host ? weights_ : device_weights_;
-  const LinearWeight& head = host ? head_ : device_head_;
-  const TensorView& inv_main = host ? inv_freq_main_.view() : device_inv_freq_main_;
-  const TensorView& inv_compress = host ? inv_freq_compress_.view() : device_inv_freq_compress_;
-  if (cache.backend == nullptr) cache.backend = &be;
-  if (cache.backend != &be)
-    throw Error(str_cat("Model::forward: this cache holds rows of another backend ('", cache.backend->name(),
-                        "'); a cache serves the backend of its first forward"));
+  const Tables tables = tables_for(be, "forward");
+  const ModelWeights& W = tables.weights;
+  const LinearWeight& head = tables.head;
+  const TensorView& inv_main = tables.inv_main;
+  const TensorView& inv_compress = tables.inv_compress;
+  claim_cache(be, cache, "forward");
   const int64_t p0 = cache.position;
   reserve_cache(be, cfg, cache, p0 + T);
 
@@ -217,61 +292,80 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   // step until the cache's entry stores grow: it is recorded once as a graph and replayed.
   const int64_t rows = options.all_logits ? T : 1;
   const bool graph = T == 1 && p0 >= cfg.sliding_window - 1;
-  const uint64_t key = graph ? step_key(cache, be.scratch_mark(), options, this) : 0;
-  // The pass's ops: embed, the blocks, the head; returns where the logits land.
-  auto issue_ops = [&]() -> TensorView {
-    // X [T, hc, D]: the embedding copied into every stream.
-    be.set_scope("embed");
-    const TensorView e = be.scratch(be.act_dtype(), {T, D});
-    be.embed(W.embed, ids_t, e);
-    const ops::HcParams hp{hc, cfg.hc_sinkhorn_iters, static_cast<float>(cfg.hc_eps),
-                           static_cast<float>(cfg.rms_norm_eps)};
-    HcState s{be.scratch(DType::kF32, {T, hc, D}),
-              be.scratch(DType::kF32, {T, hc, D}),
-              be.scratch(be.act_dtype(), {T, D}),
-              be.scratch(DType::kF32, {T, hc}),
-              be.scratch(DType::kF32, {T, hc, hc}),
-              hp,
-              static_cast<float>(cfg.rms_norm_eps)};
-    be.hc_expand(e, s.X);
-
+  const uint64_t key = graph ? step_key({&cache}, be.scratch_mark(), options, this) : 0;
+  const TensorView logits = run_step(be, graph, key, cache, [&]() -> TensorView {
+    HcState s = enter_streams(be, cfg, W, ids_t);
     const int64_t L = cfg.num_hidden_layers;
-    if (L > 0) {
-      be.set_scope("layers.0.hc_attn");
-      hc_enter(be, s, W.layers[0].hc_attn, W.layers[0].attn_norm);
-    }
     for (int64_t l = 0; l < L; ++l) {
       const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
       const LayerContext c{be,  cfg, W.layers[static_cast<size_t>(l)], static_cast<int>(l),
                            kind, kind == AttentionKind::kSliding ? inv_main : inv_compress,
                            positions, ids_t, p0, options};
-      block(c, l + 1 < L ? &W.layers[static_cast<size_t>(l + 1)] : nullptr, s, cache.layers[static_cast<size_t>(l)]);
+      LayerCache& lc = cache.layers[static_cast<size_t>(l)];
+      block(c, l + 1 < L ? &W.layers[static_cast<size_t>(l + 1)] : nullptr, s,
+            [&](const TensorView& x) { return attention(c, x, lc); });
     }
-
-    // hc_head -> norm -> head, at every position or only the last.
-    be.set_scope("head");
-    const TensorView y = be.scratch(be.act_dtype(), {rows, D});
-    be.hc_head(s.X.slice0(T - rows, T), W.hc_head, hp, y);
-    be.rms_norm(y, &W.norm, static_cast<float>(cfg.rms_norm_eps), y);
-    const TensorView logits = be.scratch(DType::kF32, {rows, V});
-    be.linear(y, head, logits);
-    return logits;
-  };
-  TensorView logits;
-  if (graph && cache.step_key == key && be.replay_step_graph(key)) {
-    logits = cache.step_logits;  // the recorded ops ran again; their scratch addresses repeat
-  } else {
-    if (graph) be.begin_step_graph(key);
-    logits = issue_ops();
-    if (graph) {
-      be.end_step_graph();
-      cache.step_key = key;
-      cache.step_logits = logits;
-    }
-  }
+    return head_logits(be, cfg, W, head, s, rows);
+  });
   Buffer out(DType::kF32, {rows, V});
   be.download(logits, out.view().data);
   cache.position += T;
+  return out;
+}
+
+Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>& caches,
+                            const std::vector<int32_t>& ids, const ForwardOptions& options) const {
+  const ModelConfig& cfg = config_;
+  const int64_t B = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
+  CLAWMINE_CHECK(B > 0 && caches.size() == ids.size(), "forward_batch: ", ids.size(), " token ids for ", caches.size(),
+                 " caches (one token per sequence, at least one)");
+  const Tables tables = tables_for(be, "forward_batch");
+  std::vector<int64_t> p0(static_cast<size_t>(B));
+  std::vector<int32_t> host_positions(static_cast<size_t>(B));
+  std::vector<const SequenceCache*> keyed;
+  for (int64_t b = 0; b < B; ++b) {
+    SequenceCache* cache = caches[static_cast<size_t>(b)];
+    CLAWMINE_CHECK(cache != nullptr, "forward_batch: cache ", b, " is null");
+    for (int64_t a = 0; a < b; ++a)
+      CLAWMINE_CHECK(caches[static_cast<size_t>(a)] != cache, "forward_batch: sequence ", a, " and ", b,
+                     " are the same cache (each sequence of a batch takes one token)");
+    claim_cache(be, *cache, "forward_batch");
+    p0[static_cast<size_t>(b)] = cache->position;
+    host_positions[static_cast<size_t>(b)] = static_cast<int32_t>(cache->position);
+    keyed.push_back(cache);
+  }
+  for (SequenceCache* cache : caches) reserve_cache(be, cfg, *cache, cache->position + 1);
+
+  ops::ScratchFrame pass(be);
+  const TensorView ids_t = be.scratch(DType::kI32, {B});
+  be.upload(ids.data(), ids_t);
+  const TensorView positions = be.scratch(DType::kI32, {B});
+  be.upload(host_positions.data(), positions);
+
+  // Recorded once and replayed while every sequence's window is full and no entry store grows
+  // (the same condition as a one-sequence step, for each); the record lives in the first cache.
+  bool graph = true;
+  for (int64_t q : p0) graph = graph && q >= cfg.sliding_window - 1;
+  const uint64_t key = graph ? step_key(keyed, be.scratch_mark(), options, this) : 0;
+  const TensorView logits = run_step(be, graph, key, *caches[0], [&]() -> TensorView {
+    HcState s = enter_streams(be, cfg, tables.weights, ids_t);
+    const int64_t L = cfg.num_hidden_layers;
+    std::vector<LayerCache*> layer_caches(static_cast<size_t>(B));
+    for (int64_t l = 0; l < L; ++l) {
+      const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
+      const LayerContext c{be,   cfg, tables.weights.layers[static_cast<size_t>(l)], static_cast<int>(l),
+                           kind, kind == AttentionKind::kSliding ? tables.inv_main : tables.inv_compress,
+                           positions, ids_t, p0[0], options};
+      for (int64_t b = 0; b < B; ++b)
+        layer_caches[static_cast<size_t>(b)] = &caches[static_cast<size_t>(b)]->layers[static_cast<size_t>(l)];
+      block(c, l + 1 < L ? &tables.weights.layers[static_cast<size_t>(l + 1)] : nullptr, s,
+            [&](const TensorView& x) { return attention_batch(c, x, layer_caches, p0); });
+    }
+    return head_logits(be, cfg, tables.weights, tables.head, s, B);
+  });
+  Buffer out(DType::kF32, {B, V});
+  be.download(logits, out.view().data);
+  for (SequenceCache* cache : caches) cache->position += 1;
   return out;
 }
 

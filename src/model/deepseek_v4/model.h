@@ -65,8 +65,26 @@ class Model {
   Buffer forward(ops::Backend& backend, SequenceCache& cache, const std::vector<int32_t>& ids,
                  const ForwardOptions& options) const;
 
+  // One decode step of several sequences: ids[b] at position caches[b]->position of sequence b
+  // (distinct caches, any positions); returns logits [B, vocab], row b sequence b's, each as
+  // forward() would give for that sequence alone (options.all_logits does not apply). The
+  // row-wise work (projections, MoE, hyper-connections, head) runs once over the B rows, the
+  // attention per sequence; on CUDA a step whose every window is full is recorded as one graph.
+  Buffer forward_batch(ops::Backend& backend, const std::vector<SequenceCache*>& caches,
+                       const std::vector<int32_t>& ids, const ForwardOptions& options) const;
+
  private:
   Model() = default;
+  // The weights and RoPE tables `backend` reads (what: the caller, for errors).
+  struct Tables {
+    const ModelWeights& weights;
+    const LinearWeight& head;
+    TensorView inv_main;
+    TensorView inv_compress;
+  };
+  Tables tables_for(ops::Backend& backend, const char* what) const;
+  // Checks that `cache` belongs to this model and binds it to `backend` on first use.
+  void claim_cache(ops::Backend& backend, SequenceCache& cache, const char* what) const;
   io::Checkpoint checkpoint_;
   ModelConfig config_;
   ModelWeights weights_;

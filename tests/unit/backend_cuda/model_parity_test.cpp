@@ -22,6 +22,7 @@
 #include "runtime/generate.h"
 #include "runtime/sampler.h"
 #include "support/test_support.h"
+#include "unit/backend_cuda/cuda_test_util.h"
 
 namespace clawmine {
 namespace {
@@ -59,14 +60,6 @@ std::vector<Case> cases() {
   return out;
 }
 
-std::unique_ptr<ops::Backend> cuda_backend(DType act, bool graphs) {
-  backend::cuda::CudaOptions o;
-  o.memory_fraction = 0.3;
-  o.act_dtype = act;
-  o.graphs = graphs;
-  return backend::cuda::make_cuda_backend(o);
-}
-
 std::vector<float> logits_of(const Model& m, ops::Backend& be, const std::vector<int32_t>& ids, int64_t chunk) {
   ForwardOptions opt;
   opt.official_qdq = false;
@@ -90,7 +83,7 @@ class CudaModelParity : public ::testing::TestWithParam<Case> {
     lo.policy.nvfp4 = ops::Nvfp4Path::kW4A16;
     lo.policy.fp8 = ops::Fp8Path::kW8A16;
     Placed p;
-    p.be = cuda_backend(act, graphs);
+    p.be = test::model_cuda_backend(act, graphs);
     p.model = Model::load(test::fixture_dir("models/" + GetParam().model), lo);
     p.model->place(*p.be);
     return p;

@@ -28,6 +28,7 @@ TEST(BenchCommand, RunsEverySectionOnTheCpu) {
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("== clawmine bench"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("round-robin"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("b=3 batched forward"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("-- profile: decode"), std::string::npos) << r.out;
 
   std::ifstream f(json);
@@ -53,6 +54,10 @@ TEST(BenchCommand, RunsEverySectionOnTheCpu) {
   ASSERT_EQ(j["round_robin"].size(), 1u);
   EXPECT_EQ(j["round_robin"][0]["batch"], 3);
   EXPECT_EQ(j["round_robin"][0]["rounds"], 4);  // at least 4 timed rounds, after an untimed one
+  ASSERT_EQ(j["batched"].size(), 1u);  // the same sequences, one forward_batch per step
+  EXPECT_EQ(j["batched"][0]["batch"], 3);
+  EXPECT_EQ(j["batched"][0]["steps"], 4);
+  EXPECT_GT(j["batched"][0]["tokens_per_second"].get<double>(), 0);
   ASSERT_EQ(j["profile"].size(), 2u);
   EXPECT_GT(j["profile"][1]["rows"].size(), 5u);
   // One linear call per layer and step for wq_b (4 layers).

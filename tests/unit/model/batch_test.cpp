@@ -1,0 +1,66 @@
+// Model::forward_batch: a decode step of several sequences in one forward (row-wise work over the
+// B rows, attention per sequence) gives each sequence the logits forward() gives it alone, on
+// the CPU bit for bit: sequences at different positions (windows not yet full and full, CSA/HCA
+// entries completing in different steps), B = 1, and sequences joining with prompts of their own.
+// Bad calls (no tokens, a count mismatch, one cache twice, a null cache) are errors naming the
+// problem.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "model/deepseek_v4/model.h"
+#include "ops/backend.h"
+#include "support/test_support.h"
+#include "unit/model/batch_run.h"
+
+namespace clawmine::model::deepseek_v4 {
+namespace {
+
+class ForwardBatch : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ForwardBatch, EachSequenceGetsItsOwnLogitsBitForBit) {
+  auto model = Model::load(test::fixture_dir(std::string("models/") + GetParam()));
+  auto cpu = ops::make_cpu_backend(2);
+  // Window 16, CSA rate 4, HCA rate 8: the first sequence's window fills during the steps, the
+  // others' entries complete at different steps.
+  for (const std::vector<int>& prompts : {std::vector<int>{3, 11, 20, 33}, std::vector<int>{7}}) {
+    const int steps = 22;
+    const Logits one = decode(*model, *cpu, prompts, steps, false);
+    const Logits batch = decode(*model, *cpu, prompts, steps, true);
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      SCOPED_TRACE(str_cat("B ", prompts.size(), ", sequence ", s, " (prompt ", prompts[s], ")"));
+      ASSERT_EQ(batch.logits[s].size(), one.logits[s].size());
+      EXPECT_EQ(std::memcmp(batch.logits[s].data(), one.logits[s].data(), one.logits[s].size() * sizeof(float)), 0);
+    }
+  }
+}
+
+TEST(ForwardBatchErrors, NameTheProblem) {
+  auto model = Model::load(test::fixture_dir("models/tiny-a"));
+  auto cpu = ops::make_cpu_backend(1);
+  const ForwardOptions fo;
+  SequenceCache a = model->new_cache(), b = model->new_cache();
+  auto message = [&](const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids) {
+    try {
+      model->forward_batch(*cpu, caches, ids, fo);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({}, {}).find("one token per sequence"), std::string::npos);
+  EXPECT_NE(message({&a, &b}, {5}).find("1 token ids for 2 caches"), std::string::npos);
+  EXPECT_NE(message({&a, &a}, {5, 6}).find("are the same cache"), std::string::npos);
+  EXPECT_NE(message({&a, nullptr}, {5, 6}).find("cache 1 is null"), std::string::npos);
+  EXPECT_EQ(a.position, 0);  // nothing consumed by a refused call
+  EXPECT_EQ(b.position, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ForwardBatch, ::testing::Values("tiny-a", "tiny-c", "tiny-a-fp8"),
+                         fixture_test_name);
+
+}  // namespace
+}  // namespace clawmine::model::deepseek_v4
