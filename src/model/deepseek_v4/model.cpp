@@ -169,17 +169,17 @@ void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&&
 // Everything that shapes a steady decode step's ops besides the values read on the device: the
 // model (its placed weights), the cache's buffers (layout_id), where the step's scratch starts,
 // and the options. Equal keys mean equal op sequences over equal addresses.
-// A batch step (forward_batch) hashes every cache's layout in order and the batch size; its
-// keys never equal a one-sequence step's (the marker).
-uint64_t step_key(const std::vector<const SequenceCache*>& caches, size_t scratch_mark, const ForwardOptions& options,
-                  const void* model) {
+// A batch step (forward_batch, batch = true) hashes every cache's layout in order and the batch
+// size; its keys never equal a one-sequence step's (the marker), even for a batch of one.
+uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, size_t scratch_mark,
+                  const ForwardOptions& options, const void* model) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](uint64_t v) {
     h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
     h *= 1099511628211ull;
   };
   mix(reinterpret_cast<uintptr_t>(model));
-  if (caches.size() > 1) {
+  if (batch) {
     mix(0xBA7C4ull);
     mix(caches.size());
   }
@@ -292,7 +292,7 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   // step until the cache's entry stores grow: it is recorded once as a graph and replayed.
   const int64_t rows = options.all_logits ? T : 1;
   const bool graph = T == 1 && p0 >= cfg.sliding_window - 1;
-  const uint64_t key = graph ? step_key({&cache}, be.scratch_mark(), options, this) : 0;
+  const uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, this) : 0;
   const TensorView logits = run_step(be, graph, key, cache, [&]() -> TensorView {
     HcState s = enter_streams(be, cfg, W, ids_t);
     const int64_t L = cfg.num_hidden_layers;
@@ -346,7 +346,7 @@ Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>&
   // (the same condition as a one-sequence step, for each); the record lives in the first cache.
   bool graph = true;
   for (int64_t q : p0) graph = graph && q >= cfg.sliding_window - 1;
-  const uint64_t key = graph ? step_key(keyed, be.scratch_mark(), options, this) : 0;
+  const uint64_t key = graph ? step_key(keyed, true, be.scratch_mark(), options, this) : 0;
   const TensorView logits = run_step(be, graph, key, *caches[0], [&]() -> TensorView {
     HcState s = enter_streams(be, cfg, tables.weights, ids_t);
     const int64_t L = cfg.num_hidden_layers;
