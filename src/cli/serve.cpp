@@ -31,6 +31,7 @@ void add_serve_command(CLI::App& app) {
     server::HttpOptions http;
     server::ServiceOptions service;
     BackendOptions backend;  // --threads is ServiceOptions::threads
+    std::string batch_decode = "off";
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (demo model when --model is not given)");
@@ -49,8 +50,14 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-running", args->service.scheduler.max_running, "Sequences decoded together")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--max-waiting", args->service.scheduler.max_waiting, "Queued sequences before answering 429")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--prefill-chunk", args->service.scheduler.prefill_chunk, "Prompt tokens per sequence per step")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--batch-decode", args->batch_decode,
+                  "on: the running sequences past their prompt take their next token in one batched forward "
+                  "per step (weights read once for all); off: one forward per sequence")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   cmd->callback([args] {
     args->backend.check_available();  // before listening: the model loads in the background
+    args->service.scheduler.batch_decode = args->batch_decode == "on";
     std::filesystem::path dir = args->model_dir;
     std::string name = args->model_name;
     if (dir.empty()) {

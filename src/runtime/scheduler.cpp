@@ -145,8 +145,34 @@ void Scheduler::step(Sequence& seq) {
   const Buffer logits = model_.forward(*backend_, seq.cache, ids, forward);
   ++forwards_;
   if (seq.prefilled < prompt.size()) return;  // more prompt to go
+  emit(seq, logits.f32() + (logits.view().dim(0) - 1) * model_.config().vocab_size);
+}
+
+// The decode token of every sequence in seqs (each past its prompt) from one batched forward.
+void Scheduler::decode_together(const std::vector<Sequence*>& seqs) {
+  std::vector<model::deepseek_v4::SequenceCache*> caches;
+  std::vector<int32_t> ids;
+  for (Sequence* s : seqs) {
+    caches.push_back(&s->cache);
+    ids.push_back(s->last);
+  }
+  const Buffer logits = model_.forward_batch(*backend_, caches, ids, options_.forward);
+  ++forwards_;
   const int64_t V = model_.config().vocab_size;
-  const float* row = logits.f32() + (logits.view().dim(0) - 1) * V;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    try {
+      emit(*seqs[i], logits.f32() + static_cast<int64_t>(i) * V);
+    } catch (const NonFiniteLogits& e) {
+      fail(*seqs[i], e, true);
+    } catch (const std::exception& e) {
+      fail(*seqs[i], e, false);
+    }
+  }
+}
+
+// Samples the sequence's next token from its logit row and hands it to the consumer.
+void Scheduler::emit(Sequence& seq, const float* row) {
+  const int64_t V = model_.config().vocab_size;
   SampledToken token = seq.sampler.sample(row, V, seq.request.top_logprobs);
   seq.last = token.id;
   seq.generated_ids.push_back(token.id);
@@ -162,6 +188,17 @@ void Scheduler::step(Sequence& seq) {
   }
 }
 
+// Finishes the sequence with the error; non_finite: the guard tripped on its logits. Otherwise a
+// backend op that refused its input failed the forward, and the explainer tells whether the
+// sequence went non-finite, which makes this a guard trip too.
+void Scheduler::fail(Sequence& seq, const std::exception& e, bool non_finite) {
+  const std::string why = explain_non_finite(seq);
+  if (non_finite || !why.empty()) ++non_finite_trips_;
+  seq.handle->finish(FinishReason::kError, why.empty() ? e.what() : str_cat(e.what(), "; ", why),
+                     non_finite || !why.empty());
+  seq.done = true;
+}
+
 void Scheduler::loop() {
   for (;;) {
     {
@@ -174,26 +211,41 @@ void Scheduler::loop() {
       }
       running_count_ = static_cast<int64_t>(running_.size());
     }
+    std::vector<Sequence*> decoding;  // batch_decode: past their prompt, decoded together below
     for (auto& seq : running_) {
       if (seq->handle->cancelled()) {
         seq->handle->finish(FinishReason::kCancelled);
         seq->done = true;
         continue;
       }
+      if (options_.batch_decode && seq->prefilled == seq->request.prompt.size()) {
+        decoding.push_back(seq.get());
+        continue;
+      }
       try {
         step(*seq);
       } catch (const NonFiniteLogits& e) {
-        ++non_finite_trips_;
-        const std::string why = explain_non_finite(*seq);
-        seq->handle->finish(FinishReason::kError, why.empty() ? e.what() : str_cat(e.what(), "; ", why), true);
-        seq->done = true;
+        fail(*seq, e, true);
       } catch (const std::exception& e) {
-        // A backend op that refuses its input fails the forward; the explainer tells
-        // whether the sequence went non-finite, which makes this a guard trip too.
-        const std::string why = explain_non_finite(*seq);
-        if (!why.empty()) ++non_finite_trips_;
-        seq->handle->finish(FinishReason::kError, why.empty() ? e.what() : str_cat(e.what(), "; ", why), !why.empty());
-        seq->done = true;
+        fail(*seq, e, false);
+      }
+    }
+    if (decoding.size() == 1) {
+      try {
+        step(*decoding[0]);
+      } catch (const NonFiniteLogits& e) {
+        fail(*decoding[0], e, true);
+      } catch (const std::exception& e) {
+        fail(*decoding[0], e, false);
+      }
+    } else if (!decoding.empty()) {
+      try {
+        decode_together(decoding);
+      } catch (const std::exception& e) {
+        // The batched forward failed as a whole (a backend op refused, memory ran out): every
+        // sequence of it fails, each with its own explanation (a caught NonFiniteLogits never
+        // reaches here: sampling failures stay with their sequence).
+        for (Sequence* s : decoding) fail(*s, e, false);
       }
     }
     std::erase_if(running_, [](const auto& s) { return s->done; });

@@ -1,7 +1,9 @@
 // Continuous batching for the server: one scheduler thread owns the model and the backend; each
 // step it admits waiting sequences (up to max_running) and advances every running sequence by one
-// forward (a prefill chunk or one decode token), each with its own SequenceCache. Requests join
-// and leave between steps. Consumers read tokens from a SequenceHandle and may cancel it.
+// forward (a prefill chunk or one decode token), each with its own SequenceCache; with
+// batch_decode, the sequences past their prompt take their decode token together, in one
+// Model::forward_batch. Requests join and leave between steps. Consumers read tokens from a
+// SequenceHandle and may cancel it.
 // A logit row with NaN/Inf fails only its sequence and counts a non-finite guard trip.
 #pragma once
 
@@ -27,6 +29,10 @@ struct SchedulerOptions {
   int64_t max_running = 64;     // sequences advanced per step
   int64_t max_waiting = 256;    // admitted but not yet running; beyond it submit() throws QueueFull
   int64_t prefill_chunk = 256;  // prompt tokens per sequence per step
+  // Decode every running sequence past its prompt in one batched forward per step (the weights
+  // read once for all of them). Off: one forward per sequence. On the CPU a sequence's logits are
+  // the same bits either way; on CUDA they agree to rounding (docs/ARCHITECTURE.md).
+  bool batch_decode = false;
   model::deepseek_v4::ForwardOptions forward;
   // Runs on the scheduler thread when the guard trips; its text joins the request's error.
   NonFiniteExplainer explain_non_finite;
@@ -94,6 +100,9 @@ class Scheduler {
   struct Sequence;
   void loop();
   void step(Sequence& seq);
+  void decode_together(const std::vector<Sequence*>& seqs);
+  void emit(Sequence& seq, const float* logits_row);
+  void fail(Sequence& seq, const std::exception& e, bool non_finite);
   std::string explain_non_finite(const Sequence& seq) const;  // options_.explain_non_finite, "" if unset
 
   const model::deepseek_v4::Model& model_;

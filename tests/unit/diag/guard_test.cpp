@@ -92,5 +92,34 @@ TEST(Guard, SchedulerFailsOnlyThatRequestAndKeepsServing) {
   EXPECT_EQ(tokens.size(), 1u);
 }
 
+// Decoded together with another request (batch_decode): the poisoned sequence's NaN stays in its
+// row of the batched forward, so it fails alone and the other request finishes.
+TEST(Guard, BatchedDecodeFailsOnlyThatRequest) {
+  PoisonedModel pm;
+  runtime::SchedulerOptions so;
+  so.batch_decode = true;
+  auto backend = ops::make_cpu_backend(2);
+  so.explain_non_finite = make_replay_explainer(*pm.model, *backend, {}, so.forward, so.prefill_chunk);
+  runtime::Scheduler sched(*pm.model, std::move(backend), so);
+  runtime::SequenceRequest bad, good;
+  bad.prompt = kPrompt;
+  bad.max_tokens = 4;
+  bad.sampling.temperature = 0;
+  good.prompt = {1, 2, 3};
+  good.max_tokens = 6;
+  good.sampling.temperature = 0;
+  auto handles = sched.submit({bad, good});
+  std::vector<runtime::SampledToken> out;
+  while (handles[0]->take(out, std::chrono::milliseconds(200))) out.clear();
+  size_t good_tokens = 0;
+  while (handles[1]->take(out, std::chrono::milliseconds(200))) good_tokens += out.size(), out.clear();
+  EXPECT_EQ(handles[0]->finish_reason(), runtime::FinishReason::kError);
+  EXPECT_TRUE(handles[0]->error_non_finite());
+  EXPECT_NE(handles[0]->error().find("first non-finite op: embed"), std::string::npos) << handles[0]->error();
+  EXPECT_EQ(handles[1]->finish_reason(), runtime::FinishReason::kLength) << handles[1]->error();
+  EXPECT_EQ(good_tokens, 6u);
+  EXPECT_EQ(sched.stats().non_finite_trips, 1);
+}
+
 }  // namespace
 }  // namespace clawmine::diag
