@@ -78,7 +78,8 @@ void project_queries(const LayerContext& c, const TensorView& h, const TensorVie
 // rows and the cache's N entries.
 TensorView key_list(const LayerContext& c, LayerCache& cache, int64_t n_prev, int64_t n_pool, const TensorView& iq,
                     const TensorView& iw) {
-  const int64_t T = c.positions.dim(0), W = c.cfg.sliding_window, m = c.kind == AttentionKind::kSliding ? 1 : compress_rate(c);
+  const int64_t T = c.positions.dim(0), W = c.cfg.sliding_window;
+  const int64_t m = c.kind == AttentionKind::kSliding ? 1 : compress_rate(c);
   const TensorView entries = c.kind == AttentionKind::kSliding ? TensorView{} : cache.compressor.entries.view();
   const int64_t N = entries.empty() ? 0 : entries.dim(0);
   if (c.kind != AttentionKind::kCompressedSparse) {
