@@ -3,7 +3,7 @@
 # DeepseekV4ForCausalLM in BF16, eager, on the same card and the same weights. For each model:
 # `clawmine bench --backend cuda` (BF16 activations) and bench/torch_baseline.py with the same
 # prompt lengths and decode token count; then one side-by-side table (prefill tok/s, decode
-# ms/token, clawmine's speedup) and, with TVC_BATCH=1,8, a batch table (clawmine round-robin vs
+# ms/token, clawmine's speedup) and, with TVC_BATCH=1,8, a batch table (clawmine round-robin and batched vs
 # transformers' batched forward). Builds nothing (tools/gpu-check.sh builds clawmine and
 # clawmine-random-model into BUILD_DIR).
 #
@@ -211,15 +211,20 @@ for name in names:
     if not c or not t:
         continue
     rr = {r["batch"]: r for r in c.get("round_robin", [])}
+    cb = {r["batch"]: r for r in c.get("batched", [])}  # clawmine's batched forward (older runs: none)
     for b in t.get("batched", []):
-        r = rr.get(b["batch"], {})
-        batch.append((name, b["batch"], r.get("tokens_per_second"), b.get("tokens_per_second")))
+        r, q = rr.get(b["batch"], {}), cb.get(b["batch"], {})
+        batch.append((name, b["batch"], r.get("tokens_per_second"), q.get("tokens_per_second"),
+                      b.get("tokens_per_second")))
 if batch:
-    print(f"\n{'model':14s} {'batch':>5s} {'clawmine tok/s (round-robin)':>28s} {'torch tok/s (batched)':>21s} {'speedup':>8s}")
-    for name, B, ca, tb in batch:
-        print(f"{name:14s} {B:5d} {ca if ca else 0:28.1f} {tb if tb else 0:21.1f} {ratio(ca, tb):>8s}")
+    print(f"\n{'model':14s} {'batch':>5s} {'clawmine tok/s (round-robin)':>28s} {'clawmine tok/s (batched)':>24s} "
+          f"{'torch tok/s (batched)':>21s} {'speedup':>8s}")
+    for name, B, ca, cq, tb in batch:
+        best = max(v for v in (ca, cq, 0) if v is not None)
+        print(f"{name:14s} {B:5d} {ca if ca else 0:28.1f} {cq if cq else 0:24.1f} {tb if tb else 0:21.1f} "
+              f"{ratio(best, tb):>8s}")
         rows.append({"model": name, "batch": B, "clawmine_round_robin_tokens_per_second": ca,
-                     "torch_batched_tokens_per_second": tb})
+                     "clawmine_batched_tokens_per_second": cq, "torch_batched_tokens_per_second": tb})
 any_t = next((load(n, "torch") for n in names if load(n, "torch")), None)
 if any_t:
     print(f"\ncard: {device or any_t.get('device')}; torch {any_t.get('torch_version')}, transformers "
