@@ -91,9 +91,10 @@ double mean(const std::vector<double>& v) {
   return v.empty() ? 0 : s / static_cast<double>(v.size());
 }
 
-int32_t argmax(const Buffer& logits) {
-  const int64_t V = logits.view().dim(-1), last = logits.view().dim(0) - 1;
-  const float* p = logits.f32() + last * V;
+// The greedy token of logits row `row` (default: the last row).
+int32_t argmax(const Buffer& logits, int64_t row = -1) {
+  const int64_t V = logits.view().dim(-1), r = row < 0 ? logits.view().dim(0) - 1 : row;
+  const float* p = logits.f32() + r * V;
   return static_cast<int32_t>(std::max_element(p, p + V) - p);
 }
 
@@ -372,14 +373,15 @@ void run_bench(const BenchArgs& a) {
       toks.push_back(prefill(caches.back(), random_ids(rr.prompt, V, a.seed + 1000 + static_cast<uint64_t>(s)), be));
     }
     rr.prefill_seconds = seconds_since(p0);
+    auto round = [&] {
+      for (size_t s = 0; s < caches.size(); ++s) toks[s] = argmax(model.forward(be, caches[s], {toks[s]}, fwd));
+    };
     // One untimed round first: each sequence's first steady step records its step graph (as the
     // batch-1 warm-up does), which would otherwise sit in the median when B is large.
-    for (int64_t s = 0; s < B; ++s)
-      toks[static_cast<size_t>(s)] = argmax(model.forward(be, caches[static_cast<size_t>(s)], {toks[static_cast<size_t>(s)]}, fwd));
+    round();
     for (int64_t step = 0; step < rr.steps; ++step) {
       const auto r0 = Clock::now();
-      for (int64_t s = 0; s < B; ++s)
-        toks[static_cast<size_t>(s)] = argmax(model.forward(be, caches[static_cast<size_t>(s)], {toks[static_cast<size_t>(s)]}, fwd));
+      round();
       rr.round_seconds.push_back(seconds_since(r0));
     }
     const double r = median(rr.round_seconds);
@@ -395,11 +397,7 @@ void run_bench(const BenchArgs& a) {
     for (md::SequenceCache& c : caches) ptrs.push_back(&c);
     auto batch_step = [&] {
       const Buffer logits = model.forward_batch(be, ptrs, toks, fwd);
-      const int64_t V = logits.view().dim(1);
-      for (int64_t s = 0; s < B; ++s) {
-        const float* row = logits.f32() + s * V;
-        toks[static_cast<size_t>(s)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
-      }
+      for (size_t s = 0; s < toks.size(); ++s) toks[s] = argmax(logits, static_cast<int64_t>(s));
     };
     batch_step();
     for (int64_t step = 0; step < rr.steps; ++step) {

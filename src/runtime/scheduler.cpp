@@ -159,14 +159,19 @@ void Scheduler::decode_together(const std::vector<Sequence*>& seqs) {
   const Buffer logits = model_.forward_batch(*backend_, caches, ids, options_.forward);
   ++forwards_;
   const int64_t V = model_.config().vocab_size;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    try {
-      emit(*seqs[i], logits.f32() + static_cast<int64_t>(i) * V);
-    } catch (const NonFiniteLogits& e) {
-      fail(*seqs[i], e, true);
-    } catch (const std::exception& e) {
-      fail(*seqs[i], e, false);
-    }
+  for (size_t i = 0; i < seqs.size(); ++i)
+    guarded(*seqs[i], [&] { emit(*seqs[i], logits.f32() + static_cast<int64_t>(i) * V); });
+}
+
+// Runs f for the sequence; an exception fails only this sequence (fail()).
+template <typename F>
+void Scheduler::guarded(Sequence& seq, F&& f) {
+  try {
+    f();
+  } catch (const NonFiniteLogits& e) {
+    fail(seq, e, true);
+  } catch (const std::exception& e) {
+    fail(seq, e, false);
   }
 }
 
@@ -220,24 +225,12 @@ void Scheduler::loop() {
       }
       if (options_.batch_decode && seq->prefilled == seq->request.prompt.size()) {
         decoding.push_back(seq.get());
-        continue;
-      }
-      try {
-        step(*seq);
-      } catch (const NonFiniteLogits& e) {
-        fail(*seq, e, true);
-      } catch (const std::exception& e) {
-        fail(*seq, e, false);
+      } else {
+        guarded(*seq, [&] { step(*seq); });
       }
     }
     if (decoding.size() == 1) {
-      try {
-        step(*decoding[0]);
-      } catch (const NonFiniteLogits& e) {
-        fail(*decoding[0], e, true);
-      } catch (const std::exception& e) {
-        fail(*decoding[0], e, false);
-      }
+      guarded(*decoding[0], [&] { step(*decoding[0]); });
     } else if (!decoding.empty()) {
       try {
         decode_together(decoding);

@@ -103,6 +103,8 @@ class Scheduler {
   void decode_together(const std::vector<Sequence*>& seqs);
   void emit(Sequence& seq, const float* logits_row);
   void fail(Sequence& seq, const std::exception& e, bool non_finite);
+  template <typename F>
+  void guarded(Sequence& seq, F&& f);
   std::string explain_non_finite(const Sequence& seq) const;  // options_.explain_non_finite, "" if unset
 
   const model::deepseek_v4::Model& model_;

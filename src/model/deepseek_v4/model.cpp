@@ -226,6 +226,25 @@ TensorView head_logits(ops::Backend& be, const ModelConfig& cfg, const ModelWeig
   return logits;
 }
 
+// Embedding, then every block over the T rows of ids_t; attend(c, x, l) is layer l's attention
+// sub-layer (one sequence's chunk, or a batch of sequences' tokens). Returns the streams' state.
+template <typename Attend>
+HcState run_blocks(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& W, const TensorView& inv_main,
+                   const TensorView& inv_compress, const TensorView& positions, const TensorView& ids_t, int64_t p0,
+                   const ForwardOptions& options, Attend&& attend) {
+  HcState s = enter_streams(be, cfg, W, ids_t);
+  const int64_t L = cfg.num_hidden_layers;
+  for (int64_t l = 0; l < L; ++l) {
+    const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
+    const LayerContext c{be,   cfg, W.layers[static_cast<size_t>(l)], static_cast<int>(l),
+                         kind, kind == AttentionKind::kSliding ? inv_main : inv_compress,
+                         positions, ids_t, p0, options};
+    block(c, l + 1 < L ? &W.layers[static_cast<size_t>(l + 1)] : nullptr, s,
+          [&](const TensorView& x) { return attend(c, x, l); });
+  }
+  return s;
+}
+
 // Runs issue_ops (the step's ops; returns where the logits land) directly, or as the step graph
 // of `key` (recorded on first use, replayed after; the logits' place kept in `owner`).
 template <typename Issue>
@@ -271,10 +290,6 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   const int64_t T = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
   CLAWMINE_CHECK(T > 0, "forward needs at least one token");
   const Tables tables = tables_for(be, "forward");
-  const ModelWeights& W = tables.weights;
-  const LinearWeight& head = tables.head;
-  const TensorView& inv_main = tables.inv_main;
-  const TensorView& inv_compress = tables.inv_compress;
   claim_cache(be, cache, "forward");
   const int64_t p0 = cache.position;
   reserve_cache(be, cfg, cache, p0 + T);
@@ -294,18 +309,11 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
   const bool graph = T == 1 && p0 >= cfg.sliding_window - 1;
   const uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, this) : 0;
   const TensorView logits = run_step(be, graph, key, cache, [&]() -> TensorView {
-    HcState s = enter_streams(be, cfg, W, ids_t);
-    const int64_t L = cfg.num_hidden_layers;
-    for (int64_t l = 0; l < L; ++l) {
-      const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
-      const LayerContext c{be,  cfg, W.layers[static_cast<size_t>(l)], static_cast<int>(l),
-                           kind, kind == AttentionKind::kSliding ? inv_main : inv_compress,
-                           positions, ids_t, p0, options};
-      LayerCache& lc = cache.layers[static_cast<size_t>(l)];
-      block(c, l + 1 < L ? &W.layers[static_cast<size_t>(l + 1)] : nullptr, s,
-            [&](const TensorView& x) { return attention(c, x, lc); });
-    }
-    return head_logits(be, cfg, W, head, s, rows);
+    const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
+                                 options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
+                                   return attention(c, x, cache.layers[static_cast<size_t>(l)]);
+                                 });
+    return head_logits(be, cfg, tables.weights, tables.head, s, rows);
   });
   Buffer out(DType::kF32, {rows, V});
   be.download(logits, out.view().data);
@@ -322,7 +330,6 @@ Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>&
   const Tables tables = tables_for(be, "forward_batch");
   std::vector<int64_t> p0(static_cast<size_t>(B));
   std::vector<int32_t> host_positions(static_cast<size_t>(B));
-  std::vector<const SequenceCache*> keyed;
   for (int64_t b = 0; b < B; ++b) {
     SequenceCache* cache = caches[static_cast<size_t>(b)];
     CLAWMINE_CHECK(cache != nullptr, "forward_batch: cache ", b, " is null");
@@ -332,7 +339,6 @@ Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>&
     claim_cache(be, *cache, "forward_batch");
     p0[static_cast<size_t>(b)] = cache->position;
     host_positions[static_cast<size_t>(b)] = static_cast<int32_t>(cache->position);
-    keyed.push_back(cache);
   }
   for (SequenceCache* cache : caches) reserve_cache(be, cfg, *cache, cache->position + 1);
 
@@ -346,21 +352,16 @@ Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>&
   // (the same condition as a one-sequence step, for each); the record lives in the first cache.
   bool graph = true;
   for (int64_t q : p0) graph = graph && q >= cfg.sliding_window - 1;
-  const uint64_t key = graph ? step_key(keyed, true, be.scratch_mark(), options, this) : 0;
+  const uint64_t key = graph ? step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, this) : 0;
   const TensorView logits = run_step(be, graph, key, *caches[0], [&]() -> TensorView {
-    HcState s = enter_streams(be, cfg, tables.weights, ids_t);
-    const int64_t L = cfg.num_hidden_layers;
     std::vector<LayerCache*> layer_caches(static_cast<size_t>(B));
-    for (int64_t l = 0; l < L; ++l) {
-      const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
-      const LayerContext c{be,   cfg, tables.weights.layers[static_cast<size_t>(l)], static_cast<int>(l),
-                           kind, kind == AttentionKind::kSliding ? tables.inv_main : tables.inv_compress,
-                           positions, ids_t, p0[0], options};
-      for (int64_t b = 0; b < B; ++b)
-        layer_caches[static_cast<size_t>(b)] = &caches[static_cast<size_t>(b)]->layers[static_cast<size_t>(l)];
-      block(c, l + 1 < L ? &tables.weights.layers[static_cast<size_t>(l + 1)] : nullptr, s,
-            [&](const TensorView& x) { return attention_batch(c, x, layer_caches, p0); });
-    }
+    const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t,
+                                 p0[0], options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
+                                   for (int64_t b = 0; b < B; ++b)
+                                     layer_caches[static_cast<size_t>(b)] =
+                                         &caches[static_cast<size_t>(b)]->layers[static_cast<size_t>(l)];
+                                   return attention_batch(c, x, layer_caches, p0);
+                                 });
     return head_logits(be, cfg, tables.weights, tables.head, s, B);
   });
   Buffer out(DType::kF32, {B, V});
