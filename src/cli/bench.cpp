@@ -10,7 +10,8 @@
 //            one untimed round, in which each sequence records its step graph), then the same
 //            sequences decoded by one Model::forward_batch per step (row-wise work over the B
 //            rows, attention per sequence; an untimed step first records its graph);
-//   profile  (--profile) op-by-op time of one prefill and of decode steps, run eagerly.
+//   profile  (--profile) op-by-op time of one prefill and of decode steps (and of the largest
+//            batch's batched steps), run eagerly.
 // Prompts are random token ids (seeded): speed does not depend on the text.
 #include <algorithm>
 #include <chrono>
@@ -359,6 +360,7 @@ void run_bench(const BenchArgs& a) {
   // Batch B > 1: B sequences stepped round-robin (one forward call per sequence and step), then
   // batched (one forward_batch per step).
   std::vector<RoundRobin> rrs;
+  std::vector<Json> batch_profile;
   for (int64_t B : batches) {
     if (B <= 1) continue;
     RoundRobin rr;
@@ -412,6 +414,30 @@ void run_bench(const BenchArgs& a) {
                 static_cast<double>(B) / bt, static_cast<long long>(rr.steps));
     std::fflush(stdout);
     rrs.push_back(std::move(rr));
+    if (a.profile && B == *std::max_element(batches.begin(), batches.end())) {
+      // The largest batch's steps op by op (eager, synchronized: the lanes of per-sequence
+      // attention run one op at a time here).
+      OpProfiler prof(be);
+      const double floor_s = prof.call_floor_seconds();
+      std::vector<md::SequenceCache> pcaches;  // a cache serves the backend of its first forward
+      std::vector<md::SequenceCache*> pptrs;
+      std::vector<int32_t> ptoks;
+      for (int64_t s = 0; s < B; ++s) {
+        pcaches.push_back(model.new_cache());
+        ptoks.push_back(
+            prefill(pcaches.back(), random_ids(rr.prompt, V, a.seed + 1000 + static_cast<uint64_t>(s)), prof));
+      }
+      for (md::SequenceCache& c : pcaches) pptrs.push_back(&c);
+      prof.reset();
+      for (int64_t i = 0; i < a.profile_steps; ++i) {
+        const Buffer logits = model.forward_batch(prof, pptrs, ptoks, fwd);
+        for (size_t s = 0; s < ptoks.size(); ++s) ptoks[s] = argmax(logits, static_cast<int64_t>(s));
+      }
+      Json j;
+      print_profile(prof, str_cat("batched decode of ", B, " sequences, ", a.profile_steps, " steps"),
+                    static_cast<double>(std::max<int64_t>(a.profile_steps, 1)), floor_s, j);
+      batch_profile.push_back(j);
+    }
   }
 
   Json profile_json = Json::array();
@@ -429,6 +455,7 @@ void run_bench(const BenchArgs& a) {
     print_profile(prof, str_cat("decode at context ", L, ", ", a.profile_steps, " steps"),
                   static_cast<double>(std::max<int64_t>(a.profile_steps, 1)), floor_s, j);
     profile_json.push_back(j);
+    for (Json& b : batch_profile) profile_json.push_back(std::move(b));
   }
 
   // The summary, last.
@@ -573,7 +600,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prefill chunk size (0: the whole prompt in one pass)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_flag("--profile", a->profile, "Op-by-op time of one prefill and of decode steps (eager, synchronized)");
+  cmd->add_flag("--profile", a->profile, "Op-by-op time of one prefill, of decode steps and of the largest batch's batched steps (eager, synchronized)");
   cmd->add_option("--profile-steps", a->profile_steps, "Decode steps the profile averages")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

@@ -31,7 +31,7 @@ void add_serve_command(CLI::App& app) {
     server::HttpOptions http;
     server::ServiceOptions service;
     BackendOptions backend;  // --threads is ServiceOptions::threads
-    std::string batch_decode = "off";
+    std::string batch_decode = "on";
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (demo model when --model is not given)");
@@ -52,7 +52,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--prefill-chunk", args->service.scheduler.prefill_chunk, "Prompt tokens per sequence per step")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--batch-decode", args->batch_decode,
                   "on: the running sequences past their prompt take their next token in one batched forward "
-                  "per step (weights read once for all); off: one forward per sequence")
+                  "per step (weights read once for all); off: one forward per sequence (on CUDA, each "
+                  "request's tokens then do not depend on what else runs)")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   cmd->callback([args] {

@@ -1,8 +1,8 @@
-"""Continuous batching: 32 simultaneous streaming requests equal each request run alone (greedy),
-also with --batch-decode on (one batched forward per step; bit-identical on the CPU, so equal
-there; on CUDA the batched logits agree to rounding, so there every stream must complete and
-most equal), a full queue answers 429, and a client that disconnects mid-stream cancels its
-sequence."""
+"""Continuous batching: 32 simultaneous streaming requests equal each request run alone (greedy)
+with --batch-decode off (one forward per sequence), and with the default --batch-decode on (one
+batched forward per step; bit-identical on the CPU, so equal there; on CUDA the batched logits
+agree to rounding, so there every stream must complete and most equal), a full queue answers 429,
+and a client that disconnects mid-stream cancels its sequence."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,16 +24,18 @@ def streamed(server, i):
         return "".join(e["choices"][0]["delta"].get("content", "") for e in sse_events(r) if e["choices"])
 
 
-def test_32_concurrent_streams_equal_alone(server):
+def test_32_concurrent_streams_equal_alone(spawn, server):
     alone = [server.post("/v1/chat/completions", body(i)).json()["choices"][0]["message"]["content"] for i in range(32)]
+    s = spawn("--batch-decode", "off")
     with ThreadPoolExecutor(32) as pool:
-        together = list(pool.map(lambda i: streamed(server, i), range(32)))
+        together = list(pool.map(lambda i: streamed(s, i), range(32)))
     assert together == alone
 
 
-def test_32_concurrent_streams_batched_decode(spawn, server):
+def test_32_concurrent_streams_batched_decode(server):
+    # A request alone decodes with one forward per step, batched or not (a batch of one).
     alone = [server.post("/v1/chat/completions", body(i)).json()["choices"][0]["message"]["content"] for i in range(32)]
-    s = spawn("--batch-decode", "on")
+    s = server
     with ThreadPoolExecutor(32) as pool:
         together = list(pool.map(lambda i: streamed(s, i), range(32)))
     assert all(together), "a batched stream came back empty"

@@ -139,7 +139,16 @@ class CudaBackend final : public ops::Backend {
     if (it == op_state_.end()) it = op_state_.emplace(key, std::make_shared<T>()).first;
     return static_cast<T*>(it->second.get());
   }
-  // n unsigned ticket counters kept per backend under `key` (op_state), zero for every kernel that
+  // The same, one per branch (the current one: branch_): state that kernels write (ticket
+  // counters, histograms) is never shared by ops of two branches, which may run at once.
+  template <typename T>
+  T* branch_op_state(const void* key) {
+    const std::pair<const void*, int> k{key, branch_};
+    auto it = branch_op_state_.find(k);
+    if (it == branch_op_state_.end()) it = branch_op_state_.emplace(k, std::make_shared<T>()).first;
+    return static_cast<T*>(it->second.get());
+  }
+  // n unsigned ticket counters kept per backend and branch under `key` (branch_op_state), zero for every kernel that
   // takes tickets from them (its last block resets what it used). Allocated on first use and
   // cleared until a clear has run outside a stream capture: a clear issued inside a capture is a
   // node of that graph, and a discarded capture leaves the next eager call to clear again.
@@ -167,7 +176,7 @@ class CudaBackend final : public ops::Backend {
   cublasHandle_t cublas_ = nullptr;
 
   // branches.cu: side streams and their fork/join events (created on first use).
-  static constexpr int kMaxBranches = 3;  // branches 0 (main), 1 and 2
+  static constexpr int kMaxBranches = ops::Backend::kMaxBranches;  // 0 (main) and the side streams
   struct Side {
     cudaStream_t stream = nullptr;
     cudaEvent_t fork = nullptr, join = nullptr;
@@ -175,6 +184,7 @@ class CudaBackend final : public ops::Backend {
   };
   Side side_[kMaxBranches - 1];
   int n_forked_ = 0;
+  int branch_ = 0;  // the branch ops are issued to (0 also when side streams are off)
   void close_branches() noexcept;    // join_branches without throwing
   void free_branches() noexcept;     // and frees the side streams (release_all)
 
@@ -199,6 +209,7 @@ class CudaBackend final : public ops::Backend {
   size_t next_staging_ = 0;
 
   std::unordered_map<const void*, std::shared_ptr<void>> op_state_;
+  std::map<std::pair<const void*, int>, std::shared_ptr<void>> branch_op_state_;
 
   // ---- added by H3 (backend.cu, memory.cu) ----
   // Uploads smaller than a staging buffer share it: the next one starts at staging_offset_ in

@@ -3,10 +3,12 @@
 // stream waits for at the join (a join event). Inside a stream capture the side stream joins the
 // capture through the fork event, and the graph gets the two chains as parallel paths. Only
 // stream_ changes: every op launches on stream_, so the ops need no change.
-// CLAWMINE_BRANCHES=n runs the branches on n streams: 1 (or 0) every branch on the main stream in
-// issue order, 2 (the default) branches 1 and 2 on one side stream, 3 each on its own. Decode
-// b=1 on the H100 (docs/PERFORMANCE.md): 8.66/8.70 ms per token on 2, 8.70/8.75 on 3, 9.54/9.68
-// on 1: attention's third chain (the compressors) gains nothing on its own stream.
+// Each branch b > 0 has its own side stream (kMaxBranches - 1 of them, created on first use):
+// one-sequence decode uses branch 1 (attention's key path and compressors, the shared expert),
+// batched decode up to kMaxBranches - 1 lanes of per-sequence attention. CLAWMINE_BRANCHES=1 (or
+// 0) issues every branch on the main stream in issue order. Decode b=1 on the H100
+// (docs/PERFORMANCE.md): 8.66/8.70 ms per token with the side stream, 9.54/9.68 without; a third
+// stream for the compressors gained nothing (8.70/8.75).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -16,24 +18,24 @@
 namespace clawmine::backend::cuda {
 namespace {
 
-// CLAWMINE_BRANCHES: streams the branches run on (read once; see the file comment).
-int branch_streams() {
-  static const int n = [] {
+// CLAWMINE_BRANCHES: false when every branch runs on the main stream (read once; see the file
+// comment).
+bool side_streams() {
+  static const bool on = [] {
     const char* env = std::getenv("CLAWMINE_BRANCHES");
-    if (env == nullptr || *env == '\0') return 2;
-    if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) return 1;
-    if (std::strcmp(env, "2") == 0) return 2;
-    if (std::strcmp(env, "3") == 0) return 3;
-    throw Error(str_cat("CLAWMINE_BRANCHES=", env, ": expected 1, 2 or 3 (streams)"));
+    if (env == nullptr || *env == '\0' || std::strcmp(env, "on") == 0) return true;
+    if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0 || std::strcmp(env, "off") == 0) return false;
+    throw Error(str_cat("CLAWMINE_BRANCHES=", env, ": expected 1 or off (every branch on the main stream) or on"));
   }();
-  return n;
+  return on;
 }
 
 }  // namespace
 
 void CudaBackend::branch(int b) {
   CLAWMINE_CHECK(b >= 0 && b < kMaxBranches, "cuda branch: ", b, " is not a branch (0 .. ", kMaxBranches - 1, ")");
-  b = std::min(b, branch_streams() - 1);
+  if (!side_streams()) b = 0;
+  branch_ = b;
   if (b == 0) {
     stream_ = main_stream_;
   } else {
@@ -56,6 +58,7 @@ void CudaBackend::branch(int b) {
 
 void CudaBackend::join_branches() {
   stream_ = main_stream_;
+  branch_ = 0;
   for (Side& s : side_) {
     if (!s.forked) continue;
     s.forked = false;  // closed even if the join below fails (a device error)

@@ -618,7 +618,7 @@ void CudaBackend::compress_store(const TensorView& kv, const TensorView& gate, c
 
   StoreArgs a{};
   {
-    auto* ctr = op_state<StoreCounter>(&kStoreCounterKey);
+    auto* ctr = branch_op_state<StoreCounter>(&kStoreCounterKey);
     if (ctr->dev == nullptr) {  // never released: the arena goes with the backend
       const TensorView v = allocate(DType::kI32, {1});
       CLAWMINE_CUDA_CHECK(cudaMemsetAsync(v.data, 0, sizeof(unsigned int), stream_));

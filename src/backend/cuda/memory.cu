@@ -312,7 +312,7 @@ struct ZeroedCounters {
 }  // namespace
 
 unsigned* CudaBackend::zeroed_counters(const void* key, int64_t n) {
-  auto* st = op_state<ZeroedCounters>(key);
+  auto* st = branch_op_state<ZeroedCounters>(key);
   if (st->data == nullptr) {
     const TensorView v = allocate(DType::kI32, {n});
     st->data = static_cast<unsigned*>(v.data);  // never released: the arena goes with the backend

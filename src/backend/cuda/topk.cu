@@ -678,7 +678,7 @@ void CudaBackend::topk(const TensorView& values, int64_t k, const TensorView& ou
     int64_t B = std::min<int64_t>((N + kWideChunk - 1) / kWideChunk, max_blocks);
     const int64_t C = (N + B - 1) / B;
     B = (N + C - 1) / C;
-    auto* st = op_state<WideTopkState>(reinterpret_cast<const void*>(&topk_wide_kernel));
+    auto* st = branch_op_state<WideTopkState>(reinterpret_cast<const void*>(&topk_wide_kernel));
     if (st->hist.empty()) {  // once per backend (the first, eager steps)
       st->hist = allocate(DType::kI32, {kWideMaxT, kWideBins});
       st->tickets = allocate(DType::kI32, {kWideMaxT});

@@ -36,6 +36,15 @@ void project_keys(const LayerContext& c, const TensorView& h, const TensorView& 
                      c.positions, c.inv_freq);
 }
 
+// The layer's compressor (CSA: overlapping windows) and the indexer's.
+CompressorSpec layer_compressor(const LayerContext& c) {
+  return {compress_rate(c), c.kind == AttentionKind::kCompressedSparse, c.cfg.head_dim,
+          c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone};
+}
+CompressorSpec indexer_compressor(const LayerContext& c) {
+  return {c.cfg.compress_rate_csa, true, c.cfg.index_head_dim, indexer_qdq(c)};
+}
+
 // The window pool [previous window (n_prev rows) | the chunk's T keys, already in place]: the
 // previous rows come from the cache, and the cache keeps the W-1 most recent keys of the pool
 // (its tail) for the next chunk.
@@ -52,10 +61,7 @@ void window_keys(const LayerContext& c, LayerCache& cache, const TensorView& poo
 void compress(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& iw) {
   const bool sparse = c.kind == AttentionKind::kCompressedSparse;
   c.be.set_scope(c.scope("attn.compressor"));
-  compressor_step(c, h, *c.w.attn.compressor,
-                  {compress_rate(c), sparse, c.cfg.head_dim,
-                   c.options.official_qdq ? ops::Qdq::kFp8Nope : ops::Qdq::kNone},
-                  cache.compressor);
+  compressor_step(c, h, *c.w.attn.compressor, layer_compressor(c), cache.compressor);
   if (sparse) indexer_keys(c, h, cache, iw);
   c.be.set_scope(c.scope("attn"));
 }
@@ -118,10 +124,8 @@ TensorView output(const LayerContext& c, const TensorView& o) {
 }  // namespace
 
 void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& weights) {
-  const ModelConfig& cfg = c.cfg;
   c.be.set_scope(c.scope("attn.indexer.compressor"));
-  compressor_step(c, h, c.w.attn.indexer->compressor,
-                  {cfg.compress_rate_csa, true, cfg.index_head_dim, indexer_qdq(c)}, cache.indexer);
+  compressor_step(c, h, c.w.attn.indexer->compressor, indexer_compressor(c), cache.indexer);
   c.be.set_scope(c.scope("attn.indexer"));
   // Head weights [T, Hi], scaled by Di^-1/2 (the q.k scale) and Hi^-1/2 inside the scores.
   c.be.linear(h, c.w.attn.indexer->weights_proj, weights);
@@ -162,10 +166,11 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const int64_t T = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, W = cfg.sliding_window;
 
   // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). At decode
-  // sizes three independent chains run on three branches until the indexer scores: 1 the keys
-  // (kv, the window pool, the window kept for the next chunk, and the key lists where they need
-  // no top-k), 2 the compressors (and the indexer's, with its head weights), 0 the queries (q
-  // and the indexer queries).
+  // sizes two independent chains run on two branches until the indexer scores: 1 the keys (kv,
+  // the window pool, the window kept for the next chunk, the key lists where they need no top-k),
+  // then the compressors (and the indexer's, with its head weights); 0 the queries (q and the
+  // indexer queries). (The compressors on a third branch of their own gained nothing on the
+  // H100: docs/PERFORMANCE.md.)
   const bool branches = T <= kBranchMaxTokens;
   auto on = [&](int b) {
     if (branches) c.be.branch(b);
@@ -186,10 +191,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   window_keys(c, cache, pool, n_prev);
   TensorView idx;
   if (!sparse) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
-  if (compressed) {
-    on(2);
-    compress(c, h, cache, iw);
-  }
+  if (compressed) compress(c, h, cache, iw);
   on(0);
   project_queries(c, h, qr, q, iq);
   if (branches) c.be.join_branches();
@@ -206,8 +208,10 @@ TensorView attention_batch(const LayerContext& c, const TensorView& h, const std
   const int64_t B = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, W = cfg.sliding_window;
   CLAWMINE_CHECK(static_cast<int64_t>(caches.size()) == B && static_cast<int64_t>(p0.size()) == B,
                  "attention_batch: ", caches.size(), " caches and ", p0.size(), " positions for ", B, " rows");
+  const bool compressed = c.kind != AttentionKind::kSliding;
   const bool sparse = c.kind == AttentionKind::kCompressedSparse;
-  // Row-wise over the batch: keys, queries, the indexer's queries.
+  // Row-wise over the batch: keys, queries, the indexer's queries and head weights, and both
+  // compressors' projections (kv and gate logits of every row).
   const TensorView kv = c.act({B, Dh});
   const TensorView qr = c.act({B, cfg.q_lora_rank});
   const TensorView q = c.act({B, H, Dh});
@@ -215,25 +219,51 @@ TensorView attention_batch(const LayerContext& c, const TensorView& h, const std
   const TensorView iw = sparse ? c.act({B, cfg.index_n_heads}) : TensorView{};
   project_keys(c, h, kv);
   project_queries(c, h, qr, q, iq);
+  TensorView kv_gate, index_kv_gate;
+  if (compressed) {
+    c.be.set_scope(c.scope("attn.compressor"));
+    kv_gate = compressor_project(c, h, *c.w.attn.compressor, layer_compressor(c));
+  }
+  if (sparse) {
+    c.be.set_scope(c.scope("attn.indexer.compressor"));
+    index_kv_gate = compressor_project(c, h, c.w.attn.indexer->compressor, indexer_compressor(c));
+    c.be.set_scope(c.scope("attn.indexer"));
+    c.be.linear(h, c.w.attn.indexer->weights_proj, iw);
+  }
+  c.be.set_scope(c.scope("attn"));
 
-  // Per sequence, on its one-token context: the window pool, the compressors, the key list and
-  // the attention.
+  // Per sequence, on its one-token context: the window pool, the compressors' state and entries,
+  // the key list and the attention. The sequences' chains are independent (each its own cache
+  // and rows), so they run on lanes: backend branches 1 .. kMaxBranches-1, sequence b on lane
+  // b % lanes, joined before the output projection.
+  const int64_t lanes = B > 1 ? std::min<int64_t>(B, ops::Backend::kMaxBranches - 1) : 0;
   const TensorView o = c.act({B, H, Dh});
   for (int64_t b = 0; b < B; ++b) {
+    if (lanes > 0) c.be.branch(static_cast<int>(1 + b % lanes));
     const TensorView positions = c.positions.slice0(b, b + 1), ids = c.ids.slice0(b, b + 1);
     const LayerContext cb{c.be, cfg, c.w, c.layer, c.kind, c.inv_freq, positions, ids, p0[static_cast<size_t>(b)],
                           c.options};
     LayerCache& cache = *caches[static_cast<size_t>(b)];
-    const TensorView hb = h.slice0(b, b + 1), iqb = sparse ? iq.slice0(b, b + 1) : TensorView{},
-                     iwb = sparse ? iw.slice0(b, b + 1) : TensorView{};
     const int64_t n_prev = std::min(W - 1, cb.p0);
     const TensorView pool = c.act({n_prev + 1, Dh});
     c.be.copy(kv.slice0(b, b + 1), pool.slice0(n_prev, n_prev + 1));
     window_keys(cb, cache, pool, n_prev);
-    if (c.kind != AttentionKind::kSliding) compress(cb, hb, cache, iwb);
-    const TensorView idx = key_list(cb, cache, n_prev, n_prev + 1, iqb, iwb);
+    if (compressed) {
+      c.be.set_scope(c.scope("attn.compressor"));
+      compressor_store(cb, compressor_rows(kv_gate, 0, b, b + 1), compressor_rows(kv_gate, 1, b, b + 1),
+                       *c.w.attn.compressor, layer_compressor(c), cache.compressor);
+    }
+    if (sparse) {
+      c.be.set_scope(c.scope("attn.indexer.compressor"));
+      compressor_store(cb, compressor_rows(index_kv_gate, 0, b, b + 1), compressor_rows(index_kv_gate, 1, b, b + 1),
+                       c.w.attn.indexer->compressor, indexer_compressor(c), cache.indexer);
+    }
+    if (compressed) c.be.set_scope(c.scope("attn"));
+    const TensorView idx = key_list(cb, cache, n_prev, n_prev + 1, sparse ? iq.slice0(b, b + 1) : TensorView{},
+                                    sparse ? iw.slice0(b, b + 1) : TensorView{});
     attend(cb, q.slice0(b, b + 1), pool, cache, idx, o.slice0(b, b + 1));
   }
+  if (lanes > 0) c.be.join_branches();
   return output(c, o);
 }
 

@@ -5,22 +5,30 @@
 // the state). Entries are RMS-normed, rotated at the window's first position j*m, and
 // (official mode) round-tripped like the reference, then stored in the cache's entry rows at
 // rows the device computes from the positions (so a decode step's ops are the same every step).
-// Ops: linear_multi (wkv, wgate), compress_store (compress_chunk -> norm_rope_qdq -> scatter_rows).
+// Ops: linear_multi (wkv, wgate: compressor_project, row-wise), compress_store (compress_chunk ->
+// norm_rope_qdq -> scatter_rows: compressor_store, one sequence's chunk).
 #include "model/deepseek_v4/layer.h"
 
 namespace clawmine::model::deepseek_v4 {
 
-void compressor_step(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
-                     const CompressorSpec& spec, CompressorCache& st) {
-  const int64_t T = h.dim(0), m = spec.rate, hd = spec.head_dim, R = c.cfg.qk_rope_head_dim;
-  const int64_t width = (spec.overlap ? 2 : 1) * hd;  // c * hd
+TensorView compressor_project(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
+                              const CompressorSpec& spec) {
+  const int64_t T = h.dim(0), width = (spec.overlap ? 2 : 1) * spec.head_dim;  // c * hd
   // kv and gate read the same h: one linear_multi (one launch on CUDA at decode sizes).
   const TensorView kv_gate = c.be.scratch(DType::kF32, {2, T, width});
-  const TensorView kv = kv_gate.slice0(0, 1).reshaped({T, width});
-  const TensorView gate = kv_gate.slice0(1, 2).reshaped({T, width});
-  const ops::Backend::LinearJob jobs[] = {{&w.wkv, kv}, {&w.wgate, gate}};
+  const ops::Backend::LinearJob jobs[] = {{&w.wkv, compressor_rows(kv_gate, 0, 0, T)},
+                                         {&w.wgate, compressor_rows(kv_gate, 1, 0, T)}};
   c.be.linear_multi(h, jobs, 2);
+  return kv_gate;
+}
 
+TensorView compressor_rows(const TensorView& kv_gate, int64_t part, int64_t begin, int64_t end) {
+  return kv_gate.slice0(part, part + 1).reshaped({kv_gate.dim(1), kv_gate.dim(2)}).slice0(begin, end);
+}
+
+void compressor_store(const LayerContext& c, const TensorView& kv, const TensorView& gate, const CompressorWeights& w,
+                      const CompressorSpec& spec, CompressorCache& st) {
+  const int64_t T = kv.dim(0), m = spec.rate, hd = spec.head_dim, R = c.cfg.qk_rope_head_dim;
   // One entry per window the chunk touches (j = p0/m .. (p0+T-1)/m); the last may be incomplete
   // (its entry so far, replaced when the window completes; never attended before that).
   const int64_t n_out = (c.p0 + T - 1) / m - c.p0 / m + 1;
@@ -38,6 +46,13 @@ void compressor_step(const LayerContext& c, const TensorView& h, const Compresso
                        .qdq = spec.qdq,
                        .n_nope = hd - R},
                       c.inv_freq, pooled, entry_positions, st.entries.view());
+}
+
+void compressor_step(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
+                     const CompressorSpec& spec, CompressorCache& st) {
+  const TensorView kv_gate = compressor_project(c, h, w, spec);
+  const int64_t T = h.dim(0);
+  compressor_store(c, compressor_rows(kv_gate, 0, 0, T), compressor_rows(kv_gate, 1, 0, T), w, spec, st);
 }
 
 }  // namespace clawmine::model::deepseek_v4

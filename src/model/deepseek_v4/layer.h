@@ -59,6 +59,15 @@ TensorView attention_batch(const LayerContext& c, const TensorView& h, const std
 // are written to st.entries rows [p0/m, (p0+T)/m) (capacity reserved by the caller).
 void compressor_step(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
                      const CompressorSpec& spec, CompressorCache& st);
+// compressor_step in its two parts. compressor_project: kv and gate logits of every row of h,
+// [2, T, width] F32 scratch (row-wise: the rows may be different sequences' tokens);
+// compressor_rows(kv_gate, part, begin, end): rows [begin, end) of part 0 (kv) or 1 (gate);
+// compressor_store: one sequence's chunk (kv, gate [T, width] at c.positions) into st.
+TensorView compressor_project(const LayerContext& c, const TensorView& h, const CompressorWeights& w,
+                              const CompressorSpec& spec);
+TensorView compressor_rows(const TensorView& kv_gate, int64_t part, int64_t begin, int64_t end);
+void compressor_store(const LayerContext& c, const TensorView& kv, const TensorView& gate, const CompressorWeights& w,
+                      const CompressorSpec& spec, CompressorCache& st);
 
 // Chunks of at most this many tokens (decode) run independent op chains of a sub-layer on
 // backend branches (ops::Backend::branch): attention's keys, compressors and queries, the shared

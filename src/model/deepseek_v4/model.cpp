@@ -323,13 +323,9 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
 
 Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>& caches,
                             const std::vector<int32_t>& ids, const ForwardOptions& options) const {
-  const ModelConfig& cfg = config_;
-  const int64_t B = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
+  const int64_t B = static_cast<int64_t>(ids.size());
   CLAWMINE_CHECK(B > 0 && caches.size() == ids.size(), "forward_batch: ", ids.size(), " token ids for ", caches.size(),
                  " caches (one token per sequence, at least one)");
-  const Tables tables = tables_for(be, "forward_batch");
-  std::vector<int64_t> p0(static_cast<size_t>(B));
-  std::vector<int32_t> host_positions(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
     SequenceCache* cache = caches[static_cast<size_t>(b)];
     CLAWMINE_CHECK(cache != nullptr, "forward_batch: cache ", b, " is null");
@@ -337,8 +333,26 @@ Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>&
       CLAWMINE_CHECK(caches[static_cast<size_t>(a)] != cache, "forward_batch: sequence ", a, " and ", b,
                      " are the same cache (each sequence of a batch takes one token)");
     claim_cache(be, *cache, "forward_batch");
-    p0[static_cast<size_t>(b)] = cache->position;
-    host_positions[static_cast<size_t>(b)] = static_cast<int32_t>(cache->position);
+  }
+  Buffer out(DType::kF32, {B, config_.vocab_size});
+  for (int64_t g0 = 0; g0 < B; g0 += kMaxBatchRows) {
+    const auto first = static_cast<std::ptrdiff_t>(g0), last = static_cast<std::ptrdiff_t>(std::min(B, g0 + kMaxBatchRows));
+    forward_group(be, {caches.begin() + first, caches.begin() + last}, {ids.begin() + first, ids.begin() + last},
+                  options, out, g0);
+  }
+  return out;
+}
+
+void Model::forward_group(ops::Backend& be, const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids,
+                          const ForwardOptions& options, Buffer& out, int64_t row0) const {
+  const ModelConfig& cfg = config_;
+  const int64_t B = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
+  const Tables tables = tables_for(be, "forward_batch");
+  std::vector<int64_t> p0(static_cast<size_t>(B));
+  std::vector<int32_t> host_positions(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    p0[static_cast<size_t>(b)] = caches[static_cast<size_t>(b)]->position;
+    host_positions[static_cast<size_t>(b)] = static_cast<int32_t>(caches[static_cast<size_t>(b)]->position);
   }
   for (SequenceCache* cache : caches) reserve_cache(be, cfg, *cache, cache->position + 1);
 
@@ -364,10 +378,8 @@ Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>&
                                  });
     return head_logits(be, cfg, tables.weights, tables.head, s, B);
   });
-  Buffer out(DType::kF32, {B, V});
-  be.download(logits, out.view().data);
+  be.download(logits, out.f32() + row0 * V);
   for (SequenceCache* cache : caches) cache->position += 1;
-  return out;
 }
 
 }  // namespace clawmine::model::deepseek_v4

@@ -70,8 +70,13 @@ class Model {
   // forward() would give for that sequence alone (options.all_logits does not apply). The
   // row-wise work (projections, MoE, hyper-connections, head) runs once over the B rows, the
   // attention per sequence; on CUDA a step whose every window is full is recorded as one graph.
+  // More than kMaxBatchRows sequences run as consecutive groups of at most that many.
   Buffer forward_batch(ops::Backend& backend, const std::vector<SequenceCache*>& caches,
                        const std::vector<int32_t>& ids, const ForwardOptions& options) const;
+  // Past 32 rows the CUDA projections leave the weight-streaming GEMV for BF16 weight copies and
+  // cuBLAS: on the H100 a V4-Flash step of 64 sequences took 201 ms, one of 32 took 62 ms
+  // (docs/PERFORMANCE.md).
+  static constexpr int64_t kMaxBatchRows = 32;
 
  private:
   Model() = default;
@@ -85,6 +90,10 @@ class Model {
   Tables tables_for(ops::Backend& backend, const char* what) const;
   // Checks that `cache` belongs to this model and binds it to `backend` on first use.
   void claim_cache(ops::Backend& backend, SequenceCache& cache, const char* what) const;
+  // forward_batch of one group (distinct, claimed caches; at most kMaxBatchRows) into rows
+  // [row0, row0 + caches.size()) of out.
+  void forward_group(ops::Backend& backend, const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids,
+                     const ForwardOptions& options, Buffer& out, int64_t row0) const;
   io::Checkpoint checkpoint_;
   ModelConfig config_;
   ModelWeights weights_;

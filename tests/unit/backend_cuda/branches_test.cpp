@@ -1,5 +1,5 @@
 // Backend branches (ops/backend.h branch/join_branches) on the CUDA backend: ops of branches 1
-// and 2 run on side streams beside the main one; the join orders every later op after all; scratch is
+// and up run on side streams beside the main one, each with its own ticket state; the join orders every later op after all; scratch is
 // not reused while a branch is open; captured steps with branches replay like eager ones; a
 // download joins first. The long chains on branch 1 (100 adds over 4M floats, ~1 ms) make a
 // missing dependency show up as wrong values rather than pass by luck.
@@ -125,7 +125,7 @@ TEST_F(CudaBranches, AnOpFailingInsideABranchLeavesNoScratchBehind) {
 }
 
 TEST_F(CudaBranches, BadBranchIsAClearError) {
-  EXPECT_THROW(cuda->branch(3), Error);
+  EXPECT_THROW(cuda->branch(ops::Backend::kMaxBranches), Error);
   EXPECT_THROW(cuda->branch(-1), Error);
   cuda->join_branches();  // nothing open: a no-op
 }
@@ -149,6 +149,32 @@ TEST_F(CudaBranches, CapturedStepsWithBranchesReplayLikeEagerOnes) {
     EXPECT_TRUE(same_bits(download(C.view()), want_c)) << "step " << s;
   }
   EXPECT_GE(replays, 1) << "no step was replayed from a graph";
+}
+
+// Ops whose kernels take tickets or keep a histogram in backend-owned device memory (top-k's
+// multi-block select over wide rows, here) get that state per branch: every branch's top-k at
+// once, each over its own row of 16384 values, equals the same op run alone (bits of the ids).
+TEST_F(CudaBranches, EveryBranchHasItsOwnTicketState) {
+  constexpr int64_t kRows = ops::Backend::kMaxBranches - 1, kCols = 16384, kTop = 512;
+  std::mt19937 rng(99);
+  std::uniform_real_distribution<float> u(-4.0f, 4.0f);
+  std::vector<float> v(static_cast<size_t>(kRows * kCols));
+  for (float& f : v) f = u(rng);
+  ops::DeviceBuffer V = upload_f32(*cuda, v, {kRows, kCols});
+  ops::DeviceBuffer alone = poisoned(*cuda, DType::kI32, {kRows, kTop});
+  ops::DeviceBuffer together = poisoned(*cuda, DType::kI32, {kRows, kTop});
+  for (int64_t r = 0; r < kRows; ++r) cuda->topk(V.view().slice0(r, r + 1), kTop, alone.view().slice0(r, r + 1));
+  for (int rep = 0; rep < 3; ++rep) {
+    for (int64_t r = 0; r < kRows; ++r) {
+      cuda->branch(static_cast<int>(1 + r));
+      cuda->topk(V.view().slice0(r, r + 1), kTop, together.view().slice0(r, r + 1));
+    }
+    cuda->join_branches();
+    std::vector<int32_t> a(static_cast<size_t>(kRows * kTop)), b(a.size());
+    cuda->download(alone.view(), a.data());
+    cuda->download(together.view(), b.data());
+    ASSERT_EQ(a, b) << "repetition " << rep;
+  }
 }
 
 }  // namespace

@@ -58,8 +58,10 @@ TEST(BenchCommand, RunsEverySectionOnTheCpu) {
   EXPECT_EQ(j["batched"][0]["batch"], 3);
   EXPECT_EQ(j["batched"][0]["steps"], 4);
   EXPECT_GT(j["batched"][0]["tokens_per_second"].get<double>(), 0);
-  ASSERT_EQ(j["profile"].size(), 2u);
+  ASSERT_EQ(j["profile"].size(), 3u);  // prefill, decode, the largest batch's batched steps
   EXPECT_GT(j["profile"][1]["rows"].size(), 5u);
+  EXPECT_NE(j["profile"][2]["title"].get<std::string>().find("batched decode of 3 sequences"), std::string::npos);
+  EXPECT_GT(j["profile"][2]["rows"].size(), 5u);
   // One linear call per layer and step for wq_b (4 layers).
   bool wq_b = false;
   for (const auto& row : j["profile"][1]["rows"])

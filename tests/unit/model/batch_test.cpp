@@ -1,7 +1,8 @@
 // Model::forward_batch: a decode step of several sequences in one forward (row-wise work over the
 // B rows, attention per sequence) gives each sequence the logits forward() gives it alone, on
 // the CPU bit for bit: sequences at different positions (windows not yet full and full, CSA/HCA
-// entries completing in different steps), B = 1, and sequences joining with prompts of their own.
+// entries completing in different steps), B = 1, sequences joining with prompts of their own, and
+// more sequences than one group.
 // Bad calls (no tokens, a count mismatch, one cache twice, a null cache) are errors naming the
 // problem.
 #include <gtest/gtest.h>
@@ -35,6 +36,23 @@ TEST_P(ForwardBatch, EachSequenceGetsItsOwnLogitsBitForBit) {
       ASSERT_EQ(batch.logits[s].size(), one.logits[s].size());
       EXPECT_EQ(std::memcmp(batch.logits[s].data(), one.logits[s].data(), one.logits[s].size() * sizeof(float)), 0);
     }
+  }
+}
+
+// More sequences than one group (Model::kMaxBatchRows): the groups run one after another, and
+// every row still gets its sequence's own logits.
+TEST(ForwardBatchGroups, MoreSequencesThanOneGroup) {
+  auto model = Model::load(test::fixture_dir("models/tiny-a"));
+  auto cpu = ops::make_cpu_backend(2);
+  std::vector<int> prompts;
+  for (int64_t s = 0; s < Model::kMaxBatchRows + 3; ++s) prompts.push_back(2 + static_cast<int>(s % 7));
+  const int steps = 3;
+  const Logits one = decode(*model, *cpu, prompts, steps, false);
+  const Logits batch = decode(*model, *cpu, prompts, steps, true);
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    SCOPED_TRACE(str_cat("sequence ", s));
+    ASSERT_EQ(batch.logits[s].size(), one.logits[s].size());
+    EXPECT_EQ(std::memcmp(batch.logits[s].data(), one.logits[s].data(), one.logits[s].size() * sizeof(float)), 0);
   }
 }
 
