@@ -30,8 +30,9 @@ struct SchedulerOptions {
   int64_t max_waiting = 256;    // admitted but not yet running; beyond it submit() throws QueueFull
   int64_t prefill_chunk = 256;  // prompt tokens per sequence per step
   // Decode every running sequence past its prompt in one batched forward per step (the weights
-  // read once for all of them). Off: one forward per sequence. On the CPU a sequence's logits are
-  // the same bits either way; on CUDA they agree to rounding (docs/ARCHITECTURE.md).
+  // read once for all of them; `clawmine serve` turns it on unless --batch-decode off). Off: one
+  // forward per sequence. On the CPU a sequence's logits are the same bits either way; on CUDA they
+  // agree to rounding (docs/ARCHITECTURE.md).
   bool batch_decode = false;
   model::deepseek_v4::ForwardOptions forward;
   // Runs on the scheduler thread when the guard trips; its text joins the request's error.
