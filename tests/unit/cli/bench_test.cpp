@@ -58,6 +58,7 @@ TEST(BenchCommand, RunsEverySectionOnTheCpu) {
   EXPECT_EQ(j["batched"][0]["batch"], 3);
   EXPECT_EQ(j["batched"][0]["steps"], 4);
   EXPECT_GT(j["batched"][0]["tokens_per_second"].get<double>(), 0);
+  EXPECT_GT(j["batched"][0]["first_step_ms"].get<double>(), 0);
   ASSERT_EQ(j["profile"].size(), 3u);  // prefill, decode, the largest batch's batched steps
   EXPECT_GT(j["profile"][1]["rows"].size(), 5u);
   EXPECT_NE(j["profile"][2]["title"].get<std::string>().find("batched decode of 3 sequences"), std::string::npos);
