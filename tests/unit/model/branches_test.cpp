@@ -5,7 +5,7 @@
 // branches' ops after branch 0's, and branch 0's after the side branches') and comparing every
 // logit bit with the ops in issue order: a dependency across branches reads stale data in one of
 // the two orders. Fixtures with sliding, CSA (indexer) and HCA layers; prefill chunks under and
-// over kBranchMaxTokens, then decode steps.
+// over kBranchMaxTokens, then decode steps; batched decode steps with their lanes reversed.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -18,23 +18,26 @@
 #include "model/deepseek_v4/model.h"
 #include "ops/backend.h"
 #include "support/test_support.h"
+#include "unit/model/batch_run.h"
 #include "unit/model/chunked_run.h"
 
 namespace clawmine::model::deepseek_v4 {
 namespace {
 
 // Defers the ops of one side of every open branch region to its join: kSide the ops issued on
-// branches 1 and 2, kMain those on branch 0. Scratch resets are held while a region is open, as
-// the CUDA backend holds them.
+// branches 1 and up, kMain those on branch 0; kReverse defers every op of the region and runs the
+// branches from the highest to branch 0 (each branch's ops in issue order: batched decode's
+// lanes in the reverse of their order). Scratch resets are held while a region is open, as the
+// CUDA backend holds them.
 class BranchReorder final : public diag::ForwardingBackend {
  public:
-  enum class Late { kSide, kMain };
+  enum class Late { kSide, kMain, kReverse };
   BranchReorder(ops::Backend& inner, Late late) : ForwardingBackend(inner), late_(late) {}
   int regions() const { return regions_; }
   int deferred() const { return deferred_; }
 
   void branch(int b) override {
-    if (b < 0 || b > 2) throw Error("BranchReorder: no branch " + std::to_string(b));
+    if (b < 0 || b >= kMaxBranches) throw Error("BranchReorder: no branch " + std::to_string(b));
     open_ = true;
     cur_ = b;
   }
@@ -43,6 +46,10 @@ class BranchReorder final : public diag::ForwardingBackend {
     ++regions_;
     for (auto& f : queue_) f();
     queue_.clear();
+    for (int b = kMaxBranches - 1; b >= 0; --b) {
+      for (auto& f : lanes_[b]) f();
+      lanes_[b].clear();
+    }
     open_ = false;
     cur_ = 0;
   }
@@ -141,7 +148,10 @@ class BranchReorder final : public diag::ForwardingBackend {
 
  private:
   void issue(std::function<void()> op) {
-    if (open_ && (late_ == Late::kSide) == (cur_ != 0)) {
+    if (open_ && late_ == Late::kReverse) {
+      lanes_[cur_].push_back(std::move(op));
+      if (cur_ > 0) ++deferred_;
+    } else if (open_ && (late_ == Late::kSide) == (cur_ != 0)) {
       queue_.push_back(std::move(op));
       ++deferred_;
     } else {
@@ -153,6 +163,7 @@ class BranchReorder final : public diag::ForwardingBackend {
   bool open_ = false;
   int cur_ = 0, regions_ = 0, deferred_ = 0;
   std::vector<std::function<void()>> queue_;
+  std::vector<std::function<void()>> lanes_[kMaxBranches];  // kReverse: the region's ops per branch
 };
 
 class BranchOrder : public ::testing::TestWithParam<const char*> {};
@@ -171,6 +182,25 @@ TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
     // Every layer opens two regions (attention, MoE) per chunk of <= 16 tokens: 1 + 45 of them.
     EXPECT_EQ(be.regions(), 2 * model->config().num_hidden_layers * (1 + 45)) << name;
     EXPECT_GT(be.deferred(), 0) << name;
+  }
+}
+
+// A batched decode step (Model::forward_batch) runs its sequences' attention on lanes (branches
+// 1..8): with the lanes in reverse order, or after branch 0, every logit bit is the in-order one.
+TEST_P(BranchOrder, BatchedDecodeLanesInAnyOrderGiveTheInOrderBits) {
+  auto model = Model::load(test::fixture_dir(std::string("models/") + GetParam()));
+  auto cpu = ops::make_cpu_backend(2);
+  const std::vector<int> prompts = {3, 11, 20, 33, 7, 5, 18, 26, 9, 14};  // 10 sequences on 8 lanes
+  const Logits ref = decode(*model, *cpu, prompts, 6, true);
+  for (BranchReorder::Late late : {BranchReorder::Late::kReverse, BranchReorder::Late::kSide}) {
+    BranchReorder be(*cpu, late);
+    const Logits got = decode(*model, be, prompts, 6, true);
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      SCOPED_TRACE(str_cat(late == BranchReorder::Late::kReverse ? "lanes reversed" : "lanes last", ", sequence ", s));
+      ASSERT_EQ(got.logits[s].size(), ref.logits[s].size());
+      EXPECT_EQ(std::memcmp(got.logits[s].data(), ref.logits[s].data(), ref.logits[s].size() * sizeof(float)), 0);
+    }
+    EXPECT_GT(be.deferred(), 0);
   }
 }
 
