@@ -182,7 +182,7 @@ void Scheduler::emit(Sequence& seq, const float* row) {
   seq.last = token.id;
   seq.generated_ids.push_back(token.id);
   ++seq.generated;
-  const bool eos = token.id == model_.config().eos_token_id;
+  const bool eos = token.id == model_.config().eos_token_id && !seq.request.ignore_eos;
   seq.handle->push(std::move(token));
   if (eos) {
     seq.handle->finish(FinishReason::kEos);

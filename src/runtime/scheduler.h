@@ -44,6 +44,7 @@ struct SequenceRequest {
   int64_t max_tokens = 16;      // >= 1
   SamplingParams sampling;
   int64_t top_logprobs = 0;     // entries of the sampled distribution returned per token
+  bool ignore_eos = false;      // an EOS token does not finish the sequence (benchmarks: max_tokens each)
 };
 
 enum class FinishReason { kNone, kEos, kLength, kCancelled, kError };

@@ -118,6 +118,7 @@ void parse_generation(const Json& body, GenerationFields& g) {
       if (x.empty()) throw invalid_request("'stop' strings must not be empty", "stop");
   }
   g.n = get_int(body, "n", 1, kMaxN, "n").value_or(1);
+  g.ignore_eos = get_bool(body, "ignore_eos", "ignore_eos").value_or(false);
 }
 
 std::string content_text(const Json& content, const std::string& path) {

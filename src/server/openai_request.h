@@ -28,6 +28,7 @@ struct GenerationFields {
   std::vector<std::string> stop;       // up to 4 non-empty strings
   int64_t n = 1;
   std::optional<int64_t> logprobs;     // chat: top_logprobs when logprobs=true; completions: the integer
+  bool ignore_eos = false;             // vLLM's extension: EOS does not end the choice (its text is never sent)
 };
 
 struct ChatRequest {

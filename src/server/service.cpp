@@ -408,6 +408,7 @@ std::shared_ptr<Service::Job> Service::start(const GenerationFields& gen, std::v
     q.prompt = prompt;
     q.max_tokens = max_tokens;
     q.sampling = gen.sampling;
+    q.ignore_eos = gen.ignore_eos;
     q.sampling.seed = seed + static_cast<uint64_t>(i);
     q.top_logprobs = gen.logprobs.value_or(0);
     reqs.push_back(std::move(q));

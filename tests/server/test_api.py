@@ -2,9 +2,11 @@
 gibberish, so tests check shapes, determinism and the maths of logprobs, not wording)."""
 
 import math
+import os
 
 import requests
 
+from conftest import REPO
 from sse_util import sse_events
 
 CHAT = {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 12, "temperature": 0}
@@ -49,6 +51,19 @@ def test_greedy_is_deterministic_and_stream_matches(server):
 def test_max_completion_tokens_and_length(server):
     j = server.post("/v1/chat/completions", {**CHAT, "max_completion_tokens": 1, "max_tokens": 50}).json()
     assert j["usage"]["completion_tokens"] == 1
+
+
+def test_ignore_eos_runs_to_max_tokens(spawn):
+    # The trained demo model ends its greedy answer to this prompt with EOS after a few tokens.
+    s = spawn("--model", os.path.join(REPO, "models", "demo"))
+    body = {"messages": [{"role": "user", "content": "Thanks!"}], "temperature": 0, "max_tokens": 40}
+    ended = s.post("/v1/chat/completions", body).json()
+    assert ended["choices"][0]["finish_reason"] == "stop" and ended["usage"]["completion_tokens"] < 40
+    full = s.post("/v1/chat/completions", {**body, "ignore_eos": True}).json()
+    assert full["choices"][0]["finish_reason"] == "length" and full["usage"]["completion_tokens"] == 40
+    # The text before EOS is the same; EOS itself is never sent as text.
+    assert full["choices"][0]["message"]["content"].startswith(ended["choices"][0]["message"]["content"])
+    assert "end▁of▁sentence" not in full["choices"][0]["message"]["content"]
 
 
 def test_seed_reproducible(server):

@@ -27,6 +27,7 @@ CASES = [
     (CHAT, {"messages": M, "model": 3}, 400, "'model' must be a string", "model"),
     (CHAT, {"messages": M, "temperature": -1}, 400, "'temperature' must be between 0 and 2", "temperature"),
     (CHAT, {"messages": M, "temperature": "hot"}, 400, "'temperature' must be a number", "temperature"),
+    (CHAT, {"messages": M, "ignore_eos": "yes"}, 400, "'ignore_eos' must be a boolean", "ignore_eos"),
     (CHAT, {"messages": M, "top_p": 0}, 400, "'top_p' must be greater than 0", "top_p"),
     (CHAT, {"messages": M, "top_p": 1.5}, 400, "'top_p' must be between", "top_p"),
     (CHAT, {"messages": M, "min_p": 2}, 400, "'min_p' must be between", "min_p"),
