@@ -25,6 +25,10 @@
 # Optional: GPU_BENCH_TORCH=1 runs tools/torch-vs-clawmine.sh (clawmine against PyTorch/transformers'
 # BF16 eager forward on the tiny fixtures and a mid-size Flash-geometry model) after the steps above,
 # GPU_BENCH_TORCH=only instead of them; GPU_BENCH_TORCH_MODELS overrides its model list.
+# GPU_BENCH_SERVE=1 with CLAWMINE_TOKENIZER_DIR (a V4 tokenizer.json + tokenizer_config.json, made
+# where node is by `node tools/tokenizer/make_v4_tokenizer.js DIR` and carried to the device) also
+# serves each layout's checkpoint and runs bench/serve_throughput.py on it (GPU_BENCH_SERVE_ARGS;
+# default: 1, 8 and 32 clients, 2 requests each, 64 tokens).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -109,6 +113,18 @@ for layout in $LAYOUTS; do
   rc=${PIPESTATUS[0]}
   ((rc == 0)) || { say "$layout: clawmine bench rc $rc"; status=1; }
   show_json "$TMP/e2e-$layout.json"
+  if [ "${GPU_BENCH_SERVE:-0}" = 1 ]; then
+    if [ -f "$MODEL_DIR/tokenizer.json" ] && (($(left) > 30)); then
+      say "$layout: clawmine serve throughput (bench/serve_throughput.py)"
+      # shellcheck disable=SC2086
+      timeout "$(lim)" python3 "$ROOT/bench/serve_throughput.py" --clawmine "$cm" \
+        --server-args "--model $MODEL_DIR --backend cuda" ${GPU_BENCH_SERVE_ARGS:---concurrency 1,8,32 --requests 2 --max-tokens 64} \
+        --json "$TMP/serve-$layout.json" || { say "$layout: serve_throughput rc $?"; status=1; }
+      show_json "$TMP/serve-$layout.json"
+    else
+      say "$layout: serve throughput skipped (no tokenizer: set CLAWMINE_TOKENIZER_DIR, or the budget is spent)"
+    fi
+  fi
   rm -rf "$MODEL_DIR"
 done
 
@@ -181,6 +197,14 @@ for layout in layouts:
                    f"{100 * pf['gemm_ratio']:5.1f}%")
         tail = f"  {rr:>14s}  {j['cuda_graphs']:6s}  {j['load_seconds']:.1f}+{j['place_seconds']:.1f}" if i == 0 else ""
         print(f"{head}  {pre}{tail}")
+for layout in layouts:
+    p = os.path.join(tmp, f"serve-{layout}.json")
+    if os.path.exists(p):
+        j = json.load(open(p))
+        for r in j["levels"]:
+            print(f"{layout:8s} serve: {r['concurrency']:3d} clients, {r['output_tokens_per_s']:8.1f} out tok/s, "
+                  f"TTFT p50 {r['ttft_ms_p50']:.0f} ms, ITL p50 {r['itl_ms_p50']:.2f} ms"
+                  + (f", {r['n_errors']} errors" if r["n_errors"] else ""))
 EOF
 say "done (status $status)"
 exit $status
