@@ -360,6 +360,35 @@ void run_bench(const BenchArgs& a) {
 
   // Batch B > 1: B sequences stepped round-robin (one forward call per sequence and step), then
   // batched (one forward_batch per step).
+  struct Sequences {
+    std::vector<md::SequenceCache> caches;
+    std::vector<md::SequenceCache*> ptrs;
+    std::vector<int32_t> toks;  // each sequence's next token
+  };
+  // B sequences, each prefilled on `on` with its own random prompt of `prompt` tokens.
+  auto start_sequences = [&](int64_t B, int64_t prompt, ops::Backend& on) {
+    Sequences q;
+    for (int64_t s = 0; s < B; ++s) {
+      q.caches.push_back(model.new_cache());
+      q.toks.push_back(prefill(q.caches.back(), random_ids(prompt, V, a.seed + 1000 + static_cast<uint64_t>(s)), on));
+    }
+    for (md::SequenceCache& c : q.caches) q.ptrs.push_back(&c);
+    return q;
+  };
+  auto batched_step = [&](Sequences& q, ops::Backend& on) {
+    const Buffer logits = model.forward_batch(on, q.ptrs, q.toks, fwd);
+    for (size_t s = 0; s < q.toks.size(); ++s) q.toks[s] = argmax(logits, static_cast<int64_t>(s));
+  };
+  // Seconds of each of n calls of step.
+  auto timed = [](int64_t n, const auto& step) {
+    std::vector<double> t;
+    for (int64_t i = 0; i < n; ++i) {
+      const auto t0 = Clock::now();
+      step();
+      t.push_back(seconds_since(t0));
+    }
+    return t;
+  };
   std::vector<RoundRobin> rrs;
   std::vector<Json> batch_profile;
   for (int64_t B : batches) {
@@ -368,25 +397,17 @@ void run_bench(const BenchArgs& a) {
     rr.batch = B;
     rr.prompt = a.batch_prompt;
     rr.steps = std::max<int64_t>(4, (a.decode_tokens + B - 1) / B);
-    std::vector<md::SequenceCache> caches;
-    std::vector<int32_t> toks;
     const auto p0 = Clock::now();
-    for (int64_t s = 0; s < B; ++s) {
-      caches.push_back(model.new_cache());
-      toks.push_back(prefill(caches.back(), random_ids(rr.prompt, V, a.seed + 1000 + static_cast<uint64_t>(s)), be));
-    }
+    Sequences seqs = start_sequences(B, rr.prompt, be);
     rr.prefill_seconds = seconds_since(p0);
     auto round = [&] {
-      for (size_t s = 0; s < caches.size(); ++s) toks[s] = argmax(model.forward(be, caches[s], {toks[s]}, fwd));
+      for (size_t s = 0; s < seqs.caches.size(); ++s)
+        seqs.toks[s] = argmax(model.forward(be, seqs.caches[s], {seqs.toks[s]}, fwd));
     };
     // One untimed round first: each sequence's first steady step records its step graph (as the
     // batch-1 warm-up does), which would otherwise sit in the median when B is large.
     round();
-    for (int64_t step = 0; step < rr.steps; ++step) {
-      const auto r0 = Clock::now();
-      round();
-      rr.round_seconds.push_back(seconds_since(r0));
-    }
+    rr.round_seconds = timed(rr.steps, round);
     const double r = median(rr.round_seconds);
     std::printf("batch %lld as %lld sequences stepped round-robin: %.2f ms per round of %lld tokens = %.2f "
                 "ms/token, %.1f tokens/s (median of %lld rounds after a warm-up round, %lld-token prompts)\n",
@@ -396,20 +417,9 @@ void run_bench(const BenchArgs& a) {
     std::fflush(stdout);
     // The same sequences, one batched forward per step (Model::forward_batch): an untimed step
     // first (it records the batch's step graph), then as many steps as rounds.
-    std::vector<md::SequenceCache*> ptrs;
-    for (md::SequenceCache& c : caches) ptrs.push_back(&c);
-    auto batch_step = [&] {
-      const Buffer logits = model.forward_batch(be, ptrs, toks, fwd);
-      for (size_t s = 0; s < toks.size(); ++s) toks[s] = argmax(logits, static_cast<int64_t>(s));
-    };
-    const auto f0 = Clock::now();
-    batch_step();
-    rr.first_batch_seconds = seconds_since(f0);
-    for (int64_t step = 0; step < rr.steps; ++step) {
-      const auto r0 = Clock::now();
-      batch_step();
-      rr.batch_seconds.push_back(seconds_since(r0));
-    }
+    auto batch_step = [&] { batched_step(seqs, be); };
+    rr.first_batch_seconds = timed(1, batch_step)[0];
+    rr.batch_seconds = timed(rr.steps, batch_step);
     const double bt = median(rr.batch_seconds);
     std::printf("batch %lld as one batched forward per step: %.2f ms per step of %lld tokens = %.2f ms/token, "
                 "%.1f tokens/s (median of %lld steps after a warm-up step of %.2f ms, which records the step "
@@ -423,20 +433,9 @@ void run_bench(const BenchArgs& a) {
       // attention run one op at a time here).
       OpProfiler prof(be);
       const double floor_s = prof.call_floor_seconds();
-      std::vector<md::SequenceCache> pcaches;  // a cache serves the backend of its first forward
-      std::vector<md::SequenceCache*> pptrs;
-      std::vector<int32_t> ptoks;
-      for (int64_t s = 0; s < B; ++s) {
-        pcaches.push_back(model.new_cache());
-        ptoks.push_back(
-            prefill(pcaches.back(), random_ids(rr.prompt, V, a.seed + 1000 + static_cast<uint64_t>(s)), prof));
-      }
-      for (md::SequenceCache& c : pcaches) pptrs.push_back(&c);
+      Sequences pseqs = start_sequences(B, rr.prompt, prof);  // a cache serves the backend of its first forward
       prof.reset();
-      for (int64_t i = 0; i < a.profile_steps; ++i) {
-        const Buffer logits = model.forward_batch(prof, pptrs, ptoks, fwd);
-        for (size_t s = 0; s < ptoks.size(); ++s) ptoks[s] = argmax(logits, static_cast<int64_t>(s));
-      }
+      for (int64_t i = 0; i < a.profile_steps; ++i) batched_step(pseqs, prof);
       Json j;
       print_profile(prof, str_cat("batched decode of ", B, " sequences, ", a.profile_steps, " steps"),
                     static_cast<double>(std::max<int64_t>(a.profile_steps, 1)), floor_s, j);
