@@ -37,6 +37,9 @@
 //
 //   bench_gemv_probe [--tokens 1,2,4] [--shapes wq_a,...,moe2,head] [--formats bf16,fp8,fp8f32,mxfp4,nvfp4]
 //                    [--reps 15] [--csv FILE] [--pdl 1|0 (the chain timings; default 1)]
+//                    [--stream-mt N (m-tiles per streaming block; 0 = the plan's choice)]
+// MoE cases at 6T > 64 (T >= 11, up to 64) model a batched step instead: 6T selections spread
+// over the pool's 64 experts, rows sorted by expert in tiles of gemv_tile_rows(ceil(6T / 64)) rows.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -269,6 +272,7 @@ struct CaseData {
   int32_t* n_tiles = nullptr;                    // 6T
   int32_t* x_rows = nullptr;                     // moe13: row j reads token j / 6
   int launches = 8;
+  int tile_rows = 1, grid_tiles = 0;             // MoE: rows per tile, tiles (0: linear cases)
 };
 
 // GemmArgs of launch i of a case at T tokens (x, out: F32 or BF16 out; x BF16).
@@ -298,7 +302,7 @@ cuda::GemmArgs case_args(const Case& c, const CaseData& cd, int i, const void* x
   a.desc_offset = c.moe == 1 ? 0 : 2;
   a.tiles = cd.tiles[i % cd.tiles.size()];
   a.n_tiles = cd.n_tiles;
-  a.tile_rows = 1;
+  a.tile_rows = cd.tile_rows;
   a.ldx = c.k;
   a.x_rows = c.moe == 1 ? cd.x_rows : nullptr;  // moe2: h [N, I] in row order
   a.ldo = c.rows;
@@ -306,7 +310,6 @@ cuda::GemmArgs case_args(const Case& c, const CaseData& cd, int i, const void* x
   a.fmt = cd.ws[0].d.fmt;
   return a;
 }
-int grid_tiles_of(const Case& c, int64_t T) { return c.moe ? static_cast<int>(kTopK * T) : 1; }
 int64_t x_elems(const Case& c, int64_t T) { return c.moe == 2 ? kTopK * T * c.k : T * c.n_z * c.k; }
 int64_t out_elems(const Case& c, int64_t T) { return (c.moe ? kTopK * T : T) * c.n_z * c.rows; }
 
@@ -332,22 +335,49 @@ CaseData make_case(const Case& c, WFmt f, int64_t T, uint32_t& seed) {
   CK(cudaMalloc(&cd.descs, host.size() * sizeof(cuda::WeightDesc)));
   CK(cudaMemcpy(cd.descs, host.data(), host.size() * sizeof(cuda::WeightDesc), cudaMemcpyHostToDevice));
   const int64_t N = kTopK * T;
-  cd.launch_bytes = N * (c.moe == 1 ? cd.ws[0].bytes + cd.ws[1].bytes : cd.ws[2].bytes);
+  const int64_t matrix_bytes = c.moe == 1 ? cd.ws[0].bytes + cd.ws[1].bytes : cd.ws[2].bytes;
   cd.launches = 16;
-  for (int i = 0; i < cd.launches; ++i) {
-    std::vector<int4> t(static_cast<size_t>(N));
-    for (int64_t j = 0; j < N; ++j)
-      t[j] = make_int4(static_cast<int>((i * N + j) % kExpertPool), static_cast<int>(j), 1, 0);
-    int4* dt = nullptr;
-    CK(cudaMalloc(&dt, t.size() * sizeof(int4)));
-    CK(cudaMemcpy(dt, t.data(), t.size() * sizeof(int4), cudaMemcpyHostToDevice));
-    cd.tiles.push_back(dt);
+  std::vector<int32_t> xr(static_cast<size_t>(N));
+  if (N <= kExpertPool) {
+    // Decode: one-row tiles, each a distinct expert (row j, expert (i*N + j) % pool, token j / 6).
+    cd.launch_bytes = N * matrix_bytes;
+    cd.grid_tiles = static_cast<int>(N);
+    for (int i = 0; i < cd.launches; ++i) {
+      std::vector<int4> t(static_cast<size_t>(N));
+      for (int64_t j = 0; j < N; ++j)
+        t[j] = make_int4(static_cast<int>((i * N + j) % kExpertPool), static_cast<int>(j), 1, 0);
+      int4* dt = nullptr;
+      CK(cudaMalloc(&dt, t.size() * sizeof(int4)));
+      CK(cudaMemcpy(dt, t.data(), t.size() * sizeof(int4), cudaMemcpyHostToDevice));
+      cd.tiles.push_back(dt);
+    }
+    for (int64_t j = 0; j < N; ++j) xr[j] = static_cast<int32_t>(j / kTopK);
+  } else {
+    // A batched step (6T > pool: T >= 11): selection j of token j / 6 goes to expert j % pool, rows sorted by
+    // expert as moe_plan sorts them, tiles of gemv_tile_rows(ceil(N / pool)) rows, as moe_experts
+    // sizes them; every expert of the pool is read once per launch.
+    const int64_t per = (N + kExpertPool - 1) / kExpertPool;
+    cd.tile_rows = cuda::gemv_tile_rows(per);
+    std::vector<int4> t;
+    int64_t row = 0;
+    for (int e = 0; e < kExpertPool; ++e) {
+      const int64_t r0 = row;
+      for (int64_t j = e; j < N; j += kExpertPool) xr[row++] = static_cast<int32_t>(j / kTopK);
+      for (int64_t r = r0; r < row; r += cd.tile_rows)
+        t.push_back(make_int4(e, static_cast<int>(r), static_cast<int>(std::min<int64_t>(cd.tile_rows, row - r)), 0));
+    }
+    cd.launch_bytes = std::min<int64_t>(N, kExpertPool) * matrix_bytes;
+    cd.grid_tiles = static_cast<int>(t.size());
+    for (int i = 0; i < cd.launches; ++i) {
+      int4* dt = nullptr;
+      CK(cudaMalloc(&dt, t.size() * sizeof(int4)));
+      CK(cudaMemcpy(dt, t.data(), t.size() * sizeof(int4), cudaMemcpyHostToDevice));
+      cd.tiles.push_back(dt);
+    }
   }
-  const int32_t n = static_cast<int32_t>(N);
+  const int32_t n = cd.grid_tiles;
   CK(cudaMalloc(&cd.n_tiles, sizeof(int32_t)));
   CK(cudaMemcpy(cd.n_tiles, &n, sizeof n, cudaMemcpyHostToDevice));
-  std::vector<int32_t> xr(static_cast<size_t>(N));
-  for (int64_t j = 0; j < N; ++j) xr[j] = static_cast<int32_t>(j / kTopK);
   CK(cudaMalloc(&cd.x_rows, xr.size() * sizeof(int32_t)));
   CK(cudaMemcpy(cd.x_rows, xr.data(), xr.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
   return cd;
@@ -431,6 +461,7 @@ int main(int argc, char** argv) {
     else if (k == "--reps") reps = std::max(3, std::atoi(v.c_str()));
     else if (k == "--csv") csv = v;
     else if (k == "--pdl") chains = v != "0";
+    else if (k == "--stream-mt") cuda::set_gemv_stream_mtiles(std::atoi(v.c_str()));
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -508,7 +539,7 @@ int main(int argc, char** argv) {
     const bool head = std::string(c.name) == "head";
     for (const std::string& ts : tokens) {
       const int64_t T = std::atoll(ts.c_str());
-      if (T < 1 || T > 16) continue;
+      if (T < 1 || T > (c.moe ? 64 : 16)) continue;  // MoE up to 64 tokens (a batched step)
       // cuBLAS BF16 at the same shape (linear and grouped cases), its own weight copies.
       double cub_ms = 0;
       void* x = nullptr;
@@ -536,7 +567,7 @@ int main(int argc, char** argv) {
         if (!has(formats, fm.name)) continue;
         if (head && fm.fmt != WFmt::kBF16 && fm.fmt != WFmt::kFp8E8M0) continue;
         CaseData cd = make_case(c, fm.fmt, T, seed);
-        const int gt = grid_tiles_of(c, T), n = cd.launches;
+        const int gt = c.moe ? cd.grid_tiles : 1, n = cd.launches;
         // Checks: mma and stream against fma on launch 0, f32 outputs poisoned with NaN first.
         auto run_f32 = [&](int variant, void* o32) {
           fill_value(static_cast<float*>(o32), out_elems(c, T), NAN);

@@ -4,11 +4,13 @@
 // gemv_stream (bf16 activations, tiles of <= 8 tokens, CLAWMINE_GEMV=stream): the decode kernel,
 //   built for bytes in flight and a short fixed cost. The same fragments as gemv_mma (below): a
 //   warp owns an m-tile of 16 rows, lane (g, t) decodes chunk t of rows g and g+8 of each 64-byte
-//   k block straight into mma.sync A fragments. The k blocks of a row are split into W*KC
+//   k block straight into mma.sync A fragments. The k blocks of a row are split into S*KC
 //   contiguous segments (a power of two, doubled while every segment keeps >= 1 k block and the
 //   grid stays under min(24, what the registers allow) warps per SM: small weights spread over
-//   every SM, large ones loop);
-//   warp w of cluster rank c takes segment c*W + w. Per lane, loads come in groups of U k blocks
+//   every SM, large ones loop); warp s of an m-tile in cluster rank c takes segment c*S + s. A
+//   block holds mt m-tiles (W = S*mt warps; mt > 1 for tiles of >= 2 tokens whose m-tiles get
+//   fewer than 4 warps, e.g. a batched step's experts), which share its staged activations.
+//   Per lane, loads come in groups of U k blocks
 //   (FP4 2, FP8 4: 2U x 16 bytes + their scale bits) into two register buffers: group i+2 is issued as soon as
 //   group i is decoded, so a group is always in flight behind the math. Activations of the
 //   block's k range are staged once in shared memory in decoder order (no x loads in the loop);
@@ -16,7 +18,7 @@
 //   sum. MXFP4 k blocks whose E8M0 scales are all <= 2 (warp vote) decode each pair with one
 //   bf16 multiply. Sums: warps in order through shared memory, then (KC = 2 or 4) the blocks of
 //   a thread-block cluster in rank order through rank 0's shared memory (DSMEM): deterministic,
-//   no scratch, no atomics. grid (16-row m-tiles * KC, tiles, n_z), block 32W (W <= 16).
+//   no scratch, no atomics. grid (16-row m-tiles / mt * KC, tiles, n_z), block 32W (W <= 16).
 //
 // gemv_mma (bf16 activations; BF16, FP8, MXFP4, NVFP4 weights): tensor cores do the products so
 //   the cost per weight byte is the decode alone. A warp owns R m-tiles of 16 output rows; lane
@@ -638,6 +640,7 @@ struct StreamShape {
   int32_t n_kb = 0;         // k blocks per row: ceil(K / E / 4)
   int32_t xstride = 0;      // 32-bit words per staged token row: block chunks * E/2 + 4 (bank offset)
   int32_t l2_prefetch = 0;  // set_gemv_stream_l2_prefetch: prefetch the segment past the registers
+  int32_t mt = 1;           // m-tiles per block (their warps share the staged activations)
 };
 bool g_stream_l2_prefetch = false;  // set_gemv_stream_l2_prefetch (tools/gemv_probe, tests)
 
@@ -703,8 +706,10 @@ __device__ __forceinline__ void stream_kblock(const uint4& w0, const uint4& w1, 
   }
 }
 
-// Block (blockIdx.x / KC, tile blockIdx.y, problem blockIdx.z) = one m-tile of 16 output rows;
-// cluster rank c of KC, warp w of W owns k blocks [(c*W + w)*seg, +seg) of it.
+// Block (blockIdx.x / KC, tile blockIdx.y, problem blockIdx.z) = sh.mt consecutive m-tiles of 16
+// output rows (mt > 1 only with KC = 1), S = W / mt warps each; cluster rank c of KC, warp
+// w = m*S + s of W owns k blocks [(c*S + s)*seg, +seg) of m-tile m. The m-tiles of a block share
+// its staged activations.
 template <WFmt F, int KC>
 __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const StreamShape& sh) {
   pdl_trigger();
@@ -734,14 +739,16 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x / KC) * 16;
+  const int S = W / sh.mt, wseg = warp % S;  // warps per m-tile; this warp's segment
+  const int64_t mblk = static_cast<int64_t>(blockIdx.x / KC) * sh.mt * 16;  // the block's first row
+  const int64_t m0 = mblk + static_cast<int64_t>(warp / S) * 16;          // this warp's m-tile
   const int64_t wbase = weight_row_base(a, z);
   // Fragment rows g and g+8 of the m-tile; rows past n_rows repeat the last (never stored).
   const int64_t wr0 = wbase + min(m0 + g, a.n_rows - 1), wr1 = wbase + min(m0 + 8 + g, a.n_rows - 1);
   const int n_chunks = static_cast<int>(a.K / E);  // < 2^26 (stream_plan)
-  const int blk_kb0 = static_cast<int>(rank) * W * sh.seg;
-  const int blk_kb1 = min(blk_kb0 + W * sh.seg, sh.n_kb);
-  const int kb0 = blk_kb0 + warp * sh.seg;
+  const int blk_kb0 = static_cast<int>(rank) * S * sh.seg;
+  const int blk_kb1 = min(blk_kb0 + S * sh.seg, sh.n_kb);
+  const int kb0 = blk_kb0 + wseg * sh.seg;
   const int kb1 = min(kb0 + sh.seg, sh.n_kb);
   const int kbl = min(kb1, (n_chunks - t + 3) / 4);  // k blocks kb < kbl have chunk 4*kb + t < n_chunks
   const int n_grp = kb1 > kb0 ? (kb1 - kb0 + U - 1) / U : 0;
@@ -862,27 +869,29 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
     }
   }
 
-  // Warps' tiles summed in warp order through shared memory; then (KC > 1) the cluster's block
-  // sums in rank order, pushed into rank 0's shared memory: fixed order, deterministic.
+  // Each m-tile's warps summed in warp order through shared memory; then (KC > 1) the cluster's
+  // block sums in rank order, pushed into rank 0's shared memory: fixed order, deterministic.
   float* red = reinterpret_cast<float*>(xs + static_cast<int64_t>(a.tile_rows) * sh.xstride);  // [W][4][32]
   float* cbuf = red + W * 128;                                                                  // [KC][128]
 #pragma unroll
   for (int e = 0; e < 4; ++e) red[(warp * 4 + e) * 32 + lane] = acc[e];
   __syncthreads();
-  // Entry o = e*32 + lane of the 16x8 tile: row m0 + lane/4 (+8 for e >= 2), token 2*(lane%4) + e%2.
+  // Entry o = m*128 + e*32 + lane: m-tile m of the block, row lane/4 (+8 for e >= 2) of it,
+  // token 2*(lane%4) + e%2.
   auto entry = [&](int o, int64_t& r, int& tok) {
-    const int e = o >> 5, ln = o & 31;
-    r = m0 + (ln >> 2) + (e >= 2 ? 8 : 0);
+    const int m = o >> 7, e = (o >> 5) & 3, ln = o & 31;
+    r = mblk + m * 16 + (ln >> 2) + (e >= 2 ? 8 : 0);
     tok = 2 * (ln & 3) + (e & 1);
     return tok < tile.nrows && r < a.n_rows;
   };
-  auto block_sum = [&](int o) {
+  auto block_sum = [&](int o) {  // the S warps of m-tile o / 128
+    const int m = o >> 7, j = o & 127;
     float v = 0.0f;
-    for (int w = 0; w < W; ++w) v += red[w * 128 + o];
+    for (int w = m * S; w < (m + 1) * S; ++w) v += red[w * 128 + j];
     return v;
   };
   if constexpr (KC == 1) {
-    for (int o = threadIdx.x; o < 128; o += blockDim.x) {  // blocks of 1..16 warps
+    for (int o = threadIdx.x; o < 128 * sh.mt; o += blockDim.x) {  // blocks of 1..16 warps
       int64_t r;
       int tok;
       if (entry(o, r, tok)) store_out(a, tile.row0 + tok, z, r, block_sum(o) * out_scale);
@@ -917,12 +926,19 @@ __global__ void __cluster_dims__(KC, 1, 1) __maxnreg__(stream_max_regs<F>())
   gemv_stream_body<F, KC>(a, sh);
 }
 
-// Shape of a streaming launch: split = W * KC k segments per m-tile, a power of two, doubled
+// Shape of a streaming launch: split = S * KC k segments per m-tile, a power of two, doubled
 // while every segment keeps >= 1 k block and the grid stays within kStreamWarpsPerSm warps per
-// multiprocessor (register-limited; tile tables: kStreamTileWarpsPerSm); W = min(split, 16) warps per block, KC = split / W blocks per cluster.
+// multiprocessor (register-limited; tile tables: kStreamTileWarpsPerSm); S = min(split, 16) warps
+// per m-tile, KC = split / S blocks per cluster. Tiles of >= 2 tokens whose m-tiles get fewer
+// than kStreamMtWarps warps (many units, so the split stays small: the routed experts of a
+// batched step) put mt m-tiles in one block of W = S * mt warps: the staged activations (tokens x
+// the whole k range) are loaded once for mt m-tiles, and shared memory no longer limits the
+// resident warps (H100, batch 32, tiles of 4 tokens: docs/PERFORMANCE.md, ninth session).
+constexpr int kStreamMtWarps = 4;
+int g_stream_mt = 0;  // set_gemv_stream_mtiles: 0 = the plan's choice, else m-tiles per block
 struct StreamPlan {
   int W = 1, KC = 1;
-  int64_t m_tiles = 0;
+  int64_t m_tiles = 0, blocks_x = 0;
   StreamShape sh;
   size_t smem = 0;
 };
@@ -939,11 +955,21 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
   const int64_t target = static_cast<int64_t>(multiprocessors()) * per_sm;
   int split = 1;
   while (split < kStreamMaxSplit && split * 2 <= n_kb && units * split * 2 <= target) split *= 2;
-  p.W = std::min(split, kStreamMaxWarps);
-  p.KC = split / p.W;  // > 1 only with W = 16: the kernel's cluster epilogue needs >= 128 threads
+  const int S = std::min(split, kStreamMaxWarps);
+  p.KC = split / S;  // > 1 only with S = 16: the kernel's cluster epilogue needs >= 128 threads
+  p.sh.mt = 1;
+  if (p.KC == 1) {
+    if (g_stream_mt > 0) {
+      while (p.sh.mt * 2 <= g_stream_mt && S * p.sh.mt * 2 <= kStreamMaxWarps) p.sh.mt *= 2;
+    } else if (a.tile_rows >= 2) {
+      while (S * p.sh.mt * 2 <= kStreamMtWarps && p.sh.mt * 2 <= p.m_tiles) p.sh.mt *= 2;
+    }
+  }
+  p.W = S * p.sh.mt;
+  p.blocks_x = (p.m_tiles + p.sh.mt - 1) / p.sh.mt * p.KC;
   p.sh.n_kb = static_cast<int32_t>(n_kb);
   p.sh.seg = static_cast<int32_t>((n_kb + split - 1) / split);
-  p.sh.xstride = p.W * p.sh.seg * 4 * (E / 2) + 4;
+  p.sh.xstride = S * p.sh.seg * 4 * (E / 2) + 4;
   p.sh.l2_prefetch = g_stream_l2_prefetch ? 1 : 0;
   p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128 +
             (p.KC > 1 ? static_cast<size_t>(p.KC) * 128 : 0)) *
@@ -973,7 +999,7 @@ int stream_warps_per_sm() {
 template <WFmt F>
 void launch_gemv_stream_typed(const GemmArgs& a, int grid_tiles, const StreamPlan& p, cudaStream_t stream) {
   CLAWMINE_CHECK(grid_tiles <= 65535 && a.n_z <= 65535, "gemv_stream: grid too large");
-  const dim3 grid(static_cast<unsigned>(p.m_tiles * p.KC), static_cast<unsigned>(grid_tiles),
+  const dim3 grid(static_cast<unsigned>(p.blocks_x), static_cast<unsigned>(grid_tiles),
                   static_cast<unsigned>(a.n_z));
   const dim3 block(static_cast<unsigned>(p.W * 32));
   switch (p.KC) {
@@ -1020,6 +1046,8 @@ void set_gemv_mma_config(int staged, int rows) {
 }
 
 void set_gemv_stream_l2_prefetch(bool on) { g_stream_l2_prefetch = on; }
+
+void set_gemv_stream_mtiles(int n) { g_stream_mt = n < 0 ? 0 : n; }
 
 void set_gemv_pdl(int on) { g_gemv_pdl.store(on < 0 ? -1 : on ? 1 : 0, std::memory_order_relaxed); }
 
@@ -1077,10 +1105,11 @@ void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t st
       launch_gemv_fma(a, x_bf16, grid_tiles, stream);
       return;
     }
-    // Expert tile tables with more than 2 rows per tile stay on kMma: MoE at 32 tokens (3 rows
-    // per expert) measured 777 us through the streaming kernel against 523 through kMma.
-    const bool many_rows_per_expert = a.tiles != nullptr && a.tile_rows > 2;
-    kernel = f == WFmt::kBF16 || many_rows_per_expert ? GemvKernel::kMma : GemvKernel::kStream;
+    // Expert tile tables of several rows per tile (batched decode) stream too, now that several
+    // m-tiles share a block's staged activations: MXFP4 experts at 32 tokens (tiles of 4 rows)
+    // 239 + 121 us (gate+up, down) against 312 + 160 through kMma (tools/gemv_probe, H100;
+    // docs/PERFORMANCE.md, ninth session).
+    kernel = f == WFmt::kBF16 ? GemvKernel::kMma : GemvKernel::kStream;
   }
   if (kernel == GemvKernel::kStream) {
     bool done = false;

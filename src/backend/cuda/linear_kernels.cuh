@@ -238,6 +238,11 @@ void set_gemv_mma_config(int staged, int rows);
 // of their segment into L2 (cp.async.bulk.prefetch, before griddepcontrol.wait). Off by default;
 // results unchanged.
 void set_gemv_stream_l2_prefetch(bool on);
+// Tuning hook for tools/gemv_probe and tests (not thread-safe): m-tiles per streaming block
+// (launches without thread-block clusters, rounded down to a power of two that keeps the block
+// at <= 16 warps); 0 (the default) = the plan's choice (several only for tiles of >= 2 tokens
+// whose m-tiles get few warps). Results unchanged, bit for bit.
+void set_gemv_stream_mtiles(int n);
 // PDL for the GEMV launches that load weights before griddepcontrol.wait (the FMA and streaming
 // kernels): on with every launch's (CLAWMINE_PDL=1), or for these alone: the default
 // (CLAWMINE_GEMV_PDL=0 turns it off; read once). Tests and tools/gemv_probe (not thread-safe):

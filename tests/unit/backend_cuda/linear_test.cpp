@@ -25,6 +25,7 @@
 namespace clawmine::backend::cuda {
 enum class GemvKernel : int32_t;
 void set_gemv_kernel(GemvKernel k);
+void set_gemv_stream_mtiles(int n);
 }  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
@@ -437,6 +438,38 @@ TEST_F(CudaLinearStream, GroupedLinear) {
         const std::vector<float> got = download_f32(*cuda, out.view());
         EXPECT_TRUE(within(got, ref, kBf16Budget));
         EXPECT_TRUE(all_finite(got));
+      }
+    }
+  }
+}
+
+TEST_F(CudaLinearStream, SeveralMtilesPerBlockGiveTheBitsOfOne) {
+  // m-tiles sharing a block (and its staged activations): the same per-warp work and the same
+  // fixed-order sums as one m-tile per block, so the same bits; rows 131 and 40 leave the last
+  // block's later m-tiles past the end (computed, never stored); against the CPU as well.
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{131, 1056}, {40, 4128}, {4096, 2048}};
+  uint32_t seed = 1500;
+  for (auto [O, I] : shapes) {
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 1.0f / 32);
+    for (TestFormat f : kStreamFormats) {
+      auto w = make_linear(*cuda, f, wf, O, I, std::string("stream.mt.") + format_label(f));
+      for (int64_t T : kStreamTokens) {
+        SCOPED_TRACE(w->host.name + " [" + std::to_string(O) + ", " + std::to_string(I) + "] T=" + std::to_string(T));
+        TestActs x = make_acts(*cuda, {T, I}, DType::kBF16, ++seed);
+        std::vector<std::vector<float>> outs;
+        for (int mt : {1, 4, 16}) {
+          backend::cuda::set_gemv_stream_mtiles(mt);
+          const ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {T, O});
+          cuda->linear(x.dev.view(), w->dev, out.view());
+          outs.push_back(download_f32(*cuda, out.view()));
+        }
+        backend::cuda::set_gemv_stream_mtiles(0);
+        EXPECT_TRUE(same_bits(outs[1], outs[0])) << "4 m-tiles per block";
+        EXPECT_TRUE(same_bits(outs[2], outs[0])) << "16 m-tiles per block (or as many as fit 16 warps)";
+        EXPECT_TRUE(all_finite(outs[1]));
+        const auto windows = check_windows(O);
+        EXPECT_TRUE(within(gather_windows(outs[1], T, O, windows), cpu_linear_windows(*cpu, x, T, w->host, windows),
+                           kBf16Budget));
       }
     }
   }
