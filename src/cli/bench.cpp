@@ -216,8 +216,10 @@ struct Decode {
   int64_t context = 0;  // position of the first decoded token
   std::vector<double> step_seconds;
 };
+constexpr int64_t kMinBatchedSteps = 12;  // timed batched steps at least
+
 struct RoundRobin {
-  int64_t batch = 0, steps = 0, prompt = 0;
+  int64_t batch = 0, steps = 0, prompt = 0;  // steps: timed rounds
   double prefill_seconds = 0;
   std::vector<double> round_seconds;  // one round = one forward per sequence
   std::vector<double> batch_seconds;  // then the same sequences, one forward_batch per step
@@ -416,16 +418,20 @@ void run_bench(const BenchArgs& a) {
                 static_cast<long long>(rr.prompt));
     std::fflush(stdout);
     // The same sequences, one batched forward per step (Model::forward_batch): an untimed step
-    // first (it records the batch's step graph), then as many steps as rounds.
+    // first (it records the batch's step graph), then as many steps as rounds, at least
+    // kMinBatchedSteps (a step costs a few rounds' tokens' worth; on the H100 the median of 4
+    // steps of batch 32 moved by ~10% between runs of one build).
     auto batch_step = [&] { batched_step(seqs, be); };
     rr.first_batch_seconds = timed(1, batch_step)[0];
-    rr.batch_seconds = timed(rr.steps, batch_step);
+    rr.batch_seconds = timed(std::max(rr.steps, kMinBatchedSteps), batch_step);
     const double bt = median(rr.batch_seconds);
+    const auto [bmin, bmax] = std::minmax_element(rr.batch_seconds.begin(), rr.batch_seconds.end());
     std::printf("batch %lld as one batched forward per step: %.2f ms per step of %lld tokens = %.2f ms/token, "
-                "%.1f tokens/s (median of %lld steps after a warm-up step of %.2f ms, which records the step "
-                "graph where graphs are on)\n",
+                "%.1f tokens/s (median of %zu steps, min %.2f, max %.2f, after a warm-up step of %.2f ms, which "
+                "records the step graph where graphs are on)\n",
                 static_cast<long long>(B), bt * 1e3, static_cast<long long>(B), bt * 1e3 / static_cast<double>(B),
-                static_cast<double>(B) / bt, static_cast<long long>(rr.steps), rr.first_batch_seconds * 1e3);
+                static_cast<double>(B) / bt, rr.batch_seconds.size(), *bmin * 1e3, *bmax * 1e3,
+                rr.first_batch_seconds * 1e3);
     std::fflush(stdout);
     rrs.push_back(std::move(rr));
     if (a.profile && B == *std::max_element(batches.begin(), batches.end())) {
@@ -570,8 +576,13 @@ void run_bench(const BenchArgs& a) {
       const double bt = median(rr.batch_seconds);
       bj.push_back({{"batch", rr.batch},
                     {"mode", "one Model::forward_batch per step (row-wise work batched, attention per sequence)"},
-                    {"steps", rr.steps},
+                    {"steps", rr.batch_seconds.size()},
                     {"first_step_ms", rr.first_batch_seconds * 1e3},
+                    {"step_ms", [&] {
+                       std::vector<double> ms;
+                       for (double t : rr.batch_seconds) ms.push_back(t * 1e3);
+                       return ms;
+                     }()},
                     {"ms_per_step", bt * 1e3},
                     {"ms_per_token", bt * 1e3 / static_cast<double>(rr.batch)},
                     {"tokens_per_second", static_cast<double>(rr.batch) / bt}});
