@@ -91,6 +91,11 @@ double mean(const std::vector<double>& v) {
   for (double x : v) s += x;
   return v.empty() ? 0 : s / static_cast<double>(v.size());
 }
+std::vector<double> milliseconds(const std::vector<double>& seconds) {
+  std::vector<double> ms;
+  for (double t : seconds) ms.push_back(t * 1e3);
+  return ms;
+}
 
 // The greedy token of logits row `row` (default: the last row).
 int32_t argmax(const Buffer& logits, int64_t row = -1) {
@@ -537,11 +542,7 @@ void run_bench(const BenchArgs& a) {
                    {"tokens", decode.step_seconds.size()},
                    {"median_ms", dec_ms},
                    {"mean_ms", mean(decode.step_seconds) * 1e3},
-                   {"step_ms", [&] {
-                      std::vector<double> ms;
-                      for (double s : decode.step_seconds) ms.push_back(s * 1e3);
-                      return ms;
-                    }()},
+                   {"step_ms", milliseconds(decode.step_seconds)},
                    {"floor_ms", floor_ms},
                    {"roofline_ratio", dec_ms > 0 ? floor_ms / dec_ms : 0.0}};
     Json pj = Json::array();
@@ -578,11 +579,7 @@ void run_bench(const BenchArgs& a) {
                     {"mode", "one Model::forward_batch per step (row-wise work batched, attention per sequence)"},
                     {"steps", rr.batch_seconds.size()},
                     {"first_step_ms", rr.first_batch_seconds * 1e3},
-                    {"step_ms", [&] {
-                       std::vector<double> ms;
-                       for (double t : rr.batch_seconds) ms.push_back(t * 1e3);
-                       return ms;
-                     }()},
+                    {"step_ms", milliseconds(rr.batch_seconds)},
                     {"ms_per_step", bt * 1e3},
                     {"ms_per_token", bt * 1e3 / static_cast<double>(rr.batch)},
                     {"tokens_per_second", static_cast<double>(rr.batch) / bt}});

@@ -272,7 +272,7 @@ struct CaseData {
   int32_t* n_tiles = nullptr;                    // 6T
   int32_t* x_rows = nullptr;                     // moe13: row j reads token j / 6
   int launches = 8;
-  int tile_rows = 1, grid_tiles = 0;             // MoE: rows per tile, tiles (0: linear cases)
+  int tile_rows = 1, grid_tiles = 1;             // rows per tile, tiles (MoE: the table's)
 };
 
 // GemmArgs of launch i of a case at T tokens (x, out: F32 or BF16 out; x BF16).
@@ -337,25 +337,28 @@ CaseData make_case(const Case& c, WFmt f, int64_t T, uint32_t& seed) {
   const int64_t N = kTopK * T;
   const int64_t matrix_bytes = c.moe == 1 ? cd.ws[0].bytes + cd.ws[1].bytes : cd.ws[2].bytes;
   cd.launches = 16;
+  auto upload_tiles = [&](const std::vector<int4>& t) {
+    int4* dt = nullptr;
+    CK(cudaMalloc(&dt, t.size() * sizeof(int4)));
+    CK(cudaMemcpy(dt, t.data(), t.size() * sizeof(int4), cudaMemcpyHostToDevice));
+    cd.tiles.push_back(dt);
+    cd.grid_tiles = static_cast<int>(t.size());
+  };
   std::vector<int32_t> xr(static_cast<size_t>(N));
   if (N <= kExpertPool) {
     // Decode: one-row tiles, each a distinct expert (row j, expert (i*N + j) % pool, token j / 6).
     cd.launch_bytes = N * matrix_bytes;
-    cd.grid_tiles = static_cast<int>(N);
     for (int i = 0; i < cd.launches; ++i) {
       std::vector<int4> t(static_cast<size_t>(N));
       for (int64_t j = 0; j < N; ++j)
         t[j] = make_int4(static_cast<int>((i * N + j) % kExpertPool), static_cast<int>(j), 1, 0);
-      int4* dt = nullptr;
-      CK(cudaMalloc(&dt, t.size() * sizeof(int4)));
-      CK(cudaMemcpy(dt, t.data(), t.size() * sizeof(int4), cudaMemcpyHostToDevice));
-      cd.tiles.push_back(dt);
+      upload_tiles(t);
     }
     for (int64_t j = 0; j < N; ++j) xr[j] = static_cast<int32_t>(j / kTopK);
   } else {
-    // A batched step (6T > pool: T >= 11): selection j of token j / 6 goes to expert j % pool, rows sorted by
-    // expert as moe_plan sorts them, tiles of gemv_tile_rows(ceil(N / pool)) rows, as moe_experts
-    // sizes them; every expert of the pool is read once per launch.
+    // A batched step (6T > pool: T >= 11): selection j of token j / 6 goes to expert j % pool, rows
+    // sorted by expert as moe_plan sorts them, tiles of gemv_tile_rows(ceil(N / pool)) rows, as
+    // moe_experts sizes them; every expert of the pool is read once per launch.
     const int64_t per = (N + kExpertPool - 1) / kExpertPool;
     cd.tile_rows = cuda::gemv_tile_rows(per);
     std::vector<int4> t;
@@ -367,13 +370,7 @@ CaseData make_case(const Case& c, WFmt f, int64_t T, uint32_t& seed) {
         t.push_back(make_int4(e, static_cast<int>(r), static_cast<int>(std::min<int64_t>(cd.tile_rows, row - r)), 0));
     }
     cd.launch_bytes = std::min<int64_t>(N, kExpertPool) * matrix_bytes;
-    cd.grid_tiles = static_cast<int>(t.size());
-    for (int i = 0; i < cd.launches; ++i) {
-      int4* dt = nullptr;
-      CK(cudaMalloc(&dt, t.size() * sizeof(int4)));
-      CK(cudaMemcpy(dt, t.data(), t.size() * sizeof(int4), cudaMemcpyHostToDevice));
-      cd.tiles.push_back(dt);
-    }
+    for (int i = 0; i < cd.launches; ++i) upload_tiles(t);
   }
   const int32_t n = cd.grid_tiles;
   CK(cudaMalloc(&cd.n_tiles, sizeof(int32_t)));
@@ -567,7 +564,7 @@ int main(int argc, char** argv) {
         if (!has(formats, fm.name)) continue;
         if (head && fm.fmt != WFmt::kBF16 && fm.fmt != WFmt::kFp8E8M0) continue;
         CaseData cd = make_case(c, fm.fmt, T, seed);
-        const int gt = c.moe ? cd.grid_tiles : 1, n = cd.launches;
+        const int gt = cd.grid_tiles, n = cd.launches;
         // Checks: mma and stream against fma on launch 0, f32 outputs poisoned with NaN first.
         auto run_f32 = [&](int variant, void* o32) {
           fill_value(static_cast<float*>(o32), out_elems(c, T), NAN);
