@@ -133,11 +133,27 @@ void check_static_scale(const ops::LinearPolicy& p, const LinearWeight& w, const
                         " does not have (use --act-scale dynamic or auto)"));
 }
 
+namespace {
+bool x_vectors(const GemmCall& c) {
+  const int64_t xsz = c.x_dtype == DType::kBF16 ? 2 : 4;
+  return reinterpret_cast<uintptr_t>(c.a.x) % 16 == 0 && (c.a.ldx * xsz) % 16 == 0 && (c.a.x_z * xsz) % 16 == 0;
+}
+}  // namespace
+
+bool gemm_swiglu_pairs(const GemmCall& c) {
+  if (c.x_dtype != DType::kBF16 || c.a.tile_rows > kGemvMaxTileRows || !c.w_vec || !x_vectors(c) ||
+      c.fmt_mask == 0 || (c.fmt_mask & (c.fmt_mask - 1)) != 0)
+    return false;
+  GemmArgs a = c.a;
+  a.fmt = 0;
+  while (!(c.fmt_mask & (1u << a.fmt))) ++a.fmt;  // the one format
+  if (a.K % wfmt_chunk(static_cast<WFmt>(a.fmt)) != 0) return false;
+  return gemv_swiglu_pairs(a, true, c.grid_tiles);
+}
+
 void run_gemm(CudaBackend& be, const GemmCall& c) {
   const bool x_bf16 = c.x_dtype == DType::kBF16;
-  const int64_t xsz = x_bf16 ? 2 : 4;
-  const bool x_vec = reinterpret_cast<uintptr_t>(c.a.x) % 16 == 0 && (c.a.ldx * xsz) % 16 == 0 &&
-                     (c.a.x_z * xsz) % 16 == 0;
+  const bool x_vec = x_vectors(c);
   const bool gemv = c.a.tile_rows <= kGemvMaxTileRows;
   for (int f = 0; f < kNumWFmt; ++f) {
     if (!(c.fmt_mask & (1u << f))) continue;
@@ -151,7 +167,7 @@ void run_gemm(CudaBackend& be, const GemmCall& c) {
       } else {
         launch_gemv_scalar(a, x_bf16, c.grid_tiles, be.stream());
       }
-    } else if (F == WFmt::kBF16 && x_bf16 && !a.descs && !a.tiles && !a.x_rows) {
+    } else if (F == WFmt::kBF16 && x_bf16 && !a.descs && !has_tile_table(a) && !a.x_rows) {
       cublas_bf16(be, a);
     } else if (gemm_via_bf16_copy(be, a, x_bf16, w_vec)) {
       // prefill rows, BF16 x, FP8-E8M0/MXFP4/NVFP4: exact BF16 copy of W, then cuBLAS

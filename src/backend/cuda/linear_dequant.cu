@@ -119,7 +119,7 @@ void cublas_bf16_gemm(CudaBackend& be, const GemmArgs& a, const void* w, int64_t
   CLAWMINE_CHECK(a.n_rows <= kIntMax && a.rows <= kIntMax && a.K <= kIntMax && a.ldx <= kIntMax &&
                      a.ldo <= kIntMax && ldw <= kIntMax && a.n_z >= 1,
                  "cuBLAS dimensions exceed int");
-  CLAWMINE_CHECK(!a.descs && !a.tiles && !a.x_rows, "cublas_bf16_gemm: uniform problems only");
+  CLAWMINE_CHECK(!a.descs && !has_tile_table(a) && !a.x_rows, "cublas_bf16_gemm: uniform problems only");
   cublasHandle_t h = be.cublas();
   cublas_check(cublasSetStream(h, be.stream()), "cublasSetStream");
   const long long w_z = static_cast<long long>(a.w_row_z * ldw);
@@ -148,7 +148,7 @@ void cublas_bf16_gemm(CudaBackend& be, const GemmArgs& a, const void* w, int64_t
 
 bool gemm_via_bf16_copy(CudaBackend& be, const GemmArgs& a, bool x_bf16, bool w_vec) {
   const WFmt F = static_cast<WFmt>(a.fmt);
-  if (!x_bf16 || !w_vec || a.descs || a.tiles || a.x_rows || a.rows < kDequantMinRows || !dequant_supported(F))
+  if (!x_bf16 || !w_vec || a.descs || has_tile_table(a) || a.x_rows || a.rows < kDequantMinRows || !dequant_supported(F))
     return false;
   const WeightDesc& d = a.desc0;
   if (d.k != a.K || d.fmt != a.fmt || (a.n_z - 1) * a.w_row_z + a.n_rows > d.rows) return false;

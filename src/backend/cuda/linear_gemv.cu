@@ -710,7 +710,7 @@ __device__ __forceinline__ void stream_kblock(const uint4& w0, const uint4& w1, 
 // output rows (mt > 1 only with KC = 1), S = W / mt warps each; cluster rank c of KC, warp
 // w = m*S + s of W owns k blocks [(c*S + s)*seg, +seg) of m-tile m. The m-tiles of a block share
 // its staged activations.
-template <WFmt F, int KC>
+template <WFmt F, int KC, bool kPairs = false, int kRows = 0>
 __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const StreamShape& sh) {
   pdl_trigger();
   // Launches without a tile table issue both register groups' weight and scale loads (and the
@@ -724,13 +724,15 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   extern __shared__ uint4 smem[];
 
   Tile tile;
-  if (!tile_of(a, blockIdx.y, tile)) {  // uniform over the block (and the cluster)
+  if (!tile_of<kRows>(a, blockIdx.y, tile)) {  // uniform over the block (and the cluster)
     if (early) pdl_wait();  // every block waits before it exits (weights_before_wait)
     return;
   }
-  const int z = blockIdx.z;
+  // Gate/up pairs (KC = 1, mt = 2): the block's two m-tiles are m-tile blockIdx.x of z = 0 and 1.
+  constexpr bool pairs = kPairs && KC == 1;
+  const int z = pairs ? (threadIdx.x >> 5) / ((blockDim.x >> 5) / sh.mt) : blockIdx.z;
   const WeightDesc d = desc_of(a, tile.p, z);
-  if (a.descs && d.fmt != static_cast<int32_t>(F)) {  // another launch serves this format
+  if (a.descs && d.fmt != static_cast<int32_t>(F)) {  // another launch serves this format (pairs: both z)
     if (early) pdl_wait();
     return;
   }
@@ -740,8 +742,8 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int S = W / sh.mt, wseg = warp % S;  // warps per m-tile; this warp's segment
-  const int64_t mblk = static_cast<int64_t>(blockIdx.x / KC) * sh.mt * 16;  // the block's first row
-  const int64_t m0 = mblk + static_cast<int64_t>(warp / S) * 16;          // this warp's m-tile
+  const int64_t mblk = static_cast<int64_t>(blockIdx.x / KC) * (pairs ? 1 : sh.mt) * 16;  // the block's first row
+  const int64_t m0 = mblk + (pairs ? 0 : static_cast<int64_t>(warp / S) * 16);            // this warp's m-tile
   const int64_t wbase = weight_row_base(a, z);
   // Fragment rows g and g+8 of the m-tile; rows past n_rows repeat the last (never stored).
   const int64_t wr0 = wbase + min(m0 + g, a.n_rows - 1), wr1 = wbase + min(m0 + 8 + g, a.n_rows - 1);
@@ -803,7 +805,7 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
       const int c = blk_kb0 * 4 + cc;
       uint32_t nat[XW];
       if (c < n_chunks) {
-        const uint4* p = reinterpret_cast<const uint4*>(x_row<__nv_bfloat16>(a, tile.row0 + tok, z) + c * E);
+        const uint4* p = reinterpret_cast<const uint4*>(x_row<__nv_bfloat16>(a, tile.row0 + tok, pairs ? 0 : z) + c * E);
 #pragma unroll
         for (int j = 0; j < XW / 4; ++j) {
           const uint4 v = __ldg(p + j);
@@ -891,10 +893,26 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
     return v;
   };
   if constexpr (KC == 1) {
-    for (int o = threadIdx.x; o < 128 * sh.mt; o += blockDim.x) {  // blocks of 1..16 warps
-      int64_t r;
-      int tok;
-      if (entry(o, r, tok)) store_out(a, tile.row0 + tok, z, r, block_sum(o) * out_scale);
+    if constexpr (pairs) {  // entry o of m-tile 0 (gate) and o + 128 (up): the same row and token
+      const float gate_scale = D::kMmaOutUnit * global_scale<F>(desc_of(a, tile.p, 0));
+      const float up_scale = D::kMmaOutUnit * global_scale<F>(desc_of(a, tile.p, 1));
+      for (int o = threadIdx.x; o < 128; o += blockDim.x) {
+        int64_t r;
+        int tok;
+        if (!entry(o, r, tok)) continue;
+        float gv = block_sum(o) * gate_scale, uv = block_sum(o + 128) * up_scale;
+        if (a.out_bf16) {  // as stored by an unpaired launch, then read back
+          gv = __bfloat162float(__float2bfloat16_rn(gv));
+          uv = __bfloat162float(__float2bfloat16_rn(uv));
+        }
+        store_out(a, tile.row0 + tok, 0, r, swiglu_value(gv, uv, a.swiglu_limit));
+      }
+    } else {
+      for (int o = threadIdx.x; o < 128 * sh.mt; o += blockDim.x) {  // blocks of 1..16 warps
+        int64_t r;
+        int tok;
+        if (entry(o, r, tok)) store_out(a, tile.row0 + tok, z, r, block_sum(o) * out_scale);
+      }
     }
   } else {
     // Clusters only with W = 16 (stream_plan): thread o < 128 owns entry o.
@@ -916,9 +934,11 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   }
 }
 
-template <WFmt F>
+// Without clusters: one instantiation per (gate/up pairs, row_problem tiles), so neither the
+// paired epilogue (swiglu in double) nor the third tile mode costs the others registers.
+template <WFmt F, bool kPairs, int kRows>
 __global__ void __maxnreg__(stream_max_regs<F>()) gemv_stream_kernel(const GemmArgs a, const StreamShape sh) {
-  gemv_stream_body<F, 1>(a, sh);
+  gemv_stream_body<F, 1, kPairs, kRows>(a, sh);
 }
 template <WFmt F, int KC>
 __global__ void __cluster_dims__(KC, 1, 1) __maxnreg__(stream_max_regs<F>())
@@ -951,7 +971,7 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
   const int64_t units = p.m_tiles * grid_tiles * a.n_z;
   // Tile-table launches (the routed experts: moe_plan's tiles) wait for the tiles before their
   // first load, so nothing of theirs streams early; they take more, shorter k segments.
-  const int per_sm = a.tiles != nullptr ? kStreamTileWarpsPerSm : std::min(kStreamWarpsPerSm, warps_per_sm);
+  const int per_sm = has_tile_table(a) ? kStreamTileWarpsPerSm : std::min(kStreamWarpsPerSm, warps_per_sm);
   const int64_t target = static_cast<int64_t>(multiprocessors()) * per_sm;
   int split = 1;
   while (split < kStreamMaxSplit && split * 2 <= n_kb && units * split * 2 <= target) split *= 2;
@@ -977,6 +997,17 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
   return p.smem <= kStreamMaxSmem;
 }
 
+// The paired launch of a gate/up launch a (gemv_swiglu_pairs): a's plan when it has one m-tile
+// per block and no cluster, with twice the warps per block (z = warp / S) and one block per m-tile.
+bool stream_pairs_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, StreamPlan& p) {
+  if (a.n_z != 2 || a.x_z != 0 || !stream_plan(a, grid_tiles, f, warps_per_sm, p)) return false;
+  if (p.KC != 1 || p.sh.mt != 1 || 2 * p.W > kStreamMaxWarps) return false;
+  p.W *= 2;
+  p.sh.mt = 2;
+  p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128) * 4;
+  return p.smem <= kStreamMaxSmem;
+}
+
 template <typename K>
 void allow_stream_smem(K kernel) {
   CLAWMINE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -989,24 +1020,36 @@ template <WFmt F>
 int stream_warps_per_sm() {
   static const int n = [] {
     cudaFuncAttributes attr{};
-    CLAWMINE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemv_stream_kernel<F>));
+    CLAWMINE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemv_stream_kernel<F, false, 1>));
     const int regs = std::max(8, (attr.numRegs + 7) / 8 * 8);
     return std::max(1, std::min(64, 65536 / (regs * 32)));
   }();
   return n;
 }
 
+template <WFmt F, bool kPairs, int kRows>
+void launch_stream_kc1(const GemmArgs& a, dim3 grid, dim3 block, const StreamPlan& p, cudaStream_t stream) {
+  static const bool once = (allow_stream_smem(gemv_stream_kernel<F, kPairs, kRows>), true);
+  (void)once;
+  launch_kernel_pdl(gemv_pdl(), gemv_stream_kernel<F, kPairs, kRows>, grid, block, p.smem, stream, a, p.sh);
+}
+
 template <WFmt F>
 void launch_gemv_stream_typed(const GemmArgs& a, int grid_tiles, const StreamPlan& p, cudaStream_t stream) {
   CLAWMINE_CHECK(grid_tiles <= 65535 && a.n_z <= 65535, "gemv_stream: grid too large");
   const dim3 grid(static_cast<unsigned>(p.blocks_x), static_cast<unsigned>(grid_tiles),
-                  static_cast<unsigned>(a.n_z));
+                  static_cast<unsigned>(a.swiglu_pairs ? 1 : a.n_z));
   const dim3 block(static_cast<unsigned>(p.W * 32));
   switch (p.KC) {
     case 1: {
-      static const bool once = (allow_stream_smem(gemv_stream_kernel<F>), true);
-      (void)once;
-      launch_kernel_pdl(gemv_pdl(), gemv_stream_kernel<F>, grid, block, p.smem, stream, a, p.sh);
+      const bool direct = a.row_problem != nullptr;
+      if (a.swiglu_pairs) {
+        if (direct) launch_stream_kc1<F, true, 2>(a, grid, block, p, stream);
+        else launch_stream_kc1<F, true, 1>(a, grid, block, p, stream);
+      } else {
+        if (direct) launch_stream_kc1<F, false, 2>(a, grid, block, p, stream);
+        else launch_stream_kc1<F, false, 1>(a, grid, block, p, stream);
+      }
       break;
     }
     case 2: {
@@ -1086,13 +1129,12 @@ void set_gemv_kernel(GemvKernel k) {
   g_gemv_kernel.store(k == GemvKernel::kDefault ? -1 : static_cast<int>(k), std::memory_order_relaxed);
 }
 
-void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
-  if (grid_tiles <= 0 || a.n_rows <= 0) return;
+namespace {
+// The GEMV kernel launch_gemv prefers for a (kStream may still fall back when its plan fails).
+enum class GemvPath { kFma, kStream, kMma };
+GemvPath gemv_path(const GemmArgs& a, bool x_bf16) {
   const WFmt f = static_cast<WFmt>(a.fmt);
-  if (!x_bf16 || !gemv_mma_supported(f)) {
-    launch_gemv_fma(a, x_bf16, grid_tiles, stream);
-    return;
-  }
+  if (!x_bf16 || !gemv_mma_supported(f)) return GemvPath::kFma;
   GemvKernel kernel = gemv_kernel_in_use();
   if (kernel == GemvKernel::kAuto) {
     // From tools/gemv_probe on the H100 (docs/perf-notes/gemv.md, run 4): FP8 weights of <= 16 MiB
@@ -1101,17 +1143,54 @@ void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t st
     // 17.3 vs 19.9 mma; MXFP4 expert gate+up 31.9 vs 36.5); dense BF16 as kMma.
     const bool fp8 = f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32;
     const int64_t bytes = a.desc0.row_bytes * a.n_rows * a.n_z;
-    if (fp8 && a.tiles == nullptr && a.tile_rows <= 2 && bytes <= (int64_t{16} << 20)) {
-      launch_gemv_fma(a, x_bf16, grid_tiles, stream);
-      return;
-    }
+    if (fp8 && !has_tile_table(a) && a.tile_rows <= 2 && bytes <= (int64_t{16} << 20)) return GemvPath::kFma;
     // Expert tile tables of several rows per tile (batched decode) stream too, now that several
     // m-tiles share a block's staged activations: MXFP4 experts at 32 tokens (tiles of 4 rows)
     // 239 + 121 us (gate+up, down) against 312 + 160 through kMma (tools/gemv_probe, H100;
     // docs/PERFORMANCE.md, ninth session).
     kernel = f == WFmt::kBF16 ? GemvKernel::kMma : GemvKernel::kStream;
   }
-  if (kernel == GemvKernel::kStream) {
+  return kernel == GemvKernel::kStream ? GemvPath::kStream : GemvPath::kMma;
+}
+}  // namespace
+
+bool gemv_swiglu_pairs(const GemmArgs& a, bool x_bf16, int grid_tiles) {
+  if (grid_tiles <= 0 || a.n_rows <= 0 || gemv_path(a, x_bf16) != GemvPath::kStream) return false;
+  bool ok = false;
+  dispatch_wfmt(static_cast<WFmt>(a.fmt), [&](auto fc) {
+    constexpr WFmt F = decltype(fc)::value;
+    if constexpr (WeightDecoder<F>::kMma) {
+      StreamPlan p;
+      ok = stream_pairs_plan(a, grid_tiles, F, stream_warps_per_sm<F>(), p);
+    }
+  });
+  return ok;
+}
+
+void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
+  if (grid_tiles <= 0 || a.n_rows <= 0) return;
+  const WFmt f = static_cast<WFmt>(a.fmt);
+  const GemvPath path = gemv_path(a, x_bf16);
+  if (a.swiglu_pairs) {
+    bool done = false;
+    dispatch_wfmt(f, [&](auto fc) {
+      constexpr WFmt F = decltype(fc)::value;
+      if constexpr (WeightDecoder<F>::kMma) {
+        StreamPlan p;
+        if (path == GemvPath::kStream && stream_pairs_plan(a, grid_tiles, F, stream_warps_per_sm<F>(), p)) {
+          launch_gemv_stream_typed<F>(a, grid_tiles, p, stream);
+          done = true;
+        }
+      }
+    });
+    CLAWMINE_CHECK(done, "gemv: gate/up pairs without a paired streaming plan (check gemv_swiglu_pairs first)");
+    return;
+  }
+  if (path == GemvPath::kFma) {
+    launch_gemv_fma(a, x_bf16, grid_tiles, stream);
+    return;
+  }
+  if (path == GemvPath::kStream) {
     bool done = false;
     dispatch_wfmt(f, [&](auto fc) {
       constexpr WFmt F = decltype(fc)::value;

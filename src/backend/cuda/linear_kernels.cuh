@@ -87,14 +87,35 @@ struct GemmArgs {
   void* out = nullptr;
   int64_t ldo = 0, out_z = 0;
   int32_t out_bf16 = 0;
-  // Row tiles: table {p, row0, nrows, -} with *n_tiles valid entries, or uniform over `rows`.
+  // Row tiles: table {p, row0, nrows, -} with *n_tiles valid entries, or one row each in row
+  // order with problem row_problem[i] (tile i = row i of `rows`: a router's expert ids in slot
+  // order; an id outside [0, n_problems) skips its row), or uniform over `rows`. The first two are
+  // written by kernels of the step (moe_plan, moe_route): "tile tables", read after the wait.
   const int4* tiles = nullptr;
   const int32_t* n_tiles = nullptr;
+  const int32_t* row_problem = nullptr;
+  int32_t n_problems = 0;
   int64_t rows = 0;
   int32_t tile_rows = 0;
   int32_t n_z = 1;
   int32_t fmt = 0;  // the format this launch serves (table mode skips other formats)
+  // Gate/up pairs (swiglu_mlp, moe_experts at decode sizes): problems z = 0 (gate) and z = 1
+  // (up) read the same x (x_z = 0); one block computes m-tile m of both and stores
+  // h = swiglu_value(gate, up, swiglu_limit), each rounded to the output dtype first as a stored
+  // gate/up would be, at z = 0 only. The streaming GEMV alone (gemv_swiglu_pairs says when).
+  int32_t swiglu_pairs = 0;
+  float swiglu_limit = 0.0f;
 };
+
+// h = silu(min(g, L)) * clamp(u, -L, L), in double like the CPU; NaN propagates (std::min/clamp
+// comparisons, not fminf).
+__device__ __forceinline__ float swiglu_value(float gate, float up, float limit) {
+  const double L = limit;
+  double g = gate, u = up;
+  g = L < g ? L : g;
+  u = u < -L ? -L : (L < u ? L : u);
+  return static_cast<float>(g / (1.0 + exp(-g)) * u);
+}
 
 // ---- Device helpers shared by the projection kernels ---------------------------------------
 struct Tile {
@@ -102,8 +123,19 @@ struct Tile {
   int64_t row0;    // first activation/output row
   int32_t nrows;   // rows in this tile (>= 1)
 };
-// Tile `tile` of the launch; false when it is past the end (table mode: *n_tiles).
+// Tile `tile` of the launch; false when it is past the end (table mode: *n_tiles) or its row's
+// problem id is not one (row_problem). kRows: 0 any mode (a runtime branch), 1 a table or uniform
+// tiles, 2 row_problem only (the streaming GEMV instantiates these two apart: at its register cap
+// the third branch alone made the FP8 kernel spill).
+template <int kRows = 0>
 __device__ __forceinline__ bool tile_of(const GemmArgs& a, int64_t tile, Tile& t) {
+  if (kRows == 2 || (kRows == 0 && a.row_problem)) {
+    if (tile >= a.rows) return false;
+    t.p = a.row_problem[tile];
+    t.row0 = tile;
+    t.nrows = 1;
+    return static_cast<uint32_t>(t.p) < static_cast<uint32_t>(a.n_problems);
+  }
   if (a.tiles) {
     if (tile >= *a.n_tiles) return false;
     const int4 e = a.tiles[tile];
@@ -128,10 +160,13 @@ __device__ __forceinline__ WeightDesc desc_of(const GemmArgs& a, int32_t p, int3
 // these launches (linear, grouped_linear, swiglu_mlp's fused w1/w3) issue their first weight
 // loads before the wait: with PDL their blocks start while the previous kernel finishes and the
 // first DRAM round trip overlaps it. Activations, x_rows and outputs stay after the wait.
-// Tile-table launches (moe_experts) take the expert of each tile from what moe_plan wrote:
-// nothing before the wait. Every block still executes the wait before it exits (a grid then
+// Tile-table launches (moe_experts) take the expert of each tile from what moe_plan (tiles) or
+// moe_route (row_problem) wrote: nothing before the wait. Every block still executes the wait before it exits (a grid then
 // completes only after the one before it, so the chain stays transitive).
-__device__ __forceinline__ bool weights_before_wait(const GemmArgs& a) { return a.tiles == nullptr; }
+__host__ __device__ __forceinline__ bool has_tile_table(const GemmArgs& a) {
+  return a.tiles != nullptr || a.row_problem != nullptr;
+}
+__device__ __forceinline__ bool weights_before_wait(const GemmArgs& a) { return !has_tile_table(a); }
 // First weight row of problem z (uniform mode: grouped_linear's group offset).
 __device__ __forceinline__ int64_t weight_row_base(const GemmArgs& a, int32_t z) {
   return a.descs ? 0 : z * a.w_row_z;
@@ -222,6 +257,12 @@ inline constexpr int kGemmTileRows = 64;
 // memory; others as kMma), or kAuto (the default): per format, size and tokens, the faster of the
 // three as measured by tools/gemv_probe. Chosen by CLAWMINE_GEMV=auto|mma|stream, read once.
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
+// Whether launch_gemv takes `a` with swiglu_pairs set: the streaming kernel is its choice for a
+// (bf16 x, n_z = 2, x_z = 0) and its plan keeps one m-tile per block and no cluster, so a block of
+// twice the warps holds both problems' m-tile with every warp's k range unchanged (the gate and
+// up sums then have the bits of the unpaired launch). A launch with swiglu_pairs where this is
+// false throws.
+bool gemv_swiglu_pairs(const GemmArgs& a, bool x_bf16, int grid_tiles);
 void launch_gemv_fma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 bool gemv_mma_supported(WFmt f);
 enum class GemvKernel : int32_t { kDefault = 0, kMma = 1, kStream = 2, kAuto = 3 };
@@ -266,6 +307,9 @@ struct GemmCall {
   int grid_tiles = 0;   // tiles along the tile grid dimension (table mode: an upper bound)
 };
 void run_gemm(CudaBackend& be, const GemmCall& c);
+// Whether run_gemm can take the gate/up call c (n_z = 2: w1, w3 over the same x) with
+// a.swiglu_pairs set: one weight format, aligned rows and bf16 x, and gemv_swiglu_pairs.
+bool gemm_swiglu_pairs(const GemmCall& c);
 
 // Host helpers (linear.cu).
 WeightDesc make_weight_desc(const ops::LinearWeight& w, const char* op);  // validates; device views

@@ -4,9 +4,12 @@
 //             expert (stable: ascending t*K + k inside an expert), building the row tiles of
 //             the grouped projections (moe_plan_kernel; up to 32 occurrences, a decode step,
 //             one warp with one lane per occurrence: moe_plan_warp_kernel, the same outputs);
+//             one token (batch-1 decode) needs none: its K rows stay in slot order as one-row
+//             tiles whose expert the GEMVs read from idx (GemmArgs::row_problem);
 //   w1, w3    one grouped projection (z = 0: w1, z = 1: w3) over (expert, row tile), reading the
 //             expert's weights through a device table of WeightDescs (cached per experts vector);
-//   swiglu    h = silu(min(g, limit)) * clamp(u, -limit, limit);
+//   swiglu    h = silu(min(g, limit)) * clamp(u, -limit, limit); at decode sizes the w1/w3
+//             launch stores h itself (gate/up pairs, GemmArgs::swiglu_pairs) where it can;
 //   w2        the grouped projection again;
 //   combine   out[t] = sum over the token's slots in ascending expert id of weight * y: per-row
 //             partial results, then a fixed-order sum (no float atomics: deterministic); grid
@@ -430,15 +433,7 @@ void launch_moe_plan(CudaBackend& be, const int32_t* idx, int64_t N, int64_t K, 
 }
 
 // ---- swiglu and combine ------------------------------------------------------------------------
-// h = silu(min(g, L)) * clamp(u, -L, L), in double like the CPU; NaN propagates (std::min/clamp
-// comparisons, not fminf).
-__device__ __forceinline__ float swiglu_value(float gate, float up, float limit) {
-  const double L = limit;
-  double g = gate, u = up;
-  g = L < g ? L : g;
-  u = u < -L ? -L : (L < u ? L : u);
-  return static_cast<float>(g / (1.0 + exp(-g)) * u);
-}
+// swiglu_value (linear_kernels.cuh): h = silu(min(g, L)) * clamp(u, -L, L), in double like the CPU.
 
 template <typename T>
 __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ h, int64_t n,
@@ -452,7 +447,9 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
 
 // out[t, d] = sum_j w_j * y[row_j, d] over the token's K slots sorted by (expert id, slot): the
 // CPU's ascending-expert float32 accumulation (product rounded, then added). A token with an
-// invalid expert id gets NaN. Block (t, s) writes elements [s*1024, (s+1)*1024) of token t, 8
+// invalid expert id gets NaN. y's row of slot f is pos_of[f] (moe_plan's sorted rows; -1: an
+// invalid id), or f itself without pos_of (the decode rows in slot order: then the ids are
+// checked against E here, and an invalid one is reported as moe_plan reports it). Block (t, s) writes elements [s*1024, (s+1)*1024) of token t, 8
 // per thread (16-byte loads when vec: D % 8 == 0 and y, out 16-byte aligned); every block
 // sorts the token's slots itself: thread k < K ranks slot k among the K (a stable sort).
 constexpr int kCombineThreads = 128, kCombineVec = 8, kCombineSlice = kCombineThreads * kCombineVec;
@@ -490,7 +487,8 @@ __device__ __forceinline__ void store8(T* p, const float* v) {
 template <typename YT, typename OT>
 __global__ void __launch_bounds__(kCombineThreads)
     moe_combine_kernel(const YT* __restrict__ y, const int32_t* __restrict__ pos_of, const int32_t* __restrict__ idx,
-                       const float* __restrict__ weight, int K, int64_t D, int vec, OT* __restrict__ out) {
+                       const float* __restrict__ weight, int K, int E, int64_t D, int vec, OT* __restrict__ out,
+                       OpErrorRecord* err) {
   pdl_trigger();
   pdl_wait();
   __shared__ int32_t ids[kMaxTopK], row[kMaxTopK];
@@ -501,8 +499,15 @@ __global__ void __launch_bounds__(kCombineThreads)
   float my_w = 0.0f;
   if (tid < K) {
     my_id = idx[t * K + tid];
-    my_row = pos_of[t * K + tid];
     my_w = weight[t * K + tid];
+    if (pos_of) {
+      my_row = pos_of[t * K + tid];
+    } else if (my_id >= 0 && my_id < E) {
+      my_row = static_cast<int>(t) * K + tid;
+    } else {
+      my_row = -1;
+      if (blockIdx.y == 0) report_op_error(err, kOpErrorMoeExpert, my_id, t, tid, E);
+    }
     ids[tid] = my_id;
   }
   __syncthreads();
@@ -608,6 +613,8 @@ bool g_moe_grouped_gemm = true;  // set_moe_prefill_grouped (tuning hook)
 int g_moe_overlap = -1, g_moe_fuse13 = -1;  // set_moe_prefill_overlap / _fuse_gate_up: < 0 env
 int64_t g_moe_copy_budget = 0;              // set_moe_prefill_copy_budget: <= 0 kMoeCopyBudget
 int g_moe_plan = 0;                         // set_moe_plan_variant: launch_moe_plan's variant
+bool g_moe_direct = true;                   // set_moe_decode_direct
+bool g_swiglu_pairs = true;                 // set_swiglu_pairs
 // The grouped call only while experts average fewer rows than this: on an H100 (kernel bench,
 // 2026-11-26) it beat one cublasGemmEx per expert at T=2048 (192 rows per expert: 5.42 vs 5.79
 // ms per layer) and lost at T=8192 (768 rows: 11.6 vs 8.35 ms). Decided once per layer.
@@ -1007,6 +1014,27 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
 
 }  // namespace
 
+// The gate/up call c (n_z = 2, x and weights set; out, ldo and out_bf16 filled in here) and
+// h [rows, I] = swiglu(gate, up): one paired launch where gemm_swiglu_pairs allows, else gate and
+// up into scratch and the swiglu launch. The same bits either way.
+static void gate_up_swiglu(CudaBackend& be, GemmCall c, int64_t rows, int64_t I, DType mid, float limit, const TensorView& h) {
+  c.a.out_bf16 = mid == DType::kBF16;
+  c.a.ldo = I;
+  if (g_swiglu_pairs && gemm_swiglu_pairs(c)) {
+    c.a.swiglu_pairs = 1;
+    c.a.swiglu_limit = limit;
+    c.a.out = h.data;
+    run_gemm(be, c);
+    return;
+  }
+  ops::ScratchFrame frame(be);
+  const TensorView g13 = be.scratch(mid, {2, rows, I});
+  c.a.out = g13.data;
+  c.a.out_z = rows * I;
+  run_gemm(be, c);
+  launch_swiglu(g13.slice0(0, 1).reshaped({rows, I}), g13.slice0(1, 2).reshaped({rows, I}), h, limit, be.stream());
+}
+
 void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeights>& experts, const TensorView& idx,
                               const TensorView& weight, float swiglu_limit, const TensorView& out) {
   static const char* op = "moe_experts";
@@ -1055,6 +1083,11 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
 
   const DType act = x.dtype;
   const bool prefill = prefill_eligible(*this, tab, act, quant13 || quant2, T, N, E, D, I);
+  // One token (batch-1 decode): its K rows in slot order are one-row tiles already (tile_rows is
+  // 1 whenever K <= E), so no plan: the GEMVs take each row's expert from idx (row_problem) and
+  // read x's one row (ldx 0), and the combine checks the ids. The activation transforms index
+  // their weights by plan rows (row_expert), so they keep the plan.
+  const bool direct = g_moe_direct && T == 1 && gemv && tile_rows == 1 && !prefill && !quant13 && !quant2;
 
   ops::ScratchFrame frame(*this);
   const TensorView row_token = scratch(DType::kI32, {N});
@@ -1063,8 +1096,9 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   const TensorView tiles = scratch(DType::kI32, {max_tiles, 4});
   const TensorView n_tiles = scratch(DType::kI32, {1});
   const TensorView info = prefill ? scratch(DType::kI32, {4 * E}) : TensorView{};  // counts, then alphas
-  launch_moe_plan(*this, idx.as<const int32_t>(), N, K, E, tile_rows, max_tiles, row_token, row_expert, pos_of,
-                  tiles, n_tiles, prefill ? info.as<int32_t>() : nullptr, g_moe_plan);
+  if (!direct)
+    launch_moe_plan(*this, idx.as<const int32_t>(), N, K, E, tile_rows, max_tiles, row_token, row_expert, pos_of,
+                    tiles, n_tiles, prefill ? info.as<int32_t>() : nullptr, g_moe_plan);
 
   const int64_t slices = (D + kCombineSlice - 1) / kCombineSlice;
   CLAWMINE_CHECK(T <= 0x7fffffff && slices <= 65535, "moe_experts: combine grid too large (T ", T, ", D ", D, ")");
@@ -1075,9 +1109,9 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
       using YT = decltype(yt);
       using OT = decltype(ot);
       launch_kernel(moe_combine_kernel<YT, OT>, dim3(static_cast<unsigned>(T), static_cast<unsigned>(slices)),
-                    kCombineThreads, 0, stream(), y.as<const YT>(), pos_of.as<const int32_t>(),
-                    idx.as<const int32_t>(), weight.as<const float>(), static_cast<int>(K), D, vec ? 1 : 0,
-                    out.as<OT>());
+                    kCombineThreads, 0, stream(), y.as<const YT>(), direct ? nullptr : pos_of.as<const int32_t>(),
+                    idx.as<const int32_t>(), weight.as<const float>(), static_cast<int>(K), static_cast<int>(E), D,
+                    vec ? 1 : 0, out.as<OT>(), direct ? op_error_record(*this) : nullptr);
     };
     if (y.dtype == DType::kBF16) {
       if (out.dtype == DType::kBF16) run(__nv_bfloat16{}, __nv_bfloat16{});
@@ -1104,12 +1138,18 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   GemmArgs base;
   base.descs = descs;
   base.desc_stride = 3;
-  base.tiles = tiles.as<const int4>();
-  base.n_tiles = n_tiles.as<const int32_t>();
+  if (direct) {
+    base.row_problem = idx.as<const int32_t>();
+    base.n_problems = static_cast<int32_t>(E);
+    base.rows = N;
+  } else {
+    base.tiles = tiles.as<const int4>();
+    base.n_tiles = n_tiles.as<const int32_t>();
+  }
   base.tile_rows = tile_rows;
 
-  // w1 (z = 0) and w3 (z = 1): G13 [2, N, I].
-  const TensorView g13 = scratch(mid, {2, N, I});
+  // w1 (z = 0) and w3 (z = 1): G13 [2, N, I], then h = swiglu(G13); or h by the paired launch.
+  const TensorView h = scratch(mid, {N, I});
   {
     GemmCall c;
     c.a = base;
@@ -1117,14 +1157,12 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
     c.a.n_z = 2;
     c.a.n_rows = I;
     c.a.K = D;
-    c.a.out = g13.data;
     c.a.out_bf16 = mid == DType::kBF16;
     c.a.ldo = I;
-    c.a.out_z = N * I;
     c.x_dtype = act;
     c.a.x = x.data;
-    c.a.ldx = D;
-    c.a.x_rows = row_token.as<const int32_t>();
+    c.a.ldx = direct ? 0 : D;  // direct: every row reads the token's row
+    c.a.x_rows = direct ? nullptr : row_token.as<const int32_t>();
     if (quant13) {
       const TensorView xq = scratch(DType::kF32, {2, N, D});
       ActQuantArgs q;
@@ -1151,10 +1189,8 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
     c.fmt_mask = tab.fmt13;
     c.w_vec = tab.vec13;
     c.grid_tiles = static_cast<int>(max_tiles);
-    run_gemm(*this, c);
+    gate_up_swiglu(*this, c, N, I, mid, swiglu_limit, h);
   }
-  const TensorView h = scratch(mid, {N, I});
-  launch_swiglu(g13.slice0(0, 1).reshaped({N, I}), g13.slice0(1, 2).reshaped({N, I}), h, swiglu_limit, stream());
 
   // w2: Y [N, D] in sorted row order.
   const TensorView y = scratch(act, {N, D});
@@ -1203,6 +1239,8 @@ void set_moe_prefill_grouped(bool grouped) { g_moe_grouped_gemm = grouped; }
 void set_moe_prefill_overlap(int mode) { g_moe_overlap = mode < 0 ? -1 : mode; }
 void set_moe_prefill_fuse_gate_up(int mode) { g_moe_fuse13 = mode < 0 ? -1 : mode; }
 void set_moe_prefill_copy_budget(int64_t bytes) { g_moe_copy_budget = bytes > 0 ? bytes : 0; }
+void set_moe_decode_direct(bool direct) { g_moe_direct = direct; }
+void set_swiglu_pairs(bool on) { g_swiglu_pairs = on; }
 void set_moe_plan_variant(int variant) { g_moe_plan = variant == 1 || variant == 2 ? variant : 0; }
 
 MoePlanForTest moe_plan_for_test(ops::Backend& backend, const std::vector<int32_t>& idx, int64_t K, int64_t E,
@@ -1270,8 +1308,6 @@ void CudaBackend::swiglu_mlp(const TensorView& x, const ExpertWeights& w, float 
   // Intermediates as in moe_experts: F32 when w2's input is quantized next.
   const DType mid = act_path(pol, d2.fmt) != kActNone ? DType::kF32 : x.dtype;
   ops::ScratchFrame frame(*this);
-  const TensorView g13 = scratch(mid, {2, T, I});  // gate, then up
-  const TensorView gate = g13.slice0(0, 1).reshaped({T, I}), up = g13.slice0(1, 2).reshaped({T, I});
   const TensorView h = scratch(mid, {T, I});
   // Built (uploaded) on every path, so the first step of any size does it outside a capture.
   const MoeTable& tab = moe_table(*this, &w, 1, D, op);
@@ -1286,22 +1322,20 @@ void CudaBackend::swiglu_mlp(const TensorView& x, const ExpertWeights& w, float 
     c.a.x = x.data;
     c.a.ldx = D;
     c.a.x_z = 0;
-    c.a.out = g13.data;
-    c.a.out_bf16 = mid == DType::kBF16;
-    c.a.ldo = I;
-    c.a.out_z = T * I;
     c.a.rows = T;
     c.a.tile_rows = gemv_tile_rows(T);
     c.x_dtype = x.dtype;
     c.fmt_mask = tab.fmt13;
     c.w_vec = tab.vec13;
     c.grid_tiles = static_cast<int>((T + c.a.tile_rows - 1) / c.a.tile_rows);
-    run_gemm(*this, c);
+    gate_up_swiglu(*this, c, T, I, mid, swiglu_limit, h);
   } else {
+    const TensorView g13 = scratch(mid, {2, T, I});  // gate, then up
+    const TensorView gate = g13.slice0(0, 1).reshaped({T, I}), up = g13.slice0(1, 2).reshaped({T, I});
     project(*this, w.w1, d1, x, T, D, I, 1, gate);
     project(*this, w.w3, d3, x, T, D, I, 1, up);
+    launch_swiglu(gate, up, h, swiglu_limit, stream());
   }
-  launch_swiglu(gate, up, h, swiglu_limit, stream());
   project(*this, w.w2, d2, h, T, I, D, 1, out);
 }
 

@@ -37,6 +37,17 @@ void set_moe_prefill_copy_budget(int64_t bytes = 0);
 // 2 the multi-block launches (both for N > 32). The outputs are the same whichever runs.
 void set_moe_plan_variant(int variant = 0);
 
+// One token at decode sizes without a plan (the default, true): its K rows stay in slot order,
+// one-row GEMV tiles take their expert from the router's ids (GemmArgs::row_problem) and the
+// combine checks the ids. false: moe_plan's expert-sorted rows and tiles, as for every other T.
+// Both give the same bits (each row's GEMV and the combine's order do not depend on row order).
+void set_moe_decode_direct(bool direct = true);
+
+// The gate/up GEMV launch of moe_experts and swiglu_mlp storing h = swiglu(gate, up) itself where
+// the streaming GEMV can pair them (gemm_swiglu_pairs: decode sizes; the default, true), instead
+// of gate and up followed by the swiglu launch (false). Both give the same bits.
+void set_swiglu_pairs(bool on = true);
+
 // The plan alone (tests): idx [N = T*K] (N > 32), outputs downloaded; unwritten entries keep
 // the poison 0x5a5a5a5a. tiles: max_tiles * 4 ints {expert, first row, rows, 0}.
 struct MoePlanForTest {

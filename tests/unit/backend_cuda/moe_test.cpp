@@ -5,11 +5,14 @@
 // activations F32 (budget 1e-5) and BF16 (1e-2); V4-Flash expert dims (D 4096, I 2048); the
 // W8A8 / W4A4 policies with per-expert input scales; an invalid expert id; determinism; the
 // decode sizes T = 1, 3 (one-warp plan, hidden-sliced combine, every (y, out) dtype pair); the
-// shared expert (swiglu_mlp; its fused gate/up launch at T <= 32, mixed formats per projection);
+// shared expert (swiglu_mlp; its fused gate/up launch at T <= 32, paired with the swiglu or not,
+// bit for bit; mixed formats per projection);
 // prefill (T = 512 over 16 / 32 experts) through BF16 expert copies and cuBLAS, also over many
-// small chunks with the decode/GEMM overlap on and off (bit-identical) and gate/up fused or not.
+// small chunks with the decode/GEMM overlap on and off (bit-identical) and gate/up fused or not;
+// one token without the plan (direct one-row tiles) against the planned call, bit for bit.
 // Outputs are poisoned with NaN first. Skips without a GPU.
 #include <cmath>
+#include <functional>
 #include <future>
 #include <optional>
 #include <random>
@@ -21,6 +24,11 @@
 #include "core/error.h"
 #include "unit/backend_cuda/linear_test_util.h"
 #include "unit/backend_cuda/same_inputs.h"
+
+namespace clawmine::backend::cuda {  // linear_kernels.cuh (a CUDA header): the test hook alone
+enum class GemvKernel : int32_t;
+void set_gemv_kernel(GemvKernel k);
+}  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
 namespace {
@@ -386,6 +394,61 @@ TEST_F(CudaMoe, InvalidExpertIdIsReportedAndItsTokenIsNaN) {
       EXPECT_EQ(std::isnan(got[t * D + d]), t == 1) << "t=" << t << " d=" << d;
 }
 
+// One token (batch-1 decode) runs without moe_plan: its rows stay in slot order as one-row GEMV
+// tiles whose expert comes from idx (GemmArgs::row_problem), and the combine checks the ids. The
+// same call with the plan and gate/up stored before the swiglu launch (set_moe_decode_direct,
+// set_swiglu_pairs false) gives the same bits: V4-Flash dims in
+// MXFP4 and NVFP4, small dims in FP8 / BF16 / a mix of formats, BF16 and F32 activations, the
+// streaming GEMV (auto) and the tensor-core one (kMma); the routing repeats an expert (slot 0 in
+// slot 5). Both are within the CPU's budget. An invalid id is reported and makes the token NaN.
+TEST_F(CudaMoe, OneTokenWithoutPlanGivesThePlansBits) {
+  struct Case {
+    const char* name;
+    int64_t D, I;
+    std::function<TestFormat(int64_t)> fmt;
+  };
+  const TestFormat cycle[] = {TestFormat::kMxfp4, TestFormat::kFp8E8M0, TestFormat::kNvfp4, TestFormat::kBF16};
+  const Case cases[] = {
+      {"mxfp4 v4", 4096, 2048, [](int64_t) { return TestFormat::kMxfp4; }},
+      {"nvfp4 v4", 4096, 2048, [](int64_t) { return TestFormat::kNvfp4; }},
+      {"fp8", 512, 256, [](int64_t) { return TestFormat::kFp8E8M0; }},
+      {"bf16", 512, 256, [](int64_t) { return TestFormat::kBF16; }},
+      {"mixed", 512, 256, [&](int64_t e) { return cycle[e % 4]; }},
+  };
+  uint32_t seed = 7000;
+  for (const Case& cs : cases) {
+    TestExperts ex = make_experts(*cuda, kE, cs.D, cs.I, 8, cs.fmt, seed += 100);
+    for (int kernel : {0, 1})  // GemvKernel kDefault (auto: streaming), kMma
+      for (DType act : kActs) {
+        SCOPED_TRACE(std::string(cs.name) + " kernel=" + std::to_string(kernel) + " act=" + dtype_label(act));
+        backend::cuda::set_gemv_kernel(static_cast<backend::cuda::GemvKernel>(kernel));
+        backend::cuda::set_moe_decode_direct(true);
+        const uint32_t s = ++seed;
+        auto [direct, ref] = run_moe(ex, cs.D, 1, act, s);
+        backend::cuda::set_moe_decode_direct(false);
+        backend::cuda::set_swiglu_pairs(false);
+        auto [planned, ref2] = run_moe(ex, cs.D, 1, act, s);
+        backend::cuda::set_swiglu_pairs(true);
+        backend::cuda::set_moe_decode_direct(true);
+        backend::cuda::set_gemv_kernel(static_cast<backend::cuda::GemvKernel>(0));
+        EXPECT_TRUE(same_bits(direct, planned));
+        EXPECT_TRUE(within(direct, ref, act_budget(act)));
+      }
+  }
+  // An invalid id in slot 2 of the one token: reported once, the token NaN.
+  const int64_t D = 64, E = 8;
+  TestExperts ex = make_experts(*cuda, E, D, 32, E, [](int64_t) { return TestFormat::kMxfp4; }, 7900);
+  TestActs x = make_acts(*cuda, {1, D}, DType::kBF16, 7901);
+  std::vector<int32_t> idx = {0, 1, static_cast<int32_t>(E), 3, 4, 5};
+  std::vector<float> wt(static_cast<size_t>(kK), 0.5f);
+  const ops::DeviceBuffer di = upload_raw(*cuda, TensorView{DType::kI32, Device::kCpu, {1, kK}, idx.data()});
+  const ops::DeviceBuffer dw = upload_raw(*cuda, TensorView{DType::kF32, Device::kCpu, {1, kK}, wt.data()});
+  const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {1, D});
+  cuda->moe_experts(x.dev.view(), ex.dev, di.view(), dw.view(), kLimit, out.view());
+  EXPECT_THROW(backend::cuda::check_op_errors(*cuda), Error);
+  for (float v : download_f32(*cuda, out.view())) EXPECT_TRUE(std::isnan(v));
+}
+
 // The plan alone: the multi-block launches (prefill sizes) and the one-block kernel against the
 // host's stable sort by expert, every output bit for bit: rows of an expert contiguous in
 // ascending occurrence, experts ascending, rows past the valid ones {token 0, expert -1}, tiles
@@ -484,7 +547,14 @@ TEST_F(CudaMoe, SharedExpertSwigluMlp) {
           std::vector<float> ref(static_cast<size_t>(T * dm.D), std::nanf(""));
           cpu->swiglu_mlp(x.host_view({T, dm.D}), ex.host[0], kLimit,
                           TensorView{DType::kF32, Device::kCpu, {T, dm.D}, ref.data()});
-          EXPECT_TRUE(within(download_f32(*cuda, out.view()), ref, act_budget(act)));
+          const std::vector<float> got = download_f32(*cuda, out.view());
+          EXPECT_TRUE(within(got, ref, act_budget(act)));
+          // Gate and up stored, then the swiglu launch: the bits of the paired launch.
+          backend::cuda::set_swiglu_pairs(false);
+          const ops::DeviceBuffer out2 = poisoned(*cuda, act, {T, dm.D});
+          cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, out2.view());
+          backend::cuda::set_swiglu_pairs(true);
+          EXPECT_TRUE(same_bits(got, download_f32(*cuda, out2.view())));
         }
     }
   }
