@@ -42,8 +42,8 @@ __global__ void __launch_bounds__(kIndexThreads)
     attention_index_kernel(const int32_t* __restrict__ positions, int64_t n_prev, int64_t window, int64_t entry_base,
                            int64_t n_entries, int64_t rate, const int32_t* __restrict__ selected, int64_t k,
                            int64_t S, int32_t* __restrict__ idx) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using Scan = cub::BlockScan<int, kIndexThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   const int64_t t = blockIdx.x;
@@ -120,8 +120,8 @@ template <typename T, int VEC, int NV>
 __global__ void __launch_bounds__(kAttnThreads)
     sparse_attention_kernel(const AttnArgs<T> a, float* __restrict__ part_acc, float2* __restrict__ part_ml,
                             int64_t split_len) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   static_assert(VEC * NV <= kMaxLaneElems, "too many elements per lane");
   extern __shared__ float merged[];  // [kAttnHeads][Dh]
   __shared__ float warp_m[kAttnWarps][kAttnHeads], warp_l[kAttnWarps][kAttnHeads];
@@ -289,8 +289,8 @@ template <typename T>
 __global__ void __launch_bounds__(kMergeThreads)
     merge_splits_kernel(const float* __restrict__ part_acc, const float2* __restrict__ part_ml, int splits,
                         const float* __restrict__ sink, int64_t H, int64_t Dh, T* __restrict__ out) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int kPerLane = kMaxMergeSplits / 32;
   __shared__ float w[kMaxMergeSplits];
   __shared__ float flag_s;  // NaN: a bad index; 0: no valid key; 1: otherwise

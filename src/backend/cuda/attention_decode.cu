@@ -83,8 +83,8 @@ struct KeyRow {
 template <typename T, int VEC, int NV>
 __global__ void __launch_bounds__(kDecThreads, 1)
     attention_decode_kernel(const AttnArgs<T> a, const DecodeArgs x) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   static_assert(VEC * NV <= kDecMaxLaneElems, "too many elements per lane");
   extern __shared__ float merged[];  // [kDecHeads][Dh]
   __shared__ float warp_m[kDecWarps][kDecHeads], warp_l[kDecWarps][kDecHeads];

@@ -52,8 +52,8 @@ template <typename T, int DH>
 __global__ void __launch_bounds__(kDmThreads)
     attention_decode_mma_kernel(const AttnArgs<T> a, float* __restrict__ part_acc, float2* __restrict__ part_ml,
                                 int64_t split_len) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using L = DmSmem<DH>;
   constexpr int kRow = L::kRow, DQ = DH / kDmWarps;  // DQ: this warp's head dims
   constexpr int KS = DQ / 16;                        // k steps of the scores over the quarter
@@ -246,8 +246,8 @@ __global__ void __launch_bounds__(128)
     attention_decode_merge_kernel(const float* __restrict__ part_acc, const float2* __restrict__ part_ml, int splits,
                                   const float* __restrict__ sink, int64_t H, int64_t Dh, const int32_t* positions,
                                   const float* inv_freq, int64_t rope_dim, T* __restrict__ out) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ float wgt[kDmMaxSplits];
   __shared__ float flag_s;
   const int64_t h = blockIdx.x, t = blockIdx.y;

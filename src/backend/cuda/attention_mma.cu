@@ -87,8 +87,8 @@ template <typename T, int DH>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_mma_kernel(const AttnArgs<T> a, float* __restrict__ part_acc, float2* __restrict__ part_ml,
                          int64_t split_len) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using L = Smem<DH>;
   using PV = PvTiling<DH>;
   constexpr int kRow = L::kRow;

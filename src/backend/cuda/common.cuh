@@ -32,21 +32,23 @@ namespace clawmine::backend::cuda {
 // Programmatic dependent launch (Hopper PDL). Every kernel of the backend is launched through
 // launch_kernel (below) with cudaLaunchAttributeProgrammaticStreamSerialization, so its launch,
 // block scheduling and prologue may overlap the tail of the kernel before it in the stream; and
-// every kernel begins with `pdl_trigger(); pdl_wait();` before any global memory access and any
+// every kernel begins with `pdl_wait(); pdl_trigger();` before any global memory access and any
 // early return:
-//  - pdl_trigger (griddepcontrol.launch_dependents) lets the NEXT kernel start launching once
-//    every block of this one has executed it (or exited). It gives no memory guarantee itself.
 //  - pdl_wait (griddepcontrol.wait) blocks until every prerequisite grid has completed and its
 //    memory operations are visible to this grid: the previous kernel's writes are visible and
 //    its reads are done. Since every kernel waits before touching memory, the chain is
 //    transitive and results are exactly those of plain stream order.
+//  - pdl_trigger (griddepcontrol.launch_dependents) lets the NEXT kernel start launching once
+//    every block of this one has executed it (or exited). It gives no memory guarantee itself.
+//    After the wait, so only the next kernel launches early: a trigger before it let every
+//    kernel of a chain of PDL launches start (and hold its blocks resident) at once.
 //  - Two exceptions: the decode GEMV kernels (linear_gemv.cu) and the decode hyper-connection
 //    site kernel (hc_site_fused_kernel, hc_device.cuh: its mix weights fn) load weights, which no
 //    kernel of a step writes (they are uploaded by copies, which are fully serialized), before
 //    the wait, so their first DRAM round trip overlaps the previous kernel; everything else after
 //    it, and every block still waits before it exits (weights_before_wait, linear_kernels.cuh).
-// Without the attribute (the default for every kernel but those two, a library kernel or a copy
-// before), both are no-ops.
+// Without the attribute (CLAWMINE_PDL=0 for every kernel but those two, a library kernel or a
+// copy before), both are no-ops.
 // Library work (cuBLAS, cudaMemcpyAsync, cudaMemsetAsync) is not launched with the attribute
 // and is fully serialized as before.
 __device__ __forceinline__ void pdl_trigger() {
@@ -61,7 +63,7 @@ __device__ __forceinline__ void pdl_wait() {
 }
 
 // A triple-chevron launch kernel(grid, block, smem, stream)(args...) as a programmatic dependent launch when
-// pdl_enabled() (device.h; env CLAWMINE_PDL=1 turns it on), a plain launch otherwise. The
+// pdl_enabled() (device.h; on unless env CLAWMINE_PDL=0), a plain launch otherwise. The
 // arguments convert to the kernel's parameter types exactly as in a triple-chevron launch
 // (cudaLaunchKernelEx's C++ overload coerces them through a call with the kernel's parameter
 // types). Launch errors throw; callers keep CLAWMINE_CUDA_LAUNCHED("name") after it.

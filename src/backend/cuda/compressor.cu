@@ -94,8 +94,8 @@ __global__ void __launch_bounds__(kPoolThreads)
                          const TK* __restrict__ overlap_kv, const float* __restrict__ overlap_gate, bool overlap,
                          int64_t hd, int64_t n_out, TO* __restrict__ pooled, int32_t* __restrict__ entry_positions,
                          OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   rows.p0 = positions[0];
   const int64_t m = rows.m, last = rows.p0 + T - 1, j0 = rows.p0 / m;
   if (last / m - j0 + 1 != n_out) {  // the caller's row count does not fit these positions
@@ -154,8 +154,8 @@ template <typename TK>
 __global__ void __launch_bounds__(kStateThreads)
     compress_state_kernel(CompressorRows<TK> rows, const int32_t* __restrict__ positions, int64_t T, bool overlap,
                           int64_t hd, TK* pending_kv, float* pending_gate, TK* overlap_kv, float* overlap_gate) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   // No __restrict__: pending_* alias rows.pending_* (read, then written, by the same thread).
   rows.p0 = positions[0];
   const int64_t m = rows.m, W = rows.W;
@@ -260,8 +260,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
                            float* overlap_gate, bool overlap, int64_t hd, int64_t n_out, TO* __restrict__ pooled,
                            int32_t* __restrict__ entry_positions, OpErrorRecord* err, TK* pending_kv,
                            float* pending_gate) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ float fused_smem[];
   compress_decode_body(rows, positions, T, overlap_kv, overlap_gate, overlap, hd, n_out, pooled, entry_positions, err,
                        pending_kv, pending_gate, fused_smem);
@@ -300,8 +300,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1)
                           float* overlap_kv, float* overlap_gate, bool overlap, int64_t hd, int64_t n_out,
                           float* pooled, int32_t* __restrict__ entry_positions, OpErrorRecord* err,
                           float* pending_kv, float* pending_gate, StoreArgs s) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr bool kHad = kQ == StoreQ::kHadamard;
   constexpr int kWarps = kFusedThreads / 32;
   extern __shared__ float fused_smem[];

@@ -35,7 +35,7 @@ std::atomic<int> g_pdl{-1};
 bool pdl_enabled() {
   int v = g_pdl.load(std::memory_order_relaxed);
   if (v < 0) {
-    const int from_env = env_switch("CLAWMINE_PDL", false) ? 1 : 0;  // off unless asked for
+    const int from_env = env_switch("CLAWMINE_PDL", true) ? 1 : 0;  // on unless turned off
     int expected = -1;
     g_pdl.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
     v = g_pdl.load(std::memory_order_relaxed);

@@ -10,9 +10,10 @@ int device_count();               // 0 when the driver or a device is missing
 std::string device_summary(int device);  // "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB"
 
 // Programmatic dependent launch (common.cuh, launch_kernel): every backend kernel may overlap its
-// launch and prologue with the tail of the kernel before it. Off unless the environment variable
-// CLAWMINE_PDL is "1" (read once, at the first launch): on the H100 it made a V4-Flash decode step
-// slower (18.9 vs 17.2 ms, docs/PERFORMANCE.md). Results are identical either way.
+// launch and prologue with the kernel before it. On unless the environment variable CLAWMINE_PDL
+// is "0" (read once, at the first launch): with every kernel triggering its successor only after
+// its own wait, a V4-Flash decode step on the H100 took 8.64 / 8.66 ms with it against 8.81 / 8.75
+// without (docs/PERFORMANCE.md, tenth session). Results are identical either way.
 bool pdl_enabled();
 // Tests only: launches from now on use PDL or not (overrides CLAWMINE_PDL).
 void set_pdl_enabled_for_tests(bool on);

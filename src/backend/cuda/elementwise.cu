@@ -26,8 +26,8 @@ unsigned stride_blocks(int64_t n, int sm_count) {
 template <typename Tt, typename To, bool kPacked>
 __global__ void embed_kernel(const Tt* __restrict__ table, const int32_t* __restrict__ ids, To* __restrict__ out,
                              int64_t V, int64_t D, OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   const int32_t id = ids[t];
   To* o = out + t * D;
@@ -51,8 +51,8 @@ __global__ void embed_kernel(const Tt* __restrict__ table, const int32_t* __rest
 // X[t, j, :] = e[t, :] for j < hc, over packs of N elements of a row (N = 4: one float4 of X).
 template <typename Te, int N>
 __global__ void hc_expand_kernel(const Te* __restrict__ e, float* __restrict__ X, int64_t T, int64_t hc, int64_t D) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t per_row = D / N, n = T * per_row;
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -75,8 +75,8 @@ __global__ void hc_expand_kernel(const Te* __restrict__ e, float* __restrict__ X
 }
 
 __global__ void iota_kernel(int32_t* __restrict__ out, int64_t n, int64_t start, int64_t step) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = static_cast<int32_t>(start + i * step);
@@ -86,8 +86,8 @@ __global__ void iota_kernel(int32_t* __restrict__ out, int64_t n, int64_t start,
 // each element is read and written by the same thread.
 template <typename T, int N>
 __global__ void add_kernel(const T* a, const T* b, T* out, int64_t n_packs) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n_packs;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     if constexpr (N == 1) {
@@ -107,8 +107,8 @@ __global__ void add_kernel(const T* a, const T* b, T* out, int64_t n_packs) {
 template <typename To>
 __global__ void add_mixed_kernel(const void* a, rowwise::FloatCode ca, const void* b, rowwise::FloatCode cb, To* out,
                                  int64_t n) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = from_f32<To>(__fadd_rn(rowwise::load_float(a, ca, i), rowwise::load_float(b, cb, i)));
@@ -119,8 +119,8 @@ __global__ void add_mixed_kernel(const void* a, rowwise::FloatCode ca, const voi
 template <typename S, typename D>
 __global__ void scatter_rows_kernel(const S* __restrict__ src, const int32_t* __restrict__ keys, int64_t divisor,
                                     D* __restrict__ dst, int64_t w, int64_t n_dst, OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t i = blockIdx.x, key = keys[i], r = key / divisor;
   if (key < 0 || r >= n_dst) {
     if (threadIdx.x == 0) report_op_error(err, kOpErrorScatterRow, key, divisor, i, n_dst);

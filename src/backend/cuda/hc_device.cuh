@@ -37,8 +37,8 @@ template <int kMix, typename Tf>
 __global__ void __launch_bounds__(kThreads)
     hc_mix_partial_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int64_t n, int64_t chunk,
                           float* __restrict__ partial, bool packed) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ float red[kWarps][kMix + 1];
   const int64_t t = blockIdx.x;
   const int s = blockIdx.y, S = gridDim.y;
@@ -115,8 +115,8 @@ template <int kMix, typename Tf>
 __global__ void __launch_bounds__(32 * kTileWarps, 1)
     hc_mix_tile_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int T, int n, int chunk,
                        float* __restrict__ partial) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int kRows = kMix + 1, kVec = 16 / static_cast<int>(sizeof(Tf));
   constexpr int kCopies = kMix * kTileKC / kVec;  // 16-byte copies per chunk
   __shared__ __align__(16) Tf fs[2][kMix][kTileKC];
@@ -449,8 +449,8 @@ template <int HC, bool kHead, typename To>
 __global__ void __launch_bounds__(kThreads)
     hc_finish_kernel(const float* __restrict__ X, const float* __restrict__ partial, int S, int64_t D, HcScalars p,
                      To* __restrict__ out, float* __restrict__ post, float* __restrict__ comb, bool packed) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int kMix = mix_count<HC, kHead>(), kRows = kMix + 1;
   static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
   __shared__ float tot[32];
@@ -511,8 +511,8 @@ __global__ void __launch_bounds__(kThreads)
     hc_fused_kernel(const float* __restrict__ X, const Tf* __restrict__ fn, int64_t D, float* __restrict__ partial,
                     unsigned* __restrict__ counters, HcScalars p, To* __restrict__ out, float* __restrict__ post,
                     float* __restrict__ comb, bool packed_mix, bool packed_out) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int kMix = mix_count<HC, kHead>(), kRows = kMix + 1, kPerWarp = (kRows + kWarps - 1) / kWarps;
   static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
   __shared__ float red[kWarps][32];
@@ -602,8 +602,8 @@ template <int HC, typename Ty, int N>
 __global__ void __launch_bounds__(kThreads)
     hc_post_kernel(const Ty* __restrict__ y, const float* __restrict__ X, const float* __restrict__ post,
                    const float* __restrict__ comb, float* __restrict__ X_out, int64_t D, int64_t dblocks) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t t = blockIdx.x / dblocks;
   const int64_t d = ((blockIdx.x % dblocks) * blockDim.x + threadIdx.x) * N;
   if (d >= D) return;
@@ -669,8 +669,8 @@ __global__ void __launch_bounds__(32 * kPmWarps, 1)
     hc_post_mix_tile_kernel(const Ty* __restrict__ y, const float* __restrict__ X, const float* __restrict__ post,
                             const float* __restrict__ comb, float* __restrict__ X_out, const Tf* __restrict__ fn,
                             int T, int D, int chunk, float* __restrict__ partial) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int kMix = mix_count<HC, false>(), kRows = kMix + 1, kVec = 16 / static_cast<int>(sizeof(Tf));
   constexpr int kRowCopies = HC * kPmDC / kVec;  // 16-byte copies per row m of a chunk
   constexpr int kCopies = kMix * kRowCopies;
@@ -850,8 +850,8 @@ __global__ void __launch_bounds__(kThreads)
     hc_finish_norm_kernel(const float* __restrict__ X, const float* __restrict__ partial, int S, int64_t D,
                           HcScalars p, HcNorm nm, To* __restrict__ out, float* __restrict__ post,
                           float* __restrict__ comb) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int kMix = mix_count<HC, false>(), kRows = kMix + 1;
   static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
   __shared__ float tot[32];

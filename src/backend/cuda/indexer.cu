@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(kIdxKeys)
                           float weight_scale, const int32_t* __restrict__ positions, int64_t rate, int64_t T,
                           int64_t Hi, int64_t Di, int64_t N, int64_t Hp, int64_t q_offset, int64_t q_stride,
                           int64_t w_offset, float* __restrict__ scores) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ __align__(16) float smem[];
   float* sk = smem;
   float* sq = smem + q_offset;
@@ -206,8 +206,8 @@ __global__ void __launch_bounds__(kTileThreads)
                         int64_t Di, int64_t N, int64_t region_offset, int64_t w_offset, bool q_vec, bool k_vec,
                         float* __restrict__ scores) {
   static_assert(KPT == 1 || KPT == 4 || KPT == 8, "indexer_tile_kernel: KPT is 1, 4 or 8");
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int Kt = kTileSlots * KPT, KStride = Kt + 4;
   extern __shared__ __align__(16) float smem[];
   float* sq = smem;

@@ -81,8 +81,8 @@ __global__ void __launch_bounds__(kThreads, 2)
                               const TW* __restrict__ w, float weight_scale, const int32_t* __restrict__ positions,
                               int64_t rate, int64_t T, int64_t N, int64_t tiles_per_split,
                               float* __restrict__ scores) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ __align__(128) unsigned char sk[kStages * kStageBytes];
   const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
   const int g = lane >> 2, c = lane & 3;

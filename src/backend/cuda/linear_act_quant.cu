@@ -65,8 +65,8 @@ __device__ __forceinline__ float warp_max(float v) {
 
 template <typename XT>
 __global__ void __launch_bounds__(kThreads) act_quant_kernel(ActQuantArgs a) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t i = blockIdx.x;
   const int z = blockIdx.y;
   const XT* in = static_cast<const XT*>(a.x) + (a.x_rows ? a.x_rows[i] : i) * a.ldx + z * a.x_z;

@@ -29,8 +29,8 @@ __device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
 // flight before the first is decoded.
 template <WFmt F>
 __global__ void __launch_bounds__(kDequantThreads) dequant_bf16_kernel(const DequantArgs a) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using D = WeightDecoder<F>;
   static_assert(D::kBf16Exact && D::kPiece == 8, "bf16-exact formats decoded 8 elements at a time");
   constexpr int E = D::kChunk, P = D::kPiece, kPieces = E / P, kUnroll = 4;

@@ -70,8 +70,8 @@ __device__ __forceinline__ void decode_weight_tile(const GemmArgs& a, const Weig
 // ---- float32 FMA ------------------------------------------------------------------------------
 template <WFmt F, typename XT>
 __global__ void __launch_bounds__(kThreads) gemm_fma_kernel(const GemmArgs a, const int w_vec, const int x_vec) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using D = WeightDecoder<F>;
   constexpr int BM = 64, BN = 64, BK = kBK, P = D::kPiece;
   __shared__ __align__(16) float Xs[BK][BM + 4];
@@ -151,8 +151,8 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 }
 template <WFmt F>
 __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(const GemmArgs a, const int w_vec, const int x_vec) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using D = WeightDecoder<F>;
   static_assert(D::kBf16Exact, "the MMA path needs weights exact in bf16");
   constexpr int BM = 64, BN = 128, BK = kBK, LD = BK + 8;

@@ -51,7 +51,7 @@
 // first iteration; gemv_stream: both register groups, optionally an L2 prefetch of the rest of
 // the segment) before griddepcontrol.wait when the launch has no tile table (weights_before_wait,
 // linear_kernels.cuh); activations after it. Launched as programmatic dependent launches with
-// every kernel's (CLAWMINE_PDL=1) or alone (CLAWMINE_GEMV_PDL=1), their blocks start while the
+// every kernel's (the default) or alone (CLAWMINE_PDL=0), their blocks start while the
 // kernel before finishes and the first DRAM round trip overlaps it. Same loads, same math: the
 // results are those of plain launches, bit for bit.
 #include <cuda_bf16.h>
@@ -71,8 +71,8 @@ constexpr int kThreads = 256;
 constexpr int kUnroll = 2;  // chunks per row in flight per thread and iteration
 
 // PDL for the GEMV kernels that load weights before the wait (gemv_kernel, gemv_stream): with
-// every launch's (pdl_enabled(), CLAWMINE_PDL=1), or alone (the default; CLAWMINE_GEMV_PDL=0
-// turns it off, set_gemv_pdl for tests): then only these launches may start while the kernel
+// every launch's (pdl_enabled(), the default), or alone (CLAWMINE_PDL=0; then CLAWMINE_GEMV_PDL=0
+// turns it off too, set_gemv_pdl for tests): then only these launches may start while the kernel
 // before them finishes. On the H100 (docs/PERFORMANCE.md) decode took 10.77 ms/token with it
 // against 11.91 without, in the same call; PDL on every kernel: 11.89.
 std::atomic<int> g_gemv_pdl{-1};  // -1 until CLAWMINE_GEMV_PDL is read
@@ -273,8 +273,8 @@ __device__ __forceinline__ void cp_async_wait() {
 template <WFmt F, int NTL, int R, bool kStaged>
 __global__ void __launch_bounds__(mma_max_warps<R, kStaged>() * 32, mma_min_blocks<NTL, R>())
     gemv_mma_kernel(const GemmArgs a) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using D = WeightDecoder<F>;
   static_assert(D::kMma, "format without a tensor-core GEMV decoder");
   constexpr int E = D::kChunk, STEPS = E / 4, XW = E / 2, U = mma_unroll<R, kStaged>(), ROWS = 16 * R;
@@ -471,8 +471,8 @@ __global__ void __launch_bounds__(mma_max_warps<R, kStaged>() * 32, mma_min_bloc
 // element by element, every activation row of the tile in turn.
 template <WFmt F, typename XT>
 __global__ void __launch_bounds__(kThreads) gemv_scalar_kernel(const GemmArgs a) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using D = WeightDecoder<F>;
   Tile tile;
   if (!tile_of(a, blockIdx.y, tile)) return;

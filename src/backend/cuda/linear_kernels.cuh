@@ -285,8 +285,8 @@ void set_gemv_stream_l2_prefetch(bool on);
 // whose m-tiles get few warps). Results unchanged, bit for bit.
 void set_gemv_stream_mtiles(int n);
 // PDL for the GEMV launches that load weights before griddepcontrol.wait (the FMA and streaming
-// kernels): on with every launch's (CLAWMINE_PDL=1), or for these alone: the default
-// (CLAWMINE_GEMV_PDL=0 turns it off; read once). Tests and tools/gemv_probe (not thread-safe):
+// kernels): on with every launch's (pdl_enabled(), the default), or for these alone with
+// CLAWMINE_PDL=0 (then CLAWMINE_GEMV_PDL=0 turns theirs off too; read once). Tests and tools/gemv_probe (not thread-safe):
 // set_gemv_pdl(1) on, 0 off, -1 back to the environment.
 void set_gemv_pdl(int on);
 void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);

@@ -61,8 +61,8 @@ unsigned grid_for(int64_t n, int threads, int sm_count) {
 // dst[i] = convert(src[i]) through float32 (exact widening, round-to-nearest-even narrowing).
 template <typename S, typename D>
 __global__ void convert_kernel(const S* __restrict__ src, D* __restrict__ dst, int64_t n) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     dst[i] = from_f32<D>(to_f32(src[i]));
@@ -70,16 +70,16 @@ __global__ void convert_kernel(const S* __restrict__ src, D* __restrict__ dst, i
 
 // dst = src in 16-byte words (both 16-byte aligned, a whole number of words).
 __global__ void copy16_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst, int64_t n) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = src[i];
 }
 
 template <typename T>
 __global__ void fill_kernel(T* __restrict__ dst, int64_t n, float value) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const T v = from_f32<T>(value);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = v;

@@ -144,8 +144,8 @@ __global__ void __launch_bounds__(kPlanThreads)
                     int32_t* __restrict__ row_token, int32_t* __restrict__ row_expert, int32_t* __restrict__ pos_of,
                     int4* __restrict__ tiles, int32_t* __restrict__ n_tiles, int32_t* __restrict__ counts,
                     OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ int32_t sm[];
   int32_t* seg = sm;                       // [kPlanWarps][E]: counts, then running bases
   int32_t* total = sm + kPlanWarps * E;    // [E]
@@ -233,8 +233,8 @@ constexpr int64_t kPlanMultiMinN = 4096;  // the one-block kernel below this man
 __global__ void __launch_bounds__(kPlanThreads)
     moe_plan_count_kernel(const int32_t* __restrict__ idx, int64_t N, int E, int64_t chunk,
                           int32_t* __restrict__ chunk_counts) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ int32_t sm[];  // [E]
   for (int e = threadIdx.x; e < E; e += kPlanThreads) sm[e] = 0;
   __syncthreads();
@@ -253,8 +253,8 @@ __global__ void __launch_bounds__(kPlanThreads)
                             int32_t* __restrict__ row_token, int32_t* __restrict__ row_expert,
                             int32_t* __restrict__ pos_of, int4* __restrict__ tiles, int32_t* __restrict__ n_tiles,
                             int32_t* __restrict__ counts, OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ int32_t sm[];
   int32_t* seg = sm;                     // [kPlanWarps][E]: counts, then running bases
   int32_t* total = sm + kPlanWarps * E;  // [E]
@@ -347,8 +347,8 @@ __global__ void __launch_bounds__(32)
                          int32_t* __restrict__ row_token, int32_t* __restrict__ row_expert,
                          int32_t* __restrict__ pos_of, int4* __restrict__ tiles, int32_t* __restrict__ n_tiles,
                          int32_t* __restrict__ counts, OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int lane = threadIdx.x;
   const bool in = lane < N;
   const int e = in ? idx[lane] : -1;
@@ -438,8 +438,8 @@ void launch_moe_plan(CudaBackend& be, const int32_t* idx, int64_t N, int64_t K, 
 template <typename T>
 __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ h, int64_t n,
                               float limit) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     h[i] = from_f32<T>(swiglu_value(to_f32(gate[i]), to_f32(up[i]), limit));
@@ -489,8 +489,8 @@ __global__ void __launch_bounds__(kCombineThreads)
     moe_combine_kernel(const YT* __restrict__ y, const int32_t* __restrict__ pos_of, const int32_t* __restrict__ idx,
                        const float* __restrict__ weight, int K, int E, int64_t D, int vec, OT* __restrict__ out,
                        OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ int32_t ids[kMaxTopK], row[kMaxTopK];
   __shared__ float wt[kMaxTopK];
   const int64_t t = blockIdx.x;
@@ -668,8 +668,8 @@ constexpr int kSwigluRowsPerBlock = kSwigluThreadRows * kSwigluRowsPerThread;
 __global__ void __launch_bounds__(kSwigluVecs* kSwigluThreadRows)
     moe_swiglu_rows_kernel(const __nv_bfloat16* __restrict__ g, __nv_bfloat16* __restrict__ h, int64_t rows,
                            int64_t I, float limit) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t c = (static_cast<int64_t>(blockIdx.x) * kSwigluVecs + threadIdx.x) * 8;
   if (c >= I) return;
   for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kSwigluRowsPerBlock + threadIdx.y * kSwigluRowsPerThread;
@@ -699,8 +699,8 @@ __global__ void __launch_bounds__(kSwigluVecs* kSwigluThreadRows)
 
 // alpha[i] = weight_scale_2 of descriptor i for NVFP4, else 1.
 __global__ void moe_alpha_kernel(const WeightDesc* __restrict__ descs, int n, float* __restrict__ alpha) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) alpha[i] = descs[i].fmt == static_cast<int32_t>(WFmt::kNvfp4) ? __ldg(descs[i].scale2) : 1.0f;
 }
@@ -709,8 +709,8 @@ __global__ void moe_alpha_kernel(const WeightDesc* __restrict__ descs, int n, fl
 // when vec (D % 8 == 0 and x 16-byte aligned).
 __global__ void moe_gather_kernel(const __nv_bfloat16* __restrict__ x, const int32_t* __restrict__ row_token,
                                   int64_t rows, int64_t D, int vec, __nv_bfloat16* __restrict__ xs) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t per_row = vec ? D / 8 : D, n = rows * per_row;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

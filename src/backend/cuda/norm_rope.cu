@@ -40,8 +40,8 @@ template <typename Tx, typename To, int kP>
 __global__ void __launch_bounds__(kThreads, kP == 4 ? 1 : 5)
     rms_norm_kernel(const Tx* x, const void* weight, rowwise::FloatCode wcode, To* out, int64_t rows, int64_t n,
                     float eps, int tpr, bool packed, bool wpacked) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ float red[kWarps];
   const int64_t row = blockIdx.x * static_cast<int64_t>(kThreads / tpr) + threadIdx.x / tpr;
   const int r = threadIdx.x % tpr;  // this thread's rank in its row
@@ -106,8 +106,8 @@ template <typename T, int kP>
 __global__ void __launch_bounds__(kThreads)
     rope_kernel(T* x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq, int64_t T_,
                 int64_t n_vec, int64_t dim, int64_t half, int64_t items, int ipb, int tpb, bool inverse) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ float cs[];
   const int64_t t0 = blockIdx.x * static_cast<int64_t>(tpb);
   const int lt = threadIdx.x / ipb;

@@ -46,8 +46,8 @@ struct PrepArgs {
 // takes vector i / tpr as rank i % tpr. kQ = kHadamard: E = dim / 32 (tpr = 32).
 template <typename T, int kP, QKind kQ, int E>
 __global__ void __launch_bounds__(kThreads, kP == 4 ? 1 : kP == 2 ? 4 : 5) norm_rope_qdq_kernel(T* x, PrepArgs a) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr bool kHad = kQ == QKind::kHadamard;
   __shared__ float red[kWarps];
   __shared__ float cs[kMaxVecs][kMaxRopeDim];  // local token l: cos [0, half), sin [half, 2 half)

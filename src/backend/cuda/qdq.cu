@@ -40,8 +40,8 @@ using rowprep::qdq_e2m1;
 template <typename T, bool kPacked>
 __global__ void __launch_bounds__(kThreads) qdq_fp8_nope_kernel(T* x, int64_t rows, int64_t width, int64_t n_nope,
                                                                 int tpr) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int64_t g = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
   const int64_t row = g / tpr, c0 = (g % tpr) * 8;
   const bool active = row < rows && c0 < n_nope;  // every lane stays for the shuffles
@@ -81,8 +81,8 @@ __global__ void __launch_bounds__(kThreads) qdq_fp8_nope_kernel(T* x, int64_t ro
 // Walsh-Hadamard butterflies in the CPU's stage order, scaled, then FP4 on blocks of 32.
 template <typename T, int E>
 __global__ void __launch_bounds__(kThreads) qdq_hadamard_fp4_warp_kernel(T* x, int64_t rows) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int kWidth = 32 * E;
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + (threadIdx.x >> 5);
@@ -99,8 +99,8 @@ __global__ void __launch_bounds__(kThreads) qdq_hadamard_fp4_warp_kernel(T* x, i
 // then FP4 on blocks of 32.
 template <typename T>
 __global__ void qdq_hadamard_fp4_kernel(T* x, int64_t rows, int64_t width, int rows_per_block) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ float buf[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row = blockIdx.x * static_cast<int64_t>(rows_per_block) + warp;

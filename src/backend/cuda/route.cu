@@ -120,8 +120,8 @@ __global__ void moe_route_kernel(const float* __restrict__ logits, const float* 
                                  const Tid* __restrict__ tid2eid, int64_t V, const int32_t* __restrict__ ids, int64_t T,
                                  int64_t E, int K, float routed_scaling, int32_t* __restrict__ idx,
                                  float* __restrict__ weight, OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ float keys_all[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t t = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + warp;
@@ -152,8 +152,8 @@ __global__ void __launch_bounds__(kBlockMaxExperts)
                            const Tid* __restrict__ tid2eid, int64_t V, const int32_t* __restrict__ ids, int E, int K,
                            float routed_scaling, int32_t* __restrict__ idx, float* __restrict__ weight,
                            OpErrorRecord* err) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ float score[kBlockMaxExperts], keys[kBlockMaxExperts];
   __shared__ int32_t picked[kMaxTopK];
   const int tid = threadIdx.x, lane = tid & 31;

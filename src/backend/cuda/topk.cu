@@ -146,8 +146,8 @@ constexpr int64_t kRankBudget = int64_t{1} << 22;  // T * N^2 comparisons; N <= 
 // count on get -1, spread over the row's blocks.
 __global__ void __launch_bounds__(kRankThreads)
     topk_rank_kernel(const float* __restrict__ values, int N, int k, int G, int32_t* __restrict__ out) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   extern __shared__ uint32_t skey[];
   __shared__ int s_pick;
   const int tid = threadIdx.x;
@@ -204,8 +204,8 @@ __global__ void __launch_bounds__(kWideThreads)
     topk_wide_kernel(const float* __restrict__ values, int64_t N, int64_t C, int k, int P,
                      unsigned long long* __restrict__ items, uint32_t* __restrict__ prefix, uint32_t* ghist,
                      uint32_t* tickets, int32_t* __restrict__ out) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   using Scan = cub::BlockScan<uint32_t, kWideThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ uint32_t s_off[kWideThreads], s_n[kWideThreads];
@@ -475,8 +475,8 @@ constexpr int select_min_blocks(int threads, int e, bool resident) {
 template <int kThreads, int kE, bool kResident>
 __global__ void __launch_bounds__(kThreads, select_min_blocks(kThreads, kE, kResident))
     topk_select_kernel(const float* __restrict__ values, int N, int k, int32_t* __restrict__ out) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   constexpr int kWarps = kThreads / 32, kChunk = kThreads * kE;
   static_assert(kSelBins <= 8 * kThreads, "find_bin: at most 8 bins per thread");
   using Scan = cub::BlockScan<uint32_t, kThreads>;
