@@ -228,24 +228,22 @@ class Backend {
   // before, then the pre-mix and input norm of the sub-layer after:
   //   hc_post(y, X, post, comb, X_out);  hc_pre(X_out, w, p, x_in, post_out, comb_out);
   //   rms_norm(x_in, norm_weight, eps, x_in)
-  // Defined as exactly that composition (x_in rounded to its dtype before the norm); a backend may
-  // run it as fewer passes over X_out with the same results. post_out, comb_out may be post, comb
-  // (each token's are read before they are written); X_out must not alias X. The default issues
-  // the three ops, so decorators (tracer, recorder, profiler) see them one by one.
-  virtual void hc_post_pre(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
-                           const TensorView& X_out, const HyperConnectionWeights& w, const HcParams& p,
-                           const TensorView& norm_weight, float eps, const TensorView& x_in,
+  // With y_add (not empty: same shape and dtype as y) the sub-layer's output is add(y, y_add)
+  // (the MoE's routed and shared experts), into scratch first. Defined as exactly that composition
+  // (x_in rounded to its dtype before the norm); a backend may run it as fewer passes over X_out
+  // with the same results. post_out, comb_out may be post, comb (each token's are read before they
+  // are written); X_out must not alias X. The default issues the ops one by one, so decorators
+  // (tracer, recorder, profiler) see them so.
+  virtual void hc_post_pre(const TensorView& y, const TensorView& y_add, const TensorView& X, const TensorView& post,
+                           const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
+                           const HcParams& p, const TensorView& norm_weight, float eps, const TensorView& x_in,
                            const TensorView& post_out, const TensorView& comb_out) {
-    hc_post_pre_unfused(y, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
+    hc_post_pre_unfused(y, y_add, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
   }
-  void hc_post_pre_unfused(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
-                           const TensorView& X_out, const HyperConnectionWeights& w, const HcParams& p,
-                           const TensorView& norm_weight, float eps, const TensorView& x_in,
-                           const TensorView& post_out, const TensorView& comb_out) {
-    hc_post(y, X, post, comb, X_out);
-    hc_pre(X_out, w, p, x_in, post_out, comb_out);
-    rms_norm(x_in, &norm_weight, eps, x_in);
-  }
+  void hc_post_pre_unfused(const TensorView& y, const TensorView& y_add, const TensorView& X, const TensorView& post,
+                           const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
+                           const HcParams& p, const TensorView& norm_weight, float eps, const TensorView& x_in,
+                           const TensorView& post_out, const TensorView& comb_out);  // below ScratchFrame
   // y[t, d] = sum_j (sigmoid(mix[j]*scale[0] + base[j]) + hc_eps) * X[t, j, d] with mix as in hc_pre
   // (fn [hc, hc*D], base [hc], scale [1]).  X [T, hc, D] F32; y [T, D].
   virtual void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) = 0;
@@ -432,6 +430,22 @@ class ScratchFrame {
   Backend& be_;
   size_t mark_;
 };
+
+inline void Backend::hc_post_pre_unfused(const TensorView& y, const TensorView& y_add, const TensorView& X,
+                                         const TensorView& post, const TensorView& comb, const TensorView& X_out,
+                                         const HyperConnectionWeights& w, const HcParams& p,
+                                         const TensorView& norm_weight, float eps, const TensorView& x_in,
+                                         const TensorView& post_out, const TensorView& comb_out) {
+  ScratchFrame frame(*this);
+  TensorView out = y;
+  if (y_add.data != nullptr) {
+    out = scratch(y.dtype, y.shape);
+    add(y, y_add, out);
+  }
+  hc_post(out, X, post, comb, X_out);
+  hc_pre(X_out, w, p, x_in, post_out, comb_out);
+  rms_norm(x_in, &norm_weight, eps, x_in);
+}
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads = 0);  // 0: hardware concurrency
 

@@ -36,11 +36,11 @@ class LentBackend final : public diag::ForwardingBackend {
                      const TensorView& inv_freq) override {
     inner().norm_rope_qdq(x, p, positions, inv_freq);
   }
-  void hc_post_pre(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
-                   const TensorView& X_out, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
-                   const TensorView& norm_weight, float eps, const TensorView& x_in, const TensorView& post_out,
-                   const TensorView& comb_out) override {
-    inner().hc_post_pre(y, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
+  void hc_post_pre(const TensorView& y, const TensorView& y_add, const TensorView& X, const TensorView& post,
+                   const TensorView& comb, const TensorView& X_out, const ops::HyperConnectionWeights& w,
+                   const ops::HcParams& p, const TensorView& norm_weight, float eps, const TensorView& x_in,
+                   const TensorView& post_out, const TensorView& comb_out) override {
+    inner().hc_post_pre(y, y_add, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
   }
   void linear_multi(const TensorView& x, const ops::Backend::LinearJob* jobs, int64_t n_jobs) override {
     inner().linear_multi(x, jobs, n_jobs);

@@ -93,10 +93,10 @@ class CudaBackend final : public ops::Backend {
   void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) override;
   // hc_post -> hc_pre -> rms_norm: one kernel at decode, three passes at prefill (hc_post, the
   // mix, the finish with the norm); bit-identical to the composition.
-  void hc_post_pre(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
-                   const TensorView& X_out, const HyperConnectionWeights& w, const HcParams& p,
-                   const TensorView& norm_weight, float eps, const TensorView& x_in, const TensorView& post_out,
-                   const TensorView& comb_out) override;
+  void hc_post_pre(const TensorView& y, const TensorView& y_add, const TensorView& X, const TensorView& post,
+                   const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
+                   const HcParams& p, const TensorView& norm_weight, float eps, const TensorView& x_in,
+                   const TensorView& post_out, const TensorView& comb_out) override;
 
   // route.cu
   void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid, const TensorView& ids,

@@ -879,7 +879,8 @@ __global__ void __launch_bounds__(kThreads)
 // Decode (T <= kFusedMaxT): hc_post, then hc_fused_kernel's hc_pre on the streams out, then the
 // norm, in one kernel. Grid (T, S) as hc_fused_kernel: block (t, s) computes the elements
 // [s * kFusedChunk, +kFusedChunk) of X_out[t] flattened (each lane its packs l and l + 32, from
-// y, X[t] and the post/comb of hc_post, exactly as hc_post_kernel; every warp computes them, warp
+// y (plus y_add when given, rounded as add_kernel rounds it), X[t] and the post/comb of hc_post,
+// exactly as hc_post_kernel; every warp computes them, warp
 // 0 stores them), then the mix partials of those elements as hc_fused_kernel does with X_out
 // loaded. Writers fence before the per-token count; the last block reads X_out[t] back through
 // L2 (other blocks wrote it), sums the partials, writes post_out/comb_out (warp 0) and collapses
@@ -888,7 +889,8 @@ __global__ void __launch_bounds__(kThreads)
 // aligned) only. counters[t] is 0 on entry and is left 0.
 template <int HC, typename Tf, typename Tx>
 __global__ void __launch_bounds__(kThreads)
-    hc_site_fused_kernel(const Tx* __restrict__ y, const float* __restrict__ X, const float* post_in,
+    hc_site_fused_kernel(const Tx* __restrict__ y, const Tx* __restrict__ y_add, const float* __restrict__ X,
+                         const float* post_in,
                          const float* comb_in, float* X_out, const Tf* __restrict__ fn, int64_t D,
                          float* __restrict__ partial, unsigned* __restrict__ counters, HcScalars p, HcNorm nm,
                          Tx* __restrict__ x_in, float* post_out, float* comb_out) {
@@ -931,6 +933,12 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t k = i / D, d = i - k * D;
         float yv[4], xin[HC][4], ck[HC];
         rowwise::load_packed<4>(y + t * D + d, yv);
+        if (y_add != nullptr) {  // the sub-layer output y + y_add, rounded to Tx as add() stores it
+          float av[4];
+          rowwise::load_packed<4>(y_add + t * D + d, av);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) yv[q] = to_f32(from_f32<Tx>(__fadd_rn(yv[q], av[q])));
+        }
 #pragma unroll
         for (int j = 0; j < HC; ++j) {
           rowwise::load_packed<4>(xt + j * D + d, xin[j]);

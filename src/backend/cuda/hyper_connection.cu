@@ -147,10 +147,10 @@ bool hc_site_pdl() {
 // hc_post_pre at decode (T <= kFusedMaxT): one hc_site_fused_kernel, grid (T, S) as hc_pre's
 // fused kernel (so the mix partials, their sum and every later step match it bit for bit).
 template <int HC>
-void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& X, const TensorView& post,
-                   const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
-                   const HcParams& p, const HcNorm& norm, const TensorView& x_in, const TensorView& post_out,
-                   const TensorView& comb_out) {
+void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& y_add, const TensorView& X,
+                   const TensorView& post, const TensorView& comb, const TensorView& X_out,
+                   const HyperConnectionWeights& w, const HcParams& p, const HcNorm& norm, const TensorView& x_in,
+                   const TensorView& post_out, const TensorView& comb_out) {
   constexpr int kMix = mix_count<HC, false>();
   const int64_t T = X.dim(0), D = X.dim(2), n = HC * D;
   const int64_t S = (n + kFusedChunk - 1) / kFusedChunk;
@@ -165,7 +165,8 @@ void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& X, co
     dispatch_float(x_in.dtype, "hc_post_pre", "x_in", [&](auto tx) {
       using Tx = decltype(tx);
       launch_kernel_pdl(hc_site_pdl(), hc_site_fused_kernel<HC, Tf, Tx>, grid, kThreads, 0, be.stream(),
-                        y.as<const Tx>(), X.f32(), static_cast<const float*>(post.f32()),
+                        y.as<const Tx>(), y_add.data ? y_add.as<const Tx>() : nullptr, X.f32(),
+                        static_cast<const float*>(post.f32()),
                         static_cast<const float*>(comb.f32()), X_out.f32(), w.fn.as<const Tf>(), D, partial.f32(),
                         counters, scalars, norm, x_in.as<Tx>(), post_out.f32(), comb_out.f32());
       CLAWMINE_CUDA_LAUNCHED("hc site fused");
@@ -263,11 +264,18 @@ void CudaBackend::hc_post(const TensorView& y, const TensorView& X, const Tensor
   });
 }
 
-void CudaBackend::hc_post_pre(const TensorView& y, const TensorView& X, const TensorView& post,
-                              const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
-                              const HcParams& p, const TensorView& norm_weight, float eps, const TensorView& x_in,
-                              const TensorView& post_out, const TensorView& comb_out) {
+void CudaBackend::hc_post_pre(const TensorView& y, const TensorView& y_add, const TensorView& X,
+                              const TensorView& post, const TensorView& comb, const TensorView& X_out,
+                              const HyperConnectionWeights& w, const HcParams& p, const TensorView& norm_weight,
+                              float eps, const TensorView& x_in, const TensorView& post_out,
+                              const TensorView& comb_out) {
   const auto [T, hc, D] = check_post(*this, y, X, post, comb, X_out);
+  if (y_add.data != nullptr) {
+    expect_device(y_add, "hc_post_pre", "y_add");
+    CLAWMINE_CHECK(y_add.dtype == y.dtype && y_add.numel() == y.numel(), "cuda hc_post_pre: y_add ",
+                   dtype_name(y_add.dtype), " ", shape_str(y_add.shape), " does not match y ", dtype_name(y.dtype), " ",
+                   shape_str(y.shape));
+  }
   check_pre(*this, X_out, w, p, x_in, post_out, comb_out);
   expect_device(norm_weight, "hc_post_pre", "norm_weight");
   CLAWMINE_CHECK(norm_weight.numel() == D, "cuda hc_post_pre: norm_weight ", shape_str(norm_weight.shape),
@@ -280,21 +288,29 @@ void CudaBackend::hc_post_pre(const TensorView& y, const TensorView& X, const Te
                       dtype_size(x_in.dtype) <= 4 && reinterpret_cast<uintptr_t>(x_in.data) % (8 * dtype_size(x_in.dtype)) == 0;
   const bool decode = T <= kFusedMaxT;
   const bool decode_fits = y.dtype == x_in.dtype && reinterpret_cast<uintptr_t>(y.data) % (4 * dtype_size(y.dtype)) == 0 &&
+                           reinterpret_cast<uintptr_t>(y_add.data) % (4 * dtype_size(y.dtype)) == 0 &&
                            reinterpret_cast<uintptr_t>(w.fn.data) % (4 * dtype_size(w.fn.dtype)) == 0;
   if (!packed || (decode && !decode_fits)) {
-    hc_post_pre_unfused(y, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
+    hc_post_pre_unfused(y, y_add, X, post, comb, X_out, w, p, norm_weight, eps, x_in, post_out, comb_out);
     return;
+  }
+  // y + y_add: in the decode kernel as it loads y; before the prefill passes, by add().
+  ops::ScratchFrame frame(*this);
+  TensorView ys = y;
+  if (y_add.data != nullptr && !decode) {
+    ys = scratch(y.dtype, y.shape);
+    add(y, y_add, ys);
   }
   const int tpr = rowprep::rms_threads_per_row(D);
   const HcNorm norm{norm_weight.data, wcode,
                     reinterpret_cast<uintptr_t>(norm_weight.data) % (8 * rowwise::float_code_bytes(wcode)) == 0, eps,
                     tpr};
   if (decode) {
-    hc_site_fused<4>(*this, y, X, post, comb, X_out, w, p, norm, x_in, post_out, comb_out);
-  } else if (post_mix_fits(T, hc, D, y.data, dtype_size(y.dtype), X.data, X_out.data, w.fn.data)) {
-    hc_post_mix_and_finish<4>(*this, y, X, post, comb, X_out, w, p, norm, x_in, post_out, comb_out);
+    hc_site_fused<4>(*this, y, y_add, X, post, comb, X_out, w, p, norm, x_in, post_out, comb_out);
+  } else if (post_mix_fits(T, hc, D, ys.data, dtype_size(ys.dtype), X.data, X_out.data, w.fn.data)) {
+    hc_post_mix_and_finish<4>(*this, ys, X, post, comb, X_out, w, p, norm, x_in, post_out, comb_out);
   } else {
-    hc_post(y, X, post, comb, X_out);
+    hc_post(ys, X, post, comb, X_out);
     hc_mix_and_finish<4, false>(*this, X_out, w, p, x_in, post_out.f32(), comb_out.f32(), "hc_post_pre", &norm);
   }
 }

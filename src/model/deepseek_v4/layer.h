@@ -84,8 +84,12 @@ void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache,
 void indexer_queries(const LayerContext& c, const TensorView& qr, const TensorView& q);
 TensorView indexer_select(const LayerContext& c, const TensorView& q, const TensorView& weights, LayerCache& cache);
 
-// MoE sub-layer: h [T, D] -> out [T, D] (scratch).
-TensorView moe(const LayerContext& c, const TensorView& h);
+// MoE sub-layer: h [T, D] -> routed + shared [T, D] (scratch). The sum is left to the op that
+// consumes it (hc_post_pre's y_add adds them as add() would), so the two branches join there.
+struct MoeOut {
+  TensorView routed, shared;
+};
+MoeOut moe(const LayerContext& c, const TensorView& h);
 
 // Allocates the cache's fixed-size rows on the first forward and grows the entry stores so
 // that they hold every entry complete at position end (rows end / m).

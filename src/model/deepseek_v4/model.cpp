@@ -129,11 +129,12 @@ void hc_enter(ops::Backend& be, HcState& s, const HyperConnectionWeights& w, con
   be.rms_norm(s.x, &norm, s.eps, s.x);
 }
 
-// One site between sub-layers: X = hc_post(y, X, post, comb), then x, post, comb = hc_pre(X) with
-// the next sub-layer's weights and x = norm(x), as one backend op (hc_post_pre).
-void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const HyperConnectionWeights& w,
-             const TensorView& norm) {
-  be.hc_post_pre(y, s.X, s.post, s.comb, s.X_next, w, s.hp, norm, s.eps, s.x, s.post, s.comb);
+// One site between sub-layers: X = hc_post(y + y_add, X, post, comb) (y_add: the MoE's shared
+// expert, or none), then x, post, comb = hc_pre(X) with the next sub-layer's weights and
+// x = norm(x), as one backend op (hc_post_pre).
+void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const TensorView& y_add,
+             const HyperConnectionWeights& w, const TensorView& norm) {
+  be.hc_post_pre(y, y_add, s.X, s.post, s.comb, s.X_next, w, s.hp, norm, s.eps, s.x, s.post, s.comb);
   std::swap(s.X, s.X_next);
 }
 
@@ -141,7 +142,8 @@ void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const HyperConne
 //   x, post, comb = hc_pre(X);  X = hc_post(attention(attn_norm(x)), X, post, comb)
 //   x, post, comb = hc_pre(X);  X = hc_post(moe(ffn_norm(x)), X, post, comb)
 // Each hc_post is fused with the hc_pre + norm that follows it (the next block's attention site
-// for the MoE output: `next`); the last block's streams go to hc_head (next null). On entry s.x
+// for the MoE output: `next`), which also adds the MoE's routed and shared parts; the last
+// block's streams go to hc_head (next null). On entry s.x
 // is attn_norm(x) of this block (hc_enter or the previous block's last site). The sites take
 // the scope of their hc_post (layers.l.hc_attn, layers.l.hc_ffn).
 // `attend` is the attention sub-layer over s.x: one sequence's chunk (attention) or a batch of
@@ -153,15 +155,16 @@ void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&&
   c.be.set_scope(c.scope("attn"));
   const TensorView a = attend(s.x);
   c.be.set_scope(c.scope("hc_attn"));
-  hc_site(c.be, s, a, c.w.hc_ffn, c.w.ffn_norm);
+  hc_site(c.be, s, a, TensorView{}, c.w.hc_ffn, c.w.ffn_norm);
 
   c.be.set_scope(c.scope("ffn"));
-  const TensorView f = moe(c, s.x);
+  const MoeOut f = moe(c, s.x);
   c.be.set_scope(c.scope("hc_ffn"));
   if (next != nullptr) {
-    hc_site(c.be, s, f, next->hc_attn, next->attn_norm);
+    hc_site(c.be, s, f.routed, f.shared, next->hc_attn, next->attn_norm);
   } else {
-    c.be.hc_post(f, s.X, s.post, s.comb, s.X_next);
+    c.be.add(f.routed, f.shared, f.routed);
+    c.be.hc_post(f.routed, s.X, s.post, s.comb, s.X_next);
     std::swap(s.X, s.X_next);
   }
 }

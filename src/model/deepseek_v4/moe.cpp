@@ -1,11 +1,12 @@
 // MoE sub-layer (spec §3.4): router scores sqrt(softplus(x Wg)); the first num_hash_layers
 // layers pick experts by token id (tid2eid), the others by top-k of score + bias; selected
-// weights are renormalized and scaled; routed SwiGLU experts (clamped) plus the shared expert.
+// weights are renormalized and scaled; routed SwiGLU experts (clamped) plus the shared expert
+// (the caller adds the two).
 #include "model/deepseek_v4/layer.h"
 
 namespace clawmine::model::deepseek_v4 {
 
-TensorView moe(const LayerContext& c, const TensorView& h) {
+MoeOut moe(const LayerContext& c, const TensorView& h) {
   const ModelConfig& cfg = c.cfg;
   const MoeWeights& w = c.w.ffn;
   const int64_t T = h.dim(0), E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
@@ -26,8 +27,7 @@ TensorView moe(const LayerContext& c, const TensorView& h) {
                  static_cast<float>(cfg.routed_scaling_factor), idx, weight);
   c.be.moe_experts(h, w.experts, idx, weight, limit, routed);
   if (branches) c.be.join_branches();
-  c.be.add(routed, shared, routed);
-  return routed;
+  return {routed, shared};
 }
 
 }  // namespace clawmine::model::deepseek_v4

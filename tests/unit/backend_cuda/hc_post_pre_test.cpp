@@ -8,7 +8,10 @@
 //   - against the CPU backend (the composition in double/float32 there): within the hc tests'
 //     budgets;
 //   - run twice: the same bits (decode's per-token counters are left at zero), with post_out/comb_out
-//     separate from and equal to post/comb (in place).
+//     separate from and equal to post/comb (in place);
+//   - with y_add (the MoE's shared expert, added to y as add() does: in the decode kernel's loads,
+//     before the prefill passes) against the composition add + hc_post + hc_pre + rms_norm, bit for
+//     bit at decode, and against the CPU.
 // T in {1, 2, 5, 300, 2048} (decode kernel up to 64 tokens, then hc_post_mix_tile), D = 4096
 // (V4-Flash), 64 (a row of one warp in the norm) and 20 (not a multiple of 8: the composition).
 // Skips without a GPU.
@@ -31,7 +34,7 @@ class CudaHcPostPre : public GpuTest {};
 constexpr int64_t kHc = 4, kMix = (2 + kHc) * kHc;
 
 struct SiteInputs {
-  OnBoth y, X, post, comb, fn, base, scale, norm;
+  OnBoth y, X, post, comb, fn, base, scale, norm, y_add;
   HyperConnectionWeights cpu_w() const { return {fn.cpu.view(), base.cpu.view(), scale.cpu.view()}; }
   HyperConnectionWeights gpu_w() const { return {fn.gpu.view(), base.gpu.view(), scale.gpu.view()}; }
 };
@@ -53,7 +56,8 @@ SiteInputs make_inputs(ops::Backend& cpu, ops::Backend& gpu, int64_t T, int64_t 
                       fn_t),
           same_floats(cpu, gpu, random_normal(kMix, seed + 5), {kMix}),
           same_floats(cpu, gpu, scale, {3}),
-          same_floats(cpu, gpu, norm, {D}, norm_t)};
+          same_floats(cpu, gpu, norm, {D}, norm_t),
+          same_floats(cpu, gpu, random_normal(T * D, seed + 8), {T, D}, act)};
 }
 
 struct SiteOutputs {
@@ -62,8 +66,9 @@ struct SiteOutputs {
 
 // One site on `be` (fused: the backend's hc_post_pre, else its composition) into poisoned
 // outputs; in_place: post/comb are copied into the outputs first and passed as both.
+// with_add: y_add = in.y_add.
 SiteOutputs run_site(ops::Backend& be, bool gpu, bool fused, bool in_place, const SiteInputs& in, int64_t T,
-                     int64_t D, DType act) {
+                     int64_t D, DType act, bool with_add = false) {
   auto v = [&](const OnBoth& b) { return gpu ? b.gpu.view() : b.cpu.view(); };
   const ops::DeviceBuffer X_out = poisoned(be, DType::kF32, {T, kHc, D});
   const ops::DeviceBuffer x_in = poisoned(be, gpu ? act : DType::kF32, {T, D});
@@ -77,12 +82,13 @@ SiteOutputs run_site(ops::Backend& be, bool gpu, bool fused, bool in_place, cons
   const HyperConnectionWeights w = gpu ? in.gpu_w() : in.cpu_w();
   const ops::HcParams p;
   const float eps = 1e-6f;
+  const TensorView y_add = with_add ? v(in.y_add) : TensorView{};
   if (fused) {
-    be.hc_post_pre(v(in.y), v(in.X), post_in, comb_in, X_out.view(), w, p, v(in.norm), eps, x_in.view(), post.view(),
-                   comb.view());
+    be.hc_post_pre(v(in.y), y_add, v(in.X), post_in, comb_in, X_out.view(), w, p, v(in.norm), eps, x_in.view(),
+                   post.view(), comb.view());
   } else {
-    be.hc_post_pre_unfused(v(in.y), v(in.X), post_in, comb_in, X_out.view(), w, p, v(in.norm), eps, x_in.view(),
-                           post.view(), comb.view());
+    be.hc_post_pre_unfused(v(in.y), y_add, v(in.X), post_in, comb_in, X_out.view(), w, p, v(in.norm), eps,
+                           x_in.view(), post.view(), comb.view());
   }
   return {download_f32(be, X_out.view()), download_f32(be, x_in.view()), download_f32(be, post.view()),
           download_f32(be, comb.view())};
@@ -122,6 +128,19 @@ TEST_F(CudaHcPostPre, MatchesCompositionBitForBitAndCpu) {
           }
           expect_same_bits(run_site(*cuda, true, true, false, in, T, D, act), fused, "fused run twice");
           expect_same_bits(run_site(*cuda, true, true, true, in, T, D, act), fused, "fused, post/comb in place");
+          {  // y + y_add
+            const SiteOutputs fa = run_site(*cuda, true, true, false, in, T, D, act, true);
+            const SiteOutputs pa = run_site(*cuda, true, false, false, in, T, D, act, true);
+            if (T <= 64) expect_same_bits(fa, pa, "fused with y_add vs add + the three CUDA ops");
+            EXPECT_TRUE(same_bits(fa.X_out, pa.X_out)) << "X_out with y_add";
+            // The CPU side holds the BF16 inputs as F32, so its y + y_add is not rounded to BF16 as
+            // the GPU's (BF16 tensors, as in the model) is: the activation budget for X_out too.
+            const SiteOutputs ra = run_site(*cpu, false, false, false, in, T, D, act, true);
+            EXPECT_TRUE(within(fa.X_out, ra.X_out, act == DType::kF32 ? kF32Budget : kBf16Budget))
+                << "X_out with y_add vs CPU";
+            EXPECT_TRUE(within(fa.x_in, ra.x_in, act == DType::kF32 ? kF32Budget : kBf16Budget))
+                << "x_in with y_add vs CPU";
+          }
           const SiteOutputs ref = run_site(*cpu, false, false, false, in, T, D, act);
           EXPECT_TRUE(within(fused.X_out, ref.X_out, kF32Budget)) << "X_out vs CPU";
           EXPECT_TRUE(within(fused.x_in, ref.x_in, act == DType::kF32 ? kF32Budget : kBf16Budget)) << "x_in vs CPU";
@@ -143,17 +162,25 @@ TEST_F(CudaHcPostPre, ArgumentErrors) {
   const ops::DeviceBuffer short_norm = poisoned(*cuda, DType::kF32, {D - 8});
   const ops::HcParams p;
   // X_out aliasing X: hc_post's error.
-  EXPECT_THROW(cuda->hc_post_pre(in.y.gpu.view(), in.X.gpu.view(), in.post.gpu.view(), in.comb.gpu.view(),
+  EXPECT_THROW(cuda->hc_post_pre(in.y.gpu.view(), TensorView{}, in.X.gpu.view(), in.post.gpu.view(), in.comb.gpu.view(),
                                  in.X.gpu.view(), in.gpu_w(), p, in.norm.gpu.view(), 1e-6f, x_in.view(), post.view(),
                                  comb.view()),
                Error);
   // A norm weight of the wrong length names it.
   try {
-    cuda->hc_post_pre(in.y.gpu.view(), in.X.gpu.view(), in.post.gpu.view(), in.comb.gpu.view(), X_out.view(),
-                      in.gpu_w(), p, short_norm.view(), 1e-6f, x_in.view(), post.view(), comb.view());
+    cuda->hc_post_pre(in.y.gpu.view(), TensorView{}, in.X.gpu.view(), in.post.gpu.view(), in.comb.gpu.view(),
+                      X_out.view(), in.gpu_w(), p, short_norm.view(), 1e-6f, x_in.view(), post.view(), comb.view());
     ADD_FAILURE() << "a short norm weight did not throw";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("norm_weight"), std::string::npos) << e.what();
+  }
+  // A y_add that does not match y names it.
+  try {
+    cuda->hc_post_pre(in.y.gpu.view(), short_norm.view(), in.X.gpu.view(), in.post.gpu.view(), in.comb.gpu.view(),
+                      X_out.view(), in.gpu_w(), p, in.norm.gpu.view(), 1e-6f, x_in.view(), post.view(), comb.view());
+    ADD_FAILURE() << "a y_add of another shape did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("y_add"), std::string::npos) << e.what();
   }
 }
 
