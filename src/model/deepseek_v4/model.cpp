@@ -52,8 +52,13 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadO
   m->inv_freq_compress_ = f32_buffer(rope_inv_freq(m->config_, AttentionKind::kHeavilyCompressed));
   m->head_ = head_linear(m->config_, m->weights_.head);
   // The calibration audit of static NVFP4 input scales (diag/audit.h) runs a short forward and
-  // marks overflowing scales untrusted; it sees the weights as the compute paths will.
-  if (options.audit) diag::run_load_audit(*m, options);
+  // marks overflowing scales untrusted; it sees the weights as the compute paths will. Only where
+  // its verdict changes what is computed: W4A4 with static or auto activation scales. W4A16 (the
+  // default) never reads an input_scale, and the audit's CPU forward costs minutes on a full-size
+  // checkpoint (~55 CPU-seconds per V4-Flash layer); `clawmine doctor` audits them on request.
+  const bool reads_input_scales =
+      options.policy.nvfp4 == ops::Nvfp4Path::kW4A4 && options.policy.act_scale != ops::ActScale::kDynamic;
+  if (options.audit && reads_input_scales) diag::run_load_audit(*m, options);
   return m;
 }
 

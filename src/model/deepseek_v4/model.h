@@ -35,7 +35,7 @@ struct LoadOptions {
   // The compute policy decides which scales are read (an invalid input_scale is an error only
   // when a static W4A4 path would use it; otherwise a warning).
   ops::LinearPolicy policy;
-  bool audit = true;  // calibration audit of static input scales (NVFP4 W4A4)
+  bool audit = true;  // calibration audit of static input scales (under W4A4 static / auto only)
 };
 
 class Model {

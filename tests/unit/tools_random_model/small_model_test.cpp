@@ -1,5 +1,5 @@
 // The small geometry written in both layouts, loaded through the normal loader (binder, scale
-// validation, and for NVFP4 the calibration audit of the static input scales), and run forward
+// validation, and for NVFP4 under W4A4 the calibration audit of the static input scales), and run forward
 // on the CPU backend: formats as planned, dequantized weights at the intended RMS, logits finite
 // and not degenerate. Also: same seed gives the same bytes for 1 or 2 threads, and the
 // clawmine-random-model binary end to end with `clawmine logits`.
@@ -61,7 +61,11 @@ TEST_P(RandomSmallModel, LoadsWithValidatedScalesAndRunsFinite) {
   EXPECT_EQ(stats.shards, 6u);
   EXPECT_GT(stats.file_bytes, stats.tensor_bytes);
 
-  auto model = dsv4::Model::load(tmp.path());  // default options: scale validation and load audit
+  // Scale validation, and under W4A4 auto the calibration audit of the NVFP4 input scales (the
+  // default W4A16 skips it); the forward below runs the CPU backend's own (default) policy.
+  dsv4::LoadOptions lo;
+  lo.policy.nvfp4 = ops::Nvfp4Path::kW4A4;
+  auto model = dsv4::Model::load(tmp.path(), lo);
   const dsv4::ModelConfig& cfg = model->config();
   std::set<dsv4::AttentionKind> kinds(cfg.layer_types.begin(), cfg.layer_types.end());
   EXPECT_EQ(kinds.size(), 3u) << "sliding, CSA and HCA layers";
