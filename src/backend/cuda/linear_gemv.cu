@@ -1152,57 +1152,40 @@ GemvPath gemv_path(const GemmArgs& a, bool x_bf16) {
   }
   return kernel == GemvKernel::kStream ? GemvPath::kStream : GemvPath::kMma;
 }
-}  // namespace
 
-bool gemv_swiglu_pairs(const GemmArgs& a, bool x_bf16, int grid_tiles) {
-  if (grid_tiles <= 0 || a.n_rows <= 0 || gemv_path(a, x_bf16) != GemvPath::kStream) return false;
+// Whether a's streaming plan holds (gate/up pairs: the paired plan); with a stream, also launches
+// it there. Formats without a tensor-core decoder never stream.
+bool stream_planned(const GemmArgs& a, int grid_tiles, const cudaStream_t* stream) {
   bool ok = false;
   dispatch_wfmt(static_cast<WFmt>(a.fmt), [&](auto fc) {
     constexpr WFmt F = decltype(fc)::value;
     if constexpr (WeightDecoder<F>::kMma) {
       StreamPlan p;
-      ok = stream_pairs_plan(a, grid_tiles, F, stream_warps_per_sm<F>(), p);
+      ok = a.swiglu_pairs ? stream_pairs_plan(a, grid_tiles, F, stream_warps_per_sm<F>(), p)
+                          : stream_plan(a, grid_tiles, F, stream_warps_per_sm<F>(), p);
+      if (ok && stream != nullptr) launch_gemv_stream_typed<F>(a, grid_tiles, p, *stream);
     }
   });
   return ok;
+}
+}  // namespace
+
+bool gemv_swiglu_pairs(const GemmArgs& a, bool x_bf16, int grid_tiles) {
+  GemmArgs paired = a;
+  paired.swiglu_pairs = 1;
+  return grid_tiles > 0 && a.n_rows > 0 && gemv_path(a, x_bf16) == GemvPath::kStream &&
+         stream_planned(paired, grid_tiles, nullptr);
 }
 
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
   if (grid_tiles <= 0 || a.n_rows <= 0) return;
   const WFmt f = static_cast<WFmt>(a.fmt);
   const GemvPath path = gemv_path(a, x_bf16);
-  if (a.swiglu_pairs) {
-    bool done = false;
-    dispatch_wfmt(f, [&](auto fc) {
-      constexpr WFmt F = decltype(fc)::value;
-      if constexpr (WeightDecoder<F>::kMma) {
-        StreamPlan p;
-        if (path == GemvPath::kStream && stream_pairs_plan(a, grid_tiles, F, stream_warps_per_sm<F>(), p)) {
-          launch_gemv_stream_typed<F>(a, grid_tiles, p, stream);
-          done = true;
-        }
-      }
-    });
-    CLAWMINE_CHECK(done, "gemv: gate/up pairs without a paired streaming plan (check gemv_swiglu_pairs first)");
-    return;
-  }
+  if (path == GemvPath::kStream && stream_planned(a, grid_tiles, &stream)) return;
+  CLAWMINE_CHECK(!a.swiglu_pairs, "gemv: gate/up pairs without a paired streaming plan (check gemv_swiglu_pairs first)");
   if (path == GemvPath::kFma) {
     launch_gemv_fma(a, x_bf16, grid_tiles, stream);
     return;
-  }
-  if (path == GemvPath::kStream) {
-    bool done = false;
-    dispatch_wfmt(f, [&](auto fc) {
-      constexpr WFmt F = decltype(fc)::value;
-      if constexpr (WeightDecoder<F>::kMma) {
-        StreamPlan p;
-        if (stream_plan(a, grid_tiles, f, stream_warps_per_sm<F>(), p)) {
-          launch_gemv_stream_typed<F>(a, grid_tiles, p, stream);
-          done = true;
-        }
-      }
-    });
-    if (done) return;
   }
   // Dense BF16 at one or two tokens decodes nothing: the FMA kernel's row-contiguous loads stream
   // it faster (tools/gemv_probe: 3.17 vs 2.74 TB/s on the 129280 x 4096 head, H100).

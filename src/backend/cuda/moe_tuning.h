@@ -1,4 +1,5 @@
-// Tuning and test hooks of moe_experts' prefill path (moe.cu: BF16 expert copies and cuBLAS).
+// Tuning and test hooks of moe_experts (moe.cu): its prefill path (BF16 expert copies and cuBLAS),
+// its plan, and the decode-size shortcuts (no plan for one token, gate/up pairs).
 // Plain C++ header (the kernel bench and the GPU tests include it). Not thread-safe: set them
 // while no moe_experts call runs; every setter's default argument restores the default.
 #pragma once
