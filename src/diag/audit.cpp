@@ -1,6 +1,7 @@
 #include "diag/audit.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 
@@ -89,9 +90,14 @@ ScaleAudit audit_input_scales(ModelWeights& weights, const ActivationRecorder& r
 }
 
 ScaleAudit run_load_audit(Model& model, const LoadOptions& options) {
-  bool any = false;
-  for_each_linear(model.mutable_weights(), [&](LinearWeight& w, WeightFamily) { any = any || has_input_scale(w); });
-  if (!any) return {};
+  int64_t n = 0;
+  for_each_linear(model.mutable_weights(), [&](LinearWeight& w, WeightFamily) { n += has_input_scale(w) ? 1 : 0; });
+  if (n == 0) return {};
+  // A full-size checkpoint takes minutes here (a CPU forward through every layer): say so first.
+  log_info("audit", "checking the input_scale of ", n, " NVFP4 linear(s) against a CPU forward of ", kCalibSequences,
+           " x ", kCalibLength, " tokens through ", model.config().num_hidden_layers,
+           " layer(s) (--act-scale dynamic or --nvfp4-path w4a16 skip this)");
+  const auto t0 = std::chrono::steady_clock::now();
   auto cpu = ops::make_cpu_backend(0);
   ops::LinearPolicy reference;  // W4A16 / W8A16: the activations the checkpoint's scales were meant for
   reference.nvfp4 = ops::Nvfp4Path::kW4A16;
@@ -103,7 +109,10 @@ ScaleAudit run_load_audit(Model& model, const LoadOptions& options) {
     SequenceCache cache = model.new_cache();
     model.forward(recorder, cache, ids, fwd);
   }
-  return audit_input_scales(model.mutable_weights(), recorder, true);
+  ScaleAudit audit = audit_input_scales(model.mutable_weights(), recorder, true);
+  log_info("audit", "done in ", fmt(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()),
+           " s");
+  return audit;
 }
 
 }  // namespace clawmine::diag
