@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Where one decode step's kernel time goes, from an ncu CSV of a `clawmine bench` run.
+
+tools/decode-profile.sh runs ncu (metric gpu__time_duration.sum, clocks not locked) over
+`clawmine bench` on a small model and feeds the CSV here. The last decode step is the kernels from
+the last embed_kernel to the end (a bench run ends with decode steps; each starts by embedding its
+token). Kernels are serialized under ncu, so the sum is kernel time, not the step's wall time
+(branches overlap in a real step): use it to compare kernels and kinds, not as a latency.
+
+Prints markdown: the step's kernels by kind (the last kernel, the LM head's GEMV, apart), then by
+kernel, then (--sequence) every kernel of the step in launch order with its stream, grid and block
+(the serial chain of a layer reads off it).
+
+  python3 tools/decode_profile.py ncu.csv [--sequence]
+"""
+import argparse
+import collections
+import csv
+import re
+import sys
+
+# (kind, pattern over the demangled name), first match wins.
+KINDS = [
+    ("MXFP4 / NVFP4 streaming GEMV (routed experts, FP4 projections)", r"gemv_stream_(cluster_)?kernel<(5|6)\b"),
+    ("FP8 / BF16 streaming GEMV (large projections)", r"gemv_stream_(cluster_)?kernel<"),
+    ("tensor-core GEMV (kMma)", r"gemv_mma_kernel<"),
+    ("BF16 / F32 FMA GEMV (router gate, compressor and indexer weights)", r"gemv_kernel3<"),
+    ("FP8 / FP4 FMA GEMV (small projections, shared expert)", r"gemv_kernel<"),
+    ("hyper-connection sites", r"\bhc_"),
+    ("rms_norm / norm_rope_qdq / rope / qdq", r"norm|rope|qdq"),
+    ("attention split + merge", r"attention_decode|sparse_attention"),
+    ("MoE route / plan / combine", r"moe_"),
+    ("compressors", r"compress"),
+    ("indexer scores + top-k", r"indexer|topk"),
+    ("window copies", r"copy16"),
+]
+
+
+def short_name(name):
+    name = re.sub(r"\(.*", "", name)
+    name = re.sub(r"^void ", "", name)
+    name = re.sub(r"clawmine::(backend::cuda::)?(<unnamed>::)?", "", name)
+    name = re.sub(r"(attn::)?<unnamed>::", "", name)
+    return name
+
+
+def kind_of(name):
+    for kind, pattern in KINDS:
+        if re.search(pattern, name):
+            return kind
+    return "other (swiglu, attention_index, add, embed, ...)"
+
+
+def read_kernels(path):
+    kernels = []
+    with open(path, newline="") as f:
+        lines = [line for line in f if line.startswith('"')]  # ncu's own log lines are not CSV
+    rows = csv.reader(lines)
+    header = next(rows)
+    col = {h: i for i, h in enumerate(header)}
+    for r in rows:
+        if r[col["Metric Name"]] != "gpu__time_duration.sum":
+            continue
+        unit = r[col["Metric Unit"]]
+        value = float(r[col["Metric Value"]].replace(",", ""))
+        us = value / 1000.0 if unit in ("ns", "nsecond") else value * 1000.0 if unit in ("ms", "msecond") else value
+        kernels.append({"name": short_name(r[col["Kernel Name"]]), "us": us, "stream": r[col["Stream"]],
+                        "grid": r[col["Grid Size"]], "block": r[col["Block Size"]]})
+    return kernels
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv", help="ncu --csv --print-units base --metrics gpu__time_duration.sum output")
+    ap.add_argument("--sequence", action="store_true", help="also list the step's kernels in launch order")
+    args = ap.parse_args()
+    kernels = read_kernels(args.csv)
+    starts = [i for i, k in enumerate(kernels) if k["name"].startswith("embed_kernel")]
+    if not starts:
+        sys.exit("decode_profile: no embed_kernel in the CSV (not a clawmine bench run?)")
+    step = kernels[starts[-1]:]
+    total = sum(k["us"] for k in step)
+    print(f"decode step: {len(step)} kernels, {total:.0f} us of kernel time (serialized under ncu)\n")
+    by_kind = collections.defaultdict(lambda: [0, 0.0])
+    by_name = collections.defaultdict(lambda: [0, 0.0])
+    for i, k in enumerate(step):
+        # The step ends with the LM head's GEMV (after hc_head and the final norm).
+        kind = "LM head GEMV" if i == len(step) - 1 and "gemv" in k["name"] else kind_of(k["name"])
+        for table, key in ((by_kind, kind), (by_name, k["name"])):
+            table[key][0] += 1
+            table[key][1] += k["us"]
+    for title, table in (("kind", by_kind), ("kernel", by_name)):
+        print(f"| {title} | us | kernels | share |\n|---|---|---|---|")
+        for key, (n, us) in sorted(table.items(), key=lambda kv: -kv[1][1]):
+            print(f"| {key} | {us:.1f} | {n} | {100.0 * us / total:.1f}% |")
+        print()
+    if args.sequence:
+        print("| us | stream | grid | block | kernel |\n|---|---|---|---|---|")
+        for k in step:
+            print(f"| {k['us']:.2f} | {k['stream']} | {k['grid']} | {k['block']} | {k['name']} |")
+
+
+if __name__ == "__main__":
+    main()
