@@ -805,7 +805,8 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
       const int c = blk_kb0 * 4 + cc;
       uint32_t nat[XW];
       if (c < n_chunks) {
-        const uint4* p = reinterpret_cast<const uint4*>(x_row<__nv_bfloat16>(a, tile.row0 + tok, pairs ? 0 : z) + c * E);
+        const __nv_bfloat16* xr = x_row<__nv_bfloat16>(a, tile.row0 + tok, pairs ? 0 : z);  // pairs: x_z = 0
+        const uint4* p = reinterpret_cast<const uint4*>(xr + c * E);
 #pragma unroll
         for (int j = 0; j < XW / 4; ++j) {
           const uint4 v = __ldg(p + j);
@@ -1182,7 +1183,8 @@ void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t st
   const WFmt f = static_cast<WFmt>(a.fmt);
   const GemvPath path = gemv_path(a, x_bf16);
   if (path == GemvPath::kStream && stream_planned(a, grid_tiles, &stream)) return;
-  CLAWMINE_CHECK(!a.swiglu_pairs, "gemv: gate/up pairs without a paired streaming plan (check gemv_swiglu_pairs first)");
+  CLAWMINE_CHECK(!a.swiglu_pairs,
+                 "gemv: gate/up pairs without a paired streaming plan (check gemv_swiglu_pairs first)");
   if (path == GemvPath::kFma) {
     launch_gemv_fma(a, x_bf16, grid_tiles, stream);
     return;

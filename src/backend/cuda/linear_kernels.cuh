@@ -161,8 +161,9 @@ __device__ __forceinline__ WeightDesc desc_of(const GemmArgs& a, int32_t p, int3
 // loads before the wait: with PDL their blocks start while the previous kernel finishes and the
 // first DRAM round trip overlaps it. Activations, x_rows and outputs stay after the wait.
 // Tile-table launches (moe_experts) take the expert of each tile from what moe_plan (tiles) or
-// moe_route (row_problem) wrote: nothing before the wait. Every block still executes the wait before it exits (a grid then
-// completes only after the one before it, so the chain stays transitive).
+// moe_route (row_problem) wrote: nothing before the wait. Every block still executes the wait
+// before it exits (a grid then completes only after the one before it, so the chain stays
+// transitive).
 __host__ __device__ __forceinline__ bool has_tile_table(const GemmArgs& a) {
   return a.tiles != nullptr || a.row_problem != nullptr;
 }
@@ -286,8 +287,8 @@ void set_gemv_stream_l2_prefetch(bool on);
 void set_gemv_stream_mtiles(int n);
 // PDL for the GEMV launches that load weights before griddepcontrol.wait (the FMA and streaming
 // kernels): on with every launch's (pdl_enabled(), the default), or for these alone with
-// CLAWMINE_PDL=0 (then CLAWMINE_GEMV_PDL=0 turns theirs off too; read once). Tests and tools/gemv_probe (not thread-safe):
-// set_gemv_pdl(1) on, 0 off, -1 back to the environment.
+// CLAWMINE_PDL=0 (then CLAWMINE_GEMV_PDL=0 turns theirs off too; read once). Tests and
+// tools/gemv_probe (not thread-safe): set_gemv_pdl(1) on, 0 off, -1 back to the environment.
 void set_gemv_pdl(int on);
 void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 // GEMM launch: grid (tiles, row blocks, n_z); w_vec/x_vec enable 16-byte tile loads.

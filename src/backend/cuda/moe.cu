@@ -449,9 +449,10 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
 // CPU's ascending-expert float32 accumulation (product rounded, then added). A token with an
 // invalid expert id gets NaN. y's row of slot f is pos_of[f] (moe_plan's sorted rows; -1: an
 // invalid id), or f itself without pos_of (the decode rows in slot order: then the ids are
-// checked against E here, and an invalid one is reported as moe_plan reports it). Block (t, s) writes elements [s*1024, (s+1)*1024) of token t, 8
-// per thread (16-byte loads when vec: D % 8 == 0 and y, out 16-byte aligned); every block
-// sorts the token's slots itself: thread k < K ranks slot k among the K (a stable sort).
+// checked against E here, and an invalid one is reported as moe_plan reports it). Block (t, s)
+// writes elements [s*1024, (s+1)*1024) of token t, 8 per thread (16-byte loads when vec:
+// D % 8 == 0 and y, out 16-byte aligned); every block sorts the token's slots itself: thread
+// k < K ranks slot k among the K (a stable sort).
 constexpr int kCombineThreads = 128, kCombineVec = 8, kCombineSlice = kCombineThreads * kCombineVec;
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float* v) {
@@ -1017,7 +1018,8 @@ void moe_prefill(CudaBackend& be, const MoeTable& tab, const TensorView& x, cons
 // The gate/up call c (n_z = 2, x and weights set; out, ldo and out_bf16 filled in here) and
 // h [rows, I] = swiglu(gate, up): one paired launch where gemm_swiglu_pairs allows, else gate and
 // up into scratch and the swiglu launch. The same bits either way.
-static void gate_up_swiglu(CudaBackend& be, GemmCall c, int64_t rows, int64_t I, DType mid, float limit, const TensorView& h) {
+static void gate_up_swiglu(CudaBackend& be, GemmCall c, int64_t rows, int64_t I, DType mid, float limit,
+                           const TensorView& h) {
   c.a.out_bf16 = mid == DType::kBF16;
   c.a.ldo = I;
   if (g_swiglu_pairs && gemm_swiglu_pairs(c)) {
