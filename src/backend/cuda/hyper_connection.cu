@@ -137,8 +137,9 @@ HcShape check_post(CudaBackend& be, const TensorView& y, const TensorView& X, co
 
 // PDL for the decode site kernel, which loads its mix weights before griddepcontrol.wait: with
 // every launch's (pdl_enabled(), the default) or alone (CLAWMINE_PDL=0; then CLAWMINE_HC_PDL=0
-// turns it off too). Its blocks start while the kernel before (a GEMV or an add) drains, so the 1.5 MB of fn are on
-// their way when its outputs are complete (docs/PERFORMANCE.md, seventh session).
+// turns it off too). Its blocks start while the kernel before (a GEMV or the combine) drains, so
+// the 1.5 MB of fn are on their way when its outputs are complete (docs/PERFORMANCE.md, seventh
+// session).
 bool hc_site_pdl() {
   static const bool on = env_switch("CLAWMINE_HC_PDL", true);
   return pdl_enabled() || on;

@@ -1085,11 +1085,11 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
 
   const DType act = x.dtype;
   const bool prefill = prefill_eligible(*this, tab, act, quant13 || quant2, T, N, E, D, I);
-  // One token (batch-1 decode): its K rows in slot order are one-row tiles already (tile_rows is
-  // 1 whenever K <= E), so no plan: the GEMVs take each row's expert from idx (row_problem) and
-  // read x's one row (ldx 0), and the combine checks the ids. The activation transforms index
-  // their weights by plan rows (row_expert), so they keep the plan.
-  const bool direct = g_moe_direct && T == 1 && gemv && tile_rows == 1 && !prefill && !quant13 && !quant2;
+  // One token (batch-1 decode: GEMV tiles, never the prefill path): its K rows in slot order are
+  // one-row tiles already (tile_rows is 1 whenever K <= E), so no plan: the GEMVs take each row's
+  // expert from idx (row_problem) and read x's one row (ldx 0), and the combine checks the ids.
+  // The activation transforms index their weights by plan rows (row_expert), so they keep the plan.
+  const bool direct = g_moe_direct && T == 1 && tile_rows == 1 && !quant13 && !quant2;
 
   ops::ScratchFrame frame(*this);
   const TensorView row_token = scratch(DType::kI32, {N});
@@ -1158,9 +1158,7 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
     c.a.desc_offset = 0;
     c.a.n_z = 2;
     c.a.n_rows = I;
-    c.a.K = D;
-    c.a.out_bf16 = mid == DType::kBF16;
-    c.a.ldo = I;
+    c.a.K = D;  // out, ldo and out_bf16: gate_up_swiglu
     c.x_dtype = act;
     c.a.x = x.data;
     c.a.ldx = direct ? 0 : D;  // direct: every row reads the token's row

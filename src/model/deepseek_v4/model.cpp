@@ -148,9 +148,9 @@ void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const TensorView
 //   x, post, comb = hc_pre(X);  X = hc_post(moe(ffn_norm(x)), X, post, comb)
 // Each hc_post is fused with the hc_pre + norm that follows it (the next block's attention site
 // for the MoE output: `next`), which also adds the MoE's routed and shared parts; the last
-// block's streams go to hc_head (next null). On entry s.x
-// is attn_norm(x) of this block (hc_enter or the previous block's last site). The sites take
-// the scope of their hc_post (layers.l.hc_attn, layers.l.hc_ffn).
+// block's streams go to hc_head (next null). On entry s.x is attn_norm(x) of this block
+// (hc_enter or the previous block's last site). The sites take the scope of their hc_post
+// (layers.l.hc_attn, layers.l.hc_ffn).
 // `attend` is the attention sub-layer over s.x: one sequence's chunk (attention) or a batch of
 // sequences' tokens (attention_batch).
 template <typename Attend>
