@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Where one decode step's kernel time goes, from an ncu CSV of a `clawmine bench` run.
 
-tools/decode-profile.sh runs ncu (metric gpu__time_duration.sum, clocks not locked) over
-`clawmine bench` on a small model and feeds the CSV here. The last decode step is the kernels from
+tools/decode-profile.sh runs ncu (metrics gpu__time_duration.sum and dram__bytes_read.sum, clocks
+not locked) over `clawmine bench` on a small model and feeds the CSV here. The last decode step is the kernels from
 the last embed_kernel to the end (a bench run ends with decode steps; each starts by embedding its
 token). Kernels are serialized under ncu, so the sum is kernel time, not the step's wall time
 (branches overlap in a real step): use it to compare kernels and kinds, not as a latency.
 
 Prints markdown: the step's kernels by kind (the last kernel, the LM head's GEMV, apart), then by
 kernel, then (--sequence) every kernel of the step in launch order with its stream, grid and block
-(the serial chain of a layer reads off it).
+(the serial chain of a layer reads off it). Where the CSV has dram__bytes_read.sum, every table
+also gives the DRAM bytes read and the rate (MB / us = TB/s): for a weight-streaming GEMV that is
+its achieved bandwidth inside the step (ncu flushes the caches before each kernel, so its weights
+come from DRAM), to set against the copy bandwidth of the card.
 
   python3 tools/decode_profile.py ncu.csv [--sequence]
 """
@@ -51,27 +54,45 @@ def kind_of(name):
     return "other (swiglu, attention_index, add, embed, ...)"
 
 
+# Units ncu prints with --print-units base (and the scaled ones, should a CSV have them).
+TIME_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+BYTES_MB = {"byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3, "KB": 1e-3, "MB": 1.0, "GB": 1e3}
+
+
 def read_kernels(path):
-    kernels = []
+    """Kernels in launch order (by ncu's ID): name, us, mb (DRAM MB read or None), stream, grid, block."""
+    kernels = {}
     with open(path, newline="") as f:
         lines = [line for line in f if line.startswith('"')]  # ncu's own log lines are not CSV
     rows = csv.reader(lines)
     header = next(rows)
     col = {h: i for i, h in enumerate(header)}
     for r in rows:
-        if r[col["Metric Name"]] != "gpu__time_duration.sum":
+        metric, unit = r[col["Metric Name"]], r[col["Metric Unit"]]
+        if metric not in ("gpu__time_duration.sum", "dram__bytes_read.sum"):
             continue
-        unit = r[col["Metric Unit"]]
         value = float(r[col["Metric Value"]].replace(",", ""))
-        us = value / 1000.0 if unit in ("ns", "nsecond") else value * 1000.0 if unit in ("ms", "msecond") else value
-        kernels.append({"name": short_name(r[col["Kernel Name"]]), "us": us, "stream": r[col["Stream"]],
-                        "grid": r[col["Grid Size"]], "block": r[col["Block Size"]]})
-    return kernels
+        k = kernels.setdefault(int(r[col["ID"]]), {"name": short_name(r[col["Kernel Name"]]), "us": None, "mb": None,
+                                                   "stream": r[col["Stream"]], "grid": r[col["Grid Size"]],
+                                                   "block": r[col["Block Size"]]})
+        if metric == "gpu__time_duration.sum":
+            if unit not in TIME_US:
+                sys.exit(f"decode_profile: unknown time unit {unit!r}")
+            k["us"] = value * TIME_US[unit]
+        else:
+            if unit not in BYTES_MB:
+                sys.exit(f"decode_profile: unknown byte unit {unit!r}")
+            k["mb"] = value * BYTES_MB[unit]
+    return [k for _, k in sorted(kernels.items()) if k["us"] is not None]
+
+
+def rate(mb, us):
+    return f"{mb / us:.2f}" if us > 0 else "-"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("csv", help="ncu --csv --print-units base --metrics gpu__time_duration.sum output")
+    ap.add_argument("csv", help="ncu --csv --print-units base --metrics gpu__time_duration.sum[,dram__bytes_read.sum] output")
     ap.add_argument("--sequence", action="store_true", help="also list the step's kernels in launch order")
     args = ap.parse_args()
     kernels = read_kernels(args.csv)
@@ -79,25 +100,34 @@ def main():
     if not starts:
         sys.exit("decode_profile: no embed_kernel in the CSV (not a clawmine bench run?)")
     step = kernels[starts[-1]:]
+    dram = all(k["mb"] is not None for k in step)  # the CSV has the bytes metric for every kernel
     total = sum(k["us"] for k in step)
-    print(f"decode step: {len(step)} kernels, {total:.0f} us of kernel time (serialized under ncu)\n")
-    by_kind = collections.defaultdict(lambda: [0, 0.0])
-    by_name = collections.defaultdict(lambda: [0, 0.0])
+    head = f"decode step: {len(step)} kernels, {total:.0f} us of kernel time (serialized under ncu)"
+    if dram:
+        mb = sum(k["mb"] for k in step)
+        head += f", {mb:.0f} MB read from DRAM ({rate(mb, total)} TB/s over the kernel time)"
+    print(head + "\n")
+    by_kind = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    by_name = collections.defaultdict(lambda: [0, 0.0, 0.0])
     for i, k in enumerate(step):
         # The step ends with the LM head's GEMV (after hc_head and the final norm).
         kind = "LM head GEMV" if i == len(step) - 1 and "gemv" in k["name"] else kind_of(k["name"])
         for table, key in ((by_kind, kind), (by_name, k["name"])):
             table[key][0] += 1
             table[key][1] += k["us"]
+            table[key][2] += k["mb"] or 0.0
+    extra_head, extra_rule = (" | MB read | TB/s", "|---|---") if dram else ("", "")
     for title, table in (("kind", by_kind), ("kernel", by_name)):
-        print(f"| {title} | us | kernels | share |\n|---|---|---|---|")
-        for key, (n, us) in sorted(table.items(), key=lambda kv: -kv[1][1]):
-            print(f"| {key} | {us:.1f} | {n} | {100.0 * us / total:.1f}% |")
+        print(f"| {title} | us | kernels | share{extra_head} |\n|---|---|---|---{extra_rule}|")
+        for key, (n, us, mb) in sorted(table.items(), key=lambda kv: -kv[1][1]):
+            extra = f" | {mb:.1f} | {rate(mb, us)}" if dram else ""
+            print(f"| {key} | {us:.1f} | {n} | {100.0 * us / total:.1f}%{extra} |")
         print()
     if args.sequence:
-        print("| us | stream | grid | block | kernel |\n|---|---|---|---|---|")
+        print(f"| us{extra_head} | stream | grid | block | kernel |\n|---{extra_rule}|---|---|---|---|")
         for k in step:
-            print(f"| {k['us']:.2f} | {k['stream']} | {k['grid']} | {k['block']} | {k['name']} |")
+            extra = f" | {k['mb']:.2f} | {rate(k['mb'], k['us'])}" if dram else ""
+            print(f"| {k['us']:.2f}{extra} | {k['stream']} | {k['grid']} | {k['block']} | {k['name']} |")
 
 
 if __name__ == "__main__":
