@@ -40,6 +40,12 @@ KINDS = [
 
 
 def short_name(name):
+    """A kernel's name as ncu prints it, without namespaces and parameters. Also takes the C++ ABI's
+    demangling (kernel_timeline.py's CUPTI names): `(anonymous namespace)`, enum casts such as
+    `(clawmine::backend::cuda::WFmt)3` and `false` / `true` template arguments as ncu shows them."""
+    name = name.replace("(anonymous namespace)::", "")
+    name = re.sub(r"\((?:[A-Za-z_]\w*::)*[A-Za-z_]\w*\)(-?\d+)", r"\1", name)
+    name = re.sub(r"\bfalse\b", "0", re.sub(r"\btrue\b", "1", name))
     name = re.sub(r"\(.*", "", name)
     name = re.sub(r"^void ", "", name)
     name = re.sub(r"clawmine::(backend::cuda::)?(<unnamed>::)?", "", name)

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
@@ -26,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench_profile.h"
+#include "cli/bench_trace.h"
 #include "cli/commands.h"
 #include "cli/model_options.h"
 #include "core/error.h"
@@ -56,6 +58,8 @@ struct BenchArgs {
   uint64_t seed = 1;
   std::string json;
   std::string ceilings = "on";
+  std::string kernel_trace;  // --kernel-trace FILE
+  int kernel_trace_steps = 4;
 };
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -270,6 +274,10 @@ void run_bench(const BenchArgs& a) {
   const std::vector<int64_t> batches = parse_sizes(a.batch_sizes, "--batch-sizes");
   if (a.ceilings != "on" && a.ceilings != "off") throw Error("--ceilings: on or off");
 
+  // Opened first: a path that cannot be written fails before the model loads.
+  std::unique_ptr<DecodeTraceFile> trace_file;
+  if (!a.kernel_trace.empty()) trace_file = std::make_unique<DecodeTraceFile>(a.kernel_trace);
+
   LoadedModel lm = a.model.load();
   const md::Model& model = *lm.model;
   ops::Backend& be = *lm.backend;
@@ -278,6 +286,7 @@ void run_bench(const BenchArgs& a) {
   md::ForwardOptions fwd = a.model.forward_options();
   fwd.all_logits = false;
   const bool cuda = be.device() == Device::kCuda;
+  if (trace_file && !cuda) throw Error("--kernel-trace: records GPU kernels; it needs --backend cuda");
   std::string device = "cpu";
 #ifdef CLAWMINE_HAVE_CUDA
   if (cuda) device = backend::cuda::device_summary(0);
@@ -362,6 +371,14 @@ void run_bench(const BenchArgs& a) {
                   median(decode.step_seconds) * 1e3, mean(decode.step_seconds) * 1e3,
                   *std::min_element(decode.step_seconds.begin(), decode.step_seconds.end()) * 1e3,
                   *std::max_element(decode.step_seconds.begin(), decode.step_seconds.end()) * 1e3);
+    if (trace_file) {  // a few more steps, not timed, with kernel records on
+      const int64_t n = trace_file->record(
+          a.kernel_trace_steps,
+          str_cat(a.model.model_dir, ", decode batch 1 after context ", cache.position, ", ", device),
+          [&](int) { tok = argmax(model.forward(be, cache, {tok}, fwd)); });
+      std::printf("kernel trace: %lld kernels of %d decode steps written to %s\n", static_cast<long long>(n),
+                  a.kernel_trace_steps, a.kernel_trace.c_str());
+    }
     std::fflush(stdout);
   }
 
@@ -621,6 +638,12 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   cmd->add_option("--json", a->json, "Write the results as JSON to FILE");
+  cmd->add_option("--kernel-trace", a->kernel_trace,
+                  "After the timed batch-1 decode, record the GPU's kernels of a few more steps (CUPTI) to FILE as CSV "
+                  "(tools/kernel_timeline.py reads it; CUDA)");
+  cmd->add_option("--kernel-trace-steps", a->kernel_trace_steps, "Decode steps --kernel-trace records")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   cmd->callback([a] { run_bench(*a); });
 }
 

@@ -1,12 +1,9 @@
 """tools/decode_profile.py on small synthetic ncu CSVs (the layout of `ncu --csv --print-units base`):
 the last decode step is found, classified and summed, with and without the DRAM bytes metric."""
-import pathlib
-import subprocess
 import sys
 
 import pytest
 
-TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "decode_profile.py"
 HEADER = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",'
           '"Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
 
@@ -38,14 +35,10 @@ def write_csv(path, with_bytes):
     path.write_text("\n".join(lines) + "\n")
 
 
-def run(path, *args):
-    return subprocess.run([sys.executable, str(TOOL), str(path), *args], capture_output=True, text=True)
-
-
-def test_the_last_step_with_dram_bytes(tmp_path):
+def test_the_last_step_with_dram_bytes(tmp_path, run_tool):
     csv = tmp_path / "ncu.csv"
     write_csv(csv, with_bytes=True)
-    r = run(csv, "--sequence")
+    r = run_tool("decode_profile.py", csv, "--sequence")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     # The last step: embed, hc site, MXFP4 experts, head = 4 kernels, 384 us, 1113.5 MB.
@@ -63,21 +56,21 @@ def test_the_last_step_with_dram_bytes(tmp_path):
     assert "20.00" not in out  # the first step's FP8 GEMV
 
 
-def test_time_alone(tmp_path):
+def test_time_alone(tmp_path, run_tool):
     csv = tmp_path / "ncu.csv"
     write_csv(csv, with_bytes=False)
-    r = run(csv)
+    r = run_tool("decode_profile.py", csv)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("decode step: 4 kernels, 384 us of kernel time (serialized under ncu)\n")
     assert "| kind | us | kernels | share |\n" in r.stdout
     assert "MB read" not in r.stdout
 
 
-def test_a_csv_without_a_decode_step_is_a_clear_error(tmp_path):
+def test_a_csv_without_a_decode_step_is_a_clear_error(tmp_path, run_tool):
     csv = tmp_path / "ncu.csv"
     csv.write_text(HEADER + "\n" + '"0","1","clawmine","h","void f()","1","13","(1, 1, 1)","(1, 1, 1)","0","9.0","s",'
                    '"gpu__time_duration.sum","ns","1,000"\n')
-    r = run(csv)
+    r = run_tool("decode_profile.py", csv)
     assert r.returncode != 0
     assert "no embed_kernel" in r.stderr
 

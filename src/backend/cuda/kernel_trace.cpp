@@ -1,0 +1,126 @@
+// CUPTI activity records of kernels (kernel_trace.h). CUPTI hands out and takes back buffers through
+// two callbacks; completed buffers are parsed into a process-wide list that stop() returns.
+#include "backend/cuda/kernel_trace.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+
+#include "core/error.h"
+
+#ifdef CLAWMINE_HAVE_CUPTI
+#include <cupti.h>
+#endif
+
+namespace clawmine::backend::cuda {
+
+#ifdef CLAWMINE_HAVE_CUPTI
+namespace {
+
+std::mutex g_mu;
+std::vector<KernelRecord> g_records;
+bool g_active = false;
+
+void check(CUptiResult r, const char* call) {
+  if (r == CUPTI_SUCCESS) return;
+  const char* msg = nullptr;
+  cuptiGetResultString(r, &msg);
+  throw Error(str_cat("kernel trace: ", call, " failed: ", msg ? msg : "unknown CUPTI error",
+                      " (is another profiler attached, e.g. ncu?)"));
+}
+
+constexpr size_t kBufferBytes = size_t{8} << 20;
+
+void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_records) {
+  *buffer = static_cast<uint8_t*>(std::aligned_alloc(8, kBufferBytes));
+  *size = *buffer ? kBufferBytes : 0;
+  *max_records = 0;  // as many as fit
+}
+
+void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
+  std::vector<KernelRecord> got;
+  CUpti_Activity* rec = nullptr;
+  while (cuptiActivityGetNextRecord(buffer, valid, &rec) == CUPTI_SUCCESS) {
+    if (rec->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && rec->kind != CUPTI_ACTIVITY_KIND_KERNEL) continue;
+    const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(rec);
+    KernelRecord r;
+    r.name = k->name ? k->name : "?";
+    r.stream = k->streamId;
+    r.start_ns = k->start;
+    r.end_ns = k->end;
+    r.graph_id = k->graphId;
+    r.graph_node = k->graphNodeId;
+    r.grid[0] = k->gridX, r.grid[1] = k->gridY, r.grid[2] = k->gridZ;
+    r.block[0] = k->blockX, r.block[1] = k->blockY, r.block[2] = k->blockZ;
+    got.push_back(std::move(r));
+  }
+  std::free(buffer);
+  const std::lock_guard<std::mutex> lock(g_mu);
+  g_records.insert(g_records.end(), std::make_move_iterator(got.begin()), std::make_move_iterator(got.end()));
+}
+
+}  // namespace
+
+bool KernelTrace::available() { return true; }
+
+void KernelTrace::start() {
+  {
+    const std::lock_guard<std::mutex> lock(g_mu);
+    if (g_active) throw Error("kernel trace: a recording is already running in this process");
+    g_active = true;
+    g_records.clear();
+  }
+  try {
+    check(cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed), "cuptiActivityRegisterCallbacks");
+    check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "cuptiActivityEnable(CONCURRENT_KERNEL)");
+  } catch (...) {
+    const std::lock_guard<std::mutex> lock(g_mu);
+    g_active = false;
+    throw;
+  }
+  on_ = true;
+}
+
+std::vector<KernelRecord> KernelTrace::stop() {
+  if (!on_) return {};
+  on_ = false;
+  check(cuptiActivityFlushAll(1), "cuptiActivityFlushAll");
+  check(cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "cuptiActivityDisable");
+  std::vector<KernelRecord> out;
+  {
+    const std::lock_guard<std::mutex> lock(g_mu);
+    out.swap(g_records);
+    g_active = false;
+  }
+  std::stable_sort(out.begin(), out.end(),
+                   [](const KernelRecord& a, const KernelRecord& b) { return a.start_ns < b.start_ns; });
+  return out;
+}
+
+KernelTrace::~KernelTrace() {
+  if (!on_) return;
+  try {
+    stop();
+  } catch (...) {  // a destructor reports nothing: the recording is dropped
+  }
+}
+
+uint64_t kernel_trace_now() {
+  uint64_t t = 0;
+  cuptiGetTimestamp(&t);
+  return t;
+}
+
+#else  // built without CUPTI
+
+bool KernelTrace::available() { return false; }
+void KernelTrace::start() {
+  throw Error("kernel trace: this build has no CUPTI (the CUDA toolkit's libcupti was not found at configure time)");
+}
+std::vector<KernelRecord> KernelTrace::stop() { return {}; }
+KernelTrace::~KernelTrace() = default;
+uint64_t kernel_trace_now() { return 0; }
+
+#endif
+
+}  // namespace clawmine::backend::cuda

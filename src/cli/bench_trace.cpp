@@ -1,0 +1,85 @@
+#include "cli/bench_trace.h"
+
+#include <cxxabi.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "core/error.h"
+
+#ifdef CLAWMINE_HAVE_CUDA
+#include "backend/cuda/kernel_trace.h"
+#endif
+
+namespace clawmine::cli {
+namespace {
+
+std::string demangle(const std::string& name) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> d(abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status), std::free);
+  return status == 0 && d ? std::string(d.get()) : name;
+}
+
+// A CSV field: quoted, with its quotes doubled (kernel names hold commas).
+std::string quoted(const std::string& s) {
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+}  // namespace
+
+DecodeTraceFile::DecodeTraceFile(const std::string& path) : path_(path) {
+  // Checked without truncating: a run that fails before it records leaves an existing file as it was.
+  const bool existed = ::access(path.c_str(), F_OK) == 0;
+  std::FILE* probe = std::fopen(path.c_str(), "a");
+  if (!probe) throw Error(str_cat("--kernel-trace: cannot write '", path, "'"));
+  std::fclose(probe);
+  if (!existed) std::remove(path.c_str());
+}
+
+DecodeTraceFile::~DecodeTraceFile() {
+  if (f_) std::fclose(f_);
+}
+
+int64_t DecodeTraceFile::record(int steps, const std::string& what, const std::function<void(int)>& step) {
+#ifdef CLAWMINE_HAVE_CUDA
+  using backend::cuda::KernelRecord;
+  backend::cuda::KernelTrace trace;
+  trace.start();
+  std::vector<uint64_t> marks;
+  for (int i = 0; i < steps; ++i) {
+    marks.push_back(backend::cuda::kernel_trace_now());
+    step(i);
+  }
+  const std::vector<KernelRecord> kernels = trace.stop();
+  if (marks.empty()) return 0;
+  f_ = std::fopen(path_.c_str(), "w");
+  if (!f_) throw Error(str_cat("--kernel-trace: cannot write '", path_, "'"));
+  std::fprintf(f_, "# clawmine kernel trace: %s; %d decode steps, GPU timestamps in ns from the first step's start\n",
+               what.c_str(), steps);
+  std::fprintf(f_, "step,start_ns,end_ns,stream,graph,graph_node,grid,block,name\n");
+  int64_t n = 0;
+  for (const KernelRecord& k : kernels) {
+    if (k.start_ns < marks[0]) continue;  // before the first step (nothing should be)
+    int s = 0;
+    while (s + 1 < static_cast<int>(marks.size()) && k.start_ns >= marks[static_cast<size_t>(s) + 1]) ++s;
+    std::fprintf(f_, "%d,%llu,%llu,%u,%u,%llu,%dx%dx%d,%dx%dx%d,%s\n", s,
+                 static_cast<unsigned long long>(k.start_ns - marks[0]),
+                 static_cast<unsigned long long>(k.end_ns - marks[0]), k.stream, k.graph_id,
+                 static_cast<unsigned long long>(k.graph_node), k.grid[0], k.grid[1], k.grid[2], k.block[0], k.block[1],
+                 k.block[2], quoted(demangle(k.name)).c_str());
+    ++n;
+  }
+  if (std::fflush(f_) != 0 || std::ferror(f_)) throw Error(str_cat("--kernel-trace: writing '", path_, "' failed"));
+  return n;
+#else
+  (void)steps, (void)what, (void)step;
+  throw Error("--kernel-trace: this build has no CUDA backend");
+#endif
+}
+
+}  // namespace clawmine::cli

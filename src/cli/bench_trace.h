@@ -1,0 +1,31 @@
+// `clawmine bench --kernel-trace FILE`: the GPU's kernel timeline of a few decode steps (CUPTI
+// activity records, backend/cuda/kernel_trace.h), as CSV for tools/kernel_timeline.py.
+#pragma once
+
+#include <cstdio>
+#include <functional>
+#include <string>
+
+namespace clawmine::cli {
+
+// The trace's file: checked for writing first (so a bad path fails before the model loads, and an
+// existing file is not truncated by a run that fails before it records), written by record().
+class DecodeTraceFile {
+ public:
+  explicit DecodeTraceFile(const std::string& path);  // Error naming --kernel-trace and path if it cannot be written
+  ~DecodeTraceFile();
+  DecodeTraceFile(const DecodeTraceFile&) = delete;
+  DecodeTraceFile& operator=(const DecodeTraceFile&) = delete;
+
+  // Runs step(i) for i = 0 .. steps-1 (each a whole decode step, synchronized: its logits read
+  // back) with kernel records on, then writes one row per kernel: the step it started in, start
+  // and end in ns from the first step's start, stream, graph, grid, block, demangled name.
+  // Returns the kernels written. `what` heads the file as a comment.
+  int64_t record(int steps, const std::string& what, const std::function<void(int)>& step);
+
+ private:
+  std::string path_;
+  std::FILE* f_ = nullptr;
+};
+
+}  // namespace clawmine::cli

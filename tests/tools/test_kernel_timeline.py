@@ -1,0 +1,77 @@
+"""tools/kernel_timeline.py on a small synthetic `clawmine bench --kernel-trace` file: spans, the
+union of busy time, main-stream gaps (negative where a programmatic launch began early), kinds with
+the C++ ABI's demangled names, and errors naming what is wrong."""
+import sys
+
+import pytest
+
+NS = "clawmine::backend::cuda::(anonymous namespace)::"
+EMBED = f"void {NS}embed_kernel<__nv_bfloat16, __nv_bfloat16, 1>(clawmine::backend::cuda::EmbedArgs)"
+HC = f"void {NS}hc_site_fused_kernel<4, float, __nv_bfloat16>(clawmine::backend::cuda::HcSiteArgs)"
+EXPERTS = (f"void {NS}gemv_stream_kernel<(clawmine::backend::cuda::WFmt)5, true, 2>(clawmine::backend::cuda::GemmArgs, "
+           f"clawmine::backend::cuda::(anonymous namespace)::StreamShape)")
+SHARED = f"void {NS}gemv_kernel<(clawmine::backend::cuda::WFmt)3, __nv_bfloat16, 1>(clawmine::backend::cuda::GemmArgs)"
+HEAD = f"void {NS}gemv_kernel3<(clawmine::backend::cuda::WFmt)1, __nv_bfloat16, 1>(clawmine::backend::cuda::GemmArgs)"
+
+# (step, start us, end us, stream, name) -- step 1: the experts start 1 us before the hc site ends
+# (PDL), the shared expert overlaps them on stream 14, and the main stream idles 1 us before the head.
+ROWS = [
+    (0, 0.0, 2.0, 13, EMBED), (0, 2.5, 40.0, 13, HEAD),
+    (1, 100.0, 103.0, 13, EMBED), (1, 103.5, 110.0, 13, HC), (1, 109.0, 130.0, 13, EXPERTS),
+    (1, 105.0, 115.0, 14, SHARED), (1, 131.0, 160.0, 13, HEAD),
+]
+
+
+def write_trace(path, rows=ROWS):
+    lines = ["# clawmine kernel trace: test model, decode batch 1; 2 decode steps",
+             "step,start_ns,end_ns,stream,graph,graph_node,grid,block,name"]
+    for step, s, e, stream, name in rows:
+        lines.append(f'{step},{int(s * 1000)},{int(e * 1000)},{stream},1,7,128x6x1,256x1x1,"{name}"')
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_steps_kinds_and_gaps(tmp_path, run_tool):
+    trace = tmp_path / "t.csv"
+    write_trace(trace)
+    r = run_tool("kernel_timeline.py", trace, "--sequence")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert out.startswith("kernel timeline: clawmine kernel trace: test model")
+    # Step 1: span 60 us; busy = [100,103] + [103.5,130] + [131,160] = 3 + 26.5 + 29 = 58.5; idle 1.5;
+    # main stream 4 kernels, busy 3 + 6.5 + 21 + 29 = 59.5, gaps 0.5 - 1.0 + 1.0 = 0.5.
+    assert "| 1 | 5 | 60.0 | 58.5 | 1.5 | 4 | 59.5 | 0.5 |" in out
+    assert "| 0 | 2 | 40.0 | 39.5 | 0.5 | 2 | 39.5 | 0.5 |" in out
+    assert "step 1: 5 kernels over 60.0 us (main stream 13)" in out
+    assert "| LM head GEMV | 1 | 29.0 | 29.0 | 48.3% |" in out
+    assert "| MXFP4 / NVFP4 streaming GEMV (routed experts, FP4 projections) | 1 | 21.0 | 21.0 | 35.0% |" in out
+    assert "| FP8 / FP4 FMA GEMV (small projections, shared expert) | 1 | 10.0 | 0.0 | 0.0% |" in out
+    assert "main stream: 4 kernels, 3 gaps: 1.5 us idle over 2 gaps" in out
+    assert "1 kernels began before the one ahead ended (by 1.0 us in all)" in out
+    # The sequence, in start order, with each kernel's gap on its own stream.
+    assert "| 9.00 | 21.00 | -1.00 | 13 | 128x6x1 | 256x1x1 | gemv_stream_kernel<5, 1, 2> |" in out
+    assert "| 5.00 | 10.00 | - | 14 | 128x6x1 | 256x1x1 | gemv_kernel<3, __nv_bfloat16, 1> |" in out
+
+
+def test_step_option(tmp_path, run_tool):
+    trace = tmp_path / "t.csv"
+    write_trace(trace)
+    r = run_tool("kernel_timeline.py", trace, "--step", "0")
+    assert r.returncode == 0, r.stderr
+    assert "step 0: 2 kernels over 40.0 us" in r.stdout
+    r = run_tool("kernel_timeline.py", trace, "--step", "5")
+    assert r.returncode != 0 and "no step 5" in r.stderr
+
+
+def test_not_a_trace_is_a_clear_error(tmp_path, run_tool):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    r = run_tool("kernel_timeline.py", bad)
+    assert r.returncode != 0 and "lacks columns" in r.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("# only a comment\n")
+    r = run_tool("kernel_timeline.py", empty)
+    assert r.returncode != 0 and "no kernel rows" in r.stderr
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Where a decode step's time goes as it runs, from `clawmine bench --kernel-trace FILE`.
+
+The trace holds the GPU's own start and end stamps of every kernel of a few decode steps (CUPTI
+concurrent-kernel records; the CUDA graph's nodes run as they do without a profiler). Unlike the ncu
+table of tools/decode_profile.py (each kernel alone, caches flushed), the durations here are the
+kernels' real ones, side streams overlap the main one, and the gaps between dependent kernels show.
+
+Prints markdown: every step (its span from the first kernel's start to the last one's end, the time
+some kernel runs, the idle rest, and the main stream's kernels, busy time and gaps); then for one
+step (default the last) its kernels by kind (the same kinds as decode_profile.py; the last GEMV is
+the LM head) with their summed durations, those on the main stream apart; the main stream's gaps
+(a negative gap is a programmatic launch that began before the kernel ahead of it ended); and with
+--sequence every kernel in start order.
+
+  python3 tools/kernel_timeline.py trace.csv [--step N] [--sequence]
+"""
+import argparse
+import collections
+import csv
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from decode_profile import kind_of, short_name  # noqa: E402  (the same kinds and names)
+
+
+def read_trace(path):
+    """(comment, [kernel dicts in start order])."""
+    comment = ""
+    with open(path, newline="") as f:
+        lines = []
+        for line in f:
+            if line.startswith("#"):
+                comment = comment or line[1:].strip()
+            elif line.strip():
+                lines.append(line)
+    if not lines:
+        sys.exit(f"kernel_timeline: {path} has no kernel rows")
+    rows = csv.DictReader(lines)
+    need = {"step", "start_ns", "end_ns", "stream", "grid", "block", "name"}
+    if not need <= set(rows.fieldnames or []):
+        sys.exit(f"kernel_timeline: {path} lacks columns {sorted(need - set(rows.fieldnames or []))} "
+                 "(not a clawmine bench --kernel-trace file?)")
+    kernels = []
+    for r in rows:
+        kernels.append({"step": int(r["step"]), "start": int(r["start_ns"]) / 1e3, "end": int(r["end_ns"]) / 1e3,
+                        "stream": r["stream"], "grid": r["grid"], "block": r["block"],
+                        "name": short_name(r["name"])})
+    kernels.sort(key=lambda k: k["start"])
+    return comment, kernels
+
+
+def busy(kernels):
+    """Time some kernel runs (the union of their intervals), us."""
+    total, cur_s, cur_e = 0.0, None, None
+    for k in sorted(kernels, key=lambda k: k["start"]):
+        if cur_e is None or k["start"] > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = k["start"], k["end"]
+        else:
+            cur_e = max(cur_e, k["end"])
+    return total + ((cur_e - cur_s) if cur_e is not None else 0.0)
+
+
+def gaps(kernels):
+    """Start of each kernel minus the end of the one before it, in start order."""
+    return [b["start"] - a["end"] for a, b in zip(kernels, kernels[1:])]
+
+
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))] if v else 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace", help="CSV written by clawmine bench --kernel-trace")
+    ap.add_argument("--step", type=int, default=None, help="the step to break down (default: the last)")
+    ap.add_argument("--sequence", action="store_true", help="also list that step's kernels in start order")
+    args = ap.parse_args()
+    comment, kernels = read_trace(args.trace)
+    steps = collections.OrderedDict()
+    for k in kernels:
+        steps.setdefault(k["step"], []).append(k)
+    if comment:
+        print(f"kernel timeline: {comment}\n")
+    print("| step | kernels | span us | busy us | idle us | main stream kernels | main busy us | main gaps us |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s, ks in steps.items():
+        span = max(k["end"] for k in ks) - ks[0]["start"]
+        main = [k for k in ks if k["stream"] == ks[0]["stream"]]
+        g = gaps(main)
+        print(f"| {s} | {len(ks)} | {span:.1f} | {busy(ks):.1f} | {span - busy(ks):.1f} | {len(main)} | "
+              f"{sum(k['end'] - k['start'] for k in main):.1f} | {sum(g):.1f} |")
+    print()
+    pick = args.step if args.step is not None else next(reversed(steps))
+    if pick not in steps:
+        sys.exit(f"kernel_timeline: no step {pick} in the trace (steps {list(steps)})")
+    ks = steps[pick]
+    main_stream = ks[0]["stream"]
+    span = max(k["end"] for k in ks) - ks[0]["start"]
+    last_gemv = max((i for i, k in enumerate(ks) if "gemv" in k["name"]), default=None)
+    by_kind = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for i, k in enumerate(ks):
+        kind = "LM head GEMV" if i == last_gemv and i >= len(ks) - 3 else kind_of(k["name"])
+        d = k["end"] - k["start"]
+        by_kind[kind][0] += 1
+        by_kind[kind][1] += d
+        if k["stream"] == main_stream:
+            by_kind[kind][2] += d
+    print(f"step {pick}: {len(ks)} kernels over {span:.1f} us (main stream {main_stream})\n")
+    print("| kind | kernels | us | on the main stream us | main share of the span |\n|---|---|---|---|---|")
+    for kind, (n, us, main_us) in sorted(by_kind.items(), key=lambda kv: -kv[1][2]):
+        print(f"| {kind} | {n} | {us:.1f} | {main_us:.1f} | {100.0 * main_us / span:.1f}% |")
+    main = [k for k in ks if k["stream"] == main_stream]
+    g = gaps(main)
+    pos = [x for x in g if x > 0]
+    neg = [x for x in g if x <= 0]
+    print(f"\nmain stream: {len(main)} kernels, {len(g)} gaps: {sum(pos):.1f} us idle over {len(pos)} gaps "
+          f"(median {pct(pos, 0.5):.2f}, p90 {pct(pos, 0.9):.2f}, max {max(pos, default=0.0):.2f} us); "
+          f"{len(neg)} kernels began before the one ahead ended (by {-sum(neg):.1f} us in all)")
+    if args.sequence:
+        print("\n| start us | us | gap us | stream | grid | block | kernel |\n|---|---|---|---|---|---|---|")
+        last_end = {}
+        for k in ks:
+            prev = last_end.get(k["stream"])
+            gap = f"{k['start'] - prev:.2f}" if prev is not None else "-"
+            last_end[k["stream"]] = k["end"]
+            print(f"| {k['start'] - ks[0]['start']:.2f} | {k['end'] - k['start']:.2f} | {gap} | {k['stream']} | "
+                  f"{k['grid']} | {k['block']} | {k['name']} |")
+
+
+if __name__ == "__main__":
+    main()
