@@ -45,15 +45,16 @@ DecodeTraceFile::~DecodeTraceFile() {
   if (f_) std::fclose(f_);
 }
 
-int64_t DecodeTraceFile::record(int steps, const std::string& what, const std::function<void(int)>& step) {
+int64_t DecodeTraceFile::record(int warm, int steps, const std::string& what, const std::function<void(int)>& step) {
 #ifdef CLAWMINE_HAVE_CUDA
   using backend::cuda::KernelRecord;
   backend::cuda::KernelTrace trace;
   trace.start();
+  for (int i = 0; i < warm; ++i) step(i);
   std::vector<uint64_t> marks;
   for (int i = 0; i < steps; ++i) {
     marks.push_back(backend::cuda::kernel_trace_now());
-    step(i);
+    step(warm + i);
   }
   const std::vector<KernelRecord> kernels = trace.stop();
   if (marks.empty()) return 0;
@@ -77,7 +78,7 @@ int64_t DecodeTraceFile::record(int steps, const std::string& what, const std::f
   if (std::fflush(f_) != 0 || std::ferror(f_)) throw Error(str_cat("--kernel-trace: writing '", path_, "' failed"));
   return n;
 #else
-  (void)steps, (void)what, (void)step;
+  (void)warm, (void)steps, (void)what, (void)step;
   throw Error("--kernel-trace: this build has no CUDA backend");
 #endif
 }

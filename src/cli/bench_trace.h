@@ -17,11 +17,12 @@ class DecodeTraceFile {
   DecodeTraceFile(const DecodeTraceFile&) = delete;
   DecodeTraceFile& operator=(const DecodeTraceFile&) = delete;
 
-  // Runs step(i) for i = 0 .. steps-1 (each a whole decode step, synchronized: its logits read
-  // back) with kernel records on, then writes one row per kernel: the step it started in, start
-  // and end in ns from the first step's start, stream, graph, grid, block, demangled name.
-  // Returns the kernels written. `what` heads the file as a comment.
-  int64_t record(int steps, const std::string& what, const std::function<void(int)>& step);
+  // Runs step(i) for i = 0 .. warm+steps-1 (each a whole decode step, synchronized: its logits
+  // read back) with kernel records on, then writes one row per kernel of the last `steps`: the step
+  // it started in, start and end in ns from that first step's start, stream, graph, grid, block,
+  // demangled name. The `warm` steps first (not written) let a step graph be recorded while the
+  // records are on. Returns the kernels written. `what` heads the file as a comment.
+  int64_t record(int warm, int steps, const std::string& what, const std::function<void(int)>& step);
 
  private:
   std::string path_;
