@@ -25,7 +25,7 @@ struct KernelRecord {
 // them and returns every kernel that ran in between, in start order.
 class KernelTrace {
  public:
-  static bool available();  // built with CUPTI
+  static bool available();  // built with CUPTI's header and its library found (opened at run time)
   void start();
   std::vector<KernelRecord> stop();
   ~KernelTrace();

@@ -1,6 +1,6 @@
 // The kernel timeline (backend/cuda/kernel_trace.h, CUPTI activity records): kernels run between
 // start and stop come back with their stream, ordered stamps on kernel_trace_now's clock, and their
-// launch shape, eagerly and as nodes of a recorded step graph. Skips without a GPU; where CUPTI
+// launch shape, eagerly and as nodes of a recorded step graph. Skips without a GPU or CUPTI; where it
 // refuses to record (another profiler), it skips with CUPTI's message.
 #include <gtest/gtest.h>
 
@@ -16,7 +16,7 @@ namespace {
 class CudaKernelTrace : public GpuTest {};
 
 TEST_F(CudaKernelTrace, RecordsEagerAndGraphKernelsWithStampsAndStreams) {
-  if (!backend::cuda::KernelTrace::available()) GTEST_SKIP() << "built without CUPTI";
+  if (!backend::cuda::KernelTrace::available()) GTEST_SKIP() << "no CUPTI (header at build time, library at run time)";
   const ops::DeviceBuffer a = poisoned(*cuda, DType::kF32, {1 << 20}), b = poisoned(*cuda, DType::kF32, {1 << 20});
   cuda->fill(a.view(), 1.0f);  // module loads before the recording
   cuda->synchronize();
