@@ -2,7 +2,7 @@
 // activity records, backend/cuda/kernel_trace.h), as CSV for tools/kernel_timeline.py.
 #pragma once
 
-#include <cstdio>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -13,9 +13,6 @@ namespace clawmine::cli {
 class DecodeTraceFile {
  public:
   explicit DecodeTraceFile(const std::string& path);  // Error naming --kernel-trace and path if it cannot be written
-  ~DecodeTraceFile();
-  DecodeTraceFile(const DecodeTraceFile&) = delete;
-  DecodeTraceFile& operator=(const DecodeTraceFile&) = delete;
 
   // Runs step(i) for i = 0 .. warm+steps-1 (each a whole decode step, synchronized: its logits
   // read back) with kernel records on, then writes one row per kernel of the last `steps`: the step
@@ -26,7 +23,6 @@ class DecodeTraceFile {
 
  private:
   std::string path_;
-  std::FILE* f_ = nullptr;
 };
 
 }  // namespace clawmine::cli

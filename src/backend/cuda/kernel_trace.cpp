@@ -136,14 +136,16 @@ void KernelTrace::start() {
 std::vector<KernelRecord> KernelTrace::stop() {
   if (!on_) return {};
   on_ = false;
-  check(cupti().flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED), "cuptiActivityFlushAll");
-  check(cupti().disable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "cuptiActivityDisable");
+  const CUptiResult flushed = cupti().flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  const CUptiResult disabled = cupti().disable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
   std::vector<KernelRecord> out;
-  {
+  {  // the recording ends even where CUPTI failed: the next start() may try again
     const std::lock_guard<std::mutex> lock(g_mu);
     out.swap(g_records);
     g_active = false;
   }
+  check(flushed, "cuptiActivityFlushAll");
+  check(disabled, "cuptiActivityDisable");
   std::stable_sort(out.begin(), out.end(),
                    [](const KernelRecord& a, const KernelRecord& b) { return a.start_ns < b.start_ns; });
   return out;
