@@ -12,6 +12,8 @@
 //            rows, attention per sequence; an untimed step first records its graph);
 //   profile  (--profile) op-by-op time of one prefill and of decode steps (and of the largest
 //            batch's batched steps), run eagerly.
+// Every step takes its greedy token on the backend (Model::forward_greedy / forward_batch_greedy:
+// the argmax inside the step, 4 bytes per sequence to the host), as greedy decoding does.
 // Prompts are random token ids (seeded): speed does not depend on the text.
 #include <algorithm>
 #include <chrono>
@@ -101,11 +103,13 @@ std::vector<double> milliseconds(const std::vector<double>& seconds) {
   return ms;
 }
 
-// The greedy token of logits row `row` (default: the last row).
-int32_t argmax(const Buffer& logits, int64_t row = -1) {
-  const int64_t V = logits.view().dim(-1), r = row < 0 ? logits.view().dim(0) - 1 : row;
-  const float* p = logits.f32() + r * V;
-  return static_cast<int32_t>(std::max_element(p, p + V) - p);
+// The greedy token a step took on the backend (Model::forward_greedy: only the id comes to the
+// host, as in greedy decoding); a non-finite logit fails the bench, naming it.
+int32_t greedy(const md::GreedyToken& g) {
+  if (g.non_finite_at >= 0)
+    throw Error(str_cat("bench: non-finite logit (", g.non_finite_value, ") at token id ", g.non_finite_at,
+                        "; the model's output is not finite (run `clawmine doctor` on the checkpoint)"));
+  return g.id;
 }
 
 std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
@@ -218,7 +222,7 @@ Ceilings measure_ceilings(ops::Backend& be) {
 
 struct Prefill {
   int64_t tokens = 0;
-  double seconds = 0;  // forward of the whole prompt + the first token's argmax = time to first token
+  double seconds = 0;  // forward of the whole prompt and its greedy token = time to first token
   std::string error;   // the prefill failed (nothing timed)
 };
 struct Decode {
@@ -313,12 +317,12 @@ void run_bench(const BenchArgs& a) {
   auto prefill = [&](md::SequenceCache& cache, const std::vector<int32_t>& ids, ops::Backend& on) {
     const int64_t n = static_cast<int64_t>(ids.size());
     const int64_t chunk = a.prefill_chunk > 0 ? a.prefill_chunk : n;
-    Buffer logits;
+    int32_t tok = 0;
     for (int64_t b = 0; b < n; b += chunk) {
       const std::vector<int32_t> piece(ids.begin() + b, ids.begin() + std::min(n, b + chunk));
-      logits = model.forward(on, cache, piece, fwd);
+      tok = greedy(model.forward_greedy(on, cache, piece, fwd));
     }
-    return argmax(logits);
+    return tok;
   };
 
   // Warm-up: kernel modules, cuBLAS heuristics, the first graph instantiation.
@@ -326,7 +330,7 @@ void run_bench(const BenchArgs& a) {
     const auto t0 = Clock::now();
     md::SequenceCache cache = model.new_cache();
     int32_t tok = prefill(cache, random_ids(16, V, a.seed + 99), be);
-    for (int i = 0; i < 4; ++i) tok = argmax(model.forward(be, cache, {tok}, fwd));
+    for (int i = 0; i < 4; ++i) tok = greedy(model.forward_greedy(be, cache, {tok}, fwd));
     be.synchronize();
     log_info("bench", "warm-up (16-token prompt, 4 decode steps): ", seconds_since(t0), " s");
   }
@@ -363,7 +367,7 @@ void run_bench(const BenchArgs& a) {
     decode.context = cache.position;
     for (int64_t i = 0; i < a.decode_tokens; ++i) {
       const auto d0 = Clock::now();
-      tok = argmax(model.forward(be, cache, {tok}, fwd));
+      tok = greedy(model.forward_greedy(be, cache, {tok}, fwd));
       decode.step_seconds.push_back(seconds_since(d0));
     }
     if (!decode.step_seconds.empty())
@@ -382,7 +386,7 @@ void run_bench(const BenchArgs& a) {
         const int64_t n = trace_file->record(
             1, a.kernel_trace_steps,
             str_cat(a.model.model_dir, ", decode batch 1 after context ", tcache.position + 1, ", ", device),
-            [&](int) { ttok = argmax(model.forward(be, tcache, {ttok}, fwd)); });
+            [&](int) { ttok = greedy(model.forward_greedy(be, tcache, {ttok}, fwd)); });
         std::printf("kernel trace: %lld kernels of %d decode steps written to %s\n", static_cast<long long>(n),
                     a.kernel_trace_steps, a.kernel_trace.c_str());
       } catch (const Error& e) {  // the rest of the bench still runs; the command fails at the end
@@ -411,8 +415,8 @@ void run_bench(const BenchArgs& a) {
     return q;
   };
   auto batched_step = [&](Sequences& q, ops::Backend& on) {
-    const Buffer logits = model.forward_batch(on, q.ptrs, q.toks, fwd);
-    for (size_t s = 0; s < q.toks.size(); ++s) q.toks[s] = argmax(logits, static_cast<int64_t>(s));
+    const std::vector<md::GreedyToken> next = model.forward_batch_greedy(on, q.ptrs, q.toks, fwd);
+    for (size_t s = 0; s < q.toks.size(); ++s) q.toks[s] = greedy(next[s]);
   };
   // Seconds of each of n calls of step.
   auto timed = [](int64_t n, const auto& step) {
@@ -437,7 +441,7 @@ void run_bench(const BenchArgs& a) {
     rr.prefill_seconds = seconds_since(p0);
     auto round = [&] {
       for (size_t s = 0; s < seqs.caches.size(); ++s)
-        seqs.toks[s] = argmax(model.forward(be, seqs.caches[s], {seqs.toks[s]}, fwd));
+        seqs.toks[s] = greedy(model.forward_greedy(be, seqs.caches[s], {seqs.toks[s]}, fwd));
     };
     // One untimed round first: each sequence's first steady step records its step graph (as the
     // batch-1 warm-up does), which would otherwise sit in the median when B is large.
@@ -493,7 +497,7 @@ void run_bench(const BenchArgs& a) {
     print_profile(prof, str_cat("prefill of ", L, " tokens"), 1.0, floor_s, j);
     profile_json.push_back(j);
     prof.reset();
-    for (int64_t i = 0; i < a.profile_steps; ++i) tok = argmax(model.forward(prof, cache, {tok}, fwd));
+    for (int64_t i = 0; i < a.profile_steps; ++i) tok = greedy(model.forward_greedy(prof, cache, {tok}, fwd));
     print_profile(prof, str_cat("decode at context ", L, ", ", a.profile_steps, " steps"),
                   static_cast<double>(std::max<int64_t>(a.profile_steps, 1)), floor_s, j);
     profile_json.push_back(j);

@@ -150,6 +150,9 @@ void OpProfiler::indexer_scores(const TensorView& q, const TensorView& keys, con
 void OpProfiler::topk(const TensorView& values, int64_t k, const TensorView& out) {
   timed("topk", scope_module(), 0, [&] { inner_.topk(values, k, out); });
 }
+void OpProfiler::argmax_rows(const TensorView& values, const TensorView& out) {
+  timed("argmax_rows", scope_module(), 0, [&] { inner_.argmax_rows(values, out); });
+}
 void OpProfiler::moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
                            const TensorView& ids, float routed_scaling, const TensorView& idx,
                            const TensorView& weight) {

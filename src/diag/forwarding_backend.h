@@ -96,6 +96,7 @@ class ForwardingBackend : public ops::Backend {
     inner_.indexer_scores(q, keys, weights, weight_scale, positions, rate, scores);
   }
   void topk(const TensorView& values, int64_t k, const TensorView& out) override { inner_.topk(values, k, out); }
+  void argmax_rows(const TensorView& values, const TensorView& out) override { inner_.argmax_rows(values, out); }
   void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid, const TensorView& ids,
                  float routed_scaling, const TensorView& idx, const TensorView& weight) override {
     inner_.moe_route(logits, bias, tid2eid, ids, routed_scaling, idx, weight);

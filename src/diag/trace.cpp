@@ -276,6 +276,12 @@ void Tracer::topk(const TensorView& values, int64_t k, const TensorView& out) {
   end(std::move(p), {{"out", out}}, "");
 }
 
+void Tracer::argmax_rows(const TensorView& values, const TensorView& out) {
+  Pending p = begin(op_name("argmax_rows"), "argmax_rows", {{"values", values, true}});
+  inner_.argmax_rows(values, out);
+  end(std::move(p), {{"out", out}}, "");
+}
+
 void Tracer::moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
                        const TensorView& ids, float routed_scaling, const TensorView& idx, const TensorView& weight) {
   Pending p = begin(op_name("moe_route"), "moe_route", {{"logits", logits}});

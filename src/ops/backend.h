@@ -347,6 +347,12 @@ class Backend {
   // get -1). values [T, N] F32; out [T, k] I32.
   virtual void topk(const TensorView& values, int64_t k, const TensorView& out) = 0;
 
+  // Greedy tokens where the logits are (only the ids go to the host): per row of values [R, N]
+  // F32 (N >= 1), the index of its largest value, ties to the lower index, when every value of
+  // the row is finite; otherwise -1 - j, j the index of the row's first NaN or Inf, so a
+  // non-finite row never yields a token and the caller can name the entry. out [R] I32.
+  virtual void argmax_rows(const TensorView& values, const TensorView& out) = 0;
+
   // MoE routing (spec §3.4): a = sqrt(softplus(logits)); selection = tid2eid[ids[t]] (hash,
   // when tid2eid is given) or top-k of a + bias (routed; ties -> lower expert id);
   // weights = a[sel] / (sum a[sel] + 1e-20) * routed_scaling.

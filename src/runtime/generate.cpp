@@ -36,14 +36,37 @@ std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backe
   last_only.all_logits = false;
   const int64_t n = static_cast<int64_t>(prompt.size());
   const int64_t chunk = options.prefill_chunk > 0 ? options.prefill_chunk : n;
+  // Greedy without penalties needs no logits on the host: the argmax runs on the backend and only
+  // the id comes back (Model::forward_greedy; ties to the lowest id as the sampler's; a non-finite
+  // row refused with the sampler's error).
+  const SamplingParams& sp = options.sampling;
+  const bool on_backend = sp.temperature == 0 && sp.presence_penalty == 0 && sp.frequency_penalty == 0;
+  auto greedy = [&](const std::vector<int32_t>& ids) {
+    const model::deepseek_v4::GreedyToken g = model.forward_greedy(backend, cache, ids, last_only);
+    if (g.non_finite_at >= 0)
+      throw NonFiniteLogits(str_cat("non-finite logit (", g.non_finite_value, ") at token id ", g.non_finite_at,
+                                    "; refusing to sample"));
+    return g.id;
+  };
   Buffer logits;
   std::vector<int32_t> out;
   try {
+    int32_t next = -1;  // on_backend: the token of the last forward
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const std::vector<int32_t> piece(prompt.begin() + begin, prompt.begin() + std::min(n, begin + chunk));
-      logits = model.forward(backend, cache, piece, last_only);
+      if (on_backend && begin + chunk >= n) {
+        next = greedy(piece);
+      } else {
+        logits = model.forward(backend, cache, piece, last_only);
+      }
     }
-    for (int64_t i = 0; i < options.max_tokens; ++i) {
+    for (int64_t i = 0; on_backend && i < options.max_tokens; ++i) {
+      out.push_back(next);
+      if (on_token) on_token(next);
+      if (options.stop_at_eos && next == model.config().eos_token_id) break;
+      if (i + 1 < options.max_tokens) next = greedy({next});
+    }
+    for (int64_t i = 0; !on_backend && i < options.max_tokens; ++i) {
       const int64_t last = logits.view().dim(0) - 1;
       const int32_t id = sampler.sample(logits.f32() + last * V, V);
       out.push_back(id);

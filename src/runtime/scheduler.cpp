@@ -59,7 +59,17 @@ struct Scheduler::Sequence {
   std::vector<int32_t> generated_ids{};  // fed back after the prompt (for the guard's explainer)
   int32_t last = -1;
   bool done = false;
+  // Greedy, no penalties, no logprobs wanted: the argmax runs on the backend (forward_greedy).
+  bool on_backend = false;
 };
+
+namespace {
+bool greedy_on_backend(const SequenceRequest& r) {
+  const SamplingParams& p = r.sampling;
+  return !r.logprobs && r.top_logprobs == 0 && p.temperature == 0 && p.presence_penalty == 0 &&
+         p.frequency_penalty == 0;
+}
+}  // namespace
 
 Scheduler::Scheduler(const model::deepseek_v4::Model& model, std::unique_ptr<ops::Backend> backend,
                      SchedulerOptions options)
@@ -92,7 +102,9 @@ std::vector<std::shared_ptr<SequenceHandle>> Scheduler::submit(std::vector<Seque
   for (auto& r : requests) {
     auto handle = std::make_shared<SequenceHandle>();
     Sampler sampler(r.sampling);
+    const bool on_backend = greedy_on_backend(r);
     seqs.push_back(std::unique_ptr<Sequence>(new Sequence{std::move(r), handle, std::move(sampler), model_.new_cache()}));
+    seqs.back()->on_backend = on_backend;
     handles.push_back(std::move(handle));
   }
   {
@@ -142,6 +154,12 @@ void Scheduler::step(Sequence& seq) {
   // Only the last position is sampled (no prompt logprobs): the head runs for that row alone.
   model::deepseek_v4::ForwardOptions forward = options_.forward;
   forward.all_logits = false;
+  if (seq.on_backend && seq.prefilled == prompt.size()) {  // sampled: the token alone comes back
+    const model::deepseek_v4::GreedyToken g = model_.forward_greedy(*backend_, seq.cache, ids, forward);
+    ++forwards_;
+    emit_greedy(seq, g);
+    return;
+  }
   const Buffer logits = model_.forward(*backend_, seq.cache, ids, forward);
   ++forwards_;
   if (seq.prefilled < prompt.size()) return;  // more prompt to go
@@ -155,6 +173,14 @@ void Scheduler::decode_together(const std::vector<Sequence*>& seqs) {
   for (Sequence* s : seqs) {
     caches.push_back(&s->cache);
     ids.push_back(s->last);
+  }
+  // Every sequence greedy without logprobs: the tokens alone come back.
+  if (std::all_of(seqs.begin(), seqs.end(), [](const Sequence* s) { return s->on_backend; })) {
+    const std::vector<model::deepseek_v4::GreedyToken> g =
+        model_.forward_batch_greedy(*backend_, caches, ids, options_.forward);
+    ++forwards_;
+    for (size_t i = 0; i < seqs.size(); ++i) guarded(*seqs[i], [&] { emit_greedy(*seqs[i], g[i]); });
+    return;
   }
   const Buffer logits = model_.forward_batch(*backend_, caches, ids, options_.forward);
   ++forwards_;
@@ -178,7 +204,22 @@ void Scheduler::guarded(Sequence& seq, F&& f) {
 // Samples the sequence's next token from its logit row and hands it to the consumer.
 void Scheduler::emit(Sequence& seq, const float* row) {
   const int64_t V = model_.config().vocab_size;
-  SampledToken token = seq.sampler.sample(row, V, seq.request.top_logprobs);
+  push_token(seq, seq.sampler.sample(row, V, seq.request.top_logprobs));
+}
+
+// The token the backend took (forward_greedy); a non-finite logit row is refused as the sampler
+// refuses it.
+void Scheduler::emit_greedy(Sequence& seq, const model::deepseek_v4::GreedyToken& g) {
+  if (g.non_finite_at >= 0)
+    throw NonFiniteLogits(str_cat("non-finite logit (", g.non_finite_value, ") at token id ", g.non_finite_at,
+                                  "; refusing to sample"));
+  SampledToken token;
+  token.id = g.id;
+  push_token(seq, std::move(token));
+}
+
+// Hands the sequence's next token to the consumer and finishes it at EOS or max_tokens.
+void Scheduler::push_token(Sequence& seq, SampledToken token) {
   seq.last = token.id;
   seq.generated_ids.push_back(token.id);
   ++seq.generated;

@@ -44,6 +44,10 @@ struct SequenceRequest {
   int64_t max_tokens = 16;      // >= 1
   SamplingParams sampling;
   int64_t top_logprobs = 0;     // entries of the sampled distribution returned per token
+  // false: the caller reads no logprob of the sampled token (OpenAI requests without
+  // `logprobs`); a greedy sequence without penalties then takes its token on the backend
+  // (Model::forward_greedy: no logits to the host) and its tokens carry logprob 0.
+  bool logprobs = true;
   bool ignore_eos = false;      // an EOS token does not finish the sequence (benchmarks: max_tokens each)
 };
 
@@ -104,6 +108,8 @@ class Scheduler {
   void step(Sequence& seq);
   void decode_together(const std::vector<Sequence*>& seqs);
   void emit(Sequence& seq, const float* logits_row);
+  void emit_greedy(Sequence& seq, const model::deepseek_v4::GreedyToken& g);
+  void push_token(Sequence& seq, SampledToken token);
   void fail(Sequence& seq, const std::exception& e, bool non_finite);
   template <typename F>
   void guarded(Sequence& seq, F&& f);

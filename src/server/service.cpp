@@ -411,6 +411,7 @@ std::shared_ptr<Service::Job> Service::start(const GenerationFields& gen, std::v
     q.ignore_eos = gen.ignore_eos;
     q.sampling.seed = seed + static_cast<uint64_t>(i);
     q.top_logprobs = gen.logprobs.value_or(0);
+    q.logprobs = gen.logprobs.has_value();
     reqs.push_back(std::move(q));
   }
   auto job = std::shared_ptr<Job>(new Job);

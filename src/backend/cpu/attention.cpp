@@ -207,4 +207,28 @@ void CpuBackend::topk(const TensorView& values, int64_t k, const TensorView& out
   });
 }
 
+void CpuBackend::argmax_rows(const TensorView& values, const TensorView& out) {
+  const float* pv = f32_arg(values, "argmax_rows", "values");
+  expect_rank(values, 2, "argmax_rows", "values");
+  const int64_t R = values.dim(0), N = values.dim(1);
+  if (N < 1 || N > std::numeric_limits<int32_t>::max())
+    throw Error(str_cat("cpu argmax_rows: rows of ", N, " values (expected 1 .. 2^31 - 1)"));
+  int32_t* po = i32_arg(out, "argmax_rows", "out");
+  expect_numel(out, R, "argmax_rows", "out");
+  pool_.parallel_for(0, R, [&](int64_t rb, int64_t re) {
+    for (int64_t r = rb; r < re; ++r) {
+      const float* row = pv + r * N;
+      int64_t best = -1, bad = -1;
+      for (int64_t j = 0; j < N; ++j) {
+        if (!std::isfinite(row[j])) {
+          bad = j;
+          break;
+        }
+        if (best < 0 || row[j] > row[best]) best = j;
+      }
+      po[r] = static_cast<int32_t>(bad >= 0 ? -1 - bad : best);
+    }
+  });
+}
+
 }  // namespace clawmine::backend::cpu

@@ -74,6 +74,7 @@ class CpuBackend final : public ops::Backend {
   void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
                       const TensorView& positions, int64_t rate, const TensorView& scores) override;
   void topk(const TensorView& values, int64_t k, const TensorView& out) override;
+  void argmax_rows(const TensorView& values, const TensorView& out) override;
 
   // compressor.cpp
   void compress_chunk(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,

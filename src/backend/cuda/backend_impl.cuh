@@ -130,6 +130,7 @@ class CudaBackend final : public ops::Backend {
   void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
                       const TensorView& positions, int64_t rate, const TensorView& scores) override;
   void topk(const TensorView& values, int64_t k, const TensorView& out) override;
+  void argmax_rows(const TensorView& values, const TensorView& out) override;
 
   // Per-op state kept across calls and keyed by a stable host address (for example a device
   // table of expert weight pointers keyed by the experts vector's data()). Freed with the backend.

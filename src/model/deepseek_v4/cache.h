@@ -55,6 +55,7 @@ struct SequenceCache {
   // repeat for equal steps), so a replay needs no op calls to find them.
   uint64_t step_key = 0;
   TensorView step_logits;
+  TensorView step_tokens;  // a greedy step's argmax (Model::forward_greedy), else empty
 };
 
 }  // namespace clawmine::model::deepseek_v4

@@ -180,7 +180,7 @@ void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&&
 // A batch step (forward_batch, batch = true) hashes every cache's layout in order and the batch
 // size; its keys never equal a one-sequence step's (the marker), even for a batch of one.
 uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, size_t scratch_mark,
-                  const ForwardOptions& options, const void* model) {
+                  const ForwardOptions& options, bool greedy, const void* model) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](uint64_t v) {
     h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
@@ -193,7 +193,8 @@ uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, s
   }
   for (const SequenceCache* c : caches) mix(c->layout_id);
   mix(scratch_mark);
-  mix(static_cast<uint64_t>(options.official_qdq) | static_cast<uint64_t>(options.all_logits) << 1);
+  mix(static_cast<uint64_t>(options.official_qdq) | static_cast<uint64_t>(options.all_logits) << 1 |
+      static_cast<uint64_t>(greedy) << 2);
   return h;
 }
 
@@ -253,21 +254,36 @@ HcState run_blocks(ops::Backend& be, const ModelConfig& cfg, const ModelWeights&
   return s;
 }
 
-// Runs issue_ops (the step's ops; returns where the logits land) directly, or as the step graph
-// of `key` (recorded on first use, replayed after; the logits' place kept in `owner`).
+// The step's head: logits [rows, vocab] and, when greedy, their argmax [rows] I32.
+struct HeadOut {
+  TensorView logits, tokens;
+};
+HeadOut step_head(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& W, const LinearWeight& head,
+                  const HcState& s, int64_t rows, bool greedy) {
+  HeadOut o{head_logits(be, cfg, W, head, s, rows), {}};
+  if (greedy) {
+    o.tokens = be.scratch(DType::kI32, {rows});
+    be.argmax_rows(o.logits, o.tokens);
+  }
+  return o;
+}
+
+// Runs issue_ops (the step's ops; returns where the results land) directly, or as the step graph
+// of `key` (recorded on first use, replayed after; the results' place kept in `owner`).
 template <typename Issue>
-TensorView run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
+HeadOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
   if (graph && owner.step_key == key && be.replay_step_graph(key)) {
-    return owner.step_logits;  // the recorded ops ran again; their scratch addresses repeat
+    return {owner.step_logits, owner.step_tokens};  // the recorded ops ran again; their scratch addresses repeat
   }
   if (graph) be.begin_step_graph(key);
-  const TensorView logits = issue_ops();
+  const HeadOut out = issue_ops();
   if (graph) {
     be.end_step_graph();
     owner.step_key = key;
-    owner.step_logits = logits;
+    owner.step_logits = out.logits;
+    owner.step_tokens = out.tokens;
   }
-  return logits;
+  return out;
 }
 
 }  // namespace
@@ -292,17 +308,16 @@ void Model::claim_cache(ops::Backend& be, SequenceCache& cache, const char* what
                         "'); a cache serves the backend of its first forward"));
 }
 
-Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<int32_t>& ids,
-                      const ForwardOptions& options) const {
+Model::StepOut Model::issue_forward(ops::Backend& be, SequenceCache& cache, const std::vector<int32_t>& ids,
+                                    const ForwardOptions& options, int64_t rows, bool greedy) const {
   const ModelConfig& cfg = config_;
-  const int64_t T = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
+  const int64_t T = static_cast<int64_t>(ids.size());
   CLAWMINE_CHECK(T > 0, "forward needs at least one token");
   const Tables tables = tables_for(be, "forward");
   claim_cache(be, cache, "forward");
   const int64_t p0 = cache.position;
   reserve_cache(be, cfg, cache, p0 + T);
 
-  ops::ScratchFrame pass(be);
   // Per-step values go up before the step's ops: the ops read them on the device.
   const TensorView ids_t = be.scratch(DType::kI32, {T});
   be.upload(ids.data(), ids_t);
@@ -313,48 +328,125 @@ Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<
 
   // A decode step (one token) once the sliding window is full is the same sequence of ops every
   // step until the cache's entry stores grow: it is recorded once as a graph and replayed.
-  const int64_t rows = options.all_logits ? T : 1;
   const bool graph = T == 1 && p0 >= cfg.sliding_window - 1;
-  const uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, this) : 0;
-  const TensorView logits = run_step(be, graph, key, cache, [&]() -> TensorView {
+  const uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
+  const HeadOut out = run_step(be, graph, key, cache, [&]() -> HeadOut {
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
                                  options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
                                    return attention(c, x, cache.layers[static_cast<size_t>(l)]);
                                  });
-    return head_logits(be, cfg, tables.weights, tables.head, s, rows);
+    return step_head(be, cfg, tables.weights, tables.head, s, rows, greedy);
   });
-  Buffer out(DType::kF32, {rows, V});
-  be.download(logits, out.view().data);
+  return {out.logits, out.tokens};
+}
+
+Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<int32_t>& ids,
+                      const ForwardOptions& options) const {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  ops::ScratchFrame pass(be);
+  const int64_t rows = options.all_logits ? T : 1;
+  const StepOut step = issue_forward(be, cache, ids, options, rows, false);
+  Buffer out(DType::kF32, {rows, config_.vocab_size});
+  be.download(step.logits, out.view().data);
   cache.position += T;
   return out;
 }
 
-Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>& caches,
-                            const std::vector<int32_t>& ids, const ForwardOptions& options) const {
-  const int64_t B = static_cast<int64_t>(ids.size());
-  CLAWMINE_CHECK(B > 0 && caches.size() == ids.size(), "forward_batch: ", ids.size(), " token ids for ", caches.size(),
-                 " caches (one token per sequence, at least one)");
-  for (int64_t b = 0; b < B; ++b) {
-    SequenceCache* cache = caches[static_cast<size_t>(b)];
-    CLAWMINE_CHECK(cache != nullptr, "forward_batch: cache ", b, " is null");
-    for (int64_t a = 0; a < b; ++a)
-      CLAWMINE_CHECK(caches[static_cast<size_t>(a)] != cache, "forward_batch: sequence ", a, " and ", b,
-                     " are the same cache (each sequence of a batch takes one token)");
-    claim_cache(be, *cache, "forward_batch");
-  }
-  Buffer out(DType::kF32, {B, config_.vocab_size});
-  for (int64_t g0 = 0; g0 < B; g0 += kMaxBatchRows) {
-    const auto first = static_cast<std::ptrdiff_t>(g0), last = static_cast<std::ptrdiff_t>(std::min(B, g0 + kMaxBatchRows));
-    forward_group(be, {caches.begin() + first, caches.begin() + last}, {ids.begin() + first, ids.begin() + last},
-                  options, out, g0);
+std::vector<GreedyToken> Model::download_greedy(ops::Backend& be, const StepOut& step) const {
+  const int64_t R = step.tokens.dim(0), V = config_.vocab_size;
+  std::vector<int32_t> ids(static_cast<size_t>(R));
+  be.download(step.tokens, ids.data());
+  std::vector<GreedyToken> out(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) {
+    GreedyToken& g = out[static_cast<size_t>(r)];
+    const int32_t v = ids[static_cast<size_t>(r)];
+    if (v >= 0) {
+      CLAWMINE_CHECK(v < V, "argmax_rows gave token ", v, " outside the vocabulary of ", V);
+      g.id = v;
+      continue;
+    }
+    g.non_finite_at = -1 - static_cast<int64_t>(v);
+    CLAWMINE_CHECK(g.non_finite_at < V, "argmax_rows named entry ", g.non_finite_at, " outside the vocabulary of ", V);
+    TensorView one = step.logits;
+    one.shape = {1};
+    one.data = step.logits.f32() + r * V + g.non_finite_at;
+    be.download(one, &g.non_finite_value);
   }
   return out;
 }
 
-void Model::forward_group(ops::Backend& be, const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids,
-                          const ForwardOptions& options, Buffer& out, int64_t row0) const {
+GreedyToken Model::forward_greedy(ops::Backend& be, SequenceCache& cache, const std::vector<int32_t>& ids,
+                                  const ForwardOptions& options) const {
+  ForwardOptions last_only = options;
+  last_only.all_logits = false;
+  ops::ScratchFrame pass(be);
+  const StepOut step = issue_forward(be, cache, ids, last_only, 1, true);
+  std::vector<GreedyToken> tok = download_greedy(be, step);
+  cache.position += static_cast<int64_t>(ids.size());
+  return tok[0];
+}
+
+namespace {
+// The checks of forward_batch (distinct caches, one id each) and claim(cache) for each; then
+// fn(first, last) for each group of at most kMaxBatchRows sequences.
+template <typename Claim, typename Fn>
+void for_each_group(const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids, const char* what,
+                    Claim&& claim, Fn&& fn) {
+  const int64_t B = static_cast<int64_t>(ids.size());
+  CLAWMINE_CHECK(B > 0 && caches.size() == ids.size(), what, ": ", ids.size(), " token ids for ", caches.size(),
+                 " caches (one token per sequence, at least one)");
+  for (int64_t b = 0; b < B; ++b) {
+    SequenceCache* cache = caches[static_cast<size_t>(b)];
+    CLAWMINE_CHECK(cache != nullptr, what, ": cache ", b, " is null");
+    for (int64_t a = 0; a < b; ++a)
+      CLAWMINE_CHECK(caches[static_cast<size_t>(a)] != cache, what, ": sequence ", a, " and ", b,
+                     " are the same cache (each sequence of a batch takes one token)");
+    claim(*cache);
+  }
+  for (int64_t g0 = 0; g0 < B; g0 += Model::kMaxBatchRows) {
+    const int64_t g1 = std::min(B, g0 + Model::kMaxBatchRows);
+    fn(g0, g1);
+  }
+}
+}  // namespace
+
+Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>& caches,
+                            const std::vector<int32_t>& ids, const ForwardOptions& options) const {
+  const int64_t V = config_.vocab_size;
+  Buffer out(DType::kF32, {static_cast<int64_t>(ids.size()), V});
+  for_each_group(
+      caches, ids, "forward_batch", [&](SequenceCache& c) { claim_cache(be, c, "forward_batch"); },
+      [&](int64_t g0, int64_t g1) {
+        const std::vector<SequenceCache*> group(caches.begin() + g0, caches.begin() + g1);
+        ops::ScratchFrame pass(be);
+        const StepOut step = issue_group(be, group, {ids.begin() + g0, ids.begin() + g1}, options, false);
+        be.download(step.logits, out.f32() + g0 * V);
+        for (SequenceCache* cache : group) cache->position += 1;
+      });
+  return out;
+}
+
+std::vector<GreedyToken> Model::forward_batch_greedy(ops::Backend& be, const std::vector<SequenceCache*>& caches,
+                                                     const std::vector<int32_t>& ids,
+                                                     const ForwardOptions& options) const {
+  std::vector<GreedyToken> out;
+  for_each_group(
+      caches, ids, "forward_batch_greedy", [&](SequenceCache& c) { claim_cache(be, c, "forward_batch_greedy"); },
+      [&](int64_t g0, int64_t g1) {
+        const std::vector<SequenceCache*> group(caches.begin() + g0, caches.begin() + g1);
+        ops::ScratchFrame pass(be);
+        const StepOut step = issue_group(be, group, {ids.begin() + g0, ids.begin() + g1}, options, true);
+        const std::vector<GreedyToken> tok = download_greedy(be, step);
+        out.insert(out.end(), tok.begin(), tok.end());
+        for (SequenceCache* cache : group) cache->position += 1;
+      });
+  return out;
+}
+
+Model::StepOut Model::issue_group(ops::Backend& be, const std::vector<SequenceCache*>& caches,
+                                  const std::vector<int32_t>& ids, const ForwardOptions& options, bool greedy) const {
   const ModelConfig& cfg = config_;
-  const int64_t B = static_cast<int64_t>(ids.size()), V = cfg.vocab_size;
+  const int64_t B = static_cast<int64_t>(ids.size());
   const Tables tables = tables_for(be, "forward_batch");
   std::vector<int64_t> p0(static_cast<size_t>(B));
   std::vector<int32_t> host_positions(static_cast<size_t>(B));
@@ -364,7 +456,6 @@ void Model::forward_group(ops::Backend& be, const std::vector<SequenceCache*>& c
   }
   for (SequenceCache* cache : caches) reserve_cache(be, cfg, *cache, cache->position + 1);
 
-  ops::ScratchFrame pass(be);
   const TensorView ids_t = be.scratch(DType::kI32, {B});
   be.upload(ids.data(), ids_t);
   const TensorView positions = be.scratch(DType::kI32, {B});
@@ -374,8 +465,9 @@ void Model::forward_group(ops::Backend& be, const std::vector<SequenceCache*>& c
   // (the same condition as a one-sequence step, for each); the record lives in the first cache.
   bool graph = true;
   for (int64_t q : p0) graph = graph && q >= cfg.sliding_window - 1;
-  const uint64_t key = graph ? step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, this) : 0;
-  const TensorView logits = run_step(be, graph, key, *caches[0], [&]() -> TensorView {
+  const uint64_t key =
+      graph ? step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, greedy, this) : 0;
+  const HeadOut out = run_step(be, graph, key, *caches[0], [&]() -> HeadOut {
     std::vector<LayerCache*> layer_caches(static_cast<size_t>(B));
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t,
                                  p0[0], options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
@@ -384,10 +476,9 @@ void Model::forward_group(ops::Backend& be, const std::vector<SequenceCache*>& c
                                          &caches[static_cast<size_t>(b)]->layers[static_cast<size_t>(l)];
                                    return attention_batch(c, x, layer_caches, p0);
                                  });
-    return head_logits(be, cfg, tables.weights, tables.head, s, B);
+    return step_head(be, cfg, tables.weights, tables.head, s, B, greedy);
   });
-  be.download(logits, out.f32() + row0 * V);
-  for (SequenceCache* cache : caches) cache->position += 1;
+  return {out.logits, out.tokens};
 }
 
 }  // namespace clawmine::model::deepseek_v4

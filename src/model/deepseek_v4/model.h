@@ -28,6 +28,14 @@ struct ForwardOptions {
   bool all_logits = true;
 };
 
+// A greedy next token taken on the backend (Model::forward_greedy): id, or where the logits were
+// not finite, the first NaN/Inf entry (never a token).
+struct GreedyToken {
+  int32_t id = -1;             // the argmax, ties to the lowest id; -1 when non_finite_at >= 0
+  int64_t non_finite_at = -1;  // token id of the first non-finite logit, or -1
+  float non_finite_value = 0;  // its value
+};
+
 struct LoadOptions {
   // Modules kept in BF16 (dequantized at load): globs over release names ("layers.*.attn.wq_a")
   // and fused checkpoint names ("layers.0.attn.fused_wqa_wkv"). A glob matching nothing is an error.
@@ -73,6 +81,16 @@ class Model {
   // More than kMaxBatchRows sequences run as consecutive groups of at most that many.
   Buffer forward_batch(ops::Backend& backend, const std::vector<SequenceCache*>& caches,
                        const std::vector<int32_t>& ids, const ForwardOptions& options) const;
+  // forward / forward_batch for greedy decoding: the argmax of each sequence's last logits row
+  // (ties to the lowest id) runs on the backend, inside a decode step's graph, and only the ids
+  // come to the host (4 bytes a sequence instead of the vocabulary's logits: on the H100 the
+  // download and a host argmax took ~0.5 ms per token). A row with a NaN/Inf logit yields no
+  // token but names the entry (GreedyToken). options.all_logits does not apply.
+  GreedyToken forward_greedy(ops::Backend& backend, SequenceCache& cache, const std::vector<int32_t>& ids,
+                             const ForwardOptions& options) const;
+  std::vector<GreedyToken> forward_batch_greedy(ops::Backend& backend, const std::vector<SequenceCache*>& caches,
+                                                const std::vector<int32_t>& ids, const ForwardOptions& options) const;
+
   // Past 32 rows the CUDA projections leave the weight-streaming GEMV for BF16 weight copies and
   // cuBLAS: on the H100 a V4-Flash step of 64 sequences took 201 ms, one of 32 took 62 ms
   // (docs/PERFORMANCE.md).
@@ -90,10 +108,21 @@ class Model {
   Tables tables_for(ops::Backend& backend, const char* what) const;
   // Checks that `cache` belongs to this model and binds it to `backend` on first use.
   void claim_cache(ops::Backend& backend, SequenceCache& cache, const char* what) const;
-  // forward_batch of one group (distinct, claimed caches; at most kMaxBatchRows) into rows
-  // [row0, row0 + caches.size()) of out.
-  void forward_group(ops::Backend& backend, const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids,
-                     const ForwardOptions& options, Buffer& out, int64_t row0) const;
+  // Where a step leaves its results on the backend: logits [rows, vocab] and, for a greedy step,
+  // their argmax [rows] I32 (empty otherwise).
+  struct StepOut {
+    TensorView logits;
+    TensorView tokens;
+  };
+  // The ops of one forward (a decode step's graph recorded or replayed), up to the logits of
+  // `rows` last positions (greedy: and their argmax), inside the caller's scratch frame.
+  StepOut issue_forward(ops::Backend& backend, SequenceCache& cache, const std::vector<int32_t>& ids,
+                        const ForwardOptions& options, int64_t rows, bool greedy) const;
+  // forward_batch's ops for one group (distinct, claimed caches; at most kMaxBatchRows).
+  StepOut issue_group(ops::Backend& backend, const std::vector<SequenceCache*>& caches,
+                      const std::vector<int32_t>& ids, const ForwardOptions& options, bool greedy) const;
+  // The tokens of a greedy step (`tokens` downloaded; a non-finite row's value read from logits).
+  std::vector<GreedyToken> download_greedy(ops::Backend& backend, const StepOut& step) const;
   io::Checkpoint checkpoint_;
   ModelConfig config_;
   ModelWeights weights_;

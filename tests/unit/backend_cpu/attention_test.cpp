@@ -224,6 +224,36 @@ TEST_P(CpuAttention, TopkMatchesStableSort) {
   }
 }
 
+TEST_P(CpuAttention, ArgmaxRowsTiesSignedZerosAndNonFinite) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> v = {1, 3, 3, -5, 2, 3,           // ties: the first 3
+                          -0.0f, 0.0f, -1, -2, -3, -4,  // -0 and +0 tie: the first
+                          1, kNegInf, 9, nan, 2, 1,     // a non-finite entry: -1 - its index
+                          4, 4, 4, 4, 4, nan};          // a NaN after the maximum still refuses the row
+  std::vector<int32_t> out(4, 77);
+  be->argmax_rows(f32_view(v, {4, 6}), i32_view(out, {4}));
+  EXPECT_EQ(out, (std::vector<int32_t>{1, 0, -2, -6}));
+}
+
+TEST_P(CpuAttention, ArgmaxRowsMatchesFirstMaximum) {
+  const int64_t R = 5, N = 1001;
+  std::vector<float> v = random_normal(R * N, 977);
+  for (int64_t i = 0; i < R * N; i += 3) v[i] = std::round(v[i] * 2);  // exact ties at the top
+  std::vector<int32_t> out(R, 77);
+  be->argmax_rows(f32_view(v, {R, N}), i32_view(out, {R}));
+  for (int64_t r = 0; r < R; ++r) {
+    const float* row = v.data() + r * N;
+    EXPECT_EQ(out[r], std::max_element(row, row + N) - row) << "row " << r;
+  }
+}
+
+TEST_P(CpuAttention, ArgmaxRowsRejectsBadShapes) {
+  std::vector<float> v(6, 1.0f);
+  std::vector<int32_t> out(3, 0);
+  EXPECT_THROW(be->argmax_rows(f32_view(v, {2, 3}), i32_view(out, {3})), Error);
+  EXPECT_THROW(be->argmax_rows(f32_view(v, {6}), i32_view(out, {1})), Error);
+}
+
 INSTANTIATE_TEST_SUITE_P(Threads, CpuAttention, ::testing::Values(1, 2));
 
 }  // namespace

@@ -78,6 +78,19 @@ TEST_P(CudaForwardBatch, MatchesOneSequenceAtATimeAndGraphsAreBitIdentical) {
   }
 }
 
+// Greedy decoding with the argmax on the GPU (argmax_rows inside the step graph): the ids equal
+// the first maximum of the downloaded logits, one sequence and a batch, graphs on and off.
+TEST_P(CudaForwardBatch, GreedyOnTheGpuEqualsTheLogitsArgmax) {
+  for (const bool graphs : {false, true}) {
+    SCOPED_TRACE(graphs ? "graphs on" : "graphs off");
+    auto be = test::model_cuda_backend(DType::kBF16, graphs);
+    auto model = Model::load(test::fixture_dir(std::string("models/") + GetParam()));
+    model->place(*be);
+    expect_greedy_matches_logits(*model, *be, {3, 11, 20, 33}, 22, false);
+    expect_greedy_matches_logits(*model, *be, {3, 11, 20, 33}, 22, true);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaForwardBatch, ::testing::Values("tiny-a", "tiny-c", "tiny-a-fp8"),
                          fixture_test_name);
 

@@ -158,6 +158,9 @@ void ShadowDevice::indexer_scores(const TensorView& q, const TensorView& keys, c
 void ShadowDevice::topk(const TensorView& values, int64_t k, const TensorView& out) {
   cpu_->topk(shadow_untag(values, "topk", "values"), k, shadow_untag(out, "topk", "out"));
 }
+void ShadowDevice::argmax_rows(const TensorView& values, const TensorView& out) {
+  cpu_->argmax_rows(shadow_untag(values, "argmax_rows", "values"), shadow_untag(out, "argmax_rows", "out"));
+}
 void ShadowDevice::moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
                              const TensorView& ids, float routed_scaling, const TensorView& idx,
                              const TensorView& weight) {

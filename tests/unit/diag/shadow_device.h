@@ -65,6 +65,7 @@ class ShadowDevice final : public ops::Backend {
   void indexer_scores(const TensorView& q, const TensorView& keys, const TensorView& weights, float weight_scale,
                       const TensorView& positions, int64_t rate, const TensorView& scores) override;
   void topk(const TensorView& values, int64_t k, const TensorView& out) override;
+  void argmax_rows(const TensorView& values, const TensorView& out) override;
   void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid, const TensorView& ids,
                  float routed_scaling, const TensorView& idx, const TensorView& weight) override;
   void moe_experts(const TensorView& x, const std::vector<ops::ExpertWeights>& experts, const TensorView& idx,

@@ -3,6 +3,7 @@
 // steps one sequence at a time (Model::forward) or all at once (Model::forward_batch).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -68,6 +69,52 @@ inline Logits decode(const Model& m, ops::Backend& be, const std::vector<int>& p
   for (size_t s = 0; s < prompts.size(); ++s)
     EXPECT_EQ(caches[s].position, prompts[s] + steps) << "sequence " << s;
   return r;
+}
+
+// The greedy tokens of forward_greedy / forward_batch_greedy against the first maximum of the
+// logits that forward / forward_batch give for the same inputs (separate caches, equal ids):
+// exactly equal ids for every prompt and `steps` decode steps of every sequence.
+inline void expect_greedy_matches_logits(const Model& m, ops::Backend& be, const std::vector<int>& prompts, int steps,
+                                         bool batched) {
+  const ForwardOptions fo{.official_qdq = true, .all_logits = false};
+  const int64_t V = m.config().vocab_size;
+  auto first_max = [&](const float* row) { return static_cast<int32_t>(std::max_element(row, row + V) - row); };
+  std::vector<SequenceCache> with_logits, greedy;
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    with_logits.push_back(m.new_cache());
+    greedy.push_back(m.new_cache());
+  }
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    std::vector<int32_t> ids = test_ids(prompts[s] + static_cast<int>(s));
+    ids.erase(ids.begin(), ids.begin() + static_cast<long>(s));
+    const Buffer out = m.forward(be, with_logits[s], ids, fo);
+    const GreedyToken g = m.forward_greedy(be, greedy[s], ids, fo);
+    EXPECT_EQ(g.non_finite_at, -1);
+    EXPECT_EQ(g.id, first_max(out.f32())) << "prompt of sequence " << s;
+  }
+  for (int k = 0; k < steps; ++k) {
+    std::vector<SequenceCache*> pl, pg;
+    std::vector<int32_t> ids;
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      pl.push_back(&with_logits[s]);
+      pg.push_back(&greedy[s]);
+      ids.push_back(token(s, k));
+    }
+    if (batched) {
+      const Buffer out = m.forward_batch(be, pl, ids, fo);
+      const std::vector<GreedyToken> g = m.forward_batch_greedy(be, pg, ids, fo);
+      ASSERT_EQ(g.size(), prompts.size());
+      for (size_t s = 0; s < prompts.size(); ++s)
+        EXPECT_EQ(g[s].id, first_max(out.f32() + s * V)) << "sequence " << s << ", step " << k;
+    } else {
+      for (size_t s = 0; s < prompts.size(); ++s) {
+        const Buffer out = m.forward(be, with_logits[s], {ids[s]}, fo);
+        EXPECT_EQ(m.forward_greedy(be, greedy[s], {ids[s]}, fo).id, first_max(out.f32()))
+            << "sequence " << s << ", step " << k;
+      }
+    }
+  }
+  for (size_t s = 0; s < prompts.size(); ++s) EXPECT_EQ(greedy[s].position, prompts[s] + steps) << "sequence " << s;
 }
 
 }  // namespace clawmine::model::deepseek_v4

@@ -8,10 +8,13 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/error.h"
+#include "diag/forwarding_backend.h"
 #include "model/deepseek_v4/model.h"
 #include "ops/backend.h"
 #include "support/test_support.h"
@@ -54,6 +57,55 @@ TEST(ForwardBatchGroups, MoreSequencesThanOneGroup) {
     ASSERT_EQ(batch.logits[s].size(), one.logits[s].size());
     EXPECT_EQ(std::memcmp(batch.logits[s].data(), one.logits[s].data(), one.logits[s].size() * sizeof(float)), 0);
   }
+}
+
+// Greedy decoding on the backend (forward_greedy, forward_batch_greedy): the ids are the first
+// maximum of the logits forward / forward_batch give, one sequence and a batch (two groups).
+TEST_P(ForwardBatch, GreedyOnTheBackendEqualsTheLogitsArgmax) {
+  auto model = Model::load(test::fixture_dir(std::string("models/") + GetParam()));
+  auto cpu = ops::make_cpu_backend(2);
+  expect_greedy_matches_logits(*model, *cpu, {3, 11, 20, 33}, 20, false);
+  expect_greedy_matches_logits(*model, *cpu, {3, 11, 20, 33}, 20, true);
+  std::vector<int> many;
+  for (int64_t s = 0; s < Model::kMaxBatchRows + 2; ++s) many.push_back(2 + static_cast<int>(s % 5));
+  expect_greedy_matches_logits(*model, *cpu, many, 2, true);
+}
+
+// A non-finite logit is never a greedy token: the step names the entry and its value. (The head's
+// output is poisoned at one id by a forwarding backend.)
+class NanLogit : public diag::ForwardingBackend {
+ public:
+  using diag::ForwardingBackend::ForwardingBackend;
+  void set_scope(std::string_view scope) override {
+    head_ = scope == "head";
+    diag::ForwardingBackend::set_scope(scope);
+  }
+  void linear(const TensorView& x, const ops::LinearWeight& w, const TensorView& out) override {
+    diag::ForwardingBackend::linear(x, w, out);
+    if (!head_) return;
+    for (int64_t r = 0; r < out.dim(0); ++r) out.f32()[r * out.dim(-1) + 7] = std::numeric_limits<float>::infinity();
+  }
+
+ private:
+  bool head_ = false;
+};
+
+TEST(ForwardGreedy, NonFiniteLogitsNameTheEntry) {
+  auto model = Model::load(test::fixture_dir("models/tiny-a"));
+  auto cpu = ops::make_cpu_backend(1);
+  NanLogit be(*cpu);
+  const ForwardOptions fo{.official_qdq = true, .all_logits = false};
+  SequenceCache cache = model->new_cache();
+  const GreedyToken g = model->forward_greedy(be, cache, test_ids(5), fo);
+  EXPECT_EQ(g.id, -1);
+  EXPECT_EQ(g.non_finite_at, 7);
+  EXPECT_EQ(g.non_finite_value, std::numeric_limits<float>::infinity());
+  SequenceCache a = model->new_cache(), b = model->new_cache();
+  model->forward(be, a, test_ids(4), fo);
+  model->forward(be, b, test_ids(6), fo);
+  const std::vector<GreedyToken> gb = model->forward_batch_greedy(be, {&a, &b}, {3, 4}, fo);
+  ASSERT_EQ(gb.size(), 2u);
+  for (const GreedyToken& t : gb) EXPECT_EQ(t.non_finite_at, 7);
 }
 
 TEST(ForwardBatchErrors, NameTheProblem) {

@@ -134,6 +134,9 @@ class BranchReorder final : public diag::ForwardingBackend {
   void topk(const TensorView& values, int64_t k, const TensorView& out) override {
     issue([=, this] { inner_.topk(values, k, out); });
   }
+  void argmax_rows(const TensorView& values, const TensorView& out) override {
+    issue([=, this] { inner_.argmax_rows(values, out); });
+  }
   void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid, const TensorView& ids,
                  float routed_scaling, const TensorView& idx, const TensorView& weight) override {
     issue([=, this] { inner_.moe_route(logits, bias, tid2eid, ids, routed_scaling, idx, weight); });

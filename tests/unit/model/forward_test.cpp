@@ -167,6 +167,9 @@ class DeviceEmulator final : public ops::Backend {
   void topk(const TensorView& values, int64_t k, const TensorView& out) override {
     cpu_->topk(host(values, "topk"), k, host(out, "topk"));
   }
+  void argmax_rows(const TensorView& values, const TensorView& out) override {
+    cpu_->argmax_rows(host(values, "argmax_rows"), host(out, "argmax_rows"));
+  }
   void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid, const TensorView& ids,
                  float routed_scaling, const TensorView& idx, const TensorView& weight) override {
     const char* op = "moe_route";

@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "diag/forwarding_backend.h"
 #include "model/deepseek_v4/model.h"
 #include "ops/backend.h"
 #include "runtime/scheduler.h"
@@ -71,6 +72,64 @@ TEST(SchedulerBatchDecode, EveryRequestGetsItsTokensAloneInFewerForwards) {
   }
   // One forward per prefill chunk, and per decode step one for all sequences decoding then.
   EXPECT_LT(s.stats().forwards, tokens);
+}
+
+// Counts the argmax_rows calls: a step that took its tokens on the backend.
+class CountingArgmax : public diag::ForwardingBackend {
+ public:
+  CountingArgmax(std::unique_ptr<ops::Backend> inner, int64_t* calls)
+      : diag::ForwardingBackend(*inner), owned_(std::move(inner)), calls_(calls) {}
+  void argmax_rows(const TensorView& values, const TensorView& out) override {
+    ++*calls_;
+    diag::ForwardingBackend::argmax_rows(values, out);
+  }
+
+ private:
+  std::unique_ptr<ops::Backend> owned_;
+  int64_t* calls_;
+};
+
+// Greedy requests that want no logprobs take their tokens on the backend (forward_greedy /
+// forward_batch_greedy): the same ids as the host sampler gives with logprobs on, one sequence at
+// a time and batched, also when a batch mixes both kinds (then the batch takes the logits).
+TEST(SchedulerBatchDecode, GreedyWithoutLogprobsTakesItsTokensOnTheBackend) {
+  auto model = Model::load(test::fixture_dir("models/tiny-c"));
+  std::vector<SequenceRequest> with, without;
+  for (int i = 0; i < 4; ++i) {
+    SequenceRequest q;
+    for (int j = 0; j < 3 + 6 * i; ++j) q.prompt.push_back((j * 31 + i * 11 + 5) % 500 + 2);
+    q.max_tokens = 5 + 3 * i;
+    q.sampling.temperature = 0.0f;
+    with.push_back(q);
+    q.logprobs = false;
+    without.push_back(q);
+  }
+  for (const bool batch : {false, true}) {
+    SCOPED_TRACE(batch ? "batch_decode" : "one sequence a step");
+    SchedulerOptions so;
+    so.prefill_chunk = 8;
+    so.batch_decode = batch;
+    int64_t host_calls = 0, backend_calls = 0, mixed_calls = 0;
+    std::vector<std::vector<int32_t>> ref, got, mixed;
+    {
+      Scheduler s(*model, std::make_unique<CountingArgmax>(ops::make_cpu_backend(2), &host_calls), so);
+      for (auto& h : s.submit(with)) ref.push_back(drain(*h));
+    }
+    {
+      Scheduler s(*model, std::make_unique<CountingArgmax>(ops::make_cpu_backend(2), &backend_calls), so);
+      for (auto& h : s.submit(without)) got.push_back(drain(*h));
+    }
+    {
+      std::vector<SequenceRequest> both = {with[0], without[1], with[2], without[3]};
+      Scheduler s(*model, std::make_unique<CountingArgmax>(ops::make_cpu_backend(2), &mixed_calls), so);
+      for (auto& h : s.submit(both)) mixed.push_back(drain(*h));
+    }
+    EXPECT_EQ(got, ref);
+    EXPECT_EQ(mixed, ref);
+    EXPECT_EQ(host_calls, 0);
+    EXPECT_GT(backend_calls, 0);
+    EXPECT_GT(mixed_calls, 0);  // the greedy ones' prefill steps at least
+  }
 }
 
 TEST(SchedulerBatchDecode, ACancelledRequestLeavesTheOthersRunning) {
