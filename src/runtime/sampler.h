@@ -49,16 +49,26 @@ class Sampler {
   // logits [vocab]; n_top most likely entries of the sampled distribution come back too.
   SampledToken sample(const float* logits, int64_t vocab, int64_t n_top);
   // Full-vocabulary log-probabilities of the distribution the last sample() drew from
-  // (-inf for tokens cut by top-k/top-p/min-p); for tests.
-  const std::vector<float>& last_logprobs() const { return logprobs_; }
+  // (-inf for tokens cut by top-k/top-p/min-p); for tests (made on demand: sample() itself
+  // computes the log-probabilities of the returned entries only).
+  const std::vector<float>& last_logprobs() const;
 
  private:
+  float logprob(int32_t id) const;  // of the last sample()'s distribution; id must be kept
+  void take_top(int64_t n_top, SampledToken& out);
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::unordered_map<int32_t, int64_t> counts_;  // generated token → occurrences
   std::vector<float> z_;                          // penalized logits
-  std::vector<float> logprobs_;                   // [vocab]
-  std::vector<std::pair<float, int32_t>> scratch_;
+  // The last sample()'s distribution: greedy, the softmax of z_ at temperature 1 (max_z_,
+  // log_sum_); sampled, weights w_[id] = exp((z - max) / T) over the kept ids (kept_, in the
+  // order the draw walked them) and their sum kept_sum_.
+  bool greedy_ = false;
+  double max_z_ = 0, log_sum_ = 0, kept_sum_ = 0;
+  std::vector<double> w_;
+  std::vector<int32_t> kept_;
+  mutable std::vector<float> logprobs_;  // [vocab], made by last_logprobs()
+  mutable bool logprobs_stale_ = true;
 };
 
 // argmax with ties to the lowest id.
