@@ -1,6 +1,7 @@
 #include "runtime/scheduler.h"
 
 #include <algorithm>
+#include <exception>
 
 namespace clawmine::runtime {
 
@@ -76,6 +77,10 @@ Scheduler::Scheduler(const model::deepseek_v4::Model& model, std::unique_ptr<ops
     : model_(model), backend_(std::move(backend)), options_(options) {
   CLAWMINE_CHECK(options_.max_running >= 1 && options_.max_waiting >= 1 && options_.prefill_chunk >= 1,
                  "scheduler limits must be >= 1");
+  CLAWMINE_CHECK(options_.sample_threads >= 0, "sample_threads must be >= 0, got ", options_.sample_threads);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  sample_pool_ = std::make_unique<ThreadPool>(options_.sample_threads > 0 ? options_.sample_threads
+                                                                          : std::min(cores, 16));
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -163,7 +168,7 @@ void Scheduler::step(Sequence& seq) {
   const Buffer logits = model_.forward(*backend_, seq.cache, ids, forward);
   ++forwards_;
   if (seq.prefilled < prompt.size()) return;  // more prompt to go
-  emit(seq, logits.f32() + (logits.view().dim(0) - 1) * model_.config().vocab_size);
+  push_token(seq, draw(seq, logits.f32() + (logits.view().dim(0) - 1) * model_.config().vocab_size));
 }
 
 // The decode token of every sequence in seqs (each past its prompt) from one batched forward.
@@ -184,9 +189,24 @@ void Scheduler::decode_together(const std::vector<Sequence*>& seqs) {
   }
   const Buffer logits = model_.forward_batch(*backend_, caches, ids, options_.forward);
   ++forwards_;
-  const int64_t V = model_.config().vocab_size;
+  // The draws in parallel (each touches its own sequence's sampler only), handed over in order.
+  const int64_t V = model_.config().vocab_size, n = static_cast<int64_t>(seqs.size());
+  std::vector<SampledToken> tokens(seqs.size());
+  std::vector<std::exception_ptr> errors(seqs.size());
+  sample_pool_->parallel_for(0, n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      try {
+        tokens[static_cast<size_t>(i)] = draw(*seqs[static_cast<size_t>(i)], logits.f32() + i * V);
+      } catch (...) {
+        errors[static_cast<size_t>(i)] = std::current_exception();
+      }
+    }
+  });
   for (size_t i = 0; i < seqs.size(); ++i)
-    guarded(*seqs[i], [&] { emit(*seqs[i], logits.f32() + static_cast<int64_t>(i) * V); });
+    guarded(*seqs[i], [&] {
+      if (errors[i]) std::rethrow_exception(errors[i]);
+      push_token(*seqs[i], std::move(tokens[i]));
+    });
 }
 
 // Runs f for the sequence; an exception fails only this sequence (fail()).
@@ -201,10 +221,17 @@ void Scheduler::guarded(Sequence& seq, F&& f) {
   }
 }
 
-// Samples the sequence's next token from its logit row and hands it to the consumer.
-void Scheduler::emit(Sequence& seq, const float* row) {
+// The sequence's next token from its logit row: the sampler's draw, or for a greedy sequence that
+// wants no logprobs (in a batch that took the logits) the first maximum, refused on NaN/Inf as
+// the sampler refuses.
+SampledToken Scheduler::draw(Sequence& seq, const float* row) {
   const int64_t V = model_.config().vocab_size;
-  push_token(seq, seq.sampler.sample(row, V, seq.request.top_logprobs));
+  if (!seq.on_backend) return seq.sampler.sample(row, V, seq.request.top_logprobs);
+  if (const int64_t bad = first_non_finite(row, V); bad >= 0)
+    throw NonFiniteLogits(str_cat("non-finite logit (", row[bad], ") at token id ", bad, "; refusing to sample"));
+  SampledToken token;
+  token.id = argmax(row, V);
+  return token;
 }
 
 // The token the backend took (forward_greedy); a non-finite logit row is refused as the sampler

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "model/deepseek_v4/model.h"
 #include "ops/backend.h"
 #include "runtime/non_finite_hook.h"
@@ -34,6 +35,11 @@ struct SchedulerOptions {
   // forward per sequence. On the CPU a sequence's logits are the same bits either way; on CUDA they
   // agree to rounding (docs/ARCHITECTURE.md).
   bool batch_decode = false;
+  // Threads that draw a batched step's tokens from its logit rows (each sequence's sampler is its
+  // own, so the draws are independent; 0: the machine's cores, at most 16). A draw over the V4
+  // vocabulary costs ~1.5-3 ms on the host (docs/PERFORMANCE.md, Sampler), 32 of them more than
+  // the GPU step.
+  int sample_threads = 0;
   model::deepseek_v4::ForwardOptions forward;
   // Runs on the scheduler thread when the guard trips; its text joins the request's error.
   NonFiniteExplainer explain_non_finite;
@@ -107,7 +113,7 @@ class Scheduler {
   void loop();
   void step(Sequence& seq);
   void decode_together(const std::vector<Sequence*>& seqs);
-  void emit(Sequence& seq, const float* logits_row);
+  SampledToken draw(Sequence& seq, const float* logits_row);
   void emit_greedy(Sequence& seq, const model::deepseek_v4::GreedyToken& g);
   void push_token(Sequence& seq, SampledToken token);
   void fail(Sequence& seq, const std::exception& e, bool non_finite);
@@ -118,6 +124,7 @@ class Scheduler {
   const model::deepseek_v4::Model& model_;
   std::unique_ptr<ops::Backend> backend_;
   SchedulerOptions options_;
+  std::unique_ptr<ThreadPool> sample_pool_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Sequence>> waiting_;

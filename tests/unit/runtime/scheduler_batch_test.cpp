@@ -54,24 +54,28 @@ TEST(SchedulerBatchDecode, EveryRequestGetsItsTokensAloneInFewerForwards) {
     Scheduler s(*model, ops::make_cpu_backend(2), so);
     alone.push_back(drain(*s.submit({r})[0]));
   }
-  SchedulerOptions so;
-  so.prefill_chunk = 8;  // prompts of 3..28 tokens: prefill and decode steps mix
-  so.batch_decode = true;
-  Scheduler s(*model, ops::make_cpu_backend(2), so);
-  std::vector<SequenceRequest> first(reqs.begin(), reqs.begin() + 4), late(reqs.begin() + 4, reqs.end());
-  auto handles = s.submit(first);
-  std::vector<std::vector<int32_t>> got;
-  got.push_back(drain(*handles[0]));  // the others keep decoding meanwhile; then two join late
-  for (auto& h : s.submit(late)) handles.push_back(h);
-  for (size_t i = 1; i < handles.size(); ++i) got.push_back(drain(*handles[i]));
-  int64_t tokens = 0;
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    EXPECT_EQ(got[i], alone[i]) << "request " << i;
-    EXPECT_EQ(handles[i]->finish_reason(), FinishReason::kLength) << "request " << i << ": " << handles[i]->error();
-    tokens += static_cast<int64_t>(got[i].size());
+  for (const int threads : {1, 4}) {  // the batched draws one after another, or on four threads
+    SCOPED_TRACE(testing::Message() << threads << " sample threads");
+    SchedulerOptions so;
+    so.prefill_chunk = 8;  // prompts of 3..28 tokens: prefill and decode steps mix
+    so.batch_decode = true;
+    so.sample_threads = threads;
+    Scheduler s(*model, ops::make_cpu_backend(2), so);
+    std::vector<SequenceRequest> first(reqs.begin(), reqs.begin() + 4), late(reqs.begin() + 4, reqs.end());
+    auto handles = s.submit(first);
+    std::vector<std::vector<int32_t>> got;
+    got.push_back(drain(*handles[0]));  // the others keep decoding meanwhile; then two join late
+    for (auto& h : s.submit(late)) handles.push_back(h);
+    for (size_t i = 1; i < handles.size(); ++i) got.push_back(drain(*handles[i]));
+    int64_t tokens = 0;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      EXPECT_EQ(got[i], alone[i]) << "request " << i;
+      EXPECT_EQ(handles[i]->finish_reason(), FinishReason::kLength) << "request " << i << ": " << handles[i]->error();
+      tokens += static_cast<int64_t>(got[i].size());
+    }
+    // One forward per prefill chunk, and per decode step one for all sequences decoding then.
+    EXPECT_LT(s.stats().forwards, tokens);
   }
-  // One forward per prefill chunk, and per decode step one for all sequences decoding then.
-  EXPECT_LT(s.stats().forwards, tokens);
 }
 
 // Counts the argmax_rows calls: a step that took its tokens on the backend.
