@@ -82,7 +82,8 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
   if (greedy_) {
     out.id = argmax(z, vocab);
     double sum = 0;
-    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(z[i]) - max_z_);
+    const float mz = static_cast<float>(max_z_);
+    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(z[i] - mz);
     log_sum_ = std::log(sum);
   } else {
     // Weights w = exp((z - max) / T) of the candidates: the top-k by ByLogit (sorted), or every id

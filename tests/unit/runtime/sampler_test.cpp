@@ -102,6 +102,27 @@ TEST(SamplerCuts, KeepTheReferenceTokensWithItsLogprobs) {
   }
 }
 
+TEST(SamplerCuts, GreedyReportsTheSoftmaxAtTemperatureOne) {
+  for (const int64_t V : {int64_t{50}, int64_t{129280}}) {
+    for (const float stddev : {0.3f, 3.0f}) {
+      const std::vector<float> z = logits(V, stddev, static_cast<uint32_t>(V) + 3, true);
+      Sampler s(SamplingParams{.temperature = 0.0f});
+      const SampledToken t = s.sample(z.data(), V, 3);
+      const double mx = *std::max_element(z.begin(), z.end());
+      double sum = 0;
+      for (float x : z) sum += std::exp(static_cast<double>(x) - mx);
+      EXPECT_EQ(t.id, std::max_element(z.begin(), z.end()) - z.begin());
+      const std::vector<float>& got = s.last_logprobs();
+      double worst = 0;
+      for (int64_t i = 0; i < V; ++i)
+        worst = std::max(worst, std::fabs(got[static_cast<size_t>(i)] - (z[static_cast<size_t>(i)] - mx - std::log(sum))));
+      EXPECT_LT(worst, 2e-5) << "V " << V << " sd " << stddev;
+      ASSERT_EQ(t.top.size(), 3u);
+      EXPECT_EQ(t.top[0].id, t.id);
+    }
+  }
+}
+
 TEST(SamplerCuts, DrawsFollowTheDistribution) {
   // Three tokens of weights 1, e^-1, e^-2 at T = 1: frequencies within 2% of 0.665, 0.245, 0.090.
   const std::vector<float> z = {0.0f, -1.0f, -2.0f};
