@@ -24,6 +24,11 @@ Buffer chunked_logits(const model::deepseek_v4::Model& model, ops::Backend& back
   return all;
 }
 
+int32_t greedy_id(const model::deepseek_v4::GreedyToken& g) {
+  if (g.non_finite_at >= 0) throw non_finite_logits(g.non_finite_at, g.non_finite_value);
+  return g.id;
+}
+
 std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backend& backend,
                               const std::vector<int32_t>& prompt, const GenerateOptions& options,
                               const std::function<void(int32_t)>& on_token) {
@@ -39,14 +44,9 @@ std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backe
   // Greedy without penalties needs no logits on the host: the argmax runs on the backend and only
   // the id comes back (Model::forward_greedy; ties to the lowest id as the sampler's; a non-finite
   // row refused with the sampler's error).
-  const SamplingParams& sp = options.sampling;
-  const bool on_backend = sp.temperature == 0 && sp.presence_penalty == 0 && sp.frequency_penalty == 0;
+  const bool on_backend = greedy_without_penalties(options.sampling);
   auto greedy = [&](const std::vector<int32_t>& ids) {
-    const model::deepseek_v4::GreedyToken g = model.forward_greedy(backend, cache, ids, last_only);
-    if (g.non_finite_at >= 0)
-      throw NonFiniteLogits(str_cat("non-finite logit (", g.non_finite_value, ") at token id ", g.non_finite_at,
-                                    "; refusing to sample"));
-    return g.id;
+    return greedy_id(model.forward_greedy(backend, cache, ids, last_only));
   };
   Buffer logits;
   std::vector<int32_t> out;

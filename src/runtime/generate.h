@@ -23,6 +23,10 @@ struct GenerateOptions {
   NonFiniteExplainer explain_non_finite;  // appended to the NonFiniteLogits error when set
 };
 
+// The id of a token the backend took (Model::forward_greedy); a non-finite row throws
+// non_finite_logits, as the sampler does.
+int32_t greedy_id(const model::deepseek_v4::GreedyToken& g);
+
 // Returns the generated ids (EOS included when it ends the sequence). on_token, if set, sees each id as it comes.
 std::vector<int32_t> generate(const model::deepseek_v4::Model& model, ops::Backend& backend,
                               const std::vector<int32_t>& prompt, const GenerateOptions& options,

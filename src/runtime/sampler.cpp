@@ -42,6 +42,10 @@ int32_t argmax(const float* logits, int64_t vocab) {
   return static_cast<int32_t>(best);
 }
 
+NonFiniteLogits non_finite_logits(int64_t id, float value) {
+  return NonFiniteLogits(str_cat("non-finite logit (", value, ") at token id ", id, "; refusing to sample"));
+}
+
 int64_t first_non_finite(const float* logits, int64_t vocab) {
   constexpr int64_t kBlock = 256;  // a branch-free test per block, the offending block scanned
   for (int64_t b = 0; b < vocab; b += kBlock) {
@@ -66,8 +70,7 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
 }
 
 SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) {
-  if (const int64_t bad = first_non_finite(logits, vocab); bad >= 0)
-    throw NonFiniteLogits(str_cat("non-finite logit (", logits[bad], ") at token id ", bad, "; refusing to sample"));
+  if (const int64_t bad = first_non_finite(logits, vocab); bad >= 0) throw non_finite_logits(bad, logits[bad]);
   CLAWMINE_CHECK(vocab >= 1 && vocab <= std::numeric_limits<int32_t>::max(), "sample: a vocabulary of ", vocab,
                  " logits");
   z_.assign(logits, logits + vocab);

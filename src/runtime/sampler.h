@@ -71,6 +71,15 @@ class Sampler {
   mutable bool logprobs_stale_ = true;
 };
 
+// The error for a non-finite logit `value` at token id `id` (the sampler's, and the backend
+// greedy paths').
+NonFiniteLogits non_finite_logits(int64_t id, float value);
+// Greedy without penalties: the token is the first maximum of the logits alone, so it may be taken
+// where the logits are (Model::forward_greedy).
+inline bool greedy_without_penalties(const SamplingParams& p) {
+  return p.temperature == 0 && p.presence_penalty == 0 && p.frequency_penalty == 0;
+}
+
 // argmax with ties to the lowest id.
 int32_t argmax(const float* logits, int64_t vocab);
 // Index of the first NaN/Inf in logits [vocab], or -1.

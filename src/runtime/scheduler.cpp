@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <exception>
 
+#include "runtime/generate.h"
+
 namespace clawmine::runtime {
 
 using model::deepseek_v4::SequenceCache;
@@ -61,16 +63,10 @@ struct Scheduler::Sequence {
   int32_t last = -1;
   bool done = false;
   // Greedy, no penalties, no logprobs wanted: the argmax runs on the backend (forward_greedy).
-  bool on_backend = false;
+  bool on_backend() const {
+    return !request.logprobs && request.top_logprobs == 0 && greedy_without_penalties(request.sampling);
+  }
 };
-
-namespace {
-bool greedy_on_backend(const SequenceRequest& r) {
-  const SamplingParams& p = r.sampling;
-  return !r.logprobs && r.top_logprobs == 0 && p.temperature == 0 && p.presence_penalty == 0 &&
-         p.frequency_penalty == 0;
-}
-}  // namespace
 
 Scheduler::Scheduler(const model::deepseek_v4::Model& model, std::unique_ptr<ops::Backend> backend,
                      SchedulerOptions options)
@@ -107,9 +103,7 @@ std::vector<std::shared_ptr<SequenceHandle>> Scheduler::submit(std::vector<Seque
   for (auto& r : requests) {
     auto handle = std::make_shared<SequenceHandle>();
     Sampler sampler(r.sampling);
-    const bool on_backend = greedy_on_backend(r);
     seqs.push_back(std::unique_ptr<Sequence>(new Sequence{std::move(r), handle, std::move(sampler), model_.new_cache()}));
-    seqs.back()->on_backend = on_backend;
     handles.push_back(std::move(handle));
   }
   {
@@ -159,7 +153,7 @@ void Scheduler::step(Sequence& seq) {
   // Only the last position is sampled (no prompt logprobs): the head runs for that row alone.
   model::deepseek_v4::ForwardOptions forward = options_.forward;
   forward.all_logits = false;
-  if (seq.on_backend && seq.prefilled == prompt.size()) {  // sampled: the token alone comes back
+  if (seq.on_backend() && seq.prefilled == prompt.size()) {  // sampled: the token alone comes back
     const model::deepseek_v4::GreedyToken g = model_.forward_greedy(*backend_, seq.cache, ids, forward);
     ++forwards_;
     emit_greedy(seq, g);
@@ -180,7 +174,7 @@ void Scheduler::decode_together(const std::vector<Sequence*>& seqs) {
     ids.push_back(s->last);
   }
   // Every sequence greedy without logprobs: the tokens alone come back.
-  if (std::all_of(seqs.begin(), seqs.end(), [](const Sequence* s) { return s->on_backend; })) {
+  if (std::all_of(seqs.begin(), seqs.end(), [](const Sequence* s) { return s->on_backend(); })) {
     const std::vector<model::deepseek_v4::GreedyToken> g =
         model_.forward_batch_greedy(*backend_, caches, ids, options_.forward);
     ++forwards_;
@@ -226,22 +220,17 @@ void Scheduler::guarded(Sequence& seq, F&& f) {
 // the sampler refuses.
 SampledToken Scheduler::draw(Sequence& seq, const float* row) {
   const int64_t V = model_.config().vocab_size;
-  if (!seq.on_backend) return seq.sampler.sample(row, V, seq.request.top_logprobs);
-  if (const int64_t bad = first_non_finite(row, V); bad >= 0)
-    throw NonFiniteLogits(str_cat("non-finite logit (", row[bad], ") at token id ", bad, "; refusing to sample"));
+  if (!seq.on_backend()) return seq.sampler.sample(row, V, seq.request.top_logprobs);
+  if (const int64_t bad = first_non_finite(row, V); bad >= 0) throw non_finite_logits(bad, row[bad]);
   SampledToken token;
   token.id = argmax(row, V);
   return token;
 }
 
-// The token the backend took (forward_greedy); a non-finite logit row is refused as the sampler
-// refuses it.
+// The token the backend took (forward_greedy; a non-finite row throws as the sampler does).
 void Scheduler::emit_greedy(Sequence& seq, const model::deepseek_v4::GreedyToken& g) {
-  if (g.non_finite_at >= 0)
-    throw NonFiniteLogits(str_cat("non-finite logit (", g.non_finite_value, ") at token id ", g.non_finite_at,
-                                  "; refusing to sample"));
   SampledToken token;
-  token.id = g.id;
+  token.id = greedy_id(g);
   push_token(seq, std::move(token));
 }
 

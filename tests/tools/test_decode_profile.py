@@ -35,12 +35,10 @@ def write_csv(path, with_bytes):
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_the_last_step_with_dram_bytes(tmp_path, run_tool):
+def test_the_last_step_with_dram_bytes(tmp_path, tool_output):
     csv = tmp_path / "ncu.csv"
     write_csv(csv, with_bytes=True)
-    r = run_tool("decode_profile.py", csv, "--sequence")
-    assert r.returncode == 0, r.stderr
-    out = r.stdout
+    out = tool_output("decode_profile.py", csv, "--sequence")
     # The last step: embed, hc site, MXFP4 experts, head = 4 kernels, 384 us, 1113.5 MB.
     assert out.startswith("decode step: 4 kernels, 384 us of kernel time (serialized under ncu), 1114 MB read from DRAM")
     assert "| kind | us | kernels | share | MB read | TB/s |" in out
@@ -56,14 +54,13 @@ def test_the_last_step_with_dram_bytes(tmp_path, run_tool):
     assert "20.00" not in out  # the first step's FP8 GEMV
 
 
-def test_time_alone(tmp_path, run_tool):
+def test_time_alone(tmp_path, tool_output):
     csv = tmp_path / "ncu.csv"
     write_csv(csv, with_bytes=False)
-    r = run_tool("decode_profile.py", csv)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("decode step: 4 kernels, 384 us of kernel time (serialized under ncu)\n")
-    assert "| kind | us | kernels | share |\n" in r.stdout
-    assert "MB read" not in r.stdout
+    out = tool_output("decode_profile.py", csv)
+    assert out.startswith("decode step: 4 kernels, 384 us of kernel time (serialized under ncu)\n")
+    assert "| kind | us | kernels | share |\n" in out
+    assert "MB read" not in out
 
 
 def test_a_csv_without_a_decode_step_is_a_clear_error(tmp_path, run_tool):

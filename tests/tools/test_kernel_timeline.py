@@ -30,12 +30,10 @@ def write_trace(path, rows=ROWS):
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_steps_kinds_and_gaps(tmp_path, run_tool):
+def test_steps_kinds_and_gaps(tmp_path, tool_output):
     trace = tmp_path / "t.csv"
     write_trace(trace)
-    r = run_tool("kernel_timeline.py", trace, "--sequence")
-    assert r.returncode == 0, r.stderr
-    out = r.stdout
+    out = tool_output("kernel_timeline.py", trace, "--sequence")
     assert out.startswith("kernel timeline: clawmine kernel trace: test model")
     # Step 1: span 60 us; busy = [100,103] + [103.5,130] + [131,160] = 3 + 26.5 + 29 = 58.5; idle 1.5;
     # main stream 4 kernels, busy 3 + 6.5 + 21 + 29 = 59.5, gaps 0.5 - 1.0 + 1.0 = 0.5.
@@ -52,12 +50,10 @@ def test_steps_kinds_and_gaps(tmp_path, run_tool):
     assert "| 5.00 | 10.00 | - | 14 | 128x6x1 | 256x1x1 | gemv_kernel<3, __nv_bfloat16, 1> |" in out
 
 
-def test_step_option(tmp_path, run_tool):
+def test_step_option(tmp_path, run_tool, tool_output):
     trace = tmp_path / "t.csv"
     write_trace(trace)
-    r = run_tool("kernel_timeline.py", trace, "--step", "0")
-    assert r.returncode == 0, r.stderr
-    assert "step 0: 2 kernels over 40.0 us" in r.stdout
+    assert "step 0: 2 kernels over 40.0 us" in tool_output("kernel_timeline.py", trace, "--step", "0")
     r = run_tool("kernel_timeline.py", trace, "--step", "5")
     assert r.returncode != 0 and "no step 5" in r.stderr
 

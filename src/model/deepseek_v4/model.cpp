@@ -6,6 +6,7 @@
 #include "model/deepseek_v4/model.h"
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <utility>
 
@@ -255,12 +256,9 @@ HcState run_blocks(ops::Backend& be, const ModelConfig& cfg, const ModelWeights&
 }
 
 // The step's head: logits [rows, vocab] and, when greedy, their argmax [rows] I32.
-struct HeadOut {
-  TensorView logits, tokens;
-};
-HeadOut step_head(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& W, const LinearWeight& head,
+Model::StepOut step_head(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& W, const LinearWeight& head,
                   const HcState& s, int64_t rows, bool greedy) {
-  HeadOut o{head_logits(be, cfg, W, head, s, rows), {}};
+  Model::StepOut o{head_logits(be, cfg, W, head, s, rows), {}};
   if (greedy) {
     o.tokens = be.scratch(DType::kI32, {rows});
     be.argmax_rows(o.logits, o.tokens);
@@ -271,12 +269,12 @@ HeadOut step_head(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& 
 // Runs issue_ops (the step's ops; returns where the results land) directly, or as the step graph
 // of `key` (recorded on first use, replayed after; the results' place kept in `owner`).
 template <typename Issue>
-HeadOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
+Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
   if (graph && owner.step_key == key && be.replay_step_graph(key)) {
     return {owner.step_logits, owner.step_tokens};  // the recorded ops ran again; their scratch addresses repeat
   }
   if (graph) be.begin_step_graph(key);
-  const HeadOut out = issue_ops();
+  const Model::StepOut out = issue_ops();
   if (graph) {
     be.end_step_graph();
     owner.step_key = key;
@@ -330,14 +328,13 @@ Model::StepOut Model::issue_forward(ops::Backend& be, SequenceCache& cache, cons
   // step until the cache's entry stores grow: it is recorded once as a graph and replayed.
   const bool graph = T == 1 && p0 >= cfg.sliding_window - 1;
   const uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
-  const HeadOut out = run_step(be, graph, key, cache, [&]() -> HeadOut {
+  return run_step(be, graph, key, cache, [&]() -> StepOut {
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
                                  options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
                                    return attention(c, x, cache.layers[static_cast<size_t>(l)]);
                                  });
     return step_head(be, cfg, tables.weights, tables.head, s, rows, greedy);
   });
-  return {out.logits, out.tokens};
 }
 
 Buffer Model::forward(ops::Backend& be, SequenceCache& cache, const std::vector<int32_t>& ids,
@@ -386,12 +383,9 @@ GreedyToken Model::forward_greedy(ops::Backend& be, SequenceCache& cache, const 
   return tok[0];
 }
 
-namespace {
-// The checks of forward_batch (distinct caches, one id each) and claim(cache) for each; then
-// fn(first, last) for each group of at most kMaxBatchRows sequences.
-template <typename Claim, typename Fn>
-void for_each_group(const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids, const char* what,
-                    Claim&& claim, Fn&& fn) {
+void Model::run_groups(ops::Backend& be, const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids,
+                       const ForwardOptions& options, bool greedy, const char* what,
+                       const std::function<void(int64_t, const StepOut&)>& take) const {
   const int64_t B = static_cast<int64_t>(ids.size());
   CLAWMINE_CHECK(B > 0 && caches.size() == ids.size(), what, ": ", ids.size(), " token ids for ", caches.size(),
                  " caches (one token per sequence, at least one)");
@@ -401,28 +395,23 @@ void for_each_group(const std::vector<SequenceCache*>& caches, const std::vector
     for (int64_t a = 0; a < b; ++a)
       CLAWMINE_CHECK(caches[static_cast<size_t>(a)] != cache, what, ": sequence ", a, " and ", b,
                      " are the same cache (each sequence of a batch takes one token)");
-    claim(*cache);
+    claim_cache(be, *cache, what);
   }
-  for (int64_t g0 = 0; g0 < B; g0 += Model::kMaxBatchRows) {
-    const int64_t g1 = std::min(B, g0 + Model::kMaxBatchRows);
-    fn(g0, g1);
+  for (int64_t g0 = 0; g0 < B; g0 += kMaxBatchRows) {
+    const int64_t g1 = std::min(B, g0 + kMaxBatchRows);
+    const std::vector<SequenceCache*> group(caches.begin() + g0, caches.begin() + g1);
+    ops::ScratchFrame pass(be);
+    take(g0, issue_group(be, group, {ids.begin() + g0, ids.begin() + g1}, options, greedy));
+    for (SequenceCache* cache : group) cache->position += 1;
   }
 }
-}  // namespace
 
 Buffer Model::forward_batch(ops::Backend& be, const std::vector<SequenceCache*>& caches,
                             const std::vector<int32_t>& ids, const ForwardOptions& options) const {
   const int64_t V = config_.vocab_size;
   Buffer out(DType::kF32, {static_cast<int64_t>(ids.size()), V});
-  for_each_group(
-      caches, ids, "forward_batch", [&](SequenceCache& c) { claim_cache(be, c, "forward_batch"); },
-      [&](int64_t g0, int64_t g1) {
-        const std::vector<SequenceCache*> group(caches.begin() + g0, caches.begin() + g1);
-        ops::ScratchFrame pass(be);
-        const StepOut step = issue_group(be, group, {ids.begin() + g0, ids.begin() + g1}, options, false);
-        be.download(step.logits, out.f32() + g0 * V);
-        for (SequenceCache* cache : group) cache->position += 1;
-      });
+  run_groups(be, caches, ids, options, false, "forward_batch",
+             [&](int64_t g0, const StepOut& step) { be.download(step.logits, out.f32() + g0 * V); });
   return out;
 }
 
@@ -430,16 +419,10 @@ std::vector<GreedyToken> Model::forward_batch_greedy(ops::Backend& be, const std
                                                      const std::vector<int32_t>& ids,
                                                      const ForwardOptions& options) const {
   std::vector<GreedyToken> out;
-  for_each_group(
-      caches, ids, "forward_batch_greedy", [&](SequenceCache& c) { claim_cache(be, c, "forward_batch_greedy"); },
-      [&](int64_t g0, int64_t g1) {
-        const std::vector<SequenceCache*> group(caches.begin() + g0, caches.begin() + g1);
-        ops::ScratchFrame pass(be);
-        const StepOut step = issue_group(be, group, {ids.begin() + g0, ids.begin() + g1}, options, true);
-        const std::vector<GreedyToken> tok = download_greedy(be, step);
-        out.insert(out.end(), tok.begin(), tok.end());
-        for (SequenceCache* cache : group) cache->position += 1;
-      });
+  run_groups(be, caches, ids, options, true, "forward_batch_greedy", [&](int64_t, const StepOut& step) {
+    const std::vector<GreedyToken> tok = download_greedy(be, step);
+    out.insert(out.end(), tok.begin(), tok.end());
+  });
   return out;
 }
 
@@ -467,7 +450,7 @@ Model::StepOut Model::issue_group(ops::Backend& be, const std::vector<SequenceCa
   for (int64_t q : p0) graph = graph && q >= cfg.sliding_window - 1;
   const uint64_t key =
       graph ? step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, greedy, this) : 0;
-  const HeadOut out = run_step(be, graph, key, *caches[0], [&]() -> HeadOut {
+  return run_step(be, graph, key, *caches[0], [&]() -> StepOut {
     std::vector<LayerCache*> layer_caches(static_cast<size_t>(B));
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t,
                                  p0[0], options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
@@ -478,7 +461,6 @@ Model::StepOut Model::issue_group(ops::Backend& be, const std::vector<SequenceCa
                                  });
     return step_head(be, cfg, tables.weights, tables.head, s, B, greedy);
   });
-  return {out.logits, out.tokens};
 }
 
 }  // namespace clawmine::model::deepseek_v4

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -91,6 +92,13 @@ class Model {
   std::vector<GreedyToken> forward_batch_greedy(ops::Backend& backend, const std::vector<SequenceCache*>& caches,
                                                 const std::vector<int32_t>& ids, const ForwardOptions& options) const;
 
+  // Where a step leaves its results on the backend: logits [rows, vocab] and, for a greedy step,
+  // their argmax [rows] I32 (empty otherwise).
+  struct StepOut {
+    TensorView logits;
+    TensorView tokens;
+  };
+
   // Past 32 rows the CUDA projections leave the weight-streaming GEMV for BF16 weight copies and
   // cuBLAS: on the H100 a V4-Flash step of 64 sequences took 201 ms, one of 32 took 62 ms
   // (docs/PERFORMANCE.md).
@@ -108,16 +116,16 @@ class Model {
   Tables tables_for(ops::Backend& backend, const char* what) const;
   // Checks that `cache` belongs to this model and binds it to `backend` on first use.
   void claim_cache(ops::Backend& backend, SequenceCache& cache, const char* what) const;
-  // Where a step leaves its results on the backend: logits [rows, vocab] and, for a greedy step,
-  // their argmax [rows] I32 (empty otherwise).
-  struct StepOut {
-    TensorView logits;
-    TensorView tokens;
-  };
   // The ops of one forward (a decode step's graph recorded or replayed), up to the logits of
   // `rows` last positions (greedy: and their argmax), inside the caller's scratch frame.
   StepOut issue_forward(ops::Backend& backend, SequenceCache& cache, const std::vector<int32_t>& ids,
                         const ForwardOptions& options, int64_t rows, bool greedy) const;
+  // forward_batch(_greedy): checks the caches (distinct, one id each; `what` names the call in
+  // errors) and claims them; then per group of at most kMaxBatchRows sequences, in a scratch
+  // frame, issue_group and take(first row, results), and the group's positions advance.
+  void run_groups(ops::Backend& backend, const std::vector<SequenceCache*>& caches, const std::vector<int32_t>& ids,
+                  const ForwardOptions& options, bool greedy, const char* what,
+                  const std::function<void(int64_t, const StepOut&)>& take) const;
   // forward_batch's ops for one group (distinct, claimed caches; at most kMaxBatchRows).
   StepOut issue_group(ops::Backend& backend, const std::vector<SequenceCache*>& caches,
                       const std::vector<int32_t>& ids, const ForwardOptions& options, bool greedy) const;
