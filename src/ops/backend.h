@@ -125,10 +125,12 @@ class Backend {
   virtual void set_scope(std::string_view scope) {}
 
   // Concurrency at decode sizes. branch(b) sends the ops issued after it to branch b (0: the
-  // main branch; 1 .. kMaxBranches-1: branches that start from everything issued before their
-  // first op); ops of different branches may run at the same time until join_branches(), after
-  // which every op follows all of them. The caller keeps the branches independent: no op of one
-  // reads or writes what an op of another writes before the join. While a branch is open,
+  // main branch; 1 .. kMaxBranches-1: side branches, each starting after every op issued on
+  // branch 0 before its own first op of the region, its fork); ops of different branches may run
+  // at the same time until join_branches(), after which every op follows all of them. The caller
+  // keeps the branches independent: no op of one reads or writes what an op of another writes
+  // before the join, except that a side branch may read what branch 0 wrote before its fork
+  // (attention's indexer queries read the latent that branch 0 normalized). While a branch is open,
   // scratch_reset keeps what was handed out (no scratch is reused across branches); a reset
   // after the join frees it. Results are those of the same ops issued in order. The default
   // (CPU, diagnostic decorators) runs everything in order.

@@ -239,18 +239,39 @@ __global__ void __launch_bounds__(kDmThreads)
   }
 }
 
-// Block (h, t), thread d4 < Dh / 4: dims [4*d4, +4) of head h. Warp 0 computes the split
-// weights (lane j: splits j and j + 32, fixed shuffle trees) into shared memory.
+// Block (h, t), thread d4 < Dh / 4: dims [4*d4, +4) of head h. Each thread issues its loads of
+// the first 8 splits' partials and takes the inverse RoPE's cos/sin before the split weights are
+// known (the loads and the double-precision sincos overlap warp 0's weights); warp 0 computes the
+// split weights (lane j: splits j and j + 32, fixed shuffle trees) into shared memory.
 template <typename T>
 __global__ void __launch_bounds__(128)
     attention_decode_merge_kernel(const float* __restrict__ part_acc, const float2* __restrict__ part_ml, int splits,
                                   const float* __restrict__ sink, int64_t H, int64_t Dh, const int32_t* positions,
                                   const float* inv_freq, int64_t rope_dim, T* __restrict__ out) {
-  pdl_wait();
-  pdl_trigger();
   __shared__ float wgt[kDmMaxSplits];
   __shared__ float flag_s;
   const int64_t h = blockIdx.x, t = blockIdx.y;
+  const int64_t d = static_cast<int64_t>(threadIdx.x) * 4;
+  const bool live = d < Dh;
+  // The inverse RoPE's frequencies (constants: read before the wait) for this thread's two pairs.
+  const int64_t rope_first = Dh - rope_dim;  // even
+  float freq[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < 4; j += 2) {
+    if (live && rope_dim > 0 && d + j >= rope_first) freq[j / 2] = inv_freq[(d + j - rope_first) / 2];
+  }
+  pdl_wait();
+  pdl_trigger();
+  const int64_t stride = H * Dh;
+  const float* src = part_acc + (t * splits * H + h) * Dh + d;  // split i: + i * stride
+  float4 pv[8];
+  auto load8 = [&](int i0) {
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      pv[u] = live && i0 + u < splits ? __ldcg(reinterpret_cast<const float4*>(src + (i0 + u) * stride))
+                                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  };
+  load8(0);
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     float2 v[2];
@@ -279,19 +300,20 @@ __global__ void __launch_bounds__(128)
     for (int k = 0; k < 2; ++k) wgt[k * 32 + lane] = any_key && !b ? e[k] / L : 0.0f;
     if (lane == 0) flag_s = b ? NAN : any_key ? 1.0f : 0.0f;
   }
+  float cs[2] = {1.0f, 1.0f}, sn[2] = {0.0f, 0.0f};
+  if (live && rope_dim > 0 && d + 2 >= rope_first) {  // the rope op's cos/sin at this position
+    const int32_t pos = positions[t];
+#pragma unroll
+    for (int j = 0; j < 4; j += 2) {
+      if (d + j >= rope_first) rowprep::rope_cos_sin(freq[j / 2], pos, cs[j / 2], sn[j / 2]);
+    }
+  }
   __syncthreads();
+  if (!live) return;
 
-  const int64_t d = static_cast<int64_t>(threadIdx.x) * 4;
-  if (d >= Dh) return;
-  const int64_t stride = H * Dh;
-  const float* src = part_acc + (t * splits * H + h) * Dh + d;  // split i: + i * stride
   float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int i0 = 0; i0 < splits; i0 += 8) {  // fmaf over the splits in order, 8 loads in flight
-    float4 pv[8];
-#pragma unroll
-    for (int u = 0; u < 8; ++u)
-      pv[u] = i0 + u < splits ? __ldcg(reinterpret_cast<const float4*>(src + (i0 + u) * stride))
-                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (i0 > 0) load8(i0);
 #pragma unroll
     for (int u = 0; u < 8; ++u) {
       if (i0 + u >= splits) break;
@@ -306,14 +328,10 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
   for (int j = 0; j < 4; ++j) o[j] = to_f32(from_f32<T>(isnan(flag) ? NAN : flag == 0.0f ? 0.0f : o[j]));
   if (rope_dim > 0) {  // the rope op's arithmetic on the stored values (rope_first is even)
-    const int64_t rope_first = Dh - rope_dim;
-    const int32_t pos = positions[t];
 #pragma unroll
     for (int j = 0; j < 4; j += 2) {
       if (d + j < rope_first) continue;
-      float cs, sn;
-      rowprep::rope_cos_sin(inv_freq[(d + j - rope_first) / 2], pos, cs, sn);
-      rowprep::rotate_pair(o[j], o[j + 1], cs, -sn);
+      rowprep::rotate_pair(o[j], o[j + 1], cs[j / 2], -sn[j / 2]);
     }
   }
   T* dst = out + (t * H + h) * Dh + d;

@@ -4,8 +4,9 @@
 // capture through the fork event, and the graph gets the two chains as parallel paths. Only
 // stream_ changes: every op launches on stream_, so the ops need no change.
 // Each branch b > 0 has its own side stream (kMaxBranches - 1 of them, created on first use):
-// one-sequence decode uses branch 1 (attention's key path and compressors, the shared expert),
-// batched decode up to kMaxBranches - 1 lanes of per-sequence attention. CLAWMINE_BRANCHES=1 (or
+// one-sequence decode uses branches 1-4 (attention's keys, the indexer's keys, the layer's
+// compressor, the indexer's queries; the MoE's shared expert), batched decode up to
+// kMaxBranches - 1 lanes of per-sequence attention. CLAWMINE_BRANCHES=1 (or
 // 0) issues every branch on the main stream in issue order. Decode b=1 on the H100
 // (docs/PERFORMANCE.md): 8.66/8.70 ms per token with the side stream, 9.54/9.68 without; a third
 // stream for the compressors gained nothing (8.70/8.75).

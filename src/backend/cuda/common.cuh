@@ -42,13 +42,15 @@ namespace clawmine::backend::cuda {
 //    every block of this one has executed it (or exited). It gives no memory guarantee itself.
 //    After the wait, so only the next kernel launches early: a trigger before it let every
 //    kernel of a chain of PDL launches start (and hold its blocks resident) at once.
-//  - Two exceptions: the decode GEMV kernels (linear_gemv.cu) and the decode hyper-connection
-//    site kernel (hc_site_fused_kernel, hc_device.cuh: its mix weights fn) load weights, which no
-//    kernel of a step writes (they are uploaded by copies, which are fully serialized), before
-//    the wait, so their first DRAM round trip overlaps the previous kernel; everything else after
-//    it, and every block still waits before it exits (weights_before_wait, linear_kernels.cuh).
-// Without the attribute (CLAWMINE_PDL=0 for every kernel but those two, a library kernel or a
-// copy before), both are no-ops.
+//  - The exceptions load weights or constant tables, which no kernel of a step writes (they are
+//    uploaded by copies, which are fully serialized), before the wait, so their first DRAM round
+//    trip overlaps the previous kernel: the decode GEMV kernels (linear_gemv.cu), the decode
+//    hyper-connection site (hc_site_fused_kernel, hc_device.cuh: its mix weights fn) and the
+//    decode attention merge (attention_decode_mma.cu: the RoPE frequencies). Everything else
+//    comes after the wait, and every block still waits before it exits (weights_before_wait,
+//    linear_kernels.cuh).
+// Without the attribute (CLAWMINE_PDL=0, except for launches that set it themselves; a library
+// kernel or a copy before), both are no-ops.
 // Library work (cuBLAS, cudaMemcpyAsync, cudaMemsetAsync) is not launched with the attribute
 // and is fully serialized as before.
 __device__ __forceinline__ void pdl_trigger() {

@@ -46,37 +46,45 @@ CompressorSpec indexer_compressor(const LayerContext& c) {
 }
 
 // The window pool [previous window (n_prev rows) | the chunk's T keys, already in place]: the
-// previous rows come from the cache, and the cache keeps the W-1 most recent keys of the pool
-// (its tail) for the next chunk.
-void window_keys(const LayerContext& c, LayerCache& cache, const TensorView& pool, int64_t n_prev) {
-  const int64_t rows = pool.dim(0), W = c.cfg.sliding_window;
+// previous rows come from the cache (window_prev, before or beside the keys' projection), and the
+// cache keeps the W-1 most recent keys of the pool (its tail) for the next chunk (window_keep,
+// after it).
+void window_prev(const LayerContext& c, LayerCache& cache, const TensorView& pool, int64_t n_prev) {
   if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
+}
+void window_keep(const LayerContext& c, LayerCache& cache, const TensorView& pool) {
+  const int64_t rows = pool.dim(0), W = c.cfg.sliding_window;
   const int64_t n_keep = std::min(W - 1, rows);
   if (n_keep > 0) c.be.copy(pool.slice0(rows - n_keep, rows), cache.window.view().slice0(0, n_keep));
 }
 
 // The chunk's tokens enter the layer's compressor (and for CSA the indexer's, with the head
-// weights iw) before attention, so an entry completed inside the chunk is visible to the queries
-// that may see it.
-void compress(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& iw) {
-  const bool sparse = c.kind == AttentionKind::kCompressedSparse;
+// weights iw: indexer_keys) before attention, so an entry completed inside the chunk is visible to
+// the queries that may see it.
+void compress(const LayerContext& c, const TensorView& h, LayerCache& cache) {
   c.be.set_scope(c.scope("attn.compressor"));
   compressor_step(c, h, *c.w.attn.compressor, layer_compressor(c), cache.compressor);
-  if (sparse) indexer_keys(c, h, cache, iw);
   c.be.set_scope(c.scope("attn"));
 }
 
-// q = rope(rms(wq_b . rms(wq_a . h))) per head [T, H, Dh] from the latent qr [T, q_lora_rank];
-// for CSA the indexer queries iq from the same qr.
+// q = rope(rms(wq_b · rms(wq_a · h))) per head [T, H, Dh] from the latent qr [T, q_lora_rank];
+// for CSA the indexer queries iq from the same qr, on branch iq_branch (> 0: forked after the
+// latent's norm, beside wq_b) or in line after q.
 void project_queries(const LayerContext& c, const TensorView& h, const TensorView& qr, const TensorView& q,
-                     const TensorView& iq) {
+                     const TensorView& iq, int iq_branch = 0) {
   const int64_t T = h.dim(0);
   c.be.linear(h, c.w.attn.wq_a, qr);
   c.be.rms_norm(qr, &c.w.attn.q_norm, eps(c), qr);
+  if (!iq.empty() && iq_branch > 0) {
+    c.be.branch(iq_branch);
+    indexer_queries(c, qr, iq);
+    c.be.set_scope(c.scope("attn"));
+    c.be.branch(0);
+  }
   c.be.linear(qr, c.w.attn.wq_b, q.reshaped({T, c.cfg.num_attention_heads * c.cfg.head_dim}));
   c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = c.cfg.qk_rope_head_dim}, c.positions,
                      c.inv_freq);
-  if (!iq.empty()) indexer_queries(c, qr, iq);
+  if (!iq.empty() && iq_branch == 0) indexer_queries(c, qr, iq);
 }
 
 // Key lists (steps B/D): W window slots then the compressed entries each query may see (every
@@ -166,11 +174,19 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const int64_t T = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, W = cfg.sliding_window;
 
   // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). At decode
-  // sizes two independent chains run on two branches until the indexer scores: 1 the keys (kv,
-  // the window pool, the window kept for the next chunk, the key lists where they need no top-k),
-  // then the compressors (and the indexer's, with its head weights); 0 the queries (q and the
-  // indexer queries). (The compressors on a third branch of their own gained nothing on the
-  // H100: docs/PERFORMANCE.md.)
+  // sizes the independent chains run on branches until the indexer scores, each forked from the
+  // main stream where its first op is issued:
+  //   3: the layer's compressor and 2: the indexer's keys (its compressor and head weights), both
+  //      from h alone and the longest chains of a compressed layer (a GEMV, then the pooling
+  //      kernel), so they start with the layer;
+  //   1: the keys: the previous window rows into the pool and the key lists where they need no
+  //      top-k (neither reads kv), then kv in place in the pool and the window kept for the next
+  //      chunk;
+  //   0: the queries, with 4: the indexer queries forked after the latent's norm, beside wq_b.
+  // (H100, docs/PERFORMANCE.md, thirteenth session: with the compressors and the indexer behind
+  // the keys on one side stream, a CSA layer's attention started ~40 us after its queries were
+  // ready; this layout: decode b=1 8.00 -> 7.48 ms/token. The order in which the side branches
+  // are issued made no difference.)
   const bool branches = T <= kBranchMaxTokens;
   auto on = [&](int b) {
     if (branches) c.be.branch(b);
@@ -184,16 +200,25 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const TensorView iq = sparse ? c.act({T, cfg.index_n_heads, cfg.index_head_dim}) : TensorView{};
   const TensorView iw = sparse ? c.act({T, cfg.index_n_heads}) : TensorView{};
 
+  if (compressed) {
+    on(3);
+    compress(c, h, cache);
+  }
+  if (sparse) {
+    on(2);
+    indexer_keys(c, h, cache, iw);
+    c.be.set_scope(c.scope("attn"));
+  }
   on(1);
-  // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
-  // rows), so they need no copy into it; then the compressed entries stay in place in the cache.
-  project_keys(c, h, pool.slice0(n_prev, n_prev + T));
-  window_keys(c, cache, pool, n_prev);
+  window_prev(c, cache, pool, n_prev);
   TensorView idx;
   if (!sparse) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
-  if (compressed) compress(c, h, cache, iw);
+  // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
+  // rows), so they need no copy into it; the compressed entries stay in place in the cache.
+  project_keys(c, h, pool.slice0(n_prev, n_prev + T));
+  window_keep(c, cache, pool);
   on(0);
-  project_queries(c, h, qr, q, iq);
+  project_queries(c, h, qr, q, iq, branches ? 4 : 0);
   if (branches) c.be.join_branches();
   if (sparse) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
 
@@ -246,8 +271,9 @@ TensorView attention_batch(const LayerContext& c, const TensorView& h, const std
     LayerCache& cache = *caches[static_cast<size_t>(b)];
     const int64_t n_prev = std::min(W - 1, cb.p0);
     const TensorView pool = c.act({n_prev + 1, Dh});
+    window_prev(cb, cache, pool, n_prev);
     c.be.copy(kv.slice0(b, b + 1), pool.slice0(n_prev, n_prev + 1));
-    window_keys(cb, cache, pool, n_prev);
+    window_keep(cb, cache, pool);
     if (compressed) {
       c.be.set_scope(c.scope("attn.compressor"));
       compressor_store(cb, compressor_rows(kv_gate, 0, b, b + 1), compressor_rows(kv_gate, 1, b, b + 1),

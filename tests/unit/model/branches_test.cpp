@@ -27,8 +27,10 @@ namespace {
 // Defers the ops of one side of every open branch region to its join: kSide the ops issued on
 // branches 1 and up, kMain those on branch 0; kReverse defers every op of the region and runs the
 // branches from the highest to branch 0 (each branch's ops in issue order: batched decode's
-// lanes in the reverse of their order). Scratch resets are held while a region is open, as the
-// CUDA backend holds them.
+// lanes in the reverse of their order). A side branch's fork (its first op of the region) runs
+// the branch-0 ops deferred so far first: a side branch starts after every op issued on branch 0
+// before its fork (ops/backend.h), as the CUDA backend's fork event orders it. Scratch resets are
+// held while a region is open, as the CUDA backend holds them.
 class BranchReorder final : public diag::ForwardingBackend {
  public:
   enum class Late { kSide, kMain, kReverse };
@@ -40,6 +42,11 @@ class BranchReorder final : public diag::ForwardingBackend {
     if (b < 0 || b >= kMaxBranches) throw Error("BranchReorder: no branch " + std::to_string(b));
     open_ = true;
     cur_ = b;
+    if (b > 0 && !forked_[b]) {  // the fork: branch 0's ops issued so far come first
+      forked_[b] = true;
+      if (late_ == Late::kMain) run_all(queue_);
+      if (late_ == Late::kReverse) run_all(lanes_[0]);
+    }
   }
   void join_branches() override {
     if (!open_) return;
@@ -52,6 +59,7 @@ class BranchReorder final : public diag::ForwardingBackend {
     }
     open_ = false;
     cur_ = 0;
+    for (bool& f : forked_) f = false;
   }
   void scratch_reset(size_t mark) override {
     if (!open_) inner_.scratch_reset(mark);
@@ -150,6 +158,10 @@ class BranchReorder final : public diag::ForwardingBackend {
   }
 
  private:
+  static void run_all(std::vector<std::function<void()>>& ops) {
+    for (auto& f : ops) f();
+    ops.clear();
+  }
   void issue(std::function<void()> op) {
     if (open_ && late_ == Late::kReverse) {
       lanes_[cur_].push_back(std::move(op));
@@ -165,6 +177,7 @@ class BranchReorder final : public diag::ForwardingBackend {
   Late late_;
   bool open_ = false;
   int cur_ = 0, regions_ = 0, deferred_ = 0;
+  bool forked_[kMaxBranches] = {};
   std::vector<std::function<void()>> queue_;
   std::vector<std::function<void()>> lanes_[kMaxBranches];  // kReverse: the region's ops per branch
 };
