@@ -58,9 +58,8 @@ void window_keep(const LayerContext& c, LayerCache& cache, const TensorView& poo
   if (n_keep > 0) c.be.copy(pool.slice0(rows - n_keep, rows), cache.window.view().slice0(0, n_keep));
 }
 
-// The chunk's tokens enter the layer's compressor (and for CSA the indexer's, with the head
-// weights iw: indexer_keys) before attention, so an entry completed inside the chunk is visible to
-// the queries that may see it.
+// The chunk's tokens enter the layer's compressor before attention (for CSA the indexer's too:
+// indexer_keys), so an entry completed inside the chunk is visible to the queries that may see it.
 void compress(const LayerContext& c, const TensorView& h, LayerCache& cache) {
   c.be.set_scope(c.scope("attn.compressor"));
   compressor_step(c, h, *c.w.attn.compressor, layer_compressor(c), cache.compressor);
