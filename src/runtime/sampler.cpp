@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace clawmine::runtime {
@@ -23,11 +24,122 @@ float max_value(const float* v, int64_t n) {
   return r;
 }
 
+// exp(x) for x <= 0, four lanes at once (GCC/Clang vector extensions: SSE2 on x86-64): x = n ln2
+// + r with |r| <= ln2 / 2, e^r by Cephes expf's degree-6 polynomial (within 1.4 ulp of exp over
+// [-87, 0]), times 2^n built in the exponent bits; x below -87 is taken as -87 (a weight of ~1e-38
+// instead of a smaller one or 0: the sums do not see it, and logprobs come from the logits).
+// Branch-free, so one pass over a 129280-entry vocabulary takes ~0.2 ms where std::exp took ~0.6
+// (double: ~1.3; bench/sampler_bench).
+using F4 = float __attribute__((vector_size(16)));
+using I4 = int32_t __attribute__((vector_size(16)));
+[[gnu::always_inline]] inline F4 exp_nonpositive(F4 x) {
+  const F4 lo = F4{} - 87.0f;
+  x = x > lo ? x : lo;
+  const F4 fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23)
+  const F4 r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;              // x - n ln2, ln2 in two parts
+  F4 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const I4 bits = (__builtin_convertvector(fn, I4) + 127) << 23;  // 2^n, n in [-126, 0]
+  F4 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+float exp_nonpositive(float x) {
+  F4 v{};
+  v[0] = x;
+  return exp_nonpositive(v)[0];
+}
+
+// w[i] = exp((z[i] - shift) * scale) for i < n (every argument <= 0: shift the maximum, scale
+// 1 / T); returns their sum (float partial sums of 4 x 256 elements, added in double).
+double exp_weights(const float* z, int64_t n, float shift, float scale, float* w) {
+  double sum = 0;
+  int64_t i = 0;
+  while (i + 4 <= n) {
+    F4 acc{};
+    for (const int64_t end = std::min(n, i + 1024); i + 4 <= end; i += 4) {
+      F4 v;
+      std::memcpy(&v, z + i, sizeof v);
+      const F4 e = exp_nonpositive((v - shift) * scale);
+      std::memcpy(w + i, &e, sizeof e);
+      acc += e;
+    }
+    sum += static_cast<double>((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  }
+  for (; i < n; ++i) sum += w[i] = exp_nonpositive((z[i] - shift) * scale);
+  return sum;
+}
+
 // Larger logit first, ties to the lower id: the order that top-k, top-p and min-p cut.
 struct ByLogit {
   const float* z;
   bool operator()(int32_t a, int32_t b) const { return z[a] > z[b] || (z[a] == z[b] && a < b); }
 };
+
+// top-p over every id (n large, nothing sorted yet) without sorting the kept set: the weights
+// w[0, n) (w in (0, 1], the largest 1) go into 1017 bins by their leading bits (exponent and 3
+// mantissa bits: bins of 2^(1/8), larger weights in lower bins, so ByLogit order never goes to a
+// lower bin), in four interleaved histograms; B is the first bin at which the bins' mass reaches
+// top_p of `sum`, and bins up to B + 1 (margin for the float bin sums) are the boundary. kept gets
+// the ids of the bins before B in id order (all of them are in the top-p prefix), then the
+// boundary ids sorted ByLogit; the prefix walk over the boundary finds the exact cut. Returns the
+// kept count, or -1 (kept left as every id in id order) when the bins' sums (in another order than
+// the walk's) misplaced B: the caller then sorts progressively. bench/sampler_bench, top_p 0.95
+// over 129280 flat logits: 1.4 -> 0.47 ms on the development VM.
+int64_t top_p_binned(const float* z, const float* w, int64_t n, double sum, float top_p, std::vector<int32_t>& kept) {
+  constexpr int kBins = 1024, kTop = 0x3f8;  // w = 1: bits >> 20 = 0x3f8
+  auto bin_of = [&](int64_t i) {
+    uint32_t bits;
+    std::memcpy(&bits, w + i, 4);
+    return kTop - static_cast<int>(bits >> 20);
+  };
+  std::vector<double> mass(4 * kBins, 0.0);
+  for (int64_t i = 0; i < n; ++i) mass[(i & 3) * kBins + bin_of(i)] += w[i];
+  const double target = static_cast<double>(top_p) * sum;
+  double acc = 0;
+  int B = kTop;
+  for (int b = 0; b <= kTop; ++b) {
+    acc += (mass[b] + mass[kBins + b]) + (mass[2 * kBins + b] + mass[3 * kBins + b]);
+    if (acc >= target) {
+      B = b;
+      break;
+    }
+  }
+  const int B2 = std::min(B + 1, kTop);
+  int64_t inner = 0;
+  double inner_mass = 0;
+  std::vector<int32_t> edge;
+  for (int64_t i = 0; i < n; ++i) {
+    const int b = bin_of(i);
+    if (b < B) {
+      kept[inner++] = static_cast<int32_t>(i);
+      inner_mass += w[i];
+    } else if (b <= B2) {
+      edge.push_back(static_cast<int32_t>(i));
+    }
+  }
+  std::sort(edge.begin(), edge.end(), ByLogit{z});
+  int64_t keep = -1;
+  if (inner_mass < target) {
+    acc = inner_mass / sum;
+    for (size_t j = 0; j < edge.size(); ++j) {
+      kept[inner + j] = edge[j];
+      acc += w[edge[j]] / sum;
+      if (acc >= top_p) {
+        keep = inner + static_cast<int64_t>(j) + 1;
+        break;
+      }
+    }
+  }
+  if (keep < 0)
+    for (int64_t i = 0; i < n; ++i) kept[i] = static_cast<int32_t>(i);
+  return keep;
+}
+constexpr int64_t kBinnedTopPMin = 4096;  // fewer candidates: the progressive sort
 
 }  // namespace
 
@@ -47,12 +159,20 @@ NonFiniteLogits non_finite_logits(int64_t id, float value) {
 }
 
 int64_t first_non_finite(const float* logits, int64_t vocab) {
-  constexpr int64_t kBlock = 256;  // a branch-free test per block, the offending block scanned
+  // A branch-free test per block of 256 (the exponent bits all ones: Inf or NaN; integer ops on
+  // the bits, so the fixed-length loop vectorizes), the offending block scanned.
+  constexpr int64_t kBlock = 256;
   for (int64_t b = 0; b < vocab; b += kBlock) {
     const int64_t e = std::min(vocab, b + kBlock);
-    bool bad = false;
-    for (int64_t i = b; i < e; ++i) bad |= !std::isfinite(logits[i]);
-    if (!bad) continue;
+    uint32_t bad = 0;
+    if (e - b == kBlock) {
+      uint32_t bits[kBlock];
+      std::memcpy(bits, logits + b, sizeof bits);
+      for (int64_t i = 0; i < kBlock; ++i) bad |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+    } else {
+      for (int64_t i = b; i < e; ++i) bad |= static_cast<uint32_t>(!std::isfinite(logits[i]));
+    }
+    if (bad == 0) continue;
     for (int64_t i = b; i < e; ++i)
       if (!std::isfinite(logits[i])) return i;
   }
@@ -82,19 +202,18 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
 
   SampledToken out;
   greedy_ = params_.temperature == 0.0f;
+  temperature_ = greedy_ ? 1.0 : params_.temperature;
+  w_.resize(static_cast<size_t>(vocab));
   if (greedy_) {
-    out.id = argmax(z, vocab);
-    double sum = 0;
-    const float mz = static_cast<float>(max_z_);
-    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(z[i] - mz);
-    log_sum_ = std::log(sum);
+    out.id = static_cast<int32_t>(std::find(z, z + vocab, static_cast<float>(max_z_)) - z);  // the first maximum
+    log_sum_ = std::log(exp_weights(z, vocab, static_cast<float>(max_z_), 1.0f, w_.data()));
   } else {
     // Weights w = exp((z - max) / T) of the candidates: the top-k by ByLogit (sorted), or every id
     // (in id order). top-p keeps the shortest ByLogit prefix whose share of the candidates' weight
-    // reaches top_p (sorted as far as needed, in growing steps), min-p the ids whose weight is at
-    // least min_p times the largest (1); the draw walks what is kept in that order.
-    const double T = params_.temperature;
-    w_.resize(static_cast<size_t>(vocab));
+    // reaches top_p (over every id: top_p_binned, which sorts only the ids near the cut; else
+    // sorted as far as needed, in growing steps), min-p the ids whose weight is at least min_p
+    // times the largest (1); the draw walks what is kept in that order.
+    const float inv_t = static_cast<float>(1.0 / params_.temperature);
     kept_.resize(static_cast<size_t>(vocab));
     for (int64_t i = 0; i < vocab; ++i) kept_[i] = static_cast<int32_t>(i);
     const ByLogit by{z};
@@ -104,10 +223,23 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
       std::partial_sort(kept_.begin(), kept_.begin() + n, kept_.end(), by);
       sorted = n;
     }
+    const float mz = static_cast<float>(max_z_);
     double sum = 0;
-    for (int64_t j = 0; j < n; ++j) sum += w_[kept_[j]] = std::exp((static_cast<double>(z[kept_[j]]) - max_z_) / T);
+    if (n == vocab) {  // every id, in id order
+      sum = exp_weights(z, vocab, mz, inv_t, w_.data());
+    } else {
+      for (int64_t j = 0; j < n; ++j) sum += w_[kept_[j]] = exp_nonpositive((z[kept_[j]] - mz) * inv_t);
+    }
     int64_t keep = n;
-    if (params_.top_p < 1.0f) {
+    bool id_order = false;  // kept_[0, keep): the top-p set, ids in id order before its sorted boundary
+    if (params_.top_p < 1.0f && sorted == 0 && n >= kBinnedTopPMin) {
+      const int64_t k = top_p_binned(z, w_.data(), n, sum, params_.top_p, kept_);
+      if (k >= 0) {
+        keep = k;
+        id_order = true;
+      }
+    }
+    if (params_.top_p < 1.0f && !id_order) {
       double acc = 0;
       for (int64_t j = 0, step = 64; j < n; ++j) {
         if (j == sorted) {  // the next ByLogit run: the largest of the rest, sorted
@@ -125,18 +257,22 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
     }
     if (params_.min_p > 0.0f) {  // the largest weight is exp(0) = 1
       const double floor = params_.min_p;
-      if (keep < n || sorted == n) {  // a ByLogit prefix: its weights do not increase
+      if (!id_order && (keep < n || sorted == n)) {  // a ByLogit prefix: its weights do not increase
         int64_t k = 1;
         while (k < keep && w_[kept_[k]] >= floor) ++k;
         keep = k;
-      } else {  // every candidate, in id order: the ones at or above the floor
-        keep = std::stable_partition(kept_.begin(), kept_.begin() + n, [&](int32_t i) { return w_[i] >= floor; }) -
+      } else {  // the kept ids not in ByLogit order: the ones at or above the floor
+        keep = std::stable_partition(kept_.begin(), kept_.begin() + keep, [&](int32_t i) { return w_[i] >= floor; }) -
                kept_.begin();
       }
     }
     kept_.resize(static_cast<size_t>(keep));
-    kept_sum_ = 0;
-    for (int32_t i : kept_) kept_sum_ += w_[i];
+    kept_sum_ = sum;  // nothing cut: exp_weights' sum
+    if (keep < n) {
+      kept_sum_ = 0;
+      for (int32_t i : kept_) kept_sum_ += w_[i];
+    }
+    log_sum_ = std::log(kept_sum_);
     std::uniform_real_distribution<double> uniform(0.0, kept_sum_);
     double r = uniform(rng_);
     out.id = kept_.back();
@@ -155,8 +291,7 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
 }
 
 float Sampler::logprob(int32_t id) const {
-  if (greedy_) return static_cast<float>(z_[id] - max_z_ - log_sum_);
-  return static_cast<float>(std::log(w_[id] / kept_sum_));
+  return static_cast<float>((z_[id] - max_z_) / temperature_ - log_sum_);
 }
 
 // The n_top most likely entries of the last distribution, descending (ties to the lower id).

@@ -61,11 +61,12 @@ class Sampler {
   std::unordered_map<int32_t, int64_t> counts_;  // generated token → occurrences
   std::vector<float> z_;                          // penalized logits
   // The last sample()'s distribution: greedy, the softmax of z_ at temperature 1 (max_z_,
-  // log_sum_); sampled, weights w_[id] = exp((z - max) / T) over the kept ids (kept_, in the
-  // order the draw walked them) and their sum kept_sum_.
+  // log_sum_); sampled, weights w_[id] = exp((z - max) / T) (float, exp_weights) over the kept ids
+  // (kept_, in the order the draw walked them), their sum kept_sum_ and its log log_sum_; a
+  // logprob is (z - max) / T - log_sum_ in double.
   bool greedy_ = false;
-  double max_z_ = 0, log_sum_ = 0, kept_sum_ = 0;
-  std::vector<double> w_;
+  double max_z_ = 0, log_sum_ = 0, kept_sum_ = 0, temperature_ = 1;
+  std::vector<float> w_;
   std::vector<int32_t> kept_;
   mutable std::vector<float> logprobs_;  // [vocab], made by last_logprobs()
   mutable bool logprobs_stale_ = true;

@@ -1,7 +1,9 @@
 // The sampler's cuts (top-k, top-p, min-p, alone and together) against a direct reference that
 // sorts the whole vocabulary: the same kept tokens with the same log-probabilities, the drawn token
-// among them; large flat vocabularies make top-p sort in several steps, exact ties at the cut
-// boundaries check the lower-id rule. Plus the fast argmax and non-finite scan against plain loops.
+// among them; small vocabularies make top-p sort in several steps, large ones take the binned
+// top-p (flat rows with most ids kept, peaked rows, rows whose weights fall below the float
+// exponential's range), exact ties at the cut boundaries check the lower-id rule. Plus the fast
+// argmax and non-finite scan against plain loops.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -71,7 +73,10 @@ TEST(SamplerCuts, KeepTheReferenceTokensWithItsLogprobs) {
                         {2.0f, 0.99f, 0, 0.0f}};
   uint32_t seed = 7;
   for (const int64_t V : {int64_t{50}, int64_t{5000}, int64_t{129280}}) {
-    for (const float stddev : {0.3f, 3.0f}) {  // flat (top-p sorts far) and peaked
+    // flat (top-p sorts far), peaked, and spread so far that most weights are below the float
+    // exponential's range (arguments to ~-450: the weights clamp at e^-87, the logprobs come from
+    // the logits)
+    for (const float stddev : {0.3f, 3.0f, 30.0f}) {
       const std::vector<float> z = logits(V, stddev, seed++, stddev > 1);
       for (const Case& c : cases) {
         SCOPED_TRACE(testing::Message() << "V " << V << " sd " << stddev << " T " << c.t << " top_p " << c.top_p
