@@ -141,6 +141,26 @@ int64_t top_p_binned(const float* z, const float* w, int64_t n, double sum, floa
 }
 constexpr int64_t kBinnedTopPMin = 4096;  // fewer candidates: the progressive sort
 
+// The k (<= n) first ids of [0, n) in ByLogit order, sorted, into out: one pass in id order keeps
+// the best k so far in a heap whose top is the last of them in ByLogit order; an id enters only
+// when its logit beats that one's (an equal logit ranks after: its id is higher), so most of the
+// pass is one comparison with a register (partial_sort's indirect comparisons cost ~4x).
+void top_ids(const float* z, int64_t n, int64_t k, std::vector<int32_t>& out) {
+  const ByLogit by{z};
+  out.resize(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) out[i] = static_cast<int32_t>(i);
+  std::make_heap(out.begin(), out.end(), by);
+  float last = z[out.front()];
+  for (int64_t i = k; i < n; ++i) {
+    if (!(z[i] > last)) continue;
+    std::pop_heap(out.begin(), out.end(), by);
+    out.back() = static_cast<int32_t>(i);
+    std::push_heap(out.begin(), out.end(), by);
+    last = z[out.front()];
+  }
+  std::sort_heap(out.begin(), out.end(), by);
+}
+
 }  // namespace
 
 int32_t argmax(const float* logits, int64_t vocab) {
@@ -214,14 +234,14 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
     // sorted as far as needed, in growing steps), min-p the ids whose weight is at least min_p
     // times the largest (1); the draw walks what is kept in that order.
     const float inv_t = static_cast<float>(1.0 / params_.temperature);
-    kept_.resize(static_cast<size_t>(vocab));
-    for (int64_t i = 0; i < vocab; ++i) kept_[i] = static_cast<int32_t>(i);
     const ByLogit by{z};
     int64_t n = vocab, sorted = 0;  // candidates kept_[0, n); kept_[0, sorted) in ByLogit order
     if (params_.top_k > 0 && params_.top_k < vocab) {
-      n = params_.top_k;
-      std::partial_sort(kept_.begin(), kept_.begin() + n, kept_.end(), by);
-      sorted = n;
+      n = sorted = params_.top_k;
+      top_ids(z, vocab, n, kept_);
+    } else {
+      kept_.resize(static_cast<size_t>(vocab));
+      for (int64_t i = 0; i < vocab; ++i) kept_[i] = static_cast<int32_t>(i);
     }
     const float mz = static_cast<float>(max_z_);
     double sum = 0;
@@ -296,17 +316,17 @@ float Sampler::logprob(int32_t id) const {
 
 // The n_top most likely entries of the last distribution, descending (ties to the lower id).
 void Sampler::take_top(int64_t n_top, SampledToken& out) {
-  const ByLogit by{z_.data()};
   std::vector<int32_t> ids;
-  if (greedy_) {
-    ids.resize(z_.size());
-    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  if (greedy_ || kept_.size() == z_.size()) {  // every id: one pass
+    const auto V = static_cast<int64_t>(z_.size());
+    top_ids(z_.data(), V, std::min(n_top, V), ids);
   } else {
     ids = kept_;
+    const auto m = static_cast<std::ptrdiff_t>(std::min<size_t>(static_cast<size_t>(n_top), ids.size()));
+    std::partial_sort(ids.begin(), ids.begin() + m, ids.end(), ByLogit{z_.data()});
+    ids.resize(static_cast<size_t>(m));
   }
-  const auto m = static_cast<std::ptrdiff_t>(std::min<size_t>(static_cast<size_t>(n_top), ids.size()));
-  std::partial_sort(ids.begin(), ids.begin() + m, ids.end(), by);
-  for (std::ptrdiff_t i = 0; i < m; ++i) out.top.push_back({ids[static_cast<size_t>(i)], logprob(ids[static_cast<size_t>(i)])});
+  for (int32_t id : ids) out.top.push_back({id, logprob(id)});
 }
 
 const std::vector<float>& Sampler::last_logprobs() const {

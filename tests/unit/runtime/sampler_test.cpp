@@ -102,6 +102,14 @@ TEST(SamplerCuts, KeepTheReferenceTokensWithItsLogprobs) {
         EXPECT_EQ(t.logprob, got[static_cast<size_t>(t.id)]);
         ASSERT_FALSE(t.top.empty());
         for (size_t i = 1; i < t.top.size(); ++i) EXPECT_GE(t.top[i - 1].logprob, t.top[i].logprob);
+        // The alternatives: the reference's most likely kept ids, ties to the lower id.
+        std::vector<int32_t> best;
+        for (size_t i = 0; i < ref.size(); ++i)
+          if (std::isfinite(ref[i])) best.push_back(static_cast<int32_t>(i));
+        std::stable_sort(best.begin(), best.end(), [&](int32_t a, int32_t b) { return z[a] > z[b]; });
+        best.resize(std::min<size_t>(best.size(), 5));
+        ASSERT_EQ(t.top.size(), best.size());
+        for (size_t i = 0; i < best.size(); ++i) EXPECT_EQ(t.top[i].id, best[i]) << i;
       }
     }
   }
