@@ -55,22 +55,28 @@ float exp_nonpositive(float x) {
 }
 
 // w[i] = exp((z[i] - shift) * scale) for i < n (every argument <= 0: shift the maximum, scale
-// 1 / T); returns their sum (float partial sums of 4 x 256 elements, added in double).
-double exp_weights(const float* z, int64_t n, float shift, float scale, float* w) {
+// 1 / T); returns their sum: blocks of kWeightBlock (float partial sums of 4 x 256 elements, a
+// tail of fewer than 4 added one by one), whose sums are also stored in block_sums[n /
+// kWeightBlock rounded up] when given, added in double.
+constexpr int64_t kWeightBlock = 1024;
+double exp_weights(const float* z, int64_t n, float shift, float scale, float* w, double* block_sums = nullptr) {
   double sum = 0;
-  int64_t i = 0;
-  while (i + 4 <= n) {
+  for (int64_t b = 0; b < n; b += kWeightBlock) {
+    const int64_t end = std::min(n, b + kWeightBlock);
     F4 acc{};
-    for (const int64_t end = std::min(n, i + 1024); i + 4 <= end; i += 4) {
+    int64_t i = b;
+    for (; i + 4 <= end; i += 4) {
       F4 v;
       std::memcpy(&v, z + i, sizeof v);
       const F4 e = exp_nonpositive((v - shift) * scale);
       std::memcpy(w + i, &e, sizeof e);
       acc += e;
     }
-    sum += static_cast<double>((acc[0] + acc[1]) + (acc[2] + acc[3]));
+    double block = static_cast<double>((acc[0] + acc[1]) + (acc[2] + acc[3]));
+    for (; i < end; ++i) block += w[i] = exp_nonpositive((z[i] - shift) * scale);
+    if (block_sums != nullptr) block_sums[b / kWeightBlock] = block;
+    sum += block;
   }
-  for (; i < n; ++i) sum += w[i] = exp_nonpositive((z[i] - shift) * scale);
   return sum;
 }
 
@@ -246,7 +252,8 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
     const float mz = static_cast<float>(max_z_);
     double sum = 0;
     if (n == vocab) {  // every id, in id order
-      sum = exp_weights(z, vocab, mz, inv_t, w_.data());
+      block_sums_.resize(static_cast<size_t>((vocab + kWeightBlock - 1) / kWeightBlock));
+      sum = exp_weights(z, vocab, mz, inv_t, w_.data(), block_sums_.data());
     } else {
       for (int64_t j = 0; j < n; ++j) sum += w_[kept_[j]] = exp_nonpositive((z[kept_[j]] - mz) * inv_t);
     }
@@ -296,11 +303,30 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
     std::uniform_real_distribution<double> uniform(0.0, kept_sum_);
     double r = uniform(rng_);
     out.id = kept_.back();
-    for (int32_t i : kept_) {
-      r -= w_[i];
-      if (r < 0) {
-        out.id = i;
+    if (keep == vocab && sorted == 0 && !id_order) {  // every id in id order: skip whole blocks first
+      for (size_t b = 0; b < block_sums_.size(); ++b) {
+        if (r >= block_sums_[b]) {
+          r -= block_sums_[b];
+          continue;
+        }
+        const int64_t end = std::min<int64_t>(vocab, static_cast<int64_t>(b + 1) * kWeightBlock);
+        out.id = static_cast<int32_t>(end - 1);  // the block's sum rounded differently: its last id
+        for (int64_t i = static_cast<int64_t>(b) * kWeightBlock; i < end; ++i) {
+          r -= w_[i];
+          if (r < 0) {
+            out.id = static_cast<int32_t>(i);
+            break;
+          }
+        }
         break;
+      }
+    } else {
+      for (int32_t i : kept_) {
+        r -= w_[i];
+        if (r < 0) {
+          out.id = i;
+          break;
+        }
       }
     }
   }

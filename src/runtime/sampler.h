@@ -67,6 +67,7 @@ class Sampler {
   bool greedy_ = false;
   double max_z_ = 0, log_sum_ = 0, kept_sum_ = 0, temperature_ = 1;
   std::vector<float> w_;
+  std::vector<double> block_sums_;  // exp_weights' block sums over every id (the draw skips blocks)
   std::vector<int32_t> kept_;
   mutable std::vector<float> logprobs_;  // [vocab], made by last_logprobs()
   mutable bool logprobs_stale_ = true;

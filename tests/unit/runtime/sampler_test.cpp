@@ -150,6 +150,29 @@ TEST(SamplerCuts, DrawsFollowTheDistribution) {
   for (int i = 0; i < 3; ++i) EXPECT_NEAR(n[i] / double(draws), std::exp(-double(i)) / sum, 0.02) << i;
 }
 
+TEST(SamplerCuts, DrawsAcrossTheWholeVocabularyFollowTheDistribution) {
+  // A V4 vocabulary with the mass on ids 5 and 100000 (weights 1 and e^-1) and the rest at e^-30:
+  // the draw skips whole blocks of weights before it walks one (temperature 1, no cuts).
+  std::vector<float> z(129280, -30.0f);
+  z[5] = 0.0f;
+  z[100000] = -1.0f;
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.seed = 5;
+  Sampler s(p);
+  int a = 0, b = 0;
+  const int draws = 4000;
+  for (int i = 0; i < draws; ++i) {
+    const int32_t id = s.sample(z.data(), static_cast<int64_t>(z.size()));
+    a += id == 5;
+    b += id == 100000;
+  }
+  const double rest = 129278 * std::exp(-30.0), sum = 1 + std::exp(-1.0) + rest;
+  EXPECT_NEAR(a / double(draws), 1 / sum, 0.03);
+  EXPECT_NEAR(b / double(draws), std::exp(-1.0) / sum, 0.03);
+  EXPECT_EQ(a + b, draws);
+}
+
 TEST(SamplerScan, ArgmaxAndNonFiniteMatchPlainLoops) {
   for (const int64_t V : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{9}, int64_t{1000}, int64_t{129280}}) {
     std::vector<float> z = logits(V, 2.0f, static_cast<uint32_t>(V), true);
