@@ -9,7 +9,9 @@ kernels' real ones, side streams overlap the main one, and the gaps between depe
 Prints markdown: every step (its span from the first kernel's start to the last one's end, the time
 some kernel runs, the idle rest, and the main stream's kernels, busy time and gaps); then for one
 step (default the last) its kernels by kind (the same kinds as decode_profile.py; the last GEMV is
-the LM head) with their summed durations, those on the main stream apart; the main stream's gaps
+the LM head) with their summed durations, those on the main stream apart; its whole layers by kind
+(CSA, HCA, sliding: from the hc site after one MoE's combine to the next; median, min, max us);
+the main stream's gaps
 (a negative gap is a programmatic launch that began before the kernel ahead of it ended); and with
 --sequence every kernel in start order.
 
@@ -69,6 +71,26 @@ def gaps(kernels):
     return [b["start"] - a["end"] for a, b in zip(kernels, kernels[1:])]
 
 
+def layers(kernels):
+    """[(kind, us)] of the step's whole layers: a layer ends where the hyper-connection site after its
+    MoE's combine ends (hc_site after moe_combine); its kind is CSA where an indexer kernel runs in
+    it, HCA where a compressor does, else sliding."""
+    ends, after_combine = [], False
+    for k in kernels:
+        if "moe_combine" in k["name"]:
+            after_combine = True
+        elif after_combine and "hc_site" in k["name"]:
+            ends.append(k["end"])
+            after_combine = False
+    out = []
+    for a, b in zip(ends, ends[1:]):
+        names = [k["name"] for k in kernels if a <= k["start"] < b]
+        kind = ("CSA" if any("indexer" in n for n in names)
+                else "HCA" if any("compress" in n for n in names) else "sliding")
+        out.append((kind, b - a))
+    return out
+
+
 def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))] if v else 0.0
@@ -114,6 +136,13 @@ def main():
     print("| kind | kernels | us | on the main stream us | main share of the span |\n|---|---|---|---|---|")
     for kind, (n, us, main_us) in sorted(by_kind.items(), key=lambda kv: -kv[1][2]):
         print(f"| {kind} | {n} | {us:.1f} | {main_us:.1f} | {100.0 * main_us / span:.1f}% |")
+    per_kind = collections.OrderedDict()
+    for kind, us in layers(ks):
+        per_kind.setdefault(kind, []).append(us)
+    if per_kind:
+        print("\n| layers (hc site to hc site) | count | median us | min us | max us |\n|---|---|---|---|---|")
+        for kind, v in per_kind.items():
+            print(f"| {kind} | {len(v)} | {pct(v, 0.5):.1f} | {min(v):.1f} | {max(v):.1f} |")
     main = [k for k in ks if k["stream"] == main_stream]
     g = gaps(main)
     pos = [x for x in g if x > 0]

@@ -50,6 +50,24 @@ def test_steps_kinds_and_gaps(tmp_path, tool_output):
     assert "| 5.00 | 10.00 | - | 14 | 128x6x1 | 256x1x1 | gemv_kernel<3, __nv_bfloat16, 1> |" in out
 
 
+def test_layers_by_kind(tmp_path, tool_output):
+    # Three layers after the first site: CSA (an indexer kernel, 30 us), HCA (a compressor, 20 us),
+    # sliding (10 us); a layer ends where the site after its MoE's combine ends.
+    comb = f"void {NS}moe_combine_kernel<__nv_bfloat16, __nv_bfloat16>(float const*)"
+    idx = f"void {NS}indexer_tile_kernel<__nv_bfloat16, __nv_bfloat16, 1>(int)"
+    cmp = f"void {NS}compress_store_kernel<__nv_bfloat16, 2, 1, 0>(int)"
+    rows = [(0, 0.0, 1.0, 13, comb), (0, 1.0, 2.0, 13, HC),
+            (0, 3.0, 5.0, 13, idx), (0, 20.0, 28.0, 13, comb), (0, 28.0, 32.0, 13, HC),
+            (0, 33.0, 35.0, 14, cmp), (0, 45.0, 50.0, 13, comb), (0, 50.0, 52.0, 13, HC),
+            (0, 53.0, 60.0, 13, comb), (0, 60.0, 62.0, 13, HC)]
+    trace = tmp_path / "l.csv"
+    write_trace(trace, rows)
+    out = tool_output("kernel_timeline.py", trace)
+    assert "| CSA | 1 | 30.0 | 30.0 | 30.0 |" in out
+    assert "| HCA | 1 | 20.0 | 20.0 | 20.0 |" in out
+    assert "| sliding | 1 | 10.0 | 10.0 | 10.0 |" in out
+
+
 def test_step_option(tmp_path, run_tool, tool_output):
     trace = tmp_path / "t.csv"
     write_trace(trace)
