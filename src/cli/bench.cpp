@@ -12,8 +12,11 @@
 //            rows, attention per sequence; an untimed step first records its graph);
 //   profile  (--profile) op-by-op time of one prefill and of decode steps (and of the largest
 //            batch's batched steps), run eagerly.
-// Every step takes its greedy token on the backend (Model::forward_greedy / forward_batch_greedy:
-// the argmax inside the step, 4 bytes per sequence to the host), as greedy decoding does.
+//   sampled  (--sampled-tokens, default 32) the batch-1 sequence continues with its logits
+//            downloaded and drawn on the host at temperature 0.7, top_p 0.95 (runtime::Sampler),
+//            as the server serves every request but greedy without logprobs; the draw's time apart.
+// Every other step takes its greedy token on the backend (Model::forward_greedy /
+// forward_batch_greedy: the argmax inside the step, 4 bytes per sequence to the host).
 // Prompts are random token ids (seeded): speed does not depend on the text.
 #include <algorithm>
 #include <chrono>
@@ -35,6 +38,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "model/deepseek_v4/weight_walk.h"
+#include "runtime/sampler.h"
 
 #ifdef CLAWMINE_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -62,6 +66,7 @@ struct BenchArgs {
   std::string ceilings = "on";
   std::string kernel_trace;  // --kernel-trace FILE
   int kernel_trace_steps = 4;
+  int64_t sampled_tokens = 32;  // --sampled-tokens: decode steps drawn on the host after the greedy ones
 };
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -228,7 +233,11 @@ struct Prefill {
 struct Decode {
   int64_t context = 0;  // position of the first decoded token
   std::vector<double> step_seconds;
+  std::vector<double> draw_seconds;  // sampled decode: the host sampler's part of each step
 };
+// Sampled decode at batch 1: a chat request's usual parameters, its token drawn on the host from
+// the downloaded logits (the server's path for every request that is not greedy without logprobs).
+constexpr float kSampledTemperature = 0.7f, kSampledTopP = 0.95f;
 constexpr int64_t kMinBatchedSteps = 12;  // timed batched steps at least
 
 struct RoundRobin {
@@ -337,7 +346,7 @@ void run_bench(const BenchArgs& a) {
 
   // Prefill at each length; the first length's sequence then decodes.
   std::vector<Prefill> prefills;
-  Decode decode;
+  Decode decode, sampled;
   for (size_t li = 0; li < lengths.size(); ++li) {
     const int64_t L = lengths[li];
     const std::vector<int32_t> ids = random_ids(L, V, a.seed + static_cast<uint64_t>(L));
@@ -376,6 +385,23 @@ void run_bench(const BenchArgs& a) {
                   median(decode.step_seconds) * 1e3, mean(decode.step_seconds) * 1e3,
                   *std::min_element(decode.step_seconds.begin(), decode.step_seconds.end()) * 1e3,
                   *std::max_element(decode.step_seconds.begin(), decode.step_seconds.end()) * 1e3);
+    if (a.sampled_tokens > 0) {
+      sampled.context = cache.position;
+      runtime::Sampler sampler({.temperature = kSampledTemperature, .top_p = kSampledTopP, .seed = a.seed});
+      for (int64_t i = 0; i < a.sampled_tokens; ++i) {
+        const auto d0 = Clock::now();
+        const Buffer logits = model.forward(be, cache, {tok}, fwd);
+        const auto s0 = Clock::now();
+        tok = sampler.sample(logits.f32(), logits.view().dim(-1));
+        sampled.draw_seconds.push_back(seconds_since(s0));
+        sampled.step_seconds.push_back(seconds_since(d0));
+      }
+      std::printf("decode batch 1 sampled (temperature %.1f, top_p %.2f, drawn on the host) at context %lld: %lld "
+                  "tokens, median %.2f ms/token, the draw %.0f us\n",
+                  kSampledTemperature, kSampledTopP, static_cast<long long>(sampled.context),
+                  static_cast<long long>(a.sampled_tokens), median(sampled.step_seconds) * 1e3,
+                  median(sampled.draw_seconds) * 1e6);
+    }
     if (trace_file) {
       // Not timed: a second sequence with the same prompt decodes with kernel records on. Its
       // first step records its own step graph (a new cache is a new graph key), so the graph's
@@ -525,6 +551,14 @@ void run_bench(const BenchArgs& a) {
     if (floor_ms > 0) std::snprintf(vs, sizeof vs, "%.1f%% of copy bw (floor %.2f ms)", 100.0 * floor_ms / dec_ms, floor_ms);
     std::printf("%-34s %-40s %s\n", what, got, vs);
   }
+  if (!sampled.step_seconds.empty()) {
+    char what[64], got[64], vs[64];
+    const double ms = median(sampled.step_seconds) * 1e3;
+    std::snprintf(what, sizeof what, "decode b=1 sampled, ctx %lld", static_cast<long long>(sampled.context));
+    std::snprintf(got, sizeof got, "%.2f ms/token (%.1f tok/s)", ms, 1e3 / ms);
+    std::snprintf(vs, sizeof vs, "host draw %.0f us", median(sampled.draw_seconds) * 1e6);
+    std::printf("%-34s %-40s %s\n", what, got, vs);
+  }
   for (const Prefill& p : prefills) {
     if (!p.error.empty()) {
       std::printf("%-34s failed: %s\n", str_cat("prefill ", p.tokens).c_str(), p.error.c_str());
@@ -577,6 +611,15 @@ void run_bench(const BenchArgs& a) {
                    {"step_ms", milliseconds(decode.step_seconds)},
                    {"floor_ms", floor_ms},
                    {"roofline_ratio", dec_ms > 0 ? floor_ms / dec_ms : 0.0}};
+    if (!sampled.step_seconds.empty())
+      j["decode_sampled"] = {{"batch", 1},
+                             {"temperature", kSampledTemperature},
+                             {"top_p", kSampledTopP},
+                             {"context", sampled.context},
+                             {"tokens", sampled.step_seconds.size()},
+                             {"median_ms", median(sampled.step_seconds) * 1e3},
+                             {"draw_median_us", median(sampled.draw_seconds) * 1e6},
+                             {"step_ms", milliseconds(sampled.step_seconds)}};
     Json pj = Json::array();
     for (const Prefill& p : prefills) {
       if (!p.error.empty()) {
@@ -631,6 +674,10 @@ void add_bench_command(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   auto* cmd = app.add_subcommand("bench", "Decode and prefill speed of a model, against the card's measured ceilings");
   a->model.add_to(*cmd);
+  cmd->add_option("--sampled-tokens", a->sampled_tokens,
+                  "Decode steps at batch 1 drawn on the host after the greedy ones (temperature 0.7, top_p 0.95; 0: none)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--decode-tokens", a->decode_tokens, "Decode steps timed at batch 1 (after the first prompt)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

@@ -25,7 +25,7 @@ TEST(BenchCommand, RunsEverySectionOnTheCpu) {
   TempDir tmp;
   const std::string json = (tmp.path() / "bench.json").string();
   const CommandResult r = clawmine("bench --model '" + tiny_a() + "' --threads 1 --prompt-lengths 24,40 " +
-                                   "--decode-tokens 5 --batch-sizes 1,3 --batch-prompt 8 --profile --profile-steps 2 " +
+                                   "--decode-tokens 5 --sampled-tokens 3 --batch-sizes 1,3 --batch-prompt 8 --profile --profile-steps 2 " +
                                    "--json '" + json + "'");
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("== clawmine bench"), std::string::npos) << r.out;
@@ -50,6 +50,12 @@ TEST(BenchCommand, RunsEverySectionOnTheCpu) {
   EXPECT_EQ(j["decode"]["context"], 24);
   EXPECT_EQ(j["decode"]["step_ms"].size(), 5u);
   EXPECT_GT(j["decode"]["median_ms"].get<double>(), 0);
+  // Then the same sequence's sampled steps (--sampled-tokens 3), drawn on the host.
+  EXPECT_NE(r.out.find("decode b=1 sampled, ctx 29"), std::string::npos) << r.out;
+  EXPECT_EQ(j["decode_sampled"]["context"], 29);
+  EXPECT_EQ(j["decode_sampled"]["step_ms"].size(), 3u);
+  EXPECT_GT(j["decode_sampled"]["draw_median_us"].get<double>(), 0);
+  EXPECT_NEAR(j["decode_sampled"]["top_p"].get<double>(), 0.95, 1e-6);
   ASSERT_EQ(j["prefill"].size(), 2u);
   EXPECT_EQ(j["prefill"][1]["tokens"], 40);
   EXPECT_GT(j["prefill"][1]["tokens_per_second"].get<double>(), 0);
