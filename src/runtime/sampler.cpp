@@ -219,8 +219,7 @@ void top_ids(const float* z, int64_t n, int64_t k, std::vector<int32_t>& out) {
 int32_t argmax(const float* logits, int64_t vocab) {
   if (vocab <= 0) return 0;
   const float m = max_value(logits, vocab);
-  for (int64_t i = 0; i < vocab; ++i)
-    if (logits[i] == m) return static_cast<int32_t>(i);
+  if (const float* at = std::find(logits, logits + vocab, m); at != logits + vocab) return static_cast<int32_t>(at - logits);
   int64_t best = 0;  // NaN entries (never equal): the first value no other exceeds
   for (int64_t i = 1; i < vocab; ++i)
     if (logits[i] > logits[best]) best = i;
@@ -275,7 +274,6 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
 
   SampledToken out;
   greedy_ = params_.temperature == 0.0f;
-  temperature_ = greedy_ ? 1.0 : params_.temperature;
   w_.resize(static_cast<size_t>(vocab));
   if (greedy_) {
     out.id = static_cast<int32_t>(std::find(z, z + vocab, static_cast<float>(max_z_)) - z);  // the first maximum
@@ -341,7 +339,7 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
       }
     }
     kept_.resize(static_cast<size_t>(keep));
-    kept_sum_ = sum;  // nothing cut: exp_weights' sum
+    kept_sum_ = sum;  // nothing cut by top-p or min-p: the candidates' sum
     if (keep < n) {
       kept_sum_ = 0;
       for (int32_t i : kept_) kept_sum_ += w_[i];
@@ -384,7 +382,8 @@ SampledToken Sampler::sample(const float* logits, int64_t vocab, int64_t n_top) 
 }
 
 float Sampler::logprob(int32_t id) const {
-  return static_cast<float>((z_[id] - max_z_) / temperature_ - log_sum_);
+  const double t = greedy_ ? 1.0 : params_.temperature;  // greedy: the softmax at temperature 1
+  return static_cast<float>((z_[id] - max_z_) / t - log_sum_);
 }
 
 // The n_top most likely entries of the last distribution, descending (ties to the lower id).

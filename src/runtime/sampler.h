@@ -65,7 +65,7 @@ class Sampler {
   // (kept_, in the order the draw walked them), their sum kept_sum_ and its log log_sum_; a
   // logprob is (z - max) / T - log_sum_ in double.
   bool greedy_ = false;
-  double max_z_ = 0, log_sum_ = 0, kept_sum_ = 0, temperature_ = 1;
+  double max_z_ = 0, log_sum_ = 0, kept_sum_ = 0;
   std::vector<float> w_;
   std::vector<double> block_sums_;  // exp_weights' block sums over every id (the draw skips blocks)
   std::vector<int32_t> kept_;
