@@ -818,8 +818,11 @@ struct HcNorm {
   bool wpacked;  // the weight may be read in packs of 8
   float eps;
   int tpr;
+  int smem_bytes = 0;  // > 0: the decode site copies the weight (16-byte aligned, this many bytes)
+                       // into shared memory first (hc_norm_smem_bytes)
 };
 constexpr int64_t kNormMaxD = 8192;  // x_in rows staged in shared memory (32 KB)
+constexpr int kNormSmemBytes = 8192;  // the decode site's copy of the norm weight
 
 // The end of a site for token t once its pre gates w are known (every thread of the block calls
 // it; threads [32, 256) hold the first collapse round of xt in coll): the collapse rounded to To
@@ -900,6 +903,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float red[kWarps][32];
   __shared__ float nred[kWarps];
   __shared__ __align__(32) float xs[kNormMaxD];
+  __shared__ __align__(32) uint4 nws[kNormSmemBytes / 16];  // the norm weight (D <= 4096 BF16, 2048 F32)
   __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = HC * D, t = blockIdx.x;
@@ -972,6 +976,17 @@ __global__ void __launch_bounds__(kThreads)
   if (!last) return;
   __threadfence();
 
+  // The norm weight into shared memory, in flight with the partial sums and the collapse (the
+  // norm reads it from there; otherwise its loads would wait for the collapse's barrier).
+  HcNorm nl = nm;
+  if (nm.smem_bytes > 0) {
+    for (int i = threadIdx.x; i < nm.smem_bytes / 16; i += kThreads) {
+      cp_async16(reinterpret_cast<char*>(nws) + 16 * i, static_cast<const char*>(nm.weight) + 16 * i);
+    }
+    nl.weight = nws;
+  }
+  cp_async_commit();
+
   HcCollapseOf<HC, false, true> coll;
   coll.load(ot, D, 0);  // in flight during the partial sums
   const float2 gw = load_gate_weight<HC, false>(p, lane);
@@ -996,7 +1011,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int w = 0; w < kWarps; ++w) tot += red[w][lane];
   float w[HC];
   hc_gates<HC, false>(tot, gw, D, p, t, warp == 0, w, post_out, comb_out);
-  collapse_and_norm<HC, true, Tx>(coll, ot, w, D, xs, &nred[0], nm, x_in + t * D);
+  cp_async_wait_all();  // this thread's copies of the norm weight; the collapse's barrier publishes them
+  collapse_and_norm<HC, true, Tx>(coll, ot, w, D, xs, &nred[0], nl, x_in + t * D);
 }
 
 struct HcShape {

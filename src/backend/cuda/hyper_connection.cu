@@ -303,9 +303,14 @@ void CudaBackend::hc_post_pre(const TensorView& y, const TensorView& y_add, cons
     add(y, y_add, ys);
   }
   const int tpr = rowprep::rms_threads_per_row(D);
-  const HcNorm norm{norm_weight.data, wcode,
-                    reinterpret_cast<uintptr_t>(norm_weight.data) % (8 * rowwise::float_code_bytes(wcode)) == 0, eps,
-                    tpr};
+  HcNorm norm{norm_weight.data, wcode,
+              reinterpret_cast<uintptr_t>(norm_weight.data) % (8 * rowwise::float_code_bytes(wcode)) == 0, eps, tpr};
+  // The decode site stages a weight of <= kNormSmemBytes in shared memory (16-byte copies), so
+  // the norm's weight reads are in flight during the collapse (H100, decode b=1: 7.52 / 7.54 ->
+  // 7.48 / 7.50 ms/token; docs/PERFORMANCE.md, fourteenth session).
+  const int64_t wbytes = D * static_cast<int64_t>(rowwise::float_code_bytes(wcode));
+  if (wbytes <= kNormSmemBytes && wbytes % 16 == 0 && reinterpret_cast<uintptr_t>(norm_weight.data) % 16 == 0)
+    norm.smem_bytes = static_cast<int>(wbytes);
   if (decode) {
     hc_site_fused<4>(*this, y, y_add, X, post, comb, X_out, w, p, norm, x_in, post_out, comb_out);
   } else if (post_mix_fits(T, hc, D, ys.data, dtype_size(ys.dtype), X.data, X_out.data, w.fn.data)) {
