@@ -130,12 +130,16 @@ class Backend {
   // at the same time until join_branches(), after which every op follows all of them. The caller
   // keeps the branches independent: no op of one reads or writes what an op of another writes
   // before the join, except that a side branch may read what branch 0 wrote before its fork
-  // (attention's indexer queries read the latent that branch 0 normalized). While a branch is open,
-  // scratch_reset keeps what was handed out (no scratch is reused across branches); a reset
-  // after the join frees it. Results are those of the same ops issued in order. The default
+  // (CSA's selection branch reads the indexer queries that branch 0 computed), and that after
+  // branch_wait(b) the current branch's ops follow every op issued on branch b so far in the
+  // region (b = 0, or a side branch forked in it; one never forked has nothing to wait for), so
+  // they may read what those wrote (the selection reads the indexer keys' branch). While a branch
+  // is open, scratch_reset keeps what was handed out (no scratch is reused across branches); a
+  // reset after the join frees it. Results are those of the same ops issued in order. The default
   // (CPU, diagnostic decorators) runs everything in order.
   static constexpr int kMaxBranches = 9;
   virtual void branch(int b) {}
+  virtual void branch_wait(int b) {}
   virtual void join_branches() {}
 
   // ---- Ops ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class LentBackend final : public diag::ForwardingBackend {
   void begin_step_graph(uint64_t key) override { inner().begin_step_graph(key); }
   void end_step_graph() override { inner().end_step_graph(); }
   void branch(int b) override { inner().branch(b); }
+  void branch_wait(int b) override { inner().branch_wait(b); }
   void join_branches() override { inner().join_branches(); }
   // Fused ops go to the backend whole (the default would split them into their parts).
   void norm_rope_qdq(const TensorView& x, const ops::Backend::VecPrep& p, const TensorView& positions,

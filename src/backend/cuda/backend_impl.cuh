@@ -65,6 +65,7 @@ class CudaBackend final : public ops::Backend {
   // branches.cu: branch b's ops on side stream b-1 (stream_ is the current branch's stream,
   // main_stream_ the main one); forked from and joined into the main stream by events.
   void branch(int b) override;
+  void branch_wait(int b) override;
   void join_branches() override;
   bool branches_open() const { return n_forked_ > 0; }
   void discard_capture();  // ends and drops a capture left open by a failed step
@@ -180,10 +181,11 @@ class CudaBackend final : public ops::Backend {
   static constexpr int kMaxBranches = ops::Backend::kMaxBranches;  // 0 (main) and the side streams
   struct Side {
     cudaStream_t stream = nullptr;
-    cudaEvent_t fork = nullptr, join = nullptr;
+    cudaEvent_t fork = nullptr, join = nullptr, mark = nullptr;  // mark: branch_wait on this side
     bool forked = false;
   };
   Side side_[kMaxBranches - 1];
+  cudaEvent_t main_mark_ = nullptr;  // branch_wait(0)
   int n_forked_ = 0;
   int branch_ = 0;  // the branch ops are issued to (0 also when side streams are off)
   void close_branches() noexcept;    // join_branches without throwing

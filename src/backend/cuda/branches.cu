@@ -1,11 +1,12 @@
 // Branches (ops/backend.h branch/join_branches): the ops of branch b > 0 run on a side stream
 // that waits for the main stream at the branch's first op (a fork event) and that the main
-// stream waits for at the join (a join event). Inside a stream capture the side stream joins the
+// stream waits for at the join (a join event); branch_wait(b) records a mark event on branch b's
+// stream that the current one waits for. Inside a stream capture the side stream joins the
 // capture through the fork event, and the graph gets the two chains as parallel paths. Only
 // stream_ changes: every op launches on stream_, so the ops need no change.
 // Each branch b > 0 has its own side stream (kMaxBranches - 1 of them, created on first use):
 // one-sequence decode uses branches 1-4 (attention's keys, the indexer's keys, the layer's
-// compressor, the indexer's queries; the MoE's shared expert), batched decode up to
+// compressor, CSA's top-k selection; the MoE's shared expert), batched decode up to
 // kMaxBranches - 1 lanes of per-sequence attention. CLAWMINE_BRANCHES=1 (or
 // 0) issues every branch on the main stream in issue order. Decode b=1 on the H100
 // (docs/PERFORMANCE.md): 8.66/8.70 ms per token with the side stream, 9.54/9.68 without; a third
@@ -45,6 +46,7 @@ void CudaBackend::branch(int b) {
       CLAWMINE_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
       CLAWMINE_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming));
       CLAWMINE_CUDA_CHECK(cudaEventCreateWithFlags(&s.join, cudaEventDisableTiming));
+      CLAWMINE_CUDA_CHECK(cudaEventCreateWithFlags(&s.mark, cudaEventDisableTiming));
     }
     if (!s.forked) {  // starts after everything the main stream has been given so far
       CLAWMINE_CUDA_CHECK(cudaEventRecord(s.fork, main_stream_));
@@ -55,6 +57,23 @@ void CudaBackend::branch(int b) {
     stream_ = s.stream;
   }
   // cuBLAS calls set their stream (be.stream()) themselves.
+}
+
+void CudaBackend::branch_wait(int b) {
+  CLAWMINE_CHECK(b >= 0 && b < kMaxBranches, "cuda branch_wait: ", b, " is not a branch (0 .. ", kMaxBranches - 1, ")");
+  if (!side_streams() || b == branch_) return;  // one stream, or the branch itself: in order already
+  cudaStream_t from = main_stream_;
+  cudaEvent_t* mark = &main_mark_;
+  if (b > 0) {
+    Side& s = side_[b - 1];
+    if (!s.forked) return;  // nothing issued on it in this region
+    from = s.stream;
+    mark = &s.mark;
+  } else if (main_mark_ == nullptr) {
+    CLAWMINE_CUDA_CHECK(cudaEventCreateWithFlags(&main_mark_, cudaEventDisableTiming));
+  }
+  CLAWMINE_CUDA_CHECK(cudaEventRecord(*mark, from));
+  CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(stream_, *mark, 0));
 }
 
 void CudaBackend::join_branches() {
@@ -87,9 +106,12 @@ void CudaBackend::free_branches() noexcept {
     if (s.stream) cudaStreamSynchronize(s.stream);
     if (s.fork) cudaEventDestroy(s.fork);
     if (s.join) cudaEventDestroy(s.join);
+    if (s.mark) cudaEventDestroy(s.mark);
     if (s.stream) cudaStreamDestroy(s.stream);
     s = Side{};
   }
+  if (main_mark_) cudaEventDestroy(main_mark_);
+  main_mark_ = nullptr;
   cudaGetLastError();
 }
 

@@ -66,24 +66,27 @@ void compress(const LayerContext& c, const TensorView& h, LayerCache& cache) {
   c.be.set_scope(c.scope("attn"));
 }
 
-// q = rope(rms(wq_b · rms(wq_a · h))) per head [T, H, Dh] from the latent qr [T, q_lora_rank];
-// for CSA the indexer queries iq from the same qr, on branch iq_branch (> 0: forked after the
-// latent's norm, beside wq_b) or in line after q.
-void project_queries(const LayerContext& c, const TensorView& h, const TensorView& qr, const TensorView& q,
-                     const TensorView& iq, int iq_branch = 0) {
-  const int64_t T = h.dim(0);
+// The query latent qr = rms(wq_a · h) [T, q_lora_rank].
+void project_latent(const LayerContext& c, const TensorView& h, const TensorView& qr) {
   c.be.linear(h, c.w.attn.wq_a, qr);
   c.be.rms_norm(qr, &c.w.attn.q_norm, eps(c), qr);
-  if (!iq.empty() && iq_branch > 0) {
-    c.be.branch(iq_branch);
-    indexer_queries(c, qr, iq);
-    c.be.set_scope(c.scope("attn"));
-    c.be.branch(0);
-  }
+}
+
+// q = rope(rms(wq_b · qr)) per head [T, H, Dh].
+void project_heads(const LayerContext& c, const TensorView& qr, const TensorView& q) {
+  const int64_t T = qr.dim(0);
   c.be.linear(qr, c.w.attn.wq_b, q.reshaped({T, c.cfg.num_attention_heads * c.cfg.head_dim}));
   c.be.norm_rope_qdq(q, {.norm = true, .eps = eps(c), .rope_dim = c.cfg.qk_rope_head_dim}, c.positions,
                      c.inv_freq);
-  if (!iq.empty() && iq_branch == 0) indexer_queries(c, qr, iq);
+}
+
+// q = rope(rms(wq_b · rms(wq_a · h))) per head [T, H, Dh] from the latent qr [T, q_lora_rank];
+// for CSA the indexer queries iq from the same qr, after q.
+void project_queries(const LayerContext& c, const TensorView& h, const TensorView& qr, const TensorView& q,
+                     const TensorView& iq) {
+  project_latent(c, h, qr);
+  project_heads(c, qr, q);
+  if (!iq.empty()) indexer_queries(c, qr, iq);
 }
 
 // Key lists (steps B/D): W window slots then the compressed entries each query may see (every
@@ -181,11 +184,15 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   //   1: the keys: the previous window rows into the pool and the key lists where they need no
   //      top-k (neither reads kv), then kv in place in the pool and the window kept for the next
   //      chunk;
-  //   0: the queries, with 4: the indexer queries forked after the latent's norm, beside wq_b.
+  //   0: the queries: the latent, then (CSA) the indexer queries ahead of wq_b, so that their
+  //      GEMV is not left waiting for multiprocessors behind wq_b's resident blocks;
+  //   4: (CSA) the top-k selection and the key lists, forked after the indexer queries, once the
+  //      indexer keys' branch (2) is done (branch_wait): beside wq_b instead of after the join.
   // (H100, docs/PERFORMANCE.md, thirteenth session: with the compressors and the indexer behind
   // the keys on one side stream, a CSA layer's attention started ~40 us after its queries were
   // ready; this layout: decode b=1 8.00 -> 7.48 ms/token. The order in which the side branches
-  // are issued made no difference.)
+  // are issued made no difference. Fourteenth session: the selection on branch 4, 7.40 / 7.39 ->
+  // 7.35 / 7.33 ms/token.)
   const bool branches = T <= kBranchMaxTokens;
   auto on = [&](int b) {
     if (branches) c.be.branch(b);
@@ -217,9 +224,21 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   project_keys(c, h, pool.slice0(n_prev, n_prev + T));
   window_keep(c, cache, pool);
   on(0);
-  project_queries(c, h, qr, q, iq, branches ? 4 : 0);
+  project_latent(c, h, qr);
+  bool selected = false;
+  if (sparse && branches) {
+    indexer_queries(c, qr, iq);
+    c.be.set_scope(c.scope("attn"));
+    on(4);
+    c.be.branch_wait(2);
+    idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
+    selected = true;
+    on(0);
+  }
+  project_heads(c, qr, q);
+  if (sparse && !branches) indexer_queries(c, qr, iq);
   if (branches) c.be.join_branches();
-  if (sparse) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
+  if (sparse && !selected) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
 
   const TensorView o = c.act({T, H, Dh});
   attend(c, q, pool, cache, idx, o);

@@ -1,5 +1,6 @@
 // Backend branches (ops/backend.h branch/join_branches) on the CUDA backend: ops of branches 1
-// and up run on side streams beside the main one, each with its own ticket state; the join orders every later op after all; scratch is
+// and up run on side streams beside the main one, each with its own ticket state; the join orders every later op after all;
+// branch_wait orders a branch after another; scratch is
 // not reused while a branch is open; captured steps with branches replay like eager ones; a
 // download joins first. The long chains on branch 1 (100 adds over 4M floats, ~1 ms) make a
 // missing dependency show up as wrong values rather than pass by luck.
@@ -127,7 +128,59 @@ TEST_F(CudaBranches, AnOpFailingInsideABranchLeavesNoScratchBehind) {
 TEST_F(CudaBranches, BadBranchIsAClearError) {
   EXPECT_THROW(cuda->branch(ops::Backend::kMaxBranches), Error);
   EXPECT_THROW(cuda->branch(-1), Error);
+  EXPECT_THROW(cuda->branch_wait(ops::Backend::kMaxBranches), Error);
   cuda->join_branches();  // nothing open: a no-op
+}
+
+// branch_wait: branch 2 waits for branch 1's long chain (a) and reads it; branch 3 waits for an op
+// branch 0 issued after branch 3's fork (d = x + x) and reads it; both eagerly and captured.
+TEST_F(CudaBranches, BranchWaitOrdersABranchAfterAnother) {
+  ops::DeviceBuffer X = upload_f32(*cuda, x, {kN});
+  ops::DeviceBuffer A = poisoned(*cuda, DType::kF32, {kN}), B = poisoned(*cuda, DType::kF32, {kN}),
+                    C = poisoned(*cuda, DType::kF32, {kN}), D = poisoned(*cuda, DType::kF32, {kN}),
+                    E = poisoned(*cuda, DType::kF32, {kN});
+  std::vector<float> want_b(kN), want_e(kN);
+  for (int64_t j = 0; j < kN; ++j) {
+    want_b[j] = want_a[j] + x[j];
+    want_e[j] = (x[j] + x[j]) + x[j];
+  }
+  auto run = [&] {
+    cuda->branch(3);
+    cuda->copy(X.view(), C.view());
+    for (int i = 0; i < kChain / 2; ++i) cuda->add(C.view(), C.view(), C.view());  // keeps branch 3 busy first
+    cuda->branch(1);
+    cuda->copy(X.view(), A.view());
+    for (int i = 0; i < kChain; ++i) cuda->add(A.view(), X.view(), A.view());
+    cuda->branch(2);
+    cuda->branch_wait(1);
+    cuda->add(A.view(), X.view(), B.view());
+    cuda->branch(0);
+    cuda->add(X.view(), X.view(), D.view());
+    cuda->branch(3);
+    cuda->branch_wait(0);
+    cuda->add(D.view(), X.view(), E.view());
+    cuda->branch_wait(5);  // never forked: nothing to wait for
+    cuda->branch(0);
+    cuda->join_branches();
+  };
+  run();  // eagerly
+  EXPECT_TRUE(same_bits(download(B.view()), want_b)) << "eager";
+  EXPECT_TRUE(same_bits(download(E.view()), want_e)) << "eager";
+  constexpr uint64_t kKey = 0x5eee;
+  int replays = 0;
+  for (int s = 0; s < 5; ++s) {  // as CapturedStepsWithBranchesReplayLikeEagerOnes: captured, then replayed
+    for (const ops::DeviceBuffer* buf : {&A, &B, &D, &E}) cuda->fill(buf->view(), std::nanf(""));
+    if (cuda->replay_step_graph(kKey)) {
+      ++replays;
+    } else {
+      cuda->begin_step_graph(kKey);
+      run();
+      cuda->end_step_graph();
+    }
+    EXPECT_TRUE(same_bits(download(B.view()), want_b)) << "step " << s;
+    EXPECT_TRUE(same_bits(download(E.view()), want_e)) << "step " << s;
+  }
+  EXPECT_GE(replays, 1) << "no step was replayed from a graph";
 }
 
 TEST_F(CudaBranches, CapturedStepsWithBranchesReplayLikeEagerOnes) {

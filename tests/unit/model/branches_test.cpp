@@ -37,6 +37,7 @@ class BranchReorder final : public diag::ForwardingBackend {
   BranchReorder(ops::Backend& inner, Late late) : ForwardingBackend(inner), late_(late) {}
   int regions() const { return regions_; }
   int deferred() const { return deferred_; }
+  int waits() const { return waits_; }
 
   void branch(int b) override {
     if (b < 0 || b >= kMaxBranches) throw Error("BranchReorder: no branch " + std::to_string(b));
@@ -47,6 +48,16 @@ class BranchReorder final : public diag::ForwardingBackend {
       if (late_ == Late::kMain) run_all(queue_);
       if (late_ == Late::kReverse) run_all(lanes_[0]);
     }
+  }
+  // The waited branch's deferred ops run now (the current branch's deferred ones may stay later:
+  // nothing after the wait reads what they write, and they read nothing the waited branch writes).
+  void branch_wait(int b) override {
+    if (b < 0 || b >= kMaxBranches) throw Error("BranchReorder: no branch " + std::to_string(b));
+    if (!open_ || b == cur_) return;
+    ++waits_;
+    if (late_ == Late::kReverse) run_all(lanes_[b]);
+    if (late_ == Late::kMain && b == 0) run_all(queue_);  // the queue holds branch 0's ops
+    if (late_ == Late::kSide && b > 0) run_all(queue_);   // the queue holds every side branch's ops
   }
   void join_branches() override {
     if (!open_) return;
@@ -176,7 +187,7 @@ class BranchReorder final : public diag::ForwardingBackend {
 
   Late late_;
   bool open_ = false;
-  int cur_ = 0, regions_ = 0, deferred_ = 0;
+  int cur_ = 0, regions_ = 0, deferred_ = 0, waits_ = 0;
   bool forked_[kMaxBranches] = {};
   std::vector<std::function<void()>> queue_;
   std::vector<std::function<void()>> lanes_[kMaxBranches];  // kReverse: the region's ops per branch
@@ -189,15 +200,19 @@ TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
   auto cpu = ops::make_cpu_backend(2);
   const std::vector<int32_t> ids = test_ids(75);  // windows complete in chunks and in decode steps
   const std::vector<float> ref = chunked_run(*model, *cpu, ids, true);
-  for (BranchReorder::Late late : {BranchReorder::Late::kSide, BranchReorder::Late::kMain}) {
+  for (BranchReorder::Late late : {BranchReorder::Late::kSide, BranchReorder::Late::kMain, BranchReorder::Late::kReverse}) {
     BranchReorder be(*cpu, late);
     const std::vector<float> got = chunked_run(*model, be, ids, true);
-    const char* name = late == BranchReorder::Late::kSide ? "side branches last" : "branch 0 last";
+    const char* name = late == BranchReorder::Late::kSide   ? "side branches last"
+                       : late == BranchReorder::Late::kMain ? "branch 0 last"
+                                                            : "branches in reverse";
     ASSERT_EQ(got.size(), ref.size()) << name;
     EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0) << name;
     // Every layer opens two regions (attention, MoE) per chunk of <= 16 tokens: 1 + 45 of them.
     EXPECT_EQ(be.regions(), 2 * model->config().num_hidden_layers * (1 + 45)) << name;
     EXPECT_GT(be.deferred(), 0) << name;
+    // CSA layers select their keys on the indexer queries' branch after the indexer keys' one.
+    EXPECT_GT(be.waits(), 0) << name;
   }
 }
 
