@@ -11,6 +11,8 @@ some kernel runs, the idle rest, and the main stream's kernels, busy time and ga
 step (default the last) its kernels by kind (the same kinds as decode_profile.py; the last GEMV is
 the LM head) with their summed durations, those on the main stream apart; its whole layers by kind
 (CSA, HCA, sliding: from the hc site after one MoE's combine to the next; median, min, max us);
+what each layer kind's attention kernel waited for (from the hc site before it: its start, the end
+of its last input, and which kernel that was: the chain to shorten);
 the main stream's gaps
 (a negative gap is a programmatic launch that began before the kernel ahead of it ended); and with
 --sequence every kernel in start order.
@@ -91,6 +93,34 @@ def layers(kernels):
     return out
 
 
+def attention_waits(kernels):
+    """[(kind, us to the attention's start, us to its last input's end, that input's name)] for
+    every attention kernel of the step, from the end of the hyper-connection site before it. Its
+    inputs: on each stream, the last kernel that started after that site's start and before the
+    attention (a programmatic launch may start before its input ends, so the latest of those ends
+    is the chain the attention waited for). Kind as in layers()."""
+    out = []
+    for i, a in enumerate(kernels):
+        if "attention_decode" not in a["name"] or "merge" in a["name"]:
+            continue
+        sites = [k for k in kernels[:i] if "hc_site" in k["name"] and k["end"] <= a["start"]]
+        if not sites:
+            continue
+        h = sites[-1]
+        last = {}
+        for k in kernels[:i]:
+            if k["start"] >= h["start"] and k is not h and "hc_site" not in k["name"]:
+                last[k["stream"]] = k  # start order: the stream's latest
+        if not last:
+            continue
+        names = [k["name"] for k in kernels if h["start"] <= k["start"] < a["start"]]
+        kind = ("CSA" if any("indexer" in n for n in names)
+                else "HCA" if any("compress" in n for n in names) else "sliding")
+        b = max(last.values(), key=lambda k: k["end"])
+        out.append((kind, a["start"] - h["end"], b["end"] - h["end"], b["name"].split("<")[0]))
+    return out
+
+
 def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))] if v else 0.0
@@ -143,6 +173,16 @@ def main():
         print("\n| layers (hc site to hc site) | count | median us | min us | max us |\n|---|---|---|---|---|")
         for kind, v in per_kind.items():
             print(f"| {kind} | {len(v)} | {pct(v, 0.5):.1f} | {min(v):.1f} | {max(v):.1f} |")
+    waits = collections.OrderedDict()
+    for kind, start, ready, name in attention_waits(ks):
+        waits.setdefault(kind, []).append((start, ready, name))
+    if waits:
+        print("\n| attention (from the site before it) | layers | median us to its start | median us to its last "
+              "input's end | which input ended last |\n|---|---|---|---|---|")
+        for kind, v in waits.items():
+            last = collections.Counter(n for _, _, n in v).most_common()
+            print(f"| {kind} | {len(v)} | {pct([x[0] for x in v], 0.5):.1f} | {pct([x[1] for x in v], 0.5):.1f} | "
+                  f"{', '.join(f'{n} ({c})' for n, c in last)} |")
     main = [k for k in ks if k["stream"] == main_stream]
     g = gaps(main)
     pos = [x for x in g if x > 0]

@@ -68,6 +68,22 @@ def test_layers_by_kind(tmp_path, tool_output):
     assert "| sliding | 1 | 10.0 | 10.0 | 10.0 |" in out
 
 
+def test_what_attention_waited_for(tmp_path, tool_output):
+    # An HCA layer: the site ends at 10; the queries' chain on stream 13 (wq_b to 30, its norm/rope
+    # to 34), the keys' chain on stream 14 (a compressor to 36); the attention starts at 35 (a
+    # programmatic launch, before its last input ends): 25 us to its start, 26 to the compressor's end.
+    att = f"void {NS}attn::attention_decode_mma_kernel<__nv_bfloat16, 512>(int)"
+    merge = f"void {NS}attn::attention_decode_merge_kernel<__nv_bfloat16>(int)"
+    cmp = f"void {NS}compress_store_kernel<__nv_bfloat16, 2, 1, 0>(int)"
+    nr = f"void {NS}norm_rope_qdq_kernel<__nv_bfloat16, 2, 1, 0>(int)"
+    rows = [(0, 5.0, 10.0, 13, HC), (0, 11.0, 30.0, 13, EXPERTS), (0, 29.0, 34.0, 13, nr),
+            (0, 12.0, 36.0, 14, cmp), (0, 35.0, 40.0, 13, att), (0, 39.0, 42.0, 13, merge)]
+    trace = tmp_path / "a.csv"
+    write_trace(trace, rows)
+    out = tool_output("kernel_timeline.py", trace)
+    assert "| HCA | 1 | 25.0 | 26.0 | compress_store_kernel (1) |" in out
+
+
 def test_step_option(tmp_path, run_tool, tool_output):
     trace = tmp_path / "t.csv"
     write_trace(trace)
