@@ -225,20 +225,21 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   window_keep(c, cache, pool);
   on(0);
   project_latent(c, h, qr);
-  bool selected = false;
   if (sparse && branches) {
     indexer_queries(c, qr, iq);
     c.be.set_scope(c.scope("attn"));
     on(4);
     c.be.branch_wait(2);
     idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
-    selected = true;
     on(0);
   }
   project_heads(c, qr, q);
-  if (sparse && !branches) indexer_queries(c, qr, iq);
-  if (branches) c.be.join_branches();
-  if (sparse && !selected) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
+  if (branches) {
+    c.be.join_branches();
+  } else if (sparse) {  // in order: the indexer queries after q, then the selection
+    indexer_queries(c, qr, iq);
+    idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
+  }
 
   const TensorView o = c.act({T, H, Dh});
   attend(c, q, pool, cache, idx, o);
