@@ -84,13 +84,14 @@ def layers(kernels):
         elif after_combine and "hc_site" in k["name"]:
             ends.append(k["end"])
             after_combine = False
-    out = []
-    for a, b in zip(ends, ends[1:]):
-        names = [k["name"] for k in kernels if a <= k["start"] < b]
-        kind = ("CSA" if any("indexer" in n for n in names)
-                else "HCA" if any("compress" in n for n in names) else "sliding")
-        out.append((kind, b - a))
-    return out
+    return [(layer_kind(kernels, a, b), b - a) for a, b in zip(ends, ends[1:])]
+
+
+def layer_kind(kernels, t0, t1):
+    """CSA where an indexer kernel starts in [t0, t1), HCA where a compressor does, else sliding."""
+    names = [k["name"] for k in kernels if t0 <= k["start"] < t1]
+    return ("CSA" if any("indexer" in n for n in names)
+            else "HCA" if any("compress" in n for n in names) else "sliding")
 
 
 def attention_waits(kernels):
@@ -113,11 +114,9 @@ def attention_waits(kernels):
                 last[k["stream"]] = k  # start order: the stream's latest
         if not last:
             continue
-        names = [k["name"] for k in kernels if h["start"] <= k["start"] < a["start"]]
-        kind = ("CSA" if any("indexer" in n for n in names)
-                else "HCA" if any("compress" in n for n in names) else "sliding")
         b = max(last.values(), key=lambda k: k["end"])
-        out.append((kind, a["start"] - h["end"], b["end"] - h["end"], b["name"].split("<")[0]))
+        out.append((layer_kind(kernels, h["start"], a["start"]), a["start"] - h["end"], b["end"] - h["end"],
+                    b["name"].split("<")[0]))
     return out
 
 

@@ -124,9 +124,16 @@ struct ByLogit {
   bool operator()(int32_t a, int32_t b) const { return z[a] > z[b] || (z[a] == z[b] && a < b); }
 };
 
+// The bits of weight w[i] (positive floats order as their bits).
+uint32_t weight_bits(const float* w, int64_t i) {
+  uint32_t bits;
+  std::memcpy(&bits, w + i, 4);
+  return bits;
+}
+
 // A large top-p boundary (the ids of two 2^(1/8) bins: ~12K of 129280 near-flat logits, ~1.5 ms of
 // indirect sorting) narrowed before it is sorted: its ids by 12 more bits of their weight (4096
-// sub-bins per bin, weights within 2^(1/32768) of each other), the sub-bin S at which the mass
+// sub-bins per bin, each 2^8 ulps: a relative width of 2^-15), the sub-bin S at which the mass
 // reaches the target, and a sub-bin of margin on each side (the float exponential is within ~1.4
 // ulp, far less than a sub-bin, so ByLogit order never goes up more than one). The ids before S - 1
 // are all in the top-p prefix: they join the kept ids (in id order) and their mass inner_mass; edge
@@ -140,21 +147,15 @@ struct Moved {
 Moved refine_boundary(const float* w, double target, double inner_mass, std::vector<int32_t>& edge, int32_t* dst) {
   constexpr int kSub = 4096;
   uint32_t top = 0;  // the boundary's largest weight bin (bits >> 20): sub-bin keys count down from it
-  for (int32_t i : edge) {
-    uint32_t bits;
-    std::memcpy(&bits, w + i, 4);
-    top = std::max(top, bits >> 20);
-  }
-  auto key = [&](int32_t i) {
-    uint32_t bits;
-    std::memcpy(&bits, w + i, 4);
-    return static_cast<int>(((top << 12) | 0xfffu) - (bits >> 8));  // 0: the largest weights
+  for (int32_t i : edge) top = std::max(top, weight_bits(w, i) >> 20);
+  auto key = [&](int32_t i) {  // 0: the largest weights
+    return static_cast<int>(((top << 12) | 0xfffu) - (weight_bits(w, i) >> 8));
   };
-  std::vector<double> mass(3 * kSub, 0.0);  // bins top, top - 1 and (margin) top - 2
-  for (int32_t i : edge) mass[static_cast<size_t>(std::min(key(i), 3 * kSub - 1))] += w[i];
+  std::vector<double> mass(2 * kSub, 0.0);  // the boundary's two bins, top and top - 1
+  for (int32_t i : edge) mass[static_cast<size_t>(std::min(key(i), 2 * kSub - 1))] += w[i];
   double acc = inner_mass;
   int S = -1;
-  for (int k = 0; k < 3 * kSub; ++k) {
+  for (int k = 0; k < 2 * kSub; ++k) {
     acc += mass[static_cast<size_t>(k)];
     if (acc >= target) {
       S = k;
@@ -192,11 +193,7 @@ Moved refine_boundary(const float* w, double target, double inner_mass, std::vec
 // narrowing.
 int64_t top_p_binned(const float* z, const float* w, int64_t n, double sum, float top_p, std::vector<int32_t>& kept) {
   constexpr int kBins = 1024, kTop = 0x3f8;  // w = 1: bits >> 20 = 0x3f8
-  auto bin_of = [&](int64_t i) {
-    uint32_t bits;
-    std::memcpy(&bits, w + i, 4);
-    return kTop - static_cast<int>(bits >> 20);
-  };
+  auto bin_of = [&](int64_t i) { return kTop - static_cast<int>(weight_bits(w, i) >> 20); };
   std::vector<double> mass(4 * kBins, 0.0);
   for (int64_t i = 0; i < n; ++i) mass[(i & 3) * kBins + bin_of(i)] += w[i];
   const double target = static_cast<double>(top_p) * sum;

@@ -818,8 +818,8 @@ struct HcNorm {
   bool wpacked;  // the weight may be read in packs of 8
   float eps;
   int tpr;
-  int smem_bytes = 0;  // > 0: the decode site copies the weight (16-byte aligned, this many bytes)
-                       // into shared memory first (hc_norm_smem_bytes)
+  int smem_bytes = 0;  // > 0: the decode site copies the weight (16-byte aligned, this many bytes,
+                       // <= kNormSmemBytes) into shared memory first (hc_post_pre sets it)
 };
 constexpr int64_t kNormMaxD = 8192;  // x_in rows staged in shared memory (32 KB)
 constexpr int kNormSmemBytes = 8192;  // the decode site's copy of the norm weight
