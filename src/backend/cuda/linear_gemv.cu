@@ -611,13 +611,12 @@ void launch_gemv_mma_typed(const GemmArgs& a, int grid_tiles, cudaStream_t strea
 // ---- streaming GEMV (decode) -----------------------------------------------------------------
 // Built for bytes in flight and a short fixed cost at T <= 8 (see the file comment).
 constexpr int kStreamMaxWarps = 16;      // W: warps per block, each on its own k segment
-// U: k blocks (64 bytes of a row) per load group. FP8: 4 (128 registers, no spills; T = 1 on the
-// H100: wo_b 16.3 -> 15.3 us, wq_b 16.6 -> 15.2); FP4: 2 (4 at 128 registers made MXFP4 wo_b
-// 10.5 -> 12.6 us and moe13 30.4 -> 37.9).
-template <WFmt F>
-constexpr int stream_group() {
-  return F == WFmt::kFp8E8M0 || F == WFmt::kFp8F32 ? 4 : 2;
-}
+// U: k blocks (64 bytes of a row) per load group, 2 for every format. FP8 had 4 at 128 registers
+// until the fifteenth session: 2 at 96 is as fast alone (tools/gemv_probe, H100, T = 1: wo_b 15.4 ->
+// 15.2 us, wq_b 15.6 -> 15.4, wq_a 4.5 -> 4.2) and leaves a quarter of the register file to the
+// side branches' kernels while wq_b's blocks are resident: decode b=1 7.41-7.45 -> 7.22-7.29 ms.
+// FP4 at 4 (128 registers) was slower: MXFP4 wo_b 10.5 -> 12.6 us, moe13 30.4 -> 37.9.
+constexpr int kStreamGroup = 2;
 constexpr int kStreamMaxSplit = 64;      // k segments per m-tile: W * KC
 constexpr int kStreamWarpsPerSm = 24;    // the split stops once the grid has this many warps per SM
 // Tile tables (MoE experts at decode) split further, into more warps than are resident at once.
@@ -628,11 +627,10 @@ constexpr int kStreamTileWarpsPerSm = 48;
 constexpr int kStreamMaxTileRows = 8;    // one n tile of tokens
 constexpr size_t kStreamMaxSmem = 96 << 10;
 // Register cap: 80 (24 resident warps per SM) where ptxas needs no spills at that (BF16); FP4's
-// decode keeps more live (80 spilled 44-56 bytes): 96, 20 warps per SM; FP8's groups of 4 k
-// blocks: 128, 16 warps per SM (a 16-warp block still fits the register file).
+// and FP8's decode keep more live (FP4 at 80 spilled 44-56 bytes): 96, 20 warps per SM.
 template <WFmt F>
 constexpr int stream_max_regs() {
-  return stream_group<F>() == 4 ? 128 : F == WFmt::kMxfp4 || F == WFmt::kNvfp4 ? 96 : 80;
+  return F == WFmt::kMxfp4 || F == WFmt::kNvfp4 || F == WFmt::kFp8E8M0 || F == WFmt::kFp8F32 ? 96 : 80;
 }
 
 struct StreamShape {
@@ -720,7 +718,7 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   if (!early) pdl_wait();
   using D = WeightDecoder<F>;
   static_assert(D::kMma, "format without a tensor-core GEMV decoder");
-  constexpr int E = D::kChunk, XW = E / 2, U = stream_group<F>();
+  constexpr int E = D::kChunk, XW = E / 2, U = kStreamGroup;
   extern __shared__ uint4 smem[];
 
   Tile tile;
