@@ -133,9 +133,12 @@ TensorView output(const LayerContext& c, const TensorView& o) {
 
 }  // namespace
 
-void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache, const TensorView& weights) {
+void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache) {
   c.be.set_scope(c.scope("attn.indexer.compressor"));
   compressor_step(c, h, c.w.attn.indexer->compressor, indexer_compressor(c), cache.indexer);
+}
+
+void indexer_weights(const LayerContext& c, const TensorView& h, const TensorView& weights) {
   c.be.set_scope(c.scope("attn.indexer"));
   // Head weights [T, Hi], scaled by Di^-1/2 (the q.k scale) and Hi^-1/2 inside the scores.
   c.be.linear(h, c.w.attn.indexer->weights_proj, weights);
@@ -178,21 +181,25 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). At decode
   // sizes the independent chains run on branches until the indexer scores, each forked from the
   // main stream where its first op is issued:
-  //   3: the layer's compressor and 2: the indexer's keys (its compressor and head weights), both
-  //      from h alone and the longest chains of a compressed layer (a GEMV, then the pooling
-  //      kernel), so they start with the layer;
+  //   3: the layer's compressor and 2: the indexer's keys (its compressor), both from h alone
+  //      and the longest chains of a compressed layer (a GEMV, then the pooling kernel), so they
+  //      start with the layer; 5: the indexer's head weights (a GEMV from h), beside them;
+  //   6: kv, in place in the pool (a GEMV and its norm/rope), from h alone, with the layer;
   //   1: the keys: the previous window rows into the pool and the key lists where they need no
-  //      top-k (neither reads kv), then kv in place in the pool and the window kept for the next
-  //      chunk;
+  //      top-k (neither reads kv), then, once kv is in (branch_wait(6)), the window kept for the
+  //      next chunk;
   //   0: the queries: the latent, then (CSA) the indexer queries ahead of wq_b, so that their
   //      GEMV is not left waiting for multiprocessors behind wq_b's resident blocks;
   //   4: (CSA) the top-k selection and the key lists, forked after the indexer queries, once the
-  //      indexer keys' branch (2) is done (branch_wait): beside wq_b instead of after the join.
+  //      indexer keys (2) and head weights (5) are done (branch_wait): beside wq_b instead of
+  //      after the join.
   // (H100, docs/PERFORMANCE.md, thirteenth session: with the compressors and the indexer behind
   // the keys on one side stream, a CSA layer's attention started ~40 us after its queries were
   // ready; this layout: decode b=1 8.00 -> 7.48 ms/token. The order in which the side branches
   // are issued made no difference. Fourteenth session: the selection on branch 4, 7.40 / 7.39 ->
-  // 7.35 / 7.33 ms/token.)
+  // 7.35 / 7.33 ms/token. Fifteenth: the head weights on 5 and kv on 6, where they waited behind
+  // the indexer's pooling kernel and the window copy, and then for multiprocessors behind wq_b:
+  // 7.21-7.24 -> 7.17-7.19 ms/token.)
   const bool branches = T <= kBranchMaxTokens;
   auto on = [&](int b) {
     if (branches) c.be.branch(b);
@@ -212,16 +219,20 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   }
   if (sparse) {
     on(2);
-    indexer_keys(c, h, cache, iw);
+    indexer_keys(c, h, cache);
+    on(5);
+    indexer_weights(c, h, iw);
     c.be.set_scope(c.scope("attn"));
   }
+  // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
+  // rows), so they need no copy into it; the compressed entries stay in place in the cache.
+  on(6);
+  project_keys(c, h, pool.slice0(n_prev, n_prev + T));
   on(1);
   window_prev(c, cache, pool, n_prev);
   TensorView idx;
   if (!sparse) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
-  // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
-  // rows), so they need no copy into it; the compressed entries stay in place in the cache.
-  project_keys(c, h, pool.slice0(n_prev, n_prev + T));
+  c.be.branch_wait(6);
   window_keep(c, cache, pool);
   on(0);
   project_latent(c, h, qr);
@@ -230,6 +241,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
     c.be.set_scope(c.scope("attn"));
     on(4);
     c.be.branch_wait(2);
+    c.be.branch_wait(5);
     idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
     on(0);
   }

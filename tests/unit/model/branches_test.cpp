@@ -1,11 +1,12 @@
 // The forward pass's branches (ops::Backend::branch / join_branches) are independent: a backend
 // may run the ops of different branches in any interleaving, so the model must never let an op
 // of one branch read or overwrite what an op of another writes before the join. Checked on the
-// CPU backend by running the ops of each branch region in the two extreme orders (the side
-// branches' ops after branch 0's, and branch 0's after the side branches') and comparing every
-// logit bit with the ops in issue order: a dependency across branches reads stale data in one of
-// the two orders. Fixtures with sliding, CSA (indexer) and HCA layers; prefill chunks under and
-// over kBranchMaxTokens, then decode steps; batched decode steps with their lanes reversed.
+// CPU backend by running the ops of each branch region in four orders (the side branches' ops
+// after branch 0's, branch 0's after the side branches', and the side branches one after another
+// from the highest and from the lowest) and comparing every logit bit with the ops in issue
+// order: a dependency across branches without a wait reads stale data in one of them. Fixtures
+// with sliding, CSA (indexer) and HCA layers; prefill chunks under and over kBranchMaxTokens,
+// then decode steps; batched decode steps with their lanes reversed.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -27,13 +28,14 @@ namespace {
 // Defers the ops of one side of every open branch region to its join: kSide the ops issued on
 // branches 1 and up, kMain those on branch 0; kReverse defers every op of the region and runs the
 // branches from the highest to branch 0 (each branch's ops in issue order: batched decode's
-// lanes in the reverse of their order). A side branch's fork (its first op of the region) runs
+// lanes in the reverse of their order), kForward the side branches from the lowest up, then
+// branch 0 (between them, every order of two side branches is run). A side branch's fork (its first op of the region) runs
 // the branch-0 ops deferred so far first: a side branch starts after every op issued on branch 0
 // before its fork (ops/backend.h), as the CUDA backend's fork event orders it. Scratch resets are
 // held while a region is open, as the CUDA backend holds them.
 class BranchReorder final : public diag::ForwardingBackend {
  public:
-  enum class Late { kSide, kMain, kReverse };
+  enum class Late { kSide, kMain, kReverse, kForward };
   BranchReorder(ops::Backend& inner, Late late) : ForwardingBackend(inner), late_(late) {}
   int regions() const { return regions_; }
   int deferred() const { return deferred_; }
@@ -46,7 +48,7 @@ class BranchReorder final : public diag::ForwardingBackend {
     if (b > 0 && !forked_[b]) {  // the fork: branch 0's ops issued so far come first
       forked_[b] = true;
       if (late_ == Late::kMain) run_all(queue_);
-      if (late_ == Late::kReverse) run_all(lanes_[0]);
+      if (late_ == Late::kReverse || late_ == Late::kForward) run_all(lanes_[0]);
     }
   }
   // The waited branch's deferred ops run now (the current branch's deferred ones may stay later:
@@ -55,7 +57,7 @@ class BranchReorder final : public diag::ForwardingBackend {
     if (b < 0 || b >= kMaxBranches) throw Error("BranchReorder: no branch " + std::to_string(b));
     if (!open_ || b == cur_) return;
     ++waits_;
-    if (late_ == Late::kReverse) run_all(lanes_[b]);
+    if (late_ == Late::kReverse || late_ == Late::kForward) run_all(lanes_[b]);
     if (late_ == Late::kMain && b == 0) run_all(queue_);  // the queue holds branch 0's ops
     if (late_ == Late::kSide && b > 0) run_all(queue_);   // the queue holds every side branch's ops
   }
@@ -64,7 +66,8 @@ class BranchReorder final : public diag::ForwardingBackend {
     ++regions_;
     for (auto& f : queue_) f();
     queue_.clear();
-    for (int b = kMaxBranches - 1; b >= 0; --b) {
+    for (int i = 0; i < kMaxBranches; ++i) {  // kForward: 1, 2, ..., then 0; else the highest first
+      const int b = late_ == Late::kForward ? (i + 1) % kMaxBranches : kMaxBranches - 1 - i;
       for (auto& f : lanes_[b]) f();
       lanes_[b].clear();
     }
@@ -174,7 +177,7 @@ class BranchReorder final : public diag::ForwardingBackend {
     ops.clear();
   }
   void issue(std::function<void()> op) {
-    if (open_ && late_ == Late::kReverse) {
+    if (open_ && (late_ == Late::kReverse || late_ == Late::kForward)) {
       lanes_[cur_].push_back(std::move(op));
       if (cur_ > 0) ++deferred_;
     } else if (open_ && (late_ == Late::kSide) == (cur_ != 0)) {
@@ -190,7 +193,7 @@ class BranchReorder final : public diag::ForwardingBackend {
   int cur_ = 0, regions_ = 0, deferred_ = 0, waits_ = 0;
   bool forked_[kMaxBranches] = {};
   std::vector<std::function<void()>> queue_;
-  std::vector<std::function<void()>> lanes_[kMaxBranches];  // kReverse: the region's ops per branch
+  std::vector<std::function<void()>> lanes_[kMaxBranches];  // kReverse, kForward: the region's ops per branch
 };
 
 class BranchOrder : public ::testing::TestWithParam<const char*> {};
@@ -200,18 +203,21 @@ TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
   auto cpu = ops::make_cpu_backend(2);
   const std::vector<int32_t> ids = test_ids(75);  // windows complete in chunks and in decode steps
   const std::vector<float> ref = chunked_run(*model, *cpu, ids, true);
-  for (BranchReorder::Late late : {BranchReorder::Late::kSide, BranchReorder::Late::kMain, BranchReorder::Late::kReverse}) {
+  for (BranchReorder::Late late : {BranchReorder::Late::kSide, BranchReorder::Late::kMain, BranchReorder::Late::kReverse,
+                                   BranchReorder::Late::kForward}) {
     BranchReorder be(*cpu, late);
     const std::vector<float> got = chunked_run(*model, be, ids, true);
-    const char* name = late == BranchReorder::Late::kSide   ? "side branches last"
-                       : late == BranchReorder::Late::kMain ? "branch 0 last"
-                                                            : "branches in reverse";
+    const char* name = late == BranchReorder::Late::kSide      ? "side branches last"
+                       : late == BranchReorder::Late::kMain    ? "branch 0 last"
+                       : late == BranchReorder::Late::kReverse ? "branches in reverse"
+                                                               : "side branches in order, then branch 0";
     ASSERT_EQ(got.size(), ref.size()) << name;
     EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0) << name;
     // Every layer opens two regions (attention, MoE) per chunk of <= 16 tokens: 1 + 45 of them.
     EXPECT_EQ(be.regions(), 2 * model->config().num_hidden_layers * (1 + 45)) << name;
     EXPECT_GT(be.deferred(), 0) << name;
-    // CSA layers select their keys on the indexer queries' branch after the indexer keys' one.
+    // Every layer keeps its window after kv's branch; CSA layers select their keys after the
+    // indexer keys' and head weights' branches.
     EXPECT_GT(be.waits(), 0) << name;
   }
 }
