@@ -10,15 +10,15 @@
 //   every SM, large ones loop); warp s of an m-tile in cluster rank c takes segment c*S + s. A
 //   block holds mt m-tiles (W = S*mt warps; mt > 1 for tiles of >= 2 tokens whose m-tiles get
 //   fewer than 4 warps, e.g. a batched step's experts), which share its staged activations.
-//   Per lane, loads come in groups of U k blocks
-//   (FP4 2, FP8 4: 2U x 16 bytes + their scale bits) into two register buffers: group i+2 is issued as soon as
-//   group i is decoded, so a group is always in flight behind the math. Activations of the
-//   block's k range are staged once in shared memory in decoder order (no x loads in the loop);
-//   each k block's 4-8 HMMAs start from zero (short chains), FP8's block scale multiplies that
-//   sum. MXFP4 k blocks whose E8M0 scales are all <= 2 (warp vote) decode each pair with one
-//   bf16 multiply. Sums: warps in order through shared memory, then (KC = 2 or 4) the blocks of
-//   a thread-block cluster in rank order through rank 0's shared memory (DSMEM): deterministic,
-//   no scratch, no atomics. grid (16-row m-tiles / mt * KC, tiles, n_z), block 32W (W <= 16).
+//   Per lane, loads come in groups of U = 2 k blocks (2U x 16 bytes + their scale bits, every
+//   format) into two register buffers: group i+2 is issued as soon as group i is decoded, so a group
+//   is always in flight behind the math. Activations of the block's k range are staged once in
+//   shared memory in decoder order (no x loads in the loop); each k block's 4-8 HMMAs start from
+//   zero (short chains), FP8's block scale multiplies that sum. MXFP4 k blocks whose E8M0 scales are
+//   all <= 2 (warp vote) decode each pair with one bf16 multiply. Sums: warps in order through
+//   shared memory, then (KC = 2 or 4) the blocks of a thread-block cluster in rank order through
+//   rank 0's shared memory (DSMEM): deterministic, no scratch, no atomics.
+//   grid (16-row m-tiles / mt * KC, tiles, n_z), block 32W (W <= 16).
 //
 // gemv_mma (bf16 activations; BF16, FP8, MXFP4, NVFP4 weights): tensor cores do the products so
 //   the cost per weight byte is the decode alone. A warp owns R m-tiles of 16 output rows; lane
@@ -613,7 +613,7 @@ void launch_gemv_mma_typed(const GemmArgs& a, int grid_tiles, cudaStream_t strea
 constexpr int kStreamMaxWarps = 16;      // W: warps per block, each on its own k segment
 // U: k blocks (64 bytes of a row) per load group, 2 for every format. FP8 had 4 at 128 registers
 // until the fifteenth session: 2 at 96 is as fast alone (tools/gemv_probe, H100, T = 1: wo_b 15.4 ->
-// 15.2 us, wq_b 15.6 -> 15.4, wq_a 4.5 -> 4.2) and leaves a quarter of the register file to the
+// 15.2 us, wq_b 15.6 -> 15.3-15.5, wq_a 4.5 -> 4.2) and leaves a quarter of the register file to the
 // side branches' kernels while wq_b's blocks are resident: decode b=1 7.41-7.45 -> 7.22-7.29 ms.
 // FP4 at 4 (128 registers) was slower: MXFP4 wo_b 10.5 -> 12.6 us, moe13 30.4 -> 37.9.
 constexpr int kStreamGroup = 2;
