@@ -1136,13 +1136,18 @@ GemvPath gemv_path(const GemmArgs& a, bool x_bf16) {
   if (!x_bf16 || !gemv_mma_supported(f)) return GemvPath::kFma;
   GemvKernel kernel = gemv_kernel_in_use();
   if (kernel == GemvKernel::kAuto) {
-    // From tools/gemv_probe on the H100 (docs/perf-notes/gemv.md, run 4): FP8 weights of <= 16 MiB
-    // at <= 2 tokens stream fastest through the FMA kernel (wq_a 4.5 vs 5.7 stream / 6.7 mma us,
-    // w1 6.1 vs 7.1 / 7.9); larger FP8 and every FP4 weight through the streaming kernel (wq_b
-    // 17.3 vs 19.9 mma; MXFP4 expert gate+up 31.9 vs 36.5); dense BF16 as kMma.
+    // FP8 weights of <= 4 MiB at <= 2 tokens (wq_a, wkv) through the FMA kernel: alone it is the
+    // fastest for them (tools/gemv_probe, H100: wq_a 3.1 vs 4.2 stream us, wkv 2.3 vs 5.6).
+    // Larger FP8 and every FP4 weight through the streaming kernel (wq_b 17.3 vs 19.9 mma; MXFP4
+    // expert gate+up 31.9 vs 36.5); dense BF16 as kMma. The limit was 16 MiB until the fifteenth
+    // session: the FMA kernel is also the fastest alone for the indexer queries' and the shared
+    // expert's projections (8-16 MiB), but its 256-thread, 122-register blocks wait for the
+    // registers of the kernels beside them in a decode step, where the streaming kernel's one-warp
+    // blocks fit in (and the shared expert's gate/up run as one paired launch, no SwiGLU kernel):
+    // decode b=1 7.15-7.20 -> 7.10-7.17 ms/token (seven interleaved rounds; docs/PERFORMANCE.md).
     const bool fp8 = f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32;
     const int64_t bytes = a.desc0.row_bytes * a.n_rows * a.n_z;
-    if (fp8 && !has_tile_table(a) && a.tile_rows <= 2 && bytes <= (int64_t{16} << 20)) return GemvPath::kFma;
+    if (fp8 && !has_tile_table(a) && a.tile_rows <= 2 && bytes <= (int64_t{4} << 20)) return GemvPath::kFma;
     // Expert tile tables of several rows per tile (batched decode) stream too, now that several
     // m-tiles share a block's staged activations: MXFP4 experts at 32 tokens (tiles of 4 rows)
     // 239 + 121 us (gate+up, down) against 312 + 160 through kMma (tools/gemv_probe, H100;
