@@ -3,14 +3,16 @@
 // of one branch read or overwrite what an op of another writes before the join. Checked on the
 // CPU backend by running the ops of each branch region in four orders (the side branches' ops
 // after branch 0's, branch 0's after the side branches', and the side branches one after another
-// from the highest and from the lowest) and comparing every logit bit with the ops in issue
-// order: a dependency across branches without a wait reads stale data in one of them. Fixtures
+// from the highest and from the lowest) and comparing every logit bit, and every top-k's picks in
+// their order, with the ops in issue order: a dependency across branches without a wait reads
+// stale data in one of them. Fixtures
 // with sliding, CSA (indexer) and HCA layers; prefill chunks under and over kBranchMaxTokens,
 // then decode steps; batched decode steps with their lanes reversed.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
@@ -35,11 +37,14 @@ namespace {
 // held while a region is open, as the CUDA backend holds them.
 class BranchReorder final : public diag::ForwardingBackend {
  public:
-  enum class Late { kSide, kMain, kReverse, kForward };
+  enum class Late { kNone, kSide, kMain, kReverse, kForward };  // kNone: every op as issued
   BranchReorder(ops::Backend& inner, Late late) : ForwardingBackend(inner), late_(late) {}
   int regions() const { return regions_; }
   int deferred() const { return deferred_; }
   int waits() const { return waits_; }
+  // Every top-k's output in the order the ops ran (the CSA selections): a stale input changes an
+  // order or a pick even where the logits come out the same (a pick's order does not reach them).
+  const std::vector<std::vector<int32_t>>& topk_log() const { return topk_log_; }
 
   void branch(int b) override {
     if (b < 0 || b >= kMaxBranches) throw Error("BranchReorder: no branch " + std::to_string(b));
@@ -154,7 +159,12 @@ class BranchReorder final : public diag::ForwardingBackend {
     issue([=, this] { inner_.indexer_scores(q, keys, weights, weight_scale, positions, rate, scores); });
   }
   void topk(const TensorView& values, int64_t k, const TensorView& out) override {
-    issue([=, this] { inner_.topk(values, k, out); });
+    issue([=, this] {
+      inner_.topk(values, k, out);
+      std::vector<int32_t> picked(static_cast<size_t>(out.numel()));
+      inner_.download(out, picked.data());
+      topk_log_.push_back(std::move(picked));
+    });
   }
   void argmax_rows(const TensorView& values, const TensorView& out) override {
     issue([=, this] { inner_.argmax_rows(values, out); });
@@ -180,7 +190,7 @@ class BranchReorder final : public diag::ForwardingBackend {
     if (open_ && (late_ == Late::kReverse || late_ == Late::kForward)) {
       lanes_[cur_].push_back(std::move(op));
       if (cur_ > 0) ++deferred_;
-    } else if (open_ && (late_ == Late::kSide) == (cur_ != 0)) {
+    } else if (open_ && late_ != Late::kNone && (late_ == Late::kSide) == (cur_ != 0)) {
       queue_.push_back(std::move(op));
       ++deferred_;
     } else {
@@ -193,8 +203,23 @@ class BranchReorder final : public diag::ForwardingBackend {
   int cur_ = 0, regions_ = 0, deferred_ = 0, waits_ = 0;
   bool forked_[kMaxBranches] = {};
   std::vector<std::function<void()>> queue_;
+  std::vector<std::vector<int32_t>> topk_log_;
   std::vector<std::function<void()>> lanes_[kMaxBranches];  // kReverse, kForward: the region's ops per branch
 };
+
+// "" when the two top-k logs are equal, else where they first differ.
+std::string first_topk_difference(const std::vector<std::vector<int32_t>>& got,
+                                  const std::vector<std::vector<int32_t>>& want) {
+  if (got.size() != want.size()) return str_cat(got.size(), " top-k calls, expected ", want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] == want[i]) continue;
+    std::string g, w;
+    for (int32_t v : got[i]) g += str_cat(" ", v);
+    for (int32_t v : want[i]) w += str_cat(" ", v);
+    return str_cat("top-k call ", i, " picked", g, ", in order", w);
+  }
+  return "";
+}
 
 class BranchOrder : public ::testing::TestWithParam<const char*> {};
 
@@ -202,7 +227,9 @@ TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
   auto model = Model::load(test::fixture_dir(std::string("models/") + GetParam()));
   auto cpu = ops::make_cpu_backend(2);
   const std::vector<int32_t> ids = test_ids(75);  // windows complete in chunks and in decode steps
-  const std::vector<float> ref = chunked_run(*model, *cpu, ids, true);
+  BranchReorder in_order(*cpu, BranchReorder::Late::kNone);
+  const std::vector<float> ref = chunked_run(*model, in_order, ids, true);
+  ASSERT_FALSE(in_order.topk_log().empty());
   for (BranchReorder::Late late : {BranchReorder::Late::kSide, BranchReorder::Late::kMain, BranchReorder::Late::kReverse,
                                    BranchReorder::Late::kForward}) {
     BranchReorder be(*cpu, late);
@@ -213,6 +240,7 @@ TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
                                                                : "side branches in order, then branch 0";
     ASSERT_EQ(got.size(), ref.size()) << name;
     EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0) << name;
+    EXPECT_EQ(first_topk_difference(be.topk_log(), in_order.topk_log()), "") << name;
     // Every layer opens two regions (attention, MoE) per chunk of <= 16 tokens: 1 + 45 of them.
     EXPECT_EQ(be.regions(), 2 * model->config().num_hidden_layers * (1 + 45)) << name;
     EXPECT_GT(be.deferred(), 0) << name;
