@@ -1140,11 +1140,13 @@ GemvPath gemv_path(const GemmArgs& a, bool x_bf16) {
     // fastest for them (tools/gemv_probe, H100: wq_a 3.1 vs 4.2 stream us, wkv 2.3 vs 5.6).
     // Larger FP8 and every FP4 weight through the streaming kernel (wq_b 17.3 vs 19.9 mma; MXFP4
     // expert gate+up 31.9 vs 36.5); dense BF16 as kMma. The limit was 16 MiB until the fifteenth
-    // session: the FMA kernel is also the fastest alone for the indexer queries' and the shared
-    // expert's projections (8-16 MiB), but its 256-thread, 122-register blocks wait for the
+    // session: the FMA kernel is also the fastest alone for the indexer queries' wq_b and the
+    // shared expert's w2 (8 MiB each), but its 256-thread, 122-register blocks wait for the
     // registers of the kernels beside them in a decode step, where the streaming kernel's one-warp
-    // blocks fit in (and the shared expert's gate/up run as one paired launch, no SwiGLU kernel):
-    // decode b=1 7.15-7.20 -> 7.10-7.17 ms/token (seven interleaved rounds; docs/PERFORMANCE.md).
+    // blocks fit in: decode b=1 7.15-7.20 -> 7.10-7.17 ms/token (seven interleaved rounds;
+    // docs/PERFORMANCE.md). Launches through a descriptor table (the shared expert's gate/up,
+    // swiglu_mlp) leave desc0 empty, so their size reads as 0 here and they stay on the FMA kernel
+    // (with the SwiGLU launch after them): how they fare streaming, paired, is not measured yet.
     const bool fp8 = f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32;
     const int64_t bytes = a.desc0.row_bytes * a.n_rows * a.n_z;
     if (fp8 && !has_tile_table(a) && a.tile_rows <= 2 && bytes <= (int64_t{4} << 20)) return GemvPath::kFma;
