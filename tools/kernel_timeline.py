@@ -12,9 +12,8 @@ step (default the last) its kernels by kind (the same kinds as decode_profile.py
 the LM head) with their summed durations, those on the main stream apart; its whole layers by kind
 (CSA, HCA, sliding: from the hc site after one MoE's combine to the next; median, min, max us);
 what each layer kind's attention kernel waited for (from the hc site before it: its start, the end
-of its last input, and which kernel that was: the chain to shorten);
-the main stream's gaps
-(a negative gap is a programmatic launch that began before the kernel ahead of it ended); and with
+of its last input, and which kernel that was: the chain to shorten); the main stream's gaps (a
+negative gap is a programmatic launch that began before the kernel ahead of it ended); and with
 --sequence every kernel in start order.
 
   python3 tools/kernel_timeline.py trace.csv [--step N] [--sequence]

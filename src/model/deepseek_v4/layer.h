@@ -77,9 +77,10 @@ constexpr int64_t kBranchMaxTokens = 16;
 
 // Lightning indexer (CSA), in four parts that attention() runs on its branches:
 // indexer_keys feeds the chunk h to the indexer's own compressor; indexer_weights writes the head
-// weights [T, Hi] from h; indexer_queries writes the indexer queries q [T, Hi, Di] (rotated, round-tripped in
-// official mode) from the shared latent qr; indexer_select then returns the selected
-// compressed-entry ids [T, k] I32 (-1 = none) in scratch, or an empty view when no entry exists.
+// weights [T, Hi] from h; indexer_queries writes the indexer queries q [T, Hi, Di] (rotated,
+// round-tripped in official mode) from the shared latent qr; indexer_select then returns the
+// selected compressed-entry ids [T, k] I32 (-1 = none) in scratch, or an empty view when no entry
+// exists.
 void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache);
 void indexer_weights(const LayerContext& c, const TensorView& h, const TensorView& weights);
 void indexer_queries(const LayerContext& c, const TensorView& qr, const TensorView& q);

@@ -1,8 +1,8 @@
 // Backend branches (ops/backend.h branch/join_branches) on the CUDA backend: ops of branches 1
-// and up run on side streams beside the main one, each with its own ticket state; the join orders every later op after all;
-// branch_wait orders a branch after another; scratch is
-// not reused while a branch is open; captured steps with branches replay like eager ones; a
-// download joins first. The long chains on branch 1 (100 adds over 4M floats, ~1 ms) make a
+// and up run on side streams beside the main one, each with its own ticket state; the join orders
+// every later op after all; branch_wait orders a branch after another; scratch is not reused
+// while a branch is open; captured steps with branches replay like eager ones; a download joins
+// first. The long chains on branch 1 (100 adds over 4M floats, ~1 ms) make a
 // missing dependency show up as wrong values rather than pass by luck.
 #include <gtest/gtest.h>
 

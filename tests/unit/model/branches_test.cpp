@@ -5,9 +5,9 @@
 // after branch 0's, branch 0's after the side branches', and the side branches one after another
 // from the highest and from the lowest) and comparing every logit bit, and every top-k's picks in
 // their order, with the ops in issue order: a dependency across branches without a wait reads
-// stale data in one of them. Fixtures
-// with sliding, CSA (indexer) and HCA layers; prefill chunks under and over kBranchMaxTokens,
-// then decode steps; batched decode steps with their lanes reversed.
+// stale data in one of them. Fixtures with sliding, CSA (indexer) and HCA layers; prefill chunks
+// under and over kBranchMaxTokens, then decode steps; batched decode steps with their lanes
+// reversed.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -31,10 +31,10 @@ namespace {
 // branches 1 and up, kMain those on branch 0; kReverse defers every op of the region and runs the
 // branches from the highest to branch 0 (each branch's ops in issue order: batched decode's
 // lanes in the reverse of their order), kForward the side branches from the lowest up, then
-// branch 0 (between them, every order of two side branches is run). A side branch's fork (its first op of the region) runs
-// the branch-0 ops deferred so far first: a side branch starts after every op issued on branch 0
-// before its fork (ops/backend.h), as the CUDA backend's fork event orders it. Scratch resets are
-// held while a region is open, as the CUDA backend holds them.
+// branch 0 (between them, every order of two side branches is run). A side branch's fork (its
+// first op of the region) runs the branch-0 ops deferred so far first: a side branch starts after
+// every op issued on branch 0 before its fork (ops/backend.h), as the CUDA backend's fork event
+// orders it. Scratch resets are held while a region is open, as the CUDA backend holds them.
 class BranchReorder final : public diag::ForwardingBackend {
  public:
   enum class Late { kNone, kSide, kMain, kReverse, kForward };  // kNone: every op as issued
@@ -53,7 +53,7 @@ class BranchReorder final : public diag::ForwardingBackend {
     if (b > 0 && !forked_[b]) {  // the fork: branch 0's ops issued so far come first
       forked_[b] = true;
       if (late_ == Late::kMain) run_all(queue_);
-      if (late_ == Late::kReverse || late_ == Late::kForward) run_all(lanes_[0]);
+      if (per_lane()) run_all(lanes_[0]);
     }
   }
   // The waited branch's deferred ops run now (the current branch's deferred ones may stay later:
@@ -62,7 +62,7 @@ class BranchReorder final : public diag::ForwardingBackend {
     if (b < 0 || b >= kMaxBranches) throw Error("BranchReorder: no branch " + std::to_string(b));
     if (!open_ || b == cur_) return;
     ++waits_;
-    if (late_ == Late::kReverse || late_ == Late::kForward) run_all(lanes_[b]);
+    if (per_lane()) run_all(lanes_[b]);
     if (late_ == Late::kMain && b == 0) run_all(queue_);  // the queue holds branch 0's ops
     if (late_ == Late::kSide && b > 0) run_all(queue_);   // the queue holds every side branch's ops
   }
@@ -182,12 +182,13 @@ class BranchReorder final : public diag::ForwardingBackend {
   }
 
  private:
+  bool per_lane() const { return late_ == Late::kReverse || late_ == Late::kForward; }  // lanes_, not queue_
   static void run_all(std::vector<std::function<void()>>& ops) {
     for (auto& f : ops) f();
     ops.clear();
   }
   void issue(std::function<void()> op) {
-    if (open_ && (late_ == Late::kReverse || late_ == Late::kForward)) {
+    if (open_ && per_lane()) {
       lanes_[cur_].push_back(std::move(op));
       if (cur_ > 0) ++deferred_;
     } else if (open_ && late_ != Late::kNone && (late_ == Late::kSide) == (cur_ != 0)) {
