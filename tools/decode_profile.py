@@ -28,7 +28,7 @@ KINDS = [
     ("FP8 / BF16 streaming GEMV (large projections)", r"gemv_stream_(cluster_)?kernel<"),
     ("tensor-core GEMV (kMma)", r"gemv_mma_kernel<"),
     ("BF16 / F32 FMA GEMV (router gate, compressor and indexer weights)", r"gemv_kernel3<"),
-    ("FP8 / FP4 FMA GEMV (small projections, shared expert)", r"gemv_kernel<"),
+    ("FP8 / FP4 FMA GEMV (small projections)", r"gemv_kernel<"),
     ("hyper-connection sites", r"\bhc_"),
     ("rms_norm / norm_rope_qdq / rope / qdq", r"norm|rope|qdq"),
     ("attention split + merge", r"attention_decode|sparse_attention"),

@@ -42,7 +42,7 @@ def test_steps_kinds_and_gaps(tmp_path, tool_output):
     assert "step 1: 5 kernels over 60.0 us (main stream 13)" in out
     assert "| LM head GEMV | 1 | 29.0 | 29.0 | 48.3% |" in out
     assert "| MXFP4 / NVFP4 streaming GEMV (routed experts, FP4 projections) | 1 | 21.0 | 21.0 | 35.0% |" in out
-    assert "| FP8 / FP4 FMA GEMV (small projections, shared expert) | 1 | 10.0 | 0.0 | 0.0% |" in out
+    assert "| FP8 / FP4 FMA GEMV (small projections) | 1 | 10.0 | 0.0 | 0.0% |" in out
     assert "main stream: 4 kernels, 3 gaps: 1.5 us idle over 2 gaps" in out
     assert "1 kernels began before the one ahead ended (by 1.0 us in all)" in out
     # The sequence, in start order, with each kernel's gap on its own stream.

@@ -1144,9 +1144,10 @@ GemvPath gemv_path(const GemmArgs& a, bool x_bf16) {
     // shared expert's w2 (8 MiB each), but its 256-thread, 122-register blocks wait for the
     // registers of the kernels beside them in a decode step, where the streaming kernel's one-warp
     // blocks fit in: decode b=1 7.15-7.20 -> 7.10-7.17 ms/token (seven interleaved rounds;
-    // docs/PERFORMANCE.md). Launches through a descriptor table (the shared expert's gate/up,
-    // swiglu_mlp) leave desc0 empty, so their size reads as 0 here and they stay on the FMA kernel
-    // (with the SwiGLU launch after them): how they fare streaming, paired, is not measured yet.
+    // docs/PERFORMANCE.md). Launches through a descriptor table size themselves by desc0 when they
+    // set it (the shared expert's gate/up, swiglu_mlp: 16 MiB, so one paired streaming launch with
+    // SwiGLU in its epilogue; with the shared expert forked after the route, decode b=1 7.09-7.17 ->
+    // 6.92-6.93 ms/token, sixteenth session); the routed experts' tile tables stream anyway.
     const bool fp8 = f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32;
     const int64_t bytes = a.desc0.row_bytes * a.n_rows * a.n_z;
     if (fp8 && !has_tile_table(a) && a.tile_rows <= 2 && bytes <= (int64_t{4} << 20)) return GemvPath::kFma;

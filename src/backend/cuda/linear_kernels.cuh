@@ -72,7 +72,8 @@ struct GemmArgs {
   // Weights of problem (p, z): descs[p*desc_stride + desc_offset + z] (table), else desc0 with
   // its rows offset by z*w_row_z (grouped_linear: group z is rows [z*Lo, (z+1)*Lo)). A table
   // must be written by an upload, never by a kernel: GEMVs read it before griddepcontrol.wait
-  // when there is no tile table (weights_before_wait).
+  // when there is no tile table (weights_before_wait). With a table, desc0 may hold one problem's
+  // weight for the host-side GEMV policy to size the launch (swiglu_mlp); kernels ignore it.
   const WeightDesc* descs = nullptr;
   int32_t desc_stride = 0, desc_offset = 0;
   WeightDesc desc0{};

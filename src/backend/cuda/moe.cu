@@ -1316,6 +1316,7 @@ void CudaBackend::swiglu_mlp(const TensorView& x, const ExpertWeights& w, float 
     c.a.descs = static_cast<const WeightDesc*>(tab.dev.data);
     c.a.desc_stride = 3;
     c.a.desc_offset = 0;  // problem 0, z = 0: w1, z = 1: w3
+    c.a.desc0 = d1;  // for the GEMV policy's size only (the kernels read the table): paired streaming
     c.a.n_z = 2;
     c.a.n_rows = I;
     c.a.K = D;

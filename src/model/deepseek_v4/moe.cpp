@@ -13,18 +13,21 @@ MoeOut moe(const LayerContext& c, const TensorView& h) {
   const bool hash = cfg.mlp_layer_types[static_cast<size_t>(c.layer)] == MoeKind::kHash;
   const float limit = static_cast<float>(cfg.swiglu_limit);
 
-  // The shared expert and the routed ones read h alone: at decode sizes they run on two branches.
   const bool branches = T <= kBranchMaxTokens;
   const TensorView routed = c.act({T, cfg.hidden_size}), shared = c.act({T, cfg.hidden_size});
-  if (branches) c.be.branch(1);
-  c.be.swiglu_mlp(h, w.shared_experts, limit, shared);
-  if (branches) c.be.branch(0);
-
   const TensorView logits = c.be.scratch(DType::kF32, {T, E});
   c.be.linear(h, w.gate, logits);
   const TensorView idx = c.be.scratch(DType::kI32, {T, K}), weight = c.be.scratch(DType::kF32, {T, K});
   c.be.moe_route(logits, hash ? TensorView{} : w.gate_bias, hash ? w.tid2eid : TensorView{}, c.ids,
                  static_cast<float>(cfg.routed_scaling_factor), idx, weight);
+  // The shared expert reads h alone: at decode sizes it runs on a branch of its own, forked after
+  // the route so that the routed experts' first launch, ready at the same time, is not kept
+  // waiting for multiprocessors by the shared expert's blocks (forked at the start it filled them
+  // while the router ran). H100, decode b=1 with the shared gate/up as one paired streaming launch:
+  // 7.09-7.17 -> 6.92-6.93 ms/token (docs/PERFORMANCE.md, sixteenth session).
+  if (branches) c.be.branch(1);
+  c.be.swiglu_mlp(h, w.shared_experts, limit, shared);
+  if (branches) c.be.branch(0);
   c.be.moe_experts(h, w.experts, idx, weight, limit, routed);
   if (branches) c.be.join_branches();
   return {routed, shared};
