@@ -294,8 +294,15 @@ struct StoreArgs {
   int64_t n_entries;
 };
 
+// Register cap: a decode step launches this kernel early (PDL) on a side branch, where its 64
+// blocks wait and then run a few dependent memory round trips while wq_b streams; uncapped they
+// held 101-116 registers x 256 threads each, ~43% of a multiprocessor's register file, that
+// wq_b's warps could not use. At <= 64 (4 blocks per multiprocessor) kP <= 2 spills at most 20
+// bytes, in the last block's row code only; kP = 4 (137 registers uncapped) spilled ~900 bytes at
+// 64 and keeps its registers. Decode b=1 6.89 -> 6.85 ms/token (docs/PERFORMANCE.md, seventeenth
+// session).
 template <typename TD, int kP, StoreQ kQ, int E>
-__global__ void __launch_bounds__(kFusedThreads, 1)
+__global__ void __launch_bounds__(kFusedThreads, kP == 4 ? 1 : 4)
     compress_store_kernel(CompressorRows<float> rows, const int32_t* __restrict__ positions, int64_t T,
                           float* overlap_kv, float* overlap_gate, bool overlap, int64_t hd, int64_t n_out,
                           float* pooled, int32_t* __restrict__ entry_positions, OpErrorRecord* err,
