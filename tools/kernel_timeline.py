@@ -12,16 +12,20 @@ step (default the last) its kernels by kind (the same kinds as decode_profile.py
 the LM head) with their summed durations, those on the main stream apart; its whole layers by kind
 (CSA, HCA, sliding: from the hc site after one MoE's combine to the next; median, min, max us);
 what each layer kind's attention kernel waited for (from the hc site before it: its start, the end
-of its last input, and which kernel that was: the chain to shorten); the main stream's gaps (a
-negative gap is a programmatic launch that began before the kernel ahead of it ended); and with
---sequence every kernel in start order.
+of its last input, and which kernel that was: the chain to shorten); which kernels held registers
+while the weight-streaming GEMVs ran (traces with the regs column: a kernel launched early by PDL, or on
+a side branch, keeps its blocks' registers while it waits, and the GEMV's warps that do not fit wait for
+them; the seventeenth session's compress_store); the main stream's gaps (a negative gap is a
+programmatic launch that began before the kernel ahead of it ended); and with --sequence every kernel
+in start order.
 
-  python3 tools/kernel_timeline.py trace.csv [--step N] [--sequence]
+  python3 tools/kernel_timeline.py trace.csv [--step N] [--sequence] [--sms N]
 """
 import argparse
 import collections
 import csv
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +53,7 @@ def read_trace(path):
     for r in rows:
         kernels.append({"step": int(r["step"]), "start": int(r["start_ns"]) / 1e3, "end": int(r["end_ns"]) / 1e3,
                         "stream": r["stream"], "grid": r["grid"], "block": r["block"],
-                        "name": short_name(r["name"])})
+                        "regs": int(r["regs"]) if r.get("regs") else None, "name": short_name(r["name"])})
     kernels.sort(key=lambda k: k["start"])
     return comment, kernels
 
@@ -119,6 +123,51 @@ def attention_waits(kernels):
     return out
 
 
+def dims(s):
+    """Product of an AxBxC field (0 where it does not parse)."""
+    try:
+        a, b, c = (int(x) for x in s.split("x"))
+        return a * b * c
+    except ValueError:
+        return 0
+
+
+def union(intervals):
+    """The union of [start, end) intervals, merged and sorted."""
+    out = []
+    for s, e in sorted(intervals):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
+def registers_beside_streams(kernels, sms, regs_per_sm=65536):
+    """[(name, launches, regs per thread, threads, share of the GPU's registers, us, register-file us)] of
+    the kernels (other than the streaming GEMVs) that ran while some gemv_stream kernel did, largest
+    register-file us first. A launch's share: regs x threads per block x blocks over the register file of
+    every multiprocessor (at most 1: an estimate, its blocks need not all be resident at once); its
+    register-file us: that share times the time it overlapped the streaming GEMVs."""
+    streams = union([(k["start"], k["end"]) for k in kernels if "gemv_stream" in k["name"]])
+    total = float(sms * regs_per_sm)
+    by = collections.OrderedDict()
+    for k in kernels:
+        if "gemv_stream" in k["name"] or not k.get("regs"):
+            continue
+        over = sum(max(0.0, min(k["end"], e) - max(k["start"], s)) for s, e in streams)
+        if over <= 0:
+            continue
+        threads = dims(k["block"])
+        share = min(1.0, k["regs"] * threads * dims(k["grid"]) / total)
+        row = by.setdefault(k["name"], [0, k["regs"], threads, 0.0, 0.0, 0.0])
+        row[0] += 1
+        row[3] = max(row[3], share)
+        row[4] += over
+        row[5] += share * over
+    return sorted(((n, *v) for n, v in by.items()), key=lambda r: -r[6])
+
+
 def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))] if v else 0.0
@@ -129,6 +178,8 @@ def main():
     ap.add_argument("trace", help="CSV written by clawmine bench --kernel-trace")
     ap.add_argument("--step", type=int, default=None, help="the step to break down (default: the last)")
     ap.add_argument("--sequence", action="store_true", help="also list that step's kernels in start order")
+    ap.add_argument("--sms", type=int, default=None,
+                    help="multiprocessors of the card (default: from the trace's header, else 132, an H100 SXM)")
     args = ap.parse_args()
     comment, kernels = read_trace(args.trace)
     steps = collections.OrderedDict()
@@ -181,6 +232,14 @@ def main():
             last = collections.Counter(n for _, _, n in v).most_common()
             print(f"| {kind} | {len(v)} | {pct([x[0] for x in v], 0.5):.1f} | {pct([x[1] for x in v], 0.5):.1f} | "
                   f"{', '.join(f'{n} ({c})' for n, c in last)} |")
+    m = re.search(r"(\d+) SMs", comment)
+    sms = args.sms or (int(m.group(1)) if m else 132)
+    held = registers_beside_streams(ks, sms)
+    if held:
+        print(f"\n| registers held beside the streaming GEMVs ({sms} SMs) | launches | regs/thread | threads/block | "
+              "share of the register file | us beside them | register-file us |\n|---|---|---|---|---|---|---|")
+        for name, n, regs, threads, share, over, rf in held[:10]:
+            print(f"| {name} | {n} | {regs} | {threads} | {100.0 * share:.1f}% | {over:.1f} | {rf:.1f} |")
     main = [k for k in ks if k["stream"] == main_stream]
     g = gaps(main)
     pos = [x for x in g if x > 0]

@@ -59,17 +59,17 @@ int64_t DecodeTraceFile::record(int warm, int steps, const std::string& what, co
   if (!f) throw Error(str_cat("--kernel-trace: cannot write '", path_, "'"));
   std::fprintf(f, "# clawmine kernel trace: %s; %d decode steps, GPU timestamps in ns from the first step's start\n",
                what.c_str(), steps);
-  std::fprintf(f, "step,start_ns,end_ns,stream,graph,graph_node,grid,block,name\n");
+  std::fprintf(f, "step,start_ns,end_ns,stream,graph,graph_node,grid,block,regs,smem,name\n");
   int64_t n = 0;
   int s = 0;  // the step of k (kernels come in start order)
   for (const KernelRecord& k : kernels) {
     if (k.start_ns < marks[0]) continue;  // before the first written step (the warm ones)
     while (s + 1 < static_cast<int>(marks.size()) && k.start_ns >= marks[static_cast<size_t>(s) + 1]) ++s;
-    std::fprintf(f, "%d,%llu,%llu,%u,%u,%llu,%dx%dx%d,%dx%dx%d,%s\n", s,
+    std::fprintf(f, "%d,%llu,%llu,%u,%u,%llu,%dx%dx%d,%dx%dx%d,%u,%u,%s\n", s,
                  static_cast<unsigned long long>(k.start_ns - marks[0]),
                  static_cast<unsigned long long>(k.end_ns - marks[0]), k.stream, k.graph_id,
                  static_cast<unsigned long long>(k.graph_node), k.grid[0], k.grid[1], k.grid[2], k.block[0], k.block[1],
-                 k.block[2], quoted(demangle(k.name)).c_str());
+                 k.block[2], k.regs, k.smem, quoted(demangle(k.name)).c_str());
     ++n;
   }
   if (std::fflush(f) != 0 || std::ferror(f)) throw Error(str_cat("--kernel-trace: writing '", path_, "' failed"));

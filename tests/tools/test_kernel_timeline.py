@@ -84,6 +84,32 @@ def test_what_attention_waited_for(tmp_path, tool_output):
     assert "| HCA | 1 | 25.0 | 26.0 | compress_store_kernel (1) |" in out
 
 
+def test_registers_held_beside_the_streaming_gemvs(tmp_path, tool_output):
+    # Traces with the regs column (and the SM count in the header): a streaming GEMV from 10 to 30 us
+    # and another from 40 to 50; compress_store (64 blocks x 256 threads x 109 registers) from 5 to 25
+    # overlaps the first for 15 us: 109 * 256 * 64 / (132 * 65536) = 20.6% of the register file, 3.1
+    # register-file us. The hc site ends before any GEMV starts, so it is not listed.
+    cmp = f"void {NS}compress_store_kernel<__nv_bfloat16, 2, 1, 0>(int)"
+    lines = ["# clawmine kernel trace: test model, NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.2 GiB; 1 decode steps",
+             "step,start_ns,end_ns,stream,graph,graph_node,grid,block,regs,smem,name"]
+    for s, e, stream, grid, block, regs, name in [
+            (0.0, 4.0, 13, "64x1x1", "256x1x1", 128, HC), (5.0, 25.0, 14, "64x1x1", "256x1x1", 109, cmp),
+            (10.0, 30.0, 13, "2048x1x1", "32x1x1", 96, EXPERTS), (40.0, 50.0, 13, "256x1x1", "256x1x1", 96, EXPERTS)]:
+        lines.append(f'0,{int(s * 1000)},{int(e * 1000)},{stream},1,7,{grid},{block},{regs},12288,"{name}"')
+    trace = tmp_path / "r.csv"
+    trace.write_text("\n".join(lines) + "\n")
+    out = tool_output("kernel_timeline.py", trace)
+    assert "| registers held beside the streaming GEMVs (132 SMs) |" in out
+    assert "| compress_store_kernel<__nv_bfloat16, 2, 1, 0> | 1 | 109 | 256 | 20.6% | 15.0 | 3.1 |" in out
+    assert "hc_site" not in out.split("registers held")[1].split("main stream")[0]
+    # --sms overrides the header: on 66 SMs the same launch is 41.3%.
+    assert "| 41.3% | 15.0 | 6.2 |" in tool_output("kernel_timeline.py", trace, "--sms", "66")
+    # Traces written before the regs column have no such table.
+    old = tmp_path / "t.csv"
+    write_trace(old)
+    assert "registers held" not in tool_output("kernel_timeline.py", old)
+
+
 def test_step_option(tmp_path, run_tool, tool_output):
     trace = tmp_path / "t.csv"
     write_trace(trace)

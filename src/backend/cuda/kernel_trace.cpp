@@ -103,6 +103,8 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
     r.graph_node = k->graphNodeId;
     r.grid[0] = k->gridX, r.grid[1] = k->gridY, r.grid[2] = k->gridZ;
     r.block[0] = k->blockX, r.block[1] = k->blockY, r.block[2] = k->blockZ;
+    r.regs = k->registersPerThread;
+    r.smem = static_cast<uint32_t>(std::max(k->staticSharedMemory, 0) + std::max(k->dynamicSharedMemory, 0));
     got.push_back(std::move(r));
   }
   std::free(buffer);

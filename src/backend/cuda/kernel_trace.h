@@ -18,6 +18,8 @@ struct KernelRecord {
   uint32_t graph_id = 0;              // 0 outside a graph
   uint64_t graph_node = 0;
   int32_t grid[3] = {0, 0, 0}, block[3] = {0, 0, 0};
+  uint32_t regs = 0;  // registers per thread
+  uint32_t smem = 0;  // shared memory per block, static + dynamic (bytes)
 };
 
 // One recording at a time per process. start() enables the records (an Error naming the CUPTI call

@@ -53,6 +53,7 @@ TEST_F(CudaKernelTrace, RecordsEagerAndGraphKernelsWithStampsAndStreams) {
     if (i > 0) EXPECT_GE(k.start_ns, ks[i - 1].start_ns) << "records come in start order";
     EXPECT_GT(k.grid[0], 0);
     EXPECT_GT(k.block[0], 0);
+    EXPECT_GT(k.regs, 0u) << "CUPTI's registers per thread";
     fills += k.name.find("fill") != std::string::npos;
     adds += k.name.find("add") != std::string::npos;
     in_graph += k.graph_id != 0;
