@@ -122,14 +122,16 @@ void run_captured(ops::Backend& be, const std::function<void()>& op) {
   CLAWMINE_CUDA_CHECK(sync);
 }
 
-void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped = true) {
+// gemv_max > 0: moe_experts with set_moe_gemv_max_tokens(gemv_max) (GEMV tiles up to that many
+// tokens), checked against the default path's output on the same inputs.
+void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped = true, int64_t gemv_max = 0) {
   ops::Backend& be = env.be;
   const bool prefill = T >= kPrefillT;
   Result r;
   r.group = "moe";
   r.name = str_cat("experts 64x2048 top-6");
   r.format = nvfp4 ? "nvfp4" : "mxfp4";
-  r.impl = grouped ? "clawmine" : "clawmine-loop";
+  r.impl = gemv_max > 0 ? str_cat("clawmine-gemv<=", gemv_max) : grouped ? "clawmine" : "clawmine-loop";
   r.T = T;
   r.rotation = prefill ? kPrefillRoutings : kRoutings;
   // Routing sets: distinct experts per token, weights in (0.1, 1).
@@ -165,13 +167,23 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
     be.moe_experts(x[i].view(), ex.weights, idx[i].view(), wt[i].view(), kSwigluLimit, y[i].view());
   };
   backend::cuda::set_moe_prefill_grouped(grouped);
+  backend::cuda::set_moe_gemv_max_tokens(gemv_max);
   try {
     be.fill(y[0].view(), std::nanf(""));
     run(0);
     const int64_t bad = count_nonfinite(be, y[0].view());
     r.failed = bad != 0;
     r.check = bad ? str_cat("FAIL ", bad, " non-finite") : "finite";
-    if (prefill && !r.failed) {
+    if (gemv_max > 0 && !r.failed) {
+      ops::DeviceBuffer ref(be, DType::kBF16, Shape{T, kHidden});
+      be.fill(ref.view(), std::nanf(""));
+      backend::cuda::set_moe_gemv_max_tokens(0);
+      be.moe_experts(x[0].view(), ex.weights, idx[0].view(), wt[0].view(), kSwigluLimit, ref.view());
+      backend::cuda::set_moe_gemv_max_tokens(gemv_max);
+      const double rel = rel_l2(be, y[0].view(), ref.view());
+      r.failed = !(rel <= kCheckBudget);
+      r.check = str_cat(r.failed ? "FAIL " : "", "rel ", sci(rel), " vs the default path");
+    } else if (prefill && !r.failed) {
       ops::DeviceBuffer ref(be, DType::kBF16, Shape{T, kHidden});
       be.fill(ref.view(), std::nanf(""));
       run_captured(be, [&] {
@@ -187,6 +199,7 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
     r.check = str_cat("error: ", e.what());
   }
   backend::cuda::set_moe_prefill_grouped(true);
+  backend::cuda::set_moe_gemv_max_tokens(0);
   env.rep.add(r);
 }
 
@@ -198,6 +211,12 @@ void run_moe_cases(Env& env) {
     const auto ex = make_experts(env.be, nvfp4);
     for (int64_t T : {int64_t{1}, int64_t{32}, int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T);
     for (int64_t T : {int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T, /*grouped=*/false);
+    // The prefill of short prompts (33 to ~680 tokens: fewer than 64 rows per expert): 64-row GEMM
+    // tiles by default, against GEMV tiles of at most 16 rows.
+    for (int64_t T : {int64_t{128}, int64_t{512}}) {
+      moe_case(env, *ex, nvfp4, T);
+      moe_case(env, *ex, nvfp4, T, /*grouped=*/true, /*gemv_max=*/T);
+    }
   }
 }
 

@@ -43,6 +43,20 @@ constexpr int kPlanThreads = 256, kPlanWarps = kPlanThreads / 32;
 constexpr int kMaxExperts = 1024;  // plan kernel shared memory: (kPlanWarps + 2) * E ints
 constexpr int kMaxTopK = 64;
 constexpr int64_t kGemvMaxTokens = 32;  // tokens up to which expert projections stream weights (GEMV)
+int64_t g_moe_gemv_max = 0;             // set_moe_gemv_max_tokens: <= 0 the environment's, else kGemvMaxTokens
+// moe_experts' GEMV limit (set_moe_gemv_max_tokens); swiglu_mlp keeps kGemvMaxTokens.
+int64_t moe_gemv_max_tokens() {
+  static const int64_t env = [] {
+    const char* v = std::getenv("CLAWMINE_MOE_GEMV_MAX_TOKENS");
+    if (v == nullptr || *v == '\0') return int64_t{0};
+    char* end = nullptr;
+    const long long n = std::strtoll(v, &end, 10);
+    if (*end != '\0' || n < 1 || n > (int64_t{1} << 20))
+      throw Error(str_cat("CLAWMINE_MOE_GEMV_MAX_TOKENS=", v, ": expected a token count from 1 to 1048576"));
+    return static_cast<int64_t>(n);
+  }();
+  return g_moe_gemv_max > 0 ? g_moe_gemv_max : env > 0 ? env : kGemvMaxTokens;
+}
 // op_errors.cuh codes 1-3 are taken; the message for this one is described in the report to the
 // owner of op_errors.cu: v = {expert id, token, slot, expert count}.
 constexpr unsigned long long kOpErrorMoeExpert = 4;
@@ -736,7 +750,7 @@ size_t scratch_free(CudaBackend& be) {
 // of decode steps, the kernel bench's captures), so a capturing stream keeps the kernels.
 bool prefill_eligible(CudaBackend& be, const MoeTable& tab, DType act, bool quant, int64_t T, int64_t N, int64_t E,
                       int64_t D, int64_t I) {
-  if (act != DType::kBF16 || quant || T <= kGemvMaxTokens || N < kMoeCopyMinAvgRows * E) return false;
+  if (act != DType::kBF16 || quant || T <= moe_gemv_max_tokens() || N < kMoeCopyMinAvgRows * E) return false;
   if (((tab.fmt13 | tab.fmt2) & ~kCopyFormats) || !tab.vec13 || !tab.vec2 || D % 8 != 0 || I % 8 != 0) return false;
   if (be.capturing()) return false;
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
@@ -1079,7 +1093,7 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   // sum_e ceil(n_e / tr) <= (N + a (tr - 1)) / tr over the a <= min(E, N) active experts bounds
   // the tile count tightly (N at one-row tiles: a decode step's grid has no idle tiles, which
   // also lets the GEMV give each tile more warps).
-  const bool gemv = T <= kGemvMaxTokens;
+  const bool gemv = T <= moe_gemv_max_tokens();
   const int tile_rows = gemv ? gemv_tile_rows((N + std::min(E, N) - 1) / std::min(E, N)) : kGemmTileRows;
   const int64_t max_tiles = (N + std::min(E, N) * (tile_rows - 1)) / tile_rows;
 
@@ -1240,6 +1254,7 @@ void set_moe_prefill_overlap(int mode) { g_moe_overlap = mode < 0 ? -1 : mode; }
 void set_moe_prefill_fuse_gate_up(int mode) { g_moe_fuse13 = mode < 0 ? -1 : mode; }
 void set_moe_prefill_copy_budget(int64_t bytes) { g_moe_copy_budget = bytes > 0 ? bytes : 0; }
 void set_moe_decode_direct(bool direct) { g_moe_direct = direct; }
+void set_moe_gemv_max_tokens(int64_t n) { g_moe_gemv_max = n > 0 ? n : 0; }
 void set_swiglu_pairs(bool on) { g_swiglu_pairs = on; }
 void set_moe_plan_variant(int variant) { g_moe_plan = variant == 1 || variant == 2 ? variant : 0; }
 

@@ -49,6 +49,14 @@ void set_moe_decode_direct(bool direct = true);
 // of gate and up followed by the swiglu launch (false). Both give the same bits.
 void set_swiglu_pairs(bool on = true);
 
+// Tokens up to which moe_experts runs the experts as GEMV tiles (expert-sorted rows in tiles of at
+// most 16, the weights streamed by the GEMV kernels: batched decode) instead of 64-row GEMM tiles
+// or, from 64 rows per expert on average, the BF16 copies and cuBLAS. n <= 0: the environment's
+// CLAWMINE_MOE_GEMV_MAX_TOKENS (read once; a positive integer), else 32. The kernel bench's
+// mid-size cases (the prefill of short prompts) compare the two; the results agree within the
+// kernels' tolerances (another summation order), not bit for bit.
+void set_moe_gemv_max_tokens(int64_t n = 0);
+
 // The plan alone (tests): idx [N = T*K] (N > 32), outputs downloaded; unwritten entries keep
 // the poison 0x5a5a5a5a. tiles: max_tiles * 4 ints {expert, first row, rows, 0}.
 struct MoePlanForTest {
