@@ -217,6 +217,8 @@ void run_moe_cases(Env& env) {
       moe_case(env, *ex, nvfp4, T);
       moe_case(env, *ex, nvfp4, T, /*grouped=*/true, /*gemv_max=*/T);
     }
+    // And where the copies run (192 rows per expert): GEMV tiles read each expert 12 times.
+    moe_case(env, *ex, nvfp4, 2048, /*grouped=*/true, /*gemv_max=*/2048);
   }
 }
 
