@@ -123,15 +123,18 @@ void run_captured(ops::Backend& be, const std::function<void()>& op) {
 }
 
 // gemv_max > 0: moe_experts with set_moe_gemv_max_tokens(gemv_max) (GEMV tiles up to that many
-// tokens), checked against the default path's output on the same inputs.
-void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped = true, int64_t gemv_max = 0) {
+// tokens) and set_moe_gemv_tile_rows(tile_cap), checked against the default path's output on the
+// same inputs.
+void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped = true, int64_t gemv_max = 0,
+              int tile_cap = 0) {
   ops::Backend& be = env.be;
   const bool prefill = T >= kPrefillT;
   Result r;
   r.group = "moe";
   r.name = str_cat("experts 64x2048 top-6");
   r.format = nvfp4 ? "nvfp4" : "mxfp4";
-  r.impl = gemv_max > 0 ? str_cat("clawmine-gemv<=", gemv_max) : grouped ? "clawmine" : "clawmine-loop";
+  r.impl = gemv_max > 0 ? str_cat("clawmine-gemv-tiles<=", tile_cap > 0 ? tile_cap : 16)
+                        : grouped ? "clawmine" : "clawmine-loop";
   r.T = T;
   r.rotation = prefill ? kPrefillRoutings : kRoutings;
   // Routing sets: distinct experts per token, weights in (0.1, 1).
@@ -168,6 +171,7 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
   };
   backend::cuda::set_moe_prefill_grouped(grouped);
   backend::cuda::set_moe_gemv_max_tokens(gemv_max);
+  backend::cuda::set_moe_gemv_tile_rows(tile_cap);
   try {
     be.fill(y[0].view(), std::nanf(""));
     run(0);
@@ -178,8 +182,10 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
       ops::DeviceBuffer ref(be, DType::kBF16, Shape{T, kHidden});
       be.fill(ref.view(), std::nanf(""));
       backend::cuda::set_moe_gemv_max_tokens(0);
+      backend::cuda::set_moe_gemv_tile_rows(0);
       be.moe_experts(x[0].view(), ex.weights, idx[0].view(), wt[0].view(), kSwigluLimit, ref.view());
       backend::cuda::set_moe_gemv_max_tokens(gemv_max);
+      backend::cuda::set_moe_gemv_tile_rows(tile_cap);
       const double rel = rel_l2(be, y[0].view(), ref.view());
       r.failed = !(rel <= kCheckBudget);
       r.check = str_cat(r.failed ? "FAIL " : "", "rel ", sci(rel), " vs the default path");
@@ -200,6 +206,7 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
   }
   backend::cuda::set_moe_prefill_grouped(true);
   backend::cuda::set_moe_gemv_max_tokens(0);
+  backend::cuda::set_moe_gemv_tile_rows(0);
   env.rep.add(r);
 }
 
@@ -212,13 +219,15 @@ void run_moe_cases(Env& env) {
     for (int64_t T : {int64_t{1}, int64_t{32}, int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T);
     for (int64_t T : {int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T, /*grouped=*/false);
     // The prefill of short prompts (33 to ~680 tokens: fewer than 64 rows per expert): 64-row GEMM
-    // tiles by default, against GEMV tiles of at most 16 rows.
+    // tiles by default, against GEMV tiles of at most 16 rows (the tensor-core GEMV from 9 rows)
+    // and of at most 8 (the streaming GEMV; more tiles per expert).
     for (int64_t T : {int64_t{128}, int64_t{512}}) {
       moe_case(env, *ex, nvfp4, T);
       moe_case(env, *ex, nvfp4, T, /*grouped=*/true, /*gemv_max=*/T);
+      moe_case(env, *ex, nvfp4, T, /*grouped=*/true, /*gemv_max=*/T, /*tile_cap=*/8);
     }
-    // And where the copies run (192 rows per expert): GEMV tiles read each expert 12 times.
-    moe_case(env, *ex, nvfp4, 2048, /*grouped=*/true, /*gemv_max=*/2048);
+    // And where the copies run (192 rows per expert): 8-row GEMV tiles read each expert 24 times.
+    moe_case(env, *ex, nvfp4, 2048, /*grouped=*/true, /*gemv_max=*/2048, /*tile_cap=*/8);
   }
 }
 

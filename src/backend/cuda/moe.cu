@@ -57,6 +57,17 @@ int64_t moe_gemv_max_tokens() {
   }();
   return g_moe_gemv_max > 0 ? g_moe_gemv_max : env > 0 ? env : kGemvMaxTokens;
 }
+int g_moe_tile_cap = 0;  // set_moe_gemv_tile_rows: <= 0 the environment's, else kGemvMaxTileRows
+int moe_gemv_tile_cap() {
+  static const int env = [] {
+    const char* v = std::getenv("CLAWMINE_MOE_GEMV_TILE_ROWS");
+    if (v == nullptr || *v == '\0') return 0;
+    for (int r : {1, 2, 4, 8, 16})
+      if (std::strcmp(v, std::to_string(r).c_str()) == 0) return r;
+    throw Error(str_cat("CLAWMINE_MOE_GEMV_TILE_ROWS=", v, ": expected 1, 2, 4, 8 or 16"));
+  }();
+  return g_moe_tile_cap > 0 ? g_moe_tile_cap : env > 0 ? env : kGemvMaxTileRows;
+}
 // op_errors.cuh codes 1-3 are taken; the message for this one is described in the report to the
 // owner of op_errors.cu: v = {expert id, token, slot, expert count}.
 constexpr unsigned long long kOpErrorMoeExpert = 4;
@@ -1094,7 +1105,8 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   // the tile count tightly (N at one-row tiles: a decode step's grid has no idle tiles, which
   // also lets the GEMV give each tile more warps).
   const bool gemv = T <= moe_gemv_max_tokens();
-  const int tile_rows = gemv ? gemv_tile_rows((N + std::min(E, N) - 1) / std::min(E, N)) : kGemmTileRows;
+  const int tile_rows =
+      gemv ? std::min(gemv_tile_rows((N + std::min(E, N) - 1) / std::min(E, N)), moe_gemv_tile_cap()) : kGemmTileRows;
   const int64_t max_tiles = (N + std::min(E, N) * (tile_rows - 1)) / tile_rows;
 
   const DType act = x.dtype;
@@ -1255,6 +1267,11 @@ void set_moe_prefill_fuse_gate_up(int mode) { g_moe_fuse13 = mode < 0 ? -1 : mod
 void set_moe_prefill_copy_budget(int64_t bytes) { g_moe_copy_budget = bytes > 0 ? bytes : 0; }
 void set_moe_decode_direct(bool direct) { g_moe_direct = direct; }
 void set_moe_gemv_max_tokens(int64_t n) { g_moe_gemv_max = n > 0 ? n : 0; }
+void set_moe_gemv_tile_rows(int rows) {
+  CLAWMINE_CHECK(rows <= 0 || (rows <= kGemvMaxTileRows && (rows & (rows - 1)) == 0),
+                 "set_moe_gemv_tile_rows: ", rows, " rows (expected a power of two up to ", kGemvMaxTileRows, ")");
+  g_moe_tile_cap = rows > 0 ? rows : 0;
+}
 void set_swiglu_pairs(bool on) { g_swiglu_pairs = on; }
 void set_moe_plan_variant(int variant) { g_moe_plan = variant == 1 || variant == 2 ? variant : 0; }
 

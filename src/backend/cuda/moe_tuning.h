@@ -57,6 +57,14 @@ void set_swiglu_pairs(bool on = true);
 // kernels' tolerances (another summation order), not bit for bit.
 void set_moe_gemv_max_tokens(int64_t n = 0);
 
+// The largest GEMV tile of moe_experts (rows of one expert per tile: the power of two at or above
+// their average, at most this): 16 by default (tiles of 9 to 16 rows go to the tensor-core GEMV,
+// which reads its tokens' activations per m-tile); 8 keeps every tile on the streaming GEMV (its
+// activations staged once per block) at the price of more tiles per expert, each reading the
+// expert's weights again. rows <= 0: CLAWMINE_MOE_GEMV_TILE_ROWS (read once; 1, 2, 4, 8 or 16),
+// else 16.
+void set_moe_gemv_tile_rows(int rows = 0);
+
 // The plan alone (tests): idx [N = T*K] (N > 32), outputs downloaded; unwritten entries keep
 // the poison 0x5a5a5a5a. tiles: max_tiles * 4 ints {expert, first row, rows, 0}.
 struct MoePlanForTest {

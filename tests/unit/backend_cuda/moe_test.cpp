@@ -210,21 +210,28 @@ TEST_F(CudaMoe, DecodeSizesWarpPlanAndSlicedCombine) {
 
 // GEMV tiles past the decode sizes (set_moe_gemv_max_tokens: the prefill of short prompts): T = 96
 // and 300 over kE experts, top-kK, put 9 and 28 rows on an expert on average: tiles of 16 rows,
-// often two per expert; every GEMV format, BF16 and F32 activations, against the CPU.
+// often two per expert (and with tiles capped at 8 rows, more); every GEMV format, BF16 and F32
+// activations, against the CPU.
 TEST_F(CudaMoe, GemvTilesPastDecodeSizes) {
   const int64_t D = 256, I = 128;
   uint32_t seed = 2500;
   backend::cuda::set_moe_gemv_max_tokens(512);
-  for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0, TestFormat::kBF16}) {
-    TestExperts ex = make_experts(*cuda, kE, D, I, kE, [f](int64_t) { return f; }, seed += 100);
-    for (int64_t T : {int64_t{96}, int64_t{300}})
-      for (DType act : kActs) {
-        SCOPED_TRACE(std::string(format_label(f)) + " T=" + std::to_string(T) + " act=" + dtype_label(act));
-        auto [got, ref] = run_moe(ex, D, T, act, ++seed);
-        EXPECT_TRUE(within(got, ref, act_budget(act)));
-      }
+  for (int cap : {16, 8}) {
+    backend::cuda::set_moe_gemv_tile_rows(cap);
+    for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0, TestFormat::kBF16}) {
+      TestExperts ex = make_experts(*cuda, kE, D, I, kE, [f](int64_t) { return f; }, seed += 100);
+      for (int64_t T : {int64_t{96}, int64_t{300}})
+        for (DType act : kActs) {
+          SCOPED_TRACE(std::string(format_label(f)) + " T=" + std::to_string(T) + " act=" + dtype_label(act) +
+                       " tiles of <= " + std::to_string(cap));
+          auto [got, ref] = run_moe(ex, D, T, act, ++seed);
+          EXPECT_TRUE(within(got, ref, act_budget(act)));
+        }
+    }
   }
+  backend::cuda::set_moe_gemv_tile_rows();
   backend::cuda::set_moe_gemv_max_tokens();
+  EXPECT_THROW(backend::cuda::set_moe_gemv_tile_rows(12), Error);
 }
 
 TEST_F(CudaMoe, MixedFormatsInOneLayer) {
