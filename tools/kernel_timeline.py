@@ -58,17 +58,20 @@ def read_trace(path):
     return comment, kernels
 
 
+def union(intervals):
+    """The union of [start, end) intervals, merged and sorted."""
+    out = []
+    for s, e in sorted(intervals):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
 def busy(kernels):
     """Time some kernel runs (the union of their intervals), us."""
-    total, cur_s, cur_e = 0.0, None, None
-    for k in sorted(kernels, key=lambda k: k["start"]):
-        if cur_e is None or k["start"] > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = k["start"], k["end"]
-        else:
-            cur_e = max(cur_e, k["end"])
-    return total + ((cur_e - cur_s) if cur_e is not None else 0.0)
+    return sum(e - s for s, e in union((k["start"], k["end"]) for k in kernels))
 
 
 def gaps(kernels):
@@ -130,17 +133,6 @@ def dims(s):
         return a * b * c
     except ValueError:
         return 0
-
-
-def union(intervals):
-    """The union of [start, end) intervals, merged and sorted."""
-    out = []
-    for s, e in sorted(intervals):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return out
 
 
 def registers_beside_streams(kernels, sms, regs_per_sm=65536):

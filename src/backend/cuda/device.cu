@@ -1,6 +1,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,17 @@ bool env_switch(const char* name, bool fallback) {
   if (std::strcmp(v, "1") == 0) return true;
   if (std::strcmp(v, "0") == 0) return false;
   throw Error(str_cat(name, "=", v, ": expected 0 or 1"));
+}
+
+int64_t env_count(const char* name, int64_t lo, int64_t hi) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(v, &end, 10);
+  if (*end != '\0' || errno != 0 || n < lo || n > hi)
+    throw Error(str_cat(name, "=", v, ": expected an integer from ", lo, " to ", hi));
+  return static_cast<int64_t>(n);
 }
 
 int device_count() {

@@ -2,12 +2,13 @@
 // GPU tests skip) when no device is visible at run time.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace clawmine::backend::cuda {
 
 int device_count();               // 0 when the driver or a device is missing
-std::string device_summary(int device);  // "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB"
+std::string device_summary(int device);  // "NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB"
 
 // Programmatic dependent launch (common.cuh, launch_kernel): every backend kernel may overlap its
 // launch and prologue with the kernel before it. On unless the environment variable CLAWMINE_PDL
@@ -22,5 +23,8 @@ void set_pdl_enabled_for_tests(bool on);
 // CLAWMINE_MOE_OVERLAP, ...): "1" on, "0" off, unset or empty `fallback`; any other value is an
 // error naming the variable (clawmine::Error).
 bool env_switch(const char* name, bool fallback);
+// A count from the environment (CLAWMINE_MOE_GEMV_MAX_TOKENS, ...): 0 when unset or empty, else a
+// decimal integer in [lo, hi] (lo >= 1); any other value is an error naming the variable.
+int64_t env_count(const char* name, int64_t lo, int64_t hi);
 
 }  // namespace clawmine::backend::cuda

@@ -46,25 +46,17 @@ constexpr int64_t kGemvMaxTokens = 32;  // tokens up to which expert projections
 int64_t g_moe_gemv_max = 0;             // set_moe_gemv_max_tokens: <= 0 the environment's, else kGemvMaxTokens
 // moe_experts' GEMV limit (set_moe_gemv_max_tokens); swiglu_mlp keeps kGemvMaxTokens.
 int64_t moe_gemv_max_tokens() {
-  static const int64_t env = [] {
-    const char* v = std::getenv("CLAWMINE_MOE_GEMV_MAX_TOKENS");
-    if (v == nullptr || *v == '\0') return int64_t{0};
-    char* end = nullptr;
-    const long long n = std::strtoll(v, &end, 10);
-    if (*end != '\0' || n < 1 || n > (int64_t{1} << 20))
-      throw Error(str_cat("CLAWMINE_MOE_GEMV_MAX_TOKENS=", v, ": expected a token count from 1 to 1048576"));
-    return static_cast<int64_t>(n);
-  }();
+  static const int64_t env = env_count("CLAWMINE_MOE_GEMV_MAX_TOKENS", 1, int64_t{1} << 20);
   return g_moe_gemv_max > 0 ? g_moe_gemv_max : env > 0 ? env : kGemvMaxTokens;
 }
 int g_moe_tile_cap = 0;  // set_moe_gemv_tile_rows: <= 0 the environment's, else kGemvMaxTileRows
+bool tile_cap_ok(int64_t rows) { return rows >= 1 && rows <= kGemvMaxTileRows && (rows & (rows - 1)) == 0; }
 int moe_gemv_tile_cap() {
   static const int env = [] {
-    const char* v = std::getenv("CLAWMINE_MOE_GEMV_TILE_ROWS");
-    if (v == nullptr || *v == '\0') return 0;
-    for (int r : {1, 2, 4, 8, 16})
-      if (std::strcmp(v, std::to_string(r).c_str()) == 0) return r;
-    throw Error(str_cat("CLAWMINE_MOE_GEMV_TILE_ROWS=", v, ": expected 1, 2, 4, 8 or 16"));
+    const int64_t r = env_count("CLAWMINE_MOE_GEMV_TILE_ROWS", 1, kGemvMaxTileRows);
+    if (r != 0 && !tile_cap_ok(r))
+      throw Error(str_cat("CLAWMINE_MOE_GEMV_TILE_ROWS=", r, ": expected a power of two up to ", kGemvMaxTileRows));
+    return static_cast<int>(r);
   }();
   return g_moe_tile_cap > 0 ? g_moe_tile_cap : env > 0 ? env : kGemvMaxTileRows;
 }
@@ -1268,7 +1260,7 @@ void set_moe_prefill_copy_budget(int64_t bytes) { g_moe_copy_budget = bytes > 0 
 void set_moe_decode_direct(bool direct) { g_moe_direct = direct; }
 void set_moe_gemv_max_tokens(int64_t n) { g_moe_gemv_max = n > 0 ? n : 0; }
 void set_moe_gemv_tile_rows(int rows) {
-  CLAWMINE_CHECK(rows <= 0 || (rows <= kGemvMaxTileRows && (rows & (rows - 1)) == 0),
+  CLAWMINE_CHECK(rows <= 0 || tile_cap_ok(rows),
                  "set_moe_gemv_tile_rows: ", rows, " rows (expected a power of two up to ", kGemvMaxTileRows, ")");
   g_moe_tile_cap = rows > 0 ? rows : 0;
 }

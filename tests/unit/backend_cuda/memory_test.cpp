@@ -4,6 +4,7 @@
 // (large random buffers, odd sizes, many small uploads sharing a buffer, the source reusable as
 // soon as upload returns), copy with F32/BF16/F16 conversion and fill. Skips without a GPU.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -62,6 +63,28 @@ TEST(CudaBackendNoGpu, ArenaUsageOfCpuBackendIsZero) {
 }
 
 class CudaMemoryTest : public GpuTest {};
+
+// Host code only: runs with or without a device.
+TEST(CudaBackendNoGpu, EnvCountsAreCheckedAndNamed) {
+  const char* name = "CLAWMINE_TEST_ENV_COUNT";
+  ::unsetenv(name);
+  EXPECT_EQ(backend::cuda::env_count(name, 1, 16), 0);
+  ::setenv(name, "", 1);
+  EXPECT_EQ(backend::cuda::env_count(name, 1, 16), 0);
+  ::setenv(name, "8", 1);
+  EXPECT_EQ(backend::cuda::env_count(name, 1, 16), 8);
+  for (const char* bad : {"0", "17", "-3", "8x", "x", "99999999999999999999"}) {
+    SCOPED_TRACE(bad);
+    ::setenv(name, bad, 1);
+    try {
+      backend::cuda::env_count(name, 1, 16);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string(name) + "=" + bad), std::string::npos) << e.what();
+    }
+  }
+  ::unsetenv(name);
+}
 
 TEST_F(CudaMemoryTest, OptionsAreChecked) {
   backend::cuda::CudaOptions o;
