@@ -123,8 +123,8 @@ void run_captured(ops::Backend& be, const std::function<void()>& op) {
 }
 
 // gemv_max > 0: moe_experts with set_moe_gemv_max_tokens(gemv_max) (GEMV tiles up to that many
-// tokens) and set_moe_gemv_tile_rows(tile_cap), checked against the default path's output on the
-// same inputs.
+// tokens; below T the path past the GEMV) and set_moe_gemv_tile_rows(tile_cap), checked against
+// the default path's output on the same inputs.
 void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped = true, int64_t gemv_max = 0,
               int tile_cap = 0) {
   ops::Backend& be = env.be;
@@ -133,8 +133,9 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
   r.group = "moe";
   r.name = str_cat("experts 64x2048 top-6");
   r.format = nvfp4 ? "nvfp4" : "mxfp4";
-  r.impl = gemv_max > 0 ? str_cat("clawmine-gemv-tiles<=", tile_cap > 0 ? tile_cap : 16)
-                        : grouped ? "clawmine" : "clawmine-loop";
+  r.impl = gemv_max <= 0    ? (grouped ? "clawmine" : "clawmine-loop")
+           : gemv_max < T ? std::string("clawmine-gemm-tiles")
+                          : str_cat("clawmine-gemv-tiles<=", tile_cap > 0 ? tile_cap : 16);
   r.T = T;
   r.rotation = prefill ? kPrefillRoutings : kRoutings;
   // Routing sets: distinct experts per token, weights in (0.1, 1).
@@ -221,12 +222,13 @@ void run_moe_cases(Env& env) {
     const auto ex = make_experts(env.be, nvfp4);
     for (int64_t T : {int64_t{1}, int64_t{32}, int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T);
     for (int64_t T : {int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T, /*grouped=*/false);
-    // The prefill of short prompts (33 to ~680 tokens: fewer than 64 rows per expert): 64-row GEMM
-    // tiles by default, against GEMV tiles of at most 16 rows (the tensor-core GEMV from 9 rows)
-    // and of at most 8 (the streaming GEMV; more tiles per expert).
+    // The prefill of short prompts (up to 768 tokens: GEMV tiles of at most 16 rows by default, the
+    // tensor-core GEMV from 9 rows), against 64-row GEMM tiles (the path past the GEMV limit, up
+    // to 64 rows per expert, ~683 tokens) and GEMV tiles of at most 8 rows (the streaming GEMV;
+    // more tiles per expert).
     for (int64_t T : {int64_t{128}, int64_t{512}}) {
       moe_case(env, *ex, nvfp4, T);
-      moe_case(env, *ex, nvfp4, T, /*grouped=*/true, /*gemv_max=*/T);
+      moe_case(env, *ex, nvfp4, T, /*grouped=*/true, /*gemv_max=*/32);
       moe_case(env, *ex, nvfp4, T, /*grouped=*/true, /*gemv_max=*/T, /*tile_cap=*/8);
     }
     // And where the copies run (192 rows per expert): 8-row GEMV tiles read each expert 24 times.

@@ -1,7 +1,7 @@
 // linear and grouped_linear (ops/backend.h): validate the weight (backend/cpu/weight_decode's
 // checks, plus device placement), turn it into a WeightDesc, apply the linear policy's
 // activation transform when it has one (linear_act_quant.cu), then dispatch by tile size and
-// format: decode-sized row counts go to the weight-streaming GEMV, larger ones to cuBLAS (dense
+// format: up to kGemvMaxRows rows go to the weight-streaming GEMV, larger ones to cuBLAS (dense
 // BF16 x BF16; from kDequantMinRows rows also FP8-E8M0/MXFP4/NVFP4 x BF16 through an exact BF16
 // copy of the weight, linear_dequant.cu), the bf16 MMA kernel (bf16 activations, bf16-exact
 // formats) or the float32 FMA kernel. W8A8/W4A4 activations are F32 after their transform, so
@@ -22,7 +22,12 @@ using model::deepseek_v4::WeightFormat;
 
 namespace {
 
-constexpr int64_t kGemvMaxRows = 32;  // activation rows up to which projections stream weights (GEMV)
+// Activation rows up to which projections stream weights (GEMV tiles of up to 16 rows, each tile
+// reading the weight once: decode, batched decode, the prefill of short prompts). Measured on an
+// H100 (PERFORMANCE.md, eighteenth session: first tokens of 48- and 64-token prompts 46-48 ms with
+// the GEMV to 64 rows, 50.5 with the BF16 copy and cuBLAS from 33, ~100 with the MMA kernel).
+constexpr int64_t kGemvMaxRows = 64;
+static_assert(kDequantMinRows == kGemvMaxRows + 1, "rows past the GEMV go to the BF16 copy and cuBLAS");
 
 void expect_weight_view(const LinearWeight& w, const TensorView& v, const char* what, const char* op) {
   if (v.empty()) return;

@@ -19,13 +19,13 @@
 namespace clawmine::backend::cuda {
 
 // Activation rows from which a uniform projection (linear, grouped_linear, swiglu_mlp) with BF16
-// activations and a dequantizable weight goes through the BF16 copy and cuBLAS. Break-even
-// estimate on an H100: the copy adds about 4 bytes of traffic per weight element (~1.3 ps at
-// 3 TB/s) while cuBLAS (~700 TFLOP/s) against the 64x128-tile MMA kernel (~100 TFLOP/s at
-// T = 2048, lower at small T where its grid is a few row tiles) saves ~15 fs per element per
-// row: even at full MMA speed the copy pays for itself from ~90 rows; 128 keeps a margin and
-// leaves decode/small batches (<= 127 rows) on the kernels.
-inline constexpr int64_t kDequantMinRows = 128;
+// activations and a dequantizable weight goes through the BF16 copy and cuBLAS: every row count
+// past the GEMV's (linear.cu's kGemvMaxRows). The copy adds about 4 bytes of traffic per weight
+// element; the 64x128-tile MMA kernel it replaces fills a few row tiles at small T. Measured on an
+// H100 (PERFORMANCE.md, eighteenth session, first token of the V4-Flash geometry): 96-token
+// prompts 52.5 ms through the copy against ~100 ms through the MMA kernel (the earlier estimate,
+// 128 rows, had left 65-127 on it).
+inline constexpr int64_t kDequantMinRows = 65;
 
 // Formats dequant_bf16 serves (exact in bf16): FP8 with E8M0 scales, MXFP4, NVFP4.
 bool dequant_supported(WFmt f);

@@ -42,12 +42,18 @@ namespace {
 constexpr int kPlanThreads = 256, kPlanWarps = kPlanThreads / 32;
 constexpr int kMaxExperts = 1024;  // plan kernel shared memory: (kPlanWarps + 2) * E ints
 constexpr int kMaxTopK = 64;
-constexpr int64_t kGemvMaxTokens = 32;  // tokens up to which expert projections stream weights (GEMV)
-int64_t g_moe_gemv_max = 0;             // set_moe_gemv_max_tokens: <= 0 the environment's, else kGemvMaxTokens
-// moe_experts' GEMV limit (set_moe_gemv_max_tokens); swiglu_mlp keeps kGemvMaxTokens.
+constexpr int64_t kGemvMaxTokens = 32;  // swiglu_mlp: tokens up to which gate and up are one paired GEMV
+// Tokens up to which moe_experts runs expert-sorted GEMV tiles of up to 16 rows (each tile reads
+// its expert's weights once) instead of 64-row GEMM tiles or the BF16 copies. Measured on an H100
+// (PERFORMANCE.md, eighteenth session, V4-Flash geometry, 64 experts top-6): first tokens of
+// 128-token prompts 57.5 ms against 110 with GEMM tiles from 33 tokens, 256: 80 against 118,
+// 640: 155.6 against 165.4 (GEMM tiles), 768: 179.4 against 184.0 (the BF16 copies and cuBLAS,
+// which run from 64 rows per expert on average, here from 683 tokens, once past this limit).
+constexpr int64_t kMoeGemvMaxTokens = 768;
+int64_t g_moe_gemv_max = 0;  // set_moe_gemv_max_tokens: <= 0 the environment's, else kMoeGemvMaxTokens
 int64_t moe_gemv_max_tokens() {
   static const int64_t env = env_count("CLAWMINE_MOE_GEMV_MAX_TOKENS", 1, int64_t{1} << 20);
-  return g_moe_gemv_max > 0 ? g_moe_gemv_max : env > 0 ? env : kGemvMaxTokens;
+  return g_moe_gemv_max > 0 ? g_moe_gemv_max : env > 0 ? env : kMoeGemvMaxTokens;
 }
 int g_moe_tile_cap = 0;  // set_moe_gemv_tile_rows: <= 0 the environment's, else kGemvMaxTileRows
 bool tile_cap_ok(int64_t rows) { return rows >= 1 && rows <= kGemvMaxTileRows && (rows & (rows - 1)) == 0; }

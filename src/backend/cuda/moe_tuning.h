@@ -50,19 +50,19 @@ void set_moe_decode_direct(bool direct = true);
 void set_swiglu_pairs(bool on = true);
 
 // Tokens up to which moe_experts runs the experts as GEMV tiles (expert-sorted rows in tiles of at
-// most 16, the weights streamed by the GEMV kernels: batched decode) instead of 64-row GEMM tiles
-// or, from 64 rows per expert on average, the BF16 copies and cuBLAS. n <= 0: the environment's
-// CLAWMINE_MOE_GEMV_MAX_TOKENS (read once; a positive integer), else 32. The kernel bench's
-// mid-size cases (the prefill of short prompts) compare the two; the results agree within the
-// kernels' tolerances (another summation order), not bit for bit.
+// most 16, the weights streamed by the GEMV kernels: decode, batched decode, the prefill of short
+// prompts) instead of 64-row GEMM tiles or, from 64 rows per expert on average, the BF16 copies and
+// cuBLAS. n <= 0: the environment's CLAWMINE_MOE_GEMV_MAX_TOKENS (read once; a positive integer),
+// else 768 (moe.cu: measured). The kernel bench's mid-size cases compare the paths; the results
+// agree within the kernels' tolerances (another summation order), not bit for bit.
 void set_moe_gemv_max_tokens(int64_t n = 0);
 
 // The largest GEMV tile of moe_experts (rows of one expert per tile: the power of two at or above
 // their average, at most this): 16 by default (tiles of 9 to 16 rows go to the tensor-core GEMV,
 // which reads its tokens' activations per m-tile); 8 keeps every tile on the streaming GEMV (its
 // activations staged once per block) at the price of more tiles per expert, each reading the
-// expert's weights again. rows <= 0: CLAWMINE_MOE_GEMV_TILE_ROWS (read once; 1, 2, 4, 8 or 16),
-// else 16.
+// expert's weights again (slower at 128 and 512 tokens: PERFORMANCE.md, eighteenth session).
+// rows <= 0: CLAWMINE_MOE_GEMV_TILE_ROWS (read once; 1, 2, 4, 8 or 16), else 16.
 void set_moe_gemv_tile_rows(int rows = 0);
 
 // The plan alone (tests): idx [N = T*K] (N > 32), outputs downloaded; unwritten entries keep

@@ -31,7 +31,9 @@ void set_gemv_stream_mtiles(int n);
 namespace clawmine::test {
 namespace {
 
-constexpr int64_t kTokens[] = {1, 4, 16, 77, 300};
+// Decode sizes, GEMV tiles of prefill sizes (48, 64: up to linear.cu's kGemvMaxRows), then the
+// BF16 copy and cuBLAS (BF16 activations) or the tiled GEMMs (F32 activations, W8A8/W4A4).
+constexpr int64_t kTokens[] = {1, 4, 16, 48, 64, 77, 300};
 constexpr DType kActs[] = {DType::kF32, DType::kBF16};
 
 bool all_finite(const std::vector<float>& v) {
@@ -134,7 +136,7 @@ TEST_F(CudaLinear, GroupedLinearEveryFormat) {
     int64_t G, Lo, In;
     std::vector<int64_t> tokens;
   };
-  const Case cases[] = {{3, 40, 64, {1, 4, 16, 77, 300}}, {3, 37, 72, {1, 16, 77}}, {8, 1024, 4096, {1, 16, 77}}};
+  const Case cases[] = {{3, 40, 64, {1, 4, 16, 64, 77, 300}}, {3, 37, 72, {1, 16, 64, 77}}, {8, 1024, 4096, {1, 16, 64, 77}}};
   uint32_t seed = 400;
   for (const Case& c : cases) {
     const std::vector<float> wf = fast_normal(static_cast<size_t>(c.G * c.Lo * c.In), ++seed, 1.0f / 64);

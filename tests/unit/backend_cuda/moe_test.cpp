@@ -208,22 +208,30 @@ TEST_F(CudaMoe, DecodeSizesWarpPlanAndSlicedCombine) {
   }
 }
 
-// GEMV tiles past the decode sizes (set_moe_gemv_max_tokens: the prefill of short prompts): T = 96
-// and 300 over kE experts, top-kK, put 9 and 28 rows on an expert on average: tiles of 16 rows,
-// often two per expert (and with tiles capped at 8 rows, more); every GEMV format, BF16 and F32
-// activations, against the CPU.
+// GEMV tiles past the decode sizes (the prefill of short prompts, up to 768 tokens by default):
+// T = 96, 300 and 768 over kE experts, top-kK, put 9, 28 and 72 rows on an expert on average:
+// tiles of 16 rows, up to five per expert; the same with tiles capped at 8 rows; and with the GEMV
+// limit forced down to 32 tokens, the paths past it (64-row GEMM tiles; at 768 tokens with BF16
+// activations the BF16 copies and cuBLAS). Every GEMV format, BF16 and F32 activations, against
+// the CPU.
 TEST_F(CudaMoe, GemvTilesPastDecodeSizes) {
   const int64_t D = 256, I = 128;
   uint32_t seed = 2500;
-  backend::cuda::set_moe_gemv_max_tokens(512);
-  for (int cap : {16, 8}) {
-    backend::cuda::set_moe_gemv_tile_rows(cap);
+  struct Variant {
+    int64_t gemv_max;
+    int cap;
+    const char* what;
+  };
+  for (const Variant& v : {Variant{0, 0, "default GEMV tiles"}, Variant{0, 8, "GEMV tiles of <= 8"},
+                           Variant{32, 0, "GEMV limit 32"}}) {
+    backend::cuda::set_moe_gemv_max_tokens(v.gemv_max);
+    backend::cuda::set_moe_gemv_tile_rows(v.cap);
     for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0, TestFormat::kBF16}) {
       TestExperts ex = make_experts(*cuda, kE, D, I, kE, [f](int64_t) { return f; }, seed += 100);
-      for (int64_t T : {int64_t{96}, int64_t{300}})
+      for (int64_t T : {int64_t{96}, int64_t{300}, int64_t{768}})
         for (DType act : kActs) {
-          SCOPED_TRACE(std::string(format_label(f)) + " T=" + std::to_string(T) + " act=" + dtype_label(act) +
-                       " tiles of <= " + std::to_string(cap));
+          SCOPED_TRACE(std::string(format_label(f)) + " T=" + std::to_string(T) + " act=" + dtype_label(act) + " " +
+                       v.what);
           auto [got, ref] = run_moe(ex, D, T, act, ++seed);
           EXPECT_TRUE(within(got, ref, act_budget(act)));
         }
