@@ -1,8 +1,10 @@
 // Decode-sized projections (tiles of <= 16 activation rows): weight-streaming GEMV, three kernels
 // over the same WeightDecoder<F> per format (launch_gemv picks one):
 //
-// gemv_stream (bf16 activations, tiles of <= 8 tokens, CLAWMINE_GEMV=stream): the decode kernel,
-//   built for bytes in flight and a short fixed cost. The same fragments as gemv_mma (below): a
+// gemv_stream (bf16 activations, tiles of <= 16 tokens, CLAWMINE_GEMV=stream): the decode kernel,
+//   built for bytes in flight and a short fixed cost. Tiles of 9-16 tokens run two n tiles (kN = 2:
+//   each decoded A fragment feeds two HMMAs; no clusters; up to 16 warps share a block's staged
+//   16 tokens, in up to 200 KB of shared memory). The same fragments as gemv_mma (below): a
 //   warp owns an m-tile of 16 rows, lane (g, t) decodes chunk t of rows g and g+8 of each 64-byte
 //   k block straight into mma.sync A fragments. The k blocks of a row are split into S*KC
 //   contiguous segments (a power of two, doubled while every segment keeps >= 1 k block and the
@@ -609,7 +611,7 @@ void launch_gemv_mma_typed(const GemmArgs& a, int grid_tiles, cudaStream_t strea
 
 
 // ---- streaming GEMV (decode) -----------------------------------------------------------------
-// Built for bytes in flight and a short fixed cost at T <= 8 (see the file comment).
+// Built for bytes in flight and a short fixed cost at T <= 16 (see the file comment).
 constexpr int kStreamMaxWarps = 16;      // W: warps per block, each on its own k segment
 // U: k blocks (64 bytes of a row) per load group, 2 for every format. FP8 had 4 at 128 registers
 // until the fifteenth session: 2 at 96 is as fast alone (tools/gemv_probe, H100, T = 1: wo_b 15.4 ->
@@ -624,12 +626,17 @@ constexpr int kStreamWarpsPerSm = 24;    // the split stops once the grid has th
 // SM (the FP4 register limit), 30.5 / 17.1 at 48, 30.6 / 17.1 at 64, 32.7 / 22.1 at 96; T = 2:
 // 65.0 / 34.1 -> 54.5 / 28.7 at 48 (docs/PERFORMANCE.md, fifth session).
 constexpr int kStreamTileWarpsPerSm = 48;
-constexpr int kStreamMaxTileRows = 8;    // one n tile of tokens
+constexpr int kStreamMaxTileRows = 16;   // one n tile of 8 tokens, two from 9 tokens (kN = 2)
 constexpr size_t kStreamMaxSmem = 96 << 10;
+// Two n tiles stage 16 tokens: 128 KB of activations at K = 4096 (the experts' gate/up).
+constexpr size_t kStreamMaxSmem2 = 200 << 10;
+constexpr size_t stream_max_smem(int n_tiles) { return n_tiles > 1 ? kStreamMaxSmem2 : kStreamMaxSmem; }
 // Register cap: 80 (24 resident warps per SM) where ptxas needs no spills at that (BF16); FP4's
 // and FP8's decode keep more live (FP4 at 80 spilled 44-56 bytes): 96, 20 warps per SM.
-template <WFmt F>
+// Two n tiles (tiles of 9-16 tokens) keep 8 more accumulators and partial sums live: 128.
+template <WFmt F, int kN = 1>
 constexpr int stream_max_regs() {
+  if (kN > 1) return 128;
   return F == WFmt::kMxfp4 || F == WFmt::kNvfp4 || F == WFmt::kFp8E8M0 || F == WFmt::kFp8F32 ? 96 : 80;
 }
 
@@ -673,10 +680,11 @@ __device__ __forceinline__ void st_cluster_f32(const float* local, uint32_t rank
 }
 
 // One k block of this lane: rows g (w0, scale bits s0) and g+8 (w1, s1), chunk t, against the
-// staged activations xv (E/2 words in decoder order); part = the 16x8 tile's sums, from zero.
-template <typename D, bool kFast>
+// staged activations xv[n] of n tile n (tokens 8n..8n+7; E/2 words in decoder order); part[n] =
+// the 16x8 tile's sums, from zero. The weight fragments are decoded once for the kN n tiles.
+template <typename D, bool kFast, int kN>
 __device__ __forceinline__ void stream_kblock(const uint4& w0, const uint4& w1, uint32_t s0, uint32_t s1,
-                                              const uint2* xv, float (&part)[4]) {
+                                              const uint2* const (&xv)[kN], float (&part)[kN][4]) {
   constexpr int STEPS = D::kChunk / 4;
   typename D::MmaScales sc0, sc1;
   if constexpr (kFast) {
@@ -687,12 +695,12 @@ __device__ __forceinline__ void stream_kblock(const uint4& w0, const uint4& w1, 
     sc1 = D::mma_scales_of(s1);
   }
 #pragma unroll
-  for (int e = 0; e < 4; ++e) part[e] = 0.0f;
+  for (int n = 0; n < kN; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) part[n][e] = 0.0f;
 #pragma unroll
   for (int s = 0; s < STEPS; ++s) {
     uint32_t af[4];
-    const uint2 x2 = xv[s];  // shared memory, decoder order: step s's lo and hi words
-    const uint32_t b[2] = {x2.x, x2.y};
     if constexpr (kFast) {
       D::mma_step_fast(w0, sc0, s, af[0], af[2]);
       D::mma_step_fast(w1, sc1, s, af[1], af[3]);
@@ -700,15 +708,20 @@ __device__ __forceinline__ void stream_kblock(const uint4& w0, const uint4& w1, 
       D::mma_step(w0, sc0, s, af[0], af[2]);
       D::mma_step(w1, sc1, s, af[1], af[3]);
     }
-    mma_bf16_16816(part, af, b);
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      const uint2 x2 = xv[n][s];  // shared memory, decoder order: step s's lo and hi words
+      const uint32_t b[2] = {x2.x, x2.y};
+      mma_bf16_16816(part[n], af, b);
+    }
   }
 }
 
 // Block (blockIdx.x / KC, tile blockIdx.y, problem blockIdx.z) = sh.mt consecutive m-tiles of 16
 // output rows (mt > 1 only with KC = 1), S = W / mt warps each; cluster rank c of KC, warp
 // w = m*S + s of W owns k blocks [(c*S + s)*seg, +seg) of m-tile m. The m-tiles of a block share
-// its staged activations.
-template <WFmt F, int KC, bool kPairs = false, int kRows = 0>
+// its staged activations. kN n tiles of 8 tokens: tiles of up to 8 * kN rows.
+template <WFmt F, int KC, bool kPairs = false, int kRows = 0, int kN = 1>
 __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const StreamShape& sh) {
   pdl_trigger();
   // Launches without a tile table issue both register groups' weight and scale loads (and the
@@ -828,34 +841,45 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   __syncthreads();
 
   // Tokens past the tile read the last token's activations: their output columns are never stored.
-  const uint32_t* xl = xs + static_cast<int64_t>(min(g, tile.nrows - 1)) * sh.xstride +
-                       ((kb0 - blk_kb0) * 4 + t) * XW;
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const uint32_t* xl[kN];
+#pragma unroll
+  for (int n = 0; n < kN; ++n)
+    xl[n] = xs + static_cast<int64_t>(min(8 * n + g, tile.nrows - 1)) * sh.xstride + ((kb0 - blk_kb0) * 4 + t) * XW;
+  float acc[kN][4];
+#pragma unroll
+  for (int n = 0; n < kN; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
   auto compute = [&](const Buf& b, int grp) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int kb = kb0 + grp * U + u;
       if (kb >= kb1) break;  // uniform over the warp
-      const uint2* xv = reinterpret_cast<const uint2*>(xl + (grp * U + u) * 4 * XW);
-      float part[4];
+      const uint2* xv[kN];
+#pragma unroll
+      for (int n = 0; n < kN; ++n) xv[n] = reinterpret_cast<const uint2*>(xl[n] + (grp * U + u) * 4 * XW);
+      float part[kN][4];
       if constexpr (D::kMmaFastScale) {
         if (__all_sync(0xffffffffu, D::mma_fast_ok(b.s[u][0]) && D::mma_fast_ok(b.s[u][1]))) {
-          stream_kblock<D, true>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
+          stream_kblock<D, true, kN>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
         } else {
-          stream_kblock<D, false>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
+          stream_kblock<D, false, kN>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
         }
       } else {
-        stream_kblock<D, false>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
+        stream_kblock<D, false, kN>(b.w[u][0], b.w[u][1], b.s[u][0], b.s[u][1], xv, part);
       }
-      if constexpr (D::kMmaBlockScale) {  // c[0..1]: row g, c[2..3]: row g+8
-        const float bs0 = D::block_scale_of(b.s[u][0]), bs1 = D::block_scale_of(b.s[u][1]);
-        acc[0] = fmaf(part[0], bs0, acc[0]);
-        acc[1] = fmaf(part[1], bs0, acc[1]);
-        acc[2] = fmaf(part[2], bs1, acc[2]);
-        acc[3] = fmaf(part[3], bs1, acc[3]);
-      } else {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[e] += part[e];
+      for (int n = 0; n < kN; ++n) {
+        if constexpr (D::kMmaBlockScale) {  // c[0..1]: row g, c[2..3]: row g+8
+          const float bs0 = D::block_scale_of(b.s[u][0]), bs1 = D::block_scale_of(b.s[u][1]);
+          acc[n][0] = fmaf(part[n][0], bs0, acc[n][0]);
+          acc[n][1] = fmaf(part[n][1], bs0, acc[n][1]);
+          acc[n][2] = fmaf(part[n][2], bs1, acc[n][2]);
+          acc[n][3] = fmaf(part[n][3], bs1, acc[n][3]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[n][e] += part[n][e];
+        }
       }
     }
   };
@@ -872,34 +896,37 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
 
   // Each m-tile's warps summed in warp order through shared memory; then (KC > 1) the cluster's
   // block sums in rank order, pushed into rank 0's shared memory: fixed order, deterministic.
-  float* red = reinterpret_cast<float*>(xs + static_cast<int64_t>(a.tile_rows) * sh.xstride);  // [W][4][32]
-  float* cbuf = red + W * 128;                                                                  // [KC][128]
+  constexpr int kT = 128 * kN;  // entries of one m-tile
+  float* red = reinterpret_cast<float*>(xs + static_cast<int64_t>(a.tile_rows) * sh.xstride);  // [W][kN][4][32]
+  float* cbuf = red + W * kT;                                                                   // [KC][kT]
 #pragma unroll
-  for (int e = 0; e < 4; ++e) red[(warp * 4 + e) * 32 + lane] = acc[e];
+  for (int n = 0; n < kN; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) red[((warp * kN + n) * 4 + e) * 32 + lane] = acc[n][e];
   __syncthreads();
-  // Entry o = m*128 + e*32 + lane: m-tile m of the block, row lane/4 (+8 for e >= 2) of it,
-  // token 2*(lane%4) + e%2.
+  // Entry o = m*kT + n*128 + e*32 + lane: m-tile m of the block, row lane/4 (+8 for e >= 2) of it,
+  // token 8*n + 2*(lane%4) + e%2.
   auto entry = [&](int o, int64_t& r, int& tok) {
-    const int m = o >> 7, e = (o >> 5) & 3, ln = o & 31;
+    const int m = o / kT, n = (o >> 7) % kN, e = (o >> 5) & 3, ln = o & 31;
     r = mblk + m * 16 + (ln >> 2) + (e >= 2 ? 8 : 0);
-    tok = 2 * (ln & 3) + (e & 1);
+    tok = 8 * n + 2 * (ln & 3) + (e & 1);
     return tok < tile.nrows && r < a.n_rows;
   };
-  auto block_sum = [&](int o) {  // the S warps of m-tile o / 128
-    const int m = o >> 7, j = o & 127;
+  auto block_sum = [&](int o) {  // the S warps of m-tile o / kT
+    const int m = o / kT, j = o % kT;
     float v = 0.0f;
-    for (int w = m * S; w < (m + 1) * S; ++w) v += red[w * 128 + j];
+    for (int w = m * S; w < (m + 1) * S; ++w) v += red[w * kT + j];
     return v;
   };
   if constexpr (KC == 1) {
     if constexpr (pairs) {  // entry o of m-tile 0 (gate) and o + 128 (up): the same row and token
       const float gate_scale = D::kMmaOutUnit * global_scale<F>(desc_of(a, tile.p, 0));
       const float up_scale = D::kMmaOutUnit * global_scale<F>(desc_of(a, tile.p, 1));
-      for (int o = threadIdx.x; o < 128; o += blockDim.x) {
+      for (int o = threadIdx.x; o < kT; o += blockDim.x) {
         int64_t r;
         int tok;
         if (!entry(o, r, tok)) continue;
-        float gv = block_sum(o) * gate_scale, uv = block_sum(o + 128) * up_scale;
+        float gv = block_sum(o) * gate_scale, uv = block_sum(o + kT) * up_scale;
         if (a.out_bf16) {  // as stored by an unpaired launch, then read back
           gv = __bfloat162float(__float2bfloat16_rn(gv));
           uv = __bfloat162float(__float2bfloat16_rn(uv));
@@ -907,14 +934,15 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
         store_out(a, tile.row0 + tok, 0, r, swiglu_value(gv, uv, a.swiglu_limit));
       }
     } else {
-      for (int o = threadIdx.x; o < 128 * sh.mt; o += blockDim.x) {  // blocks of 1..16 warps
+      for (int o = threadIdx.x; o < kT * sh.mt; o += blockDim.x) {  // blocks of 1..16 warps
         int64_t r;
         int tok;
         if (entry(o, r, tok)) store_out(a, tile.row0 + tok, z, r, block_sum(o) * out_scale);
       }
     }
   } else {
-    // Clusters only with W = 16 (stream_plan): thread o < 128 owns entry o.
+    // Clusters only with W = 16 and kN = 1 (stream_plan): thread o < 128 owns entry o.
+    static_assert(kN == 1, "clusters of one n tile");
     const int o = threadIdx.x;
     int64_t r = 0;
     int tok = 0;
@@ -933,11 +961,11 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   }
 }
 
-// Without clusters: one instantiation per (gate/up pairs, row_problem tiles), so neither the
-// paired epilogue (swiglu in double) nor the third tile mode costs the others registers.
-template <WFmt F, bool kPairs, int kRows>
-__global__ void __maxnreg__(stream_max_regs<F>()) gemv_stream_kernel(const GemmArgs a, const StreamShape sh) {
-  gemv_stream_body<F, 1, kPairs, kRows>(a, sh);
+// Without clusters: one instantiation per (gate/up pairs, row_problem tiles, n tiles), so neither
+// the paired epilogue (swiglu in double) nor the third tile mode costs the others registers.
+template <WFmt F, bool kPairs, int kRows, int kN = 1>
+__global__ void __maxnreg__((stream_max_regs<F, kN>())) gemv_stream_kernel(const GemmArgs a, const StreamShape sh) {
+  gemv_stream_body<F, 1, kPairs, kRows, kN>(a, sh);
 }
 template <WFmt F, int KC>
 __global__ void __cluster_dims__(KC, 1, 1) __maxnreg__(stream_max_regs<F>())
@@ -956,7 +984,7 @@ __global__ void __cluster_dims__(KC, 1, 1) __maxnreg__(stream_max_regs<F>())
 constexpr int kStreamMtWarps = 4;
 int g_stream_mt = 0;  // set_gemv_stream_mtiles: 0 = the plan's choice, else m-tiles per block
 struct StreamPlan {
-  int W = 1, KC = 1;
+  int W = 1, KC = 1, kN = 1;
   int64_t m_tiles = 0, blocks_x = 0;
   StreamShape sh;
   size_t smem = 0;
@@ -972,8 +1000,10 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
   // first load, so nothing of theirs streams early; they take more, shorter k segments.
   const int per_sm = has_tile_table(a) ? kStreamTileWarpsPerSm : std::min(kStreamWarpsPerSm, warps_per_sm);
   const int64_t target = static_cast<int64_t>(multiprocessors()) * per_sm;
+  p.kN = a.tile_rows > 8 ? 2 : 1;
+  const int max_split = p.kN > 1 ? kStreamMaxWarps : kStreamMaxSplit;  // two n tiles: no clusters
   int split = 1;
-  while (split < kStreamMaxSplit && split * 2 <= n_kb && units * split * 2 <= target) split *= 2;
+  while (split < max_split && split * 2 <= n_kb && units * split * 2 <= target) split *= 2;
   const int S = std::min(split, kStreamMaxWarps);
   p.KC = split / S;  // > 1 only with S = 16: the kernel's cluster epilogue needs >= 128 threads
   p.sh.mt = 1;
@@ -981,7 +1011,9 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
     if (g_stream_mt > 0) {
       while (p.sh.mt * 2 <= g_stream_mt && S * p.sh.mt * 2 <= kStreamMaxWarps) p.sh.mt *= 2;
     } else if (a.tile_rows >= 2) {
-      while (S * p.sh.mt * 2 <= kStreamMtWarps && p.sh.mt * 2 <= p.m_tiles) p.sh.mt *= 2;
+      // Two n tiles: a block's staged 16 tokens are costly in shared memory, so up to 16 warps share them.
+      const int mt_warps = p.kN > 1 ? kStreamMaxWarps : kStreamMtWarps;
+      while (S * p.sh.mt * 2 <= mt_warps && p.sh.mt * 2 <= p.m_tiles) p.sh.mt *= 2;
     }
   }
   p.W = S * p.sh.mt;
@@ -990,10 +1022,10 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
   p.sh.seg = static_cast<int32_t>((n_kb + split - 1) / split);
   p.sh.xstride = S * p.sh.seg * 4 * (E / 2) + 4;
   p.sh.l2_prefetch = g_stream_l2_prefetch ? 1 : 0;
-  p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128 +
+  p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128 * p.kN +
             (p.KC > 1 ? static_cast<size_t>(p.KC) * 128 : 0)) *
            4;
-  return p.smem <= kStreamMaxSmem;
+  return p.smem <= stream_max_smem(p.kN);
 }
 
 // The paired launch of a gate/up launch a (gemv_swiglu_pairs): a's plan when it has one m-tile
@@ -1003,34 +1035,34 @@ bool stream_pairs_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_
   if (p.KC != 1 || p.sh.mt != 1 || 2 * p.W > kStreamMaxWarps) return false;
   p.W *= 2;
   p.sh.mt = 2;
-  p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128) * 4;
-  return p.smem <= kStreamMaxSmem;
+  p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128 * p.kN) * 4;
+  return p.smem <= stream_max_smem(p.kN);
 }
 
 template <typename K>
-void allow_stream_smem(K kernel) {
-  CLAWMINE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(kStreamMaxSmem)));
+void allow_stream_smem(K kernel, size_t bytes = kStreamMaxSmem) {
+  CLAWMINE_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 // Resident warps per multiprocessor that the streaming kernel's registers allow (65536 registers,
-// allocated per warp in units of 8 per thread), computed once per format.
-template <WFmt F>
+// allocated per warp in units of 8 per thread), computed once per format and n tiles.
+template <WFmt F, int kN = 1>
 int stream_warps_per_sm() {
   static const int n = [] {
     cudaFuncAttributes attr{};
-    CLAWMINE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemv_stream_kernel<F, false, 1>));
+    CLAWMINE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemv_stream_kernel<F, false, 1, kN>));
     const int regs = std::max(8, (attr.numRegs + 7) / 8 * 8);
     return std::max(1, std::min(64, 65536 / (regs * 32)));
   }();
   return n;
 }
 
-template <WFmt F, bool kPairs, int kRows>
+template <WFmt F, bool kPairs, int kRows, int kN = 1>
 void launch_stream_kc1(const GemmArgs& a, dim3 grid, dim3 block, const StreamPlan& p, cudaStream_t stream) {
-  static const bool once = (allow_stream_smem(gemv_stream_kernel<F, kPairs, kRows>), true);
+  static const bool once = (allow_stream_smem(gemv_stream_kernel<F, kPairs, kRows, kN>, stream_max_smem(kN)), true);
   (void)once;
-  launch_kernel_pdl(gemv_pdl(), gemv_stream_kernel<F, kPairs, kRows>, grid, block, p.smem, stream, a, p.sh);
+  launch_kernel_pdl(gemv_pdl(), gemv_stream_kernel<F, kPairs, kRows, kN>, grid, block, p.smem, stream, a, p.sh);
 }
 
 template <WFmt F>
@@ -1042,7 +1074,11 @@ void launch_gemv_stream_typed(const GemmArgs& a, int grid_tiles, const StreamPla
   switch (p.KC) {
     case 1: {
       const bool direct = a.row_problem != nullptr;
-      if (a.swiglu_pairs) {
+      if (p.kN == 2) {  // tiles of 9-16 rows: never row_problem's one-row tiles
+        CLAWMINE_CHECK(!direct, "gemv_stream: row_problem tiles of more than 8 rows");
+        if (a.swiglu_pairs) launch_stream_kc1<F, true, 1, 2>(a, grid, block, p, stream);
+        else launch_stream_kc1<F, false, 1, 2>(a, grid, block, p, stream);
+      } else if (a.swiglu_pairs) {
         if (direct) launch_stream_kc1<F, true, 2>(a, grid, block, p, stream);
         else launch_stream_kc1<F, true, 1>(a, grid, block, p, stream);
       } else {
@@ -1168,8 +1204,8 @@ bool stream_planned(const GemmArgs& a, int grid_tiles, const cudaStream_t* strea
     constexpr WFmt F = decltype(fc)::value;
     if constexpr (WeightDecoder<F>::kMma) {
       StreamPlan p;
-      ok = a.swiglu_pairs ? stream_pairs_plan(a, grid_tiles, F, stream_warps_per_sm<F>(), p)
-                          : stream_plan(a, grid_tiles, F, stream_warps_per_sm<F>(), p);
+      const int wps = a.tile_rows > 8 ? stream_warps_per_sm<F, 2>() : stream_warps_per_sm<F>();
+      ok = a.swiglu_pairs ? stream_pairs_plan(a, grid_tiles, F, wps, p) : stream_plan(a, grid_tiles, F, wps, p);
       if (ok && stream != nullptr) launch_gemv_stream_typed<F>(a, grid_tiles, p, *stream);
     }
   });

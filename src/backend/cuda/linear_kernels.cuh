@@ -255,7 +255,7 @@ inline constexpr int kGemmTileRows = 64;
 // takes the FMA kernel (the float32 path, and the baseline of tools/gemv_probe). Which
 // tensor-core kernel (gemv_kernel_in_use): kMma, the weight-streaming kernel of run 3
 // (docs/perf-notes/gemv.md; dense BF16 at <= 2 tokens goes to the FMA kernel), or kStream, the
-// decode kernel built for bytes in flight (tiles of <= 8 tokens whose activations fit its shared
+// decode kernel built for bytes in flight (tiles of <= 16 tokens whose activations fit its shared
 // memory; others as kMma), or kAuto (the default): per format, size and tokens, the faster of the
 // three as measured by tools/gemv_probe. Chosen by CLAWMINE_GEMV=auto|mma|stream, read once.
 void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);

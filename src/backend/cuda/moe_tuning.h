@@ -58,10 +58,9 @@ void set_swiglu_pairs(bool on = true);
 void set_moe_gemv_max_tokens(int64_t n = 0);
 
 // The largest GEMV tile of moe_experts (rows of one expert per tile: the power of two at or above
-// their average, at most this): 16 by default (tiles of 9 to 16 rows go to the tensor-core GEMV,
-// which reads its tokens' activations per m-tile); 8 keeps every tile on the streaming GEMV (its
-// activations staged once per block) at the price of more tiles per expert, each reading the
-// expert's weights again (slower at 128 and 512 tokens: PERFORMANCE.md, eighteenth session).
+// their average, at most this): 16 by default (tiles of 9 to 16 rows run the streaming GEMV's two
+// n tiles); 8 gives more tiles per expert, each reading the expert's weights again (slower at 128
+// and 512 tokens: PERFORMANCE.md, eighteenth session).
 // rows <= 0: CLAWMINE_MOE_GEMV_TILE_ROWS (read once; 1, 2, 4, 8 or 16), else 16.
 void set_moe_gemv_tile_rows(int rows = 0);
 

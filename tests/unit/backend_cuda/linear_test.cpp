@@ -359,7 +359,7 @@ TEST_F(CudaLinear, HostWeightIsAnErrorNamingIt) {
 // ---- the streaming decode GEMV (linear_gemv.cu, gemv_stream) --------------------------------
 
 // Every GEMV launch of these tests takes the streaming kernel where it applies (BF16
-// activations, tiles of <= 8 tokens); the default choice comes back afterwards.
+// activations, tiles of <= 16 tokens); the default choice comes back afterwards.
 class CudaLinearStream : public CudaLinear {
  protected:
   void SetUp() override {
@@ -375,7 +375,8 @@ class CudaLinearStream : public CudaLinear {
 
 constexpr TestFormat kStreamFormats[] = {TestFormat::kBF16, TestFormat::kFp8E8M0, TestFormat::kFp8F32,
                                          TestFormat::kMxfp4, TestFormat::kNvfp4};
-constexpr int64_t kStreamTokens[] = {1, 2, 3, 4, 8};
+// 1-8 tokens: one n tile of the streaming GEMV; 12 and 16: two (kN = 2, no clusters).
+constexpr int64_t kStreamTokens[] = {1, 2, 3, 4, 8, 12, 16};
 
 TEST_F(CudaLinearStream, EveryFormatAtDecodeShapes) {
   // [out, in]: 131 x 1056 (a partial 16-row tile; k blocks of 64 bytes: FP8 66 chunks = 16.5,
@@ -399,7 +400,7 @@ TEST_F(CudaLinearStream, EveryFormatAtDecodeShapes) {
       for (int64_t T : kStreamTokens) check_linear(*w, T, DType::kBF16, ++seed);
       // F32 output, and the same call twice gives the same bits (fixed-order split-k sums).
       SCOPED_TRACE(w->host.name + " [" + std::to_string(O) + ", " + std::to_string(I) + "] out=F32");
-      for (int64_t T : {int64_t{1}, int64_t{4}}) {
+      for (int64_t T : {int64_t{1}, int64_t{4}, int64_t{16}}) {
         TestActs x = make_acts(*cuda, {T, I}, DType::kBF16, ++seed);
         const ops::DeviceBuffer a = poisoned(*cuda, DType::kF32, {T, O}), b = poisoned(*cuda, DType::kF32, {T, O});
         cuda->linear(x.dev.view(), w->dev, a.view());
