@@ -222,7 +222,7 @@ void run_moe_cases(Env& env) {
     const auto ex = make_experts(env.be, nvfp4);
     for (int64_t T : {int64_t{1}, int64_t{32}, int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T);
     for (int64_t T : {int64_t{2048}, int64_t{8192}}) moe_case(env, *ex, nvfp4, T, /*grouped=*/false);
-    // The prefill of short prompts (up to 768 tokens: GEMV tiles of at most 16 rows by default, two
+    // The prefill of short prompts (up to 1024 tokens: GEMV tiles of at most 16 rows by default, two
     // n tiles of the streaming GEMV from 9 rows), against 64-row GEMM tiles (the path past the
     // GEMV limit, up to 64 rows per expert, ~683 tokens) and GEMV tiles of at most 8 rows (more
     // tiles per expert).

@@ -46,10 +46,10 @@ constexpr int64_t kGemvMaxTokens = 32;  // swiglu_mlp: tokens up to which gate a
 // Tokens up to which moe_experts runs expert-sorted GEMV tiles of up to 16 rows (each tile reads
 // its expert's weights once) instead of 64-row GEMM tiles or the BF16 copies. Measured on an H100
 // (PERFORMANCE.md, eighteenth session, V4-Flash geometry, 64 experts top-6): first tokens of
-// 128-token prompts 57.5 ms against 110 with GEMM tiles from 33 tokens, 256: 80 against 118,
-// 640: 155.6 against 165.4 (GEMM tiles), 768: 179.4 against 184.0 (the BF16 copies and cuBLAS,
-// which run from 64 rows per expert on average, here from 683 tokens, once past this limit).
-constexpr int64_t kMoeGemvMaxTokens = 768;
+// 128-token prompts 52 ms against 110 with GEMM tiles from 33 tokens, 512: 108 against 143,
+// 1024: 188 against 198 through the copies (which run from 64 rows per expert on average, here
+// from 683 tokens, once past this limit); 1536: 237 through the copies against 270.
+constexpr int64_t kMoeGemvMaxTokens = 1024;
 int64_t g_moe_gemv_max = 0;  // set_moe_gemv_max_tokens: <= 0 the environment's, else kMoeGemvMaxTokens
 int64_t moe_gemv_max_tokens() {
   static const int64_t env = env_count("CLAWMINE_MOE_GEMV_MAX_TOKENS", 1, int64_t{1} << 20);

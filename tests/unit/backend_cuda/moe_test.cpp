@@ -208,10 +208,10 @@ TEST_F(CudaMoe, DecodeSizesWarpPlanAndSlicedCombine) {
   }
 }
 
-// GEMV tiles past the decode sizes (the prefill of short prompts, up to 768 tokens by default):
-// T = 96, 300 and 768 over kE experts, top-kK, put 9, 28 and 72 rows on an expert on average:
-// tiles of 16 rows, up to five per expert; the same with tiles capped at 8 rows; and with the GEMV
-// limit forced down to 32 tokens, the paths past it (64-row GEMM tiles; at 768 tokens with BF16
+// GEMV tiles past the decode sizes (the prefill of short prompts, up to 1024 tokens by default):
+// T = 96, 300 and 1024 over kE experts, top-kK, put 9, 28 and 96 rows on an expert on average:
+// tiles of 16 rows, about six per expert at 1024; the same with tiles capped at 8 rows; and with the GEMV
+// limit forced down to 32 tokens, the paths past it (64-row GEMM tiles; at 1024 tokens with BF16
 // activations the BF16 copies and cuBLAS). Every GEMV format, BF16 and F32 activations, against
 // the CPU.
 TEST_F(CudaMoe, GemvTilesPastDecodeSizes) {
@@ -228,7 +228,7 @@ TEST_F(CudaMoe, GemvTilesPastDecodeSizes) {
     backend::cuda::set_moe_gemv_tile_rows(v.cap);
     for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0, TestFormat::kBF16}) {
       TestExperts ex = make_experts(*cuda, kE, D, I, kE, [f](int64_t) { return f; }, seed += 100);
-      for (int64_t T : {int64_t{96}, int64_t{300}, int64_t{768}})
+      for (int64_t T : {int64_t{96}, int64_t{300}, int64_t{1024}})
         for (DType act : kActs) {
           SCOPED_TRACE(std::string(format_label(f)) + " T=" + std::to_string(T) + " act=" + dtype_label(act) + " " +
                        v.what);
