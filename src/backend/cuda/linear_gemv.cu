@@ -1029,10 +1029,11 @@ bool stream_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, St
 }
 
 // The paired launch of a gate/up launch a (gemv_swiglu_pairs): a's plan when it has one m-tile
-// per block and no cluster, with twice the warps per block (z = warp / S) and one block per m-tile.
+// per block, no cluster and one n tile, with twice the warps per block (z = warp / S) and one
+// block per m-tile.
 bool stream_pairs_plan(const GemmArgs& a, int grid_tiles, WFmt f, int warps_per_sm, StreamPlan& p) {
   if (a.n_z != 2 || a.x_z != 0 || !stream_plan(a, grid_tiles, f, warps_per_sm, p)) return false;
-  if (p.KC != 1 || p.sh.mt != 1 || 2 * p.W > kStreamMaxWarps) return false;
+  if (p.KC != 1 || p.sh.mt != 1 || p.kN != 1 || 2 * p.W > kStreamMaxWarps) return false;
   p.W *= 2;
   p.sh.mt = 2;
   p.smem = (static_cast<size_t>(a.tile_rows) * p.sh.xstride + static_cast<size_t>(p.W) * 128 * p.kN) * 4;
@@ -1074,10 +1075,9 @@ void launch_gemv_stream_typed(const GemmArgs& a, int grid_tiles, const StreamPla
   switch (p.KC) {
     case 1: {
       const bool direct = a.row_problem != nullptr;
-      if (p.kN == 2) {  // tiles of 9-16 rows: never row_problem's one-row tiles
-        CLAWMINE_CHECK(!direct, "gemv_stream: row_problem tiles of more than 8 rows");
-        if (a.swiglu_pairs) launch_stream_kc1<F, true, 1, 2>(a, grid, block, p, stream);
-        else launch_stream_kc1<F, false, 1, 2>(a, grid, block, p, stream);
+      if (p.kN == 2) {  // tiles of 9-16 rows: neither row_problem's one-row tiles nor gate/up pairs
+        CLAWMINE_CHECK(!direct && !a.swiglu_pairs, "gemv_stream: two n tiles with row_problem or pairs");
+        launch_stream_kc1<F, false, 1, 2>(a, grid, block, p, stream);
       } else if (a.swiglu_pairs) {
         if (direct) launch_stream_kc1<F, true, 2>(a, grid, block, p, stream);
         else launch_stream_kc1<F, true, 1>(a, grid, block, p, stream);
