@@ -1,10 +1,10 @@
 // linear and grouped_linear (ops/backend.h): validate the weight (backend/cpu/weight_decode's
 // checks, plus device placement), turn it into a WeightDesc, apply the linear policy's
 // activation transform when it has one (linear_act_quant.cu), then dispatch by tile size and
-// format: up to kGemvMaxRows rows go to the weight-streaming GEMV, larger ones to cuBLAS (dense
-// BF16 x BF16; from kDequantMinRows rows also FP8-E8M0/MXFP4/NVFP4 x BF16 through an exact BF16
-// copy of the weight, linear_dequant.cu), the bf16 MMA kernel (bf16 activations, bf16-exact
-// formats) or the float32 FMA kernel. W8A8/W4A4 activations are F32 after their transform, so
+// format: up to kGemvMaxRows rows (F32 activations: 32) go to the weight-streaming GEMV, larger
+// ones to cuBLAS (dense BF16 x BF16; from kDequantMinRows rows also FP8-E8M0/MXFP4/NVFP4 x BF16
+// through an exact BF16 copy of the weight, linear_dequant.cu), the bf16 MMA kernel (bf16
+// activations, bf16-exact formats) or the float32 FMA kernel. W8A8/W4A4 activations are F32 after their transform, so
 // they keep the kernels. grouped_linear is the same call with G problems (z): group z uses
 // weight rows [z*Lo, (z+1)*Lo), activations x[:, z, :] and writes out[:, z, :].
 #include <cublas_v2.h>
@@ -23,10 +23,12 @@ using model::deepseek_v4::WeightFormat;
 namespace {
 
 // Activation rows up to which projections stream weights (GEMV tiles of up to 16 rows, each tile
-// reading the weight once: decode, batched decode, the prefill of short prompts). Measured on an
-// H100 (PERFORMANCE.md, eighteenth session: first tokens of 48- and 64-token prompts 46-48 ms with
-// the GEMV to 64 rows, 50.5 with the BF16 copy and cuBLAS from 33, ~100 with the MMA kernel).
+// reading the weight once: decode, batched decode, the prefill of short prompts), with BF16
+// activations (the path measured; F32 ones, also after W8A8 / W4A4's transform, to 32). Measured on
+// an H100 (PERFORMANCE.md, eighteenth session: first tokens of 48- and 64-token prompts 46-48 ms
+// with the GEMV to 64 rows, 50.5 with the BF16 copy and cuBLAS from 33, ~100 with the MMA kernel).
 constexpr int64_t kGemvMaxRows = 64;
+constexpr int64_t kGemvMaxRowsF32 = 32;
 static_assert(kDequantMinRows == kGemvMaxRows + 1, "rows past the GEMV go to the BF16 copy and cuBLAS");
 
 void expect_weight_view(const LinearWeight& w, const TensorView& v, const char* what, const char* op) {
@@ -223,7 +225,8 @@ void project(CudaBackend& be, const LinearWeight& w, const WeightDesc& d, const 
     a.x = xq.data;
     x_dtype = DType::kF32;
   }
-  a.tile_rows = rows <= kGemvMaxRows ? gemv_tile_rows(rows) : kGemmTileRows;
+  const int64_t gemv_max = x_dtype == DType::kBF16 ? kGemvMaxRows : kGemvMaxRowsF32;
+  a.tile_rows = rows <= gemv_max ? gemv_tile_rows(rows) : kGemmTileRows;
   GemmCall c;
   c.a = a;
   c.x_dtype = x_dtype;

@@ -42,9 +42,12 @@ namespace {
 constexpr int kPlanThreads = 256, kPlanWarps = kPlanThreads / 32;
 constexpr int kMaxExperts = 1024;  // plan kernel shared memory: (kPlanWarps + 2) * E ints
 constexpr int kMaxTopK = 64;
-constexpr int64_t kGemvMaxTokens = 32;  // swiglu_mlp: tokens up to which gate and up are one paired GEMV
+// Tokens up to which swiglu_mlp runs gate and up as one paired GEMV, and moe_experts GEMV tiles with
+// F32 activations or an activation transform.
+constexpr int64_t kGemvMaxTokens = 32;
 // Tokens up to which moe_experts runs expert-sorted GEMV tiles of up to 16 rows (each tile reads
-// its expert's weights once) instead of 64-row GEMM tiles or the BF16 copies. Measured on an H100
+// its expert's weights once) instead of 64-row GEMM tiles or the BF16 copies, with BF16
+// activations and no activation transform (the path measured). Measured on an H100
 // (PERFORMANCE.md, eighteenth session, V4-Flash geometry, 64 experts top-6): first tokens of
 // 128-token prompts 52 ms against 110 with GEMM tiles from 33 tokens, 512: 108 against 143,
 // 1024: 188 against 198 through the copies (which run from 64 rows per expert on average, here
@@ -1102,7 +1105,10 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   // sum_e ceil(n_e / tr) <= (N + a (tr - 1)) / tr over the a <= min(E, N) active experts bounds
   // the tile count tightly (N at one-row tiles: a decode step's grid has no idle tiles, which
   // also lets the GEMV give each tile more warps).
-  const bool gemv = T <= moe_gemv_max_tokens();
+  // The limit past decode sizes was measured with BF16 activations and no activation transform;
+  // F32 activations and W8A8 / W4A4 keep GEMV tiles to decode sizes (kGemvMaxTokens).
+  const bool measured_path = x.dtype == DType::kBF16 && !quant13 && !quant2;
+  const bool gemv = T <= (measured_path ? moe_gemv_max_tokens() : kGemvMaxTokens);
   const int tile_rows =
       gemv ? std::min(gemv_tile_rows((N + std::min(E, N) - 1) / std::min(E, N)), moe_gemv_tile_cap()) : kGemmTileRows;
   const int64_t max_tiles = (N + std::min(E, N) * (tile_rows - 1)) / tile_rows;

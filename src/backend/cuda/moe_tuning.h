@@ -52,7 +52,7 @@ void set_swiglu_pairs(bool on = true);
 // Tokens up to which moe_experts runs the experts as GEMV tiles (expert-sorted rows in tiles of at
 // most 16, the weights streamed by the GEMV kernels: decode, batched decode, the prefill of short
 // prompts) instead of 64-row GEMM tiles or, from 64 rows per expert on average, the BF16 copies and
-// cuBLAS. n <= 0: the environment's CLAWMINE_MOE_GEMV_MAX_TOKENS (read once; a positive integer),
+// cuBLAS; with BF16 activations and no activation transform (otherwise 32 tokens). n <= 0: the environment's CLAWMINE_MOE_GEMV_MAX_TOKENS (read once; a positive integer),
 // else 1024 (moe.cu: measured). The kernel bench's mid-size cases compare the paths; the results
 // agree within the kernels' tolerances (another summation order), not bit for bit.
 void set_moe_gemv_max_tokens(int64_t n = 0);

@@ -31,8 +31,9 @@ void set_gemv_stream_mtiles(int n);
 namespace clawmine::test {
 namespace {
 
-// Decode sizes, GEMV tiles of prefill sizes (48, 64: up to linear.cu's kGemvMaxRows), then the
-// BF16 copy and cuBLAS (BF16 activations) or the tiled GEMMs (F32 activations, W8A8/W4A4).
+// Decode sizes, GEMV tiles of prefill sizes with BF16 activations (48, 64: up to linear.cu's
+// kGemvMaxRows; F32 ones, also after W8A8/W4A4's transform, run the tiled GEMMs past 32), then the
+// BF16 copy and cuBLAS (BF16 activations) or the tiled GEMMs.
 constexpr int64_t kTokens[] = {1, 4, 16, 48, 64, 77, 300};
 constexpr DType kActs[] = {DType::kF32, DType::kBF16};
 
