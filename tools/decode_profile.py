@@ -36,6 +36,11 @@ KINDS = [
     ("compressors", r"compress"),
     ("indexer scores + top-k", r"indexer|topk"),
     ("window copies", r"copy16"),
+    # Prefill (kernel_timeline.py on a --prefill-trace file):
+    ("tiled GEMM (gemm_mma / gemm_fma)", r"gemm_(mma|fma)_kernel<"),
+    ("BF16 copies of quantized weights (dequant_bf16)", r"dequant_bf16"),
+    ("cuBLAS GEMM (prefill projections on the BF16 copies)", r"gemm|cutlass|xmma|sm90_"),
+    ("prefill attention (attention_mma, merge_splits)", r"attention_mma|merge_splits"),
 ]
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Where a decode step's time goes as it runs, from `clawmine bench --kernel-trace FILE`.
+"""Where a decode step's time goes as it runs, from `clawmine bench --kernel-trace FILE` (or one
+prefill's, from `--prefill-trace FILE`: the same tables, its kernels by kind first).
 
 The trace holds the GPU's own start and end stamps of every kernel of a few decode steps (CUPTI
 concurrent-kernel records; the CUDA graph's nodes run as they do without a profiler). Unlike the ncu

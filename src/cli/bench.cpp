@@ -66,6 +66,7 @@ struct BenchArgs {
   std::string ceilings = "on";
   std::string kernel_trace;  // --kernel-trace FILE
   int kernel_trace_steps = 4;
+  std::string prefill_trace;  // --prefill-trace FILE
   int64_t sampled_tokens = 32;  // --sampled-tokens: decode steps drawn on the host after the greedy ones
 };
 
@@ -288,9 +289,15 @@ void run_bench(const BenchArgs& a) {
   if (a.ceilings != "on" && a.ceilings != "off") throw Error("--ceilings: on or off");
 
   // Opened first: a path that cannot be written fails before the model loads.
-  std::unique_ptr<DecodeTraceFile> trace_file;
+  std::unique_ptr<DecodeTraceFile> trace_file, prefill_trace_file;
   if (!a.kernel_trace.empty()) trace_file = std::make_unique<DecodeTraceFile>(a.kernel_trace);
-  std::string trace_error;  // reported as the command's error once everything else has run
+  if (!a.prefill_trace.empty())
+    prefill_trace_file = std::make_unique<DecodeTraceFile>(a.prefill_trace, "--prefill-trace", "prefill");
+  std::string trace_error;  // "FLAG: why", reported as the command's error once everything else has run
+  auto note_trace_error = [&](const std::string& flag, const std::string& why) {
+    const std::string msg = why.rfind(flag, 0) == 0 ? why : str_cat(flag, ": ", why);
+    trace_error = trace_error.empty() ? msg : str_cat(trace_error, "; ", msg);
+  };
 
   LoadedModel lm = a.model.load();
   const md::Model& model = *lm.model;
@@ -301,6 +308,7 @@ void run_bench(const BenchArgs& a) {
   fwd.all_logits = false;
   const bool cuda = be.device() == Device::kCuda;
   if (trace_file && !cuda) throw Error("--kernel-trace: records GPU kernels; it needs --backend cuda");
+  if (prefill_trace_file && !cuda) throw Error("--prefill-trace: records GPU kernels; it needs --backend cuda");
   std::string device = "cpu";
 #ifdef CLAWMINE_HAVE_CUDA
   if (cuda) device = backend::cuda::device_summary(0);
@@ -402,6 +410,22 @@ void run_bench(const BenchArgs& a) {
                   static_cast<long long>(a.sampled_tokens), median(sampled.step_seconds) * 1e3,
                   median(sampled.draw_seconds) * 1e6);
     }
+    if (prefill_trace_file) {
+      // Not timed: one more prefill of this prompt into a new cache, with kernel records on (a
+      // first, unwritten one warms the same path under the records).
+      try {
+        const int64_t n = prefill_trace_file->record(
+            1, 1, str_cat(a.model.model_dir, ", prefill of ", L, " tokens, ", device), [&](int) {
+              md::SequenceCache pcache = model.new_cache();
+              prefill(pcache, ids, be);
+            });
+        std::printf("prefill trace: %lld kernels of one %lld-token prefill written to %s\n", static_cast<long long>(n),
+                    static_cast<long long>(L), a.prefill_trace.c_str());
+      } catch (const Error& e) {  // the rest of the bench still runs; the command fails at the end
+        note_trace_error("--prefill-trace", e.what());
+        std::printf("prefill trace: failed: %s\n", e.what());
+      }
+    }
     if (trace_file) {
       // Not timed: a second sequence with the same prompt decodes with kernel records on. Its
       // first step records its own step graph (a new cache is a new graph key), so the graph's
@@ -416,7 +440,7 @@ void run_bench(const BenchArgs& a) {
         std::printf("kernel trace: %lld kernels of %d decode steps written to %s\n", static_cast<long long>(n),
                     a.kernel_trace_steps, a.kernel_trace.c_str());
       } catch (const Error& e) {  // the rest of the bench still runs; the command fails at the end
-        trace_error = e.what();
+        note_trace_error("--kernel-trace", e.what());
         std::printf("kernel trace: failed: %s\n", e.what());
       }
     }
@@ -665,7 +689,7 @@ void run_bench(const BenchArgs& a) {
     if (!f) throw Error(str_cat("--json: cannot write '", a.json, "'"));
     f << j.dump() << "\n";
   }
-  if (!trace_error.empty()) throw Error(str_cat("--kernel-trace: ", trace_error));
+  if (!trace_error.empty()) throw Error(trace_error);
 }
 
 }  // namespace
@@ -707,6 +731,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--kernel-trace-steps", a->kernel_trace_steps, "Decode steps --kernel-trace records")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  cmd->add_option("--prefill-trace", a->prefill_trace,
+                  "After the timed batch-1 decode, record the GPU's kernels of one more prefill of the first prompt "
+                  "length (CUPTI) to FILE as CSV (tools/kernel_timeline.py reads it; CUDA)");
   cmd->callback([a] { run_bench(*a); });
 }
 

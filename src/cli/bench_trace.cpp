@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -32,11 +33,12 @@ std::string quoted(const std::string& s) {
 
 }  // namespace
 
-DecodeTraceFile::DecodeTraceFile(const std::string& path) : path_(path) {
+DecodeTraceFile::DecodeTraceFile(const std::string& path, std::string flag, std::string steps)
+    : path_(path), flag_(std::move(flag)), steps_(std::move(steps)) {
   // Checked without truncating: a run that fails before it records leaves an existing file as it was.
   const bool existed = ::access(path.c_str(), F_OK) == 0;
   std::FILE* probe = std::fopen(path.c_str(), "a");
-  if (!probe) throw Error(str_cat("--kernel-trace: cannot write '", path, "'"));
+  if (!probe) throw Error(str_cat(flag_, ": cannot write '", path, "'"));
   std::fclose(probe);
   if (!existed) std::remove(path.c_str());
 }
@@ -56,9 +58,9 @@ int64_t DecodeTraceFile::record(int warm, int steps, const std::string& what, co
   if (marks.empty()) return 0;
   const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path_.c_str(), "w"), std::fclose);
   std::FILE* f = file.get();
-  if (!f) throw Error(str_cat("--kernel-trace: cannot write '", path_, "'"));
-  std::fprintf(f, "# clawmine kernel trace: %s; %d decode steps, GPU timestamps in ns from the first step's start\n",
-               what.c_str(), steps);
+  if (!f) throw Error(str_cat(flag_, ": cannot write '", path_, "'"));
+  std::fprintf(f, "# clawmine kernel trace: %s; %d %s, GPU timestamps in ns from the first step's start\n",
+               what.c_str(), steps, steps_.c_str());
   std::fprintf(f, "step,start_ns,end_ns,stream,graph,graph_node,grid,block,regs,smem,name\n");
   int64_t n = 0;
   int s = 0;  // the step of k (kernels come in start order)
@@ -72,11 +74,11 @@ int64_t DecodeTraceFile::record(int warm, int steps, const std::string& what, co
                  k.block[2], k.regs, k.smem, quoted(demangle(k.name)).c_str());
     ++n;
   }
-  if (std::fflush(f) != 0 || std::ferror(f)) throw Error(str_cat("--kernel-trace: writing '", path_, "' failed"));
+  if (std::fflush(f) != 0 || std::ferror(f)) throw Error(str_cat(flag_, ": writing '", path_, "' failed"));
   return n;
 #else
   (void)warm, (void)steps, (void)what, (void)step;
-  throw Error("--kernel-trace: this build has no CUDA backend");
+  throw Error(str_cat(flag_, ": this build has no CUDA backend"));
 #endif
 }
 

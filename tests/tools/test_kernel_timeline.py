@@ -30,6 +30,13 @@ def write_trace(path, rows=ROWS):
     path.write_text("\n".join(lines) + "\n")
 
 
+def timeline(tmp_path, tool_output, rows):
+    """kernel_timeline.py's output for a trace of these rows."""
+    trace = tmp_path / "trace.csv"
+    write_trace(trace, rows)
+    return tool_output("kernel_timeline.py", trace)
+
+
 def test_steps_kinds_and_gaps(tmp_path, tool_output):
     trace = tmp_path / "t.csv"
     write_trace(trace)
@@ -60,9 +67,7 @@ def test_layers_by_kind(tmp_path, tool_output):
             (0, 3.0, 5.0, 13, idx), (0, 20.0, 28.0, 13, comb), (0, 28.0, 32.0, 13, HC),
             (0, 33.0, 35.0, 14, cmp), (0, 45.0, 50.0, 13, comb), (0, 50.0, 52.0, 13, HC),
             (0, 53.0, 60.0, 13, comb), (0, 60.0, 62.0, 13, HC)]
-    trace = tmp_path / "l.csv"
-    write_trace(trace, rows)
-    out = tool_output("kernel_timeline.py", trace)
+    out = timeline(tmp_path, tool_output, rows)
     assert "| CSA | 1 | 30.0 | 30.0 | 30.0 |" in out
     assert "| HCA | 1 | 20.0 | 20.0 | 20.0 |" in out
     assert "| sliding | 1 | 10.0 | 10.0 | 10.0 |" in out
@@ -78,9 +83,7 @@ def test_what_attention_waited_for(tmp_path, tool_output):
     nr = f"void {NS}norm_rope_qdq_kernel<__nv_bfloat16, 2, 1, 0>(int)"
     rows = [(0, 5.0, 10.0, 13, HC), (0, 11.0, 30.0, 13, EXPERTS), (0, 29.0, 34.0, 13, nr),
             (0, 12.0, 36.0, 14, cmp), (0, 35.0, 40.0, 13, att), (0, 39.0, 42.0, 13, merge)]
-    trace = tmp_path / "a.csv"
-    write_trace(trace, rows)
-    out = tool_output("kernel_timeline.py", trace)
+    out = timeline(tmp_path, tool_output, rows)
     assert "| HCA | 1 | 25.0 | 26.0 | compress_store_kernel (1) |" in out
 
 
@@ -131,3 +134,18 @@ def test_not_a_trace_is_a_clear_error(tmp_path, run_tool):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_prefill_kinds(tmp_path, tool_output):
+    # A `--prefill-trace` file: the BF16 copy of a weight, cuBLAS on it, the tiled GEMM and the
+    # prefill attention get kinds of their own.
+    dq = f"void {NS}dequant_bf16_kernel(clawmine::backend::cuda::DequantArgs)"
+    cublas = "void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_64x4_tn_align8>(int)"
+    mma = f"void {NS}gemm_mma_kernel<(clawmine::backend::cuda::WFmt)3>(clawmine::backend::cuda::GemmArgs, int, int)"
+    attn = f"void {NS}attention_mma_kernel<__nv_bfloat16>(int)"
+    rows = [(0, 0.0, 4.0, 13, dq), (0, 4.0, 14.0, 13, cublas), (0, 14.0, 20.0, 13, mma), (0, 20.0, 23.0, 13, attn)]
+    out = timeline(tmp_path, tool_output, rows)
+    assert "| BF16 copies of quantized weights (dequant_bf16) | 1 | 4.0 |" in out
+    assert "| cuBLAS GEMM (prefill projections on the BF16 copies) | 1 | 10.0 |" in out
+    assert "| tiled GEMM (gemm_mma / gemm_fma) | 1 | 6.0 |" in out
+    assert "| prefill attention (attention_mma, merge_splits) | 1 | 3.0 |" in out

@@ -1,7 +1,7 @@
 // `clawmine bench` on the CPU backend with tiny-a: every section runs (prefill at each length,
 // batch-1 decode, round-robin batches, the op profile), the JSON holds consistent figures, the
-// ceilings are skipped on the CPU, and bad sizes (and --kernel-trace without CUDA or a writable
-// path) are one-line errors naming the flag.
+// ceilings are skipped on the CPU, and bad sizes (and --kernel-trace or --prefill-trace without
+// CUDA or a writable path) are one-line errors naming the flag.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -93,30 +93,34 @@ TEST(BenchCommand, BadSizesNameTheFlag) {
   }
 }
 
-// --kernel-trace records GPU kernels: with the CPU backend it is an error naming the flag, and a
-// path that cannot be written fails before the model loads; neither touches an existing file.
-TEST(BenchCommand, KernelTraceNeedsCudaAndAWritablePathAndKeepsAnExistingFile) {
-  TempDir tmp;
-  const std::string keep = (tmp.path() / "keep.csv").string();
-  {
-    std::ofstream f(keep);
-    f << "mine\n";
+// --kernel-trace and --prefill-trace record GPU kernels: with the CPU backend each is an error
+// naming the flag, and a path that cannot be written fails before the model loads; neither touches
+// an existing file.
+TEST(BenchCommand, KernelTracesNeedCudaAndAWritablePathAndKeepAnExistingFile) {
+  for (const std::string flag : {"--kernel-trace", "--prefill-trace"}) {
+    SCOPED_TRACE(flag);
+    TempDir tmp;
+    const std::string keep = (tmp.path() / "keep.csv").string();
+    {
+      std::ofstream f(keep);
+      f << "mine\n";
+    }
+    const std::string m = "bench --model '" + tiny_a() + "' --threads 1 --prompt-lengths 8 --decode-tokens 1 ";
+    CommandResult r = clawmine(m + flag + " '" + keep + "'");
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(flag), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("--backend cuda"), std::string::npos) << r.err;
+    std::ifstream f(keep);
+    std::string line;
+    std::getline(f, line);
+    EXPECT_EQ(line, "mine") << "a failed run truncated the file";
+    const std::string nowhere = (tmp.path() / "no_such_dir" / "t.csv").string();
+    r = clawmine(m + flag + " '" + nowhere + "'");
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(flag + ": cannot write"), std::string::npos) << r.err;
+    EXPECT_EQ(r.out.find("model "), std::string::npos) << "the model loaded before the path was checked";
+    EXPECT_FALSE(std::filesystem::exists(tmp.path() / "t.csv"));
   }
-  const std::string m = "bench --model '" + tiny_a() + "' --threads 1 --prompt-lengths 8 --decode-tokens 1 ";
-  CommandResult r = clawmine(m + "--kernel-trace '" + keep + "'");
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.err.find("--kernel-trace"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("--backend cuda"), std::string::npos) << r.err;
-  std::ifstream f(keep);
-  std::string line;
-  std::getline(f, line);
-  EXPECT_EQ(line, "mine") << "a failed run truncated the file";
-  const std::string nowhere = (tmp.path() / "no_such_dir" / "t.csv").string();
-  r = clawmine(m + "--kernel-trace '" + nowhere + "'");
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.err.find("--kernel-trace: cannot write"), std::string::npos) << r.err;
-  EXPECT_EQ(r.out.find("model "), std::string::npos) << "the model loaded before the path was checked";
-  EXPECT_FALSE(std::filesystem::exists(tmp.path() / "t.csv"));
 }
 
 }  // namespace
