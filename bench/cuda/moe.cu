@@ -170,9 +170,12 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
   auto run = [&](int i) {
     be.moe_experts(x[i].view(), ex.weights, idx[i].view(), wt[i].view(), kSwigluLimit, y[i].view());
   };
+  const auto tune = [&](int64_t max_tokens, int cap) {
+    backend::cuda::set_moe_gemv_max_tokens(max_tokens);
+    backend::cuda::set_moe_gemv_tile_rows(cap);
+  };
   backend::cuda::set_moe_prefill_grouped(grouped);
-  backend::cuda::set_moe_gemv_max_tokens(gemv_max);
-  backend::cuda::set_moe_gemv_tile_rows(tile_cap);
+  tune(gemv_max, tile_cap);
   try {
     be.fill(y[0].view(), std::nanf(""));
     run(0);
@@ -181,10 +184,6 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
     r.check = bad ? str_cat("FAIL ", bad, " non-finite") : "finite";
     // The reference on the same inputs: the default path (GEMV-tile cases), or the kernels
     // (prefill: a capturing stream keeps them instead of the BF16 copies).
-    const auto tune = [&](int64_t max_tokens, int cap) {
-      backend::cuda::set_moe_gemv_max_tokens(max_tokens);
-      backend::cuda::set_moe_gemv_tile_rows(cap);
-    };
     const bool against_default = gemv_max > 0;
     if ((against_default || prefill) && !r.failed) {
       ops::DeviceBuffer ref(be, DType::kBF16, Shape{T, kHidden});
@@ -201,7 +200,8 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
       }
       const double rel = rel_l2(be, y[0].view(), ref.view());
       r.failed = !(rel <= kCheckBudget);
-      r.check = str_cat(r.failed ? "FAIL " : "", "rel ", sci(rel), against_default ? " vs the default path" : " vs kernels");
+      r.check = str_cat(r.failed ? "FAIL " : "", "rel ", sci(rel),
+                        against_default ? " vs the default path" : " vs kernels");
     }
     r.timing = time_op(be, r.rotation, run, env.opts.target_ms, /*allow_graph=*/!prefill);
   } catch (const std::exception& e) {
@@ -209,8 +209,7 @@ void moe_case(Env& env, const Experts& ex, bool nvfp4, int64_t T, bool grouped =
     r.check = str_cat("error: ", e.what());
   }
   backend::cuda::set_moe_prefill_grouped(true);
-  backend::cuda::set_moe_gemv_max_tokens(0);
-  backend::cuda::set_moe_gemv_tile_rows(0);
+  tune(0, 0);
   env.rep.add(r);
 }
 

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -294,8 +295,8 @@ void run_bench(const BenchArgs& a) {
   if (!a.prefill_trace.empty())
     prefill_trace_file = std::make_unique<DecodeTraceFile>(a.prefill_trace, "--prefill-trace", "prefill");
   std::string trace_error;  // "FLAG: why", reported as the command's error once everything else has run
-  auto note_trace_error = [&](const std::string& flag, const std::string& why) {
-    const std::string msg = why.rfind(flag, 0) == 0 ? why : str_cat(flag, ": ", why);
+  auto note_trace_error = [&](const DecodeTraceFile& t, const std::string& why) {
+    const std::string msg = why.rfind(t.flag(), 0) == 0 ? why : str_cat(t.flag(), ": ", why);
     trace_error = trace_error.empty() ? msg : str_cat(trace_error, "; ", msg);
   };
 
@@ -307,8 +308,8 @@ void run_bench(const BenchArgs& a) {
   md::ForwardOptions fwd = a.model.forward_options();
   fwd.all_logits = false;
   const bool cuda = be.device() == Device::kCuda;
-  if (trace_file && !cuda) throw Error("--kernel-trace: records GPU kernels; it needs --backend cuda");
-  if (prefill_trace_file && !cuda) throw Error("--prefill-trace: records GPU kernels; it needs --backend cuda");
+  for (const DecodeTraceFile* t : {trace_file.get(), prefill_trace_file.get()})
+    if (t && !cuda) throw Error(str_cat(t->flag(), ": records GPU kernels; it needs --backend cuda"));
   std::string device = "cpu";
 #ifdef CLAWMINE_HAVE_CUDA
   if (cuda) device = backend::cuda::device_summary(0);
@@ -422,7 +423,7 @@ void run_bench(const BenchArgs& a) {
         std::printf("prefill trace: %lld kernels of one %lld-token prefill written to %s\n", static_cast<long long>(n),
                     static_cast<long long>(L), a.prefill_trace.c_str());
       } catch (const Error& e) {  // the rest of the bench still runs; the command fails at the end
-        note_trace_error("--prefill-trace", e.what());
+        note_trace_error(*prefill_trace_file, e.what());
         std::printf("prefill trace: failed: %s\n", e.what());
       }
     }
@@ -440,7 +441,7 @@ void run_bench(const BenchArgs& a) {
         std::printf("kernel trace: %lld kernels of %d decode steps written to %s\n", static_cast<long long>(n),
                     a.kernel_trace_steps, a.kernel_trace.c_str());
       } catch (const Error& e) {  // the rest of the bench still runs; the command fails at the end
-        note_trace_error("--kernel-trace", e.what());
+        note_trace_error(*trace_file, e.what());
         std::printf("kernel trace: failed: %s\n", e.what());
       }
     }

@@ -4,8 +4,8 @@
 // format: up to kGemvMaxRows rows (F32 activations: 32) go to the weight-streaming GEMV, larger
 // ones to cuBLAS (dense BF16 x BF16; from kDequantMinRows rows also FP8-E8M0/MXFP4/NVFP4 x BF16
 // through an exact BF16 copy of the weight, linear_dequant.cu), the bf16 MMA kernel (bf16
-// activations, bf16-exact formats) or the float32 FMA kernel. W8A8/W4A4 activations are F32 after their transform, so
-// they keep the kernels. grouped_linear is the same call with G problems (z): group z uses
+// activations, bf16-exact formats) or the float32 FMA kernel. W8A8/W4A4 activations are F32 after
+// their transform, so they keep the kernels. grouped_linear is the same call with G problems (z): group z uses
 // weight rows [z*Lo, (z+1)*Lo), activations x[:, z, :] and writes out[:, z, :].
 #include <cublas_v2.h>
 

@@ -760,9 +760,9 @@ size_t scratch_free(CudaBackend& be) {
 
 // Decided before the plan: nothing host-synchronous may run inside a stream capture (CUDA graphs
 // of decode steps, the kernel bench's captures), so a capturing stream keeps the kernels.
-bool prefill_eligible(CudaBackend& be, const MoeTable& tab, DType act, bool quant, int64_t T, int64_t N, int64_t E,
+bool prefill_eligible(CudaBackend& be, const MoeTable& tab, DType act, bool quant, bool gemv, int64_t N, int64_t E,
                       int64_t D, int64_t I) {
-  if (act != DType::kBF16 || quant || T <= moe_gemv_max_tokens() || N < kMoeCopyMinAvgRows * E) return false;
+  if (act != DType::kBF16 || quant || gemv || N < kMoeCopyMinAvgRows * E) return false;
   if (((tab.fmt13 | tab.fmt2) & ~kCopyFormats) || !tab.vec13 || !tab.vec2 || D % 8 != 0 || I % 8 != 0) return false;
   if (be.capturing()) return false;
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
@@ -1114,7 +1114,7 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   const int64_t max_tiles = (N + std::min(E, N) * (tile_rows - 1)) / tile_rows;
 
   const DType act = x.dtype;
-  const bool prefill = prefill_eligible(*this, tab, act, quant13 || quant2, T, N, E, D, I);
+  const bool prefill = prefill_eligible(*this, tab, act, quant13 || quant2, gemv, N, E, D, I);
   // One token (batch-1 decode: GEMV tiles, never the prefill path): its K rows in slot order are
   // one-row tiles already (tile_rows is 1 whenever K <= E), so no plan: the GEMVs take each row's
   // expert from idx (row_problem) and read x's one row (ldx 0), and the combine checks the ids.

@@ -210,9 +210,9 @@ TEST_F(CudaMoe, DecodeSizesWarpPlanAndSlicedCombine) {
 
 // GEMV tiles past the decode sizes (the prefill of short prompts, up to 1024 tokens by default):
 // T = 96, 300 and 1024 over kE experts, top-kK, put 9, 28 and 96 rows on an expert on average:
-// tiles of 16 rows, about six per expert at 1024; the same with tiles capped at 8 rows; and with the GEMV
-// limit forced down to 32 tokens, the paths past it (64-row GEMM tiles; at 1024 tokens with BF16
-// activations the BF16 copies and cuBLAS). Every GEMV format, BF16 and F32 activations (F32 ones
+// tiles of 16 rows, about six per expert at 1024; the same with tiles capped at 8 rows; and with
+// the GEMV limit forced down to 32 tokens, the paths past it (64-row GEMM tiles; at 1024 tokens
+// with BF16 activations the BF16 copies and cuBLAS). Every GEMV format, BF16 and F32 activations (F32 ones
 // keep GEMV tiles to 32 tokens: GEMM tiles here), against the CPU.
 TEST_F(CudaMoe, GemvTilesPastDecodeSizes) {
   const int64_t D = 256, I = 128;
