@@ -40,10 +40,11 @@ void CpuBackend::attention_index(const TensorView& positions, int64_t n_prev, in
   }
   if (T == 0) return;
   const int64_t p0 = pos[0];
-  // Row n_prev + kp - p0 of the oldest key the first query sees must exist.
-  if (p0 < 0 || n_prev < std::min(p0, window - 1) || n_prev > p0)
+  // Row n_prev + kp - p0 of the oldest key the first query sees must exist; a pool may hold more
+  // rows than positions before p0 (a one-token step's pool always holds window-1), never listed.
+  if (p0 < 0 || n_prev < std::min(p0, window - 1) || n_prev > std::max(p0, window - 1))
     throw Error(str_cat("cpu attention_index: n_prev ", n_prev, " rows before position ", p0, " with window ", window,
-                        " (need min(p0, window-1) <= n_prev <= p0)"));
+                        " (need min(p0, window-1) <= n_prev <= max(p0, window-1))"));
   for (int64_t t = 0; t < T; ++t) {
     if (pos[t] != p0 + t)
       throw Error(str_cat("cpu attention_index: positions are not consecutive (positions[", t, "] = ", pos[t],

@@ -48,14 +48,24 @@ CompressorSpec indexer_compressor(const LayerContext& c) {
 // The window pool [previous window (n_prev rows) | the chunk's T keys, already in place]: the
 // previous rows come from the cache (window_prev, before or beside the keys' projection), and the
 // cache keeps the W-1 most recent keys of the pool (its tail) for the next chunk (window_keep,
-// after it).
+// after it). The cache's rows are right-aligned: its last row is the position just before the
+// chunk, and rows before the first position are zeros (never listed by attention_index).
+//
+// A one-token step takes all W-1 rows at every position (window_rows), so its ops and sizes do
+// not depend on the position and the step is recorded as a graph from the first decoded token;
+// a chunk takes the rows of the positions that exist, min(W-1, p0).
+int64_t window_rows(const LayerContext& c, int64_t T) {
+  const int64_t W = c.cfg.sliding_window;
+  return T == 1 ? W - 1 : std::min(W - 1, c.p0);
+}
 void window_prev(const LayerContext& c, LayerCache& cache, const TensorView& pool, int64_t n_prev) {
-  if (n_prev > 0) c.be.copy(cache.window.view().slice0(0, n_prev), pool.slice0(0, n_prev));
+  const int64_t rows = c.cfg.sliding_window - 1;
+  if (n_prev > 0) c.be.copy(cache.window.view().slice0(rows - n_prev, rows), pool.slice0(0, n_prev));
 }
 void window_keep(const LayerContext& c, LayerCache& cache, const TensorView& pool) {
   const int64_t rows = pool.dim(0), W = c.cfg.sliding_window;
   const int64_t n_keep = std::min(W - 1, rows);
-  if (n_keep > 0) c.be.copy(pool.slice0(rows - n_keep, rows), cache.window.view().slice0(0, n_keep));
+  if (n_keep > 0) c.be.copy(pool.slice0(rows - n_keep, rows), cache.window.view().slice0(W - 1 - n_keep, W - 1));
 }
 
 // The chunk's tokens enter the layer's compressor before attention (for CSA the indexer's too:
@@ -176,7 +186,7 @@ TensorView indexer_select(const LayerContext& c, const TensorView& q, const Tens
 
 TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cache) {
   const ModelConfig& cfg = c.cfg;
-  const int64_t T = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, W = cfg.sliding_window;
+  const int64_t T = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim;
 
   // Step A: q = rope(rms(wq_b · rms(wq_a · h))) per head; kv = rope(rms(wkv · h)). At decode
   // sizes the independent chains run on branches until the indexer scores, each forked from the
@@ -204,7 +214,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   auto on = [&](int b) {
     if (branches) c.be.branch(b);
   };
-  const int64_t n_prev = std::min(W - 1, c.p0);
+  const int64_t n_prev = window_rows(c, T);
   const TensorView pool = c.act({n_prev + T, Dh});
   const TensorView qr = c.act({T, cfg.q_lora_rank});
   const TensorView q = c.act({T, H, Dh});
@@ -261,7 +271,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
 TensorView attention_batch(const LayerContext& c, const TensorView& h, const std::vector<LayerCache*>& caches,
                            const std::vector<int64_t>& p0) {
   const ModelConfig& cfg = c.cfg;
-  const int64_t B = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim, W = cfg.sliding_window;
+  const int64_t B = h.dim(0), H = cfg.num_attention_heads, Dh = cfg.head_dim;
   CLAWMINE_CHECK(static_cast<int64_t>(caches.size()) == B && static_cast<int64_t>(p0.size()) == B,
                  "attention_batch: ", caches.size(), " caches and ", p0.size(), " positions for ", B, " rows");
   const bool compressed = c.kind != AttentionKind::kSliding;
@@ -300,7 +310,7 @@ TensorView attention_batch(const LayerContext& c, const TensorView& h, const std
     const LayerContext cb{c.be, cfg, c.w, c.layer, c.kind, c.inv_freq, positions, ids, p0[static_cast<size_t>(b)],
                           c.options};
     LayerCache& cache = *caches[static_cast<size_t>(b)];
-    const int64_t n_prev = std::min(W - 1, cb.p0);
+    const int64_t n_prev = window_rows(cb, 1);
     const TensorView pool = c.act({n_prev + 1, Dh});
     window_prev(cb, cache, pool, n_prev);
     c.be.copy(kv.slice0(b, b + 1), pool.slice0(n_prev, n_prev + 1));

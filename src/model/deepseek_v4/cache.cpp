@@ -49,6 +49,7 @@ void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cach
     const AttentionKind kind = cfg.layer_types[static_cast<size_t>(l)];
     if (lc.window.view().empty() && cfg.sliding_window > 1) {
       lc.window = ops::DeviceBuffer(be, act, {cfg.sliding_window - 1, cfg.head_dim});
+      be.fill(lc.window.view(), 0.0f);  // a one-token step's pool holds every row, listed or not
       allocated = true;
     }
     if (kind == AttentionKind::kSliding) continue;

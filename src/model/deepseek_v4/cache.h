@@ -37,8 +37,8 @@ struct CompressorCache {
 };
 
 struct LayerCache {
-  // [W-1, Dh] act dtype: rows [0, min(W-1, position)) hold the raw keys of the positions just
-  // before `position`, oldest first.
+  // [W-1, Dh] act dtype, right-aligned: row W-2-i holds the raw key of position `position`-1-i
+  // (i < min(W-1, position)); rows of positions before 0 are zeros.
   ops::DeviceBuffer window;
   CompressorCache compressor;  // CSA and HCA layers
   CompressorCache indexer;     // CSA layers: entries are the indexer keys

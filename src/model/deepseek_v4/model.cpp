@@ -324,9 +324,10 @@ Model::StepOut Model::issue_forward(ops::Backend& be, SequenceCache& cache, cons
   const TensorView positions = be.scratch(DType::kI32, {T});
   be.upload(host_positions.data(), positions);
 
-  // A decode step (one token) once the sliding window is full is the same sequence of ops every
-  // step until the cache's entry stores grow: it is recorded once as a graph and replayed.
-  const bool graph = T == 1 && p0 >= cfg.sliding_window - 1;
+  // A decode step (one token) is the same sequence of ops every step until the cache's entry
+  // stores grow (its window pool holds W-1 rows at every position): it is recorded once as a
+  // graph and replayed.
+  const bool graph = T == 1;
   const uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
   return run_step(be, graph, key, cache, [&]() -> StepOut {
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
@@ -444,10 +445,9 @@ Model::StepOut Model::issue_group(ops::Backend& be, const std::vector<SequenceCa
   const TensorView positions = be.scratch(DType::kI32, {B});
   be.upload(host_positions.data(), positions);
 
-  // Recorded once and replayed while every sequence's window is full and no entry store grows
-  // (the same condition as a one-sequence step, for each); the record lives in the first cache.
-  bool graph = true;
-  for (int64_t q : p0) graph = graph && q >= cfg.sliding_window - 1;
+  // Recorded once and replayed while no entry store grows (the same condition as a one-sequence
+  // step, for each); the record lives in the first cache.
+  const bool graph = true;
   const uint64_t key =
       graph ? step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, greedy, this) : 0;
   return run_step(be, graph, key, *caches[0], [&]() -> StepOut {

@@ -78,7 +78,7 @@ class Model {
   // (distinct caches, any positions); returns logits [B, vocab], row b sequence b's, each as
   // forward() would give for that sequence alone (options.all_logits does not apply). The
   // row-wise work (projections, MoE, hyper-connections, head) runs once over the B rows, the
-  // attention per sequence; on CUDA a step whose every window is full is recorded as one graph.
+  // attention per sequence; on CUDA the step is recorded as one graph.
   // More than kMaxBatchRows sequences run as consecutive groups of at most that many.
   Buffer forward_batch(ops::Backend& backend, const std::vector<SequenceCache*>& caches,
                        const std::vector<int32_t>& ids, const ForwardOptions& options) const;

@@ -145,6 +145,11 @@ INSTANTIATE_TEST_SUITE_P(
                       IndexCase{"window_short_history", 2, 3, 2, 8, 0, 1, 0},
                       IndexCase{"window_full_history", 10, 3, 3, 4, 0, 1, 0},
                       IndexCase{"window_decode", 41, 1, 7, 8, 0, 1, 0},
+                      // a one-token step's pool holds W-1 rows at every position (rows before
+                      // position 0 are never listed)
+                      IndexCase{"window_decode_full_pool_at_0", 0, 1, 7, 8, 0, 1, 0},
+                      IndexCase{"window_decode_full_pool_at_3", 3, 1, 7, 8, 0, 1, 0},
+                      IndexCase{"csa_decode_full_pool_at_5", 5, 1, 7, 8, 1, 4, 2},
                       IndexCase{"hca_from_0", 0, 9, 0, 3, 2, 4, 0},
                       IndexCase{"hca_chunk_p0_5", 5, 6, 2, 3, 2, 4, 0},
                       IndexCase{"hca_decode", 16, 1, 2, 3, 4, 4, 0},
@@ -158,6 +163,8 @@ TEST(CpuAttentionIndexErrors, RejectsMissingHistoryAndGaps) {
   // p0 = 10 with a window of 4 needs the 3 previous keys.
   EXPECT_THROW(be->attention_index(i32_view(pos, {2}), 2, 4, 5, 0, 1, TensorView{}, i32_view(idx, {2, 4})), Error);
   EXPECT_THROW(be->attention_index(i32_view(gap, {2}), 3, 4, 5, 0, 1, TensorView{}, i32_view(idx, {2, 4})), Error);
+  // More previous rows than the window or the positions before p0 can have.
+  EXPECT_THROW(be->attention_index(i32_view(pos, {2}), 11, 4, 13, 0, 1, TensorView{}, i32_view(idx, {2, 4})), Error);
   // HCA entries that do not fit the slots after the window.
   EXPECT_THROW(be->attention_index(i32_view(pos, {2}), 3, 4, 5, 3, 4, TensorView{}, i32_view(idx, {2, 4})), Error);
 }

@@ -62,6 +62,9 @@ struct IndexCase {
 TEST_F(CudaAttention, AttentionIndexEqualsCpu) {
   const IndexCase cases[] = {
       {"v4 sliding decode", 1, 1000, 128, 0, 0, false, false},
+      {"v4 sliding decode at 5 (full pool)", 1, 5, 128, 0, 0, false, false},
+      {"v4 HCA decode at 0 (full pool)", 1, 0, 128, 128, 0, false, false},
+      {"v4 CSA decode at 9 k512 (full pool)", 1, 9, 128, 4, 512, true, false},
       {"v4 sliding T5 from 3", 5, 3, 128, 0, 0, false, false},
       {"v4 sliding prefill", 300, 0, 128, 0, 0, false, false},
       {"v4 HCA decode", 1, 5000, 128, 128, 0, false, false},
@@ -78,7 +81,8 @@ TEST_F(CudaAttention, AttentionIndexEqualsCpu) {
   uint32_t seed = 1000;
   for (const IndexCase& c : cases) {
     SCOPED_TRACE(c.name);
-    const int64_t n_prev = std::min(c.p0, c.window - 1);
+    // as the model takes it: a one-token step's pool holds window-1 rows at every position
+    const int64_t n_prev = c.T == 1 ? c.window - 1 : std::min(c.p0, c.window - 1);
     const int64_t entry_base = n_prev + c.T;
     const int64_t n_entries = c.rate > 0 ? (c.p0 + c.T) / c.rate : 0;
     const int64_t S = c.window + (c.csa ? c.k : n_entries);
