@@ -31,13 +31,16 @@ void reserve_cache(ops::Backend& be, const ModelConfig& cfg, SequenceCache& cach
     }
   };
   // Entry rows [0, (end-1)/m] must exist (the last one may be an incomplete window's); the rows of
-  // earlier chunks move to a buffer twice as large.
+  // earlier chunks move to a buffer twice as large. At least kMinEntryRows: every growth records a
+  // new decode-step graph (a new layout), ~20 ms on the H100 at V4-Flash size, so a short sequence
+  // should not grow its stores at all (64 rows: CSA's 256 positions, HCA's 8192; ~1 KB a row).
+  constexpr int64_t kMinEntryRows = 64;
   auto entries = [&](CompressorCache& st, int64_t m, int64_t hd) {
     const int64_t need = (end - 1) / m + 1;
     if (need <= st.capacity()) return;
     allocated = true;
     const int64_t have = cache.position / m;  // rows written so far
-    ops::DeviceBuffer grown(be, act, {std::max({need, 2 * st.capacity(), int64_t{16}}), hd});
+    ops::DeviceBuffer grown(be, act, {std::max({need, 2 * st.capacity(), kMinEntryRows}), hd});
     // Rows not written yet are zeros, never garbage: ops see the whole store (masked past each
     // query's complete windows), and diagnostics summarize it.
     be.fill(grown.view(), 0.0f);

@@ -27,7 +27,7 @@ struct CompressorCache {
   // [capacity, hd] act dtype: row j = entry of window j (normed, rotated at j*m, round-tripped);
   // rows [0, position / m) are complete entries, row position / m may hold the incomplete
   // window's entry so far (never attended: keys past (p+1)/m are masked), later rows are zeros.
-  // Grows by doubling.
+  // Grows by doubling, from 64 rows (reserve_cache).
   ops::DeviceBuffer entries;
 
   ops::CompressorStateView state() const {
