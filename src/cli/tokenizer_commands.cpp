@@ -6,6 +6,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -80,7 +81,10 @@ void run_chat_template(const TokenizerOptions& o) {
     if (!tools.is_array()) throw Error("chat-template: tools must be a JSON array");
     // OpenAI requests carry tools beside the messages; DeepSeek renders them in the system turn.
     if (messages.empty() || messages.front().role != "system") {
-      messages.insert(messages.begin(), tokenizer::ChatMessage{.role = "system", .content = ""});
+      tokenizer::ChatMessage system_turn;
+      system_turn.role = "system";
+      system_turn.content = "";
+      messages.insert(messages.begin(), std::move(system_turn));
     }
     messages.front().tools = tools;
   }

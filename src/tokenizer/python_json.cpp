@@ -65,7 +65,7 @@ void append_float(std::string& out, double v) {
   } else {
     text = digits.substr(0, 1);
     if (digits.size() > 1) text += "." + digits.substr(1);
-    char e[8];
+    char e[16];  // a double's exponent has at most 3 digits; room for any int keeps -Wformat-truncation quiet
     std::snprintf(e, sizeof(e), "e%c%02d", exponent < 0 ? '-' : '+', std::abs(exponent));
     text += e;
   }

@@ -41,6 +41,25 @@ TEST(TokenizerCli, ChatTemplatePrintsPromptAndIds) {
   EXPECT_EQ(ids.back(), 128821);
 }
 
+// Tools without a system message: a system turn is inserted to carry them, before the user's turn.
+TEST(TokenizerCli, ChatTemplateToolsGetASystemTurn) {
+  CLAWMINE_REQUIRE_V4_TOKENIZER();
+  TempDir tmp;
+  const auto messages = tmp.path() / "m.json", tools = tmp.path() / "t.json";
+  std::ofstream(messages) << R"([{"role": "user", "content": "Weather?"}])";
+  std::ofstream(tools) << R"([{"type": "function", "function": {"name": "get_weather", "description": "d",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])";
+  const auto r = run_command(clawmine_binary().string() + " chat-template" + model_arg() + " --messages '" +
+                             messages.string() + "' --tools '" + tools.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string bos = "<｜begin▁of▁sentence｜>";
+  ASSERT_EQ(r.out.substr(0, bos.size()), bos);
+  const size_t tool = r.out.find("get_weather"), user = r.out.find("<｜User｜>Weather?");
+  ASSERT_NE(tool, std::string::npos) << r.out;
+  ASSERT_NE(user, std::string::npos) << r.out;
+  EXPECT_LT(tool, user) << r.out;
+}
+
 TEST(TokenizerCli, MalformedTokenizerNamesFileAndField) {
   TempDir tmp;
   std::ofstream(tmp.path() / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
