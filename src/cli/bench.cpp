@@ -93,6 +93,18 @@ std::vector<int64_t> parse_sizes(const std::string& text, const std::string& fla
   return v;
 }
 
+// How many decode-step graphs were built so far: a recording's cost sits in a step's max.
+void print_graph_stats(const ops::Backend& be) {
+#ifdef CLAWMINE_HAVE_CUDA
+  if (be.device() != Device::kCuda) return;
+  const backend::cuda::GraphStats g = backend::cuda::graph_stats(be);
+  std::printf("step graphs so far: %lld instantiated, %lld updated in place (CLAWMINE_GRAPH_UPDATE)\n",
+              static_cast<long long>(g.instantiated), static_cast<long long>(g.updated));
+#else
+  (void)be;
+#endif
+}
+
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -394,6 +406,7 @@ void run_bench(const BenchArgs& a) {
                   median(decode.step_seconds) * 1e3, mean(decode.step_seconds) * 1e3,
                   *std::min_element(decode.step_seconds.begin(), decode.step_seconds.end()) * 1e3,
                   *std::max_element(decode.step_seconds.begin(), decode.step_seconds.end()) * 1e3);
+    print_graph_stats(be);
     if (a.sampled_tokens > 0) {
       sampled.context = cache.position;
       runtime::Sampler sampler({.temperature = kSampledTemperature, .top_p = kSampledTopP, .seed = a.seed});
@@ -521,6 +534,7 @@ void run_bench(const BenchArgs& a) {
                 static_cast<double>(B) / bt, rr.batch_seconds.size(), *bmin * 1e3, *bmax * 1e3,
                 rr.first_batch_seconds * 1e3);
     std::fflush(stdout);
+    print_graph_stats(be);
     rrs.push_back(std::move(rr));
     if (a.profile && B == *std::max_element(batches.begin(), batches.end())) {
       // The largest batch's steps op by op (eager, synchronized: the lanes of per-sequence

@@ -112,7 +112,12 @@ class Backend {
   // read back to the host and nothing is uploaded. Results equal eager execution bit for bit.
   // Backends without graphs, and diagnostic decorators (which read tensors between ops), never
   // replay and ignore begin/end.
+  // retire_step_graph(key), before a begin_step_graph: the owner's next step has another key (its
+  // cache grew, its batch changed members), so the graph recorded under `key` is not expected to be
+  // replayed (a grown cache's never is) and a backend may re-record the next step into it instead
+  // of building a new one; a retired key that comes back is recorded anew.
   virtual bool replay_step_graph(uint64_t key) { return false; }
+  virtual void retire_step_graph(uint64_t key) {}
   virtual void begin_step_graph(uint64_t key) {}
   virtual void end_step_graph() {}
 

@@ -27,6 +27,7 @@ class LentBackend final : public diag::ForwardingBackend {
  public:
   using diag::ForwardingBackend::ForwardingBackend;
   bool replay_step_graph(uint64_t key) override { return inner().replay_step_graph(key); }
+  void retire_step_graph(uint64_t key) override { inner().retire_step_graph(key); }
   void begin_step_graph(uint64_t key) override { inner().begin_step_graph(key); }
   void end_step_graph() override { inner().end_step_graph(); }
   void branch(int b) override { inner().branch(b); }

@@ -184,4 +184,9 @@ ArenaUsage arena_usage(const ops::Backend& backend) {
   return cuda ? cuda->usage() : ArenaUsage{};
 }
 
+GraphStats graph_stats(const ops::Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  return cuda ? cuda->step_graph_stats() : GraphStats{};
+}
+
 }  // namespace clawmine::backend::cuda

@@ -42,6 +42,7 @@ class CudaBackend final : public ops::Backend {
   cublasHandle_t cublas() const { return cublas_; }
   int sm_count() const { return sm_count_; }
   ArenaUsage usage() const;
+  const GraphStats& step_graph_stats() const { return graph_stats_; }
 
   // memory.cu
   TensorView allocate(DType dtype, const Shape& shape) override;
@@ -58,6 +59,7 @@ class CudaBackend final : public ops::Backend {
   // graph.cu: decode steps recorded by stream capture under the caller's key and replayed
   // unchanged (a small LRU of executable graphs).
   bool replay_step_graph(uint64_t key) override;
+  void retire_step_graph(uint64_t key) override;
   void begin_step_graph(uint64_t key) override;
   void end_step_graph() override;
   bool capturing() const { return capturing_; }
@@ -235,7 +237,10 @@ class CudaBackend final : public ops::Backend {
   };
   std::vector<StepGraph> graphs_;  // at most kMaxStepGraphs (graph.cu), least recently used evicted
   int64_t graph_clock_ = 0;
+  uint64_t retired_key_ = 0;  // retire_step_graph's key (with the policy), for the next capture
+  GraphStats graph_stats_;
   void destroy_graphs();
+  bool graph_update_on() const;
 };
 
 }  // namespace clawmine::backend::cuda

@@ -18,6 +18,11 @@ struct CudaOptions {
   // and replayed unchanged (ops read per-step values on the device); results are bit-identical
   // to eager launches (tests), and faster (docs/PERFORMANCE.md).
   bool graphs = true;
+  // A step recorded after its sequence's previous graph was retired (an entry store grew, a batch
+  // changed members) updates that executable graph in place (cudaGraphExecUpdate) where the two
+  // have the same topology, instead of instantiating a new one. Off until measured on a GPU; the
+  // environment variable CLAWMINE_GRAPH_UPDATE=1 turns it on too.
+  bool graph_update = false;
   size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
 };
 
@@ -32,5 +37,12 @@ struct ArenaUsage {
   size_t scratch_bytes = 0;  // scratch region size
 };
 ArenaUsage arena_usage(const ops::Backend& backend);
+
+// Decode-step graphs so far (0s for a non-CUDA backend).
+struct GraphStats {
+  int64_t instantiated = 0;  // new executable graphs
+  int64_t updated = 0;       // recorded into a retired graph (CudaOptions::graph_update)
+};
+GraphStats graph_stats(const ops::Backend& backend);
 
 }  // namespace clawmine::backend::cuda

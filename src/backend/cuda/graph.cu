@@ -5,8 +5,12 @@
 // stream capture while its ops are issued, instantiated, and launched. Graphs are kept in a small
 // LRU (one per live sequence and cache layout; a sequence's layout changes only when its
 // compressed-entry stores grow). The first steps run eagerly so one-time uploads (per-op tables)
-// never happen inside a capture.
+// never happen inside a capture. With CudaOptions::graph_update, a step captured after its
+// sequence's previous graph was retired is written into that executable graph by
+// cudaGraphExecUpdate when the topology matches (same kernels and edges, other arguments and
+// grids), which costs less than an instantiation; otherwise it is instantiated as usual.
 #include <algorithm>
+#include <utility>
 
 #include "backend/cuda/backend_impl.cuh"
 #include "core/log.h"
@@ -25,6 +29,11 @@ uint64_t with_policy(uint64_t key, const ops::LinearPolicy& p) {
 }
 }  // namespace
 
+bool CudaBackend::graph_update_on() const {
+  static const bool env = env_switch("CLAWMINE_GRAPH_UPDATE", false);
+  return options_.graph_update || env;
+}
+
 void CudaBackend::destroy_graphs() {
   for (StepGraph& g : graphs_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
@@ -36,6 +45,7 @@ void CudaBackend::destroy_graphs() {
 // drop it so the backend serves the next request.
 void CudaBackend::discard_capture() {
   if (!capturing_) return;
+  retired_key_ = 0;
   close_branches();  // side streams rejoin the capture before it ends
   capturing_ = false;
   cudaGraph_t graph = nullptr;
@@ -51,6 +61,8 @@ void CudaBackend::refuse_inside_capture(const char* what) {
   throw Error(str_cat("cuda ", what, " inside a captured decode step (host transfers belong outside "
                       "begin_step_graph/end_step_graph); the step is abandoned"));
 }
+
+void CudaBackend::retire_step_graph(uint64_t key) { retired_key_ = with_policy(key, policy_); }
 
 bool CudaBackend::replay_step_graph(uint64_t key) {
   discard_capture();
@@ -69,6 +81,7 @@ void CudaBackend::begin_step_graph(uint64_t key) {
   join_branches();
   if (!options_.graphs || eager_steps_ < kEagerSteps) {
     ++eager_steps_;
+    retired_key_ = 0;
     return;
   }
   CLAWMINE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
@@ -82,10 +95,35 @@ void CudaBackend::end_step_graph() {
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   CLAWMINE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  const uint64_t retired = std::exchange(retired_key_, 0);
+  // The retired graph, updated in place to this capture.
+  auto old = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == retired; });
+  if (graph_update_on() && retired != 0 && retired != capture_key_ && old != graphs_.end()) {
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(old->exec, graph, &info) == cudaSuccess) {
+      cudaGraphDestroy(graph);
+      // A graph already kept under this key (recorded before, then evicted from the owner) goes.
+      auto dup = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == capture_key_; });
+      if (dup != graphs_.end()) {
+        cudaGraphExecDestroy(dup->exec);
+        dup->exec = nullptr;
+      }
+      old->key = capture_key_;
+      old->last_use = ++graph_clock_;
+      const cudaGraphExec_t exec = old->exec;
+      graphs_.erase(std::remove_if(graphs_.begin(), graphs_.end(), [](const StepGraph& g) { return !g.exec; }),
+                    graphs_.end());
+      ++graph_stats_.updated;
+      CLAWMINE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+      return;
+    }
+    cudaGetLastError();  // a topology mismatch is not an error: instantiate below
+  }
   cudaGraphExec_t exec = nullptr;
   const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
   if (err != cudaSuccess) throw_cuda_error(err, "cudaGraphInstantiate", __FILE__, __LINE__);
+  ++graph_stats_.instantiated;
   // A key recorded again (its earlier graph was evicted or the caller re-recorded it) replaces it.
   auto same = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == capture_key_; });
   if (same == graphs_.end() && graphs_.size() >= kMaxStepGraphs) {

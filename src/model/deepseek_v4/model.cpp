@@ -273,6 +273,7 @@ Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCach
   if (graph && owner.step_key == key && be.replay_step_graph(key)) {
     return {owner.step_logits, owner.step_tokens};  // the recorded ops ran again; their scratch addresses repeat
   }
+  if (graph && owner.step_key != 0 && owner.step_key != key) be.retire_step_graph(owner.step_key);
   if (graph) be.begin_step_graph(key);
   const Model::StepOut out = issue_ops();
   if (graph) {

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "model/deepseek_v4/model.h"
@@ -32,6 +34,8 @@ class DeviceEmulator final : public ops::Backend {
   size_t placed_bytes() const { return allocated_bytes_; }
   int graphs() const { return graphs_; }
   const std::vector<uint64_t>& graph_keys() const { return keys_; }
+  // retire_step_graph calls: the key and how many steps had begun before it.
+  const std::vector<std::pair<uint64_t, size_t>>& retired() const { return retired_; }
   // Steps recorded under a key seen before whose ops (names, tensor addresses and shapes) differed:
   // a graph replayed under that key would have computed something else.
   int key_mismatches() const { return key_mismatches_; }
@@ -72,6 +76,7 @@ class DeviceEmulator final : public ops::Backend {
   }
   void copy(const TensorView& src, const TensorView& dst) override { cpu_->copy(host(src, "copy"), host(dst, "copy")); }
   void fill(const TensorView& dst, float value) override { cpu_->fill(host(dst, "fill"), value); }
+  void retire_step_graph(uint64_t key) override { retired_.emplace_back(key, keys_.size()); }
   void begin_step_graph(uint64_t key) override {
     if (in_graph_) throw Error("device emulator: nested step graph");
     in_graph_ = true;
@@ -233,6 +238,7 @@ class DeviceEmulator final : public ops::Backend {
   bool in_graph_ = false;
   int graphs_ = 0;
   std::vector<uint64_t> keys_;
+  std::vector<std::pair<uint64_t, size_t>> retired_;
   mutable std::string step_ops_;  // the current step's ops as recorded by host()
   std::map<uint64_t, std::string> step_ops_by_key_;
   int key_mismatches_ = 0;
@@ -279,6 +285,35 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, PlacedForward, ::testing::Values("tiny-c", "t
                              if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return n;
                          });
+
+// The model retires a step graph's key (ops::Backend::retire_step_graph) when its owner's next
+// step has another key: after an entry store's growth (tiny-a's CSA rate 4: 64 rows cover 256
+// positions) and when a batch's second member changes. Each retired key was recorded before and,
+// here, is not recorded again (a grown cache's key never comes back).
+TEST(Forward, RetiresTheOwnersPreviousStepKey) {
+  DeviceEmulator dev;
+  auto model = Model::load(test::fixture_dir("models/tiny-a"));
+  model->place(dev);
+  const ForwardOptions fo{.official_qdq = true, .all_logits = false};
+  SequenceCache a = model->new_cache();
+  model->forward(dev, a, test_ids(250), fo);
+  for (int k = 0; k < 12; ++k) model->forward(dev, a, {static_cast<int32_t>(3 + k)}, fo);
+  std::vector<SequenceCache> c;
+  for (int s = 0; s < 3; ++s) c.push_back(model->new_cache());
+  for (int s = 0; s < 3; ++s) model->forward(dev, c[static_cast<size_t>(s)], test_ids(20 + 10 * s), fo);
+  for (size_t second : {1, 2})
+    for (int k = 0; k < 3; ++k) model->forward_batch(dev, {&c[0], &c[second]}, {7, static_cast<int32_t>(9 + k)}, fo);
+
+  const std::vector<uint64_t>& keys = dev.graph_keys();
+  ASSERT_EQ(dev.retired().size(), 2u);  // the growth at 256, the new member
+  for (const auto& [key, at] : dev.retired()) {
+    EXPECT_NE(std::find(keys.begin(), keys.begin() + static_cast<long>(at), key), keys.begin() + static_cast<long>(at))
+        << "a key retired before it was recorded";
+    EXPECT_EQ(std::find(keys.begin() + static_cast<long>(at), keys.end(), key), keys.end())
+        << "a retired key recorded again";
+  }
+  EXPECT_EQ(dev.key_mismatches(), 0) << dev.first_mismatch();
+}
 
 TEST(Forward, LastRowOnlyEqualsLastRowOfAll) {
   auto model = Model::load(test::fixture_dir("models/tiny-c"));
