@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# A/B of runtime settings on the V4-Flash-geometry random model, in one device call: builds
+# clawmine (and the GPU tests when asked), writes the random checkpoint while the tests run, then
+# runs `clawmine bench` once per variant and round, interleaved (A B C A B C ...), and prints each
+# variant's medians last. A variant is a space-separated list of VAR=VALUE settings for the
+# environment ("-" for none), e.g. the tuning switches of the README or a temporary experiment's.
+#
+#   device tool: run(command="OUT=$OUT bash tools/decode-ab.sh - CLAWMINE_GRAPH_UPDATE=1", carry=[".devdeps"])
+#
+# Environment: AB_ROUNDS (default 3), AB_LAYOUT (release or nvfp4; default release), AB_BENCH
+# (the bench flags after --model/--backend; default: decode 64 tokens after a 128-token prompt at
+# batch 1, no ceilings), AB_TESTS (a gtest filter: gpu_backend_cuda runs it once per variant
+# before the rounds, e.g. '*CudaModelParity*:CudaForwardBatch*'), AB_TRACE=1 (after the rounds, a
+# two-step kernel trace per variant into $OUT and tools/kernel_timeline.py's layer tables),
+# BUILD_DIR (default build-gpu), MODEL_DIR (default /tmp/clawmine-ab; kept: a later call on a warm
+# machine reuses it), OUT (default .out/decode-ab), AB_SKIP_BUILD=1 (use BUILD_DIR's binaries).
+# The line grepped from each run: "decode batch 1 at context" (the median) unless AB_GREP says.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+BUILD_DIR=${BUILD_DIR:-$ROOT/build-gpu}
+MODEL_DIR=${MODEL_DIR:-/tmp/clawmine-ab}
+OUT=${OUT:-$ROOT/.out/decode-ab}
+ROUNDS=${AB_ROUNDS:-3}
+LAYOUT=${AB_LAYOUT:-release}
+BENCH=${AB_BENCH:---decode-tokens 64 --prompt-lengths 128 --batch-sizes 1 --sampled-tokens 0 --ceilings off}
+GREP=${AB_GREP:-decode batch 1 at context}
+mkdir -p "$OUT"
+[ $# -ge 1 ] || { echo "usage: $0 VARIANT [VARIANT...]   (a variant: 'VAR=VALUE ...' or - for none)" >&2; exit 2; }
+T0=$(date +%s)
+el() { echo "$(($(date +%s) - T0))s"; }
+export PATH=/usr/local/cuda/bin:$PATH
+
+# The toolchain, the private prefix and the configure step of tools/gpu-check.sh (no phase runs),
+# then the build; AB_SKIP_BUILD=1 uses what BUILD_DIR holds (a warm machine, or a local dry run).
+build() { [ "${AB_SKIP_BUILD:-0}" = 1 ] || cmake --build "$BUILD_DIR" -j 16 --target "$@" >>"$OUT/build.log" 2>&1; }
+if [ "${AB_SKIP_BUILD:-0}" != 1 ]; then
+  OUT=/tmp/decode-ab-gc BUILD_DIR=$BUILD_DIR GPU_CHECK_PHASES=' ' bash tools/gpu-check.sh >"$OUT/setup.log" 2>&1
+fi
+export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/tmp/devroot/fallback-lib}
+targets=(clawmine clawmine-random-model)
+[ -n "${AB_TESTS:-}" ] && targets+=(gpu_backend_cuda)
+build clawmine-random-model || { tail -30 "$OUT/build.log"; exit 1; }
+gen_pid=
+if [ ! -f "$MODEL_DIR/config.json" ]; then
+  "$BUILD_DIR/clawmine-random-model" --geometry flash --layout "$LAYOUT" --out "$MODEL_DIR" >"$OUT/gen.log" 2>&1 &
+  gen_pid=$!
+fi
+build "${targets[@]}" || { tail -30 "$OUT/build.log"; exit 1; }
+echo "[decode-ab] built ($(el))"
+
+# with VARIANT CMD...: CMD under the variant's settings.
+with() {
+  local v=$1
+  shift
+  # shellcheck disable=SC2086  # the settings split into words on purpose
+  if [ "$v" = - ]; then "$@"; else env $v "$@"; fi
+}
+
+if [ -n "${AB_TESTS:-}" ]; then
+  for v in "$@"; do
+    echo "[decode-ab] tests with '$v': $(with "$v" timeout 300 "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
+      --gtest_filter="$AB_TESTS" 2>&1 | tee -a "$OUT/tests.log" | grep -E '^\[  (PASSED|FAILED) ' | tr '\n' ' ') ($(el))"
+  done
+fi
+if [ -n "$gen_pid" ]; then
+  wait "$gen_pid" || { tail -5 "$OUT/gen.log"; exit 1; }
+fi
+echo "[decode-ab] model ready ($(el))"
+
+declare -A results
+for ((r = 1; r <= ROUNDS; ++r)); do
+  for v in "$@"; do
+    # shellcheck disable=SC2086
+    line=$(with "$v" timeout 300 "$BUILD_DIR/clawmine" bench --model "$MODEL_DIR" --backend cuda $BENCH 2>&1 |
+      tee -a "$OUT/bench.log" | grep -F "$GREP" | head -1)
+    m=$(grep -o 'median [0-9.]*' <<<"$line" | head -1 | cut -d' ' -f2)
+    results[$v]="${results[$v]:-}${results[$v]:+ / }${m:-?}"
+    echo "[decode-ab] round $r '$v': $line ($(el))"
+  done
+done
+if [ "${AB_TRACE:-0}" = 1 ]; then
+  i=0
+  for v in "$@"; do
+    i=$((i + 1))
+    # shellcheck disable=SC2086
+    with "$v" timeout 300 "$BUILD_DIR/clawmine" bench --model "$MODEL_DIR" --backend cuda $BENCH \
+      --kernel-trace "$OUT/trace$i.csv" --kernel-trace-steps 2 >>"$OUT/bench.log" 2>&1
+    echo "[decode-ab] trace of '$v' in trace$i.csv:"
+    python3 tools/kernel_timeline.py "$OUT/trace$i.csv" 2>&1 | sed -n '/^| layers (hc/,/^$/p;/^| attention (from/,/^$/p'
+  done
+fi
+echo
+echo "decode-ab: medians (ms/token) per variant over $ROUNDS interleaved rounds, $LAYOUT layout ($(el))"
+for v in "$@"; do printf '  %-50s %s\n' "$v" "${results[$v]}"; done
