@@ -54,6 +54,7 @@ struct SequenceCache {
   // The last recorded decode step: its graph key and where its logits land (scratch addresses
   // repeat for equal steps), so a replay needs no op calls to find them.
   uint64_t step_key = 0;
+  uint64_t seen_key = 0;  // the key of the owner's last step that could be recorded (run_step)
   TensorView step_logits;
   TensorView step_tokens;  // a greedy step's argmax (Model::forward_greedy), else empty
 };

@@ -267,11 +267,19 @@ Model::StepOut step_head(ops::Backend& be, const ModelConfig& cfg, const ModelWe
 }
 
 // Runs issue_ops (the step's ops; returns where the results land) directly, or as the step graph
-// of `key` (recorded on first use, replayed after; the results' place kept in `owner`).
+// of `key` (the results' place kept in `owner`). A key is recorded on its owner's second
+// consecutive step under it and replayed after: a key that lasts one step (a batch whose members
+// change again at once) costs no recording, which takes ~20-80 ms on the H100 against one eager
+// step's extra ~1-5 ms (docs/PERFORMANCE.md, nineteenth session).
 template <typename Issue>
 Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
   if (graph && owner.step_key == key && be.replay_step_graph(key)) {
     return {owner.step_logits, owner.step_tokens};  // the recorded ops ran again; their scratch addresses repeat
+  }
+  if (graph) {
+    const bool again = owner.seen_key == key;
+    owner.seen_key = key;
+    graph = again;
   }
   if (graph && owner.step_key != 0 && owner.step_key != key) be.retire_step_graph(owner.step_key);
   if (graph) be.begin_step_graph(key);
