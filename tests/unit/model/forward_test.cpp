@@ -316,6 +316,24 @@ TEST(Forward, RetiresTheOwnersPreviousStepKey) {
   EXPECT_EQ(dev.key_mismatches(), 0) << dev.first_mismatch();
 }
 
+// A step key is recorded from its owner's second consecutive step: a batch whose members change
+// after one step records nothing for it (the emulator never replays, so each later step records).
+TEST(Forward, AKeyLastingOneStepIsNotRecorded) {
+  DeviceEmulator dev;
+  auto model = Model::load(test::fixture_dir("models/tiny-a"));
+  model->place(dev);
+  const ForwardOptions fo{.official_qdq = true, .all_logits = false};
+  std::vector<SequenceCache> c;
+  for (int s = 0; s < 3; ++s) c.push_back(model->new_cache());
+  for (int s = 0; s < 3; ++s) model->forward(dev, c[static_cast<size_t>(s)], test_ids(20 + 10 * s), fo);
+  model->forward_batch(dev, {&c[0], &c[1]}, {7, 9}, fo);
+  EXPECT_EQ(dev.graphs(), 0);
+  for (int k = 0; k < 3; ++k) model->forward_batch(dev, {&c[0], &c[2]}, {7, static_cast<int32_t>(9 + k)}, fo);
+  ASSERT_EQ(dev.graph_keys().size(), 2u);  // the second and third steps of {c0, c2}
+  EXPECT_EQ(dev.graph_keys()[0], dev.graph_keys()[1]);
+  EXPECT_TRUE(dev.retired().empty());  // c0 had recorded no key before
+}
+
 TEST(Forward, LastRowOnlyEqualsLastRowOfAll) {
   auto model = Model::load(test::fixture_dir("models/tiny-c"));
   auto be = ops::make_cpu_backend(2);
