@@ -240,7 +240,6 @@ class CudaBackend final : public ops::Backend {
   uint64_t retired_key_ = 0;  // retire_step_graph's key (with the policy), for the next capture
   GraphStats graph_stats_;
   void destroy_graphs();
-  bool graph_update_on() const;
 };
 
 }  // namespace clawmine::backend::cuda

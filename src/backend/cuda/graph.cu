@@ -29,11 +29,6 @@ uint64_t with_policy(uint64_t key, const ops::LinearPolicy& p) {
 }
 }  // namespace
 
-bool CudaBackend::graph_update_on() const {
-  static const bool env = env_switch("CLAWMINE_GRAPH_UPDATE", false);
-  return options_.graph_update || env;
-}
-
 void CudaBackend::destroy_graphs() {
   for (StepGraph& g : graphs_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
@@ -98,7 +93,7 @@ void CudaBackend::end_step_graph() {
   const uint64_t retired = std::exchange(retired_key_, 0);
   // The retired graph, updated in place to this capture.
   auto old = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == retired; });
-  if (graph_update_on() && retired != 0 && retired != capture_key_ && old != graphs_.end()) {
+  if (options_.graph_update && retired != 0 && retired != capture_key_ && old != graphs_.end()) {
     cudaGraphExecUpdateResultInfo info{};
     if (cudaGraphExecUpdate(old->exec, graph, &info) == cudaSuccess) {
       cudaGraphDestroy(graph);
