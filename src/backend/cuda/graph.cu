@@ -92,22 +92,23 @@ void CudaBackend::end_step_graph() {
   CLAWMINE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
   const uint64_t retired = std::exchange(retired_key_, 0);
   // The retired graph, updated in place to this capture.
-  auto old = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == retired; });
-  if (options_.graph_update && retired != 0 && retired != capture_key_ && old != graphs_.end()) {
+  auto old = options_.graph_update && retired != 0 && retired != capture_key_
+                 ? std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == retired; })
+                 : graphs_.end();
+  if (old != graphs_.end()) {
     cudaGraphExecUpdateResultInfo info{};
     if (cudaGraphExecUpdate(old->exec, graph, &info) == cudaSuccess) {
       cudaGraphDestroy(graph);
-      // A graph already kept under this key (recorded before, then evicted from the owner) goes.
-      auto dup = std::find_if(graphs_.begin(), graphs_.end(), [&](const StepGraph& g) { return g.key == capture_key_; });
-      if (dup != graphs_.end()) {
-        cudaGraphExecDestroy(dup->exec);
-        dup->exec = nullptr;
-      }
+      const cudaGraphExec_t exec = old->exec;
       old->key = capture_key_;
       old->last_use = ++graph_clock_;
-      const cudaGraphExec_t exec = old->exec;
-      graphs_.erase(std::remove_if(graphs_.begin(), graphs_.end(), [](const StepGraph& g) { return !g.exec; }),
-                    graphs_.end());
+      // A graph kept under this key before (recorded, then left by its owner) is dropped.
+      auto dup = std::find_if(graphs_.begin(), graphs_.end(),
+                              [&](const StepGraph& g) { return g.key == capture_key_ && g.exec != exec; });
+      if (dup != graphs_.end()) {
+        cudaGraphExecDestroy(dup->exec);
+        graphs_.erase(dup);
+      }
       ++graph_stats_.updated;
       CLAWMINE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
       return;

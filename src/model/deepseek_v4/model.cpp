@@ -276,11 +276,7 @@ Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCach
   if (graph && owner.step_key == key && be.replay_step_graph(key)) {
     return {owner.step_logits, owner.step_tokens};  // the recorded ops ran again; their scratch addresses repeat
   }
-  if (graph) {
-    const bool again = owner.seen_key == key;
-    owner.seen_key = key;
-    graph = again;
-  }
+  if (graph) graph = std::exchange(owner.seen_key, key) == key;  // the second step under this key
   if (graph && owner.step_key != 0 && owner.step_key != key) be.retire_step_graph(owner.step_key);
   if (graph) be.begin_step_graph(key);
   const Model::StepOut out = issue_ops();
@@ -456,10 +452,8 @@ Model::StepOut Model::issue_group(ops::Backend& be, const std::vector<SequenceCa
 
   // Recorded once and replayed while no entry store grows (the same condition as a one-sequence
   // step, for each); the record lives in the first cache.
-  const bool graph = true;
-  const uint64_t key =
-      graph ? step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, greedy, this) : 0;
-  return run_step(be, graph, key, *caches[0], [&]() -> StepOut {
+  const uint64_t key = step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, greedy, this);
+  return run_step(be, true, key, *caches[0], [&]() -> StepOut {
     std::vector<LayerCache*> layer_caches(static_cast<size_t>(B));
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t,
                                  p0[0], options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
