@@ -15,13 +15,20 @@
 // kernel, read + written bytes), plus the floor of one empty kernel launch in a graph. Cases:
 // linear shapes of one decode step (wq_a, wkv, shared-expert w1 and w2, wo_b, grouped wo_a
 // 8 x 1024 x 4096, wq_b, indexer wq_b, the head) and the routed experts as moe_experts launches
-// them (tile tables, 6 one-row tiles per token, each tile a distinct expert of a pool of 64):
+// them (6 one-row tiles per token, each tile a distinct expert of a pool of 64; at T = 1 without a
+// plan, as a decode step runs them: the slots' expert ids as row_problem, gate/up reading the one
+// token's row, down the slots' rows of h; at T > 1 a tile table with x_rows):
 // moe13 = w1 + w3 (grid z = 2), moe2 = w2. Every case checks mma and stream against fma on the
 // same random inputs (rel_l2 of f32 outputs, NaN-poisoned first) and stream run twice for equal
 // bits. A "read floor" line per case times read_kernel over the same number of bytes (fresh
 // buffers in turn, 4 loads in flight per thread): what any kernel that only reads them costs at
 // that size, launch ramp included, so the stream kernel's gap splits into the size's own cost
-// (read floor vs copy) and the kernel's (stream vs read floor).
+// (read floor vs copy) and the kernel's (stream vs read floor). A "pattern" line times the
+// streaming kernel's loads alone (pattern_kernel: its grid, warps, addresses and load groups,
+// xor-folded instead of decoded) with 2 groups in flight as the kernel has, with 4, and with 2 over
+// a segment-major layout (each warp's bytes contiguous): of the kernel's gap to the read floor, how
+// much its access pattern costs, how much more bytes in flight would give, and how much a weight
+// layout would.
 //
 // Programmatic dependent launch (common.cuh, device.h): a second line per case times decode-like
 // chains, GEMV -> a 1-block kernel -> GEMV ... (the small kernel reads the GEMV's output and
@@ -155,6 +162,73 @@ __global__ void read_kernel(const uint4* __restrict__ p, int64_t n, uint32_t* si
   if (acc == 0x9e3779b9u) *sink = acc;
 }
 
+// The streaming GEMV's loads alone ("pattern" line): its grid and warps as gemv_stream_body places
+// them (gemv_stream_shape; cluster ranks as plain blocks), each lane loading what the kernel's lane
+// loads -- rows g and g+8, chunk t of each 64-byte k block of its warp's segment, and the scale
+// bits of those chunks -- in load groups of 2 k blocks, kInFlight groups in flight (group i +
+// kInFlight issued as group i is folded, as the kernel issues i + 2 after decoding i), xor-folded
+// instead of decoded: no activations, no MMA, no sums. kContig: the same bytes per warp, but as if
+// the warp's 16 rows x segment were one run of memory (a segment-major weight layout): a group's
+// four loads per lane are 512 contiguous bytes per warp instruction instead of 64 bytes in each
+// of 8 rows. Splits the streaming kernel's gap to the read floor into what its access pattern
+// costs and what its math and staging cost.
+template <WFmt F, int kInFlight, bool kContig>
+__global__ void pattern_kernel(const cuda::GemmArgs a, const cuda::GemvStreamShape sh, uint32_t* sink) {
+  using D = cuda::WeightDecoder<F>;
+  constexpr int U = 2;
+  cuda::Tile tile;
+  if (!cuda::tile_of(a, blockIdx.y, tile)) return;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3, S = W / sh.mt, m = warp / S;
+  const int z = static_cast<int>(blockIdx.z);  // the probe launches no gate/up pairs
+  const cuda::WeightDesc d = cuda::desc_of(a, tile.p, z);
+  const int64_t mtile = static_cast<int64_t>(blockIdx.x / sh.kc) * sh.mt + m;
+  const int64_t m0 = mtile * 16, wbase = cuda::weight_row_base(a, z);
+  const int segi = static_cast<int>(blockIdx.x % sh.kc) * S + warp % S;
+  const int kb0 = segi * sh.seg, kb1 = min(kb0 + sh.seg, sh.n_kb);
+  const int n_chunks = static_cast<int>(a.K / D::kChunk);
+  const int kbl = min(kb1, (n_chunks - t + 3) / 4);  // as the kernel: chunk 4*kb + t inside the row
+  const int ng = kb1 > kb0 ? (kb1 - kb0 + U - 1) / U : 0;
+  // kContig reads whole 16-row runs: only where the m-tile has 16 rows and k blocks fill the rows.
+  const bool contig_ok = m0 + 16 <= a.n_rows && n_chunks % 4 == 0;
+  const int64_t wr0 = wbase + min(m0 + g, a.n_rows - 1), wr1 = wbase + min(m0 + 8 + g, a.n_rows - 1);
+  const uint8_t* sr0 = D::scale_row(d, wr0);
+  const uint8_t* sr1 = D::scale_row(d, wr1);
+  // kContig: the warp's run starts where its m-tile's rows and segment would start in a
+  // segment-major copy of the same matrix (the same bytes in total, each once).
+  const uint8_t* run = d.w + (wbase + m0) * d.row_bytes + static_cast<int64_t>(kb0) * 64 * 16;
+  uint4 w[kInFlight][U][2];
+  uint32_t sc[kInFlight][U][2];
+  auto load = [&](int k, int grp) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kb = kb0 + grp * U + u;
+      const bool ok = grp < ng && kb < kbl && (!kContig || contig_ok);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint8_t* p = kContig ? run + ((static_cast<int64_t>(grp * U + u) * 2 + h) * 32 + lane) * 16
+                                   : d.w + (h ? wr1 : wr0) * d.row_bytes + (static_cast<int64_t>(kb) * 4 + t) * 16;
+        w[k][u][h] = ok ? cuda::ld_stream16(p) : make_uint4(0u, 0u, 0u, 0u);
+        sc[k][u][h] = ok ? D::scale_bits(h ? sr1 : sr0, D::kMmaBlockScale ? kb * 4 : kb * 4 + t) : 0u;
+      }
+    }
+  };
+  uint32_t acc = 0;
+#pragma unroll
+  for (int k = 0; k < kInFlight; ++k) load(k, k);
+  for (int i = 0; i < ng; i += kInFlight) {
+#pragma unroll
+    for (int k = 0; k < kInFlight; ++k) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) acc ^= w[k][u][h].x ^ w[k][u][h].y ^ w[k][u][h].z ^ w[k][u][h].w ^ sc[k][u][h];
+      if (i + k + kInFlight < ng) load(k, i + k + kInFlight);
+    }
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
+
 // Between two GEMVs of a decode step sits a small kernel (rms_norm at T = 1: one block): it reads
 // the GEMV's output y (n_y elements, F32 or BF16) and rewrites the next GEMV's input x (its first
 // n_x BF16 elements, values unchanged: a sum of squares that is never the magic value decides
@@ -271,6 +345,7 @@ struct CaseData {
   std::vector<int4*> tiles;                      // per launch: [6T] {expert, row, 1, 0}
   int32_t* n_tiles = nullptr;                    // 6T
   int32_t* x_rows = nullptr;                     // moe13: row j reads token j / 6
+  std::vector<int32_t*> row_problem;             // T = 1, per launch: [6] expert ids (direct tiles)
   int launches = 8;
   int tile_rows = 1, grid_tiles = 1;             // rows per tile, tiles (MoE: the table's)
 };
@@ -300,6 +375,17 @@ cuda::GemmArgs case_args(const Case& c, const CaseData& cd, int i, const void* x
   a.descs = cd.descs;
   a.desc_stride = 3;
   a.desc_offset = c.moe == 1 ? 0 : 2;
+  if (!cd.row_problem.empty()) {  // one token, as moe_experts runs it: slots as one-row tiles, no plan
+    a.row_problem = cd.row_problem[i % cd.row_problem.size()];
+    a.n_problems = kExpertPool;
+    a.rows = N;
+    a.tile_rows = 1;
+    a.ldx = c.moe == 1 ? 0 : c.k;  // gate/up: every slot reads the token's row
+    a.ldo = c.rows;
+    a.out_z = N * c.rows;
+    a.fmt = cd.ws[0].d.fmt;
+    return a;
+  }
   a.tiles = cd.tiles[i % cd.tiles.size()];
   a.n_tiles = cd.n_tiles;
   a.tile_rows = cd.tile_rows;
@@ -355,6 +441,16 @@ CaseData make_case(const Case& c, WFmt f, int64_t T, uint32_t& seed) {
       upload_tiles(t);
     }
     for (int64_t j = 0; j < N; ++j) xr[j] = static_cast<int32_t>(j / kTopK);
+    if (T == 1) {
+      for (int i = 0; i < cd.launches; ++i) {
+        std::vector<int32_t> ids(static_cast<size_t>(N));
+        for (int64_t j = 0; j < N; ++j) ids[j] = static_cast<int32_t>((i * N + j) % kExpertPool);
+        int32_t* d = nullptr;
+        CK(cudaMalloc(&d, ids.size() * sizeof(int32_t)));
+        CK(cudaMemcpy(d, ids.data(), ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+        cd.row_problem.push_back(d);
+      }
+    }
   } else {
     // A batched step (6T > pool: T >= 11): selection j of token j / 6 goes to expert j % pool, rows
     // sorted by expert as moe_plan sorts them, tiles of gemv_tile_rows(ceil(N / pool)) rows, as
@@ -383,6 +479,7 @@ void free_case(CaseData& cd) {
   for (Weight& w : cd.ws) free_weight(w);
   if (cd.descs) CK(cudaFree(cd.descs));
   for (int4* t : cd.tiles) CK(cudaFree(t));
+  for (int32_t* r : cd.row_problem) CK(cudaFree(r));
   if (cd.n_tiles) CK(cudaFree(cd.n_tiles));
   if (cd.x_rows) CK(cudaFree(cd.x_rows));
 }
@@ -684,6 +781,35 @@ int main(int argc, char** argv) {
           for (void* b : bufs) CK(cudaFree(b));
           CK(cudaFree(sink));
         }
+        // The streaming kernel's loads alone (pattern_kernel): as it lays them out with 2 and 4
+        // load groups in flight, and with 2 as if each warp's bytes were contiguous.
+        double pat_ms[3] = {0, 0, 0};
+        cuda::GemvStreamShape shp;
+        const cuda::GemmArgs ga0 = case_args(c, cd, 0, x, o, T, true);
+        const bool pat = cuda::gemv_stream_shape(ga0, gt, shp);
+        if (pat) {
+          uint32_t* sink;
+          CK(cudaMalloc(&sink, 4));
+          cuda::dispatch_wfmt(fm.fmt, [&](auto fc) {
+            constexpr WFmt F = decltype(fc)::value;
+            if constexpr (cuda::WeightDecoder<F>::kMma) {
+              const dim3 grid(static_cast<unsigned>(shp.blocks_x), static_cast<unsigned>(gt),
+                              static_cast<unsigned>(ga0.n_z));
+              const unsigned threads = static_cast<unsigned>(32 * shp.warps);
+              pat_ms[0] = time_graph(st, n, reps, [&](int i) {
+                pattern_kernel<F, 2, false><<<grid, threads, 0, st>>>(case_args(c, cd, i, x, o, T, true), shp, sink);
+              });
+              pat_ms[1] = time_graph(st, n, reps, [&](int i) {
+                pattern_kernel<F, 4, false><<<grid, threads, 0, st>>>(case_args(c, cd, i, x, o, T, true), shp, sink);
+              });
+              pat_ms[2] = time_graph(st, n, reps, [&](int i) {
+                pattern_kernel<F, 2, true><<<grid, threads, 0, st>>>(case_args(c, cd, i, x, o, T, true), shp, sink);
+              });
+              CK(cudaGetLastError());
+            }
+          });
+          CK(cudaFree(sink));
+        }
         char cub[32] = "-", xcub[32] = "-";
         if (c.moe == 0) {
           std::snprintf(cub, sizeof cub, "%.2f", cub_ms * 1e3);
@@ -696,6 +822,10 @@ int main(int argc, char** argv) {
         std::printf("  read floor: the same bytes by a plain read kernel %.2f us (%.0f GB/s, %.1f%% of copy); stream "
                     "at %.1f%% of it\n",
                     read_ms * 1e3, gbs(read_ms), 100.0 * gbs(read_ms) / copy_gbs, 100.0 * read_ms / ms[1]);
+        if (pat)
+          std::printf("  pattern: the stream kernel's loads alone (%d warps/block, seg %d of %d k blocks) %.2f us, "
+                      "4 groups in flight %.2f, contiguous per warp %.2f\n",
+                      shp.warps, shp.seg, shp.n_kb, pat_ms[0] * 1e3, pat_ms[1] * 1e3, pat_ms[2] * 1e3);
         if (chains)
           std::printf("  pdl chain [1-block kernel + gemv] us: fma off %.2f all %.2f gemv %.2f (saved %.2f / %.2f) | "
                       "stream off %.2f all %.2f gemv %.2f (saved %.2f / %.2f) all+L2 %.2f | 1-block alone off %.2f "

@@ -1196,9 +1196,10 @@ GemvPath gemv_path(const GemmArgs& a, bool x_bf16) {
   return kernel == GemvKernel::kStream ? GemvPath::kStream : GemvPath::kMma;
 }
 
-// Whether a's streaming plan holds (gate/up pairs: the paired plan); with a stream, also launches
-// it there. Formats without a tensor-core decoder never stream.
-bool stream_planned(const GemmArgs& a, int grid_tiles, const cudaStream_t* stream) {
+// a's streaming plan (gate/up pairs: the paired plan) into p; false when it does not hold or the
+// format has no tensor-core decoder (never streams). With `then`, calls then(F tag, p) on success.
+template <typename Then>
+bool with_stream_plan(const GemmArgs& a, int grid_tiles, Then&& then) {
   bool ok = false;
   dispatch_wfmt(static_cast<WFmt>(a.fmt), [&](auto fc) {
     constexpr WFmt F = decltype(fc)::value;
@@ -1206,12 +1207,25 @@ bool stream_planned(const GemmArgs& a, int grid_tiles, const cudaStream_t* strea
       StreamPlan p;
       const int wps = a.tile_rows > 8 ? stream_warps_per_sm<F, 2>() : stream_warps_per_sm<F>();
       ok = a.swiglu_pairs ? stream_pairs_plan(a, grid_tiles, F, wps, p) : stream_plan(a, grid_tiles, F, wps, p);
-      if (ok && stream != nullptr) launch_gemv_stream_typed<F>(a, grid_tiles, p, *stream);
+      if (ok) then(fc, p);
     }
   });
   return ok;
 }
+
+// Whether a's streaming plan holds; with a stream, also launches it there.
+bool stream_planned(const GemmArgs& a, int grid_tiles, const cudaStream_t* stream) {
+  return with_stream_plan(a, grid_tiles, [&](auto fc, const StreamPlan& p) {
+    if (stream != nullptr) launch_gemv_stream_typed<decltype(fc)::value>(a, grid_tiles, p, *stream);
+  });
+}
 }  // namespace
+
+bool gemv_stream_shape(const GemmArgs& a, int grid_tiles, GemvStreamShape& s) {
+  return with_stream_plan(a, grid_tiles, [&](auto, const StreamPlan& p) {
+    s = {p.W, p.KC, p.sh.mt, p.sh.seg, p.sh.n_kb, p.blocks_x};
+  });
+}
 
 bool gemv_swiglu_pairs(const GemmArgs& a, bool x_bf16, int grid_tiles) {
   GemmArgs paired = a;

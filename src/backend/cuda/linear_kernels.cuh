@@ -286,6 +286,15 @@ void set_gemv_stream_l2_prefetch(bool on);
 // at <= 16 warps); 0 (the default) = the plan's choice (several only for tiles of >= 2 tokens
 // whose m-tiles get few warps). Results unchanged, bit for bit.
 void set_gemv_stream_mtiles(int n);
+// tools/gemv_probe: how the streaming GEMV would lay out launch a (grid (blocks_x, grid_tiles,
+// n_z or 1 for pairs), blocks of `warps` warps: mt m-tiles of S = warps / mt warps each, cluster
+// rank c = blockIdx.x % kc; warp w of m-tile m owns k blocks [(c*S + w%S)*seg, +seg) of n_kb);
+// false when it would not stream.
+struct GemvStreamShape {
+  int warps = 0, kc = 1, mt = 1, seg = 0, n_kb = 0;
+  int64_t blocks_x = 0;
+};
+bool gemv_stream_shape(const GemmArgs& a, int grid_tiles, GemvStreamShape& s);
 // PDL for the GEMV launches that load weights before griddepcontrol.wait (the FMA and streaming
 // kernels): on with every launch's (pdl_enabled(), the default), or for these alone with
 // CLAWMINE_PDL=0 (then CLAWMINE_GEMV_PDL=0 turns theirs off too; read once). Tests and
