@@ -11,9 +11,14 @@
 # (the bench flags after --model/--backend; default: decode 64 tokens after a 128-token prompt at
 # batch 1, no ceilings), AB_TESTS (a gtest filter: gpu_backend_cuda runs it once per variant
 # before the rounds, e.g. '*CudaModelParity*:CudaForwardBatch*'), AB_TRACE=1 (after the rounds, a
-# two-step kernel trace per variant into $OUT and tools/kernel_timeline.py's layer tables),
+# two-step kernel trace per variant: tools/kernel_timeline.py's layer tables printed, its whole
+# reading with every kernel in start order in $OUT/traceN.txt, the CSV in LOGS), AB_KEEP_CSV=1 (the
+# trace CSVs into $OUT too),
 # BUILD_DIR (default build-gpu), MODEL_DIR (default /tmp/clawmine-ab; kept: a later call on a warm
-# machine reuses it), OUT (default .out/decode-ab), AB_SKIP_BUILD=1 (use BUILD_DIR's binaries).
+# machine reuses it), OUT (default .out/decode-ab), LOGS (default /tmp/decode-ab-logs: the setup,
+# build and checkpoint logs, printed in part on a failure), AB_SKIP_BUILD=1 (use BUILD_DIR's binaries).
+# $OUT holds bench.log, tests.log and the traces' readings: within the device tool's 8 files for up
+# to 6 variants.
 # The line grepped from each run: "decode batch 1 at context" (the median) unless AB_GREP says.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -21,11 +26,12 @@ ROOT=$PWD
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-gpu}
 MODEL_DIR=${MODEL_DIR:-/tmp/clawmine-ab}
 OUT=${OUT:-$ROOT/.out/decode-ab}
+LOGS=${LOGS:-/tmp/decode-ab-logs}
 ROUNDS=${AB_ROUNDS:-3}
 LAYOUT=${AB_LAYOUT:-release}
 BENCH=${AB_BENCH:---decode-tokens 64 --prompt-lengths 128 --batch-sizes 1 --sampled-tokens 0 --ceilings off}
 GREP=${AB_GREP:-decode batch 1 at context}
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$LOGS"
 [ $# -ge 1 ] || { echo "usage: $0 VARIANT [VARIANT...]   (a variant: 'VAR=VALUE ...' or - for none)" >&2; exit 2; }
 T0=$(date +%s)
 el() { echo "$(($(date +%s) - T0))s"; }
@@ -33,20 +39,20 @@ export PATH=/usr/local/cuda/bin:$PATH
 
 # The toolchain, the private prefix and the configure step of tools/gpu-check.sh (no phase runs),
 # then the build; AB_SKIP_BUILD=1 uses what BUILD_DIR holds (a warm machine, or a local dry run).
-build() { [ "${AB_SKIP_BUILD:-0}" = 1 ] || cmake --build "$BUILD_DIR" -j 16 --target "$@" >>"$OUT/build.log" 2>&1; }
+build() { [ "${AB_SKIP_BUILD:-0}" = 1 ] || cmake --build "$BUILD_DIR" -j 16 --target "$@" >>"$LOGS/build.log" 2>&1; }
 if [ "${AB_SKIP_BUILD:-0}" != 1 ]; then
-  OUT=/tmp/decode-ab-gc BUILD_DIR=$BUILD_DIR GPU_CHECK_PHASES=' ' bash tools/gpu-check.sh >"$OUT/setup.log" 2>&1
+  OUT=/tmp/decode-ab-gc BUILD_DIR=$BUILD_DIR GPU_CHECK_PHASES=' ' bash tools/gpu-check.sh >"$LOGS/setup.log" 2>&1
 fi
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/tmp/devroot/fallback-lib}
 targets=(clawmine clawmine-random-model)
 [ -n "${AB_TESTS:-}" ] && targets+=(gpu_backend_cuda)
-build clawmine-random-model || { tail -30 "$OUT/build.log"; exit 1; }
+build clawmine-random-model || { tail -30 "$LOGS/build.log"; exit 1; }
 gen_pid=
 if [ ! -f "$MODEL_DIR/config.json" ]; then
-  "$BUILD_DIR/clawmine-random-model" --geometry flash --layout "$LAYOUT" --out "$MODEL_DIR" >"$OUT/gen.log" 2>&1 &
+  "$BUILD_DIR/clawmine-random-model" --geometry flash --layout "$LAYOUT" --out "$MODEL_DIR" >"$LOGS/gen.log" 2>&1 &
   gen_pid=$!
 fi
-build "${targets[@]}" || { tail -30 "$OUT/build.log"; exit 1; }
+build "${targets[@]}" || { tail -30 "$LOGS/build.log"; exit 1; }
 echo "[decode-ab] built ($(el))"
 
 # with VARIANT CMD...: CMD under the variant's settings.
@@ -64,7 +70,7 @@ if [ -n "${AB_TESTS:-}" ]; then
   done
 fi
 if [ -n "$gen_pid" ]; then
-  wait "$gen_pid" || { tail -5 "$OUT/gen.log"; exit 1; }
+  wait "$gen_pid" || { tail -5 "$LOGS/gen.log"; exit 1; }
 fi
 echo "[decode-ab] model ready ($(el))"
 
@@ -85,9 +91,11 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
     i=$((i + 1))
     # shellcheck disable=SC2086
     with "$v" timeout 300 "$BUILD_DIR/clawmine" bench --model "$MODEL_DIR" --backend cuda $BENCH \
-      --kernel-trace "$OUT/trace$i.csv" --kernel-trace-steps 2 >>"$OUT/bench.log" 2>&1
-    echo "[decode-ab] trace of '$v' in trace$i.csv:"
-    python3 tools/kernel_timeline.py "$OUT/trace$i.csv" 2>&1 | sed -n '/^| layers (hc/,/^$/p;/^| attention (from/,/^$/p'
+      --kernel-trace "$LOGS/trace$i.csv" --kernel-trace-steps 2 >>"$OUT/bench.log" 2>&1
+    [ "${AB_KEEP_CSV:-0}" = 1 ] && cp "$LOGS/trace$i.csv" "$OUT/"
+    python3 tools/kernel_timeline.py --sequence "$LOGS/trace$i.csv" >"$OUT/trace$i.txt" 2>&1
+    echo "[decode-ab] trace of '$v' in trace$i.txt:"
+    sed -n '/^| layers (hc/,/^$/p;/^| attention (from/,/^$/p' "$OUT/trace$i.txt"
   done
 fi
 echo
