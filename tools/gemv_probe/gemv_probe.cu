@@ -342,9 +342,9 @@ struct CaseData {
   int64_t launch_bytes = 0;  // weight + scale bytes one launch reads
   // MoE
   cuda::WeightDesc* descs = nullptr;             // [kExpertPool * 3]
-  std::vector<int4*> tiles;                      // per launch: [6T] {expert, row, 1, 0}
-  int32_t* n_tiles = nullptr;                    // 6T
-  int32_t* x_rows = nullptr;                     // moe13: row j reads token j / 6
+  std::vector<int4*> tiles;                      // T > 1, per launch: the tile table
+  int32_t* n_tiles = nullptr;                    // T > 1: its entries
+  int32_t* x_rows = nullptr;                     // T > 1, moe13: row j reads token j / 6
   std::vector<int32_t*> row_problem;             // T = 1, per launch: [6] expert ids (direct tiles)
   int launches = 8;
   int tile_rows = 1, grid_tiles = 1;             // rows per tile, tiles (MoE: the table's)
@@ -399,6 +399,15 @@ cuda::GemmArgs case_args(const Case& c, const CaseData& cd, int i, const void* x
 int64_t x_elems(const Case& c, int64_t T) { return c.moe == 2 ? kTopK * T * c.k : T * c.n_z * c.k; }
 int64_t out_elems(const Case& c, int64_t T) { return (c.moe ? kTopK * T : T) * c.n_z * c.rows; }
 
+// A device copy of v (freed by free_case).
+template <typename T>
+T* to_device(const std::vector<T>& v) {
+  T* d = nullptr;
+  CK(cudaMalloc(&d, v.size() * sizeof(T)));
+  CK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
 CaseData make_case(const Case& c, WFmt f, int64_t T, uint32_t& seed) {
   CaseData cd;
   if (c.moe == 0) {
@@ -418,39 +427,34 @@ CaseData make_case(const Case& c, WFmt f, int64_t T, uint32_t& seed) {
       cd.ws.push_back(j < 2 ? make_weight(f, I, D, seed++) : make_weight(f, D, I, seed++));
       host.push_back(cd.ws.back().d);
     }
-  CK(cudaMalloc(&cd.descs, host.size() * sizeof(cuda::WeightDesc)));
-  CK(cudaMemcpy(cd.descs, host.data(), host.size() * sizeof(cuda::WeightDesc), cudaMemcpyHostToDevice));
+  cd.descs = to_device(host);
   const int64_t N = kTopK * T;
   const int64_t matrix_bytes = c.moe == 1 ? cd.ws[0].bytes + cd.ws[1].bytes : cd.ws[2].bytes;
   cd.launches = 16;
-  auto upload_tiles = [&](const std::vector<int4>& t) {
-    int4* dt = nullptr;
-    CK(cudaMalloc(&dt, t.size() * sizeof(int4)));
-    CK(cudaMemcpy(dt, t.data(), t.size() * sizeof(int4), cudaMemcpyHostToDevice));
-    cd.tiles.push_back(dt);
-    cd.grid_tiles = static_cast<int>(t.size());
-  };
   std::vector<int32_t> xr(static_cast<size_t>(N));
-  if (N <= kExpertPool) {
-    // Decode: one-row tiles, each a distinct expert (row j, expert (i*N + j) % pool, token j / 6).
+  if (T == 1) {
+    // Decode, as moe_experts runs one token: its slots' expert ids (slot j, expert (i*N + j) % pool)
+    // as one-row tiles, no plan.
     cd.launch_bytes = N * matrix_bytes;
+    cd.grid_tiles = static_cast<int>(N);
+    for (int i = 0; i < cd.launches; ++i) {
+      std::vector<int32_t> ids(static_cast<size_t>(N));
+      for (int64_t j = 0; j < N; ++j) ids[j] = static_cast<int32_t>((i * N + j) % kExpertPool);
+      cd.row_problem.push_back(to_device(ids));
+    }
+    return cd;
+  }
+  if (N <= kExpertPool) {
+    // A few tokens: one-row tiles, each a distinct expert (row j, expert (i*N + j) % pool, token j / 6).
+    cd.launch_bytes = N * matrix_bytes;
+    cd.grid_tiles = static_cast<int>(N);
     for (int i = 0; i < cd.launches; ++i) {
       std::vector<int4> t(static_cast<size_t>(N));
       for (int64_t j = 0; j < N; ++j)
         t[j] = make_int4(static_cast<int>((i * N + j) % kExpertPool), static_cast<int>(j), 1, 0);
-      upload_tiles(t);
+      cd.tiles.push_back(to_device(t));
     }
     for (int64_t j = 0; j < N; ++j) xr[j] = static_cast<int32_t>(j / kTopK);
-    if (T == 1) {
-      for (int i = 0; i < cd.launches; ++i) {
-        std::vector<int32_t> ids(static_cast<size_t>(N));
-        for (int64_t j = 0; j < N; ++j) ids[j] = static_cast<int32_t>((i * N + j) % kExpertPool);
-        int32_t* d = nullptr;
-        CK(cudaMalloc(&d, ids.size() * sizeof(int32_t)));
-        CK(cudaMemcpy(d, ids.data(), ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-        cd.row_problem.push_back(d);
-      }
-    }
   } else {
     // A batched step (6T > pool: T >= 11): selection j of token j / 6 goes to expert j % pool, rows
     // sorted by expert as moe_plan sorts them, tiles of gemv_tile_rows(ceil(N / pool)) rows, as
@@ -466,13 +470,11 @@ CaseData make_case(const Case& c, WFmt f, int64_t T, uint32_t& seed) {
         t.push_back(make_int4(e, static_cast<int>(r), static_cast<int>(std::min<int64_t>(cd.tile_rows, row - r)), 0));
     }
     cd.launch_bytes = std::min<int64_t>(N, kExpertPool) * matrix_bytes;
-    for (int i = 0; i < cd.launches; ++i) upload_tiles(t);
+    cd.grid_tiles = static_cast<int>(t.size());
+    for (int i = 0; i < cd.launches; ++i) cd.tiles.push_back(to_device(t));
   }
-  const int32_t n = cd.grid_tiles;
-  CK(cudaMalloc(&cd.n_tiles, sizeof(int32_t)));
-  CK(cudaMemcpy(cd.n_tiles, &n, sizeof n, cudaMemcpyHostToDevice));
-  CK(cudaMalloc(&cd.x_rows, xr.size() * sizeof(int32_t)));
-  CK(cudaMemcpy(cd.x_rows, xr.data(), xr.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  cd.n_tiles = to_device(std::vector<int32_t>{cd.grid_tiles});
+  cd.x_rows = to_device(xr);
   return cd;
 }
 void free_case(CaseData& cd) {
@@ -796,15 +798,14 @@ int main(int argc, char** argv) {
               const dim3 grid(static_cast<unsigned>(shp.blocks_x), static_cast<unsigned>(gt),
                               static_cast<unsigned>(ga0.n_z));
               const unsigned threads = static_cast<unsigned>(32 * shp.warps);
-              pat_ms[0] = time_graph(st, n, reps, [&](int i) {
-                pattern_kernel<F, 2, false><<<grid, threads, 0, st>>>(case_args(c, cd, i, x, o, T, true), shp, sink);
-              });
-              pat_ms[1] = time_graph(st, n, reps, [&](int i) {
-                pattern_kernel<F, 4, false><<<grid, threads, 0, st>>>(case_args(c, cd, i, x, o, T, true), shp, sink);
-              });
-              pat_ms[2] = time_graph(st, n, reps, [&](int i) {
-                pattern_kernel<F, 2, true><<<grid, threads, 0, st>>>(case_args(c, cd, i, x, o, T, true), shp, sink);
-              });
+              auto time_pattern = [&](auto kernel) {
+                return time_graph(st, n, reps, [&](int i) {
+                  kernel<<<grid, threads, 0, st>>>(case_args(c, cd, i, x, o, T, true), shp, sink);
+                });
+              };
+              pat_ms[0] = time_pattern(pattern_kernel<F, 2, false>);
+              pat_ms[1] = time_pattern(pattern_kernel<F, 4, false>);
+              pat_ms[2] = time_pattern(pattern_kernel<F, 2, true>);
               CK(cudaGetLastError());
             }
           });

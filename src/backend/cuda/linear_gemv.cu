@@ -1196,8 +1196,8 @@ GemvPath gemv_path(const GemmArgs& a, bool x_bf16) {
   return kernel == GemvKernel::kStream ? GemvPath::kStream : GemvPath::kMma;
 }
 
-// a's streaming plan (gate/up pairs: the paired plan) into p; false when it does not hold or the
-// format has no tensor-core decoder (never streams). With `then`, calls then(F tag, p) on success.
+// Computes a's streaming plan p (gate/up pairs: the paired plan) and calls then(F tag, p) when it
+// holds; false when it does not or the format has no tensor-core decoder (never streams).
 template <typename Then>
 bool with_stream_plan(const GemmArgs& a, int grid_tiles, Then&& then) {
   bool ok = false;
