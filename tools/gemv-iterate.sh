@@ -66,7 +66,7 @@ if [ -n "${GEMV_NCU:-}" ] && command -v ncu >/dev/null; then
   # shellcheck disable=SC2086
   timeout "$(($(left) / 3))" ncu --clock-control none --kernel-name regex:gemv_stream --launch-count 2 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-    --section LaunchStats "$BUILD_DIR/bench_gemv_probe" $GEMV_NCU --reps 3 >"$OUT/ncu.txt" 2>&1
+    --section LaunchStats --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis "$BUILD_DIR/bench_gemv_probe" $GEMV_NCU --reps 3 >"$OUT/ncu.txt" 2>&1
   echo "[gemv-iterate] ncu rc $?"
 fi
 
