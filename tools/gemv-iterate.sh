@@ -63,10 +63,13 @@ probe_rc=$?
 
 if [ -n "${GEMV_NCU:-}" ] && command -v ncu >/dev/null; then
   echo "[gemv-iterate] ncu ($(left) s left)"
+  # Every metric of each section (--print-details all): the warp stall reasons among them.
+  sections=()
+  for s in SpeedOfLight MemoryWorkloadAnalysis WarpStateStats Occupancy LaunchStats SchedulerStats \
+    InstructionStats ComputeWorkloadAnalysis; do sections+=(--section "$s"); done
   # shellcheck disable=SC2086
-  timeout "$(($(left) / 3))" ncu --clock-control none --kernel-name regex:gemv_stream --launch-count 2 --print-details all \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-    --section LaunchStats --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis "$BUILD_DIR/bench_gemv_probe" $GEMV_NCU --reps 3 >"$OUT/ncu.txt" 2>&1
+  timeout "$(($(left) / 3))" ncu --clock-control none --kernel-name regex:gemv_stream --launch-count 2 \
+    --print-details all "${sections[@]}" "$BUILD_DIR/bench_gemv_probe" $GEMV_NCU --reps 3 >"$OUT/ncu.txt" 2>&1
   echo "[gemv-iterate] ncu rc $?"
 fi
 
