@@ -12,8 +12,8 @@
 //   every SM, large ones loop); warp s of an m-tile in cluster rank c takes segment c*S + s. A
 //   block holds mt m-tiles (W = S*mt warps; mt > 1 for tiles of >= 2 tokens whose m-tiles get
 //   fewer than 4 warps, e.g. a batched step's experts), which share its staged activations.
-//   Per lane, loads come in groups of U = 2 k blocks (2U x 16 bytes + their scale bits, every
-//   format) into two register buffers: group i+2 is issued as soon as group i is decoded, so a group
+//   Per lane, loads come in groups of U = 2 k blocks (2U x 16 bytes + their scale bits; U = 1 for
+//   FP4's one-token experts: stream_group) into two register buffers: group i+2 is issued as soon as group i is decoded, so a group
 //   is always in flight behind the math. Activations of the block's k range are staged once in
 //   shared memory in decoder order (no x loads in the loop); each k block's 4-8 HMMAs start from
 //   zero (short chains), FP8's block scale multiplies that sum. MXFP4 k blocks whose E8M0 scales are
@@ -619,6 +619,15 @@ constexpr int kStreamMaxWarps = 16;      // W: warps per block, each on its own 
 // side branches' kernels while wq_b's blocks are resident: decode b=1 7.41-7.45 -> 7.22-7.29 ms.
 // FP4 at 4 (128 registers) was slower: MXFP4 wo_b 10.5 -> 12.6 us, moe13 30.4 -> 37.9.
 constexpr int kStreamGroup = 2;
+// FP4's one-token expert launches (row_problem tiles, kRows = 2) load groups of 1 k block: half the
+// bytes in flight per warp, 72-78 registers instead of ~95. Twenty-second session (H100,
+// tools/gemv_probe, T = 1): MXFP4 gate+up 29.2 -> 28.6 us, down 17.0 -> 16.0; NVFP4 30.4 -> 29.6 and
+// 17.6 -> 17.2; decode b=1 6.71 -> 6.61 ms/token (three interleaved rounds). Not FP8's experts
+// (45.2 -> 49.6 us) nor any dense projection (FP8 wo_b ~15.3 -> 19.3, MXFP4 10.7 -> 13.1).
+template <WFmt F, int kRows>
+constexpr int stream_group() {
+  return kRows == 2 && (F == WFmt::kMxfp4 || F == WFmt::kNvfp4) ? 1 : kStreamGroup;
+}
 constexpr int kStreamMaxSplit = 64;      // k segments per m-tile: W * KC
 constexpr int kStreamWarpsPerSm = 24;    // the split stops once the grid has this many warps per SM
 // Tile tables (MoE experts at decode) split further, into more warps than are resident at once.
@@ -731,7 +740,7 @@ __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const Stream
   if (!early) pdl_wait();
   using D = WeightDecoder<F>;
   static_assert(D::kMma, "format without a tensor-core GEMV decoder");
-  constexpr int E = D::kChunk, XW = E / 2, U = kStreamGroup;
+  constexpr int E = D::kChunk, XW = E / 2, U = stream_group<F, kRows>();
   extern __shared__ uint4 smem[];
 
   Tile tile;
