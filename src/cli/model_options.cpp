@@ -95,6 +95,12 @@ void ModelOptions::add_to(CLI::App& cmd) {
                  "Quantize-dequantize round trips of DeepSeek's inference code on the KV cache and indexer")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
+  cmd.add_option("--indexer", indexer,
+                 "CSA layers' lightning indexer: auto (skipped while its top-k would select every compressed entry, "
+                 "i.e. the indexer store holds at most index_topk rows: the same key set) or always (run it anyway)")
+      ->check(CLI::IsMember({"auto", "always"}))
+      ->envname("CLAWMINE_INDEXER")
+      ->capture_default_str();
   cmd.add_option("--nvfp4-path", nvfp4_path,
                  "NVFP4 linears: w4a16 (dequantized weights, activations kept) or w4a4 (Blackwell emulation: "
                  "activations to FP4 with E4M3 scales per 16)")
@@ -141,6 +147,7 @@ model::deepseek_v4::LoadOptions ModelOptions::load_options() const {
 model::deepseek_v4::ForwardOptions ModelOptions::forward_options() const {
   model::deepseek_v4::ForwardOptions o;
   o.official_qdq = official_qdq == "on";
+  o.indexer_always = indexer == "always";
   return o;
 }
 

@@ -48,6 +48,9 @@ struct LoadedModel {
 struct ModelOptions : BackendOptions {
   std::string model_dir;
   std::string official_qdq = "on";
+  // --indexer auto: CSA layers skip the indexer where its top-k would select every entry;
+  // always: run it anyway (ForwardOptions::indexer_always; env CLAWMINE_INDEXER).
+  std::string indexer = "auto";
   // How quantized linears treat activations (ops::LinearPolicy, docs/QUANTIZATION.md). CPU
   // defaults: W4A16 and W8A16 (dequantized weights, float32 activations: closest to the
   // dequantized reference); auto = dynamic wherever the static input_scale is absent or the

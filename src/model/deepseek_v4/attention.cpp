@@ -100,15 +100,15 @@ void project_queries(const LayerContext& c, const TensorView& h, const TensorVie
 }
 
 // Key lists (steps B/D): W window slots then the compressed entries each query may see (every
-// complete one for HCA, the indexer's top-k for CSA); -1 pads. T queries over a pool of n_pool
-// rows and the cache's N entries.
+// complete one for HCA, and for CSA while the indexer would select them all (iq empty); else the
+// indexer's top-k); -1 pads. T queries over a pool of n_pool rows and the cache's N entries.
 TensorView key_list(const LayerContext& c, LayerCache& cache, int64_t n_prev, int64_t n_pool, const TensorView& iq,
                     const TensorView& iw) {
   const int64_t T = c.positions.dim(0), W = c.cfg.sliding_window;
   const int64_t m = c.kind == AttentionKind::kSliding ? 1 : compress_rate(c);
   const TensorView entries = c.kind == AttentionKind::kSliding ? TensorView{} : cache.compressor.entries.view();
   const int64_t N = entries.empty() ? 0 : entries.dim(0);
-  if (c.kind != AttentionKind::kCompressedSparse) {
+  if (iq.empty()) {
     const TensorView idx = c.be.scratch(DType::kI32, {T, W + N});
     c.be.attention_index(c.positions, n_prev, W, n_pool, N, m, TensorView{}, idx);
     return idx;
@@ -162,6 +162,11 @@ void indexer_queries(const LayerContext& c, const TensorView& qr, const TensorVi
   c.be.linear(qr, c.w.attn.indexer->wq_b, q.reshaped({T, Hi * Di}));
   c.be.norm_rope_qdq(q, {.rope_dim = cfg.qk_rope_head_dim, .qdq = indexer_qdq(c), .n_nope = Di}, c.positions,
                      c.inv_freq);
+}
+
+bool needs_indexer(const LayerContext& c, const LayerCache& cache) {
+  if (c.kind != AttentionKind::kCompressedSparse) return false;
+  return c.options.indexer_always || cache.indexer.capacity() > c.cfg.index_topk;
 }
 
 TensorView indexer_select(const LayerContext& c, const TensorView& q, const TensorView& weights, LayerCache& cache) {
@@ -219,9 +224,12 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   const TensorView qr = c.act({T, cfg.q_lora_rank});
   const TensorView q = c.act({T, H, Dh});
   const bool compressed = c.kind != AttentionKind::kSliding;
+  // CSA: the indexer's keys always (its store serves later chunks); its queries, head weights and
+  // selection only where its top-k does not take every entry (needs_indexer).
   const bool sparse = c.kind == AttentionKind::kCompressedSparse;
-  const TensorView iq = sparse ? c.act({T, cfg.index_n_heads, cfg.index_head_dim}) : TensorView{};
-  const TensorView iw = sparse ? c.act({T, cfg.index_n_heads}) : TensorView{};
+  const bool select = needs_indexer(c, cache);
+  const TensorView iq = select ? c.act({T, cfg.index_n_heads, cfg.index_head_dim}) : TensorView{};
+  const TensorView iw = select ? c.act({T, cfg.index_n_heads}) : TensorView{};
 
   if (compressed) {
     on(3);
@@ -230,8 +238,10 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   if (sparse) {
     on(2);
     indexer_keys(c, h, cache);
-    on(5);
-    indexer_weights(c, h, iw);
+    if (select) {
+      on(5);
+      indexer_weights(c, h, iw);
+    }
     c.be.set_scope(c.scope("attn"));
   }
   // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
@@ -241,12 +251,12 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   on(1);
   window_prev(c, cache, pool, n_prev);
   TensorView idx;
-  if (!sparse) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
+  if (!select) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
   c.be.branch_wait(6);
   window_keep(c, cache, pool);
   on(0);
   project_latent(c, h, qr);
-  if (sparse && branches) {
+  if (select && branches) {
     indexer_queries(c, qr, iq);
     c.be.set_scope(c.scope("attn"));
     on(4);
@@ -258,7 +268,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   project_heads(c, qr, q);
   if (branches) {
     c.be.join_branches();
-  } else if (sparse) {  // in order: the indexer queries after q, then the selection
+  } else if (select) {  // in order: the indexer queries after q, then the selection
     indexer_queries(c, qr, iq);
     idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
   }
@@ -276,13 +286,18 @@ TensorView attention_batch(const LayerContext& c, const TensorView& h, const std
                  "attention_batch: ", caches.size(), " caches and ", p0.size(), " positions for ", B, " rows");
   const bool compressed = c.kind != AttentionKind::kSliding;
   const bool sparse = c.kind == AttentionKind::kCompressedSparse;
+  // The indexer's queries and head weights where any sequence needs its selection; each
+  // sequence's key list uses them only where it does itself (as its own step would).
+  std::vector<bool> select(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) select[static_cast<size_t>(b)] = needs_indexer(c, *caches[static_cast<size_t>(b)]);
+  const bool any_select = std::find(select.begin(), select.end(), true) != select.end();
   // Row-wise over the batch: keys, queries, the indexer's queries and head weights, and both
   // compressors' projections (kv and gate logits of every row).
   const TensorView kv = c.act({B, Dh});
   const TensorView qr = c.act({B, cfg.q_lora_rank});
   const TensorView q = c.act({B, H, Dh});
-  const TensorView iq = sparse ? c.act({B, cfg.index_n_heads, cfg.index_head_dim}) : TensorView{};
-  const TensorView iw = sparse ? c.act({B, cfg.index_n_heads}) : TensorView{};
+  const TensorView iq = any_select ? c.act({B, cfg.index_n_heads, cfg.index_head_dim}) : TensorView{};
+  const TensorView iw = any_select ? c.act({B, cfg.index_n_heads}) : TensorView{};
   project_keys(c, h, kv);
   project_queries(c, h, qr, q, iq);
   TensorView kv_gate, index_kv_gate;
@@ -293,8 +308,10 @@ TensorView attention_batch(const LayerContext& c, const TensorView& h, const std
   if (sparse) {
     c.be.set_scope(c.scope("attn.indexer.compressor"));
     index_kv_gate = compressor_project(c, h, c.w.attn.indexer->compressor, indexer_compressor(c));
-    c.be.set_scope(c.scope("attn.indexer"));
-    c.be.linear(h, c.w.attn.indexer->weights_proj, iw);
+    if (any_select) {
+      c.be.set_scope(c.scope("attn.indexer"));
+      c.be.linear(h, c.w.attn.indexer->weights_proj, iw);
+    }
   }
   c.be.set_scope(c.scope("attn"));
 
@@ -326,8 +343,9 @@ TensorView attention_batch(const LayerContext& c, const TensorView& h, const std
                        c.w.attn.indexer->compressor, indexer_compressor(c), cache.indexer);
     }
     if (compressed) c.be.set_scope(c.scope("attn"));
-    const TensorView idx = key_list(cb, cache, n_prev, n_prev + 1, sparse ? iq.slice0(b, b + 1) : TensorView{},
-                                    sparse ? iw.slice0(b, b + 1) : TensorView{});
+    const bool sel = select[static_cast<size_t>(b)];
+    const TensorView idx = key_list(cb, cache, n_prev, n_prev + 1, sel ? iq.slice0(b, b + 1) : TensorView{},
+                                    sel ? iw.slice0(b, b + 1) : TensorView{});
     attend(cb, q.slice0(b, b + 1), pool, cache, idx, o.slice0(b, b + 1));
   }
   if (lanes > 0) c.be.join_branches();

@@ -85,6 +85,9 @@ void indexer_keys(const LayerContext& c, const TensorView& h, LayerCache& cache)
 void indexer_weights(const LayerContext& c, const TensorView& h, const TensorView& weights);
 void indexer_queries(const LayerContext& c, const TensorView& qr, const TensorView& q);
 TensorView indexer_select(const LayerContext& c, const TensorView& q, const TensorView& weights, LayerCache& cache);
+// Whether a CSA layer's chunk needs the indexer: false while its top-k would select every entry
+// (the indexer store's rows <= index_topk; ForwardOptions::indexer_always), or for other layers.
+bool needs_indexer(const LayerContext& c, const LayerCache& cache);
 
 // MoE sub-layer: h [T, D] -> routed + shared [T, D] (scratch). The sum is left to the op that
 // consumes it (hc_post_pre's y_add adds them as add() would), so the two branches join there.

@@ -195,7 +195,8 @@ uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, s
   for (const SequenceCache* c : caches) mix(c->layout_id);
   mix(scratch_mark);
   mix(static_cast<uint64_t>(options.official_qdq) | static_cast<uint64_t>(options.all_logits) << 1 |
-      static_cast<uint64_t>(greedy) << 2);
+      static_cast<uint64_t>(greedy) << 2 |
+      static_cast<uint64_t>(options.indexer_always) << 3);
   return h;
 }
 

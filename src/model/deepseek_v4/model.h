@@ -27,6 +27,12 @@ struct ForwardOptions {
   // false: forward returns only the last position's logits [1, vocab] (decode, sampling);
   // true: every position's [T, vocab] (goldens, perplexity, prompt logprobs).
   bool all_logits = true;
+  // CSA layers skip the lightning indexer (its query and head-weight projections, scores and
+  // top-k) while its top-k would pick every entry a query may see: k = min(index_topk, N) over
+  // the indexer's N stored rows, so while N <= index_topk every finite score is selected and the
+  // key set is HCA's rule (spec §3.3 E; parity #26). Only the order of the keys differs.
+  // true: run the indexer anyway (to check it; CLI --indexer always).
+  bool indexer_always = false;
 };
 
 // A greedy next token taken on the backend (Model::forward_greedy): id, or where the logits were

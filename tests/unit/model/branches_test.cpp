@@ -10,6 +10,8 @@
 // reversed.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -224,17 +226,19 @@ std::string first_topk_difference(const std::vector<std::vector<int32_t>>& got,
 
 class BranchOrder : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
-  auto model = Model::load(test::fixture_dir(std::string("models/") + GetParam()));
+void either_order(const char* fixture, bool indexer_always) {
+  auto model = Model::load(test::fixture_dir(std::string("models/") + fixture));
   auto cpu = ops::make_cpu_backend(2);
   const std::vector<int32_t> ids = test_ids(75);  // windows complete in chunks and in decode steps
+  ForwardOptions fo;
+  fo.indexer_always = indexer_always;
   BranchReorder in_order(*cpu, BranchReorder::Late::kNone);
-  const std::vector<float> ref = chunked_run(*model, in_order, ids, true);
-  ASSERT_FALSE(in_order.topk_log().empty());
+  const std::vector<float> ref = chunked_run(*model, in_order, ids, true, fo);
+  if (indexer_always) ASSERT_FALSE(in_order.topk_log().empty());
   for (BranchReorder::Late late : {BranchReorder::Late::kSide, BranchReorder::Late::kMain, BranchReorder::Late::kReverse,
                                    BranchReorder::Late::kForward}) {
     BranchReorder be(*cpu, late);
-    const std::vector<float> got = chunked_run(*model, be, ids, true);
+    const std::vector<float> got = chunked_run(*model, be, ids, true, fo);
     const char* name = late == BranchReorder::Late::kSide      ? "side branches last"
                        : late == BranchReorder::Late::kMain    ? "branch 0 last"
                        : late == BranchReorder::Late::kReverse ? "branches in reverse"
@@ -248,6 +252,46 @@ TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
     // Every layer keeps its window after kv's branch; CSA layers select their keys after the
     // indexer keys' and head weights' branches.
     EXPECT_GT(be.waits(), 0) << name;
+  }
+}
+
+// With the indexer run (--indexer always) and where it is skipped while it would select every
+// entry (tiny-a-fp8: index_topk 64, a store of 64 rows; tiny-c: index_topk 4, run either way).
+TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
+  for (bool always : {true, false}) {
+    SCOPED_TRACE(always ? "indexer always" : "indexer auto");
+    either_order(GetParam(), always);
+  }
+}
+
+// CSA layers skip the indexer while its top-k would select every entry (ForwardOptions::
+// indexer_always off): tiny-a-fp8 (index_topk 64, stores of 64 rows) makes no top-k call and its
+// logits are the indexer's within float32 rounding (the same key set, in another order); tiny-c
+// (index_topk 4) still selects.
+TEST(IndexerSkip, WhereTheTopKTakesEveryEntryTheLogitsAreTheIndexers) {
+  auto cpu = ops::make_cpu_backend(2);
+  const std::vector<int32_t> ids = test_ids(75);
+  for (const char* fixture : {"tiny-a-fp8", "tiny-c"}) {
+    SCOPED_TRACE(fixture);
+    auto model = Model::load(test::fixture_dir(std::string("models/") + fixture));
+    ForwardOptions always;
+    always.indexer_always = true;
+    BranchReorder with(*cpu, BranchReorder::Late::kNone), skip(*cpu, BranchReorder::Late::kNone);
+    const std::vector<float> ref = chunked_run(*model, with, ids, true, always);
+    const std::vector<float> got = chunked_run(*model, skip, ids, true);
+    ASSERT_FALSE(with.topk_log().empty());
+    const bool selects = std::string(fixture) == "tiny-c";
+    EXPECT_EQ(skip.topk_log().empty(), !selects);
+    ASSERT_EQ(got.size(), ref.size());
+    double amax = 0, dmax = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(got[i])) << i;
+      amax = std::max(amax, std::fabs(static_cast<double>(ref[i])));
+      dmax = std::max(dmax, std::fabs(static_cast<double>(got[i]) - ref[i]));
+    }
+    ASSERT_GT(amax, 0.0);
+    EXPECT_LE(dmax, 1e-5 * amax) << "max |skip - indexer| " << dmax << " of max |logit| " << amax;
+    if (selects) EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0);
   }
 }
 

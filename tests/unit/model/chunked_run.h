@@ -13,10 +13,9 @@ namespace clawmine::model::deepseek_v4 {
 
 // Every step's logits, concatenated (all rows of each step when all_logits, else its last row).
 inline std::vector<float> chunked_run(const Model& m, ops::Backend& be, const std::vector<int32_t>& ids,
-                                      bool all_logits) {
+                                      bool all_logits, ForwardOptions fo = {}) {
   static_assert(kBranchMaxTokens >= 13 && kBranchMaxTokens < 17, "the chunks straddle the branch limit");
   SequenceCache cache = m.new_cache();
-  ForwardOptions fo;
   fo.all_logits = all_logits;
   std::vector<float> out;
   auto step = [&](std::vector<int32_t> piece) {
