@@ -42,6 +42,24 @@ TEST_P(ForwardBatch, EachSequenceGetsItsOwnLogitsBitForBit) {
   }
 }
 
+// CSA layers skip the indexer per sequence (needs_indexer): tiny-a's index_topk is 64, so the
+// sequence past position 256 (its indexer store grown to 128 rows) selects with the indexer while
+// the short one does not, in one batched step; each gets the logits of its own steps, bit for bit.
+TEST(ForwardBatchIndexer, ASequenceThatNeedsTheIndexerBesideOneThatDoesNot) {
+  auto model = Model::load(test::fixture_dir("models/tiny-a"));
+  ASSERT_EQ(model->config().index_topk, 64);
+  auto cpu = ops::make_cpu_backend(2);
+  const std::vector<int> prompts = {5, 262};
+  const int steps = 4;
+  const Logits one = decode(*model, *cpu, prompts, steps, false);
+  const Logits batch = decode(*model, *cpu, prompts, steps, true);
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    SCOPED_TRACE(str_cat("sequence ", s, " (prompt ", prompts[s], ")"));
+    ASSERT_EQ(batch.logits[s].size(), one.logits[s].size());
+    EXPECT_EQ(std::memcmp(batch.logits[s].data(), one.logits[s].data(), one.logits[s].size() * sizeof(float)), 0);
+  }
+}
+
 // More sequences than one group (Model::kMaxBatchRows): the groups run one after another, and
 // every row still gets its sequence's own logits.
 TEST(ForwardBatchGroups, MoreSequencesThanOneGroup) {
