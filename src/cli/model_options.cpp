@@ -91,16 +91,7 @@ LoadedModel ModelOptions::load() const {
 void ModelOptions::add_to(CLI::App& cmd) {
   cmd.add_option("--model", model_dir, "Checkpoint directory (config.json + safetensors)")->required();
   add_backend_flags(cmd);
-  cmd.add_option("--official-qdq", official_qdq,
-                 "Quantize-dequantize round trips of DeepSeek's inference code on the KV cache and indexer")
-      ->check(CLI::IsMember({"on", "off"}))
-      ->capture_default_str();
-  cmd.add_option("--indexer", indexer,
-                 "CSA layers' lightning indexer: auto (skipped while its top-k would select every compressed entry, "
-                 "i.e. the indexer store holds at most index_topk rows: the same key set) or always (run it anyway)")
-      ->check(CLI::IsMember({"auto", "always"}))
-      ->envname("CLAWMINE_INDEXER")
-      ->capture_default_str();
+  add_forward_flags(cmd, official_qdq, indexer);
   cmd.add_option("--nvfp4-path", nvfp4_path,
                  "NVFP4 linears: w4a16 (dequantized weights, activations kept) or w4a4 (Blackwell emulation: "
                  "activations to FP4 with E4M3 scales per 16)")
@@ -144,11 +135,28 @@ model::deepseek_v4::LoadOptions ModelOptions::load_options() const {
   return o;
 }
 
-model::deepseek_v4::ForwardOptions ModelOptions::forward_options() const {
+void add_forward_flags(CLI::App& cmd, std::string& official_qdq, std::string& indexer) {
+  cmd.add_option("--official-qdq", official_qdq,
+                 "Quantize-dequantize round trips of DeepSeek's inference code on the KV cache and indexer")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  cmd.add_option("--indexer", indexer,
+                 "CSA layers' lightning indexer: auto (skipped while its top-k would select every compressed entry, "
+                 "i.e. the indexer store holds at most index_topk rows: the same key set) or always (run it anyway)")
+      ->check(CLI::IsMember({"auto", "always"}))
+      ->envname("CLAWMINE_INDEXER")
+      ->capture_default_str();
+}
+
+model::deepseek_v4::ForwardOptions forward_options_of(const std::string& official_qdq, const std::string& indexer) {
   model::deepseek_v4::ForwardOptions o;
   o.official_qdq = official_qdq == "on";
   o.indexer_always = indexer == "always";
   return o;
+}
+
+model::deepseek_v4::ForwardOptions ModelOptions::forward_options() const {
+  return forward_options_of(official_qdq, indexer);
 }
 
 std::vector<int32_t> parse_id_list(const std::string& text, const std::string& flag) {

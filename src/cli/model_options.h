@@ -45,6 +45,11 @@ struct LoadedModel {
   double place_seconds = 0;  // Model::place (0 on the CPU)
 };
 
+// --official-qdq on|off and --indexer auto|always (env CLAWMINE_INDEXER): the forward pass's
+// options, for the model commands and serve; forward_options_of turns the two values into them.
+void add_forward_flags(CLI::App& cmd, std::string& official_qdq, std::string& indexer);
+model::deepseek_v4::ForwardOptions forward_options_of(const std::string& official_qdq, const std::string& indexer);
+
 struct ModelOptions : BackendOptions {
   std::string model_dir;
   std::string official_qdq = "on";

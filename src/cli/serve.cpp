@@ -32,6 +32,7 @@ void add_serve_command(CLI::App& app) {
     server::ServiceOptions service;
     BackendOptions backend;  // --threads is ServiceOptions::threads
     std::string batch_decode = "on";
+    std::string official_qdq = "on", indexer = "auto";
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (demo model when --model is not given)");
@@ -56,9 +57,11 @@ void add_serve_command(CLI::App& app) {
                   "request's tokens then do not depend on what else runs)")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
+  add_forward_flags(*cmd, args->official_qdq, args->indexer);
   cmd->callback([args] {
     args->backend.check_available();  // before listening: the model loads in the background
     args->service.scheduler.batch_decode = args->batch_decode == "on";
+    args->service.scheduler.forward = forward_options_of(args->official_qdq, args->indexer);
     std::filesystem::path dir = args->model_dir;
     std::string name = args->model_name;
     if (dir.empty()) {
