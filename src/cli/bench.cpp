@@ -28,7 +28,6 @@
 #include <random>
 #include <sstream>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -151,10 +150,6 @@ struct TokenCost {
   double matmul_flops = 0;     // 2 x multiply-adds of every linear one token passes through, head included
 };
 
-bool ends_with(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 TokenCost token_cost(const md::Model& m) {
   const md::ModelConfig& cfg = m.config();
   const double active = cfg.n_routed_experts > 0
@@ -171,13 +166,13 @@ TokenCost token_cost(const md::Model& m) {
       if (r.family == md::WeightFamily::kRoutedExperts) c.routed_bytes += b;
       c.bytes_per_token += b * share;
       c.matmul_flops += f * share;
-      if (ends_with(r.name, ".attn.indexer.wq_b") || ends_with(r.name, ".attn.indexer.weights_proj"))
+      if (r.name.ends_with(".attn.indexer.wq_b") || r.name.ends_with(".attn.indexer.weights_proj"))
         c.indexer_query_bytes += b;
       return;
     }
     const double b = static_cast<double>(r.tensor->nbytes());
     c.weight_bytes += b;
-    const bool tid2eid = ends_with(r.name, ".tid2eid");
+    const bool tid2eid = r.name.ends_with(".tid2eid");
     const bool one_row = r.name == "embed.weight" || tid2eid;
     c.bytes_per_token += one_row ? b / static_cast<double>(r.tensor->dim(0)) : b;
     if (r.name == "head.weight") c.matmul_flops += 2.0 * static_cast<double>(r.tensor->numel());
@@ -412,9 +407,10 @@ void run_bench(const BenchArgs& a) {
       tok = greedy(model.forward_greedy(be, cache, {tok}, fwd));
       decode.step_seconds.push_back(seconds_since(d0));
     }
-    decode.indexer_skipped = !fwd.indexer_always;
-    for (const md::LayerCache& l : cache.layers)
-      if (l.indexer.capacity() > model.config().index_topk) decode.indexer_skipped = false;
+    decode.indexer_skipped =
+        !fwd.indexer_always && std::all_of(cache.layers.begin(), cache.layers.end(), [&](const md::LayerCache& l) {
+          return md::indexer_takes_every_entry(model.config(), l.indexer);
+        });
     if (!decode.step_seconds.empty())
       std::printf("decode batch 1 at context %lld: %lld tokens, median %.2f ms/token, mean %.2f, min %.2f, max %.2f\n",
                   static_cast<long long>(decode.context), static_cast<long long>(a.decode_tokens),

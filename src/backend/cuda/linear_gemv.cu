@@ -13,10 +13,10 @@
 //   block holds mt m-tiles (W = S*mt warps; mt > 1 for tiles of >= 2 tokens whose m-tiles get
 //   fewer than 4 warps, e.g. a batched step's experts), which share its staged activations.
 //   Per lane, loads come in groups of U = 2 k blocks (2U x 16 bytes + their scale bits; U = 1 for
-//   FP4's one-token experts: stream_group) into two register buffers: group i+2 is issued as soon as group i is decoded, so a group
-//   is always in flight behind the math. Activations of the block's k range are staged once in
-//   shared memory in decoder order (no x loads in the loop); each k block's 4-8 HMMAs start from
-//   zero (short chains), FP8's block scale multiplies that sum. MXFP4 k blocks whose E8M0 scales are
+//   FP4's one-token experts: stream_group) into two register buffers: group i+2 is issued as soon
+//   as group i is decoded, so a group is always in flight behind the math. Activations of the
+//   block's k range are staged once in shared memory in decoder order (no x loads in the loop);
+//   each k block's 4-8 HMMAs start from zero (short chains), FP8's block scale multiplies that sum. MXFP4 k blocks whose E8M0 scales are
 //   all <= 2 (warp vote) decode each pair with one bf16 multiply. Sums: warps in order through
 //   shared memory, then (KC = 2 or 4) the blocks of a thread-block cluster in rank order through
 //   rank 0's shared memory (DSMEM): deterministic, no scratch, no atomics.

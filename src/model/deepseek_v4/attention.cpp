@@ -164,9 +164,13 @@ void indexer_queries(const LayerContext& c, const TensorView& qr, const TensorVi
                      c.inv_freq);
 }
 
+bool indexer_takes_every_entry(const ModelConfig& cfg, const CompressorCache& indexer) {
+  return indexer.capacity() <= cfg.index_topk;
+}
+
 bool needs_indexer(const LayerContext& c, const LayerCache& cache) {
   if (c.kind != AttentionKind::kCompressedSparse) return false;
-  return c.options.indexer_always || cache.indexer.capacity() > c.cfg.index_topk;
+  return c.options.indexer_always || !indexer_takes_every_entry(c.cfg, cache.indexer);
 }
 
 TensorView indexer_select(const LayerContext& c, const TensorView& q, const TensorView& weights, LayerCache& cache) {

@@ -35,6 +35,11 @@ struct ForwardOptions {
   bool indexer_always = false;
 };
 
+// Whether a CSA layer's indexer top-k takes every entry of its store (k = min(index_topk, rows)),
+// so that the layer skips the indexer unless ForwardOptions::indexer_always. True for a layer
+// without an indexer store.
+bool indexer_takes_every_entry(const ModelConfig& cfg, const CompressorCache& indexer);
+
 // A greedy next token taken on the backend (Model::forward_greedy): id, or where the logits were
 // not finite, the first NaN/Inf entry (never a token).
 struct GreedyToken {

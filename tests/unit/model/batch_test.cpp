@@ -43,7 +43,7 @@ TEST_P(ForwardBatch, EachSequenceGetsItsOwnLogitsBitForBit) {
 }
 
 // CSA layers skip the indexer per sequence (needs_indexer): tiny-a's index_topk is 64, so the
-// sequence past position 256 (its indexer store grown to 128 rows) selects with the indexer while
+// sequence past position 256 (its indexer store at 66, then 132 rows) selects with the indexer while
 // the short one does not, in one batched step; each gets the logits of its own steps, bit for bit.
 TEST(ForwardBatchIndexer, ASequenceThatNeedsTheIndexerBesideOneThatDoesNot) {
   auto model = Model::load(test::fixture_dir("models/tiny-a"));
