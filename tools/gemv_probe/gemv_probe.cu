@@ -565,6 +565,7 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
+  cuda::set_gemv_wgmma(0);  // "stream" is the streaming kernel; the wgmma line times linear_gemv_wgmma.cu
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -810,6 +811,35 @@ int main(int argc, char** argv) {
             }
           });
           CK(cudaFree(sink));
+        }
+        // The one-token FP8 GEMV on wgmma (linear_gemv_wgmma.cu) where it applies: checked against
+        // fma (its FP8 products sum in the tensor core with ~14-bit precision for 128 k at a time:
+        // rel_l2 ~1e-4) and twice for equal bits, then timed. The columns above leave it off.
+        {
+          cuda::set_gemv_wgmma(1);
+          const cuda::GemmArgs g0 = case_args(c, cd, 0, x, o_new, T, false);
+          if (cuda::gemv_wgmma_applies(g0, true, gt)) {
+            std::vector<float> r[2];
+            for (int k = 0; k < 2; ++k) {
+              fill_value(static_cast<float*>(o_new), out_elems(c, T), NAN);
+              cuda::launch_gemv_wgmma(g0, true, gt, st);
+              CK(cudaStreamSynchronize(st));
+              r[k].resize(static_cast<size_t>(out_elems(c, T)));
+              CK(cudaMemcpy(r[k].data(), o_new, r[k].size() * 4, cudaMemcpyDeviceToHost));
+            }
+            bool fin = true;
+            const double err = rel_l2(r[0], ref, fin);
+            const bool same_wg = std::memcmp(r[0].data(), r[1].data(), r[0].size() * 4) == 0;
+            const double wg_ms = time_graph(st, n, reps, [&](int i) {
+              cuda::launch_gemv_wgmma(case_args(c, cd, i, x, o, T, true), true, gt, st);
+            });
+            const bool wg_pass = fin && err < 1e-3 && same_wg;
+            ok = ok && wg_pass;
+            std::printf("  wgmma: %.2f us (%.0f GB/s, %.1f%% of copy, %.2fx stream), rel_l2 %.1e%s\n", wg_ms * 1e3,
+                        gbs(wg_ms), 100.0 * gbs(wg_ms) / copy_gbs, ms[1] / wg_ms, err,
+                        wg_pass ? "" : (same_wg ? "  CHECK FAILED" : "  CHECK FAILED (not bit-identical)"));
+          }
+          cuda::set_gemv_wgmma(0);
         }
         char cub[32] = "-", xcub[32] = "-";
         if (c.moe == 0) {

@@ -78,6 +78,7 @@ constexpr int kUnroll = 2;  // chunks per row in flight per thread and iteration
 // before them finishes. On the H100 (docs/PERFORMANCE.md) decode took 10.77 ms/token with it
 // against 11.91 without, in the same call; PDL on every kernel: 11.89.
 std::atomic<int> g_gemv_pdl{-1};  // -1 until CLAWMINE_GEMV_PDL is read
+}  // namespace
 bool gemv_pdl() {
   if (pdl_enabled()) return true;
   int v = g_gemv_pdl.load(std::memory_order_relaxed);
@@ -89,6 +90,7 @@ bool gemv_pdl() {
   }
   return v == 1;
 }
+namespace {
 template <int NT>
 constexpr int gemv_rows() {
   return NT >= 8 ? 2 : 4;  // R: output rows per group (R * NT accumulators per thread)
@@ -1247,6 +1249,7 @@ void launch_gemv(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t st
   if (grid_tiles <= 0 || a.n_rows <= 0) return;
   const WFmt f = static_cast<WFmt>(a.fmt);
   const GemvPath path = gemv_path(a, x_bf16);
+  if (path == GemvPath::kStream && launch_gemv_wgmma(a, x_bf16, grid_tiles, stream)) return;
   if (path == GemvPath::kStream && stream_planned(a, grid_tiles, &stream)) return;
   CLAWMINE_CHECK(!a.swiglu_pairs,
                  "gemv: gate/up pairs without a paired streaming plan (check gemv_swiglu_pairs first)");

@@ -26,6 +26,7 @@ namespace clawmine::backend::cuda {
 enum class GemvKernel : int32_t;
 void set_gemv_kernel(GemvKernel k);
 void set_gemv_stream_mtiles(int n);
+void set_gemv_wgmma(int on);
 }  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
@@ -514,6 +515,101 @@ TEST_F(CudaLinear, RepeatedCallsAreBitIdentical) {
     cuda->linear(x.dev.view(), w->dev, a.view());
     cuda->linear(x.dev.view(), w->dev, b.view());
     EXPECT_TRUE(same_bits(download_f32(*cuda, a.view()), download_f32(*cuda, b.view()))) << "T=" << T;
+  }
+}
+
+// ---- the one-token FP8 GEMV on wgmma (linear_gemv_wgmma.cu) ---------------------------------
+
+// launch_gemv takes it for dense FP8 at one token with >= 16 MiB of weights (sm_90a builds on a
+// Hopper GPU; elsewhere these check the streaming kernel). The shapes cover its (k blocks per
+// warpgroup, split) choices: 16384 x 1024 (4, 2), 8192 x 2048 (4, 4), 4096 x 4096 (4, 8),
+// 32768 x 1024 (8, 1: wq_b), 4096 x 8192 (8, 8: wo_b), 2048 x 16384 (16, 8), and wo_a's grouped
+// 8 x 1024 x 4096 (8, 4). Against the CPU, outputs F32 and BF16, the same bits twice (fixed-order
+// split sums), and different bits from the streaming kernel (so the wgmma kernel did run).
+class CudaLinearWgmma : public CudaLinear {
+ protected:
+  void TearDown() override {
+    if (cuda) backend::cuda::set_gemv_wgmma(-1);
+    CudaLinear::TearDown();
+  }
+};
+
+TEST_F(CudaLinearWgmma, Fp8AtOneTokenMatchesTheCpu) {
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{16384, 1024}, {8192, 2048}, {4096, 4096},
+                                                           {32768, 1024}, {4096, 8192}, {2048, 16384}};
+  uint32_t seed = 2500;
+  bool any_differs = false;
+  for (auto [O, I] : shapes) {
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 1.0f / 32);
+    for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kFp8F32}) {
+      auto w = make_linear(*cuda, f, wf, O, I, std::string("wgmma.") + format_label(f));
+      SCOPED_TRACE(w->host.name + " [" + std::to_string(O) + ", " + std::to_string(I) + "]");
+      backend::cuda::set_gemv_wgmma(1);
+      check_linear(*w, 1, DType::kBF16, ++seed);
+      TestActs x = make_acts(*cuda, {1, I}, DType::kBF16, ++seed);
+      const ops::DeviceBuffer a = poisoned(*cuda, DType::kF32, {1, O}), b = poisoned(*cuda, DType::kF32, {1, O}),
+                              c = poisoned(*cuda, DType::kF32, {1, O});
+      cuda->linear(x.dev.view(), w->dev, a.view());
+      cuda->linear(x.dev.view(), w->dev, b.view());
+      backend::cuda::set_gemv_wgmma(0);
+      cuda->linear(x.dev.view(), w->dev, c.view());
+      const std::vector<float> ga = download_f32(*cuda, a.view()), gb = download_f32(*cuda, b.view()),
+                               gc = download_f32(*cuda, c.view());
+      const auto windows = check_windows(O);
+      EXPECT_TRUE(within(gather_windows(ga, 1, O, windows), cpu_linear_windows(*cpu, x, 1, w->host, windows),
+                         kBf16Budget));
+      EXPECT_TRUE(all_finite(ga));
+      EXPECT_TRUE(same_bits(ga, gb));
+      any_differs = any_differs || !same_bits(ga, gc);
+    }
+  }
+  // Without sm_90a or a Hopper GPU the wgmma kernel never runs; then every launch above streamed.
+  if (!any_differs) std::printf("[ note ] the wgmma GEMV did not run here (not an sm_90a build on Hopper)\n");
+}
+
+TEST_F(CudaLinearWgmma, GroupedWoA) {
+  const int64_t G = 8, Lo = 1024, In = 4096;
+  const std::vector<float> wf = fast_normal(static_cast<size_t>(G * Lo * In), 2600, 1.0f / 32);
+  auto w = make_linear(*cuda, TestFormat::kFp8E8M0, wf, G * Lo, In, "wgmma.wo_a");
+  backend::cuda::set_gemv_wgmma(1);
+  TestActs x = make_acts(*cuda, {1, G, In}, DType::kBF16, 2601);
+  const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {1, G, Lo});
+  cuda->grouped_linear(x.dev.view(), w->dev, G, out.view());
+  std::vector<float> ref(static_cast<size_t>(G * Lo), std::nanf(""));
+  cpu->grouped_linear(x.host_view({1, G, In}), w->host, G, TensorView{DType::kF32, Device::kCpu, {1, G, Lo}, ref.data()});
+  const std::vector<float> got = download_f32(*cuda, out.view());
+  EXPECT_TRUE(within(got, ref, kBf16Budget));
+  EXPECT_TRUE(all_finite(got));
+}
+
+TEST_F(CudaLinearWgmma, ActivationsOverAWideRangeAndNonFinite) {
+  // Activations from 2^-40 to 2^40 (each 32-element chunk staged with its own power of two):
+  // within the budget of the CPU; one NaN or inf makes every output non-finite, as on the CPU.
+  const int64_t O = 4096, I = 8192;
+  const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), 2700, 1.0f / 32);
+  auto w = make_linear(*cuda, TestFormat::kFp8E8M0, wf, O, I, "wgmma.range");
+  backend::cuda::set_gemv_wgmma(1);
+  TestActs x = make_acts(*cuda, {1, I}, DType::kBF16, 2701);
+  for (int64_t k = 0; k < I; ++k)
+    x.host[k] = bf16_to_f32(f32_to_bf16(std::ldexp(x.host[k], static_cast<int>((k / 32) % 81) - 40)));
+  x.dev = upload_f32(*cuda, x.host, {1, I}, DType::kBF16);
+  const auto windows = check_windows(O);
+  {
+    const ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {1, O});
+    cuda->linear(x.dev.view(), w->dev, out.view());
+    const std::vector<float> got = download_f32(*cuda, out.view());
+    EXPECT_TRUE(within(gather_windows(got, 1, O, windows), cpu_linear_windows(*cpu, x, 1, w->host, windows),
+                       kBf16Budget));
+    EXPECT_TRUE(all_finite(got));
+  }
+  for (float bad : {std::nanf(""), INFINITY}) {
+    TestActs y;
+    y.host = x.host;
+    y.host[1234] = bad;
+    y.dev = upload_f32(*cuda, y.host, {1, I}, DType::kBF16);
+    const ops::DeviceBuffer out = poisoned(*cuda, DType::kF32, {1, O});
+    cuda->linear(y.dev.view(), w->dev, out.view());
+    for (float v : download_f32(*cuda, out.view())) ASSERT_FALSE(std::isfinite(v)) << "x[1234] = " << bad;
   }
 }
 
