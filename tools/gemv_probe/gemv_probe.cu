@@ -816,7 +816,7 @@ int main(int argc, char** argv) {
         // fma (its FP8 products sum in the tensor core with ~14-bit precision for 128 k at a time:
         // rel_l2 ~1e-4) and twice for equal bits, then timed. The columns above leave it off.
         {
-          cuda::set_gemv_wgmma(1);
+          cuda::set_gemv_wgmma(2);  // experts too
           const cuda::GemmArgs g0 = case_args(c, cd, 0, x, o_new, T, false);
           if (cuda::gemv_wgmma_applies(g0, true, gt)) {
             std::vector<float> r[2];

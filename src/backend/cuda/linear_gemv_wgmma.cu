@@ -1,7 +1,8 @@
-// The one-token FP8 GEMV on wgmma (sm_90a): y[r] = sum_k W[r, k] x[k] for E4M3 weights with
-// 128 x 128 block scales (E8M0 or F32) and BF16 activations, at decode's one token
-// (docs/PERFORMANCE.md, twenty-fifth session: tools/gemv_probe's FP8 wo_b and wq_b at 71-72% of
-// copy against 54-58% on the streaming kernel's mma.sync chain).
+// The one-token GEMV on wgmma (sm_90a): y[r] = sum_k W[r, k] x[k] for E4M3 weights with
+// 128 x 128 block scales (E8M0 or F32) or MXFP4 weights, and BF16 activations, at decode's one
+// token: dense FP8 projections (wq_b, wo_a, wo_b) by default, expert launches of one-row tiles on
+// request (docs/PERFORMANCE.md, twenty-fifth session: tools/gemv_probe's FP8 wq_b at 81.6% of copy
+// against 55% on the streaming kernel's mma.sync chain; decode b=1 6.27 -> 6.03 ms/token).
 //
 // Why wgmma: mma.sync makes each warp wait for its products and decode every weight into bf16
 // fragments (~120-245 instructions per KB); wgmma takes the stored E4M3 bytes as its A operand
@@ -27,7 +28,8 @@
 // writes its 64 sums to a workspace, and the last to arrive at the tile's counter adds them in
 // split order (fixed order: the same bits every call). Every workspace access comes after
 // griddepcontrol.wait, so back-to-back launches (with PDL too) never share it; launches on two
-// streams at once would (a decode step launches these on its main stream only).
+// streams at once would (a decode step launches these on its main stream only: the shared
+// expert on its side branch never qualifies).
 //
 // PDL: the first kNS k blocks' weights and scales are loaded before griddepcontrol.wait (no tile
 // table: weights_before_wait), the activations after it.
@@ -35,7 +37,10 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <utility>
 #include <mutex>
 #include <vector>
 #include <cstdint>
@@ -46,8 +51,6 @@
 
 namespace clawmine::backend::cuda {
 namespace {
-
-constexpr int kNS = 4;  // k blocks of weights held in registers (kNS - 1 in flight)
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define CLAWMINE_WGMMA_DEVICE 1
@@ -111,10 +114,36 @@ __device__ __forceinline__ float2 e4m3x2_floats(uint32_t v) {
   return __half22float2(*reinterpret_cast<const __half2*>(&h));
 }
 
+// Weights as wgmma A fragments, per format. A k block is 128 k (FP8: 128 bytes of a row, FP4:
+// 64); lane t of a quad owns chunk t (32 k) of its rows g and g + 8 in each.
+//  FP8 (E8M0 or F32 scales per 128 x 128): four 16-byte loads per k block, the bytes themselves
+//   are the fragments (step s: words 2s, 2s + 1 of each row's 32 bytes: chunk element 8s + 4h + c
+//   at half h, byte c); the block scale multiplies both rows' sums.
+//  MXFP4 (E8M0 per 32): two 16-byte loads (one per row: word s = chunk elements 8s..8s+7); an
+//   e2m1 nibble becomes the E4M3 byte of e2m1 * 2^-6 (sign to bit 7, exponent and mantissa bits
+//   to bits 4:2; 0.5 lands on a subnormal) with shifts and masks, low nibbles (even k) as half 0
+//   and high nibbles as half 1: chunk element 8s + 2c + h at half h, byte c; each row's own
+//   E8M0 scale times 2^6 multiplies its sums.
+template <WFmt F>
+struct WgFmt {
+  static constexpr bool kFp4 = F == WFmt::kMxfp4;
+  static constexpr int kLoads = kFp4 ? 2 : 4;  // 16-byte loads per lane and k block
+  static constexpr int kKbBytes = kFp4 ? 64 : 128;
+  static constexpr int kNS = kFp4 ? 8 : 4;  // k blocks of weights in registers (kNS - 1 in flight)
+  // Index (0..7) among a staging thread's 8 consecutive chunk elements 8s..8s+7 of half h, byte c.
+  static __device__ __forceinline__ int elem(int h, int c) { return kFp4 ? 2 * c + h : 4 * h + c; }
+};
+__device__ __forceinline__ uint32_t e2m1_lo_e4m3(uint32_t v) {  // low nibbles of the 4 bytes
+  return ((v & 0x07070707u) << 2) | ((v & 0x08080808u) << 4);
+}
+__device__ __forceinline__ uint32_t e2m1_hi_e4m3(uint32_t v) {  // high nibbles
+  return ((v >> 2) & 0x1c1c1c1cu) | (v & 0x80808080u);
+}
+
 // Stages the activations of k blocks [kb0, kb0 + kNkb) of x as B tiles: [kNkb][4 steps][2 k
 // halves][8 columns][16 bytes], then fac[kNkb][4] = 2^-p per chunk (NaN when the chunk has a
-// non-finite element). Thread e = (k block, chunk, step) converts 8 consecutive elements.
-template <int kNkb>
+// non-finite element). Thread e = (k block, chunk, step) converts chunk elements 8s..8s+7.
+template <WFmt F, int kNkb>
 __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t* sm, float* fac) {
   for (int i = threadIdx.x; i < kNkb * 64; i += 128) reinterpret_cast<uint4*>(sm)[i] = make_uint4(0u, 0u, 0u, 0u);
   __syncthreads();
@@ -140,7 +169,7 @@ __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
     bad = ((__ballot_sync(0xffffffffu, bad) >> ((threadIdx.x & 31) & ~3)) & 0xfu) != 0u;  // the chunk's 4 lanes
     int ex = 0;
-    if (m > 0.0f) frexpf(m, &ex);  // m = f 2^ex, f in [0.5, 1)
+    if (m > 0.0f && !bad) frexpf(m, &ex);  // m = f 2^ex, f in [0.5, 1)
     const int p = (m > 0.0f && !bad) ? 8 - ex : 0;
     const int p1 = p > 100 ? 100 : p;  // 2^p in two exact steps (p <= 157 for bf16 subnormals)
     const float f1 = ldexpf(1.0f, p1), f2 = ldexpf(1.0f, p - p1);
@@ -149,7 +178,8 @@ __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
-        const float y0 = bad ? 0.0f : v[4 * h + 2 * q] * f1 * f2, y1 = bad ? 0.0f : v[4 * h + 2 * q + 1] * f1 * f2;
+        const int i0 = WgFmt<F>::elem(h, 2 * q), i1 = WgFmt<F>::elem(h, 2 * q + 1);
+        const float y0 = bad ? 0.0f : v[i0] * f1 * f2, y1 = bad ? 0.0f : v[i1] * f1 * f2;
         const uint32_t hi = e4m3x2_bits(y0, y1);
         const float2 hb = e4m3x2_floats(hi);
         const uint32_t lo = e4m3x2_bits(y0 - hb.x, y1 - hb.y);
@@ -168,14 +198,20 @@ __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t
   __syncthreads();
 }
 
-// Grid (64-row tiles * KC, 1, n_z); split rank = blockIdx.x % KC takes k blocks
-// [rank * kNkb, +kNkb). The whole k loop is unrolled (kNkb % kNS == 0): with a run-time trip count
-// ptxas serializes the wgmma (C7514), as it cannot tell the two accumulator sets apart across
-// the back edge.
+// Grid (64-row tiles * KC, tiles, n_z): split rank = blockIdx.x % KC takes k blocks
+// [rank * kNkb, +kNkb) of 64-row tile blockIdx.x / KC, of problem z, for tile blockIdx.y of the
+// launch (tile_of: dense launches have one, of row 0; expert launches one-row tiles, row i =
+// tile.row0, its expert tile.p from row_problem or the plan's table, read after the wait). Gate/up
+// pairs (z = 0, 1 into one h = swiglu(gate, up)) finish in the block that sums the last split of
+// either. The whole k loop is unrolled (kNkb % kNS == 0): with a run-time trip count ptxas
+// serializes the wgmma (C7514), as it cannot tell the two accumulator sets apart across the back
+// edge.
 template <WFmt F, int kNkb, int KC>
 __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, unsigned* cnt) {
-  static_assert(kNkb % kNS == 0, "whole rounds of stages");
+  using W = WgFmt<F>;
   using D = WeightDecoder<F>;
+  constexpr int kNS = W::kNS;
+  static_assert(kNkb % kNS == 0, "whole rounds of stages");
   pdl_trigger();
   extern __shared__ __align__(128) uint8_t sm[];  // B tiles [kNkb KB], then fac [kNkb][4]
   float* fac = reinterpret_cast<float*>(sm + kNkb * 1024);
@@ -183,54 +219,105 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
   const int z = static_cast<int>(blockIdx.z);
   const int rank = KC > 1 ? static_cast<int>(blockIdx.x % KC) : 0;
   const int64_t tile0 = static_cast<int64_t>(blockIdx.x / KC) * 64;
-  const WeightDesc d = a.desc0;
-  const int64_t wbase = weight_row_base(a, z);
   const int64_t lr0 = tile0 + warp * 16 + (lane >> 2), lr1 = lr0 + 8;  // rows of this problem
   const int kb0 = rank * kNkb;
-  const uint8_t* wp0 = d.w + (wbase + lr0) * d.row_bytes + kb0 * 128 + 32 * t;
-  const uint8_t* wp1 = d.w + (wbase + lr1) * d.row_bytes + kb0 * 128 + 32 * t;
-  const uint8_t* srow = D::scale_row(d, wbase + tile0);  // 64 rows inside one 128-row scale block
-  uint4 buf[kNS][4];
-  uint32_t sb[kNS];
+  const bool early = !has_tile_table(a);  // dense: weights before the wait
+  Tile tile{0, 0, 1};
+  WeightDesc d{};
+  const uint8_t *wp0 = nullptr, *wp1 = nullptr, *sr0 = nullptr, *sr1 = nullptr;
+  uint4 buf[kNS][W::kLoads];
+  uint32_t sb[kNS][2];
   auto load = [&](int st, int i) {
-    buf[st][0] = ld_stream16(wp0 + i * 128);
-    buf[st][1] = ld_stream16(wp0 + i * 128 + 16);
-    buf[st][2] = ld_stream16(wp1 + i * 128);
-    buf[st][3] = ld_stream16(wp1 + i * 128 + 16);
-    sb[st] = D::scale_bits(srow, static_cast<int64_t>(kb0 + i) * 8);  // chunk of 16: block (kb0 + i)
-  };
 #pragma unroll
-  for (int st = 0; st < kNS; ++st) load(st, st);
+    for (int j = 0; j < W::kLoads / 2; ++j) {
+      buf[st][j] = ld_stream16(wp0 + i * W::kKbBytes + 16 * j);
+      buf[st][W::kLoads / 2 + j] = ld_stream16(wp1 + i * W::kKbBytes + 16 * j);
+    }
+    if constexpr (W::kFp4) {
+      sb[st][0] = D::scale_bits(sr0, static_cast<int64_t>(kb0 + i) * 4 + t);
+      sb[st][1] = D::scale_bits(sr1, static_cast<int64_t>(kb0 + i) * 4 + t);
+    } else {
+      sb[st][0] = D::scale_bits(sr0, static_cast<int64_t>(kb0 + i) * 8);  // chunks of 16: block kb0 + i
+    }
+  };
+  auto start = [&] {
+    d = desc_of(a, tile.p, z);
+    const int64_t wbase = weight_row_base(a, z);
+    wp0 = d.w + (wbase + lr0) * d.row_bytes + kb0 * W::kKbBytes + (W::kKbBytes / 4) * t;
+    wp1 = d.w + (wbase + lr1) * d.row_bytes + kb0 * W::kKbBytes + (W::kKbBytes / 4) * t;
+    if constexpr (W::kFp4) {
+      sr0 = D::scale_row(d, wbase + lr0);
+      sr1 = D::scale_row(d, wbase + lr1);
+    } else {
+      sr0 = D::scale_row(d, wbase + tile0);  // 64 rows inside one 128-row scale block
+    }
+#pragma unroll
+    for (int st = 0; st < kNS; ++st) load(st, st);
+  };
+  if (early) start();
   pdl_wait();
-  stage_x<kNkb>(static_cast<const __nv_bfloat16*>(a.x) + z * a.x_z, kb0, sm, fac);
+  if (!early) {
+    if (!tile_of(a, blockIdx.y, tile)) return;  // uniform over the block and its tile's splits
+    if (desc_of(a, tile.p, z).fmt != a.fmt) return;
+    start();
+  }
+  stage_x<F, kNkb>(x_row<__nv_bfloat16>(a, tile.row0, z), kb0, sm, fac);
 
   float acc0 = 0.0f, acc1 = 0.0f;
   float dd[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  uint32_t cv[2][16];  // FP4: the E4M3 fragments of the block in flight (per accumulator set)
   auto drain = [&](int par, int st, int j) {
-    const float fj = D::block_scale_of(sb[st]) * fac[j * 4 + t];
-    acc0 = fmaf(dd[par][0] + dd[par][1], fj, acc0);
-    acc1 = fmaf(dd[par][2] + dd[par][3], fj, acc1);
+    const float fx = fac[j * 4 + t];
+    float f0, f1;
+    if constexpr (W::kFp4) {
+      f0 = decode_e8m0(static_cast<uint8_t>(sb[st][0])) * 64.0f * fx;
+      f1 = decode_e8m0(static_cast<uint8_t>(sb[st][1])) * 64.0f * fx;
+    } else {
+      f0 = f1 = D::block_scale_of(sb[st][0]) * fx;
+    }
+    acc0 = fmaf(dd[par][0] + dd[par][1], f0, acc0);
+    acc1 = fmaf(dd[par][2] + dd[par][3], f1, acc1);
   };
 #pragma unroll
   for (int i0 = 0; i0 < kNkb; i0 += kNS) {
 #pragma unroll
     for (int st = 0; st < kNS; ++st) {
       const int i = i0 + st, par = st & 1;
+      if constexpr (W::kFp4) {
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          const uint32_t v0 = word_of8(buf[st][0], buf[st][0], s), v1 = word_of8(buf[st][1], buf[st][1], s);
+          cv[par][4 * s] = e2m1_lo_e4m3(v0);
+          cv[par][4 * s + 1] = e2m1_lo_e4m3(v1);
+          cv[par][4 * s + 2] = e2m1_hi_e4m3(v0);
+          cv[par][4 * s + 3] = e2m1_hi_e4m3(v1);
+        }
+      }
       wg_fence();
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
-        const uint4 *q0 = &buf[st][0], *q1 = &buf[st][2];
-        wgmma_e4m3(dd[par], word_of8(q0[0], q0[1], 2 * s), word_of8(q1[0], q1[1], 2 * s),
-                   word_of8(q0[0], q0[1], 2 * s + 1), word_of8(q1[0], q1[1], 2 * s + 1),
-                   smem_desc(sm + (i * 4 + s) * 256), s > 0);
+        uint32_t a0, a1, a2, a3;
+        if constexpr (W::kFp4) {
+          a0 = cv[par][4 * s], a1 = cv[par][4 * s + 1], a2 = cv[par][4 * s + 2], a3 = cv[par][4 * s + 3];
+        } else {
+          const uint4 *q0 = &buf[st][0], *q1 = &buf[st][2];
+          a0 = word_of8(q0[0], q0[1], 2 * s), a1 = word_of8(q1[0], q1[1], 2 * s);
+          a2 = word_of8(q0[0], q0[1], 2 * s + 1), a3 = word_of8(q1[0], q1[1], 2 * s + 1);
+        }
+        wgmma_e4m3(dd[par], a0, a1, a2, a3, smem_desc(sm + (i * 4 + s) * 256), s > 0);
       }
       wg_commit();
       wg_wait<1>();  // block i - 1's products are done: its registers and accumulators are free
       const int pst = (st + kNS - 1) % kNS;
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        keep(dd[par ^ 1][r]);
-        keep(buf[pst][r].x), keep(buf[pst][r].y), keep(buf[pst][r].z), keep(buf[pst][r].w);
+      for (int r = 0; r < 4; ++r) keep(dd[par ^ 1][r]);
+      if constexpr (W::kFp4) {
+#pragma unroll
+        for (int r = 0; r < 16; ++r) keep(cv[par ^ 1][r]);
+      } else {
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          keep(buf[pst][r].x), keep(buf[pst][r].y), keep(buf[pst][r].z), keep(buf[pst][r].w);
       }
       if (i >= 1) {
         drain(par ^ 1, pst, i - 1);
@@ -248,44 +335,59 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
   acc1 += __shfl_xor_sync(0xffffffffu, acc1, 1);
   acc1 += __shfl_xor_sync(0xffffffffu, acc1, 2);
   const int o0 = warp * 16 + (lane >> 2);  // this block's entries o0 and o0 + 8 of 64
-  const bool live0 = tile0 + o0 < a.n_rows, live1 = tile0 + o0 + 8 < a.n_rows;
-  if constexpr (KC == 1) {
-    if (t == 0 && live0) store_out(a, 0, z, lr0, acc0);
-    if (t == 0 && live1) store_out(a, 0, z, lr1, acc1);
-  } else {
-    // Partial sums to the workspace; the block that arrives last at the tile's counter sums them
-    // in rank order (fixed order) and sets the counter back to zero for the next launch.
-    const int64_t tg = static_cast<int64_t>(z) * (a.n_rows / 64) + blockIdx.x / KC;
-    if (t == 0) {
-      part[(tg * KC + rank) * 64 + o0] = acc0;
-      part[(tg * KC + rank) * 64 + o0 + 8] = acc1;
-    }
-    __threadfence();
-    __syncthreads();
-    __shared__ unsigned last;
-    if (threadIdx.x == 0) last = atomicAdd(cnt + tg, 1u) == KC - 1 ? 1u : 0u;
-    __syncthreads();
-    if (last) {
-      __threadfence();
-      if (threadIdx.x < 64 && tile0 + threadIdx.x < a.n_rows) {
-        float s = 0.0f;
+  const bool pairs = a.swiglu_pairs != 0;
+  if (KC == 1 && !pairs) {
+    if (t == 0 && tile0 + o0 < a.n_rows) store_out(a, tile.row0, z, lr0, acc0);
+    if (t == 0 && tile0 + o0 + 8 < a.n_rows) store_out(a, tile.row0, z, lr1, acc1);
+    return;
+  }
+  // Partial sums to the workspace; the block that arrives last at the unit's counter (a tile of
+  // one problem, or of both gate and up) sums them in split order (fixed order) and sets the
+  // counter back to zero for the next launch.
+  const int64_t tiles_per = a.n_rows / 64, tile_i = blockIdx.x / KC;
+  const int nzr = pairs ? 2 : 1, zr = pairs ? z : 0;
+  const int64_t unit = (pairs ? static_cast<int64_t>(blockIdx.y) : static_cast<int64_t>(blockIdx.y) * gridDim.z + z) *
+                           tiles_per + tile_i;
+  float* mine = part + ((unit * nzr + zr) * KC + rank) * 64;
+  if (t == 0) {
+    mine[o0] = acc0;
+    mine[o0 + 8] = acc1;
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ unsigned last;
+  if (threadIdx.x == 0) last = atomicAdd(cnt + unit, 1u) == static_cast<unsigned>(KC * nzr - 1) ? 1u : 0u;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int o = threadIdx.x;
+  if (o < 64 && tile0 + o < a.n_rows) {
+    float sum[2] = {0.0f, 0.0f};
+    for (int zz = 0; zz < nzr; ++zz)
 #pragma unroll
-        for (int c = 0; c < KC; ++c) s += __ldcg(part + (tg * KC + c) * 64 + threadIdx.x);
-        store_out(a, 0, z, tile0 + threadIdx.x, s);
+      for (int c = 0; c < KC; ++c) sum[zz] += __ldcg(part + ((unit * nzr + zz) * KC + c) * 64 + o);
+    if (pairs) {
+      float gv = sum[0], uv = sum[1];
+      if (a.out_bf16) {  // as stored by an unpaired launch, then read back
+        gv = __bfloat162float(__float2bfloat16_rn(gv));
+        uv = __bfloat162float(__float2bfloat16_rn(uv));
       }
-      if (threadIdx.x == 0) cnt[tg] = 0u;
+      store_out(a, tile.row0, 0, tile0 + o, swiglu_value(gv, uv, a.swiglu_limit));
+    } else {
+      store_out(a, tile.row0, z, tile0 + o, sum[0]);
     }
   }
+  if (threadIdx.x == 0) cnt[unit] = 0u;
 }
 
 template <WFmt F, int kNkb, int KC>
 __global__ void __launch_bounds__(128) gemv_wgmma_kernel(const GemmArgs a, float* part, unsigned* cnt) {
   gemv_wgmma_body<F, kNkb, KC>(a, part, cnt);
 }
-// The split-k workspace of the ticket sums, per device: partial sums of up to kWsSlots
-// (64-row tile, split) pairs and one counter per tile, zero between launches. Allocated on first
-// use (the first decode steps run eagerly, before any graph capture).
-constexpr int64_t kWsSlots = 1024;
+// The split-k workspace of the ticket sums, per device: partial sums of up to kWsSlots 64-row
+// (unit, problem, split) entries and one counter per unit, zero between launches. Allocated on
+// first use (the first decode steps run eagerly, before any graph capture).
+constexpr int64_t kWsSlots = 4096;
 struct SplitWorkspace {
   float* part = nullptr;
   unsigned* cnt = nullptr;
@@ -306,18 +408,6 @@ SplitWorkspace split_workspace() {
   return w;
 }
 
-// Blocks a launch aims for (tools/gemv_probe, H200: 512 blocks of one warpgroup at ~118 registers,
-// ~4 per SM): the split doubles while the grid has fewer.
-constexpr int64_t kWgmmaTargetBlocks = 512;
-
-template <WFmt F, int kNkb, int KC>
-void launch_cfg(const GemmArgs& a, dim3 grid, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(kNkb) * 1024 + kNkb * 16;
-  const SplitWorkspace ws = KC > 1 ? split_workspace() : SplitWorkspace{};
-  launch_kernel_pdl(gemv_pdl(), gemv_wgmma_kernel<F, kNkb, KC>, grid, dim3(128), smem, stream, a, ws.part, ws.cnt);
-  CLAWMINE_CUDA_LAUNCHED("gemv_wgmma");
-}
-
 std::atomic<int> g_wgmma{-1};  // -1 until CLAWMINE_GEMV_WGMMA is read
 
 int device_cc_major() {
@@ -335,9 +425,80 @@ int device_cc_major() {
 // faster: 5.0 / 4.8 / 4.4 against 4.8 / 4.8 / 4.8).
 constexpr int64_t kWgmmaMinBytes = int64_t{16} << 20;
 
+using WgmmaKernel = void (*)(GemmArgs, float*, unsigned*);
+template <WFmt F, int NK>
+WgmmaKernel kernel_of_kc(int kc) {
+  switch (kc) {
+    case 1: return gemv_wgmma_kernel<F, NK, 1>;
+    case 2: return gemv_wgmma_kernel<F, NK, 2>;
+    case 4: return gemv_wgmma_kernel<F, NK, 4>;
+    default: return gemv_wgmma_kernel<F, NK, 8>;
+  }
+}
+// The instance for (format, k blocks per warpgroup, split): nkb 4 (FP8 only), 8, 16 or 32.
+template <WFmt F>
+WgmmaKernel kernel_of(int nkb, int kc) {
+  if constexpr (!WgFmt<F>::kFp4) {
+    if (nkb == 4) return kernel_of_kc<F, 4>(kc);
+  }
+  if (nkb == 8) return kernel_of_kc<F, 8>(kc);
+  if (nkb == 16) return kernel_of_kc<F, 16>(kc);
+  return kernel_of_kc<F, 32>(kc);
+}
+WgmmaKernel wgmma_kernel(WFmt f, int nkb, int kc) {
+  switch (f) {
+    case WFmt::kFp8E8M0: return kernel_of<WFmt::kFp8E8M0>(nkb, kc);
+    case WFmt::kFp8F32: return kernel_of<WFmt::kFp8F32>(nkb, kc);
+    default: return kernel_of<WFmt::kMxfp4>(nkb, kc);
+  }
+}
+size_t wgmma_smem(int nkb) { return static_cast<size_t>(nkb) * 1024 + static_cast<size_t>(nkb) * 16; }
+
+// Blocks of an instance resident at once on the device (one warpgroup each: 104-124 registers for
+// FP8, 4 per SM; 135-148 for MXFP4's fragments, 3), cached per instance.
+int64_t resident_blocks(WFmt f, int nkb, int kc) {
+  static std::mutex mu;
+  static std::vector<std::pair<int, int64_t>> cache;  // (key, blocks)
+  const int key = static_cast<int>(f) * 1000 + nkb * 10 + kc;
+  std::lock_guard<std::mutex> lock(mu);
+  for (const auto& e : cache)
+    if (e.first == key) return e.second;
+  int dev = 0, sms = 0, per_sm = 0;
+  CLAWMINE_CUDA_CHECK(cudaGetDevice(&dev));
+  CLAWMINE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  CLAWMINE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, wgmma_kernel(f, nkb, kc), 128, wgmma_smem(nkb)));
+  const int64_t n = static_cast<int64_t>(std::max(1, per_sm)) * sms;
+  cache.emplace_back(key, n);
+  return n;
+}
+
+// The launch's (k blocks per warpgroup, split), or {0, 0} when it has none: the largest split (of
+// 1, 2, 4, 8; 4..32 k blocks per warpgroup, 8..32 for FP4) whose grid still fits one wave of
+// resident blocks, else the smallest. tools/gemv_probe, H200, T = 1: MXFP4 experts' gate/up
+// (384 tiles) 20.5 us in one wave of 384 blocks against 24.3 in two of 768; their down
+// projection 11.7 against 15.5; FP8 wo_b's 64 tiles split 8 ways (512 blocks, one wave).
+std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
+  const WFmt f = static_cast<WFmt>(a.fmt);
+  const int64_t n_kb = a.K / 128, tiles = a.n_rows / 64 * a.n_z * grid_tiles;
+  const int min_nkb = f == WFmt::kMxfp4 ? 8 : 4;
+  int best_kc = 0;
+  for (int kc = 1; kc <= 8; kc *= 2) {
+    if (n_kb % kc != 0) continue;
+    const int64_t nkb = n_kb / kc;
+    if (nkb > 32 || nkb < min_nkb || (nkb & (nkb - 1)) != 0) continue;  // the instantiated 4, 8, 16, 32
+    const bool fits = tiles * kc <= resident_blocks(f, static_cast<int>(nkb), kc);
+    if (best_kc == 0 || fits) best_kc = kc;
+    if (!fits) break;
+  }
+  if (best_kc == 0) return {0, 0};
+  const int64_t units = tiles / (a.swiglu_pairs ? 2 : 1);
+  if ((best_kc > 1 || a.swiglu_pairs) && (units > kWsSlots || tiles * best_kc > kWsSlots)) return {0, 0};
+  return {static_cast<int>(n_kb / best_kc), best_kc};
+}
+
 }  // namespace
 
-void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on ? 1 : 0, std::memory_order_relaxed); }
+void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on > 2 ? 2 : on, std::memory_order_relaxed); }
 
 bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles) {
 #ifndef CLAWMINE_CUDA_SM90A
@@ -345,55 +506,47 @@ bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles) {
 #else
   int on = g_wgmma.load(std::memory_order_relaxed);
   if (on < 0) {
+    const int from_env = !env_switch("CLAWMINE_GEMV_WGMMA", true)           ? 0
+                         : env_switch("CLAWMINE_GEMV_WGMMA_EXPERTS", false) ? 2
+                                                                            : 1;
     int expected = -1;
-    g_wgmma.compare_exchange_strong(expected, env_switch("CLAWMINE_GEMV_WGMMA", true) ? 1 : 0,
-                                    std::memory_order_relaxed);
+    g_wgmma.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
     on = g_wgmma.load(std::memory_order_relaxed);
   }
   const WFmt f = static_cast<WFmt>(a.fmt);
-  const int64_t n_kb = a.K / 128;
-  return on == 1 && x_bf16 && a.desc0.row_bytes * a.n_rows * a.n_z >= kWgmmaMinBytes && (f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32) && grid_tiles == 1 && a.rows == 1 &&
-         !has_tile_table(a) && a.descs == nullptr && a.x_rows == nullptr && !a.swiglu_pairs && a.K % 512 == 0 &&
-         n_kb <= 8 * 16 && a.n_rows % 64 == 0 && a.w_row_z % 64 == 0 && a.x_z % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && a.desc0.row_bytes % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(a.desc0.w) % 16 == 0 && a.n_z <= 65535 && device_cc_major() == 9;
+  if (on < 1 || !x_bf16 || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4)) return false;
+  if (a.K % 512 != 0 || a.n_rows % 64 != 0 || a.n_z < 1 || a.n_z > 65535 || grid_tiles < 1 || grid_tiles > 65535)
+    return false;
+  const int64_t row_bytes = f == WFmt::kMxfp4 ? a.K / 2 : a.K;
+  if (row_bytes * a.n_rows * a.n_z * grid_tiles < kWgmmaMinBytes) return false;
+  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || a.ldx % 8 != 0 || a.x_z % 8 != 0) return false;
+  if (a.swiglu_pairs && (a.n_z != 2 || a.x_z != 0)) return false;
+  if (has_tile_table(a)) {
+    // Expert launches of one-row tiles (decode: row_problem; a plan's table at <= 10 tokens), on
+    // request only: alone they are 1.3x faster (tools/gemv_probe, H200, MXFP4 gate/up 27.7 ->
+    // 20.7 us, down 15.5 -> 11.8), but a decode step with them took 6.43-6.51 ms/token against
+    // 6.25-6.28 with the streaming kernel (docs/PERFORMANCE.md, twenty-fifth session).
+    if (on < 2 || a.descs == nullptr || a.tile_rows != 1) return false;
+  } else {
+    // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles.
+    if (a.descs != nullptr || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr || a.swiglu_pairs ||
+        a.w_row_z % 64 != 0 || a.desc0.row_bytes != row_bytes || reinterpret_cast<uintptr_t>(a.desc0.w) % 16 != 0)
+      return false;
+  }
+  return wgmma_plan(a, grid_tiles).first > 0 && device_cc_major() == 9;
 #endif
 }
 
 bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
   if (!gemv_wgmma_applies(a, x_bf16, grid_tiles)) return false;
-  // k blocks per warpgroup: 8 where that leaves a power-of-two split of <= 8 (K = 1024 .. 8192),
-  // else 4 or 16; the split doubles (halving nothing else) while the grid is under target.
-  const int64_t n_kb = a.K / 128, tiles = a.n_rows / 64 * a.n_z;
-  int nkb = n_kb % 8 == 0 ? 8 : 4;
-  if (n_kb / nkb > 8) nkb = 16;
-  int kc = static_cast<int>(n_kb / nkb);
-  if (n_kb % nkb != 0 || kc > 8 || (kc & (kc - 1)) != 0) return false;
-  // Fewer k blocks per warpgroup (more of the split) while the grid is small.
-  while (nkb == 8 && kc < 8 && tiles * kc < kWgmmaTargetBlocks && n_kb % (kc * 2 * 4) == 0) {
-    nkb = 4;
-    kc *= 2;
-  }
-  if (kc > 1 && tiles * kc > kWsSlots) return false;
-  const dim3 grid(static_cast<unsigned>(tiles / a.n_z * kc), 1u, static_cast<unsigned>(a.n_z));
-  const WFmt f = static_cast<WFmt>(a.fmt);
-  auto go = [&](auto fc) {
-    constexpr WFmt F = decltype(fc)::value;
-    auto by_kc = [&](auto nk) {
-      constexpr int NK = decltype(nk)::value;
-      switch (kc) {
-        case 1: launch_cfg<F, NK, 1>(a, grid, stream); break;
-        case 2: launch_cfg<F, NK, 2>(a, grid, stream); break;
-        case 4: launch_cfg<F, NK, 4>(a, grid, stream); break;
-        default: launch_cfg<F, NK, 8>(a, grid, stream); break;
-      }
-    };
-    if (nkb == 4) by_kc(std::integral_constant<int, 4>{});
-    else if (nkb == 8) by_kc(std::integral_constant<int, 8>{});
-    else by_kc(std::integral_constant<int, 16>{});
-  };
-  if (f == WFmt::kFp8E8M0) go(std::integral_constant<WFmt, WFmt::kFp8E8M0>{});
-  else go(std::integral_constant<WFmt, WFmt::kFp8F32>{});
+  const std::pair<int, int> plan = wgmma_plan(a, grid_tiles);
+  const int nkb = plan.first, kc = plan.second;
+  const dim3 grid(static_cast<unsigned>(a.n_rows / 64 * kc), static_cast<unsigned>(grid_tiles),
+                  static_cast<unsigned>(a.n_z));
+  const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace() : SplitWorkspace{};
+  launch_kernel_pdl(gemv_pdl(), wgmma_kernel(static_cast<WFmt>(a.fmt), nkb, kc), grid, dim3(128), wgmma_smem(nkb),
+                    stream, a, ws.part, ws.cnt);
+  CLAWMINE_CUDA_LAUNCHED("gemv_wgmma");
   return true;
 }
 

@@ -301,12 +301,14 @@ bool gemv_stream_shape(const GemmArgs& a, int grid_tiles, GemvStreamShape& s);
 // tools/gemv_probe (not thread-safe): set_gemv_pdl(1) on, 0 off, -1 back to the environment.
 void set_gemv_pdl(int on);
 bool gemv_pdl();  // whether those launches are programmatic dependent launches now
-// The one-token FP8 GEMV on wgmma (linear_gemv_wgmma.cu; sm_90a builds on a Hopper device):
+// The one-token GEMV on wgmma (linear_gemv_wgmma.cu; sm_90a builds on a Hopper device):
 // launch_gemv takes it before the streaming kernel for dense FP8 launches of one token, >= 16 MiB
-// of weights, rows a multiple of 64 and K of 512 (wq_b, wo_a, wo_b). gemv_wgmma_applies says
-// whether it would; launch_gemv_wgmma launches it when it applies (false otherwise).
-// CLAWMINE_GEMV_WGMMA=0 turns it off (read once); set_gemv_wgmma for tests and tools/gemv_probe
-// (not thread-safe): 1 on, 0 off, -1 back to the environment.
+// of weights, rows a multiple of 64 and K of 512 (wq_b, wo_a, wo_b); with
+// CLAWMINE_GEMV_WGMMA_EXPERTS=1 also for expert launches of one-row tiles (FP8 or MXFP4, gate/up
+// pairs included). gemv_wgmma_applies says whether it would; launch_gemv_wgmma launches it when it
+// applies (false otherwise). CLAWMINE_GEMV_WGMMA=0 turns it off (both read once); set_gemv_wgmma
+// for tests and tools/gemv_probe (not thread-safe): 0 off, 1 dense, 2 dense and experts, -1 back
+// to the environment.
 bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles);
 bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 void set_gemv_wgmma(int on);

@@ -28,6 +28,7 @@
 namespace clawmine::backend::cuda {  // linear_kernels.cuh (a CUDA header): the test hook alone
 enum class GemvKernel : int32_t;
 void set_gemv_kernel(GemvKernel k);
+void set_gemv_wgmma(int on);
 }  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
@@ -670,6 +671,30 @@ TEST_F(CudaMoe, SharedExpertUnderPolicies) {
                         TensorView{DType::kF32, Device::kCpu, {T, D}, ref.data()});
         EXPECT_TRUE(most_tokens_within(download_f32(*cuda, out.view()), ref, T, D, act_budget(act)));
       }
+  }
+}
+
+// The experts on the wgmma GEMV (linear_gemv_wgmma.cu, CLAWMINE_GEMV_WGMMA_EXPERTS=1; sm_90a on
+// Hopper, else the streaming kernel): V4-Flash's expert dims at one token, MXFP4 and FP8, BF16
+// activations: the direct launches (row_problem, gate/up pairs finished by the last split) give the
+// bits of the plan's (a tile table, gate and up stored, then swiglu), and match the CPU.
+TEST_F(CudaMoe, WgmmaExpertsAtOneToken) {
+  uint32_t seed = 7500;
+  for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kFp8E8M0}) {
+    TestExperts ex = make_experts(*cuda, kE, 4096, 2048, 8, [f](int64_t) { return f; }, seed += 100);
+    SCOPED_TRACE(format_label(f));
+    backend::cuda::set_gemv_wgmma(2);
+    backend::cuda::set_moe_decode_direct(true);
+    const uint32_t s = ++seed;
+    auto [direct, ref] = run_moe(ex, 4096, 1, DType::kBF16, s);
+    backend::cuda::set_moe_decode_direct(false);
+    backend::cuda::set_swiglu_pairs(false);
+    auto [planned, ref2] = run_moe(ex, 4096, 1, DType::kBF16, s);
+    backend::cuda::set_swiglu_pairs(true);
+    backend::cuda::set_moe_decode_direct(true);
+    backend::cuda::set_gemv_wgmma(-1);
+    EXPECT_TRUE(same_bits(direct, planned));
+    EXPECT_TRUE(within(direct, ref, act_budget(DType::kBF16)));
   }
 }
 
