@@ -528,8 +528,9 @@ bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles) {
     // 6.25-6.28 with the streaming kernel (docs/PERFORMANCE.md, twenty-fifth session).
     if (on < 2 || a.descs == nullptr || a.tile_rows != 1) return false;
   } else {
-    // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles.
-    if (a.descs != nullptr || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr || a.swiglu_pairs ||
+    // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles; MXFP4 (no
+    // release-layout projection) only with the experts' switch.
+    if ((f == WFmt::kMxfp4 && on < 2) || a.descs != nullptr || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr || a.swiglu_pairs ||
         a.w_row_z % 64 != 0 || a.desc0.row_bytes != row_bytes || reinterpret_cast<uintptr_t>(a.desc0.w) % 16 != 0)
       return false;
   }
