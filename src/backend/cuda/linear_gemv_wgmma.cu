@@ -534,7 +534,7 @@ bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles) {
         a.w_row_z % 64 != 0 || a.desc0.row_bytes != row_bytes || reinterpret_cast<uintptr_t>(a.desc0.w) % 16 != 0)
       return false;
   }
-  return wgmma_plan(a, grid_tiles).first > 0 && device_cc_major() == 9;
+  return device_cc_major() == 9 && wgmma_plan(a, grid_tiles).first > 0;
 #endif
 }
 
