@@ -30,6 +30,11 @@
 // much its access pattern costs, how much more bytes in flight would give, and how much a weight
 // layout would.
 //
+// Where the one-token wgmma GEMV (linear_gemv_wgmma.cu) takes a case (dense FP8, and with it on
+// here the expert launches and dense MXFP4 too), a "wgmma" line (and CSV column wgmma_us) times it,
+// checked against fma (rel_l2 < 1e-3: its FP8 products sum in the tensor core) and for equal bits twice;
+// the "stream" column is the streaming kernel with wgmma off.
+//
 // Programmatic dependent launch (common.cuh, device.h): a second line per case times decode-like
 // chains, GEMV -> a 1-block kernel -> GEMV ... (the small kernel reads the GEMV's output and
 // rewrites its input in place, as rms_norm does between projections), captured with PDL off
@@ -626,7 +631,7 @@ int main(int argc, char** argv) {
                  "format,case,rows,k,n_z,T,bytes,fma_us,mma_us,stream_us,cublas_us,stream_gbs,stream_copy_ratio,"
                  "mma_copy_ratio,rel_l2_mma,rel_l2_stream,stream_same_bits,chain_fma_off_us,chain_fma_pdl_us,"
                  "chain_fma_gemv_pdl_us,chain_stream_off_us,chain_stream_pdl_us,chain_stream_gemv_pdl_us,"
-                 "chain_stream_pdl_l2_us,small_off_us,small_pdl_us,pdl_same_bits\n");
+                 "chain_stream_pdl_l2_us,small_off_us,small_pdl_us,pdl_same_bits,wgmma_us\n");
   std::printf("%-6s %-8s %2s %8s %8s %8s %9s %9s %8s %6s %6s %6s %8s %8s\n", "format", "case", "T", "MB", "fma_us",
               "mma_us", "stream_us", "cublas_us", "str_GB/s", "%copy", "x_mma", "x_cub", "l2_mma", "l2_str");
   uint32_t seed = 1;
@@ -815,6 +820,7 @@ int main(int argc, char** argv) {
         // The one-token FP8 GEMV on wgmma (linear_gemv_wgmma.cu) where it applies: checked against
         // fma (its FP8 products sum in the tensor core with ~14-bit precision for 128 k at a time:
         // rel_l2 ~1e-4) and twice for equal bits, then timed. The columns above leave it off.
+        double wg_us = 0;  // 0: the wgmma kernel does not take this case
         {
           cuda::set_gemv_wgmma(2);  // experts too
           const cuda::GemmArgs g0 = case_args(c, cd, 0, x, o_new, T, false);
@@ -833,6 +839,7 @@ int main(int argc, char** argv) {
             const double wg_ms = time_graph(st, n, reps, [&](int i) {
               cuda::launch_gemv_wgmma(case_args(c, cd, i, x, o, T, true), true, gt, st);
             });
+            wg_us = wg_ms * 1e3;
             const bool wg_pass = fin && err < 1e-3 && same_wg;
             ok = ok && wg_pass;
             std::printf("  wgmma: %.2f us (%.0f GB/s, %.1f%% of copy, %.2fx stream), rel_l2 %.1e%s\n", wg_ms * 1e3,
@@ -869,13 +876,13 @@ int main(int argc, char** argv) {
         if (out_csv)
           std::fprintf(out_csv,
                        "%s,%s,%lld,%lld,%d,%lld,%.0f,%.3f,%.3f,%.3f,%.3f,%.1f,%.4f,%.4f,%.3e,%.3e,%d,%.3f,%.3f,%.3f,"
-                       "%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%d\n",
+                       "%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%d,%.3f\n",
                        fm.name, c.name, static_cast<long long>(c.rows), static_cast<long long>(c.k), c.n_z,
                        static_cast<long long>(T), bytes, fma_ms * 1e3, ms[0] * 1e3, ms[1] * 1e3,
                        c.moe ? 0.0 : cub_ms * 1e3, gbs(ms[1]), gbs(ms[1]) / copy_gbs, gbs(ms[0]) / copy_gbs, err_m,
                        err_s, same ? 1 : 0, chain[0] * 1e3, chain[1] * 1e3, chain[2] * 1e3, chain[3] * 1e3,
                        chain[4] * 1e3, chain[5] * 1e3, chain[6] * 1e3, small_ms[0] * 1e3, small_ms[1] * 1e3,
-                       pdl_same ? 1 : 0);
+                       pdl_same ? 1 : 0, wg_us);
         free_case(cd);
       }
       CK(cudaFree(x));
