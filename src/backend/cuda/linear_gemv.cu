@@ -532,6 +532,7 @@ void launch_gemv_typed(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
 // wave (resident warps from the occupancy calculator), else W = 1.
 int g_mma_staged = 1;  // set_gemv_mma_config (tools/gemv_probe)
 int g_mma_rows = 0;
+}  // namespace
 int multiprocessors() {
   static const int n = [] {
     int dev = 0, sms = 0;
@@ -541,6 +542,7 @@ int multiprocessors() {
   }();
   return n;
 }
+namespace {
 
 template <WFmt F, int NTL, int R, bool kStaged>
 size_t mma_smem(int W) {

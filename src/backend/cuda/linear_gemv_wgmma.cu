@@ -39,12 +39,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <utility>
-#include <mutex>
-#include <vector>
 #include <cstdint>
-#include <type_traits>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "backend/cuda/device.h"
 #include "backend/cuda/linear_kernels.cuh"
@@ -97,23 +95,9 @@ __device__ __forceinline__ void wgmma_e4m3(float (&d)[4], uint32_t a0, uint32_t 
 #endif
 }
 
-__device__ __forceinline__ uint32_t word_of8(const uint4& a, const uint4& b, int i) {
-  const uint4& q = i < 4 ? a : b;
-  switch (i & 3) {
-    case 0: return q.x;
-    case 1: return q.y;
-    case 2: return q.z;
-    default: return q.w;
-  }
-}
 __device__ __forceinline__ uint32_t e4m3x2_bits(float a, float b) {
   return static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3));
 }
-__device__ __forceinline__ float2 e4m3x2_floats(uint32_t v) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(v), __NV_E4M3);
-  return __half22float2(*reinterpret_cast<const __half2*>(&h));
-}
-
 // Weights as wgmma A fragments, per format. A k block is 128 k (FP8: 128 bytes of a row, FP4:
 // 64); lane t of a quad owns chunk t (32 k) of its rows g and g + 8 in each.
 //  FP8 (E8M0 or F32 scales per 128 x 128): four 16-byte loads per k block, the bytes themselves
@@ -181,8 +165,9 @@ __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t
         const int i0 = WgFmt<F>::elem(h, 2 * q), i1 = WgFmt<F>::elem(h, 2 * q + 1);
         const float y0 = bad ? 0.0f : v[i0] * f1 * f2, y1 = bad ? 0.0f : v[i1] * f1 * f2;
         const uint32_t hi = e4m3x2_bits(y0, y1);
-        const float2 hb = e4m3x2_floats(hi);
-        const uint32_t lo = e4m3x2_bits(y0 - hb.x, y1 - hb.y);
+        float h0, h1;
+        e4m3x2_values(hi, h0, h1);
+        const uint32_t lo = e4m3x2_bits(y0 - h0, y1 - h1);
         hw[h] |= hi << (16 * q);
         lw[h] |= lo << (16 * q);
       }
@@ -286,7 +271,7 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
       if constexpr (W::kFp4) {
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
-          const uint32_t v0 = word_of8(buf[st][0], buf[st][0], s), v1 = word_of8(buf[st][1], buf[st][1], s);
+          const uint32_t v0 = word_of(buf[st][0], s), v1 = word_of(buf[st][1], s);
           cv[par][4 * s] = e2m1_lo_e4m3(v0);
           cv[par][4 * s + 1] = e2m1_lo_e4m3(v1);
           cv[par][4 * s + 2] = e2m1_hi_e4m3(v0);
@@ -300,9 +285,10 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
         if constexpr (W::kFp4) {
           a0 = cv[par][4 * s], a1 = cv[par][4 * s + 1], a2 = cv[par][4 * s + 2], a3 = cv[par][4 * s + 3];
         } else {
-          const uint4 *q0 = &buf[st][0], *q1 = &buf[st][2];
-          a0 = word_of8(q0[0], q0[1], 2 * s), a1 = word_of8(q1[0], q1[1], 2 * s);
-          a2 = word_of8(q0[0], q0[1], 2 * s + 1), a3 = word_of8(q1[0], q1[1], 2 * s + 1);
+          // Row g's 32 bytes in buf[st][0..1], row g + 8's in buf[st][2..3]: words 2s and 2s + 1.
+          const uint4 &r0 = buf[st][s / 2], &r1 = buf[st][2 + s / 2];
+          a0 = word_of(r0, 2 * (s % 2)), a1 = word_of(r1, 2 * (s % 2));
+          a2 = word_of(r0, 2 * (s % 2) + 1), a3 = word_of(r1, 2 * (s % 2) + 1);
         }
         wgmma_e4m3(dd[par], a0, a1, a2, a3, smem_desc(sm + (i * 4 + s) * 256), s > 0);
       }
@@ -463,11 +449,9 @@ int64_t resident_blocks(WFmt f, int nkb, int kc) {
   std::lock_guard<std::mutex> lock(mu);
   for (const auto& e : cache)
     if (e.first == key) return e.second;
-  int dev = 0, sms = 0, per_sm = 0;
-  CLAWMINE_CUDA_CHECK(cudaGetDevice(&dev));
-  CLAWMINE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  int per_sm = 0;
   CLAWMINE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, wgmma_kernel(f, nkb, kc), 128, wgmma_smem(nkb)));
-  const int64_t n = static_cast<int64_t>(std::max(1, per_sm)) * sms;
+  const int64_t n = static_cast<int64_t>(std::max(1, per_sm)) * multiprocessors();
   cache.emplace_back(key, n);
   return n;
 }
@@ -500,9 +484,11 @@ std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
 
 void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on > 2 ? 2 : on, std::memory_order_relaxed); }
 
-bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles) {
+namespace {
+// The launch's plan (k blocks per warpgroup, split) when the wgmma GEMV takes it, else {0, 0}.
+std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_tiles) {
 #ifndef CLAWMINE_CUDA_SM90A
-  return false;
+  return {0, 0};
 #else
   int on = g_wgmma.load(std::memory_order_relaxed);
   if (on < 0) {
@@ -514,34 +500,41 @@ bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles) {
     on = g_wgmma.load(std::memory_order_relaxed);
   }
   const WFmt f = static_cast<WFmt>(a.fmt);
-  if (on < 1 || !x_bf16 || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4)) return false;
+  if (on < 1 || !x_bf16 || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4)) return {0, 0};
   if (a.K % 512 != 0 || a.n_rows % 64 != 0 || a.n_z < 1 || a.n_z > 65535 || grid_tiles < 1 || grid_tiles > 65535)
-    return false;
+    return {0, 0};
   const int64_t row_bytes = f == WFmt::kMxfp4 ? a.K / 2 : a.K;
-  if (row_bytes * a.n_rows * a.n_z * grid_tiles < kWgmmaMinBytes) return false;
-  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || a.ldx % 8 != 0 || a.x_z % 8 != 0) return false;
-  if (a.swiglu_pairs && (a.n_z != 2 || a.x_z != 0)) return false;
+  if (row_bytes * a.n_rows * a.n_z * grid_tiles < kWgmmaMinBytes) return {0, 0};
+  if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || a.ldx % 8 != 0 || a.x_z % 8 != 0) return {0, 0};
+  if (a.swiglu_pairs && (a.n_z != 2 || a.x_z != 0)) return {0, 0};
   if (has_tile_table(a)) {
     // Expert launches of one-row tiles (decode: row_problem; a plan's table at <= 10 tokens), on
     // request only: alone they are 1.3x faster (tools/gemv_probe, H200, MXFP4 gate/up 27.7 ->
     // 20.7 us, down 15.5 -> 11.8), but a decode step with them took 6.43-6.51 ms/token against
     // 6.25-6.28 with the streaming kernel (docs/PERFORMANCE.md, twenty-fifth session).
-    if (on < 2 || a.descs == nullptr || a.tile_rows != 1) return false;
+    if (on < 2 || a.descs == nullptr || a.tile_rows != 1) return {0, 0};
   } else {
     // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles; MXFP4 (no
     // release-layout projection) only with the experts' switch.
-    if ((f == WFmt::kMxfp4 && on < 2) || a.descs != nullptr || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr || a.swiglu_pairs ||
-        a.w_row_z % 64 != 0 || a.desc0.row_bytes != row_bytes || reinterpret_cast<uintptr_t>(a.desc0.w) % 16 != 0)
-      return false;
+    if ((f == WFmt::kMxfp4 && on < 2) || a.descs != nullptr || grid_tiles != 1 || a.rows != 1 ||
+        a.x_rows != nullptr || a.swiglu_pairs || a.w_row_z % 64 != 0 || a.desc0.row_bytes != row_bytes ||
+        reinterpret_cast<uintptr_t>(a.desc0.w) % 16 != 0)
+      return {0, 0};
   }
-  return device_cc_major() == 9 && wgmma_plan(a, grid_tiles).first > 0;
+  if (device_cc_major() != 9) return {0, 0};
+  return wgmma_plan(a, grid_tiles);
 #endif
+}
+}  // namespace
+
+bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles) {
+  return applicable_plan(a, x_bf16, grid_tiles).first > 0;
 }
 
 bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream) {
-  if (!gemv_wgmma_applies(a, x_bf16, grid_tiles)) return false;
-  const std::pair<int, int> plan = wgmma_plan(a, grid_tiles);
+  const std::pair<int, int> plan = applicable_plan(a, x_bf16, grid_tiles);
   const int nkb = plan.first, kc = plan.second;
+  if (nkb == 0) return false;
   const dim3 grid(static_cast<unsigned>(a.n_rows / 64 * kc), static_cast<unsigned>(grid_tiles),
                   static_cast<unsigned>(a.n_z));
   const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace() : SplitWorkspace{};
