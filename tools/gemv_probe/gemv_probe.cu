@@ -817,9 +817,10 @@ int main(int argc, char** argv) {
           });
           CK(cudaFree(sink));
         }
-        // The one-token FP8 GEMV on wgmma (linear_gemv_wgmma.cu) where it applies: checked against
-        // fma (its FP8 products sum in the tensor core with ~14-bit precision for 128 k at a time:
-        // rel_l2 ~1e-4) and twice for equal bits, then timed. The columns above leave it off.
+        // The one-token GEMV on wgmma (linear_gemv_wgmma.cu; experts and MXFP4 switched on here)
+        // where it applies: checked against fma (its FP8 products sum in the tensor core with
+        // ~14-bit precision for 128 k at a time: rel_l2 ~1e-4) and twice for equal bits, then timed.
+        // The columns above leave it off.
         double wg_us = 0;  // 0: the wgmma kernel does not take this case
         {
           cuda::set_gemv_wgmma(2);  // experts too
