@@ -7,6 +7,7 @@
 #include <string>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/linear_kernels.cuh"
 #include "core/log.h"
 
 namespace clawmine::backend::cuda {
@@ -156,6 +157,7 @@ void CudaBackend::release_all() noexcept {
   cublas_ = nullptr;
   if (arena_) cudaFree(arena_);
   arena_ = nullptr;
+  if (stream_) release_gemv_workspace(stream_);
   if (stream_) cudaStreamDestroy(stream_);
   stream_ = main_stream_ = nullptr;
   cudaGetLastError();

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/linear_kernels.cuh"
 
 namespace clawmine::backend::cuda {
 namespace {
@@ -107,6 +108,7 @@ void CudaBackend::free_branches() noexcept {
     if (s.fork) cudaEventDestroy(s.fork);
     if (s.join) cudaEventDestroy(s.join);
     if (s.mark) cudaEventDestroy(s.mark);
+    if (s.stream) release_gemv_workspace(s.stream);
     if (s.stream) cudaStreamDestroy(s.stream);
     s = Side{};
   }

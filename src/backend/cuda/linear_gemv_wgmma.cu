@@ -1,8 +1,10 @@
 // The one-token GEMV on wgmma (sm_90a): y[r] = sum_k W[r, k] x[k] for E4M3 weights with
 // 128 x 128 block scales (E8M0 or F32) or MXFP4 weights, and BF16 activations, at decode's one
-// token: dense FP8 projections (wq_b, wo_a, wo_b) by default, expert launches of one-row tiles on
-// request (docs/PERFORMANCE.md, twenty-fifth session: tools/gemv_probe's FP8 wq_b at 81.6% of copy
-// against 55% on the streaming kernel's mma.sync chain; decode b=1 6.27 -> 6.03 ms/token).
+// token: dense FP8 projections (wq_b, wo_a, wo_b) and the shared expert's gate/up by default,
+// expert launches of one-row tiles on request (docs/PERFORMANCE.md, twenty-fifth session:
+// tools/gemv_probe's FP8 wq_b at 81.6% of copy against 55% on the streaming kernel's mma.sync
+// chain; decode b=1 6.27 -> 6.03 ms/token; twenty-sixth session, the shared expert's gate/up too:
+// 6.01-6.03 -> 5.93).
 //
 // Why wgmma: mma.sync makes each warp wait for its products and decode every weight into bf16
 // fragments (~120-245 instructions per KB); wgmma takes the stored E4M3 bytes as its A operand
@@ -27,9 +29,8 @@
 // blocks ahead. Split k: KC blocks (consecutive in x) take consecutive k ranges of a tile; each
 // writes its 64 sums to a workspace, and the last to arrive at the tile's counter adds them in
 // split order (fixed order: the same bits every call). Every workspace access comes after
-// griddepcontrol.wait, so back-to-back launches (with PDL too) never share it; launches on two
-// streams at once would (a decode step launches these on its main stream only: the shared
-// expert on its side branch never qualifies).
+// griddepcontrol.wait, so back-to-back launches (with PDL too) never share it, and each stream
+// has its own (split_workspace), so launches on two streams at once do not either.
 //
 // PDL: the first kNS k blocks' weights and scales are loaded before griddepcontrol.wait (no tile
 // table: weights_before_wait), the activations after it.
@@ -239,7 +240,12 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
 #pragma unroll
     for (int st = 0; st < kNS; ++st) load(st, st);
   };
-  if (early) start();
+  if (early) {
+    // A descriptor table without tiles (swiglu_mlp's w1 / w3): a z of another format is another
+    // launch's.
+    if (a.descs != nullptr && desc_of(a, 0, z).fmt != a.fmt) return;
+    start();
+  }
   pdl_wait();
   if (!early) {
     if (!tile_of(a, blockIdx.y, tile)) return;  // uniform over the block and its tile's splits
@@ -370,27 +376,41 @@ template <WFmt F, int kNkb, int KC>
 __global__ void __launch_bounds__(128) gemv_wgmma_kernel(const GemmArgs a, float* part, unsigned* cnt) {
   gemv_wgmma_body<F, kNkb, KC>(a, part, cnt);
 }
-// The split-k workspace of the ticket sums, per device: partial sums of up to kWsSlots 64-row
-// (unit, problem, split) entries and one counter per unit, zero between launches. Allocated on
-// first use (the first decode steps run eagerly, before any graph capture).
+// The split-k workspace of the ticket sums, per stream (launches on one stream are ordered; the
+// kernel touches it only after griddepcontrol.wait, so even PDL neighbours never share it, and
+// launches on different streams, such as the shared expert's branch beside the routed experts,
+// get different ones): partial sums of up to kWsSlots 64-row (unit, problem, split) entries and one
+// counter per unit, zero between launches. Allocated on a stream's first use (inside a capture
+// too: the allocation in relaxed capture mode, the counters zeroed by a memset on the stream, a
+// graph node then); freed by release_gemv_workspace when the backend destroys the stream.
 constexpr int64_t kWsSlots = 4096;
 struct SplitWorkspace {
   float* part = nullptr;
   unsigned* cnt = nullptr;
 };
-SplitWorkspace split_workspace() {
-  static std::mutex mu;
-  static std::vector<SplitWorkspace> per_device;
-  int dev = 0;
-  CLAWMINE_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  if (per_device.size() <= static_cast<size_t>(dev)) per_device.resize(static_cast<size_t>(dev) + 1);
-  SplitWorkspace& w = per_device[static_cast<size_t>(dev)];
-  if (w.part == nullptr) {
-    CLAWMINE_CUDA_CHECK(cudaMalloc(&w.part, kWsSlots * 64 * sizeof(float)));
-    CLAWMINE_CUDA_CHECK(cudaMalloc(&w.cnt, kWsSlots * sizeof(unsigned)));
-    CLAWMINE_CUDA_CHECK(cudaMemset(w.cnt, 0, kWsSlots * sizeof(unsigned)));
+struct StreamWorkspace {
+  cudaStream_t stream;
+  SplitWorkspace ws;
+};
+std::mutex g_ws_mu;
+std::vector<StreamWorkspace> g_ws;  // one per stream that launched a split or paired wgmma GEMV
+
+SplitWorkspace split_workspace(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(g_ws_mu);
+  for (const StreamWorkspace& e : g_ws)
+    if (e.stream == stream) return e.ws;
+  SplitWorkspace w;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  CLAWMINE_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+  const cudaError_t e1 = cudaMalloc(&w.part, kWsSlots * 64 * sizeof(float));
+  const cudaError_t e2 = e1 == cudaSuccess ? cudaMalloc(&w.cnt, kWsSlots * sizeof(unsigned)) : e1;
+  CLAWMINE_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+  if (e2 != cudaSuccess) {
+    if (w.part) cudaFree(w.part);
+    CLAWMINE_CUDA_CHECK(e2);
   }
+  CLAWMINE_CUDA_CHECK(cudaMemsetAsync(w.cnt, 0, kWsSlots * sizeof(unsigned), stream));
+  g_ws.push_back({stream, w});
   return w;
 }
 
@@ -408,7 +428,9 @@ int device_cc_major() {
 
 // Only weights of >= 16 MiB (tools/gemv_probe, H200, FP8 at one token: wo_b and wq_b, 33.5 MB,
 // 13.6 / 14.5 -> 10.9 / 11.1 us; at 8 MB, the shared expert's w1 / w2 and the indexer's wq_b, no
-// faster: 5.0 / 4.8 / 4.4 against 4.8 / 4.8 / 4.8).
+// faster: 5.0 / 4.8 / 4.4 against 4.8 / 4.8 / 4.8). The shared expert's w1 and w3 in one paired
+// launch make 16 MiB: in the decode step (its side branch beside the routed experts) 6.01-6.03 ->
+// 5.93 ms/token (twenty-sixth session).
 constexpr int64_t kWgmmaMinBytes = int64_t{16} << 20;
 
 using WgmmaKernel = void (*)(GemmArgs, float*, unsigned*);
@@ -482,6 +504,17 @@ std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
 
 }  // namespace
 
+void release_gemv_workspace(cudaStream_t stream) noexcept {
+  std::lock_guard<std::mutex> lock(g_ws_mu);
+  for (size_t i = 0; i < g_ws.size(); ++i)
+    if (g_ws[i].stream == stream) {
+      cudaFree(g_ws[i].ws.part);
+      cudaFree(g_ws[i].ws.cnt);
+      g_ws.erase(g_ws.begin() + static_cast<std::ptrdiff_t>(i));
+      return;
+    }
+}
+
 void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on > 2 ? 2 : on, std::memory_order_relaxed); }
 
 namespace {
@@ -513,6 +546,12 @@ std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_til
     // 20.7 us, down 15.5 -> 11.8), but a decode step with them took 6.43-6.51 ms/token against
     // 6.25-6.28 with the streaming kernel (docs/PERFORMANCE.md, twenty-fifth session).
     if (on < 2 || a.descs == nullptr || a.tile_rows != 1) return {0, 0};
+  } else if (a.descs != nullptr) {
+    // A descriptor table without tiles at one token: the shared expert's w1 / w3 (swiglu_mlp, 16
+    // MiB at V4-Flash's dims), paired (SwiGLU by the last split) or not; each z's own weights.
+    if ((f == WFmt::kMxfp4 && on < 2) || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr ||
+        a.desc0.row_bytes != row_bytes)
+      return {0, 0};
   } else {
     // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles; MXFP4 (no
     // release-layout projection) only with the experts' switch.
@@ -537,7 +576,7 @@ bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStrea
   if (nkb == 0) return false;
   const dim3 grid(static_cast<unsigned>(a.n_rows / 64 * kc), static_cast<unsigned>(grid_tiles),
                   static_cast<unsigned>(a.n_z));
-  const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace() : SplitWorkspace{};
+  const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace(stream) : SplitWorkspace{};
   launch_kernel_pdl(gemv_pdl(), wgmma_kernel(static_cast<WFmt>(a.fmt), nkb, kc), grid, dim3(128), wgmma_smem(nkb),
                     stream, a, ws.part, ws.cnt);
   CLAWMINE_CUDA_LAUNCHED("gemv_wgmma");

@@ -304,7 +304,8 @@ bool gemv_pdl();  // whether those launches are programmatic dependent launches 
 int multiprocessors();  // of the current device, read once
 // The one-token GEMV on wgmma (linear_gemv_wgmma.cu; sm_90a builds on a Hopper device):
 // launch_gemv takes it before the streaming kernel for dense FP8 launches of one token, >= 16 MiB
-// of weights, rows a multiple of 64 and K of 512 (wq_b, wo_a, wo_b); with
+// of weights, rows a multiple of 64 and K of 512 (wq_b, wo_a, wo_b; and the shared expert's w1 /
+// w3 over swiglu_mlp's descriptor table, paired with SwiGLU or not); with
 // CLAWMINE_GEMV_WGMMA_EXPERTS=1 also for expert launches of one-row tiles (FP8 or MXFP4, gate/up
 // pairs included). gemv_wgmma_applies says whether it would; launch_gemv_wgmma launches it when it
 // applies (false otherwise). CLAWMINE_GEMV_WGMMA=0 turns it off (both read once); set_gemv_wgmma
@@ -313,6 +314,9 @@ int multiprocessors();  // of the current device, read once
 bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles);
 bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 void set_gemv_wgmma(int on);
+// Frees the split-k workspace of `stream` (if it has one); called before the stream is destroyed,
+// once its work is done.
+void release_gemv_workspace(cudaStream_t stream) noexcept;
 void launch_gemv_scalar(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 // GEMM launch: grid (tiles, row blocks, n_z); w_vec/x_vec enable 16-byte tile loads.
 void launch_gemm_fma(const GemmArgs& a, bool x_bf16, bool w_vec, bool x_vec, int grid_tiles, cudaStream_t stream);

@@ -613,5 +613,43 @@ TEST_F(CudaLinearWgmma, ActivationsOverAWideRangeAndNonFinite) {
   }
 }
 
+// Split launches (wo_b's shape: 8 splits summed through the workspace) on two streams at once: each
+// stream has its own workspace, so the results keep the bits of the same launches one at a time.
+TEST_F(CudaLinearWgmma, SplitLaunchesOnTwoStreamsAtOnce) {
+  const int64_t O = 4096, I = 8192;
+  auto w1 = make_linear(*cuda, TestFormat::kFp8E8M0, fast_normal(static_cast<size_t>(O * I), 2800, 1.0f / 32), O, I,
+                        "wgmma.two_streams.a");
+  auto w2 = make_linear(*cuda, TestFormat::kFp8E8M0, fast_normal(static_cast<size_t>(O * I), 2801, 1.0f / 32), O, I,
+                        "wgmma.two_streams.b");
+  backend::cuda::set_gemv_wgmma(1);
+  TestActs x = make_acts(*cuda, {1, I}, DType::kBF16, 2802);
+  const ops::DeviceBuffer r1 = poisoned(*cuda, DType::kF32, {1, O}), r2 = poisoned(*cuda, DType::kF32, {1, O});
+  cuda->linear(x.dev.view(), w1->dev, r1.view());
+  cuda->linear(x.dev.view(), w2->dev, r2.view());
+  const std::vector<float> g1 = download_f32(*cuda, r1.view()), g2 = download_f32(*cuda, r2.view());
+  const auto windows = check_windows(O);
+  EXPECT_TRUE(within(gather_windows(g1, 1, O, windows), cpu_linear_windows(*cpu, x, 1, w1->host, windows), kBf16Budget));
+  constexpr int kReps = 16;
+  std::vector<ops::DeviceBuffer> o1, o2;
+  for (int i = 0; i < kReps; ++i) {
+    o1.push_back(poisoned(*cuda, DType::kF32, {1, O}));
+    o2.push_back(poisoned(*cuda, DType::kF32, {1, O}));
+  }
+  {
+    const ops::BranchScope branches(*cuda);
+    for (int i = 0; i < kReps; ++i) {
+      cuda->branch(1);
+      cuda->linear(x.dev.view(), w1->dev, o1[static_cast<size_t>(i)].view());
+      cuda->branch(0);
+      cuda->linear(x.dev.view(), w2->dev, o2[static_cast<size_t>(i)].view());
+    }
+  }
+  for (int i = 0; i < kReps; ++i) {
+    SCOPED_TRACE("rep " + std::to_string(i));
+    EXPECT_TRUE(same_bits(download_f32(*cuda, o1[static_cast<size_t>(i)].view()), g1));
+    EXPECT_TRUE(same_bits(download_f32(*cuda, o2[static_cast<size_t>(i)].view()), g2));
+  }
+}
+
 }  // namespace
 }  // namespace clawmine::test

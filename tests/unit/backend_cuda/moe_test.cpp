@@ -645,6 +645,33 @@ TEST_F(CudaMoe, SharedExpertMixedFormatsAtDecodeSizes) {
   }
 }
 
+// The shared expert's gate/up at V4-Flash's dims (16 MiB of FP8: the wgmma GEMV's paired launch
+// over the descriptor table on Hopper) with w3 in another format (then never paired): the FP8
+// launch on wgmma takes z = 0 only, the MXFP4 one streams z = 1; the CPU's values, the same bits
+// twice.
+TEST_F(CudaMoe, SharedExpertMixedFormatsAtV4Dims) {
+  const int64_t D = 4096, I = 2048;
+  TestExperts fp8 = make_experts(*cuda, 1, D, I, 1, [](int64_t) { return TestFormat::kFp8E8M0; }, 11500);
+  TestExperts mx = make_experts(*cuda, 1, D, I, 1, [](int64_t) { return TestFormat::kMxfp4; }, 11600);
+  const ExpertWeights host{fp8.host[0].w1, mx.host[0].w3, fp8.host[0].w2};
+  const ExpertWeights dev{fp8.dev[0].w1, mx.dev[0].w3, fp8.dev[0].w2};
+  uint32_t seed = 11700;
+  for (int wgmma : {1, 2}) {
+    SCOPED_TRACE("set_gemv_wgmma(" + std::to_string(wgmma) + ")");
+    backend::cuda::set_gemv_wgmma(wgmma);
+    TestActs x = make_acts(*cuda, {1, D}, DType::kBF16, ++seed);
+    const ops::DeviceBuffer a = poisoned(*cuda, DType::kBF16, {1, D}), b = poisoned(*cuda, DType::kBF16, {1, D});
+    cuda->swiglu_mlp(x.dev.view(), dev, kLimit, a.view());
+    cuda->swiglu_mlp(x.dev.view(), dev, kLimit, b.view());
+    std::vector<float> ref(static_cast<size_t>(D), std::nanf(""));
+    cpu->swiglu_mlp(x.host_view({1, D}), host, kLimit, TensorView{DType::kF32, Device::kCpu, {1, D}, ref.data()});
+    const std::vector<float> ga = download_f32(*cuda, a.view());
+    EXPECT_TRUE(within(ga, ref, act_budget(DType::kBF16)));
+    EXPECT_TRUE(same_bits(ga, download_f32(*cuda, b.view())));
+  }
+  backend::cuda::set_gemv_wgmma(-1);
+}
+
 TEST_F(CudaMoe, SharedExpertUnderPolicies) {
   const int64_t D = 256, I = 128;
   uint32_t seed = 8000;
