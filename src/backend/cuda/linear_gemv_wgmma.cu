@@ -405,11 +405,12 @@ SplitWorkspace split_workspace(cudaStream_t stream) {
   const cudaError_t e1 = cudaMalloc(&w.part, kWsSlots * 64 * sizeof(float));
   const cudaError_t e2 = e1 == cudaSuccess ? cudaMalloc(&w.cnt, kWsSlots * sizeof(unsigned)) : e1;
   CLAWMINE_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
-  if (e2 != cudaSuccess) {
+  const cudaError_t e3 = e2 == cudaSuccess ? cudaMemsetAsync(w.cnt, 0, kWsSlots * sizeof(unsigned), stream) : e2;
+  if (e3 != cudaSuccess) {
     if (w.part) cudaFree(w.part);
-    CLAWMINE_CUDA_CHECK(e2);
+    if (w.cnt) cudaFree(w.cnt);
+    CLAWMINE_CUDA_CHECK(e3);
   }
-  CLAWMINE_CUDA_CHECK(cudaMemsetAsync(w.cnt, 0, kWsSlots * sizeof(unsigned), stream));
   g_ws.push_back({stream, w});
   return w;
 }
