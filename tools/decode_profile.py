@@ -27,6 +27,7 @@ KINDS = [
     ("MXFP4 / NVFP4 streaming GEMV (routed experts, FP4 projections)", r"gemv_stream_(cluster_)?kernel<(5|6)\b"),
     ("FP8 / BF16 streaming GEMV (large projections)", r"gemv_stream_(cluster_)?kernel<"),
     ("tensor-core GEMV (kMma)", r"gemv_mma_kernel<"),
+    ("wgmma GEMV (one-token FP8 projections, the shared expert's gate/up)", r"gemv_wgmma_kernel<"),
     ("BF16 / F32 FMA GEMV (router gate, compressor and indexer weights)", r"gemv_kernel3<"),
     ("FP8 / FP4 FMA GEMV (small projections)", r"gemv_kernel<"),
     ("hyper-connection sites", r"\bhc_"),

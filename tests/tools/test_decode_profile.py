@@ -63,6 +63,18 @@ def test_time_alone(tmp_path, tool_output):
     assert "MB read" not in out
 
 
+def test_the_wgmma_gemv_has_a_kind_of_its_own(tmp_path, tool_output, monkeypatch):
+    # As CUPTI / ncu name it (enum cast, bool argument): not "other".
+    wgmma = ("void clawmine::backend::cuda::<unnamed>::gemv_wgmma_kernel<(clawmine::backend::cuda::WFmt)3, 8, 1>"
+             "(GemmArgs, float *, unsigned int *)", 13, "(512, 1, 1)", 10000, 33_554_432)
+    monkeypatch.setattr(sys.modules[__name__], "KERNELS", KERNELS[:5] + [wgmma] + KERNELS[7:])
+    csv = tmp_path / "ncu.csv"
+    write_csv(csv, with_bytes=True)
+    out = tool_output("decode_profile.py", csv)
+    assert "| wgmma GEMV (one-token FP8 projections, the shared expert's gate/up) | 10.0 | 1 |" in out
+    assert "| other (swiglu, attention_index, add, embed, ...) | 4.0 | 1 |" in out  # the embedding alone
+
+
 def test_a_csv_without_a_decode_step_is_a_clear_error(tmp_path, run_tool):
     csv = tmp_path / "ncu.csv"
     csv.write_text(HEADER + "\n" + '"0","1","clawmine","h","void f()","1","13","(1, 1, 1)","(1, 1, 1)","0","9.0","s",'
