@@ -19,7 +19,10 @@
 # default the same less prefill and policy tests), GEMV_TEST_MODES (default "default pdl"),
 # GEMV_SKIP_TESTS=1 (probe only), GEMV_BUDGET_S (default 570: nothing starts after this),
 # GEMV_NCU (bench_gemv_probe options for one Nsight Compute pass over its first two
-# gemv_stream launches, clocks left alone: e.g. "--shapes wo_b --formats nvfp4 --tokens 1").
+# gemv_stream launches, clocks left alone: e.g. "--shapes wo_b --formats nvfp4 --tokens 1"),
+# GEMV_NCU_KERNEL (the kernel-name regex of that pass; default gemv_stream; gemv_wgmma for the
+# wgmma GEMV, whose launches the probe makes on its wgmma line), GEMV_WGMMA_SASS=1 (the wgmma
+# GEMV's SASS to $OUT/sass-wgmma.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -55,6 +58,11 @@ obj=$BUILD_DIR/CMakeFiles/clawmine_backend_cuda.dir/src/backend/cuda/linear_gemv
 if command -v cuobjdump >/dev/null && [ -f "$obj" ]; then
   cuobjdump -sass "$obj" 2>/dev/null | awk '/Function : /{keep = ($0 ~ /gemv_stream_kernel|gemv_kernel/)} keep' >"$OUT/sass.txt"
 fi
+# And, with GEMV_WGMMA_SASS=1, of the wgmma GEMV (every instance: several MB).
+wobj=$BUILD_DIR/CMakeFiles/clawmine_backend_cuda.dir/src/backend/cuda/linear_gemv_wgmma.cu.o
+if [ "${GEMV_WGMMA_SASS:-0}" = 1 ] && command -v cuobjdump >/dev/null && [ -f "$wobj" ]; then
+  cuobjdump -sass "$wobj" 2>/dev/null | awk '/Function : /{keep = ($0 ~ /gemv_wgmma_kernel/)} keep' >"$OUT/sass-wgmma.txt"
+fi
 
 echo "[gemv-iterate] probe ($(left) s left)"
 # shellcheck disable=SC2086
@@ -68,7 +76,7 @@ if [ -n "${GEMV_NCU:-}" ] && command -v ncu >/dev/null; then
   for s in SpeedOfLight MemoryWorkloadAnalysis WarpStateStats Occupancy LaunchStats SchedulerStats \
     InstructionStats ComputeWorkloadAnalysis; do sections+=(--section "$s"); done
   # shellcheck disable=SC2086
-  timeout "$(($(left) / 3))" ncu --clock-control none --kernel-name regex:gemv_stream --launch-count 2 \
+  timeout "$(($(left) / 3))" ncu --clock-control none --kernel-name "regex:${GEMV_NCU_KERNEL:-gemv_stream}" --launch-count 2 \
     --print-details all "${sections[@]}" "$BUILD_DIR/bench_gemv_probe" $GEMV_NCU --reps 3 >"$OUT/ncu.txt" 2>&1
   echo "[gemv-iterate] ncu rc $?"
 fi
