@@ -533,15 +533,21 @@ void launch_gemv_typed(const GemmArgs& a, int grid_tiles, cudaStream_t stream) {
 int g_mma_staged = 1;  // set_gemv_mma_config (tools/gemv_probe)
 int g_mma_rows = 0;
 }  // namespace
-int multiprocessors() {
-  static const int n = [] {
-    int dev = 0, sms = 0;
+namespace {
+// An attribute of the current device, read once per attribute.
+template <cudaDeviceAttr kAttr>
+int device_attribute_once() {
+  static const int v = [] {
+    int dev = 0, x = 0;
     CLAWMINE_CUDA_CHECK(cudaGetDevice(&dev));
-    CLAWMINE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms;
+    CLAWMINE_CUDA_CHECK(cudaDeviceGetAttribute(&x, kAttr, dev));
+    return x;
   }();
-  return n;
+  return v;
 }
+}  // namespace
+int multiprocessors() { return device_attribute_once<cudaDevAttrMultiProcessorCount>(); }
+int device_cc_major() { return device_attribute_once<cudaDevAttrComputeCapabilityMajor>(); }
 namespace {
 
 template <WFmt F, int NTL, int R, bool kStaged>

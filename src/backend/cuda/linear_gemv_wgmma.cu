@@ -417,16 +417,6 @@ SplitWorkspace split_workspace(cudaStream_t stream) {
 
 std::atomic<int> g_wgmma{-1};  // -1 until CLAWMINE_GEMV_WGMMA is read
 
-int device_cc_major() {
-  static const int major = [] {
-    int dev = 0, v = 0;
-    CLAWMINE_CUDA_CHECK(cudaGetDevice(&dev));
-    CLAWMINE_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev));
-    return v;
-  }();
-  return major;
-}
-
 // Only weights of >= 16 MiB (tools/gemv_probe, H200, FP8 at one token: wo_b and wq_b, 33.5 MB,
 // 13.6 / 14.5 -> 10.9 / 11.1 us; at 8 MB, the shared expert's w1 / w2 and the indexer's wq_b, no
 // faster: 5.0 / 4.8 / 4.4 against 4.8 / 4.8 / 4.8). The shared expert's w1 and w3 in one paired

@@ -302,6 +302,7 @@ bool gemv_stream_shape(const GemmArgs& a, int grid_tiles, GemvStreamShape& s);
 void set_gemv_pdl(int on);
 bool gemv_pdl();  // whether those launches are programmatic dependent launches now
 int multiprocessors();  // of the current device, read once
+int device_cc_major();  // the current device's compute capability major, read once
 // The one-token GEMV on wgmma (linear_gemv_wgmma.cu; sm_90a builds on a Hopper device):
 // launch_gemv takes it before the streaming kernel for dense FP8 launches of one token, >= 16 MiB
 // of weights, rows a multiple of 64 and K of 512 (wq_b, wo_a, wo_b; and the shared expert's w1 /
