@@ -1,7 +1,7 @@
 // The one-token GEMV on wgmma (sm_90a): y[r] = sum_k W[r, k] x[k] for E4M3 weights with
-// 128 x 128 block scales (E8M0 or F32) or MXFP4 weights, and BF16 activations, at decode's one
-// token: dense FP8 projections (wq_b, wo_a, wo_b) and the shared expert's gate/up by default,
-// expert launches of one-row tiles on request (docs/PERFORMANCE.md, twenty-fifth session:
+// 128 x 128 block scales (E8M0 or F32) or FP4 weights (MXFP4, NVFP4), and BF16 activations, at
+// decode's one token: dense FP8 projections (wq_b, wo_a, wo_b) and the shared expert's gate/up by
+// default, FP4 and expert launches of one-row tiles on request (docs/PERFORMANCE.md, twenty-fifth session:
 // tools/gemv_probe's FP8 wq_b at 81.6% of copy against 55% on the streaming kernel's mma.sync
 // chain; decode b=1 6.27 -> 6.03 ms/token; twenty-sixth session, the shared expert's gate/up too:
 // 6.01-6.03 -> 5.93).
@@ -109,9 +109,13 @@ __device__ __forceinline__ uint32_t e4m3x2_bits(float a, float b) {
 //   to bits 4:2; 0.5 lands on a subnormal) with shifts and masks, low nibbles (even k) as half 0
 //   and high nibbles as half 1: chunk element 8s + 2c + h at half h, byte c; each row's own
 //   E8M0 scale times 2^6 multiplies its sums.
+//  NVFP4 (E4M3 per 16, then the tensor's global scale): as MXFP4, but a chunk holds two scale
+//   groups: steps 0, 1 (elements 0..15) accumulate into one set, steps 2, 3 into another, and each
+//   set's sums take their group's E4M3 scale times 2^6 and the global scale.
 template <WFmt F>
 struct WgFmt {
-  static constexpr bool kFp4 = F == WFmt::kMxfp4;
+  static constexpr bool kNv = F == WFmt::kNvfp4;
+  static constexpr bool kFp4 = F == WFmt::kMxfp4 || kNv;
   static constexpr int kLoads = kFp4 ? 2 : 4;  // 16-byte loads per lane and k block
   static constexpr int kKbBytes = kFp4 ? 64 : 128;
   static constexpr int kNS = kFp4 ? 8 : 4;  // k blocks of weights in registers (kNS - 1 in flight)
@@ -256,13 +260,21 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
 
   float acc0 = 0.0f, acc1 = 0.0f;
   float dd[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  float dn[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};  // NVFP4: steps 2, 3 (the chunk's second group)
+  const float g64 = W::kNv ? global_scale<F>(d) * 64.0f : 64.0f;
   uint32_t cv[2][16];  // FP4: the E4M3 fragments of the block in flight (per accumulator set)
   auto drain = [&](int par, int st, int j) {
     const float fx = fac[j * 4 + t];
     float f0, f1;
-    if constexpr (W::kFp4) {
-      f0 = decode_e8m0(static_cast<uint8_t>(sb[st][0])) * 64.0f * fx;
-      f1 = decode_e8m0(static_cast<uint8_t>(sb[st][1])) * 64.0f * fx;
+    if constexpr (W::kNv) {
+      const float gx = g64 * fx;
+      acc0 = fmaf(dn[par][0] + dn[par][1], decode_e4m3(static_cast<uint8_t>(sb[st][0] >> 8)) * gx, acc0);
+      acc1 = fmaf(dn[par][2] + dn[par][3], decode_e4m3(static_cast<uint8_t>(sb[st][1] >> 8)) * gx, acc1);
+      f0 = decode_e4m3(static_cast<uint8_t>(sb[st][0])) * gx;
+      f1 = decode_e4m3(static_cast<uint8_t>(sb[st][1])) * gx;
+    } else if constexpr (W::kFp4) {
+      f0 = decode_e8m0(static_cast<uint8_t>(sb[st][0])) * g64 * fx;
+      f1 = decode_e8m0(static_cast<uint8_t>(sb[st][1])) * g64 * fx;
     } else {
       f0 = f1 = D::block_scale_of(sb[st][0]) * fx;
     }
@@ -296,13 +308,21 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
           a0 = word_of(r0, 2 * (s % 2)), a1 = word_of(r1, 2 * (s % 2));
           a2 = word_of(r0, 2 * (s % 2) + 1), a3 = word_of(r1, 2 * (s % 2) + 1);
         }
-        wgmma_e4m3(dd[par], a0, a1, a2, a3, smem_desc(sm + (i * 4 + s) * 256), s > 0);
+        if (W::kNv && s >= 2) {
+          wgmma_e4m3(dn[par], a0, a1, a2, a3, smem_desc(sm + (i * 4 + s) * 256), s > 2);
+        } else {
+          wgmma_e4m3(dd[par], a0, a1, a2, a3, smem_desc(sm + (i * 4 + s) * 256), W::kNv ? s > 0 && s < 2 : s > 0);
+        }
       }
       wg_commit();
       wg_wait<1>();  // block i - 1's products are done: its registers and accumulators are free
       const int pst = (st + kNS - 1) % kNS;
 #pragma unroll
       for (int r = 0; r < 4; ++r) keep(dd[par ^ 1][r]);
+      if constexpr (W::kNv) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) keep(dn[par ^ 1][r]);
+      }
       if constexpr (W::kFp4) {
 #pragma unroll
         for (int r = 0; r < 16; ++r) keep(cv[par ^ 1][r]);
@@ -320,6 +340,10 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
   wg_wait<0>();  // the last block: stage kNS - 1, accumulator set (kNS - 1) & 1
 #pragma unroll
   for (int r = 0; r < 4; ++r) keep(dd[(kNS - 1) & 1][r]);
+  if constexpr (W::kNv) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) keep(dn[(kNS - 1) & 1][r]);
+  }
   drain((kNS - 1) & 1, kNS - 1, kNkb - 1);
   // Chunks 0..3 of each row: lanes t = 0..3 of the quad, in lane order.
   acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
@@ -448,13 +472,15 @@ WgmmaKernel wgmma_kernel(WFmt f, int nkb, int kc) {
   switch (f) {
     case WFmt::kFp8E8M0: return kernel_of<WFmt::kFp8E8M0>(nkb, kc);
     case WFmt::kFp8F32: return kernel_of<WFmt::kFp8F32>(nkb, kc);
+    case WFmt::kNvfp4: return kernel_of<WFmt::kNvfp4>(nkb, kc);
     default: return kernel_of<WFmt::kMxfp4>(nkb, kc);
   }
 }
 size_t wgmma_smem(int nkb) { return static_cast<size_t>(nkb) * 1024 + static_cast<size_t>(nkb) * 16; }
 
 // Blocks of an instance resident at once on the device (one warpgroup each: 104-124 registers for
-// FP8, 4 per SM; 135-148 for MXFP4's fragments, 3), cached per instance.
+// FP8, 4 per SM; 135-149 for FP4's fragments, 3, NVFP4's 8-k-block instances at 128, 4), cached
+// per instance.
 int64_t resident_blocks(WFmt f, int nkb, int kc) {
   static std::mutex mu;
   static std::vector<std::pair<int, int64_t>> cache;  // (key, blocks)
@@ -477,7 +503,8 @@ int64_t resident_blocks(WFmt f, int nkb, int kc) {
 std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
   const WFmt f = static_cast<WFmt>(a.fmt);
   const int64_t n_kb = a.K / 128, tiles = a.n_rows / 64 * a.n_z * grid_tiles;
-  const int min_nkb = f == WFmt::kMxfp4 ? 8 : 4;
+  const bool fp4 = f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
+  const int min_nkb = fp4 ? 8 : 4;
   int best_kc = 0;
   for (int kc = 1; kc <= 8; kc *= 2) {
     if (n_kb % kc != 0) continue;
@@ -524,10 +551,11 @@ std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_til
     on = g_wgmma.load(std::memory_order_relaxed);
   }
   const WFmt f = static_cast<WFmt>(a.fmt);
-  if (on < 1 || !x_bf16 || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || f == WFmt::kMxfp4)) return {0, 0};
+  const bool fp4 = f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
+  if (on < 1 || !x_bf16 || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || fp4)) return {0, 0};
   if (a.K % 512 != 0 || a.n_rows % 64 != 0 || a.n_z < 1 || a.n_z > 65535 || grid_tiles < 1 || grid_tiles > 65535)
     return {0, 0};
-  const int64_t row_bytes = f == WFmt::kMxfp4 ? a.K / 2 : a.K;
+  const int64_t row_bytes = fp4 ? a.K / 2 : a.K;
   if (row_bytes * a.n_rows * a.n_z * grid_tiles < kWgmmaMinBytes) return {0, 0};
   if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || a.ldx % 8 != 0 || a.x_z % 8 != 0) return {0, 0};
   if (a.swiglu_pairs && (a.n_z != 2 || a.x_z != 0)) return {0, 0};
@@ -540,13 +568,13 @@ std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_til
   } else if (a.descs != nullptr) {
     // A descriptor table without tiles at one token: the shared expert's w1 / w3 (swiglu_mlp, 16
     // MiB at V4-Flash's dims), paired (SwiGLU by the last split) or not; each z's own weights.
-    if ((f == WFmt::kMxfp4 && on < 2) || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr ||
+    if ((fp4 && on < 2) || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr ||
         a.desc0.row_bytes != row_bytes)
       return {0, 0};
   } else {
-    // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles; MXFP4 (no
-    // release-layout projection) only with the experts' switch.
-    if ((f == WFmt::kMxfp4 && on < 2) || a.descs != nullptr || grid_tiles != 1 || a.rows != 1 ||
+    // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles; FP4 (no
+    // release-layout projection; NVFP4 not yet measured in a step) only with the experts' switch.
+    if ((fp4 && on < 2) || a.descs != nullptr || grid_tiles != 1 || a.rows != 1 ||
         a.x_rows != nullptr || a.swiglu_pairs || a.w_row_z % 64 != 0 || a.desc0.row_bytes != row_bytes ||
         reinterpret_cast<uintptr_t>(a.desc0.w) % 16 != 0)
       return {0, 0};

@@ -702,12 +702,12 @@ TEST_F(CudaMoe, SharedExpertUnderPolicies) {
 }
 
 // The experts on the wgmma GEMV (linear_gemv_wgmma.cu, CLAWMINE_GEMV_WGMMA_EXPERTS=1; sm_90a on
-// Hopper, else the streaming kernel): V4-Flash's expert dims at one token, MXFP4 and FP8, BF16
+// Hopper, else the streaming kernel): V4-Flash's expert dims at one token, MXFP4, NVFP4 and FP8, BF16
 // activations: the direct launches (row_problem, gate/up pairs finished by the last split) give the
 // bits of the plan's (a tile table, gate and up stored, then swiglu), and match the CPU.
 TEST_F(CudaMoe, WgmmaExpertsAtOneToken) {
   uint32_t seed = 7500;
-  for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kFp8E8M0}) {
+  for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0}) {
     TestExperts ex = make_experts(*cuda, kE, 4096, 2048, 8, [f](int64_t) { return f; }, seed += 100);
     SCOPED_TRACE(format_label(f));
     backend::cuda::set_gemv_wgmma(2);
