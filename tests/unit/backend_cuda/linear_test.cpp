@@ -13,7 +13,9 @@
 #include <cmath>
 #include <cstdint>
 #include <future>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/op_errors.h"
@@ -532,73 +534,52 @@ class CudaLinearWgmma : public CudaLinear {
     if (cuda) backend::cuda::set_gemv_wgmma(-1);
     CudaLinear::TearDown();
   }
+  // Shapes at one token on the wgmma GEMV (set_gemv_wgmma(level)) in each format: against the
+  // CPU, finite, the same bits twice, the streaming kernel's values (wgmma off); FP8 also through
+  // check_linear. Without sm_90a or a Hopper GPU every launch streams (then a note says so).
+  void check_shapes(const std::vector<std::pair<int64_t, int64_t>>& shapes, std::initializer_list<TestFormat> formats,
+                    int level, uint32_t seed) {
+    bool any_differs = false;
+    for (auto [O, I] : shapes) {
+      const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 1.0f / 32);
+      for (TestFormat f : formats) {
+        auto w = make_linear(*cuda, f, wf, O, I, std::string("wgmma.") + format_label(f));
+        SCOPED_TRACE(w->host.name + " [" + std::to_string(O) + ", " + std::to_string(I) + "]");
+        backend::cuda::set_gemv_wgmma(level);
+        if (f == TestFormat::kFp8E8M0 || f == TestFormat::kFp8F32) check_linear(*w, 1, DType::kBF16, ++seed);
+        TestActs x = make_acts(*cuda, {1, I}, DType::kBF16, ++seed);
+        const ops::DeviceBuffer a = poisoned(*cuda, DType::kF32, {1, O}), b = poisoned(*cuda, DType::kF32, {1, O}),
+                                c = poisoned(*cuda, DType::kF32, {1, O});
+        cuda->linear(x.dev.view(), w->dev, a.view());
+        cuda->linear(x.dev.view(), w->dev, b.view());
+        backend::cuda::set_gemv_wgmma(0);
+        cuda->linear(x.dev.view(), w->dev, c.view());
+        const std::vector<float> ga = download_f32(*cuda, a.view()), gb = download_f32(*cuda, b.view()),
+                                 gc = download_f32(*cuda, c.view());
+        const auto windows = check_windows(O);
+        EXPECT_TRUE(within(gather_windows(ga, 1, O, windows), cpu_linear_windows(*cpu, x, 1, w->host, windows),
+                           kBf16Budget));
+        EXPECT_TRUE(all_finite(ga));
+        EXPECT_TRUE(same_bits(ga, gb));
+        EXPECT_TRUE(within(ga, gc, kBf16Budget));
+        any_differs = any_differs || !same_bits(ga, gc);
+      }
+    }
+    if (!any_differs) std::printf("[ note ] the wgmma GEMV did not run here (not an sm_90a build on Hopper)\n");
+  }
 };
 
 TEST_F(CudaLinearWgmma, Fp8AtOneTokenMatchesTheCpu) {
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{16384, 1024}, {8192, 2048}, {4096, 4096},
-                                                           {32768, 1024}, {4096, 8192}, {2048, 16384}};
-  uint32_t seed = 2500;
-  bool any_differs = false;
-  for (auto [O, I] : shapes) {
-    const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 1.0f / 32);
-    for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kFp8F32}) {
-      auto w = make_linear(*cuda, f, wf, O, I, std::string("wgmma.") + format_label(f));
-      SCOPED_TRACE(w->host.name + " [" + std::to_string(O) + ", " + std::to_string(I) + "]");
-      backend::cuda::set_gemv_wgmma(1);
-      check_linear(*w, 1, DType::kBF16, ++seed);
-      TestActs x = make_acts(*cuda, {1, I}, DType::kBF16, ++seed);
-      const ops::DeviceBuffer a = poisoned(*cuda, DType::kF32, {1, O}), b = poisoned(*cuda, DType::kF32, {1, O}),
-                              c = poisoned(*cuda, DType::kF32, {1, O});
-      cuda->linear(x.dev.view(), w->dev, a.view());
-      cuda->linear(x.dev.view(), w->dev, b.view());
-      backend::cuda::set_gemv_wgmma(0);
-      cuda->linear(x.dev.view(), w->dev, c.view());
-      const std::vector<float> ga = download_f32(*cuda, a.view()), gb = download_f32(*cuda, b.view()),
-                               gc = download_f32(*cuda, c.view());
-      const auto windows = check_windows(O);
-      EXPECT_TRUE(within(gather_windows(ga, 1, O, windows), cpu_linear_windows(*cpu, x, 1, w->host, windows),
-                         kBf16Budget));
-      EXPECT_TRUE(all_finite(ga));
-      EXPECT_TRUE(same_bits(ga, gb));
-      any_differs = any_differs || !same_bits(ga, gc);
-    }
-  }
-  // Without sm_90a or a Hopper GPU the wgmma kernel never runs; then every launch above streamed.
-  if (!any_differs) std::printf("[ note ] the wgmma GEMV did not run here (not an sm_90a build on Hopper)\n");
+  check_shapes({{16384, 1024}, {8192, 2048}, {4096, 4096}, {32768, 1024}, {4096, 8192}, {2048, 16384}},
+               {TestFormat::kFp8E8M0, TestFormat::kFp8F32}, 1, 2500);
 }
 
 // FP4 weights (MXFP4: E8M0 per 32; NVFP4: E4M3 per 16 and the global scale, two accumulator sets
-// per k block) on the wgmma GEMV, which takes them only with the experts' switch (2): every (k
-// blocks, split) choice of FP4 at 16 MiB, vs the CPU, the same bits twice.
+// per k block), which the wgmma GEMV takes only with the experts' switch (2): every (k blocks,
+// split) choice of FP4 at 16 MiB.
 TEST_F(CudaLinearWgmma, Fp4AtOneTokenMatchesTheCpu) {
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{32768, 1024}, {8192, 4096}, {4096, 8192}, {2048, 16384}};
-  uint32_t seed = 2900;
-  bool any_differs = false;
-  for (auto [O, I] : shapes) {
-    const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), ++seed, 1.0f / 32);
-    for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4}) {
-      auto w = make_linear(*cuda, f, wf, O, I, std::string("wgmma.") + format_label(f));
-      SCOPED_TRACE(w->host.name + " [" + std::to_string(O) + ", " + std::to_string(I) + "]");
-      backend::cuda::set_gemv_wgmma(2);
-      TestActs x = make_acts(*cuda, {1, I}, DType::kBF16, ++seed);
-      const ops::DeviceBuffer a = poisoned(*cuda, DType::kF32, {1, O}), b = poisoned(*cuda, DType::kF32, {1, O}),
-                              c = poisoned(*cuda, DType::kF32, {1, O});
-      cuda->linear(x.dev.view(), w->dev, a.view());
-      cuda->linear(x.dev.view(), w->dev, b.view());
-      backend::cuda::set_gemv_wgmma(0);
-      cuda->linear(x.dev.view(), w->dev, c.view());
-      const std::vector<float> ga = download_f32(*cuda, a.view()), gb = download_f32(*cuda, b.view()),
-                               gc = download_f32(*cuda, c.view());
-      const auto windows = check_windows(O);
-      EXPECT_TRUE(within(gather_windows(ga, 1, O, windows), cpu_linear_windows(*cpu, x, 1, w->host, windows),
-                         kBf16Budget));
-      EXPECT_TRUE(all_finite(ga));
-      EXPECT_TRUE(same_bits(ga, gb));
-      EXPECT_TRUE(within(ga, gc, kBf16Budget));  // the streaming kernel's values
-      any_differs = any_differs || !same_bits(ga, gc);
-    }
-  }
-  if (!any_differs) std::printf("[ note ] the wgmma GEMV did not run here (not an sm_90a build on Hopper)\n");
+  check_shapes({{32768, 1024}, {8192, 4096}, {4096, 8192}, {2048, 16384}}, {TestFormat::kMxfp4, TestFormat::kNvfp4}, 2,
+               2900);
 }
 
 TEST_F(CudaLinearWgmma, GroupedWoA) {
