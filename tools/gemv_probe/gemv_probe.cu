@@ -823,7 +823,7 @@ int main(int argc, char** argv) {
         // The columns above leave it off.
         double wg_us = 0;  // 0: the wgmma kernel does not take this case
         {
-          cuda::set_gemv_wgmma(2);  // experts too
+          cuda::set_gemv_wgmma(3);  // every expert launch too
           const cuda::GemmArgs g0 = case_args(c, cd, 0, x, o_new, T, false);
           if (cuda::gemv_wgmma_applies(g0, true, gt)) {
             std::vector<float> r[2];

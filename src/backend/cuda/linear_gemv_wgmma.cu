@@ -4,7 +4,7 @@
 // default, FP4 and expert launches of one-row tiles on request (docs/PERFORMANCE.md, twenty-fifth session:
 // tools/gemv_probe's FP8 wq_b at 81.6% of copy against 55% on the streaming kernel's mma.sync
 // chain; decode b=1 6.27 -> 6.03 ms/token; twenty-sixth session, the shared expert's gate/up too:
-// 6.01-6.03 -> 5.93).
+// 6.01-6.03 -> 5.93; twenty-seventh, the routed experts' FP4 down projections: 5.93-5.96 -> 5.79-5.82).
 //
 // Why wgmma: mma.sync makes each warp wait for its products and decode every weight into bf16
 // fragments (~120-245 instructions per KB); wgmma takes the stored E4M3 bytes as its A operand
@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -439,7 +440,10 @@ SplitWorkspace split_workspace(cudaStream_t stream) {
   return w;
 }
 
-std::atomic<int> g_wgmma{-1};  // -1 until CLAWMINE_GEMV_WGMMA is read
+// Which launches take the wgmma GEMV (set_gemv_wgmma): 0 none, 1 dense FP8 and the shared expert's
+// gate/up, 2 also the routed experts' FP4 down projections (the default), 3 every expert launch
+// and dense FP4. -1 until the environment is read.
+std::atomic<int> g_wgmma{-1};
 
 // Only weights of >= 16 MiB (tools/gemv_probe, H200, FP8 at one token: wo_b and wq_b, 33.5 MB,
 // 13.6 / 14.5 -> 10.9 / 11.1 us; at 8 MB, the shared expert's w1 / w2 and the indexer's wq_b, no
@@ -533,9 +537,18 @@ void release_gemv_workspace(cudaStream_t stream) noexcept {
     }
 }
 
-void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on > 2 ? 2 : on, std::memory_order_relaxed); }
+void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on > 3 ? 3 : on, std::memory_order_relaxed); }
 
 namespace {
+// The level the environment asks for: CLAWMINE_GEMV_WGMMA=0 none; CLAWMINE_GEMV_WGMMA_EXPERTS=1 every
+// expert launch, =0 none of them, unset the routed experts' FP4 down projections.
+int wgmma_level_from_env() {
+  if (!env_switch("CLAWMINE_GEMV_WGMMA", true)) return 0;
+  const char* experts = std::getenv("CLAWMINE_GEMV_WGMMA_EXPERTS");
+  if (experts == nullptr || *experts == '\0') return 2;
+  return env_switch("CLAWMINE_GEMV_WGMMA_EXPERTS", false) ? 3 : 1;
+}
+
 // The launch's plan (k blocks per warpgroup, split) when the wgmma GEMV takes it, else {0, 0}.
 std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_tiles) {
 #ifndef CLAWMINE_CUDA_SM90A
@@ -543,11 +556,8 @@ std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_til
 #else
   int on = g_wgmma.load(std::memory_order_relaxed);
   if (on < 0) {
-    const int from_env = !env_switch("CLAWMINE_GEMV_WGMMA", true)           ? 0
-                         : env_switch("CLAWMINE_GEMV_WGMMA_EXPERTS", false) ? 2
-                                                                            : 1;
     int expected = -1;
-    g_wgmma.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
+    g_wgmma.compare_exchange_strong(expected, wgmma_level_from_env(), std::memory_order_relaxed);
     on = g_wgmma.load(std::memory_order_relaxed);
   }
   const WFmt f = static_cast<WFmt>(a.fmt);
@@ -560,21 +570,26 @@ std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_til
   if (reinterpret_cast<uintptr_t>(a.x) % 16 != 0 || a.ldx % 8 != 0 || a.x_z % 8 != 0) return {0, 0};
   if (a.swiglu_pairs && (a.n_z != 2 || a.x_z != 0)) return {0, 0};
   if (has_tile_table(a)) {
-    // Expert launches of one-row tiles (decode: row_problem; a plan's table at <= 10 tokens), on
-    // request only: alone they are 1.3x faster (tools/gemv_probe, H200, MXFP4 gate/up 27.7 ->
-    // 20.7 us, down 15.5 -> 11.8), but a decode step with them took 6.43-6.51 ms/token against
-    // 6.25-6.28 with the streaming kernel (docs/PERFORMANCE.md, twenty-fifth session).
+    // Expert launches of one-row tiles (decode: row_problem; a plan's table at <= 10 tokens). Alone
+    // they are 1.1-1.3x faster (tools/gemv_probe, H200, MXFP4 gate/up 27.6 -> 20.5 us, down 15.5 ->
+    // 11.7; NVFP4 28.1 -> 25.5, 16.3 -> 14.5). In a decode step (docs/PERFORMANCE.md,
+    // twenty-seventh session) the MXFP4 down projections alone on wgmma gain (5.91-5.96 -> 5.78-5.81
+    // ms/token), the gate/up pairs alone less (5.85-5.88) and both together lose (5.96-6.15); NVFP4
+    // down alone 6.03-6.07 -> 5.99-6.02 (every NVFP4 launch on wgmma: 6.69). So by default only the
+    // FP4 down projections (one problem per launch), every expert launch at level 3 (FP8 experts
+    // are not measured in a step).
     if (on < 2 || a.descs == nullptr || a.tile_rows != 1) return {0, 0};
+    if (on < 3 && (a.n_z != 1 || !fp4)) return {0, 0};  // n_z 2: gate/up
   } else if (a.descs != nullptr) {
     // A descriptor table without tiles at one token: the shared expert's w1 / w3 (swiglu_mlp, 16
     // MiB at V4-Flash's dims), paired (SwiGLU by the last split) or not; each z's own weights.
-    if ((fp4 && on < 2) || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr ||
+    if ((fp4 && on < 3) || grid_tiles != 1 || a.rows != 1 || a.x_rows != nullptr ||
         a.desc0.row_bytes != row_bytes)
       return {0, 0};
   } else {
     // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles; FP4 (no
     // release-layout projection; NVFP4 not yet measured in a step) only with the experts' switch.
-    if ((fp4 && on < 2) || a.descs != nullptr || grid_tiles != 1 || a.rows != 1 ||
+    if ((fp4 && on < 3) || a.descs != nullptr || grid_tiles != 1 || a.rows != 1 ||
         a.x_rows != nullptr || a.swiglu_pairs || a.w_row_z % 64 != 0 || a.desc0.row_bytes != row_bytes ||
         reinterpret_cast<uintptr_t>(a.desc0.w) % 16 != 0)
       return {0, 0};

@@ -306,12 +306,14 @@ int device_cc_major();  // the current device's compute capability major, read o
 // The one-token GEMV on wgmma (linear_gemv_wgmma.cu; sm_90a builds on a Hopper device):
 // launch_gemv takes it before the streaming kernel for dense FP8 launches of one token, >= 16 MiB
 // of weights, rows a multiple of 64 and K of 512 (wq_b, wo_a, wo_b; and the shared expert's w1 /
-// w3 over swiglu_mlp's descriptor table, paired with SwiGLU or not); with
-// CLAWMINE_GEMV_WGMMA_EXPERTS=1 also for dense FP4 launches and expert launches of one-row tiles
-// (FP8, MXFP4 or NVFP4, gate/up pairs included). gemv_wgmma_applies says whether it would; launch_gemv_wgmma launches it when it
-// applies (false otherwise). CLAWMINE_GEMV_WGMMA=0 turns it off (both read once); set_gemv_wgmma
-// for tests and tools/gemv_probe (not thread-safe): 0 off, 1 dense, 2 dense and experts, -1 back
-// to the environment.
+// w3 over swiglu_mlp's descriptor table, paired with SwiGLU or not) and the routed experts' FP4
+// (MXFP4, NVFP4) down projections (expert launches of one-row tiles, one problem); with
+// CLAWMINE_GEMV_WGMMA_EXPERTS=1 also dense FP4 launches and every expert launch of one-row tiles
+// (FP8, MXFP4 or NVFP4, gate/up pairs included), with =0 no expert launch. gemv_wgmma_applies says
+// whether it would; launch_gemv_wgmma launches it when it applies (false otherwise).
+// CLAWMINE_GEMV_WGMMA=0 turns it off (both read once); set_gemv_wgmma for tests and
+// tools/gemv_probe (not thread-safe): 0 off, 1 dense and the shared expert, 2 also the FP4 down
+// projections (the default), 3 every expert launch and dense FP4, -1 back to the environment.
 bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles);
 bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 void set_gemv_wgmma(int on);

@@ -656,7 +656,7 @@ TEST_F(CudaMoe, SharedExpertMixedFormatsAtV4Dims) {
   const ExpertWeights host{fp8.host[0].w1, mx.host[0].w3, fp8.host[0].w2};
   const ExpertWeights dev{fp8.dev[0].w1, mx.dev[0].w3, fp8.dev[0].w2};
   uint32_t seed = 11700;
-  for (int wgmma : {1, 2}) {
+  for (int wgmma : {1, 2, 3}) {
     SCOPED_TRACE("set_gemv_wgmma(" + std::to_string(wgmma) + ")");
     backend::cuda::set_gemv_wgmma(wgmma);
     TestActs x = make_acts(*cuda, {1, D}, DType::kBF16, ++seed);
@@ -701,27 +701,30 @@ TEST_F(CudaMoe, SharedExpertUnderPolicies) {
   }
 }
 
-// The experts on the wgmma GEMV (linear_gemv_wgmma.cu, CLAWMINE_GEMV_WGMMA_EXPERTS=1; sm_90a on
-// Hopper, else the streaming kernel): V4-Flash's expert dims at one token, MXFP4, NVFP4 and FP8, BF16
+// The experts on the wgmma GEMV (linear_gemv_wgmma.cu; sm_90a on Hopper, else the streaming
+// kernel): level 2 (the default: the FP4 down projections) and 3 (CLAWMINE_GEMV_WGMMA_EXPERTS=1:
+// every expert launch); V4-Flash's expert dims at one token, MXFP4, NVFP4 and FP8, BF16
 // activations: the direct launches (row_problem, gate/up pairs finished by the last split) give the
 // bits of the plan's (a tile table, gate and up stored, then swiglu), and match the CPU.
 TEST_F(CudaMoe, WgmmaExpertsAtOneToken) {
   uint32_t seed = 7500;
-  for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0}) {
-    TestExperts ex = make_experts(*cuda, kE, 4096, 2048, 8, [f](int64_t) { return f; }, seed += 100);
-    SCOPED_TRACE(format_label(f));
-    backend::cuda::set_gemv_wgmma(2);
-    backend::cuda::set_moe_decode_direct(true);
-    const uint32_t s = ++seed;
-    auto [direct, ref] = run_moe(ex, 4096, 1, DType::kBF16, s);
-    backend::cuda::set_moe_decode_direct(false);
-    backend::cuda::set_swiglu_pairs(false);
-    auto [planned, ref2] = run_moe(ex, 4096, 1, DType::kBF16, s);
-    backend::cuda::set_swiglu_pairs(true);
-    backend::cuda::set_moe_decode_direct(true);
-    backend::cuda::set_gemv_wgmma(-1);
-    EXPECT_TRUE(same_bits(direct, planned));
-    EXPECT_TRUE(within(direct, ref, act_budget(DType::kBF16)));
+  for (int level : {2, 3}) {
+    for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0}) {
+      TestExperts ex = make_experts(*cuda, kE, 4096, 2048, 8, [f](int64_t) { return f; }, seed += 100);
+      SCOPED_TRACE(std::string(format_label(f)) + " level " + std::to_string(level));
+      backend::cuda::set_gemv_wgmma(level);
+      backend::cuda::set_moe_decode_direct(true);
+      const uint32_t s = ++seed;
+      auto [direct, ref] = run_moe(ex, 4096, 1, DType::kBF16, s);
+      backend::cuda::set_moe_decode_direct(false);
+      backend::cuda::set_swiglu_pairs(false);
+      auto [planned, ref2] = run_moe(ex, 4096, 1, DType::kBF16, s);
+      backend::cuda::set_swiglu_pairs(true);
+      backend::cuda::set_moe_decode_direct(true);
+      backend::cuda::set_gemv_wgmma(-1);
+      EXPECT_TRUE(same_bits(direct, planned));
+      EXPECT_TRUE(within(direct, ref, act_budget(DType::kBF16)));
+    }
   }
 }
 
