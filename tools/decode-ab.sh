@@ -10,7 +10,8 @@
 # Environment: AB_ROUNDS (default 3), AB_LAYOUT (release or nvfp4; default release), AB_BENCH
 # (the bench flags after --model/--backend; default: decode 64 tokens after a 128-token prompt at
 # batch 1, no ceilings), AB_TESTS (a gtest filter: gpu_backend_cuda runs it once per variant
-# before the rounds, e.g. '*CudaModelParity*:CudaForwardBatch*'), AB_TRACE=1 (after the rounds, a
+# before the rounds, e.g. '*CudaModelParity*:CudaForwardBatch*'; AB_TESTS_ONCE=1: under the first
+# variant only, for switches the tests set themselves), AB_TRACE=1 (after the rounds, a
 # two-step kernel trace per variant: tools/kernel_timeline.py's layer tables printed, its whole
 # reading with every kernel in start order in $OUT/traceN.txt, the CSV in LOGS), AB_KEEP_CSV=1 (the
 # trace CSVs into $OUT too),
@@ -64,7 +65,9 @@ with() {
 }
 
 if [ -n "${AB_TESTS:-}" ]; then
-  for v in "$@"; do
+  test_variants=("$@")
+  [ "${AB_TESTS_ONCE:-0}" = 1 ] && test_variants=("$1")
+  for v in "${test_variants[@]}"; do
     echo "[decode-ab] tests with '$v': $(with "$v" timeout 300 "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
       --gtest_filter="$AB_TESTS" 2>&1 | tee -a "$OUT/tests.log" | grep -E '^\[  (PASSED|FAILED) ' | tr '\n' ' ') ($(el))"
   done
@@ -100,4 +103,4 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
 fi
 echo
 echo "decode-ab: medians (ms/token) per variant over $ROUNDS interleaved rounds, $LAYOUT layout ($(el))"
-for v in "$@"; do printf '  %-50s %s\n' "$v" "${results[$v]}"; done
+for v in "$@"; do printf '  %-50s %s\n' "$v" "${results[$v]:-}"; done
