@@ -45,14 +45,7 @@ std::atomic<int> g_pdl{-1};
 }  // namespace
 
 bool pdl_enabled() {
-  int v = g_pdl.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const int from_env = env_switch("CLAWMINE_PDL", true) ? 1 : 0;  // on unless turned off
-    int expected = -1;
-    g_pdl.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
-    v = g_pdl.load(std::memory_order_relaxed);
-  }
-  return v == 1;
+  return env_setting(g_pdl, [] { return env_switch("CLAWMINE_PDL", true) ? 1 : 0; }) == 1;  // on unless turned off
 }
 
 void set_pdl_enabled_for_tests(bool on) { g_pdl.store(on ? 1 : 0, std::memory_order_relaxed); }

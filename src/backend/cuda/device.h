@@ -2,6 +2,7 @@
 // GPU tests skip) when no device is visible at run time.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -26,5 +27,17 @@ bool env_switch(const char* name, bool fallback);
 // A count from the environment (CLAWMINE_MOE_GEMV_MAX_TOKENS, ...): 0 when unset or empty, else a
 // decimal integer in [lo, hi] (lo >= 1); any other value is an error naming the variable.
 int64_t env_count(const char* name, int64_t lo, int64_t hi);
+// A setting read from the environment on first use: `v` holds -1 until then, when read()'s value
+// (>= 0) is stored once (a racing first use keeps the first store); tests store their own value
+// in `v`, or -1 to go back to the environment. read() may throw (a bad value).
+inline int env_setting(std::atomic<int>& v, int (*read)()) {
+  int x = v.load(std::memory_order_relaxed);
+  if (x < 0) {
+    int expected = -1;
+    v.compare_exchange_strong(expected, read(), std::memory_order_relaxed);
+    x = v.load(std::memory_order_relaxed);
+  }
+  return x;
+}
 
 }  // namespace clawmine::backend::cuda

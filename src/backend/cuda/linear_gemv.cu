@@ -81,14 +81,7 @@ std::atomic<int> g_gemv_pdl{-1};  // -1 until CLAWMINE_GEMV_PDL is read
 }  // namespace
 bool gemv_pdl() {
   if (pdl_enabled()) return true;
-  int v = g_gemv_pdl.load(std::memory_order_relaxed);
-  if (v < 0) {
-    int expected = -1;
-    g_gemv_pdl.compare_exchange_strong(expected, env_switch("CLAWMINE_GEMV_PDL", true) ? 1 : 0,
-                                       std::memory_order_relaxed);
-    v = g_gemv_pdl.load(std::memory_order_relaxed);
-  }
-  return v == 1;
+  return env_setting(g_gemv_pdl, [] { return env_switch("CLAWMINE_GEMV_PDL", true) ? 1 : 0; }) == 1;
 }
 namespace {
 template <int NT>
@@ -1157,26 +1150,13 @@ std::atomic<int> g_gemv_kernel{-1};  // GemvKernel; -1 until CLAWMINE_GEMV is re
 }  // namespace
 
 GemvKernel gemv_kernel_in_use() {
-  int v = g_gemv_kernel.load(std::memory_order_relaxed);
-  if (v < 0) {
+  return static_cast<GemvKernel>(env_setting(g_gemv_kernel, [] {
     const char* env = std::getenv("CLAWMINE_GEMV");
-    int from_env = static_cast<int>(GemvKernel::kAuto);  // the default
-    if (env != nullptr && *env != '\0') {
-      if (std::strcmp(env, "auto") == 0) {
-        from_env = static_cast<int>(GemvKernel::kAuto);
-      } else if (std::strcmp(env, "mma") == 0) {
-        from_env = static_cast<int>(GemvKernel::kMma);
-      } else if (std::strcmp(env, "stream") == 0) {
-        from_env = static_cast<int>(GemvKernel::kStream);
-      } else {
-        throw Error(str_cat("CLAWMINE_GEMV=", env, ": expected auto, mma or stream"));
-      }
-    }
-    int expected = -1;
-    g_gemv_kernel.compare_exchange_strong(expected, from_env, std::memory_order_relaxed);
-    v = g_gemv_kernel.load(std::memory_order_relaxed);
-  }
-  return static_cast<GemvKernel>(v);
+    if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return static_cast<int>(GemvKernel::kAuto);
+    if (std::strcmp(env, "mma") == 0) return static_cast<int>(GemvKernel::kMma);
+    if (std::strcmp(env, "stream") == 0) return static_cast<int>(GemvKernel::kStream);
+    throw Error(str_cat("CLAWMINE_GEMV=", env, ": expected auto, mma or stream"));
+  }));
 }
 
 void set_gemv_kernel(GemvKernel k) {

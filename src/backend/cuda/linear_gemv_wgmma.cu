@@ -554,12 +554,7 @@ std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_til
 #ifndef CLAWMINE_CUDA_SM90A
   return {0, 0};
 #else
-  int on = g_wgmma.load(std::memory_order_relaxed);
-  if (on < 0) {
-    int expected = -1;
-    g_wgmma.compare_exchange_strong(expected, wgmma_level_from_env(), std::memory_order_relaxed);
-    on = g_wgmma.load(std::memory_order_relaxed);
-  }
+  const int on = env_setting(g_wgmma, wgmma_level_from_env);
   const WFmt f = static_cast<WFmt>(a.fmt);
   const bool fp4 = f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
   if (on < 1 || !x_bf16 || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || fp4)) return {0, 0};

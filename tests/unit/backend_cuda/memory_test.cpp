@@ -3,6 +3,7 @@
 // region (marks give the same addresses back), upload/download through the pinned staging ring
 // (large random buffers, odd sizes, many small uploads sharing a buffer, the source reusable as
 // soon as upload returns), copy with F32/BF16/F16 conversion and fill. Skips without a GPU.
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -84,6 +85,33 @@ TEST(CudaBackendNoGpu, EnvCountsAreCheckedAndNamed) {
     }
   }
   ::unsetenv(name);
+}
+
+// env_setting: read once on first use, a test's stored value wins, -1 goes back to the reader; a
+// reader that throws stores nothing.
+TEST(CudaBackendNoGpu, EnvSettingsAreReadOnceAndOverridable) {
+  static int reads = 0;
+  static bool fail = false;
+  std::atomic<int> v{-1};
+  auto read = [] {
+    ++reads;
+    if (fail) throw Error("bad setting");
+    return 2;
+  };
+  reads = 0;
+  EXPECT_EQ(backend::cuda::env_setting(v, read), 2);
+  EXPECT_EQ(backend::cuda::env_setting(v, read), 2);
+  EXPECT_EQ(reads, 1);
+  v.store(0);
+  EXPECT_EQ(backend::cuda::env_setting(v, read), 0);
+  EXPECT_EQ(reads, 1);
+  v.store(-1);
+  fail = true;
+  EXPECT_NE(error_of([&] { backend::cuda::env_setting(v, read); }).find("bad setting"), std::string::npos);
+  EXPECT_EQ(v.load(), -1);
+  fail = false;
+  EXPECT_EQ(backend::cuda::env_setting(v, read), 2);
+  EXPECT_EQ(reads, 3);
 }
 
 TEST_F(CudaMemoryTest, OptionsAreChecked) {
