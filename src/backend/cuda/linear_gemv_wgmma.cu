@@ -1,7 +1,8 @@
 // The one-token GEMV on wgmma (sm_90a): y[r] = sum_k W[r, k] x[k] for E4M3 weights with
 // 128 x 128 block scales (E8M0 or F32) or FP4 weights (MXFP4, NVFP4), and BF16 activations, at
-// decode's one token: dense FP8 projections (wq_b, wo_a, wo_b) and the shared expert's gate/up by
-// default, FP4 and expert launches of one-row tiles on request (docs/PERFORMANCE.md, twenty-fifth session:
+// decode's one token: dense FP8 projections (wq_b, wo_a, wo_b), the shared expert's gate/up and the
+// routed experts' FP4 down projections by default, dense FP4 and the other expert launches on
+// request (docs/PERFORMANCE.md, twenty-fifth session:
 // tools/gemv_probe's FP8 wq_b at 81.6% of copy against 55% on the streaming kernel's mma.sync
 // chain; decode b=1 6.27 -> 6.03 ms/token; twenty-sixth session, the shared expert's gate/up too:
 // 6.01-6.03 -> 5.93; twenty-seventh, the routed experts' FP4 down projections: 5.93-5.96 -> 5.79-5.82).
@@ -116,7 +117,7 @@ __device__ __forceinline__ uint32_t e4m3x2_bits(float a, float b) {
 template <WFmt F>
 struct WgFmt {
   static constexpr bool kNv = F == WFmt::kNvfp4;
-  static constexpr bool kFp4 = F == WFmt::kMxfp4 || kNv;
+  static constexpr bool kFp4 = wfmt_fp4(F);
   static constexpr int kLoads = kFp4 ? 2 : 4;  // 16-byte loads per lane and k block
   static constexpr int kKbBytes = kFp4 ? 64 : 128;
   static constexpr int kNS = kFp4 ? 8 : 4;  // k blocks of weights in registers (kNS - 1 in flight)
@@ -507,8 +508,7 @@ int64_t resident_blocks(WFmt f, int nkb, int kc) {
 std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
   const WFmt f = static_cast<WFmt>(a.fmt);
   const int64_t n_kb = a.K / 128, tiles = a.n_rows / 64 * a.n_z * grid_tiles;
-  const bool fp4 = f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
-  const int min_nkb = fp4 ? 8 : 4;
+  const int min_nkb = wfmt_fp4(f) ? 8 : 4;
   int best_kc = 0;
   for (int kc = 1; kc <= 8; kc *= 2) {
     if (n_kb % kc != 0) continue;
@@ -556,7 +556,7 @@ std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_til
 #else
   const int on = env_setting(g_wgmma, wgmma_level_from_env);
   const WFmt f = static_cast<WFmt>(a.fmt);
-  const bool fp4 = f == WFmt::kMxfp4 || f == WFmt::kNvfp4;
+  const bool fp4 = wfmt_fp4(f);
   if (on < 1 || !x_bf16 || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32 || fp4)) return {0, 0};
   if (a.K % 512 != 0 || a.n_rows % 64 != 0 || a.n_z < 1 || a.n_z > 65535 || grid_tiles < 1 || grid_tiles > 65535)
     return {0, 0};
@@ -583,7 +583,8 @@ std::pair<int, int> applicable_plan(const GemmArgs& a, bool x_bf16, int grid_til
       return {0, 0};
   } else {
     // Dense: one token, rows of a 128-row FP8 scale block in whole 64-row tiles; FP4 (no
-    // release-layout projection; NVFP4 not yet measured in a step) only with the experts' switch.
+    // release-layout projection; NVFP4's are slower on it: wo_b 11.05 against 10.19 us alone) only
+    // at level 3.
     if ((fp4 && on < 3) || a.descs != nullptr || grid_tiles != 1 || a.rows != 1 ||
         a.x_rows != nullptr || a.swiglu_pairs || a.w_row_z % 64 != 0 || a.desc0.row_bytes != row_bytes ||
         reinterpret_cast<uintptr_t>(a.desc0.w) % 16 != 0)

@@ -44,6 +44,8 @@ namespace clawmine::backend::cuda {
 enum class WFmt : int32_t { kF32 = 0, kBF16, kF16, kFp8E8M0, kFp8F32, kMxfp4, kNvfp4 };
 inline constexpr int kNumWFmt = 7;
 const char* wfmt_name(WFmt f);
+// E2M1 weights with per-block scales (MXFP4: E8M0 per 32; NVFP4: E4M3 per 16 and a global scale).
+__host__ __device__ constexpr bool wfmt_fp4(WFmt f) { return f == WFmt::kMxfp4 || f == WFmt::kNvfp4; }
 
 // One linear weight in device memory: W logically [rows, k].
 struct WeightDesc {
