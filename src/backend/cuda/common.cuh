@@ -44,11 +44,14 @@ namespace clawmine::backend::cuda {
 //    kernel of a chain of PDL launches start (and hold its blocks resident) at once.
 //  - The exceptions load weights or constant tables, which no kernel of a step writes (they are
 //    uploaded by copies, which are fully serialized), before the wait, so their first DRAM round
-//    trip overlaps the previous kernel: the decode GEMV kernels (linear_gemv.cu), the decode
-//    hyper-connection site (hc_site_fused_kernel, hc_device.cuh: its mix weights fn) and the
-//    decode attention merge (attention_decode_mma.cu: the RoPE frequencies). Everything else
-//    comes after the wait, and every block still waits before it exits (weights_before_wait,
-//    linear_kernels.cuh).
+//    trip overlaps the previous kernel: the decode GEMV kernels (linear_gemv.cu,
+//    linear_gemv_wgmma.cu), the decode hyper-connection site (hc_site_fused_kernel, hc_device.cuh:
+//    its mix weights fn) and the decode attention merge (attention_decode_mma.cu: the RoPE
+//    frequencies). These trigger before their wait. One more exception: the experts' down
+//    projections read their tile table (written by moe_route or moe_plan two launches back)
+//    before the wait (GemmArgs::tiles_early: the launch between them triggers only after its own
+//    wait). Everything else comes after the wait, and every block still waits before it exits
+//    (weights_before_wait, linear_kernels.cuh).
 // Without the attribute (CLAWMINE_PDL=0, except for launches that set it themselves; a library
 // kernel or a copy before), both are no-ops.
 // Library work (cuBLAS, cudaMemcpyAsync, cudaMemsetAsync) is not launched with the attribute
@@ -62,6 +65,14 @@ __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+// The start of a kernel that reads something before the wait when `early` (the decode GEMVs,
+// which then wait later): the next launch may start at once. Otherwise wait first and trigger
+// after, as every other kernel does, so that a launch after this one starts only once this one's
+// prerequisites have completed (GemmArgs::tiles_early relies on it).
+__device__ __forceinline__ void pdl_begin(bool early) {
+  if (!early) pdl_wait();
+  pdl_trigger();
 }
 
 // A triple-chevron launch kernel(grid, block, smem, stream)(args...) as a programmatic dependent launch when

@@ -99,11 +99,11 @@ constexpr bool gemv_three_blocks() {
 
 template <WFmt F, typename XT, int NT>
 __device__ __forceinline__ void gemv_body(const GemmArgs& a, const int S) {
-  pdl_trigger();
-  // Launches without a tile table issue their first iteration's weight loads before
-  // griddepcontrol.wait (weights_before_wait); tile-table launches wait first (moe_plan's tiles).
+  // Launches without a tile table (or with tiles_early) issue their first iteration's weight
+  // loads before griddepcontrol.wait (weights_before_wait); other tile-table launches wait first
+  // (moe_plan's tiles) and only then let the next launch start.
   const bool early = weights_before_wait(a);
-  if (!early) pdl_wait();
+  pdl_begin(early);
   using D = WeightDecoder<F>;
   constexpr int R = gemv_rows<NT>(), E = D::kChunk, P = D::kPiece, Q = E / P;
   static_assert(E % P == 0 && (P == 4 || P == 8), "decoder pieces of 4 or 8 elements");
@@ -735,12 +735,11 @@ __device__ __forceinline__ void stream_kblock(const uint4& w0, const uint4& w1, 
 // its staged activations. kN n tiles of 8 tokens: tiles of up to 8 * kN rows.
 template <WFmt F, int KC, bool kPairs = false, int kRows = 0, int kN = 1>
 __device__ __forceinline__ void gemv_stream_body(const GemmArgs& a, const StreamShape& sh) {
-  pdl_trigger();
-  // Launches without a tile table issue both register groups' weight and scale loads (and the
-  // optional L2 prefetch) before griddepcontrol.wait (weights_before_wait); tile-table launches
-  // wait first (moe_plan's tiles).
+  // Launches without a tile table (or with tiles_early) issue both register groups' weight and
+  // scale loads (and the optional L2 prefetch) before griddepcontrol.wait (weights_before_wait);
+  // other tile-table launches wait first (moe_plan's tiles) and only then let the next launch start.
   const bool early = weights_before_wait(a);
-  if (!early) pdl_wait();
+  pdl_begin(early);
   using D = WeightDecoder<F>;
   static_assert(D::kMma, "format without a tensor-core GEMV decoder");
   constexpr int E = D::kChunk, XW = E / 2, U = stream_group<F, kRows>();

@@ -204,7 +204,8 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
   using D = WeightDecoder<F>;
   constexpr int kNS = W::kNS;
   static_assert(kNkb % kNS == 0, "whole rounds of stages");
-  pdl_trigger();
+  const bool early = weights_before_wait(a);  // dense, or tiles_early: weights before the wait
+  pdl_begin(early);
   extern __shared__ __align__(128) uint8_t sm[];  // B tiles [kNkb KB], then fac [kNkb][4]
   float* fac = reinterpret_cast<float*>(sm + kNkb * 1024);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = lane & 3;
@@ -213,7 +214,6 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
   const int64_t tile0 = static_cast<int64_t>(blockIdx.x / KC) * 64;
   const int64_t lr0 = tile0 + warp * 16 + (lane >> 2), lr1 = lr0 + 8;  // rows of this problem
   const int kb0 = rank * kNkb;
-  const bool early = !has_tile_table(a);  // dense: weights before the wait
   Tile tile{0, 0, 1};
   WeightDesc d{};
   const uint8_t *wp0 = nullptr, *wp1 = nullptr, *sr0 = nullptr, *sr1 = nullptr;
@@ -246,18 +246,20 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
 #pragma unroll
     for (int st = 0; st < kNS; ++st) load(st, st);
   };
-  if (early) {
+  if (early && !has_tile_table(a)) {
     // A descriptor table without tiles (swiglu_mlp's w1 / w3): a z of another format is another
     // launch's.
     if (a.descs != nullptr && desc_of(a, 0, z).fmt != a.fmt) return;
     start();
-  }
-  pdl_wait();
-  if (!early) {
-    if (!tile_of(a, blockIdx.y, tile)) return;  // uniform over the block and its tile's splits
-    if (desc_of(a, tile.p, z).fmt != a.fmt) return;
+  } else {
+    // Uniform over the block and its tile's splits; every block waits before it exits.
+    if (!tile_of(a, blockIdx.y, tile) || desc_of(a, tile.p, z).fmt != a.fmt) {
+      if (early) pdl_wait();
+      return;
+    }
     start();
   }
+  if (early) pdl_wait();
   stage_x<F, kNkb>(x_row<__nv_bfloat16>(a, tile.row0, z), kb0, sm, fac);
 
   float acc0 = 0.0f, acc1 = 0.0f;

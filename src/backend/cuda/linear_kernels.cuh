@@ -106,6 +106,13 @@ struct GemmArgs {
   // gate/up would be, at z = 0 only. The streaming GEMV alone (gemv_swiglu_pairs says when).
   int32_t swiglu_pairs = 0;
   float swiglu_limit = 0.0f;
+  // The tile table may be read before griddepcontrol.wait (weights_before_wait): set by
+  // moe_experts on its down projections, whose table (moe_plan's tiles or moe_route's ids) was
+  // written before the kernel ahead of them in the stream, and that kernel (a tile-table GEMV,
+  // the swiglu or the activation transform) triggers its dependents only after its own wait: so
+  // once any block of this launch runs, the table's writer has completed. The table is read
+  // through L2 (tile_of).
+  int32_t tiles_early = 0;
 };
 
 // h = silu(min(g, L)) * clamp(u, -L, L), in double like the CPU; NaN propagates (std::min/clamp
@@ -132,14 +139,14 @@ template <int kRows = 0>
 __device__ __forceinline__ bool tile_of(const GemmArgs& a, int64_t tile, Tile& t) {
   if (kRows == 2 || (kRows == 0 && a.row_problem)) {
     if (tile >= a.rows) return false;
-    t.p = a.row_problem[tile];
+    t.p = __ldcg(a.row_problem + tile);
     t.row0 = tile;
     t.nrows = 1;
     return static_cast<uint32_t>(t.p) < static_cast<uint32_t>(a.n_problems);
   }
   if (a.tiles) {
-    if (tile >= *a.n_tiles) return false;
-    const int4 e = a.tiles[tile];
+    if (tile >= __ldcg(a.n_tiles)) return false;
+    const int4 e = __ldcg(a.tiles + tile);
     t.p = e.x;
     t.row0 = e.y;
     t.nrows = e.z;
@@ -162,13 +169,16 @@ __device__ __forceinline__ WeightDesc desc_of(const GemmArgs& a, int32_t p, int3
 // loads before the wait: with PDL their blocks start while the previous kernel finishes and the
 // first DRAM round trip overlaps it. Activations, x_rows and outputs stay after the wait.
 // Tile-table launches (moe_experts) take the expert of each tile from what moe_plan (tiles) or
-// moe_route (row_problem) wrote: nothing before the wait. Every block still executes the wait
-// before it exits (a grid then completes only after the one before it, so the chain stays
-// transitive).
+// moe_route (row_problem) wrote: nothing before the wait, unless GemmArgs::tiles_early says that
+// writer has completed by the time any block runs (then the table and the weights before it;
+// tile_of reads the table through L2). Every block still executes the wait before it exits (a grid
+// then completes only after the one before it, so the chain stays transitive). A launch that
+// waits first triggers its dependents after the wait (pdl_begin, common.cuh), which
+// is what makes a later launch's tiles_early hold.
 __host__ __device__ __forceinline__ bool has_tile_table(const GemmArgs& a) {
   return a.tiles != nullptr || a.row_problem != nullptr;
 }
-__device__ __forceinline__ bool weights_before_wait(const GemmArgs& a) { return !has_tile_table(a); }
+__device__ __forceinline__ bool weights_before_wait(const GemmArgs& a) { return !has_tile_table(a) || a.tiles_early; }
 // First weight row of problem z (uniform mode: grouped_linear's group offset).
 __device__ __forceinline__ int64_t weight_row_base(const GemmArgs& a, int32_t z) {
   return a.descs ? 0 : z * a.w_row_z;

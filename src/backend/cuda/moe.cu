@@ -23,6 +23,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -642,6 +643,8 @@ int64_t g_moe_copy_budget = 0;              // set_moe_prefill_copy_budget: <= 0
 int g_moe_plan = 0;                         // set_moe_plan_variant: launch_moe_plan's variant
 bool g_moe_direct = true;                   // set_moe_decode_direct
 bool g_swiglu_pairs = true;                 // set_swiglu_pairs
+std::atomic<int> g_tiles_early{-1};         // set_moe_tiles_early: < 0 until the environment is read
+int tiles_early_from_env() { return env_switch("CLAWMINE_MOE_TILES_EARLY", true) ? 1 : 0; }
 // The grouped call only while experts average fewer rows than this: on an H100 (kernel bench,
 // 2026-11-26) it beat one cublasGemmEx per expert at T=2048 (192 rows per expert: 5.42 vs 5.79
 // ms per layer) and lost at T=8192 (768 rows: 11.6 vs 8.35 ms). Decided once per layer.
@@ -1237,6 +1240,10 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
     c.a.x = h.data;
     c.a.ldx = I;
     c.x_dtype = mid;
+    // The tile table (moe_route's ids or moe_plan's tiles) was written before the gate/up launch
+    // (and the swiglu or activation transform) ahead of this one, which trigger only after their
+    // wait: the GEMV may read it, and the first weights, before its own wait (GemmArgs::tiles_early).
+    c.a.tiles_early = env_setting(g_tiles_early, tiles_early_from_env);
     if (quant2) {
       const TensorView hq = scratch(DType::kF32, {N, I});
       ActQuantArgs q;
@@ -1277,6 +1284,7 @@ void set_moe_gemv_tile_rows(int rows) {
   g_moe_tile_cap = rows > 0 ? rows : 0;
 }
 void set_swiglu_pairs(bool on) { g_swiglu_pairs = on; }
+void set_moe_tiles_early(int mode) { g_tiles_early.store(mode < 0 ? -1 : mode > 0 ? 1 : 0, std::memory_order_relaxed); }
 void set_moe_plan_variant(int variant) { g_moe_plan = variant == 1 || variant == 2 ? variant : 0; }
 
 MoePlanForTest moe_plan_for_test(ops::Backend& backend, const std::vector<int32_t>& idx, int64_t K, int64_t E,

@@ -49,6 +49,12 @@ void set_moe_decode_direct(bool direct = true);
 // of gate and up followed by the swiglu launch (false). Both give the same bits.
 void set_swiglu_pairs(bool on = true);
 
+// moe_experts' down projections at GEMV sizes reading their tile table and first weights before
+// griddepcontrol.wait (GemmArgs::tiles_early), so their first loads overlap the gate/up launch's
+// tail. mode < 0: the environment's CLAWMINE_MOE_TILES_EARLY (read once; "0" turns it off,
+// default on); 0 off; > 0 on. The same bits either way.
+void set_moe_tiles_early(int mode = -1);
+
 // Tokens up to which moe_experts runs the experts as GEMV tiles (expert-sorted rows in tiles of at
 // most 16, the weights streamed by the GEMV kernels: decode, batched decode, the prefill of short
 // prompts) instead of 64-row GEMM tiles or, from 64 rows per expert on average, the BF16 copies and

@@ -728,5 +728,36 @@ TEST_F(CudaMoe, WgmmaExpertsAtOneToken) {
   }
 }
 
+// The down projections reading their tile table and first weights before griddepcontrol.wait
+// (set_moe_tiles_early, the default) against the wait first: the same bits, V4-Flash's expert dims,
+// MXFP4, NVFP4 and FP8, the down on the streaming GEMV (wgmma level 1) and on wgmma (level 2, FP4),
+// one token direct (moe_route's ids) and planned (moe_plan's tiles), and 4 tokens (GEMV tiles of
+// the plan); every result within the CPU's budget.
+TEST_F(CudaMoe, DownTilesReadBeforeTheWaitGiveTheSameBits) {
+  uint32_t seed = 7700;
+  for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0}) {
+    TestExperts ex = make_experts(*cuda, kE, 4096, 2048, 8, [f](int64_t) { return f; }, seed += 100);
+    for (int level : {1, 2})
+      for (int64_t T : {1, 4})
+        for (bool direct : {true, false}) {
+          if (T > 1 && !direct) continue;  // T > 1 always plans
+          SCOPED_TRACE(std::string(format_label(f)) + " level " + std::to_string(level) + " T " + std::to_string(T) +
+                       (direct ? " direct" : " planned"));
+          backend::cuda::set_gemv_wgmma(level);
+          backend::cuda::set_moe_decode_direct(direct);
+          const uint32_t s = ++seed;
+          backend::cuda::set_moe_tiles_early(0);
+          auto [waited, ref] = run_moe(ex, 4096, T, DType::kBF16, s);
+          backend::cuda::set_moe_tiles_early(1);
+          auto [early, ref2] = run_moe(ex, 4096, T, DType::kBF16, s);
+          backend::cuda::set_moe_tiles_early(-1);
+          backend::cuda::set_moe_decode_direct(true);
+          backend::cuda::set_gemv_wgmma(-1);
+          EXPECT_TRUE(same_bits(early, waited));
+          EXPECT_TRUE(within(early, ref, act_budget(DType::kBF16)));
+        }
+  }
+}
+
 }  // namespace
 }  // namespace clawmine::test
