@@ -12,7 +12,7 @@
 # batch 1, no ceilings), AB_TESTS (a gtest filter: gpu_backend_cuda runs it once per variant
 # before the rounds, e.g. '*CudaModelParity*:CudaForwardBatch*'; AB_TESTS_ONCE=1: under the first
 # variant only, for switches the tests set themselves), AB_TRACE=1 (after the rounds, a
-# two-step kernel trace per variant: tools/kernel_timeline.py's layer tables printed, its whole
+# two-step kernel trace per variant: tools/kernel_timeline.py's layer, attention and MoE tables printed, its whole
 # reading with every kernel in start order in $OUT/traceN.txt, the CSV in LOGS), AB_KEEP_CSV=1 (the
 # trace CSVs into $OUT too),
 # BUILD_DIR (default build-gpu), MODEL_DIR (default /tmp/clawmine-ab; kept: a later call on a warm
@@ -98,7 +98,7 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
     [ "${AB_KEEP_CSV:-0}" = 1 ] && cp "$LOGS/trace$i.csv" "$OUT/"
     python3 tools/kernel_timeline.py --sequence "$LOGS/trace$i.csv" >"$OUT/trace$i.txt" 2>&1
     echo "[decode-ab] trace of '$v' in trace$i.txt:"
-    sed -n '/^| layers (hc/,/^$/p;/^| attention (from/,/^$/p' "$OUT/trace$i.txt"
+    sed -n '/^| layers (hc/,/^$/p;/^| attention (from/,/^$/p;/^| MoE phase/,/^$/p' "$OUT/trace$i.txt"
   done
 fi
 echo

@@ -13,7 +13,9 @@ step (default the last) its kernels by kind (the same kinds as decode_profile.py
 the LM head) with their summed durations, those on the main stream apart; its whole layers by kind
 (CSA, HCA, sliding: from the hc site after one MoE's combine to the next; median, min, max us);
 what each layer kind's attention kernel waited for (from the hc site before it: its start, the end
-of its last input, and which kernel that was: the chain to shorten); which kernels held registers
+of its last input, and which kernel that was: the chain to shorten); when each MoE's launches ended
+after the hc site before its route (route, routed gate/up and down, the shared expert's gate/up and
+down, combine, the next site; medians per layer kind); which kernels held registers
 while the weight-streaming GEMVs ran (traces with the regs column: a kernel launched early by PDL, or on
 a side branch, keeps its blocks' registers while it waits, and the GEMV's warps that do not fit wait for
 them; the seventeenth session's compress_store); the main stream's gaps (a negative gap is a
@@ -127,6 +129,50 @@ def attention_waits(kernels):
     return out
 
 
+MOE_COLUMNS = ("route", "routed gate/up", "routed down", "shared gate/up", "shared down", "combine", "next site")
+
+
+def moe_phases(kernels):
+    """[(kind, {column: us after the site's end}, us from the routed gate/up's end to the routed
+    down's end)] for every MoE of the step, from the end of the hyper-connection site before its
+    route. Its launches: moe_route (the last before the combine), the routed gate/up and down (the
+    last two GEMVs on the route's stream before the combine: with several weight formats, the last
+    format's launches), the shared expert's gate/up and down (the first and last GEMVs on the other
+    streams between that site and the next one: none when they run on the route's stream,
+    CLAWMINE_BRANCHES=1), moe_combine and the next site. Kind as in layers(): of the layer that
+    ends at that next site."""
+    out = []
+    layer_start = kernels[0]["start"] if kernels else 0.0
+    for ci, c in enumerate(kernels):
+        if "moe_combine" not in c["name"]:
+            continue
+        routes = [k for k in kernels[:ci] if "moe_route" in k["name"]]
+        if not routes:
+            continue
+        r = routes[-1]
+        sites = [k for k in kernels if "hc_site" in k["name"] and k["start"] < r["start"]]
+        nxt = [k for k in kernels[ci + 1:] if "hc_site" in k["name"]]
+        if not sites:
+            continue
+        h, n = sites[-1], (nxt[0] if nxt else None)
+        stop = n["start"] if n else c["end"]
+        routed = [k for k in kernels[:ci] if k["stream"] == r["stream"] and k["start"] > r["start"] and
+                  "gemv" in k["name"]]
+        shared = [k for k in kernels if k["stream"] != r["stream"] and h["start"] <= k["start"] < stop and
+                  "gemv" in k["name"]]
+        at = {"route": r, "combine": c, "next site": n}
+        if len(routed) >= 2:
+            at["routed gate/up"], at["routed down"] = routed[-2], routed[-1]
+        if len(shared) >= 2:
+            at["shared gate/up"], at["shared down"] = shared[0], shared[-1]
+        ends = {col: k["end"] - h["end"] for col, k in at.items() if k is not None}
+        down = (at["routed down"]["end"] - at["routed gate/up"]["end"]) if len(routed) >= 2 else None
+        layer_end = n["end"] if n else c["end"]
+        out.append((layer_kind(kernels, layer_start, layer_end), ends, down))
+        layer_start = layer_end
+    return out
+
+
 def dims(s):
     """Product of an AxBxC field (0 where it does not parse)."""
     try:
@@ -225,6 +271,20 @@ def main():
             last = collections.Counter(n for _, _, n in v).most_common()
             print(f"| {kind} | {len(v)} | {pct([x[0] for x in v], 0.5):.1f} | {pct([x[1] for x in v], 0.5):.1f} | "
                   f"{', '.join(f'{n} ({c})' for n, c in last)} |")
+    phases = collections.OrderedDict()
+    for kind, ends, down in moe_phases(ks):
+        phases.setdefault(kind, []).append((ends, down))
+    if phases:
+        print("\n| MoE phase (median us after the site before it) | layers | " + " | ".join(MOE_COLUMNS) +
+              " | routed down after its gate/up |\n|---|---|" + "---|" * (len(MOE_COLUMNS) + 1))
+        for kind, v in phases.items():
+            cells = []
+            for col in MOE_COLUMNS:
+                xs = [e[col] for e, _ in v if col in e]
+                cells.append(f"{pct(xs, 0.5):.1f}" if xs else "-")
+            downs = [d for _, d in v if d is not None]
+            cells.append(f"{pct(downs, 0.5):.1f}" if downs else "-")
+            print(f"| {kind} | {len(v)} | " + " | ".join(cells) + " |")
     m = re.search(r"(\d+) SMs", comment)
     sms = args.sms or (int(m.group(1)) if m else 132)
     held = registers_beside_streams(ks, sms)

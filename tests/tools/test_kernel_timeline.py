@@ -87,6 +87,27 @@ def test_what_attention_waited_for(tmp_path, tool_output):
     assert "| HCA | 1 | 25.0 | 26.0 | compress_store_kernel (1) |" in out
 
 
+def test_moe_phases(tmp_path, tool_output):
+    # One MoE after the site that ends at 5: the route on stream 13 to 8, the routed gate/up to 30 and
+    # down to 40 there, the shared expert on stream 14 (gate/up to 33, down to 42), the combine to 43
+    # and the next site to 50: us after 5.
+    route = f"void {NS}moe_route_block_kernel<int>(float const*)"
+    comb = f"void {NS}moe_combine_kernel<__nv_bfloat16, __nv_bfloat16>(float const*)"
+    down = f"void {NS}gemv_wgmma_kernel<(clawmine::backend::cuda::WFmt)5, 16, 1>(clawmine::backend::cuda::GemmArgs)"
+    rows = [(0, 0.0, 5.0, 13, HC), (0, 5.5, 7.0, 13, HEAD), (0, 6.0, 8.0, 13, route), (0, 7.0, 30.0, 13, EXPERTS),
+            (0, 9.0, 33.0, 14, SHARED), (0, 29.0, 40.0, 13, down), (0, 33.0, 42.0, 14, SHARED),
+            (0, 40.0, 43.0, 13, comb), (0, 42.0, 50.0, 13, HC)]
+    out = timeline(tmp_path, tool_output, rows)
+    assert ("| MoE phase (median us after the site before it) | layers | route | routed gate/up | routed down | "
+            "shared gate/up | shared down | combine | next site | routed down after its gate/up |") in out
+    assert "| sliding | 1 | 3.0 | 25.0 | 35.0 | 28.0 | 37.0 | 38.0 | 45.0 | 10.0 |" in out
+    # The shared expert on the route's stream (CLAWMINE_BRANCHES=1): before the routed launches, so
+    # the last two GEMVs are still the routed ones, and no shared columns.
+    one = [(0, 0.0, 5.0, 13, HC), (0, 6.0, 8.0, 13, route), (0, 8.0, 12.0, 13, SHARED), (0, 12.0, 16.0, 13, SHARED),
+           (0, 16.0, 30.0, 13, EXPERTS), (0, 30.0, 40.0, 13, down), (0, 40.0, 43.0, 13, comb), (0, 43.0, 50.0, 13, HC)]
+    assert "| sliding | 1 | 3.0 | 25.0 | 35.0 | - | - | 38.0 | 45.0 | 10.0 |" in timeline(tmp_path, tool_output, one)
+
+
 def test_registers_held_beside_the_streaming_gemvs(tmp_path, tool_output):
     # Traces with the regs column (and the SM count in the header): a streaming GEMV from 10 to 30 us
     # and another from 40 to 50; compress_store (64 blocks x 256 threads x 109 registers) from 5 to 25
