@@ -133,9 +133,8 @@ MOE_COLUMNS = ("route", "routed gate/up", "routed down", "shared gate/up", "shar
 
 
 def moe_phases(kernels):
-    """[(kind, {column: us after the site's end}, us from the routed gate/up's end to the routed
-    down's end)] for every MoE of the step, from the end of the hyper-connection site before its
-    route. Its launches: moe_route (the last before the combine), the routed gate/up and down (the
+    """[(kind, {column: us after the site's end})] for every MoE of the step, from the end of the
+    hyper-connection site before its route. Its launches: moe_route (the last before the combine), the routed gate/up and down (the
     last two GEMVs on the route's stream before the combine: with several weight formats, the last
     format's launches), the shared expert's gate/up and down (the first and last GEMVs on the other
     streams between that site and the next one: none when they run on the route's stream,
@@ -150,7 +149,7 @@ def moe_phases(kernels):
         if not routes:
             continue
         r = routes[-1]
-        sites = [k for k in kernels if "hc_site" in k["name"] and k["start"] < r["start"]]
+        sites = [k for k in kernels[:ci] if "hc_site" in k["name"] and k["start"] < r["start"]]
         nxt = [k for k in kernels[ci + 1:] if "hc_site" in k["name"]]
         if not sites:
             continue
@@ -166,9 +165,8 @@ def moe_phases(kernels):
         if len(shared) >= 2:
             at["shared gate/up"], at["shared down"] = shared[0], shared[-1]
         ends = {col: k["end"] - h["end"] for col, k in at.items() if k is not None}
-        down = (at["routed down"]["end"] - at["routed gate/up"]["end"]) if len(routed) >= 2 else None
         layer_end = n["end"] if n else c["end"]
-        out.append((layer_kind(kernels, layer_start, layer_end), ends, down))
+        out.append((layer_kind(kernels, layer_start, layer_end), ends))
         layer_start = layer_end
     return out
 
@@ -272,17 +270,17 @@ def main():
             print(f"| {kind} | {len(v)} | {pct([x[0] for x in v], 0.5):.1f} | {pct([x[1] for x in v], 0.5):.1f} | "
                   f"{', '.join(f'{n} ({c})' for n, c in last)} |")
     phases = collections.OrderedDict()
-    for kind, ends, down in moe_phases(ks):
-        phases.setdefault(kind, []).append((ends, down))
+    for kind, ends in moe_phases(ks):
+        phases.setdefault(kind, []).append(ends)
     if phases:
         print("\n| MoE phase (median us after the site before it) | layers | " + " | ".join(MOE_COLUMNS) +
               " | routed down after its gate/up |\n|---|---|" + "---|" * (len(MOE_COLUMNS) + 1))
         for kind, v in phases.items():
             cells = []
             for col in MOE_COLUMNS:
-                xs = [e[col] for e, _ in v if col in e]
+                xs = [e[col] for e in v if col in e]
                 cells.append(f"{pct(xs, 0.5):.1f}" if xs else "-")
-            downs = [d for _, d in v if d is not None]
+            downs = [e["routed down"] - e["routed gate/up"] for e in v if "routed down" in e]
             cells.append(f"{pct(downs, 0.5):.1f}" if downs else "-")
             print(f"| {kind} | {len(v)} | " + " | ".join(cells) + " |")
     m = re.search(r"(\d+) SMs", comment)

@@ -130,6 +130,13 @@ std::vector<double> token_errors(const std::vector<float>& got, const std::vecto
   return ::testing::AssertionFailure() << ok << " of " << T << " tokens within " << budget << ", worst " << worst;
 }
 
+// One token without a plan (the direct launches, gate/up pairs) when on, else the plan's tiles with
+// gate and up stored and the swiglu launch; on is the default.
+void set_direct(bool on) {
+  backend::cuda::set_moe_decode_direct(on);
+  backend::cuda::set_swiglu_pairs(on);
+}
+
 class CudaMoe : public GpuTest {
  protected:
   void set_policy(const ops::LinearPolicy& p) {
@@ -152,6 +159,17 @@ class CudaMoe : public GpuTest {
     cpu->moe_experts(x.host_view({T, D}), ex.host, idx_host, w_host, kLimit,
                      TensorView{DType::kF32, Device::kCpu, {T, D}, ref.data()});
     return {download_f32(*cuda, out.view()), ref};
+  }
+  // run_moe on the same inputs with set(false), then set(true) (which the caller restores): the
+  // same bits both ways, and the second within the CPU's budget.
+  void expect_same_bits_both_ways(TestExperts& ex, int64_t D, int64_t T, DType act, uint32_t seed,
+                                  const std::function<void(bool)>& set) {
+    set(false);
+    auto [a, ref_a] = run_moe(ex, D, T, act, seed);
+    set(true);
+    auto [b, ref] = run_moe(ex, D, T, act, seed);
+    EXPECT_TRUE(same_bits(b, a));
+    EXPECT_TRUE(within(b, ref, act_budget(act)));
   }
 };
 
@@ -457,17 +475,8 @@ TEST_F(CudaMoe, OneTokenWithoutPlanGivesThePlansBits) {
       for (DType act : kActs) {
         SCOPED_TRACE(std::string(cs.name) + " kernel=" + std::to_string(kernel) + " act=" + dtype_label(act));
         backend::cuda::set_gemv_kernel(static_cast<backend::cuda::GemvKernel>(kernel));
-        backend::cuda::set_moe_decode_direct(true);
-        const uint32_t s = ++seed;
-        auto [direct, ref] = run_moe(ex, cs.D, 1, act, s);
-        backend::cuda::set_moe_decode_direct(false);
-        backend::cuda::set_swiglu_pairs(false);
-        auto [planned, ref2] = run_moe(ex, cs.D, 1, act, s);
-        backend::cuda::set_swiglu_pairs(true);
-        backend::cuda::set_moe_decode_direct(true);
+        expect_same_bits_both_ways(ex, cs.D, 1, act, ++seed, set_direct);
         backend::cuda::set_gemv_kernel(static_cast<backend::cuda::GemvKernel>(0));
-        EXPECT_TRUE(same_bits(direct, planned));
-        EXPECT_TRUE(within(direct, ref, act_budget(act)));
       }
   }
   // An invalid id in slot 2 of the one token: reported once, the token NaN.
@@ -713,17 +722,8 @@ TEST_F(CudaMoe, WgmmaExpertsAtOneToken) {
       TestExperts ex = make_experts(*cuda, kE, 4096, 2048, 8, [f](int64_t) { return f; }, seed += 100);
       SCOPED_TRACE(std::string(format_label(f)) + " level " + std::to_string(level));
       backend::cuda::set_gemv_wgmma(level);
-      backend::cuda::set_moe_decode_direct(true);
-      const uint32_t s = ++seed;
-      auto [direct, ref] = run_moe(ex, 4096, 1, DType::kBF16, s);
-      backend::cuda::set_moe_decode_direct(false);
-      backend::cuda::set_swiglu_pairs(false);
-      auto [planned, ref2] = run_moe(ex, 4096, 1, DType::kBF16, s);
-      backend::cuda::set_swiglu_pairs(true);
-      backend::cuda::set_moe_decode_direct(true);
+      expect_same_bits_both_ways(ex, 4096, 1, DType::kBF16, ++seed, set_direct);
       backend::cuda::set_gemv_wgmma(-1);
-      EXPECT_TRUE(same_bits(direct, planned));
-      EXPECT_TRUE(within(direct, ref, act_budget(DType::kBF16)));
     }
   }
 }
@@ -745,16 +745,11 @@ TEST_F(CudaMoe, DownTilesReadBeforeTheWaitGiveTheSameBits) {
                        (direct ? " direct" : " planned"));
           backend::cuda::set_gemv_wgmma(level);
           backend::cuda::set_moe_decode_direct(direct);
-          const uint32_t s = ++seed;
-          backend::cuda::set_moe_tiles_early(0);
-          auto [waited, ref] = run_moe(ex, 4096, T, DType::kBF16, s);
-          backend::cuda::set_moe_tiles_early(1);
-          auto [early, ref2] = run_moe(ex, 4096, T, DType::kBF16, s);
+          expect_same_bits_both_ways(ex, 4096, T, DType::kBF16, ++seed,
+                                     [](bool on) { backend::cuda::set_moe_tiles_early(on ? 1 : 0); });
           backend::cuda::set_moe_tiles_early(-1);
           backend::cuda::set_moe_decode_direct(true);
           backend::cuda::set_gemv_wgmma(-1);
-          EXPECT_TRUE(same_bits(early, waited));
-          EXPECT_TRUE(within(early, ref, act_budget(DType::kBF16)));
         }
   }
 }
