@@ -248,8 +248,11 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
   };
   if (early && !has_tile_table(a)) {
     // A descriptor table without tiles (swiglu_mlp's w1 / w3): a z of another format is another
-    // launch's.
-    if (a.descs != nullptr && desc_of(a, 0, z).fmt != a.fmt) return;
+    // launch's. Every block waits before it exits (weights_before_wait, linear_kernels.cuh).
+    if (a.descs != nullptr && desc_of(a, 0, z).fmt != a.fmt) {
+      pdl_wait();
+      return;
+    }
     start();
   } else {
     // Uniform over the block and its tile's splits; every block waits before it exits.
