@@ -11,7 +11,8 @@
 # (the bench flags after --model/--backend; default: decode 64 tokens after a 128-token prompt at
 # batch 1, no ceilings), AB_TESTS (a gtest filter: gpu_backend_cuda runs it once per variant
 # before the rounds, e.g. '*CudaModelParity*:CudaForwardBatch*'; AB_TESTS_ONCE=1: under the first
-# variant only, for switches the tests set themselves), AB_TRACE=1 (after the rounds, a
+# variant only, for switches the tests set themselves; AB_TESTS_TIMEOUT seconds per run, default 300;
+# AB_TESTS_STRICT=1: stop before the rounds when a run fails or times out), AB_TRACE=1 (after the rounds, a
 # two-step kernel trace per variant: tools/kernel_timeline.py's layer, attention and MoE tables printed, its whole
 # reading with every kernel in start order in $OUT/traceN.txt, the CSV in LOGS), AB_KEEP_CSV=1 (the
 # trace CSVs into $OUT too),
@@ -68,8 +69,15 @@ if [ -n "${AB_TESTS:-}" ]; then
   test_variants=("$@")
   [ "${AB_TESTS_ONCE:-0}" = 1 ] && test_variants=("$1")
   for v in "${test_variants[@]}"; do
-    echo "[decode-ab] tests with '$v': $(with "$v" timeout 300 "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
-      --gtest_filter="$AB_TESTS" 2>&1 | tee -a "$OUT/tests.log" | grep -E '^\[  (PASSED|FAILED) ' | tr '\n' ' ') ($(el))"
+    with "$v" timeout "${AB_TESTS_TIMEOUT:-300}" "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
+      --gtest_filter="$AB_TESTS" >"$LOGS/tests.run" 2>&1
+    rc=$?
+    cat "$LOGS/tests.run" >>"$OUT/tests.log"
+    echo "[decode-ab] tests with '$v': $(grep -E '^\[  (PASSED|FAILED) ' "$LOGS/tests.run" | tr '\n' ' ')rc $rc ($(el))"
+    if [ "$rc" -ne 0 ] && [ "${AB_TESTS_STRICT:-0}" = 1 ]; then
+      echo "[decode-ab] tests failed (rc $rc; 124: timed out in $(grep -E '^\[ RUN' "$LOGS/tests.run" | tail -1)); no rounds"
+      exit 1
+    fi
   done
 fi
 if [ -n "$gen_pid" ]; then
