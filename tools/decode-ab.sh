@@ -18,7 +18,13 @@
 # trace CSVs into $OUT too),
 # BUILD_DIR (default build-gpu), MODEL_DIR (default /tmp/clawmine-ab; kept: a later call on a warm
 # machine reuses it), OUT (default .out/decode-ab), LOGS (default /tmp/decode-ab-logs: the setup,
-# build and checkpoint logs, printed in part on a failure), AB_SKIP_BUILD=1 (use BUILD_DIR's binaries).
+# build and checkpoint logs, printed in part on a failure), AB_SKIP_BUILD=1 (use BUILD_DIR's binaries),
+# AB_REF_TAR (a reference tree to build beside this one, clawmine only, in AB_REF_DIR, default
+# /tmp/ab-ref: a tar.gz of another commit, made in the repository root so that it travels with the
+# working tree, e.g. `git archive --format=tar.gz -o ab-ref.tar.gz main CMakeLists.txt apps src
+# bench tools`; a variant written ref:VARIANT then runs the reference binary under VARIANT's
+# settings, so that a change of code is measured against its base on the same machine: switches
+# alone leave the new code in the binary).
 # $OUT holds bench.log, tests.log and the traces' readings: within the device tool's 8 files for up
 # to 6 variants.
 # The line grepped from each run: "decode batch 1 at context" (the median) unless AB_GREP says.
@@ -46,6 +52,23 @@ if [ "${AB_SKIP_BUILD:-0}" != 1 ]; then
   OUT=/tmp/decode-ab-gc BUILD_DIR=$BUILD_DIR GPU_CHECK_PHASES=' ' bash tools/gpu-check.sh >"$LOGS/setup.log" 2>&1
 fi
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/tmp/devroot/fallback-lib}
+REF_TAR=${AB_REF_TAR:-}
+REF_DIR=${AB_REF_DIR:-/tmp/ab-ref}
+ref_pid=
+if [ -n "$REF_TAR" ] && ! { [ "${AB_SKIP_BUILD:-0}" = 1 ] && [ -x "$REF_DIR/build/clawmine" ]; }; then
+  # The reference tree configured as tools/gpu-check.sh configured this one (its prefix and
+  # pkg-config, read back from the cache), tests off; built in the background beside this build.
+  if ! { rm -rf "$REF_DIR" && mkdir -p "$REF_DIR" && tar -xzf "$REF_TAR" -C "$REF_DIR"; }; then
+    echo "decode-ab: cannot unpack AB_REF_TAR $REF_TAR into $REF_DIR" >&2
+    exit 1
+  fi
+  prefix=$(sed -n 's/^CMAKE_PREFIX_PATH:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")
+  pkgc=$(sed -n 's/^PKG_CONFIG_EXECUTABLE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")
+  { cmake -S "$REF_DIR" -B "$REF_DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCLAWMINE_TESTS=OFF \
+      -DCMAKE_PREFIX_PATH="$prefix" ${pkgc:+-DPKG_CONFIG_EXECUTABLE="$pkgc"} &&
+      cmake --build "$REF_DIR/build" -j 16 --target clawmine; } >"$LOGS/ref-build.log" 2>&1 &
+  ref_pid=$!
+fi
 targets=(clawmine clawmine-random-model)
 [ -n "${AB_TESTS:-}" ] && targets+=(gpu_backend_cuda)
 build clawmine-random-model || { tail -30 "$LOGS/build.log"; exit 1; }
@@ -55,19 +78,33 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
   gen_pid=$!
 fi
 build "${targets[@]}" || { tail -30 "$LOGS/build.log"; exit 1; }
+if [ -n "$ref_pid" ]; then
+  wait "$ref_pid" || { echo "[decode-ab] the reference tree did not build:"; tail -30 "$LOGS/ref-build.log"; exit 1; }
+fi
 echo "[decode-ab] built ($(el))"
 
-# with VARIANT CMD...: CMD under the variant's settings.
+# with VARIANT CMD...: CMD under the variant's settings (a ref: prefix dropped).
 with() {
-  local v=$1
+  local v=${1#ref:}
   shift
   # shellcheck disable=SC2086  # the settings split into words on purpose
   if [ "$v" = - ]; then "$@"; else env $v "$@"; fi
 }
+# The clawmine binary of a variant: the reference tree's for ref:VARIANT.
+bin_of() {
+  if [ "${1#ref:}" != "$1" ]; then
+    [ -n "$REF_TAR" ] || { echo "decode-ab: variant '$1' without AB_REF_TAR" >&2; exit 2; }
+    echo "$REF_DIR/build/clawmine"
+  else
+    echo "$BUILD_DIR/clawmine"
+  fi
+}
+for v in "$@"; do bin_of "$v" >/dev/null || exit 2; done
 
 if [ -n "${AB_TESTS:-}" ]; then
-  test_variants=("$@")
-  [ "${AB_TESTS_ONCE:-0}" = 1 ] && test_variants=("$1")
+  test_variants=()
+  for v in "$@"; do [ "${v#ref:}" = "$v" ] && test_variants+=("$v"); done  # the reference has no tests
+  [ "${AB_TESTS_ONCE:-0}" = 1 ] && test_variants=("${test_variants[@]:0:1}")
   for v in "${test_variants[@]}"; do
     with "$v" timeout "${AB_TESTS_TIMEOUT:-300}" "$BUILD_DIR/tests/gpu_backend_cuda" --gtest_color=no \
       --gtest_filter="$AB_TESTS" >"$LOGS/tests.run" 2>&1
@@ -89,7 +126,7 @@ declare -A results
 for ((r = 1; r <= ROUNDS; ++r)); do
   for v in "$@"; do
     # shellcheck disable=SC2086
-    line=$(with "$v" timeout 300 "$BUILD_DIR/clawmine" bench --model "$MODEL_DIR" --backend cuda $BENCH 2>&1 |
+    line=$(with "$v" timeout 300 "$(bin_of "$v")" bench --model "$MODEL_DIR" --backend cuda $BENCH 2>&1 |
       tee -a "$OUT/bench.log" | grep -F "$GREP" | head -1)
     m=$(grep -o 'median [0-9.]*' <<<"$line" | head -1 | cut -d' ' -f2)
     results[$v]="${results[$v]:-}${results[$v]:+ / }${m:-?}"
@@ -101,7 +138,7 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
   for v in "$@"; do
     i=$((i + 1))
     # shellcheck disable=SC2086
-    with "$v" timeout 300 "$BUILD_DIR/clawmine" bench --model "$MODEL_DIR" --backend cuda $BENCH \
+    with "$v" timeout 300 "$(bin_of "$v")" bench --model "$MODEL_DIR" --backend cuda $BENCH \
       --kernel-trace "$LOGS/trace$i.csv" --kernel-trace-steps 2 >>"$OUT/bench.log" 2>&1
     [ "${AB_KEEP_CSV:-0}" = 1 ] && cp "$LOGS/trace$i.csv" "$OUT/"
     python3 tools/kernel_timeline.py --sequence "$LOGS/trace$i.csv" >"$OUT/trace$i.txt" 2>&1
