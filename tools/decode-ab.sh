@@ -57,14 +57,18 @@ REF_DIR=${AB_REF_DIR:-/tmp/ab-ref}
 ref_pid=
 if [ -n "$REF_TAR" ] && ! { [ "${AB_SKIP_BUILD:-0}" = 1 ] && [ -x "$REF_DIR/build/clawmine" ]; }; then
   # The reference tree configured as tools/gpu-check.sh configured this one (its prefix and
-  # pkg-config, read back from the cache), tests off; built in the background beside this build.
+  # pkg-config, read back from the cache, and its pkg-config search path, env.sh), tests off;
+  # built in the background beside this build.
   if ! { rm -rf "$REF_DIR" && mkdir -p "$REF_DIR" && tar -xzf "$REF_TAR" -C "$REF_DIR"; }; then
     echo "decode-ab: cannot unpack AB_REF_TAR $REF_TAR into $REF_DIR" >&2
     exit 1
   fi
   prefix=$(sed -n 's/^CMAKE_PREFIX_PATH:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")
   pkgc=$(sed -n 's/^PKG_CONFIG_EXECUTABLE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")
-  { cmake -S "$REF_DIR" -B "$REF_DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCLAWMINE_TESTS=OFF \
+  devenv=${DEVROOT:-/tmp/devroot}/env.sh
+  # shellcheck disable=SC1090  # written by tools/gpu-check.sh
+  { { [ ! -f "$devenv" ] || . "$devenv"; } &&
+      cmake -S "$REF_DIR" -B "$REF_DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCLAWMINE_TESTS=OFF \
       -DCMAKE_PREFIX_PATH="$prefix" ${pkgc:+-DPKG_CONFIG_EXECUTABLE="$pkgc"} &&
       cmake --build "$REF_DIR/build" -j 16 --target clawmine; } >"$LOGS/ref-build.log" 2>&1 &
   ref_pid=$!

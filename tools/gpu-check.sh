@@ -139,6 +139,9 @@ export_env() {
   export PKG_CONFIG_PATH=$PKG_CONFIG_LIBDIR
   export LD_LIBRARY_PATH=$DEVROOT/fallback-lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export CUDA_MODULE_LOADING=${CUDA_MODULE_LOADING:-LAZY}
+  # The same for scripts that configure another tree after this one (tools/decode-ab.sh's
+  # AB_REF_TAR): `. $DEVROOT/env.sh`.
+  printf 'export PKG_CONFIG_LIBDIR=%q PKG_CONFIG_PATH=%q\n' "$PKG_CONFIG_LIBDIR" "$PKG_CONFIG_PATH" >"$DEVROOT/env.sh"
 }
 
 configure() {
