@@ -351,6 +351,16 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
 #pragma unroll
     for (int r = 0; r < 4; ++r) keep(dn[(kNS - 1) & 1][r]);
   }
+  // Its A fragments too: the wgmma reads them until here, so no instruction before (the drain of
+  // block kNkb - 2) may reuse their registers.
+  if constexpr (W::kFp4) {
+#pragma unroll
+    for (int r = 0; r < 16; ++r) keep(cv[(kNS - 1) & 1][r]);
+  } else {
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      keep(buf[kNS - 1][r].x), keep(buf[kNS - 1][r].y), keep(buf[kNS - 1][r].z), keep(buf[kNS - 1][r].w);
+  }
   drain((kNS - 1) & 1, kNS - 1, kNkb - 1);
   // Chunks 0..3 of each row: lanes t = 0..3 of the quad, in lane order.
   acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
