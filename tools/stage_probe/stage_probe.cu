@@ -1,0 +1,359 @@
+// bench_stage_probe: what a dependent step boundary of the decode step costs, as the step runs it
+// (one launch per step, chained with programmatic dependent launch in a CUDA graph) and as a
+// persistent kernel would (resident blocks taking units in step order, each unit waiting on a
+// device counter for the step before it), on the same synthetic chain of streaming steps.
+//
+// The chain: one V4-Flash layer's critical path (docs/PERFORMANCE.md, thirtieth session), as
+// (weight MB, blocks) per step: hc site (0, 64), wq_a (4, 64), q norm (0, 1), wq_b (32, 512),
+// heads' norm/rope (0, 8), attention (1, 32), merge (0, 64), wo_a (32, 512), wo_b (32, 512),
+// hc site (0, 64), router (0.5, 16), route (0, 1), routed gate/up (53.5, 768), down (26.8, 384),
+// combine (0, 4); repeated over --layers distinct weight buffers (so nothing stays in L2).
+// A step's block copies the first --prefetch-kb KB of its share of the step's weights into shared
+// memory (cp.async) before its dependency, then reads all of the previous step's per-block
+// partials (a real dependency), streams the rest of its share (16-byte loads, 4 in flight per
+// thread, xor-folded) and writes one partial. Modes, the same arithmetic (the last step's partials
+// are compared):
+//   launch      a kernel per step launched with PDL; it triggers its dependents first (as the
+//               decode GEMVs do), its dependency is griddepcontrol.wait; in a graph
+//   persistent  one launch of the resident blocks taking units u = (step, block) in step order
+//               from an atomic counter; the dependency: one thread spins (ld.acquire, __nanosleep
+//               up to --spin-ns) until the step before counted all its blocks done (fence,
+//               barrier, atomic add)
+//   static      the same with block i taking units i, i + blocks, ... (no queue)
+//   floor       one launch that reads every step's weights with no dependency: the bytes' cost
+// Prints us per layer, GB/s, and (mode - floor) per step boundary.
+//
+//   bench_stage_probe [--layers 8] [--reps 20] [--threads 128] [--prefetch-kb 8] [--spin-ns 256]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/weight_formats.cuh"  // ld_stream16: the decode GEMVs' weight load
+
+#define CK(x)                                                                                \
+  do {                                                                                       \
+    cudaError_t e_ = (x);                                                                    \
+    if (e_ != cudaSuccess) {                                                                 \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+namespace {
+
+using clawmine::backend::cuda::ld_stream16;
+
+constexpr int kMaxBlocks = 1024;
+
+struct Step {
+  const uint4* w;    // this step's weights
+  int64_t n16;       // 16-byte words
+  int blocks;
+  const float* in;   // the previous step's partials (in_n of them), or null
+  int in_n;
+  float* out;        // blocks partials
+};
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float t = 0.0f;
+  for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) t += red[w];
+  __syncthreads();
+  return t;
+}
+
+// Block b of step st. Its first `pre16` 16-byte words (a prefix of its share) are copied into
+// shared memory (cp.async) before wait() (the dependency: griddepcontrol.wait, or the counter
+// spin), the rest streamed after it, 4 loads in flight per thread.
+template <typename Wait>
+__device__ __forceinline__ void run_unit(const Step& st, int b, int pre16, Wait&& wait, float* red) {
+  extern __shared__ uint4 pre[];
+  const int64_t per = (st.n16 + st.blocks - 1) / st.blocks, w0 = b * per, w1 = min(w0 + per, st.n16);
+  const int T = blockDim.x;
+  const int64_t p1 = min(w0 + pre16, w1);
+  for (int64_t j = w0 + threadIdx.x; j < p1; j += T) {
+    const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(pre + (j - w0)));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(st.w + j) : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+  wait();
+  float d = 0.0f;
+  if (st.in != nullptr)
+    for (int i = threadIdx.x; i < st.in_n; i += T) d += __ldcg(st.in + i);
+  d = block_sum(d, red);
+  uint32_t fold = 0;
+  for (int64_t j = p1 + threadIdx.x; j < w1; j += 4 * T) {
+    uint4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t k = j + static_cast<int64_t>(i) * T;
+      v[i] = k < w1 ? ld_stream16(st.w + k) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) fold ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
+  }
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  for (int64_t j = w0 + threadIdx.x; j < p1; j += T) {  // this thread's own copies
+    const uint4 v = pre[j - w0];
+    fold ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  const float f = block_sum(static_cast<float>(fold & 0xffu), red);
+  if (threadIdx.x == 0) st.out[b] = 0.5f * d / static_cast<float>(max(st.in_n, 1)) + 1e-30f * f;
+  __syncthreads();  // the shared copies are read before the next unit overwrites them
+}
+
+// As the decode GEMVs (pdl_begin(early)): the next launch may start at once.
+__global__ void step_kernel(Step st, int pre16) {
+  __shared__ float red[32];
+  asm volatile("griddepcontrol.launch_dependents;");
+  run_unit(st, blockIdx.x, pre16, [] { asm volatile("griddepcontrol.wait;" ::: "memory"); }, red);
+}
+
+// Units in step order: step s owns [first[s], first[s + 1]). queue: from an atomic counter;
+// else block i takes units i, i + gridDim.x, ... in order (every block's units ascend, so the
+// earliest unfinished unit can always run: no deadlock with every block resident). The spin
+// backs off with __nanosleep up to max_ns (0: none).
+__global__ void persistent_kernel(const Step* steps, const int* first, int n_steps, unsigned* next, unsigned* done,
+                                  int pre16, int queue, int max_ns) {
+  __shared__ float red[32];
+  __shared__ int unit;
+  const int total = first[n_steps];
+  int s = 0;
+  for (int k = 0;; ++k) {
+    if (queue) {
+      if (threadIdx.x == 0) unit = static_cast<int>(atomicAdd(next, 1u));
+      __syncthreads();
+    }
+    const int u = queue ? unit : static_cast<int>(blockIdx.x) + k * static_cast<int>(gridDim.x);
+    if (queue) __syncthreads();
+    if (u >= total) return;
+    while (first[s + 1] <= u) ++s;  // units ascend per block
+    const Step st = steps[s];
+    const int b = u - first[s];
+    run_unit(st, b, pre16,
+             [&] {
+               if (threadIdx.x == 0 && s > 0) {
+                 const unsigned want = static_cast<unsigned>(steps[s - 1].blocks);
+                 unsigned ns = 32;
+                 while (ld_acquire(done + s - 1) < want) {
+                   if (max_ns > 0) {
+                     __nanosleep(ns);
+                     if (ns < static_cast<unsigned>(max_ns)) ns *= 2;
+                   }
+                 }
+               }
+               __syncthreads();
+             },
+             red);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(done + s, 1u);
+  }
+}
+
+__global__ void floor_kernel(const uint4* w, int64_t n16, unsigned* sink) {
+  uint32_t fold = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < n16; j += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t k = j + i * stride;
+      v[i] = k < n16 ? ld_stream16(w + k) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) fold ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
+  }
+  if (fold == 0x12345678u) atomicAdd(sink, 1u);
+}
+
+struct StepSpec {
+  const char* name;
+  double mb;
+  int blocks;
+};
+const StepSpec kLayer[] = {
+    {"hc site", 0, 64},  {"wq_a", 4, 64},    {"q norm", 0, 1},     {"wq_b", 32, 512},       {"heads norm", 0, 8},
+    {"attention", 1, 32}, {"merge", 0, 64},  {"wo_a", 32, 512},    {"wo_b", 32, 512},       {"hc site", 0, 64},
+    {"router", 0.5, 16}, {"route", 0, 1},    {"gate/up", 53.5, 768}, {"down", 26.8, 384}, {"combine", 0, 4},
+};
+constexpr int kPerLayer = sizeof(kLayer) / sizeof(kLayer[0]);
+
+float median_ms(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int layers = 8, reps = 20, threads = 128, pre_kb = 8, max_ns = 256;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--layers") layers = std::atoi(argv[i + 1]);
+    else if (a == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (a == "--threads") threads = std::atoi(argv[i + 1]);
+    else if (a == "--prefetch-kb") pre_kb = std::atoi(argv[i + 1]);
+    else if (a == "--spin-ns") max_ns = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown flag %s\nusage: bench_stage_probe [--layers N] [--reps N] [--threads N] [--prefetch-kb N] [--spin-ns N]\n", argv[i]);
+      return 2;
+    }
+  }
+  if (layers < 1 || reps < 3 || threads < 32 || threads > 1024 || threads % 32 != 0 || pre_kb < 0 || pre_kb > 200) {
+    std::fprintf(stderr, "bench_stage_probe: --layers >= 1, --reps >= 3, --threads a multiple of 32 in [32, 1024], "
+                         "--prefetch-kb in [0, 200]\n");
+    return 2;
+  }
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  const int n_steps = layers * kPerLayer;
+  std::vector<Step> steps(n_steps);
+  std::vector<int> first(n_steps + 1, 0);
+  int64_t total16 = 0;
+  for (int s = 0; s < n_steps; ++s) total16 += static_cast<int64_t>(kLayer[s % kPerLayer].mb * (1 << 20)) / 16;
+  uint4* wbuf = nullptr;
+  CK(cudaMalloc(&wbuf, std::max<int64_t>(total16, 1) * 16));
+  CK(cudaMemset(wbuf, 0x3c, std::max<int64_t>(total16, 1) * 16));
+  float* parts = nullptr;
+  CK(cudaMalloc(&parts, static_cast<size_t>(n_steps) * kMaxBlocks * sizeof(float)));
+  CK(cudaMemset(parts, 0, static_cast<size_t>(n_steps) * kMaxBlocks * sizeof(float)));
+  int64_t off = 0;
+  for (int s = 0; s < n_steps; ++s) {
+    const StepSpec& sp = kLayer[s % kPerLayer];
+    Step& st = steps[s];
+    st.w = wbuf + off;
+    st.n16 = static_cast<int64_t>(sp.mb * (1 << 20)) / 16;
+    off += st.n16;
+    st.blocks = sp.blocks;
+    st.out = parts + static_cast<size_t>(s) * kMaxBlocks;
+    st.in = s > 0 ? steps[s - 1].out : nullptr;
+    st.in_n = s > 0 ? steps[s - 1].blocks : 0;
+    first[s + 1] = first[s] + st.blocks;
+  }
+  Step* dsteps = nullptr;
+  int* dfirst = nullptr;
+  unsigned *next = nullptr, *done = nullptr, *sink = nullptr;
+  CK(cudaMalloc(&dsteps, n_steps * sizeof(Step)));
+  CK(cudaMalloc(&dfirst, (n_steps + 1) * sizeof(int)));
+  CK(cudaMalloc(&next, sizeof(unsigned)));
+  CK(cudaMalloc(&done, n_steps * sizeof(unsigned)));
+  CK(cudaMalloc(&sink, sizeof(unsigned)));
+  CK(cudaMemcpy(dsteps, steps.data(), n_steps * sizeof(Step), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dfirst, first.data(), (n_steps + 1) * sizeof(int), cudaMemcpyHostToDevice));
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+
+  const int pre16 = pre_kb * 1024 / 16;
+  const size_t smem = std::max<size_t>(static_cast<size_t>(pre16) * 16, 16);
+  CK(cudaFuncSetAttribute(persistent_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  CK(cudaFuncSetAttribute(step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int per_sm = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_kernel, threads, smem));
+  const int resident = per_sm * prop.multiProcessorCount;
+
+  auto time_graph = [&](auto&& record) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+    record();
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    std::vector<float> ms;
+    for (int r = 0; r < reps + 2; ++r) {
+      CK(cudaEventRecord(a, st));
+      CK(cudaGraphLaunch(ge, st));
+      CK(cudaEventRecord(b, st));
+      CK(cudaStreamSynchronize(st));
+      float t = 0;
+      CK(cudaEventElapsedTime(&t, a, b));
+      if (r >= 2) ms.push_back(t);
+    }
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    return median_ms(ms);
+  };
+
+  const float launch_ms = time_graph([&] {
+    for (int s = 0; s < n_steps; ++s) {
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(static_cast<unsigned>(steps[s].blocks));
+      cfg.blockDim = dim3(static_cast<unsigned>(threads));
+      cfg.dynamicSmemBytes = smem;
+      cfg.stream = st;
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr.val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = &attr;
+      cfg.numAttrs = 1;
+      CK(cudaLaunchKernelEx(&cfg, step_kernel, steps[s], pre16));
+    }
+  });
+  auto persistent = [&](int queue) {
+    return time_graph([&] {
+      CK(cudaMemsetAsync(next, 0, sizeof(unsigned), st));
+      CK(cudaMemsetAsync(done, 0, n_steps * sizeof(unsigned), st));
+      persistent_kernel<<<resident, threads, smem, st>>>(dsteps, dfirst, n_steps, next, done, pre16, queue, max_ns);
+      CK(cudaGetLastError());
+    });
+  };
+  const float persistent_ms = persistent(1), static_ms = persistent(0);
+  const float memset_ms = time_graph([&] {
+    CK(cudaMemsetAsync(next, 0, sizeof(unsigned), st));
+    CK(cudaMemsetAsync(done, 0, n_steps * sizeof(unsigned), st));
+  });
+  const float floor_ms = time_graph([&] {
+    floor_kernel<<<prop.multiProcessorCount * 8, 256, 0, st>>>(wbuf, total16, sink);
+    CK(cudaGetLastError());
+  });
+  // The two chains must agree: the last step's partials.
+  std::vector<float> a(steps.back().blocks), b(steps.back().blocks);
+  CK(cudaMemset(parts, 0, static_cast<size_t>(n_steps) * kMaxBlocks * sizeof(float)));
+  (void)time_graph([&] {
+    for (int s = 0; s < n_steps; ++s) step_kernel<<<steps[s].blocks, threads, smem, st>>>(steps[s], pre16);
+  });
+  CK(cudaMemcpy(a.data(), steps.back().out, a.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  CK(cudaMemset(parts, 0, static_cast<size_t>(n_steps) * kMaxBlocks * sizeof(float)));
+  (void)time_graph([&] {
+    CK(cudaMemsetAsync(next, 0, sizeof(unsigned), st));
+    CK(cudaMemsetAsync(done, 0, n_steps * sizeof(unsigned), st));
+    persistent_kernel<<<resident, threads, smem, st>>>(dsteps, dfirst, n_steps, next, done, pre16, 0, max_ns);
+  });
+  CK(cudaMemcpy(b.data(), steps.back().out, b.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  const bool same = std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+
+  const double bytes = static_cast<double>(total16) * 16;
+  const int boundaries = kPerLayer;  // per layer
+  std::printf("bench_stage_probe: %s, %d SMs; %d layers x %d steps, %.1f MB per layer, %d threads per block, "
+              "%d KB per block copied before the dependency; persistent: %d resident blocks (%d per SM); chains "
+              "agree: %s\n",
+              prop.name, prop.multiProcessorCount, layers, kPerLayer, bytes / layers / 1e6, threads, pre_kb, resident,
+              per_sm, same ? "yes" : "NO");
+  auto row = [&](const char* name, float ms) {
+    const double us = ms * 1e3 / layers;
+    std::printf("%-12s %9.1f us per layer  %7.0f GB/s  (%+6.2f us per boundary over the floor)\n", name, us,
+                bytes / (ms * 1e-3) / 1e9, (ms - floor_ms) * 1e3 / layers / boundaries);
+  };
+  row("launch", launch_ms);
+  row("persistent", persistent_ms - memset_ms);
+  row("static", static_ms - memset_ms);
+  row("floor", floor_ms);
+  std::printf("(persistent excludes its two counter memsets, %.1f us per graph)\n", memset_ms * 1e3);
+  return same ? 0 : 1;
+}
