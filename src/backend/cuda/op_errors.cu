@@ -1,4 +1,7 @@
 // op_errors.h: one OpErrorRecord per backend, kept in op_state (freed with the arena).
+#include <cstdint>
+#include <cstring>
+
 #include "backend/cuda/backend_impl.cuh"
 #include "backend/cuda/op_errors.cuh"
 
@@ -9,6 +12,13 @@ struct OpErrorState {
   OpErrorRecord* record = nullptr;
 };
 const char kOpErrorKey = 0;  // its address keys the state
+
+float float_of_bits(long long v) {
+  const auto bits = static_cast<uint32_t>(v);
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
 
 std::string describe(const OpErrorRecord& r) {
   switch (r.code) {
@@ -24,6 +34,11 @@ std::string describe(const OpErrorRecord& r) {
     case 4:  // moe.cu
       return str_cat("cuda moe_experts: expert id ", r.v[0], " (token ", r.v[1], ", slot ", r.v[2],
                      ") is not in [0, ", r.v[3], ") (the slot was skipped)");
+    case 5:  // linear_kernels.cuh's kOpErrorActStaticScale (linear_act_quant.cu)
+      return str_cat("cuda linear: --act-scale static needs a finite, positive input_scale, but an NVFP4 "
+                     "projection's is ", float_of_bits(r.v[0]),
+                     " (its rows were written as NaN; the non-finite guard names the linear; use --act-scale "
+                     "dynamic or auto)");
     case kOpErrorCompressRows:
       return str_cat("cuda compress_chunk: a chunk of ", r.v[1], " tokens at position ", r.v[0], " touches ",
                      (r.v[0] + r.v[1] - 1) / r.v[2] - r.v[0] / r.v[2] + 1, " windows of rate ", r.v[2],

@@ -342,7 +342,15 @@ TEST_F(CudaLinearPolicy, StaticScaleErrorsMatchTheCpu) {
     auto w = make_linear(*cuda, TestFormat::kNvfp4, wf, O, I, "layers.9.attn.wq_b", -1.0f);
     EXPECT_THROW(cpu->linear(x.host_view({4, I}), w->host, ref_view), Error);
     cuda->linear(x.dev.view(), w->dev, out.view());
-    EXPECT_THROW(backend::cuda::check_op_errors(*cuda), Error);
+    try {
+      backend::cuda::check_op_errors(*cuda);
+      ADD_FAILURE() << "the kernel's op error was not reported";
+    } catch (const Error& e) {  // names the flag and the value
+      const std::string m = e.what();
+      EXPECT_NE(m.find("--act-scale static"), std::string::npos) << m;
+      EXPECT_NE(m.find("input_scale"), std::string::npos) << m;
+      EXPECT_NE(m.find("is -1"), std::string::npos) << m;
+    }
     for (float v : download_f32(*cuda, out.view())) EXPECT_TRUE(std::isnan(v));
   }
 }
