@@ -21,9 +21,11 @@
 //               barrier, atomic add)
 //   static      the same with block i taking units i, i + blocks, ... (no queue)
 //   floor       one launch that reads every step's weights with no dependency: the bytes' cost
-// Prints us per layer, GB/s, and (mode - floor) per step boundary.
+// Prints us per layer, GB/s, and (mode - floor) per step boundary; --per-step 1 also each step
+// alone (its launches back to back, no chain): what its bytes cost at its grid.
 //
 //   bench_stage_probe [--layers 8] [--reps 20] [--threads 128] [--prefetch-kb 8] [--spin-ns 256]
+//                     [--per-step 0]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -200,7 +202,7 @@ float median_ms(std::vector<float> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int layers = 8, reps = 20, threads = 128, pre_kb = 8, max_ns = 256;
+  int layers = 8, reps = 20, threads = 128, pre_kb = 8, max_ns = 256, per_step = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--layers") layers = std::atoi(argv[i + 1]);
@@ -208,8 +210,9 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--prefetch-kb") pre_kb = std::atoi(argv[i + 1]);
     else if (a == "--spin-ns") max_ns = std::atoi(argv[i + 1]);
+    else if (a == "--per-step") per_step = std::atoi(argv[i + 1]);
     else {
-      std::fprintf(stderr, "unknown flag %s\nusage: bench_stage_probe [--layers N] [--reps N] [--threads N] [--prefetch-kb N] [--spin-ns N]\n", argv[i]);
+      std::fprintf(stderr, "unknown flag %s\nusage: bench_stage_probe [--layers N] [--reps N] [--threads N] [--prefetch-kb N] [--spin-ns N] [--per-step 0|1]\n", argv[i]);
       return 2;
     }
   }
@@ -355,5 +358,21 @@ int main(int argc, char** argv) {
   row("static", static_ms - memset_ms);
   row("floor", floor_ms);
   std::printf("(persistent excludes its two counter memsets, %.1f us per graph)\n", memset_ms * 1e3);
+  if (per_step) {
+    // Each step of the layer alone: a graph of its launches over the layers' buffers (plain
+    // launches, one after another), us per launch: the step's own cost at its grid and bytes.
+    std::printf("\n%-12s %8s %8s %10s %9s\n", "step", "MB", "blocks", "us alone", "GB/s");
+    for (int j = 0; j < kPerLayer; ++j) {
+      const float ms = time_graph([&] {
+        for (int l = 0; l < layers; ++l) {
+          const Step& sj = steps[l * kPerLayer + j];
+          step_kernel<<<sj.blocks, threads, smem, st>>>(sj, pre16);
+        }
+      });
+      const double us = ms * 1e3 / layers;
+      std::printf("%-12s %8.1f %8d %10.2f %9.0f\n", kLayer[j].name, kLayer[j].mb, kLayer[j].blocks, us,
+                  kLayer[j].mb * (1 << 20) / (us * 1e-6) / 1e9);
+    }
+  }
   return same ? 0 : 1;
 }
