@@ -203,8 +203,12 @@ float median_ms(std::vector<float> v) {
 
 int main(int argc, char** argv) {
   int layers = 8, reps = 20, threads = 128, pre_kb = 8, max_ns = 256, per_step = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
+    if (i + 1 == argc) {
+      std::fprintf(stderr, "bench_stage_probe: %s needs a value\n", argv[i]);
+      return 2;
+    }
     if (a == "--layers") layers = std::atoi(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);

@@ -63,8 +63,6 @@ struct ActQuantArgs {
   ActPolicyDev pol;
   OpErrorRecord* err = nullptr;  // --act-scale static with an unusable input_scale is recorded here
 };
-// op_errors.cuh codes 1-3 belong to other ops; v = {bits of input_scale as int32}.
-inline constexpr unsigned long long kOpErrorActStaticScale = 5;
 void launch_act_quant(const ActQuantArgs& a, cudaStream_t stream);
 
 // ---- Projections ---------------------------------------------------------------------------

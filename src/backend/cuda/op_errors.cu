@@ -34,7 +34,7 @@ std::string describe(const OpErrorRecord& r) {
     case 4:  // moe.cu
       return str_cat("cuda moe_experts: expert id ", r.v[0], " (token ", r.v[1], ", slot ", r.v[2],
                      ") is not in [0, ", r.v[3], ") (the slot was skipped)");
-    case 5:  // linear_kernels.cuh's kOpErrorActStaticScale (linear_act_quant.cu)
+    case kOpErrorActStaticScale:
       return str_cat("cuda linear: --act-scale static needs a finite, positive input_scale, but an NVFP4 "
                      "projection's is ", float_of_bits(r.v[0]),
                      " (its rows were written as NaN; the non-finite guard names the linear; use --act-scale "

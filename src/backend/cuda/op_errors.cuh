@@ -14,6 +14,7 @@ enum OpErrorCode : unsigned long long {
   kOpErrorRouteId = 2,      // v = {id, position, tid2eid rows}
   kOpErrorRouteExpert = 3,  // v = {table row (token id), slot k, entry, expert count}
   // 4: moe.cu's expert-id error, v = {expert id, token, slot, expert count} (its constant lives there)
+  kOpErrorActStaticScale = 5,  // v = {bits of the input_scale as int32} (linear_act_quant.cu)
   kOpErrorCompressRows = 6, // v = {p0, T, rate, pooled rows given}
   kOpErrorScatterRow = 7,   // v = {key, divisor, source row, dst rows}
 };
