@@ -827,23 +827,25 @@ constexpr int kNormSmemBytes = 8192;  // the decode site's copy of the norm weig
 // The end of a site for token t once its pre gates w are known (every thread of the block calls
 // it; threads [32, 256) hold the first collapse round of xt in coll): the collapse rounded to To
 // into xs (shared, D floats), a barrier, then rms_norm of the row from xs, stored as To in o.
+// bar_threads: as rowprep::rows_barrier (0: every thread of the block calls it; else the block's
+// first bar_threads threads alone).
 template <int HC, bool kL2, typename To>
 __device__ __forceinline__ void collapse_and_norm(HcCollapseOf<HC, false, kL2>& coll, const float* __restrict__ xt,
                                                   const float (&w)[HC], int64_t D, float* xs, float* red,
-                                                  const HcNorm& nm, To* __restrict__ o) {
+                                                  const HcNorm& nm, To* __restrict__ o, int bar_threads = 0) {
   using Coll = HcCollapseOf<HC, false, kL2>;
   constexpr int64_t kRound = static_cast<int64_t>(Coll::kCount) * 5;  // packs of 4 per round (HcCollapseOf: 5 each)
   for (int64_t base = 0; base < D / 4; base += kRound) {
     if (base > 0) coll.load(xt, D, base);
     coll.template store<float, To>(w, D, base, xs);
   }
-  __syncthreads();  // xs holds x_in[t] as To would
+  rowprep::rows_barrier(bar_threads);  // xs holds x_in[t] as To would
   const bool valid = static_cast<int>(threadIdx.x) < nm.tpr;
   const int r = static_cast<int>(threadIdx.x) % nm.tpr;
   const int64_t packs = D / 8;
   rowprep::RowPacks<4> v;
   v.load(static_cast<const float*>(xs), r, nm.tpr, packs, valid);
-  rowprep::rms_norm_packs(v, nm.weight, nm.wcode, nm.wpacked, D, nm.eps, r, nm.tpr, valid, red);
+  rowprep::rms_norm_packs(v, nm.weight, nm.wcode, nm.wpacked, D, nm.eps, r, nm.tpr, valid, red, bar_threads);
   v.store(o, r, nm.tpr, packs, valid);
 }
 
@@ -886,12 +888,19 @@ __global__ void __launch_bounds__(kThreads)
 // exactly as hc_post_kernel; every warp computes them, warp
 // 0 stores them), then the mix partials of those elements as hc_fused_kernel does with X_out
 // loaded. Writers fence before the per-token count; the last block reads X_out[t] back through
-// L2 (other blocks wrote it), sums the partials, writes post_out/comb_out (warp 0) and collapses
-// and normalizes into x_in. post_in/comb_in may be post_out/comb_out: every block of token t has
-// read them before it counts, and only the last block writes them. Packed rows (D % 8 == 0,
-// aligned) only. counters[t] is 0 on entry and is left 0.
+// L2 (other blocks wrote it), sums the partials, collapses and normalizes into x_in (warps
+// 0..7, their own barriers) while one more warp (kCombWarp) writes post_out and runs the Sinkhorn
+// into comb_out: its ~4.4K cycles (H200, in the decode step), the last block's longest step,
+// overlap the collapse and the norm instead of preceding them (docs/PERFORMANCE.md,
+// thirty-first session). The partials' loads are issued before the collapse's 64 KB of X_out:
+// their sum, not X_out, is what the gates and the Sinkhorn wait for. post_in/comb_in may be
+// post_out/comb_out: every block of token t has read them before it counts, and only the last
+// block writes them. Packed rows (D % 8 == 0, aligned) only. counters[t] is 0 on entry and is
+// left 0.
+constexpr int kCombWarp = kWarps;            // the site's extra warp
+constexpr int kSiteThreads = kThreads + 32;  // the site's block: hc_fused_kernel's warps and kCombWarp
 template <int HC, typename Tf, typename Tx>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kSiteThreads)
     hc_site_fused_kernel(const Tx* __restrict__ y, const Tx* __restrict__ y_add, const float* __restrict__ X,
                          const float* post_in,
                          const float* comb_in, float* X_out, const Tf* __restrict__ fn, int64_t D,
@@ -915,7 +924,8 @@ __global__ void __launch_bounds__(kThreads)
   // griddepcontrol.wait (launched with PDL: hc_site_pdl), so their DRAM round trip overlaps the
   // kernel before; everything else waits, in every block.
   float fv[kPerWarp][2][4];
-  if (warp < kRows) {
+  const bool mixer = warp < kRows && warp < kWarps;  // warp-uniform: kCombWarp has no mix rows
+  if (mixer) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t i = s * kFusedChunk + 4 * (lane + 32 * h);
@@ -928,7 +938,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   pdl_wait();
 
-  if (warp < kRows) {  // warp-uniform
+  if (mixer) {
     float xv[2][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -976,24 +986,32 @@ __global__ void __launch_bounds__(kThreads)
   if (!last) return;
   __threadfence();
 
-  // The norm weight into shared memory, in flight with the partial sums and the collapse (the
-  // norm reads it from there; otherwise its loads would wait for the collapse's barrier).
+  // The first round of partials, then X_out for the collapse and the norm weight into shared
+  // memory (the norm reads it from there; otherwise its loads would wait for the collapse's
+  // barrier), all in flight during the partial sums.
+  const bool summer = lane < kRows && warp < kWarps;
+  float pv[kPartialLoads];
+#pragma unroll
+  for (int i = 0; i < kPartialLoads; ++i) {
+    const int ss = warp + kWarps * i;
+    pv[i] = summer && ss < S ? __ldcg(partial + (t * S + ss) * kRows + lane) : 0.0f;
+  }
   HcNorm nl = nm;
   if (nm.smem_bytes > 0) {
-    for (int i = threadIdx.x; i < nm.smem_bytes / 16; i += kThreads) {
+    for (int i = threadIdx.x; warp < kWarps && i < nm.smem_bytes / 16; i += kThreads) {
       cp_async16(reinterpret_cast<char*>(nws) + 16 * i, static_cast<const char*>(nm.weight) + 16 * i);
     }
     nl.weight = nws;
   }
   cp_async_commit();
-
   HcCollapseOf<HC, false, true> coll;
-  coll.load(ot, D, 0);  // in flight during the partial sums
+  if (warp < kWarps) coll.load(ot, D, 0);
   const float2 gw = load_gate_weight<HC, false>(p, lane);
   float v = 0.0f;
-  if (lane < kRows) {
-    for (int s0 = 0; s0 < S; s0 += kWarps * kPartialLoads) {
-      float pv[kPartialLoads];
+#pragma unroll
+  for (int i = 0; i < kPartialLoads; ++i) v += pv[i];
+  if (summer) {
+    for (int s0 = kWarps * kPartialLoads; s0 < S; s0 += kWarps * kPartialLoads) {
 #pragma unroll
       for (int i = 0; i < kPartialLoads; ++i) {
         const int ss = s0 + warp + kWarps * i;
@@ -1003,16 +1021,17 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < kPartialLoads; ++i) v += pv[i];
     }
   }
-  red[warp][lane] = v;
+  if (warp < kWarps) red[warp][lane] = v;
   __syncthreads();
   if (threadIdx.x == 0) counters[t] = 0;  // every block of this token has counted: ready for the next launch
   float tot = 0.0f;
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) tot += red[w][lane];
   float w[HC];
-  hc_gates<HC, false>(tot, gw, D, p, t, warp == 0, w, post_out, comb_out);
+  hc_gates<HC, false>(tot, gw, D, p, t, warp == kCombWarp, w, post_out, comb_out);
+  if (warp == kCombWarp) return;  // post_out and comb_out written
   cp_async_wait_all();  // this thread's copies of the norm weight; the collapse's barrier publishes them
-  collapse_and_norm<HC, true, Tx>(coll, ot, w, D, xs, &nred[0], nl, x_in + t * D);
+  collapse_and_norm<HC, true, Tx>(coll, ot, w, D, xs, &nred[0], nl, x_in + t * D, kThreads);
 }
 
 struct HcShape {

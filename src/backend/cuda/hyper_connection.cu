@@ -165,7 +165,7 @@ void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& y_add
     using Tf = decltype(tf);
     dispatch_float(x_in.dtype, "hc_post_pre", "x_in", [&](auto tx) {
       using Tx = decltype(tx);
-      launch_kernel_pdl(hc_site_pdl(), hc_site_fused_kernel<HC, Tf, Tx>, grid, kThreads, 0, be.stream(),
+      launch_kernel_pdl(hc_site_pdl(), hc_site_fused_kernel<HC, Tf, Tx>, grid, kSiteThreads, 0, be.stream(),
                         y.as<const Tx>(), y_add.data ? y_add.as<const Tx>() : nullptr, X.f32(),
                         static_cast<const float*>(post.f32()),
                         static_cast<const float*>(comb.f32()), X_out.f32(), w.fn.as<const Tf>(), D, partial.f32(),

@@ -39,16 +39,27 @@ inline int rms_regs_packs(int64_t n, int tpr) {
   return per <= 1 ? 1 : per <= 2 ? 2 : per <= 4 ? 4 : 0;
 }
 
+// The barrier of a block's row groups: __syncthreads() (bar_threads 0), or named barrier 1 over
+// the block's first bar_threads threads (a multiple of 32), which alone reach it: the block's
+// other warps go on meanwhile (the decode hc site's comb warp).
+__device__ __forceinline__ void rows_barrier(int bar_threads) {
+  if (bar_threads == 0) {
+    __syncthreads();
+  } else {
+    asm volatile("bar.sync 1, %0;" ::"r"(bar_threads) : "memory");
+  }
+}
+
 // Sum of v over the tpr consecutive threads of this thread's row group (tpr a power of two in
 // [32, 256], the same for the whole block): warp shuffles, then for tpr > 32 the row's warps in
 // order through `red` (one float per warp of the block) after one barrier that every thread of
-// the block reaches.
-__device__ __forceinline__ float row_group_sum(float v, int tpr, float* red) {
+// the block (or of its first bar_threads: rows_barrier) reaches.
+__device__ __forceinline__ float row_group_sum(float v, int tpr, float* red, int bar_threads = 0) {
   v = rowwise::warp_sum(v);
   if (tpr <= 32) return v;
   const int warp = threadIdx.x >> 5, per = tpr >> 5, first = warp / per * per;
   if ((threadIdx.x & 31) == 0) red[warp] = v;
-  __syncthreads();
+  rows_barrier(bar_threads);
   float total = 0.0f;
   for (int w = 0; w < per; ++w) total += red[first + w];
   return total;
@@ -90,11 +101,12 @@ struct RowPacks {
 // rms_norm of a row held as RowPacks (packed rows, n = 8 * packs): sum of squares (fmaf chain over
 // the packs in order), row_group_sum, then v * (1 / sqrt(mean + eps)) [* weight]. Every thread of
 // the block must call it (the group sum may hold a barrier); `valid` false: a row past the end.
-// The weight packs are loaded before the reduction so their latency overlaps it.
+// The weight packs are loaded before the reduction so their latency overlaps it. bar_threads:
+// row_group_sum's.
 template <int kP>
 __device__ __forceinline__ void rms_norm_packs(RowPacks<kP>& x, const void* weight, rowwise::FloatCode wcode,
                                                bool wpacked, int64_t n, float eps, int r, int tpr, bool valid,
-                                               float* red) {
+                                               float* red, int bar_threads = 0) {
   const int64_t packs = n / 8;
   float w[kP][8];
   if (weight != nullptr) {
@@ -119,7 +131,7 @@ __device__ __forceinline__ void rms_norm_packs(RowPacks<kP>& x, const void* weig
       for (int i = 0; i < 8; ++i) ss = fmaf(x.v[k][i], x.v[k][i], ss);
     }
   }
-  ss = row_group_sum(ss, tpr, red);
+  ss = row_group_sum(ss, tpr, red, bar_threads);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
 #pragma unroll
   for (int k = 0; k < kP; ++k) {
