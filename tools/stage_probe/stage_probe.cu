@@ -23,9 +23,14 @@
 //   floor       one launch that reads every step's weights with no dependency: the bytes' cost
 // Prints us per layer, GB/s, and (mode - floor) per step boundary; --per-step 1 also each step
 // alone (its launches back to back, no chain): what its bytes cost at its grid.
+// --desc 1: every block first reads its step's 8-byte descriptor (an offset, in a buffer written
+// once at setup, as a GEMV reads its weight descriptor before its weights) and streams from the
+// weights at that offset: a dependent read of data the step never writes. --l2-evict-first 1:
+// the weight reads (and the copies before the dependency) carry an L2 evict-first policy
+// (createpolicy + .L2::cache_hint), so that the weights stop pushing such data out of L2.
 //
 //   bench_stage_probe [--layers 8] [--reps 20] [--threads 128] [--prefetch-kb 8] [--spin-ns 256]
-//                     [--per-step 0]
+//                     [--per-step 0] [--desc 0] [--l2-evict-first 0]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -55,12 +60,40 @@ constexpr int kMaxBlocks = 1024;
 
 struct Step {
   const uint4* w;    // this step's weights
+  const int64_t* desc;  // --desc: its descriptor (an offset in 16-byte words, 0), else null
   int64_t n16;       // 16-byte words
   int blocks;
   const float* in;   // the previous step's partials (in_n of them), or null
   int in_n;
   float* out;        // blocks partials
 };
+
+// The weight read: the decode GEMVs' (ld_stream16), or with an L2 evict-first policy.
+template <bool kEF>
+__device__ __forceinline__ uint4 ld_weight(const uint4* p) {
+  if constexpr (!kEF) {
+    return ld_stream16(p);
+  } else {
+    uint64_t pol;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "l"(pol));
+    return v;
+  }
+}
+template <bool kEF>
+__device__ __forceinline__ void copy_weight(uint32_t dst, const uint4* src) {
+  if constexpr (!kEF) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+  } else {
+    uint64_t pol;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "l"(pol)
+                 : "memory");
+  }
+}
 
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
@@ -80,15 +113,16 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
 // Block b of step st. Its first `pre16` 16-byte words (a prefix of its share) are copied into
 // shared memory (cp.async) before wait() (the dependency: griddepcontrol.wait, or the counter
 // spin), the rest streamed after it, 4 loads in flight per thread.
-template <typename Wait>
+template <bool kEF, typename Wait>
 __device__ __forceinline__ void run_unit(const Step& st, int b, int pre16, Wait&& wait, float* red) {
   extern __shared__ uint4 pre[];
+  const uint4* const w = st.desc != nullptr ? st.w + __ldcg(st.desc) : st.w;
   const int64_t per = (st.n16 + st.blocks - 1) / st.blocks, w0 = b * per, w1 = min(w0 + per, st.n16);
   const int T = blockDim.x;
   const int64_t p1 = min(w0 + pre16, w1);
   for (int64_t j = w0 + threadIdx.x; j < p1; j += T) {
     const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(pre + (j - w0)));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(st.w + j) : "memory");
+    copy_weight<kEF>(dst, w + j);
   }
   asm volatile("cp.async.commit_group;" ::: "memory");
   wait();
@@ -102,7 +136,7 @@ __device__ __forceinline__ void run_unit(const Step& st, int b, int pre16, Wait&
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t k = j + static_cast<int64_t>(i) * T;
-      v[i] = k < w1 ? ld_stream16(st.w + k) : make_uint4(0u, 0u, 0u, 0u);
+      v[i] = k < w1 ? ld_weight<kEF>(w + k) : make_uint4(0u, 0u, 0u, 0u);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) fold ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
@@ -118,16 +152,18 @@ __device__ __forceinline__ void run_unit(const Step& st, int b, int pre16, Wait&
 }
 
 // As the decode GEMVs (pdl_begin(early)): the next launch may start at once.
+template <bool kEF>
 __global__ void step_kernel(Step st, int pre16) {
   __shared__ float red[32];
   asm volatile("griddepcontrol.launch_dependents;");
-  run_unit(st, blockIdx.x, pre16, [] { asm volatile("griddepcontrol.wait;" ::: "memory"); }, red);
+  run_unit<kEF>(st, blockIdx.x, pre16, [] { asm volatile("griddepcontrol.wait;" ::: "memory"); }, red);
 }
 
 // Units in step order: step s owns [first[s], first[s + 1]). queue: from an atomic counter;
 // else block i takes units i, i + gridDim.x, ... in order (every block's units ascend, so the
 // earliest unfinished unit can always run: no deadlock with every block resident). The spin
 // backs off with __nanosleep up to max_ns (0: none).
+template <bool kEF>
 __global__ void persistent_kernel(const Step* steps, const int* first, int n_steps, unsigned* next, unsigned* done,
                                   int pre16, int queue, int max_ns) {
   __shared__ float red[32];
@@ -145,7 +181,7 @@ __global__ void persistent_kernel(const Step* steps, const int* first, int n_ste
     while (first[s + 1] <= u) ++s;  // units ascend per block
     const Step st = steps[s];
     const int b = u - first[s];
-    run_unit(st, b, pre16,
+    run_unit<kEF>(st, b, pre16,
              [&] {
                if (threadIdx.x == 0 && s > 0) {
                  const unsigned want = static_cast<unsigned>(steps[s - 1].blocks);
@@ -166,6 +202,7 @@ __global__ void persistent_kernel(const Step* steps, const int* first, int n_ste
   }
 }
 
+template <bool kEF>
 __global__ void floor_kernel(const uint4* w, int64_t n16, unsigned* sink) {
   uint32_t fold = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -174,7 +211,7 @@ __global__ void floor_kernel(const uint4* w, int64_t n16, unsigned* sink) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t k = j + i * stride;
-      v[i] = k < n16 ? ld_stream16(w + k) : make_uint4(0u, 0u, 0u, 0u);
+      v[i] = k < n16 ? ld_weight<kEF>(w + k) : make_uint4(0u, 0u, 0u, 0u);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) fold ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
@@ -202,7 +239,7 @@ float median_ms(std::vector<float> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int layers = 8, reps = 20, threads = 128, pre_kb = 8, max_ns = 256, per_step = 0;
+  int layers = 8, reps = 20, threads = 128, pre_kb = 8, max_ns = 256, per_step = 0, desc = 0, ef = 0;
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (i + 1 == argc) {
@@ -215,8 +252,10 @@ int main(int argc, char** argv) {
     else if (a == "--prefetch-kb") pre_kb = std::atoi(argv[i + 1]);
     else if (a == "--spin-ns") max_ns = std::atoi(argv[i + 1]);
     else if (a == "--per-step") per_step = std::atoi(argv[i + 1]);
+    else if (a == "--desc") desc = std::atoi(argv[i + 1]);
+    else if (a == "--l2-evict-first") ef = std::atoi(argv[i + 1]);
     else {
-      std::fprintf(stderr, "unknown flag %s\nusage: bench_stage_probe [--layers N] [--reps N] [--threads N] [--prefetch-kb N] [--spin-ns N] [--per-step 0|1]\n", argv[i]);
+      std::fprintf(stderr, "unknown flag %s\nusage: bench_stage_probe [--layers N] [--reps N] [--threads N] [--prefetch-kb N] [--spin-ns N] [--per-step 0|1] [--desc 0|1] [--l2-evict-first 0|1]\n", argv[i]);
       return 2;
     }
   }
@@ -235,6 +274,9 @@ int main(int argc, char** argv) {
   uint4* wbuf = nullptr;
   CK(cudaMalloc(&wbuf, std::max<int64_t>(total16, 1) * 16));
   CK(cudaMemset(wbuf, 0x3c, std::max<int64_t>(total16, 1) * 16));
+  int64_t* descs = nullptr;  // --desc: one 8-byte offset (0) per step, each in its own 128-byte line
+  CK(cudaMalloc(&descs, static_cast<size_t>(n_steps) * 16 * sizeof(int64_t)));
+  CK(cudaMemset(descs, 0, static_cast<size_t>(n_steps) * 16 * sizeof(int64_t)));
   float* parts = nullptr;
   CK(cudaMalloc(&parts, static_cast<size_t>(n_steps) * kMaxBlocks * sizeof(float)));
   CK(cudaMemset(parts, 0, static_cast<size_t>(n_steps) * kMaxBlocks * sizeof(float)));
@@ -243,6 +285,7 @@ int main(int argc, char** argv) {
     const StepSpec& sp = kLayer[s % kPerLayer];
     Step& st = steps[s];
     st.w = wbuf + off;
+    st.desc = desc ? descs + static_cast<size_t>(s) * 16 : nullptr;
     st.n16 = static_cast<int64_t>(sp.mb * (1 << 20)) / 16;
     off += st.n16;
     st.blocks = sp.blocks;
@@ -265,11 +308,14 @@ int main(int argc, char** argv) {
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
 
   const int pre16 = pre_kb * 1024 / 16;
+  auto* const step_k = ef ? step_kernel<true> : step_kernel<false>;
+  auto* const persistent_k = ef ? persistent_kernel<true> : persistent_kernel<false>;
+  auto* const floor_k = ef ? floor_kernel<true> : floor_kernel<false>;
   const size_t smem = std::max<size_t>(static_cast<size_t>(pre16) * 16, 16);
-  CK(cudaFuncSetAttribute(persistent_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  CK(cudaFuncSetAttribute(step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  CK(cudaFuncSetAttribute(persistent_k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  CK(cudaFuncSetAttribute(step_k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_kernel, threads, smem));
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_k, threads, smem));
   const int resident = per_sm * prop.multiProcessorCount;
 
   auto time_graph = [&](auto&& record) {
@@ -309,14 +355,14 @@ int main(int argc, char** argv) {
       attr.val.programmaticStreamSerializationAllowed = 1;
       cfg.attrs = &attr;
       cfg.numAttrs = 1;
-      CK(cudaLaunchKernelEx(&cfg, step_kernel, steps[s], pre16));
+      CK(cudaLaunchKernelEx(&cfg, step_k, steps[s], pre16));
     }
   });
   auto persistent = [&](int queue) {
     return time_graph([&] {
       CK(cudaMemsetAsync(next, 0, sizeof(unsigned), st));
       CK(cudaMemsetAsync(done, 0, n_steps * sizeof(unsigned), st));
-      persistent_kernel<<<resident, threads, smem, st>>>(dsteps, dfirst, n_steps, next, done, pre16, queue, max_ns);
+      persistent_k<<<resident, threads, smem, st>>>(dsteps, dfirst, n_steps, next, done, pre16, queue, max_ns);
       CK(cudaGetLastError());
     });
   };
@@ -326,21 +372,21 @@ int main(int argc, char** argv) {
     CK(cudaMemsetAsync(done, 0, n_steps * sizeof(unsigned), st));
   });
   const float floor_ms = time_graph([&] {
-    floor_kernel<<<prop.multiProcessorCount * 8, 256, 0, st>>>(wbuf, total16, sink);
+    floor_k<<<prop.multiProcessorCount * 8, 256, 0, st>>>(wbuf, total16, sink);
     CK(cudaGetLastError());
   });
   // The two chains must agree: the last step's partials.
   std::vector<float> a(steps.back().blocks), b(steps.back().blocks);
   CK(cudaMemset(parts, 0, static_cast<size_t>(n_steps) * kMaxBlocks * sizeof(float)));
   (void)time_graph([&] {
-    for (int s = 0; s < n_steps; ++s) step_kernel<<<steps[s].blocks, threads, smem, st>>>(steps[s], pre16);
+    for (int s = 0; s < n_steps; ++s) step_k<<<steps[s].blocks, threads, smem, st>>>(steps[s], pre16);
   });
   CK(cudaMemcpy(a.data(), steps.back().out, a.size() * sizeof(float), cudaMemcpyDeviceToHost));
   CK(cudaMemset(parts, 0, static_cast<size_t>(n_steps) * kMaxBlocks * sizeof(float)));
   (void)time_graph([&] {
     CK(cudaMemsetAsync(next, 0, sizeof(unsigned), st));
     CK(cudaMemsetAsync(done, 0, n_steps * sizeof(unsigned), st));
-    persistent_kernel<<<resident, threads, smem, st>>>(dsteps, dfirst, n_steps, next, done, pre16, 0, max_ns);
+    persistent_k<<<resident, threads, smem, st>>>(dsteps, dfirst, n_steps, next, done, pre16, 0, max_ns);
   });
   CK(cudaMemcpy(b.data(), steps.back().out, b.size() * sizeof(float), cudaMemcpyDeviceToHost));
   const bool same = std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -348,10 +394,10 @@ int main(int argc, char** argv) {
   const double bytes = static_cast<double>(total16) * 16;
   const int boundaries = kPerLayer;  // per layer
   std::printf("bench_stage_probe: %s, %d SMs; %d layers x %d steps, %.1f MB per layer, %d threads per block, "
-              "%d KB per block copied before the dependency; persistent: %d resident blocks (%d per SM); chains "
-              "agree: %s\n",
+              "%d KB per block copied before the dependency; persistent: %d resident blocks (%d per SM); "
+              "descriptor read first: %s; weights L2 evict-first: %s; chains agree: %s\n",
               prop.name, prop.multiProcessorCount, layers, kPerLayer, bytes / layers / 1e6, threads, pre_kb, resident,
-              per_sm, same ? "yes" : "NO");
+              per_sm, desc ? "yes" : "no", ef ? "yes" : "no", same ? "yes" : "NO");
   auto row = [&](const char* name, float ms) {
     const double us = ms * 1e3 / layers;
     std::printf("%-12s %9.1f us per layer  %7.0f GB/s  (%+6.2f us per boundary over the floor)\n", name, us,
@@ -370,7 +416,7 @@ int main(int argc, char** argv) {
       const float ms = time_graph([&] {
         for (int l = 0; l < layers; ++l) {
           const Step& sj = steps[l * kPerLayer + j];
-          step_kernel<<<sj.blocks, threads, smem, st>>>(sj, pre16);
+          step_k<<<sj.blocks, threads, smem, st>>>(sj, pre16);
         }
       });
       const double us = ms * 1e3 / layers;
