@@ -50,6 +50,7 @@
 //   bench_gemv_probe [--tokens 1,2,4] [--shapes wq_a,...,moe2,head] [--formats bf16,fp8,fp8f32,mxfp4,nvfp4]
 //                    [--reps 15] [--csv FILE] [--pdl 1|0 (the chain timings; default 1)]
 //                    [--stream-mt N (m-tiles per streaming block; 0 = the plan's choice)]
+//                    [--beside 1 (after the cases: the routed gate/up beside the shared expert's, run_beside)]
 // MoE cases at 6T > 64 (T >= 11, up to 64) model a batched step instead: 6T selections spread
 // over the pool's 64 experts, rows sorted by expert in tiles of gemv_tile_rows(ceil(6T / 64)) rows.
 #include <cublas_v2.h>
@@ -546,13 +547,112 @@ double rel_l2(const std::vector<float>& got, const std::vector<float>& ref, bool
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+// --beside 1: the decode step's MoE phase in miniature. The routed experts' gate/up (moe13, MXFP4,
+// one token: six one-row slots) on `st` and the shared expert's gate/up (w1 and w3 of 2048 x 4096,
+// FP8 E8M0, one launch over grid z = 2: 16 MiB, so on wgmma as in the step) forked onto a second
+// stream, as moe() issues them: each alone, both together in one graph (fork and join by events),
+// and a plain read of both's bytes. The routed launch on the streaming kernel, then on wgmma.
+// Timing only (not checked; the main cases check these kernels).
+void run_beside(cudaStream_t st, int reps, const cudaDeviceProp& prop, double copy_gbs, uint32_t& seed) {
+  const Case routed = kCases[8], shared = {"w13s", 2048, 4096, 2, 0};
+  CaseData cr = make_case(routed, WFmt::kMxfp4, 1, seed), cs = make_case(shared, WFmt::kFp8E8M0, 1, seed);
+  void *xr, *xs, *orr, *os;
+  CK(cudaMalloc(&xr, static_cast<size_t>(x_elems(routed, 1) * 2)));
+  CK(cudaMalloc(&xs, static_cast<size_t>(x_elems(shared, 1) * 2)));
+  CK(cudaMalloc(&orr, static_cast<size_t>(out_elems(routed, 1) * 2)));
+  CK(cudaMalloc(&os, static_cast<size_t>(out_elems(shared, 1) * 2)));
+  fill(xr, x_elems(routed, 1) * 2, 5, seed++);
+  fill(xs, x_elems(shared, 1) * 2, 5, seed++);
+  cudaStream_t st2;
+  CK(cudaStreamCreateWithFlags(&st2, cudaStreamNonBlocking));
+  cudaEvent_t fork, join;
+  CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  const int n = 16;
+  // launch_gemv picks the kernel as the step does: set_gemv_wgmma(2) (the default) keeps the routed
+  // gate/up on the streaming kernel, 3 puts it on wgmma; the shared pair takes wgmma under both.
+  auto launch_routed = [&](int i, cudaStream_t s) {
+    cuda::launch_gemv(case_args(routed, cr, i % cr.launches, xr, orr, 1, true), true, cr.grid_tiles, s);
+  };
+  auto launch_shared = [&](int i, cudaStream_t s) {
+    cuda::launch_gemv(case_args(shared, cs, i % static_cast<int>(cs.ws.size()), xs, os, 1, true), true, cs.grid_tiles,
+                      s);
+  };
+  double alone[2], both[2];
+  for (int wg = 0; wg < 2; ++wg) {
+    cuda::set_gemv_wgmma(wg == 1 ? 3 : 2);
+    // Eager first launches: each stream's split-k workspace exists before the captures.
+    launch_routed(0, st);
+    launch_shared(0, st);
+    launch_shared(0, st2);
+    CK(cudaStreamSynchronize(st));
+    CK(cudaStreamSynchronize(st2));
+    alone[wg] = time_graph(st, n, reps, [&](int i) { launch_routed(i, st); });
+    both[wg] = time_graph(st, n, reps, [&](int i) {
+      CK(cudaEventRecord(fork, st));
+      CK(cudaStreamWaitEvent(st2, fork, 0));
+      launch_shared(i, st2);
+      launch_routed(i, st);
+      CK(cudaEventRecord(join, st2));
+      CK(cudaStreamWaitEvent(st, join, 0));
+    });
+  }
+  cuda::set_gemv_wgmma(2);
+  const double shared_ms = time_graph(st, n, reps, [&](int i) { launch_shared(i, st); });
+  cuda::set_gemv_wgmma(0);
+  // Plain reads of the routed bytes, and of routed + shared bytes, from n buffers in turn.
+  auto read_ms = [&](int64_t bytes) {
+    const int64_t words = (bytes + 15) / 16;
+    std::vector<void*> bufs(static_cast<size_t>(n));
+    for (void*& b : bufs) {
+      CK(cudaMalloc(&b, static_cast<size_t>(words * 16)));
+      fill(b, words * 16, 0, seed++);
+    }
+    uint32_t* sink;
+    CK(cudaMalloc(&sink, 4));
+    const double ms = time_graph(st, n, reps, [&](int i) {
+      read_kernel<<<prop.multiProcessorCount * 8, 256, 0, st>>>(static_cast<const uint4*>(bufs[i % n]), words, sink);
+      CK(cudaGetLastError());
+    });
+    for (void* b : bufs) CK(cudaFree(b));
+    CK(cudaFree(sink));
+    return ms;
+  };
+  const int64_t b_both = cr.launch_bytes + cs.launch_bytes;
+  const double read_r = read_ms(cr.launch_bytes), read_rs = read_ms(b_both);
+  auto pct = [&](int64_t bytes, double ms) {
+    return 100.0 * (static_cast<double>(bytes) / (ms * 1e-3) / 1e9) / copy_gbs;
+  };
+  std::printf("\nbeside (T = 1): routed gate/up MXFP4 %.1f MB on one stream, shared gate/up FP8 %.1f MB forked "
+              "beside it; us per launch (%% of copy)\n",
+              cr.launch_bytes / 1e6, cs.launch_bytes / 1e6);
+  std::printf("  routed alone: stream %.2f (%.1f%%), wgmma %.2f (%.1f%%); read floor %.2f (%.1f%%)\n", alone[0] * 1e3,
+              pct(cr.launch_bytes, alone[0]), alone[1] * 1e3, pct(cr.launch_bytes, alone[1]), read_r * 1e3,
+              pct(cr.launch_bytes, read_r));
+  std::printf("  shared alone: %.2f (%.1f%%)\n", shared_ms * 1e3, pct(cs.launch_bytes, shared_ms));
+  std::printf("  both: routed stream %.2f (%.1f%%), routed wgmma %.2f (%.1f%%); read floor of both %.2f (%.1f%%)\n",
+              both[0] * 1e3, pct(b_both, both[0]), both[1] * 1e3, pct(b_both, both[1]), read_rs * 1e3,
+              pct(b_both, read_rs));
+  std::fflush(stdout);
+  CK(cudaEventDestroy(fork));
+  CK(cudaEventDestroy(join));
+  cuda::release_gemv_workspace(st2);
+  CK(cudaStreamDestroy(st2));
+  CK(cudaFree(xr));
+  CK(cudaFree(xs));
+  CK(cudaFree(orr));
+  CK(cudaFree(os));
+  free_case(cr);
+  free_case(cs);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> tokens = {"1", "2", "4"}, formats = {"bf16", "fp8", "fp8f32", "mxfp4", "nvfp4"}, shapes;
   for (const Case& c : kCases) shapes.push_back(c.name);
   int reps = 15;
-  bool chains = true;
+  bool chains = true, beside = false;
   std::string csv;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
@@ -562,6 +662,7 @@ int main(int argc, char** argv) {
     else if (k == "--reps") reps = std::max(3, std::atoi(v.c_str()));
     else if (k == "--csv") csv = v;
     else if (k == "--pdl") chains = v != "0";
+    else if (k == "--beside") beside = v != "0";
     else if (k == "--stream-mt") cuda::set_gemv_stream_mtiles(std::atoi(v.c_str()));
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
@@ -893,6 +994,7 @@ int main(int argc, char** argv) {
     }
   }
   if (out_csv) std::fclose(out_csv);
+  if (beside) run_beside(st, reps, prop, copy_gbs, seed);
   CKB(cublasDestroy(cub));
   CK(cudaStreamDestroy(st));
   std::printf("copy %.1f GB/s, empty launch %.2f us; checks %s\n", copy_gbs, empty_us, ok ? "passed" : "FAILED");
