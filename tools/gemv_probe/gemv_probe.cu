@@ -547,6 +547,26 @@ double rel_l2(const std::vector<float>& got, const std::vector<float>& ref, bool
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+// Median ms per read of `bytes` by read_kernel from n fresh buffers in turn (L2 cold as for the
+// GEMVs): what any kernel that only reads them costs at that size.
+double read_floor_ms(cudaStream_t st, int n, int reps, int64_t bytes, const cudaDeviceProp& prop, uint32_t& seed) {
+  const int64_t words = (bytes + 15) / 16;
+  std::vector<void*> bufs(static_cast<size_t>(n));
+  for (void*& b : bufs) {
+    CK(cudaMalloc(&b, static_cast<size_t>(words * 16)));
+    fill(b, words * 16, 0, seed++);
+  }
+  uint32_t* sink;
+  CK(cudaMalloc(&sink, 4));
+  const double ms = time_graph(st, n, reps, [&](int i) {
+    read_kernel<<<prop.multiProcessorCount * 8, 256, 0, st>>>(static_cast<const uint4*>(bufs[i % n]), words, sink);
+    CK(cudaGetLastError());
+  });
+  for (void* b : bufs) CK(cudaFree(b));
+  CK(cudaFree(sink));
+  return ms;
+}
+
 // --beside 1: the decode step's MoE phase in miniature. The routed experts' gate/up (moe13, MXFP4,
 // one token: six one-row slots) on `st` and the shared expert's gate/up (w1 and w3 of 2048 x 4096,
 // FP8 E8M0, one launch over grid z = 2: 16 MiB, so on wgmma as in the step) forked onto a second
@@ -600,26 +620,9 @@ void run_beside(cudaStream_t st, int reps, const cudaDeviceProp& prop, double co
   cuda::set_gemv_wgmma(2);
   const double shared_ms = time_graph(st, n, reps, [&](int i) { launch_shared(i, st); });
   cuda::set_gemv_wgmma(0);
-  // Plain reads of the routed bytes, and of routed + shared bytes, from n buffers in turn.
-  auto read_ms = [&](int64_t bytes) {
-    const int64_t words = (bytes + 15) / 16;
-    std::vector<void*> bufs(static_cast<size_t>(n));
-    for (void*& b : bufs) {
-      CK(cudaMalloc(&b, static_cast<size_t>(words * 16)));
-      fill(b, words * 16, 0, seed++);
-    }
-    uint32_t* sink;
-    CK(cudaMalloc(&sink, 4));
-    const double ms = time_graph(st, n, reps, [&](int i) {
-      read_kernel<<<prop.multiProcessorCount * 8, 256, 0, st>>>(static_cast<const uint4*>(bufs[i % n]), words, sink);
-      CK(cudaGetLastError());
-    });
-    for (void* b : bufs) CK(cudaFree(b));
-    CK(cudaFree(sink));
-    return ms;
-  };
   const int64_t b_both = cr.launch_bytes + cs.launch_bytes;
-  const double read_r = read_ms(cr.launch_bytes), read_rs = read_ms(b_both);
+  const double read_r = read_floor_ms(st, n, reps, cr.launch_bytes, prop, seed),
+               read_rs = read_floor_ms(st, n, reps, b_both, prop, seed);
   auto pct = [&](int64_t bytes, double ms) {
     return 100.0 * (static_cast<double>(bytes) / (ms * 1e-3) / 1e9) / copy_gbs;
   };
@@ -872,24 +875,7 @@ int main(int argc, char** argv) {
         const double bytes = static_cast<double>(cd.launch_bytes);
         auto gbs = [&](double m) { return bytes / (m * 1e-3) / 1e9; };
         // The same bytes read by read_kernel from n buffers in turn (L2 cold as for the GEMVs).
-        double read_ms = 0;
-        {
-          const int64_t words = (cd.launch_bytes + 15) / 16;
-          std::vector<void*> bufs(static_cast<size_t>(n));
-          for (void*& b : bufs) {
-            CK(cudaMalloc(&b, static_cast<size_t>(words * 16)));
-            fill(b, words * 16, 0, seed++);
-          }
-          uint32_t* sink;
-          CK(cudaMalloc(&sink, 4));
-          read_ms = time_graph(st, n, reps, [&](int i) {
-            read_kernel<<<prop.multiProcessorCount * 8, 256, 0, st>>>(static_cast<const uint4*>(bufs[i % n]), words,
-                                                                     sink);
-            CK(cudaGetLastError());
-          });
-          for (void* b : bufs) CK(cudaFree(b));
-          CK(cudaFree(sink));
-        }
+        const double read_ms = read_floor_ms(st, n, reps, cd.launch_bytes, prop, seed);
         // The streaming kernel's loads alone (pattern_kernel): as it lays them out with 2 and 4
         // load groups in flight, and with 2 as if each warp's bytes were contiguous.
         double pat_ms[3] = {0, 0, 0};
