@@ -657,6 +657,10 @@ int main(int argc, char** argv) {
   int reps = 15;
   bool chains = true, beside = false;
   std::string csv;
+  if (argc % 2 == 0) {  // a flag without its value
+    std::fprintf(stderr, "bench_gemv_probe: %s needs a value\n", argv[argc - 1]);
+    return 2;
+  }
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--tokens") tokens = split(v);
@@ -664,8 +668,11 @@ int main(int argc, char** argv) {
     else if (k == "--formats") formats = split(v);
     else if (k == "--reps") reps = std::max(3, std::atoi(v.c_str()));
     else if (k == "--csv") csv = v;
-    else if (k == "--pdl") chains = v != "0";
-    else if (k == "--beside") beside = v != "0";
+    else if ((k == "--pdl" || k == "--beside") && v != "0" && v != "1") {
+      std::fprintf(stderr, "%s takes 0 or 1, got '%s'\n", k.c_str(), v.c_str());
+      return 2;
+    } else if (k == "--pdl") chains = v == "1";
+    else if (k == "--beside") beside = v == "1";
     else if (k == "--stream-mt") cuda::set_gemv_stream_mtiles(std::atoi(v.c_str()));
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());

@@ -68,14 +68,20 @@ struct Step {
   float* out;        // blocks partials
 };
 
+// An L2 policy that marks every line it is used with evict-first (not volatile: computed once).
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t pol;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+
 // The weight read: the decode GEMVs' (ld_stream16), or with an L2 evict-first policy.
 template <bool kEF>
 __device__ __forceinline__ uint4 ld_weight(const uint4* p) {
   if constexpr (!kEF) {
     return ld_stream16(p);
   } else {
-    uint64_t pol;
-    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    const uint64_t pol = evict_first_policy();
     uint4 v;
     asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
@@ -88,8 +94,7 @@ __device__ __forceinline__ void copy_weight(uint32_t dst, const uint4* src) {
   if constexpr (!kEF) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
   } else {
-    uint64_t pol;
-    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    const uint64_t pol = evict_first_policy();
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "l"(pol)
                  : "memory");
   }
@@ -259,9 +264,11 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (layers < 1 || reps < 3 || threads < 32 || threads > 1024 || threads % 32 != 0 || pre_kb < 0 || pre_kb > 200) {
+  auto flag01 = [](int v) { return v == 0 || v == 1; };
+  if (layers < 1 || reps < 3 || threads < 32 || threads > 1024 || threads % 32 != 0 || pre_kb < 0 || pre_kb > 200 ||
+      !flag01(per_step) || !flag01(desc) || !flag01(ef)) {
     std::fprintf(stderr, "bench_stage_probe: --layers >= 1, --reps >= 3, --threads a multiple of 32 in [32, 1024], "
-                         "--prefetch-kb in [0, 200]\n");
+                         "--prefetch-kb in [0, 200], --per-step, --desc and --l2-evict-first 0 or 1\n");
     return 2;
   }
   cudaDeviceProp prop{};
