@@ -364,8 +364,7 @@ __device__ __forceinline__ void hc_gates(float tot, float2 gw, int64_t D, const 
 // The collapse out[d] = sum_j w[j] X[j, d] of one token (xt = X[t], o = out[t]) by the threads
 // [kFirst, kThreads) of the block, kPacks packs of 4 d per thread per round, each round's loads
 // issued together (load() may run early: before the gates are known).
-// kL2: load() reads through L2 only (ld.global.cg): X written by other blocks of the same kernel.
-template <int HC, int kFirst, int kPacks, bool kL2 = false>
+template <int HC, int kFirst, int kPacks>
 struct HcCollapse {
   static constexpr int kCount = kThreads - kFirst;
   float xv[kPacks][HC][4];
@@ -378,17 +377,7 @@ struct HcCollapse {
       const int64_t dp = base + c + static_cast<int64_t>(kCount) * i;
       if (4 * dp < D) {
 #pragma unroll
-        for (int j = 0; j < HC; ++j) {
-          if constexpr (kL2) {
-            const float4 v = __ldcg(reinterpret_cast<const float4*>(xt + j * D + 4 * dp));
-            xv[i][j][0] = v.x;
-            xv[i][j][1] = v.y;
-            xv[i][j][2] = v.z;
-            xv[i][j][3] = v.w;
-          } else {
-            rowwise::load_packed<4>(xt + j * D + 4 * dp, xv[i][j]);
-          }
-        }
+        for (int j = 0; j < HC; ++j) rowwise::load_packed<4>(xt + j * D + 4 * dp, xv[i][j]);
       }
     }
   }
@@ -441,8 +430,8 @@ struct HcCollapse {
 
 // Warp 0 runs the comb in hc_pre, so the collapse takes warps 1..7 there (5 packs each: D = 4096
 // in one round) and all 8 warps in hc_head (4 packs each).
-template <int HC, bool kHead, bool kL2 = false>
-using HcCollapseOf = HcCollapse<HC, kHead ? 0 : 32, kHead ? 4 : 5, kL2>;
+template <int HC, bool kHead>
+using HcCollapseOf = HcCollapse<HC, kHead ? 0 : 32, kHead ? 4 : 5>;
 
 // Prefill path, pass 2: one block per token sums its S partials (split order), then as hc_gates.
 template <int HC, bool kHead, typename To>
@@ -824,29 +813,37 @@ struct HcNorm {
 constexpr int64_t kNormMaxD = 8192;  // x_in rows staged in shared memory (32 KB)
 constexpr int kNormSmemBytes = 8192;  // the decode site's copy of the norm weight
 
+// rms_norm of the row x_in[t] staged in xs (shared, D floats) as rms_norm_kernel holds a row
+// (HcNorm), stored as To in o; every thread of the block (or its first bar_threads) calls it.
+template <typename To>
+__device__ __forceinline__ void norm_from_shared(const float* xs, int64_t D, float* red, const HcNorm& nm,
+                                                 To* __restrict__ o, int bar_threads) {
+  const bool valid = static_cast<int>(threadIdx.x) < nm.tpr;
+  const int r = static_cast<int>(threadIdx.x) % nm.tpr;
+  const int64_t packs = D / 8;
+  rowprep::RowPacks<4> v;
+  v.load(xs, r, nm.tpr, packs, valid);
+  rowprep::rms_norm_packs(v, nm.weight, nm.wcode, nm.wpacked, D, nm.eps, r, nm.tpr, valid, red, bar_threads);
+  v.store(o, r, nm.tpr, packs, valid);
+}
+
 // The end of a site for token t once its pre gates w are known (every thread of the block calls
 // it; threads [32, 256) hold the first collapse round of xt in coll): the collapse rounded to To
 // into xs (shared, D floats), a barrier, then rms_norm of the row from xs, stored as To in o.
 // bar_threads: as rowprep::rows_barrier (0: every thread of the block calls it; else the block's
 // first bar_threads threads alone).
-template <int HC, bool kL2, typename To>
-__device__ __forceinline__ void collapse_and_norm(HcCollapseOf<HC, false, kL2>& coll, const float* __restrict__ xt,
+template <int HC, typename To>
+__device__ __forceinline__ void collapse_and_norm(HcCollapseOf<HC, false>& coll, const float* __restrict__ xt,
                                                   const float (&w)[HC], int64_t D, float* xs, float* red,
                                                   const HcNorm& nm, To* __restrict__ o, int bar_threads = 0) {
-  using Coll = HcCollapseOf<HC, false, kL2>;
+  using Coll = HcCollapseOf<HC, false>;
   constexpr int64_t kRound = static_cast<int64_t>(Coll::kCount) * 5;  // packs of 4 per round (HcCollapseOf: 5 each)
   for (int64_t base = 0; base < D / 4; base += kRound) {
     if (base > 0) coll.load(xt, D, base);
     coll.template store<float, To>(w, D, base, xs);
   }
   rowprep::rows_barrier(bar_threads);  // xs holds x_in[t] as To would
-  const bool valid = static_cast<int>(threadIdx.x) < nm.tpr;
-  const int r = static_cast<int>(threadIdx.x) % nm.tpr;
-  const int64_t packs = D / 8;
-  rowprep::RowPacks<4> v;
-  v.load(static_cast<const float*>(xs), r, nm.tpr, packs, valid);
-  rowprep::rms_norm_packs(v, nm.weight, nm.wcode, nm.wpacked, D, nm.eps, r, nm.tpr, valid, red, bar_threads);
-  v.store(o, r, nm.tpr, packs, valid);
+  norm_from_shared(xs, D, red, nm, o, bar_threads);
 }
 
 // Prefill: hc_finish_kernel (packed rows) with the norm: x_in[t] = norm(collapse), post, comb.
@@ -878,67 +875,104 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   float w[HC];
   hc_gates<HC, false>(tot[lane], gw, D, p, t, warp == 0, w, post, comb);
-  collapse_and_norm<HC, false, To>(coll, xt, w, D, xs, nred, nm, out + t * D);
+  collapse_and_norm<HC, To>(coll, xt, w, D, xs, nred, nm, out + t * D);
+}
+
+// A mix partial with its launch's tag: the value's bits in the low word, the tag in the high word,
+// written and read as one 64-bit relaxed access at gpu scope (single-copy atomic), so a reader
+// that sees the tag sees the value, with no fence or counter between them.
+__device__ __forceinline__ void tagged_store(unsigned long long* p, float v, unsigned tag) {
+  const unsigned long long word = (static_cast<unsigned long long>(tag) << 32) | __float_as_uint(v);
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(word) : "memory");
+}
+__device__ __forceinline__ unsigned long long tagged_load(const unsigned long long* p) {
+  unsigned long long word;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(word) : "l"(p) : "memory");
+  return word;
+}
+constexpr int kTagSpinLimit = 1 << 26;  // tens of seconds of polling: a lost partial traps instead of hanging
+
+// y[t, d..d+3] as the site's sub-layer output: y + y_add rounded to Tx as add() stores it.
+template <typename Tx>
+__device__ __forceinline__ void site_y(const Tx* __restrict__ y, const Tx* __restrict__ y_add, int64_t i,
+                                       float (&yv)[4]) {
+  rowwise::load_packed<4>(y + i, yv);
+  if (y_add != nullptr) {
+    float av[4];
+    rowwise::load_packed<4>(y_add + i, av);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) yv[q] = to_f32(from_f32<Tx>(__fadd_rn(yv[q], av[q])));
+  }
 }
 
 // Decode (T <= kFusedMaxT): hc_post, then hc_fused_kernel's hc_pre on the streams out, then the
-// norm, in one kernel. Grid (T, S) as hc_fused_kernel: block (t, s) computes the elements
-// [s * kFusedChunk, +kFusedChunk) of X_out[t] flattened (each lane its packs l and l + 32, from
-// y (plus y_add when given, rounded as add_kernel rounds it), X[t] and the post/comb of hc_post,
-// exactly as hc_post_kernel; every warp computes them, warp
-// 0 stores them), then the mix partials of those elements as hc_fused_kernel does with X_out
-// loaded. Writers fence before the per-token count; the last block reads X_out[t] back through
-// L2 (other blocks wrote it), sums the partials, collapses and normalizes into x_in (warps
-// 0..7, their own barriers) while one more warp (kCombWarp) writes post_out and runs the Sinkhorn
-// into comb_out: its ~4.4K cycles (H200, in the decode step), the last block's longest step,
-// overlap the collapse and the norm instead of preceding them (docs/PERFORMANCE.md,
-// thirty-first session). The partials' loads are issued before the collapse's 64 KB of X_out:
-// their sum, not X_out, is what the gates and the Sinkhorn wait for. post_in/comb_in may be
-// post_out/comb_out: every block of token t has read them before it counts, and only the last
-// block writes them. Packed rows (D % 8 == 0, aligned) only. counters[t] is 0 on entry and is
-// left 0.
+// norm, in one kernel. Grid (T, S + 1):
+//  - blocks y = 0..S-1 (writers): block (t, s) computes the elements [s * kFusedChunk,
+//    +kFusedChunk) of X_out[t] flattened (each lane its packs l and l + 32, from y (plus y_add,
+//    site_y), X[t] and the post/comb of hc_post, exactly as hc_post_kernel; every warp computes
+//    them, warp 0 stores them), then the mix partials of those elements as hc_fused_kernel does,
+//    each stored with this launch's tag (tagged_store) in slots[t, s, row];
+//  - block y = S (the finisher) computes X_out[t] whole from the same inputs with the same
+//    arithmetic (so the same bits) into registers while the writers run, waits for the S
+//    partials of each row by their tags and sums them in hc_fused_kernel's order (lane = row,
+//    warp w the splits w, w + 8, ..., then the warps in order), then collapses and normalizes
+//    into x_in (warps 0..7, their own barriers) while kCombWarp writes post_out and runs the
+//    Sinkhorn into comb_out.
+// Against a per-token counter (the last writer to count finishes) this takes three dependent
+// round trips to memory off the chain: the writers' fence, the count, and the finisher's read of
+// X_out (64 KB into one SM) (docs/PERFORMANCE.md, thirty-second session).
+// Tags: epochs[t] holds the tag of token t's last launch (0 at first); every block reads it after
+// the wait and uses epochs[t] + 1; the finisher stores that back once it has seen every tag, i.e.
+// after every writer has read it. Token t's slots (stride kSiteMaxS, whatever S) only ever hold
+// its earlier tags, all smaller.
+// Progress: every block triggers its dependents first, and a dependent grid starts only once
+// every block of this one has triggered or exited, so no block of a later launch holds a slot a
+// writer needs; writers never wait, and the launch keeps the polling finishers to at most half
+// the resident blocks (hc_site_fused). Finishers come last in the grid: where the writers take
+// several waves (batched decode), they are not held by finishers polling from the first.
+// post_in/comb_in may be post_out/comb_out: every writer has read them before its partials carry
+// the tag, and the finisher's own reads precede its barrier. Packed rows (D % 8 == 0, aligned)
+// only.
 constexpr int kCombWarp = kWarps;            // the site's extra warp
 constexpr int kSiteThreads = kThreads + 32;  // the site's block: hc_fused_kernel's warps and kCombWarp
+constexpr int kFinPacks = 4;                 // the finisher's packs of 4 positions per thread per round
+constexpr int64_t kSiteMaxS = 4 * kNormMaxD / kFusedChunk;  // writers per token at most (hc_mult 4): the slots' stride
 template <int HC, typename Tf, typename Tx>
 __global__ void __launch_bounds__(kSiteThreads)
     hc_site_fused_kernel(const Tx* __restrict__ y, const Tx* __restrict__ y_add, const float* __restrict__ X,
-                         const float* post_in,
-                         const float* comb_in, float* X_out, const Tf* __restrict__ fn, int64_t D,
-                         float* __restrict__ partial, unsigned* __restrict__ counters, HcScalars p, HcNorm nm,
-                         Tx* __restrict__ x_in, float* post_out, float* comb_out) {
+                         const float* post_in, const float* comb_in, float* X_out, const Tf* __restrict__ fn,
+                         int64_t D, unsigned long long* __restrict__ slots, unsigned* __restrict__ epochs,
+                         HcScalars p, HcNorm nm, Tx* __restrict__ x_in, float* post_out, float* comb_out) {
   pdl_trigger();
   constexpr int kMix = mix_count<HC, false>(), kRows = kMix + 1, kPerWarp = (kRows + kWarps - 1) / kWarps;
   static_assert((HC & (HC - 1)) == 0 && kRows <= 32, "one lane per mix total, HC a power of two");
-  __shared__ float red[kWarps][32];
-  __shared__ float nred[kWarps];
-  __shared__ __align__(32) float xs[kNormMaxD];
-  __shared__ __align__(32) uint4 nws[kNormSmemBytes / 16];  // the norm weight (D <= 4096 BF16, 2048 F32)
-  __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t n = HC * D, t = blockIdx.x;
-  const int s = blockIdx.y, S = gridDim.y;
+  const int S = static_cast<int>(gridDim.y) - 1;
   const float* xt = X + t * n;
-  float* ot = X_out + t * n;
 
-  // The mix weights fn are not written by any kernel of a step: their loads are issued before
-  // griddepcontrol.wait (launched with PDL: hc_site_pdl), so their DRAM round trip overlaps the
-  // kernel before; everything else waits, in every block.
-  float fv[kPerWarp][2][4];
-  const bool mixer = warp < kRows && warp < kWarps;  // warp-uniform: kCombWarp has no mix rows
-  if (mixer) {
+  if (static_cast<int>(blockIdx.y) < S) {
+    // A writer. The mix weights fn are not written by any kernel of a step: their loads are
+    // issued before griddepcontrol.wait (launched with PDL: hc_site_pdl), so their DRAM round
+    // trip overlaps the kernel before; everything else waits.
+    const int s = static_cast<int>(blockIdx.y);
+    float fv[kPerWarp][2][4];
+    const bool mixer = warp < kRows && warp < kWarps;  // warp-uniform: kCombWarp has no mix rows
+    if (mixer) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t i = s * kFusedChunk + 4 * (lane + 32 * h);
+      for (int h = 0; h < 2; ++h) {
+        const int64_t i = s * kFusedChunk + 4 * (lane + 32 * h);
 #pragma unroll
-      for (int k = 0; k < kPerWarp; ++k) {
-        const int m = warp + kWarps * k;
-        if (m < kMix) load4_or_zero(fn + m * n, i, n, true, fv[k][h]);
+        for (int k = 0; k < kPerWarp; ++k) {
+          const int m = warp + kWarps * k;
+          if (m < kMix) load4_or_zero(fn + m * n, i, n, true, fv[k][h]);
+        }
       }
     }
-  }
-  pdl_wait();
-
-  if (mixer) {
+    pdl_wait();
+    if (!mixer) return;
+    const unsigned tag = epochs[t] + 1u;
+    float* ot = X_out + t * n;
     float xv[2][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -946,13 +980,7 @@ __global__ void __launch_bounds__(kSiteThreads)
       if (i < n) {  // a pack of 4 lies in one stream (D % 4 == 0)
         const int64_t k = i / D, d = i - k * D;
         float yv[4], xin[HC][4], ck[HC];
-        rowwise::load_packed<4>(y + t * D + d, yv);
-        if (y_add != nullptr) {  // the sub-layer output y + y_add, rounded to Tx as add() stores it
-          float av[4];
-          rowwise::load_packed<4>(y_add + t * D + d, av);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) yv[q] = to_f32(from_f32<Tx>(__fadd_rn(yv[q], av[q])));
-        }
+        site_y(y, y_add, t * D + d, yv);
 #pragma unroll
         for (int j = 0; j < HC; ++j) {
           rowwise::load_packed<4>(xt + j * D + d, xin[j]);
@@ -976,26 +1004,17 @@ __global__ void __launch_bounds__(kSiteThreads)
         for (int q = 0; q < 4; ++q) acc = fmaf(xv[h][q], m < kMix ? fv[k][h][q] : xv[h][q], acc);
       }
       acc = rowwise::warp_sum(acc);
-      if (lane == 0) partial[(t * S + s) * kRows + m] = acc;
+      if (lane == 0) tagged_store(slots + (t * kSiteMaxS + s) * kRows + m, acc, tag);
     }
-    __threadfence();  // this thread's X_out and partial stores are visible device-wide before the count
+    return;
   }
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&counters[t], 1u) == static_cast<unsigned>(S - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
 
-  // The first round of partials, then X_out for the collapse and the norm weight into shared
-  // memory (the norm reads it from there; otherwise its loads would wait for the collapse's
-  // barrier), all in flight during the partial sums.
-  const bool summer = lane < kRows && warp < kWarps;
-  float pv[kPartialLoads];
-#pragma unroll
-  for (int i = 0; i < kPartialLoads; ++i) {
-    const int ss = warp + kWarps * i;
-    pv[i] = summer && ss < S ? __ldcg(partial + (t * S + ss) * kRows + lane) : 0.0f;
-  }
+  // The finisher. The gate weights and the norm weight (constants of the model) before the wait.
+  __shared__ float red[kWarps][32];
+  __shared__ float nred[kWarps];
+  __shared__ __align__(32) float xs[kNormMaxD];
+  __shared__ __align__(32) uint4 nws[kNormSmemBytes / 16];  // the norm weight (D <= 4096 BF16, 2048 F32)
+  const float2 gw = load_gate_weight<HC, false>(p, lane);
   HcNorm nl = nm;
   if (nm.smem_bytes > 0) {
     for (int i = threadIdx.x; warp < kWarps && i < nm.smem_bytes / 16; i += kThreads) {
@@ -1004,26 +1023,59 @@ __global__ void __launch_bounds__(kSiteThreads)
     nl.weight = nws;
   }
   cp_async_commit();
-  HcCollapseOf<HC, false, true> coll;
-  if (warp < kWarps) coll.load(ot, D, 0);
-  const float2 gw = load_gate_weight<HC, false>(p, lane);
+  pdl_wait();
+  const unsigned tag = epochs[t] + 1u;
+
+  // X_out[t] at positions 4 dp.. (dp = base + c + kThreads i) of every stream, as the writers
+  // compute it (hc_post_out), held where the collapse takes its streams: coll.xv[i][k] = stream k.
+  const int c = static_cast<int>(threadIdx.x);
+  HcCollapse<HC, 0, kFinPacks> coll;
+  auto post_packs = [&](int64_t base) {
+#pragma unroll
+    for (int i = 0; i < kFinPacks; ++i) {
+      const int64_t dp = base + c + static_cast<int64_t>(kThreads) * i;
+      if (4 * dp < D) {
+        float yv[4], xin[HC][4];
+        site_y(y, y_add, t * D + 4 * dp, yv);
+#pragma unroll
+        for (int j = 0; j < HC; ++j) rowwise::load_packed<4>(xt + j * D + 4 * dp, xin[j]);
+#pragma unroll
+        for (int k = 0; k < HC; ++k) {
+          float ck[HC];
+#pragma unroll
+          for (int j = 0; j < HC; ++j) ck[j] = comb_in[(t * HC + j) * HC + k];
+          hc_post_out<HC, 4>(post_in[t * HC + k], ck, yv, xin, coll.xv[i][k]);
+        }
+      }
+    }
+  };
+  if (warp < kWarps) post_packs(0);
+
+  // The partials, in hc_fused_kernel's order, each once its tag is there.
   float v = 0.0f;
+  if (lane < kRows && warp < kWarps) {
+    const unsigned long long* ts = slots + t * kSiteMaxS * kRows + lane;
+    for (int s0 = 0; s0 < S; s0 += kWarps * kPartialLoads) {
+      unsigned long long pw[kPartialLoads];
+      for (int spin = 0;; ++spin) {
+        bool ready = true;
 #pragma unroll
-  for (int i = 0; i < kPartialLoads; ++i) v += pv[i];
-  if (summer) {
-    for (int s0 = kWarps * kPartialLoads; s0 < S; s0 += kWarps * kPartialLoads) {
-#pragma unroll
-      for (int i = 0; i < kPartialLoads; ++i) {
-        const int ss = s0 + warp + kWarps * i;
-        pv[i] = ss < S ? __ldcg(partial + (t * S + ss) * kRows + lane) : 0.0f;
+        for (int i = 0; i < kPartialLoads; ++i) {
+          const int ss = s0 + warp + kWarps * i;
+          pw[i] = ss < S ? tagged_load(ts + static_cast<int64_t>(ss) * kRows)
+                         : static_cast<unsigned long long>(tag) << 32;  // 0.0f, as a missing split adds
+          ready = ready && static_cast<unsigned>(pw[i] >> 32) == tag;
+        }
+        if (ready) break;
+        if (spin == kTagSpinLimit) __trap();
       }
 #pragma unroll
-      for (int i = 0; i < kPartialLoads; ++i) v += pv[i];
+      for (int i = 0; i < kPartialLoads; ++i) v += __uint_as_float(static_cast<unsigned>(pw[i]));
     }
   }
   if (warp < kWarps) red[warp][lane] = v;
   __syncthreads();
-  if (threadIdx.x == 0) counters[t] = 0;  // every block of this token has counted: ready for the next launch
+  if (threadIdx.x == 0) epochs[t] = tag;  // every writer has read epochs[t]: its tag is in
   float tot = 0.0f;
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) tot += red[w][lane];
@@ -1031,7 +1083,14 @@ __global__ void __launch_bounds__(kSiteThreads)
   hc_gates<HC, false>(tot, gw, D, p, t, warp == kCombWarp, w, post_out, comb_out);
   if (warp == kCombWarp) return;  // post_out and comb_out written
   cp_async_wait_all();  // this thread's copies of the norm weight; the collapse's barrier publishes them
-  collapse_and_norm<HC, true, Tx>(coll, ot, w, D, xs, &nred[0], nl, x_in + t * D, kThreads);
+
+  // The collapse rounded to Tx into xs, round by round.
+  for (int64_t base = 0; base < D / 4; base += static_cast<int64_t>(kThreads) * kFinPacks) {
+    if (base > 0) post_packs(base);
+    coll.template store<float, Tx>(w, D, base, xs);
+  }
+  rowprep::rows_barrier(kThreads);  // xs holds x_in[t] as Tx would
+  norm_from_shared(xs, D, &nred[0], nl, x_in + t * D, kThreads);
 }
 
 struct HcShape {

@@ -145,8 +145,25 @@ bool hc_site_pdl() {
   return pdl_enabled() || on;
 }
 
-// hc_post_pre at decode (T <= kFusedMaxT): one hc_site_fused_kernel, grid (T, S) as hc_pre's
-// fused kernel (so the mix partials, their sum and every later step match it bit for bit).
+// The decode site's tagged partial slots (hc_site_fused_kernel: [kFusedMaxT, kSiteMaxS, kMix + 1]
+// 64-bit words) and its per-token tags, kept per backend: tags only grow, so the slots are never
+// cleared after the first use.
+const char kSiteSlotsKey = 0, kSiteEpochsKey = 0;  // their addresses key the state
+
+// How many tokens one site launch takes: a finisher polls until its writers have run, so the
+// finishers of a launch stay at most half the blocks the device holds at once (one 288-thread
+// block per multiprocessor: on an H100 or H200 every token of kFusedMaxT, 64 of 132, in one
+// launch). One token needs no check.
+int64_t site_tokens_per_launch(const CudaBackend& be, const void* kernel, int64_t T) {
+  if (T <= 1) return 1;
+  int per_sm = 0;
+  CLAWMINE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSiteThreads, 0));
+  return std::clamp<int64_t>(static_cast<int64_t>(per_sm) * std::max(1, be.sm_count()) / 2, 1, T);
+}
+
+// hc_post_pre at decode (T <= kFusedMaxT): one hc_site_fused_kernel per token group, grid
+// (tokens, S + 1): S writers as hc_pre's fused kernel (so the mix partials, their sum and every
+// later step match it bit for bit) and one finisher per token.
 template <int HC>
 void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& y_add, const TensorView& X,
                    const TensorView& post, const TensorView& comb, const TensorView& X_out,
@@ -155,22 +172,30 @@ void hc_site_fused(CudaBackend& be, const TensorView& y, const TensorView& y_add
   constexpr int kMix = mix_count<HC, false>();
   const int64_t T = X.dim(0), D = X.dim(2), n = HC * D;
   const int64_t S = (n + kFusedChunk - 1) / kFusedChunk;
-  CLAWMINE_CHECK(S <= 65535, "cuda hc_post_pre: X ", shape_str(X.shape), " exceeds the grid");
-  ops::ScratchFrame frame(be);
-  const TensorView partial = be.scratch(DType::kF32, {T, S, kMix + 1});
+  static_assert(HC == 4, "kSiteMaxS counts 4 streams");
+  CLAWMINE_CHECK(S <= kSiteMaxS && T <= kFusedMaxT, "cuda hc_post_pre: X ", shape_str(X.shape),
+                 " exceeds the decode site");
   const HcScalars scalars = hc_scalars(w, p, "hc_post_pre");
-  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(S));
-  unsigned* counters = hc_counters(be);
+  auto* slots = reinterpret_cast<unsigned long long*>(
+      be.zeroed_counters(&kSiteSlotsKey, 2 * kFusedMaxT * kSiteMaxS * (kMix + 1)));
+  unsigned* epochs = be.zeroed_counters(&kSiteEpochsKey, kFusedMaxT);
   dispatch_float(w.fn.dtype, "hc_post_pre", "fn", [&](auto tf) {
     using Tf = decltype(tf);
     dispatch_float(x_in.dtype, "hc_post_pre", "x_in", [&](auto tx) {
       using Tx = decltype(tx);
-      launch_kernel_pdl(hc_site_pdl(), hc_site_fused_kernel<HC, Tf, Tx>, grid, kSiteThreads, 0, be.stream(),
-                        y.as<const Tx>(), y_add.data ? y_add.as<const Tx>() : nullptr, X.f32(),
-                        static_cast<const float*>(post.f32()),
-                        static_cast<const float*>(comb.f32()), X_out.f32(), w.fn.as<const Tf>(), D, partial.f32(),
-                        counters, scalars, norm, x_in.as<Tx>(), post_out.f32(), comb_out.f32());
-      CLAWMINE_CUDA_LAUNCHED("hc site fused");
+      auto* kernel = hc_site_fused_kernel<HC, Tf, Tx>;
+      const int64_t group = site_tokens_per_launch(be, reinterpret_cast<const void*>(kernel), T);
+      for (int64_t t0 = 0; t0 < T; t0 += group) {
+        const int64_t nt = std::min(group, T - t0);
+        const dim3 grid(static_cast<unsigned>(nt), static_cast<unsigned>(S + 1));
+        launch_kernel_pdl(hc_site_pdl(), kernel, grid, kSiteThreads, 0, be.stream(), y.as<const Tx>() + t0 * D,
+                          y_add.data ? y_add.as<const Tx>() + t0 * D : nullptr, X.f32() + t0 * n,
+                          static_cast<const float*>(post.f32()) + t0 * HC,
+                          static_cast<const float*>(comb.f32()) + t0 * HC * HC, X_out.f32() + t0 * n,
+                          w.fn.as<const Tf>(), D, slots + t0 * kSiteMaxS * (kMix + 1), epochs + t0, scalars, norm,
+                          x_in.as<Tx>() + t0 * D, post_out.f32() + t0 * HC, comb_out.f32() + t0 * HC * HC);
+        CLAWMINE_CUDA_LAUNCHED("hc site fused");
+      }
     });
   });
 }

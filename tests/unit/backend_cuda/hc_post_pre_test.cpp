@@ -7,8 +7,9 @@
 //     and comb_out within the CPU budgets;
 //   - against the CPU backend (the composition in double/float32 there): within the hc tests'
 //     budgets;
-//   - run twice: the same bits (decode's per-token counters are left at zero), with post_out/comb_out
-//     separate from and equal to post/comb (in place);
+//   - run twice: the same bits, with post_out/comb_out separate from and equal to post/comb (in
+//     place); at decode, launches on new inputs one after another each match the composition (the
+//     kernel's finisher takes each writer's partial by this launch's tag: a stale one would show);
 //   - with y_add (the MoE's shared expert, added to y as add() does: in the decode kernel's loads,
 //     before the prefill passes) against the composition add + hc_post + hc_pre + rms_norm, bit for
 //     bit at decode, and against the CPU.
@@ -148,6 +149,18 @@ TEST_F(CudaHcPostPre, MatchesCompositionBitForBitAndCpu) {
           EXPECT_TRUE(within(fused.comb, ref.comb, kF32Budget)) << "comb vs CPU";
         }
       }
+    }
+  }
+}
+
+TEST_F(CudaHcPostPre, EachDecodeLaunchTakesItsOwnPartials) {
+  for (const int64_t T : {1, 3}) {
+    for (int i = 0; i < 4; ++i) {
+      SCOPED_TRACE(str_cat("T ", T, " launch ", i));
+      const SiteInputs in = make_inputs(*cpu, *cuda, T, 4096, DType::kBF16, DType::kF32, DType::kBF16, 7000 + 10 * i);
+      expect_same_bits(run_site(*cuda, true, true, false, in, T, 4096, DType::kBF16, i % 2 == 1),
+                       run_site(*cuda, true, false, false, in, T, 4096, DType::kBF16, i % 2 == 1),
+                       "fused vs the three CUDA ops");
     }
   }
 }
