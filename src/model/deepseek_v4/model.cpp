@@ -127,7 +127,15 @@ struct HcState {
   TensorView X, X_next, x, post, comb;
   ops::HcParams hp;
   float eps;
+  bool comb_logits = false;  // comb holds the last site's logits: finish_comb is due
+  std::string comb_scope;    // that site's scope (layers.l.hc_attn / hc_ffn)
 };
+
+// Where the backend takes the sites' Sinkhorn off the chain (hc_comb_on_branch): each site writes
+// comb's logits, and hc_comb finishes them on this side branch (free at one sequence: attention
+// takes 1..6 and the MoE 1) while the next sub-layer runs; the next site, their only reader,
+// waits for it (branch_wait). Decode-sized chunks only, as the sub-layers' own branches.
+constexpr int kCombBranch = ops::Backend::kMaxBranches - 1;
 
 // x, post, comb = hc_pre(X) with the first sub-layer's weights; x = norm(x).
 void hc_enter(ops::Backend& be, HcState& s, const HyperConnectionWeights& w, const TensorView& norm) {
@@ -140,8 +148,23 @@ void hc_enter(ops::Backend& be, HcState& s, const HyperConnectionWeights& w, con
 // x = norm(x), as one backend op (hc_post_pre).
 void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const TensorView& y_add,
              const HyperConnectionWeights& w, const TensorView& norm) {
-  be.hc_post_pre(y, y_add, s.X, s.post, s.comb, s.X_next, w, s.hp, norm, s.eps, s.x, s.post, s.comb);
+  be.branch_wait(kCombBranch);  // the last site's comb (finish_comb), if it ran on its branch
+  ops::HcParams hp = s.hp;
+  hp.comb_logits = be.hc_comb_on_branch() && s.X.dim(0) <= kBranchMaxTokens;
+  be.hc_post_pre(y, y_add, s.X, s.post, s.comb, s.X_next, w, hp, norm, s.eps, s.x, s.post, s.comb);
   std::swap(s.X, s.X_next);
+  s.comb_logits = hp.comb_logits;
+}
+
+// The last site's comb from its logits, on kCombBranch: issued at the start of the region that
+// follows the site (a join right after it would wait for it).
+void finish_comb(ops::Backend& be, HcState& s) {
+  if (!s.comb_logits) return;
+  be.set_scope(s.comb_scope);
+  be.branch(kCombBranch);
+  be.hc_comb(s.comb, s.hp);
+  be.branch(0);
+  s.comb_logits = false;
 }
 
 // One decoder block (spec §3.2, the reference Block.forward):
@@ -158,17 +181,20 @@ template <typename Attend>
 void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&& attend) {
   ops::ScratchFrame frame(c.be);  // the layer's temporaries
   const ops::BranchScope branches(c.be);  // closed before the frame (an op that failed inside one)
+  finish_comb(c.be, s);  // the previous block's last site
   c.be.set_scope(c.scope("attn"));
   const TensorView a = attend(s.x);
-  c.be.set_scope(c.scope("hc_attn"));
+  c.be.set_scope(s.comb_scope = c.scope("hc_attn"));
   hc_site(c.be, s, a, TensorView{}, c.w.hc_ffn, c.w.ffn_norm);
+  finish_comb(c.be, s);
 
   c.be.set_scope(c.scope("ffn"));
   const MoeOut f = moe(c, s.x);
-  c.be.set_scope(c.scope("hc_ffn"));
+  c.be.set_scope(s.comb_scope = c.scope("hc_ffn"));
   if (next != nullptr) {
-    hc_site(c.be, s, f.routed, f.shared, next->hc_attn, next->attn_norm);
+    hc_site(c.be, s, f.routed, f.shared, next->hc_attn, next->attn_norm);  // its comb: the next block's start
   } else {
+    c.be.branch_wait(kCombBranch);
     c.be.add(f.routed, f.shared, f.routed);
     c.be.hc_post(f.routed, s.X, s.post, s.comb, s.X_next);
     std::swap(s.X, s.X_next);
@@ -215,7 +241,9 @@ HcState enter_streams(ops::Backend& be, const ModelConfig& cfg, const ModelWeigh
             be.scratch(DType::kF32, {T, hc}),
             be.scratch(DType::kF32, {T, hc, hc}),
             hp,
-            static_cast<float>(cfg.rms_norm_eps)};
+            static_cast<float>(cfg.rms_norm_eps),
+            false,
+            {}};
   be.hc_expand(e, s.X);
   if (cfg.num_hidden_layers > 0) {
     be.set_scope("layers.0.hc_attn");
