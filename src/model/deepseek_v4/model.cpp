@@ -128,6 +128,7 @@ struct HcState {
   ops::HcParams hp;
   float eps;
   bool comb_logits = false;  // comb holds the last site's logits: finish_comb is due
+  bool comb_issued = false;  // finish_comb issued hc_comb on kCombBranch: its reader waits for it
   std::string comb_scope;    // that site's scope (layers.l.hc_attn / hc_ffn)
 };
 
@@ -143,12 +144,19 @@ void hc_enter(ops::Backend& be, HcState& s, const HyperConnectionWeights& w, con
   be.rms_norm(s.x, &norm, s.eps, s.x);
 }
 
+// The next reader of comb waits for finish_comb's hc_comb (a no-op once a join has taken it).
+void comb_ready(ops::Backend& be, HcState& s) {
+  if (!s.comb_issued) return;
+  be.branch_wait(kCombBranch);
+  s.comb_issued = false;
+}
+
 // One site between sub-layers: X = hc_post(y + y_add, X, post, comb) (y_add: the MoE's shared
 // expert, or none), then x, post, comb = hc_pre(X) with the next sub-layer's weights and
 // x = norm(x), as one backend op (hc_post_pre).
 void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const TensorView& y_add,
              const HyperConnectionWeights& w, const TensorView& norm) {
-  be.branch_wait(kCombBranch);  // the last site's comb (finish_comb), if it ran on its branch
+  comb_ready(be, s);
   ops::HcParams hp = s.hp;
   hp.comb_logits = be.hc_comb_on_branch() && s.X.dim(0) <= kBranchMaxTokens;
   be.hc_post_pre(y, y_add, s.X, s.post, s.comb, s.X_next, w, hp, norm, s.eps, s.x, s.post, s.comb);
@@ -165,6 +173,7 @@ void finish_comb(ops::Backend& be, HcState& s) {
   be.hc_comb(s.comb, s.hp);
   be.branch(0);
   s.comb_logits = false;
+  s.comb_issued = true;
 }
 
 // One decoder block (spec §3.2, the reference Block.forward):
@@ -194,7 +203,7 @@ void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&&
   if (next != nullptr) {
     hc_site(c.be, s, f.routed, f.shared, next->hc_attn, next->attn_norm);  // its comb: the next block's start
   } else {
-    c.be.branch_wait(kCombBranch);
+    comb_ready(c.be, s);
     c.be.add(f.routed, f.shared, f.routed);
     c.be.hc_post(f.routed, s.X, s.post, s.comb, s.X_next);
     std::swap(s.X, s.X_next);
@@ -242,6 +251,7 @@ HcState enter_streams(ops::Backend& be, const ModelConfig& cfg, const ModelWeigh
             be.scratch(DType::kF32, {T, hc, hc}),
             hp,
             static_cast<float>(cfg.rms_norm_eps),
+            false,
             false,
             {}};
   be.hc_expand(e, s.X);
