@@ -17,7 +17,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMinSplit = 1024;  // prefill path: elements of the flattened row per block, at least
-constexpr int kFusedMaxT = 64;       // tokens that take the fused kernel (one counter each)
+constexpr int kFusedMaxT = 64;       // tokens that take the fused kernels (hc_fused: one counter each)
 
 template <typename F>
 void hc_dispatch(int64_t hc, const char* op, F&& f) {
@@ -853,23 +853,21 @@ __device__ __forceinline__ void norm_from_shared(const float* xs, int64_t D, flo
   v.store(o, r, nm.tpr, packs, valid);
 }
 
-// The end of a site for token t once its pre gates w are known (every thread of the block calls
-// it; threads [32, 256) hold the first collapse round of xt in coll): the collapse rounded to To
-// into xs (shared, D floats), a barrier, then rms_norm of the row from xs, stored as To in o.
-// bar_threads: as rowprep::rows_barrier (0: every thread of the block calls it; else the block's
-// first bar_threads threads alone).
+// The end of a prefill site for token t once its pre gates w are known (every thread of the block
+// calls it; threads [32, 256) hold the first collapse round of xt in coll): the collapse rounded to
+// To into xs (shared, D floats), a barrier, then rms_norm of the row from xs, stored as To in o.
 template <int HC, typename To>
 __device__ __forceinline__ void collapse_and_norm(HcCollapseOf<HC, false>& coll, const float* __restrict__ xt,
                                                   const float (&w)[HC], int64_t D, float* xs, float* red,
-                                                  const HcNorm& nm, To* __restrict__ o, int bar_threads = 0) {
+                                                  const HcNorm& nm, To* __restrict__ o) {
   using Coll = HcCollapseOf<HC, false>;
   constexpr int64_t kRound = static_cast<int64_t>(Coll::kCount) * 5;  // packs of 4 per round (HcCollapseOf: 5 each)
   for (int64_t base = 0; base < D / 4; base += kRound) {
     if (base > 0) coll.load(xt, D, base);
     coll.template store<float, To>(w, D, base, xs);
   }
-  rowprep::rows_barrier(bar_threads);  // xs holds x_in[t] as To would
-  norm_from_shared(xs, D, red, nm, o, bar_threads);
+  __syncthreads();  // xs holds x_in[t] as To would
+  norm_from_shared(xs, D, red, nm, o, 0);
 }
 
 // Prefill: hc_finish_kernel (packed rows) with the norm: x_in[t] = norm(collapse), post, comb.
