@@ -572,10 +572,20 @@ double read_floor_ms(cudaStream_t st, int n, int reps, int64_t bytes, const cuda
 // FP8 E8M0, one launch over grid z = 2: 16 MiB, so on wgmma as in the step) forked onto a second
 // stream, as moe() issues them: each alone, both together in one graph (fork and join by events),
 // and a plain read of both's bytes. The routed launch on the streaming kernel, then on wgmma.
-// Timing only (not checked; the main cases check these kernels).
+// Then the step's next launch too: the routed down (moe2, MXFP4, on wgmma as by default) after the
+// gate/up on the same stream, every launch programmatic (as the step: the down's blocks resident
+// while the gate/up runs, waiting) or plain (the down launched when the gate/up has finished), alone and with
+// the shared gate/up forked beside: whether the down's early blocks keep the shared expert's off
+// the multiprocessors (docs/PERFORMANCE.md, thirty-second session). Timing only (not checked; the
+// main cases check these kernels).
 void run_beside(cudaStream_t st, int reps, const cudaDeviceProp& prop, double copy_gbs, uint32_t& seed) {
-  const Case routed = kCases[8], shared = {"w13s", 2048, 4096, 2, 0};
+  const Case routed = kCases[8], shared = {"w13s", 2048, 4096, 2, 0}, down = kCases[9];
   CaseData cr = make_case(routed, WFmt::kMxfp4, 1, seed), cs = make_case(shared, WFmt::kFp8E8M0, 1, seed);
+  CaseData cd = make_case(down, WFmt::kMxfp4, 1, seed);
+  void *xd, *od;
+  CK(cudaMalloc(&xd, static_cast<size_t>(x_elems(down, 1) * 2)));
+  CK(cudaMalloc(&od, static_cast<size_t>(out_elems(down, 1) * 2)));
+  fill(xd, x_elems(down, 1) * 2, 5, seed++);
   void *xr, *xs, *orr, *os;
   CK(cudaMalloc(&xr, static_cast<size_t>(x_elems(routed, 1) * 2)));
   CK(cudaMalloc(&xs, static_cast<size_t>(x_elems(shared, 1) * 2)));
@@ -598,6 +608,9 @@ void run_beside(cudaStream_t st, int reps, const cudaDeviceProp& prop, double co
     cuda::launch_gemv(case_args(shared, cs, i % static_cast<int>(cs.ws.size()), xs, os, 1, true), true, cs.grid_tiles,
                       s);
   };
+  auto launch_down = [&](int i, cudaStream_t s) {
+    cuda::launch_gemv(case_args(down, cd, i % cd.launches, xd, od, 1, true), true, cd.grid_tiles, s);
+  };
   double alone[2], both[2];
   for (int wg = 0; wg < 2; ++wg) {
     cuda::set_gemv_wgmma(wg == 1 ? 3 : 2);
@@ -617,6 +630,33 @@ void run_beside(cudaStream_t st, int reps, const cudaDeviceProp& prop, double co
       CK(cudaStreamWaitEvent(st, join, 0));
     });
   }
+  // [routed on wgmma][down's launch programmatic]: gate/up + down, then with the shared forked.
+  double chain[2][2], chain_both[2][2];
+  const bool pdl0 = cuda::pdl_enabled();
+  for (int wg = 0; wg < 2; ++wg) {
+    cuda::set_gemv_wgmma(wg == 1 ? 3 : 2);
+    launch_down(0, st);
+    CK(cudaStreamSynchronize(st));
+    for (int pdl = 0; pdl < 2; ++pdl) {
+      cuda::set_pdl_enabled_for_tests(pdl == 1);
+      cuda::set_gemv_pdl(pdl);
+      chain[wg][pdl] = time_graph(st, n, reps, [&](int i) {
+        launch_routed(i, st);
+        launch_down(i, st);
+      });
+      chain_both[wg][pdl] = time_graph(st, n, reps, [&](int i) {
+        CK(cudaEventRecord(fork, st));
+        CK(cudaStreamWaitEvent(st2, fork, 0));
+        launch_shared(i, st2);
+        launch_routed(i, st);
+        launch_down(i, st);
+        CK(cudaEventRecord(join, st2));
+        CK(cudaStreamWaitEvent(st, join, 0));
+      });
+    }
+  }
+  cuda::set_pdl_enabled_for_tests(pdl0);
+  cuda::set_gemv_pdl(-1);
   cuda::set_gemv_wgmma(2);
   const double shared_ms = time_graph(st, n, reps, [&](int i) { launch_shared(i, st); });
   cuda::set_gemv_wgmma(0);
@@ -636,6 +676,11 @@ void run_beside(cudaStream_t st, int reps, const cudaDeviceProp& prop, double co
   std::printf("  both: routed stream %.2f (%.1f%%), routed wgmma %.2f (%.1f%%); read floor of both %.2f (%.1f%%)\n",
               both[0] * 1e3, pct(b_both, both[0]), both[1] * 1e3, pct(b_both, both[1]), read_rs * 1e3,
               pct(b_both, read_rs));
+  std::printf("  with the routed down (%.1f MB, wgmma) after the gate/up, launches programmatic / plain: gate/up + down: "
+              "routed stream %.2f / %.2f, routed wgmma %.2f / %.2f; with the shared gate/up forked beside: routed stream "
+              "%.2f / %.2f, routed wgmma %.2f / %.2f\n",
+              cd.launch_bytes / 1e6, chain[0][1] * 1e3, chain[0][0] * 1e3, chain[1][1] * 1e3, chain[1][0] * 1e3,
+              chain_both[0][1] * 1e3, chain_both[0][0] * 1e3, chain_both[1][1] * 1e3, chain_both[1][0] * 1e3);
   std::fflush(stdout);
   CK(cudaEventDestroy(fork));
   CK(cudaEventDestroy(join));
@@ -645,8 +690,11 @@ void run_beside(cudaStream_t st, int reps, const cudaDeviceProp& prop, double co
   CK(cudaFree(xs));
   CK(cudaFree(orr));
   CK(cudaFree(os));
+  CK(cudaFree(xd));
+  CK(cudaFree(od));
   free_case(cr);
   free_case(cs);
+  free_case(cd);
 }
 
 }  // namespace
