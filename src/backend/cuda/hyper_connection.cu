@@ -153,12 +153,19 @@ const char kSiteSlotsKey = 0, kSiteEpochsKey = 0;  // their addresses key the st
 // How many tokens one site launch takes: a finisher polls until its writers have run, so the
 // finishers of a launch stay at most half the blocks the device holds at once (one 288-thread
 // block per multiprocessor: on an H100 or H200 every token of kFusedMaxT, 64 of 132, in one
-// launch). One token needs no check.
-int64_t site_tokens_per_launch(const CudaBackend& be, const void* kernel, int64_t T) {
+// launch). One token needs no check; the device's count is asked once per kernel and backend.
+struct SiteResident {
+  int64_t blocks = 0;  // 0 until asked
+};
+int64_t site_tokens_per_launch(CudaBackend& be, const void* kernel, int64_t T) {
   if (T <= 1) return 1;
-  int per_sm = 0;
-  CLAWMINE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSiteThreads, 0));
-  return std::clamp<int64_t>(static_cast<int64_t>(per_sm) * std::max(1, be.sm_count()) / 2, 1, T);
+  SiteResident* r = be.op_state<SiteResident>(kernel);
+  if (r->blocks == 0) {
+    int per_sm = 0;
+    CLAWMINE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSiteThreads, 0));
+    r->blocks = std::max<int64_t>(1, static_cast<int64_t>(per_sm) * std::max(1, be.sm_count()));
+  }
+  return std::clamp<int64_t>(r->blocks / 2, 1, T);
 }
 
 // hc_post_pre at decode (T <= kFusedMaxT): one hc_site_fused_kernel per token group, grid

@@ -127,9 +127,10 @@ struct HcState {
   TensorView X, X_next, x, post, comb;
   ops::HcParams hp;
   float eps;
-  bool comb_logits = false;  // comb holds the last site's logits: finish_comb is due
-  bool comb_issued = false;  // finish_comb issued hc_comb on kCombBranch: its reader waits for it
-  std::string comb_scope;    // that site's scope (layers.l.hc_attn / hc_ffn)
+  // comb as the last site left it: final, its logits (finish_comb is due), or being finished by
+  // hc_comb on kCombBranch (its reader waits: comb_ready).
+  enum class Comb { kFinal, kLogits, kOnBranch } comb_state = Comb::kFinal;
+  std::string comb_scope;  // that site's scope (layers.l.hc_attn / hc_ffn)
 };
 
 // Where the backend takes the sites' Sinkhorn off the chain (hc_comb_on_branch): each site writes
@@ -146,9 +147,9 @@ void hc_enter(ops::Backend& be, HcState& s, const HyperConnectionWeights& w, con
 
 // The next reader of comb waits for finish_comb's hc_comb (a no-op once a join has taken it).
 void comb_ready(ops::Backend& be, HcState& s) {
-  if (!s.comb_issued) return;
+  if (s.comb_state != HcState::Comb::kOnBranch) return;
   be.branch_wait(kCombBranch);
-  s.comb_issued = false;
+  s.comb_state = HcState::Comb::kFinal;
 }
 
 // One site between sub-layers: X = hc_post(y + y_add, X, post, comb) (y_add: the MoE's shared
@@ -161,19 +162,18 @@ void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const TensorView
   hp.comb_logits = be.hc_comb_on_branch() && s.X.dim(0) <= kBranchMaxTokens;
   be.hc_post_pre(y, y_add, s.X, s.post, s.comb, s.X_next, w, hp, norm, s.eps, s.x, s.post, s.comb);
   std::swap(s.X, s.X_next);
-  s.comb_logits = hp.comb_logits;
+  s.comb_state = hp.comb_logits ? HcState::Comb::kLogits : HcState::Comb::kFinal;
 }
 
 // The last site's comb from its logits, on kCombBranch: issued at the start of the region that
 // follows the site (a join right after it would wait for it).
 void finish_comb(ops::Backend& be, HcState& s) {
-  if (!s.comb_logits) return;
+  if (s.comb_state != HcState::Comb::kLogits) return;
   be.set_scope(s.comb_scope);
   be.branch(kCombBranch);
   be.hc_comb(s.comb, s.hp);
   be.branch(0);
-  s.comb_logits = false;
-  s.comb_issued = true;
+  s.comb_state = HcState::Comb::kOnBranch;
 }
 
 // One decoder block (spec §3.2, the reference Block.forward):
@@ -251,8 +251,7 @@ HcState enter_streams(ops::Backend& be, const ModelConfig& cfg, const ModelWeigh
             be.scratch(DType::kF32, {T, hc, hc}),
             hp,
             static_cast<float>(cfg.rms_norm_eps),
-            false,
-            false,
+            HcState::Comb::kFinal,
             {}};
   be.hc_expand(e, s.X);
   if (cfg.num_hidden_layers > 0) {
