@@ -71,7 +71,6 @@ class ForwardingBackend : public ops::Backend {
                const TensorView& X_out) override {
     inner_.hc_post(y, X, post, comb, X_out);
   }
-  void hc_comb(const TensorView& comb, const ops::HcParams& p) override { inner_.hc_comb(comb, p); }
   void hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
                const TensorView& y) override {
     inner_.hc_head(X, w, p, y);

@@ -230,12 +230,6 @@ void Tracer::hc_post(const TensorView& y, const TensorView& X, const TensorView&
   end(std::move(p), {{"X_out", X_out}}, "");
 }
 
-void Tracer::hc_comb(const TensorView& comb, const ops::HcParams& hp) {
-  Pending p = begin(op_name("hc_comb"), "hc_comb", {{"logits", comb}});
-  inner_.hc_comb(comb, hp);
-  end(std::move(p), {{"comb", comb}}, "");
-}
-
 void Tracer::hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& hp,
                      const TensorView& y) {
   Pending p = begin(op_name("hc_head"), "hc_head", {{"X", X}});

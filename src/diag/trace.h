@@ -71,7 +71,6 @@ class Tracer final : public ForwardingBackend {
               const TensorView& x_in, const TensorView& post, const TensorView& comb) override;
   void hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
                const TensorView& X_out) override;
-  void hc_comb(const TensorView& comb, const ops::HcParams& p) override;
   void hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
                const TensorView& y) override;
   void attention_index(const TensorView& positions, int64_t n_prev, int64_t window, int64_t entry_base,

@@ -31,9 +31,6 @@ struct HcParams {
   int64_t sinkhorn_iters = 20;
   float hc_eps = 1e-6f;
   float rms_eps = 1e-6f;  // the unweighted RMS over the flattened streams uses rms_norm_eps
-  // hc_pre / hc_post_pre write comb's logits (mix * scale[2] + base, before the softmax) for
-  // hc_comb to finish, instead of the Sinkhorn-normalized comb.
-  bool comb_logits = false;
 };
 
 // How quantized linears treat activations (issue: quantized checkpoints). W4A16/W8A16 dequantize
@@ -258,13 +255,6 @@ class Backend {
                            const TensorView& comb, const TensorView& X_out, const HyperConnectionWeights& w,
                            const HcParams& p, const TensorView& norm_weight, float eps, const TensorView& x_in,
                            const TensorView& post_out, const TensorView& comb_out);  // below ScratchFrame
-  // comb [T, hc, hc] F32 in place: the logits hc_pre wrote under HcParams::comb_logits become its
-  // comb (softmax over k + hc_eps, then the Sinkhorn normalizations, as hc_pre does them).
-  virtual void hc_comb(const TensorView& comb, const HcParams& p) = 0;
-  // Whether the model should finish each site's comb with hc_comb on a side branch (the comb is
-  // read only by the next site): where branches run concurrently and the Sinkhorn is worth taking
-  // off the chain (the CUDA backend under CLAWMINE_HC_COMB_BRANCH=1). Default: no.
-  virtual bool hc_comb_on_branch() const { return false; }
   // y[t, d] = sum_j (sigmoid(mix[j]*scale[0] + base[j]) + hc_eps) * X[t, j, d] with mix as in hc_pre
   // (fn [hc, hc*D], base [hc], scale [1]).  X [T, hc, D] F32; y [T, D].
   virtual void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) = 0;

@@ -64,7 +64,6 @@ class CpuBackend final : public ops::Backend {
               const TensorView& post, const TensorView& comb) override;
   void hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
                const TensorView& X_out) override;
-  void hc_comb(const TensorView& comb, const HcParams& p) override;
   void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) override;
 
   // attention.cpp

@@ -90,31 +90,13 @@ void CpuBackend::hc_pre(const TensorView& X, const HyperConnectionWeights& w, co
       }
       double* C = mix.data() + 2 * hc;
       for (int64_t m = 0; m < hc * hc; ++m) C[m] = C[m] * scale[2] + base[2 * hc + m];
-      if (!p.comb_logits) sinkhorn(C, hc, p.sinkhorn_iters, hc_eps);
+      sinkhorn(C, hc, p.sinkhorn_iters, hc_eps);
       for (int64_t m = 0; m < hc * hc; ++m) pcomb[t * hc * hc + m] = static_cast<float>(C[m]);
       for (int64_t d = 0; d < D; ++d) {
         double acc = 0;
         for (int64_t j = 0; j < hc; ++j) acc += pre[j] * xt[j * D + d];
         pxi[t * D + d] = static_cast<float>(acc);
       }
-    }
-  });
-}
-
-void CpuBackend::hc_comb(const TensorView& comb, const HcParams& p) {
-  if (p.sinkhorn_iters < 1) throw Error(str_cat("cpu hc_comb: sinkhorn_iters ", p.sinkhorn_iters, " must be >= 1"));
-  const int64_t hc = p.hc_mult;
-  float* pc = f32_arg(comb, "hc_comb", "comb");
-  expect_rank(comb, 3, "hc_comb", "comb");
-  if (comb.dim(1) != hc || comb.dim(2) != hc)
-    throw Error(str_cat("cpu hc_comb: comb has shape ", shape_str(comb.shape), " but hc_mult is ", hc));
-  const int64_t T = comb.dim(0);
-  pool_.parallel_for(0, T, [&](int64_t tb, int64_t te) {
-    std::vector<double> C(static_cast<size_t>(hc * hc));
-    for (int64_t t = tb; t < te; ++t) {
-      for (int64_t m = 0; m < hc * hc; ++m) C[static_cast<size_t>(m)] = pc[t * hc * hc + m];
-      sinkhorn(C.data(), hc, p.sinkhorn_iters, p.hc_eps);
-      for (int64_t m = 0; m < hc * hc; ++m) pc[t * hc * hc + m] = static_cast<float>(C[static_cast<size_t>(m)]);
     }
   });
 }

@@ -93,8 +93,6 @@ class CudaBackend final : public ops::Backend {
               const TensorView& post, const TensorView& comb) override;
   void hc_post(const TensorView& y, const TensorView& X, const TensorView& post, const TensorView& comb,
                const TensorView& X_out) override;
-  void hc_comb(const TensorView& comb, const HcParams& p) override;
-  bool hc_comb_on_branch() const override;
   void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) override;
   // hc_post -> hc_pre -> rms_norm: one kernel at decode, three passes at prefill (hc_post, the
   // mix, the finish with the norm); bit-identical to the composition.

@@ -35,14 +35,6 @@ bool side_streams() {
 
 }  // namespace
 
-// The sites' Sinkhorn on a side branch (docs/PERFORMANCE.md, thirty-second session: taking it off
-// the site's chain gives at most 0.04-0.05 ms per decode token): CLAWMINE_HC_COMB_BRANCH=1, with
-// side streams. Off by default until measured.
-bool CudaBackend::hc_comb_on_branch() const {
-  static const bool on = env_switch("CLAWMINE_HC_COMB_BRANCH", false);
-  return on && side_streams();
-}
-
 void CudaBackend::branch(int b) {
   CLAWMINE_CHECK(b >= 0 && b < kMaxBranches, "cuda branch: ", b, " is not a branch (0 .. ", kMaxBranches - 1, ")");
   if (!side_streams()) b = 0;

@@ -235,7 +235,6 @@ struct HcScalars {
   rowwise::FloatCode scale_code;
   float rms_eps, hc_eps;
   int sinkhorn_iters;
-  int comb_logits;  // HcParams::comb_logits: comb gets the logits, hc_comb_kernel finishes them
 };
 // The scalars of one hc site from its weights and parameters (op names the errors).
 inline HcScalars hc_scalars(const HyperConnectionWeights& w, const HcParams& p, const char* op) {
@@ -245,8 +244,7 @@ inline HcScalars hc_scalars(const HyperConnectionWeights& w, const HcParams& p, 
           rowwise::float_code(w.scale.dtype, op, "scale"),
           p.rms_eps,
           p.hc_eps,
-          static_cast<int>(p.sinkhorn_iters),
-          p.comb_logits ? 1 : 0};
+          static_cast<int>(p.sinkhorn_iters)};
 }
 
 template <int HC, bool kHead>
@@ -326,34 +324,10 @@ __device__ __forceinline__ void sinkhorn_in_registers(float (&c)[HC][HC], float 
   }
 }
 
-// hc_comb: comb[t] (the logits hc_gates wrote under comb_logits) through sinkhorn_in_registers,
-// one thread per token: the bits hc_gates gives without comb_logits.
-template <int HC>
-__global__ void __launch_bounds__(kThreads) hc_comb_kernel(float* __restrict__ comb, int64_t T, float eps, int iters) {
-  pdl_wait();
-  pdl_trigger();
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= T) return;
-  float c[HC][HC];
-  float* ct = comb + t * HC * HC;
-#pragma unroll
-  for (int j = 0; j < HC; ++j) {
-#pragma unroll
-    for (int k = 0; k < HC; ++k) c[j][k] = ct[j * HC + k];
-  }
-  sinkhorn_in_registers<HC>(c, eps, iters);
-#pragma unroll
-  for (int j = 0; j < HC; ++j) {
-#pragma unroll
-    for (int k = 0; k < HC; ++k) ct[j * HC + k] = c[j][k];
-  }
-}
-
 // One warp, after the mix totals: lane l < kMix + 1 holds tot (mix total l; l = kMix: the sum of
 // squares of the token's hc*D elements) and gw (base, scale) of row l. Every lane returns the pre
 // gates in w; with `rest` (one warp per token, hc_pre) lanes HC..2HC-1 also write post[t] and
-// lane 0 computes comb[t] (the logits gathered from lanes 2HC.. by shuffles; under comb_logits it
-// writes those, and hc_comb_kernel runs the Sinkhorn later). The warp is
+// lane 0 computes comb[t] (the logits gathered from lanes 2HC.. by shuffles). The warp is
 // converged on entry. Every warp that calls this with the same totals gets the same w bits.
 template <int HC, bool kHead>
 __device__ __forceinline__ void hc_gates(float tot, float2 gw, int64_t D, const HcScalars& p, int64_t t, bool rest,
@@ -376,7 +350,7 @@ __device__ __forceinline__ void hc_gates(float tot, float2 gw, int64_t D, const 
       for (int k = 0; k < HC; ++k) c[j][k] = __shfl_sync(0xffffffffu, a, 2 * HC + j * HC + k);
     }
     if (lane == 0) {
-      if (!p.comb_logits) sinkhorn_in_registers<HC>(c, p.hc_eps, p.sinkhorn_iters);
+      sinkhorn_in_registers<HC>(c, p.hc_eps, p.sinkhorn_iters);
       float* out = comb + t * HC * HC;
 #pragma unroll
       for (int j = 0; j < HC; ++j) {

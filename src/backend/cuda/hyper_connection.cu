@@ -256,22 +256,6 @@ void CudaBackend::hc_pre(const TensorView& X, const HyperConnectionWeights& w, c
   });
 }
 
-void CudaBackend::hc_comb(const TensorView& comb, const HcParams& p) {
-  expect_device(comb, "hc_comb", "comb");
-  CLAWMINE_CHECK(comb.dtype == DType::kF32 && comb.rank() == 3 && comb.dim(1) == p.hc_mult && comb.dim(2) == p.hc_mult,
-                 "cuda hc_comb: comb must be [T, ", p.hc_mult, ", ", p.hc_mult, "] F32, got ", dtype_name(comb.dtype), " ",
-                 shape_str(comb.shape));
-  CLAWMINE_CHECK(p.sinkhorn_iters >= 1, "cuda hc_comb: sinkhorn_iters ", p.sinkhorn_iters, " must be >= 1");
-  const int64_t T = comb.dim(0);
-  if (T == 0) return;
-  hc_dispatch(p.hc_mult, "hc_comb", [&](auto hc_c) {
-    constexpr int HC = decltype(hc_c)::value;
-    launch_kernel(hc_comb_kernel<HC>, static_cast<unsigned>((T + kThreads - 1) / kThreads), kThreads, 0, stream(),
-                  comb.f32(), T, p.hc_eps, static_cast<int>(p.sinkhorn_iters));
-    CLAWMINE_CUDA_LAUNCHED("hc comb");
-  });
-}
-
 void CudaBackend::hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p,
                           const TensorView& y) {
   const auto [T, hc, D] = check_streams(*this, X, p.hc_mult, "hc_head");

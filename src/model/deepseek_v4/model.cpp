@@ -127,17 +127,7 @@ struct HcState {
   TensorView X, X_next, x, post, comb;
   ops::HcParams hp;
   float eps;
-  // comb as the last site left it: final, its logits (finish_comb is due), or being finished by
-  // hc_comb on kCombBranch (its reader waits: comb_ready).
-  enum class Comb { kFinal, kLogits, kOnBranch } comb_state = Comb::kFinal;
-  std::string comb_scope;  // that site's scope (layers.l.hc_attn / hc_ffn)
 };
-
-// Where the backend takes the sites' Sinkhorn off the chain (hc_comb_on_branch): each site writes
-// comb's logits, and hc_comb finishes them on this side branch (free at one sequence: attention
-// takes 1..6 and the MoE 1) while the next sub-layer runs; the next site, their only reader,
-// waits for it (branch_wait). Decode-sized chunks only, as the sub-layers' own branches.
-constexpr int kCombBranch = ops::Backend::kMaxBranches - 1;
 
 // x, post, comb = hc_pre(X) with the first sub-layer's weights; x = norm(x).
 void hc_enter(ops::Backend& be, HcState& s, const HyperConnectionWeights& w, const TensorView& norm) {
@@ -145,35 +135,13 @@ void hc_enter(ops::Backend& be, HcState& s, const HyperConnectionWeights& w, con
   be.rms_norm(s.x, &norm, s.eps, s.x);
 }
 
-// The next reader of comb waits for finish_comb's hc_comb (a no-op once a join has taken it).
-void comb_ready(ops::Backend& be, HcState& s) {
-  if (s.comb_state != HcState::Comb::kOnBranch) return;
-  be.branch_wait(kCombBranch);
-  s.comb_state = HcState::Comb::kFinal;
-}
-
 // One site between sub-layers: X = hc_post(y + y_add, X, post, comb) (y_add: the MoE's shared
 // expert, or none), then x, post, comb = hc_pre(X) with the next sub-layer's weights and
 // x = norm(x), as one backend op (hc_post_pre).
 void hc_site(ops::Backend& be, HcState& s, const TensorView& y, const TensorView& y_add,
              const HyperConnectionWeights& w, const TensorView& norm) {
-  comb_ready(be, s);
-  ops::HcParams hp = s.hp;
-  hp.comb_logits = be.hc_comb_on_branch() && s.X.dim(0) <= kBranchMaxTokens;
-  be.hc_post_pre(y, y_add, s.X, s.post, s.comb, s.X_next, w, hp, norm, s.eps, s.x, s.post, s.comb);
+  be.hc_post_pre(y, y_add, s.X, s.post, s.comb, s.X_next, w, s.hp, norm, s.eps, s.x, s.post, s.comb);
   std::swap(s.X, s.X_next);
-  s.comb_state = hp.comb_logits ? HcState::Comb::kLogits : HcState::Comb::kFinal;
-}
-
-// The last site's comb from its logits, on kCombBranch: issued at the start of the region that
-// follows the site (a join right after it would wait for it).
-void finish_comb(ops::Backend& be, HcState& s) {
-  if (s.comb_state != HcState::Comb::kLogits) return;
-  be.set_scope(s.comb_scope);
-  be.branch(kCombBranch);
-  be.hc_comb(s.comb, s.hp);
-  be.branch(0);
-  s.comb_state = HcState::Comb::kOnBranch;
 }
 
 // One decoder block (spec §3.2, the reference Block.forward):
@@ -190,20 +158,17 @@ template <typename Attend>
 void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&& attend) {
   ops::ScratchFrame frame(c.be);  // the layer's temporaries
   const ops::BranchScope branches(c.be);  // closed before the frame (an op that failed inside one)
-  finish_comb(c.be, s);  // the previous block's last site
   c.be.set_scope(c.scope("attn"));
   const TensorView a = attend(s.x);
-  c.be.set_scope(s.comb_scope = c.scope("hc_attn"));
+  c.be.set_scope(c.scope("hc_attn"));
   hc_site(c.be, s, a, TensorView{}, c.w.hc_ffn, c.w.ffn_norm);
-  finish_comb(c.be, s);
 
   c.be.set_scope(c.scope("ffn"));
   const MoeOut f = moe(c, s.x);
-  c.be.set_scope(s.comb_scope = c.scope("hc_ffn"));
+  c.be.set_scope(c.scope("hc_ffn"));
   if (next != nullptr) {
-    hc_site(c.be, s, f.routed, f.shared, next->hc_attn, next->attn_norm);  // its comb: the next block's start
+    hc_site(c.be, s, f.routed, f.shared, next->hc_attn, next->attn_norm);
   } else {
-    comb_ready(c.be, s);
     c.be.add(f.routed, f.shared, f.routed);
     c.be.hc_post(f.routed, s.X, s.post, s.comb, s.X_next);
     std::swap(s.X, s.X_next);
@@ -250,9 +215,7 @@ HcState enter_streams(ops::Backend& be, const ModelConfig& cfg, const ModelWeigh
             be.scratch(DType::kF32, {T, hc}),
             be.scratch(DType::kF32, {T, hc, hc}),
             hp,
-            static_cast<float>(cfg.rms_norm_eps),
-            HcState::Comb::kFinal,
-            {}};
+            static_cast<float>(cfg.rms_norm_eps)};
   be.hc_expand(e, s.X);
   if (cfg.num_hidden_layers > 0) {
     be.set_scope("layers.0.hc_attn");

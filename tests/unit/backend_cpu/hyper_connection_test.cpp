@@ -4,7 +4,6 @@
 
 #include <cmath>
 
-#include "core/error.h"
 #include "ops/backend.h"
 #include "unit/backend_cpu/cpu_test_util.h"
 
@@ -104,37 +103,6 @@ TEST_P(CpuHc, PreMatchesReference) {
   EXPECT_LE(max_rel_diff(x_in, rx), kTightRel);
   EXPECT_LE(max_rel_diff(post, rpost), kTightRel);
   EXPECT_LE(max_rel_diff(comb, rcomb), kTightRel);
-}
-
-// HcParams::comb_logits: hc_pre writes comb's logits (x_in and post as before), and hc_comb turns
-// them into the comb hc_pre gives (the logits rounded to float once on the way: kTightRel).
-TEST_P(CpuHc, CombLogitsThenHcCombIsHcPre) {
-  HcCase c = make_case(24, 3, 321);
-  const int64_t T = c.T, hc = c.hc, D = c.D;
-  std::vector<float> x_in(T * D), post(T * hc), comb(T * hc * hc), lx(T * D), lpost(T * hc), lcomb(T * hc * hc);
-  poison(lx);
-  poison(lpost);
-  poison(lcomb);
-  const ops::HcParams p;
-  ops::HcParams pl;
-  pl.comb_logits = true;
-  be->hc_pre(f32_view(c.X, {T, hc, D}), c.w(), p, f32_view(x_in, {T, D}), f32_view(post, {T, hc}),
-             f32_view(comb, {T, hc, hc}));
-  be->hc_pre(f32_view(c.X, {T, hc, D}), c.w(), pl, f32_view(lx, {T, D}), f32_view(lpost, {T, hc}),
-             f32_view(lcomb, {T, hc, hc}));
-  EXPECT_EQ(lx, x_in);
-  EXPECT_EQ(lpost, post);
-  for (int64_t t = 0; t < T; ++t) {  // the logits as PreMatchesReference computes them
-    const std::vector<double> mix = ref_mix(c, t, 24, p.rms_eps);
-    for (int64_t m = 0; m < hc * hc; ++m) {
-      const double want = mix[2 * hc + m] * c.scale[2] + c.base[2 * hc + m];
-      EXPECT_NEAR(lcomb[t * hc * hc + m], want, 1e-5 * (1.0 + std::fabs(want))) << "t " << t << " m " << m;
-    }
-  }
-  be->hc_comb(f32_view(lcomb, {T, hc, hc}), p);
-  EXPECT_LE(max_rel_diff(lcomb, comb), kTightRel);
-  std::vector<float> bad(T * hc * (hc + 1));
-  EXPECT_THROW(be->hc_comb(f32_view(bad, {T, hc, hc + 1}), p), Error);
 }
 
 TEST_P(CpuHc, CombIsDoublyStochastic) {

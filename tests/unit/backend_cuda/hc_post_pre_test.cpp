@@ -10,7 +10,6 @@
 //   - run twice: the same bits, with post_out/comb_out separate from and equal to post/comb (in
 //     place); at decode, launches on new inputs one after another each match the composition (the
 //     kernel's finisher takes each writer's partial by this launch's tag: a stale one would show);
-//   - with HcParams::comb_logits and then hc_comb: the same bits as without;
 //   - with y_add (the MoE's shared expert, added to y as add() does: in the decode kernel's loads,
 //     before the prefill passes) against the composition add + hc_post + hc_pre + rms_norm, bit for
 //     bit at decode, and against the CPU.
@@ -68,10 +67,9 @@ struct SiteOutputs {
 
 // One site on `be` (fused: the backend's hc_post_pre, else its composition) into poisoned
 // outputs; in_place: post/comb are copied into the outputs first and passed as both.
-// with_add: y_add = in.y_add. comb_logits: the op writes comb's logits (HcParams::comb_logits),
-// then hc_comb finishes them.
+// with_add: y_add = in.y_add.
 SiteOutputs run_site(ops::Backend& be, bool gpu, bool fused, bool in_place, const SiteInputs& in, int64_t T,
-                     int64_t D, DType act, bool with_add = false, bool comb_logits = false) {
+                     int64_t D, DType act, bool with_add = false) {
   auto v = [&](const OnBoth& b) { return gpu ? b.gpu.view() : b.cpu.view(); };
   const ops::DeviceBuffer X_out = poisoned(be, DType::kF32, {T, kHc, D});
   const ops::DeviceBuffer x_in = poisoned(be, gpu ? act : DType::kF32, {T, D});
@@ -83,8 +81,7 @@ SiteOutputs run_site(ops::Backend& be, bool gpu, bool fused, bool in_place, cons
   }
   const TensorView post_in = in_place ? post.view() : v(in.post), comb_in = in_place ? comb.view() : v(in.comb);
   const HyperConnectionWeights w = gpu ? in.gpu_w() : in.cpu_w();
-  ops::HcParams p;
-  p.comb_logits = comb_logits;
+  const ops::HcParams p;
   const float eps = 1e-6f;
   const TensorView y_add = with_add ? v(in.y_add) : TensorView{};
   if (fused) {
@@ -94,7 +91,6 @@ SiteOutputs run_site(ops::Backend& be, bool gpu, bool fused, bool in_place, cons
     be.hc_post_pre_unfused(v(in.y), y_add, v(in.X), post_in, comb_in, X_out.view(), w, p, v(in.norm), eps,
                            x_in.view(), post.view(), comb.view());
   }
-  if (comb_logits) be.hc_comb(comb.view(), p);
   return {download_f32(be, X_out.view()), download_f32(be, x_in.view()), download_f32(be, post.view()),
           download_f32(be, comb.view())};
 }
@@ -165,23 +161,6 @@ TEST_F(CudaHcPostPre, EachDecodeLaunchTakesItsOwnPartials) {
       expect_same_bits(run_site(*cuda, true, true, false, in, T, 4096, DType::kBF16, i % 2 == 1),
                        run_site(*cuda, true, false, false, in, T, 4096, DType::kBF16, i % 2 == 1),
                        "fused vs the three CUDA ops");
-    }
-  }
-}
-
-// HcParams::comb_logits then hc_comb (the model's Sinkhorn on a side branch): the same bits as the
-// site in one op, at decode (the fused kernel's finisher) and at prefill (hc_finish_norm_kernel),
-// and through the composition's hc_pre.
-TEST_F(CudaHcPostPre, CombLogitsThenHcCombGiveTheSameBits) {
-  for (const int64_t T : {1, 3, 300}) {
-    SCOPED_TRACE(str_cat("T ", T));
-    const SiteInputs in = make_inputs(*cpu, *cuda, T, 4096, DType::kBF16, DType::kF32, DType::kBF16, 7100);
-    const SiteOutputs ref = run_site(*cpu, false, false, false, in, T, 4096, DType::kBF16, true);
-    for (const bool fused : {true, false}) {
-      const SiteOutputs got = run_site(*cuda, true, fused, false, in, T, 4096, DType::kBF16, true, true);
-      expect_same_bits(got, run_site(*cuda, true, fused, false, in, T, 4096, DType::kBF16, true),
-                       fused ? "fused" : "composition");
-      EXPECT_TRUE(within(got.comb, ref.comb, kF32Budget)) << "comb vs CPU";
     }
   }
 }

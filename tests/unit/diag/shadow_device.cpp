@@ -113,9 +113,6 @@ void ShadowDevice::hc_post(const TensorView& y, const TensorView& X, const Tenso
   cpu_->hc_post(shadow_untag(y, "hc_post", "y"), shadow_untag(X, "hc_post", "X"), shadow_untag(post, "hc_post", "post"),
                 shadow_untag(comb, "hc_post", "comb"), shadow_untag(X_out, "hc_post", "X_out"));
 }
-void ShadowDevice::hc_comb(const TensorView& comb, const ops::HcParams& p) {
-  cpu_->hc_comb(shadow_untag(comb, "hc_comb", "comb"), p);
-}
 void ShadowDevice::hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
                            const TensorView& y) {
   cpu_->hc_head(shadow_untag(X, "hc_head", "X"), untag_hc(w, "hc_head"), p, shadow_untag(y, "hc_head", "y"));

@@ -7,7 +7,7 @@
 // their order, with the ops in issue order: a dependency across branches without a wait reads
 // stale data in one of them. Fixtures with sliding, CSA (indexer) and HCA layers; prefill chunks
 // under and over kBranchMaxTokens, then decode steps; batched decode steps with their lanes
-// reversed; and with the sites' comb finished on its own branch (hc_comb_on_branch).
+// reversed.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -40,14 +40,10 @@ namespace {
 class BranchReorder final : public diag::ForwardingBackend {
  public:
   enum class Late { kNone, kSide, kMain, kReverse, kForward };  // kNone: every op as issued
-  // comb_apart: the model finishes the sites' comb on a side branch (hc_comb_on_branch).
-  BranchReorder(ops::Backend& inner, Late late, bool comb_apart = false)
-      : ForwardingBackend(inner), late_(late), comb_apart_(comb_apart) {}
-  bool hc_comb_on_branch() const override { return comb_apart_; }
+  BranchReorder(ops::Backend& inner, Late late) : ForwardingBackend(inner), late_(late) {}
   int regions() const { return regions_; }
   int deferred() const { return deferred_; }
   int waits() const { return waits_; }
-  int combs() const { return combs_; }
   // Every top-k's output in the order the ops ran (the CSA selections): a stale input changes an
   // order or a pick even where the logits come out the same (a pick's order does not reach them).
   const std::vector<std::vector<int32_t>>& topk_log() const { return topk_log_; }
@@ -140,10 +136,6 @@ class BranchReorder final : public diag::ForwardingBackend {
                const TensorView& X_out) override {
     issue([=, this] { inner_.hc_post(y, X, post, comb, X_out); });
   }
-  void hc_comb(const TensorView& comb, const ops::HcParams& p) override {
-    ++combs_;
-    issue([=, this] { inner_.hc_comb(comb, p); });
-  }
   void hc_head(const TensorView& X, const ops::HyperConnectionWeights& w, const ops::HcParams& p,
                const TensorView& y) override {
     issue([=, this, &w] { inner_.hc_head(X, w, p, y); });
@@ -210,9 +202,8 @@ class BranchReorder final : public diag::ForwardingBackend {
   }
 
   Late late_;
-  bool comb_apart_;
   bool open_ = false;
-  int cur_ = 0, regions_ = 0, deferred_ = 0, waits_ = 0, combs_ = 0;
+  int cur_ = 0, regions_ = 0, deferred_ = 0, waits_ = 0;
   bool forked_[kMaxBranches] = {};
   std::vector<std::function<void()>> queue_;
   std::vector<std::vector<int32_t>> topk_log_;
@@ -235,18 +226,18 @@ std::string first_topk_difference(const std::vector<std::vector<int32_t>>& got,
 
 class BranchOrder : public ::testing::TestWithParam<const char*> {};
 
-void either_order(const char* fixture, bool indexer_always, bool comb_apart = false) {
+void either_order(const char* fixture, bool indexer_always) {
   auto model = Model::load(test::fixture_dir(std::string("models/") + fixture));
   auto cpu = ops::make_cpu_backend(2);
   const std::vector<int32_t> ids = test_ids(75);  // windows complete in chunks and in decode steps
   ForwardOptions fo;
   fo.indexer_always = indexer_always;
-  BranchReorder in_order(*cpu, BranchReorder::Late::kNone, comb_apart);
+  BranchReorder in_order(*cpu, BranchReorder::Late::kNone);
   const std::vector<float> ref = chunked_run(*model, in_order, ids, true, fo);
   if (indexer_always) ASSERT_FALSE(in_order.topk_log().empty());
   for (BranchReorder::Late late : {BranchReorder::Late::kSide, BranchReorder::Late::kMain, BranchReorder::Late::kReverse,
                                    BranchReorder::Late::kForward}) {
-    BranchReorder be(*cpu, late, comb_apart);
+    BranchReorder be(*cpu, late);
     const std::vector<float> got = chunked_run(*model, be, ids, true, fo);
     const char* name = late == BranchReorder::Late::kSide      ? "side branches last"
                        : late == BranchReorder::Late::kMain    ? "branch 0 last"
@@ -261,8 +252,6 @@ void either_order(const char* fixture, bool indexer_always, bool comb_apart = fa
     // Every layer keeps its window after kv's branch; CSA layers select their keys after the
     // indexer keys' and head weights' branches.
     EXPECT_GT(be.waits(), 0) << name;
-    // With the comb apart, each site of a decode-sized chunk finishes its comb with hc_comb.
-    EXPECT_EQ(be.combs() > 0, comb_apart) << name;
   }
 }
 
@@ -273,12 +262,6 @@ TEST_P(BranchOrder, EitherOrderOfTheBranchesGivesTheInOrderBits) {
     SCOPED_TRACE(always ? "indexer always" : "indexer auto");
     either_order(GetParam(), always);
   }
-}
-
-// The same with the sites' comb finished on a side branch (hc_comb_on_branch): each site's
-// Sinkhorn runs in the region after it, and the next site waits for it.
-TEST_P(BranchOrder, TheSitesCombOnItsBranchInEitherOrderGivesTheInOrderBits) {
-  either_order(GetParam(), false, true);
 }
 
 // CSA layers skip the indexer while its top-k would select every entry (ForwardOptions::
@@ -313,26 +296,21 @@ TEST(IndexerSkip, WhereTheTopKTakesEveryEntryTheLogitsAreTheIndexers) {
 }
 
 // A batched decode step (Model::forward_batch) runs its sequences' attention on lanes (branches
-// 1..8): with the lanes in reverse order, or after branch 0, every logit bit is the in-order one;
-// also with the sites' comb on its branch (the last lane's).
+// 1..8): with the lanes in reverse order, or after branch 0, every logit bit is the in-order one.
 TEST_P(BranchOrder, BatchedDecodeLanesInAnyOrderGiveTheInOrderBits) {
   auto model = Model::load(test::fixture_dir(std::string("models/") + GetParam()));
   auto cpu = ops::make_cpu_backend(2);
   const std::vector<int> prompts = {3, 11, 20, 33, 7, 5, 18, 26, 9, 14};  // 10 sequences on 8 lanes
-  for (bool comb_apart : {false, true}) {
-    BranchReorder in_order(*cpu, BranchReorder::Late::kNone, comb_apart);
-    const Logits ref = decode(*model, in_order, prompts, 6, true);
-    for (BranchReorder::Late late : {BranchReorder::Late::kReverse, BranchReorder::Late::kSide}) {
-      BranchReorder be(*cpu, late, comb_apart);
-      const Logits got = decode(*model, be, prompts, 6, true);
-      for (size_t s = 0; s < prompts.size(); ++s) {
-        SCOPED_TRACE(str_cat(late == BranchReorder::Late::kReverse ? "lanes reversed" : "lanes last", ", sequence ", s,
-                             comb_apart ? ", comb on its branch" : ""));
-        ASSERT_EQ(got.logits[s].size(), ref.logits[s].size());
-        EXPECT_EQ(std::memcmp(got.logits[s].data(), ref.logits[s].data(), ref.logits[s].size() * sizeof(float)), 0);
-      }
-      EXPECT_GT(be.deferred(), 0);
+  const Logits ref = decode(*model, *cpu, prompts, 6, true);
+  for (BranchReorder::Late late : {BranchReorder::Late::kReverse, BranchReorder::Late::kSide}) {
+    BranchReorder be(*cpu, late);
+    const Logits got = decode(*model, be, prompts, 6, true);
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      SCOPED_TRACE(str_cat(late == BranchReorder::Late::kReverse ? "lanes reversed" : "lanes last", ", sequence ", s));
+      ASSERT_EQ(got.logits[s].size(), ref.logits[s].size());
+      EXPECT_EQ(std::memcmp(got.logits[s].data(), ref.logits[s].data(), ref.logits[s].size() * sizeof(float)), 0);
     }
+    EXPECT_GT(be.deferred(), 0);
   }
 }
 

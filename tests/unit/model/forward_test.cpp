@@ -137,7 +137,6 @@ class DeviceEmulator final : public ops::Backend {
     cpu_->hc_post(host(y, "hc_post"), host(X, "hc_post"), host(post, "hc_post"), host(comb, "hc_post"),
                   host(X_out, "hc_post"));
   }
-  void hc_comb(const TensorView& comb, const HcParams& p) override { cpu_->hc_comb(host(comb, "hc_comb"), p); }
   void hc_head(const TensorView& X, const HyperConnectionWeights& w, const HcParams& p, const TensorView& y) override {
     cpu_->hc_head(host(X, "hc_head"), host(w), p, host(y, "hc_head"));
   }
