@@ -120,7 +120,9 @@ struct WgFmt {
   static constexpr bool kFp4 = wfmt_fp4(F);
   static constexpr int kLoads = kFp4 ? 2 : 4;  // 16-byte loads per lane and k block
   static constexpr int kKbBytes = kFp4 ? 64 : 128;
-  static constexpr int kNS = kFp4 ? 8 : 4;  // k blocks of weights in registers (kNS - 1 in flight)
+  // k blocks of weights in registers (kNS - 1 in flight), unless the launch asks for fewer
+  // (wgmma_stages).
+  static constexpr int kNS = kFp4 ? 8 : 4;
   // Index (0..7) among a staging thread's 8 consecutive chunk elements 8s..8s+7 of half h, byte c.
   static __device__ __forceinline__ int elem(int h, int c) { return kFp4 ? 2 * c + h : 4 * h + c; }
 };
@@ -198,11 +200,11 @@ __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t
 // either. The whole k loop is unrolled (kNkb % kNS == 0): with a run-time trip count ptxas
 // serializes the wgmma (C7514), as it cannot tell the two accumulator sets apart across the back
 // edge.
-template <WFmt F, int kNkb, int KC>
+template <WFmt F, int kNkb, int KC, int kStages>
 __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, unsigned* cnt) {
   using W = WgFmt<F>;
   using D = WeightDecoder<F>;
-  constexpr int kNS = W::kNS;
+  constexpr int kNS = kStages > 0 ? kStages : W::kNS;
   static_assert(kNkb % kNS == 0, "whole rounds of stages");
   const bool early = weights_before_wait(a);  // dense, or tiles_early: weights before the wait
   pdl_begin(early);
@@ -413,9 +415,10 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
   if (threadIdx.x == 0) cnt[unit] = 0u;
 }
 
-template <WFmt F, int kNkb, int KC>
+// kStages: k blocks of weights in registers, 0 for the format's kNS.
+template <WFmt F, int kNkb, int KC, int kStages>
 __global__ void __launch_bounds__(128) gemv_wgmma_kernel(const GemmArgs a, float* part, unsigned* cnt) {
-  gemv_wgmma_body<F, kNkb, KC>(a, part, cnt);
+  gemv_wgmma_body<F, kNkb, KC, kStages>(a, part, cnt);
 }
 // The split-k workspace of the ticket sums, per stream (launches on one stream are ordered; the
 // kernel touches it only after griddepcontrol.wait, so even PDL neighbours never share it, and
@@ -468,14 +471,35 @@ std::atomic<int> g_wgmma{-1};
 // 5.93 ms/token (twenty-sixth session).
 constexpr int64_t kWgmmaMinBytes = int64_t{16} << 20;
 
+// FP8 launches without a k split take 2 stages instead of 4 (set_gemv_wgmma_shallow; -1 until the
+// environment is read). At V4-Flash's dims that is wq_b alone (32768 x 1024: 512 blocks of 8 k
+// blocks), which runs beside the key side's kernels: with 2 stages it holds 80 registers instead of
+// 126, so its one wave takes 6 blocks per SM of room instead of 4 (all of it: in a tenth of the
+// launches some blocks waited for a second wave), and one k block per lane in flight instead of
+// three, so the latency-bound kernels beside it wait less behind its loads. H200, decode b=1:
+// 5.50-5.51 -> 5.40 ms/token; in the step wq_b ends 3.6 us sooner and a layer's attention half is
+// 2.5 us shorter on average; every FP8 launch at 2 stages is slower (5.53-5.56: wo_b's span 8.4 ->
+// 11.8 us) (docs/PERFORMANCE.md, thirty-third session).
+std::atomic<int> g_wgmma_shallow{-1};
+constexpr int kShallowStages = 2;
+int shallow_from_env() { return env_switch("CLAWMINE_GEMV_WGMMA_SHALLOW", true) ? 1 : 0; }
+// The stages of a launch: 0 for the format's default.
+int wgmma_stages(WFmt f, int kc) {
+  const bool fp8 = f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32;
+  return fp8 && kc == 1 && env_setting(g_wgmma_shallow, shallow_from_env) == 1 ? kShallowStages : 0;
+}
+
 using WgmmaKernel = void (*)(GemmArgs, float*, unsigned*);
 template <WFmt F, int NK>
 WgmmaKernel kernel_of_kc(int kc) {
+  if constexpr (!WgFmt<F>::kFp4) {
+    if (kc == 1 && wgmma_stages(F, kc) == kShallowStages) return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;
+  }
   switch (kc) {
-    case 1: return gemv_wgmma_kernel<F, NK, 1>;
-    case 2: return gemv_wgmma_kernel<F, NK, 2>;
-    case 4: return gemv_wgmma_kernel<F, NK, 4>;
-    default: return gemv_wgmma_kernel<F, NK, 8>;
+    case 1: return gemv_wgmma_kernel<F, NK, 1, 0>;
+    case 2: return gemv_wgmma_kernel<F, NK, 2, 0>;
+    case 4: return gemv_wgmma_kernel<F, NK, 4, 0>;
+    default: return gemv_wgmma_kernel<F, NK, 8, 0>;
   }
 }
 // The instance for (format, k blocks per warpgroup, split): nkb 4 (FP8 only), 8, 16 or 32.
@@ -504,7 +528,7 @@ size_t wgmma_smem(int nkb) { return static_cast<size_t>(nkb) * 1024 + static_cas
 int64_t resident_blocks(WFmt f, int nkb, int kc) {
   static std::mutex mu;
   static std::vector<std::pair<int, int64_t>> cache;  // (key, blocks)
-  const int key = static_cast<int>(f) * 1000 + nkb * 10 + kc;
+  const int key = wgmma_stages(f, kc) * 100000 + static_cast<int>(f) * 1000 + nkb * 10 + kc;
   std::lock_guard<std::mutex> lock(mu);
   for (const auto& e : cache)
     if (e.first == key) return e.second;
@@ -553,6 +577,7 @@ void release_gemv_workspace(cudaStream_t stream) noexcept {
 }
 
 void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on > 3 ? 3 : on, std::memory_order_relaxed); }
+void set_gemv_wgmma_shallow(int on) { g_wgmma_shallow.store(on < 0 ? -1 : on > 0 ? 1 : 0, std::memory_order_relaxed); }
 
 namespace {
 // The level the environment asks for: CLAWMINE_GEMV_WGMMA=0 none; CLAWMINE_GEMV_WGMMA_EXPERTS=1 every

@@ -29,6 +29,7 @@ enum class GemvKernel : int32_t;
 void set_gemv_kernel(GemvKernel k);
 void set_gemv_stream_mtiles(int n);
 void set_gemv_wgmma(int on);
+void set_gemv_wgmma_shallow(int on);
 }  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
@@ -539,7 +540,10 @@ TEST_F(CudaLinear, RepeatedCallsAreBitIdentical) {
 class CudaLinearWgmma : public CudaLinear {
  protected:
   void TearDown() override {
-    if (cuda) backend::cuda::set_gemv_wgmma(-1);
+    if (cuda) {
+      backend::cuda::set_gemv_wgmma(-1);
+      backend::cuda::set_gemv_wgmma_shallow(-1);
+    }
     CudaLinear::TearDown();
   }
   // Shapes at one token on the wgmma GEMV (set_gemv_wgmma(level)) in each format: against the
@@ -580,6 +584,31 @@ class CudaLinearWgmma : public CudaLinear {
 TEST_F(CudaLinearWgmma, Fp8AtOneTokenMatchesTheCpu) {
   check_shapes({{16384, 1024}, {8192, 2048}, {4096, 4096}, {32768, 1024}, {4096, 8192}, {2048, 16384}},
                {TestFormat::kFp8E8M0, TestFormat::kFp8F32}, 1, 2500);
+}
+
+// The unsplit FP8 launch (wq_b's 32768 x 1024) takes 2 register stages by default and 4 (the
+// other launches' depth) with CLAWMINE_GEMV_WGMMA_SHALLOW=0: the same products summed in the same
+// order, so the same bits, and both against the CPU.
+TEST_F(CudaLinearWgmma, Fp8UnsplitAtEitherDepth) {
+  const int64_t O = 32768, I = 1024;
+  const std::vector<float> wf = fast_normal(static_cast<size_t>(O * I), 2550, 1.0f / 32);
+  for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kFp8F32}) {
+    auto w = make_linear(*cuda, f, wf, O, I, std::string("wgmma.depth.") + format_label(f));
+    SCOPED_TRACE(w->host.name);
+    TestActs x = make_acts(*cuda, {1, I}, DType::kBF16, 2551);
+    const ops::DeviceBuffer a = poisoned(*cuda, DType::kF32, {1, O}), b = poisoned(*cuda, DType::kF32, {1, O});
+    backend::cuda::set_gemv_wgmma(1);
+    backend::cuda::set_gemv_wgmma_shallow(1);
+    cuda->linear(x.dev.view(), w->dev, a.view());
+    backend::cuda::set_gemv_wgmma_shallow(0);
+    cuda->linear(x.dev.view(), w->dev, b.view());
+    const std::vector<float> ga = download_f32(*cuda, a.view()), gb = download_f32(*cuda, b.view());
+    const auto windows = check_windows(O);
+    EXPECT_TRUE(all_finite(ga));
+    EXPECT_TRUE(within(gather_windows(ga, 1, O, windows), cpu_linear_windows(*cpu, x, 1, w->host, windows),
+                       kBf16Budget));
+    EXPECT_TRUE(same_bits(ga, gb));
+  }
 }
 
 // FP4 weights (MXFP4: E8M0 per 32; NVFP4: E4M3 per 16 and the global scale, two accumulator sets
