@@ -97,9 +97,12 @@ def layers(kernels):
 
 
 def layer_kind(kernels, t0, t1):
-    """CSA where an indexer kernel starts in [t0, t1), HCA where a compressor does, else sliding."""
+    """CSA where an indexer kernel starts in [t0, t1) or two compressor stores do (the layer's and
+    the indexer's keys: at short contexts a CSA layer runs no indexer kernel, its top-k takes every
+    entry), HCA where a compressor does, else sliding."""
     names = [k["name"] for k in kernels if t0 <= k["start"] < t1]
-    return ("CSA" if any("indexer" in n for n in names)
+    stores = sum("compress_store" in n for n in names)
+    return ("CSA" if any("indexer" in n for n in names) or stores >= 2
             else "HCA" if any("compress" in n for n in names) else "sliding")
 
 

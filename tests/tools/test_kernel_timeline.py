@@ -73,6 +73,20 @@ def test_layers_by_kind(tmp_path, tool_output):
     assert "| sliding | 1 | 10.0 | 10.0 | 10.0 |" in out
 
 
+def test_csa_without_an_indexer_kernel(tmp_path, tool_output):
+    # At short contexts a CSA layer's top-k takes every entry, so no indexer kernel runs: its two
+    # compressor stores (the layer's keys and the indexer's) make it CSA, one makes a layer HCA.
+    comb = f"void {NS}moe_combine_kernel<__nv_bfloat16, __nv_bfloat16>(float const*)"
+    cmp = f"void {NS}compress_store_kernel<__nv_bfloat16, 2, 1, 0>(int)"
+    icmp = f"void {NS}compress_store_kernel<__nv_bfloat16, 1, 2, 4>(int)"
+    rows = [(0, 0.0, 1.0, 13, comb), (0, 1.0, 2.0, 13, HC),
+            (0, 3.0, 5.0, 14, cmp), (0, 3.5, 5.5, 15, icmp), (0, 20.0, 28.0, 13, comb), (0, 28.0, 32.0, 13, HC),
+            (0, 33.0, 35.0, 14, cmp), (0, 45.0, 50.0, 13, comb), (0, 50.0, 52.0, 13, HC)]
+    out = timeline(tmp_path, tool_output, rows)
+    assert "| CSA | 1 | 30.0 | 30.0 | 30.0 |" in out
+    assert "| HCA | 1 | 20.0 | 20.0 | 20.0 |" in out
+
+
 def test_what_attention_waited_for(tmp_path, tool_output):
     # An HCA layer: the site ends at 10; the queries' chain on stream 13 (wq_b to 30, its norm/rope
     # to 34), the keys' chain on stream 14 (a compressor to 36); the attention starts at 35 (a
