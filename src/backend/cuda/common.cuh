@@ -46,8 +46,8 @@ namespace clawmine::backend::cuda {
 //    uploaded by copies, which are fully serialized), before the wait, so their first DRAM round
 //    trip overlaps the previous kernel: the decode GEMV kernels (linear_gemv.cu,
 //    linear_gemv_wgmma.cu), the decode hyper-connection site (hc_site_fused_kernel, hc_device.cuh:
-//    its writers' mix weights fn, its finisher's gate and norm weights) and the decode attention merge (attention_decode_mma.cu: the RoPE
-//    frequencies). These trigger before their wait. One more exception: the experts' down
+//    its writers' mix weights fn, its finisher's gate and norm weights) and the decode attention
+//    merge (attention_decode_mma.cu: the RoPE frequencies). These trigger before their wait. One more exception: the experts' down
 //    projections read their tile table (written by moe_route or moe_plan two launches back)
 //    before the wait (GemmArgs::tiles_early: the launch between them triggers only after its own
 //    wait). Everything else comes after the wait, and every block still waits before it exits
