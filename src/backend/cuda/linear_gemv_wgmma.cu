@@ -471,29 +471,53 @@ std::atomic<int> g_wgmma{-1};
 // 5.93 ms/token (twenty-sixth session).
 constexpr int64_t kWgmmaMinBytes = int64_t{16} << 20;
 
-// FP8 launches without a k split take 2 stages instead of 4 (set_gemv_wgmma_shallow; -1 until the
-// environment is read). At V4-Flash's dims that is wq_b alone (32768 x 1024: 512 blocks of 8 k
-// blocks), which runs beside the key side's kernels: with 2 stages it holds 80 registers instead of
-// 126, so its one wave takes 6 blocks per SM of room instead of 4 (all of it: in a tenth of the
-// launches some blocks waited for a second wave), and one k block per lane in flight instead of
-// three, so the latency-bound kernels beside it wait less behind its loads. H200, decode b=1:
-// 5.50-5.51 -> 5.40 ms/token; in the step wq_b ends 3.6 us sooner and a layer's attention half is
-// 2.5 us shorter on average; every FP8 launch at 2 stages is slower (5.53-5.56: wo_b's span 8.4 ->
-// 11.8 us) (docs/PERFORMANCE.md, thirty-third session).
+// FP8 launches without a k split, and the shared expert's gate/up (a descriptor table without
+// tiles, split k at <= 8 k blocks per warpgroup), take 2 stages instead of 4 (set_gemv_wgmma_shallow;
+// -1 until the environment is read). At V4-Flash's dims that is wq_b (32768 x 1024: 512 blocks of 8
+// k blocks) and the shared gate/up (2 x 2048 x 4096: 512 blocks of 4 k blocks). wq_b runs beside the
+// key side's kernels: with 2 stages it holds 80 registers instead of 126, so its one wave takes 6
+// blocks per SM of room instead of 4 (all of it: in a tenth of the launches some blocks waited for a
+// second wave), and one k block per lane in flight instead of three, so the latency-bound kernels
+// beside it wait less behind its loads. H200, decode b=1: 5.50-5.51 -> 5.40 ms/token; in the step
+// wq_b ends 3.6 us sooner and a layer's attention half is 2.5 us shorter on average; every FP8
+// launch at 2 stages is slower (5.53-5.56: wo_b's span 8.4 -> 11.8 us) (docs/PERFORMANCE.md,
+// thirty-third session). The shared gate/up, beside the routed experts' streaming gate/up: 5.39-5.40
+// -> 5.34-5.37, the routed gate/up ending 1-1.4 us sooner; wo_a at 2 stages loses 0.09 ms
+// (thirty-fourth session).
 std::atomic<int> g_wgmma_shallow{-1};
 constexpr int kShallowStages = 2;
+constexpr int kShallowTableMaxNkb = 8;  // the split instances at 2 stages: 4 and 8 k blocks
 int shallow_from_env() { return env_switch("CLAWMINE_GEMV_WGMMA_SHALLOW", true) ? 1 : 0; }
+// A launch's shape as far as its instance goes: format, k blocks per warpgroup, split, and whether
+// it is a descriptor table without tiles (the shared expert's w1 / w3).
+struct WgShape {
+  WFmt f;
+  int nkb, kc;
+  bool table;
+};
 // The stages of a launch: 0 for the format's default.
-int wgmma_stages(WFmt f, int kc) {
-  const bool fp8 = f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32;
-  return fp8 && kc == 1 && env_setting(g_wgmma_shallow, shallow_from_env) == 1 ? kShallowStages : 0;
+int wgmma_stages(const WgShape& s) {
+  const bool fp8 = s.f == WFmt::kFp8E8M0 || s.f == WFmt::kFp8F32;
+  const bool shallow = s.kc == 1 || (s.table && s.nkb <= kShallowTableMaxNkb);
+  return fp8 && shallow && env_setting(g_wgmma_shallow, shallow_from_env) == 1 ? kShallowStages : 0;
 }
 
 using WgmmaKernel = void (*)(GemmArgs, float*, unsigned*);
 template <WFmt F, int NK>
-WgmmaKernel kernel_of_kc(int kc) {
+WgmmaKernel kernel_of_kc(int kc, bool shallow) {
   if constexpr (!WgFmt<F>::kFp4) {
-    if (kc == 1 && wgmma_stages(F, kc) == kShallowStages) return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;
+    if (shallow) {
+      if constexpr (NK <= kShallowTableMaxNkb) {
+        switch (kc) {
+          case 1: return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;
+          case 2: return gemv_wgmma_kernel<F, NK, 2, kShallowStages>;
+          case 4: return gemv_wgmma_kernel<F, NK, 4, kShallowStages>;
+          default: return gemv_wgmma_kernel<F, NK, 8, kShallowStages>;
+        }
+      } else {
+        return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;  // wgmma_stages: kc == 1 here
+      }
+    }
   }
   switch (kc) {
     case 1: return gemv_wgmma_kernel<F, NK, 1, 0>;
@@ -502,22 +526,23 @@ WgmmaKernel kernel_of_kc(int kc) {
     default: return gemv_wgmma_kernel<F, NK, 8, 0>;
   }
 }
-// The instance for (format, k blocks per warpgroup, split): nkb 4 (FP8 only), 8, 16 or 32.
+// The instance for (format, k blocks per warpgroup, split, stages): nkb 4 (FP8 only), 8, 16 or 32.
 template <WFmt F>
-WgmmaKernel kernel_of(int nkb, int kc) {
+WgmmaKernel kernel_of(int nkb, int kc, bool shallow) {
   if constexpr (!WgFmt<F>::kFp4) {
-    if (nkb == 4) return kernel_of_kc<F, 4>(kc);
+    if (nkb == 4) return kernel_of_kc<F, 4>(kc, shallow);
   }
-  if (nkb == 8) return kernel_of_kc<F, 8>(kc);
-  if (nkb == 16) return kernel_of_kc<F, 16>(kc);
-  return kernel_of_kc<F, 32>(kc);
+  if (nkb == 8) return kernel_of_kc<F, 8>(kc, shallow);
+  if (nkb == 16) return kernel_of_kc<F, 16>(kc, shallow);
+  return kernel_of_kc<F, 32>(kc, shallow);
 }
-WgmmaKernel wgmma_kernel(WFmt f, int nkb, int kc) {
-  switch (f) {
-    case WFmt::kFp8E8M0: return kernel_of<WFmt::kFp8E8M0>(nkb, kc);
-    case WFmt::kFp8F32: return kernel_of<WFmt::kFp8F32>(nkb, kc);
-    case WFmt::kNvfp4: return kernel_of<WFmt::kNvfp4>(nkb, kc);
-    default: return kernel_of<WFmt::kMxfp4>(nkb, kc);
+WgmmaKernel wgmma_kernel(const WgShape& s) {
+  const bool shallow = wgmma_stages(s) == kShallowStages;
+  switch (s.f) {
+    case WFmt::kFp8E8M0: return kernel_of<WFmt::kFp8E8M0>(s.nkb, s.kc, shallow);
+    case WFmt::kFp8F32: return kernel_of<WFmt::kFp8F32>(s.nkb, s.kc, shallow);
+    case WFmt::kNvfp4: return kernel_of<WFmt::kNvfp4>(s.nkb, s.kc, false);
+    default: return kernel_of<WFmt::kMxfp4>(s.nkb, s.kc, false);
   }
 }
 size_t wgmma_smem(int nkb) { return static_cast<size_t>(nkb) * 1024 + static_cast<size_t>(nkb) * 16; }
@@ -525,15 +550,15 @@ size_t wgmma_smem(int nkb) { return static_cast<size_t>(nkb) * 1024 + static_cas
 // Blocks of an instance resident at once on the device (one warpgroup each: 104-124 registers for
 // FP8, 4 per SM; 135-149 for FP4's fragments, 3, NVFP4's 8-k-block instances at 128, 4), cached
 // per instance.
-int64_t resident_blocks(WFmt f, int nkb, int kc) {
+int64_t resident_blocks(const WgShape& s) {
   static std::mutex mu;
   static std::vector<std::pair<int, int64_t>> cache;  // (key, blocks)
-  const int key = wgmma_stages(f, kc) * 100000 + static_cast<int>(f) * 1000 + nkb * 10 + kc;
+  const int key = wgmma_stages(s) * 100000 + static_cast<int>(s.f) * 1000 + s.nkb * 10 + s.kc;
   std::lock_guard<std::mutex> lock(mu);
   for (const auto& e : cache)
     if (e.first == key) return e.second;
   int per_sm = 0;
-  CLAWMINE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, wgmma_kernel(f, nkb, kc), 128, wgmma_smem(nkb)));
+  CLAWMINE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, wgmma_kernel(s), 128, wgmma_smem(s.nkb)));
   const int64_t n = static_cast<int64_t>(std::max(1, per_sm)) * multiprocessors();
   cache.emplace_back(key, n);
   return n;
@@ -546,6 +571,7 @@ int64_t resident_blocks(WFmt f, int nkb, int kc) {
 // projection 11.7 against 15.5; FP8 wo_b's 64 tiles split 8 ways (512 blocks, one wave).
 std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
   const WFmt f = static_cast<WFmt>(a.fmt);
+  const bool table = a.descs != nullptr && !has_tile_table(a);
   const int64_t n_kb = a.K / 128, tiles = a.n_rows / 64 * a.n_z * grid_tiles;
   const int min_nkb = wfmt_fp4(f) ? 8 : 4;
   int best_kc = 0;
@@ -553,7 +579,7 @@ std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
     if (n_kb % kc != 0) continue;
     const int64_t nkb = n_kb / kc;
     if (nkb > 32 || nkb < min_nkb || (nkb & (nkb - 1)) != 0) continue;  // the instantiated 4, 8, 16, 32
-    const bool fits = tiles * kc <= resident_blocks(f, static_cast<int>(nkb), kc);
+    const bool fits = tiles * kc <= resident_blocks({f, static_cast<int>(nkb), kc, table});
     if (best_kc == 0 || fits) best_kc = kc;
     if (!fits) break;
   }
@@ -647,7 +673,8 @@ bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStrea
   const dim3 grid(static_cast<unsigned>(a.n_rows / 64 * kc), static_cast<unsigned>(grid_tiles),
                   static_cast<unsigned>(a.n_z));
   const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace(stream) : SplitWorkspace{};
-  launch_kernel_pdl(gemv_pdl(), wgmma_kernel(static_cast<WFmt>(a.fmt), nkb, kc), grid, dim3(128), wgmma_smem(nkb),
+  const WgShape shape{static_cast<WFmt>(a.fmt), nkb, kc, a.descs != nullptr && !has_tile_table(a)};
+  launch_kernel_pdl(gemv_pdl(), wgmma_kernel(shape), grid, dim3(128), wgmma_smem(nkb),
                     stream, a, ws.part, ws.cnt);
   CLAWMINE_CUDA_LAUNCHED("gemv_wgmma");
   return true;
