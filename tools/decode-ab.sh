@@ -25,6 +25,9 @@
 # bench tools`; a variant written ref:VARIANT then runs the reference binary under VARIANT's
 # settings, so that a change of code is measured against its base on the same machine: switches
 # alone leave the new code in the binary).
+# AB_SMI=1: nvidia-smi samples the SM clock, the power draw and the temperature every AB_SMI_MS ms
+# (default 100) during each round's run, and the round's line gives the lowest SM clock, the clock
+# at the highest power sample (the decode and prefill windows) and the highest temperature.
 # $OUT holds bench.log, tests.log and the traces' readings: within the device tool's 8 files for up
 # to 6 variants.
 # The line grepped from each run: "decode batch 1 at context" (the median) unless AB_GREP says.
@@ -126,15 +129,46 @@ if [ -n "$gen_pid" ]; then
 fi
 echo "[decode-ab] model ready ($(el))"
 
+# AB_SMI: the GPU's clock, power and temperature beside a run (smi_start before it, smi_stop after,
+# which prints the summary; nothing when AB_SMI is off or nvidia-smi is missing).
+# smi_stop sets smi to the summary ("" without samples).
+smi_pid=
+smi=
+smi_start() {
+  [ "${AB_SMI:-0}" = 1 ] && command -v nvidia-smi >/dev/null || return 0
+  rm -f "$LOGS/smi.txt"
+  nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits \
+    -lms "${AB_SMI_MS:-100}" -f "$LOGS/smi.txt" >/dev/null 2>&1 &
+  smi_pid=$!
+}
+smi_stop() {
+  smi=
+  [ -n "$smi_pid" ] || return 0
+  kill "$smi_pid" 2>/dev/null
+  wait "$smi_pid" 2>/dev/null
+  smi_pid=
+  [ -f "$LOGS/smi.txt" ] && smi=$(smi_summary "$LOGS/smi.txt")
+}
+# "; smi: N samples, SM clock min C MHz, C2 MHz at the top power P W, max T C" from the samples.
+smi_summary() {
+  awk -F', *' '$1 ~ /^[0-9]/ && $2 ~ /^[0-9]/ {
+      n++; if (mc == "" || $1 < mc) mc = $1
+      if (pw == "" || $2 > pw) { pw = $2; pc = $1 }
+      if (t == "" || $3 > t) t = $3 }
+    END { if (n) printf "; smi: %d samples, SM clock min %d MHz, %d MHz at the top power %.0f W, max %d C", n, mc, pc, pw, t }' "$1"
+}
+
 declare -A results
 for ((r = 1; r <= ROUNDS; ++r)); do
   for v in "$@"; do
+    smi_start
     # shellcheck disable=SC2086
     line=$(with "$v" timeout 300 "$(bin_of "$v")" bench --model "$MODEL_DIR" --backend cuda $BENCH 2>&1 |
       tee -a "$OUT/bench.log" | grep -F "$GREP" | head -1)
+    smi_stop
     m=$(grep -o 'median [0-9.]*' <<<"$line" | head -1 | cut -d' ' -f2)
     results[$v]="${results[$v]:-}${results[$v]:+ / }${m:-?}"
-    echo "[decode-ab] round $r '$v': $line ($(el))"
+    echo "[decode-ab] round $r '$v': $line$smi ($(el))"
   done
 done
 if [ "${AB_TRACE:-0}" = 1 ]; then
