@@ -514,8 +514,8 @@ WgmmaKernel kernel_of_kc(int kc, bool shallow) {
           case 4: return gemv_wgmma_kernel<F, NK, 4, kShallowStages>;
           default: return gemv_wgmma_kernel<F, NK, 8, kShallowStages>;
         }
-      } else {
-        return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;  // wgmma_stages: kc == 1 here
+      } else if (kc == 1) {  // wgmma_stages: a split launch at > 8 k blocks is never shallow
+        return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;
       }
     }
   }
