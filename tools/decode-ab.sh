@@ -43,6 +43,9 @@ LAYOUT=${AB_LAYOUT:-release}
 BENCH=${AB_BENCH:---decode-tokens 64 --prompt-lengths 128 --batch-sizes 1 --sampled-tokens 0 --ceilings off}
 GREP=${AB_GREP:-decode batch 1 at context}
 mkdir -p "$OUT" "$LOGS"
+case ${AB_SMI_MS:-100} in
+  '' | 0 | *[!0-9]*) echo "decode-ab: AB_SMI_MS=${AB_SMI_MS}: expected a positive whole number of milliseconds" >&2; exit 2 ;;
+esac
 [ $# -ge 1 ] || { echo "usage: $0 VARIANT [VARIANT...]   (a variant: 'VAR=VALUE ...' or - for none)" >&2; exit 2; }
 T0=$(date +%s)
 el() { echo "$(($(date +%s) - T0))s"; }
@@ -130,8 +133,7 @@ fi
 echo "[decode-ab] model ready ($(el))"
 
 # AB_SMI: the GPU's clock, power and temperature beside a run (smi_start before it, smi_stop after,
-# which prints the summary; nothing when AB_SMI is off or nvidia-smi is missing).
-# smi_stop sets smi to the summary ("" without samples).
+# which sets smi to the summary; "" when AB_SMI is off, nvidia-smi is missing or took no samples).
 smi_pid=
 smi=
 smi_start() {

@@ -495,6 +495,9 @@ struct WgShape {
   int nkb, kc;
   bool table;
 };
+WgShape wg_shape(const GemmArgs& a, int nkb, int kc) {
+  return {static_cast<WFmt>(a.fmt), nkb, kc, a.descs != nullptr && !has_tile_table(a)};
+}
 // The stages of a launch: 0 for the format's default.
 int wgmma_stages(const WgShape& s) {
   const bool fp8 = s.f == WFmt::kFp8E8M0 || s.f == WFmt::kFp8F32;
@@ -503,28 +506,26 @@ int wgmma_stages(const WgShape& s) {
 }
 
 using WgmmaKernel = void (*)(GemmArgs, float*, unsigned*);
+// The instance of split kc (1, 2, 4 or 8) at ST stages.
+template <WFmt F, int NK, int ST>
+WgmmaKernel kernel_of_split(int kc) {
+  switch (kc) {
+    case 1: return gemv_wgmma_kernel<F, NK, 1, ST>;
+    case 2: return gemv_wgmma_kernel<F, NK, 2, ST>;
+    case 4: return gemv_wgmma_kernel<F, NK, 4, ST>;
+    default: return gemv_wgmma_kernel<F, NK, 8, ST>;
+  }
+}
 template <WFmt F, int NK>
 WgmmaKernel kernel_of_kc(int kc, bool shallow) {
   if constexpr (!WgFmt<F>::kFp4) {
     if (shallow) {
-      if constexpr (NK <= kShallowTableMaxNkb) {
-        switch (kc) {
-          case 1: return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;
-          case 2: return gemv_wgmma_kernel<F, NK, 2, kShallowStages>;
-          case 4: return gemv_wgmma_kernel<F, NK, 4, kShallowStages>;
-          default: return gemv_wgmma_kernel<F, NK, 8, kShallowStages>;
-        }
-      } else if (kc == 1) {  // wgmma_stages: a split launch at > 8 k blocks is never shallow
-        return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;
-      }
+      if constexpr (NK <= kShallowTableMaxNkb) return kernel_of_split<F, NK, kShallowStages>(kc);
+      // wgmma_stages: a split launch at > 8 k blocks is never shallow.
+      if (kc == 1) return gemv_wgmma_kernel<F, NK, 1, kShallowStages>;
     }
   }
-  switch (kc) {
-    case 1: return gemv_wgmma_kernel<F, NK, 1, 0>;
-    case 2: return gemv_wgmma_kernel<F, NK, 2, 0>;
-    case 4: return gemv_wgmma_kernel<F, NK, 4, 0>;
-    default: return gemv_wgmma_kernel<F, NK, 8, 0>;
-  }
+  return kernel_of_split<F, NK, 0>(kc);
 }
 // The instance for (format, k blocks per warpgroup, split, stages): nkb 4 (FP8 only), 8, 16 or 32.
 template <WFmt F>
@@ -571,7 +572,6 @@ int64_t resident_blocks(const WgShape& s) {
 // projection 11.7 against 15.5; FP8 wo_b's 64 tiles split 8 ways (512 blocks, one wave).
 std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
   const WFmt f = static_cast<WFmt>(a.fmt);
-  const bool table = a.descs != nullptr && !has_tile_table(a);
   const int64_t n_kb = a.K / 128, tiles = a.n_rows / 64 * a.n_z * grid_tiles;
   const int min_nkb = wfmt_fp4(f) ? 8 : 4;
   int best_kc = 0;
@@ -579,7 +579,7 @@ std::pair<int, int> wgmma_plan(const GemmArgs& a, int grid_tiles) {
     if (n_kb % kc != 0) continue;
     const int64_t nkb = n_kb / kc;
     if (nkb > 32 || nkb < min_nkb || (nkb & (nkb - 1)) != 0) continue;  // the instantiated 4, 8, 16, 32
-    const bool fits = tiles * kc <= resident_blocks({f, static_cast<int>(nkb), kc, table});
+    const bool fits = tiles * kc <= resident_blocks(wg_shape(a, static_cast<int>(nkb), kc));
     if (best_kc == 0 || fits) best_kc = kc;
     if (!fits) break;
   }
@@ -673,8 +673,7 @@ bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStrea
   const dim3 grid(static_cast<unsigned>(a.n_rows / 64 * kc), static_cast<unsigned>(grid_tiles),
                   static_cast<unsigned>(a.n_z));
   const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace(stream) : SplitWorkspace{};
-  const WgShape shape{static_cast<WFmt>(a.fmt), nkb, kc, a.descs != nullptr && !has_tile_table(a)};
-  launch_kernel_pdl(gemv_pdl(), wgmma_kernel(shape), grid, dim3(128), wgmma_smem(nkb),
+  launch_kernel_pdl(gemv_pdl(), wgmma_kernel(wg_shape(a, nkb, kc)), grid, dim3(128), wgmma_smem(nkb),
                     stream, a, ws.part, ws.cnt);
   CLAWMINE_CUDA_LAUNCHED("gemv_wgmma");
   return true;

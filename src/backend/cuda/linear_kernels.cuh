@@ -325,8 +325,9 @@ int device_cc_major();  // the current device's compute capability major, read o
 bool gemv_wgmma_applies(const GemmArgs& a, bool x_bf16, int grid_tiles);
 bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStream_t stream);
 void set_gemv_wgmma(int on);
-// FP8 wgmma launches without a k split (wq_b) with 2 register stages instead of 4 (default;
-// CLAWMINE_GEMV_WGMMA_SHALLOW=0 turns it off, read once): 1 on, 0 off, -1 back to the environment.
+// FP8 wgmma launches without a k split (wq_b) and the shared expert's gate/up with 2 register
+// stages instead of 4 (default; CLAWMINE_GEMV_WGMMA_SHALLOW=0 turns it off, read once): 1 on, 0
+// off, -1 back to the environment.
 void set_gemv_wgmma_shallow(int on);
 // Frees the split-k workspace of `stream` (if it has one); called before the stream is destroyed,
 // once its work is done.
