@@ -17,7 +17,7 @@
 # reading with every kernel in start order in $OUT/traceN.txt, the CSV in LOGS), AB_KEEP_CSV=1 (the
 # trace CSVs into $OUT too),
 # BUILD_DIR (default build-gpu), MODEL_DIR (default /tmp/clawmine-ab; kept: a later call on a warm
-# machine reuses it), OUT (default .out/decode-ab), LOGS (default /tmp/decode-ab-logs: the setup,
+# machine reuses it when it holds AB_LAYOUT's checkpoint, and writes it again otherwise), OUT (default .out/decode-ab), LOGS (default /tmp/decode-ab-logs: the setup,
 # build and checkpoint logs, printed in part on a failure), AB_SKIP_BUILD=1 (use BUILD_DIR's binaries),
 # AB_REF_TAR (a reference tree to build beside this one, clawmine only, in AB_REF_DIR, default
 # /tmp/ab-ref: a tar.gz of another commit, made in the repository root so that it travels with the
@@ -83,8 +83,22 @@ targets=(clawmine clawmine-random-model)
 [ -n "${AB_TESTS:-}" ] && targets+=(gpu_backend_cuda)
 build clawmine-random-model || { tail -30 "$LOGS/build.log"; exit 1; }
 gen_pid=
+# A checkpoint kept from an earlier call is reused only in the layout asked for (its stamp,
+# written once the generator has finished); another layout, or one without a stamp (cut short),
+# is removed first: the machine's disk holds one.
+stamp=$MODEL_DIR/.decode-ab-layout
+if [ -e "$MODEL_DIR" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$LAYOUT" ]; then
+  if [ -f "$MODEL_DIR/config.json" ] || [ -f "$stamp" ] || [ -z "$(ls -A "$MODEL_DIR" 2>/dev/null)" ]; then
+    echo "[decode-ab] $MODEL_DIR holds no $LAYOUT checkpoint ($(cat "$stamp" 2>/dev/null || echo 'no stamp')): written again"
+    rm -rf "$MODEL_DIR"
+  else
+    echo "decode-ab: MODEL_DIR=$MODEL_DIR is not a checkpoint directory of this script; choose another" >&2
+    exit 2
+  fi
+fi
 if [ ! -f "$MODEL_DIR/config.json" ]; then
-  "$BUILD_DIR/clawmine-random-model" --geometry flash --layout "$LAYOUT" --out "$MODEL_DIR" >"$LOGS/gen.log" 2>&1 &
+  { "$BUILD_DIR/clawmine-random-model" --geometry flash --layout "$LAYOUT" --out "$MODEL_DIR" &&
+      echo "$LAYOUT" >"$stamp"; } >"$LOGS/gen.log" 2>&1 &
   gen_pid=$!
 fi
 build "${targets[@]}" || { tail -30 "$LOGS/build.log"; exit 1; }
