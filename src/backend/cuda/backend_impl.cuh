@@ -239,6 +239,7 @@ class CudaBackend final : public ops::Backend {
   int64_t graph_clock_ = 0;
   uint64_t retired_key_ = 0;  // retire_step_graph's key (with the policy), for the next capture
   GraphStats graph_stats_;
+  bool graph_report_ = false;  // CLAWMINE_GRAPH_REPORT=1: the first recorded step's joins (graph.cu)
   void destroy_graphs();
 };
 

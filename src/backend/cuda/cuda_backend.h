@@ -23,6 +23,11 @@ struct CudaOptions {
   // have the same topology, instead of instantiating a new one. Off until measured on a GPU; the
   // environment variable CLAWMINE_GRAPH_UPDATE=1 turns it on too.
   bool graph_update = false;
+  // Redundant edges removed from each recorded step before it is instantiated (graph.cu: a node
+  // with more than one predecessor is not launched early under PDL, and capture leaves a side
+  // branch's first kernel after each fork with a redundant second one). The same ordering; off
+  // until measured on a GPU; the environment variable CLAWMINE_GRAPH_REDUCE=1 turns it on too.
+  bool graph_reduce = false;
   size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
 };
 
@@ -42,6 +47,7 @@ ArenaUsage arena_usage(const ops::Backend& backend);
 struct GraphStats {
   int64_t instantiated = 0;  // new executable graphs
   int64_t updated = 0;       // recorded into a retired graph (CudaOptions::graph_update)
+  int64_t edges_removed = 0;  // redundant edges removed (CudaOptions::graph_reduce)
 };
 GraphStats graph_stats(const ops::Backend& backend);
 

@@ -9,10 +9,33 @@
 // sequence's previous graph was retired is written into that executable graph by
 // cudaGraphExecUpdate when the topology matches (same kernels and edges, other arguments and
 // grids), which costs less than an instantiation; otherwise it is instantiated as usual.
+//
+// Joins. A kernel node with more than one predecessor is not launched early under PDL: it starts
+// ~1.8 us after its last input has ended, where one with a single predecessor is resident before
+// and its wait returns ~0.26 us after (H200, tools/join_probe, thirty-fifth session). Stream
+// capture makes joins that order nothing new: a side branch's first kernel after a fork depends
+// on the fork point and on the branch's previous node, which the main stream joined before.
+// CudaOptions::graph_reduce (or CLAWMINE_GRAPH_REDUCE=1) removes such redundant edges from each
+// captured step (the transitive reduction, core/dag.h) before it is instantiated. Every ordering
+// stays: a kernel waits (griddepcontrol.wait) on its direct predecessors, each of which waited on
+// its own before it completed (common.cuh), so the order is transitive, as it already is along
+// one stream; library work is launched without PDL and keeps full edges. Off by default until
+// measured. CLAWMINE_GRAPH_REPORT=1 logs, for the first captured step, its nodes, edges and joins
+// by kernel.
+#include <cxxabi.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "core/dag.h"
 #include "core/log.h"
 
 namespace clawmine::backend::cuda {
@@ -26,6 +49,100 @@ uint64_t with_policy(uint64_t key, const ops::LinearPolicy& p) {
   const uint64_t v = static_cast<uint64_t>(p.nvfp4) | static_cast<uint64_t>(p.fp8) << 2 |
                      static_cast<uint64_t>(p.act_scale) << 4 | static_cast<uint64_t>(p.saturate) << 6;
   return key ^ ((v + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+struct GraphEdges {
+  std::vector<cudaGraphNode_t> from, to;
+  std::vector<cudaGraphEdgeData> data;
+};
+
+GraphEdges graph_edges(cudaGraph_t g) {
+  size_t n = 0;
+#if CUDART_VERSION >= 13000
+  CLAWMINE_CUDA_CHECK(cudaGraphGetEdges(g, nullptr, nullptr, nullptr, &n));
+#else
+  CLAWMINE_CUDA_CHECK(cudaGraphGetEdges_v2(g, nullptr, nullptr, nullptr, &n));
+#endif
+  GraphEdges e{std::vector<cudaGraphNode_t>(n), std::vector<cudaGraphNode_t>(n), std::vector<cudaGraphEdgeData>(n)};
+#if CUDART_VERSION >= 13000
+  CLAWMINE_CUDA_CHECK(cudaGraphGetEdges(g, e.from.data(), e.to.data(), e.data.data(), &n));
+#else
+  CLAWMINE_CUDA_CHECK(cudaGraphGetEdges_v2(g, e.from.data(), e.to.data(), e.data.data(), &n));
+#endif
+  e.from.resize(n);
+  e.to.resize(n);
+  e.data.resize(n);
+  return e;
+}
+
+// Removes the captured step's redundant edges (see the file comment); returns how many.
+size_t reduce_graph(cudaGraph_t g) {
+  GraphEdges e = graph_edges(g);
+  std::unordered_map<cudaGraphNode_t, int64_t> index;
+  std::vector<std::pair<int64_t, int64_t>> edges(e.from.size());
+  auto id = [&](cudaGraphNode_t v) { return index.emplace(v, static_cast<int64_t>(index.size())).first->second; };
+  for (size_t i = 0; i < edges.size(); ++i) edges[i] = {id(e.from[i]), id(e.to[i])};
+  const std::vector<bool> redundant = redundant_edges(static_cast<int64_t>(index.size()), edges);
+  size_t removed = 0;
+  for (size_t i = 0; i < edges.size(); ++i) {
+    if (!redundant[i]) continue;
+#if CUDART_VERSION >= 13000
+    CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies(g, &e.from[i], &e.to[i], &e.data[i], 1));
+#else
+    CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies_v2(g, &e.from[i], &e.to[i], &e.data[i], 1));
+#endif
+    ++removed;
+  }
+  return removed;
+}
+
+// "name<args> grid XxYxZ" of a kernel node, the node type's number otherwise.
+std::string node_label(cudaGraphNode_t v) {
+  cudaGraphNodeType t{};
+  CLAWMINE_CUDA_CHECK(cudaGraphNodeGetType(v, &t));
+  if (t != cudaGraphNodeTypeKernel) return str_cat("(node type ", static_cast<int>(t), ")");
+  cudaKernelNodeParams kp{};
+  CLAWMINE_CUDA_CHECK(cudaGraphKernelNodeGetParams(v, &kp));
+  const char* mangled = nullptr;
+  if (cudaFuncGetName(&mangled, kp.func) != cudaSuccess || mangled == nullptr) {
+    cudaGetLastError();
+    mangled = "?";
+  }
+  int status = 0;
+  std::unique_ptr<char, decltype(&std::free)> plain(abi::__cxa_demangle(mangled, nullptr, nullptr, &status),
+                                                    &std::free);
+  std::string name = status == 0 && plain ? plain.get() : mangled;
+  for (const char* ns : {"clawmine::backend::cuda::", "(anonymous namespace)::"}) {
+    for (size_t p; (p = name.find(ns)) != std::string::npos;) name.erase(p, std::strlen(ns));
+  }
+  if (name.size() > 90) name = name.substr(0, 90) + "...";
+  return str_cat(name, " grid ", kp.gridDim.x, "x", kp.gridDim.y, "x", kp.gridDim.z);
+}
+
+// CLAWMINE_GRAPH_REPORT=1: the first captured step's nodes, edges and joins by kernel.
+void report_graph(cudaGraph_t g, size_t removed) {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  size_t n_nodes = 0;
+  CLAWMINE_CUDA_CHECK(cudaGraphGetNodes(g, nullptr, &n_nodes));
+  const GraphEdges e = graph_edges(g);
+  std::unordered_map<cudaGraphNode_t, int> preds;
+  size_t programmatic = 0;
+  for (size_t i = 0; i < e.to.size(); ++i) {
+    ++preds[e.to[i]];
+    programmatic += e.data[i].type == cudaGraphDependencyTypeProgrammatic ? 1 : 0;
+  }
+  std::map<std::string, int> joins;
+  int n_joins = 0;
+  for (const auto& [v, k] : preds) {
+    if (k < 2) continue;
+    ++n_joins;
+    ++joins[str_cat(node_label(v), " (", k, " predecessors)")];
+  }
+  log_info("cuda", "step graph: ", n_nodes, " nodes, ", e.to.size(), " edges (", programmatic, " programmatic; ",
+           removed, " redundant removed), ", n_joins, " nodes with more than one predecessor:");
+  for (const auto& [label, count] : joins) log_info("cuda", "  ", count, " x ", label);
 }
 }  // namespace
 
@@ -90,6 +207,14 @@ void CudaBackend::end_step_graph() {
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   CLAWMINE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  try {
+    const size_t removed = options_.graph_reduce ? reduce_graph(graph) : 0;
+    graph_stats_.edges_removed += static_cast<int64_t>(removed);
+    if (graph_report_) report_graph(graph, removed);
+  } catch (...) {
+    cudaGraphDestroy(graph);
+    throw;
+  }
   const uint64_t retired = std::exchange(retired_key_, 0);
   // The retired graph, updated in place to this capture.
   auto old = options_.graph_update && retired != 0 && retired != capture_key_

@@ -78,12 +78,13 @@ class CudaModelParity : public ::testing::TestWithParam<Case> {
   void SetUp() override {
     if (backend::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   }
-  Placed load(DType act, bool graphs) const {
+  // options: a backend of these options instead (act and graphs then unused).
+  Placed load(DType act, bool graphs, const backend::cuda::CudaOptions* options = nullptr) const {
     model::deepseek_v4::LoadOptions lo;
     lo.policy.nvfp4 = ops::Nvfp4Path::kW4A16;
     lo.policy.fp8 = ops::Fp8Path::kW8A16;
     Placed p;
-    p.be = test::model_cuda_backend(act, graphs);
+    p.be = options ? backend::cuda::make_cuda_backend(*options) : test::model_cuda_backend(act, graphs);
     p.model = Model::load(test::fixture_dir("models/" + GetParam().model), lo);
     p.model->place(*p.be);
     return p;
@@ -143,6 +144,29 @@ TEST_P(CudaModelParity, ChunkedPrefillAgreesAndGraphsAreBitIdentical) {
   ASSERT_EQ(graph_steps.size(), eager_steps.size());
   EXPECT_EQ(std::memcmp(graph_steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
       << "graphs on and off differ";
+}
+
+// The decode graphs with their redundant edges removed (CudaOptions::graph_reduce) give the bits
+// of eager launches: the reduction keeps every ordering (graph.cu).
+TEST_P(CudaModelParity, GraphsWithoutRedundantEdgesAreBitIdentical) {
+  const auto ids = read_json(GetParam().json_path).at("ids").get<std::vector<int32_t>>();
+  std::vector<float> eager_steps;
+  {
+    Placed eager = load(DType::kF32, false);
+    eager_steps = logits_of(*eager.model, *eager.be, ids, 1);
+  }
+  backend::cuda::CudaOptions o;
+  o.memory_fraction = 0.3;
+  o.act_dtype = DType::kF32;
+  o.graph_reduce = true;
+  Placed reduced = load(DType::kF32, true, &o);
+  const auto graph_steps = logits_of(*reduced.model, *reduced.be, ids, 1);
+  const backend::cuda::GraphStats stats = backend::cuda::graph_stats(*reduced.be);
+  EXPECT_GT(stats.instantiated + stats.updated, 0) << "no step was recorded";
+  EXPECT_GT(stats.edges_removed, 0) << "capture left no redundant edge to remove";
+  ASSERT_EQ(graph_steps.size(), eager_steps.size());
+  EXPECT_EQ(std::memcmp(graph_steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
+      << "reduced graphs and eager launches differ";
 }
 
 TEST_P(CudaModelParity, Bf16ModeStaysFiniteAndClose) {
