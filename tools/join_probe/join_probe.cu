@@ -15,12 +15,16 @@
 //   single B (side) -> C (main), no A: C's only kernel input is on another stream
 //   mixed  join with the edge B -> C made a full one after capture (A -> C stays programmatic)
 //   mixedl late with the same change
+//   flag   join without the edge B -> C: C (after A alone) waits on a device flag that B's block
+//          releases at its exit (a device-side edge; B is launched before C, so it cannot be kept
+//          from the SMs by C's waiting block)
+//   flagl  the same with B longer than A
 // For each: the captured edges by type, then the medians over --reps replays of C's entry and
 // wait return relative to the end of its last input (negative: launched early), in us.
 // H200, thirty-fifth session (docs/PERFORMANCE.md): chain and single enter early and return from
 // the wait +0.26 us after their input's end; join, late, mixed and mixedl enter and return at
 // +1.79 us, whichever input ends last and whatever the edges' types: a node with two kernel
-// predecessors is launched only once both have completed.
+// predecessors is launched only once both have completed. flag and flagl: not yet run.
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90a tools/join_probe/join_probe.cu -o /tmp/jp && /tmp/jp
 #include <cuda_runtime.h>
@@ -50,11 +54,24 @@ __device__ __forceinline__ uint64_t now_ns() {
   return t;
 }
 
-// stamps[3 * slot + 0..2]: entry, wait return, exit.
-__global__ void spin_kernel(long long cycles, int trigger_after_wait, unsigned long long* stamps, int slot) {
+// stamps[3 * slot + 0..2]: entry, wait return, exit. flag_role 1: at exit, release *flag (a
+// device-side edge's producer); 2: after griddepcontrol.wait, wait until *flag is set (acquire)
+// and clear it for the next replay (its consumer; the "wait return" stamp is after both waits).
+__global__ void spin_kernel(long long cycles, int trigger_after_wait, unsigned long long* stamps, int slot,
+                            unsigned* flag, int flag_role) {
   const uint64_t entry = now_ns();
   if (!trigger_after_wait) asm volatile("griddepcontrol.launch_dependents;");
   asm volatile("griddepcontrol.wait;" ::: "memory");
+  if (flag_role == 2) {
+    if (threadIdx.x == 0) {
+      unsigned v = 0;
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+      } while (v == 0);
+      *flag = 0;
+    }
+    __syncthreads();
+  }
   const uint64_t waited = now_ns();
   if (trigger_after_wait) asm volatile("griddepcontrol.launch_dependents;");
   const long long c0 = clock64();
@@ -65,6 +82,13 @@ __global__ void spin_kernel(long long cycles, int trigger_after_wait, unsigned l
     stamps[3 * slot + 1] = waited;
     stamps[3 * slot + 2] = now_ns();
   }
+  if (flag_role == 1) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(1u) : "memory");
+    }
+  }
 }
 
 struct Opts {
@@ -74,7 +98,8 @@ struct Opts {
   double ghz = 1.98;
 };
 
-void launch(const Opts& o, cudaStream_t s, double us, unsigned long long* stamps, int slot) {
+void launch(const Opts& o, cudaStream_t s, double us, unsigned long long* stamps, int slot, unsigned* flag = nullptr,
+            int flag_role = 0) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
@@ -85,7 +110,7 @@ void launch(const Opts& o, cudaStream_t s, double us, unsigned long long* stamps
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   const long long cycles = static_cast<long long>(us * 1000.0 * o.ghz);
-  CK(cudaLaunchKernelEx(&cfg, spin_kernel, cycles, o.trigger_after_wait, stamps, slot));
+  CK(cudaLaunchKernelEx(&cfg, spin_kernel, cycles, o.trigger_after_wait, stamps, slot, flag, flag_role));
 }
 
 cudaError_t get_edges(cudaGraph_t g, cudaGraphNode_t* from, cudaGraphNode_t* to, cudaGraphEdgeData* data, size_t* n) {
@@ -102,23 +127,26 @@ double median(std::vector<double> v) {
 }
 
 // Slots: 0 = A, 1 = B, 2 = C.
-void scenario(const Opts& o, const std::string& name, cudaStream_t s1, cudaStream_t s2, unsigned long long* stamps) {
+void scenario(const Opts& o, const std::string& name, cudaStream_t s1, cudaStream_t s2, unsigned long long* stamps,
+              unsigned* flag) {
   cudaEvent_t fork, join;
   CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
   CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
   const bool has_b = name != "chain";
   const bool mixed = name.rfind("mixed", 0) == 0;
-  const double b_us = name == "late" || name == "mixedl" ? o.late_b_us : o.b_us;
+  const bool by_flag = name.rfind("flag", 0) == 0;
+  const double b_us = name == "late" || name == "mixedl" || name == "flagl" ? o.late_b_us : o.b_us;
   CK(cudaStreamBeginCapture(s1, cudaStreamCaptureModeThreadLocal));
   if (has_b) {
     CK(cudaEventRecord(fork, s1));
     CK(cudaStreamWaitEvent(s2, fork, 0));
-    launch(o, s2, b_us, stamps, 1);
+    launch(o, s2, b_us, stamps, 1, flag, by_flag ? 1 : 0);
     CK(cudaEventRecord(join, s2));
   }
   if (name != "single") launch(o, s1, o.a_us, stamps, 0);
-  if (has_b) CK(cudaStreamWaitEvent(s1, join, 0));
-  launch(o, s1, o.c_us, stamps, 2);
+  if (has_b && !by_flag) CK(cudaStreamWaitEvent(s1, join, 0));
+  launch(o, s1, o.c_us, stamps, 2, flag, by_flag ? 2 : 0);
+  if (by_flag) CK(cudaStreamWaitEvent(s1, join, 0));  // the side stream rejoins after C: no edge into C
   cudaGraph_t g;
   CK(cudaStreamEndCapture(s1, &g));
   size_t n = 0;
@@ -202,7 +230,12 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&stamps, 9 * sizeof(unsigned long long)));
   std::printf("join_probe: A %.1f us, B %.1f (late %.1f), C %.1f; trigger %s the wait; %d replays each\n", o.a_us,
               o.b_us, o.late_b_us, o.c_us, o.trigger_after_wait ? "after" : "before", o.reps);
-  for (const char* s : {"chain", "join", "late", "single", "mixed", "mixedl"}) scenario(o, s, s1, s2, stamps);
+  unsigned* flag;
+  CK(cudaMalloc(&flag, sizeof(unsigned)));
+  CK(cudaMemset(flag, 0, sizeof(unsigned)));
+  for (const char* s : {"chain", "join", "late", "single", "mixed", "mixedl", "flag", "flagl"})
+    scenario(o, s, s1, s2, stamps, flag);
+  CK(cudaFree(flag));
   CK(cudaFree(stamps));
   return 0;
 }
