@@ -19,12 +19,17 @@
 //          releases at its exit (a device-side edge; B is launched before C, so it cannot be kept
 //          from the SMs by C's waiting block)
 //   flagl  the same with B longer than A
+//   wflag  the device-side edge with the existing kernels unchanged: R (one block, after B on the
+//          side stream) waits for B and releases the flag; W (one block, after A on the main stream)
+//          waits for A and the flag and only then triggers C, so that nothing launched after it can
+//          hold the SMs that B and R need (deadlock-free); C after W. (Slots: 3 = W, 4 = R.)
+//   wflagl the same with B longer than A
 // For each: the captured edges by type, then the medians over --reps replays of C's entry and
 // wait return relative to the end of its last input (negative: launched early), in us.
 // H200, thirty-fifth session (docs/PERFORMANCE.md): chain and single enter early and return from
 // the wait +0.26 us after their input's end; join, late, mixed and mixedl enter and return at
 // +1.79 us, whichever input ends last and whatever the edges' types: a node with two kernel
-// predecessors is launched only once both have completed. flag and flagl: not yet run.
+// predecessors is launched only once both have completed. flag, flagl, wflag and wflagl: not yet run.
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90a tools/join_probe/join_probe.cu -o /tmp/jp && /tmp/jp
 #include <cuda_runtime.h>
@@ -98,8 +103,9 @@ struct Opts {
   double ghz = 1.98;
 };
 
+// trigger: -1 as --trigger-after-wait says, 0 before the wait, 1 after it (and after a flag's wait).
 void launch(const Opts& o, cudaStream_t s, double us, unsigned long long* stamps, int slot, unsigned* flag = nullptr,
-            int flag_role = 0) {
+            int flag_role = 0, int trigger = -1) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
@@ -110,7 +116,8 @@ void launch(const Opts& o, cudaStream_t s, double us, unsigned long long* stamps
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   const long long cycles = static_cast<long long>(us * 1000.0 * o.ghz);
-  CK(cudaLaunchKernelEx(&cfg, spin_kernel, cycles, o.trigger_after_wait, stamps, slot, flag, flag_role));
+  CK(cudaLaunchKernelEx(&cfg, spin_kernel, cycles, trigger < 0 ? o.trigger_after_wait : trigger, stamps, slot, flag,
+                        flag_role));
 }
 
 cudaError_t get_edges(cudaGraph_t g, cudaGraphNode_t* from, cudaGraphNode_t* to, cudaGraphEdgeData* data, size_t* n) {
@@ -126,7 +133,7 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-// Slots: 0 = A, 1 = B, 2 = C.
+// Slots: 0 = A, 1 = B, 2 = C, 3 = W, 4 = R.
 void scenario(const Opts& o, const std::string& name, cudaStream_t s1, cudaStream_t s2, unsigned long long* stamps,
               unsigned* flag) {
   cudaEvent_t fork, join;
@@ -135,18 +142,22 @@ void scenario(const Opts& o, const std::string& name, cudaStream_t s1, cudaStrea
   const bool has_b = name != "chain";
   const bool mixed = name.rfind("mixed", 0) == 0;
   const bool by_flag = name.rfind("flag", 0) == 0;
-  const double b_us = name == "late" || name == "mixedl" || name == "flagl" ? o.late_b_us : o.b_us;
+  const bool by_kernels = name.rfind("wflag", 0) == 0;  // R after B releases, W before C waits
+  const double b_us =
+      name == "late" || name == "mixedl" || name == "flagl" || name == "wflagl" ? o.late_b_us : o.b_us;
   CK(cudaStreamBeginCapture(s1, cudaStreamCaptureModeThreadLocal));
   if (has_b) {
     CK(cudaEventRecord(fork, s1));
     CK(cudaStreamWaitEvent(s2, fork, 0));
     launch(o, s2, b_us, stamps, 1, flag, by_flag ? 1 : 0);
+    if (by_kernels) launch(o, s2, 0, stamps, 4, flag, 1, 1);  // R: waits for B, then releases
     CK(cudaEventRecord(join, s2));
   }
   if (name != "single") launch(o, s1, o.a_us, stamps, 0);
-  if (has_b && !by_flag) CK(cudaStreamWaitEvent(s1, join, 0));
+  if (has_b && !by_flag && !by_kernels) CK(cudaStreamWaitEvent(s1, join, 0));
+  if (by_kernels) launch(o, s1, 0, stamps, 3, flag, 2, 1);  // W: waits for A and the flag, then triggers C
   launch(o, s1, o.c_us, stamps, 2, flag, by_flag ? 2 : 0);
-  if (by_flag) CK(cudaStreamWaitEvent(s1, join, 0));  // the side stream rejoins after C: no edge into C
+  if (by_flag || by_kernels) CK(cudaStreamWaitEvent(s1, join, 0));  // the side rejoins after C: no edge into C
   cudaGraph_t g;
   CK(cudaStreamEndCapture(s1, &g));
   size_t n = 0;
@@ -179,12 +190,12 @@ void scenario(const Opts& o, const std::string& name, cudaStream_t s1, cudaStrea
   cudaGraphExec_t exec;
   CK(cudaGraphInstantiate(&exec, g, 0));
   std::vector<double> entry, waited, c_end;
-  std::vector<unsigned long long> h(9);
+  std::vector<unsigned long long> h(15);
   for (int r = 0; r < o.reps + 3; ++r) {
-    CK(cudaMemsetAsync(stamps, 0, 9 * sizeof(unsigned long long), s1));
+    CK(cudaMemsetAsync(stamps, 0, 15 * sizeof(unsigned long long), s1));
     CK(cudaGraphLaunch(exec, s1));
     CK(cudaStreamSynchronize(s1));
-    CK(cudaMemcpy(h.data(), stamps, 9 * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(h.data(), stamps, 15 * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
     if (r < 3) continue;  // warm-up
     const double last_in = static_cast<double>(std::max(h[2], has_b ? h[5] : 0ull));
     entry.push_back((static_cast<double>(h[6]) - last_in) / 1000.0);
@@ -227,13 +238,13 @@ int main(int argc, char** argv) {
   CK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
   CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
   unsigned long long* stamps;
-  CK(cudaMalloc(&stamps, 9 * sizeof(unsigned long long)));
+  CK(cudaMalloc(&stamps, 15 * sizeof(unsigned long long)));
   std::printf("join_probe: A %.1f us, B %.1f (late %.1f), C %.1f; trigger %s the wait; %d replays each\n", o.a_us,
               o.b_us, o.late_b_us, o.c_us, o.trigger_after_wait ? "after" : "before", o.reps);
   unsigned* flag;
   CK(cudaMalloc(&flag, sizeof(unsigned)));
   CK(cudaMemset(flag, 0, sizeof(unsigned)));
-  for (const char* s : {"chain", "join", "late", "single", "mixed", "mixedl", "flag", "flagl"})
+  for (const char* s : {"chain", "join", "late", "single", "mixed", "mixedl", "flag", "flagl", "wflag", "wflagl"})
     scenario(o, s, s1, s2, stamps, flag);
   CK(cudaFree(flag));
   CK(cudaFree(stamps));
