@@ -24,12 +24,14 @@
 //          waits for A and the flag and only then triggers C, so that nothing launched after it can
 //          hold the SMs that B and R need (deadlock-free); C after W. (Slots: 3 = W, 4 = R.)
 //   wflagl the same with B longer than A
+//   wflage wflag with W triggering C at its entry, so that C is resident early as after a kernel of
+//          its stream (deadlock-free only while C's waiting blocks leave room for B's and R's)
 // For each: the captured edges by type, then the medians over --reps replays of C's entry and
 // wait return relative to the end of its last input (negative: launched early), in us.
 // H200, thirty-fifth session (docs/PERFORMANCE.md): chain and single enter early and return from
 // the wait +0.26 us after their input's end; join, late, mixed and mixedl enter and return at
 // +1.79 us, whichever input ends last and whatever the edges' types: a node with two kernel
-// predecessors is launched only once both have completed. flag, flagl, wflag and wflagl: not yet run.
+// predecessors is launched only once both have completed. flag, flagl, wflag, wflagl and wflage: not yet run.
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90a tools/join_probe/join_probe.cu -o /tmp/jp && /tmp/jp
 #include <cuda_runtime.h>
@@ -143,6 +145,7 @@ void scenario(const Opts& o, const std::string& name, cudaStream_t s1, cudaStrea
   const bool mixed = name.rfind("mixed", 0) == 0;
   const bool by_flag = name.rfind("flag", 0) == 0;
   const bool by_kernels = name.rfind("wflag", 0) == 0;  // R after B releases, W before C waits
+  const bool w_early = name == "wflage";                 // W triggers C at its entry
   const double b_us =
       name == "late" || name == "mixedl" || name == "flagl" || name == "wflagl" ? o.late_b_us : o.b_us;
   CK(cudaStreamBeginCapture(s1, cudaStreamCaptureModeThreadLocal));
@@ -155,7 +158,7 @@ void scenario(const Opts& o, const std::string& name, cudaStream_t s1, cudaStrea
   }
   if (name != "single") launch(o, s1, o.a_us, stamps, 0);
   if (has_b && !by_flag && !by_kernels) CK(cudaStreamWaitEvent(s1, join, 0));
-  if (by_kernels) launch(o, s1, 0, stamps, 3, flag, 2, 1);  // W: waits for A and the flag, then triggers C
+  if (by_kernels) launch(o, s1, 0, stamps, 3, flag, 2, w_early ? 0 : 1);  // W: A and the flag, then C
   launch(o, s1, o.c_us, stamps, 2, flag, by_flag ? 2 : 0);
   if (by_flag || by_kernels) CK(cudaStreamWaitEvent(s1, join, 0));  // the side rejoins after C: no edge into C
   cudaGraph_t g;
@@ -244,7 +247,8 @@ int main(int argc, char** argv) {
   unsigned* flag;
   CK(cudaMalloc(&flag, sizeof(unsigned)));
   CK(cudaMemset(flag, 0, sizeof(unsigned)));
-  for (const char* s : {"chain", "join", "late", "single", "mixed", "mixedl", "flag", "flagl", "wflag", "wflagl"})
+  for (const char* s : {"chain", "join", "late", "single", "mixed", "mixedl", "flag", "flagl", "wflag", "wflagl",
+                        "wflage"})
     scenario(o, s, s1, s2, stamps, flag);
   CK(cudaFree(flag));
   CK(cudaFree(stamps));
