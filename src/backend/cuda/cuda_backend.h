@@ -28,6 +28,13 @@ struct CudaOptions {
   // branch's first kernel after each fork with a redundant second one). The same ordering; off
   // until measured on a GPU; the environment variable CLAWMINE_GRAPH_REDUCE=1 turns it on too.
   bool graph_reduce = false;
+  // join_branches_on_device (the attention's join after its key branches, the MoE's after the
+  // shared expert) carried on the device instead of as graph edges (branches.cu): 0 off; 1 a
+  // one-block kernel on each side stream releases a flag once the branch has completed and one on
+  // the main stream waits for them before the next kernel launches; 2 the same with the next
+  // kernel launched at once (resident early, as after a kernel of its own stream). Off until
+  // measured on a GPU; CLAWMINE_DEVICE_JOINS=1/2 sets it too.
+  int device_joins = 0;
   size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
 };
 
@@ -48,6 +55,7 @@ struct GraphStats {
   int64_t instantiated = 0;  // new executable graphs
   int64_t updated = 0;       // recorded into a retired graph (CudaOptions::graph_update)
   int64_t edges_removed = 0;  // redundant edges removed (CudaOptions::graph_reduce)
+  int64_t device_joins = 0;   // joins carried on the device (CudaOptions::device_joins)
 };
 GraphStats graph_stats(const ops::Backend& backend);
 

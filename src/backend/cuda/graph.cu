@@ -96,6 +96,29 @@ size_t reduce_graph(cudaGraph_t g) {
   return removed;
 }
 
+// Removes every out-edge of the given nodes (join_branches_on_device's release kernels: what
+// follows them is ordered after the wait kernel, which waited for their flag); returns how many.
+size_t cut_out_edges(cudaGraph_t g, const std::vector<cudaGraphNode_t>& nodes) {
+  size_t removed = 0;
+  for (cudaGraphNode_t v : nodes) {
+    size_t n = 0;
+    CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes(v, nullptr, nullptr, &n));
+    if (n == 0) continue;
+    std::vector<cudaGraphNode_t> to(n);
+    std::vector<cudaGraphEdgeData> data(n);
+    CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes(v, to.data(), data.data(), &n));
+    for (size_t i = 0; i < n; ++i) {
+#if CUDART_VERSION >= 13000
+      CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies(g, &v, &to[i], &data[i], 1));
+#else
+      CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies_v2(g, &v, &to[i], &data[i], 1));
+#endif
+      ++removed;
+    }
+  }
+  return removed;
+}
+
 // "name<args> grid XxYxZ" of a kernel node, the node type's number otherwise.
 std::string node_label(cudaGraphNode_t v) {
   cudaGraphNodeType t{};
@@ -156,6 +179,7 @@ void CudaBackend::destroy_graphs() {
 // its ops never ran (the forward failed and its sequence is abandoned). End the capture and
 // drop it so the backend serves the next request.
 void CudaBackend::discard_capture() {
+  release_nodes_.clear();
   if (!capturing_) return;
   retired_key_ = 0;
   close_branches();  // side streams rejoin the capture before it ends
@@ -198,6 +222,7 @@ void CudaBackend::begin_step_graph(uint64_t key) {
   }
   CLAWMINE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
   capturing_ = true;
+  release_nodes_.clear();
   capture_key_ = with_policy(key, policy_);
 }
 
@@ -208,6 +233,7 @@ void CudaBackend::end_step_graph() {
   cudaGraph_t graph = nullptr;
   CLAWMINE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
   try {
+    cut_out_edges(graph, std::exchange(release_nodes_, {}));
     const size_t removed = options_.graph_reduce ? reduce_graph(graph) : 0;
     graph_stats_.edges_removed += static_cast<int64_t>(removed);
     if (graph_report_) report_graph(graph, removed);

@@ -271,7 +271,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   }
   project_heads(c, qr, q);
   if (branches) {
-    c.be.join_branches();
+    c.be.join_branches_on_device();
   } else if (select) {  // in order: the indexer queries after q, then the selection
     indexer_queries(c, qr, iq);
     idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);

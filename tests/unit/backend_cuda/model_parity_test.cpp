@@ -169,6 +169,34 @@ TEST_P(CudaModelParity, GraphsWithoutRedundantEdgesAreBitIdentical) {
       << "reduced graphs and eager launches differ";
 }
 
+// The joins before the attention and the hc site after the MoE carried on the device
+// (CudaOptions::device_joins 1 and 2, with graphs and eager) give the bits of eager launches
+// joined by events.
+TEST_P(CudaModelParity, DeviceJoinsAreBitIdentical) {
+  const auto ids = read_json(GetParam().json_path).at("ids").get<std::vector<int32_t>>();
+  std::vector<float> eager_steps;
+  {
+    Placed eager = load(DType::kF32, false);
+    eager_steps = logits_of(*eager.model, *eager.be, ids, 1);
+  }
+  for (const int mode : {1, 2}) {
+    for (const bool graphs : {true, false}) {
+      SCOPED_TRACE(str_cat("device_joins ", mode, ", graphs ", graphs));
+      backend::cuda::CudaOptions o;
+      o.memory_fraction = 0.3;
+      o.act_dtype = DType::kF32;
+      o.graphs = graphs;
+      o.device_joins = mode;
+      Placed p = load(DType::kF32, graphs, &o);
+      const auto steps = logits_of(*p.model, *p.be, ids, 1);
+      EXPECT_GT(backend::cuda::graph_stats(*p.be).device_joins, 0) << "no join was carried on the device";
+      ASSERT_EQ(steps.size(), eager_steps.size());
+      EXPECT_EQ(std::memcmp(steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
+          << "device joins and event joins differ";
+    }
+  }
+}
+
 TEST_P(CudaModelParity, Bf16ModeStaysFiniteAndClose) {
   const auto ids = read_json(GetParam().json_path).at("ids").get<std::vector<int32_t>>();
   Placed p = load(DType::kBF16, true);
