@@ -70,6 +70,7 @@ class CudaBackend final : public ops::Backend {
   void branch_wait(int b) override;
   void join_branches() override;
   void join_branches_on_device() override;
+  void branch_wait_on_device(int b) override;
   bool branches_open() const { return n_forked_ > 0; }
   void discard_capture();  // ends and drops a capture left open by a failed step
   // Host transfers inside a capture are errors: the capture is dropped, then Error is thrown.
@@ -248,6 +249,7 @@ class CudaBackend final : public ops::Backend {
   // whose out-edges end_step_graph removes (graph.cu).
   unsigned* join_flags_ = nullptr;
   int64_t next_join_flag_ = 0;
+  unsigned* next_join_flag();
   std::vector<cudaGraphNode_t> release_nodes_;
   bool graph_report_ = false;  // CLAWMINE_GRAPH_REPORT=1: the first recorded step's joins (graph.cu)
   void destroy_graphs();

@@ -8,20 +8,21 @@
 // one-sequence decode uses branches 1-4 (attention's keys, the indexer's keys, the layer's
 // compressor, CSA's top-k selection; the MoE's shared expert), batched decode up to
 // kMaxBranches - 1 lanes of per-sequence attention. CLAWMINE_BRANCHES=1 (or
-// 0) issues every branch on the main stream in issue order.
-// join_branches_on_device (CudaOptions::device_joins): a kernel node with two kernel
-// predecessors is launched only once both have completed, ~1.5 us later than a kernel after one
-// kernel (tools/join_probe), so the join before the attention and the one before the hc site
-// after the MoE are carried on the device: each open side stream gets a one-block release kernel
-// (after its branch's last kernel has completed, it adds 1 to a flag), the main stream a one-block
-// wait kernel (after the main stream's last kernel, it waits until the flag counts every side,
-// clears it and only then lets the next kernel launch: mode 1), so the next kernel has one
-// predecessor. The side streams stay in the capture until the next join_branches; end_step_graph
-// removes the release kernels' out-edges, which order nothing the flag does not (graph.cu). Mode 2
-// lets the next kernel launch at the wait kernel's start, resident early; its blocks wait beside the
-// branches' last kernels, which were launched before it. Decode b=1 on the H100
+// 0) issues every branch on the main stream in issue order. Decode b=1 on the H100
 // (docs/PERFORMANCE.md): 8.66/8.70 ms per token with the side stream, 9.54/9.68 without; a third
 // stream for the compressors gained nothing (8.70/8.75).
+// Joins on the device (join_branches_on_device, branch_wait_on_device; CudaOptions::device_joins):
+// a kernel node with two kernel predecessors is launched only once both have completed, ~1.5 us
+// later than a kernel after one kernel (tools/join_probe). So the join before the attention, the
+// one before the hc site after the MoE and the window copy's wait for kv can be carried on the
+// device: each side stream waited for gets a one-block release kernel (once its branch's last
+// kernel has completed, it adds 1 to a flag), the waiting stream a one-block wait kernel (after its
+// own last kernel, it waits until the flag counts every side, clears it and only then lets the
+// next kernel launch: mode 1), so the next kernel has one predecessor. A side stream closed this
+// way stays in the capture until the next join_branches; end_step_graph removes its release
+// kernel's out-edges, which order nothing the flag does not (graph.cu). Mode 2 lets the next
+// kernel launch at the wait kernel's start, resident early; its blocks wait beside the branches'
+// last kernels, which were launched before it.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -136,13 +137,7 @@ void CudaBackend::join_branches_on_device() {
     join_branches();
     return;
   }
-  if (join_flags_ == nullptr) {
-    const TensorView v = allocate(DType::kI32, {kJoinFlags});
-    join_flags_ = static_cast<unsigned*>(v.data);  // never released: the arena goes with the backend
-    CLAWMINE_CUDA_CHECK(cudaMemsetAsync(join_flags_, 0, kJoinFlags * sizeof(unsigned), main_stream_));
-  }
-  unsigned* flag = join_flags_ + next_join_flag_;
-  next_join_flag_ = (next_join_flag_ + 1) % kJoinFlags;
+  unsigned* flag = next_join_flag();
   unsigned sides = 0;
   for (Side& s : side_) {
     if (!s.forked) continue;
@@ -171,6 +166,35 @@ void CudaBackend::join_branches_on_device() {
   launch_kernel(join_wait_kernel, dim3(1), dim3(32), 0, main_stream_, flag, sides, options_.device_joins == 2 ? 1 : 0);
   CLAWMINE_CUDA_LAUNCHED("join_wait");
   ++graph_stats_.device_joins;
+}
+
+// branch_wait(b) on the device: a release kernel after side b's last kernel, a wait kernel on the
+// current branch's stream. Side b stays open (its later join orders the release kernel as any
+// other), so no edge needs cutting.
+void CudaBackend::branch_wait_on_device(int b) {
+  CLAWMINE_CHECK(b >= 0 && b < kMaxBranches, "cuda branch_wait_on_device: ", b, " is not a branch (0 .. ",
+                 kMaxBranches - 1, ")");
+  if (options_.device_joins == 0 || b == 0 || !side_streams() || b == branch_ || !side_[b - 1].forked) {
+    branch_wait(b);
+    return;
+  }
+  unsigned* flag = next_join_flag();
+  launch_kernel(join_release_kernel, dim3(1), dim3(32), 0, side_[b - 1].stream, flag);
+  CLAWMINE_CUDA_LAUNCHED("join_release");
+  launch_kernel(join_wait_kernel, dim3(1), dim3(32), 0, stream_, flag, 1u, options_.device_joins == 2 ? 1 : 0);
+  CLAWMINE_CUDA_LAUNCHED("join_wait");
+  ++graph_stats_.device_joins;
+}
+
+unsigned* CudaBackend::next_join_flag() {
+  if (join_flags_ == nullptr) {
+    const TensorView v = allocate(DType::kI32, {kJoinFlags});
+    join_flags_ = static_cast<unsigned*>(v.data);  // never released: the arena goes with the backend
+    CLAWMINE_CUDA_CHECK(cudaMemsetAsync(join_flags_, 0, kJoinFlags * sizeof(unsigned), main_stream_));
+  }
+  unsigned* flag = join_flags_ + next_join_flag_;
+  next_join_flag_ = (next_join_flag_ + 1) % kJoinFlags;
+  return flag;
 }
 
 // join_branches without throwing (a failed step, release_all): the error is left for later calls.

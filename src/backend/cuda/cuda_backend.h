@@ -29,11 +29,12 @@ struct CudaOptions {
   // until measured on a GPU; the environment variable CLAWMINE_GRAPH_REDUCE=1 turns it on too.
   bool graph_reduce = false;
   // join_branches_on_device (the attention's join after its key branches, the MoE's after the
-  // shared expert) carried on the device instead of as graph edges (branches.cu): 0 off; 1 a
-  // one-block kernel on each side stream releases a flag once the branch has completed and one on
-  // the main stream waits for them before the next kernel launches; 2 the same with the next
-  // kernel launched at once (resident early, as after a kernel of its own stream). Off until
-  // measured on a GPU; CLAWMINE_DEVICE_JOINS=1/2 sets it too.
+  // shared expert) and branch_wait_on_device (the window copy's wait for kv) carried on the
+  // device instead of as graph edges (branches.cu): 0 off; 1 a one-block kernel after each side
+  // branch releases a flag once the branch has completed and one on the waiting stream waits for
+  // them before the next kernel launches; 2 the same with the next kernel launched at once
+  // (resident early, as after a kernel of its own stream). Off until measured on a GPU;
+  // CLAWMINE_DEVICE_JOINS=1/2 sets it too.
   int device_joins = 0;
   size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
 };
