@@ -102,11 +102,19 @@ size_t cut_out_edges(cudaGraph_t g, const std::vector<cudaGraphNode_t>& nodes) {
   size_t removed = 0;
   for (cudaGraphNode_t v : nodes) {
     size_t n = 0;
+#if CUDART_VERSION >= 13000
     CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes(v, nullptr, nullptr, &n));
+#else
+    CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes_v2(v, nullptr, nullptr, &n));
+#endif
     if (n == 0) continue;
     std::vector<cudaGraphNode_t> to(n);
     std::vector<cudaGraphEdgeData> data(n);
+#if CUDART_VERSION >= 13000
     CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes(v, to.data(), data.data(), &n));
+#else
+    CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes_v2(v, to.data(), data.data(), &n));
+#endif
     for (size_t i = 0; i < n; ++i) {
 #if CUDART_VERSION >= 13000
       CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies(g, &v, &to[i], &data[i], 1));
