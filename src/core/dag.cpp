@@ -42,18 +42,15 @@ std::vector<bool> redundant_edges(int64_t n_nodes, const std::vector<std::pair<i
     }
     // u -> v is redundant when v is reachable from another successor of u (through it), or
     // when it repeats an earlier u -> v.
-    std::vector<size_t> seen;
-    for (size_t e : out[u]) {
-      const auto v = static_cast<size_t>(edges[e].second);
-      bool repeat = false;
-      for (size_t s : seen) repeat = repeat || s == v;
-      seen.push_back(v);
-      redundant[e] = repeat;
-      for (size_t f : out[u]) {
-        const auto w = static_cast<size_t>(edges[f].second);
-        if (redundant[e]) break;
-        if (w != v && has(w, v)) redundant[e] = true;
+    const std::vector<size_t>& eu = out[u];
+    for (size_t j = 0; j < eu.size(); ++j) {
+      const auto v = static_cast<size_t>(edges[eu[j]].second);
+      bool r = false;
+      for (size_t k = 0; k < eu.size() && !r; ++k) {
+        const auto w = static_cast<size_t>(edges[eu[k]].second);
+        r = (k < j && w == v) || (w != v && has(w, v));
       }
+      redundant[eu[j]] = r;
     }
     for (size_t e : out[u]) {
       const auto v = static_cast<size_t>(edges[e].second);

@@ -4,8 +4,6 @@
 // Nothing here allocates device memory after the constructor: allocate()/scratch() carve the
 // arena (memory.cu).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "backend/cuda/backend_impl.cuh"
@@ -76,11 +74,8 @@ CudaBackend::CudaBackend(const CudaOptions& options) : options_(options) {
   options_.graph_update = options_.graph_update || env_switch("CLAWMINE_GRAPH_UPDATE", false);
   options_.graph_reduce = options_.graph_reduce || env_switch("CLAWMINE_GRAPH_REDUCE", false);
   graph_report_ = env_switch("CLAWMINE_GRAPH_REPORT", false);
-  if (const char* e = std::getenv("CLAWMINE_DEVICE_JOINS"); e != nullptr && *e != '\0') {
-    if (std::strcmp(e, "0") != 0 && std::strcmp(e, "1") != 0 && std::strcmp(e, "2") != 0)
-      throw Error(str_cat("CLAWMINE_DEVICE_JOINS=", e, ": expected 0, 1 or 2"));
-    options_.device_joins = std::max(options_.device_joins, std::atoi(e));
-  }
+  options_.device_joins =
+      std::max(options_.device_joins, static_cast<int>(env_count("CLAWMINE_DEVICE_JOINS", 0, 2)));
   if (options_.device_joins < 0 || options_.device_joins > 2)
     throw Error(str_cat("cuda: CudaOptions::device_joins is ", options_.device_joins, ", expected 0, 1 or 2"));
   if (options_.act_dtype != DType::kF32 && options_.act_dtype != DType::kBF16)

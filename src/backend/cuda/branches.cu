@@ -75,6 +75,16 @@ __global__ void join_wait_kernel(unsigned* flag, unsigned sides, int trigger_fir
 
 constexpr int64_t kJoinFlags = 256;  // reused in turn: a flag's wait kernel clears it before its next release
 
+void launch_join_release(cudaStream_t stream, unsigned* flag) {
+  launch_kernel(join_release_kernel, dim3(1), dim3(32), 0, stream, flag);
+  CLAWMINE_CUDA_LAUNCHED("join_release");
+}
+// mode: CudaOptions::device_joins (2: the next kernel launches at the wait kernel's start).
+void launch_join_wait(cudaStream_t stream, unsigned* flag, unsigned sides, int mode) {
+  launch_kernel(join_wait_kernel, dim3(1), dim3(32), 0, stream, flag, sides, mode == 2 ? 1 : 0);
+  CLAWMINE_CUDA_LAUNCHED("join_wait");
+}
+
 }  // namespace
 
 void CudaBackend::branch(int b) {
@@ -145,8 +155,7 @@ void CudaBackend::join_branches_on_device() {
     s.released = true;
     --n_forked_;
     ++sides;
-    launch_kernel(join_release_kernel, dim3(1), dim3(32), 0, s.stream, flag);
-    CLAWMINE_CUDA_LAUNCHED("join_release");
+    launch_join_release(s.stream, flag);
     if (capturing_) {
       cudaStreamCaptureStatus status{};
       const cudaGraphNode_t* tail = nullptr;
@@ -163,8 +172,7 @@ void CudaBackend::join_branches_on_device() {
   }
   stream_ = main_stream_;
   branch_ = 0;
-  launch_kernel(join_wait_kernel, dim3(1), dim3(32), 0, main_stream_, flag, sides, options_.device_joins == 2 ? 1 : 0);
-  CLAWMINE_CUDA_LAUNCHED("join_wait");
+  launch_join_wait(main_stream_, flag, sides, options_.device_joins);
   ++graph_stats_.device_joins;
 }
 
@@ -179,10 +187,8 @@ void CudaBackend::branch_wait_on_device(int b) {
     return;
   }
   unsigned* flag = next_join_flag();
-  launch_kernel(join_release_kernel, dim3(1), dim3(32), 0, side_[b - 1].stream, flag);
-  CLAWMINE_CUDA_LAUNCHED("join_release");
-  launch_kernel(join_wait_kernel, dim3(1), dim3(32), 0, stream_, flag, 1u, options_.device_joins == 2 ? 1 : 0);
-  CLAWMINE_CUDA_LAUNCHED("join_wait");
+  launch_join_release(side_[b - 1].stream, flag);
+  launch_join_wait(stream_, flag, 1, options_.device_joins);
   ++graph_stats_.device_joins;
 }
 

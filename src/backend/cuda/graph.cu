@@ -75,17 +75,11 @@ GraphEdges graph_edges(cudaGraph_t g) {
   return e;
 }
 
-// Removes the captured step's redundant edges (see the file comment); returns how many.
-size_t reduce_graph(cudaGraph_t g) {
-  GraphEdges e = graph_edges(g);
-  std::unordered_map<cudaGraphNode_t, int64_t> index;
-  std::vector<std::pair<int64_t, int64_t>> edges(e.from.size());
-  auto id = [&](cudaGraphNode_t v) { return index.emplace(v, static_cast<int64_t>(index.size())).first->second; };
-  for (size_t i = 0; i < edges.size(); ++i) edges[i] = {id(e.from[i]), id(e.to[i])};
-  const std::vector<bool> redundant = redundant_edges(static_cast<int64_t>(index.size()), edges);
+// Removes the edges i of e where drop[i]; returns how many.
+size_t remove_edges(cudaGraph_t g, GraphEdges& e, const std::vector<bool>& drop) {
   size_t removed = 0;
-  for (size_t i = 0; i < edges.size(); ++i) {
-    if (!redundant[i]) continue;
+  for (size_t i = 0; i < drop.size(); ++i) {
+    if (!drop[i]) continue;
 #if CUDART_VERSION >= 13000
     CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies(g, &e.from[i], &e.to[i], &e.data[i], 1));
 #else
@@ -96,35 +90,24 @@ size_t reduce_graph(cudaGraph_t g) {
   return removed;
 }
 
+// Removes the captured step's redundant edges (see the file comment); returns how many.
+size_t reduce_graph(cudaGraph_t g) {
+  GraphEdges e = graph_edges(g);
+  std::unordered_map<cudaGraphNode_t, int64_t> index;
+  std::vector<std::pair<int64_t, int64_t>> edges(e.from.size());
+  auto id = [&](cudaGraphNode_t v) { return index.emplace(v, static_cast<int64_t>(index.size())).first->second; };
+  for (size_t i = 0; i < edges.size(); ++i) edges[i] = {id(e.from[i]), id(e.to[i])};
+  return remove_edges(g, e, redundant_edges(static_cast<int64_t>(index.size()), edges));
+}
+
 // Removes every out-edge of the given nodes (join_branches_on_device's release kernels: what
-// follows them is ordered after the wait kernel, which waited for their flag); returns how many.
-size_t cut_out_edges(cudaGraph_t g, const std::vector<cudaGraphNode_t>& nodes) {
-  size_t removed = 0;
-  for (cudaGraphNode_t v : nodes) {
-    size_t n = 0;
-#if CUDART_VERSION >= 13000
-    CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes(v, nullptr, nullptr, &n));
-#else
-    CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes_v2(v, nullptr, nullptr, &n));
-#endif
-    if (n == 0) continue;
-    std::vector<cudaGraphNode_t> to(n);
-    std::vector<cudaGraphEdgeData> data(n);
-#if CUDART_VERSION >= 13000
-    CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes(v, to.data(), data.data(), &n));
-#else
-    CLAWMINE_CUDA_CHECK(cudaGraphNodeGetDependentNodes_v2(v, to.data(), data.data(), &n));
-#endif
-    for (size_t i = 0; i < n; ++i) {
-#if CUDART_VERSION >= 13000
-      CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies(g, &v, &to[i], &data[i], 1));
-#else
-      CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies_v2(g, &v, &to[i], &data[i], 1));
-#endif
-      ++removed;
-    }
-  }
-  return removed;
+// follows them is ordered after the wait kernel, which waited for their flag).
+void cut_out_edges(cudaGraph_t g, const std::vector<cudaGraphNode_t>& nodes) {
+  if (nodes.empty()) return;
+  GraphEdges e = graph_edges(g);
+  std::vector<bool> drop(e.from.size());
+  for (size_t i = 0; i < drop.size(); ++i) drop[i] = std::find(nodes.begin(), nodes.end(), e.from[i]) != nodes.end();
+  remove_edges(g, e, drop);
 }
 
 // "name<args> grid XxYxZ" of a kernel node, the node type's number otherwise.

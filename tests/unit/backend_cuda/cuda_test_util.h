@@ -24,14 +24,17 @@
 
 namespace clawmine::test {
 
-// A CUDA backend for whole-model tests: 30% of the GPU's memory, the given activations, graphs
-// on or off.
-inline std::unique_ptr<ops::Backend> model_cuda_backend(DType act, bool graphs) {
+// The options of a CUDA backend for whole-model tests: 30% of the GPU's memory, the given
+// activations, graphs on or off.
+inline backend::cuda::CudaOptions model_cuda_options(DType act, bool graphs) {
   backend::cuda::CudaOptions o;
   o.memory_fraction = 0.3;
   o.act_dtype = act;
   o.graphs = graphs;
-  return backend::cuda::make_cuda_backend(o);
+  return o;
+}
+inline std::unique_ptr<ops::Backend> model_cuda_backend(DType act, bool graphs) {
+  return backend::cuda::make_cuda_backend(model_cuda_options(act, graphs));
 }
 
 class GpuTest : public ::testing::Test {

@@ -78,13 +78,23 @@ class CudaModelParity : public ::testing::TestWithParam<Case> {
   void SetUp() override {
     if (backend::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   }
-  // options: a backend of these options instead (act and graphs then unused).
-  Placed load(DType act, bool graphs, const backend::cuda::CudaOptions* options = nullptr) const {
+  Placed load(DType act, bool graphs) const { return load(test::model_cuda_options(act, graphs)); }
+  // Token-by-token logits of the fixture's ids on a backend of `options` (F32 eager: the reference
+  // the graph tests compare bits with).
+  std::vector<float> decode_logits(const backend::cuda::CudaOptions& options,
+                                   backend::cuda::GraphStats* stats = nullptr) const {
+    Placed p = load(options);
+    const auto ids = read_json(GetParam().json_path).at("ids").get<std::vector<int32_t>>();
+    std::vector<float> out = logits_of(*p.model, *p.be, ids, 1);
+    if (stats) *stats = backend::cuda::graph_stats(*p.be);
+    return out;
+  }
+  Placed load(const backend::cuda::CudaOptions& options) const {
     model::deepseek_v4::LoadOptions lo;
     lo.policy.nvfp4 = ops::Nvfp4Path::kW4A16;
     lo.policy.fp8 = ops::Fp8Path::kW8A16;
     Placed p;
-    p.be = options ? backend::cuda::make_cuda_backend(*options) : test::model_cuda_backend(act, graphs);
+    p.be = backend::cuda::make_cuda_backend(options);
     p.model = Model::load(test::fixture_dir("models/" + GetParam().model), lo);
     p.model->place(*p.be);
     return p;
@@ -149,19 +159,11 @@ TEST_P(CudaModelParity, ChunkedPrefillAgreesAndGraphsAreBitIdentical) {
 // The decode graphs with their redundant edges removed (CudaOptions::graph_reduce) give the bits
 // of eager launches: the reduction keeps every ordering (graph.cu).
 TEST_P(CudaModelParity, GraphsWithoutRedundantEdgesAreBitIdentical) {
-  const auto ids = read_json(GetParam().json_path).at("ids").get<std::vector<int32_t>>();
-  std::vector<float> eager_steps;
-  {
-    Placed eager = load(DType::kF32, false);
-    eager_steps = logits_of(*eager.model, *eager.be, ids, 1);
-  }
-  backend::cuda::CudaOptions o;
-  o.memory_fraction = 0.3;
-  o.act_dtype = DType::kF32;
+  const std::vector<float> eager_steps = decode_logits(test::model_cuda_options(DType::kF32, false));
+  backend::cuda::CudaOptions o = test::model_cuda_options(DType::kF32, true);
   o.graph_reduce = true;
-  Placed reduced = load(DType::kF32, true, &o);
-  const auto graph_steps = logits_of(*reduced.model, *reduced.be, ids, 1);
-  const backend::cuda::GraphStats stats = backend::cuda::graph_stats(*reduced.be);
+  backend::cuda::GraphStats stats;
+  const std::vector<float> graph_steps = decode_logits(o, &stats);
   EXPECT_GT(stats.instantiated + stats.updated, 0) << "no step was recorded";
   EXPECT_GT(stats.edges_removed, 0) << "capture left no redundant edge to remove";
   ASSERT_EQ(graph_steps.size(), eager_steps.size());
@@ -173,23 +175,15 @@ TEST_P(CudaModelParity, GraphsWithoutRedundantEdgesAreBitIdentical) {
 // (CudaOptions::device_joins 1 and 2, with graphs and eager) give the bits of eager launches
 // joined by events.
 TEST_P(CudaModelParity, DeviceJoinsAreBitIdentical) {
-  const auto ids = read_json(GetParam().json_path).at("ids").get<std::vector<int32_t>>();
-  std::vector<float> eager_steps;
-  {
-    Placed eager = load(DType::kF32, false);
-    eager_steps = logits_of(*eager.model, *eager.be, ids, 1);
-  }
+  const std::vector<float> eager_steps = decode_logits(test::model_cuda_options(DType::kF32, false));
   for (const int mode : {1, 2}) {
     for (const bool graphs : {true, false}) {
       SCOPED_TRACE(str_cat("device_joins ", mode, ", graphs ", graphs));
-      backend::cuda::CudaOptions o;
-      o.memory_fraction = 0.3;
-      o.act_dtype = DType::kF32;
-      o.graphs = graphs;
+      backend::cuda::CudaOptions o = test::model_cuda_options(DType::kF32, graphs);
       o.device_joins = mode;
-      Placed p = load(DType::kF32, graphs, &o);
-      const auto steps = logits_of(*p.model, *p.be, ids, 1);
-      EXPECT_GT(backend::cuda::graph_stats(*p.be).device_joins, 0) << "no join was carried on the device";
+      backend::cuda::GraphStats stats;
+      const std::vector<float> steps = decode_logits(o, &stats);
+      EXPECT_GT(stats.device_joins, 0) << "no join was carried on the device";
       ASSERT_EQ(steps.size(), eager_steps.size());
       EXPECT_EQ(std::memcmp(steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
           << "device joins and event joins differ";
