@@ -146,13 +146,6 @@ class Backend {
   virtual void branch(int b) {}
   virtual void branch_wait(int b) {}
   virtual void join_branches() {}
-  // The same guarantee as join_branches(), for the join before a sub-layer's last step (the
-  // attention after its key branches, the hc site after the shared expert). A backend may carry
-  // it on the device instead of as a graph dependency (CUDA: CudaOptions::device_joins); the
-  // default joins.
-  virtual void join_branches_on_device() { join_branches(); }
-  // The same guarantee as branch_wait(b), likewise (the window copy after the kv branch).
-  virtual void branch_wait_on_device(int b) { branch_wait(b); }
 
   // ---- Ops ---------------------------------------------------------------------------------
   // out[t, :] = table[ids[t], :].  table [V, D] (BF16/F32/F16), ids [T] I32, out [T, D].

@@ -33,8 +33,6 @@ class LentBackend final : public diag::ForwardingBackend {
   void branch(int b) override { inner().branch(b); }
   void branch_wait(int b) override { inner().branch_wait(b); }
   void join_branches() override { inner().join_branches(); }
-  void join_branches_on_device() override { inner().join_branches_on_device(); }
-  void branch_wait_on_device(int b) override { inner().branch_wait_on_device(b); }
   // Fused ops go to the backend whole (the default would split them into their parts).
   void norm_rope_qdq(const TensorView& x, const ops::Backend::VecPrep& p, const TensorView& positions,
                      const TensorView& inv_freq) override {

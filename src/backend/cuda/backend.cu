@@ -72,12 +72,7 @@ CudaBackend::CudaBackend(const CudaOptions& options) : options_(options) {
     throw Error(str_cat("--gpu-memory-fraction must be in (0, 1], got ", options_.memory_fraction));
   // Read here, so a bad value is an error at start, never in the middle of a recorded step.
   options_.graph_update = options_.graph_update || env_switch("CLAWMINE_GRAPH_UPDATE", false);
-  options_.graph_reduce = options_.graph_reduce || env_switch("CLAWMINE_GRAPH_REDUCE", false);
-  graph_report_ = env_switch("CLAWMINE_GRAPH_REPORT", false);
-  options_.device_joins =
-      std::max(options_.device_joins, static_cast<int>(env_count("CLAWMINE_DEVICE_JOINS", 0, 2)));
-  if (options_.device_joins < 0 || options_.device_joins > 2)
-    throw Error(str_cat("cuda: CudaOptions::device_joins is ", options_.device_joins, ", expected 0, 1 or 2"));
+  options_.graph_report = options_.graph_report || env_switch("CLAWMINE_GRAPH_REPORT", false);
   if (options_.act_dtype != DType::kF32 && options_.act_dtype != DType::kBF16)
     throw Error(str_cat("--act-dtype: the CUDA backend computes activations in f32 or bf16, not ",
                         dtype_name(options_.act_dtype)));

@@ -69,8 +69,6 @@ class CudaBackend final : public ops::Backend {
   void branch(int b) override;
   void branch_wait(int b) override;
   void join_branches() override;
-  void join_branches_on_device() override;
-  void branch_wait_on_device(int b) override;
   bool branches_open() const { return n_forked_ > 0; }
   void discard_capture();  // ends and drops a capture left open by a failed step
   // Host transfers inside a capture are errors: the capture is dropped, then Error is thrown.
@@ -187,9 +185,6 @@ class CudaBackend final : public ops::Backend {
     cudaStream_t stream = nullptr;
     cudaEvent_t fork = nullptr, join = nullptr, mark = nullptr;  // mark: branch_wait on this side
     bool forked = false;
-    // Closed by join_branches_on_device: its last kernel releases a flag, and the stream still has
-    // to rejoin the main one (join_branches) before a capture ends.
-    bool released = false;
   };
   Side side_[kMaxBranches - 1];
   cudaEvent_t main_mark_ = nullptr;  // branch_wait(0)
@@ -244,14 +239,6 @@ class CudaBackend final : public ops::Backend {
   int64_t graph_clock_ = 0;
   uint64_t retired_key_ = 0;  // retire_step_graph's key (with the policy), for the next capture
   GraphStats graph_stats_;
-  // join_branches_on_device: the flags (allocated on first use, zeroed; each waiting kernel clears
-  // its own), the next one to use, and the releasing kernels' nodes of the capture in progress,
-  // whose out-edges end_step_graph removes (graph.cu).
-  unsigned* join_flags_ = nullptr;
-  int64_t next_join_flag_ = 0;
-  unsigned* next_join_flag();
-  std::vector<cudaGraphNode_t> release_nodes_;
-  bool graph_report_ = false;  // CLAWMINE_GRAPH_REPORT=1: the first recorded step's joins (graph.cu)
   void destroy_graphs();
 };
 

@@ -23,19 +23,10 @@ struct CudaOptions {
   // have the same topology, instead of instantiating a new one. Off until measured on a GPU; the
   // environment variable CLAWMINE_GRAPH_UPDATE=1 turns it on too.
   bool graph_update = false;
-  // Redundant edges removed from each recorded step before it is instantiated (graph.cu: a node
-  // with more than one predecessor is not launched early under PDL, and capture leaves a side
-  // branch's first kernel after each fork with a redundant second one). The same ordering; off
-  // until measured on a GPU; the environment variable CLAWMINE_GRAPH_REDUCE=1 turns it on too.
-  bool graph_reduce = false;
-  // join_branches_on_device (the attention's join after its key branches, the MoE's after the
-  // shared expert) and branch_wait_on_device (the window copy's wait for kv) carried on the
-  // device instead of as graph edges (branches.cu): 0 off; 1 a one-block kernel after each side
-  // branch releases a flag once the branch has completed and one on the waiting stream waits for
-  // them before the next kernel launches; 2 the same with the next kernel launched at once
-  // (resident early, as after a kernel of its own stream). Off until measured on a GPU;
-  // CLAWMINE_DEVICE_JOINS=1/2 sets it too.
-  int device_joins = 0;
+  // Each recorded step's redundant edges counted (GraphStats::redundant_edges: an edge whose
+  // successor is reachable through another path) and the first step's nodes, edges, redundant
+  // edges and joins logged by kernel (graph.cu). CLAWMINE_GRAPH_REPORT=1 turns it on too.
+  bool graph_report = false;
   size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
 };
 
@@ -55,8 +46,7 @@ ArenaUsage arena_usage(const ops::Backend& backend);
 struct GraphStats {
   int64_t instantiated = 0;  // new executable graphs
   int64_t updated = 0;       // recorded into a retired graph (CudaOptions::graph_update)
-  int64_t edges_removed = 0;  // redundant edges removed (CudaOptions::graph_reduce)
-  int64_t device_joins = 0;   // joins carried on the device (CudaOptions::device_joins)
+  int64_t redundant_edges = 0;  // in the recorded steps, counted with CudaOptions::graph_report
 };
 GraphStats graph_stats(const ops::Backend& backend);
 

@@ -25,8 +25,7 @@ void set_pdl_enabled_for_tests(bool on);
 // error naming the variable (clawmine::Error).
 bool env_switch(const char* name, bool fallback);
 // A count from the environment (CLAWMINE_MOE_GEMV_MAX_TOKENS, ...): 0 when unset or empty, else a
-// decimal integer in [lo, hi] (lo >= 1, or 0 where "0" means the same as unset:
-// CLAWMINE_DEVICE_JOINS); any other value is an error naming the variable.
+// decimal integer in [lo, hi] (lo >= 1); any other value is an error naming the variable.
 int64_t env_count(const char* name, int64_t lo, int64_t hi);
 // A setting read from the environment on first use: `v` holds -1 until then, when read()'s value
 // (>= 0) is stored once (a racing first use keeps the first store); tests store their own value

@@ -12,16 +12,9 @@
 //
 // Joins. A kernel node with more than one predecessor is not launched early under PDL: it starts
 // ~1.8 us after its last input has ended, where one with a single predecessor is resident before
-// and its wait returns ~0.26 us after (H200, tools/join_probe, thirty-fifth session). Stream
-// capture makes joins that order nothing new: a side branch's first kernel after a fork depends
-// on the fork point and on the branch's previous node, which the main stream joined before.
-// CudaOptions::graph_reduce (or CLAWMINE_GRAPH_REDUCE=1) removes such redundant edges from each
-// captured step (the transitive reduction, core/dag.h) before it is instantiated. Every ordering
-// stays: a kernel waits (griddepcontrol.wait) on its direct predecessors, each of which waited on
-// its own before it completed (common.cuh), so the order is transitive, as it already is along
-// one stream; library work is launched without PDL and keeps full edges. Off by default until
-// measured. CLAWMINE_GRAPH_REPORT=1 logs, for the first captured step, its nodes, edges and joins
-// by kernel.
+// and its wait returns ~0.26 us after (H200, tools/join_probe, thirty-fifth session).
+// CLAWMINE_GRAPH_REPORT=1 logs, for the first captured step, its nodes, edges, redundant edges
+// (an edge whose successor is reachable through another path, core/dag.h) and joins by kernel.
 #include <cxxabi.h>
 
 #include <algorithm>
@@ -75,41 +68,6 @@ GraphEdges graph_edges(cudaGraph_t g) {
   return e;
 }
 
-// Removes the edges i of e where drop[i]; returns how many.
-size_t remove_edges(cudaGraph_t g, GraphEdges& e, const std::vector<bool>& drop) {
-  size_t removed = 0;
-  for (size_t i = 0; i < drop.size(); ++i) {
-    if (!drop[i]) continue;
-#if CUDART_VERSION >= 13000
-    CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies(g, &e.from[i], &e.to[i], &e.data[i], 1));
-#else
-    CLAWMINE_CUDA_CHECK(cudaGraphRemoveDependencies_v2(g, &e.from[i], &e.to[i], &e.data[i], 1));
-#endif
-    ++removed;
-  }
-  return removed;
-}
-
-// Removes the captured step's redundant edges (see the file comment); returns how many.
-size_t reduce_graph(cudaGraph_t g) {
-  GraphEdges e = graph_edges(g);
-  std::unordered_map<cudaGraphNode_t, int64_t> index;
-  std::vector<std::pair<int64_t, int64_t>> edges(e.from.size());
-  auto id = [&](cudaGraphNode_t v) { return index.emplace(v, static_cast<int64_t>(index.size())).first->second; };
-  for (size_t i = 0; i < edges.size(); ++i) edges[i] = {id(e.from[i]), id(e.to[i])};
-  return remove_edges(g, e, redundant_edges(static_cast<int64_t>(index.size()), edges));
-}
-
-// Removes every out-edge of the given nodes (join_branches_on_device's release kernels: what
-// follows them is ordered after the wait kernel, which waited for their flag).
-void cut_out_edges(cudaGraph_t g, const std::vector<cudaGraphNode_t>& nodes) {
-  if (nodes.empty()) return;
-  GraphEdges e = graph_edges(g);
-  std::vector<bool> drop(e.from.size());
-  for (size_t i = 0; i < drop.size(); ++i) drop[i] = std::find(nodes.begin(), nodes.end(), e.from[i]) != nodes.end();
-  remove_edges(g, e, drop);
-}
-
 // "name<args> grid XxYxZ" of a kernel node, the node type's number otherwise.
 std::string node_label(cudaGraphNode_t v) {
   cudaGraphNodeType t{};
@@ -133,19 +91,28 @@ std::string node_label(cudaGraphNode_t v) {
   return str_cat(name, " grid ", kp.gridDim.x, "x", kp.gridDim.y, "x", kp.gridDim.z);
 }
 
-// CLAWMINE_GRAPH_REPORT=1: the first captured step's nodes, edges and joins by kernel.
-void report_graph(cudaGraph_t g, size_t removed) {
+// CudaOptions::graph_report: a captured step's redundant edges, counted; the first step's nodes,
+// edges, redundant edges and joins logged by kernel.
+int64_t report_graph(cudaGraph_t g) {
+  const GraphEdges e = graph_edges(g);
+  std::unordered_map<cudaGraphNode_t, int64_t> index;
+  std::vector<std::pair<int64_t, int64_t>> edges(e.from.size());
+  auto id = [&](cudaGraphNode_t v) { return index.emplace(v, static_cast<int64_t>(index.size())).first->second; };
+  for (size_t i = 0; i < edges.size(); ++i) edges[i] = {id(e.from[i]), id(e.to[i])};
+  const std::vector<bool> redundant = redundant_edges(static_cast<int64_t>(index.size()), edges);
+  const int64_t n_redundant = std::count(redundant.begin(), redundant.end(), true);
   static bool done = false;
-  if (done) return;
+  if (done) return n_redundant;
   done = true;
   size_t n_nodes = 0;
   CLAWMINE_CUDA_CHECK(cudaGraphGetNodes(g, nullptr, &n_nodes));
-  const GraphEdges e = graph_edges(g);
   std::unordered_map<cudaGraphNode_t, int> preds;
+  std::map<std::string, int> redundant_by_kernel;
   size_t programmatic = 0;
   for (size_t i = 0; i < e.to.size(); ++i) {
     ++preds[e.to[i]];
     programmatic += e.data[i].type == cudaGraphDependencyTypeProgrammatic ? 1 : 0;
+    if (redundant[i]) ++redundant_by_kernel[str_cat(node_label(e.to[i]), " <- ", node_label(e.from[i]))];
   }
   std::map<std::string, int> joins;
   int n_joins = 0;
@@ -154,9 +121,11 @@ void report_graph(cudaGraph_t g, size_t removed) {
     ++n_joins;
     ++joins[str_cat(node_label(v), " (", k, " predecessors)")];
   }
-  log_info("cuda", "step graph: ", n_nodes, " nodes, ", e.to.size(), " edges (", programmatic, " programmatic; ",
-           removed, " redundant removed), ", n_joins, " nodes with more than one predecessor:");
+  log_info("cuda", "step graph: ", n_nodes, " nodes, ", e.to.size(), " edges (", programmatic, " programmatic, ",
+           n_redundant, " redundant), ", n_joins, " nodes with more than one predecessor:");
   for (const auto& [label, count] : joins) log_info("cuda", "  ", count, " x ", label);
+  for (const auto& [label, count] : redundant_by_kernel) log_info("cuda", "  redundant: ", count, " x ", label);
+  return n_redundant;
 }
 }  // namespace
 
@@ -170,7 +139,6 @@ void CudaBackend::destroy_graphs() {
 // its ops never ran (the forward failed and its sequence is abandoned). End the capture and
 // drop it so the backend serves the next request.
 void CudaBackend::discard_capture() {
-  release_nodes_.clear();
   if (!capturing_) return;
   retired_key_ = 0;
   close_branches();  // side streams rejoin the capture before it ends
@@ -213,7 +181,6 @@ void CudaBackend::begin_step_graph(uint64_t key) {
   }
   CLAWMINE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
   capturing_ = true;
-  release_nodes_.clear();
   capture_key_ = with_policy(key, policy_);
 }
 
@@ -224,10 +191,7 @@ void CudaBackend::end_step_graph() {
   cudaGraph_t graph = nullptr;
   CLAWMINE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
   try {
-    cut_out_edges(graph, std::exchange(release_nodes_, {}));
-    const size_t removed = options_.graph_reduce ? reduce_graph(graph) : 0;
-    graph_stats_.edges_removed += static_cast<int64_t>(removed);
-    if (graph_report_) report_graph(graph, removed);
+    if (options_.graph_report) graph_stats_.redundant_edges += report_graph(graph);
   } catch (...) {
     cudaGraphDestroy(graph);
     throw;

@@ -256,7 +256,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   window_prev(c, cache, pool, n_prev);
   TensorView idx;
   if (!select) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);
-  c.be.branch_wait_on_device(6);
+  c.be.branch_wait(6);
   window_keep(c, cache, pool);
   on(0);
   project_latent(c, h, qr);
@@ -271,7 +271,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   }
   project_heads(c, qr, q);
   if (branches) {
-    c.be.join_branches_on_device();
+    c.be.join_branches();
   } else if (select) {  // in order: the indexer queries after q, then the selection
     indexer_queries(c, qr, iq);
     idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);

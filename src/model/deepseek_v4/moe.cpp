@@ -29,7 +29,7 @@ MoeOut moe(const LayerContext& c, const TensorView& h) {
   c.be.swiglu_mlp(h, w.shared_experts, limit, shared);
   if (branches) c.be.branch(0);
   c.be.moe_experts(h, w.experts, idx, weight, limit, routed);
-  if (branches) c.be.join_branches_on_device();
+  if (branches) c.be.join_branches();
   return {routed, shared};
 }
 

@@ -156,41 +156,6 @@ TEST_P(CudaModelParity, ChunkedPrefillAgreesAndGraphsAreBitIdentical) {
       << "graphs on and off differ";
 }
 
-// The decode graphs with their redundant edges removed (CudaOptions::graph_reduce) give the bits
-// of eager launches: the reduction keeps every ordering (graph.cu).
-TEST_P(CudaModelParity, GraphsWithoutRedundantEdgesAreBitIdentical) {
-  const std::vector<float> eager_steps = decode_logits(test::model_cuda_options(DType::kF32, false));
-  backend::cuda::CudaOptions o = test::model_cuda_options(DType::kF32, true);
-  o.graph_reduce = true;
-  backend::cuda::GraphStats stats;
-  const std::vector<float> graph_steps = decode_logits(o, &stats);
-  EXPECT_GT(stats.instantiated + stats.updated, 0) << "no step was recorded";
-  EXPECT_GT(stats.edges_removed, 0) << "capture left no redundant edge to remove";
-  ASSERT_EQ(graph_steps.size(), eager_steps.size());
-  EXPECT_EQ(std::memcmp(graph_steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
-      << "reduced graphs and eager launches differ";
-}
-
-// The joins before the attention and the hc site after the MoE carried on the device
-// (CudaOptions::device_joins 1 and 2, with graphs and eager) give the bits of eager launches
-// joined by events.
-TEST_P(CudaModelParity, DeviceJoinsAreBitIdentical) {
-  const std::vector<float> eager_steps = decode_logits(test::model_cuda_options(DType::kF32, false));
-  for (const int mode : {1, 2}) {
-    for (const bool graphs : {true, false}) {
-      SCOPED_TRACE(str_cat("device_joins ", mode, ", graphs ", graphs));
-      backend::cuda::CudaOptions o = test::model_cuda_options(DType::kF32, graphs);
-      o.device_joins = mode;
-      backend::cuda::GraphStats stats;
-      const std::vector<float> steps = decode_logits(o, &stats);
-      EXPECT_GT(stats.device_joins, 0) << "no join was carried on the device";
-      ASSERT_EQ(steps.size(), eager_steps.size());
-      EXPECT_EQ(std::memcmp(steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
-          << "device joins and event joins differ";
-    }
-  }
-}
-
 TEST_P(CudaModelParity, Bf16ModeStaysFiniteAndClose) {
   const auto ids = read_json(GetParam().json_path).at("ids").get<std::vector<int32_t>>();
   Placed p = load(DType::kBF16, true);
