@@ -31,6 +31,7 @@ class LentBackend final : public diag::ForwardingBackend {
   void begin_step_graph(uint64_t key) override { inner().begin_step_graph(key); }
   void end_step_graph() override { inner().end_step_graph(); }
   void branch(int b) override { inner().branch(b); }
+  void branch_early(int b) override { inner().branch_early(b); }
   void branch_wait(int b) override { inner().branch_wait(b); }
   void join_branches() override { inner().join_branches(); }
   // Fused ops go to the backend whole (the default would split them into their parts).

@@ -67,6 +67,7 @@ class CudaBackend final : public ops::Backend {
   // branches.cu: branch b's ops on side stream b-1 (stream_ is the current branch's stream,
   // main_stream_ the main one); forked from and joined into the main stream by events.
   void branch(int b) override;
+  void branch_early(int b) override;
   void branch_wait(int b) override;
   void join_branches() override;
   bool branches_open() const { return n_forked_ > 0; }
@@ -190,6 +191,8 @@ class CudaBackend final : public ops::Backend {
   cudaEvent_t main_mark_ = nullptr;  // branch_wait(0)
   int n_forked_ = 0;
   int branch_ = 0;  // the branch ops are issued to (0 also when side streams are off)
+  void to_branch(int b, bool early);  // branch / branch_early
+  void start_at_fork(cudaStream_t side);  // inside a capture: side's dependencies := the fork point
   void close_branches() noexcept;    // join_branches without throwing
   void free_branches() noexcept;     // and frees the side streams (release_all)
 

@@ -11,9 +11,20 @@
 // 0) issues every branch on the main stream in issue order. Decode b=1 on the H100
 // (docs/PERFORMANCE.md): 8.66/8.70 ms per token with the side stream, 9.54/9.68 without; a third
 // stream for the compressors gained nothing (8.70/8.75).
+// Early forks. Inside a capture, a side stream that waits for its fork event depends on the fork
+// point and on its own last node (a kernel of the branch's previous use, which the main stream
+// joined long before), so the branch's first kernel is a join: under PDL it is launched only ~1.8
+// us after the later of the two ends, where a kernel with one predecessor is resident before and
+// its wait returns ~0.26 us after (tools/join_probe). branch_early(b) sets the side stream's
+// capture dependencies to the fork point alone (start_at_fork), which orders nothing less: the
+// dropped node was joined before the fork point. Not for every branch: on the V4-Flash decode step
+// (H200, thirty-sixth session) the attention's kv and key branches started early gain 0.09 ms per
+// token, while the compressors' and the shared expert's, resident early beside the critical path's
+// kernels, lose (every fork early: +0.15 ms).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "backend/cuda/backend_impl.cuh"
 #include "backend/cuda/linear_kernels.cuh"
@@ -35,7 +46,10 @@ bool side_streams() {
 
 }  // namespace
 
-void CudaBackend::branch(int b) {
+void CudaBackend::branch(int b) { to_branch(b, false); }
+void CudaBackend::branch_early(int b) { to_branch(b, options_.early_forks); }
+
+void CudaBackend::to_branch(int b, bool early) {
   CLAWMINE_CHECK(b >= 0 && b < kMaxBranches, "cuda branch: ", b, " is not a branch (0 .. ", kMaxBranches - 1, ")");
   if (!side_streams()) b = 0;
   branch_ = b;
@@ -52,12 +66,38 @@ void CudaBackend::branch(int b) {
     if (!s.forked) {  // starts after everything the main stream has been given so far
       CLAWMINE_CUDA_CHECK(cudaEventRecord(s.fork, main_stream_));
       CLAWMINE_CUDA_CHECK(cudaStreamWaitEvent(s.stream, s.fork, 0));
+      if (early && capturing_) start_at_fork(s.stream);
       s.forked = true;
       ++n_forked_;
     }
     stream_ = s.stream;
   }
   // cuBLAS calls set their stream (be.stream()) themselves.
+}
+
+void CudaBackend::start_at_fork(cudaStream_t side) {
+  cudaStreamCaptureStatus status{};
+  const cudaGraphNode_t* deps = nullptr;
+  const cudaGraphEdgeData* data = nullptr;
+  size_t n = 0;
+#if CUDART_VERSION >= 13000
+  CLAWMINE_CUDA_CHECK(cudaStreamGetCaptureInfo(main_stream_, &status, nullptr, nullptr, &deps, &data, &n));
+#else
+  CLAWMINE_CUDA_CHECK(cudaStreamGetCaptureInfo_v3(main_stream_, &status, nullptr, nullptr, &deps, &data, &n));
+#endif
+  if (status != cudaStreamCaptureStatusActive || n == 0) return;  // the fork point is the capture's start
+  // Copies: the returned arrays live until the next call on the stream.
+  std::vector<cudaGraphNode_t> nodes(deps, deps + n);
+  std::vector<cudaGraphEdgeData> edges(n);
+  if (data) std::copy(data, data + n, edges.begin());
+#if CUDART_VERSION >= 13000
+  CLAWMINE_CUDA_CHECK(cudaStreamUpdateCaptureDependencies(side, nodes.data(), edges.data(), n,
+                                                          cudaStreamSetCaptureDependencies));
+#else
+  CLAWMINE_CUDA_CHECK(cudaStreamUpdateCaptureDependencies_v2(side, nodes.data(), edges.data(), n,
+                                                             cudaStreamSetCaptureDependencies));
+#endif
+  ++graph_stats_.early_forks;
 }
 
 void CudaBackend::branch_wait(int b) {

@@ -27,6 +27,10 @@ struct CudaOptions {
   // successor is reachable through another path) and the first step's nodes, edges, redundant
   // edges and joins logged by kernel (graph.cu). CLAWMINE_GRAPH_REPORT=1 turns it on too.
   bool graph_report = false;
+  // branch_early (ops/backend.h): a recorded side branch's first kernel has its fork point as its
+  // only predecessor (branches.cu); off, it is a plain branch(). The environment variable
+  // CLAWMINE_EARLY_FORKS=0 turns it off.
+  bool early_forks = true;
   size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
 };
 
@@ -47,6 +51,7 @@ struct GraphStats {
   int64_t instantiated = 0;  // new executable graphs
   int64_t updated = 0;       // recorded into a retired graph (CudaOptions::graph_update)
   int64_t redundant_edges = 0;  // in the recorded steps, counted with CudaOptions::graph_report
+  int64_t early_forks = 0;      // forks recorded from their fork point alone (branch_early)
 };
 GraphStats graph_stats(const ops::Backend& backend);
 

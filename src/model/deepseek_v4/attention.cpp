@@ -223,6 +223,13 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   auto on = [&](int b) {
     if (branches) c.be.branch(b);
   };
+  // kv and the keys start as soon as their forks allow (they lead to the attention's last
+  // inputs); the compressors, started as early, put their blocks beside wkv's and lose (H200,
+  // thirty-sixth session, decode b=1: kv and keys early 5.32-5.35 -> 5.23-5.26 ms/token; with the
+  // compressors too 5.35-5.37; with the shared expert's fork (moe.cpp) too 5.46-5.52).
+  auto on_early = [&](int b) {
+    if (branches) c.be.branch_early(b);
+  };
   const int64_t n_prev = window_rows(c, T);
   const TensorView pool = c.act({n_prev + T, Dh});
   const TensorView qr = c.act({T, cfg.q_lora_rank});
@@ -250,9 +257,9 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   }
   // The chunk's raw keys are computed in place in the window pool (after the n_prev previous
   // rows), so they need no copy into it; the compressed entries stay in place in the cache.
-  on(6);
+  on_early(6);
   project_keys(c, h, pool.slice0(n_prev, n_prev + T));
-  on(1);
+  on_early(1);
   window_prev(c, cache, pool, n_prev);
   TensorView idx;
   if (!select) idx = key_list(c, cache, n_prev, n_prev + T, iq, iw);

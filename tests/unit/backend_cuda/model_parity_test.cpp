@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -154,6 +155,28 @@ TEST_P(CudaModelParity, ChunkedPrefillAgreesAndGraphsAreBitIdentical) {
   ASSERT_EQ(graph_steps.size(), eager_steps.size());
   EXPECT_EQ(std::memcmp(graph_steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
       << "graphs on and off differ";
+}
+
+// Early forks (CudaOptions::early_forks, ops::Backend::branch_early) drop the redundant edges
+// capture gives the early branches' first kernels, and keep the bits of eager launches.
+TEST_P(CudaModelParity, EarlyForksDropRedundantEdgesAndAreBitIdentical) {
+  if (std::getenv("CLAWMINE_EARLY_FORKS") != nullptr) GTEST_SKIP() << "CLAWMINE_EARLY_FORKS is set";
+  const std::vector<float> eager_steps = decode_logits(test::model_cuda_options(DType::kF32, false));
+  backend::cuda::GraphStats stats[2];
+  for (const bool early : {false, true}) {
+    SCOPED_TRACE(str_cat("early forks ", early));
+    backend::cuda::CudaOptions o = test::model_cuda_options(DType::kF32, true);
+    o.early_forks = early;
+    o.graph_report = true;
+    const std::vector<float> steps = decode_logits(o, &stats[early]);
+    EXPECT_GT(stats[early].instantiated + stats[early].updated, 0) << "no step was recorded";
+    ASSERT_EQ(steps.size(), eager_steps.size());
+    EXPECT_EQ(std::memcmp(steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
+        << "graphs and eager launches differ";
+  }
+  EXPECT_EQ(stats[0].early_forks, 0);
+  EXPECT_GT(stats[1].early_forks, 0) << "no fork was recorded early";
+  EXPECT_LT(stats[1].redundant_edges, stats[0].redundant_edges) << "early forks left every redundant edge";
 }
 
 TEST_P(CudaModelParity, Bf16ModeStaysFiniteAndClose) {
