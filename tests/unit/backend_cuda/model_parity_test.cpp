@@ -80,8 +80,7 @@ class CudaModelParity : public ::testing::TestWithParam<Case> {
     if (backend::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   }
   Placed load(DType act, bool graphs) const { return load(test::model_cuda_options(act, graphs)); }
-  // Token-by-token logits of the fixture's ids on a backend of `options` (F32 eager: the reference
-  // the graph tests compare bits with).
+  // Token-by-token logits of the fixture's ids on a new backend of `options`, and its graph stats.
   std::vector<float> decode_logits(const backend::cuda::CudaOptions& options,
                                    backend::cuda::GraphStats* stats = nullptr) const {
     Placed p = load(options);
@@ -150,8 +149,7 @@ TEST_P(CudaModelParity, ChunkedPrefillAgreesAndGraphsAreBitIdentical) {
       EXPECT_LE(test::max_rel_diff(logits_of(*eager.model, *eager.be, ids, chunk), full), 1e-4) << chunk;
     eager_steps = logits_of(*eager.model, *eager.be, ids, 1);
   }
-  Placed graphed = load(DType::kF32, true);
-  const auto graph_steps = logits_of(*graphed.model, *graphed.be, ids, 1);
+  const auto graph_steps = decode_logits(test::model_cuda_options(DType::kF32, true));
   ASSERT_EQ(graph_steps.size(), eager_steps.size());
   EXPECT_EQ(std::memcmp(graph_steps.data(), eager_steps.data(), eager_steps.size() * sizeof(float)), 0)
       << "graphs on and off differ";
