@@ -66,6 +66,7 @@
 
 #include "backend/cuda/device.h"
 #include "backend/cuda/linear_kernels.cuh"
+#include "common/probe_timing.cuh"
 
 namespace cuda = clawmine::backend::cuda;
 using cuda::WFmt;
@@ -492,36 +493,7 @@ void free_case(CaseData& cd) {
   if (cd.x_rows) CK(cudaFree(cd.x_rows));
 }
 
-// Median milliseconds per launch of `launch(i)` (i = 0..n-1) captured as one graph.
-template <typename Fn>
-double time_graph(cudaStream_t st, int n, int reps, Fn&& launch) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < n; ++i) launch(i);
-  CK(cudaStreamEndCapture(st, &graph));
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(exec, st));
-  std::vector<double> ms;
-  for (int r = 0; r < reps; ++r) {
-    CK(cudaEventRecord(e0, st));
-    CK(cudaGraphLaunch(exec, st));
-    CK(cudaEventRecord(e1, st));
-    CK(cudaEventSynchronize(e1));
-    float m = 0;
-    CK(cudaEventElapsedTime(&m, e0, e1));
-    ms.push_back(m / n);
-  }
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
-  CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using clawmine::probe::time_graph;
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> v;

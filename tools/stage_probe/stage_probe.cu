@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "backend/cuda/weight_formats.cuh"  // ld_stream16: the decode GEMVs' weight load
+#include "common/probe_timing.cuh"
 
 #define CK(x)                                                                                \
   do {                                                                                       \
@@ -236,11 +237,6 @@ const StepSpec kLayer[] = {
 };
 constexpr int kPerLayer = sizeof(kLayer) / sizeof(kLayer[0]);
 
-float median_ms(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -325,29 +321,9 @@ int main(int argc, char** argv) {
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_k, threads, smem));
   const int resident = per_sm * prop.multiProcessorCount;
 
+  // Milliseconds of one replay of what `record` captures.
   auto time_graph = [&](auto&& record) {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-    record();
-    CK(cudaStreamEndCapture(st, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    std::vector<float> ms;
-    for (int r = 0; r < reps + 2; ++r) {
-      CK(cudaEventRecord(a, st));
-      CK(cudaGraphLaunch(ge, st));
-      CK(cudaEventRecord(b, st));
-      CK(cudaStreamSynchronize(st));
-      float t = 0;
-      CK(cudaEventElapsedTime(&t, a, b));
-      if (r >= 2) ms.push_back(t);
-    }
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
-    return median_ms(ms);
+    return static_cast<float>(clawmine::probe::time_graph(st, 1, reps, [&](int) { record(); }));
   };
 
   const float launch_ms = time_graph([&] {

@@ -61,12 +61,39 @@ struct WeightDesc {
   int32_t input_scale_trusted = 1;        // LinearWeight::input_scale_trusted
 };
 
-// 16-byte weight load that bypasses L1 (weights are streamed once per pass).
+// The L2 prefetch size of the weight stream's loads in bytes: 0 the load's own sectors; 128 (the
+// default) or 256 a miss fetches the aligned 128 / 256 bytes around it from DRAM.
+// The decode GEMVs read each row in 64-byte pieces (FP4: a k block of a row per quad of lanes), so
+// at 0 a 128-byte line comes from DRAM in two requests issued a k block apart. tools/load_pattern
+// (H200, the routed experts' one-token gate/up, loads alone): the wgmma kernel's pattern 14.0 us ->
+// 12.9 at 128 (the address-order read of the same bytes: 12.6), 17.1 -> 14.9 with 300 cycles of
+// math per k block; the kernels themselves (tools/gemv_probe, T = 1): MXFP4 experts' gate/up
+// streaming 27.5 -> 26.4 us, on wgmma 20.2 -> 19.9, down 15.8 -> 15.0 / 11.6 -> 11.4, FP8 within
+// noise; decode b=1 5.24 -> 5.22 ms/token at 128 in two calls, 5.30-5.36 at 256
+// (docs/PERFORMANCE.md, thirty-seventh session). The loaded values are the same at every setting.
+#ifndef CLAWMINE_WEIGHT_L2_PREFETCH
+#define CLAWMINE_WEIGHT_L2_PREFETCH 128
+#endif
+constexpr int kWeightL2Prefetch = CLAWMINE_WEIGHT_L2_PREFETCH;
+// 16-byte weight load that bypasses L1 (weights are streamed once per pass); kL2: the L2 prefetch
+// size (tools/load_pattern times each).
+template <int kL2 = kWeightL2Prefetch>
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  static_assert(kL2 == 0 || kL2 == 128 || kL2 == 256, "L2 prefetch size: 0, 128 or 256");
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  if constexpr (kL2 == 256) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  } else if constexpr (kL2 == 128) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  } else {
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  }
   return v;
 }
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
