@@ -18,14 +18,16 @@
 //   tiled       the weights stored per 64-row tile as [k block][row][64 bytes]: a block's k block
 //               is 4 KB contiguous (a repacked layout)
 //   linear      the block's 128 KB read in address order, the same loads in flight (its read floor)
-// plus the copy bandwidth (a 16-byte copy kernel over 1 GiB, read + written bytes).
+// plus the copy bandwidth (a 16-byte copy kernel over 1 GiB, read + written bytes). The experts lie
+// 8 MiB apart (a power of two: the 6 experts' tiles read in lock step fall on the same address
+// bits below 2^23) unless --pads adds bytes between them (e.g. 0,4352: is there partition camping?).
 // H200, thirty-seventh session (docs/PERFORMANCE.md), us per launch, 8 steps in flight, no delay /
 // 300 cycles per step: wgmma 14.04 / 17.17, wgmma128 12.90 / 14.89, wgmma256 13.62 / 15.02, paired
 // 13.25 / 15.77, tiled 12.72 / 14.74, linear 12.66 / 14.51. So the wgmma pattern's loads cost
 // ~11% over the address-order read (17-19% with math between steps), and the 128-byte L2
 // prefetch size takes that back; ld_stream16 (weight_formats.cuh) now loads with it.
 //
-//   cmake --build build-gpu --target bench_load_pattern && build-gpu/bench_load_pattern [--delay 0,300]
+//   cmake --build build-gpu --target bench_load_pattern && build-gpu/bench_load_pattern [--delay 0,300] [--pads 0]
 //   (or nvcc -O3 -std=c++17 -arch=sm_90a --expt-relaxed-constexpr -I src -I tools tools/load_pattern/load_pattern.cu)
 #include <cuda_runtime.h>
 
@@ -77,13 +79,14 @@ __device__ __forceinline__ int64_t offset(int s, int j) {
   }
 }
 
-// Grid (kRows / 64 tiles, kSlots), 128 threads; sel[slot] = expert. kNS steps in flight per lane
-// (two 16-byte loads each); after each step a spin of `delay` cycles.
+// Grid (kRows / 64 tiles, kSlots), 128 threads; sel[slot] = expert, at pool + expert * stride.
+// kNS steps in flight per lane (two 16-byte loads each); after each step a spin of `delay` cycles.
 template <int P, int kNS>
-__global__ void __launch_bounds__(128) loads_kernel(const uint8_t* __restrict__ pool, const int* __restrict__ sel,
-                                                    int delay, uint32_t* __restrict__ sink) {
+__global__ void __launch_bounds__(128) loads_kernel(const uint8_t* __restrict__ pool, int64_t stride,
+                                                    const int* __restrict__ sel, int delay,
+                                                    uint32_t* __restrict__ sink) {
   const int e = sel[blockIdx.y];
-  const uint8_t* base = pool + e * kExpertBytes + int64_t{blockIdx.x} * kTileRows * kRowBytes;
+  const uint8_t* base = pool + e * stride + int64_t{blockIdx.x} * kTileRows * kRowBytes;
   uint4 buf[kNS][2];
 #pragma unroll
   for (int s = 0; s < kNS; ++s)
@@ -127,24 +130,26 @@ double time_graph_us(cudaStream_t st, int n, int reps, Fn&& launch) {
 }
 
 template <int P, int kNS>
-double time_pattern(cudaStream_t st, const uint8_t* pool, const int* sel, int n_sets, int delay, uint32_t* sink) {
+double time_pattern(cudaStream_t st, const uint8_t* pool, int64_t stride, const int* sel, int n_sets, int delay,
+                    uint32_t* sink) {
   return time_graph_us(st, n_sets, 15, [&](int i) {
-    loads_kernel<P, kNS><<<dim3(kRows / kTileRows, kSlots), 128, 0, st>>>(pool, sel + i * kSlots, delay, sink);
+    loads_kernel<P, kNS><<<dim3(kRows / kTileRows, kSlots), 128, 0, st>>>(pool, stride, sel + i * kSlots, delay, sink);
   });
 }
 
 template <int kNS>
-void run_all(cudaStream_t st, const uint8_t* pool, const int* sel, int n_sets, int delay, uint32_t* sink,
+void run_all(cudaStream_t st, const uint8_t* pool, int pad, const int* sel, int n_sets, int delay, uint32_t* sink,
              double copy_gbs) {
   const double bytes = double(kSlots) * kExpertBytes;
+  const int64_t stride = kExpertBytes + pad;
   double us[kPatterns];
-  us[kWgmma] = time_pattern<kWgmma, kNS>(st, pool, sel, n_sets, delay, sink);
-  us[kWgmma128] = time_pattern<kWgmma128, kNS>(st, pool, sel, n_sets, delay, sink);
-  us[kWgmma256] = time_pattern<kWgmma256, kNS>(st, pool, sel, n_sets, delay, sink);
-  us[kPaired] = time_pattern<kPaired, kNS>(st, pool, sel, n_sets, delay, sink);
-  us[kTiled] = time_pattern<kTiled, kNS>(st, pool, sel, n_sets, delay, sink);
-  us[kLinear] = time_pattern<kLinear, kNS>(st, pool, sel, n_sets, delay, sink);
-  std::printf("| %d | %d |", kNS, delay);
+  us[kWgmma] = time_pattern<kWgmma, kNS>(st, pool, stride, sel, n_sets, delay, sink);
+  us[kWgmma128] = time_pattern<kWgmma128, kNS>(st, pool, stride, sel, n_sets, delay, sink);
+  us[kWgmma256] = time_pattern<kWgmma256, kNS>(st, pool, stride, sel, n_sets, delay, sink);
+  us[kPaired] = time_pattern<kPaired, kNS>(st, pool, stride, sel, n_sets, delay, sink);
+  us[kTiled] = time_pattern<kTiled, kNS>(st, pool, stride, sel, n_sets, delay, sink);
+  us[kLinear] = time_pattern<kLinear, kNS>(st, pool, stride, sel, n_sets, delay, sink);
+  std::printf("| %d | %d | %d |", pad, kNS, delay);
   for (int p = 0; p < kPatterns; ++p) std::printf(" %.2f (%.0f%%) |", us[p], 100.0 * bytes / (us[p] * 1e3) / copy_gbs);
   std::printf("\n");
 }
@@ -163,15 +168,28 @@ std::vector<int> parse_list(const char* s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> delays = {0, 300};
-  for (int i = 1; i + 1 < argc; i += 2) {
+  std::vector<int> delays = {0, 300}, pads = {0};
+  for (int i = 1; i < argc; i += 2) {
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s: %s needs a value\n", argv[0], argv[i]);
+      return 2;
+    }
     if (std::strcmp(argv[i], "--delay") == 0) {
       delays = parse_list(argv[i + 1]);
+    } else if (std::strcmp(argv[i], "--pads") == 0) {
+      pads = parse_list(argv[i + 1]);
     } else {
-      std::fprintf(stderr, "usage: %s [--delay CYCLES,...]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--delay CYCLES,...] [--pads BYTES,...]\n", argv[0]);
       return 2;
     }
   }
+  for (int pad : pads) {
+    if (pad < 0 || pad % 256 != 0 || pad > (64 << 20)) {
+      std::fprintf(stderr, "--pads: %d: a multiple of 256 from 0 to 64 MiB\n", pad);
+      return 2;
+    }
+  }
+  const int max_pad = *std::max_element(pads.begin(), pads.end());
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
   cudaStream_t st;
@@ -194,8 +212,9 @@ int main(int argc, char** argv) {
   CK(cudaFree(b));
 
   uint8_t* pool = nullptr;
-  CK(cudaMalloc(&pool, size_t{kPool} * kExpertBytes));
-  CK(cudaMemset(pool, 0x5a, size_t{kPool} * kExpertBytes));
+  const size_t pool_bytes = size_t{kPool} * static_cast<size_t>(kExpertBytes + max_pad);
+  CK(cudaMalloc(&pool, pool_bytes));
+  CK(cudaMemset(pool, 0x5a, pool_bytes));
   // 20 sets of 6 distinct experts, consecutive sets disjoint (every launch L2 cold).
   const int n_sets = 20;
   std::vector<int> sel(static_cast<size_t>(n_sets) * kSlots);
@@ -225,15 +244,16 @@ int main(int argc, char** argv) {
   std::printf("%s, %d SMs; copy %.0f GB/s; %d blocks of 128 threads, %.1f MB per launch (6 experts x 4096 rows x 2048 B)\n\n",
               prop.name, prop.multiProcessorCount, copy_gbs, (kRows / kTileRows) * kSlots,
               kSlots * kExpertBytes / 1e6);
-  std::printf("| steps in flight | delay (cycles per step) |");
+  std::printf("| expert stride pad (bytes) | steps in flight | delay (cycles per step) |");
   for (int p = 0; p < kPatterns; ++p) std::printf(" %s us (%% of copy) |", kNames[p]);
-  std::printf("\n|---|---|");
+  std::printf("\n|---|---|---|");
   for (int p = 0; p < kPatterns; ++p) std::printf("---|");
   std::printf("\n");
-  for (int d : delays) {
-    run_all<4>(st, pool, dsel, n_sets, d, sink, copy_gbs);
-    run_all<8>(st, pool, dsel, n_sets, d, sink, copy_gbs);
-  }
+  for (int pad : pads)
+    for (int d : delays) {
+      run_all<4>(st, pool, pad, dsel, n_sets, d, sink, copy_gbs);
+      run_all<8>(st, pool, pad, dsel, n_sets, d, sink, copy_gbs);
+    }
   CK(cudaFree(pool));
   CK(cudaFree(dsel));
   CK(cudaFree(sink));
