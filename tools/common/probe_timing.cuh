@@ -1,4 +1,4 @@
-// The probes' timer (tools/gemv_probe, tools/load_pattern): launches captured as one CUDA graph and
+// The probes' timer (tools/gemv_probe, tools/stage_probe, tools/load_pattern): launches captured as one CUDA graph and
 // replayed, so that per-launch times exclude the host and include what a decode step's graph pays.
 #pragma once
 

@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -154,15 +155,20 @@ void run_all(cudaStream_t st, const uint8_t* pool, int pad, const int* sel, int 
   std::printf("\n");
 }
 
-std::vector<int> parse_list(const char* s) {
-  std::vector<int> v;
-  for (const char* p = s; *p;) {
-    v.push_back(std::atoi(p));
-    const char* c = std::strchr(p, ',');
-    if (!c) break;
-    p = c + 1;
+// A comma-separated list of whole numbers, e.g. "0,300"; false (nothing in `out`) on anything else.
+bool parse_list(const char* s, std::vector<int>& out) {
+  out.clear();
+  for (const char* p = s;;) {
+    char* end = nullptr;
+    const long v = std::strtol(p, &end, 10);
+    if (end == p || v < INT32_MIN || v > INT32_MAX || (*end != ',' && *end != '\0')) {
+      out.clear();
+      return false;
+    }
+    out.push_back(static_cast<int>(v));
+    if (*end == '\0') return true;
+    p = end + 1;
   }
-  return v;
 }
 
 }  // namespace
@@ -174,18 +180,26 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s: %s needs a value\n", argv[0], argv[i]);
       return 2;
     }
-    if (std::strcmp(argv[i], "--delay") == 0) {
-      delays = parse_list(argv[i + 1]);
-    } else if (std::strcmp(argv[i], "--pads") == 0) {
-      pads = parse_list(argv[i + 1]);
+    const bool delay = std::strcmp(argv[i], "--delay") == 0, pad = std::strcmp(argv[i], "--pads") == 0;
+    if (delay || pad) {
+      if (!parse_list(argv[i + 1], delay ? delays : pads)) {
+        std::fprintf(stderr, "%s: %s %s: expected whole numbers separated by commas\n", argv[0], argv[i], argv[i + 1]);
+        return 2;
+      }
     } else {
       std::fprintf(stderr, "usage: %s [--delay CYCLES,...] [--pads BYTES,...]\n", argv[0]);
       return 2;
     }
   }
+  for (int d : delays) {
+    if (d < 0) {
+      std::fprintf(stderr, "%s: --delay %d: cycles per step, 0 or more\n", argv[0], d);
+      return 2;
+    }
+  }
   for (int pad : pads) {
     if (pad < 0 || pad % 256 != 0 || pad > (64 << 20)) {
-      std::fprintf(stderr, "--pads: %d: a multiple of 256 from 0 to 64 MiB\n", pad);
+      std::fprintf(stderr, "%s: --pads %d: a multiple of 256 from 0 to 64 MiB\n", argv[0], pad);
       return 2;
     }
   }

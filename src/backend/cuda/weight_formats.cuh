@@ -81,19 +81,18 @@ template <int kL2 = kWeightL2Prefetch>
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
   static_assert(kL2 == 0 || kL2 == 128 || kL2 == 256, "L2 prefetch size: 0, 128 or 256");
   uint4 v;
+#define CLAWMINE_LD_STREAM16(L2)                                                         \
+  asm volatile("ld.global.nc.L1::no_allocate" L2 ".v4.u32 {%0, %1, %2, %3}, [%4];" \
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)                            \
+               : "l"(p))
   if constexpr (kL2 == 256) {
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+    CLAWMINE_LD_STREAM16(".L2::256B");
   } else if constexpr (kL2 == 128) {
-    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+    CLAWMINE_LD_STREAM16(".L2::128B");
   } else {
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+    CLAWMINE_LD_STREAM16("");
   }
+#undef CLAWMINE_LD_STREAM16
   return v;
 }
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
