@@ -377,6 +377,17 @@ class Backend {
   virtual void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
                          const TensorView& ids, float routed_scaling, const TensorView& idx,
                          const TensorView& weight) = 0;
+  // The router and the route in one: logits = x @ gate^T as linear(x, gate, logits), then
+  // moe_route(logits, ...) into idx and weight. x [T, D]; gate [E, D]; logits [T, E] F32; the rest
+  // as moe_route. The default issues the two ops (decorators see them so); a backend may compute
+  // both in one launch, its logits within the linear's tolerance and idx and weight exactly what
+  // moe_route gives for those logits.
+  virtual void moe_router(const TensorView& x, const LinearWeight& gate, const TensorView& bias,
+                          const TensorView& tid2eid, const TensorView& ids, float routed_scaling,
+                          const TensorView& logits, const TensorView& idx, const TensorView& weight) {
+    linear(x, gate, logits);
+    moe_route(logits, bias, tid2eid, ids, routed_scaling, idx, weight);
+  }
 
   // Routed experts: out[t] = sum_k weight[t,k] * expert_{idx[t,k]}(x[t]) summed in ascending
   // expert id, where expert(x) = w2( silu(min(x@w1^T, limit)) * clamp(x@w3^T, -limit, limit) ).

@@ -48,6 +48,11 @@ class LentBackend final : public diag::ForwardingBackend {
   void linear_multi(const TensorView& x, const ops::Backend::LinearJob* jobs, int64_t n_jobs) override {
     inner().linear_multi(x, jobs, n_jobs);
   }
+  void moe_router(const TensorView& x, const ops::LinearWeight& gate, const TensorView& bias, const TensorView& tid2eid,
+                  const TensorView& ids, float routed_scaling, const TensorView& logits, const TensorView& idx,
+                  const TensorView& weight) override {
+    inner().moe_router(x, gate, bias, tid2eid, ids, routed_scaling, logits, idx, weight);
+  }
   void compress_store(const TensorView& kv, const TensorView& gate, const TensorView& ape, const TensorView& positions,
                       int64_t rate, bool overlap, const ops::CompressorStateView& state,
                       const ops::Backend::VecPrep& prep, const TensorView& inv_freq, const TensorView& pooled,

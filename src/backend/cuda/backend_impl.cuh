@@ -105,6 +105,11 @@ class CudaBackend final : public ops::Backend {
   // route.cu
   void moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid, const TensorView& ids,
                  float routed_scaling, const TensorView& idx, const TensorView& weight) override;
+  // The router GEMV and the route in one launch at decode sizes (its last block routes), when
+  // set_moe_router_fused / CLAWMINE_MOE_ROUTER_FUSED turns it on; else linear and moe_route.
+  void moe_router(const TensorView& x, const LinearWeight& gate, const TensorView& bias, const TensorView& tid2eid,
+                  const TensorView& ids, float routed_scaling, const TensorView& logits, const TensorView& idx,
+                  const TensorView& weight) override;
 
   // linear.cu, moe.cu
   void linear(const TensorView& x, const LinearWeight& w, const TensorView& out) override;

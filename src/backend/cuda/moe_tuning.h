@@ -55,6 +55,16 @@ void set_swiglu_pairs(bool on = true);
 // default on); 0 off; > 0 on. The same bits either way.
 void set_moe_tiles_early(int mode = -1);
 
+// The MoE router's GEMV and its route as one launch at decode sizes (CudaBackend::moe_router,
+// route.cu: the last block routes) instead of linear and moe_route. mode < 0: the environment's
+// CLAWMINE_MOE_ROUTER_FUSED (read once; "1" turns it on, default off until a decode step has
+// measured it); 0 off; > 0 on. The selection and weights are moe_route's for the logits the
+// launch computes; the logits are the router linear's within its tolerance (another summation
+// order), so a near-tie may select differently from the unfused path.
+void set_moe_router_fused(int mode = -1);
+// How many fused router launches this process has made (tests: that the fused path ran).
+int64_t moe_router_fused_launches();
+
 // Tokens up to which moe_experts runs the experts as GEMV tiles (expert-sorted rows in tiles of at
 // most 16, the weights streamed by the GEMV kernels: decode, batched decode, the prefill of short
 // prompts) instead of 64-row GEMM tiles or, from 64 rows per expert on average, the BF16 copies and

@@ -5,7 +5,8 @@
 //   routed: the K best of key[e] = a[e] + bias[e] (float32 add), ordered by key descending then
 //   expert id ascending: the CPU's partial_sort order, ties to the lower id;
 //   weight[k] = a[sel[k]] / (sum_k a[sel[k]] + 1e-20) * routed_scaling in double, summed in k order.
-// Two kernels compute this, with the same results:
+// Two kernels compute this, with the same results (and moe_router_kernel's last block runs the
+// second one's body after the router GEMV, below):
 //   moe_route_kernel       one warp per token (prefill, many experts): K rounds of a warp
 //                          arg-max over the keys in shared memory, an entry taken in an earlier
 //                          round skipped;
@@ -17,9 +18,13 @@
 // A hash row whose token id or table entry is out of range records an op error (op_errors.h)
 // and gets idx 0 and weight 0 in every slot, so later ops never index out of bounds.
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/device.h"
+#include "backend/cuda/linear_kernels.cuh"
+#include "backend/cuda/moe_tuning.h"
 #include "backend/cuda/op_errors.cuh"
 #include "backend/cuda/rowwise.cuh"
 
@@ -144,29 +149,27 @@ __global__ void moe_route_kernel(const float* __restrict__ logits, const float* 
   write_route(a, sel, ok, t, K, lane, routed_scaling, idx, weight);
 }
 
-// One block per token, blockDim.x = E rounded up to a warp (E <= kBlockMaxExperts): thread e
-// computes a[e] and key[e] into shared memory, then selects by rank (header); warp 0 writes.
+// Token t's route by one block of at least E threads (E <= kBlockMaxExperts): thread e computes
+// a[e] and key[e] into shared memory, then selects by rank (header); warp 0 writes. Every thread
+// of the block calls it (its barriers); lt is the token's logits row, read through L2 (in
+// moe_router_kernel other blocks of the launch wrote it).
 template <typename Tid>
-__global__ void __launch_bounds__(kBlockMaxExperts)
-    moe_route_block_kernel(const float* __restrict__ logits, const float* __restrict__ bias,
-                           const Tid* __restrict__ tid2eid, int64_t V, const int32_t* __restrict__ ids, int E, int K,
-                           float routed_scaling, int32_t* __restrict__ idx, float* __restrict__ weight,
-                           OpErrorRecord* err) {
-  pdl_wait();
-  pdl_trigger();
+__device__ void route_token_block(const float* lt, const float* __restrict__ bias, const Tid* __restrict__ tid2eid,
+                                  int64_t V, const int32_t* __restrict__ ids, int64_t t, int E, int K,
+                                  float routed_scaling, int32_t* __restrict__ idx, float* __restrict__ weight,
+                                  OpErrorRecord* err) {
   __shared__ float score[kBlockMaxExperts], keys[kBlockMaxExperts];
   __shared__ int32_t picked[kMaxTopK];
   const int tid = threadIdx.x, lane = tid & 31;
-  const int64_t t = blockIdx.x;
-  const float* lt = logits + t * E;
-  int sel = -1;  // warp 0, lane k < K: the expert of slot k
+  __syncthreads();  // a previous token's readers of score[] and picked[] are done
+  int sel = -1;     // warp 0, lane k < K: the expert of slot k
   bool ok = true;
   if (tid2eid != nullptr && tid < 32) {  // the table lookups first: their latency overlaps the scores
     ok = hash_selection(tid2eid, V, ids, t, E, K, lane, err, sel);
   }
   float key = 0.0f;
   if (tid < E) {
-    const float a = route_score(lt[tid]);
+    const float a = route_score(__ldcg(lt + tid));
     key = bias != nullptr ? __fadd_rn(a, bias[tid]) : a;
     score[tid] = a;
     keys[tid] = key;
@@ -190,9 +193,165 @@ __global__ void __launch_bounds__(kBlockMaxExperts)
   } else {
     __syncthreads();  // score[] complete
   }
-  if (tid >= 32) return;
-  const float a = lane < K && sel >= 0 ? score[sel] : 0.0f;  // == route_score(lt[sel]), bit for bit
-  write_route(a, sel, ok, t, K, lane, routed_scaling, idx, weight);
+  if (tid < 32) {
+    const float a = lane < K && sel >= 0 ? score[sel] : 0.0f;  // == route_score(lt[sel]), bit for bit
+    write_route(a, sel, ok, t, K, lane, routed_scaling, idx, weight);
+  }
+}
+
+// One block per token, blockDim.x = E rounded up to a warp (E <= kBlockMaxExperts).
+template <typename Tid>
+__global__ void __launch_bounds__(kBlockMaxExperts)
+    moe_route_block_kernel(const float* __restrict__ logits, const float* __restrict__ bias,
+                           const Tid* __restrict__ tid2eid, int64_t V, const int32_t* __restrict__ ids, int E, int K,
+                           float routed_scaling, int32_t* __restrict__ idx, float* __restrict__ weight,
+                           OpErrorRecord* err) {
+  pdl_wait();
+  pdl_trigger();
+  const int64_t t = blockIdx.x;
+  route_token_block(logits + t * E, bias, tid2eid, V, ids, t, E, K, routed_scaling, idx, weight, err);
+}
+
+// The router GEMV and the route in one launch (decode sizes: T <= kRouterMaxT, E <=
+// kBlockMaxExperts): warp w of block b computes logits[t, e] = x[t] . gate[e] for expert
+// e = kRouterRows * b + w and every token (16-byte weight loads, kRouterVecs per lane in flight, the
+// first of them issued before griddepcontrol.wait: the gate is an upload; f32 sums in lane order,
+// then a warp sum), stores them, and counts; the last block to count routes every token with
+// route_token_block, the same body as moe_route_block_kernel, so idx and weight are what
+// moe_route gives for these logits. The counter is 0 on entry and left 0. This saves the route's
+// launch on the decode step's chain (router GEMV, then route, then the experts).
+constexpr int kRouterThreads = kBlockMaxExperts;  // the last block routes with one thread per expert
+constexpr int kRouterRows = kRouterThreads / 32;  // experts per block: one warp each
+constexpr int kRouterMaxT = 8;
+constexpr int kRouterVecs = 16;  // 16-byte weight vectors per lane and round (a 4096-wide BF16 row in one)
+
+template <typename TW, typename TX, typename Tid>
+__global__ void __launch_bounds__(kRouterThreads)
+    moe_router_kernel(const TX* __restrict__ x, const TW* __restrict__ gate, int D, int T, int E,
+                      const float* __restrict__ bias, const Tid* __restrict__ tid2eid, int64_t V,
+                      const int32_t* __restrict__ ids, int K, float routed_scaling, float* __restrict__ logits,
+                      int32_t* __restrict__ idx, float* __restrict__ weight, unsigned* __restrict__ counter,
+                      OpErrorRecord* err) {
+  constexpr int kEpv = 16 / static_cast<int>(sizeof(TW));  // weights per 16-byte vector
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int e = static_cast<int>(blockIdx.x) * kRouterRows + warp;
+  const bool has_row = e < E;  // warp-uniform
+  const TW* wr = gate + static_cast<int64_t>(has_row ? e : 0) * D;
+  const int nvec = D / kEpv, per_round = 32 * kRouterVecs;
+  uint4 wv[kRouterVecs];
+  auto load_round = [&](int r) {
+#pragma unroll
+    for (int j = 0; j < kRouterVecs; ++j) {
+      const int v = r * per_round + 32 * j + lane;
+      wv[j] = has_row && v < nvec ? ld_stream16(wr + static_cast<int64_t>(v) * kEpv) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  };
+  load_round(0);  // the gate is an upload: before the wait
+  pdl_begin(true);
+  pdl_wait();
+  float acc[kRouterMaxT];
+#pragma unroll
+  for (int t = 0; t < kRouterMaxT; ++t) acc[t] = 0.0f;
+  const int rounds = (nvec + per_round - 1) / per_round;
+  for (int r = 0; r < rounds; ++r) {
+    if (r > 0) load_round(r);
+#pragma unroll
+    for (int j = 0; j < kRouterVecs; ++j) {
+      const int v = r * per_round + 32 * j + lane;
+      if (v >= nvec) break;
+      const rowwise::Packed<TW, kEpv> wp = *reinterpret_cast<const rowwise::Packed<TW, kEpv>*>(&wv[j]);
+#pragma unroll
+      for (int t = 0; t < kRouterMaxT; ++t) {
+        if (t >= T) break;
+        float xf[kEpv];
+        rowwise::load_packed<kEpv>(x + static_cast<int64_t>(t) * D + static_cast<int64_t>(v) * kEpv, xf);
+#pragma unroll
+        for (int i = 0; i < kEpv; ++i) acc[t] = fmaf(to_f32(wp.v[i]), xf[i], acc[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kRouterMaxT; ++t) {
+    if (t >= T) break;
+    const float sum = rowwise::warp_sum(acc[t]);
+    if (has_row && lane == 0) logits[static_cast<int64_t>(t) * E + e] = sum;
+  }
+  if (lane == 0) __threadfence();  // this warp's logits are visible device-wide before the count
+  __syncthreads();
+  __shared__ bool last;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (threadIdx.x == 0) *counter = 0u;  // every block has counted: ready for the next launch
+  for (int t = 0; t < T; ++t)
+    route_token_block(logits + static_cast<int64_t>(t) * E, bias, tid2eid, V, ids, t, E, K, routed_scaling, idx,
+                      weight, err);
+}
+
+std::atomic<int> g_router_fused{-1};  // set_moe_router_fused: < 0 until the environment is read
+int router_fused_from_env() { return env_switch("CLAWMINE_MOE_ROUTER_FUSED", false) ? 1 : 0; }
+std::atomic<int64_t> g_router_launches{0};
+const int kRouterCounterKey = 0;
+
+// moe_route's arguments, checked.
+struct RouteCall {
+  int64_t T = 0, E = 0, K = 0, V = 0;
+  bool hash = false;
+  const float* bias = nullptr;
+  const int32_t* ids = nullptr;
+};
+RouteCall check_route(const CudaBackend& be, const TensorView& logits, const TensorView& bias,
+                      const TensorView& tid2eid, const TensorView& ids, const TensorView& idx, const TensorView& weight) {
+  be.expect_device(logits, "moe_route", "logits");
+  be.expect_device(idx, "moe_route", "idx");
+  be.expect_device(weight, "moe_route", "weight");
+  CLAWMINE_CHECK(logits.dtype == DType::kF32 && logits.rank() == 2, "cuda moe_route: logits must be [T, E] F32, got ",
+                 dtype_name(logits.dtype), " ", shape_str(logits.shape));
+  RouteCall c;
+  c.T = logits.dim(0);
+  c.E = logits.dim(1);
+  const int64_t T = c.T, E = c.E;
+  CLAWMINE_CHECK(idx.dtype == DType::kI32 && idx.rank() == 2 && idx.dim(0) == T, "cuda moe_route: idx must be [", T,
+                 ", K] I32, got ", dtype_name(idx.dtype), " ", shape_str(idx.shape));
+  c.K = idx.dim(1);
+  const int64_t K = c.K;
+  CLAWMINE_CHECK(K >= 1 && K <= kMaxTopK, "cuda moe_route: top-", K, " is outside the supported [1, ", kMaxTopK, "]");
+  CLAWMINE_CHECK(weight.dtype == DType::kF32 && weight.numel() == T * K, "cuda moe_route: weight must be [", T, ", ", K,
+                 "] F32, got ", dtype_name(weight.dtype), " ", shape_str(weight.shape));
+  c.hash = !tid2eid.empty();
+  if (c.hash) {
+    be.expect_device(tid2eid, "moe_route", "tid2eid");
+    be.expect_device(ids, "moe_route", "ids");
+    CLAWMINE_CHECK(
+        (tid2eid.dtype == DType::kI32 || tid2eid.dtype == DType::kI64) && tid2eid.rank() == 2 && tid2eid.dim(1) == K,
+        "cuda moe_route: tid2eid must be [V, ", K, "] I32/I64, got ", dtype_name(tid2eid.dtype), " ",
+        shape_str(tid2eid.shape));
+    c.V = tid2eid.dim(0);
+    CLAWMINE_CHECK(ids.dtype == DType::kI32 && ids.numel() == T, "cuda moe_route: hash routing needs ids [", T,
+                   "] I32, got ", dtype_name(ids.dtype), " ", shape_str(ids.shape));
+    c.ids = ids.as<const int32_t>();
+  } else {
+    CLAWMINE_CHECK(K <= E, "cuda moe_route: top-", K, " of ", E, " experts");
+    CLAWMINE_CHECK(E <= kMaxRoutedExperts, "cuda moe_route: ", E, " experts exceed the supported ", kMaxRoutedExperts);
+    if (!bias.empty()) {
+      be.expect_device(bias, "moe_route", "bias");
+      CLAWMINE_CHECK(bias.dtype == DType::kF32 && bias.numel() == E, "cuda moe_route: bias must be [", E, "] F32, got ",
+                     dtype_name(bias.dtype), " ", shape_str(bias.shape));
+      c.bias = bias.as<const float>();
+    }
+  }
+  return c;
+}
+
+// Runs fn with the hash table as a typed pointer (null for routed layers).
+template <typename Fn>
+void with_table(const TensorView& tid2eid, Fn&& fn) {
+  if (!tid2eid.empty() && tid2eid.dtype == DType::kI64) {
+    fn(tid2eid.as<const int64_t>());
+  } else {
+    fn(tid2eid.empty() ? static_cast<const int32_t*>(nullptr) : tid2eid.as<const int32_t>());
+  }
 }
 
 }  // namespace
@@ -200,72 +359,84 @@ __global__ void __launch_bounds__(kBlockMaxExperts)
 void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, const TensorView& tid2eid,
                             const TensorView& ids, float routed_scaling, const TensorView& idx,
                             const TensorView& weight) {
-  expect_device(logits, "moe_route", "logits");
-  expect_device(idx, "moe_route", "idx");
-  expect_device(weight, "moe_route", "weight");
-  CLAWMINE_CHECK(logits.dtype == DType::kF32 && logits.rank() == 2, "cuda moe_route: logits must be [T, E] F32, got ",
-                 dtype_name(logits.dtype), " ", shape_str(logits.shape));
-  const int64_t T = logits.dim(0), E = logits.dim(1);
-  CLAWMINE_CHECK(idx.dtype == DType::kI32 && idx.rank() == 2 && idx.dim(0) == T, "cuda moe_route: idx must be [", T,
-                 ", K] I32, got ", dtype_name(idx.dtype), " ", shape_str(idx.shape));
-  const int64_t K = idx.dim(1);
-  CLAWMINE_CHECK(K >= 1 && K <= kMaxTopK, "cuda moe_route: top-", K, " is outside the supported [1, ", kMaxTopK, "]");
-  CLAWMINE_CHECK(weight.dtype == DType::kF32 && weight.numel() == T * K, "cuda moe_route: weight must be [", T, ", ", K,
-                 "] F32, got ", dtype_name(weight.dtype), " ", shape_str(weight.shape));
-  const bool hash = !tid2eid.empty();
-  const float* pb = nullptr;
-  int64_t V = 0;
-  if (hash) {
-    expect_device(tid2eid, "moe_route", "tid2eid");
-    expect_device(ids, "moe_route", "ids");
-    CLAWMINE_CHECK(
-        (tid2eid.dtype == DType::kI32 || tid2eid.dtype == DType::kI64) && tid2eid.rank() == 2 && tid2eid.dim(1) == K,
-        "cuda moe_route: tid2eid must be [V, ", K, "] I32/I64, got ", dtype_name(tid2eid.dtype), " ",
-        shape_str(tid2eid.shape));
-    V = tid2eid.dim(0);
-    CLAWMINE_CHECK(ids.dtype == DType::kI32 && ids.numel() == T, "cuda moe_route: hash routing needs ids [", T,
-                   "] I32, got ", dtype_name(ids.dtype), " ", shape_str(ids.shape));
-  } else {
-    CLAWMINE_CHECK(K <= E, "cuda moe_route: top-", K, " of ", E, " experts");
-    CLAWMINE_CHECK(E <= kMaxRoutedExperts, "cuda moe_route: ", E, " experts exceed the supported ", kMaxRoutedExperts);
-    if (!bias.empty()) {
-      expect_device(bias, "moe_route", "bias");
-      CLAWMINE_CHECK(bias.dtype == DType::kF32 && bias.numel() == E, "cuda moe_route: bias must be [", E, "] F32, got ",
-                     dtype_name(bias.dtype), " ", shape_str(bias.shape));
-      pb = bias.as<const float>();
-    }
-  }
+  const RouteCall c = check_route(*this, logits, bias, tid2eid, ids, idx, weight);
+  const int64_t T = c.T, E = c.E, K = c.K;
   if (T == 0) return;
-  OpErrorRecord* err = hash ? op_error_record(*this) : nullptr;
-  const auto* pids = hash ? ids.as<const int32_t>() : nullptr;
+  OpErrorRecord* err = c.hash ? op_error_record(*this) : nullptr;
   if (T <= kBlockMaxTokens && E <= kBlockMaxExperts) {
     const unsigned threads = static_cast<unsigned>(std::max<int64_t>(32, (E + 31) / 32 * 32));
-    auto go = [&](auto* table) {
+    with_table(tid2eid, [&](auto* table) {
       using Tid = std::remove_const_t<std::remove_pointer_t<decltype(table)>>;
       launch_kernel(moe_route_block_kernel<Tid>, static_cast<unsigned>(T), threads, 0, stream_,
-                    logits.as<const float>(), pb, table, V, pids, static_cast<int>(E), static_cast<int>(K),
+                    logits.as<const float>(), c.bias, table, c.V, c.ids, static_cast<int>(E), static_cast<int>(K),
                     routed_scaling, idx.as<int32_t>(), weight.as<float>(), err);
-    };
-    if (hash && tid2eid.dtype == DType::kI64) {
-      go(tid2eid.as<const int64_t>());
-    } else {
-      go(hash ? tid2eid.as<const int32_t>() : static_cast<const int32_t*>(nullptr));
-    }
+    });
     CLAWMINE_CUDA_LAUNCHED("moe_route");
     return;
   }
   const auto blocks = static_cast<unsigned>((T + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const size_t smem = hash ? 0 : static_cast<size_t>(kWarpsPerBlock * E) * sizeof(float);
-  if (hash && tid2eid.dtype == DType::kI64) {
-    launch_kernel(moe_route_kernel<int64_t>, blocks, kWarpsPerBlock * 32, smem, stream_, logits.as<const float>(), pb,
-                  tid2eid.as<const int64_t>(), V, pids, T, E, static_cast<int>(K), routed_scaling, idx.as<int32_t>(),
-                  weight.as<float>(), err);
-  } else {
-    launch_kernel(moe_route_kernel<int32_t>, blocks, kWarpsPerBlock * 32, smem, stream_, logits.as<const float>(), pb,
-                  hash ? tid2eid.as<const int32_t>() : nullptr, V, pids, T, E, static_cast<int>(K), routed_scaling,
-                  idx.as<int32_t>(), weight.as<float>(), err);
-  }
+  const size_t smem = c.hash ? 0 : static_cast<size_t>(kWarpsPerBlock * E) * sizeof(float);
+  with_table(tid2eid, [&](auto* table) {
+    using Tid = std::remove_const_t<std::remove_pointer_t<decltype(table)>>;
+    launch_kernel(moe_route_kernel<Tid>, blocks, kWarpsPerBlock * 32, smem, stream_, logits.as<const float>(), c.bias,
+                  table, c.V, c.ids, T, E, static_cast<int>(K), routed_scaling, idx.as<int32_t>(), weight.as<float>(),
+                  err);
+  });
   CLAWMINE_CUDA_LAUNCHED("moe_route");
+}
+
+void set_moe_router_fused(int mode) { g_router_fused.store(mode < 0 ? -1 : mode > 0 ? 1 : 0, std::memory_order_relaxed); }
+int64_t moe_router_fused_launches() { return g_router_launches.load(std::memory_order_relaxed); }
+
+void CudaBackend::moe_router(const TensorView& x, const LinearWeight& gate, const TensorView& bias,
+                             const TensorView& tid2eid, const TensorView& ids, float routed_scaling,
+                             const TensorView& logits, const TensorView& idx, const TensorView& weight) {
+  const bool on = env_setting(g_router_fused, router_fused_from_env) == 1;
+  const int64_t T = x.rank() == 2 ? x.dim(0) : -1, D = gate.in_features, E = gate.out_features;
+  const DType wt = gate.weight.dtype;
+  const bool dense = gate.format == model::deepseek_v4::WeightFormat::kDense && (wt == DType::kBF16 || wt == DType::kF32);
+  const size_t xsz = x.dtype == DType::kBF16 ? 2 : x.dtype == DType::kF32 ? 4 : 0;
+  const int64_t epv = dense ? 16 / static_cast<int64_t>(dtype_size(wt)) : 0;  // weights per 16-byte vector
+  const bool fits = on && dense && xsz != 0 && T >= 1 && T <= kRouterMaxT && E >= 1 && E <= kBlockMaxExperts &&
+                    x.dim(-1) == D && x.numel() == T * D && D <= 0x7fffffff && D % epv == 0 &&
+                    logits.dtype == DType::kF32 && logits.numel() == T * E && logits.rank() == 2 &&
+                    reinterpret_cast<uintptr_t>(x.data) % (static_cast<size_t>(epv) * xsz) == 0 &&
+                    reinterpret_cast<uintptr_t>(gate.weight.data) % 16 == 0;
+  if (!fits) {
+    Backend::moe_router(x, gate, bias, tid2eid, ids, routed_scaling, logits, idx, weight);
+    return;
+  }
+  expect_device(x, "moe_router", "x");
+  expect_device(logits, "moe_router", "logits");
+  make_weight_desc(gate, "moe_router");  // validates the gate's views (dtypes, shapes, device)
+  const RouteCall c = check_route(*this, logits, bias, tid2eid, ids, idx, weight);
+  OpErrorRecord* err = c.hash ? op_error_record(*this) : nullptr;
+  unsigned* counter = zeroed_counters(&kRouterCounterKey, 1);
+  const auto blocks = static_cast<unsigned>((E + kRouterRows - 1) / kRouterRows);
+  with_table(tid2eid, [&](auto* table) {
+    using Tid = std::remove_const_t<std::remove_pointer_t<decltype(table)>>;
+    auto go = [&](auto* w, auto* xp) {
+      using TW = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+      using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
+      launch_kernel(moe_router_kernel<TW, TX, Tid>, blocks, kRouterThreads, 0, stream_, xp, w, static_cast<int>(D),
+                    static_cast<int>(T), static_cast<int>(E), c.bias, table, c.V, c.ids, static_cast<int>(c.K),
+                    routed_scaling, logits.as<float>(), idx.as<int32_t>(), weight.as<float>(), counter, err);
+    };
+    auto with_x = [&](auto* w) {
+      if (x.dtype == DType::kBF16) {
+        go(w, x.as<const __nv_bfloat16>());
+      } else {
+        go(w, x.as<const float>());
+      }
+    };
+    if (wt == DType::kBF16) {
+      with_x(gate.weight.as<const __nv_bfloat16>());
+    } else {
+      with_x(gate.weight.as<const float>());
+    }
+  });
+  CLAWMINE_CUDA_LAUNCHED("moe_router");
+  g_router_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace clawmine::backend::cuda

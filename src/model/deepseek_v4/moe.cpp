@@ -16,10 +16,9 @@ MoeOut moe(const LayerContext& c, const TensorView& h) {
   const bool branches = T <= kBranchMaxTokens;
   const TensorView routed = c.act({T, cfg.hidden_size}), shared = c.act({T, cfg.hidden_size});
   const TensorView logits = c.be.scratch(DType::kF32, {T, E});
-  c.be.linear(h, w.gate, logits);
   const TensorView idx = c.be.scratch(DType::kI32, {T, K}), weight = c.be.scratch(DType::kF32, {T, K});
-  c.be.moe_route(logits, hash ? TensorView{} : w.gate_bias, hash ? w.tid2eid : TensorView{}, c.ids,
-                 static_cast<float>(cfg.routed_scaling_factor), idx, weight);
+  c.be.moe_router(h, w.gate, hash ? TensorView{} : w.gate_bias, hash ? w.tid2eid : TensorView{}, c.ids,
+                  static_cast<float>(cfg.routed_scaling_factor), logits, idx, weight);
   // The shared expert reads h alone: at decode sizes it runs on a branch of its own, forked after
   // the route so that the routed experts' first launch, ready at the same time, is not kept
   // waiting for multiprocessors by the shared expert's blocks (forked at the start it filled them

@@ -4,7 +4,9 @@
 // float scores). E in {7, 64, 256, 2048}, K in {3, 6, 8}, T in {1, 3, 7, 300} (T <= 32 with
 // E <= 256: the block-per-token kernel; else one warp per token). The two kernels agree bit for
 // bit, NaN scores included. Out-of-range hash inputs are reported as op errors and never index
-// out of bounds. Skips without a GPU.
+// out of bounds. The fused router (moe_router: the router GEMV and the route in one launch)
+// computes logits within 1e-5 of the CPU's linear and routes them exactly as moe_route does.
+// Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,7 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/moe_tuning.h"
 #include "core/error.h"
+#include "unit/backend_cuda/linear_test_util.h"
 #include "unit/backend_cuda/same_inputs.h"
 
 namespace clawmine::test {
@@ -139,6 +143,65 @@ TEST_F(CudaRoute, BlockAndWarpKernelsAgree) {
       for (int32_t e : i3) EXPECT_TRUE(e >= 0 && e < E) << e;
       const std::vector<float> f40 = download_f32(*cuda, w40.view());
       EXPECT_TRUE(same_bits(std::vector<float>(f40.begin(), f40.begin() + 3 * K), download_f32(*cuda, w3.view())));
+    }
+  }
+}
+
+// moe_router with the fused launch (set_moe_router_fused(1)) on fresh random x and gate: its
+// logits within rel_l2 1e-5 of the CPU's linear on the same values, and its idx and weights
+// exactly moe_route's on those logits (routed with and without bias, hash with an I64 table);
+// twice in a row (the launch leaves its counter at 0 for the next); a shape outside the fused
+// kernel's (T = 9) falls back to linear and moe_route.
+TEST_F(CudaRoute, FusedRouterRoutesItsOwnLogits) {
+  struct Reset {
+    ~Reset() { backend::cuda::set_moe_router_fused(-1); }
+  } reset;
+  backend::cuda::set_moe_router_fused(1);
+  uint32_t seed = 8000;
+  const int64_t V = 500;
+  struct Case {
+    int64_t E, K, D, T;
+    TestFormat w;
+    DType x;
+    int kind;  // 0 routed, 1 routed with bias, 2 hash
+  };
+  const Case cases[] = {{64, 6, 4096, 1, TestFormat::kBF16, DType::kBF16, 1}, {64, 6, 4096, 1, TestFormat::kBF16, DType::kBF16, 2},
+                        {256, 8, 4096, 3, TestFormat::kBF16, DType::kBF16, 0}, {7, 3, 1032, 8, TestFormat::kBF16, DType::kF32, 1},
+                        {200, 6, 2048, 2, TestFormat::kF32, DType::kBF16, 1}, {64, 6, 4096, 9, TestFormat::kBF16, DType::kBF16, 1}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(str_cat("E ", c.E, " K ", c.K, " D ", c.D, " T ", c.T, " ", format_label(c.w), " x ",
+                         dtype_label(c.x), " kind ", c.kind));
+    seed += 10;
+    const auto gate = make_linear(*cuda, c.w, fast_normal(static_cast<size_t>(c.E * c.D), seed, 0.03f), c.E, c.D,
+                                  "layers.3.ffn.gate");
+    const OnBoth x = same_floats(*cpu, *cuda, random_normal(c.T * c.D, seed + 1), {c.T, c.D}, c.x);
+    const OnBoth bias = same_floats(*cpu, *cuda, random_normal(c.E, seed + 2, 0.3f), {c.E});
+    const std::vector<int32_t> table32 = random_ints(V * c.K, 0, c.E - 1, seed + 3);
+    const OnBoth tid2eid = same_ints(*cpu, *cuda, std::vector<int64_t>(table32.begin(), table32.end()), {V, c.K});
+    const OnBoth ids = same_ints(*cpu, *cuda, random_ints(c.T, 0, V - 1, seed + 4), {c.T});
+    const TensorView b = c.kind == 1 ? bias.gpu.view() : TensorView{};
+    const TensorView table = c.kind == 2 ? tid2eid.gpu.view() : TensorView{};
+
+    const OnBoth ref_logits = poisoned_both(*cpu, *cuda, {c.T, c.E});
+    cpu->linear(x.cpu.view(), gate->host, ref_logits.cpu.view());
+    const std::vector<float> want = download_f32(*cpu, ref_logits.cpu.view());
+    const bool fused = c.T <= 8;
+    for (int round = 0; round < 2; ++round) {
+      SCOPED_TRACE(str_cat("round ", round));
+      const ops::DeviceBuffer logits = poisoned(*cuda, DType::kF32, {c.T, c.E});
+      const ops::DeviceBuffer idx = poisoned(*cuda, DType::kI32, {c.T, c.K}), w = poisoned(*cuda, DType::kF32, {c.T, c.K});
+      const int64_t before = backend::cuda::moe_router_fused_launches();
+      cuda->moe_router(x.gpu.view(), gate->dev, b, table, ids.gpu.view(), 2.5f, logits.view(), idx.view(), w.view());
+      EXPECT_EQ(backend::cuda::moe_router_fused_launches() - before, fused ? 1 : 0);
+      const std::vector<float> got = download_f32(*cuda, logits.view());
+      EXPECT_TRUE(within(got, want, 1e-5));
+      // moe_route on the launch's own logits: the same slots and weights, bit for bit.
+      const ops::DeviceBuffer idx2 = poisoned(*cuda, DType::kI32, {c.T, c.K}), w2 = poisoned(*cuda, DType::kF32, {c.T, c.K});
+      cuda->moe_route(logits.view(), b, table, ids.gpu.view(), 2.5f, idx2.view(), w2.view());
+      const auto i1 = download_as<int32_t>(*cuda, idx.view()), i2 = download_as<int32_t>(*cuda, idx2.view());
+      EXPECT_EQ(i1, i2);
+      for (int32_t e : i1) EXPECT_TRUE(e >= 0 && e < c.E) << e;
+      EXPECT_TRUE(same_bits(download_f32(*cuda, w.view()), download_f32(*cuda, w2.view())));
     }
   }
 }
