@@ -107,8 +107,8 @@ def diff_lines(old, new, threads, mangled=None):
     return lines
 
 
-def compile_log(root, src, arch):
-    """ptxas -v output of src compiled in tree `root` (the repository's layout)."""
+def start_compile(root, src, arch):
+    """(nvcc process whose output is ptxas -v's for src in tree `root`, its cubin path)."""
     fd, cubin = tempfile.mkstemp(suffix=".cubin")
     os.close(fd)
     cmd = ["nvcc", "-cubin", "-Xptxas", "-v", f"--generate-code=arch=compute_{arch[3:]},code={arch}",
@@ -161,7 +161,7 @@ def main():
         try:
             if not os.path.isfile(os.path.join(base_tree, src)):
                 sys.exit(f"ptxas_diff: {src} does not exist at {args.base}")
-            runs = [compile_log(base_tree, src, args.arch), compile_log(root, src, args.arch)]
+            runs = [start_compile(base_tree, src, args.arch), start_compile(root, src, args.arch)]
             texts = []
             for (proc, cubin), side in zip(runs, (args.base, "working tree")):
                 out, _ = proc.communicate()

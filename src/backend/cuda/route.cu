@@ -344,6 +344,10 @@ RouteCall check_route(const CudaBackend& be, const TensorView& logits, const Ten
   return c;
 }
 
+// The element type of a typed pointer the dispatchers below pass (const T* -> T).
+template <typename P>
+using pointee_t = std::remove_const_t<std::remove_pointer_t<P>>;
+
 // Runs fn with the hash table as a typed pointer (null for routed layers).
 template <typename Fn>
 void with_table(const TensorView& tid2eid, Fn&& fn) {
@@ -366,7 +370,7 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, co
   if (T <= kBlockMaxTokens && E <= kBlockMaxExperts) {
     const unsigned threads = static_cast<unsigned>(std::max<int64_t>(32, (E + 31) / 32 * 32));
     with_table(tid2eid, [&](auto* table) {
-      using Tid = std::remove_const_t<std::remove_pointer_t<decltype(table)>>;
+      using Tid = pointee_t<decltype(table)>;
       launch_kernel(moe_route_block_kernel<Tid>, static_cast<unsigned>(T), threads, 0, stream_,
                     logits.as<const float>(), c.bias, table, c.V, c.ids, static_cast<int>(E), static_cast<int>(K),
                     routed_scaling, idx.as<int32_t>(), weight.as<float>(), err);
@@ -377,7 +381,7 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, co
   const auto blocks = static_cast<unsigned>((T + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const size_t smem = c.hash ? 0 : static_cast<size_t>(kWarpsPerBlock * E) * sizeof(float);
   with_table(tid2eid, [&](auto* table) {
-    using Tid = std::remove_const_t<std::remove_pointer_t<decltype(table)>>;
+    using Tid = pointee_t<decltype(table)>;
     launch_kernel(moe_route_kernel<Tid>, blocks, kWarpsPerBlock * 32, smem, stream_, logits.as<const float>(), c.bias,
                   table, c.V, c.ids, T, E, static_cast<int>(K), routed_scaling, idx.as<int32_t>(), weight.as<float>(),
                   err);
@@ -399,10 +403,10 @@ void CudaBackend::moe_router(const TensorView& x, const LinearWeight& gate, cons
   const int64_t epv = dense ? 16 / static_cast<int64_t>(dtype_size(wt)) : 0;  // weights per 16-byte vector
   const bool fits = on && dense && xsz != 0 && T >= 1 && T <= kRouterMaxT && E >= 1 && E <= kBlockMaxExperts &&
                     x.dim(-1) == D && x.numel() == T * D && D <= 0x7fffffff && D % epv == 0 &&
-                    logits.dtype == DType::kF32 && logits.numel() == T * E && logits.rank() == 2 &&
+                    logits.dtype == DType::kF32 && logits.rank() == 2 && logits.dim(0) == T && logits.dim(1) == E &&
                     reinterpret_cast<uintptr_t>(x.data) % (static_cast<size_t>(epv) * xsz) == 0 &&
                     reinterpret_cast<uintptr_t>(gate.weight.data) % 16 == 0;
-  if (!fits) {
+  if (!fits) {  // also every malformed call: linear and moe_route name what is wrong
     Backend::moe_router(x, gate, bias, tid2eid, ids, routed_scaling, logits, idx, weight);
     return;
   }
@@ -414,10 +418,10 @@ void CudaBackend::moe_router(const TensorView& x, const LinearWeight& gate, cons
   unsigned* counter = zeroed_counters(&kRouterCounterKey, 1);
   const auto blocks = static_cast<unsigned>((E + kRouterRows - 1) / kRouterRows);
   with_table(tid2eid, [&](auto* table) {
-    using Tid = std::remove_const_t<std::remove_pointer_t<decltype(table)>>;
+    using Tid = pointee_t<decltype(table)>;
     auto go = [&](auto* w, auto* xp) {
-      using TW = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
-      using TX = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
+      using TW = pointee_t<decltype(w)>;
+      using TX = pointee_t<decltype(xp)>;
       launch_kernel(moe_router_kernel<TW, TX, Tid>, blocks, kRouterThreads, 0, stream_, xp, w, static_cast<int>(D),
                     static_cast<int>(T), static_cast<int>(E), c.bias, table, c.V, c.ids, static_cast<int>(c.K),
                     routed_scaling, logits.as<float>(), idx.as<int32_t>(), weight.as<float>(), counter, err);
