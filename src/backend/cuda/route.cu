@@ -213,37 +213,53 @@ __global__ void __launch_bounds__(kBlockMaxExperts)
 }
 
 // The router GEMV and the route in one launch (decode sizes: T <= kRouterMaxT, E <=
-// kBlockMaxExperts): warp w of block b computes logits[t, e] = x[t] . gate[e] for expert
-// e = kRouterRows * b + w and every token (16-byte weight loads, kRouterVecs per lane in flight, the
-// first of them issued before griddepcontrol.wait: the gate is an upload; f32 sums in lane order,
-// then a warp sum), stores them, and counts; the last block to count routes every token with
-// route_token_block, the same body as moe_route_block_kernel, so idx and weight are what
-// moe_route gives for these logits. The counter is 0 on entry and left 0. This saves the route's
-// launch on the decode step's chain (router GEMV, then route, then the experts).
+// kBlockMaxExperts): `split` warps of a block share expert e's row, each a contiguous slice of its
+// 16-byte weight vectors (kRouterVecs per lane and round, the first round issued before
+// griddepcontrol.wait: the gate is an upload), and compute x[t] . slice for every token: the
+// activations of kRouterTokens tokens are loaded together, every load issued before the first
+// FMA (a load inside the FMA loop waits out one L2 round trip per vector: 64 experts' router
+// took ~6 us more per layer than the two launches it replaced). Each warp's sum goes to shared
+// memory, and the row's slices are added in slice order into logits[t, e]; the block counts, and
+// the last block to count routes every token with route_token_block, the same body as
+// moe_route_block_kernel, so idx and weight are what moe_route gives for these logits. The counter
+// is 0 on entry and left 0. This saves the route's launch on the decode step's chain (router
+// GEMV, then route, then the experts).
 constexpr int kRouterThreads = kBlockMaxExperts;  // the last block routes with one thread per expert
-constexpr int kRouterRows = kRouterThreads / 32;  // experts per block: one warp each
+constexpr int kRouterWarps = kRouterThreads / 32;
 constexpr int kRouterMaxT = 8;
-constexpr int kRouterVecs = 16;  // 16-byte weight vectors per lane and round (a 4096-wide BF16 row in one)
+constexpr int kRouterVecs = 8;  // 16-byte weight vectors per lane and round
+
+// Warps per expert row: a power of two up to kRouterWarps, enough for ~64 blocks of E rows.
+int router_split(int64_t E) {
+  int split = 1;
+  while (split < kRouterWarps && E * split < 64 * kRouterWarps) split *= 2;
+  return split;
+}
 
 template <typename TW, typename TX, typename Tid>
 __global__ void __launch_bounds__(kRouterThreads)
-    moe_router_kernel(const TX* __restrict__ x, const TW* __restrict__ gate, int D, int T, int E,
+    moe_router_kernel(const TX* __restrict__ x, const TW* __restrict__ gate, int D, int T, int E, int split,
                       const float* __restrict__ bias, const Tid* __restrict__ tid2eid, int64_t V,
                       const int32_t* __restrict__ ids, int K, float routed_scaling, float* __restrict__ logits,
                       int32_t* __restrict__ idx, float* __restrict__ weight, unsigned* __restrict__ counter,
                       OpErrorRecord* err) {
   constexpr int kEpv = 16 / static_cast<int>(sizeof(TW));  // weights per 16-byte vector
+  constexpr int kRouterTokens = sizeof(TX) == 2 ? 2 : 1;   // tokens whose activations load together
+  using XPack = rowwise::Packed<TX, kEpv>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int e = static_cast<int>(blockIdx.x) * kRouterRows + warp;
+  const int rows = kRouterWarps / split;  // experts per block
+  const int e = static_cast<int>(blockIdx.x) * rows + warp / split, part = warp % split;
   const bool has_row = e < E;  // warp-uniform
   const TW* wr = gate + static_cast<int64_t>(has_row ? e : 0) * D;
-  const int nvec = D / kEpv, per_round = 32 * kRouterVecs;
+  const int nvec = D / kEpv, span = (nvec + split - 1) / split;
+  const int v0 = part * span, v1 = min(nvec, v0 + span);  // this warp's slice [v0, v1), maybe empty
+  constexpr int per_round = 32 * kRouterVecs;
   uint4 wv[kRouterVecs];
   auto load_round = [&](int r) {
 #pragma unroll
     for (int j = 0; j < kRouterVecs; ++j) {
-      const int v = r * per_round + 32 * j + lane;
-      wv[j] = has_row && v < nvec ? ld_stream16(wr + static_cast<int64_t>(v) * kEpv) : make_uint4(0u, 0u, 0u, 0u);
+      const int v = v0 + r * per_round + 32 * j + lane;
+      wv[j] = has_row && v < v1 ? ld_stream16(wr + static_cast<int64_t>(v) * kEpv) : make_uint4(0u, 0u, 0u, 0u);
     }
   };
   load_round(0);  // the gate is an upload: before the wait
@@ -252,31 +268,55 @@ __global__ void __launch_bounds__(kRouterThreads)
   float acc[kRouterMaxT];
 #pragma unroll
   for (int t = 0; t < kRouterMaxT; ++t) acc[t] = 0.0f;
-  const int rounds = (nvec + per_round - 1) / per_round;
+  const int rounds = v1 > v0 ? (v1 - v0 + per_round - 1) / per_round : 0;
   for (int r = 0; r < rounds; ++r) {
     if (r > 0) load_round(r);
 #pragma unroll
-    for (int j = 0; j < kRouterVecs; ++j) {
-      const int v = r * per_round + 32 * j + lane;
-      if (v >= nvec) break;
-      const rowwise::Packed<TW, kEpv> wp = *reinterpret_cast<const rowwise::Packed<TW, kEpv>*>(&wv[j]);
+    for (int t0 = 0; t0 < kRouterMaxT; t0 += kRouterTokens) {
+      if (t0 >= T) break;
+      XPack xp[kRouterTokens][kRouterVecs];
 #pragma unroll
-      for (int t = 0; t < kRouterMaxT; ++t) {
-        if (t >= T) break;
-        float xf[kEpv];
-        rowwise::load_packed<kEpv>(x + static_cast<int64_t>(t) * D + static_cast<int64_t>(v) * kEpv, xf);
+      for (int g = 0; g < kRouterTokens; ++g) {
 #pragma unroll
-        for (int i = 0; i < kEpv; ++i) acc[t] = fmaf(to_f32(wp.v[i]), xf[i], acc[t]);
+        for (int j = 0; j < kRouterVecs; ++j) {
+          const int v = v0 + r * per_round + 32 * j + lane;
+          if (has_row && t0 + g < T && v < v1) {
+            xp[g][j] = *reinterpret_cast<const XPack*>(x + static_cast<int64_t>(t0 + g) * D + static_cast<int64_t>(v) * kEpv);
+          } else {
+#pragma unroll
+            for (int i = 0; i < kEpv; ++i) xp[g][j].v[i] = TX{};
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kRouterVecs; ++j) {
+        const rowwise::Packed<TW, kEpv> wp = *reinterpret_cast<const rowwise::Packed<TW, kEpv>*>(&wv[j]);
+#pragma unroll
+        for (int g = 0; g < kRouterTokens; ++g) {
+#pragma unroll
+          for (int i = 0; i < kEpv; ++i) acc[t0 + g] = fmaf(to_f32(wp.v[i]), to_f32(xp[g][j].v[i]), acc[t0 + g]);
+        }
       }
     }
   }
+  __shared__ float part_sum[kRouterWarps][kRouterMaxT];
 #pragma unroll
   for (int t = 0; t < kRouterMaxT; ++t) {
     if (t >= T) break;
     const float sum = rowwise::warp_sum(acc[t]);
-    if (has_row && lane == 0) logits[static_cast<int64_t>(t) * E + e] = sum;
+    if (lane == 0) part_sum[warp][t] = sum;
   }
-  if (lane == 0) __threadfence();  // this warp's logits are visible device-wide before the count
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < rows * T) {
+    const int row = static_cast<int>(threadIdx.x) / T, t = static_cast<int>(threadIdx.x) % T;
+    const int er = static_cast<int>(blockIdx.x) * rows + row;
+    if (er < E) {
+      float sum = 0.0f;
+      for (int p = 0; p < split; ++p) sum += part_sum[row * split + p][t];
+      logits[static_cast<int64_t>(t) * E + er] = sum;
+      __threadfence();  // this logit is visible device-wide before the count
+    }
+  }
   __syncthreads();
   __shared__ bool last;
   if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
@@ -416,14 +456,16 @@ void CudaBackend::moe_router(const TensorView& x, const LinearWeight& gate, cons
   const RouteCall c = check_route(*this, logits, bias, tid2eid, ids, idx, weight);
   OpErrorRecord* err = c.hash ? op_error_record(*this) : nullptr;
   unsigned* counter = zeroed_counters(&kRouterCounterKey, 1);
-  const auto blocks = static_cast<unsigned>((E + kRouterRows - 1) / kRouterRows);
+  const int split = router_split(E);
+  const int64_t rows = kRouterWarps / split;
+  const auto blocks = static_cast<unsigned>((E + rows - 1) / rows);
   with_table(tid2eid, [&](auto* table) {
     using Tid = pointee_t<decltype(table)>;
     auto go = [&](auto* w, auto* xp) {
       using TW = pointee_t<decltype(w)>;
       using TX = pointee_t<decltype(xp)>;
       launch_kernel(moe_router_kernel<TW, TX, Tid>, blocks, kRouterThreads, 0, stream_, xp, w, static_cast<int>(D),
-                    static_cast<int>(T), static_cast<int>(E), c.bias, table, c.V, c.ids, static_cast<int>(c.K),
+                    static_cast<int>(T), static_cast<int>(E), split, c.bias, table, c.V, c.ids, static_cast<int>(c.K),
                     routed_scaling, logits.as<float>(), idx.as<int32_t>(), weight.as<float>(), counter, err);
     };
     auto with_x = [&](auto* w) {
