@@ -479,7 +479,11 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
 // checked against E here, and an invalid one is reported as moe_plan reports it). Block (t, s)
 // writes elements [s*1024, (s+1)*1024) of token t, 8 per thread (16-byte loads when vec:
 // D % 8 == 0 and y, out 16-byte aligned); every block sorts the token's slots itself: thread
-// k < K ranks slot k among the K (a stable sort).
+// k < K ranks slot k among the K (a stable sort). slots_early: the ids, weights and rows are read
+// and sorted before griddepcontrol.wait (set_moe_combine_early): their writers (moe_route,
+// moe_plan) ran before the gate/up launch, which waits first and triggers only after its wait, so
+// once this launch runs they have completed (the argument of GemmArgs::tiles_early); then only
+// y's loads wait for the down projection.
 constexpr int kCombineThreads = 128, kCombineVec = 8, kCombineSlice = kCombineThreads * kCombineVec;
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float* v) {
@@ -515,10 +519,12 @@ __device__ __forceinline__ void store8(T* p, const float* v) {
 template <typename YT, typename OT>
 __global__ void __launch_bounds__(kCombineThreads)
     moe_combine_kernel(const YT* __restrict__ y, const int32_t* __restrict__ pos_of, const int32_t* __restrict__ idx,
-                       const float* __restrict__ weight, int K, int E, int64_t D, int vec, OT* __restrict__ out,
-                       OpErrorRecord* err) {
-  pdl_wait();
-  pdl_trigger();
+                       const float* __restrict__ weight, int K, int E, int64_t D, int vec, int slots_early,
+                       OT* __restrict__ out, OpErrorRecord* err) {
+  if (!slots_early) {
+    pdl_wait();
+    pdl_trigger();
+  }
   __shared__ int32_t ids[kMaxTopK], row[kMaxTopK];
   __shared__ float wt[kMaxTopK];
   const int64_t t = blockIdx.x;
@@ -546,6 +552,10 @@ __global__ void __launch_bounds__(kCombineThreads)
     wt[rank] = my_w;
   }
   const bool bad = __syncthreads_or(tid < K && my_row < 0);
+  if (slots_early) {
+    pdl_wait();  // y: the down projection's output
+    pdl_trigger();
+  }
   const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kCombineSlice + static_cast<int64_t>(tid) * kCombineVec;
   if (d0 >= D) return;
   OT* o = out + t * D + d0;
@@ -645,6 +655,8 @@ bool g_moe_direct = true;                   // set_moe_decode_direct
 bool g_swiglu_pairs = true;                 // set_swiglu_pairs
 std::atomic<int> g_tiles_early{-1};         // set_moe_tiles_early: < 0 until the environment is read
 int tiles_early_from_env() { return env_switch("CLAWMINE_MOE_TILES_EARLY", true) ? 1 : 0; }
+std::atomic<int> g_combine_early{-1};       // set_moe_combine_early: < 0 until the environment is read
+int combine_early_from_env() { return env_switch("CLAWMINE_MOE_COMBINE_EARLY", true) ? 1 : 0; }
 // The grouped call only while experts average fewer rows than this: on an H100 (kernel bench,
 // 2026-11-26) it beat one cublasGemmEx per expert at T=2048 (192 rows per expert: 5.42 vs 5.79
 // ms per layer) and lost at T=8192 (768 rows: 11.6 vs 8.35 ms). Decided once per layer.
@@ -1137,7 +1149,8 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
 
   const int64_t slices = (D + kCombineSlice - 1) / kCombineSlice;
   CLAWMINE_CHECK(T <= 0x7fffffff && slices <= 65535, "moe_experts: combine grid too large (T ", T, ", D ", D, ")");
-  auto combine = [&](const TensorView& y) {
+  // early: the GEMV paths' combine (after the down's GEMV launch), not the prefill's.
+  auto combine = [&](const TensorView& y, bool early) {
     const bool vec = D % kCombineVec == 0 && reinterpret_cast<uintptr_t>(y.data) % 16 == 0 &&
                      reinterpret_cast<uintptr_t>(out.data) % 16 == 0;
     auto run = [&](auto yt, auto ot) {
@@ -1146,7 +1159,7 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
       launch_kernel(moe_combine_kernel<YT, OT>, dim3(static_cast<unsigned>(T), static_cast<unsigned>(slices)),
                     kCombineThreads, 0, stream(), y.as<const YT>(), direct ? nullptr : pos_of.as<const int32_t>(),
                     idx.as<const int32_t>(), weight.as<const float>(), static_cast<int>(K), static_cast<int>(E), D,
-                    vec ? 1 : 0, out.as<OT>(), direct ? op_error_record(*this) : nullptr);
+                    vec ? 1 : 0, early ? 1 : 0, out.as<OT>(), direct ? op_error_record(*this) : nullptr);
     };
     if (y.dtype == DType::kBF16) {
       if (out.dtype == DType::kBF16) run(__nv_bfloat16{}, __nv_bfloat16{});
@@ -1161,7 +1174,7 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
   if (prefill) {
     const TensorView y = scratch(DType::kBF16, {N, D});
     moe_prefill(*this, tab, x, row_token, info, E, D, I, swiglu_limit, y);
-    combine(y);
+    combine(y, false);
     return;
   }
 
@@ -1269,7 +1282,7 @@ void CudaBackend::moe_experts(const TensorView& x, const std::vector<ExpertWeigh
     run_gemm(*this, c);
   }
 
-  combine(y);
+  combine(y, gemv && env_setting(g_combine_early, combine_early_from_env) == 1);
 }
 
 void set_moe_prefill_grouped(bool grouped) { g_moe_grouped_gemm = grouped; }
@@ -1285,6 +1298,9 @@ void set_moe_gemv_tile_rows(int rows) {
 }
 void set_swiglu_pairs(bool on) { g_swiglu_pairs = on; }
 void set_moe_tiles_early(int mode) { g_tiles_early.store(mode < 0 ? -1 : mode > 0 ? 1 : 0, std::memory_order_relaxed); }
+void set_moe_combine_early(int mode) {
+  g_combine_early.store(mode < 0 ? -1 : mode > 0 ? 1 : 0, std::memory_order_relaxed);
+}
 void set_moe_plan_variant(int variant) { g_moe_plan = variant == 1 || variant == 2 ? variant : 0; }
 
 MoePlanForTest moe_plan_for_test(ops::Backend& backend, const std::vector<int32_t>& idx, int64_t K, int64_t E,

@@ -55,10 +55,18 @@ void set_swiglu_pairs(bool on = true);
 // default on); 0 off; > 0 on. The same bits either way.
 void set_moe_tiles_early(int mode = -1);
 
+// moe_experts' combine at GEMV sizes reading the ids, weights and plan rows and sorting its slots
+// before griddepcontrol.wait, so that only its loads of the down projections' output follow the
+// wait (H200, V4-Flash decode b=1: 5.17-5.23 against 5.23-5.27 ms per step). mode < 0: the
+// environment's CLAWMINE_MOE_COMBINE_EARLY (read once; "0" turns it off, default on); 0 off; > 0
+// on. The same bits either way.
+void set_moe_combine_early(int mode = -1);
+
 // The MoE router's GEMV and its route as one launch at decode sizes (CudaBackend::moe_router,
 // route.cu: the last block routes) instead of linear and moe_route. mode < 0: the environment's
-// CLAWMINE_MOE_ROUTER_FUSED (read once; "1" turns it on, default off until a decode step has
-// measured it); 0 off; > 0 on. The selection and weights are moe_route's for the logits the
+// CLAWMINE_MOE_ROUTER_FUSED (read once; "1" turns it on, default off: on an H200 the route ended
+// 1.5 us later per layer than the GEMV and route launches, 5.35-5.40 against 5.27-5.28 ms per
+// V4-Flash decode step, docs/PERFORMANCE.md, thirty-ninth session); 0 off; > 0 on. The selection and weights are moe_route's for the logits the
 // launch computes; the logits are the router linear's within its tolerance (another summation
 // order), so a near-tie may select differently from the unfused path.
 void set_moe_router_fused(int mode = -1);

@@ -783,5 +783,28 @@ TEST_F(CudaMoe, DownTilesReadBeforeTheWaitGiveTheSameBits) {
   }
 }
 
+// The combine reading the ids, weights and plan rows before griddepcontrol.wait
+// (set_moe_combine_early, the default) against the wait first: the same bits, V4-Flash's expert
+// dims and D = 2176 (a partial combine slice), MXFP4 and FP8, one token direct and planned, and 3
+// tokens (the plan's rows); every result within the CPU's budget.
+TEST_F(CudaMoe, CombineSlotsReadBeforeTheWaitGiveTheSameBits) {
+  uint32_t seed = 7800;
+  for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kFp8E8M0})
+    for (int64_t D : {int64_t{4096}, int64_t{2176}}) {
+      TestExperts ex = make_experts(*cuda, kE, D, 2048, 8, [f](int64_t) { return f; }, seed += 100);
+      for (int64_t T : {1, 3})
+        for (bool direct : {true, false}) {
+          if (T > 1 && !direct) continue;  // T > 1 always plans
+          SCOPED_TRACE(std::string(format_label(f)) + " D " + std::to_string(D) + " T " + std::to_string(T) +
+                       (direct ? " direct" : " planned"));
+          backend::cuda::set_moe_decode_direct(direct);
+          expect_same_bits_both_ways(ex, D, T, DType::kBF16, ++seed,
+                                     [](bool on) { backend::cuda::set_moe_combine_early(on ? 1 : 0); });
+          backend::cuda::set_moe_combine_early(-1);
+          backend::cuda::set_moe_decode_direct(true);
+        }
+    }
+}
+
 }  // namespace
 }  // namespace clawmine::test
