@@ -11,7 +11,9 @@ It compiles FILE twice with nvcc -cubin -Xptxas -v for --arch (the backend's def
 C++20): from the working tree and from --base (a temporary git worktree, removed afterwards).
 It prints one line per kernel whose registers or spill bytes differ, with the resident blocks
 per SM that the registers allow at --threads per block. `!` marks a kernel where that number
-changes. Kernels that only one side has are listed too. Exit status 0 (1 when nvcc fails).
+changes. A kernel whose parameter list changed is paired with itself by its demangled name and
+template arguments (c++filt) and marked "(parameters changed)"; other kernels that only one side
+has are listed as such. Exit status 0 (1 when nvcc fails).
 
   python3 tools/ptxas_diff.py src/backend/cuda/linear_gemv_wgmma.cu [--base main] [--threads 128]
   python3 tools/ptxas_diff.py --logs OLD.log NEW.log   (two saved ptxas -v logs, no compiling)
@@ -87,23 +89,58 @@ def demangle(names, mangled):
     return dict(zip(names, lines))
 
 
+def without_parameters(pretty):
+    """A demangled kernel name without its parameter list (the balanced parentheses that end it;
+    "(anonymous namespace)" and casts in template arguments come earlier), or None for a name
+    that is not demangled."""
+    if not pretty.endswith(")"):
+        return None
+    depth = 0
+    for i in range(len(pretty) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(pretty[i], 0)
+        if depth == 0:
+            return pretty[:i] if i > 0 else None
+    return None
+
+
+def pair_by_instance(only_old, only_new, pretty):
+    """{base name: working-tree name} for kernels on one side only whose demangled names agree
+    up to their parameter lists, one of each (an edit that changed a kernel's parameters)."""
+    def by_key(names):
+        keys = {}
+        for n in names:
+            keys.setdefault(without_parameters(pretty[n]), []).append(n)
+        return keys
+    a, b = by_key(only_old), by_key(only_new)
+    return {a[k][0]: b[k][0] for k in a if k is not None and len(a[k]) == 1 and len(b.get(k, ())) == 1}
+
+
 def diff_lines(old, new, threads, mangled=None):
-    """The report's lines: kernels whose registers or spills differ, or that one side lacks."""
+    """The report's lines: kernels whose registers or spills differ, or that one side lacks. A
+    kernel whose parameters changed (one on each side, the same name and template arguments) is
+    compared with itself and marked "(parameters changed)"."""
     names = sorted(set(old) | set(new))
     pretty = demangle(names, mangled or {})
+    pairs = pair_by_instance([n for n in names if n not in new], [n for n in names if n not in old], pretty)
+    paired_new = set(pairs.values())
     lines = []
     for n in names:
-        a, b = old.get(n), new.get(n)
-        if a == b:
+        if n in paired_new:
             continue
-        if a is None or b is None:
+        a, b = old.get(n), new.get(n)
+        shown, note = pretty[n], ""
+        if n in pairs:
+            b, shown, note = new[pairs[n]], pretty[pairs[n]], " (parameters changed)"
+        elif a == b:
+            continue
+        elif a is None or b is None:
             side, v = ("new only", b) if a is None else ("base only", a)
-            lines.append(f"  {side}: {v[0]} registers, spills {v[1]}/{v[2]} B  {pretty[n]}")
+            lines.append(f"  {side}: {v[0]} registers, spills {v[1]}/{v[2]} B  {shown}")
             continue
         ba, bb = blocks_per_sm(a[0], threads), blocks_per_sm(b[0], threads)
         mark = "!" if ba != bb else " "
         lines.append(f"{mark} {a[0]:3d} -> {b[0]:3d} registers ({ba} -> {bb} blocks/SM), "
-                     f"spills {a[1]}/{a[2]} -> {b[1]}/{b[2]} B  {pretty[n]}")
+                     f"spills {a[1]}/{a[2]} -> {b[1]}/{b[2]} B{note}  {shown}")
     return lines
 
 

@@ -56,6 +56,29 @@ def test_report_marks_occupancy_changes(tmp_path, tool_output):
     assert tool_output("ptxas_diff.py", "--logs", a, a).endswith("3 kernels, 0 differ (blocks/SM at 128 threads)\n")
 
 
+def test_a_kernel_whose_parameters_changed_is_paired_with_itself():
+    old_k = "_Z17moe_router_kernelIfEvPKT_i"  # void moe_router_kernel<float>(float const*, int)
+    new_k = "_Z17moe_router_kernelIfEvPKT_ii"  # ... (float const*, int, int)
+    other = "_Z17moe_router_kernelIiEvPKT_i"  # the <int> instance, unchanged
+    pretty = {"a": "void ns::moe_router_kernel<__nv_bfloat16, __nv_bfloat16, int>(__nv_bfloat16 const*, int)",
+              "b": "void ns::moe_router_kernel<__nv_bfloat16, __nv_bfloat16, int>(__nv_bfloat16 const*, int, int)",
+              "c": "void ns::(anonymous namespace)::gemv<(ns::WFmt)5, 1>(ns::GemmArgs, void (*)(int))",
+              "d": "void ns::(anonymous namespace)::gemv<(ns::WFmt)6, 1>(ns::GemmArgs)",
+              "e": "_Z8mangled"}
+    assert ptxas_diff.without_parameters(pretty["c"]) == "void ns::(anonymous namespace)::gemv<(ns::WFmt)5, 1>"
+    assert ptxas_diff.without_parameters(pretty["e"]) is None
+    # One of each side with the same instance pairs; different template arguments do not.
+    assert ptxas_diff.pair_by_instance(["a", "c"], ["b", "d"], pretty) == {"a": "b"}
+    old = ptxas_diff.parse_ptxas(log("", [(old_k, 123, 0), (other, 80, 0)]))
+    new = ptxas_diff.parse_ptxas(log("", [(new_k, 233, 0), (other, 80, 0)]))
+    lines = ptxas_diff.diff_lines(old, new, 256)
+    if ptxas_diff.shutil.which("c++filt"):
+        assert len(lines) == 1 and lines[0].startswith("! 123 -> 233 registers (2 -> 1 blocks/SM)")
+        assert "(parameters changed)" in lines[0] and "moe_router_kernel" in lines[0]
+    else:  # mangled names: listed on each side
+        assert sorted(line.split(":")[0].strip() for line in lines) == ["base only", "new only"]
+
+
 def test_errors_name_the_argument(tmp_path, run_tool):
     r = run_tool("ptxas_diff.py", "--logs", tmp_path / "missing.log", tmp_path / "other.log")
     assert r.returncode != 0 and "--logs" in r.stderr and "missing.log" in r.stderr
