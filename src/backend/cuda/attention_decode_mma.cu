@@ -22,12 +22,15 @@
 //    and, when rope_dim > 0, the inverse RoPE on the rounded values (bit-identical to
 //    sparse_attention followed by rope).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
 #include "backend/cuda/attention_kernels.cuh"
+#include "backend/cuda/attention_tuning.h"
 #include "backend/cuda/mma_sync.cuh"
 #include "backend/cuda/backend_impl.cuh"
+#include "backend/cuda/device.h"
 #include "backend/cuda/rowprep.cuh"
 
 namespace clawmine::backend::cuda::attn {
@@ -38,6 +41,9 @@ constexpr int kDmThreads = kDmWarps * 32;
 constexpr int kDmKeys = 16;                // keys per tile
 constexpr int kDmMaxSplits = 64;           // the merge's lanes hold the split weights (2 per lane)
 constexpr int kDmBlocksPerSm = 4;          // splits aim at this many blocks per multiprocessor
+// set_attn_decode_max_splits: < 0 until the environment is read, 0 no cap.
+std::atomic<int> g_dm_max_splits{-1};
+int dm_max_splits_from_env() { return static_cast<int>(env_count("CLAWMINE_ATTN_DECODE_SPLITS", 1, kDmMaxSplits)); }
 
 template <int DH>
 struct DmSmem {
@@ -344,8 +350,9 @@ void launch_dm(CudaBackend& be, const AttnArgs<T>& a, const int32_t* positions, 
                int64_t rope_dim) {
   const int64_t head_tiles = (a.H + 15) / 16, base = a.T * head_tiles;
   const int64_t n_tiles = (a.S + kDmKeys - 1) / kDmKeys;
-  const int64_t want = std::max<int64_t>(
-      1, std::min<int64_t>({kDmMaxSplits, n_tiles, be.sm_count() * kDmBlocksPerSm / base}));
+  const int cap = env_setting(g_dm_max_splits, dm_max_splits_from_env);
+  const int64_t want = std::max<int64_t>(1, std::min<int64_t>({cap > 0 ? cap : kDmMaxSplits, n_tiles,
+                                                               be.sm_count() * kDmBlocksPerSm / base}));
   int64_t len = (n_tiles + want - 1) / want * kDmKeys;
   int64_t splits = std::max<int64_t>(1, (a.S + len - 1) / len);
   while (splits > kDmMaxSplits) {
@@ -408,3 +415,9 @@ template void launch_attention_decode_mma<__half>(CudaBackend&, const AttnArgs<_
                                                   int64_t);
 
 }  // namespace clawmine::backend::cuda::attn
+
+namespace clawmine::backend::cuda {
+void set_attn_decode_max_splits(int n) {
+  attn::g_dm_max_splits.store(n <= 0 ? -1 : std::min(n, attn::kDmMaxSplits), std::memory_order_relaxed);
+}
+}  // namespace clawmine::backend::cuda

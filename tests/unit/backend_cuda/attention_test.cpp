@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/attention_tuning.h"
 #include "core/error.h"
 #include "unit/backend_cuda/same_inputs.h"
 
@@ -232,6 +233,26 @@ TEST_F(CudaAttention, SparseAttentionEachPath) {
   uint32_t seed = 5000;
   for (const AttnCase& c : cases)
     for (const DType dt : {DType::kF32, DType::kBF16, DType::kF16}) check_sparse_attention(*cpu, *cuda, c, dt, seed += 10);
+}
+
+// The decode attention's split cap (set_attn_decode_max_splits): one range, three and the default
+// (~40 at S = 640), BF16 and F16 on the tensor-core kernel, each within the CPU's tolerance; with
+// the cap at one and three (empty ranges among the three) for sparse keys too.
+TEST_F(CudaAttention, SparseAttentionSplitCap) {
+  struct Reset {
+    ~Reset() { backend::cuda::set_attn_decode_max_splits(-1); }
+  } reset;
+  const AttnCase c{"split decode S640", 1, 64, 512, 128, 1000, 128, 512};
+  const AttnCase sparse{"sparse keys S1152", 1, 64, 512, 128, 3000, 128, 1024};
+  std::vector<int32_t> idx(1152, -1);
+  for (int s = 700; s < 712; ++s) idx[static_cast<size_t>(s)] = 128 + (s * 37) % 3000;
+  uint32_t seed = 6500;
+  for (int cap : {1, 3, 0}) {
+    SCOPED_TRACE(str_cat("cap ", cap));
+    backend::cuda::set_attn_decode_max_splits(cap);
+    for (const DType dt : {DType::kBF16, DType::kF16}) check_sparse_attention(*cpu, *cuda, c, dt, seed += 10);
+    if (cap > 0) check_sparse_attention(*cpu, *cuda, sparse, DType::kBF16, seed += 10, &idx);
+  }
 }
 
 // Split decode where most ranges hold no valid key (their partials must drop out of the merge),
