@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/attention_tuning.h"
 #include "core/error.h"
 #include "unit/backend_cuda/same_inputs.h"
 
@@ -64,6 +65,14 @@ std::vector<int32_t> make_idx(const DecCase& c, uint32_t seed) {
     }
   }
   return idx;
+}
+
+// `base` as a chunk of T queries (the chunk's own keys join the pool).
+DecCase at_t(const DecCase& base, int64_t T) {
+  DecCase c = base;
+  c.T = T;
+  c.Nw = base.Nw + T - 1;
+  return c;
 }
 
 std::vector<float> rope_inv_freq(int64_t R) {
@@ -132,30 +141,29 @@ std::vector<float> check_case(ops::Backend& cpu, ops::Backend& cuda, const DecCa
   return got;
 }
 
+// The decode lists of the tests below.
+const DecCase kDecodeCases[] = {
+    // name, T, H, Dh, R, Nw, Ne, W, C, list, p0
+    // BF16/F16: every list takes the decode tensor-core kernel; F32: S <= kDecodeMaxSlots (256)
+    // the FMA decode kernel, longer lists the split FMA path + merge + rope.
+    {"CSA k100", 1, 64, 512, 64, 128, 300, 128, 100, List::kCsa, 1200},
+    {"HCA 120 entries", 1, 64, 512, 64, 128, 120, 128, 120, List::kHca, 15400},
+    {"CSA k512", 1, 64, 512, 64, 128, 1000, 128, 512, List::kCsa, 5000},
+    {"HCA 3000 entries", 1, 64, 512, 64, 128, 3000, 128, 3000, List::kHca, 384000},
+    {"sliding, window not full", 1, 64, 512, 64, 40, 0, 128, 0, List::kSliding, 39},
+    {"sliding, full", 1, 64, 512, 64, 128, 0, 128, 0, List::kSliding, 777},
+    {"CSA no sink", 1, 64, 512, 64, 128, 1000, 128, 512, List::kCsa, 5000, false},
+    {"H6 Dh64 R16", 1, 6, 64, 16, 20, 50, 16, 40, List::kCsa, 100},
+    {"H5 Dh128 R32 HCA", 1, 5, 128, 32, 20, 70, 16, 70, List::kHca, 9000},
+    {"H16 Dh256 R64", 1, 16, 256, 64, 50, 400, 64, 300, List::kCsa, 1234},
+};
+
 TEST_F(CudaAttentionDecode, FusedEqualsCompositionAndCpu) {
-  const DecCase cases[] = {
-      // name, T, H, Dh, R, Nw, Ne, W, C, list, p0
-      // BF16/F16: every list takes the decode tensor-core kernel; F32: S <= kDecodeMaxSlots (256)
-      // the FMA decode kernel, longer lists the split FMA path + merge + rope.
-      {"CSA k100", 1, 64, 512, 64, 128, 300, 128, 100, List::kCsa, 1200},
-      {"HCA 120 entries", 1, 64, 512, 64, 128, 120, 128, 120, List::kHca, 15400},
-      {"CSA k512", 1, 64, 512, 64, 128, 1000, 128, 512, List::kCsa, 5000},
-      {"HCA 3000 entries", 1, 64, 512, 64, 128, 3000, 128, 3000, List::kHca, 384000},
-      {"sliding, window not full", 1, 64, 512, 64, 40, 0, 128, 0, List::kSliding, 39},
-      {"sliding, full", 1, 64, 512, 64, 128, 0, 128, 0, List::kSliding, 777},
-      {"CSA no sink", 1, 64, 512, 64, 128, 1000, 128, 512, List::kCsa, 5000, false},
-      {"H6 Dh64 R16", 1, 6, 64, 16, 20, 50, 16, 40, List::kCsa, 100},
-      {"H5 Dh128 R32 HCA", 1, 5, 128, 32, 20, 70, 16, 70, List::kHca, 9000},
-      {"H16 Dh256 R64", 1, 16, 256, 64, 50, 400, 64, 300, List::kCsa, 1234},
-  };
   uint32_t seed = 31000;
-  for (const DecCase& base : cases) {
-    for (const int64_t T : {1, 2, 3, 4, 5}) {
-      DecCase c = base;
-      c.T = T;
-      c.Nw = base.Nw + T - 1;  // the chunk's own keys join the pool
-      for (const DType dt : {DType::kF32, DType::kBF16, DType::kF16}) check_case(*cpu, *cuda, c, dt, seed += 10);
-    }
+  for (const DecCase& base : kDecodeCases) {
+    for (const int64_t T : {1, 2, 3, 4, 5})
+      for (const DType dt : {DType::kF32, DType::kBF16, DType::kF16})
+        check_case(*cpu, *cuda, at_t(base, T), dt, seed += 10);
   }
 }
 
@@ -183,9 +191,10 @@ TEST_F(CudaAttentionDecode, RepeatsBitIdentical) {
 
 // No valid key anywhere: 0 (rope of 0 stays 0). One index outside the key space in query 0: the
 // whole query NaN, query 1 finite.
-TEST_F(CudaAttentionDecode, NoKeyAndBadIndex) {
+void check_no_key_and_bad_index(ops::Backend& cuda_be, const std::vector<DType>& dtypes) {
+  ops::Backend* cuda = &cuda_be;
   const int64_t T = 2, H = 64, Dh = 512, R = 64, Nw = 128, Ne = 1000, S = 640;
-  for (const DType dt : {DType::kF32, DType::kBF16}) {
+  for (const DType dt : dtypes) {
     SCOPED_TRACE(dtype_label(dt));
     ops::DeviceBuffer q = upload_f32(*cuda, random_normal(T * H * Dh, 34001), {T, H, Dh}, dt);
     ops::DeviceBuffer kv = upload_f32(*cuda, random_normal(Nw * Dh, 34002), {Nw, Dh}, dt);
@@ -217,6 +226,38 @@ TEST_F(CudaAttentionDecode, NoKeyAndBadIndex) {
       }
     }
   }
+}
+
+TEST_F(CudaAttentionDecode, NoKeyAndBadIndex) { check_no_key_and_bad_index(*cuda, {DType::kF32, DType::kBF16}); }
+
+// One key range (set_attn_decode_max_splits(1)) finishing its output in the attention kernel
+// (set_attn_decode_finish) against the same range followed by the merge launch: the same bits for
+// sparse_attention_rope (and, inside check_case, the composition's bits and the CPU's tolerance),
+// BF16 and F16, every decode list at T = 1 and 2; no key and a bad index.
+TEST_F(CudaAttentionDecode, OneRangeFinishGivesTheMergesBits) {
+  struct Reset {
+    ~Reset() {
+      backend::cuda::set_attn_decode_max_splits(-1);
+      backend::cuda::set_attn_decode_finish(-1);
+    }
+  } reset;
+  backend::cuda::set_attn_decode_max_splits(1);
+  uint32_t seed = 35000;
+  for (const DecCase& base : kDecodeCases) {
+    for (const int64_t T : {1, 2}) {
+      const DecCase c = at_t(base, T);
+      for (const DType dt : {DType::kBF16, DType::kF16}) {
+        seed += 10;
+        backend::cuda::set_attn_decode_finish(0);
+        const std::vector<float> merged = check_case(*cpu, *cuda, c, dt, seed);
+        backend::cuda::set_attn_decode_finish(1);
+        const std::vector<float> finished = check_case(*cpu, *cuda, c, dt, seed);
+        SCOPED_TRACE(str_cat(c.name, " T ", T, " ", dtype_label(dt)));
+        EXPECT_TRUE(same_bits(finished, merged));
+      }
+    }
+  }
+  check_no_key_and_bad_index(*cuda, {DType::kBF16});
 }
 
 }  // namespace
