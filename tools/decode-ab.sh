@@ -30,7 +30,9 @@
 # at the highest power sample (the decode and prefill windows) and the highest temperature.
 # $OUT holds bench.log, tests.log and the traces' readings: within the device tool's 8 files for up
 # to 6 variants.
-# The line grepped from each run: "decode batch 1 at context" (the median) unless AB_GREP says.
+# The line grepped from each run: "decode batch 1 at context" (the median) unless AB_GREP says, e.g.
+# AB_GREP='b=8 batched forward' with --batch-sizes 8 in AB_BENCH (a line without a median gives its
+# first "N ms/token" figure).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -183,6 +185,7 @@ for ((r = 1; r <= ROUNDS; ++r)); do
       tee -a "$OUT/bench.log" | grep -F "$GREP" | head -1)
     smi_stop
     m=$(grep -o 'median [0-9.]*' <<<"$line" | head -1 | cut -d' ' -f2)
+    [ -n "$m" ] || m=$(grep -o '[0-9.]* ms/token' <<<"$line" | head -1 | cut -d' ' -f1)
     results[$v]="${results[$v]:-}${results[$v]:+ / }${m:-?}"
     echo "[decode-ab] round $r '$v': $line$smi ($(el))"
   done
