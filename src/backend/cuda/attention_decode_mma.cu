@@ -251,11 +251,12 @@ __global__ void __launch_bounds__(kDmThreads)
       const int64_t h = h0 + g + 8 * hr;
       if (h >= a.H) continue;
       const float mv = m_run[hr], lv = any_bad ? NAN : l_run[hr];
-      const float M = fmaxf(a.sink != nullptr ? a.sink[h] : -INFINITY, mv);
+      const float sk = a.sink != nullptr ? a.sink[h] : -INFINITY;
+      const float M = fmaxf(sk, mv);
       const bool b = isnan(lv), any_key = mv != -INFINITY;
       const float e = mv == -INFINITY ? 0.0f : expf(mv - M);
       float L = lv * e;
-      if (a.sink != nullptr) L += expf(a.sink[h] - M);
+      if (a.sink != nullptr) L += expf(sk - M);
       const float wgt = any_key && !b ? e / L : 0.0f;
       const float flag = b ? NAN : any_key ? 1.0f : 0.0f;
       T* dst = a.out + (t * a.H + h) * DH;

@@ -173,6 +173,22 @@ class CudaMoe : public GpuTest {
     EXPECT_TRUE(same_bits(b, a));
     EXPECT_TRUE(within(b, ref, act_budget(act)));
   }
+  // expect_same_bits_both_ways (BF16 activations) at the decode shapes: one token direct
+  // (moe_route's ids) and planned (moe_plan's tiles), then `tokens` tokens (always planned);
+  // `reset` restores the switch after each.
+  void expect_same_bits_at_decode_shapes(TestExperts& ex, int64_t D, int64_t tokens, uint32_t& seed,
+                                         const std::string& label, const std::function<void(bool)>& set,
+                                         const std::function<void()>& reset) {
+    for (int64_t T : {int64_t{1}, tokens})
+      for (bool direct : {true, false}) {
+        if (T > 1 && !direct) continue;  // T > 1 always plans
+        SCOPED_TRACE(label + " T " + std::to_string(T) + (direct ? " direct" : " planned"));
+        backend::cuda::set_moe_decode_direct(direct);
+        expect_same_bits_both_ways(ex, D, T, DType::kBF16, ++seed, set);
+        reset();
+        backend::cuda::set_moe_decode_direct(true);
+      }
+  }
 };
 
 TEST_F(CudaMoe, ExpertFormatsSmallDims) {
@@ -766,20 +782,14 @@ TEST_F(CudaMoe, DownTilesReadBeforeTheWaitGiveTheSameBits) {
   uint32_t seed = 7700;
   for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kNvfp4, TestFormat::kFp8E8M0}) {
     TestExperts ex = make_experts(*cuda, kE, 4096, 2048, 8, [f](int64_t) { return f; }, seed += 100);
-    for (int level : {1, 2})
-      for (int64_t T : {1, 4})
-        for (bool direct : {true, false}) {
-          if (T > 1 && !direct) continue;  // T > 1 always plans
-          SCOPED_TRACE(std::string(format_label(f)) + " level " + std::to_string(level) + " T " + std::to_string(T) +
-                       (direct ? " direct" : " planned"));
-          backend::cuda::set_gemv_wgmma(level);
-          backend::cuda::set_moe_decode_direct(direct);
-          expect_same_bits_both_ways(ex, 4096, T, DType::kBF16, ++seed,
-                                     [](bool on) { backend::cuda::set_moe_tiles_early(on ? 1 : 0); });
-          backend::cuda::set_moe_tiles_early(-1);
-          backend::cuda::set_moe_decode_direct(true);
-          backend::cuda::set_gemv_wgmma(-1);
-        }
+    for (int level : {1, 2}) {
+      backend::cuda::set_gemv_wgmma(level);
+      expect_same_bits_at_decode_shapes(
+          ex, 4096, 4, seed, std::string(format_label(f)) + " level " + std::to_string(level),
+          [](bool on) { backend::cuda::set_moe_tiles_early(on ? 1 : 0); },
+          [] { backend::cuda::set_moe_tiles_early(-1); });
+      backend::cuda::set_gemv_wgmma(-1);
+    }
   }
 }
 
@@ -792,17 +802,10 @@ TEST_F(CudaMoe, CombineSlotsReadBeforeTheWaitGiveTheSameBits) {
   for (TestFormat f : {TestFormat::kMxfp4, TestFormat::kFp8E8M0})
     for (int64_t D : {int64_t{4096}, int64_t{2176}}) {
       TestExperts ex = make_experts(*cuda, kE, D, 2048, 8, [f](int64_t) { return f; }, seed += 100);
-      for (int64_t T : {1, 3})
-        for (bool direct : {true, false}) {
-          if (T > 1 && !direct) continue;  // T > 1 always plans
-          SCOPED_TRACE(std::string(format_label(f)) + " D " + std::to_string(D) + " T " + std::to_string(T) +
-                       (direct ? " direct" : " planned"));
-          backend::cuda::set_moe_decode_direct(direct);
-          expect_same_bits_both_ways(ex, D, T, DType::kBF16, ++seed,
-                                     [](bool on) { backend::cuda::set_moe_combine_early(on ? 1 : 0); });
-          backend::cuda::set_moe_combine_early(-1);
-          backend::cuda::set_moe_decode_direct(true);
-        }
+      expect_same_bits_at_decode_shapes(
+          ex, D, 3, seed, std::string(format_label(f)) + " D " + std::to_string(D),
+          [](bool on) { backend::cuda::set_moe_combine_early(on ? 1 : 0); },
+          [] { backend::cuda::set_moe_combine_early(-1); });
     }
 }
 
