@@ -16,8 +16,6 @@
 //    Tiles whose 16 slots are all -1 (or out of range) are skipped: they would add nothing. The
 //    split's partial (m, l, O) goes to scratch (attention_kernels.cuh: l = NaN after an index
 //    outside [-1, rows), m = -inf without a valid key).
-//    With one range and set_attn_decode_finish on, the kernel's epilogue does the merge's work for
-//    that one split itself (DmFinish) and no merge is launched.
 // 2. attention_decode_merge_kernel, grid (H, T), 128 threads (4 dims each), launched as a
 //    programmatic dependent launch: the splits in split order with the sink, exactly the merge of
 //    attention_decode.cu (same formula, same fmaf order), then the rounding to the output type
@@ -46,9 +44,6 @@ constexpr int kDmBlocksPerSm = 4;          // splits aim at this many blocks per
 // set_attn_decode_max_splits: < 0 until the environment is read, 0 no cap.
 std::atomic<int> g_dm_max_splits{-1};
 int dm_max_splits_from_env() { return static_cast<int>(env_count("CLAWMINE_ATTN_DECODE_SPLITS", 1, kDmMaxSplits)); }
-// set_attn_decode_finish: < 0 until the environment is read.
-std::atomic<int> g_dm_finish{-1};
-int dm_finish_from_env() { return env_switch("CLAWMINE_ATTN_DECODE_FINISH", false) ? 1 : 0; }
 
 template <int DH>
 struct DmSmem {
@@ -59,19 +54,10 @@ struct DmSmem {
   static_assert(x % 16 == 0, "16-byte alignment");
 };
 
-// A launch of one key range that writes the output itself (set_attn_decode_finish): the merge's
-// inputs, read by the kernel's epilogue instead of a merge launch.
-struct DmFinish {
-  int on = 0;
-  const int32_t* positions = nullptr;  // [T] (rope_dim > 0)
-  const float* inv_freq = nullptr;     // [rope_dim / 2]
-  int64_t rope_dim = 0;
-};
-
 template <typename T, int DH>
 __global__ void __launch_bounds__(kDmThreads)
     attention_decode_mma_kernel(const AttnArgs<T> a, float* __restrict__ part_acc, float2* __restrict__ part_ml,
-                                int64_t split_len, const DmFinish fin) {
+                                int64_t split_len) {
   pdl_wait();
   pdl_trigger();
   using L = DmSmem<DH>;
@@ -241,45 +227,6 @@ __global__ void __launch_bounds__(kDmThreads)
 
   // The split's partial: (m, l) per head from warp 0's quad leaders, O from every warp's quarter.
   const bool any_bad = __any_sync(0xffffffffu, bad != 0);  // every warp read the same slots
-  if (fin.on) {
-    // One range (the host launches it only so): attention_decode_merge_kernel's arithmetic for
-    // one split, the same operations in the same order, so the same bits as the merge launch.
-    const int64_t rope_first = DH - fin.rope_dim;  // even
-    const int32_t pos = fin.rope_dim > 0 ? fin.positions[t] : 0;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int64_t h = h0 + g + 8 * hr;
-      if (h >= a.H) continue;
-      const float mv = m_run[hr], lv = any_bad ? NAN : l_run[hr];
-      const float sk = a.sink != nullptr ? a.sink[h] : -INFINITY;
-      const float M = fmaxf(sk, mv);
-      const bool b = isnan(lv), any_key = mv != -INFINITY;
-      const float e = mv == -INFINITY ? 0.0f : expf(mv - M);
-      float L = lv * e;
-      if (a.sink != nullptr) L += expf(sk - M);
-      const float wgt = any_key && !b ? e / L : 0.0f;
-      const float flag = b ? NAN : any_key ? 1.0f : 0.0f;
-      T* dst = a.out + (t * a.H + h) * DH;
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        const int dd = d0 + 2 * c + 8 * j;  // an even dim: the pair (dd, dd + 1)
-        float v[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const float ov = fmaf(wgt, o[j][2 * hr + u], 0.0f);
-          v[u] = to_f32(from_f32<T>(isnan(flag) ? NAN : flag == 0.0f ? 0.0f : ov));
-        }
-        if (fin.rope_dim > 0 && dd >= rope_first) {  // the rope op's arithmetic on the stored values
-          float cs, sn;
-          rowprep::rope_cos_sin(fin.inv_freq[(dd - rope_first) / 2], pos, cs, sn);
-          rowprep::rotate_pair(v[0], v[1], cs, -sn);
-        }
-        dst[dd] = from_f32<T>(v[0]);
-        dst[dd + 1] = from_f32<T>(v[1]);
-      }
-    }
-    return;
-  }
   const int64_t base = (t * splits + split) * a.H;
   if (warp == 0 && c == 0) {
 #pragma unroll
@@ -412,23 +359,12 @@ void launch_dm(CudaBackend& be, const AttnArgs<T>& a, const int32_t* positions, 
     len += kDmKeys;
     splits = (a.S + len - 1) / len;
   }
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(head_tiles), static_cast<unsigned>(a.T));
-  if (splits == 1 && env_setting(g_dm_finish, dm_finish_from_env) == 1) {
-    DmFinish fin;
-    fin.on = 1;
-    fin.positions = positions;
-    fin.inv_freq = inv_freq;
-    fin.rope_dim = rope_dim;
-    launch_kernel(attention_decode_mma_kernel<T, DH>, grid, kDmThreads, DmSmem<DH>::bytes, be.stream(), a,
-                  static_cast<float*>(nullptr), static_cast<float2*>(nullptr), len, fin);
-    CLAWMINE_CUDA_LAUNCHED("sparse_attention (decode, tensor cores, one range)");
-    return;
-  }
   ops::ScratchFrame frame(be);
   float* part_acc = be.scratch(DType::kF32, Shape{a.T, splits, a.H, a.Dh}).f32();
   auto* part_ml = static_cast<float2*>(be.scratch(DType::kF32, Shape{a.T, splits, a.H, int64_t{2}}).data);
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(head_tiles), static_cast<unsigned>(a.T));
   launch_kernel(attention_decode_mma_kernel<T, DH>, grid, kDmThreads, DmSmem<DH>::bytes, be.stream(), a, part_acc,
-                part_ml, len, DmFinish{});
+                part_ml, len);
   CLAWMINE_CUDA_LAUNCHED("sparse_attention (decode, tensor cores)");
   const dim3 mgrid(static_cast<unsigned>(a.H), static_cast<unsigned>(a.T));
   launch_kernel_pdl(true, attention_decode_merge_kernel<T>, mgrid, dim3(128), 0, be.stream(),
@@ -483,8 +419,5 @@ template void launch_attention_decode_mma<__half>(CudaBackend&, const AttnArgs<_
 namespace clawmine::backend::cuda {
 void set_attn_decode_max_splits(int n) {
   attn::g_dm_max_splits.store(n <= 0 ? -1 : std::min(n, attn::kDmMaxSplits), std::memory_order_relaxed);
-}
-void set_attn_decode_finish(int mode) {
-  attn::g_dm_finish.store(mode < 0 ? -1 : mode > 0 ? 1 : 0, std::memory_order_relaxed);
 }
 }  // namespace clawmine::backend::cuda

@@ -13,11 +13,4 @@ namespace clawmine::backend::cuda {
 // environment's CLAWMINE_ATTN_DECODE_SPLITS (read once; an integer in [1, 64]; unset: no cap).
 void set_attn_decode_max_splits(int n = -1);
 
-// When the decode attention runs as one range (short lists, or the cap above at 1), its kernel
-// finishes the output itself (the sink, the rounding, the inverse RoPE: the merge's arithmetic for
-// one split, the same bits) instead of a merge launch after it. mode < 0: the environment's
-// CLAWMINE_ATTN_DECODE_FINISH (read once; "1" turns it on, default off until measured); 0 off;
-// > 0 on.
-void set_attn_decode_finish(int mode = -1);
-
 }  // namespace clawmine::backend::cuda

@@ -23,7 +23,6 @@
 #include <string>
 #include <vector>
 
-#include "backend/cuda/attention_tuning.h"
 #include "core/error.h"
 #include "unit/backend_cuda/same_inputs.h"
 
@@ -229,36 +228,6 @@ void check_no_key_and_bad_index(ops::Backend& cuda_be, const std::vector<DType>&
 }
 
 TEST_F(CudaAttentionDecode, NoKeyAndBadIndex) { check_no_key_and_bad_index(*cuda, {DType::kF32, DType::kBF16}); }
-
-// One key range (set_attn_decode_max_splits(1)) finishing its output in the attention kernel
-// (set_attn_decode_finish) against the same range followed by the merge launch: the same bits for
-// sparse_attention_rope (and, inside check_case, the composition's bits and the CPU's tolerance),
-// BF16 and F16, every decode list at T = 1 and 2; no key and a bad index.
-TEST_F(CudaAttentionDecode, OneRangeFinishGivesTheMergesBits) {
-  struct Reset {
-    ~Reset() {
-      backend::cuda::set_attn_decode_max_splits(-1);
-      backend::cuda::set_attn_decode_finish(-1);
-    }
-  } reset;
-  backend::cuda::set_attn_decode_max_splits(1);
-  uint32_t seed = 35000;
-  for (const DecCase& base : kDecodeCases) {
-    for (const int64_t T : {1, 2}) {
-      const DecCase c = at_t(base, T);
-      for (const DType dt : {DType::kBF16, DType::kF16}) {
-        seed += 10;
-        backend::cuda::set_attn_decode_finish(0);
-        const std::vector<float> merged = check_case(*cpu, *cuda, c, dt, seed);
-        backend::cuda::set_attn_decode_finish(1);
-        const std::vector<float> finished = check_case(*cpu, *cuda, c, dt, seed);
-        SCOPED_TRACE(str_cat(c.name, " T ", T, " ", dtype_label(dt)));
-        EXPECT_TRUE(same_bits(finished, merged));
-      }
-    }
-  }
-  check_no_key_and_bad_index(*cuda, {DType::kBF16});
-}
 
 }  // namespace
 }  // namespace clawmine::test
