@@ -136,6 +136,7 @@ __global__ void __launch_bounds__(kDmThreads)
   const uint32_t b_off = static_cast<uint32_t>(((((lane >> 4) << 3) + (lane & 7)) * kRow + ((lane >> 3) & 1) * 8 + d0) * 2);
   const uint32_t v_off =
       static_cast<uint32_t>((((lane & 7) + ((lane >> 3) & 1) * 8) * kRow + d0 + (lane >> 4) * 8) * 2);
+  int u = 0;  // tiles computed
   for (int i = 0; i < n_tiles; ++i) {
     const int st = i & 1;
     // Tile i + 1 streams in while tile i is computed (stage st ^ 1 was last read by tile i - 1,
@@ -159,7 +160,9 @@ __global__ void __launch_bounds__(kDmThreads)
       mma16816<T>(s[0], qf[ks], bf[0], bf[1]);
       mma16816<T>(s[1], qf[ks], bf[2], bf[3]);
     }
-    float4* xb = sX + st * (kDmWarps * 2 * 32);
+    // Two score buffers, alternating over the tiles computed (u), not over the tiles: with a skipped
+    // tile in between, tile i + 2 would rewrite tile i's buffer with no barrier since its reads.
+    float4* xb = sX + (u++ & 1) * (kDmWarps * 2 * 32);
     xb[(warp * 2 + 0) * 32 + lane] = make_float4(s[0][0], s[0][1], s[0][2], s[0][3]);
     xb[(warp * 2 + 1) * 32 + lane] = make_float4(s[1][0], s[1][1], s[1][2], s[1][3]);
     __syncthreads();
