@@ -22,6 +22,12 @@ int64_t compress_rate(const LayerContext& c) {
   return c.kind == AttentionKind::kCompressedSparse ? c.cfg.compress_rate_csa : c.cfg.compress_rate_hca;
 }
 
+// Whether the chunk of T tokens at c.p0 completes a window of the layer's compressor.
+bool completes_window(const LayerContext& c, int64_t T) {
+  const int64_t m = compress_rate(c);
+  return (c.p0 + T) / m > c.p0 / m;
+}
+
 // kv = rope(rms(wkv . h)) [T, Dh], round-tripped on its nope dims in official mode.
 void project_keys(const LayerContext& c, const TensorView& h, const TensorView& kv) {
   const int64_t T = h.dim(0), Dh = c.cfg.head_dim, R = c.cfg.qk_rope_head_dim;
@@ -277,7 +283,16 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
     on(0);
   }
   project_heads(c, qr, q);
-  if (branches) {
+  // The attention reads complete compressed entries only (attention_index), so a chunk that
+  // completes no window needs the compressor's branch (3) only for later chunks, and the indexer's
+  // keys (2) only for its selection (4, which waited for them). Where the backend asks for late
+  // joins, the attention waits for the branches it reads and the rest join after the output.
+  const bool late = branches && compressed && c.be.late_joins() && !completes_window(c, T);
+  if (late) {
+    c.be.branch_wait(1);
+    c.be.branch_wait(6);
+    if (select) c.be.branch_wait(4);
+  } else if (branches) {
     c.be.join_branches();
   } else if (select) {  // in order: the indexer queries after q, then the selection
     indexer_queries(c, qr, iq);
@@ -286,7 +301,9 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
 
   const TensorView o = c.act({T, H, Dh});
   attend(c, q, pool, cache, idx, o);
-  return output(c, o);
+  const TensorView out = output(c, o);
+  if (late) c.be.join_branches();
+  return out;
 }
 
 TensorView attention_batch(const LayerContext& c, const TensorView& h, const std::vector<LayerCache*>& caches,

@@ -200,6 +200,13 @@ uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, s
   return h;
 }
 
+// A bit per compressed layer kind whose compressor completes a window in the chunk [p0, p0 + T):
+// 1 CSA, 2 HCA.
+uint64_t completing_rates(const ModelConfig& cfg, int64_t p0, int64_t T) {
+  auto completes = [&](int64_t m) { return m > 0 && (p0 + T) / m > p0 / m; };
+  return (completes(cfg.compress_rate_csa) ? 1u : 0u) | (completes(cfg.compress_rate_hca) ? 2u : 0u);
+}
+
 // The embedding broadcast into the hc streams and the first site's pre-mix: the state before
 // layer 0 for the T rows of ids_t.
 HcState enter_streams(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& W, const TensorView& ids_t) {
@@ -272,20 +279,48 @@ Model::StepOut step_head(ops::Backend& be, const ModelConfig& cfg, const ModelWe
 // consecutive step under it and replayed after: a key that lasts one step (a batch whose members
 // change again at once) costs no recording, which takes ~20-80 ms on the H100 against one eager
 // step's extra ~1-5 ms (docs/PERFORMANCE.md, nineteenth session).
+// With late joins (ops::Backend::late_joins) a sequence's steps alternate between two keys by
+// design (a step that completes a compressed window joins every branch before the attention,
+// the others do not): the owner then keeps two records, a key is recorded on its second step
+// among the owner's last two keys, and a third key retires the least recently used record.
 template <typename Issue>
 Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
-  if (graph && owner.step_key == key && be.replay_step_graph(key)) {
-    return {owner.step_logits, owner.step_tokens};  // the recorded ops ran again; their scratch addresses repeat
+  const int n_slots = be.late_joins() ? 2 : 1;
+  auto& recs = owner.steps;
+  if (graph) {
+    for (int i = 0; i < n_slots; ++i) {
+      if (recs[i].key == key && be.replay_step_graph(key)) {
+        recs[i].used = ++owner.step_clock;
+        return {recs[i].logits, recs[i].tokens};  // the recorded ops ran again; their scratch addresses repeat
+      }
+    }
   }
-  if (graph) graph = std::exchange(owner.seen_key, key) == key;  // the second step under this key
-  if (graph && owner.step_key != 0 && owner.step_key != key) be.retire_step_graph(owner.step_key);
-  if (graph) be.begin_step_graph(key);
+  if (graph) {  // the second step under this key (with one record: two consecutive steps)
+    const bool seen = owner.seen_keys[0] == key || (n_slots > 1 && owner.seen_keys[1] == key);
+    if (owner.seen_keys[0] != key) {
+      owner.seen_keys[1] = owner.seen_keys[0];
+      owner.seen_keys[0] = key;
+    }
+    graph = seen;
+  }
+  SequenceCache::StepRecord* rec = nullptr;
+  if (graph) {  // this key's record (its graph was dropped), an empty one, or the least recently used
+    for (int i = 0; i < n_slots && rec == nullptr; ++i)
+      if (recs[i].key == key) rec = &recs[i];
+    for (int i = 0; i < n_slots && rec == nullptr; ++i)
+      if (recs[i].key == 0) rec = &recs[i];
+    if (rec == nullptr) {
+      rec = &recs[0];
+      for (int i = 1; i < n_slots; ++i)
+        if (recs[i].used < rec->used) rec = &recs[i];
+      be.retire_step_graph(rec->key);
+    }
+    be.begin_step_graph(key);
+  }
   const Model::StepOut out = issue_ops();
   if (graph) {
     be.end_step_graph();
-    owner.step_key = key;
-    owner.step_logits = out.logits;
-    owner.step_tokens = out.tokens;
+    *rec = {key, ++owner.step_clock, out.logits, out.tokens};
   }
   return out;
 }
@@ -334,7 +369,9 @@ Model::StepOut Model::issue_forward(ops::Backend& be, SequenceCache& cache, cons
   // stores grow (its window pool holds W-1 rows at every position): it is recorded once as a
   // graph and replayed.
   const bool graph = T == 1;
-  const uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
+  uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
+  // With late joins the attention's branches depend on which compressors complete a window.
+  if (graph && be.late_joins()) key ^= completing_rates(cfg, p0, T) * 0xC2B2AE3D27D4EB4Full;
   return run_step(be, graph, key, cache, [&]() -> StepOut {
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
                                  options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
