@@ -279,13 +279,13 @@ Model::StepOut step_head(ops::Backend& be, const ModelConfig& cfg, const ModelWe
 // consecutive step under it and replayed after: a key that lasts one step (a batch whose members
 // change again at once) costs no recording, which takes ~20-80 ms on the H100 against one eager
 // step's extra ~1-5 ms (docs/PERFORMANCE.md, nineteenth session).
-// With late joins (ops::Backend::late_joins) a sequence's steps alternate between two keys by
-// design (a step that completes a compressed window joins every branch before the attention,
-// the others do not): the owner then keeps two records, a key is recorded on its second step
-// among the owner's last two keys, and a third key retires the least recently used record.
+// n_slots 2: a sequence's one-token steps with late joins (ops::Backend::late_joins) alternate
+// between two keys by design (a step that completes a compressed window joins every branch before
+// the attention, the others do not): the owner then keeps two records, a key is recorded on its
+// second step among the owner's last two keys, and a third key retires the least recently used.
 template <typename Issue>
-Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
-  const int n_slots = be.late_joins() ? 2 : 1;
+Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, int n_slots,
+                        Issue&& issue_ops) {
   auto& recs = owner.steps;
   if (graph) {
     for (int i = 0; i < n_slots; ++i) {
@@ -372,7 +372,7 @@ Model::StepOut Model::issue_forward(ops::Backend& be, SequenceCache& cache, cons
   uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
   // With late joins the attention's branches depend on which compressors complete a window.
   if (graph && be.late_joins()) key ^= completing_rates(cfg, p0, T) * 0xC2B2AE3D27D4EB4Full;
-  return run_step(be, graph, key, cache, [&]() -> StepOut {
+  return run_step(be, graph, key, cache, be.late_joins() ? 2 : 1, [&]() -> StepOut {
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
                                  options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
                                    return attention(c, x, cache.layers[static_cast<size_t>(l)]);
@@ -491,7 +491,7 @@ Model::StepOut Model::issue_group(ops::Backend& be, const std::vector<SequenceCa
   // Recorded once and replayed while no entry store grows (the same condition as a one-sequence
   // step, for each); the record lives in the first cache.
   const uint64_t key = step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, greedy, this);
-  return run_step(be, true, key, *caches[0], [&]() -> StepOut {
+  return run_step(be, true, key, *caches[0], 1, [&]() -> StepOut {
     std::vector<LayerCache*> layer_caches(static_cast<size_t>(B));
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t,
                                  p0[0], options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
