@@ -22,12 +22,6 @@ int64_t compress_rate(const LayerContext& c) {
   return c.kind == AttentionKind::kCompressedSparse ? c.cfg.compress_rate_csa : c.cfg.compress_rate_hca;
 }
 
-// Whether the chunk of T tokens at c.p0 completes a window of the layer's compressor.
-bool completes_window(const LayerContext& c, int64_t T) {
-  const int64_t m = compress_rate(c);
-  return (c.p0 + T) / m > c.p0 / m;
-}
-
 // kv = rope(rms(wkv . h)) [T, Dh], round-tripped on its nope dims in official mode.
 void project_keys(const LayerContext& c, const TensorView& h, const TensorView& kv) {
   const int64_t T = h.dim(0), Dh = c.cfg.head_dim, R = c.cfg.qk_rope_head_dim;
@@ -286,8 +280,9 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
   // The attention reads complete compressed entries only (attention_index), so a chunk that
   // completes no window needs the compressor's branch (3) only for later chunks, and the indexer's
   // keys (2) only for its selection (4, which waited for them). Where the backend asks for late
-  // joins, the attention waits for the branches it reads and the rest join after the output.
-  const bool late = branches && compressed && c.be.late_joins() && !completes_window(c, T);
+  // joins, the attention waits for the branches it reads and the rest join after the output. The
+  // test is per step, over every compressor (not per layer), so that a step's graph is one of two.
+  const bool late = branches && compressed && c.be.late_joins() && !chunk_completes_a_window(c.cfg, c.p0, T);
   if (late) {
     c.be.branch_wait(1);
     c.be.branch_wait(6);

@@ -200,13 +200,6 @@ uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, s
   return h;
 }
 
-// A bit per compressed layer kind whose compressor completes a window in the chunk [p0, p0 + T):
-// 1 CSA, 2 HCA.
-uint64_t completing_rates(const ModelConfig& cfg, int64_t p0, int64_t T) {
-  auto completes = [&](int64_t m) { return m > 0 && (p0 + T) / m > p0 / m; };
-  return (completes(cfg.compress_rate_csa) ? 1u : 0u) | (completes(cfg.compress_rate_hca) ? 2u : 0u);
-}
-
 // The embedding broadcast into the hc streams and the first site's pre-mix: the state before
 // layer 0 for the T rows of ids_t.
 HcState enter_streams(ops::Backend& be, const ModelConfig& cfg, const ModelWeights& W, const TensorView& ids_t) {
@@ -370,8 +363,8 @@ Model::StepOut Model::issue_forward(ops::Backend& be, SequenceCache& cache, cons
   // graph and replayed.
   const bool graph = T == 1;
   uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
-  // With late joins the attention's branches depend on which compressors complete a window.
-  if (graph && be.late_joins()) key ^= completing_rates(cfg, p0, T) * 0xC2B2AE3D27D4EB4Full;
+  // With late joins the attention's joins depend on whether a compressor completes a window.
+  if (graph && be.late_joins() && chunk_completes_a_window(cfg, p0, T)) key ^= 0xC2B2AE3D27D4EB4Full;
   return run_step(be, graph, key, cache, be.late_joins() ? 2 : 1, [&]() -> StepOut {
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
                                  options, [&](const LayerContext& c, const TensorView& x, int64_t l) {

@@ -339,11 +339,9 @@ TEST(Forward, AKeyLastingOneStepIsNotRecorded) {
 }
 
 // Late joins (ops::Backend::late_joins): the same bits as the CPU; a decode step's key says
-// which compressors complete a window (the attention's joins differ), so a key still names the
-// same ops every time. tiny-b (CSA rate 4, HCA rate 16): the steps completing no window and those
-// completing a CSA window only alternate and are both recorded, in the owner's two records, with
-// nothing retired; a step completing an HCA window too (every 16th) is never among the owner's
-// last two keys, so it runs unrecorded.
+// whether a compressor completes a window (the attention's joins differ), so a key still names
+// the same ops every time. tiny-b (CSA rate 4, HCA rate 16): the two kinds of step alternate and
+// are both recorded, in the owner's two records, with nothing retired.
 TEST(Forward, LateJoinsKeepTheBitsAndTwoRecords) {
   DeviceEmulator dev;
   dev.set_late_joins(true);
