@@ -180,8 +180,10 @@ void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&&
 // and the options. Equal keys mean equal op sequences over equal addresses.
 // A batch step (forward_batch, batch = true) hashes every cache's layout in order and the batch
 // size; its keys never equal a one-sequence step's (the marker), even for a batch of one.
+// window_variant: a one-token step with late joins that completes a compressor window (its
+// attention joins every branch first; ops::Backend::late_joins).
 uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, size_t scratch_mark,
-                  const ForwardOptions& options, bool greedy, const void* model) {
+                  const ForwardOptions& options, bool greedy, const void* model, bool window_variant = false) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](uint64_t v) {
     h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
@@ -197,6 +199,7 @@ uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, s
   mix(static_cast<uint64_t>(options.official_qdq) | static_cast<uint64_t>(options.all_logits) << 1 |
       static_cast<uint64_t>(greedy) << 2 |
       static_cast<uint64_t>(options.indexer_always) << 3);
+  if (window_variant) mix(0xC2B2AE3D27D4EB4Full);
   return h;
 }
 
@@ -362,9 +365,10 @@ Model::StepOut Model::issue_forward(ops::Backend& be, SequenceCache& cache, cons
   // stores grow (its window pool holds W-1 rows at every position): it is recorded once as a
   // graph and replayed.
   const bool graph = T == 1;
-  uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
   // With late joins the attention's joins depend on whether a compressor completes a window.
-  if (graph && be.late_joins() && chunk_completes_a_window(cfg, p0, T)) key ^= 0xC2B2AE3D27D4EB4Full;
+  const bool window_variant = be.late_joins() && chunk_completes_a_window(cfg, p0, T);
+  const uint64_t key =
+      graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this, window_variant) : 0;
   return run_step(be, graph, key, cache, be.late_joins() ? 2 : 1, [&]() -> StepOut {
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
                                  options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
