@@ -151,12 +151,6 @@ class Backend {
   virtual void branch_early(int b) { branch(b); }
   virtual void branch_wait(int b) {}
   virtual void join_branches() {}
-  // Whether a sub-layer should leave a side branch that its result does not need open past that
-  // result, joining it later (the attention of a decode chunk that completes no compressed window
-  // reads none of the compressor's new entries: attention.cpp). Results are the same either way;
-  // only the schedule differs, and with it a step's recorded graph (the model's step keys follow).
-  // Default: no.
-  virtual bool late_joins() { return false; }
 
   // ---- Ops ---------------------------------------------------------------------------------
   // out[t, :] = table[ids[t], :].  table [V, D] (BF16/F32/F16), ids [T] I32, out [T, D].

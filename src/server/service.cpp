@@ -34,7 +34,6 @@ class LentBackend final : public diag::ForwardingBackend {
   void branch_early(int b) override { inner().branch_early(b); }
   void branch_wait(int b) override { inner().branch_wait(b); }
   void join_branches() override { inner().join_branches(); }
-  bool late_joins() override { return inner().late_joins(); }
   // Fused ops go to the backend whole (the default would split them into their parts).
   void norm_rope_qdq(const TensorView& x, const ops::Backend::VecPrep& p, const TensorView& positions,
                      const TensorView& inv_freq) override {

@@ -74,7 +74,6 @@ CudaBackend::CudaBackend(const CudaOptions& options) : options_(options) {
   options_.graph_update = options_.graph_update || env_switch("CLAWMINE_GRAPH_UPDATE", false);
   options_.graph_report = options_.graph_report || env_switch("CLAWMINE_GRAPH_REPORT", false);
   options_.early_forks = options_.early_forks && env_switch("CLAWMINE_EARLY_FORKS", true);
-  options_.late_joins = options_.late_joins || env_switch("CLAWMINE_LATE_JOINS", false);
   if (options_.act_dtype != DType::kF32 && options_.act_dtype != DType::kBF16)
     throw Error(str_cat("--act-dtype: the CUDA backend computes activations in f32 or bf16, not ",
                         dtype_name(options_.act_dtype)));

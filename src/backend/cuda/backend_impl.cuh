@@ -70,7 +70,6 @@ class CudaBackend final : public ops::Backend {
   void branch_early(int b) override;
   void branch_wait(int b) override;
   void join_branches() override;
-  bool late_joins() override { return options_.late_joins; }
   bool branches_open() const { return n_forked_ > 0; }
   void discard_capture();  // ends and drops a capture left open by a failed step
   // Host transfers inside a capture are errors: the capture is dropped, then Error is thrown.

@@ -31,10 +31,6 @@ struct CudaOptions {
   // only predecessor (branches.cu); off, it is a plain branch(). The environment variable
   // CLAWMINE_EARLY_FORKS=0 turns it off.
   bool early_forks = true;
-  // late_joins (ops/backend.h): a decode chunk that completes no window of any compressor leaves
-  // the compressors' branches open past the attention (joined after wo_b). Off until measured on a GPU;
-  // the environment variable CLAWMINE_LATE_JOINS=1 turns it on too.
-  bool late_joins = false;
   size_t scratch_bytes = 0;        // scratch region inside the arena; 0 = a default share
 };
 

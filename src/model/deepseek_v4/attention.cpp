@@ -277,17 +277,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
     on(0);
   }
   project_heads(c, qr, q);
-  // The attention reads complete compressed entries only (attention_index), so a chunk that
-  // completes no window needs the compressor's branch (3) only for later chunks, and the indexer's
-  // keys (2) only for its selection (4, which waited for them). Where the backend asks for late
-  // joins, the attention waits for the branches it reads and the rest join after the output. The
-  // test is per step, over every compressor (not per layer), so that a step's graph is one of two.
-  const bool late = branches && compressed && c.be.late_joins() && !chunk_completes_a_window(c.cfg, c.p0, T);
-  if (late) {
-    c.be.branch_wait(1);
-    c.be.branch_wait(6);
-    if (select) c.be.branch_wait(4);
-  } else if (branches) {
+  if (branches) {
     c.be.join_branches();
   } else if (select) {  // in order: the indexer queries after q, then the selection
     indexer_queries(c, qr, iq);
@@ -296,9 +286,7 @@ TensorView attention(const LayerContext& c, const TensorView& h, LayerCache& cac
 
   const TensorView o = c.act({T, H, Dh});
   attend(c, q, pool, cache, idx, o);
-  const TensorView out = output(c, o);
-  if (late) c.be.join_branches();
-  return out;
+  return output(c, o);
 }
 
 TensorView attention_batch(const LayerContext& c, const TensorView& h, const std::vector<LayerCache*>& caches,

@@ -51,19 +51,12 @@ struct SequenceCache {
   // Changes (to a value never used before, by any cache) whenever reserve_cache allocates: the
   // buffers' addresses and sizes are part of a decode step's graph key.
   uint64_t layout_id = 0;
-  // The recorded decode steps: each one's graph key and where its logits land (scratch addresses
-  // repeat for equal steps), so a replay needs no op calls to find them. One record, or two where
-  // the steps alternate by design (ops::Backend::late_joins: steps that complete a compressed
-  // window and steps that do not).
-  struct StepRecord {
-    uint64_t key = 0;
-    uint64_t used = 0;  // step_clock at its last use
-    TensorView logits;
-    TensorView tokens;  // a greedy step's argmax (Model::forward_greedy), else empty
-  };
-  StepRecord steps[2];
-  uint64_t step_clock = 0;
-  uint64_t seen_keys[2] = {0, 0};  // the owner's last two distinct keys of steps that could be recorded (run_step)
+  // The last recorded decode step: its graph key and where its logits land (scratch addresses
+  // repeat for equal steps), so a replay needs no op calls to find them.
+  uint64_t step_key = 0;
+  uint64_t seen_key = 0;  // the key of the owner's last step that could be recorded (run_step)
+  TensorView step_logits;
+  TensorView step_tokens;  // a greedy step's argmax (Model::forward_greedy), else empty
 };
 
 }  // namespace clawmine::model::deepseek_v4

@@ -75,14 +75,6 @@ void compressor_store(const LayerContext& c, const TensorView& kv, const TensorV
 // branch region would cost prefill too much memory).
 constexpr int64_t kBranchMaxTokens = 16;
 
-// Whether the chunk [p0, p0 + T) completes a window of any compressor (CSA or HCA rate). With
-// ops::Backend::late_joins, a decode chunk that completes none runs its attention without waiting
-// for the compressors' branches (attention.cpp); the step key carries it (model.cpp).
-inline bool chunk_completes_a_window(const ModelConfig& cfg, int64_t p0, int64_t T) {
-  auto completes = [&](int64_t m) { return m > 0 && (p0 + T) / m > p0 / m; };
-  return completes(cfg.compress_rate_csa) || completes(cfg.compress_rate_hca);
-}
-
 // Lightning indexer (CSA), in four parts that attention() runs on its branches:
 // indexer_keys feeds the chunk h to the indexer's own compressor; indexer_weights writes the head
 // weights [T, Hi] from h; indexer_queries writes the indexer queries q [T, Hi, Di] (rotated,

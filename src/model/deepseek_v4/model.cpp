@@ -180,10 +180,8 @@ void block(const LayerContext& c, const LayerWeights* next, HcState& s, Attend&&
 // and the options. Equal keys mean equal op sequences over equal addresses.
 // A batch step (forward_batch, batch = true) hashes every cache's layout in order and the batch
 // size; its keys never equal a one-sequence step's (the marker), even for a batch of one.
-// window_variant: a one-token step with late joins that completes a compressor window (its
-// attention joins every branch first; ops::Backend::late_joins).
 uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, size_t scratch_mark,
-                  const ForwardOptions& options, bool greedy, const void* model, bool window_variant = false) {
+                  const ForwardOptions& options, bool greedy, const void* model) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](uint64_t v) {
     h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
@@ -199,7 +197,6 @@ uint64_t step_key(const std::vector<const SequenceCache*>& caches, bool batch, s
   mix(static_cast<uint64_t>(options.official_qdq) | static_cast<uint64_t>(options.all_logits) << 1 |
       static_cast<uint64_t>(greedy) << 2 |
       static_cast<uint64_t>(options.indexer_always) << 3);
-  if (window_variant) mix(0xC2B2AE3D27D4EB4Full);
   return h;
 }
 
@@ -275,48 +272,20 @@ Model::StepOut step_head(ops::Backend& be, const ModelConfig& cfg, const ModelWe
 // consecutive step under it and replayed after: a key that lasts one step (a batch whose members
 // change again at once) costs no recording, which takes ~20-80 ms on the H100 against one eager
 // step's extra ~1-5 ms (docs/PERFORMANCE.md, nineteenth session).
-// n_slots 2: a sequence's one-token steps with late joins (ops::Backend::late_joins) alternate
-// between two keys by design (a step that completes a compressed window joins every branch before
-// the attention, the others do not): the owner then keeps two records, a key is recorded on its
-// second step among the owner's last two keys, and a third key retires the least recently used.
 template <typename Issue>
-Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, int n_slots,
-                        Issue&& issue_ops) {
-  auto& recs = owner.steps;
-  if (graph) {
-    for (int i = 0; i < n_slots; ++i) {
-      if (recs[i].key == key && be.replay_step_graph(key)) {
-        recs[i].used = ++owner.step_clock;
-        return {recs[i].logits, recs[i].tokens};  // the recorded ops ran again; their scratch addresses repeat
-      }
-    }
+Model::StepOut run_step(ops::Backend& be, bool graph, uint64_t key, SequenceCache& owner, Issue&& issue_ops) {
+  if (graph && owner.step_key == key && be.replay_step_graph(key)) {
+    return {owner.step_logits, owner.step_tokens};  // the recorded ops ran again; their scratch addresses repeat
   }
-  if (graph) {  // the second step under this key (with one record: two consecutive steps)
-    const bool seen = owner.seen_keys[0] == key || (n_slots > 1 && owner.seen_keys[1] == key);
-    if (owner.seen_keys[0] != key) {
-      owner.seen_keys[1] = owner.seen_keys[0];
-      owner.seen_keys[0] = key;
-    }
-    graph = seen;
-  }
-  SequenceCache::StepRecord* rec = nullptr;
-  if (graph) {  // this key's record (its graph was dropped), an empty one, or the least recently used
-    for (int i = 0; i < n_slots && rec == nullptr; ++i)
-      if (recs[i].key == key) rec = &recs[i];
-    for (int i = 0; i < n_slots && rec == nullptr; ++i)
-      if (recs[i].key == 0) rec = &recs[i];
-    if (rec == nullptr) {
-      rec = &recs[0];
-      for (int i = 1; i < n_slots; ++i)
-        if (recs[i].used < rec->used) rec = &recs[i];
-      be.retire_step_graph(rec->key);
-    }
-    be.begin_step_graph(key);
-  }
+  if (graph) graph = std::exchange(owner.seen_key, key) == key;  // the second step under this key
+  if (graph && owner.step_key != 0 && owner.step_key != key) be.retire_step_graph(owner.step_key);
+  if (graph) be.begin_step_graph(key);
   const Model::StepOut out = issue_ops();
   if (graph) {
     be.end_step_graph();
-    *rec = {key, ++owner.step_clock, out.logits, out.tokens};
+    owner.step_key = key;
+    owner.step_logits = out.logits;
+    owner.step_tokens = out.tokens;
   }
   return out;
 }
@@ -365,11 +334,8 @@ Model::StepOut Model::issue_forward(ops::Backend& be, SequenceCache& cache, cons
   // stores grow (its window pool holds W-1 rows at every position): it is recorded once as a
   // graph and replayed.
   const bool graph = T == 1;
-  // With late joins the attention's joins depend on whether a compressor completes a window.
-  const bool window_variant = be.late_joins() && chunk_completes_a_window(cfg, p0, T);
-  const uint64_t key =
-      graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this, window_variant) : 0;
-  return run_step(be, graph, key, cache, be.late_joins() ? 2 : 1, [&]() -> StepOut {
+  const uint64_t key = graph ? step_key({&cache}, false, be.scratch_mark(), options, greedy, this) : 0;
+  return run_step(be, graph, key, cache, [&]() -> StepOut {
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t, p0,
                                  options, [&](const LayerContext& c, const TensorView& x, int64_t l) {
                                    return attention(c, x, cache.layers[static_cast<size_t>(l)]);
@@ -488,7 +454,7 @@ Model::StepOut Model::issue_group(ops::Backend& be, const std::vector<SequenceCa
   // Recorded once and replayed while no entry store grows (the same condition as a one-sequence
   // step, for each); the record lives in the first cache.
   const uint64_t key = step_key({caches.begin(), caches.end()}, true, be.scratch_mark(), options, greedy, this);
-  return run_step(be, true, key, *caches[0], 1, [&]() -> StepOut {
+  return run_step(be, true, key, *caches[0], [&]() -> StepOut {
     std::vector<LayerCache*> layer_caches(static_cast<size_t>(B));
     const HcState s = run_blocks(be, cfg, tables.weights, tables.inv_main, tables.inv_compress, positions, ids_t,
                                  p0[0], options, [&](const LayerContext& c, const TensorView& x, int64_t l) {

@@ -40,9 +40,6 @@ class DeviceEmulator final : public ops::Backend {
   // a graph replayed under that key would have computed something else.
   int key_mismatches() const { return key_mismatches_; }
   const std::string& first_mismatch() const { return first_mismatch_; }
-  // ops::Backend::late_joins (off unless set).
-  void set_late_joins(bool on) { late_joins_ = on; }
-  bool late_joins() override { return late_joins_; }
 
   TensorView allocate(DType dtype, const Shape& shape) override {
     TensorView v = cpu_->allocate(dtype, shape);
@@ -246,7 +243,6 @@ class DeviceEmulator final : public ops::Backend {
   std::map<uint64_t, std::string> step_ops_by_key_;
   int key_mismatches_ = 0;
   std::string first_mismatch_;
-  bool late_joins_ = false;
 };
 
 class PlacedForward : public ::testing::TestWithParam<const char*> {};
@@ -336,28 +332,6 @@ TEST(Forward, AKeyLastingOneStepIsNotRecorded) {
   ASSERT_EQ(dev.graph_keys().size(), 2u);  // the second and third steps of {c0, c2}
   EXPECT_EQ(dev.graph_keys()[0], dev.graph_keys()[1]);
   EXPECT_TRUE(dev.retired().empty());  // c0 had recorded no key before
-}
-
-// Late joins (ops::Backend::late_joins): the same bits as the CPU; a decode step's key says
-// whether a compressor completes a window (the attention's joins differ), so a key still names
-// the same ops every time. tiny-b (CSA rate 4, HCA rate 16): the two kinds of step alternate and
-// are both recorded, in the owner's two records, with nothing retired.
-TEST(Forward, LateJoinsKeepTheBitsAndTwoRecords) {
-  DeviceEmulator dev;
-  dev.set_late_joins(true);
-  auto model = Model::load(test::fixture_dir("models/tiny-b"));
-  auto cpu = ops::make_cpu_backend(2);
-  const std::vector<int32_t> ids = test_ids(70);
-  const std::vector<float> ref = chunked_run(*model, *cpu, ids, true);
-  model->place(dev);
-  const std::vector<float> got = chunked_run(*model, dev, ids, true);
-  ASSERT_EQ(got.size(), ref.size());
-  EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0);
-  EXPECT_EQ(dev.key_mismatches(), 0) << dev.first_mismatch();
-  const std::vector<uint64_t>& keys = dev.graph_keys();
-  const std::set<uint64_t> distinct(keys.begin(), keys.end());
-  EXPECT_EQ(distinct.size(), 2u);
-  EXPECT_TRUE(dev.retired().empty()) << dev.retired().size() << " records retired";
 }
 
 TEST(Forward, LastRowOnlyEqualsLastRowOfAll) {
