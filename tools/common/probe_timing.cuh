@@ -18,16 +18,9 @@ inline void check_cuda(cudaError_t e, const char* expr, const char* file, int li
 }
 #define CLAWMINE_PROBE_CK(expr) ::clawmine::probe::check_cuda((expr), #expr, __FILE__, __LINE__)
 
-// Median milliseconds per launch of `launch(i)` (i = 0..n-1) captured as one graph, over `reps`
-// replays after three warm-up replays.
-template <typename Fn>
-double time_graph(cudaStream_t st, int n, int reps, Fn&& launch) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CLAWMINE_PROBE_CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < n; ++i) launch(i);
-  CLAWMINE_PROBE_CK(cudaStreamEndCapture(st, &graph));
-  CLAWMINE_PROBE_CK(cudaGraphInstantiate(&exec, graph, 0));
+// Median milliseconds of one replay of `exec` on `st`, over `reps` replays after three warm-up
+// replays.
+inline double replay_median_ms(cudaGraphExec_t exec, cudaStream_t st, int reps) {
   cudaEvent_t e0, e1;
   CLAWMINE_PROBE_CK(cudaEventCreate(&e0));
   CLAWMINE_PROBE_CK(cudaEventCreate(&e1));
@@ -40,14 +33,28 @@ double time_graph(cudaStream_t st, int n, int reps, Fn&& launch) {
     CLAWMINE_PROBE_CK(cudaEventSynchronize(e1));
     float m = 0;
     CLAWMINE_PROBE_CK(cudaEventElapsedTime(&m, e0, e1));
-    ms.push_back(m / n);
+    ms.push_back(m);
   }
   CLAWMINE_PROBE_CK(cudaEventDestroy(e0));
   CLAWMINE_PROBE_CK(cudaEventDestroy(e1));
-  CLAWMINE_PROBE_CK(cudaGraphExecDestroy(exec));
-  CLAWMINE_PROBE_CK(cudaGraphDestroy(graph));
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+// Median milliseconds per launch of `launch(i)` (i = 0..n-1) captured as one graph, over `reps`
+// replays after three warm-up replays.
+template <typename Fn>
+double time_graph(cudaStream_t st, int n, int reps, Fn&& launch) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CLAWMINE_PROBE_CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < n; ++i) launch(i);
+  CLAWMINE_PROBE_CK(cudaStreamEndCapture(st, &graph));
+  CLAWMINE_PROBE_CK(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms = replay_median_ms(exec, st, reps) / n;
+  CLAWMINE_PROBE_CK(cudaGraphExecDestroy(exec));
+  CLAWMINE_PROBE_CK(cudaGraphDestroy(graph));
+  return ms;
 }
 
 }  // namespace clawmine::probe
