@@ -28,9 +28,12 @@
 // weights at that offset: a dependent read of data the step never writes. --l2-evict-first 1:
 // the weight reads (and the copies before the dependency) carry an L2 evict-first policy
 // (createpolicy + .L2::cache_hint), so that the weights stop pushing such data out of L2.
+// --prefetch-regs R (8, 16, 24): a "launch regs" row too, the chain with each thread holding its first
+// R 16-byte words in registers across the dependency instead of the shared-memory prefix (as the
+// wgmma GEMVs hold their first k blocks; 24: 126 registers, wo_a's count).
 //
 //   bench_stage_probe [--layers 8] [--reps 20] [--threads 128] [--prefetch-kb 8] [--spin-ns 256]
-//                     [--per-step 0] [--desc 0] [--l2-evict-first 0]
+//                     [--per-step 0] [--desc 0] [--l2-evict-first 0] [--prefetch-regs 0|8|16|24]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -165,6 +168,47 @@ __global__ void step_kernel(Step st, int pre16) {
   run_unit<kEF>(st, blockIdx.x, pre16, [] { asm volatile("griddepcontrol.wait;" ::: "memory"); }, red);
 }
 
+// --prefetch-regs R: as step_kernel, but each thread holds its first R 16-byte words (of its
+// block's share, coalesced: word w0 + i * T + tid) in registers across the dependency instead of
+// copying a prefix into shared memory, as the decode's wgmma GEMVs hold their first k blocks: the
+// block's registers, not its shared memory, decide how many blocks (of this step and the next)
+// are resident at once.
+template <int R>
+__global__ void step_kernel_regs(Step st) {
+  __shared__ float red[32];
+  asm volatile("griddepcontrol.launch_dependents;");
+  const uint4* const w = st.desc != nullptr ? st.w + __ldcg(st.desc) : st.w;
+  const int b = blockIdx.x, T = blockDim.x;
+  const int64_t per = (st.n16 + st.blocks - 1) / st.blocks, w0 = b * per, w1 = min(w0 + per, st.n16);
+  uint4 held[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int64_t k = w0 + static_cast<int64_t>(i) * T + threadIdx.x;
+    held[i] = k < w1 ? ld_stream16(w + k) : make_uint4(0u, 0u, 0u, 0u);
+  }
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  float d = 0.0f;
+  if (st.in != nullptr)
+    for (int i = threadIdx.x; i < st.in_n; i += T) d += __ldcg(st.in + i);
+  d = block_sum(d, red);
+  uint32_t fold = 0;
+  const int64_t p1 = min(w0 + static_cast<int64_t>(R) * T, w1);
+  for (int64_t j = p1 + threadIdx.x; j < w1; j += 4 * T) {
+    uint4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t k = j + static_cast<int64_t>(i) * T;
+      v[i] = k < w1 ? ld_stream16(w + k) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) fold ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
+  }
+#pragma unroll
+  for (int i = 0; i < R; ++i) fold ^= held[i].x ^ held[i].y ^ held[i].z ^ held[i].w;
+  const float f = block_sum(static_cast<float>(fold & 0xffu), red);
+  if (threadIdx.x == 0) st.out[b] = 0.5f * d / static_cast<float>(max(st.in_n, 1)) + 1e-30f * f;
+}
+
 // Units in step order: step s owns [first[s], first[s + 1]). queue: from an atomic counter;
 // else block i takes units i, i + gridDim.x, ... in order (every block's units ascend, so the
 // earliest unfinished unit can always run: no deadlock with every block resident). The spin
@@ -240,7 +284,7 @@ constexpr int kPerLayer = sizeof(kLayer) / sizeof(kLayer[0]);
 }  // namespace
 
 int main(int argc, char** argv) {
-  int layers = 8, reps = 20, threads = 128, pre_kb = 8, max_ns = 256, per_step = 0, desc = 0, ef = 0;
+  int layers = 8, reps = 20, threads = 128, pre_kb = 8, max_ns = 256, per_step = 0, desc = 0, ef = 0, pre_regs = 0;
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (i + 1 == argc) {
@@ -255,16 +299,17 @@ int main(int argc, char** argv) {
     else if (a == "--per-step") per_step = std::atoi(argv[i + 1]);
     else if (a == "--desc") desc = std::atoi(argv[i + 1]);
     else if (a == "--l2-evict-first") ef = std::atoi(argv[i + 1]);
+    else if (a == "--prefetch-regs") pre_regs = std::atoi(argv[i + 1]);
     else {
-      std::fprintf(stderr, "unknown flag %s\nusage: bench_stage_probe [--layers N] [--reps N] [--threads N] [--prefetch-kb N] [--spin-ns N] [--per-step 0|1] [--desc 0|1] [--l2-evict-first 0|1]\n", argv[i]);
+      std::fprintf(stderr, "unknown flag %s\nusage: bench_stage_probe [--layers N] [--reps N] [--threads N] [--prefetch-kb N] [--spin-ns N] [--per-step 0|1] [--desc 0|1] [--l2-evict-first 0|1] [--prefetch-regs 0|8|16|24]\n", argv[i]);
       return 2;
     }
   }
   auto flag01 = [](int v) { return v == 0 || v == 1; };
   if (layers < 1 || reps < 3 || threads < 32 || threads > 1024 || threads % 32 != 0 || pre_kb < 0 || pre_kb > 200 ||
-      !flag01(per_step) || !flag01(desc) || !flag01(ef)) {
+      !flag01(per_step) || !flag01(desc) || !flag01(ef) || (pre_regs != 0 && pre_regs != 8 && pre_regs != 16 && pre_regs != 24)) {
     std::fprintf(stderr, "bench_stage_probe: --layers >= 1, --reps >= 3, --threads a multiple of 32 in [32, 1024], "
-                         "--prefetch-kb in [0, 200], --per-step, --desc and --l2-evict-first 0 or 1\n");
+                         "--prefetch-kb in [0, 200], --per-step, --desc and --l2-evict-first 0 or 1, --prefetch-regs 0, 8, 16 or 24\n");
     return 2;
   }
   cudaDeviceProp prop{};
@@ -326,21 +371,37 @@ int main(int argc, char** argv) {
     return static_cast<float>(clawmine::probe::time_graph(st, 1, reps, [&](int) { record(); }));
   };
 
-  const float launch_ms = time_graph([&] {
-    for (int s = 0; s < n_steps; ++s) {
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3(static_cast<unsigned>(steps[s].blocks));
-      cfg.blockDim = dim3(static_cast<unsigned>(threads));
-      cfg.dynamicSmemBytes = smem;
-      cfg.stream = st;
-      cudaLaunchAttribute attr{};
-      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr.val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = &attr;
-      cfg.numAttrs = 1;
-      CK(cudaLaunchKernelEx(&cfg, step_k, steps[s], pre16));
-    }
-  });
+  // The chain as launches with PDL: kernel(steps[s], extra...) per step, smem bytes each.
+  auto pdl_chain_ms = [&](auto* kernel, size_t smem_bytes, auto... extra) {
+    return time_graph([&] {
+      for (int s = 0; s < n_steps; ++s) {
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = dim3(static_cast<unsigned>(steps[s].blocks));
+        cfg.blockDim = dim3(static_cast<unsigned>(threads));
+        cfg.dynamicSmemBytes = smem_bytes;
+        cfg.stream = st;
+        cudaLaunchAttribute attr{};
+        attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr.val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        CK(cudaLaunchKernelEx(&cfg, kernel, steps[s], extra...));
+      }
+    });
+  };
+  const float launch_ms = pdl_chain_ms(step_k, smem, pre16);
+  // --prefetch-regs: the same chain with the prefix held in registers (no shared memory).
+  float regs_ms = 0.0f;
+  if (pre_regs > 0) {
+    auto* const regs_k = pre_regs == 8 ? step_kernel_regs<8> : pre_regs == 16 ? step_kernel_regs<16> : step_kernel_regs<24>;
+    regs_ms = pdl_chain_ms(regs_k, 0);
+    cudaFuncAttributes fa{};
+    CK(cudaFuncGetAttributes(&fa, regs_k));
+    int per_sm_regs = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_regs, regs_k, threads, 0));
+    std::printf("prefetch in registers: %d words of 16 bytes per thread (%d KB per block), %d registers, %d blocks "
+                "per SM\n", pre_regs, pre_regs * threads * 16 / 1024, fa.numRegs, per_sm_regs);
+  }
   auto persistent = [&](int queue) {
     return time_graph([&] {
       CK(cudaMemsetAsync(next, 0, sizeof(unsigned), st));
@@ -387,6 +448,7 @@ int main(int argc, char** argv) {
                 bytes / (ms * 1e-3) / 1e9, (ms - floor_ms) * 1e3 / layers / boundaries);
   };
   row("launch", launch_ms);
+  if (pre_regs > 0) row("launch regs", regs_ms);
   row("persistent", persistent_ms - memset_ms);
   row("static", static_ms - memset_ms);
   row("floor", floor_ms);
