@@ -30,6 +30,7 @@ void set_gemv_kernel(GemvKernel k);
 void set_gemv_stream_mtiles(int n);
 void set_gemv_wgmma(int on);
 void set_gemv_wgmma_shallow(int on);
+void set_gemv_wgmma_smem(int on);
 }  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
@@ -543,6 +544,7 @@ class CudaLinearWgmma : public CudaLinear {
     if (cuda) {
       backend::cuda::set_gemv_wgmma(-1);
       backend::cuda::set_gemv_wgmma_shallow(-1);
+      backend::cuda::set_gemv_wgmma_smem(-1);
     }
     CudaLinear::TearDown();
   }
@@ -578,6 +580,22 @@ class CudaLinearWgmma : public CudaLinear {
       }
     }
     if (!any_differs) std::printf("[ note ] the wgmma GEMV did not run here (not an sm_90a build on Hopper)\n");
+  }
+  // wo_a's grouped 8 x 1024 x 4096 (FP8 E8M0, split 4) at one token against the CPU, BF16 out.
+  void check_grouped_wo_a(uint32_t seed, const std::string& name) {
+    const int64_t G = 8, Lo = 1024, In = 4096;
+    const std::vector<float> wf = fast_normal(static_cast<size_t>(G * Lo * In), seed, 1.0f / 32);
+    auto w = make_linear(*cuda, TestFormat::kFp8E8M0, wf, G * Lo, In, name);
+    backend::cuda::set_gemv_wgmma(1);
+    TestActs x = make_acts(*cuda, {1, G, In}, DType::kBF16, seed + 1);
+    const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {1, G, Lo});
+    cuda->grouped_linear(x.dev.view(), w->dev, G, out.view());
+    std::vector<float> ref(static_cast<size_t>(G * Lo), std::nanf(""));
+    cpu->grouped_linear(x.host_view({1, G, In}), w->host, G,
+                        TensorView{DType::kF32, Device::kCpu, {1, G, Lo}, ref.data()});
+    const std::vector<float> got = download_f32(*cuda, out.view());
+    EXPECT_TRUE(within(got, ref, kBf16Budget));
+    EXPECT_TRUE(all_finite(got));
   }
 };
 
@@ -619,20 +637,7 @@ TEST_F(CudaLinearWgmma, Fp4AtOneTokenMatchesTheCpu) {
                2900);
 }
 
-TEST_F(CudaLinearWgmma, GroupedWoA) {
-  const int64_t G = 8, Lo = 1024, In = 4096;
-  const std::vector<float> wf = fast_normal(static_cast<size_t>(G * Lo * In), 2600, 1.0f / 32);
-  auto w = make_linear(*cuda, TestFormat::kFp8E8M0, wf, G * Lo, In, "wgmma.wo_a");
-  backend::cuda::set_gemv_wgmma(1);
-  TestActs x = make_acts(*cuda, {1, G, In}, DType::kBF16, 2601);
-  const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {1, G, Lo});
-  cuda->grouped_linear(x.dev.view(), w->dev, G, out.view());
-  std::vector<float> ref(static_cast<size_t>(G * Lo), std::nanf(""));
-  cpu->grouped_linear(x.host_view({1, G, In}), w->host, G, TensorView{DType::kF32, Device::kCpu, {1, G, Lo}, ref.data()});
-  const std::vector<float> got = download_f32(*cuda, out.view());
-  EXPECT_TRUE(within(got, ref, kBf16Budget));
-  EXPECT_TRUE(all_finite(got));
-}
+TEST_F(CudaLinearWgmma, GroupedWoA) { check_grouped_wo_a(2600, "wgmma.wo_a"); }
 
 TEST_F(CudaLinearWgmma, ActivationsOverAWideRangeAndNonFinite) {
   // Activations from 2^-40 to 2^40 (each 32-element chunk staged with its own power of two):
@@ -663,6 +668,28 @@ TEST_F(CudaLinearWgmma, ActivationsOverAWideRangeAndNonFinite) {
     cuda->linear(y.dev.view(), w->dev, out.view());
     for (float v : download_f32(*cuda, out.view())) ASSERT_FALSE(std::isfinite(v)) << "x[1234] = " << bad;
   }
+}
+
+// The dense FP8 plans with their weights staged in shared memory (set_gemv_wgmma_smem, prepared in
+// the forty-first session): wq_b's 32768 x 1024 (no split) at 2 stages and at 4, wo_b's 4096 x 8192
+// (split 8) and wo_a's grouped 8 x 1024 x 4096 (split 4), against the CPU, the same bits twice, and
+// a non-finite activation reaching every output.
+TEST_F(CudaLinearWgmma, Fp8WeightsInSharedMemory) {
+  backend::cuda::set_gemv_wgmma_smem(1);
+  check_shapes({{32768, 1024}, {4096, 8192}}, {TestFormat::kFp8E8M0, TestFormat::kFp8F32}, 1, 3100);
+  backend::cuda::set_gemv_wgmma_shallow(0);
+  check_shapes({{32768, 1024}}, {TestFormat::kFp8E8M0, TestFormat::kFp8F32}, 1, 3150);
+  backend::cuda::set_gemv_wgmma_shallow(-1);
+  check_grouped_wo_a(3200, "wgmma.smem.wo_a");
+  const int64_t O = 4096, I = 8192;
+  auto wb = make_linear(*cuda, TestFormat::kFp8E8M0, fast_normal(static_cast<size_t>(O * I), 3300, 1.0f / 32), O, I,
+                        "wgmma.smem.nan");
+  TestActs y = make_acts(*cuda, {1, I}, DType::kBF16, 3301);
+  y.host[4321] = std::nanf("");
+  y.dev = upload_f32(*cuda, y.host, {1, I}, DType::kBF16);
+  const ops::DeviceBuffer bad = poisoned(*cuda, DType::kF32, {1, O});
+  cuda->linear(y.dev.view(), wb->dev, bad.view());
+  for (float v : download_f32(*cuda, bad.view())) ASSERT_FALSE(std::isfinite(v));
 }
 
 // Split launches (wo_b's shape: 8 splits summed through the workspace) on two streams at once: each
