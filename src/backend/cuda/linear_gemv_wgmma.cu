@@ -786,27 +786,39 @@ void release_gemv_workspace(cudaStream_t stream) noexcept {
 void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on > 3 ? 3 : on, std::memory_order_relaxed); }
 
 namespace {
-// Dense FP8 launches on the shared-memory A kernel (prepared, not yet measured): 1 on, 0 off (the
-// default), -1 until CLAWMINE_GEMV_WGMMA_SMEM is read.
+// FP8 launches on the shared-memory A kernel (prepared, not yet measured in a step), bits: 1 the
+// dense projections, 2 the shared expert's gate/up (a descriptor table without tiles); 0 none (the
+// default); -1 until CLAWMINE_GEMV_WGMMA_SMEM (0..3) is read.
 std::atomic<int> g_wgmma_smem{-1};
-int smem_from_env() { return env_switch("CLAWMINE_GEMV_WGMMA_SMEM", false) ? 1 : 0; }
-// The instance for a dense FP8 launch's plan, or null: V4-Flash's dense FP8 plans only, wq_b (8 k
-// blocks, no split, 2 stages when shallow), wo_a (8, split 4) and wo_b (8, split 8) at 4 stages.
+int smem_from_env() {
+  const char* v = std::getenv("CLAWMINE_GEMV_WGMMA_SMEM");
+  if (v == nullptr || *v == '\0') return 0;
+  if ((v[0] < '0' || v[0] > '3') || v[1] != '\0')
+    throw Error(str_cat("CLAWMINE_GEMV_WGMMA_SMEM=", v,
+                        ": expected 0 to 3 (1 the dense FP8 projections, 2 the shared expert's gate/up, 3 both)"));
+  return v[0] - '0';
+}
+// The instance for a launch's plan, or null: V4-Flash's FP8 plans only, wq_b (8 k blocks, no
+// split, 2 stages when shallow), wo_a (8, split 4) and wo_b (8, split 8) at 4 stages, the shared
+// expert's gate/up (4, split 8, 2 stages when shallow).
 template <WFmt F>
 WgmmaKernel smem_kernel_of(int nkb, int kc, int stages) {
+  const bool shallow = stages == kShallowStages;
+  if (nkb == 4 && kc == 8) return shallow ? gemv_wgmma_smem_kernel<F, 4, 8, 2> : gemv_wgmma_smem_kernel<F, 4, 8, 4>;
   if (nkb != 8) return nullptr;
-  if (kc == 1) return stages == kShallowStages ? gemv_wgmma_smem_kernel<F, 8, 1, 2> : gemv_wgmma_smem_kernel<F, 8, 1, 4>;
+  if (kc == 1) return shallow ? gemv_wgmma_smem_kernel<F, 8, 1, 2> : gemv_wgmma_smem_kernel<F, 8, 1, 4>;
   if (kc == 4) return gemv_wgmma_smem_kernel<F, 8, 4, 4>;
   if (kc == 8) return gemv_wgmma_smem_kernel<F, 8, 8, 4>;
   return nullptr;
 }
-// Launches a dense FP8 plan on the shared-memory A kernel when set_gemv_wgmma_smem asks for it and
-// an instance exists; false otherwise (the register kernel then runs).
+// Launches an FP8 plan on the shared-memory A kernel when set_gemv_wgmma_smem asks for its kind
+// (dense, or a descriptor table without tiles) and an instance exists; false otherwise (the
+// register kernel then runs).
 bool launch_smem_a(const GemmArgs& a, int nkb, int kc, const dim3& grid, cudaStream_t stream) {
   const WFmt f = static_cast<WFmt>(a.fmt);
-  if (env_setting(g_wgmma_smem, smem_from_env) != 1 || a.descs != nullptr || has_tile_table(a) ||
-      !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32))
-    return false;
+  const int on = env_setting(g_wgmma_smem, smem_from_env);
+  const bool dense = a.descs == nullptr && !has_tile_table(a), table = a.descs != nullptr && !has_tile_table(a);
+  if (!((dense && (on & 1)) || (table && (on & 2))) || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32)) return false;
   const int stages = wgmma_stages(wg_shape(a, nkb, kc)) == kShallowStages ? kShallowStages : 4;
   const WgmmaKernel k = f == WFmt::kFp8E8M0 ? smem_kernel_of<WFmt::kFp8E8M0>(nkb, kc, stages)
                                             : smem_kernel_of<WFmt::kFp8F32>(nkb, kc, stages);
@@ -821,14 +833,14 @@ bool launch_smem_a(const GemmArgs& a, int nkb, int kc, const dim3& grid, cudaStr
       raised.push_back(k);
     }
   }
-  const SplitWorkspace ws = kc > 1 ? split_workspace(stream) : SplitWorkspace{};
+  const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace(stream) : SplitWorkspace{};
   launch_kernel_pdl(gemv_pdl(), k, grid, dim3(128), smem, stream, a, ws.part, ws.cnt);
   CLAWMINE_CUDA_LAUNCHED("gemv_wgmma_smem");
   return true;
 }
 }  // namespace
 
-void set_gemv_wgmma_smem(int on) { g_wgmma_smem.store(on < 0 ? -1 : on > 0 ? 1 : 0, std::memory_order_relaxed); }
+void set_gemv_wgmma_smem(int on) { g_wgmma_smem.store(on < 0 ? -1 : on > 3 ? 3 : on, std::memory_order_relaxed); }
 void set_gemv_wgmma_shallow(int on) { g_wgmma_shallow.store(on < 0 ? -1 : on > 0 ? 1 : 0, std::memory_order_relaxed); }
 
 namespace {
