@@ -504,6 +504,9 @@ constexpr size_t wgmma_smem_a_bytes(int nkb, int stages) {
   return 1024 + static_cast<size_t>(stages) * kSmemStageBytes + static_cast<size_t>(nkb) * 1024 +
          static_cast<size_t>(nkb) * 16;
 }
+// The largest instance (8 k blocks, 4 stages) stays under the default 48 KB limit, so no launch
+// needs cudaFuncAttributeMaxDynamicSharedMemorySize.
+static_assert(wgmma_smem_a_bytes(8, 4) <= 48 * 1024, "the instances fit the default dynamic shared memory");
 
 template <WFmt F, int kNkb, int KC, int kNS>
 __device__ __forceinline__ void gemv_wgmma_smem_body(const GemmArgs& a, float* part, unsigned* cnt) {
@@ -811,32 +814,18 @@ WgmmaKernel smem_kernel_of(int nkb, int kc, int stages) {
   if (kc == 8) return gemv_wgmma_smem_kernel<F, 8, 8, 4>;
   return nullptr;
 }
-// Launches an FP8 plan on the shared-memory A kernel when set_gemv_wgmma_smem asks for its kind
-// (dense, or a descriptor table without tiles) and an instance exists; false otherwise (the
-// register kernel then runs).
-bool launch_smem_a(const GemmArgs& a, int nkb, int kc, const dim3& grid, cudaStream_t stream) {
+// The shared-memory A instance for an FP8 plan when set_gemv_wgmma_smem asks for its kind (bit 1
+// dense, bit 2 a descriptor table without tiles) and one exists; null otherwise (the register
+// kernel then runs). Its dynamic shared memory is wgmma_smem_a_bytes(nkb, stages).
+WgmmaKernel smem_a_kernel(const GemmArgs& a, int nkb, int kc, int& stages) {
   const WFmt f = static_cast<WFmt>(a.fmt);
-  const int on = env_setting(g_wgmma_smem, smem_from_env);
-  const bool dense = a.descs == nullptr && !has_tile_table(a), table = a.descs != nullptr && !has_tile_table(a);
-  if (!((dense && (on & 1)) || (table && (on & 2))) || !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32)) return false;
-  const int stages = wgmma_stages(wg_shape(a, nkb, kc)) == kShallowStages ? kShallowStages : 4;
-  const WgmmaKernel k = f == WFmt::kFp8E8M0 ? smem_kernel_of<WFmt::kFp8E8M0>(nkb, kc, stages)
-                                            : smem_kernel_of<WFmt::kFp8F32>(nkb, kc, stages);
-  if (k == nullptr) return false;
-  const size_t smem = wgmma_smem_a_bytes(nkb, stages);
-  static std::mutex mu;
-  static std::vector<WgmmaKernel> raised;  // instances whose dynamic shared memory limit is set
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    if (std::find(raised.begin(), raised.end(), k) == raised.end()) {
-      CLAWMINE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-      raised.push_back(k);
-    }
-  }
-  const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace(stream) : SplitWorkspace{};
-  launch_kernel_pdl(gemv_pdl(), k, grid, dim3(128), smem, stream, a, ws.part, ws.cnt);
-  CLAWMINE_CUDA_LAUNCHED("gemv_wgmma_smem");
-  return true;
+  const int kind = a.descs == nullptr ? 1 : 2;
+  if (has_tile_table(a) || (env_setting(g_wgmma_smem, smem_from_env) & kind) == 0 ||
+      !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32))
+    return nullptr;
+  stages = wgmma_stages(wg_shape(a, nkb, kc)) == kShallowStages ? kShallowStages : 4;
+  return f == WFmt::kFp8E8M0 ? smem_kernel_of<WFmt::kFp8E8M0>(nkb, kc, stages)
+                             : smem_kernel_of<WFmt::kFp8F32>(nkb, kc, stages);
 }
 }  // namespace
 
@@ -910,10 +899,12 @@ bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStrea
   if (nkb == 0) return false;
   const dim3 grid(static_cast<unsigned>(a.n_rows / 64 * kc), static_cast<unsigned>(grid_tiles),
                   static_cast<unsigned>(a.n_z));
-  if (launch_smem_a(a, nkb, kc, grid, stream)) return true;
+  int stages = 0;
+  WgmmaKernel k = smem_a_kernel(a, nkb, kc, stages);
+  const size_t smem = k != nullptr ? wgmma_smem_a_bytes(nkb, stages) : wgmma_smem(nkb);
+  if (k == nullptr) k = wgmma_kernel(wg_shape(a, nkb, kc));
   const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace(stream) : SplitWorkspace{};
-  launch_kernel_pdl(gemv_pdl(), wgmma_kernel(wg_shape(a, nkb, kc)), grid, dim3(128), wgmma_smem(nkb),
-                    stream, a, ws.part, ws.cnt);
+  launch_kernel_pdl(gemv_pdl(), k, grid, dim3(128), smem, stream, a, ws.part, ws.cnt);
   CLAWMINE_CUDA_LAUNCHED("gemv_wgmma");
   return true;
 }
