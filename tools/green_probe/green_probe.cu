@@ -23,11 +23,15 @@
 // moving the step's own kernels would cost (--retarget-only 1: only this).
 // --floor-mb LIST: us per read of each size (8 launches back to back from buffers beyond L2) by
 // 16-byte loads at 2, 3, 4, 8 blocks per SM and by bulk copies at 1, 2, 3, with the copy
-// bandwidth of the same run; then exits.
+// bandwidth of the same run; then exits. --carveout LIST (with --floor-mb): the loads' rows again
+// at each preferred shared-memory carveout of heavy_kernel (percent, 0..100; -1 the driver's
+// choice): plain loads hold their bytes in flight in the L1 data cache, which shares its SRAM
+// with shared memory, so a larger carveout leaves fewer bytes in flight per SM.
 //
 //   bench_green_probe [--steps 48] [--chain-blocks 1,8,32] [--heavy-mb 2048] [--heavy-per-sm 4]
 //                     [--heavy-kind ld|tma] [--light-sms 8,16] [--reps 5] [--pattern HTTHTTHHTT]
 //                     [--layers 8] [--step-mb 32] [--retarget-only 0|1] [--floor-mb 17.8,33.5]
+//                     [--carveout -1,0,50,100]
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -471,6 +475,7 @@ int main(int argc, char** argv) {
   std::string pattern = "HTTHTTHHTT";
   int layers = 8, step_mb = 32, retarget_only = 0;
   std::vector<double> floor_mb;
+  std::vector<int> carveouts = {-1};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--steps") steps = std::atoi(argv[i + 1]);
@@ -491,6 +496,7 @@ int main(int argc, char** argv) {
       }
       g_tma = v == "tma";
     }
+    else if (k == "--carveout") carveouts = ints(argv[i + 1]);
     else if (k == "--floor-mb")
       for (const char* q = argv[i + 1]; *q;) {
         floor_mb.push_back(std::atof(q));
@@ -505,9 +511,10 @@ int main(int argc, char** argv) {
   if (steps < 2 || steps > 512 || heavy_mb < 1 || heavy_per_sm < 1 || reps < 1 ||
       std::any_of(chain_blocks.begin(), chain_blocks.end(), [](int c) { return c < 1 || c > 32; }) ||
       layers < 1 || step_mb < 1 || pattern.empty() || pattern.find_first_not_of("HT") != std::string::npos ||
-      std::any_of(floor_mb.begin(), floor_mb.end(), [](double m) { return !(m > 0.0 && m <= 256.0); })) {
+      std::any_of(floor_mb.begin(), floor_mb.end(), [](double m) { return !(m > 0.0 && m <= 256.0); }) ||
+      carveouts.empty() || std::any_of(carveouts.begin(), carveouts.end(), [](int c) { return c < -1 || c > 100; })) {
     std::fprintf(stderr, "green_probe: bad flag value (--steps 2..512, --chain-blocks 1..32, --pattern of H and T, "
-                         "--floor-mb in (0, 256], the rest positive)\n");
+                         "--floor-mb in (0, 256], --carveout in -1..100, the rest positive)\n");
     return 2;
   }
   CK(cudaFree(nullptr));
@@ -560,19 +567,27 @@ int main(int argc, char** argv) {
       std::sort(ms.begin(), ms.end());
       std::printf("copy 1 GiB D2D: %.0f GB/s (read + write)\n", 2.0 * n / (ms[ms.size() / 2] * 1e6));
     }
-    std::printf("\n| MB | loads 2/SM | 3/SM | 4/SM | 8/SM | bulk 1/SM | 2/SM | 3/SM |  (us per read; GB/s)\n|---|---|---|---|---|---|---|---|\n");
-    for (double mb : floor_mb) {
-      std::printf("| %.1f |", mb);
-      for (int k : {2, 3, 4, 8}) {
-        const double us = floor_us(b, reinterpret_cast<cudaStream_t>(s0), false, k, mb, all, reps);
-        std::printf(" %.2f (%.0f) |", us, mb * (1 << 20) / (us * 1e3));
+    std::printf("\n| MB | loads' carveout | loads 2/SM | 3/SM | 4/SM | 8/SM | bulk 1/SM | 2/SM | 3/SM |  (us per read; GB/s)\n"
+                "|---|---|---|---|---|---|---|---|---|\n");
+    for (double mb : floor_mb)
+      for (size_t c = 0; c < carveouts.size(); ++c) {
+        // -1 first is the driver's choice only before any other value is set.
+        CK(cudaFuncSetAttribute(heavy_kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveouts[c]));
+        std::printf("| %.1f | %d |", mb, carveouts[c]);
+        for (int k : {2, 3, 4, 8}) {
+          const double us = floor_us(b, reinterpret_cast<cudaStream_t>(s0), false, k, mb, all, reps);
+          std::printf(" %.2f (%.0f) |", us, mb * (1 << 20) / (us * 1e3));
+        }
+        for (int k : {1, 2, 3}) {
+          if (c > 0) {
+            std::printf(" |");
+            continue;
+          }
+          const double us = floor_us(b, reinterpret_cast<cudaStream_t>(s0), true, k, mb, all, reps);
+          std::printf(" %.2f (%.0f) |", us, mb * (1 << 20) / (us * 1e3));
+        }
+        std::printf("\n");
       }
-      for (int k : {1, 2, 3}) {
-        const double us = floor_us(b, reinterpret_cast<cudaStream_t>(s0), true, k, mb, all, reps);
-        std::printf(" %.2f (%.0f) |", us, mb * (1 << 20) / (us * 1e3));
-      }
-      std::printf("\n");
-    }
     return 0;
   }
 
