@@ -136,10 +136,7 @@ __device__ __forceinline__ uint32_t e2m1_hi_e4m3(uint32_t v) {  // high nibbles
 // Stages the activations of k blocks [kb0, kb0 + kNkb) of x as B tiles: [kNkb][4 steps][2 k
 // halves][8 columns][16 bytes], then fac[kNkb][4] = 2^-p per chunk (NaN when the chunk has a
 // non-finite element). Thread e = (k block, chunk, step) converts chunk elements 8s..8s+7.
-// kNatural (the shared-memory A kernel, FP8): step c of a k block takes chunk c whole, in k order
-// (half h = chunk elements 16h..16h+15), so the thread's 8 elements go to step c's columns 2c / 2c + 1,
-// half s / 2, bytes 8 (s % 2)..+8.
-template <WFmt F, int kNkb, bool kNatural = false>
+template <WFmt F, int kNkb>
 __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t* sm, float* fac) {
   for (int i = threadIdx.x; i < kNkb * 64; i += 128) reinterpret_cast<uint4*>(sm)[i] = make_uint4(0u, 0u, 0u, 0u);
   __syncthreads();
@@ -174,9 +171,7 @@ __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
-        // kNatural: word h holds elements 4h..4h+3 in k order.
-        const int i0 = kNatural ? 4 * h + 2 * q : WgFmt<F>::elem(h, 2 * q);
-        const int i1 = kNatural ? 4 * h + 2 * q + 1 : WgFmt<F>::elem(h, 2 * q + 1);
+        const int i0 = WgFmt<F>::elem(h, 2 * q), i1 = WgFmt<F>::elem(h, 2 * q + 1);
         const float y0 = bad ? 0.0f : v[i0] * f1 * f2, y1 = bad ? 0.0f : v[i1] * f1 * f2;
         const uint32_t hi = e4m3x2_bits(y0, y1);
         float h0, h1;
@@ -185,106 +180,16 @@ __device__ __forceinline__ void stage_x(const __nv_bfloat16* x, int kb0, uint8_t
         hw[h] |= hi << (16 * q);
         lw[h] |= lo << (16 * q);
       }
-    if constexpr (kNatural) {
-      uint8_t* tile = sm + (kb * 4 + c) * 256 + (s >> 1) * 128 + (s & 1) * 8;
-      *reinterpret_cast<uint2*>(tile + (2 * c) * 16) = make_uint2(hw[0], hw[1]);
-      *reinterpret_cast<uint2*>(tile + (2 * c + 1) * 16) = make_uint2(lw[0], lw[1]);
-    } else {
-      uint8_t* tile = sm + (kb * 4 + s) * 256;
+    uint8_t* tile = sm + (kb * 4 + s) * 256;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        *reinterpret_cast<uint32_t*>(tile + h * 128 + (2 * c) * 16 + 4 * c) = hw[h];
-        *reinterpret_cast<uint32_t*>(tile + h * 128 + (2 * c + 1) * 16 + 4 * c) = lw[h];
-      }
+    for (int h = 0; h < 2; ++h) {
+      *reinterpret_cast<uint32_t*>(tile + h * 128 + (2 * c) * 16 + 4 * c) = hw[h];
+      *reinterpret_cast<uint32_t*>(tile + h * 128 + (2 * c + 1) * 16 + 4 * c) = lw[h];
     }
     if (s == 0) fac[kb * 4 + c] = bad ? __int_as_float(0x7fc00000) : ldexpf(1.0f, -p);
   }
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic stores -> wgmma reads
   __syncthreads();
-}
-
-// A block's start, for either kernel: its tile (tile_of), then start() (its first weight loads),
-// then griddepcontrol.wait when the launch loads weights before it (weights_before_wait). false:
-// the block has nothing to do (a tile past the table's end, or a z of another format: another
-// launch's) and has waited where it had to; every block waits before it exits.
-template <typename Start>
-__device__ __forceinline__ bool begin_tile(const GemmArgs& a, bool early, int z, Tile& tile, Start&& start) {
-  if (early && !has_tile_table(a)) {
-    // A descriptor table without tiles (swiglu_mlp's w1 / w3): a z of another format is another
-    // launch's.
-    if (a.descs != nullptr && desc_of(a, 0, z).fmt != a.fmt) {
-      pdl_wait();
-      return false;
-    }
-    start();
-  } else {
-    // Uniform over the block and its tile's splits.
-    if (!tile_of(a, blockIdx.y, tile) || desc_of(a, tile.p, z).fmt != a.fmt) {
-      if (early) pdl_wait();
-      return false;
-    }
-    start();
-  }
-  if (early) pdl_wait();
-  return true;
-}
-
-// The end of a block of either kernel: each row's sums over its quad's chunks (lanes t = 0..3, in
-// lane order), then the row's output, or (split or paired) the workspace's partial sums, the last
-// block to arrive at the unit's counter summing them in split order.
-template <int KC>
-__device__ __forceinline__ void wgmma_epilogue(const GemmArgs& a, float* part, unsigned* cnt, const Tile& tile,
-                                               int z, int64_t tile0, int64_t lr0, int64_t lr1, int rank, float acc0,
-                                               float acc1) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = lane & 3;
-  acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
-  acc0 += __shfl_xor_sync(0xffffffffu, acc0, 2);
-  acc1 += __shfl_xor_sync(0xffffffffu, acc1, 1);
-  acc1 += __shfl_xor_sync(0xffffffffu, acc1, 2);
-  const int o0 = warp * 16 + (lane >> 2);  // this block's entries o0 and o0 + 8 of 64
-  const bool pairs = a.swiglu_pairs != 0;
-  if (KC == 1 && !pairs) {
-    if (t == 0 && tile0 + o0 < a.n_rows) store_out(a, tile.row0, z, lr0, acc0);
-    if (t == 0 && tile0 + o0 + 8 < a.n_rows) store_out(a, tile.row0, z, lr1, acc1);
-    return;
-  }
-  // Partial sums to the workspace; the block that arrives last at the unit's counter (a tile of
-  // one problem, or of both gate and up) sums them in split order (fixed order) and sets the
-  // counter back to zero for the next launch.
-  const int64_t tiles_per = a.n_rows / 64, tile_i = blockIdx.x / KC;
-  const int nzr = pairs ? 2 : 1, zr = pairs ? z : 0;
-  const int64_t unit = (pairs ? static_cast<int64_t>(blockIdx.y) : static_cast<int64_t>(blockIdx.y) * gridDim.z + z) *
-                           tiles_per + tile_i;
-  float* mine = part + ((unit * nzr + zr) * KC + rank) * 64;
-  if (t == 0) {
-    mine[o0] = acc0;
-    mine[o0 + 8] = acc1;
-  }
-  __threadfence();
-  __syncthreads();
-  __shared__ unsigned last;
-  if (threadIdx.x == 0) last = atomicAdd(cnt + unit, 1u) == static_cast<unsigned>(KC * nzr - 1) ? 1u : 0u;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const int o = threadIdx.x;
-  if (o < 64 && tile0 + o < a.n_rows) {
-    float sum[2] = {0.0f, 0.0f};
-    for (int zz = 0; zz < nzr; ++zz)
-#pragma unroll
-      for (int c = 0; c < KC; ++c) sum[zz] += __ldcg(part + ((unit * nzr + zz) * KC + c) * 64 + o);
-    if (pairs) {
-      float gv = sum[0], uv = sum[1];
-      if (a.out_bf16) {  // as stored by an unpaired launch, then read back
-        gv = __bfloat162float(__float2bfloat16_rn(gv));
-        uv = __bfloat162float(__float2bfloat16_rn(uv));
-      }
-      store_out(a, tile.row0, 0, tile0 + o, swiglu_value(gv, uv, a.swiglu_limit));
-    } else {
-      store_out(a, tile.row0, z, tile0 + o, sum[0]);
-    }
-  }
-  if (threadIdx.x == 0) cnt[unit] = 0u;
 }
 
 // Grid (64-row tiles * KC, tiles, n_z): split rank = blockIdx.x % KC takes k blocks
@@ -343,7 +248,23 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
 #pragma unroll
     for (int st = 0; st < kNS; ++st) load(st, st);
   };
-  if (!begin_tile(a, early, z, tile, start)) return;
+  if (early && !has_tile_table(a)) {
+    // A descriptor table without tiles (swiglu_mlp's w1 / w3): a z of another format is another
+    // launch's. Every block waits before it exits (weights_before_wait, linear_kernels.cuh).
+    if (a.descs != nullptr && desc_of(a, 0, z).fmt != a.fmt) {
+      pdl_wait();
+      return;
+    }
+    start();
+  } else {
+    // Uniform over the block and its tile's splits; every block waits before it exits.
+    if (!tile_of(a, blockIdx.y, tile) || desc_of(a, tile.p, z).fmt != a.fmt) {
+      if (early) pdl_wait();
+      return;
+    }
+    start();
+  }
+  if (early) pdl_wait();
   stage_x<F, kNkb>(x_row<__nv_bfloat16>(a, tile.row0, z), kb0, sm, fac);
 
   float acc0 = 0.0f, acc1 = 0.0f;
@@ -443,7 +364,55 @@ __device__ __forceinline__ void gemv_wgmma_body(const GemmArgs& a, float* part, 
       keep(buf[kNS - 1][r].x), keep(buf[kNS - 1][r].y), keep(buf[kNS - 1][r].z), keep(buf[kNS - 1][r].w);
   }
   drain((kNS - 1) & 1, kNS - 1, kNkb - 1);
-  wgmma_epilogue<KC>(a, part, cnt, tile, z, tile0, lr0, lr1, rank, acc0, acc1);
+  // Chunks 0..3 of each row: lanes t = 0..3 of the quad, in lane order.
+  acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
+  acc0 += __shfl_xor_sync(0xffffffffu, acc0, 2);
+  acc1 += __shfl_xor_sync(0xffffffffu, acc1, 1);
+  acc1 += __shfl_xor_sync(0xffffffffu, acc1, 2);
+  const int o0 = warp * 16 + (lane >> 2);  // this block's entries o0 and o0 + 8 of 64
+  const bool pairs = a.swiglu_pairs != 0;
+  if (KC == 1 && !pairs) {
+    if (t == 0 && tile0 + o0 < a.n_rows) store_out(a, tile.row0, z, lr0, acc0);
+    if (t == 0 && tile0 + o0 + 8 < a.n_rows) store_out(a, tile.row0, z, lr1, acc1);
+    return;
+  }
+  // Partial sums to the workspace; the block that arrives last at the unit's counter (a tile of
+  // one problem, or of both gate and up) sums them in split order (fixed order) and sets the
+  // counter back to zero for the next launch.
+  const int64_t tiles_per = a.n_rows / 64, tile_i = blockIdx.x / KC;
+  const int nzr = pairs ? 2 : 1, zr = pairs ? z : 0;
+  const int64_t unit = (pairs ? static_cast<int64_t>(blockIdx.y) : static_cast<int64_t>(blockIdx.y) * gridDim.z + z) *
+                           tiles_per + tile_i;
+  float* mine = part + ((unit * nzr + zr) * KC + rank) * 64;
+  if (t == 0) {
+    mine[o0] = acc0;
+    mine[o0 + 8] = acc1;
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ unsigned last;
+  if (threadIdx.x == 0) last = atomicAdd(cnt + unit, 1u) == static_cast<unsigned>(KC * nzr - 1) ? 1u : 0u;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int o = threadIdx.x;
+  if (o < 64 && tile0 + o < a.n_rows) {
+    float sum[2] = {0.0f, 0.0f};
+    for (int zz = 0; zz < nzr; ++zz)
+#pragma unroll
+      for (int c = 0; c < KC; ++c) sum[zz] += __ldcg(part + ((unit * nzr + zz) * KC + c) * 64 + o);
+    if (pairs) {
+      float gv = sum[0], uv = sum[1];
+      if (a.out_bf16) {  // as stored by an unpaired launch, then read back
+        gv = __bfloat162float(__float2bfloat16_rn(gv));
+        uv = __bfloat162float(__float2bfloat16_rn(uv));
+      }
+      store_out(a, tile.row0, 0, tile0 + o, swiglu_value(gv, uv, a.swiglu_limit));
+    } else {
+      store_out(a, tile.row0, z, tile0 + o, sum[0]);
+    }
+  }
+  if (threadIdx.x == 0) cnt[unit] = 0u;
 }
 
 // kStages: k blocks of weights in registers, 0 for the format's kNS.
@@ -451,159 +420,6 @@ template <WFmt F, int kNkb, int KC, int kStages>
 __global__ void __launch_bounds__(128) gemv_wgmma_kernel(const GemmArgs a, float* part, unsigned* cnt) {
   gemv_wgmma_body<F, kNkb, KC, kStages>(a, part, cnt);
 }
-// ---- FP8 weights staged in shared memory (prepared, forty-first session; set_gemv_wgmma_smem) ----
-// The same GEMV for FP8 with its weights copied (cp.async, 16 bytes per copy) into kStages shared
-// memory stages of one k block each (64 rows x 128 bytes, wgmma's K-major A layout with the
-// 128-byte swizzle: row r at r * 128, its 16-byte chunk c at (c ^ (r % 8)) * 16) instead of
-// registers, so a block holds few registers while its first stages wait for griddepcontrol.wait,
-// and the next launch's blocks can be resident beside it (docs/perf-notes/gemv.md, forty-first
-// session). wgmma reads A through a descriptor (step s of a k block: the stage's start + 32 s
-// bytes) and B staged in k order (stage_x<..., true>: step s takes chunk s whole, columns 2s
-// and 2s + 1), so lane t's D columns 2t, 2t + 1 still hold chunk t's sums and the drain and the
-// epilogue are the register kernel's. The products inside a chunk are grouped differently, so
-// the bits differ from the register kernel's (the same bits run to run).
-__device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t addr) {
-  uint64_t d = (addr & 0x3ffffu) >> 4;
-  d |= static_cast<uint64_t>(1) << 16;            // leading byte offset: unused (swizzled K-major)
-  d |= static_cast<uint64_t>(1024 >> 4) << 32;    // stride byte offset: 8 rows x 128 bytes
-  d |= static_cast<uint64_t>(1) << 62;            // 128-byte swizzle
-  return d;
-}
-// d (64 x 8 f32) = A (64 x 32 E4M3, shared memory) * B (+ d if acc).
-__device__ __forceinline__ void wgmma_e4m3_ss(float (&d)[4], uint64_t adesc, uint64_t bdesc, int acc) {
-#ifdef CLAWMINE_WGMMA_DEVICE
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 {%0, %1, %2, %3}, %4, %5, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "l"(adesc), "l"(bdesc), "r"(acc));
-#else
-  __trap();
-#endif
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most n (0..7) of this thread's copy groups are pending.
-__device__ __forceinline__ void cp_async_wait(int n) {
-  switch (n) {
-    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
-    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
-    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
-    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
-    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
-    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
-  }
-}
-constexpr int kSmemStageBytes = 64 * 128;  // one k block of a 64-row tile, FP8
-// Dynamic shared memory of an instance: 1 KB of alignment slack, the stages, the B tiles, fac.
-constexpr size_t wgmma_smem_a_bytes(int nkb, int stages) {
-  return 1024 + static_cast<size_t>(stages) * kSmemStageBytes + static_cast<size_t>(nkb) * 1024 +
-         static_cast<size_t>(nkb) * 16;
-}
-// The largest instance (8 k blocks, 4 stages) stays under the default 48 KB limit, so no launch
-// needs cudaFuncAttributeMaxDynamicSharedMemorySize.
-static_assert(wgmma_smem_a_bytes(8, 4) <= 48 * 1024, "the instances fit the default dynamic shared memory");
-
-template <WFmt F, int kNkb, int KC, int kNS>
-__device__ __forceinline__ void gemv_wgmma_smem_body(const GemmArgs& a, float* part, unsigned* cnt) {
-  static_assert(!wfmt_fp4(F), "FP8 weights only");
-  static_assert(kNkb % kNS == 0 && kNS >= 2 && kNS <= 8 && kNS % 2 == 0, "whole rounds of 2..8 stages, even");
-  using D = WeightDecoder<F>;
-  const bool early = weights_before_wait(a);
-  pdl_begin(early);
-  extern __shared__ __align__(128) uint8_t smx[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smx));
-  const uint32_t pad = ((raw + 1023u) & ~1023u) - raw;  // the stages on a 1 KB boundary (the swizzle's period)
-  uint8_t* const wst = smx + pad;                        // kNS stages
-  uint8_t* const sm = wst + kNS * kSmemStageBytes;       // B tiles [kNkb KB]
-  float* const fac = reinterpret_cast<float*>(sm + kNkb * 1024);
-  const uint32_t wst_s = raw + pad;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = lane & 3;
-  const int z = static_cast<int>(blockIdx.z);
-  const int rank = KC > 1 ? static_cast<int>(blockIdx.x % KC) : 0;
-  const int64_t tile0 = static_cast<int64_t>(blockIdx.x / KC) * 64;
-  const int64_t lr0 = tile0 + warp * 16 + (lane >> 2), lr1 = lr0 + 8;
-  const int kb0 = rank * kNkb;
-  Tile tile{0, 0, 1};
-  WeightDesc d{};
-  const uint8_t *wrow = nullptr, *sr0 = nullptr;
-  uint32_t sb[kNS];
-  // Stage st <- k block i of the tile: copy q of this thread is 16-byte chunk (idx & 7) of row
-  // idx >> 3, idx = threadIdx.x + 128 q (a row's 8 chunks from 8 consecutive threads).
-  auto load = [&](int st, int i) {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int idx = static_cast<int>(threadIdx.x) + 128 * q, r = idx >> 3, c = idx & 7;
-      cp_async16(wst_s + st * kSmemStageBytes + r * 128 + ((c ^ (r & 7)) << 4),
-                 wrow + r * d.row_bytes + i * 128 + c * 16);
-    }
-    cp_async_commit();
-    sb[st] = D::scale_bits(sr0, static_cast<int64_t>(kb0 + i) * 8);
-  };
-  auto start = [&] {
-    d = desc_of(a, tile.p, z);
-    const int64_t wbase = weight_row_base(a, z);
-    wrow = d.w + (wbase + tile0) * d.row_bytes + kb0 * 128;
-    sr0 = D::scale_row(d, wbase + tile0);
-#pragma unroll
-    for (int st = 0; st < kNS; ++st) load(st, st);
-  };
-  if (!begin_tile(a, early, z, tile, start)) return;
-  stage_x<F, kNkb, true>(x_row<__nv_bfloat16>(a, tile.row0, z), kb0, sm, fac);
-
-  float acc0 = 0.0f, acc1 = 0.0f;
-  float dd[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-  auto drain = [&](int par, int st, int j) {
-    const float f = D::block_scale_of(sb[st]) * fac[j * 4 + t];
-    acc0 = fmaf(dd[par][0] + dd[par][1], f, acc0);
-    acc1 = fmaf(dd[par][2] + dd[par][3], f, acc1);
-  };
-#pragma unroll
-  for (int i0 = 0; i0 < kNkb; i0 += kNS) {
-#pragma unroll
-    for (int st = 0; st < kNS; ++st) {
-      const int i = i0 + st, par = st & 1;
-      // Block i's copies: every group after its one may still be pending (one group per block,
-      // an empty one where no block is left to load), then every thread's copies, made visible to
-      // the tensor core's (async) proxy.
-      cp_async_wait(i == 0 ? kNS - 1 : kNS - 2);
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      __syncthreads();
-      wg_fence();
-#pragma unroll
-      for (int s = 0; s < 4; ++s)
-        wgmma_e4m3_ss(dd[par], smem_desc_sw128(wst_s + st * kSmemStageBytes + 32 * s),
-                      smem_desc(sm + (i * 4 + s) * 256), s > 0);
-      wg_commit();
-      wg_wait<1>();  // block i - 1's products are done (this warp's)
-      const int pst = (st + kNS - 1) % kNS;
-#pragma unroll
-      for (int r = 0; r < 4; ++r) keep(dd[par ^ 1][r]);
-      if (i >= 1) {
-        drain(par ^ 1, pst, i - 1);
-        __syncthreads();  // every warp's reads of stage pst are done before it is refilled
-        if (i - 1 + kNS < kNkb)
-          load(pst, i - 1 + kNS);
-        else
-          cp_async_commit();  // an empty group: the count per block stays uniform
-      }
-    }
-  }
-  wg_wait<0>();
-#pragma unroll
-  for (int r = 0; r < 4; ++r) keep(dd[(kNS - 1) & 1][r]);
-  drain((kNS - 1) & 1, kNS - 1, kNkb - 1);
-  wgmma_epilogue<KC>(a, part, cnt, tile, z, tile0, lr0, lr1, rank, acc0, acc1);
-}
-template <WFmt F, int kNkb, int KC, int kNS>
-__global__ void __launch_bounds__(128) gemv_wgmma_smem_kernel(const GemmArgs a, float* part, unsigned* cnt) {
-  gemv_wgmma_smem_body<F, kNkb, KC, kNS>(a, part, cnt);
-}
-
 // The split-k workspace of the ticket sums, per stream (launches on one stream are ordered; the
 // kernel touches it only after griddepcontrol.wait, so even PDL neighbours never share it, and
 // launches on different streams, such as the shared expert's branch beside the routed experts,
@@ -787,49 +603,6 @@ void release_gemv_workspace(cudaStream_t stream) noexcept {
 }
 
 void set_gemv_wgmma(int on) { g_wgmma.store(on < 0 ? -1 : on > 3 ? 3 : on, std::memory_order_relaxed); }
-
-namespace {
-// FP8 launches on the shared-memory A kernel (prepared, not yet measured in a step), bits: 1 the
-// dense projections, 2 the shared expert's gate/up (a descriptor table without tiles); 0 none (the
-// default); -1 until CLAWMINE_GEMV_WGMMA_SMEM (0..3) is read.
-std::atomic<int> g_wgmma_smem{-1};
-int smem_from_env() {
-  const char* v = std::getenv("CLAWMINE_GEMV_WGMMA_SMEM");
-  if (v == nullptr || *v == '\0') return 0;
-  if ((v[0] < '0' || v[0] > '3') || v[1] != '\0')
-    throw Error(str_cat("CLAWMINE_GEMV_WGMMA_SMEM=", v,
-                        ": expected 0 to 3 (1 the dense FP8 projections, 2 the shared expert's gate/up, 3 both)"));
-  return v[0] - '0';
-}
-// The instance for a launch's plan, or null: V4-Flash's FP8 plans only, wq_b (8 k blocks, no
-// split, 2 stages when shallow), wo_a (8, split 4) and wo_b (8, split 8) at 4 stages, the shared
-// expert's gate/up (4, split 8, 2 stages when shallow).
-template <WFmt F>
-WgmmaKernel smem_kernel_of(int nkb, int kc, int stages) {
-  const bool shallow = stages == kShallowStages;
-  if (nkb == 4 && kc == 8) return shallow ? gemv_wgmma_smem_kernel<F, 4, 8, 2> : gemv_wgmma_smem_kernel<F, 4, 8, 4>;
-  if (nkb != 8) return nullptr;
-  if (kc == 1) return shallow ? gemv_wgmma_smem_kernel<F, 8, 1, 2> : gemv_wgmma_smem_kernel<F, 8, 1, 4>;
-  if (kc == 4) return gemv_wgmma_smem_kernel<F, 8, 4, 4>;
-  if (kc == 8) return gemv_wgmma_smem_kernel<F, 8, 8, 4>;
-  return nullptr;
-}
-// The shared-memory A instance for an FP8 plan when set_gemv_wgmma_smem asks for its kind (bit 1
-// dense, bit 2 a descriptor table without tiles) and one exists; null otherwise (the register
-// kernel then runs). Its dynamic shared memory is wgmma_smem_a_bytes(nkb, stages).
-WgmmaKernel smem_a_kernel(const GemmArgs& a, int nkb, int kc, int& stages) {
-  const WFmt f = static_cast<WFmt>(a.fmt);
-  const int kind = a.descs == nullptr ? 1 : 2;
-  if (has_tile_table(a) || (env_setting(g_wgmma_smem, smem_from_env) & kind) == 0 ||
-      !(f == WFmt::kFp8E8M0 || f == WFmt::kFp8F32))
-    return nullptr;
-  stages = wgmma_stages(wg_shape(a, nkb, kc)) == kShallowStages ? kShallowStages : 4;
-  return f == WFmt::kFp8E8M0 ? smem_kernel_of<WFmt::kFp8E8M0>(nkb, kc, stages)
-                             : smem_kernel_of<WFmt::kFp8F32>(nkb, kc, stages);
-}
-}  // namespace
-
-void set_gemv_wgmma_smem(int on) { g_wgmma_smem.store(on < 0 ? -1 : on > 3 ? 3 : on, std::memory_order_relaxed); }
 void set_gemv_wgmma_shallow(int on) { g_wgmma_shallow.store(on < 0 ? -1 : on > 0 ? 1 : 0, std::memory_order_relaxed); }
 
 namespace {
@@ -899,12 +672,9 @@ bool launch_gemv_wgmma(const GemmArgs& a, bool x_bf16, int grid_tiles, cudaStrea
   if (nkb == 0) return false;
   const dim3 grid(static_cast<unsigned>(a.n_rows / 64 * kc), static_cast<unsigned>(grid_tiles),
                   static_cast<unsigned>(a.n_z));
-  int stages = 0;
-  WgmmaKernel k = smem_a_kernel(a, nkb, kc, stages);
-  const size_t smem = k != nullptr ? wgmma_smem_a_bytes(nkb, stages) : wgmma_smem(nkb);
-  if (k == nullptr) k = wgmma_kernel(wg_shape(a, nkb, kc));
   const SplitWorkspace ws = (kc > 1 || a.swiglu_pairs) ? split_workspace(stream) : SplitWorkspace{};
-  launch_kernel_pdl(gemv_pdl(), k, grid, dim3(128), smem, stream, a, ws.part, ws.cnt);
+  launch_kernel_pdl(gemv_pdl(), wgmma_kernel(wg_shape(a, nkb, kc)), grid, dim3(128), wgmma_smem(nkb),
+                    stream, a, ws.part, ws.cnt);
   CLAWMINE_CUDA_LAUNCHED("gemv_wgmma");
   return true;
 }

@@ -329,11 +329,6 @@ void set_gemv_wgmma(int on);
 // stages instead of 4 (default; CLAWMINE_GEMV_WGMMA_SHALLOW=0 turns it off, read once): 1 on, 0
 // off, -1 back to the environment.
 void set_gemv_wgmma_shallow(int on);
-// FP8 wgmma launches of V4-Flash's plans with their weights staged in shared memory instead of
-// registers (prepared in the forty-first session, not yet measured in a step; docs/perf-notes/gemv.md).
-// Bits (CLAWMINE_GEMV_WGMMA_SMEM=0..3, read once, or here): 1 the dense projections (wq_b, wo_a,
-// wo_b), 2 the shared expert's gate/up; 0 none (the default), -1 back to the environment.
-void set_gemv_wgmma_smem(int on);
 // Frees the split-k workspace of `stream` (if it has one); called before the stream is destroyed,
 // once its work is done.
 void release_gemv_workspace(cudaStream_t stream) noexcept;

@@ -30,7 +30,6 @@ void set_gemv_kernel(GemvKernel k);
 void set_gemv_stream_mtiles(int n);
 void set_gemv_wgmma(int on);
 void set_gemv_wgmma_shallow(int on);
-void set_gemv_wgmma_smem(int on);
 }  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
@@ -544,7 +543,6 @@ class CudaLinearWgmma : public CudaLinear {
     if (cuda) {
       backend::cuda::set_gemv_wgmma(-1);
       backend::cuda::set_gemv_wgmma_shallow(-1);
-      backend::cuda::set_gemv_wgmma_smem(-1);
     }
     CudaLinear::TearDown();
   }
@@ -670,28 +668,6 @@ TEST_F(CudaLinearWgmma, ActivationsOverAWideRangeAndNonFinite) {
     cuda->linear(y.dev.view(), w->dev, out.view());
     for (float v : download_f32(*cuda, out.view())) ASSERT_FALSE(std::isfinite(v)) << "x[1234] = " << bad;
   }
-}
-
-// The dense FP8 plans with their weights staged in shared memory (set_gemv_wgmma_smem, prepared in
-// the forty-first session): wq_b's 32768 x 1024 (no split) at 2 stages and at 4, wo_b's 4096 x 8192
-// (split 8) and wo_a's grouped 8 x 1024 x 4096 (split 4), against the CPU, the same bits twice, and
-// a non-finite activation reaching every output.
-TEST_F(CudaLinearWgmma, Fp8WeightsInSharedMemory) {
-  backend::cuda::set_gemv_wgmma_smem(1);
-  check_shapes({{32768, 1024}, {4096, 8192}}, {TestFormat::kFp8E8M0, TestFormat::kFp8F32}, 1, 3100);
-  backend::cuda::set_gemv_wgmma_shallow(0);
-  check_shapes({{32768, 1024}}, {TestFormat::kFp8E8M0, TestFormat::kFp8F32}, 1, 3150);
-  backend::cuda::set_gemv_wgmma_shallow(-1);
-  check_grouped_wo_a(3200, "wgmma.smem.wo_a");
-  const int64_t O = 4096, I = 8192;
-  auto wb = make_linear(*cuda, TestFormat::kFp8E8M0, fast_normal(static_cast<size_t>(O * I), 3300, 1.0f / 32), O, I,
-                        "wgmma.smem.nan");
-  TestActs y = make_acts(*cuda, {1, I}, DType::kBF16, 3301);
-  y.host[4321] = std::nanf("");
-  y.dev = upload_f32(*cuda, y.host, {1, I}, DType::kBF16);
-  const ops::DeviceBuffer bad = poisoned(*cuda, DType::kF32, {1, O});
-  cuda->linear(y.dev.view(), wb->dev, bad.view());
-  for (float v : download_f32(*cuda, bad.view())) ASSERT_FALSE(std::isfinite(v));
 }
 
 // Split launches (wo_b's shape: 8 splits summed through the workspace) on two streams at once: each

@@ -31,7 +31,6 @@ enum class GemvKernel : int32_t;
 void set_gemv_kernel(GemvKernel k);
 void set_gemv_wgmma(int on);
 void set_gemv_wgmma_shallow(int on);
-void set_gemv_wgmma_smem(int on);
 }  // namespace clawmine::backend::cuda
 
 namespace clawmine::test {
@@ -145,10 +144,9 @@ class CudaMoe : public GpuTest {
   // The FP8 shared expert's gate/up at V4-Flash's dims (a descriptor table, split 8 ways at 4 k
   // blocks per warpgroup) takes 2 register stages on the wgmma GEMV by default and 4 with
   // CLAWMINE_GEMV_WGMMA_SHALLOW=0: the same products summed in the same order, so the same bits,
-  // and against the CPU. smem: the kernel that stages the weights in shared memory
-  // (set_gemv_wgmma_smem(2)), at either depth too, and gate and up stored unpaired, then the
-  // swiglu launch, give the paired launch's bits.
-  void check_shared_gate_up_depths(int smem, uint32_t seed) {
+  // and against the CPU; gate and up stored unpaired, then the swiglu launch, give the paired
+  // launch's bits.
+  void check_shared_gate_up_depths(uint32_t seed) {
     const int64_t D = 4096, I = 2048;
     for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kFp8F32}) {
       SCOPED_TRACE(format_label(f));
@@ -157,7 +155,6 @@ class CudaMoe : public GpuTest {
       const ops::DeviceBuffer a = poisoned(*cuda, DType::kBF16, {1, D}), b = poisoned(*cuda, DType::kBF16, {1, D}),
                               c = poisoned(*cuda, DType::kBF16, {1, D});
       backend::cuda::set_gemv_wgmma(1);
-      backend::cuda::set_gemv_wgmma_smem(smem);
       backend::cuda::set_gemv_wgmma_shallow(1);
       cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, a.view());
       backend::cuda::set_gemv_wgmma_shallow(0);
@@ -166,7 +163,6 @@ class CudaMoe : public GpuTest {
       backend::cuda::set_swiglu_pairs(false);
       cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, c.view());
       backend::cuda::set_swiglu_pairs(true);
-      backend::cuda::set_gemv_wgmma_smem(-1);
       backend::cuda::set_gemv_wgmma(-1);
       std::vector<float> ref(static_cast<size_t>(D), std::nanf(""));
       cpu->swiglu_mlp(x.host_view({1, D}), ex.host[0], kLimit, TensorView{DType::kF32, Device::kCpu, {1, D}, ref.data()});
@@ -735,8 +731,7 @@ TEST_F(CudaMoe, SharedExpertMixedFormatsAtV4Dims) {
   backend::cuda::set_gemv_wgmma(-1);
 }
 
-TEST_F(CudaMoe, SharedExpertGateUpAtEitherDepth) { check_shared_gate_up_depths(0, 11800); }
-TEST_F(CudaMoe, SharedExpertGateUpWeightsInSharedMemory) { check_shared_gate_up_depths(2, 11850); }
+TEST_F(CudaMoe, SharedExpertGateUpAtEitherDepth) { check_shared_gate_up_depths(11800); }
 
 TEST_F(CudaMoe, SharedExpertUnderPolicies) {
   const int64_t D = 256, I = 128;
