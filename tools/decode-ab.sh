@@ -13,7 +13,8 @@
 # before the rounds, e.g. '*CudaModelParity*:CudaForwardBatch*'; AB_TESTS_ONCE=1: under the first
 # variant only, for switches the tests set themselves; AB_TESTS_TIMEOUT seconds per run, default 300;
 # AB_TESTS_STRICT=1: stop before the rounds when a run fails or times out), AB_TRACE=1 (after the rounds, a
-# two-step kernel trace per variant: tools/kernel_timeline.py's layer, attention and MoE tables printed, its whole
+# two-step kernel trace per variant: tools/kernel_timeline.py's layer, attention and MoE tables printed (from the
+# second variant on, also the kernels whose time moved most against the first variant's trace), its whole
 # reading with every kernel in start order in $OUT/traceN.txt, the CSV in LOGS), AB_KEEP_CSV=1 (the
 # trace CSVs into $OUT too),
 # BUILD_DIR (default build-gpu), MODEL_DIR (default /tmp/clawmine-ab; kept: a later call on a warm
@@ -198,9 +199,13 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
     with "$v" timeout 300 "$(bin_of "$v")" bench --model "$MODEL_DIR" --backend cuda $BENCH \
       --kernel-trace "$LOGS/trace$i.csv" --kernel-trace-steps 2 >>"$OUT/bench.log" 2>&1
     [ "${AB_KEEP_CSV:-0}" = 1 ] && cp "$LOGS/trace$i.csv" "$OUT/"
-    python3 tools/kernel_timeline.py --sequence "$LOGS/trace$i.csv" >"$OUT/trace$i.txt" 2>&1
+    # From the second variant on, also the kernels that moved most against the first variant's trace.
+    against=()
+    [ "$i" -gt 1 ] && [ -s "$LOGS/trace1.csv" ] && against=(--against "$LOGS/trace1.csv")
+    python3 tools/kernel_timeline.py --sequence "${against[@]}" "$LOGS/trace$i.csv" >"$OUT/trace$i.txt" 2>&1
     echo "[decode-ab] trace of '$v' in trace$i.txt:"
     sed -n '/^| layers (hc/,/^$/p;/^| attention (from/,/^$/p;/^| MoE phase/,/^$/p' "$OUT/trace$i.txt"
+    sed -n '/^against /p;/^| kernel (against/,/^$/p' "$OUT/trace$i.txt" | head -14
   done
 fi
 echo

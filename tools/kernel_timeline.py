@@ -19,10 +19,12 @@ down, combine, the next site; medians per layer kind); which kernels held regist
 while the weight-streaming GEMVs ran (traces with the regs column: a kernel launched early by PDL, or on
 a side branch, keeps its blocks' registers while it waits, and the GEMV's warps that do not fit wait for
 them; the seventeenth session's compress_store); the main stream's gaps (a negative gap is a
-programmatic launch that began before the kernel ahead of it ended); and with --sequence every kernel
-in start order.
+programmatic launch that began before the kernel ahead of it ended); with --against BASE (another
+trace, e.g. the first variant's of tools/decode-ab.sh) the kernels whose summed time in the step moved
+most against the same step of BASE (the last one where it has fewer), launches and us each; and with
+--sequence every kernel in start order.
 
-  python3 tools/kernel_timeline.py trace.csv [--step N] [--sequence] [--sms N]
+  python3 tools/kernel_timeline.py trace.csv [--step N] [--against BASE.csv] [--sequence] [--sms N]
 """
 import argparse
 import collections
@@ -208,6 +210,24 @@ def registers_beside_streams(kernels, sms, regs_per_sm=65536):
     return sorted(((n, *v) for n, v in by.items()), key=lambda r: -r[6])
 
 
+def kernel_sums(ks):
+    """{kernel name: [launches, summed us]} over one step's kernels."""
+    sums = {}
+    for k in ks:
+        row = sums.setdefault(k["name"], [0, 0.0])
+        row[0] += 1
+        row[1] += k["end"] - k["start"]
+    return sums
+
+
+def against_rows(base, this, top):
+    """(name, base launches, base us, launches, us) of the `top` kernels whose summed time moved most."""
+    names = set(base) | set(this)
+    rows = [(n, *base.get(n, (0, 0.0)), *this.get(n, (0, 0.0))) for n in names]
+    rows.sort(key=lambda r: (-abs(r[4] - r[2]), r[0]))
+    return rows[:top]
+
+
 def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))] if v else 0.0
@@ -218,6 +238,8 @@ def main():
     ap.add_argument("trace", help="CSV written by clawmine bench --kernel-trace")
     ap.add_argument("--step", type=int, default=None, help="the step to break down (default: the last)")
     ap.add_argument("--sequence", action="store_true", help="also list that step's kernels in start order")
+    ap.add_argument("--against", metavar="BASE", default=None,
+                    help="another trace: the kernels whose summed time in the step moved most against it")
     ap.add_argument("--sms", type=int, default=None,
                     help="multiprocessors of the card (default: from the trace's header, else 132, an H100 SXM)")
     args = ap.parse_args()
@@ -301,6 +323,22 @@ def main():
     print(f"\nmain stream: {len(main)} kernels, {len(g)} gaps: {sum(pos):.1f} us idle over {len(pos)} gaps "
           f"(median {pct(pos, 0.5):.2f}, p90 {pct(pos, 0.9):.2f}, max {max(pos, default=0.0):.2f} us); "
           f"{len(neg)} kernels began before the one ahead ended (by {-sum(neg):.1f} us in all)")
+    if args.against:
+        _, base_kernels = read_trace(args.against)
+        base_steps = collections.OrderedDict()
+        for k in base_kernels:
+            base_steps.setdefault(k["step"], []).append(k)
+        bpick = pick if pick in base_steps else next(reversed(base_steps))
+        bks = base_steps[bpick]
+        bspan = max(k["end"] for k in bks) - bks[0]["start"]
+        print(f"\nagainst {os.path.basename(args.against)} (its step {bpick}): span {bspan:.1f} -> {span:.1f} us "
+              f"({span - bspan:+.1f}); busy {busy(bks):.1f} -> {busy(ks):.1f} us")
+        print("\n| kernel (against the base trace) | launches | base us | us | change us | change |\n"
+              "|---|---|---|---|---|---|")
+        for name, bn, bus, n, us in against_rows(kernel_sums(bks), kernel_sums(ks), 15):
+            change = f"{100.0 * (us - bus) / bus:+.0f}%" if bus > 0 else "new"
+            launches = f"{bn} -> {n}" if bn != n else f"{n}"
+            print(f"| {name} | {launches} | {bus:.1f} | {us:.1f} | {us - bus:+.1f} | {change} |")
     if args.sequence:
         print("\n| start us | us | gap us | stream | grid | block | kernel |\n|---|---|---|---|---|---|---|")
         last_end = {}

@@ -156,6 +156,38 @@ def test_step_option(tmp_path, run_tool, tool_output):
     assert r.returncode != 0 and "no step 5" in r.stderr
 
 
+def test_against_a_base_trace(tmp_path, run_tool, tool_output):
+    base = tmp_path / "base.csv"
+    write_trace(base)
+    # The same step with the experts 6 us longer, the shared expert 2 us shorter, the head unchanged
+    # and one kernel the base does not have.
+    extra = f"void {NS}moe_combine_kernel<__nv_bfloat16, __nv_bfloat16>(int)"
+    rows = [(1, 100.0, 103.0, 13, EMBED), (1, 103.5, 110.0, 13, HC), (1, 109.0, 136.0, 13, EXPERTS),
+            (1, 105.0, 113.0, 14, SHARED), (1, 136.5, 138.0, 13, extra), (1, 138.0, 167.0, 13, HEAD)]
+    trace = tmp_path / "t.csv"
+    write_trace(trace, rows)
+    out = tool_output("kernel_timeline.py", trace, "--against", base)
+    assert "against base.csv (its step 1): span 60.0 -> 67.0 us (+7.0)" in out
+    table = out.split("| kernel (against the base trace) |")[1]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln]
+    # Largest change first: the experts (+6), the shared expert (-2), the new combine (+1.5).
+    assert lines[0] == "| gemv_stream_kernel<5, 1, 2> | 1 | 21.0 | 27.0 | +6.0 | +29% |"
+    assert lines[1] == "| gemv_kernel<3, __nv_bfloat16, 1> | 1 | 10.0 | 8.0 | -2.0 | -20% |"
+    assert lines[2] == "| moe_combine_kernel<__nv_bfloat16, __nv_bfloat16> | 0 -> 1 | 0.0 | 1.5 | +1.5 | new |"
+    assert "| gemv_kernel3<1, __nv_bfloat16, 1> | 1 | 29.0 | 29.0 | +0.0 | +0% |" in table
+    # The base's same step when it has it, else its last one.
+    assert "(its step 0): span 40.0 -> 40.0 us (+0.0)" in tool_output("kernel_timeline.py", base, "--step", "0",
+                                                                     "--against", base)
+    only1 = tmp_path / "only1.csv"
+    write_trace(only1, [r for r in ROWS if r[0] == 1])
+    assert "(its step 1): span 60.0 -> 40.0 us (-20.0)" in tool_output("kernel_timeline.py", base, "--step", "0",
+                                                                      "--against", only1)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    r = run_tool("kernel_timeline.py", trace, "--against", bad)
+    assert r.returncode != 0 and "lacks columns" in r.stderr
+
+
 def test_not_a_trace_is_a_clear_error(tmp_path, run_tool):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
