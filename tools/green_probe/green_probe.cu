@@ -26,12 +26,14 @@
 // bandwidth of the same run; then exits. --carveout LIST (with --floor-mb): the loads' rows again
 // at each preferred shared-memory carveout of heavy_kernel (percent, 0..100; -1 the driver's
 // choice): plain loads hold their bytes in flight in the L1 data cache, which shares its SRAM
-// with shared memory, so a larger carveout leaves fewer bytes in flight per SM.
+// with shared memory, so a larger carveout leaves fewer bytes in flight per SM. --floor-smem-kb K
+// (0..48, default 0) gives those loads K KB of dynamic shared memory per block that they do not use,
+// so that the carveout preference has something to apply to.
 //
 //   bench_green_probe [--steps 48] [--chain-blocks 1,8,32] [--heavy-mb 2048] [--heavy-per-sm 4]
 //                     [--heavy-kind ld|tma] [--light-sms 8,16] [--reps 5] [--pattern HTTHTTHHTT]
 //                     [--layers 8] [--step-mb 32] [--retarget-only 0|1] [--floor-mb 17.8,33.5]
-//                     [--carveout -1,0,50,100]
+//                     [--carveout -1,0,50,100] [--floor-smem-kb 0]
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -430,6 +432,9 @@ double retarget_chain(const Bufs& b, cudaStream_t s, const std::string& pattern,
 // --floor-mb: us per read of `mb` MB by one launch, 8 launches from buffers 256 MB apart in a graph
 // (back to back, no PDL: the ramp and tail included, as tools/gemv_probe's read floor), by 16-byte
 // loads (heavy_kernel) or bulk copies (heavy_tma_kernel) at `per_sm` blocks per SM.
+// The loads' dynamic shared memory per block (--floor-smem-kb; unused by heavy_kernel): a carveout
+// preference may not apply to a kernel that asks for none.
+size_t g_floor_smem = 0;
 double floor_us(const Bufs& b, cudaStream_t s, bool tma, int per_sm, double mb, int sms, int reps) {
   const int64_t n16 = static_cast<int64_t>(mb * (1 << 20) / kTmaChunk) * (kTmaChunk / 16);
   const int64_t gap16 = int64_t{256} << 16;
@@ -440,7 +445,7 @@ double floor_us(const Bufs& b, cudaStream_t s, bool tma, int per_sm, double mb, 
     if (tma)
       heavy_tma_kernel<<<per_sm * sms, 128, kTmaStages * kTmaChunk, s>>>(w, n16, b.sink, nullptr, end, b.sms);
     else
-      heavy_kernel<<<per_sm * sms, 128, 0, s>>>(w, n16, b.sink, nullptr, end, b.sms);
+      heavy_kernel<<<per_sm * sms, 128, g_floor_smem, s>>>(w, n16, b.sink, nullptr, end, b.sms);
     CK(cudaGetLastError());
   });
 }
@@ -476,6 +481,7 @@ int main(int argc, char** argv) {
   int layers = 8, step_mb = 32, retarget_only = 0;
   std::vector<double> floor_mb;
   std::vector<int> carveouts = {-1};
+  int floor_smem_kb = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--steps") steps = std::atoi(argv[i + 1]);
@@ -497,6 +503,7 @@ int main(int argc, char** argv) {
       g_tma = v == "tma";
     }
     else if (k == "--carveout") carveouts = ints(argv[i + 1]);
+    else if (k == "--floor-smem-kb") floor_smem_kb = std::atoi(argv[i + 1]);
     else if (k == "--floor-mb")
       for (const char* q = argv[i + 1]; *q;) {
         floor_mb.push_back(std::atof(q));
@@ -512,9 +519,10 @@ int main(int argc, char** argv) {
       std::any_of(chain_blocks.begin(), chain_blocks.end(), [](int c) { return c < 1 || c > 32; }) ||
       layers < 1 || step_mb < 1 || pattern.empty() || pattern.find_first_not_of("HT") != std::string::npos ||
       std::any_of(floor_mb.begin(), floor_mb.end(), [](double m) { return !(m > 0.0 && m <= 256.0); }) ||
-      carveouts.empty() || std::any_of(carveouts.begin(), carveouts.end(), [](int c) { return c < -1 || c > 100; })) {
+      carveouts.empty() || std::any_of(carveouts.begin(), carveouts.end(), [](int c) { return c < -1 || c > 100; }) ||
+      floor_smem_kb < 0 || floor_smem_kb > 48) {
     std::fprintf(stderr, "green_probe: bad flag value (--steps 2..512, --chain-blocks 1..32, --pattern of H and T, "
-                         "--floor-mb in (0, 256], --carveout in -1..100, the rest positive)\n");
+                         "--floor-mb in (0, 256], --carveout in -1..100, --floor-smem-kb 0..48, the rest positive)\n");
     return 2;
   }
   CK(cudaFree(nullptr));
@@ -548,6 +556,7 @@ int main(int argc, char** argv) {
   CK(cudaStreamCreateWithFlags(reinterpret_cast<cudaStream_t*>(&s1), cudaStreamNonBlocking));
   const int all = p.multiProcessorCount;
   if (!floor_mb.empty()) {
+    g_floor_smem = static_cast<size_t>(floor_smem_kb) << 10;
     CK(cudaFuncSetAttribute(heavy_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kTmaStages * kTmaChunk));
     {
       const size_t n = size_t{1} << 30;
