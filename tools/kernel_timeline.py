@@ -210,6 +210,19 @@ def registers_beside_streams(kernels, sms, regs_per_sm=65536):
     return sorted(((n, *v) for n, v in by.items()), key=lambda r: -r[6])
 
 
+def by_step(kernels):
+    """{step: [its kernels in start order]}, steps in order."""
+    steps = collections.OrderedDict()
+    for k in kernels:
+        steps.setdefault(k["step"], []).append(k)
+    return steps
+
+
+def span_of(ks):
+    """us from a step's first kernel start to its last kernel end."""
+    return max(k["end"] for k in ks) - ks[0]["start"]
+
+
 def kernel_sums(ks):
     """{kernel name: [launches, summed us]} over one step's kernels."""
     sums = {}
@@ -244,15 +257,15 @@ def main():
                     help="multiprocessors of the card (default: from the trace's header, else 132, an H100 SXM)")
     args = ap.parse_args()
     comment, kernels = read_trace(args.trace)
-    steps = collections.OrderedDict()
-    for k in kernels:
-        steps.setdefault(k["step"], []).append(k)
+    steps = by_step(kernels)
+    # The base is read before anything is printed, so that a bad file stops the tool at once.
+    base_steps = by_step(read_trace(args.against)[1]) if args.against else None
     if comment:
         print(f"kernel timeline: {comment}\n")
     print("| step | kernels | span us | busy us | idle us | main stream kernels | main busy us | main gaps us |")
     print("|---|---|---|---|---|---|---|---|")
     for s, ks in steps.items():
-        span = max(k["end"] for k in ks) - ks[0]["start"]
+        span = span_of(ks)
         main = [k for k in ks if k["stream"] == ks[0]["stream"]]
         g = gaps(main)
         print(f"| {s} | {len(ks)} | {span:.1f} | {busy(ks):.1f} | {span - busy(ks):.1f} | {len(main)} | "
@@ -263,7 +276,7 @@ def main():
         sys.exit(f"kernel_timeline: no step {pick} in the trace (steps {list(steps)})")
     ks = steps[pick]
     main_stream = ks[0]["stream"]
-    span = max(k["end"] for k in ks) - ks[0]["start"]
+    span = span_of(ks)
     last_gemv = max((i for i, k in enumerate(ks) if "gemv" in k["name"]), default=None)
     by_kind = collections.defaultdict(lambda: [0, 0.0, 0.0])
     for i, k in enumerate(ks):
@@ -323,14 +336,10 @@ def main():
     print(f"\nmain stream: {len(main)} kernels, {len(g)} gaps: {sum(pos):.1f} us idle over {len(pos)} gaps "
           f"(median {pct(pos, 0.5):.2f}, p90 {pct(pos, 0.9):.2f}, max {max(pos, default=0.0):.2f} us); "
           f"{len(neg)} kernels began before the one ahead ended (by {-sum(neg):.1f} us in all)")
-    if args.against:
-        _, base_kernels = read_trace(args.against)
-        base_steps = collections.OrderedDict()
-        for k in base_kernels:
-            base_steps.setdefault(k["step"], []).append(k)
+    if base_steps:
         bpick = pick if pick in base_steps else next(reversed(base_steps))
         bks = base_steps[bpick]
-        bspan = max(k["end"] for k in bks) - bks[0]["start"]
+        bspan = span_of(bks)
         print(f"\nagainst {os.path.basename(args.against)} (its step {bpick}): span {bspan:.1f} -> {span:.1f} us "
               f"({span - bspan:+.1f}); busy {busy(bks):.1f} -> {busy(ks):.1f} us")
         print("\n| kernel (against the base trace) | launches | base us | us | change us | change |\n"

@@ -24,9 +24,9 @@
 // --floor-mb LIST: us per read of each size (8 launches back to back from buffers beyond L2) by
 // 16-byte loads at 2, 3, 4, 8 blocks per SM and by bulk copies at 1, 2, 3, with the copy
 // bandwidth of the same run; then exits. --carveout LIST (with --floor-mb): the loads' rows again
-// at each preferred shared-memory carveout of heavy_kernel (percent, 0..100; -1 the driver's
-// choice): plain loads hold their bytes in flight in the L1 data cache, which shares its SRAM
-// with shared memory, so a larger carveout leaves fewer bytes in flight per SM. --floor-smem-kb K
+// at each preferred shared-memory carveout of heavy_kernel (percent, 0..100; -1 no preference, the
+// driver's choice): whether a larger carveout, which leaves the L1 data cache less of the SRAM it
+// shares with shared memory, caps a stream's bytes in flight. --floor-smem-kb K
 // (0..48, default 0) gives those loads K KB of dynamic shared memory per block that they do not use,
 // so that the carveout preference has something to apply to.
 //
@@ -432,10 +432,9 @@ double retarget_chain(const Bufs& b, cudaStream_t s, const std::string& pattern,
 // --floor-mb: us per read of `mb` MB by one launch, 8 launches from buffers 256 MB apart in a graph
 // (back to back, no PDL: the ramp and tail included, as tools/gemv_probe's read floor), by 16-byte
 // loads (heavy_kernel) or bulk copies (heavy_tma_kernel) at `per_sm` blocks per SM.
-// The loads' dynamic shared memory per block (--floor-smem-kb; unused by heavy_kernel): a carveout
-// preference may not apply to a kernel that asks for none.
-size_t g_floor_smem = 0;
-double floor_us(const Bufs& b, cudaStream_t s, bool tma, int per_sm, double mb, int sms, int reps) {
+// `smem`: the loads' dynamic shared memory per block (--floor-smem-kb; unused by heavy_kernel): a
+// carveout preference may not apply to a kernel that asks for none.
+double floor_us(const Bufs& b, cudaStream_t s, bool tma, int per_sm, double mb, int sms, int reps, size_t smem = 0) {
   const int64_t n16 = static_cast<int64_t>(mb * (1 << 20) / kTmaChunk) * (kTmaChunk / 16);
   const int64_t gap16 = int64_t{256} << 16;
   if (8 * gap16 > b.n16 || n16 > gap16) return -1;
@@ -445,7 +444,7 @@ double floor_us(const Bufs& b, cudaStream_t s, bool tma, int per_sm, double mb, 
     if (tma)
       heavy_tma_kernel<<<per_sm * sms, 128, kTmaStages * kTmaChunk, s>>>(w, n16, b.sink, nullptr, end, b.sms);
     else
-      heavy_kernel<<<per_sm * sms, 128, g_floor_smem, s>>>(w, n16, b.sink, nullptr, end, b.sms);
+      heavy_kernel<<<per_sm * sms, 128, smem, s>>>(w, n16, b.sink, nullptr, end, b.sms);
     CK(cudaGetLastError());
   });
 }
@@ -556,7 +555,6 @@ int main(int argc, char** argv) {
   CK(cudaStreamCreateWithFlags(reinterpret_cast<cudaStream_t*>(&s1), cudaStreamNonBlocking));
   const int all = p.multiProcessorCount;
   if (!floor_mb.empty()) {
-    g_floor_smem = static_cast<size_t>(floor_smem_kb) << 10;
     CK(cudaFuncSetAttribute(heavy_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kTmaStages * kTmaChunk));
     {
       const size_t n = size_t{1} << 30;
@@ -580,15 +578,15 @@ int main(int argc, char** argv) {
                 "|---|---|---|---|---|---|---|---|---|\n");
     for (double mb : floor_mb)
       for (size_t c = 0; c < carveouts.size(); ++c) {
-        // -1 first is the driver's choice only before any other value is set.
         CK(cudaFuncSetAttribute(heavy_kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveouts[c]));
         std::printf("| %.1f | %d |", mb, carveouts[c]);
         for (int k : {2, 3, 4, 8}) {
-          const double us = floor_us(b, reinterpret_cast<cudaStream_t>(s0), false, k, mb, all, reps);
+          const double us = floor_us(b, reinterpret_cast<cudaStream_t>(s0), false, k, mb, all, reps,
+                                     static_cast<size_t>(floor_smem_kb) << 10);
           std::printf(" %.2f (%.0f) |", us, mb * (1 << 20) / (us * 1e3));
         }
         for (int k : {1, 2, 3}) {
-          if (c > 0) {
+          if (c > 0) {  // the bulk copies once per size: the carveout is the loads'
             std::printf(" |");
             continue;
           }

@@ -579,22 +579,6 @@ class CudaLinearWgmma : public CudaLinear {
     }
     if (!any_differs) std::printf("[ note ] the wgmma GEMV did not run here (not an sm_90a build on Hopper)\n");
   }
-  // wo_a's grouped 8 x 1024 x 4096 (FP8 E8M0, split 4) at one token against the CPU, BF16 out.
-  void check_grouped_wo_a(uint32_t seed, const std::string& name) {
-    const int64_t G = 8, Lo = 1024, In = 4096;
-    const std::vector<float> wf = fast_normal(static_cast<size_t>(G * Lo * In), seed, 1.0f / 32);
-    auto w = make_linear(*cuda, TestFormat::kFp8E8M0, wf, G * Lo, In, name);
-    backend::cuda::set_gemv_wgmma(1);
-    TestActs x = make_acts(*cuda, {1, G, In}, DType::kBF16, seed + 1);
-    const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {1, G, Lo});
-    cuda->grouped_linear(x.dev.view(), w->dev, G, out.view());
-    std::vector<float> ref(static_cast<size_t>(G * Lo), std::nanf(""));
-    cpu->grouped_linear(x.host_view({1, G, In}), w->host, G,
-                        TensorView{DType::kF32, Device::kCpu, {1, G, Lo}, ref.data()});
-    const std::vector<float> got = download_f32(*cuda, out.view());
-    EXPECT_TRUE(within(got, ref, kBf16Budget));
-    EXPECT_TRUE(all_finite(got));
-  }
 };
 
 TEST_F(CudaLinearWgmma, Fp8AtOneTokenMatchesTheCpu) {
@@ -637,7 +621,20 @@ TEST_F(CudaLinearWgmma, Fp4AtOneTokenMatchesTheCpu) {
                2900);
 }
 
-TEST_F(CudaLinearWgmma, GroupedWoA) { check_grouped_wo_a(2600, "wgmma.wo_a"); }
+TEST_F(CudaLinearWgmma, GroupedWoA) {
+  const int64_t G = 8, Lo = 1024, In = 4096;
+  const std::vector<float> wf = fast_normal(static_cast<size_t>(G * Lo * In), 2600, 1.0f / 32);
+  auto w = make_linear(*cuda, TestFormat::kFp8E8M0, wf, G * Lo, In, "wgmma.wo_a");
+  backend::cuda::set_gemv_wgmma(1);
+  TestActs x = make_acts(*cuda, {1, G, In}, DType::kBF16, 2601);
+  const ops::DeviceBuffer out = poisoned(*cuda, DType::kBF16, {1, G, Lo});
+  cuda->grouped_linear(x.dev.view(), w->dev, G, out.view());
+  std::vector<float> ref(static_cast<size_t>(G * Lo), std::nanf(""));
+  cpu->grouped_linear(x.host_view({1, G, In}), w->host, G, TensorView{DType::kF32, Device::kCpu, {1, G, Lo}, ref.data()});
+  const std::vector<float> got = download_f32(*cuda, out.view());
+  EXPECT_TRUE(within(got, ref, kBf16Budget));
+  EXPECT_TRUE(all_finite(got));
+}
 
 TEST_F(CudaLinearWgmma, ActivationsOverAWideRangeAndNonFinite) {
   // Activations from 2^-40 to 2^40 (each 32-element chunk staged with its own power of two):

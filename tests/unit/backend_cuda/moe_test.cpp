@@ -141,38 +141,6 @@ void set_direct(bool on) {
 
 class CudaMoe : public GpuTest {
  protected:
-  // The FP8 shared expert's gate/up at V4-Flash's dims (a descriptor table, split 8 ways at 4 k
-  // blocks per warpgroup) takes 2 register stages on the wgmma GEMV by default and 4 with
-  // CLAWMINE_GEMV_WGMMA_SHALLOW=0: the same products summed in the same order, so the same bits,
-  // and against the CPU; gate and up stored unpaired, then the swiglu launch, give the paired
-  // launch's bits.
-  void check_shared_gate_up_depths(uint32_t seed) {
-    const int64_t D = 4096, I = 2048;
-    for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kFp8F32}) {
-      SCOPED_TRACE(format_label(f));
-      TestExperts ex = make_experts(*cuda, 1, D, I, 1, [f](int64_t) { return f; }, seed);
-      TestActs x = make_acts(*cuda, {1, D}, DType::kBF16, seed + 1);
-      const ops::DeviceBuffer a = poisoned(*cuda, DType::kBF16, {1, D}), b = poisoned(*cuda, DType::kBF16, {1, D}),
-                              c = poisoned(*cuda, DType::kBF16, {1, D});
-      backend::cuda::set_gemv_wgmma(1);
-      backend::cuda::set_gemv_wgmma_shallow(1);
-      cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, a.view());
-      backend::cuda::set_gemv_wgmma_shallow(0);
-      cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, b.view());
-      backend::cuda::set_gemv_wgmma_shallow(-1);
-      backend::cuda::set_swiglu_pairs(false);
-      cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, c.view());
-      backend::cuda::set_swiglu_pairs(true);
-      backend::cuda::set_gemv_wgmma(-1);
-      std::vector<float> ref(static_cast<size_t>(D), std::nanf(""));
-      cpu->swiglu_mlp(x.host_view({1, D}), ex.host[0], kLimit, TensorView{DType::kF32, Device::kCpu, {1, D}, ref.data()});
-      const std::vector<float> ga = download_f32(*cuda, a.view());
-      EXPECT_TRUE(std::all_of(ga.begin(), ga.end(), [](float v) { return std::isfinite(v); }));
-      EXPECT_TRUE(within(ga, ref, act_budget(DType::kBF16)));
-      EXPECT_TRUE(same_bits(ga, download_f32(*cuda, b.view())));
-      EXPECT_TRUE(same_bits(ga, download_f32(*cuda, c.view())));
-    }
-  }
   void set_policy(const ops::LinearPolicy& p) {
     cpu->set_linear_policy(p);
     cuda->set_linear_policy(p);
@@ -731,7 +699,38 @@ TEST_F(CudaMoe, SharedExpertMixedFormatsAtV4Dims) {
   backend::cuda::set_gemv_wgmma(-1);
 }
 
-TEST_F(CudaMoe, SharedExpertGateUpAtEitherDepth) { check_shared_gate_up_depths(11800); }
+// The FP8 shared expert's gate/up at V4-Flash's dims (a descriptor table, split 8 ways at 4 k
+// blocks per warpgroup) takes 2 register stages on the wgmma GEMV by default and 4 with
+// CLAWMINE_GEMV_WGMMA_SHALLOW=0: the same products summed in the same order, so the same bits,
+// and against the CPU; gate and up stored unpaired, then the swiglu launch, give the paired
+// launch's bits.
+TEST_F(CudaMoe, SharedExpertGateUpAtEitherDepth) {
+  const int64_t D = 4096, I = 2048;
+  for (TestFormat f : {TestFormat::kFp8E8M0, TestFormat::kFp8F32}) {
+    SCOPED_TRACE(format_label(f));
+    TestExperts ex = make_experts(*cuda, 1, D, I, 1, [f](int64_t) { return f; }, 11800);
+    TestActs x = make_acts(*cuda, {1, D}, DType::kBF16, 11801);
+    const ops::DeviceBuffer a = poisoned(*cuda, DType::kBF16, {1, D}), b = poisoned(*cuda, DType::kBF16, {1, D}),
+                            c = poisoned(*cuda, DType::kBF16, {1, D});
+    backend::cuda::set_gemv_wgmma(1);
+    backend::cuda::set_gemv_wgmma_shallow(1);
+    cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, a.view());
+    backend::cuda::set_gemv_wgmma_shallow(0);
+    cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, b.view());
+    backend::cuda::set_gemv_wgmma_shallow(-1);
+    backend::cuda::set_swiglu_pairs(false);
+    cuda->swiglu_mlp(x.dev.view(), ex.dev[0], kLimit, c.view());
+    backend::cuda::set_swiglu_pairs(true);
+    backend::cuda::set_gemv_wgmma(-1);
+    std::vector<float> ref(static_cast<size_t>(D), std::nanf(""));
+    cpu->swiglu_mlp(x.host_view({1, D}), ex.host[0], kLimit, TensorView{DType::kF32, Device::kCpu, {1, D}, ref.data()});
+    const std::vector<float> ga = download_f32(*cuda, a.view());
+    EXPECT_TRUE(std::all_of(ga.begin(), ga.end(), [](float v) { return std::isfinite(v); }));
+    EXPECT_TRUE(within(ga, ref, act_budget(DType::kBF16)));
+    EXPECT_TRUE(same_bits(ga, download_f32(*cuda, b.view())));
+    EXPECT_TRUE(same_bits(ga, download_f32(*cuda, c.view())));
+  }
+}
 
 TEST_F(CudaMoe, SharedExpertUnderPolicies) {
   const int64_t D = 256, I = 128;
