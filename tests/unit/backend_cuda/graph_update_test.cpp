@@ -14,42 +14,54 @@
 #include "backend/cuda/device.h"
 #include "model/deepseek_v4/model.h"
 #include "support/test_support.h"
-#include "unit/backend_cuda/step_run.h"
 #include "unit/model/batch_run.h"
 
 namespace clawmine::model::deepseek_v4 {
 namespace {
 
+struct StepRun {
+  std::vector<float> logits;  // every step's rows, in order
+  backend::cuda::GraphStats stats;
+};
+
 StepRun run(bool graphs, bool update) {
   backend::cuda::CudaOptions o;
+  o.memory_fraction = 0.3;
+  o.act_dtype = DType::kF32;
   o.graphs = graphs;
   o.graph_update = update;
-  return run_steps_on_cuda(o, "models/tiny-a", [](Model& model, ops::Backend& be, const auto& keep) {
-    const ForwardOptions fo{.official_qdq = true, .all_logits = false};
-    const int64_t V = model.config().vocab_size;
-    // One sequence from position 250: tiny-a's CSA stores (rate 4) grow from 64 to 128 rows at 256.
-    SequenceCache a = model.new_cache();
-    model.forward(be, a, test_ids(250), fo);
-    for (int k = 0; k < 12; ++k) keep(model.forward(be, a, {token(0, k)}, fo));
+  auto be = backend::cuda::make_cuda_backend(o);
+  auto model = Model::load(test::fixture_dir("models/tiny-a"));
+  model->place(*be);
+  const ForwardOptions fo{.official_qdq = true, .all_logits = false};
+  const int64_t V = model->config().vocab_size;
+  StepRun r;
+  auto keep = [&](const Buffer& out) { r.logits.insert(r.logits.end(), out.f32(), out.f32() + out.view().numel()); };
 
-    // A batch {b, c}, then {b, d}: the owner b stays, the key changes with the second member.
-    std::vector<SequenceCache> caches;
-    for (int s = 0; s < 3; ++s) caches.push_back(model.new_cache());
-    for (int s = 0; s < 3; ++s) {
-      std::vector<int32_t> ids = test_ids(20 + 10 * s);
-      ids.erase(ids.begin(), ids.begin() + s);
-      model.forward(be, caches[static_cast<size_t>(s)], ids, fo);
+  // One sequence from position 250: tiny-a's CSA stores (rate 4) grow from 64 to 128 rows at 256.
+  SequenceCache a = model->new_cache();
+  model->forward(*be, a, test_ids(250), fo);
+  for (int k = 0; k < 12; ++k) keep(model->forward(*be, a, {token(0, k)}, fo));
+
+  // A batch {b, c}, then {b, d}: the owner b stays, the key changes with the second member.
+  std::vector<SequenceCache> caches;
+  for (int s = 0; s < 3; ++s) caches.push_back(model->new_cache());
+  for (int s = 0; s < 3; ++s) {
+    std::vector<int32_t> ids = test_ids(20 + 10 * s);
+    ids.erase(ids.begin(), ids.begin() + s);
+    model->forward(*be, caches[static_cast<size_t>(s)], ids, fo);
+  }
+  for (int second : {1, 2}) {
+    for (int k = 0; k < 4; ++k) {
+      const Buffer out =
+          model->forward_batch(*be, {&caches[0], &caches[static_cast<size_t>(second)]},
+                               {token(0, 20 + k), token(static_cast<size_t>(second), 20 + k)}, fo);
+      EXPECT_EQ(out.view().shape, (Shape{2, V}));
+      keep(out);
     }
-    for (int second : {1, 2}) {
-      for (int k = 0; k < 4; ++k) {
-        const Buffer out =
-            model.forward_batch(be, {&caches[0], &caches[static_cast<size_t>(second)]},
-                                {token(0, 20 + k), token(static_cast<size_t>(second), 20 + k)}, fo);
-        EXPECT_EQ(out.view().shape, (Shape{2, V}));
-        keep(out);
-      }
-    }
-  });
+  }
+  r.stats = backend::cuda::graph_stats(*be);
+  return r;
 }
 
 TEST(CudaGraphUpdate, RecordsIntoTheRetiredGraphAndMatchesEager) {
